@@ -1,0 +1,15 @@
+//! What a queue does with messages: ordering, consumers, prefetch, acks.
+//!
+//! This crate owns a queue's state machine ([`QueueCore`]) and where its
+//! ready messages live ([`MessageStore`]). It is synchronous and does no
+//! I/O of its own: the broker wraps a core in a mutex, calls it, and carries
+//! the resulting deliveries to connections. Anything time-dependent takes the
+//! time as an argument, so tests control the clock.
+
+pub mod message;
+pub mod queue;
+pub mod store;
+
+pub use message::{Message, QueuedMessage};
+pub use queue::{ChannelLimit, ConsumeError, ConsumerId, ConsumerSpec, Dispatched, QueueCore};
+pub use store::{MemoryStore, MessageStore};

@@ -1,0 +1,34 @@
+//! A message as queues hold it: routing info, raw properties, body.
+
+use bytes::Bytes;
+use std::sync::Arc;
+
+/// A published message. Immutable once routed, shared (`Arc`) by every
+/// queue it reached, so fanout costs a pointer per queue, not a copy.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub exchange: String,
+    pub routing_key: String,
+    /// The content header's property section (flags and values) exactly as
+    /// the publisher sent it, so consumers receive it byte-exact.
+    pub properties: Bytes,
+    pub body: Bytes,
+    /// delivery_mode 2.
+    pub persistent: bool,
+}
+
+impl Message {
+    /// The size that counts toward a queue's byte total (the body, as RabbitMQ).
+    pub fn size(&self) -> u64 {
+        self.body.len() as u64
+    }
+}
+
+/// A message in a queue: its place (`seq`, increasing per queue) and
+/// whether it has been delivered before.
+#[derive(Debug, Clone)]
+pub struct QueuedMessage {
+    pub seq: u64,
+    pub message: Arc<Message>,
+    pub redelivered: bool,
+}

@@ -1,0 +1,506 @@
+//! One queue's state machine: ready messages, consumers, unacked messages.
+//!
+//! Delivery is push: after anything that may let messages move (a publish,
+//! an ack, a new consumer, freed credit) the owner calls [`QueueCore::dispatch`],
+//! which hands ready messages round-robin to consumers that have credit.
+//! Credit is the consumer's prefetch (manual ack), a fixed window for no-ack
+//! consumers (so a slow connection cannot make a queue buffer without
+//! bound), and optionally a limit shared by every consumer of one channel
+//! (basic.qos global=true).
+
+use crate::message::{Message, QueuedMessage};
+use crate::store::MessageStore;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+pub type ConsumerId = u64;
+
+/// A prefetch limit shared by all consumers of one channel (RabbitMQ's
+/// global qos). Queues take a slot per delivery; the channel gives slots
+/// back as it sees acks. Atomic, because consumers of one channel can
+/// sit on many queues.
+#[derive(Debug, Default)]
+pub struct ChannelLimit {
+    limit: AtomicU32,
+    in_flight: AtomicU32,
+}
+
+impl ChannelLimit {
+    pub fn set_limit(&self, limit: u32) {
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    pub fn limit(&self) -> u32 {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Takes a slot if one is free (0 means no limit; still counted).
+    pub fn try_acquire(&self) -> bool {
+        let limit = self.limit.load(Ordering::Relaxed);
+        let mut cur = self.in_flight.load(Ordering::Relaxed);
+        loop {
+            if limit != 0 && cur >= limit {
+                return false;
+            }
+            match self.in_flight.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Gives `n` slots back; returns whether the limit was reached before,
+    /// i.e. whether queues may now deliver what they held back.
+    pub fn release(&self, n: u32) -> bool {
+        if n == 0 {
+            return false;
+        }
+        let before = self.in_flight.fetch_sub(n, Ordering::AcqRel);
+        let limit = self.limit.load(Ordering::Relaxed);
+        limit != 0 && before >= limit
+    }
+}
+
+/// What a new consumer asks for.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec<C> {
+    pub id: ConsumerId,
+    /// The owner's handle, returned with each delivery.
+    pub handle: C,
+    pub no_ack: bool,
+    /// Per-consumer prefetch (0: unlimited). Ignored for no-ack consumers.
+    pub prefetch: u32,
+    pub exclusive: bool,
+    /// The channel's shared limit (global qos), for manual-ack consumers.
+    pub channel_limit: Option<Arc<ChannelLimit>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumeError {
+    /// The queue has an exclusive consumer, or the new one wants
+    /// exclusivity while others consume.
+    ExclusiveConflict,
+}
+
+struct Consumer<C> {
+    spec: ConsumerSpec<C>,
+    in_flight: u32,
+}
+
+impl<C> Consumer<C> {
+    fn window(&self, noack_window: u32) -> u32 {
+        if self.spec.no_ack {
+            noack_window
+        } else {
+            self.spec.prefetch
+        }
+    }
+
+    fn has_credit(&self, noack_window: u32) -> bool {
+        let w = self.window(noack_window);
+        w == 0 || self.in_flight < w
+    }
+}
+
+/// A message handed to a consumer by [`QueueCore::dispatch`].
+#[derive(Debug)]
+pub struct Dispatched<C> {
+    pub consumer: ConsumerId,
+    pub handle: C,
+    pub message: QueuedMessage,
+    pub no_ack: bool,
+    /// Whether this delivery took a slot of the channel's shared limit,
+    /// which the channel must release when the message is settled.
+    pub took_channel_slot: bool,
+}
+
+struct Unacked {
+    consumer: Option<ConsumerId>,
+    message: Arc<Message>,
+}
+
+/// The state of one queue.
+pub struct QueueCore<C> {
+    store: Box<dyn MessageStore>,
+    next_seq: u64,
+    consumers: Vec<Consumer<C>>,
+    /// Round-robin cursor into `consumers`.
+    cursor: usize,
+    unacked: HashMap<u64, Unacked>,
+    /// Credit of no-ack consumers: messages handed over but not yet
+    /// confirmed written by the connection ([`QueueCore::settle_no_ack`]).
+    noack_window: u32,
+    /// Whether a consumer ever attached (auto-delete needs one to have left).
+    had_consumer: bool,
+}
+
+impl<C: Clone> QueueCore<C> {
+    pub fn new(store: Box<dyn MessageStore>, noack_window: u32) -> Self {
+        QueueCore {
+            store,
+            next_seq: 1,
+            consumers: Vec::new(),
+            cursor: 0,
+            unacked: HashMap::new(),
+            noack_window: noack_window.max(1),
+            had_consumer: false,
+        }
+    }
+
+    /// Appends a message; returns its `seq`.
+    pub fn publish(&mut self, message: Arc<Message>) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.store.push(QueuedMessage {
+            seq,
+            message,
+            redelivered: false,
+        });
+        seq
+    }
+
+    /// Hands ready messages to consumers with credit, round-robin.
+    pub fn dispatch(&mut self, out: &mut Vec<Dispatched<C>>) {
+        let n = self.consumers.len();
+        if n == 0 {
+            return;
+        }
+        'messages: while !self.store.is_empty() {
+            // Find the next consumer, from the cursor, that can take one.
+            for step in 0..n {
+                let i = (self.cursor + step) % n;
+                let c = &mut self.consumers[i];
+                if !c.has_credit(self.noack_window) {
+                    continue;
+                }
+                let took_slot = match (&c.spec.channel_limit, c.spec.no_ack) {
+                    (Some(limit), false) => {
+                        if !limit.try_acquire() {
+                            continue;
+                        }
+                        true
+                    }
+                    _ => false,
+                };
+                let Some(m) = self.store.pop() else {
+                    if took_slot {
+                        if let Some(l) = &c.spec.channel_limit {
+                            l.release(1);
+                        }
+                    }
+                    break 'messages;
+                };
+                c.in_flight += 1;
+                if c.spec.no_ack {
+                    self.store.settle(m.seq);
+                } else {
+                    self.unacked.insert(
+                        m.seq,
+                        Unacked {
+                            consumer: Some(c.spec.id),
+                            message: m.message.clone(),
+                        },
+                    );
+                }
+                out.push(Dispatched {
+                    consumer: c.spec.id,
+                    handle: c.spec.handle.clone(),
+                    message: m,
+                    no_ack: c.spec.no_ack,
+                    took_channel_slot: took_slot,
+                });
+                self.cursor = (i + 1) % n;
+                continue 'messages;
+            }
+            break; // nobody has credit
+        }
+    }
+
+    /// basic.get: the head message, if any, and how many remain after it.
+    pub fn get(&mut self, no_ack: bool) -> Option<(QueuedMessage, usize)> {
+        let m = self.store.pop()?;
+        if no_ack {
+            self.store.settle(m.seq);
+        } else {
+            self.unacked.insert(
+                m.seq,
+                Unacked {
+                    consumer: None,
+                    message: m.message.clone(),
+                },
+            );
+        }
+        Some((m, self.store.len()))
+    }
+
+    fn take_unacked(&mut self, seq: u64) -> Option<Unacked> {
+        let u = self.unacked.remove(&seq)?;
+        if let Some(id) = u.consumer {
+            if let Some(c) = self.consumers.iter_mut().find(|c| c.spec.id == id) {
+                c.in_flight = c.in_flight.saturating_sub(1);
+            }
+        }
+        Some(u)
+    }
+
+    /// Acked (or rejected without requeue): the messages are done.
+    /// Returns how many were known.
+    pub fn ack(&mut self, seqs: &[u64]) -> usize {
+        let mut n = 0;
+        for &seq in seqs {
+            if self.take_unacked(seq).is_some() {
+                self.store.settle(seq);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Puts delivered messages back, at their original place, redelivered.
+    pub fn requeue(&mut self, seqs: &[u64]) -> usize {
+        let mut n = 0;
+        for &seq in seqs {
+            if let Some(u) = self.take_unacked(seq) {
+                self.store.requeue(QueuedMessage {
+                    seq,
+                    message: u.message,
+                    redelivered: true,
+                });
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// A connection wrote `n` messages of a no-ack consumer: credit returns.
+    pub fn settle_no_ack(&mut self, consumer: ConsumerId, n: u32) {
+        if let Some(c) = self.consumers.iter_mut().find(|c| c.spec.id == consumer) {
+            c.in_flight = c.in_flight.saturating_sub(n);
+        }
+    }
+
+    pub fn add_consumer(&mut self, spec: ConsumerSpec<C>) -> Result<(), ConsumeError> {
+        let exclusive_exists = self.consumers.iter().any(|c| c.spec.exclusive);
+        if exclusive_exists || (spec.exclusive && !self.consumers.is_empty()) {
+            return Err(ConsumeError::ExclusiveConflict);
+        }
+        self.consumers.push(Consumer { spec, in_flight: 0 });
+        self.had_consumer = true;
+        Ok(())
+    }
+
+    /// Removes a consumer; its unacked messages stay with its channel.
+    pub fn remove_consumer(&mut self, id: ConsumerId) -> Option<C> {
+        let i = self.consumers.iter().position(|c| c.spec.id == id)?;
+        let c = self.consumers.remove(i);
+        if self.cursor > i {
+            self.cursor -= 1;
+        }
+        if self.cursor >= self.consumers.len() {
+            self.cursor = 0;
+        }
+        Some(c.spec.handle)
+    }
+
+    /// Removes all consumers (the queue is being deleted).
+    pub fn take_consumers(&mut self) -> Vec<(ConsumerId, C)> {
+        self.cursor = 0;
+        self.consumers
+            .drain(..)
+            .map(|c| (c.spec.id, c.spec.handle))
+            .collect()
+    }
+
+    /// Whether auto-delete applies: a consumer came and none is left.
+    pub fn unused_after_consumers(&self) -> bool {
+        self.had_consumer && self.consumers.is_empty()
+    }
+
+    pub fn purge(&mut self) -> usize {
+        self.store.purge()
+    }
+
+    /// Ready messages.
+    pub fn message_count(&self) -> usize {
+        self.store.len()
+    }
+
+    pub fn message_bytes(&self) -> u64 {
+        self.store.bytes()
+    }
+
+    pub fn unacked_count(&self) -> usize {
+        self.unacked.len()
+    }
+
+    pub fn consumer_count(&self) -> usize {
+        self.consumers.len()
+    }
+
+    pub fn peek(&self, n: usize) -> Vec<QueuedMessage> {
+        self.store.peek(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::msg;
+    use crate::store::MemoryStore;
+
+    fn core() -> QueueCore<&'static str> {
+        QueueCore::new(Box::new(MemoryStore::default()), 100)
+    }
+
+    fn spec(id: u64, h: &'static str, prefetch: u32) -> ConsumerSpec<&'static str> {
+        ConsumerSpec {
+            id,
+            handle: h,
+            no_ack: false,
+            prefetch,
+            exclusive: false,
+            channel_limit: None,
+        }
+    }
+
+    fn publish(q: &mut QueueCore<&'static str>, n: usize) {
+        for i in 0..n {
+            q.publish(msg(0, &i.to_string()).message);
+        }
+    }
+
+    fn handles(out: &[Dispatched<&'static str>]) -> Vec<&'static str> {
+        out.iter().map(|d| d.handle).collect()
+    }
+
+    #[test]
+    fn round_robin_with_prefetch() {
+        let mut q = core();
+        q.add_consumer(spec(1, "a", 1)).unwrap();
+        q.add_consumer(spec(2, "b", 1)).unwrap();
+        publish(&mut q, 5);
+        let mut out = Vec::new();
+        q.dispatch(&mut out);
+        assert_eq!(handles(&out), vec!["a", "b"], "prefetch 1 each");
+        assert_eq!(q.message_count(), 3);
+        let a_seq = out[0].message.seq;
+        out.clear();
+        q.dispatch(&mut out);
+        assert!(out.is_empty(), "no credit until an ack");
+        q.ack(&[a_seq]);
+        q.dispatch(&mut out);
+        assert_eq!(handles(&out), vec!["a"]);
+    }
+
+    #[test]
+    fn requeue_keeps_place_and_marks_redelivered() {
+        let mut q = core();
+        publish(&mut q, 3);
+        let (m1, left) = q.get(false).unwrap();
+        assert_eq!(left, 2);
+        let (m2, _) = q.get(false).unwrap();
+        assert_eq!(q.requeue(&[m2.seq, m1.seq]), 2);
+        let (again, _) = q.get(true).unwrap();
+        assert_eq!(again.seq, m1.seq);
+        assert!(again.redelivered);
+        let (second, _) = q.get(true).unwrap();
+        assert_eq!(second.seq, m2.seq);
+        let (third, _) = q.get(true).unwrap();
+        assert!(!third.redelivered);
+        assert!(q.get(true).is_none());
+    }
+
+    #[test]
+    fn ack_unknown_is_ignored_and_counted() {
+        let mut q = core();
+        publish(&mut q, 1);
+        let (m, _) = q.get(false).unwrap();
+        assert_eq!(q.ack(&[m.seq]), 1);
+        assert_eq!(q.ack(&[m.seq]), 0, "double ack");
+        assert_eq!(q.unacked_count(), 0);
+    }
+
+    #[test]
+    fn no_ack_consumers_have_a_window() {
+        let mut q: QueueCore<&str> = QueueCore::new(Box::new(MemoryStore::default()), 2);
+        let mut s = spec(1, "a", 0);
+        s.no_ack = true;
+        q.add_consumer(s).unwrap();
+        publish(&mut q, 5);
+        let mut out = Vec::new();
+        q.dispatch(&mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(q.unacked_count(), 0, "no-ack deliveries are not unacked");
+        q.settle_no_ack(1, 2);
+        out.clear();
+        q.dispatch(&mut out);
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn channel_limit_is_shared() {
+        let limit = Arc::new(ChannelLimit::default());
+        limit.set_limit(2);
+        let mut q1 = core();
+        let mut q2 = core();
+        let mut s1 = spec(1, "a", 0);
+        s1.channel_limit = Some(limit.clone());
+        let mut s2 = spec(2, "b", 0);
+        s2.channel_limit = Some(limit.clone());
+        q1.add_consumer(s1).unwrap();
+        q2.add_consumer(s2).unwrap();
+        publish(&mut q1, 3);
+        publish(&mut q2, 3);
+        let mut out = Vec::new();
+        q1.dispatch(&mut out);
+        q2.dispatch(&mut out);
+        assert_eq!(out.len(), 2, "two slots shared by both queues");
+        assert!(out.iter().all(|d| d.took_channel_slot));
+        q1.ack(&[out[0].message.seq]);
+        assert!(limit.release(1), "the limit was full, so queues should retry");
+        out.clear();
+        q2.dispatch(&mut out);
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn exclusive_consumers_conflict() {
+        let mut q = core();
+        let mut e = spec(1, "a", 0);
+        e.exclusive = true;
+        q.add_consumer(e).unwrap();
+        assert_eq!(
+            q.add_consumer(spec(2, "b", 0)),
+            Err(ConsumeError::ExclusiveConflict)
+        );
+        q.remove_consumer(1);
+        assert!(q.unused_after_consumers());
+        q.add_consumer(spec(2, "b", 0)).unwrap();
+        let mut e2 = spec(3, "c", 0);
+        e2.exclusive = true;
+        assert_eq!(q.add_consumer(e2), Err(ConsumeError::ExclusiveConflict));
+    }
+
+    #[test]
+    fn removing_consumer_keeps_round_robin_sane() {
+        let mut q = core();
+        for (i, h) in ["a", "b", "c"].into_iter().enumerate() {
+            q.add_consumer(spec(i as u64, h, 0)).unwrap();
+        }
+        publish(&mut q, 2);
+        let mut out = Vec::new();
+        q.dispatch(&mut out);
+        assert_eq!(handles(&out), vec!["a", "b"]);
+        q.remove_consumer(0);
+        publish(&mut q, 2);
+        out.clear();
+        q.dispatch(&mut out);
+        assert_eq!(handles(&out), vec!["c", "b"]);
+    }
+}

@@ -1,0 +1,144 @@
+//! Where a queue's ready messages live.
+//!
+//! A store holds the messages that wait for a consumer, in order. Messages
+//! handed to a consumer leave the ready set (`pop`) but a durable store
+//! keeps them until `settle` says they were acked or dropped; `requeue`
+//! puts one back at its original place (RabbitMQ's order: by `seq`).
+
+use crate::message::QueuedMessage;
+use std::collections::{BTreeMap, VecDeque};
+
+/// Storage for one queue's messages.
+pub trait MessageStore: Send {
+    /// A new message at the tail.
+    fn push(&mut self, m: QueuedMessage);
+    /// The head message, leaving the ready set.
+    fn pop(&mut self) -> Option<QueuedMessage>;
+    /// A delivered message returns to the ready set, ordered by `seq`.
+    fn requeue(&mut self, m: QueuedMessage);
+    /// A delivered message is done (acked, or dropped); forget it.
+    fn settle(&mut self, seq: u64);
+    /// Removes every ready message; returns how many.
+    fn purge(&mut self) -> usize;
+    /// Ready messages.
+    fn len(&self) -> usize;
+    /// Body bytes of ready messages.
+    fn bytes(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Up to `n` ready messages from the head, without taking them.
+    fn peek(&self, n: usize) -> Vec<QueuedMessage>;
+}
+
+/// Everything in RAM.
+///
+/// Requeued messages always have a lower `seq` than the messages never
+/// delivered (delivery takes from the head), so they sit in their own
+/// ordered map that is read first; the main deque stays append-only.
+#[derive(Default)]
+pub struct MemoryStore {
+    requeued: BTreeMap<u64, QueuedMessage>,
+    ready: VecDeque<QueuedMessage>,
+    bytes: u64,
+}
+
+impl MessageStore for MemoryStore {
+    fn push(&mut self, m: QueuedMessage) {
+        self.bytes += m.message.size();
+        self.ready.push_back(m);
+    }
+
+    fn pop(&mut self) -> Option<QueuedMessage> {
+        let m = match self.requeued.pop_first() {
+            Some((_, m)) => m,
+            None => self.ready.pop_front()?,
+        };
+        self.bytes -= m.message.size();
+        Some(m)
+    }
+
+    fn requeue(&mut self, m: QueuedMessage) {
+        self.bytes += m.message.size();
+        self.requeued.insert(m.seq, m);
+    }
+
+    fn settle(&mut self, _seq: u64) {}
+
+    fn purge(&mut self) -> usize {
+        let n = self.len();
+        self.requeued.clear();
+        self.ready.clear();
+        self.bytes = 0;
+        n
+    }
+
+    fn len(&self) -> usize {
+        self.requeued.len() + self.ready.len()
+    }
+
+    fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    fn peek(&self, n: usize) -> Vec<QueuedMessage> {
+        self.requeued
+            .values()
+            .chain(self.ready.iter())
+            .take(n)
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::message::Message;
+    use bytes::Bytes;
+    use std::sync::Arc;
+
+    pub fn msg(seq: u64, body: &str) -> QueuedMessage {
+        QueuedMessage {
+            seq,
+            message: Arc::new(Message {
+                exchange: String::new(),
+                routing_key: "q".into(),
+                properties: Bytes::new(),
+                body: Bytes::copy_from_slice(body.as_bytes()),
+                persistent: false,
+            }),
+            redelivered: false,
+        }
+    }
+
+    /// The contract every store must meet; each store's tests call it.
+    pub fn store_contract(s: &mut dyn MessageStore) {
+        for i in 1..=5 {
+            s.push(msg(i, "abc"));
+        }
+        assert_eq!(s.len(), 5);
+        assert_eq!(s.bytes(), 15);
+        let a = s.pop().unwrap();
+        let b = s.pop().unwrap();
+        let c = s.pop().unwrap();
+        assert_eq!((a.seq, b.seq, c.seq), (1, 2, 3));
+        // Requeue out of order: they come back in seq order, before 4 and 5.
+        s.requeue(c);
+        s.requeue(a);
+        s.settle(b.seq);
+        let order: Vec<u64> = s.peek(10).iter().map(|m| m.seq).collect();
+        assert_eq!(order, vec![1, 3, 4, 5]);
+        assert_eq!(s.bytes(), 12);
+        assert_eq!(s.pop().unwrap().seq, 1);
+        assert_eq!(s.purge(), 3);
+        assert!(s.is_empty());
+        assert_eq!(s.bytes(), 0);
+        assert!(s.pop().is_none());
+    }
+
+    #[test]
+    fn memory_store_meets_contract() {
+        store_contract(&mut MemoryStore::default());
+    }
+}
