@@ -1,1 +1,11 @@
+//! Warren: an AMQP 0-9-1 message broker, a drop-in for RabbitMQ.
+//!
+//! Layers, with dependencies pointing one way: [`amqp`] (the wire) calls
+//! into [`broker`] (vhosts, exchanges, queues), which builds on the
+//! `warren-exchanges` and `warren-queues` crates. [`server`] binds the
+//! listeners and [`config`] reads `rabbit.toml`.
 
+pub mod amqp;
+pub mod broker;
+pub mod config;
+pub mod server;

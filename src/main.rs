@@ -1,1 +1,131 @@
-fn main(){}
+//! The `warren` binary: reads the configuration and flags, starts the
+//! server, and shuts it down cleanly on SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use warren::config::Config;
+
+const USAGE: &str = "\
+warren: an AMQP 0-9-1 message broker
+
+USAGE: warren [OPTIONS]
+
+OPTIONS:
+  --config PATH               configuration file (default ./rabbit.toml; built-in defaults if absent)
+  --amqp-listen ADDR:PORT     AMQP listener (default 0.0.0.0:5672)
+  --http-listen ADDR:PORT     management HTTP listener (default 0.0.0.0:15672)
+  --prometheus-listen ADDR:PORT  Prometheus listener (default 0.0.0.0:15692)
+  --data-dir DIR              data directory (default ./data)
+  -h, --help                  this text
+  -V, --version               the version
+";
+
+fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
+    let mut config_path: Option<PathBuf> = None;
+    let mut overrides: Vec<(String, String)> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (a.clone(), None),
+        };
+        match flag.as_str() {
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return Ok(None);
+            }
+            "-V" | "--version" => {
+                println!("warren {}", env!("CARGO_PKG_VERSION"));
+                return Ok(None);
+            }
+            "--config" | "--amqp-listen" | "--http-listen" | "--prometheus-listen"
+            | "--data-dir" => {
+                let v = match inline {
+                    Some(v) => v,
+                    None => it
+                        .next()
+                        .cloned()
+                        .ok_or_else(|| format!("{flag} needs a value"))?,
+                };
+                if flag == "--config" {
+                    config_path = Some(PathBuf::from(v));
+                } else {
+                    overrides.push((flag, v));
+                }
+            }
+            other => return Err(format!("unknown argument '{other}'\n\n{USAGE}")),
+        }
+    }
+    let must_exist = config_path.is_some();
+    let path = config_path.unwrap_or_else(|| PathBuf::from("rabbit.toml"));
+    let mut config = Config::load(&path, must_exist).map_err(|e| e.to_string())?;
+    for (flag, v) in overrides {
+        let addr = || {
+            v.parse()
+                .map_err(|e| format!("{flag}: '{v}' is not an ADDR:PORT ({e})"))
+        };
+        match flag.as_str() {
+            "--amqp-listen" => config.listeners.amqp = addr()?,
+            "--http-listen" => config.listeners.http = addr()?,
+            "--prometheus-listen" => config.listeners.prometheus = addr()?,
+            "--data-dir" => config.storage.data_dir = PathBuf::from(&v),
+            _ => unreachable!("flags are matched above"),
+        }
+    }
+    Ok(Some(config))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let config = match parse_args(&args) {
+        Ok(Some(c)) => c,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("warren: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("warren: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let server = match warren::server::start(&config).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, addr = %config.listeners.amqp, "cannot bind the AMQP listener");
+                return ExitCode::FAILURE;
+            }
+        };
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        server.shutdown().await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

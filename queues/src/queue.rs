@@ -278,6 +278,21 @@ impl<C: Clone> QueueCore<C> {
         n
     }
 
+    /// A dispatched message never reached its consumer (it was cancelled,
+    /// or its connection went away first): it goes back to its place, as
+    /// it was, without counting as delivered.
+    pub fn undeliver(&mut self, m: QueuedMessage, no_ack: bool) {
+        if no_ack {
+            self.store.requeue(m);
+        } else if let Some(u) = self.take_unacked(m.seq) {
+            self.store.requeue(QueuedMessage {
+                seq: m.seq,
+                message: u.message,
+                redelivered: m.redelivered,
+            });
+        }
+    }
+
     /// A connection wrote `n` messages of a no-ack consumer: credit returns.
     pub fn settle_no_ack(&mut self, consumer: ConsumerId, n: u32) {
         if let Some(c) = self.consumers.iter_mut().find(|c| c.spec.id == consumer) {

@@ -1,0 +1,819 @@
+//! Channels: their state and the commands they carry.
+//!
+//! A channel belongs to its connection task. It owns its consumers, its
+//! delivery-tag counter and its unacked messages (ordered by tag, so
+//! `multiple` acks take a prefix). Commands call the broker; errors come
+//! back typed by what they close.
+
+use super::assembler::{AssembleError, Assembler, Command};
+use super::codec::{self, Frame, FRAME_METHOD};
+use super::connection::{conn_err, Connection};
+use super::error::*;
+use super::fields::to_table;
+use crate::broker::{
+    ConsumeRequest, Delivery, Exchange, ExchangeOptions, Queue, QueueOptions,
+};
+use amq_protocol::protocol::{
+    access, basic, channel as chan, exchange, queue, AMQPClass,
+};
+use amq_protocol::types::ShortString;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use warren_queues::{ChannelLimit, ConsumerId, Message};
+
+struct Unacked {
+    tag: u64,
+    queue: Arc<Queue>,
+    seq: u64,
+    /// Holds a slot of the channel's shared prefetch limit.
+    slot: bool,
+}
+
+struct Consumer {
+    id: ConsumerId,
+    queue: Arc<Queue>,
+}
+
+#[derive(Default)]
+pub(super) struct Channel {
+    /// We sent channel.close and wait for close-ok; other frames are dropped.
+    closing: bool,
+    asm: Assembler,
+    next_tag: u64,
+    unacked: VecDeque<Unacked>,
+    consumers: HashMap<String, Consumer>,
+    /// basic.qos global=false: the prefetch given to new consumers.
+    consumer_prefetch: u32,
+    /// basic.qos global=true: shared by the channel's consumers.
+    limit: Arc<ChannelLimit>,
+    /// The exchange of the last publish: most publishers use one.
+    last_exchange: Option<Arc<Exchange>>,
+    /// The last queue declared, for methods that name the queue "".
+    last_queue: Option<String>,
+}
+
+fn parse_short_str(p: &[u8], at: &mut usize) -> Option<String> {
+    let n = *p.get(*at)? as usize;
+    let s = p.get(*at + 1..*at + 1 + n)?;
+    *at += 1 + n;
+    String::from_utf8(s.to_vec()).ok()
+}
+
+impl Connection {
+    pub(super) fn channel_frame(&mut self, f: Frame) -> Result<(), ConnectionError> {
+        let id = f.channel;
+        if id > self.channel_max && self.channel_max != 0 {
+            return Err(conn_err(
+                CHANNEL_ERROR,
+                format!(
+                    "CHANNEL_ERROR - channel id {id} is above the negotiated channel_max {}",
+                    self.channel_max
+                ),
+            ));
+        }
+        let Some(ch) = self.channels.get_mut(&id) else {
+            // Only channel.open may address a channel that is not open.
+            let cm = super::assembler::class_method(&f.payload);
+            if f.kind == FRAME_METHOD && cm == (20, 10) {
+                let ch = Channel {
+                    next_tag: 1,
+                    ..Default::default()
+                };
+                self.channels.insert(id, ch);
+                self.send_method(
+                    id,
+                    AMQPClass::Channel(chan::AMQPMethod::OpenOk(chan::OpenOk {})),
+                );
+                return Ok(());
+            }
+            return Err(ConnectionError {
+                code: CHANNEL_ERROR,
+                text: "CHANNEL_ERROR - expected 'channel.open'".into(),
+                class_id: cm.0,
+                method_id: cm.1,
+            });
+        };
+        if ch.closing {
+            if f.kind == FRAME_METHOD {
+                match super::assembler::class_method(&f.payload) {
+                    (20, 41) => {
+                        self.channels.remove(&id);
+                    }
+                    (20, 40) => {
+                        // Both sides closed at once: answer, and we are done.
+                        self.send_method(
+                            id,
+                            AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
+                        );
+                        self.channels.remove(&id);
+                    }
+                    _ => {}
+                }
+            }
+            return Ok(());
+        }
+        let max_body = self.settings.max_message_size;
+        let cmd = match ch.asm.frame(f, max_body) {
+            Ok(Some(cmd)) => cmd,
+            Ok(None) => return Ok(()),
+            Err(AssembleError::Unexpected(text)) => {
+                return Err(conn_err(UNEXPECTED_FRAME, format!("UNEXPECTED_FRAME - {text}")))
+            }
+            Err(AssembleError::TooLarge { size, max }) => {
+                // The assembler dropped the command; the channel ignores
+                // the rest of its body while it closes.
+                self.close_channel(
+                    id,
+                    AmqpError::channel(
+                        PRECONDITION_FAILED,
+                        format!("message size {size} is larger than configured max size {max}"),
+                    )
+                    .at((60, 40)),
+                );
+                return Ok(());
+            }
+        };
+        let cm = cmd.class_method();
+        match self.command(id, cmd) {
+            Ok(()) => Ok(()),
+            Err(AmqpError::Channel(e)) => {
+                let e = if e.class_id == 0 {
+                    AmqpError::Channel(e).at(cm)
+                } else {
+                    AmqpError::Channel(e)
+                };
+                self.close_channel(id, e);
+                Ok(())
+            }
+            Err(AmqpError::Connection(mut e)) => {
+                if e.class_id == 0 {
+                    e.class_id = cm.0;
+                    e.method_id = cm.1;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends channel.close for a channel error and frees what it holds.
+    fn close_channel(&mut self, id: u16, e: AmqpError) {
+        let AmqpError::Channel(e) = e else { return };
+        tracing::info!(conn = self.id, channel = id, code = e.code, text = %e.text, "closing channel");
+        self.send_method(
+            id,
+            AMQPClass::Channel(chan::AMQPMethod::Close(chan::Close {
+                reply_code: e.code,
+                reply_text: ShortString::from(e.text),
+                class_id: e.class_id,
+                method_id: e.method_id,
+            })),
+        );
+        if let Some(ch) = self.channels.get_mut(&id) {
+            ch.closing = true;
+            let released = std::mem::take(ch);
+            // Keep a closing placeholder until close-ok.
+            self.channels.insert(
+                id,
+                Channel {
+                    closing: true,
+                    ..Default::default()
+                },
+            );
+            self.release_channel(released);
+        }
+    }
+
+    /// Cancels a channel's consumers and requeues its unacked messages.
+    pub(super) fn release_channel(&mut self, ch: Channel) {
+        for (_, c) in ch.consumers {
+            if c.queue.cancel(c.id) {
+                self.vhost.remove_queue(&c.queue);
+            }
+        }
+        requeue_grouped(ch.unacked.into_iter());
+    }
+
+    fn ch(&mut self, id: u16) -> &mut Channel {
+        self.channels.get_mut(&id).expect("command on an open channel")
+    }
+
+    fn command(&mut self, id: u16, cmd: Command) -> Result<(), AmqpError> {
+        match cmd.class_method() {
+            (60, 40) => return self.publish(id, cmd),
+            (60, 10) => return self.qos(id, &cmd.method),
+            _ => {}
+        }
+        let class = match amq_protocol::protocol::parse_class(&cmd.method[..]) {
+            Ok((_, c)) => c,
+            Err(_) => {
+                let (c, m) = cmd.class_method();
+                return Err(AmqpError::connection(
+                    SYNTAX_ERROR,
+                    format!("could not decode method {c}.{m}"),
+                ));
+            }
+        };
+        match class {
+            AMQPClass::Channel(m) => self.channel_method(id, m),
+            AMQPClass::Exchange(m) => self.exchange_method(id, m),
+            AMQPClass::Queue(m) => self.queue_method(id, m),
+            AMQPClass::Basic(m) => self.basic_method(id, m),
+            AMQPClass::Access(access::AMQPMethod::Request(_)) => {
+                self.send_method(
+                    id,
+                    AMQPClass::Access(access::AMQPMethod::RequestOk(access::RequestOk {})),
+                );
+                Ok(())
+            }
+            AMQPClass::Confirm(_) => Err(AmqpError::connection(
+                NOT_IMPLEMENTED,
+                "publisher confirms are not implemented yet",
+            )),
+            AMQPClass::Tx(_) => Err(AmqpError::connection(
+                NOT_IMPLEMENTED,
+                "transactions are not implemented yet",
+            )),
+            other => {
+                let (c, m) = cmd.class_method();
+                Err(AmqpError::connection(
+                    COMMAND_INVALID,
+                    format!("unexpected method {c}.{m} ({other:?}) from a client"),
+                ))
+            }
+        }
+    }
+
+    fn channel_method(&mut self, id: u16, m: chan::AMQPMethod) -> Result<(), AmqpError> {
+        match m {
+            chan::AMQPMethod::Open(_) => Err(AmqpError::connection(
+                CHANNEL_ERROR,
+                "second 'channel.open' seen",
+            )),
+            chan::AMQPMethod::Flow(f) => {
+                if !f.active {
+                    return Err(AmqpError::connection(NOT_IMPLEMENTED, "active=false"));
+                }
+                self.send_method(
+                    id,
+                    AMQPClass::Channel(chan::AMQPMethod::FlowOk(chan::FlowOk { active: true })),
+                );
+                Ok(())
+            }
+            chan::AMQPMethod::FlowOk(_) | chan::AMQPMethod::CloseOk(_) => Ok(()),
+            chan::AMQPMethod::Close(_) => {
+                if let Some(ch) = self.channels.remove(&id) {
+                    self.release_channel(ch);
+                }
+                self.send_method(
+                    id,
+                    AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
+                );
+                Ok(())
+            }
+            chan::AMQPMethod::OpenOk(_) => Ok(()),
+        }
+    }
+
+    fn exchange_method(&mut self, id: u16, m: exchange::AMQPMethod) -> Result<(), AmqpError> {
+        match m {
+            exchange::AMQPMethod::Declare(d) => {
+                let opts = ExchangeOptions {
+                    durable: d.durable,
+                    auto_delete: d.auto_delete,
+                    internal: d.internal,
+                    arguments: to_table(&d.arguments),
+                };
+                self.vhost
+                    .declare_exchange(d.exchange.as_str(), d.kind.as_str(), d.passive, opts)?;
+                if !d.nowait {
+                    self.send_method(
+                        id,
+                        AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(
+                            exchange::DeclareOk {},
+                        )),
+                    );
+                }
+                Ok(())
+            }
+            exchange::AMQPMethod::Delete(d) => {
+                self.vhost
+                    .delete_exchange(d.exchange.as_str(), d.if_unused)?;
+                if !d.nowait {
+                    self.send_method(
+                        id,
+                        AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})),
+                    );
+                }
+                Ok(())
+            }
+            exchange::AMQPMethod::Bind(_) | exchange::AMQPMethod::Unbind(_) => {
+                Err(AmqpError::connection(
+                    NOT_IMPLEMENTED,
+                    "exchange-to-exchange bindings are not implemented yet",
+                ))
+            }
+            _ => Err(AmqpError::connection(
+                COMMAND_INVALID,
+                "unexpected exchange method from a client",
+            )),
+        }
+    }
+
+    /// A queue name from a method: "" means the channel's last declared queue.
+    fn queue_name(&mut self, id: u16, name: &ShortString) -> Result<String, AmqpError> {
+        let name = name.as_str();
+        if !name.is_empty() {
+            return Ok(name.to_owned());
+        }
+        self.ch(id)
+            .last_queue
+            .clone()
+            .ok_or_else(|| AmqpError::channel(NOT_FOUND, "no previously declared queue"))
+    }
+
+    fn queue_method(&mut self, id: u16, m: queue::AMQPMethod) -> Result<(), AmqpError> {
+        let conn = self.id;
+        match m {
+            queue::AMQPMethod::Declare(d) => {
+                let opts = QueueOptions {
+                    durable: d.durable,
+                    exclusive: d.exclusive,
+                    auto_delete: d.auto_delete,
+                    arguments: to_table(&d.arguments),
+                };
+                let name = if d.passive {
+                    self.queue_name(id, &d.queue)?
+                } else {
+                    d.queue.as_str().to_owned()
+                };
+                let r = self.vhost.declare_queue(&name, d.passive, opts, conn)?;
+                self.ch(id).last_queue = Some(r.queue.name.clone());
+                if !d.nowait {
+                    self.send_method(
+                        id,
+                        AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                            queue: r.queue.name.clone().into(),
+                            message_count: r.message_count as u32,
+                            consumer_count: r.consumer_count as u32,
+                        })),
+                    );
+                }
+                Ok(())
+            }
+            queue::AMQPMethod::Bind(b) => {
+                let q = self.queue_name(id, &b.queue)?;
+                self.vhost.bind_queue(
+                    &q,
+                    b.exchange.as_str(),
+                    b.routing_key.as_str(),
+                    to_table(&b.arguments),
+                    conn,
+                )?;
+                if !b.nowait {
+                    self.send_method(
+                        id,
+                        AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
+                    );
+                }
+                Ok(())
+            }
+            queue::AMQPMethod::Unbind(u) => {
+                let q = self.queue_name(id, &u.queue)?;
+                self.vhost.unbind_queue(
+                    &q,
+                    u.exchange.as_str(),
+                    u.routing_key.as_str(),
+                    &to_table(&u.arguments),
+                    conn,
+                )?;
+                self.send_method(
+                    id,
+                    AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),
+                );
+                Ok(())
+            }
+            queue::AMQPMethod::Purge(p) => {
+                let q = self.queue_name(id, &p.queue)?;
+                let n = self.vhost.purge_queue(&q, conn)?;
+                if !p.nowait {
+                    self.send_method(
+                        id,
+                        AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {
+                            message_count: n as u32,
+                        })),
+                    );
+                }
+                Ok(())
+            }
+            queue::AMQPMethod::Delete(d) => {
+                let q = self.queue_name(id, &d.queue)?;
+                let n = self
+                    .vhost
+                    .delete_queue(&q, d.if_unused, d.if_empty, conn)?;
+                if !d.nowait {
+                    self.send_method(
+                        id,
+                        AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
+                            message_count: n as u32,
+                        })),
+                    );
+                }
+                Ok(())
+            }
+            _ => Err(AmqpError::connection(
+                COMMAND_INVALID,
+                "unexpected queue method from a client",
+            )),
+        }
+    }
+
+    /// basic.qos, decoded by hand: amq-protocol drops prefetch_size.
+    fn qos(&mut self, id: u16, p: &[u8]) -> Result<(), AmqpError> {
+        if p.len() < 11 {
+            return Err(AmqpError::connection(SYNTAX_ERROR, "malformed basic.qos"));
+        }
+        let size = u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
+        let count = u16::from_be_bytes([p[8], p[9]]) as u32;
+        let global = p[10] & 1 == 1;
+        if size != 0 {
+            return Err(AmqpError::connection(
+                NOT_IMPLEMENTED,
+                format!("prefetch_size!=0 ({size})"),
+            ));
+        }
+        let ch = self.ch(id);
+        if global {
+            ch.limit.set_limit(count);
+            // A larger limit may let queues deliver what they held back.
+            let queues: Vec<Arc<Queue>> = ch.consumers.values().map(|c| c.queue.clone()).collect();
+            for q in queues {
+                q.kick();
+            }
+        } else {
+            ch.consumer_prefetch = count;
+        }
+        self.send_method(id, AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})));
+        Ok(())
+    }
+
+    fn publish(&mut self, id: u16, cmd: Command) -> Result<(), AmqpError> {
+        let p = &cmd.method[..];
+        let mut at = 6; // class, method, ticket
+        let (Some(exchange), Some(routing_key)) =
+            (parse_short_str(p, &mut at), parse_short_str(p, &mut at))
+        else {
+            return Err(AmqpError::connection(SYNTAX_ERROR, "malformed basic.publish"));
+        };
+        let bits = p.get(at).copied().unwrap_or(0);
+        let (mandatory, immediate) = (bits & 1 == 1, bits & 2 == 2);
+        if immediate {
+            return Err(AmqpError::connection(NOT_IMPLEMENTED, "immediate=true"));
+        }
+        let content = cmd.content.expect("the assembler attaches content to publish");
+        let Some(summary) = codec::scan_properties(&content.header.properties) else {
+            return Err(AmqpError::connection(
+                SYNTAX_ERROR,
+                "malformed content header properties",
+            ));
+        };
+        if let Some(uid) = summary.user_id {
+            let uid = &content.header.properties[uid.0..uid.1];
+            if uid != self.user.as_bytes() {
+                return Err(AmqpError::channel(
+                    PRECONDITION_FAILED,
+                    format!(
+                        "user_id property set to '{}' but authenticated user was '{}'",
+                        String::from_utf8_lossy(uid),
+                        self.user
+                    ),
+                ));
+            }
+        }
+        let ex = match &self.ch(id).last_exchange {
+            Some(e) if e.name == exchange && !e.is_deleted() => e.clone(),
+            _ => {
+                let e = self.vhost.exchange(&exchange)?;
+                self.ch(id).last_exchange = Some(e.clone());
+                e
+            }
+        };
+        if ex.opts.internal {
+            return Err(AmqpError::channel(
+                ACCESS_REFUSED,
+                format!(
+                    "cannot publish to internal exchange '{}' in vhost '{}'",
+                    ex.name, self.vhost.name
+                ),
+            ));
+        }
+        let headers = if ex.needs_headers() && summary.has_headers {
+            amq_protocol::protocol::basic::parse_properties(&content.header.properties[..])
+                .ok()
+                .and_then(|(_, props)| props.headers().as_ref().map(to_table))
+        } else {
+            None
+        };
+        let message = Message {
+            exchange,
+            routing_key,
+            properties: content.header.properties,
+            body: content.body,
+            persistent: summary.delivery_mode == 2,
+        };
+        let mut scratch = std::mem::take(&mut self.route_scratch);
+        let (routed, message) = self
+            .vhost
+            .publish(&ex, message, headers.as_ref(), &mut scratch);
+        self.route_scratch = scratch;
+        if routed == 0 && mandatory {
+            codec::write_return(
+                &mut self.out,
+                id,
+                NO_ROUTE,
+                "NO_ROUTE",
+                &message.exchange,
+                &message.routing_key,
+            );
+            codec::write_content(
+                &mut self.out,
+                id,
+                &message.properties,
+                &message.body,
+                self.frame_max,
+            );
+        }
+        Ok(())
+    }
+
+    fn basic_method(&mut self, id: u16, m: basic::AMQPMethod) -> Result<(), AmqpError> {
+        match m {
+            basic::AMQPMethod::Consume(c) => self.consume(id, c),
+            basic::AMQPMethod::Cancel(c) => {
+                let tag = c.consumer_tag.as_str().to_owned();
+                if let Some(cons) = self.ch(id).consumers.remove(&tag) {
+                    if cons.queue.cancel(cons.id) {
+                        self.vhost.remove_queue(&cons.queue);
+                    }
+                }
+                if !c.nowait {
+                    self.send_method(
+                        id,
+                        AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
+                            consumer_tag: tag.into(),
+                        })),
+                    );
+                }
+                Ok(())
+            }
+            basic::AMQPMethod::Get(g) => self.get(id, g),
+            basic::AMQPMethod::Ack(a) => self.settle(id, a.delivery_tag, a.multiple, Settle::Ack),
+            basic::AMQPMethod::Nack(n) => {
+                let how = if n.requeue { Settle::Requeue } else { Settle::Drop };
+                self.settle(id, n.delivery_tag, n.multiple, how)
+            }
+            basic::AMQPMethod::Reject(r) => {
+                let how = if r.requeue { Settle::Requeue } else { Settle::Drop };
+                self.settle(id, r.delivery_tag, false, how)
+            }
+            basic::AMQPMethod::Recover(r) => {
+                self.recover(id, r.requeue)?;
+                self.send_method(
+                    id,
+                    AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
+                );
+                Ok(())
+            }
+            basic::AMQPMethod::RecoverAsync(r) => self.recover(id, r.requeue),
+            _ => Err(AmqpError::connection(
+                COMMAND_INVALID,
+                "unexpected basic method from a client",
+            )),
+        }
+    }
+
+    fn consume(&mut self, id: u16, c: basic::Consume) -> Result<(), AmqpError> {
+        let qname = self.queue_name(id, &c.queue)?;
+        let tag = if c.consumer_tag.as_str().is_empty() {
+            format!("amq.ctag-{}", crate::broker::random_token(self.broker.next_id(), 22))
+        } else {
+            c.consumer_tag.as_str().to_owned()
+        };
+        if self.ch(id).consumers.contains_key(&tag) {
+            return Err(AmqpError::connection(
+                NOT_ALLOWED,
+                format!("attempt to reuse consumer tag '{tag}'"),
+            ));
+        }
+        let q = self.vhost.queue_for(&qname, self.id)?;
+        let consumer_id = self.broker.next_id();
+        let outbox = self.outbox.clone();
+        let ch = self.ch(id);
+        let req = ConsumeRequest {
+            id: consumer_id,
+            tag: tag.clone(),
+            session: id,
+            outbox,
+            no_ack: c.no_ack,
+            exclusive: c.exclusive,
+            prefetch: ch.consumer_prefetch,
+            channel_limit: ch.limit.clone(),
+        };
+        // consume-ok goes out before any delivery: deliveries wait in the
+        // outbox, which is drained after this command's replies.
+        q.consume(req)?;
+        self.ch(id).consumers.insert(
+            tag.clone(),
+            Consumer {
+                id: consumer_id,
+                queue: q,
+            },
+        );
+        if !c.nowait {
+            self.send_method(
+                id,
+                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                    consumer_tag: tag.into(),
+                })),
+            );
+        }
+        Ok(())
+    }
+
+    fn get(&mut self, id: u16, g: basic::Get) -> Result<(), AmqpError> {
+        let qname = self.queue_name(id, &g.queue)?;
+        let q = self.vhost.queue_for(&qname, self.id)?;
+        match q.get(g.no_ack) {
+            None => self.send_method(
+                id,
+                AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
+            ),
+            Some((m, left)) => {
+                let ch = self.ch(id);
+                let tag = ch.next_tag;
+                ch.next_tag += 1;
+                if !g.no_ack {
+                    ch.unacked.push_back(Unacked {
+                        tag,
+                        queue: q.clone(),
+                        seq: m.seq,
+                        slot: false,
+                    });
+                }
+                codec::write_get_ok(
+                    &mut self.out,
+                    id,
+                    tag,
+                    m.redelivered,
+                    &m.message.exchange,
+                    &m.message.routing_key,
+                    left as u32,
+                );
+                codec::write_content(
+                    &mut self.out,
+                    id,
+                    &m.message.properties,
+                    &m.message.body,
+                    self.frame_max,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn settle(&mut self, id: u16, tag: u64, multiple: bool, how: Settle) -> Result<(), AmqpError> {
+        let ch = self.ch(id);
+        let taken: Vec<Unacked> = if multiple && tag == 0 {
+            ch.unacked.drain(..).collect()
+        } else {
+            let Ok(pos) = ch.unacked.binary_search_by_key(&tag, |u| u.tag) else {
+                return Err(AmqpError::channel(
+                    PRECONDITION_FAILED,
+                    format!("unknown delivery tag {tag}"),
+                ));
+            };
+            if multiple {
+                ch.unacked.drain(..=pos).collect()
+            } else {
+                ch.unacked.remove(pos).into_iter().collect()
+            }
+        };
+        let slots = taken.iter().filter(|u| u.slot).count() as u32;
+        match how {
+            Settle::Ack | Settle::Drop => for_each_queue(taken.into_iter(), |q, seqs| q.ack(seqs)),
+            Settle::Requeue => requeue_grouped(taken.into_iter()),
+        }
+        let ch = self.ch(id);
+        if ch.limit.release(slots) {
+            let queues: Vec<Arc<Queue>> = ch.consumers.values().map(|c| c.queue.clone()).collect();
+            for q in queues {
+                q.kick();
+            }
+        }
+        Ok(())
+    }
+
+    fn recover(&mut self, id: u16, requeue: bool) -> Result<(), AmqpError> {
+        if !requeue {
+            return Err(AmqpError::connection(NOT_IMPLEMENTED, "requeue=false"));
+        }
+        let ch = self.ch(id);
+        let taken: Vec<Unacked> = ch.unacked.drain(..).collect();
+        let slots = taken.iter().filter(|u| u.slot).count() as u32;
+        ch.limit.release(slots);
+        requeue_grouped(taken.into_iter());
+        Ok(())
+    }
+
+    /// Frames one delivery from the outbox, or gives it back to its queue
+    /// when its consumer is gone.
+    pub(super) fn deliver(&mut self, d: Delivery) {
+        let session = d.consumer.session;
+        let live = self.channels.get(&session).is_some_and(|ch| {
+            !ch.closing
+                && ch
+                    .consumers
+                    .get(&d.consumer.tag)
+                    .is_some_and(|c| c.id == d.consumer.id)
+        });
+        if !live {
+            if d.took_channel_slot {
+                if let Some(ch) = self.channels.get(&session) {
+                    ch.limit.release(1);
+                }
+            }
+            d.queue.undeliver(d.message, d.no_ack);
+            return;
+        }
+        let ch = self.channels.get_mut(&session).expect("checked above");
+        let tag = ch.next_tag;
+        ch.next_tag += 1;
+        if d.no_ack {
+            match self.settle.last_mut() {
+                Some((q, c, n)) if Arc::ptr_eq(q, &d.queue) && *c == d.consumer.id => *n += 1,
+                _ => self.settle.push((d.queue.clone(), d.consumer.id, 1)),
+            }
+        } else {
+            ch.unacked.push_back(Unacked {
+                tag,
+                queue: d.queue.clone(),
+                seq: d.message.seq,
+                slot: d.took_channel_slot,
+            });
+        }
+        let m = &d.message.message;
+        codec::write_deliver(
+            &mut self.out,
+            session,
+            &d.consumer.tag,
+            tag,
+            d.message.redelivered,
+            &m.exchange,
+            &m.routing_key,
+        );
+        codec::write_content(&mut self.out, session, &m.properties, &m.body, self.frame_max);
+    }
+
+    /// A queue was deleted under one of our consumers.
+    pub(super) fn consumer_cancelled(&mut self, session: u16, tag: &str, consumer: ConsumerId) {
+        let Some(ch) = self.channels.get_mut(&session) else { return };
+        if ch.closing || !ch.consumers.get(tag).is_some_and(|c| c.id == consumer) {
+            return;
+        }
+        ch.consumers.remove(tag);
+        if self.cancel_notify {
+            self.send_method(
+                session,
+                AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                    consumer_tag: tag.into(),
+                    nowait: true,
+                })),
+            );
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Settle {
+    Ack,
+    Requeue,
+    /// Rejected without requeue: dropped (dead-lettering comes later).
+    Drop,
+}
+
+/// Calls `f` once per queue with the seqs of that queue, in tag order.
+fn for_each_queue(items: impl Iterator<Item = Unacked>, mut f: impl FnMut(&Arc<Queue>, &[u64])) {
+    let mut groups: Vec<(Arc<Queue>, Vec<u64>)> = Vec::new();
+    for u in items {
+        match groups.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
+            Some((_, seqs)) => seqs.push(u.seq),
+            None => groups.push((u.queue, vec![u.seq])),
+        }
+    }
+    for (q, seqs) in groups {
+        f(&q, &seqs);
+    }
+}
+
+fn requeue_grouped(items: impl Iterator<Item = Unacked>) {
+    for_each_queue(items, |q, seqs| q.requeue(seqs));
+}

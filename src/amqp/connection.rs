@@ -1,0 +1,659 @@
+//! The connection task: handshake, then the frame loop.
+//!
+//! One task per connection owns everything of that connection: its
+//! channels, their consumers, delivery tags and unacked messages, and the
+//! buffer of frames to send. It reads frames, runs commands against the
+//! broker, drains the outbox queues fill for its consumers, and hands
+//! encoded bytes to the writer task. On any exit it gives unacked messages
+//! back to their queues and cancels its consumers, so nothing is lost.
+
+use super::channel::Channel;
+use super::codec::{self, Frame, FRAME_HEARTBEAT, FRAME_METHOD, PROTOCOL_HEADER};
+use super::error::*;
+use super::{sasl, writer, AmqpSettings};
+use crate::broker::{Broker, Outbox, OutboxItem, Queue, QueueRef, Vhost};
+use amq_protocol::protocol::{connection, AMQPClass};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
+use bytes::{Bytes, BytesMut};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use warren_queues::ConsumerId;
+
+/// Frame size allowed before tune-ok (the spec's minimum frame_max).
+const FRAME_MIN_SIZE: usize = 4096;
+/// How long we wait for close-ok after sending connection.close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Why the connection ended (for the log, through `Debug`).
+#[derive(Debug)]
+#[allow(dead_code)]
+enum End {
+    PeerClosed,
+    Io(std::io::Error),
+    Closed,
+    Timeout(&'static str),
+}
+
+pub(super) struct Connection {
+    pub(super) id: u64,
+    pub(super) broker: Arc<Broker>,
+    pub(super) vhost: Arc<Vhost>,
+    pub(super) user: String,
+    pub(super) settings: Arc<AmqpSettings>,
+    pub(super) frame_max: usize,
+    pub(super) channel_max: u16,
+    heartbeat: u16,
+    /// Frames waiting to go to the writer.
+    pub(super) out: BytesMut,
+    tx: mpsc::Sender<Bytes>,
+    pub(super) outbox: Arc<Outbox>,
+    pub(super) channels: HashMap<u16, Channel>,
+    /// Client capabilities we honour.
+    pub(super) cancel_notify: bool,
+    /// Set once we sent connection.close: only close/close-ok count now.
+    closing_since: Option<Instant>,
+    /// The connection is over (close-ok exchanged).
+    done: bool,
+    /// No-ack deliveries written, to be credited back to their queues.
+    pub(super) settle: Vec<(Arc<Queue>, ConsumerId, u32)>,
+    pub(super) route_scratch: Vec<QueueRef>,
+    outbox_items: Vec<OutboxItem>,
+    last_sent: Instant,
+}
+
+/// Serves one client socket until it closes.
+pub async fn serve(
+    socket: TcpStream,
+    broker: Arc<Broker>,
+    settings: Arc<AmqpSettings>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let peer = match socket.peer_addr() {
+        Ok(p) => p,
+        Err(_) => return,
+    };
+    let _ = socket.set_nodelay(true);
+    let (mut rd, wr) = socket.into_split();
+    let (tx, rx) = mpsc::channel(writer::WRITER_QUEUE);
+    let writer = tokio::spawn(writer::run(wr, rx, Arc::new(AtomicBool::new(false))));
+    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+
+    let hs = tokio::time::timeout(
+        settings.handshake_timeout,
+        handshake(&mut rd, &mut rbuf, &tx, &broker, &settings, peer),
+    )
+    .await;
+    let conn = match hs {
+        Ok(Some(h)) => h,
+        Ok(None) => {
+            drop(tx);
+            let _ = writer.await;
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "handshake timed out");
+            drop(tx);
+            let _ = writer.await;
+            return;
+        }
+    };
+    let id = broker.next_id();
+    tracing::info!(%peer, conn = id, user = %conn.user, vhost = %conn.vhost.name, "connection opened");
+    let mut c = Connection {
+        id,
+        broker,
+        vhost: conn.vhost,
+        user: conn.user,
+        settings,
+        frame_max: conn.frame_max,
+        channel_max: conn.channel_max,
+        heartbeat: conn.heartbeat,
+        out: BytesMut::with_capacity(64 * 1024),
+        tx,
+        outbox: Arc::new(Outbox::default()),
+        channels: HashMap::new(),
+        cancel_notify: conn.cancel_notify,
+        closing_since: None,
+        done: false,
+        settle: Vec::new(),
+        route_scratch: Vec::new(),
+        outbox_items: Vec::new(),
+        last_sent: Instant::now(),
+    };
+    let end = c.run(&mut rd, &mut rbuf, &mut shutdown).await;
+    c.cleanup();
+    // Let the writer send what is queued (a close-ok, say) before the socket goes.
+    drop(c.tx);
+    let _ = writer.await;
+    tracing::info!(%peer, conn = id, reason = ?end, "connection closed");
+}
+
+struct Handshaken {
+    vhost: Arc<Vhost>,
+    user: String,
+    frame_max: usize,
+    channel_max: u16,
+    heartbeat: u16,
+    cancel_notify: bool,
+}
+
+/// Reads the next frame during the handshake; `None` on EOF, error or a
+/// frame that is not a channel-0 method (heartbeats are skipped).
+async fn next_method(rd: &mut OwnedReadHalf, rbuf: &mut BytesMut) -> Option<AMQPClass> {
+    loop {
+        match codec::read_frame(rbuf, FRAME_MIN_SIZE) {
+            Ok(Some(f)) if f.kind == FRAME_HEARTBEAT => continue,
+            Ok(Some(f)) if f.kind == FRAME_METHOD && f.channel == 0 => {
+                return amq_protocol::protocol::parse_class(&f.payload[..])
+                    .ok()
+                    .map(|(_, c)| c);
+            }
+            Ok(Some(_)) | Err(_) => return None,
+            Ok(None) => {}
+        }
+        rbuf.reserve(READ_CHUNK);
+        match rd.read_buf(rbuf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn send(tx: &mpsc::Sender<Bytes>, method: AMQPClass) {
+    let mut b = BytesMut::new();
+    codec::write_method(&mut b, 0, method);
+    let _ = tx.send(b.freeze()).await;
+}
+
+/// Sends connection.close and waits briefly for close-ok.
+async fn refuse(
+    rd: &mut OwnedReadHalf,
+    rbuf: &mut BytesMut,
+    tx: &mpsc::Sender<Bytes>,
+    code: u16,
+    text: String,
+    class_method: (u16, u16),
+) {
+    send(
+        tx,
+        AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+            reply_code: code,
+            reply_text: text.into(),
+            class_id: class_method.0,
+            method_id: class_method.1,
+        })),
+    )
+    .await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        while let Some(m) = next_method(rd, rbuf).await {
+            if matches!(m, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+fn server_properties(settings: &AmqpSettings) -> FieldTable {
+    let mut caps = FieldTable::default();
+    for cap in [
+        "basic.nack",
+        "consumer_cancel_notify",
+        "authentication_failure_close",
+        "per_consumer_qos",
+    ] {
+        caps.insert(cap.into(), AMQPValue::Boolean(true));
+    }
+    let mut p = FieldTable::default();
+    let s = |v: &str| AMQPValue::LongString(LongString::from(v.as_bytes().to_vec()));
+    p.insert("capabilities".into(), AMQPValue::FieldTable(caps));
+    p.insert("product".into(), s("Warren"));
+    p.insert("version".into(), s(env!("CARGO_PKG_VERSION")));
+    p.insert("platform".into(), s("Rust"));
+    p.insert("cluster_name".into(), s(&settings.cluster_name));
+    p.insert(
+        "copyright".into(),
+        s("Copyright (c) the Warren authors"),
+    );
+    p.insert(
+        "information".into(),
+        s("Licensed under the MIT license. An AMQP 0-9-1 broker compatible with RabbitMQ."),
+    );
+    p
+}
+
+fn client_capability(props: &FieldTable, name: &str) -> bool {
+    match props.inner().get("capabilities") {
+        Some(AMQPValue::FieldTable(t)) => {
+            matches!(t.inner().get(name), Some(AMQPValue::Boolean(true)))
+        }
+        _ => false,
+    }
+}
+
+/// Negotiates a limit: the client's lower value wins; 0 means "no limit"
+/// (for the side that says it).
+fn negotiate<T: Ord + Copy + Default>(server: T, client: T) -> T {
+    let zero = T::default();
+    if client == zero {
+        server
+    } else if server == zero {
+        client
+    } else {
+        client.min(server)
+    }
+}
+
+async fn handshake(
+    rd: &mut OwnedReadHalf,
+    rbuf: &mut BytesMut,
+    tx: &mpsc::Sender<Bytes>,
+    broker: &Broker,
+    settings: &AmqpSettings,
+    peer: SocketAddr,
+) -> Option<Handshaken> {
+    // Protocol header.
+    while rbuf.len() < 8 {
+        match rd.read_buf(rbuf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+    if &rbuf[..8] != PROTOCOL_HEADER {
+        tracing::info!(%peer, "bad protocol header; answering with ours");
+        let _ = tx.send(Bytes::from_static(PROTOCOL_HEADER)).await;
+        return None;
+    }
+    let _ = rbuf.split_to(8);
+    send(
+        tx,
+        AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
+            version_major: 0,
+            version_minor: 9,
+            server_properties: server_properties(settings),
+            mechanisms: sasl::MECHANISMS.into(),
+            locales: "en_US".into(),
+        })),
+    )
+    .await;
+    let Some(AMQPClass::Connection(connection::AMQPMethod::StartOk(start_ok))) =
+        next_method(rd, rbuf).await
+    else {
+        return None;
+    };
+    let auth_close = client_capability(&start_ok.client_properties, "authentication_failure_close");
+    let cancel_notify = client_capability(&start_ok.client_properties, "consumer_cancel_notify");
+    let mechanism = start_ok.mechanism.as_str();
+    let creds = sasl::credentials(mechanism, start_ok.response.as_bytes());
+    let refused = |text: String| async move {
+        tracing::warn!(%peer, "{text}");
+        text
+    };
+    let user = match creds {
+        None => {
+            let text = if sasl::MECHANISMS.split(' ').any(|m| m == mechanism) {
+                format!("ACCESS_REFUSED - Login was refused using authentication mechanism {mechanism}. For details see the broker logfile.")
+            } else {
+                format!("ACCESS_REFUSED - unsupported authentication mechanism '{mechanism}'")
+            };
+            let text = refused(text).await;
+            if auth_close {
+                refuse(rd, rbuf, tx, ACCESS_REFUSED, text, (10, 11)).await;
+            }
+            return None;
+        }
+        Some((user, pass)) => match broker.authenticate(&user, &pass, peer.ip()) {
+            Ok(()) => user,
+            Err(e) => {
+                let text = match e {
+                    crate::broker::AuthError::Refused => format!(
+                        "ACCESS_REFUSED - Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
+                    ),
+                    crate::broker::AuthError::LoopbackOnly => format!(
+                        "ACCESS_REFUSED - Login was refused using authentication mechanism {mechanism}. For details see the broker logfile. User '{user}' can only connect via localhost"
+                    ),
+                };
+                let text = refused(text).await;
+                if auth_close {
+                    refuse(rd, rbuf, tx, ACCESS_REFUSED, text, (10, 11)).await;
+                }
+                return None;
+            }
+        },
+    };
+    send(
+        tx,
+        AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
+            channel_max: settings.channel_max,
+            frame_max: settings.frame_max,
+            heartbeat: settings.heartbeat,
+        })),
+    )
+    .await;
+    let Some(AMQPClass::Connection(connection::AMQPMethod::TuneOk(tune))) =
+        next_method(rd, rbuf).await
+    else {
+        return None;
+    };
+    let frame_max = negotiate(settings.frame_max, tune.frame_max) as usize;
+    if frame_max != 0 && frame_max < FRAME_MIN_SIZE {
+        refuse(
+            rd,
+            rbuf,
+            tx,
+            NOT_ALLOWED,
+            format!("NOT_ALLOWED - frame_max={frame_max} < {FRAME_MIN_SIZE} min size"),
+            (10, 31),
+        )
+        .await;
+        return None;
+    }
+    let channel_max = negotiate(settings.channel_max, tune.channel_max);
+    // The client decides about heartbeats: 0 turns them off.
+    let heartbeat = if tune.heartbeat == 0 {
+        0
+    } else {
+        negotiate(settings.heartbeat, tune.heartbeat)
+    };
+    let Some(AMQPClass::Connection(connection::AMQPMethod::Open(open))) =
+        next_method(rd, rbuf).await
+    else {
+        return None;
+    };
+    let vhost_name = open.virtual_host.as_str();
+    let Some(vhost) = broker.vhost(vhost_name) else {
+        tracing::warn!(%peer, vhost = vhost_name, "connection refused: unknown vhost");
+        refuse(
+            rd,
+            rbuf,
+            tx,
+            NOT_ALLOWED,
+            format!("NOT_ALLOWED - vhost {vhost_name} not found"),
+            (10, 40),
+        )
+        .await;
+        return None;
+    };
+    send(
+        tx,
+        AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
+    )
+    .await;
+    Some(Handshaken {
+        vhost,
+        user,
+        frame_max,
+        channel_max,
+        heartbeat,
+        cancel_notify,
+    })
+}
+
+impl Connection {
+    async fn run(
+        &mut self,
+        rd: &mut OwnedReadHalf,
+        rbuf: &mut BytesMut,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> End {
+        let tick_every = if self.heartbeat == 0 {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_millis(500 * self.heartbeat as u64).min(Duration::from_secs(1))
+        };
+        let mut tick = tokio::time::interval(tick_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_read = Instant::now();
+        let outbox = self.outbox.clone();
+        let end = loop {
+            tokio::select! {
+                res = rd.read_buf(rbuf) => {
+                    match res {
+                        Ok(0) => break End::PeerClosed,
+                        Err(e) => break End::Io(e),
+                        Ok(_) => {}
+                    }
+                    last_read = Instant::now();
+                    self.read_frames(rbuf);
+                    if rbuf.capacity() - rbuf.len() < 4096 {
+                        rbuf.reserve(READ_CHUNK);
+                    }
+                }
+                _ = outbox.notified() => {}
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    if let Some(since) = self.closing_since {
+                        if now - since > CLOSE_TIMEOUT {
+                            break End::Timeout("close-ok");
+                        }
+                    }
+                    if self.heartbeat != 0 {
+                        let hb = Duration::from_secs(self.heartbeat as u64);
+                        if now - last_read > hb * 2 {
+                            tracing::warn!(conn = self.id, timeout = ?hb, "missed heartbeats from client");
+                            break End::Timeout("heartbeat");
+                        }
+                        if now - self.last_sent >= hb / 2 && self.out.is_empty() {
+                            codec::write_heartbeat(&mut self.out);
+                        }
+                    }
+                }
+                res = shutdown.changed() => {
+                    if res.is_ok() && *shutdown.borrow() && self.closing_since.is_none() {
+                        self.close_connection(ConnectionError {
+                            code: CONNECTION_FORCED,
+                            text: "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'".into(),
+                            class_id: 0,
+                            method_id: 0,
+                        });
+                    }
+                }
+            }
+            // Deliveries are drained on every turn, not only when woken:
+            // publishes handled above may have filled our own outbox.
+            self.drain_outbox();
+            if !self.out.is_empty() {
+                let chunk = self.out.split().freeze();
+                if self.tx.send(chunk).await.is_err() {
+                    break End::Io(std::io::ErrorKind::BrokenPipe.into());
+                }
+                self.last_sent = Instant::now();
+            }
+            self.credit_no_ack();
+            if self.done {
+                break End::Closed;
+            }
+        };
+        if self.closing_since.is_some() || self.done {
+            return End::Closed;
+        }
+        end
+    }
+
+    /// Handles every whole frame in the read buffer.
+    fn read_frames(&mut self, rbuf: &mut BytesMut) {
+        while !self.done {
+            let limit = if self.frame_max == 0 { 0 } else { self.frame_max };
+            match codec::read_frame(rbuf, limit) {
+                Ok(Some(f)) => {
+                    if let Err(e) = self.frame(f) {
+                        self.close_connection(e);
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    // The stream cannot be trusted past a bad frame.
+                    rbuf.clear();
+                    self.close_connection(ConnectionError {
+                        code: FRAME_ERROR,
+                        text: format!("FRAME_ERROR - {e}"),
+                        class_id: 0,
+                        method_id: 0,
+                    });
+                    return;
+                }
+            }
+        }
+    }
+
+    fn frame(&mut self, f: Frame) -> Result<(), ConnectionError> {
+        if self.closing_since.is_some() {
+            // After our close, only close and close-ok matter.
+            if f.channel == 0 && f.kind == FRAME_METHOD {
+                match parse_connection_method(&f.payload) {
+                    Some(connection::AMQPMethod::CloseOk(_)) => self.done = true,
+                    Some(connection::AMQPMethod::Close(_)) => {
+                        self.send_method(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})));
+                        self.done = true;
+                    }
+                    _ => {}
+                }
+            }
+            return Ok(());
+        }
+        if f.kind == FRAME_HEARTBEAT {
+            if f.channel != 0 {
+                return Err(conn_err(FRAME_ERROR, "FRAME_ERROR - heartbeat frame on a non-zero channel"));
+            }
+            return Ok(());
+        }
+        if f.channel == 0 {
+            if f.kind != FRAME_METHOD {
+                return Err(conn_err(UNEXPECTED_FRAME, "UNEXPECTED_FRAME - content frame on channel 0"));
+            }
+            return self.connection_method(&f.payload);
+        }
+        self.channel_frame(f)
+    }
+
+    fn connection_method(&mut self, payload: &[u8]) -> Result<(), ConnectionError> {
+        let cm = super::assembler::class_method(payload);
+        match parse_connection_method(payload) {
+            Some(connection::AMQPMethod::Close(c)) => {
+                tracing::debug!(conn = self.id, code = c.reply_code, text = c.reply_text.as_str(), "client closed the connection");
+                self.send_method(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})));
+                self.done = true;
+                Ok(())
+            }
+            Some(connection::AMQPMethod::CloseOk(_)) => Ok(()),
+            Some(connection::AMQPMethod::UpdateSecret(_)) => {
+                self.send_method(0, AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(connection::UpdateSecretOk {})));
+                Ok(())
+            }
+            _ => Err(ConnectionError {
+                code: COMMAND_INVALID,
+                text: format!("COMMAND_INVALID - unexpected method {}.{} on channel 0", cm.0, cm.1),
+                class_id: cm.0,
+                method_id: cm.1,
+            }),
+        }
+    }
+
+    pub(super) fn send_method(&mut self, channel: u16, method: AMQPClass) {
+        codec::write_method(&mut self.out, channel, method);
+    }
+
+    /// Sends connection.close and stops handling anything but close-ok.
+    pub(super) fn close_connection(&mut self, e: ConnectionError) {
+        if self.closing_since.is_some() || self.done {
+            return;
+        }
+        tracing::warn!(conn = self.id, code = e.code, text = %e.text, "closing connection");
+        self.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+                reply_code: e.code,
+                reply_text: ShortString::from(e.text),
+                class_id: e.class_id,
+                method_id: e.method_id,
+            })),
+        );
+        self.closing_since = Some(Instant::now());
+        // Free what the channels hold now, as RabbitMQ does on close.
+        let ids: Vec<u16> = self.channels.keys().copied().collect();
+        for id in ids {
+            if let Some(ch) = self.channels.remove(&id) {
+                self.release_channel(ch);
+            }
+        }
+    }
+
+    /// Moves deliveries and cancellations from the outbox into frames.
+    fn drain_outbox(&mut self) {
+        let mut items = std::mem::take(&mut self.outbox_items);
+        self.outbox.take_into(&mut items);
+        for item in items.drain(..) {
+            match item {
+                OutboxItem::Deliver(d) => self.deliver(d),
+                OutboxItem::Cancelled { session, tag, consumer } => {
+                    self.consumer_cancelled(session, &tag, consumer)
+                }
+            }
+        }
+        self.outbox_items = items;
+    }
+
+    /// Credits no-ack deliveries written so far back to their queues.
+    fn credit_no_ack(&mut self) {
+        for (q, consumer, n) in self.settle.drain(..) {
+            q.settle_no_ack(consumer, n);
+        }
+    }
+
+    /// Everything the connection holds goes back to the broker.
+    fn cleanup(&mut self) {
+        let ids: Vec<u16> = self.channels.keys().copied().collect();
+        for id in ids {
+            if let Some(ch) = self.channels.remove(&id) {
+                self.release_channel(ch);
+            }
+        }
+        // Deliveries that were queued for us but never written.
+        let mut items = Vec::new();
+        self.outbox.take_into(&mut items);
+        for item in items {
+            if let OutboxItem::Deliver(d) = item {
+                d.queue.undeliver(d.message, d.no_ack);
+            }
+        }
+        self.settle.clear();
+        self.broker.connection_closed(self.id);
+    }
+}
+
+fn parse_connection_method(payload: &[u8]) -> Option<connection::AMQPMethod> {
+    match amq_protocol::protocol::parse_class(payload) {
+        Ok((_, AMQPClass::Connection(m))) => Some(m),
+        _ => None,
+    }
+}
+
+pub(super) fn conn_err(code: u16, text: impl Into<String>) -> ConnectionError {
+    ConnectionError {
+        code,
+        text: text.into(),
+        class_id: 0,
+        method_id: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::negotiate;
+
+    #[test]
+    fn negotiation_takes_the_lower_nonzero_value() {
+        assert_eq!(negotiate(131072u32, 0), 131072);
+        assert_eq!(negotiate(131072u32, 4096), 4096);
+        assert_eq!(negotiate(131072u32, 1 << 20), 131072);
+        assert_eq!(negotiate(0u16, 100), 100);
+    }
+}

@@ -1,0 +1,44 @@
+//! AMQP 0-9-1 over TCP: the codec, the frame assembler, SASL, the
+//! connection task (which owns its channels) and the writer task (which
+//! owns the socket's write half).
+//!
+//! This layer turns frames into calls on the broker and broker results
+//! back into frames; it holds no broker state of its own beyond what a
+//! connection and its channels own (delivery tags, unacked messages,
+//! consumers).
+
+pub mod assembler;
+mod channel;
+pub mod codec;
+pub mod connection;
+pub mod error;
+mod fields;
+pub mod sasl;
+pub mod writer;
+
+/// Protocol limits and timers, from the configuration.
+#[derive(Debug, Clone)]
+pub struct AmqpSettings {
+    pub channel_max: u16,
+    pub frame_max: u32,
+    /// Seconds; 0 disables heartbeats.
+    pub heartbeat: u16,
+    /// Largest message body accepted, in bytes.
+    pub max_message_size: u64,
+    /// How long a client has to complete the handshake.
+    pub handshake_timeout: std::time::Duration,
+    pub cluster_name: String,
+}
+
+impl Default for AmqpSettings {
+    fn default() -> Self {
+        AmqpSettings {
+            channel_max: 2047,
+            frame_max: 131_072,
+            heartbeat: 60,
+            max_message_size: 128 * 1024 * 1024,
+            handshake_timeout: std::time::Duration::from_secs(10),
+            cluster_name: "warren@localhost".into(),
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! The writer task: owns the socket's write half.
+//!
+//! The connection task sends it whole encoded chunks over a bounded channel
+//! (backpressure: a client that does not read stalls only its own
+//! connection). It coalesces whatever is queued into one buffer per write
+//! system call, and flags that it wrote so heartbeats are only sent on
+//! idle connections.
+
+use bytes::Bytes;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::mpsc;
+
+/// Chunks the connection task may queue before it waits for the socket.
+pub const WRITER_QUEUE: usize = 64;
+const COALESCE_LIMIT: usize = 256 * 1024;
+
+pub async fn run(mut sock: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>, wrote: Arc<AtomicBool>) {
+    let mut buf: Vec<u8> = Vec::with_capacity(COALESCE_LIMIT);
+    while let Some(first) = rx.recv().await {
+        let res = if first.len() >= COALESCE_LIMIT {
+            sock.write_all(&first).await
+        } else {
+            buf.clear();
+            buf.extend_from_slice(&first);
+            while buf.len() < COALESCE_LIMIT {
+                match rx.try_recv() {
+                    Ok(more) => buf.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
+            sock.write_all(&buf).await
+        };
+        if let Err(e) = res {
+            tracing::debug!(error = %e, "socket write failed");
+            break;
+        }
+        wrote.store(true, Ordering::Relaxed);
+    }
+    let _ = sock.shutdown().await;
+}

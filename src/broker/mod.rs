@@ -1,0 +1,149 @@
+//! The broker: vhosts with their exchanges and queues, users, and the
+//! registries the protocol layer and the management API read.
+//!
+//! It never imports the AMQP layer, the management layer or frame types:
+//! protocol code calls into it with plain values and gets typed
+//! [`BrokerError`]s back.
+
+pub mod error;
+pub mod exchange;
+pub mod outbox;
+pub mod queue;
+pub mod vhost;
+
+pub use error::{BrokerError, ErrorKind, Result};
+pub use exchange::{Exchange, ExchangeKind, ExchangeOptions};
+pub use outbox::{Delivery, Outbox, OutboxItem};
+pub use queue::{ConsumeRequest, ConsumerHandle, Queue, QueueOptions, QueueRef};
+pub use vhost::{QueueDeclared, Vhost};
+
+use dashmap::DashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// What the broker needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub vhosts: Vec<String>,
+    pub users: Vec<UserConfig>,
+    /// Users that may log in only from loopback addresses (RabbitMQ's `loopback_users`).
+    pub loopback_users: Vec<String>,
+    /// Messages a no-ack consumer may have in flight to its connection.
+    pub noack_window: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct UserConfig {
+    pub name: String,
+    pub password: String,
+    pub tags: Vec<String>,
+}
+
+/// Why a login failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthError {
+    /// Unknown user or wrong password.
+    Refused,
+    /// A loopback-only user connecting from elsewhere.
+    LoopbackOnly,
+}
+
+pub struct Broker {
+    vhosts: DashMap<String, Arc<Vhost>>,
+    users: DashMap<String, UserConfig>,
+    loopback_users: Vec<String>,
+    noack_window: u32,
+    next_id: AtomicU64,
+}
+
+impl Broker {
+    pub fn new(cfg: &BrokerConfig) -> Arc<Self> {
+        let b = Broker {
+            vhosts: DashMap::new(),
+            users: DashMap::new(),
+            loopback_users: cfg.loopback_users.clone(),
+            noack_window: cfg.noack_window,
+            next_id: AtomicU64::new(1),
+        };
+        for v in &cfg.vhosts {
+            b.add_vhost(v);
+        }
+        for u in &cfg.users {
+            b.users.insert(u.name.clone(), u.clone());
+        }
+        Arc::new(b)
+    }
+
+    pub fn add_vhost(&self, name: &str) -> Arc<Vhost> {
+        self.vhosts
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(Vhost::new(name, self.noack_window)))
+            .clone()
+    }
+
+    pub fn vhost(&self, name: &str) -> Option<Arc<Vhost>> {
+        self.vhosts.get(name).map(|v| v.value().clone())
+    }
+
+    pub fn vhosts(&self) -> Vec<Arc<Vhost>> {
+        self.vhosts.iter().map(|v| v.value().clone()).collect()
+    }
+
+    /// A process-unique id for connections and consumers.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn authenticate(&self, user: &str, password: &str, peer: IpAddr) -> std::result::Result<(), AuthError> {
+        let ok = self
+            .users
+            .get(user)
+            .is_some_and(|u| u.password == password);
+        if !ok {
+            return Err(AuthError::Refused);
+        }
+        if self.loopback_users.iter().any(|u| u == user) && !is_loopback(peer) {
+            return Err(AuthError::LoopbackOnly);
+        }
+        Ok(())
+    }
+
+    /// A connection is gone: its exclusive queues go with it.
+    pub fn connection_closed(&self, conn: u64) {
+        for v in self.vhosts() {
+            v.connection_closed(conn);
+        }
+    }
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v| v.is_loopback()),
+    }
+}
+
+/// A random-looking URL-safe token of `len` characters, for generated names.
+///
+/// Not cryptographic: names only need to be unique (a counter is mixed in)
+/// and unpredictable enough not to collide across restarts (the clock).
+pub fn random_token(counter: u64, len: usize) -> String {
+    const ALPHABET: &[u8; 64] =
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut x = nanos ^ counter.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (std::process::id() as u64) << 32;
+    let mut s = String::with_capacity(len);
+    for _ in 0..len {
+        // xorshift64*
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let v = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        s.push(ALPHABET[(v >> 58) as usize] as char);
+    }
+    s
+}

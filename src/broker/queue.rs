@@ -1,0 +1,268 @@
+//! A queue as the broker runs it: metadata, the locked [`QueueCore`], and the
+//! hand-off of deliveries to connections' outboxes.
+//!
+//! The core's mutex is held only for the synchronous state change; the
+//! deliveries it produced are pushed to outboxes after it is released.
+
+use super::outbox::{Delivery, Outbox, OutboxItem};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use warren_exchanges::Table;
+use warren_queues::{
+    ChannelLimit, ConsumeError, ConsumerId, ConsumerSpec, Dispatched, Message, QueueCore,
+    QueuedMessage,
+};
+
+/// Who a delivery is for: enough for the owning connection to frame it.
+#[derive(Debug)]
+pub struct ConsumerHandle {
+    pub id: ConsumerId,
+    pub tag: String,
+    /// The connection's session (AMQP channel) the consumer lives on.
+    pub session: u16,
+    pub outbox: Arc<Outbox>,
+}
+
+/// Queue flags from the declare.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueOptions {
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    pub arguments: Table,
+}
+
+pub struct Queue {
+    pub name: String,
+    pub vhost: String,
+    pub durable: bool,
+    pub auto_delete: bool,
+    /// The connection that owns an exclusive queue.
+    pub owner: Option<u64>,
+    pub arguments: Table,
+    core: Mutex<QueueCore<Arc<ConsumerHandle>>>,
+    deleted: AtomicBool,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("name", &self.name)
+            .field("vhost", &self.vhost)
+            .finish()
+    }
+}
+
+/// What a new consumer wants.
+pub struct ConsumeRequest {
+    pub id: ConsumerId,
+    pub tag: String,
+    pub session: u16,
+    pub outbox: Arc<Outbox>,
+    pub no_ack: bool,
+    pub exclusive: bool,
+    pub prefetch: u32,
+    pub channel_limit: Arc<ChannelLimit>,
+}
+
+impl Queue {
+    pub fn new(
+        name: String,
+        vhost: String,
+        opts: QueueOptions,
+        owner: Option<u64>,
+        noack_window: u32,
+    ) -> Self {
+        Queue {
+            name,
+            vhost,
+            durable: opts.durable,
+            auto_delete: opts.auto_delete,
+            owner,
+            arguments: opts.arguments,
+            core: Mutex::new(QueueCore::new(
+                Box::<warren_queues::MemoryStore>::default(),
+                noack_window,
+            )),
+            deleted: AtomicBool::new(false),
+        }
+    }
+
+    fn core(&self) -> MutexGuard<'_, QueueCore<Arc<ConsumerHandle>>> {
+        // A panic while holding the lock is a bug; the state is still
+        // consistent enough to keep serving, so recover the guard.
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    /// Enqueues one message and delivers what can be delivered.
+    pub fn publish(self: &Arc<Self>, message: Arc<Message>) {
+        let mut out = Vec::new();
+        {
+            let mut core = self.core();
+            core.publish(message);
+            core.dispatch(&mut out);
+        }
+        self.hand_off(out);
+    }
+
+    /// Re-runs delivery (credit was freed somewhere).
+    pub fn kick(self: &Arc<Self>) {
+        let mut out = Vec::new();
+        self.core().dispatch(&mut out);
+        self.hand_off(out);
+    }
+
+    /// Pushes deliveries to their connections' outboxes, one lock and one
+    /// wake-up per run of deliveries for the same outbox.
+    fn hand_off(self: &Arc<Self>, out: Vec<Dispatched<Arc<ConsumerHandle>>>) {
+        let mut batch: Vec<OutboxItem> = Vec::new();
+        let mut current: Option<Arc<Outbox>> = None;
+        for d in out {
+            if let Some(cur) = &current {
+                if !Arc::ptr_eq(cur, &d.handle.outbox) {
+                    cur.push_all(std::mem::take(&mut batch));
+                    current = None;
+                }
+            }
+            if current.is_none() {
+                current = Some(d.handle.outbox.clone());
+            }
+            batch.push(OutboxItem::Deliver(Delivery {
+                queue: self.clone(),
+                consumer: d.handle,
+                message: d.message,
+                no_ack: d.no_ack,
+                took_channel_slot: d.took_channel_slot,
+            }));
+        }
+        if let Some(cur) = current {
+            cur.push_all(batch);
+        }
+    }
+
+    pub fn consume(self: &Arc<Self>, req: ConsumeRequest) -> super::Result<()> {
+        let handle = Arc::new(ConsumerHandle {
+            id: req.id,
+            tag: req.tag,
+            session: req.session,
+            outbox: req.outbox,
+        });
+        let spec = ConsumerSpec {
+            id: req.id,
+            handle,
+            no_ack: req.no_ack,
+            prefetch: req.prefetch,
+            exclusive: req.exclusive,
+            channel_limit: Some(req.channel_limit),
+        };
+        let res = self.core().add_consumer(spec);
+        match res {
+            Ok(()) => {
+                self.kick();
+                Ok(())
+            }
+            Err(ConsumeError::ExclusiveConflict) => Err(super::BrokerError::new(
+                super::ErrorKind::AccessRefused,
+                format!(
+                    "queue '{}' in vhost '{}' in exclusive use",
+                    self.name, self.vhost
+                ),
+            )),
+        }
+    }
+
+    /// Removes a consumer; returns whether the queue should now be
+    /// auto-deleted.
+    pub fn cancel(&self, id: ConsumerId) -> bool {
+        let mut core = self.core();
+        core.remove_consumer(id);
+        self.auto_delete && core.unused_after_consumers()
+    }
+
+    /// basic.get: the message and the count of messages left.
+    pub fn get(&self, no_ack: bool) -> Option<(QueuedMessage, usize)> {
+        self.core().get(no_ack)
+    }
+
+    pub fn ack(self: &Arc<Self>, seqs: &[u64]) {
+        self.core().ack(seqs);
+        self.kick();
+    }
+
+    pub fn requeue(self: &Arc<Self>, seqs: &[u64]) {
+        self.core().requeue(seqs);
+        self.kick();
+    }
+
+    /// A delivery that was never written goes back to the queue.
+    pub fn undeliver(self: &Arc<Self>, m: QueuedMessage, no_ack: bool) {
+        if self.is_deleted() {
+            return;
+        }
+        self.core().undeliver(m, no_ack);
+        self.kick();
+    }
+
+    pub fn settle_no_ack(self: &Arc<Self>, consumer: ConsumerId, n: u32) {
+        let mut out = Vec::new();
+        {
+            let mut core = self.core();
+            core.settle_no_ack(consumer, n);
+            core.dispatch(&mut out);
+        }
+        self.hand_off(out);
+    }
+
+    pub fn purge(&self) -> usize {
+        self.core().purge()
+    }
+
+    /// (ready messages, consumers)
+    pub fn counts(&self) -> (usize, usize) {
+        let core = self.core();
+        (core.message_count(), core.consumer_count())
+    }
+
+    pub fn unacked_count(&self) -> usize {
+        self.core().unacked_count()
+    }
+
+    /// Marks the queue deleted, drops its messages and tells each consumer's
+    /// connection it was cancelled. Returns the ready count it had.
+    pub(crate) fn mark_deleted(&self) -> usize {
+        self.deleted.store(true, Ordering::Release);
+        let (consumers, count) = {
+            let mut core = self.core();
+            let c = core.take_consumers();
+            (c, core.purge())
+        };
+        for (_, h) in consumers {
+            h.outbox.push_all(vec![OutboxItem::Cancelled {
+                session: h.session,
+                tag: h.tag.clone(),
+                consumer: h.id,
+            }]);
+        }
+        count
+    }
+}
+
+/// A queue as a routing destination: compared by identity.
+#[derive(Clone, Debug)]
+pub struct QueueRef(pub Arc<Queue>);
+
+impl PartialEq for QueueRef {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+impl Eq for QueueRef {}
+impl std::hash::Hash for QueueRef {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (Arc::as_ptr(&self.0) as usize).hash(state)
+    }
+}

@@ -1,0 +1,454 @@
+//! A virtual host: its exchanges and queues, and the operations on them
+//! that AMQP methods (and later the management API) ask for.
+
+use super::error::{BrokerError, ErrorKind, Result};
+use super::exchange::{Exchange, ExchangeKind, ExchangeOptions};
+use super::queue::{Queue, QueueOptions, QueueRef};
+use dashmap::DashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use warren_exchanges::{ExchangeType, Table};
+use warren_queues::Message;
+
+pub struct Vhost {
+    pub name: String,
+    exchanges: DashMap<String, Arc<Exchange>>,
+    queues: DashMap<String, Arc<Queue>>,
+    noack_window: u32,
+    name_counter: AtomicU64,
+}
+
+/// What a declare asked for and what the broker answered.
+pub struct QueueDeclared {
+    pub queue: Arc<Queue>,
+    pub message_count: usize,
+    pub consumer_count: usize,
+}
+
+impl Vhost {
+    pub fn new(name: &str, noack_window: u32) -> Self {
+        let v = Vhost {
+            name: name.to_owned(),
+            exchanges: DashMap::new(),
+            queues: DashMap::new(),
+            noack_window,
+            name_counter: AtomicU64::new(0),
+        };
+        let durable = ExchangeOptions {
+            durable: true,
+            auto_delete: false,
+            internal: false,
+            arguments: Table::default(),
+        };
+        v.exchanges.insert(
+            String::new(),
+            Arc::new(Exchange::new(String::new(), ExchangeKind::Default, durable.clone())),
+        );
+        for (name, t) in [
+            ("amq.direct", ExchangeType::Direct),
+            ("amq.fanout", ExchangeType::Fanout),
+            ("amq.topic", ExchangeType::Topic),
+            ("amq.headers", ExchangeType::Headers),
+            ("amq.match", ExchangeType::Headers),
+        ] {
+            v.exchanges.insert(
+                name.to_owned(),
+                Arc::new(Exchange::new(
+                    name.to_owned(),
+                    ExchangeKind::Typed(t),
+                    durable.clone(),
+                )),
+            );
+        }
+        v
+    }
+
+    pub fn exchange(&self, name: &str) -> Result<Arc<Exchange>> {
+        self.exchanges
+            .get(name)
+            .map(|e| e.value().clone())
+            .ok_or_else(|| BrokerError::no_exchange(name, &self.name))
+    }
+
+    pub fn exchanges(&self) -> Vec<Arc<Exchange>> {
+        self.exchanges.iter().map(|e| e.value().clone()).collect()
+    }
+
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        self.queues.iter().map(|e| e.value().clone()).collect()
+    }
+
+    pub fn declare_exchange(
+        &self,
+        name: &str,
+        kind: &str,
+        passive: bool,
+        opts: ExchangeOptions,
+    ) -> Result<Arc<Exchange>> {
+        if passive {
+            return self.exchange(name);
+        }
+        let Some(t) = ExchangeType::parse(kind) else {
+            return Err(BrokerError::new(
+                ErrorKind::CommandInvalid,
+                format!("invalid exchange type '{kind}'"),
+            ));
+        };
+        if name.is_empty() {
+            return Err(BrokerError::default_exchange());
+        }
+        let ex = match self.exchanges.entry(name.to_owned()) {
+            dashmap::Entry::Occupied(e) => e.get().clone(),
+            dashmap::Entry::Vacant(v) => {
+                if name.starts_with("amq.") {
+                    return Err(BrokerError::new(
+                        ErrorKind::AccessRefused,
+                        format!("exchange name '{name}' contains reserved prefix 'amq.*'"),
+                    ));
+                }
+                let ex = Arc::new(Exchange::new(
+                    name.to_owned(),
+                    ExchangeKind::Typed(t),
+                    opts.clone(),
+                ));
+                v.insert(ex.clone());
+                return Ok(ex);
+            }
+        };
+        let cur_kind = ex.kind.as_str();
+        let ineq = |arg: &str, got: String, cur: String| {
+            Err(BrokerError::inequivalent(
+                arg, "exchange", name, &self.name, &got, &cur,
+            ))
+        };
+        if cur_kind != t.as_str() {
+            return ineq("type", t.as_str().into(), cur_kind.into());
+        }
+        if ex.opts.durable != opts.durable {
+            return ineq("durable", opts.durable.to_string(), ex.opts.durable.to_string());
+        }
+        if ex.opts.auto_delete != opts.auto_delete {
+            return ineq(
+                "auto_delete",
+                opts.auto_delete.to_string(),
+                ex.opts.auto_delete.to_string(),
+            );
+        }
+        if ex.opts.internal != opts.internal {
+            return ineq(
+                "internal",
+                opts.internal.to_string(),
+                ex.opts.internal.to_string(),
+            );
+        }
+        Ok(ex)
+    }
+
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<()> {
+        if name.is_empty() {
+            return Err(BrokerError::default_exchange());
+        }
+        if name.starts_with("amq.") {
+            return Err(BrokerError::new(
+                ErrorKind::AccessRefused,
+                format!(
+                    "deletion of system exchange '{name}' in vhost '{}' not allowed",
+                    self.name
+                ),
+            ));
+        }
+        let Some(ex) = self.exchanges.get(name).map(|e| e.value().clone()) else {
+            // RabbitMQ: deleting a missing exchange is not an error.
+            return Ok(());
+        };
+        if if_unused && !ex.router().is_empty() {
+            return Err(BrokerError::new(
+                ErrorKind::PreconditionFailed,
+                format!("exchange '{name}' in vhost '{}' in use", self.name),
+            ));
+        }
+        self.exchanges.remove(name);
+        ex.mark_deleted();
+        Ok(())
+    }
+
+    /// A fresh server-generated queue name, `amq.gen-` and 22 URL-safe characters.
+    fn generate_queue_name(&self) -> String {
+        let n = self.name_counter.fetch_add(1, Ordering::Relaxed);
+        format!("amq.gen-{}", super::random_token(n, 22))
+    }
+
+    /// Looks a queue up for an operation by `conn`, honouring exclusivity.
+    pub fn queue_for(&self, name: &str, conn: u64) -> Result<Arc<Queue>> {
+        let q = self
+            .queues
+            .get(name)
+            .map(|e| e.value().clone())
+            .ok_or_else(|| BrokerError::no_queue(name, &self.name))?;
+        match q.owner {
+            Some(owner) if owner != conn => Err(BrokerError::locked(name, &self.name)),
+            _ => Ok(q),
+        }
+    }
+
+    /// Looks a queue up to publish to it (exclusivity does not apply).
+    pub fn queue(&self, name: &str) -> Option<Arc<Queue>> {
+        self.queues.get(name).map(|e| e.value().clone())
+    }
+
+    pub fn declare_queue(
+        &self,
+        name: &str,
+        passive: bool,
+        opts: QueueOptions,
+        conn: u64,
+    ) -> Result<QueueDeclared> {
+        let declared = |q: Arc<Queue>| {
+            let (m, c) = q.counts();
+            Ok(QueueDeclared {
+                queue: q,
+                message_count: m,
+                consumer_count: c,
+            })
+        };
+        if passive {
+            return declared(self.queue_for(name, conn)?);
+        }
+        let name = if name.is_empty() {
+            self.generate_queue_name()
+        } else {
+            name.to_owned()
+        };
+        let existing = match self.queues.entry(name.clone()) {
+            dashmap::Entry::Occupied(e) => e.get().clone(),
+            dashmap::Entry::Vacant(v) => {
+                if name.starts_with("amq.") && !name.starts_with("amq.gen-") {
+                    return Err(BrokerError::new(
+                        ErrorKind::AccessRefused,
+                        format!("queue name '{name}' contains reserved prefix 'amq.*'"),
+                    ));
+                }
+                let owner = opts.exclusive.then_some(conn);
+                let q = Arc::new(Queue::new(
+                    name.clone(),
+                    self.name.clone(),
+                    opts,
+                    owner,
+                    self.noack_window,
+                ));
+                v.insert(q.clone());
+                return declared(q);
+            }
+        };
+        match existing.owner {
+            Some(owner) if owner != conn => {
+                return Err(BrokerError::locked(&name, &self.name));
+            }
+            None if opts.exclusive => return Err(BrokerError::locked(&name, &self.name)),
+            _ => {}
+        }
+        let ineq = |arg: &str, got: bool, cur: bool| {
+            Err(BrokerError::inequivalent(
+                arg,
+                "queue",
+                &name,
+                &self.name,
+                &got.to_string(),
+                &cur.to_string(),
+            ))
+        };
+        if existing.durable != opts.durable {
+            return ineq("durable", opts.durable, existing.durable);
+        }
+        if existing.auto_delete != opts.auto_delete {
+            return ineq("auto_delete", opts.auto_delete, existing.auto_delete);
+        }
+        check_queue_args(&existing, &opts.arguments)?;
+        declared(existing)
+    }
+
+    /// Deletes a queue; returns how many ready messages it held.
+    pub fn delete_queue(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        conn: u64,
+    ) -> Result<usize> {
+        let q = match self.queue_for(name, conn) {
+            Ok(q) => q,
+            // RabbitMQ: deleting a missing queue is not an error.
+            Err(e) if e.kind == ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let (messages, consumers) = q.counts();
+        if if_unused && consumers > 0 {
+            return Err(BrokerError::new(
+                ErrorKind::PreconditionFailed,
+                format!("queue '{name}' in vhost '{}' in use", self.name),
+            ));
+        }
+        if if_empty && messages > 0 {
+            return Err(BrokerError::new(
+                ErrorKind::PreconditionFailed,
+                format!("queue '{name}' in vhost '{}' not empty", self.name),
+            ));
+        }
+        Ok(self.remove_queue(&q))
+    }
+
+    /// Unconditionally removes a queue (deleted, auto-deleted, owner gone).
+    pub fn remove_queue(&self, q: &Arc<Queue>) -> usize {
+        let removed = self
+            .queues
+            .remove_if(&q.name, |_, v| Arc::ptr_eq(v, q))
+            .is_some();
+        if !removed {
+            return 0;
+        }
+        let r = QueueRef(q.clone());
+        for ex in self.exchanges() {
+            ex.router_mut().unbind_destination(&r);
+        }
+        q.mark_deleted()
+    }
+
+    /// Deletes the exclusive queues a closed connection owned.
+    pub fn connection_closed(&self, conn: u64) {
+        let owned: Vec<Arc<Queue>> = self
+            .queues
+            .iter()
+            .filter(|e| e.value().owner == Some(conn))
+            .map(|e| e.value().clone())
+            .collect();
+        for q in owned {
+            self.remove_queue(&q);
+        }
+    }
+
+    pub fn purge_queue(&self, name: &str, conn: u64) -> Result<usize> {
+        Ok(self.queue_for(name, conn)?.purge())
+    }
+
+    fn bindable_exchange(&self, exchange: &str) -> Result<Arc<Exchange>> {
+        let ex = self.exchange(exchange)?;
+        if ex.kind == ExchangeKind::Default {
+            return Err(BrokerError::default_exchange());
+        }
+        Ok(ex)
+    }
+
+    pub fn bind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: Table,
+        conn: u64,
+    ) -> Result<()> {
+        let q = self.queue_for(queue, conn)?;
+        let ex = self.bindable_exchange(exchange)?;
+        let res = ex.router_mut().bind(QueueRef(q), routing_key, arguments);
+        res.map(|_| ())
+            .map_err(|e| BrokerError::new(ErrorKind::PreconditionFailed, e.to_string()))
+    }
+
+    pub fn unbind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: &Table,
+        conn: u64,
+    ) -> Result<()> {
+        let q = self.queue_for(queue, conn)?;
+        let ex = self.bindable_exchange(exchange)?;
+        ex.router_mut()
+            .unbind(&QueueRef(q), routing_key, arguments);
+        Ok(())
+    }
+
+    /// The queues a message published to `ex` reaches, appended to `out`.
+    pub fn route(
+        &self,
+        ex: &Exchange,
+        routing_key: &str,
+        headers: Option<&Table>,
+        out: &mut Vec<QueueRef>,
+    ) {
+        match ex.kind {
+            ExchangeKind::Default => {
+                if let Some(q) = self.queue(routing_key) {
+                    out.push(QueueRef(q));
+                }
+            }
+            ExchangeKind::Typed(_) => ex.router().route(routing_key, headers, out),
+        }
+    }
+
+    /// Routes and enqueues; returns how many queues took the message.
+    pub fn publish(
+        &self,
+        ex: &Exchange,
+        message: Message,
+        headers: Option<&Table>,
+        scratch: &mut Vec<QueueRef>,
+    ) -> (usize, Arc<Message>) {
+        scratch.clear();
+        self.route(ex, &message.routing_key, headers, scratch);
+        let message = Arc::new(message);
+        for q in scratch.iter() {
+            q.0.publish(message.clone());
+        }
+        let n = scratch.len();
+        scratch.clear();
+        (n, message)
+    }
+}
+
+/// RabbitMQ compares these arguments on redeclare; others are free.
+const CHECKED_QUEUE_ARGS: &[&str] = &[
+    "x-expires",
+    "x-message-ttl",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-queue-mode",
+    "x-queue-type",
+    "x-single-active-consumer",
+];
+
+fn check_queue_args(q: &Queue, args: &Table) -> Result<()> {
+    for key in CHECKED_QUEUE_ARGS {
+        let got = args.get(key);
+        let cur = q.arguments.get(key);
+        let same = match (got, cur) {
+            (Some(a), Some(b)) => match (a.as_i64(), b.as_i64()) {
+                (Some(x), Some(y)) => x == y,
+                _ => a == b,
+            },
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            let describe = |v: Option<&warren_exchanges::Value>| match v {
+                Some(v) => format!("the value '{v}' of type '{}'", v.type_name()),
+                None => "none".to_owned(),
+            };
+            return Err(BrokerError::new(
+                ErrorKind::PreconditionFailed,
+                format!(
+                    "inequivalent arg '{key}' for queue '{}' in vhost '{}': received {} but current is {}",
+                    q.name,
+                    q.vhost,
+                    describe(got),
+                    describe(cur)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}

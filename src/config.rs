@@ -1,0 +1,239 @@
+//! Configuration: `rabbit.toml`, overridden by command-line flags.
+//!
+//! Every key has a built-in default, so a missing file is fine. Unknown
+//! keys and bad values are errors that name the key. The parsed
+//! [`Config`] is passed down to the server; nothing reads it globally.
+
+use crate::amqp::AmqpSettings;
+use crate::broker::{BrokerConfig, UserConfig};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listeners: Listeners,
+    pub storage: Storage,
+    pub amqp: Amqp,
+    pub auth: Auth,
+    /// Virtual hosts created at start-up.
+    pub vhosts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listeners {
+    pub amqp: SocketAddr,
+    pub http: SocketAddr,
+    pub prometheus: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Storage {
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Amqp {
+    pub channel_max: u16,
+    pub frame_max: u32,
+    pub heartbeat: u16,
+    pub max_message_size: u64,
+    pub handshake_timeout_secs: u64,
+    pub noack_window: u32,
+    pub cluster_name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    pub default_user: String,
+    pub default_pass: String,
+    pub loopback_users: Vec<String>,
+    pub users: Vec<User>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    pub password: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listeners: Listeners::default(),
+            storage: Storage::default(),
+            amqp: Amqp::default(),
+            auth: Auth::default(),
+            vhosts: vec!["/".into()],
+        }
+    }
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        Listeners {
+            amqp: "0.0.0.0:5672".parse().expect("valid"),
+            http: "0.0.0.0:15672".parse().expect("valid"),
+            prometheus: "0.0.0.0:15692".parse().expect("valid"),
+        }
+    }
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            data_dir: PathBuf::from("./data"),
+        }
+    }
+}
+
+impl Default for Amqp {
+    fn default() -> Self {
+        let d = AmqpSettings::default();
+        Amqp {
+            channel_max: d.channel_max,
+            frame_max: d.frame_max,
+            heartbeat: d.heartbeat,
+            max_message_size: d.max_message_size,
+            handshake_timeout_secs: d.handshake_timeout.as_secs(),
+            noack_window: 2000,
+            cluster_name: d.cluster_name,
+        }
+    }
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            default_user: "guest".into(),
+            default_pass: "guest".into(),
+            loopback_users: vec!["guest".into()],
+            users: Vec::new(),
+        }
+    }
+}
+
+/// A configuration error, worded for the operator.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Parses a configuration text.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let c: Config =
+            toml::from_str(text).map_err(|e| ConfigError(format!("{origin}: {e}")))?;
+        c.validate().map_err(|e| ConfigError(format!("{origin}: {e}")))?;
+        Ok(c)
+    }
+
+    /// Reads `path`; a missing file gives the defaults only when
+    /// `must_exist` is false (the default path).
+    pub fn load(path: &Path, must_exist: bool) -> Result<Self, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text, &path.display().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
+                Ok(Config::default())
+            }
+            Err(e) => Err(ConfigError(format!("{}: {e}", path.display()))),
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.amqp.frame_max != 0 && self.amqp.frame_max < 4096 {
+            return Err(format!(
+                "amqp.frame_max: {} is below the protocol minimum of 4096",
+                self.amqp.frame_max
+            ));
+        }
+        if self.amqp.noack_window == 0 {
+            return Err("amqp.noack_window: must be at least 1".into());
+        }
+        if self.amqp.max_message_size == 0 || self.amqp.max_message_size > 512 * 1024 * 1024 {
+            return Err("amqp.max_message_size: must be between 1 and 536870912".into());
+        }
+        if self.vhosts.is_empty() {
+            return Err("vhosts: at least one virtual host is needed".into());
+        }
+        if self.auth.default_user.is_empty() {
+            return Err("auth.default_user: must not be empty".into());
+        }
+        Ok(())
+    }
+
+    pub fn amqp_settings(&self) -> AmqpSettings {
+        AmqpSettings {
+            channel_max: self.amqp.channel_max,
+            frame_max: self.amqp.frame_max,
+            heartbeat: self.amqp.heartbeat,
+            max_message_size: self.amqp.max_message_size,
+            handshake_timeout: std::time::Duration::from_secs(self.amqp.handshake_timeout_secs),
+            cluster_name: self.amqp.cluster_name.clone(),
+        }
+    }
+
+    pub fn broker_config(&self) -> BrokerConfig {
+        let mut users = vec![UserConfig {
+            name: self.auth.default_user.clone(),
+            password: self.auth.default_pass.clone(),
+            tags: vec!["administrator".into()],
+        }];
+        users.extend(self.auth.users.iter().map(|u| UserConfig {
+            name: u.name.clone(),
+            password: u.password.clone(),
+            tags: u.tags.clone(),
+        }));
+        BrokerConfig {
+            vhosts: self.vhosts.clone(),
+            users,
+            loopback_users: self.auth.loopback_users.clone(),
+            noack_window: self.amqp.noack_window,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_rabbit_toml_parses_to_the_defaults() {
+        let text = include_str!("../rabbit.toml");
+        let c = Config::parse(text, "rabbit.toml").unwrap();
+        let d = Config::default();
+        assert_eq!(c.listeners.amqp, d.listeners.amqp);
+        assert_eq!(c.amqp.frame_max, d.amqp.frame_max);
+        assert_eq!(c.amqp.heartbeat, d.amqp.heartbeat);
+        assert_eq!(c.vhosts, d.vhosts);
+        assert_eq!(c.auth.default_user, "guest");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::parse("[amqp]\nframe_maxx = 5\n", "x.toml").unwrap_err();
+        assert!(e.0.contains("frame_maxx"), "{}", e.0);
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let e = Config::parse("[amqp]\nframe_max = 100\n", "x.toml").unwrap_err();
+        assert!(e.0.contains("amqp.frame_max"), "{}", e.0);
+        let e = Config::parse("[listeners]\namqp = \"nope\"\n", "x.toml").unwrap_err();
+        assert!(e.0.contains("amqp"), "{}", e.0);
+    }
+}

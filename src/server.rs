@@ -1,0 +1,87 @@
+//! Listeners and shutdown.
+//!
+//! [`start`] binds the AMQP listener (tests bind port 0 and read the real
+//! address back) and spawns the accept loop; [`Server::shutdown`] stops
+//! accepting, asks every connection to close (320 CONNECTION_FORCED, as
+//! RabbitMQ does) and waits for them.
+
+use crate::amqp::{connection, AmqpSettings};
+use crate::broker::Broker;
+use crate::config::Config;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub struct Server {
+    amqp_addr: SocketAddr,
+    broker: Arc<Broker>,
+    shutdown: watch::Sender<bool>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    pub fn amqp_addr(&self) -> SocketAddr {
+        self.amqp_addr
+    }
+
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Closes every connection and waits (up to a few seconds) for them.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.accept.await;
+    }
+}
+
+/// Binds the listeners and starts serving.
+pub async fn start(config: &Config) -> std::io::Result<Server> {
+    let broker = Broker::new(&config.broker_config());
+    let settings = Arc::new(config.amqp_settings());
+    let listener = TcpListener::bind(config.listeners.amqp).await?;
+    let amqp_addr = listener.local_addr()?;
+    tracing::info!(addr = %amqp_addr, "AMQP listener ready");
+    let (shutdown, rx) = watch::channel(false);
+    let accept = tokio::spawn(accept_loop(listener, broker.clone(), settings, rx));
+    Ok(Server {
+        amqp_addr,
+        broker,
+        shutdown,
+        accept,
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    settings: Arc<AmqpSettings>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            res = listener.accept() => match res {
+                Ok((sock, _)) => {
+                    conns.spawn(connection::serve(sock, broker.clone(), settings.clone(), shutdown.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    let drain = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+        tracing::warn!("connections still open after 5 s; aborting them");
+        conns.abort_all();
+    }
+}

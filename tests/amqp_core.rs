@@ -1,0 +1,904 @@
+//! The broker core driven by lapin over real TCP: declare, publish,
+//! consume, get, ack/nack/reject, qos, exclusivity, errors.
+
+mod common;
+use common::*;
+use futures_lite::stream::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldArray, FieldTable};
+use lapin::{BasicProperties, Channel, Consumer, ExchangeKind};
+
+fn t() -> FieldTable {
+    FieldTable::default()
+}
+
+async fn declare(ch: &Channel, name: &str) {
+    ch.queue_declare(name.into(), QueueDeclareOptions::default(), t())
+        .await
+        .unwrap();
+}
+
+async fn publish(ch: &Channel, ex: &str, key: &str, body: &[u8]) {
+    ch.basic_publish(
+        ex.into(),
+        key.into(),
+        BasicPublishOptions::default(),
+        body,
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap();
+}
+
+async fn next(c: &mut Consumer) -> Delivery {
+    within(c.next()).await.expect("stream open").expect("delivery")
+}
+
+async fn consume(ch: &Channel, q: &str, no_ack: bool) -> Consumer {
+    ch.basic_consume(
+        q.into(),
+        "".into(),
+        BasicConsumeOptions {
+            no_ack,
+            ..Default::default()
+        },
+        t(),
+    )
+    .await
+    .unwrap()
+}
+
+/// The reply code and text of the error a channel was closed with.
+fn soft_code(e: &lapin::Error) -> (u16, String) {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(err) => (err.get_id(), err.get_message().to_string()),
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn publish_and_consume_in_order_no_ack() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    declare(&ch, "order").await;
+    let mut cons = consume(&ch, "order", true).await;
+    for i in 0..100u32 {
+        publish(&ch, "", "order", &i.to_be_bytes()).await;
+    }
+    for i in 0..100u32 {
+        let d = next(&mut cons).await;
+        assert_eq!(d.data, i.to_be_bytes());
+        assert!(!d.redelivered);
+        assert_eq!(d.routing_key.as_str(), "order");
+    }
+}
+
+#[tokio::test]
+async fn declare_ok_counts_and_server_named_queues() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    let q = ch
+        .queue_declare("".into(), QueueDeclareOptions::default(), t())
+        .await
+        .unwrap();
+    assert!(q.name().as_str().starts_with("amq.gen-"), "{}", q.name());
+    assert_eq!(q.name().as_str().len(), "amq.gen-".len() + 22);
+    publish(&ch, "", q.name().as_str(), b"a").await;
+    publish(&ch, "", q.name().as_str(), b"b").await;
+    let again = ch
+        .queue_declare(
+            q.name().clone(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            t(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.message_count(), 2);
+    assert_eq!(again.consumer_count(), 0);
+}
+
+#[tokio::test]
+async fn passive_declare_of_missing_queue_is_404() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    let e = ch
+        .queue_declare(
+            "nope".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            t(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        soft_code(&e),
+        (404, "NOT_FOUND - no queue 'nope' in vhost '/'".into())
+    );
+    // Only the channel closed: the connection still works.
+    let ch2 = c.create_channel().await.unwrap();
+    declare(&ch2, "after-404").await;
+}
+
+#[tokio::test]
+async fn redeclare_with_other_flags_is_406() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    declare(&ch, "flags").await;
+    let e = ch
+        .queue_declare(
+            "flags".into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            t(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        soft_code(&e),
+        (
+            406,
+            "PRECONDITION_FAILED - inequivalent arg 'durable' for queue 'flags' in vhost '/': received 'true' but current is 'false'".into()
+        )
+    );
+    let ch = c.create_channel().await.unwrap();
+    ch.exchange_declare("ex-flags".into(), ExchangeKind::Direct, ExchangeDeclareOptions::default(), t())
+        .await
+        .unwrap();
+    let e = ch
+        .exchange_declare("ex-flags".into(), ExchangeKind::Fanout, ExchangeDeclareOptions::default(), t())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        soft_code(&e),
+        (
+            406,
+            "PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'ex-flags' in vhost '/': received 'fanout' but current is 'direct'".into()
+        )
+    );
+}
+
+#[tokio::test]
+async fn amq_prefix_is_reserved() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    let e = ch
+        .exchange_declare("amq.mine".into(), ExchangeKind::Direct, ExchangeDeclareOptions::default(), t())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        soft_code(&e),
+        (403, "ACCESS_REFUSED - exchange name 'amq.mine' contains reserved prefix 'amq.*'".into())
+    );
+    // Redeclaring a predeclared one with the same properties is fine.
+    let ch = c.create_channel().await.unwrap();
+    ch.exchange_declare(
+        "amq.direct".into(),
+        ExchangeKind::Direct,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        t(),
+    )
+    .await
+    .unwrap();
+    let e = ch
+        .queue_declare("amq.q".into(), QueueDeclareOptions::default(), t())
+        .await
+        .unwrap_err();
+    assert_eq!(soft_code(&e).0, 403);
+}
+
+#[tokio::test]
+async fn predeclared_exchanges_and_default_exchange_rules() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    for (name, kind) in [
+        ("amq.direct", ExchangeKind::Direct),
+        ("amq.fanout", ExchangeKind::Fanout),
+        ("amq.topic", ExchangeKind::Topic),
+        ("amq.headers", ExchangeKind::Headers),
+        ("amq.match", ExchangeKind::Headers),
+    ] {
+        ch.exchange_declare(
+            name.into(),
+            kind,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            t(),
+        )
+        .await
+        .unwrap();
+    }
+    declare(&ch, "dflt").await;
+    let e = ch
+        .queue_bind("dflt".into(), "".into(), "x".into(), QueueBindOptions::default(), t())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        soft_code(&e),
+        (403, "ACCESS_REFUSED - operation not permitted on the default exchange".into())
+    );
+    let ch = c.create_channel().await.unwrap();
+    let e = ch
+        .exchange_delete("".into(), ExchangeDeleteOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(soft_code(&e).0, 403);
+}
+
+#[tokio::test]
+async fn direct_and_fanout_routing_and_unbind() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    ch.exchange_declare("logs".into(), ExchangeKind::Fanout, ExchangeDeclareOptions::default(), t())
+        .await
+        .unwrap();
+    ch.exchange_declare("work".into(), ExchangeKind::Direct, ExchangeDeclareOptions::default(), t())
+        .await
+        .unwrap();
+    for q in ["f1", "f2", "d1"] {
+        declare(&ch, q).await;
+    }
+    for q in ["f1", "f2"] {
+        ch.queue_bind(q.into(), "logs".into(), "ignored".into(), QueueBindOptions::default(), t())
+            .await
+            .unwrap();
+    }
+    ch.queue_bind("d1".into(), "work".into(), "red".into(), QueueBindOptions::default(), t())
+        .await
+        .unwrap();
+    publish(&ch, "logs", "any", b"fan").await;
+    publish(&ch, "work", "red", b"r").await;
+    publish(&ch, "work", "blue", b"b").await;
+    for q in ["f1", "f2"] {
+        let m = ch.basic_get(q.into(), BasicGetOptions { no_ack: true }).await.unwrap().unwrap();
+        assert_eq!(m.delivery.data, b"fan");
+    }
+    let m = ch.basic_get("d1".into(), BasicGetOptions { no_ack: true }).await.unwrap().unwrap();
+    assert_eq!(m.delivery.data, b"r");
+    assert!(ch.basic_get("d1".into(), BasicGetOptions { no_ack: true }).await.unwrap().is_none());
+    ch.queue_unbind("d1".into(), "work".into(), "red".into(), t()).await.unwrap();
+    // Unbinding what is not bound is fine, as in RabbitMQ.
+    ch.queue_unbind("d1".into(), "work".into(), "red".into(), t()).await.unwrap();
+    publish(&ch, "work", "red", b"r2").await;
+    let q = ch
+        .queue_declare("d1".into(), QueueDeclareOptions { passive: true, ..Default::default() }, t())
+        .await
+        .unwrap();
+    assert_eq!(q.message_count(), 0);
+}
+
+#[tokio::test]
+async fn topic_and_headers_basic_routing() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    declare(&ch, "tq").await;
+    declare(&ch, "hq").await;
+    ch.queue_bind("tq".into(), "amq.topic".into(), "a.*.c".into(), QueueBindOptions::default(), t())
+        .await
+        .unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-match".into(), AMQPValue::LongString("any".into()));
+    args.insert("color".into(), AMQPValue::LongString("red".into()));
+    ch.queue_bind("hq".into(), "amq.headers".into(), "".into(), QueueBindOptions::default(), args)
+        .await
+        .unwrap();
+    publish(&ch, "amq.topic", "a.b.c", b"yes").await;
+    publish(&ch, "amq.topic", "a.b.d", b"no").await;
+    let mut h = FieldTable::default();
+    h.insert("color".into(), AMQPValue::LongString("red".into()));
+    ch.basic_publish(
+        "amq.headers".into(),
+        "".into(),
+        BasicPublishOptions::default(),
+        b"red",
+        BasicProperties::default().with_headers(h),
+    )
+    .await
+    .unwrap();
+    publish(&ch, "amq.headers", "", b"plain").await;
+    let m = ch.basic_get("tq".into(), BasicGetOptions { no_ack: true }).await.unwrap().unwrap();
+    assert_eq!(m.delivery.data, b"yes");
+    assert_eq!(m.message_count, 0);
+    let m = ch.basic_get("hq".into(), BasicGetOptions { no_ack: true }).await.unwrap().unwrap();
+    assert_eq!(m.delivery.data, b"red");
+    assert!(ch.basic_get("hq".into(), BasicGetOptions { no_ack: true }).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn publish_to_missing_exchange_is_404() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    publish(&ch, "missing-ex", "k", b"x").await;
+    // The channel is closed by the broker; the next call sees why.
+    let e = within(async {
+        loop {
+            match ch.queue_declare("".into(), QueueDeclareOptions::default(), t()).await {
+                Err(e) => return e,
+                Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            }
+        }
+    })
+    .await;
+    let (code, text) = match e.kind() {
+        lapin::ErrorKind::ProtocolError(err) => (err.get_id(), err.get_message().to_string()),
+        lapin::ErrorKind::InvalidChannelState(..) => {
+            // lapin reports the close reason on the channel's status.
+            let st = ch.status();
+            panic!("channel state {st:?}: {e}")
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(code, 404);
+    assert_eq!(text, "NOT_FOUND - no exchange 'missing-ex' in vhost '/'");
+}
+
+#[tokio::test]
+async fn mandatory_unroutable_is_returned() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    let confirm = ch
+        .basic_publish(
+            "amq.direct".into(),
+            "nobody".into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            b"lost?",
+            BasicProperties::default().with_message_id("m1".into()),
+        )
+        .await
+        .unwrap();
+    drop(confirm);
+    // Without confirms lapin collects returns for wait_for_confirms.
+    let returned = within(async {
+        loop {
+            if let Some(r) = ch.wait_for_confirms().await.unwrap().into_iter().next() {
+                return r;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(returned.delivery.data, b"lost?");
+    assert_eq!(returned.reply_code, 312);
+    assert_eq!(returned.reply_text.as_str(), "NO_ROUTE");
+    assert_eq!(returned.delivery.properties.message_id(), &Some("m1".into()));
+}
+
+#[tokio::test]
+async fn ack_nack_reject_and_requeue_order() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    declare(&ch, "acks").await;
+    for i in 1..=5u8 {
+        publish(&ch, "", "acks", &[i]).await;
+    }
+    let mut cons = consume(&ch, "acks", false).await;
+    let mut ds = Vec::new();
+    for _ in 0..5 {
+        ds.push(next(&mut cons).await);
+    }
+    assert_eq!(ds.iter().map(|d| d.data[0]).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+    // ack 1, reject 2 (drop), nack 3..=4 requeue (multiple), leave 5 unacked.
+    ds[0].ack(BasicAckOptions::default()).await.unwrap();
+    ds[1].reject(BasicRejectOptions { requeue: false }).await.unwrap();
+    ch.basic_nack(ds[3].delivery_tag, BasicNackOptions { multiple: true, requeue: true })
+        .await
+        .unwrap();
+    // 3 and 4 come back to this consumer, redelivered, in their order.
+    let a = next(&mut cons).await;
+    let b = next(&mut cons).await;
+    assert_eq!((a.data[0], b.data[0]), (3, 4));
+    assert!(a.redelivered && b.redelivered);
+    // Multiple ack of everything outstanding.
+    ch.basic_ack(b.delivery_tag, BasicAckOptions { multiple: true }).await.unwrap();
+    ch.basic_cancel(cons.tag(), BasicCancelOptions::default()).await.unwrap();
+    let q = ch
+        .queue_declare("acks".into(), QueueDeclareOptions { passive: true, ..Default::default() }, t())
+        .await
+        .unwrap();
+    assert_eq!(q.message_count(), 0, "everything was acked or dropped");
+}
+
+#[tokio::test]
+async fn unknown_and_double_ack_are_406() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    declare(&ch, "dbl").await;
+    publish(&ch, "", "dbl", b"x").await;
+    let m = ch.basic_get("dbl".into(), BasicGetOptions::default()).await.unwrap().unwrap();
+    ch.basic_ack(m.delivery.delivery_tag, BasicAckOptions::default()).await.unwrap();
+    ch.basic_ack(m.delivery.delivery_tag, BasicAckOptions::default()).await.unwrap();
+    let e = within(async {
+        loop {
+            if let Err(e) = ch.basic_qos(1, BasicQosOptions::default()).await {
+                return e;
+            }
+        }
+    })
+    .await;
+    assert_eq!(soft_code(&e), (406, "PRECONDITION_FAILED - unknown delivery tag 1".into()));
+    let ch = c.create_channel().await.unwrap();
+    ch.basic_ack(42, BasicAckOptions::default()).await.unwrap();
+    let e = within(async {
+        loop {
+            if let Err(e) = ch.basic_qos(1, BasicQosOptions::default()).await {
+                return e;
+            }
+        }
+    })
+    .await;
+    assert_eq!(soft_code(&e), (406, "PRECONDITION_FAILED - unknown delivery tag 42".into()));
+}
+
+#[tokio::test]
+async fn unacked_messages_return_when_channel_or_connection_closes() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    declare(&ch, "back").await;
+    for i in 0..3u8 {
+        publish(&ch, "", "back", &[i]).await;
+    }
+    let ch2 = c.create_channel().await.unwrap();
+    let mut cons = consume(&ch2, "back", false).await;
+    for _ in 0..3 {
+        next(&mut cons).await;
+    }
+    ch2.close(200, "bye".into()).await.unwrap();
+    let c2 = connect(&s).await;
+    let ch3 = c2.create_channel().await.unwrap();
+    let mut cons = consume(&ch3, "back", false).await;
+    for i in 0..3u8 {
+        let d = next(&mut cons).await;
+        assert_eq!(d.data, [i]);
+        assert!(d.redelivered);
+    }
+    // Now the whole connection goes away without acking.
+    c2.close(200, "bye".into()).await.unwrap();
+    let m = within(async {
+        loop {
+            if let Some(m) = ch.basic_get("back".into(), BasicGetOptions { no_ack: true }).await.unwrap() {
+                return m;
+            }
+        }
+    })
+    .await;
+    assert_eq!(m.delivery.data, [0]);
+    assert!(m.delivery.redelivered);
+}
+
+#[tokio::test]
+async fn prefetch_limits_each_consumer_and_round_robin() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let pubch = c.create_channel().await.unwrap();
+    declare(&pubch, "rr").await;
+    let ch = c.create_channel().await.unwrap();
+    ch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
+    let mut a = consume(&ch, "rr", false).await;
+    let mut b = consume(&ch, "rr", false).await;
+    for i in 0..4u8 {
+        publish(&pubch, "", "rr", &[i]).await;
+    }
+    let da = next(&mut a).await;
+    let db = next(&mut b).await;
+    assert_eq!((da.data[0], db.data[0]), (0, 1), "round-robin");
+    // Each has one unacked: nothing more arrives until an ack.
+    let more = tokio::time::timeout(std::time::Duration::from_millis(200), a.next()).await;
+    assert!(more.is_err(), "prefetch 1 must hold the next message back");
+    da.ack(BasicAckOptions::default()).await.unwrap();
+    let da2 = next(&mut a).await;
+    assert_eq!(da2.data[0], 2);
+    let q = pubch
+        .queue_declare("rr".into(), QueueDeclareOptions { passive: true, ..Default::default() }, t())
+        .await
+        .unwrap();
+    assert_eq!(q.message_count(), 1);
+    assert_eq!(q.consumer_count(), 2);
+}
+
+#[tokio::test]
+async fn global_prefetch_is_shared_by_the_channel() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let pubch = c.create_channel().await.unwrap();
+    declare(&pubch, "g1").await;
+    declare(&pubch, "g2").await;
+    let ch = c.create_channel().await.unwrap();
+    ch.basic_qos(2, BasicQosOptions { global: true }).await.unwrap();
+    let mut a = consume(&ch, "g1", false).await;
+    let mut b = consume(&ch, "g2", false).await;
+    for i in 0..3u8 {
+        publish(&pubch, "", "g1", &[i]).await;
+        publish(&pubch, "", "g2", &[i]).await;
+    }
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        tokio::select! {
+            d = a.next() => got.push(d.unwrap().unwrap()),
+            d = b.next() => got.push(d.unwrap().unwrap()),
+        }
+    }
+    let extra = tokio::time::timeout(std::time::Duration::from_millis(200), async {
+        tokio::select! {
+            d = a.next() => d,
+            d = b.next() => d,
+        }
+    })
+    .await;
+    assert!(extra.is_err(), "the channel's limit of 2 is reached");
+    got[0].ack(BasicAckOptions::default()).await.unwrap();
+    let third = within(async {
+        tokio::select! {
+            d = a.next() => d,
+            d = b.next() => d,
+        }
+    })
+    .await;
+    assert!(third.is_some());
+}
+
+#[tokio::test]
+async fn prefetch_size_is_not_implemented_like_rabbitmq() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    // lapin has no prefetch_size; the raw-socket tests cover the 540.
+    ch.basic_qos(10, BasicQosOptions::default()).await.unwrap();
+}
+
+#[tokio::test]
+async fn exclusive_queue_is_locked_for_others_and_deleted_with_owner() {
+    let s = start().await;
+    let owner = connect(&s).await;
+    let ch = owner.create_channel().await.unwrap();
+    ch.queue_declare(
+        "excl".into(),
+        QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+        t(),
+    )
+    .await
+    .unwrap();
+    let other = connect(&s).await;
+    let och = other.create_channel().await.unwrap();
+    let e = och
+        .queue_declare("excl".into(), QueueDeclareOptions::default(), t())
+        .await
+        .unwrap_err();
+    let (code, text) = soft_code(&e);
+    assert_eq!(code, 405);
+    assert!(text.starts_with("RESOURCE_LOCKED - cannot obtain exclusive access to locked queue 'excl' in vhost '/'"), "{text}");
+    let och = other.create_channel().await.unwrap();
+    let e = och
+        .basic_consume("excl".into(), "".into(), BasicConsumeOptions::default(), t())
+        .await
+        .unwrap_err();
+    assert_eq!(soft_code(&e).0, 405);
+    // Publishing to it from elsewhere is allowed.
+    let och = other.create_channel().await.unwrap();
+    publish(&och, "", "excl", b"hi").await;
+    owner.close(200, "bye".into()).await.unwrap();
+    let och = other.create_channel().await.unwrap();
+    let e = within(async {
+        loop {
+            match och
+                .queue_declare("excl".into(), QueueDeclareOptions { passive: true, ..Default::default() }, t())
+                .await
+            {
+                Err(e) => return e,
+                Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            }
+        }
+    })
+    .await;
+    assert_eq!(soft_code(&e).0, 404, "gone with its owner");
+}
+
+#[tokio::test]
+async fn auto_delete_queue_goes_with_its_last_consumer() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    ch.queue_declare(
+        "ad".into(),
+        QueueDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+        t(),
+    )
+    .await
+    .unwrap();
+    let c1 = consume(&ch, "ad", true).await;
+    let c2 = consume(&ch, "ad", true).await;
+    ch.basic_cancel(c1.tag(), BasicCancelOptions::default()).await.unwrap();
+    ch.queue_declare("ad".into(), QueueDeclareOptions { passive: true, ..Default::default() }, t())
+        .await
+        .expect("one consumer left");
+    ch.basic_cancel(c2.tag(), BasicCancelOptions::default()).await.unwrap();
+    let e = ch
+        .queue_declare("ad".into(), QueueDeclareOptions { passive: true, ..Default::default() }, t())
+        .await
+        .unwrap_err();
+    assert_eq!(soft_code(&e).0, 404);
+}
+
+#[tokio::test]
+async fn purge_and_delete_return_counts_and_check_conditions() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    declare(&ch, "pd").await;
+    for _ in 0..3 {
+        publish(&ch, "", "pd", b"x").await;
+    }
+    let n = ch.queue_purge("pd".into(), QueuePurgeOptions::default()).await.unwrap();
+    assert_eq!(n, 3);
+    publish(&ch, "", "pd", b"x").await;
+    let e = ch
+        .queue_delete("pd".into(), QueueDeleteOptions { if_empty: true, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(soft_code(&e), (406, "PRECONDITION_FAILED - queue 'pd' in vhost '/' not empty".into()));
+    let ch = c.create_channel().await.unwrap();
+    let _cons = consume(&ch, "pd", false).await;
+    let ch2 = c.create_channel().await.unwrap();
+    let e = ch2
+        .queue_delete("pd".into(), QueueDeleteOptions { if_unused: true, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(soft_code(&e), (406, "PRECONDITION_FAILED - queue 'pd' in vhost '/' in use".into()));
+    let ch3 = c.create_channel().await.unwrap();
+    declare(&ch3, "pd2").await;
+    for _ in 0..2 {
+        publish(&ch3, "", "pd2", b"x").await;
+    }
+    assert_eq!(ch3.queue_delete("pd2".into(), QueueDeleteOptions::default()).await.unwrap(), 2);
+    // Deleting a missing queue is not an error (RabbitMQ 3.x).
+    assert_eq!(ch3.queue_delete("pd2".into(), QueueDeleteOptions::default()).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn exchange_delete_if_unused() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    ch.exchange_declare("exu".into(), ExchangeKind::Direct, ExchangeDeclareOptions::default(), t())
+        .await
+        .unwrap();
+    declare(&ch, "exu-q").await;
+    ch.queue_bind("exu-q".into(), "exu".into(), "k".into(), QueueBindOptions::default(), t())
+        .await
+        .unwrap();
+    let e = ch
+        .exchange_delete("exu".into(), ExchangeDeleteOptions { if_unused: true, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(soft_code(&e), (406, "PRECONDITION_FAILED - exchange 'exu' in vhost '/' in use".into()));
+    let ch = c.create_channel().await.unwrap();
+    ch.exchange_delete("exu".into(), ExchangeDeleteOptions::default()).await.unwrap();
+    let e = ch
+        .exchange_declare("exu".into(), ExchangeKind::Direct, ExchangeDeclareOptions { passive: true, ..Default::default() }, t())
+        .await
+        .unwrap_err();
+    assert_eq!(soft_code(&e), (404, "NOT_FOUND - no exchange 'exu' in vhost '/'".into()));
+}
+
+#[tokio::test]
+async fn consumer_tags_generated_duplicate_and_exclusive() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    declare(&ch, "tags").await;
+    let a = consume(&ch, "tags", true).await;
+    assert!(a.tag().as_str().starts_with("amq.ctag-"), "{}", a.tag());
+    let e = ch
+        .basic_consume(
+            "tags".into(),
+            "mine".into(),
+            BasicConsumeOptions { exclusive: true, ..Default::default() },
+            t(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        soft_code(&e),
+        (403, "ACCESS_REFUSED - queue 'tags' in vhost '/' in exclusive use".into())
+    );
+    let c2 = connect(&s).await;
+    let ch = c2.create_channel().await.unwrap();
+    ch.basic_consume("tags".into(), "dup".into(), BasicConsumeOptions::default(), t())
+        .await
+        .unwrap();
+    let e = ch
+        .basic_consume("tags".into(), "dup".into(), BasicConsumeOptions::default(), t())
+        .await
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("530") || msg.contains("NOT_ALLOWED"), "{msg}");
+    assert!(!c2.status().connected(), "530 closes the connection");
+}
+
+#[tokio::test]
+async fn consumer_is_cancelled_when_its_queue_is_deleted() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    declare(&ch, "gone").await;
+    let mut cons = consume(&ch, "gone", false).await;
+    let ch2 = c.create_channel().await.unwrap();
+    ch2.queue_delete("gone".into(), QueueDeleteOptions::default()).await.unwrap();
+    // lapin ends the consumer stream on basic.cancel from the server.
+    let end = within(cons.next()).await;
+    assert!(end.is_none(), "stream ends after the server's basic.cancel");
+}
+
+#[tokio::test]
+async fn basic_get_empty_and_message_count() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    declare(&ch, "get").await;
+    assert!(ch.basic_get("get".into(), BasicGetOptions::default()).await.unwrap().is_none());
+    for i in 0..3u8 {
+        publish(&ch, "", "get", &[i]).await;
+    }
+    let m = ch.basic_get("get".into(), BasicGetOptions::default()).await.unwrap().unwrap();
+    assert_eq!(m.message_count, 2);
+    assert_eq!(m.delivery.data, [0]);
+    m.delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.unwrap();
+    let m = ch.basic_get("get".into(), BasicGetOptions::default()).await.unwrap().unwrap();
+    assert_eq!(m.delivery.data, [0], "requeued at the head");
+    assert!(m.delivery.redelivered);
+    let e = ch.basic_get("nope".into(), BasicGetOptions::default()).await.unwrap_err();
+    assert_eq!(soft_code(&e).0, 404);
+}
+
+#[tokio::test]
+async fn recover_requeues_unacked() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    declare(&ch, "rec").await;
+    publish(&ch, "", "rec", b"r").await;
+    let mut cons = consume(&ch, "rec", false).await;
+    let d = next(&mut cons).await;
+    assert!(!d.redelivered);
+    ch.basic_recover(BasicRecoverOptions { requeue: true }).await.unwrap();
+    let d = next(&mut cons).await;
+    assert!(d.redelivered);
+    assert_eq!(d.data, b"r");
+}
+
+#[tokio::test]
+async fn properties_and_headers_arrive_unchanged() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    declare(&ch, "props").await;
+    let mut inner = FieldTable::default();
+    inner.insert("deep".into(), AMQPValue::LongLongInt(-5));
+    let mut h = FieldTable::default();
+    h.insert("s".into(), AMQPValue::LongString("text".into()));
+    h.insert("i".into(), AMQPValue::LongInt(42));
+    h.insert("b".into(), AMQPValue::Boolean(true));
+    h.insert("f".into(), AMQPValue::Double(1.5));
+    h.insert("t".into(), AMQPValue::FieldTable(inner));
+    h.insert(
+        "a".into(),
+        AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::LongInt(1), AMQPValue::LongString("x".into())])),
+    );
+    h.insert("v".into(), AMQPValue::Void);
+    let props = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_content_encoding("gzip".into())
+        .with_headers(h)
+        .with_delivery_mode(2)
+        .with_priority(3)
+        .with_correlation_id("corr".into())
+        .with_reply_to("replies".into())
+        .with_expiration("60000".into())
+        .with_message_id("mid".into())
+        .with_timestamp(1_700_000_000)
+        .with_type("kind".into())
+        .with_user_id("guest".into())
+        .with_app_id("app".into());
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    ch.basic_publish("".into(), "props".into(), BasicPublishOptions::default(), &body, props.clone())
+        .await
+        .unwrap();
+    let mut cons = consume(&ch, "props", true).await;
+    let d = next(&mut cons).await;
+    assert_eq!(d.properties, props);
+    assert_eq!(d.data.len(), body.len(), "a body larger than frame_max arrives whole");
+    assert_eq!(d.data, body);
+}
+
+#[tokio::test]
+async fn user_id_must_match_the_login() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    declare(&ch, "uid").await;
+    ch.basic_publish(
+        "".into(),
+        "uid".into(),
+        BasicPublishOptions::default(),
+        b"x",
+        BasicProperties::default().with_user_id("mallory".into()),
+    )
+    .await
+    .unwrap();
+    let e = within(async {
+        loop {
+            if let Err(e) = ch.basic_qos(1, BasicQosOptions::default()).await {
+                return e;
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        soft_code(&e),
+        (406, "PRECONDITION_FAILED - user_id property set to 'mallory' but authenticated user was 'guest'".into())
+    );
+}
+
+#[tokio::test]
+async fn unknown_vhost_and_bad_password_are_refused() {
+    let s = start().await;
+    let url = format!("amqp://guest:guest@{}/nowhere", s.amqp_addr());
+    let e = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap_err();
+    let msg = format!("{e}");
+    assert!(msg.contains("530") || msg.contains("NOT_ALLOWED") || msg.contains("vhost"), "{msg}");
+    let url = format!("amqp://guest:wrong@{}/%2f", s.amqp_addr());
+    let e = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap_err();
+    let msg = format!("{e}");
+    assert!(msg.contains("403") || msg.contains("ACCESS_REFUSED"), "{msg}");
+}
+
+#[tokio::test]
+async fn shutdown_closes_connections_with_320() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let _ch = c.create_channel().await.unwrap();
+    within(s.shutdown()).await;
+    within(async {
+        while c.status().connected() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}

@@ -1,0 +1,44 @@
+//! Shared test helpers: a broker started in-process on port 0, and lapin
+//! connections to it.
+
+#![allow(dead_code)]
+
+use lapin::{Connection, ConnectionProperties};
+use std::time::Duration;
+use warren::config::Config;
+use warren::server::Server;
+
+pub async fn start() -> Server {
+    start_with(|_| {}).await
+}
+
+pub async fn start_with(f: impl FnOnce(&mut Config)) -> Server {
+    let mut cfg = Config::default();
+    cfg.listeners.amqp = "127.0.0.1:0".parse().unwrap();
+    f(&mut cfg);
+    warren::server::start(&cfg).await.expect("broker starts")
+}
+
+pub fn url(s: &Server) -> String {
+    format!("amqp://guest:guest@{}/%2f", s.amqp_addr())
+}
+
+pub async fn connect(s: &Server) -> Connection {
+    Connection::connect(&url(s), ConnectionProperties::default())
+        .await
+        .expect("connect")
+}
+
+/// Waits for a future with a deadline, so a broken broker fails the test
+/// instead of hanging it.
+pub async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), f)
+        .await
+        .expect("timed out")
+}
+
+pub fn uniq(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("{prefix}-{}", N.fetch_add(1, Ordering::Relaxed))
+}
