@@ -236,11 +236,11 @@ mod tests {
         let mut a = Assembler::default();
         a.frame(f(FRAME_METHOD, PUBLISH), 1000).unwrap();
         assert_eq!(
-            a.frame(f(FRAME_METHOD, PUBLISH), 1000),
-            Err(AssembleError::Unexpected(
+            a.frame(f(FRAME_METHOD, PUBLISH), 1000).unwrap_err(),
+            AssembleError::Unexpected(
                 "expected content header for class 60, got non content header frame instead"
                     .into()
-            ))
+            )
         );
         let mut a = Assembler::default();
         a.frame(f(FRAME_METHOD, PUBLISH), 1000).unwrap();
@@ -253,11 +253,11 @@ mod tests {
         let mut a = Assembler::default();
         a.frame(f(FRAME_METHOD, PUBLISH), 1000).unwrap();
         assert_eq!(
-            a.frame(f(FRAME_HEADER, &header(2000)), 1000),
-            Err(AssembleError::TooLarge {
+            a.frame(f(FRAME_HEADER, &header(2000)), 1000).unwrap_err(),
+            AssembleError::TooLarge {
                 size: 2000,
                 max: 1000
-            })
+            }
         );
     }
 }

@@ -324,12 +324,12 @@ mod tests {
         let mut b = BytesMut::new();
         b.extend_from_slice(&[1, 0, 1, 0, 1, 0, 0]); // 65536-byte payload announced
         assert_eq!(
-            read_frame(&mut b, 4096),
-            Err(FrameError::TooLarge {
+            read_frame(&mut b, 4096).unwrap_err(),
+            FrameError::TooLarge {
                 kind: 1,
                 size: 65536,
                 max: 4088
-            })
+            }
         );
     }
 
@@ -348,7 +348,10 @@ mod tests {
     fn bad_frame_end() {
         let mut b = BytesMut::new();
         b.extend_from_slice(&[8, 0, 0, 0, 0, 0, 0, 0xAA]);
-        assert_eq!(read_frame(&mut b, 4096), Err(FrameError::BadFrameEnd(0xAA)));
+        assert_eq!(
+            read_frame(&mut b, 4096).unwrap_err(),
+            FrameError::BadFrameEnd(0xAA)
+        );
     }
 
     #[test]

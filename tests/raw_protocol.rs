@@ -1,0 +1,429 @@
+//! Misbehaving clients, over a raw socket: bad headers, oversized and
+//! malformed frames, frames out of order, wrong channels, heartbeats,
+//! failed logins. Each checks the exact close code RabbitMQ sends, and
+//! that the broker keeps serving other connections.
+
+mod common;
+use amq_protocol::protocol::{basic, channel, connection, queue, AMQPClass};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString};
+use bytes::BytesMut;
+use common::*;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use warren::amqp::codec::{self, Frame};
+
+struct Raw {
+    s: TcpStream,
+    buf: BytesMut,
+}
+
+impl Raw {
+    async fn connect(s: &warren::server::Server) -> Raw {
+        Raw {
+            s: TcpStream::connect(s.amqp_addr()).await.unwrap(),
+            buf: BytesMut::new(),
+        }
+    }
+
+    async fn send(&mut self, b: &[u8]) {
+        self.s.write_all(b).await.unwrap();
+    }
+
+    async fn method_out(&mut self, ch: u16, m: AMQPClass) {
+        let mut b = BytesMut::new();
+        codec::write_method(&mut b, ch, m);
+        self.send(&b).await;
+    }
+
+    /// The next frame; `None` when the server closed the socket.
+    async fn frame(&mut self) -> Option<Frame> {
+        within(async {
+            loop {
+                if let Some(f) = codec::read_frame(&mut self.buf, 0).unwrap() {
+                    return Some(f);
+                }
+                let n = self.s.read_buf(&mut self.buf).await.unwrap_or(0);
+                if n == 0 {
+                    return None;
+                }
+            }
+        })
+        .await
+    }
+
+    /// The next method, skipping heartbeats.
+    async fn method(&mut self) -> AMQPClass {
+        loop {
+            let f = self.frame().await.expect("a frame, not EOF");
+            if f.kind == codec::FRAME_HEARTBEAT {
+                continue;
+            }
+            assert_eq!(f.kind, codec::FRAME_METHOD, "{f:?}");
+            return amq_protocol::protocol::parse_class(&f.payload[..]).unwrap().1;
+        }
+    }
+
+    /// The server closed the connection with `code`; returns the text.
+    async fn expect_close(&mut self, code: u16) -> String {
+        loop {
+            match self.method().await {
+                AMQPClass::Connection(connection::AMQPMethod::Close(c)) => {
+                    assert_eq!(c.reply_code, code, "{}", c.reply_text.as_str());
+                    self.method_out(
+                        0,
+                        AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+                    )
+                    .await;
+                    return c.reply_text.as_str().to_owned();
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    async fn expect_eof(&mut self) {
+        while let Some(f) = self.frame().await {
+            assert_ne!(f.kind, codec::FRAME_BODY, "unexpected data before EOF");
+        }
+    }
+
+    async fn start(&mut self) -> connection::Start {
+        self.send(codec::PROTOCOL_HEADER).await;
+        match self.method().await {
+            AMQPClass::Connection(connection::AMQPMethod::Start(s)) => s,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    async fn start_ok(&mut self, user: &str, pass: &str, auth_close: bool) {
+        let mut caps = FieldTable::default();
+        caps.insert("authentication_failure_close".into(), AMQPValue::Boolean(auth_close));
+        caps.insert("consumer_cancel_notify".into(), AMQPValue::Boolean(true));
+        let mut props = FieldTable::default();
+        props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
+        self.method_out(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
+                client_properties: props,
+                mechanism: "PLAIN".into(),
+                response: LongString::from(format!("\0{user}\0{pass}").into_bytes()),
+                locale: "en_US".into(),
+            })),
+        )
+        .await;
+    }
+
+    /// A full handshake with the given tune-ok values; opens channel 1.
+    async fn open(s: &warren::server::Server, frame_max: u32, heartbeat: u16) -> Raw {
+        let mut r = Raw::connect(s).await;
+        r.start().await;
+        r.start_ok("guest", "guest", true).await;
+        let tune = match r.method().await {
+            AMQPClass::Connection(connection::AMQPMethod::Tune(t)) => t,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!((tune.channel_max, tune.frame_max, tune.heartbeat), (2047, 131072, 60));
+        r.method_out(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
+                channel_max: 10,
+                frame_max,
+                heartbeat,
+            })),
+        )
+        .await;
+        r.method_out(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
+                virtual_host: "/".into(),
+            })),
+        )
+        .await;
+        assert!(matches!(r.method().await, AMQPClass::Connection(connection::AMQPMethod::OpenOk(_))));
+        r.method_out(1, AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}))).await;
+        assert!(matches!(r.method().await, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_))));
+        r
+    }
+}
+
+/// The broker still serves a well-behaved client.
+async fn still_serving(s: &warren::server::Server) {
+    let c = connect(s).await;
+    let ch = c.create_channel().await.unwrap();
+    ch.queue_declare("".into(), Default::default(), Default::default())
+        .await
+        .unwrap();
+}
+
+fn frame_bytes(kind: u8, ch: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = vec![kind];
+    v.extend_from_slice(&ch.to_be_bytes());
+    v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    v.extend_from_slice(payload);
+    v.push(codec::FRAME_END);
+    v
+}
+
+#[tokio::test]
+async fn wrong_protocol_header_gets_ours_back_and_close() {
+    let s = start().await;
+    let mut r = Raw::connect(&s).await;
+    r.send(b"AMQP\x00\x00\x08\x00").await;
+    let mut got = Vec::new();
+    within(r.s.read_to_end(&mut got)).await.unwrap();
+    assert_eq!(got, codec::PROTOCOL_HEADER);
+    let mut r = Raw::connect(&s).await;
+    r.send(b"GET / HTTP/1.1\r\n\r\n").await;
+    let mut got = Vec::new();
+    within(r.s.read_to_end(&mut got)).await.unwrap();
+    assert_eq!(got, codec::PROTOCOL_HEADER);
+    still_serving(&s).await;
+}
+
+#[tokio::test]
+async fn connection_start_has_server_properties_and_capabilities() {
+    let s = start().await;
+    let mut r = Raw::connect(&s).await;
+    let start = r.start().await;
+    assert_eq!((start.version_major, start.version_minor), (0, 9));
+    assert_eq!(start.mechanisms.to_string(), "PLAIN AMQPLAIN");
+    assert_eq!(start.locales.to_string(), "en_US");
+    let p = start.server_properties.inner();
+    for key in ["product", "version", "platform", "cluster_name", "copyright", "information"] {
+        assert!(p.contains_key(key), "{key}");
+    }
+    let AMQPValue::FieldTable(caps) = &p["capabilities"] else { panic!() };
+    for cap in ["basic.nack", "consumer_cancel_notify", "authentication_failure_close", "per_consumer_qos"] {
+        assert_eq!(caps.inner().get(cap), Some(&AMQPValue::Boolean(true)), "{cap}");
+    }
+    for not_yet in ["publisher_confirms", "exchange_exchange_bindings", "consumer_priorities", "direct_reply_to", "connection.blocked"] {
+        assert!(!caps.inner().contains_key(not_yet), "{not_yet} is not advertised until it works");
+    }
+}
+
+#[tokio::test]
+async fn failed_login_closes_with_403_or_drops_the_socket() {
+    let s = start().await;
+    let mut r = Raw::connect(&s).await;
+    r.start().await;
+    r.start_ok("guest", "nope", true).await;
+    let text = r.expect_close(403).await;
+    assert_eq!(
+        text,
+        "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For details see the broker logfile."
+    );
+    // Without the capability RabbitMQ just closes the socket.
+    let mut r = Raw::connect(&s).await;
+    r.start().await;
+    r.start_ok("nobody", "nope", false).await;
+    r.expect_eof().await;
+    still_serving(&s).await;
+}
+
+#[tokio::test]
+async fn unknown_vhost_is_530() {
+    let s = start().await;
+    let mut r = Raw::connect(&s).await;
+    r.start().await;
+    r.start_ok("guest", "guest", true).await;
+    r.method().await; // tune
+    r.method_out(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
+            channel_max: 0,
+            frame_max: 0,
+            heartbeat: 0,
+        })),
+    )
+    .await;
+    r.method_out(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open { virtual_host: "nowhere".into() })),
+    )
+    .await;
+    assert_eq!(r.expect_close(530).await, "NOT_ALLOWED - vhost nowhere not found");
+}
+
+#[tokio::test]
+async fn oversized_frame_is_501_before_its_payload_arrives() {
+    let s = start().await;
+    let mut r = Raw::open(&s, 4096, 0).await;
+    // Only the 7-byte header of a 1 MB frame: the broker must refuse it
+    // from the header alone, without waiting for the payload.
+    let mut h = vec![codec::FRAME_METHOD, 0, 1];
+    h.extend_from_slice(&(1_000_000u32).to_be_bytes());
+    r.send(&h).await;
+    let text = r.expect_close(501).await;
+    assert!(text.starts_with("FRAME_ERROR"), "{text}");
+    still_serving(&s).await;
+}
+
+#[tokio::test]
+async fn bad_frame_end_is_501() {
+    let s = start().await;
+    let mut r = Raw::open(&s, 131072, 0).await;
+    let mut f = frame_bytes(codec::FRAME_HEARTBEAT, 0, &[]);
+    *f.last_mut().unwrap() = 0x00;
+    r.send(&f).await;
+    r.expect_close(501).await;
+}
+
+#[tokio::test]
+async fn method_on_a_closed_channel_is_504() {
+    let s = start().await;
+    let mut r = Raw::open(&s, 131072, 0).await;
+    r.method_out(
+        5,
+        AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+            queue: "x".into(),
+            passive: false,
+            durable: false,
+            exclusive: false,
+            auto_delete: false,
+            nowait: false,
+            arguments: FieldTable::default(),
+        })),
+    )
+    .await;
+    assert_eq!(r.expect_close(504).await, "CHANNEL_ERROR - expected 'channel.open'");
+}
+
+#[tokio::test]
+async fn channel_above_channel_max_is_refused() {
+    let s = start().await;
+    let mut r = Raw::open(&s, 131072, 0).await; // channel_max 10
+    r.method_out(11, AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}))).await;
+    r.expect_close(504).await;
+}
+
+#[tokio::test]
+async fn content_frames_out_of_order_are_505() {
+    let s = start().await;
+    // A content header with no publish before it.
+    let mut r = Raw::open(&s, 131072, 0).await;
+    let mut hdr = vec![0, 60, 0, 0];
+    hdr.extend_from_slice(&5u64.to_be_bytes());
+    hdr.extend_from_slice(&[0, 0]);
+    r.send(&frame_bytes(codec::FRAME_HEADER, 1, &hdr)).await;
+    assert_eq!(
+        r.expect_close(505).await,
+        "UNEXPECTED_FRAME - expected method frame, got non method frame instead"
+    );
+    // A body where the content header belongs.
+    let mut r = Raw::open(&s, 131072, 0).await;
+    r.send(&frame_bytes(codec::FRAME_METHOD, 1, &[0, 60, 0, 40, 0, 0, 0, 1, b'q', 0])).await;
+    r.send(&frame_bytes(codec::FRAME_BODY, 1, b"hello")).await;
+    assert_eq!(
+        r.expect_close(505).await,
+        "UNEXPECTED_FRAME - expected content header for class 60, got non content header frame instead"
+    );
+    still_serving(&s).await;
+}
+
+#[tokio::test]
+async fn prefetch_size_is_540_like_rabbitmq() {
+    let s = start().await;
+    let mut r = Raw::open(&s, 131072, 0).await;
+    // basic.qos prefetch_size=10, prefetch_count=1, global=false
+    r.send(&frame_bytes(codec::FRAME_METHOD, 1, &[0, 60, 0, 10, 0, 0, 0, 10, 0, 1, 0])).await;
+    assert_eq!(r.expect_close(540).await, "NOT_IMPLEMENTED - prefetch_size!=0 (10)");
+}
+
+#[tokio::test]
+async fn malformed_method_arguments_do_not_hurt_anyone_else() {
+    let s = start().await;
+    let mut r = Raw::open(&s, 131072, 0).await;
+    // queue.declare whose queue name claims 200 bytes but has 3.
+    r.send(&frame_bytes(codec::FRAME_METHOD, 1, &[0, 50, 0, 10, 0, 0, 200, b'a', b'b', b'c'])).await;
+    let text = r.expect_close(502).await;
+    assert!(text.starts_with("SYNTAX_ERROR"), "{text}");
+    // Random garbage after a good handshake.
+    let mut r = Raw::open(&s, 131072, 0).await;
+    r.send(&[1, 0, 1, 0, 0, 0, 2, 0xff, 0xff, codec::FRAME_END]).await;
+    r.expect_close(502).await;
+    let mut r = Raw::open(&s, 131072, 0).await;
+    r.send(&[9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9]).await;
+    r.expect_close(501).await;
+    still_serving(&s).await;
+}
+
+#[tokio::test]
+async fn frames_after_channel_close_are_dropped_until_close_ok() {
+    let s = start().await;
+    let mut r = Raw::open(&s, 131072, 0).await;
+    // basic.get on a missing queue: 404 closes channel 1.
+    r.method_out(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get { queue: "missing".into(), no_ack: true })),
+    )
+    .await;
+    match r.method().await {
+        AMQPClass::Channel(channel::AMQPMethod::Close(c)) => {
+            assert_eq!(c.reply_code, 404);
+            assert_eq!(c.reply_text.as_str(), "NOT_FOUND - no queue 'missing' in vhost '/'");
+            assert_eq!((c.class_id, c.method_id), (60, 70));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Ignored: the channel is closing.
+    r.method_out(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get { queue: "missing".into(), no_ack: true })),
+    )
+    .await;
+    r.method_out(1, AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {}))).await;
+    r.method_out(1, AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}))).await;
+    assert!(
+        matches!(r.method().await, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_))),
+        "the ignored get produced nothing; the channel reopens"
+    );
+}
+
+#[tokio::test]
+async fn client_close_gets_close_ok_and_after_close_only_close_ok_counts() {
+    let s = start().await;
+    let mut r = Raw::open(&s, 131072, 0).await;
+    r.method_out(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+            reply_code: 200,
+            reply_text: "bye".into(),
+            class_id: 0,
+            method_id: 0,
+        })),
+    )
+    .await;
+    assert!(matches!(r.method().await, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))));
+    r.expect_eof().await;
+}
+
+#[tokio::test]
+async fn heartbeats_are_sent_and_silent_peers_dropped() {
+    let s = start().await;
+    let mut r = Raw::open(&s, 131072, 1).await;
+    let started = std::time::Instant::now();
+    // The broker sends heartbeats on an idle connection...
+    let f = r.frame().await.expect("a heartbeat");
+    assert_eq!(f.kind, codec::FRAME_HEARTBEAT);
+    // ...and drops us after two silent intervals.
+    r.expect_eof().await;
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(1500), "{waited:?}");
+    assert!(waited < Duration::from_secs(6), "{waited:?}");
+}
+
+#[tokio::test]
+async fn a_client_that_answers_heartbeats_stays_connected() {
+    let s = start().await;
+    let mut r = Raw::open(&s, 131072, 1).await;
+    let hb = frame_bytes(codec::FRAME_HEARTBEAT, 0, &[]);
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        r.send(&hb).await;
+    }
+    // Still open: a request gets its answer.
+    r.method_out(1, AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos { prefetch_count: 1, global: false })))
+        .await;
+    assert!(matches!(r.method().await, AMQPClass::Basic(basic::AMQPMethod::QosOk(_))));
+}
