@@ -136,9 +136,9 @@ impl std::error::Error for ConfigError {}
 impl Config {
     /// Parses a configuration text.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let c: Config =
-            toml::from_str(text).map_err(|e| ConfigError(format!("{origin}: {e}")))?;
-        c.validate().map_err(|e| ConfigError(format!("{origin}: {e}")))?;
+        let c: Config = toml::from_str(text).map_err(|e| ConfigError(format!("{origin}: {e}")))?;
+        c.validate()
+            .map_err(|e| ConfigError(format!("{origin}: {e}")))?;
         Ok(c)
     }
 

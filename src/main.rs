@@ -38,7 +38,10 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
                 println!("warren {}", env!("CARGO_PKG_VERSION"));
                 return Ok(None);
             }
-            "--config" | "--amqp-listen" | "--http-listen" | "--prometheus-listen"
+            "--config"
+            | "--amqp-listen"
+            | "--http-listen"
+            | "--prometheus-listen"
             | "--data-dir" => {
                 let v = match inline {
                     Some(v) => v,

@@ -80,7 +80,10 @@ async fn accept_loop(
     }
     drop(listener);
     let drain = async { while conns.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .is_err()
+    {
         tracing::warn!("connections still open after 5 s; aborting them");
         conns.abort_all();
     }

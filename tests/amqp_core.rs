@@ -32,7 +32,10 @@ async fn publish(ch: &Channel, ex: &str, key: &str, body: &[u8]) {
 }
 
 async fn next(c: &mut Consumer) -> Delivery {
-    within(c.next()).await.expect("stream open").expect("delivery")
+    within(c.next())
+        .await
+        .expect("stream open")
+        .expect("delivery")
 }
 
 async fn consume(ch: &Channel, q: &str, no_ack: bool) -> Consumer {
@@ -153,11 +156,21 @@ async fn redeclare_with_other_flags_is_406() {
         )
     );
     let ch = c.create_channel().await.unwrap();
-    ch.exchange_declare("ex-flags".into(), ExchangeKind::Direct, ExchangeDeclareOptions::default(), t())
-        .await
-        .unwrap();
+    ch.exchange_declare(
+        "ex-flags".into(),
+        ExchangeKind::Direct,
+        ExchangeDeclareOptions::default(),
+        t(),
+    )
+    .await
+    .unwrap();
     let e = ch
-        .exchange_declare("ex-flags".into(), ExchangeKind::Fanout, ExchangeDeclareOptions::default(), t())
+        .exchange_declare(
+            "ex-flags".into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions::default(),
+            t(),
+        )
         .await
         .unwrap_err();
     assert_eq!(
@@ -175,12 +188,20 @@ async fn amq_prefix_is_reserved() {
     let c = connect(&s).await;
     let ch = c.create_channel().await.unwrap();
     let e = ch
-        .exchange_declare("amq.mine".into(), ExchangeKind::Direct, ExchangeDeclareOptions::default(), t())
+        .exchange_declare(
+            "amq.mine".into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            t(),
+        )
         .await
         .unwrap_err();
     assert_eq!(
         soft_code(&e),
-        (403, "ACCESS_REFUSED - exchange name 'amq.mine' contains reserved prefix 'amq.*'".into())
+        (
+            403,
+            "ACCESS_REFUSED - exchange name 'amq.mine' contains reserved prefix 'amq.*'".into()
+        )
     );
     // Redeclaring a predeclared one with the same properties is fine.
     let ch = c.create_channel().await.unwrap();
@@ -228,12 +249,21 @@ async fn predeclared_exchanges_and_default_exchange_rules() {
     }
     declare(&ch, "dflt").await;
     let e = ch
-        .queue_bind("dflt".into(), "".into(), "x".into(), QueueBindOptions::default(), t())
+        .queue_bind(
+            "dflt".into(),
+            "".into(),
+            "x".into(),
+            QueueBindOptions::default(),
+            t(),
+        )
         .await
         .unwrap_err();
     assert_eq!(
         soft_code(&e),
-        (403, "ACCESS_REFUSED - operation not permitted on the default exchange".into())
+        (
+            403,
+            "ACCESS_REFUSED - operation not permitted on the default exchange".into()
+        )
     );
     let ch = c.create_channel().await.unwrap();
     let e = ch
@@ -248,39 +278,84 @@ async fn direct_and_fanout_routing_and_unbind() {
     let s = start().await;
     let c = connect(&s).await;
     let ch = c.create_channel().await.unwrap();
-    ch.exchange_declare("logs".into(), ExchangeKind::Fanout, ExchangeDeclareOptions::default(), t())
-        .await
-        .unwrap();
-    ch.exchange_declare("work".into(), ExchangeKind::Direct, ExchangeDeclareOptions::default(), t())
-        .await
-        .unwrap();
+    ch.exchange_declare(
+        "logs".into(),
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions::default(),
+        t(),
+    )
+    .await
+    .unwrap();
+    ch.exchange_declare(
+        "work".into(),
+        ExchangeKind::Direct,
+        ExchangeDeclareOptions::default(),
+        t(),
+    )
+    .await
+    .unwrap();
     for q in ["f1", "f2", "d1"] {
         declare(&ch, q).await;
     }
     for q in ["f1", "f2"] {
-        ch.queue_bind(q.into(), "logs".into(), "ignored".into(), QueueBindOptions::default(), t())
-            .await
-            .unwrap();
-    }
-    ch.queue_bind("d1".into(), "work".into(), "red".into(), QueueBindOptions::default(), t())
+        ch.queue_bind(
+            q.into(),
+            "logs".into(),
+            "ignored".into(),
+            QueueBindOptions::default(),
+            t(),
+        )
         .await
         .unwrap();
+    }
+    ch.queue_bind(
+        "d1".into(),
+        "work".into(),
+        "red".into(),
+        QueueBindOptions::default(),
+        t(),
+    )
+    .await
+    .unwrap();
     publish(&ch, "logs", "any", b"fan").await;
     publish(&ch, "work", "red", b"r").await;
     publish(&ch, "work", "blue", b"b").await;
     for q in ["f1", "f2"] {
-        let m = ch.basic_get(q.into(), BasicGetOptions { no_ack: true }).await.unwrap().unwrap();
+        let m = ch
+            .basic_get(q.into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(m.delivery.data, b"fan");
     }
-    let m = ch.basic_get("d1".into(), BasicGetOptions { no_ack: true }).await.unwrap().unwrap();
+    let m = ch
+        .basic_get("d1".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(m.delivery.data, b"r");
-    assert!(ch.basic_get("d1".into(), BasicGetOptions { no_ack: true }).await.unwrap().is_none());
-    ch.queue_unbind("d1".into(), "work".into(), "red".into(), t()).await.unwrap();
+    assert!(ch
+        .basic_get("d1".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .is_none());
+    ch.queue_unbind("d1".into(), "work".into(), "red".into(), t())
+        .await
+        .unwrap();
     // Unbinding what is not bound is fine, as in RabbitMQ.
-    ch.queue_unbind("d1".into(), "work".into(), "red".into(), t()).await.unwrap();
+    ch.queue_unbind("d1".into(), "work".into(), "red".into(), t())
+        .await
+        .unwrap();
     publish(&ch, "work", "red", b"r2").await;
     let q = ch
-        .queue_declare("d1".into(), QueueDeclareOptions { passive: true, ..Default::default() }, t())
+        .queue_declare(
+            "d1".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            t(),
+        )
         .await
         .unwrap();
     assert_eq!(q.message_count(), 0);
@@ -293,15 +368,27 @@ async fn topic_and_headers_basic_routing() {
     let ch = c.create_channel().await.unwrap();
     declare(&ch, "tq").await;
     declare(&ch, "hq").await;
-    ch.queue_bind("tq".into(), "amq.topic".into(), "a.*.c".into(), QueueBindOptions::default(), t())
-        .await
-        .unwrap();
+    ch.queue_bind(
+        "tq".into(),
+        "amq.topic".into(),
+        "a.*.c".into(),
+        QueueBindOptions::default(),
+        t(),
+    )
+    .await
+    .unwrap();
     let mut args = FieldTable::default();
     args.insert("x-match".into(), AMQPValue::LongString("any".into()));
     args.insert("color".into(), AMQPValue::LongString("red".into()));
-    ch.queue_bind("hq".into(), "amq.headers".into(), "".into(), QueueBindOptions::default(), args)
-        .await
-        .unwrap();
+    ch.queue_bind(
+        "hq".into(),
+        "amq.headers".into(),
+        "".into(),
+        QueueBindOptions::default(),
+        args,
+    )
+    .await
+    .unwrap();
     publish(&ch, "amq.topic", "a.b.c", b"yes").await;
     publish(&ch, "amq.topic", "a.b.d", b"no").await;
     let mut h = FieldTable::default();
@@ -316,12 +403,24 @@ async fn topic_and_headers_basic_routing() {
     .await
     .unwrap();
     publish(&ch, "amq.headers", "", b"plain").await;
-    let m = ch.basic_get("tq".into(), BasicGetOptions { no_ack: true }).await.unwrap().unwrap();
+    let m = ch
+        .basic_get("tq".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(m.delivery.data, b"yes");
     assert_eq!(m.message_count, 0);
-    let m = ch.basic_get("hq".into(), BasicGetOptions { no_ack: true }).await.unwrap().unwrap();
+    let m = ch
+        .basic_get("hq".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(m.delivery.data, b"red");
-    assert!(ch.basic_get("hq".into(), BasicGetOptions { no_ack: true }).await.unwrap().is_none());
+    assert!(ch
+        .basic_get("hq".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test]
@@ -333,7 +432,10 @@ async fn publish_to_missing_exchange_is_404() {
     // The channel is closed by the broker; the next call sees why.
     let e = within(async {
         loop {
-            match ch.queue_declare("".into(), QueueDeclareOptions::default(), t()).await {
+            match ch
+                .queue_declare("".into(), QueueDeclareOptions::default(), t())
+                .await
+            {
                 Err(e) => return e,
                 Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
             }
@@ -385,7 +487,10 @@ async fn mandatory_unroutable_is_returned() {
     assert_eq!(returned.delivery.data, b"lost?");
     assert_eq!(returned.reply_code, 312);
     assert_eq!(returned.reply_text.as_str(), "NO_ROUTE");
-    assert_eq!(returned.delivery.properties.message_id(), &Some("m1".into()));
+    assert_eq!(
+        returned.delivery.properties.message_id(),
+        &Some("m1".into())
+    );
 }
 
 #[tokio::test]
@@ -402,23 +507,46 @@ async fn ack_nack_reject_and_requeue_order() {
     for _ in 0..5 {
         ds.push(next(&mut cons).await);
     }
-    assert_eq!(ds.iter().map(|d| d.data[0]).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        ds.iter().map(|d| d.data[0]).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
     // ack 1, reject 2 (drop), nack 3..=4 requeue (multiple), leave 5 unacked.
     ds[0].ack(BasicAckOptions::default()).await.unwrap();
-    ds[1].reject(BasicRejectOptions { requeue: false }).await.unwrap();
-    ch.basic_nack(ds[3].delivery_tag, BasicNackOptions { multiple: true, requeue: true })
+    ds[1]
+        .reject(BasicRejectOptions { requeue: false })
         .await
         .unwrap();
+    ch.basic_nack(
+        ds[3].delivery_tag,
+        BasicNackOptions {
+            multiple: true,
+            requeue: true,
+        },
+    )
+    .await
+    .unwrap();
     // 3 and 4 come back to this consumer, redelivered, in their order.
     let a = next(&mut cons).await;
     let b = next(&mut cons).await;
     assert_eq!((a.data[0], b.data[0]), (3, 4));
     assert!(a.redelivered && b.redelivered);
     // Multiple ack of everything outstanding.
-    ch.basic_ack(b.delivery_tag, BasicAckOptions { multiple: true }).await.unwrap();
-    ch.basic_cancel(cons.tag(), BasicCancelOptions::default()).await.unwrap();
+    ch.basic_ack(b.delivery_tag, BasicAckOptions { multiple: true })
+        .await
+        .unwrap();
+    ch.basic_cancel(cons.tag(), BasicCancelOptions::default())
+        .await
+        .unwrap();
     let q = ch
-        .queue_declare("acks".into(), QueueDeclareOptions { passive: true, ..Default::default() }, t())
+        .queue_declare(
+            "acks".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            t(),
+        )
         .await
         .unwrap();
     assert_eq!(q.message_count(), 0, "everything was acked or dropped");
@@ -431,9 +559,17 @@ async fn unknown_and_double_ack_are_406() {
     let ch = c.create_channel().await.unwrap();
     declare(&ch, "dbl").await;
     publish(&ch, "", "dbl", b"x").await;
-    let m = ch.basic_get("dbl".into(), BasicGetOptions::default()).await.unwrap().unwrap();
-    ch.basic_ack(m.delivery.delivery_tag, BasicAckOptions::default()).await.unwrap();
-    ch.basic_ack(m.delivery.delivery_tag, BasicAckOptions::default()).await.unwrap();
+    let m = ch
+        .basic_get("dbl".into(), BasicGetOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    ch.basic_ack(m.delivery.delivery_tag, BasicAckOptions::default())
+        .await
+        .unwrap();
+    ch.basic_ack(m.delivery.delivery_tag, BasicAckOptions::default())
+        .await
+        .unwrap();
     let e = within(async {
         loop {
             if let Err(e) = ch.basic_qos(1, BasicQosOptions::default()).await {
@@ -442,7 +578,10 @@ async fn unknown_and_double_ack_are_406() {
         }
     })
     .await;
-    assert_eq!(soft_code(&e), (406, "PRECONDITION_FAILED - unknown delivery tag 1".into()));
+    assert_eq!(
+        soft_code(&e),
+        (406, "PRECONDITION_FAILED - unknown delivery tag 1".into())
+    );
     let ch = c.create_channel().await.unwrap();
     ch.basic_ack(42, BasicAckOptions::default()).await.unwrap();
     let e = within(async {
@@ -453,7 +592,10 @@ async fn unknown_and_double_ack_are_406() {
         }
     })
     .await;
-    assert_eq!(soft_code(&e), (406, "PRECONDITION_FAILED - unknown delivery tag 42".into()));
+    assert_eq!(
+        soft_code(&e),
+        (406, "PRECONDITION_FAILED - unknown delivery tag 42".into())
+    );
 }
 
 #[tokio::test]
@@ -483,7 +625,11 @@ async fn unacked_messages_return_when_channel_or_connection_closes() {
     c2.close(200, "bye".into()).await.unwrap();
     let m = within(async {
         loop {
-            if let Some(m) = ch.basic_get("back".into(), BasicGetOptions { no_ack: true }).await.unwrap() {
+            if let Some(m) = ch
+                .basic_get("back".into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+            {
                 return m;
             }
         }
@@ -516,7 +662,14 @@ async fn prefetch_limits_each_consumer_and_round_robin() {
     let da2 = next(&mut a).await;
     assert_eq!(da2.data[0], 2);
     let q = pubch
-        .queue_declare("rr".into(), QueueDeclareOptions { passive: true, ..Default::default() }, t())
+        .queue_declare(
+            "rr".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            t(),
+        )
         .await
         .unwrap();
     assert_eq!(q.message_count(), 1);
@@ -531,7 +684,9 @@ async fn global_prefetch_is_shared_by_the_channel() {
     declare(&pubch, "g1").await;
     declare(&pubch, "g2").await;
     let ch = c.create_channel().await.unwrap();
-    ch.basic_qos(2, BasicQosOptions { global: true }).await.unwrap();
+    ch.basic_qos(2, BasicQosOptions { global: true })
+        .await
+        .unwrap();
     let mut a = consume(&ch, "g1", false).await;
     let mut b = consume(&ch, "g2", false).await;
     for i in 0..3u8 {
@@ -596,10 +751,20 @@ async fn exclusive_queue_is_locked_for_others_and_deleted_with_owner() {
         .unwrap_err();
     let (code, text) = soft_code(&e);
     assert_eq!(code, 405);
-    assert!(text.starts_with("RESOURCE_LOCKED - cannot obtain exclusive access to locked queue 'excl' in vhost '/'"), "{text}");
+    assert!(
+        text.starts_with(
+            "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue 'excl' in vhost '/'"
+        ),
+        "{text}"
+    );
     let och = other.create_channel().await.unwrap();
     let e = och
-        .basic_consume("excl".into(), "".into(), BasicConsumeOptions::default(), t())
+        .basic_consume(
+            "excl".into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            t(),
+        )
         .await
         .unwrap_err();
     assert_eq!(soft_code(&e).0, 405);
@@ -611,7 +776,14 @@ async fn exclusive_queue_is_locked_for_others_and_deleted_with_owner() {
     let e = within(async {
         loop {
             match och
-                .queue_declare("excl".into(), QueueDeclareOptions { passive: true, ..Default::default() }, t())
+                .queue_declare(
+                    "excl".into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    t(),
+                )
                 .await
             {
                 Err(e) => return e,
@@ -640,13 +812,31 @@ async fn auto_delete_queue_goes_with_its_last_consumer() {
     .unwrap();
     let c1 = consume(&ch, "ad", true).await;
     let c2 = consume(&ch, "ad", true).await;
-    ch.basic_cancel(c1.tag(), BasicCancelOptions::default()).await.unwrap();
-    ch.queue_declare("ad".into(), QueueDeclareOptions { passive: true, ..Default::default() }, t())
+    ch.basic_cancel(c1.tag(), BasicCancelOptions::default())
         .await
-        .expect("one consumer left");
-    ch.basic_cancel(c2.tag(), BasicCancelOptions::default()).await.unwrap();
+        .unwrap();
+    ch.queue_declare(
+        "ad".into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        t(),
+    )
+    .await
+    .expect("one consumer left");
+    ch.basic_cancel(c2.tag(), BasicCancelOptions::default())
+        .await
+        .unwrap();
     let e = ch
-        .queue_declare("ad".into(), QueueDeclareOptions { passive: true, ..Default::default() }, t())
+        .queue_declare(
+            "ad".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            t(),
+        )
         .await
         .unwrap_err();
     assert_eq!(soft_code(&e).0, 404);
@@ -661,30 +851,67 @@ async fn purge_and_delete_return_counts_and_check_conditions() {
     for _ in 0..3 {
         publish(&ch, "", "pd", b"x").await;
     }
-    let n = ch.queue_purge("pd".into(), QueuePurgeOptions::default()).await.unwrap();
+    let n = ch
+        .queue_purge("pd".into(), QueuePurgeOptions::default())
+        .await
+        .unwrap();
     assert_eq!(n, 3);
     publish(&ch, "", "pd", b"x").await;
     let e = ch
-        .queue_delete("pd".into(), QueueDeleteOptions { if_empty: true, ..Default::default() })
+        .queue_delete(
+            "pd".into(),
+            QueueDeleteOptions {
+                if_empty: true,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap_err();
-    assert_eq!(soft_code(&e), (406, "PRECONDITION_FAILED - queue 'pd' in vhost '/' not empty".into()));
+    assert_eq!(
+        soft_code(&e),
+        (
+            406,
+            "PRECONDITION_FAILED - queue 'pd' in vhost '/' not empty".into()
+        )
+    );
     let ch = c.create_channel().await.unwrap();
     let _cons = consume(&ch, "pd", false).await;
     let ch2 = c.create_channel().await.unwrap();
     let e = ch2
-        .queue_delete("pd".into(), QueueDeleteOptions { if_unused: true, ..Default::default() })
+        .queue_delete(
+            "pd".into(),
+            QueueDeleteOptions {
+                if_unused: true,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap_err();
-    assert_eq!(soft_code(&e), (406, "PRECONDITION_FAILED - queue 'pd' in vhost '/' in use".into()));
+    assert_eq!(
+        soft_code(&e),
+        (
+            406,
+            "PRECONDITION_FAILED - queue 'pd' in vhost '/' in use".into()
+        )
+    );
     let ch3 = c.create_channel().await.unwrap();
     declare(&ch3, "pd2").await;
     for _ in 0..2 {
         publish(&ch3, "", "pd2", b"x").await;
     }
-    assert_eq!(ch3.queue_delete("pd2".into(), QueueDeleteOptions::default()).await.unwrap(), 2);
+    assert_eq!(
+        ch3.queue_delete("pd2".into(), QueueDeleteOptions::default())
+            .await
+            .unwrap(),
+        2
+    );
     // Deleting a missing queue is not an error (RabbitMQ 3.x).
-    assert_eq!(ch3.queue_delete("pd2".into(), QueueDeleteOptions::default()).await.unwrap(), 0);
+    assert_eq!(
+        ch3.queue_delete("pd2".into(), QueueDeleteOptions::default())
+            .await
+            .unwrap(),
+        0
+    );
 }
 
 #[tokio::test]
@@ -692,25 +919,61 @@ async fn exchange_delete_if_unused() {
     let s = start().await;
     let c = connect(&s).await;
     let ch = c.create_channel().await.unwrap();
-    ch.exchange_declare("exu".into(), ExchangeKind::Direct, ExchangeDeclareOptions::default(), t())
-        .await
-        .unwrap();
+    ch.exchange_declare(
+        "exu".into(),
+        ExchangeKind::Direct,
+        ExchangeDeclareOptions::default(),
+        t(),
+    )
+    .await
+    .unwrap();
     declare(&ch, "exu-q").await;
-    ch.queue_bind("exu-q".into(), "exu".into(), "k".into(), QueueBindOptions::default(), t())
+    ch.queue_bind(
+        "exu-q".into(),
+        "exu".into(),
+        "k".into(),
+        QueueBindOptions::default(),
+        t(),
+    )
+    .await
+    .unwrap();
+    let e = ch
+        .exchange_delete(
+            "exu".into(),
+            ExchangeDeleteOptions {
+                if_unused: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        soft_code(&e),
+        (
+            406,
+            "PRECONDITION_FAILED - exchange 'exu' in vhost '/' in use".into()
+        )
+    );
+    let ch = c.create_channel().await.unwrap();
+    ch.exchange_delete("exu".into(), ExchangeDeleteOptions::default())
         .await
         .unwrap();
     let e = ch
-        .exchange_delete("exu".into(), ExchangeDeleteOptions { if_unused: true, ..Default::default() })
+        .exchange_declare(
+            "exu".into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            t(),
+        )
         .await
         .unwrap_err();
-    assert_eq!(soft_code(&e), (406, "PRECONDITION_FAILED - exchange 'exu' in vhost '/' in use".into()));
-    let ch = c.create_channel().await.unwrap();
-    ch.exchange_delete("exu".into(), ExchangeDeleteOptions::default()).await.unwrap();
-    let e = ch
-        .exchange_declare("exu".into(), ExchangeKind::Direct, ExchangeDeclareOptions { passive: true, ..Default::default() }, t())
-        .await
-        .unwrap_err();
-    assert_eq!(soft_code(&e), (404, "NOT_FOUND - no exchange 'exu' in vhost '/'".into()));
+    assert_eq!(
+        soft_code(&e),
+        (404, "NOT_FOUND - no exchange 'exu' in vhost '/'".into())
+    );
 }
 
 #[tokio::test]
@@ -725,22 +988,38 @@ async fn consumer_tags_generated_duplicate_and_exclusive() {
         .basic_consume(
             "tags".into(),
             "mine".into(),
-            BasicConsumeOptions { exclusive: true, ..Default::default() },
+            BasicConsumeOptions {
+                exclusive: true,
+                ..Default::default()
+            },
             t(),
         )
         .await
         .unwrap_err();
     assert_eq!(
         soft_code(&e),
-        (403, "ACCESS_REFUSED - queue 'tags' in vhost '/' in exclusive use".into())
+        (
+            403,
+            "ACCESS_REFUSED - queue 'tags' in vhost '/' in exclusive use".into()
+        )
     );
     let c2 = connect(&s).await;
     let ch = c2.create_channel().await.unwrap();
-    ch.basic_consume("tags".into(), "dup".into(), BasicConsumeOptions::default(), t())
-        .await
-        .unwrap();
+    ch.basic_consume(
+        "tags".into(),
+        "dup".into(),
+        BasicConsumeOptions::default(),
+        t(),
+    )
+    .await
+    .unwrap();
     let e = ch
-        .basic_consume("tags".into(), "dup".into(), BasicConsumeOptions::default(), t())
+        .basic_consume(
+            "tags".into(),
+            "dup".into(),
+            BasicConsumeOptions::default(),
+            t(),
+        )
         .await
         .unwrap_err();
     let msg = e.to_string();
@@ -756,7 +1035,9 @@ async fn consumer_is_cancelled_when_its_queue_is_deleted() {
     declare(&ch, "gone").await;
     let mut cons = consume(&ch, "gone", false).await;
     let ch2 = c.create_channel().await.unwrap();
-    ch2.queue_delete("gone".into(), QueueDeleteOptions::default()).await.unwrap();
+    ch2.queue_delete("gone".into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
     // lapin ends the consumer stream on basic.cancel from the server.
     let end = within(cons.next()).await;
     assert!(end.is_none(), "stream ends after the server's basic.cancel");
@@ -768,18 +1049,39 @@ async fn basic_get_empty_and_message_count() {
     let c = connect(&s).await;
     let ch = c.create_channel().await.unwrap();
     declare(&ch, "get").await;
-    assert!(ch.basic_get("get".into(), BasicGetOptions::default()).await.unwrap().is_none());
+    assert!(ch
+        .basic_get("get".into(), BasicGetOptions::default())
+        .await
+        .unwrap()
+        .is_none());
     for i in 0..3u8 {
         publish(&ch, "", "get", &[i]).await;
     }
-    let m = ch.basic_get("get".into(), BasicGetOptions::default()).await.unwrap().unwrap();
+    let m = ch
+        .basic_get("get".into(), BasicGetOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(m.message_count, 2);
     assert_eq!(m.delivery.data, [0]);
-    m.delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.unwrap();
-    let m = ch.basic_get("get".into(), BasicGetOptions::default()).await.unwrap().unwrap();
+    m.delivery
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let m = ch
+        .basic_get("get".into(), BasicGetOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(m.delivery.data, [0], "requeued at the head");
     assert!(m.delivery.redelivered);
-    let e = ch.basic_get("nope".into(), BasicGetOptions::default()).await.unwrap_err();
+    let e = ch
+        .basic_get("nope".into(), BasicGetOptions::default())
+        .await
+        .unwrap_err();
     assert_eq!(soft_code(&e).0, 404);
 }
 
@@ -793,7 +1095,9 @@ async fn recover_requeues_unacked() {
     let mut cons = consume(&ch, "rec", false).await;
     let d = next(&mut cons).await;
     assert!(!d.redelivered);
-    ch.basic_recover(BasicRecoverOptions { requeue: true }).await.unwrap();
+    ch.basic_recover(BasicRecoverOptions { requeue: true })
+        .await
+        .unwrap();
     let d = next(&mut cons).await;
     assert!(d.redelivered);
     assert_eq!(d.data, b"r");
@@ -815,7 +1119,10 @@ async fn properties_and_headers_arrive_unchanged() {
     h.insert("t".into(), AMQPValue::FieldTable(inner));
     h.insert(
         "a".into(),
-        AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::LongInt(1), AMQPValue::LongString("x".into())])),
+        AMQPValue::FieldArray(FieldArray::from(vec![
+            AMQPValue::LongInt(1),
+            AMQPValue::LongString("x".into()),
+        ])),
     );
     h.insert("v".into(), AMQPValue::Void);
     let props = BasicProperties::default()
@@ -833,13 +1140,23 @@ async fn properties_and_headers_arrive_unchanged() {
         .with_user_id("guest".into())
         .with_app_id("app".into());
     let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-    ch.basic_publish("".into(), "props".into(), BasicPublishOptions::default(), &body, props.clone())
-        .await
-        .unwrap();
+    ch.basic_publish(
+        "".into(),
+        "props".into(),
+        BasicPublishOptions::default(),
+        &body,
+        props.clone(),
+    )
+    .await
+    .unwrap();
     let mut cons = consume(&ch, "props", true).await;
     let d = next(&mut cons).await;
     assert_eq!(d.properties, props);
-    assert_eq!(d.data.len(), body.len(), "a body larger than frame_max arrives whole");
+    assert_eq!(
+        d.data.len(),
+        body.len(),
+        "a body larger than frame_max arrives whole"
+    );
     assert_eq!(d.data, body);
 }
 
@@ -880,13 +1197,19 @@ async fn unknown_vhost_and_bad_password_are_refused() {
         .await
         .unwrap_err();
     let msg = format!("{e}");
-    assert!(msg.contains("530") || msg.contains("NOT_ALLOWED") || msg.contains("vhost"), "{msg}");
+    assert!(
+        msg.contains("530") || msg.contains("NOT_ALLOWED") || msg.contains("vhost"),
+        "{msg}"
+    );
     let url = format!("amqp://guest:wrong@{}/%2f", s.amqp_addr());
     let e = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
         .await
         .unwrap_err();
     let msg = format!("{e}");
-    assert!(msg.contains("403") || msg.contains("ACCESS_REFUSED"), "{msg}");
+    assert!(
+        msg.contains("403") || msg.contains("ACCESS_REFUSED"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]

@@ -60,7 +60,9 @@ impl Raw {
                 continue;
             }
             assert_eq!(f.kind, codec::FRAME_METHOD, "{f:?}");
-            return amq_protocol::protocol::parse_class(&f.payload[..]).unwrap().1;
+            return amq_protocol::protocol::parse_class(&f.payload[..])
+                .unwrap()
+                .1;
         }
     }
 
@@ -72,7 +74,9 @@ impl Raw {
                     assert_eq!(c.reply_code, code, "{}", c.reply_text.as_str());
                     self.method_out(
                         0,
-                        AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+                        AMQPClass::Connection(connection::AMQPMethod::CloseOk(
+                            connection::CloseOk {},
+                        )),
                     )
                     .await;
                     return c.reply_text.as_str().to_owned();
@@ -98,7 +102,10 @@ impl Raw {
 
     async fn start_ok(&mut self, user: &str, pass: &str, auth_close: bool) {
         let mut caps = FieldTable::default();
-        caps.insert("authentication_failure_close".into(), AMQPValue::Boolean(auth_close));
+        caps.insert(
+            "authentication_failure_close".into(),
+            AMQPValue::Boolean(auth_close),
+        );
         caps.insert("consumer_cancel_notify".into(), AMQPValue::Boolean(true));
         let mut props = FieldTable::default();
         props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
@@ -123,7 +130,10 @@ impl Raw {
             AMQPClass::Connection(connection::AMQPMethod::Tune(t)) => t,
             other => panic!("{other:?}"),
         };
-        assert_eq!((tune.channel_max, tune.frame_max, tune.heartbeat), (2047, 131072, 60));
+        assert_eq!(
+            (tune.channel_max, tune.frame_max, tune.heartbeat),
+            (2047, 131072, 60)
+        );
         r.method_out(
             0,
             AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
@@ -140,9 +150,19 @@ impl Raw {
             })),
         )
         .await;
-        assert!(matches!(r.method().await, AMQPClass::Connection(connection::AMQPMethod::OpenOk(_))));
-        r.method_out(1, AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}))).await;
-        assert!(matches!(r.method().await, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_))));
+        assert!(matches!(
+            r.method().await,
+            AMQPClass::Connection(connection::AMQPMethod::OpenOk(_))
+        ));
+        r.method_out(
+            1,
+            AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+        )
+        .await;
+        assert!(matches!(
+            r.method().await,
+            AMQPClass::Channel(channel::AMQPMethod::OpenOk(_))
+        ));
         r
     }
 }
@@ -190,15 +210,42 @@ async fn connection_start_has_server_properties_and_capabilities() {
     assert_eq!(start.mechanisms.to_string(), "PLAIN AMQPLAIN");
     assert_eq!(start.locales.to_string(), "en_US");
     let p = start.server_properties.inner();
-    for key in ["product", "version", "platform", "cluster_name", "copyright", "information"] {
+    for key in [
+        "product",
+        "version",
+        "platform",
+        "cluster_name",
+        "copyright",
+        "information",
+    ] {
         assert!(p.contains_key(key), "{key}");
     }
-    let AMQPValue::FieldTable(caps) = &p["capabilities"] else { panic!() };
-    for cap in ["basic.nack", "consumer_cancel_notify", "authentication_failure_close", "per_consumer_qos"] {
-        assert_eq!(caps.inner().get(cap), Some(&AMQPValue::Boolean(true)), "{cap}");
+    let AMQPValue::FieldTable(caps) = &p["capabilities"] else {
+        panic!()
+    };
+    for cap in [
+        "basic.nack",
+        "consumer_cancel_notify",
+        "authentication_failure_close",
+        "per_consumer_qos",
+    ] {
+        assert_eq!(
+            caps.inner().get(cap),
+            Some(&AMQPValue::Boolean(true)),
+            "{cap}"
+        );
     }
-    for not_yet in ["publisher_confirms", "exchange_exchange_bindings", "consumer_priorities", "direct_reply_to", "connection.blocked"] {
-        assert!(!caps.inner().contains_key(not_yet), "{not_yet} is not advertised until it works");
+    for not_yet in [
+        "publisher_confirms",
+        "exchange_exchange_bindings",
+        "consumer_priorities",
+        "direct_reply_to",
+        "connection.blocked",
+    ] {
+        assert!(
+            !caps.inner().contains_key(not_yet),
+            "{not_yet} is not advertised until it works"
+        );
     }
 }
 
@@ -239,10 +286,15 @@ async fn unknown_vhost_is_530() {
     .await;
     r.method_out(
         0,
-        AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open { virtual_host: "nowhere".into() })),
+        AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
+            virtual_host: "nowhere".into(),
+        })),
     )
     .await;
-    assert_eq!(r.expect_close(530).await, "NOT_ALLOWED - vhost nowhere not found");
+    assert_eq!(
+        r.expect_close(530).await,
+        "NOT_ALLOWED - vhost nowhere not found"
+    );
 }
 
 #[tokio::test]
@@ -286,14 +338,21 @@ async fn method_on_a_closed_channel_is_504() {
         })),
     )
     .await;
-    assert_eq!(r.expect_close(504).await, "CHANNEL_ERROR - expected 'channel.open'");
+    assert_eq!(
+        r.expect_close(504).await,
+        "CHANNEL_ERROR - expected 'channel.open'"
+    );
 }
 
 #[tokio::test]
 async fn channel_above_channel_max_is_refused() {
     let s = start().await;
     let mut r = Raw::open(&s, 131072, 0).await; // channel_max 10
-    r.method_out(11, AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}))).await;
+    r.method_out(
+        11,
+        AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+    )
+    .await;
     r.expect_close(504).await;
 }
 
@@ -312,7 +371,12 @@ async fn content_frames_out_of_order_are_505() {
     );
     // A body where the content header belongs.
     let mut r = Raw::open(&s, 131072, 0).await;
-    r.send(&frame_bytes(codec::FRAME_METHOD, 1, &[0, 60, 0, 40, 0, 0, 0, 1, b'q', 0])).await;
+    r.send(&frame_bytes(
+        codec::FRAME_METHOD,
+        1,
+        &[0, 60, 0, 40, 0, 0, 0, 1, b'q', 0],
+    ))
+    .await;
     r.send(&frame_bytes(codec::FRAME_BODY, 1, b"hello")).await;
     assert_eq!(
         r.expect_close(505).await,
@@ -326,8 +390,16 @@ async fn prefetch_size_is_540_like_rabbitmq() {
     let s = start().await;
     let mut r = Raw::open(&s, 131072, 0).await;
     // basic.qos prefetch_size=10, prefetch_count=1, global=false
-    r.send(&frame_bytes(codec::FRAME_METHOD, 1, &[0, 60, 0, 10, 0, 0, 0, 10, 0, 1, 0])).await;
-    assert_eq!(r.expect_close(540).await, "NOT_IMPLEMENTED - prefetch_size!=0 (10)");
+    r.send(&frame_bytes(
+        codec::FRAME_METHOD,
+        1,
+        &[0, 60, 0, 10, 0, 0, 0, 10, 0, 1, 0],
+    ))
+    .await;
+    assert_eq!(
+        r.expect_close(540).await,
+        "NOT_IMPLEMENTED - prefetch_size!=0 (10)"
+    );
 }
 
 #[tokio::test]
@@ -335,12 +407,18 @@ async fn malformed_method_arguments_do_not_hurt_anyone_else() {
     let s = start().await;
     let mut r = Raw::open(&s, 131072, 0).await;
     // queue.declare whose queue name claims 200 bytes but has 3.
-    r.send(&frame_bytes(codec::FRAME_METHOD, 1, &[0, 50, 0, 10, 0, 0, 200, b'a', b'b', b'c'])).await;
+    r.send(&frame_bytes(
+        codec::FRAME_METHOD,
+        1,
+        &[0, 50, 0, 10, 0, 0, 200, b'a', b'b', b'c'],
+    ))
+    .await;
     let text = r.expect_close(502).await;
     assert!(text.starts_with("SYNTAX_ERROR"), "{text}");
     // Random garbage after a good handshake.
     let mut r = Raw::open(&s, 131072, 0).await;
-    r.send(&[1, 0, 1, 0, 0, 0, 2, 0xff, 0xff, codec::FRAME_END]).await;
+    r.send(&[1, 0, 1, 0, 0, 0, 2, 0xff, 0xff, codec::FRAME_END])
+        .await;
     r.expect_close(502).await;
     let mut r = Raw::open(&s, 131072, 0).await;
     r.send(&[9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9]).await;
@@ -355,13 +433,19 @@ async fn frames_after_channel_close_are_dropped_until_close_ok() {
     // basic.get on a missing queue: 404 closes channel 1.
     r.method_out(
         1,
-        AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get { queue: "missing".into(), no_ack: true })),
+        AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get {
+            queue: "missing".into(),
+            no_ack: true,
+        })),
     )
     .await;
     match r.method().await {
         AMQPClass::Channel(channel::AMQPMethod::Close(c)) => {
             assert_eq!(c.reply_code, 404);
-            assert_eq!(c.reply_text.as_str(), "NOT_FOUND - no queue 'missing' in vhost '/'");
+            assert_eq!(
+                c.reply_text.as_str(),
+                "NOT_FOUND - no queue 'missing' in vhost '/'"
+            );
             assert_eq!((c.class_id, c.method_id), (60, 70));
         }
         other => panic!("{other:?}"),
@@ -369,13 +453,27 @@ async fn frames_after_channel_close_are_dropped_until_close_ok() {
     // Ignored: the channel is closing.
     r.method_out(
         1,
-        AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get { queue: "missing".into(), no_ack: true })),
+        AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get {
+            queue: "missing".into(),
+            no_ack: true,
+        })),
     )
     .await;
-    r.method_out(1, AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {}))).await;
-    r.method_out(1, AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}))).await;
+    r.method_out(
+        1,
+        AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+    )
+    .await;
+    r.method_out(
+        1,
+        AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+    )
+    .await;
     assert!(
-        matches!(r.method().await, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_))),
+        matches!(
+            r.method().await,
+            AMQPClass::Channel(channel::AMQPMethod::OpenOk(_))
+        ),
         "the ignored get produced nothing; the channel reopens"
     );
 }
@@ -394,7 +492,10 @@ async fn client_close_gets_close_ok_and_after_close_only_close_ok_counts() {
         })),
     )
     .await;
-    assert!(matches!(r.method().await, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))));
+    assert!(matches!(
+        r.method().await,
+        AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))
+    ));
     r.expect_eof().await;
 }
 
@@ -423,7 +524,16 @@ async fn a_client_that_answers_heartbeats_stays_connected() {
         r.send(&hb).await;
     }
     // Still open: a request gets its answer.
-    r.method_out(1, AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos { prefetch_count: 1, global: false })))
-        .await;
-    assert!(matches!(r.method().await, AMQPClass::Basic(basic::AMQPMethod::QosOk(_))));
+    r.method_out(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos {
+            prefetch_count: 1,
+            global: false,
+        })),
+    )
+    .await;
+    assert!(matches!(
+        r.method().await,
+        AMQPClass::Basic(basic::AMQPMethod::QosOk(_))
+    ));
 }

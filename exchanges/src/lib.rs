@@ -147,7 +147,9 @@ impl<D: Clone + Eq + Hash> Router<D> {
 
     fn find(&self, destination: &D, routing_key: &str, arguments: &Table) -> Option<usize> {
         self.bindings.iter().position(|b| {
-            b.destination == *destination && b.routing_key == routing_key && b.arguments == *arguments
+            b.destination == *destination
+                && b.routing_key == routing_key
+                && b.arguments == *arguments
         })
     }
 
@@ -184,9 +186,11 @@ impl<D: Clone + Eq + Hash> Router<D> {
             ExchangeType::Topic => self.topic.remove(&b.routing_key, &b.destination),
             ExchangeType::Headers => {
                 let args = &b.arguments;
-                if let Some(i) = self.headers.iter().position(|(m, d)| {
-                    *d == b.destination && m.arguments() == args
-                }) {
+                if let Some(i) = self
+                    .headers
+                    .iter()
+                    .position(|(m, d)| *d == b.destination && m.arguments() == args)
+                {
                     self.headers.remove(i);
                 }
             }
@@ -297,7 +301,10 @@ mod tests {
         assert!(r.bind("q1", "a", t()).unwrap());
         assert!(r.bind("q2", "a", t()).unwrap());
         assert!(r.bind("q3", "b", t()).unwrap());
-        assert!(!r.bind("q1", "a", t()).unwrap(), "same binding twice is a no-op");
+        assert!(
+            !r.bind("q1", "a", t()).unwrap(),
+            "same binding twice is a no-op"
+        );
         assert_eq!(route(&r, "a"), vec!["q1", "q2"]);
         assert_eq!(route(&r, "b"), vec!["q3"]);
         assert!(route(&r, "c").is_empty());

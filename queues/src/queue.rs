@@ -478,7 +478,10 @@ mod tests {
         assert_eq!(out.len(), 2, "two slots shared by both queues");
         assert!(out.iter().all(|d| d.took_channel_slot));
         q1.ack(&[out[0].message.seq]);
-        assert!(limit.release(1), "the limit was full, so queues should retry");
+        assert!(
+            limit.release(1),
+            "the limit was full, so queues should retry"
+        );
         out.clear();
         q2.dispatch(&mut out);
         assert_eq!(out.len(), 1);

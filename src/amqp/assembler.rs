@@ -4,7 +4,9 @@
 //! Pure: it sees frames and returns commands or the 505 UNEXPECTED_FRAME
 //! text; it does no I/O and knows nothing of the broker.
 
-use super::codec::{parse_content_header, ContentHeader, Frame, FRAME_BODY, FRAME_HEADER, FRAME_METHOD};
+use super::codec::{
+    parse_content_header, ContentHeader, Frame, FRAME_BODY, FRAME_HEADER, FRAME_METHOD,
+};
 use bytes::{Bytes, BytesMut};
 
 /// A whole command: a method and, for basic.publish, its content.
@@ -212,7 +214,10 @@ mod tests {
     fn publish_with_two_body_frames() {
         let mut a = Assembler::default();
         assert!(a.frame(f(FRAME_METHOD, PUBLISH), 1000).unwrap().is_none());
-        assert!(a.frame(f(FRAME_HEADER, &header(5)), 1000).unwrap().is_none());
+        assert!(a
+            .frame(f(FRAME_HEADER, &header(5)), 1000)
+            .unwrap()
+            .is_none());
         assert!(a.frame(f(FRAME_BODY, b"ab"), 1000).unwrap().is_none());
         let c = a.frame(f(FRAME_BODY, b"cde"), 1000).unwrap().unwrap();
         assert_eq!(&c.content.unwrap().body[..], b"abcde");
@@ -238,14 +243,16 @@ mod tests {
         assert_eq!(
             a.frame(f(FRAME_METHOD, PUBLISH), 1000).unwrap_err(),
             AssembleError::Unexpected(
-                "expected content header for class 60, got non content header frame instead"
-                    .into()
+                "expected content header for class 60, got non content header frame instead".into()
             )
         );
         let mut a = Assembler::default();
         a.frame(f(FRAME_METHOD, PUBLISH), 1000).unwrap();
         a.frame(f(FRAME_HEADER, &header(1)), 1000).unwrap();
-        assert!(a.frame(f(FRAME_BODY, b"xy"), 1000).is_err(), "longer than announced");
+        assert!(
+            a.frame(f(FRAME_BODY, b"xy"), 1000).is_err(),
+            "longer than announced"
+        );
     }
 
     #[test]

@@ -10,12 +10,8 @@ use super::codec::{self, Frame, FRAME_METHOD};
 use super::connection::{conn_err, Connection};
 use super::error::*;
 use super::fields::to_table;
-use crate::broker::{
-    ConsumeRequest, Delivery, Exchange, ExchangeOptions, Queue, QueueOptions,
-};
-use amq_protocol::protocol::{
-    access, basic, channel as chan, exchange, queue, AMQPClass,
-};
+use crate::broker::{ConsumeRequest, Delivery, Exchange, ExchangeOptions, Queue, QueueOptions};
+use amq_protocol::protocol::{access, basic, channel as chan, exchange, queue, AMQPClass};
 use amq_protocol::types::ShortString;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -117,7 +113,10 @@ impl Connection {
             Ok(Some(cmd)) => cmd,
             Ok(None) => return Ok(()),
             Err(AssembleError::Unexpected(text)) => {
-                return Err(conn_err(UNEXPECTED_FRAME, format!("UNEXPECTED_FRAME - {text}")))
+                return Err(conn_err(
+                    UNEXPECTED_FRAME,
+                    format!("UNEXPECTED_FRAME - {text}"),
+                ))
             }
             Err(AssembleError::TooLarge { size, max }) => {
                 // The assembler dropped the command; the channel ignores
@@ -194,7 +193,9 @@ impl Connection {
     }
 
     fn ch(&mut self, id: u16) -> &mut Channel {
-        self.channels.get_mut(&id).expect("command on an open channel")
+        self.channels
+            .get_mut(&id)
+            .expect("command on an open channel")
     }
 
     fn command(&mut self, id: u16, cmd: Command) -> Result<(), AmqpError> {
@@ -283,8 +284,12 @@ impl Connection {
                     internal: d.internal,
                     arguments: to_table(&d.arguments),
                 };
-                self.vhost
-                    .declare_exchange(d.exchange.as_str(), d.kind.as_str(), d.passive, opts)?;
+                self.vhost.declare_exchange(
+                    d.exchange.as_str(),
+                    d.kind.as_str(),
+                    d.passive,
+                    opts,
+                )?;
                 if !d.nowait {
                     self.send_method(
                         id,
@@ -407,9 +412,7 @@ impl Connection {
             }
             queue::AMQPMethod::Delete(d) => {
                 let q = self.queue_name(id, &d.queue)?;
-                let n = self
-                    .vhost
-                    .delete_queue(&q, d.if_unused, d.if_empty, conn)?;
+                let n = self.vhost.delete_queue(&q, d.if_unused, d.if_empty, conn)?;
                 if !d.nowait {
                     self.send_method(
                         id,
@@ -452,7 +455,10 @@ impl Connection {
         } else {
             ch.consumer_prefetch = count;
         }
-        self.send_method(id, AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})));
+        self.send_method(
+            id,
+            AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
+        );
         Ok(())
     }
 
@@ -462,14 +468,19 @@ impl Connection {
         let (Some(exchange), Some(routing_key)) =
             (parse_short_str(p, &mut at), parse_short_str(p, &mut at))
         else {
-            return Err(AmqpError::connection(SYNTAX_ERROR, "malformed basic.publish"));
+            return Err(AmqpError::connection(
+                SYNTAX_ERROR,
+                "malformed basic.publish",
+            ));
         };
         let bits = p.get(at).copied().unwrap_or(0);
         let (mandatory, immediate) = (bits & 1 == 1, bits & 2 == 2);
         if immediate {
             return Err(AmqpError::connection(NOT_IMPLEMENTED, "immediate=true"));
         }
-        let content = cmd.content.expect("the assembler attaches content to publish");
+        let content = cmd
+            .content
+            .expect("the assembler attaches content to publish");
         let Some(summary) = codec::scan_properties(&content.header.properties) else {
             return Err(AmqpError::connection(
                 SYNTAX_ERROR,
@@ -568,11 +579,19 @@ impl Connection {
             basic::AMQPMethod::Get(g) => self.get(id, g),
             basic::AMQPMethod::Ack(a) => self.settle(id, a.delivery_tag, a.multiple, Settle::Ack),
             basic::AMQPMethod::Nack(n) => {
-                let how = if n.requeue { Settle::Requeue } else { Settle::Drop };
+                let how = if n.requeue {
+                    Settle::Requeue
+                } else {
+                    Settle::Drop
+                };
                 self.settle(id, n.delivery_tag, n.multiple, how)
             }
             basic::AMQPMethod::Reject(r) => {
-                let how = if r.requeue { Settle::Requeue } else { Settle::Drop };
+                let how = if r.requeue {
+                    Settle::Requeue
+                } else {
+                    Settle::Drop
+                };
                 self.settle(id, r.delivery_tag, false, how)
             }
             basic::AMQPMethod::Recover(r) => {
@@ -594,7 +613,10 @@ impl Connection {
     fn consume(&mut self, id: u16, c: basic::Consume) -> Result<(), AmqpError> {
         let qname = self.queue_name(id, &c.queue)?;
         let tag = if c.consumer_tag.as_str().is_empty() {
-            format!("amq.ctag-{}", crate::broker::random_token(self.broker.next_id(), 22))
+            format!(
+                "amq.ctag-{}",
+                crate::broker::random_token(self.broker.next_id(), 22)
+            )
         } else {
             c.consumer_tag.as_str().to_owned()
         };
@@ -770,13 +792,21 @@ impl Connection {
             &m.exchange,
             &m.routing_key,
         );
-        codec::write_content(&mut self.out, session, &m.properties, &m.body, self.frame_max);
+        codec::write_content(
+            &mut self.out,
+            session,
+            &m.properties,
+            &m.body,
+            self.frame_max,
+        );
     }
 
     /// A queue was deleted under one of our consumers.
     pub(super) fn consumer_cancelled(&mut self, session: u16, tag: &str, consumer: ConsumerId) {
-        let Some(ch) = self.channels.get_mut(&session) else { return };
-        if ch.closing || !ch.consumers.get(tag).is_some_and(|c| c.id == consumer) {
+        let Some(ch) = self.channels.get_mut(&session) else {
+            return;
+        };
+        if ch.closing || ch.consumers.get(tag).is_none_or(|c| c.id != consumer) {
             return;
         }
         ch.consumers.remove(tag);

@@ -59,7 +59,10 @@ pub fn read_frame(buf: &mut BytesMut, frame_max: usize) -> Result<Option<Frame>,
     let kind = buf[0];
     let channel = u16::from_be_bytes([buf[1], buf[2]]);
     let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
-    if !matches!(kind, FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT) {
+    if !matches!(
+        kind,
+        FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT
+    ) {
         return Err(FrameError::UnknownType(kind));
     }
     if frame_max != 0 && size > frame_max.saturating_sub(FRAME_OVERHEAD) {
@@ -374,7 +377,10 @@ mod tests {
     #[test]
     fn malformed_properties_are_detected() {
         assert!(scan_properties(&[0x80, 0x00, 5, b'a']).is_none());
-        assert!(scan_properties(&[0x00, 0x00, 1]).is_none(), "trailing bytes");
+        assert!(
+            scan_properties(&[0x00, 0x00, 1]).is_none(),
+            "trailing bytes"
+        );
         assert!(scan_properties(&[0x00, 0x00]).is_some());
     }
 }

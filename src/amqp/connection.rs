@@ -219,10 +219,7 @@ fn server_properties(settings: &AmqpSettings) -> FieldTable {
     p.insert("version".into(), s(env!("CARGO_PKG_VERSION")));
     p.insert("platform".into(), s("Rust"));
     p.insert("cluster_name".into(), s(&settings.cluster_name));
-    p.insert(
-        "copyright".into(),
-        s("Copyright (c) the Warren authors"),
-    );
+    p.insert("copyright".into(), s("Copyright (c) the Warren authors"));
     p.insert(
         "information".into(),
         s("Licensed under the MIT license. An AMQP 0-9-1 broker compatible with RabbitMQ."),
@@ -481,7 +478,11 @@ impl Connection {
     /// Handles every whole frame in the read buffer.
     fn read_frames(&mut self, rbuf: &mut BytesMut) {
         while !self.done {
-            let limit = if self.frame_max == 0 { 0 } else { self.frame_max };
+            let limit = if self.frame_max == 0 {
+                0
+            } else {
+                self.frame_max
+            };
             match codec::read_frame(rbuf, limit) {
                 Ok(Some(f)) => {
                     if let Err(e) = self.frame(f) {
@@ -511,7 +512,12 @@ impl Connection {
                 match parse_connection_method(&f.payload) {
                     Some(connection::AMQPMethod::CloseOk(_)) => self.done = true,
                     Some(connection::AMQPMethod::Close(_)) => {
-                        self.send_method(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})));
+                        self.send_method(
+                            0,
+                            AMQPClass::Connection(connection::AMQPMethod::CloseOk(
+                                connection::CloseOk {},
+                            )),
+                        );
                         self.done = true;
                     }
                     _ => {}
@@ -521,13 +527,19 @@ impl Connection {
         }
         if f.kind == FRAME_HEARTBEAT {
             if f.channel != 0 {
-                return Err(conn_err(FRAME_ERROR, "FRAME_ERROR - heartbeat frame on a non-zero channel"));
+                return Err(conn_err(
+                    FRAME_ERROR,
+                    "FRAME_ERROR - heartbeat frame on a non-zero channel",
+                ));
             }
             return Ok(());
         }
         if f.channel == 0 {
             if f.kind != FRAME_METHOD {
-                return Err(conn_err(UNEXPECTED_FRAME, "UNEXPECTED_FRAME - content frame on channel 0"));
+                return Err(conn_err(
+                    UNEXPECTED_FRAME,
+                    "UNEXPECTED_FRAME - content frame on channel 0",
+                ));
             }
             return self.connection_method(&f.payload);
         }
@@ -538,19 +550,35 @@ impl Connection {
         let cm = super::assembler::class_method(payload);
         match parse_connection_method(payload) {
             Some(connection::AMQPMethod::Close(c)) => {
-                tracing::debug!(conn = self.id, code = c.reply_code, text = c.reply_text.as_str(), "client closed the connection");
-                self.send_method(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})));
+                tracing::debug!(
+                    conn = self.id,
+                    code = c.reply_code,
+                    text = c.reply_text.as_str(),
+                    "client closed the connection"
+                );
+                self.send_method(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+                );
                 self.done = true;
                 Ok(())
             }
             Some(connection::AMQPMethod::CloseOk(_)) => Ok(()),
             Some(connection::AMQPMethod::UpdateSecret(_)) => {
-                self.send_method(0, AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(connection::UpdateSecretOk {})));
+                self.send_method(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(
+                        connection::UpdateSecretOk {},
+                    )),
+                );
                 Ok(())
             }
             _ => Err(ConnectionError {
                 code: COMMAND_INVALID,
-                text: format!("COMMAND_INVALID - unexpected method {}.{} on channel 0", cm.0, cm.1),
+                text: format!(
+                    "COMMAND_INVALID - unexpected method {}.{} on channel 0",
+                    cm.0, cm.1
+                ),
                 class_id: cm.0,
                 method_id: cm.1,
             }),
@@ -593,9 +621,11 @@ impl Connection {
         for item in items.drain(..) {
             match item {
                 OutboxItem::Deliver(d) => self.deliver(d),
-                OutboxItem::Cancelled { session, tag, consumer } => {
-                    self.consumer_cancelled(session, &tag, consumer)
-                }
+                OutboxItem::Cancelled {
+                    session,
+                    tag,
+                    consumer,
+                } => self.consumer_cancelled(session, &tag, consumer),
             }
         }
         self.outbox_items = items;

@@ -141,6 +141,9 @@ mod tests {
             })
         );
         let e: AmqpError = BrokerError::new(ErrorKind::NotAllowed, "vhost x not found").into();
-        assert!(matches!(e, AmqpError::Connection(ConnectionError { code: 530, .. })));
+        assert!(matches!(
+            e,
+            AmqpError::Connection(ConnectionError { code: 530, .. })
+        ));
     }
 }

@@ -73,7 +73,14 @@ impl BrokerError {
     }
 
     /// RabbitMQ's text for a redeclare whose flag differs.
-    pub fn inequivalent(arg: &str, what: &str, name: &str, vhost: &str, got: &str, cur: &str) -> Self {
+    pub fn inequivalent(
+        arg: &str,
+        what: &str,
+        name: &str,
+        vhost: &str,
+        got: &str,
+        cur: &str,
+    ) -> Self {
         Self::new(
             ErrorKind::PreconditionFailed,
             format!(

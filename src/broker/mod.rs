@@ -95,11 +95,13 @@ impl Broker {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub fn authenticate(&self, user: &str, password: &str, peer: IpAddr) -> std::result::Result<(), AuthError> {
-        let ok = self
-            .users
-            .get(user)
-            .is_some_and(|u| u.password == password);
+    pub fn authenticate(
+        &self,
+        user: &str,
+        password: &str,
+        peer: IpAddr,
+    ) -> std::result::Result<(), AuthError> {
+        let ok = self.users.get(user).is_some_and(|u| u.password == password);
         if !ok {
             return Err(AuthError::Refused);
         }
@@ -129,13 +131,13 @@ fn is_loopback(ip: IpAddr) -> bool {
 /// Not cryptographic: names only need to be unique (a counter is mixed in)
 /// and unpredictable enough not to collide across restarts (the clock).
 pub fn random_token(counter: u64, len: usize) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    let mut x = nanos ^ counter.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (std::process::id() as u64) << 32;
+    let mut x =
+        nanos ^ counter.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (std::process::id() as u64) << 32;
     let mut s = String::with_capacity(len);
     for _ in 0..len {
         // xorshift64*

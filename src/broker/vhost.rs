@@ -42,7 +42,11 @@ impl Vhost {
         };
         v.exchanges.insert(
             String::new(),
-            Arc::new(Exchange::new(String::new(), ExchangeKind::Default, durable.clone())),
+            Arc::new(Exchange::new(
+                String::new(),
+                ExchangeKind::Default,
+                durable.clone(),
+            )),
         );
         for (name, t) in [
             ("amq.direct", ExchangeType::Direct),
@@ -86,12 +90,15 @@ impl Vhost {
         opts: ExchangeOptions,
     ) -> Result<Arc<Exchange>> {
         if passive {
+            if name.is_empty() {
+                return Err(BrokerError::default_exchange());
+            }
             return self.exchange(name);
         }
         let Some(t) = ExchangeType::parse(kind) else {
             return Err(BrokerError::new(
                 ErrorKind::CommandInvalid,
-                format!("invalid exchange type '{kind}'"),
+                format!("unknown exchange type '{kind}'"),
             ));
         };
         if name.is_empty() {
@@ -125,7 +132,11 @@ impl Vhost {
             return ineq("type", t.as_str().into(), cur_kind.into());
         }
         if ex.opts.durable != opts.durable {
-            return ineq("durable", opts.durable.to_string(), ex.opts.durable.to_string());
+            return ineq(
+                "durable",
+                opts.durable.to_string(),
+                ex.opts.durable.to_string(),
+            );
         }
         if ex.opts.auto_delete != opts.auto_delete {
             return ineq(
@@ -240,12 +251,10 @@ impl Vhost {
                 return declared(q);
             }
         };
-        match existing.owner {
-            Some(owner) if owner != conn => {
-                return Err(BrokerError::locked(&name, &self.name));
-            }
-            None if opts.exclusive => return Err(BrokerError::locked(&name, &self.name)),
-            _ => {}
+        // Another connection's exclusive queue, or a redeclare whose
+        // exclusive flag differs (even by the owner): 405, as RabbitMQ.
+        if existing.owner.is_some_and(|o| o != conn) || existing.owner.is_some() != opts.exclusive {
+            return Err(BrokerError::locked(&name, &self.name));
         }
         let ineq = |arg: &str, got: bool, cur: bool| {
             Err(BrokerError::inequivalent(
@@ -363,8 +372,7 @@ impl Vhost {
     ) -> Result<()> {
         let q = self.queue_for(queue, conn)?;
         let ex = self.bindable_exchange(exchange)?;
-        ex.router_mut()
-            .unbind(&QueueRef(q), routing_key, arguments);
+        ex.router_mut().unbind(&QueueRef(q), routing_key, arguments);
         Ok(())
     }
 
@@ -421,6 +429,13 @@ const CHECKED_QUEUE_ARGS: &[&str] = &[
     "x-single-active-consumer",
 ];
 
+fn describe(v: Option<&warren_exchanges::Value>) -> String {
+    match v {
+        Some(v) => format!("the value '{v}' of type '{}'", v.type_name()),
+        None => "none".to_owned(),
+    }
+}
+
 fn check_queue_args(q: &Queue, args: &Table) -> Result<()> {
     for key in CHECKED_QUEUE_ARGS {
         let got = args.get(key);
@@ -434,18 +449,17 @@ fn check_queue_args(q: &Queue, args: &Table) -> Result<()> {
             _ => false,
         };
         if !same {
-            let describe = |v: Option<&warren_exchanges::Value>| match v {
-                Some(v) => format!("the value '{v}' of type '{}'", v.type_name()),
-                None => "none".to_owned(),
+            // RabbitMQ's wording: plain values when both sides have one,
+            // typed values against "none" otherwise.
+            let (got_s, cur_s) = match (got, cur) {
+                (Some(a), Some(b)) => (format!("'{a}'"), format!("'{b}'")),
+                _ => (describe(got), describe(cur)),
             };
             return Err(BrokerError::new(
                 ErrorKind::PreconditionFailed,
                 format!(
-                    "inequivalent arg '{key}' for queue '{}' in vhost '{}': received {} but current is {}",
-                    q.name,
-                    q.vhost,
-                    describe(got),
-                    describe(cur)
+                    "inequivalent arg '{key}' for queue '{}' in vhost '{}': received {got_s} but current is {cur_s}",
+                    q.name, q.vhost
                 ),
             ));
         }
