@@ -225,7 +225,8 @@ impl Vhost {
         if passive {
             return declared(self.queue_for(name, conn)?);
         }
-        let name = if name.is_empty() {
+        let generated = name.is_empty();
+        let name = if generated {
             self.generate_queue_name()
         } else {
             name.to_owned()
@@ -233,7 +234,7 @@ impl Vhost {
         let existing = match self.queues.entry(name.clone()) {
             dashmap::Entry::Occupied(e) => e.get().clone(),
             dashmap::Entry::Vacant(v) => {
-                if name.starts_with("amq.") && !name.starts_with("amq.gen-") {
+                if name.starts_with("amq.") && !generated {
                     return Err(BrokerError::new(
                         ErrorKind::AccessRefused,
                         format!("queue name '{name}' contains reserved prefix 'amq.*'"),
