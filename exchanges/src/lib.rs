@@ -16,6 +16,27 @@ use std::hash::Hash;
 
 pub use value::{Table, Value};
 
+/// What routing may look at in a message. Most exchange types need only
+/// the routing key; callers fill the rest when [`Router::needs_headers`] or
+/// [`Router::needs_properties`] say so, so the common path parses nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RouteInput<'a> {
+    pub routing_key: &'a str,
+    pub headers: Option<&'a Table>,
+    pub message_id: Option<&'a str>,
+    pub correlation_id: Option<&'a str>,
+    pub timestamp: Option<u64>,
+}
+
+impl<'a> RouteInput<'a> {
+    pub fn key(routing_key: &'a str) -> Self {
+        RouteInput {
+            routing_key,
+            ..Default::default()
+        }
+    }
+}
+
 /// The exchange types Warren routes for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ExchangeType {
@@ -222,8 +243,20 @@ impl<D: Clone + Eq + Hash> Router<D> {
         self.bindings.is_empty()
     }
 
+    /// Whether routing reads the message's headers.
+    pub fn needs_headers(&self) -> bool {
+        self.kind == ExchangeType::Headers
+    }
+
+    /// Whether routing reads message properties other than headers.
+    pub fn needs_properties(&self) -> bool {
+        false
+    }
+
     /// Appends to `out` every destination the message reaches, each once.
-    pub fn route(&self, routing_key: &str, headers: Option<&Table>, out: &mut Vec<D>) {
+    pub fn route(&self, input: &RouteInput<'_>, out: &mut Vec<D>) {
+        let routing_key = input.routing_key;
+        let headers = input.headers;
         let start = out.len();
         match self.kind {
             ExchangeType::Direct => {
@@ -290,7 +323,7 @@ mod tests {
 
     fn route(r: &Router<&'static str>, key: &str) -> Vec<&'static str> {
         let mut out = Vec::new();
-        r.route(key, None, &mut out);
+        r.route(&RouteInput::key(key), &mut out);
         out.sort();
         out
     }
@@ -372,11 +405,15 @@ mod tests {
         let mut h = Table::default();
         h.insert("a", Value::LongString(b"1".to_vec()));
         let mut out = Vec::new();
-        r.route("", Some(&h), &mut out);
+        let input = |h| RouteInput {
+            headers: Some(h),
+            ..RouteInput::key("")
+        };
+        r.route(&input(&h), &mut out);
         assert_eq!(out, vec!["any"]);
         h.insert("b", Value::LongString(b"2".to_vec()));
         out.clear();
-        r.route("", Some(&h), &mut out);
+        r.route(&input(&h), &mut out);
         out.sort();
         assert_eq!(out, vec!["all", "any"]);
     }

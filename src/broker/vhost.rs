@@ -7,7 +7,7 @@ use super::queue::{Queue, QueueOptions, QueueRef};
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use warren_exchanges::{ExchangeType, Table};
+use warren_exchanges::{ExchangeType, RouteInput, Table};
 use warren_queues::Message;
 
 pub struct Vhost {
@@ -378,20 +378,14 @@ impl Vhost {
     }
 
     /// The queues a message published to `ex` reaches, appended to `out`.
-    pub fn route(
-        &self,
-        ex: &Exchange,
-        routing_key: &str,
-        headers: Option<&Table>,
-        out: &mut Vec<QueueRef>,
-    ) {
+    pub fn route(&self, ex: &Exchange, input: &RouteInput<'_>, out: &mut Vec<QueueRef>) {
         match ex.kind {
             ExchangeKind::Default => {
-                if let Some(q) = self.queue(routing_key) {
+                if let Some(q) = self.queue(input.routing_key) {
                     out.push(QueueRef(q));
                 }
             }
-            ExchangeKind::Typed(_) => ex.router().route(routing_key, headers, out),
+            ExchangeKind::Typed(_) => ex.router().route(input, out),
         }
     }
 
@@ -404,7 +398,11 @@ impl Vhost {
         scratch: &mut Vec<QueueRef>,
     ) -> (usize, Arc<Message>) {
         scratch.clear();
-        self.route(ex, &message.routing_key, headers, scratch);
+        let input = RouteInput {
+            headers,
+            ..RouteInput::key(&message.routing_key)
+        };
+        self.route(ex, &input, scratch);
         let message = Arc::new(message);
         for q in scratch.iter() {
             q.0.publish(message.clone());
