@@ -405,10 +405,12 @@ mod tests {
         let mut h = Table::default();
         h.insert("a", Value::LongString(b"1".to_vec()));
         let mut out = Vec::new();
-        let input = |h| RouteInput {
-            headers: Some(h),
-            ..RouteInput::key("")
-        };
+        fn input(h: &Table) -> RouteInput<'_> {
+            RouteInput {
+                headers: Some(h),
+                ..RouteInput::key("")
+            }
+        }
         r.route(&input(&h), &mut out);
         assert_eq!(out, vec!["any"]);
         h.insert("b", Value::LongString(b"2".to_vec()));
