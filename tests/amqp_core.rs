@@ -60,6 +60,33 @@ fn soft_code(e: &lapin::Error) -> (u16, String) {
     }
 }
 
+/// Runs an operation whose error the broker reports asynchronously (a
+/// publish, an ack) and returns the code and text of the channel.close it
+/// causes. lapin hands a channel's close error to the channel's consumers,
+/// so a watcher consumer on a private queue receives it.
+async fn async_error<F, T>(ch: &Channel, op: F) -> (u16, String)
+where
+    F: std::future::Future<Output = lapin::Result<T>>,
+{
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            t(),
+        )
+        .await
+        .unwrap();
+    let mut watcher = consume(ch, q.name().as_str(), true).await;
+    op.await.map(|_| ()).expect("the operation itself is sent");
+    match within(watcher.next()).await {
+        Some(Err(e)) => soft_code(&e),
+        other => panic!("expected the channel's close error, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn publish_and_consume_in_order_no_ack() {
     let s = start().await;
@@ -428,31 +455,24 @@ async fn publish_to_missing_exchange_is_404() {
     let s = start().await;
     let c = connect(&s).await;
     let ch = c.create_channel().await.unwrap();
-    publish(&ch, "missing-ex", "k", b"x").await;
-    // The channel is closed by the broker; the next call sees why.
-    let e = within(async {
-        loop {
-            match ch
-                .queue_declare("".into(), QueueDeclareOptions::default(), t())
-                .await
-            {
-                Err(e) => return e,
-                Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
-            }
-        }
-    })
+    let err = async_error(
+        &ch,
+        ch.basic_publish(
+            "missing-ex".into(),
+            "k".into(),
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default(),
+        ),
+    )
     .await;
-    let (code, text) = match e.kind() {
-        lapin::ErrorKind::ProtocolError(err) => (err.get_id(), err.get_message().to_string()),
-        lapin::ErrorKind::InvalidChannelState(..) => {
-            // lapin reports the close reason on the channel's status.
-            let st = ch.status();
-            panic!("channel state {st:?}: {e}")
-        }
-        other => panic!("{other:?}"),
-    };
-    assert_eq!(code, 404);
-    assert_eq!(text, "NOT_FOUND - no exchange 'missing-ex' in vhost '/'");
+    assert_eq!(
+        err,
+        (
+            404,
+            "NOT_FOUND - no exchange 'missing-ex' in vhost '/'".into()
+        )
+    );
 }
 
 #[tokio::test]
@@ -564,36 +584,17 @@ async fn unknown_and_double_ack_are_406() {
         .await
         .unwrap()
         .unwrap();
-    ch.basic_ack(m.delivery.delivery_tag, BasicAckOptions::default())
-        .await
-        .unwrap();
-    ch.basic_ack(m.delivery.delivery_tag, BasicAckOptions::default())
-        .await
-        .unwrap();
-    let e = within(async {
-        loop {
-            if let Err(e) = ch.basic_qos(1, BasicQosOptions::default()).await {
-                return e;
-            }
-        }
-    })
-    .await;
+    let tag = m.delivery.delivery_tag;
+    ch.basic_ack(tag, BasicAckOptions::default()).await.unwrap();
+    let err = async_error(&ch, ch.basic_ack(tag, BasicAckOptions::default())).await;
     assert_eq!(
-        soft_code(&e),
+        err,
         (406, "PRECONDITION_FAILED - unknown delivery tag 1".into())
     );
     let ch = c.create_channel().await.unwrap();
-    ch.basic_ack(42, BasicAckOptions::default()).await.unwrap();
-    let e = within(async {
-        loop {
-            if let Err(e) = ch.basic_qos(1, BasicQosOptions::default()).await {
-                return e;
-            }
-        }
-    })
-    .await;
+    let err = async_error(&ch, ch.basic_ack(42, BasicAckOptions::default())).await;
     assert_eq!(
-        soft_code(&e),
+        err,
         (406, "PRECONDITION_FAILED - unknown delivery tag 42".into())
     );
 }
@@ -1166,25 +1167,19 @@ async fn user_id_must_match_the_login() {
     let c = connect(&s).await;
     let ch = c.create_channel().await.unwrap();
     declare(&ch, "uid").await;
-    ch.basic_publish(
-        "".into(),
-        "uid".into(),
-        BasicPublishOptions::default(),
-        b"x",
-        BasicProperties::default().with_user_id("mallory".into()),
+    let err = async_error(
+        &ch,
+        ch.basic_publish(
+            "".into(),
+            "uid".into(),
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default().with_user_id("mallory".into()),
+        ),
     )
-    .await
-    .unwrap();
-    let e = within(async {
-        loop {
-            if let Err(e) = ch.basic_qos(1, BasicQosOptions::default()).await {
-                return e;
-            }
-        }
-    })
     .await;
     assert_eq!(
-        soft_code(&e),
+        err,
         (406, "PRECONDITION_FAILED - user_id property set to 'mallory' but authenticated user was 'guest'".into())
     );
 }
