@@ -237,7 +237,6 @@ async fn connection_start_has_server_properties_and_capabilities() {
     }
     for not_yet in [
         "publisher_confirms",
-        "exchange_exchange_bindings",
         "consumer_priorities",
         "direct_reply_to",
         "connection.blocked",

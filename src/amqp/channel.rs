@@ -15,6 +15,7 @@ use amq_protocol::protocol::{access, basic, channel as chan, exchange, queue, AM
 use amq_protocol::types::ShortString;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use warren_exchanges::RouteInput;
 use warren_queues::{ChannelLimit, ConsumerId, Message};
 
 struct Unacked {
@@ -311,11 +312,35 @@ impl Connection {
                 }
                 Ok(())
             }
-            exchange::AMQPMethod::Bind(_) | exchange::AMQPMethod::Unbind(_) => {
-                Err(AmqpError::connection(
-                    NOT_IMPLEMENTED,
-                    "exchange-to-exchange bindings are not implemented yet",
-                ))
+            exchange::AMQPMethod::Bind(b) => {
+                self.vhost.bind_exchange(
+                    b.destination.as_str(),
+                    b.source.as_str(),
+                    b.routing_key.as_str(),
+                    to_table(&b.arguments),
+                )?;
+                if !b.nowait {
+                    self.send_method(
+                        id,
+                        AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
+                    );
+                }
+                Ok(())
+            }
+            exchange::AMQPMethod::Unbind(u) => {
+                self.vhost.unbind_exchange(
+                    u.destination.as_str(),
+                    u.source.as_str(),
+                    u.routing_key.as_str(),
+                    &to_table(&u.arguments),
+                )?;
+                if !u.nowait {
+                    self.send_method(
+                        id,
+                        AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
+                    );
+                }
+                Ok(())
             }
             _ => Err(AmqpError::connection(
                 COMMAND_INVALID,
@@ -517,24 +542,54 @@ impl Connection {
                 ),
             ));
         }
-        let headers = if ex.needs_headers() && summary.has_headers {
-            amq_protocol::protocol::basic::parse_properties(&content.header.properties[..])
+        let mut properties = content.header.properties;
+        // Headers and properties are decoded only when routing may read
+        // them (a headers exchange, e2e bindings, an alternate exchange),
+        // or when sender-selected distribution (CC/BCC) is in play.
+        let may_cc = summary.headers.is_some_and(|(a, b)| {
+            codec::table_may_have_key(&properties[a..b], &["CC", "BCC"])
+        });
+        let details = if may_cc || (summary.has_headers && ex.needs_message_details()) {
+            amq_protocol::protocol::basic::parse_properties(&properties[..])
                 .ok()
-                .and_then(|(_, props)| props.headers().as_ref().map(to_table))
+                .map(|(_, p)| p)
         } else {
             None
         };
-        let message = Message {
+        let mut extra_keys = Vec::new();
+        let mut headers = details.as_ref().and_then(|p| p.headers().as_ref().map(to_table));
+        if let Some(h) = headers.as_mut() {
+            extra_keys = sender_selected_keys(h.get("CC"));
+            if let Some(bcc) = h.remove("BCC") {
+                extra_keys.extend(sender_selected_keys(Some(&bcc)));
+                // BCC never reaches consumers: re-encode without it.
+                if let Some(p) = &details {
+                    properties = without_bcc(p).unwrap_or(properties);
+                }
+            }
+        }
+        let message = Arc::new(Message {
             exchange,
             routing_key,
-            properties: content.header.properties,
+            properties,
             body: content.body,
             persistent: summary.delivery_mode == 2,
+        });
+        let input = RouteInput {
+            routing_key: &message.routing_key,
+            headers: headers.as_ref(),
+            message_id: details
+                .as_ref()
+                .and_then(|p| p.message_id().as_ref().map(|s| s.as_str())),
+            correlation_id: details
+                .as_ref()
+                .and_then(|p| p.correlation_id().as_ref().map(|s| s.as_str())),
+            timestamp: details.as_ref().and_then(|p| *p.timestamp()),
         };
         let mut scratch = std::mem::take(&mut self.route_scratch);
-        let (routed, message) = self
+        let routed = self
             .vhost
-            .publish(&ex, message, headers.as_ref(), &mut scratch);
+            .publish(&ex, &message, input, &extra_keys, &mut scratch);
         self.route_scratch = scratch;
         if routed == 0 && mandatory {
             codec::write_return(
@@ -820,6 +875,31 @@ impl Connection {
             );
         }
     }
+}
+
+/// The routing keys of a CC or BCC header: an array of strings.
+fn sender_selected_keys(v: Option<&warren_exchanges::Value>) -> Vec<String> {
+    match v {
+        Some(warren_exchanges::Value::Array(items)) => items
+            .iter()
+            .filter_map(|i| i.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The properties re-encoded with the BCC header removed.
+fn without_bcc(p: &amq_protocol::protocol::BasicProperties) -> Option<bytes::Bytes> {
+    use amq_protocol::frame::WriteContext;
+    let mut p = p.clone();
+    if let Some(h) = p.headers().clone() {
+        let mut inner = h.inner().clone();
+        inner.remove("BCC");
+        p = p.with_headers(amq_protocol::types::FieldTable::from(inner));
+    }
+    let ctx = WriteContext::from(Vec::with_capacity(64));
+    let res = amq_protocol::protocol::basic::gen_properties(&p)(ctx);
+    res.ok().map(|ctx| bytes::Bytes::from(ctx.into_inner().0))
 }
 
 #[derive(Clone, Copy)]

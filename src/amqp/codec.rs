@@ -296,6 +296,8 @@ pub fn scan_properties(props: &[u8]) -> Option<PropertySummary> {
                 }
                 let n = u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize;
                 summary.has_headers = true;
+                let start = props.len() - p.len() + 4;
+                summary.headers = Some((start, start + n));
                 take(&mut p, 4 + n)?;
             }
             OCTET => {
@@ -313,14 +315,61 @@ pub fn scan_properties(props: &[u8]) -> Option<PropertySummary> {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PropertySummary {
     pub delivery_mode: u8,
+    /// Where the headers table's entries lie in the property bytes.
+    pub headers: Option<(usize, usize)>,
     /// Where the user_id property's text lies in the property bytes.
     pub user_id: Option<(usize, usize)>,
     pub has_headers: bool,
 }
 
+/// Whether a field table's entries (without the length prefix) may hold
+/// one of `keys` at the top level. Scans without decoding; answers `true`
+/// when unsure (an unknown value type), so callers then decode properly.
+pub fn table_may_have_key(mut t: &[u8], keys: &[&str]) -> bool {
+    while !t.is_empty() {
+        let n = t[0] as usize;
+        let Some(key) = t.get(1..1 + n) else { return true };
+        if keys.iter().any(|k| k.as_bytes() == key) {
+            return true;
+        }
+        let Some(&kind) = t.get(1 + n) else { return true };
+        t = &t[2 + n..];
+        let fixed = match kind {
+            b't' | b'b' | b'B' => 1,
+            b's' | b'u' => 2,
+            b'I' | b'i' | b'f' => 4,
+            b'l' | b'L' | b'd' | b'T' => 8,
+            b'D' => 5,
+            b'V' => 0,
+            b'S' | b'A' | b'F' | b'x' => {
+                if t.len() < 4 {
+                    return true;
+                }
+                4 + u32::from_be_bytes([t[0], t[1], t[2], t[3]]) as usize
+            }
+            _ => return true,
+        };
+        if t.len() < fixed {
+            return true;
+        }
+        t = &t[fixed..];
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_scan_finds_top_level_keys_only() {
+        // {"a": longstr "CC", "CC": array []}
+        let mut t = vec![1, b'a', b'S', 0, 0, 0, 2, b'C', b'C'];
+        assert!(!table_may_have_key(&t, &["CC", "BCC"]), "a value is not a key");
+        t.extend_from_slice(&[2, b'C', b'C', b'A', 0, 0, 0, 0]);
+        assert!(table_may_have_key(&t, &["CC"]));
+        assert!(!table_may_have_key(&t, &["BCC"]));
+    }
 
     #[test]
     fn frame_too_large_is_refused_from_the_header() {

@@ -11,7 +11,7 @@ use super::channel::Channel;
 use super::codec::{self, Frame, FRAME_HEARTBEAT, FRAME_METHOD, PROTOCOL_HEADER};
 use super::error::*;
 use super::{sasl, writer, AmqpSettings};
-use crate::broker::{Broker, Outbox, OutboxItem, Queue, QueueRef, Vhost};
+use crate::broker::{Broker, Outbox, OutboxItem, Queue, RouteScratch, Vhost};
 use amq_protocol::protocol::{connection, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use bytes::{Bytes, BytesMut};
@@ -64,7 +64,7 @@ pub(super) struct Connection {
     done: bool,
     /// No-ack deliveries written, to be credited back to their queues.
     pub(super) settle: Vec<(Arc<Queue>, ConsumerId, u32)>,
-    pub(super) route_scratch: Vec<QueueRef>,
+    pub(super) route_scratch: RouteScratch,
     outbox_items: Vec<OutboxItem>,
     last_sent: Instant,
 }
@@ -124,7 +124,7 @@ pub async fn serve(
         closing_since: None,
         done: false,
         settle: Vec::new(),
-        route_scratch: Vec::new(),
+        route_scratch: RouteScratch::default(),
         outbox_items: Vec::new(),
         last_sent: Instant::now(),
     };
@@ -209,6 +209,7 @@ fn server_properties(settings: &AmqpSettings) -> FieldTable {
         "consumer_cancel_notify",
         "authentication_failure_close",
         "per_consumer_qos",
+        "exchange_exchange_bindings",
     ] {
         caps.insert(cap.into(), AMQPValue::Boolean(true));
     }

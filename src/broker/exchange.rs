@@ -1,9 +1,9 @@
 //! An exchange as the broker runs it: metadata plus the `exchanges` router.
 
-use super::queue::QueueRef;
-use std::sync::atomic::{AtomicBool, Ordering};
+use super::route::Dest;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
-use warren_exchanges::{ExchangeType, Router, Table};
+use warren_exchanges::{BindError, ExchangeType, Router, Table};
 
 /// How an exchange routes: one of the router's types, or the default
 /// exchange (every queue by its name), which has no bindings of its own.
@@ -35,7 +35,12 @@ pub struct Exchange {
     pub name: String,
     pub kind: ExchangeKind,
     pub opts: ExchangeOptions,
-    router: RwLock<Router<QueueRef>>,
+    /// The `alternate-exchange` argument.
+    alternate: Option<String>,
+    router: RwLock<Router<Dest>>,
+    /// Bindings from here to other exchanges: when there are none, routing
+    /// never needs to look past the routing key of a non-headers exchange.
+    exchange_dests: AtomicUsize,
     deleted: AtomicBool,
 }
 
@@ -45,26 +50,70 @@ impl Exchange {
             ExchangeKind::Default => ExchangeType::Direct,
             ExchangeKind::Typed(t) => t,
         };
+        let alternate = opts
+            .arguments
+            .get("alternate-exchange")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
         Exchange {
             name,
             kind,
+            alternate,
             opts,
             router: RwLock::new(Router::new(rk)),
+            exchange_dests: AtomicUsize::new(0),
             deleted: AtomicBool::new(false),
         }
     }
 
-    pub fn router(&self) -> RwLockReadGuard<'_, Router<QueueRef>> {
+    pub fn router(&self) -> RwLockReadGuard<'_, Router<Dest>> {
         self.router.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn router_mut(&self) -> RwLockWriteGuard<'_, Router<QueueRef>> {
+    fn router_mut(&self) -> RwLockWriteGuard<'_, Router<Dest>> {
         self.router.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether routing needs the message's headers table.
-    pub fn needs_headers(&self) -> bool {
-        self.kind == ExchangeKind::Typed(ExchangeType::Headers)
+    /// Adds a binding from this exchange; `Ok(false)` if it existed.
+    pub fn bind(&self, dest: Dest, key: &str, args: Table) -> Result<bool, BindError> {
+        let is_exchange = matches!(dest, Dest::Exchange(_));
+        let added = self.router_mut().bind(dest, key, args)?;
+        if added && is_exchange {
+            self.exchange_dests.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(added)
+    }
+
+    /// Removes a binding; returns whether it existed.
+    pub fn unbind(&self, dest: &Dest, key: &str, args: &Table) -> bool {
+        let removed = self.router_mut().unbind(dest, key, args);
+        if removed && matches!(dest, Dest::Exchange(_)) {
+            self.exchange_dests.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
+    }
+
+    /// Removes every binding to `dest`; returns how many went.
+    pub fn unbind_destination(&self, dest: &Dest) -> usize {
+        let n = self.router_mut().unbind_destination(dest);
+        if n > 0 && matches!(dest, Dest::Exchange(_)) {
+            self.exchange_dests.fetch_sub(n, Ordering::Relaxed);
+        }
+        n
+    }
+
+    /// Whether routing from here may read more than the routing key
+    /// (headers, properties), here or further along the graph.
+    pub fn needs_message_details(&self) -> bool {
+        if self.alternate.is_some() || self.exchange_dests.load(Ordering::Relaxed) > 0 {
+            return true;
+        }
+        let r = self.router();
+        r.needs_headers() || r.needs_properties()
+    }
+
+    pub fn alternate(&self) -> Option<&str> {
+        self.alternate.as_deref()
     }
 
     pub fn is_deleted(&self) -> bool {

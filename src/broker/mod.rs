@@ -9,12 +9,14 @@ pub mod error;
 pub mod exchange;
 pub mod outbox;
 pub mod queue;
+pub mod route;
 pub mod vhost;
 
 pub use error::{BrokerError, ErrorKind, Result};
 pub use exchange::{Exchange, ExchangeKind, ExchangeOptions};
 pub use outbox::{Delivery, Outbox, OutboxItem};
 pub use queue::{ConsumeRequest, ConsumerHandle, Queue, QueueOptions, QueueRef};
+pub use route::{Dest, RouteScratch};
 pub use vhost::{QueueDeclared, Vhost};
 
 use dashmap::DashMap;

@@ -4,6 +4,7 @@
 use super::error::{BrokerError, ErrorKind, Result};
 use super::exchange::{Exchange, ExchangeKind, ExchangeOptions};
 use super::queue::{Queue, QueueOptions, QueueRef};
+use super::route::{Dest, RouteScratch};
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -178,8 +179,7 @@ impl Vhost {
                 format!("exchange '{name}' in vhost '{}' in use", self.name),
             ));
         }
-        self.exchanges.remove(name);
-        ex.mark_deleted();
+        self.remove_exchange(&ex);
         Ok(())
     }
 
@@ -316,9 +316,11 @@ impl Vhost {
         if !removed {
             return 0;
         }
-        let r = QueueRef(q.clone());
+        let d = Dest::Queue(QueueRef(q.clone()));
         for ex in self.exchanges() {
-            ex.router_mut().unbind_destination(&r);
+            if ex.unbind_destination(&d) > 0 {
+                self.auto_delete_if_unused(&ex);
+            }
         }
         q.mark_deleted()
     }
@@ -358,8 +360,8 @@ impl Vhost {
     ) -> Result<()> {
         let q = self.queue_for(queue, conn)?;
         let ex = self.bindable_exchange(exchange)?;
-        let res = ex.router_mut().bind(QueueRef(q), routing_key, arguments);
-        res.map(|_| ())
+        ex.bind(Dest::Queue(QueueRef(q)), routing_key, arguments)
+            .map(|_| ())
             .map_err(|e| BrokerError::new(ErrorKind::PreconditionFailed, e.to_string()))
     }
 
@@ -373,44 +375,99 @@ impl Vhost {
     ) -> Result<()> {
         let q = self.queue_for(queue, conn)?;
         let ex = self.bindable_exchange(exchange)?;
-        ex.router_mut().unbind(&QueueRef(q), routing_key, arguments);
+        if ex.unbind(&Dest::Queue(QueueRef(q)), routing_key, arguments) {
+            self.auto_delete_if_unused(&ex);
+        }
         Ok(())
     }
 
-    /// The queues a message published to `ex` reaches, appended to `out`.
-    pub fn route(&self, ex: &Exchange, input: &RouteInput<'_>, out: &mut Vec<QueueRef>) {
-        match ex.kind {
-            ExchangeKind::Default => {
-                if let Some(q) = self.queue(input.routing_key) {
-                    out.push(QueueRef(q));
-                }
-            }
-            ExchangeKind::Typed(_) => ex.router().route(input, out),
+    /// Routes a message (its routing key, then each CC/BCC key) and
+    /// enqueues it once on every queue reached; returns how many.
+    pub fn publish(
+        &self,
+        ex: &Arc<Exchange>,
+        message: &Arc<Message>,
+        input: RouteInput<'_>,
+        extra_keys: &[String],
+        scratch: &mut RouteScratch,
+    ) -> usize {
+        scratch.clear();
+        self.route(ex, &input, scratch);
+        for key in extra_keys {
+            let input = RouteInput {
+                routing_key: key,
+                ..input
+            };
+            self.route(ex, &input, scratch);
+        }
+        scratch.dedup();
+        for q in &scratch.queues {
+            q.0.publish(message.clone());
+        }
+        let n = scratch.queues.len();
+        scratch.queues.clear();
+        n
+    }
+
+    pub fn bind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: Table,
+    ) -> Result<()> {
+        let dst = self.bindable_exchange(destination)?;
+        let src = self.bindable_exchange(source)?;
+        src.bind(Dest::Exchange(dst), routing_key, arguments)
+            .map(|_| ())
+            .map_err(|e| BrokerError::new(ErrorKind::PreconditionFailed, e.to_string()))
+    }
+
+    pub fn unbind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: &Table,
+    ) -> Result<()> {
+        let dst = self.bindable_exchange(destination)?;
+        let src = self.bindable_exchange(source)?;
+        if src.unbind(&Dest::Exchange(dst), routing_key, arguments) {
+            self.auto_delete_if_unused(&src);
+        }
+        Ok(())
+    }
+
+    /// An auto-delete exchange goes when its last binding (as a source)
+    /// goes; deleting it may in turn empty others (RabbitMQ cascades).
+    fn auto_delete_if_unused(&self, ex: &Arc<Exchange>) {
+        if ex.opts.auto_delete && ex.router().is_empty() && !ex.is_deleted() {
+            self.remove_exchange(ex);
         }
     }
 
-    /// Routes and enqueues; returns how many queues took the message.
-    pub fn publish(
-        &self,
-        ex: &Exchange,
-        message: Message,
-        headers: Option<&Table>,
-        scratch: &mut Vec<QueueRef>,
-    ) -> (usize, Arc<Message>) {
-        scratch.clear();
-        let input = RouteInput {
-            headers,
-            ..RouteInput::key(&message.routing_key)
-        };
-        self.route(ex, &input, scratch);
-        let message = Arc::new(message);
-        for q in scratch.iter() {
-            q.0.publish(message.clone());
+    /// Removes an exchange and every binding that leads to it.
+    fn remove_exchange(&self, ex: &Arc<Exchange>) {
+        if self
+            .exchanges
+            .remove_if(&ex.name, |_, v| Arc::ptr_eq(v, ex))
+            .is_none()
+        {
+            return;
         }
-        let n = scratch.len();
-        scratch.clear();
-        (n, message)
+        ex.mark_deleted();
+        let d = Dest::Exchange(ex.clone());
+        let mut emptied = Vec::new();
+        for other in self.exchanges() {
+            if other.unbind_destination(&d) > 0 {
+                emptied.push(other);
+            }
+        }
+        for other in emptied {
+            self.auto_delete_if_unused(&other);
+        }
     }
+
 }
 
 /// RabbitMQ compares these arguments on redeclare; others are free.

@@ -4,7 +4,6 @@ import pika
 import pytest
 
 # Features of later issues: strict, so the mark must go once they work.
-needs_issue_3 = pytest.mark.xfail(strict=True, reason='exchange-to-exchange bindings: issue 3 (routing)')
 
 # Features of later issues: strict, so the mark must go once they work.
 needs_issue_4 = pytest.mark.xfail(strict=True, reason='publisher confirms and transactions: issue 4 (durability)')
@@ -252,7 +251,6 @@ def test_unbind_stops_routing(ch, names):
     assert _bodies(ch, q) == [b"1"]
 
 
-@needs_issue_3
 def test_exchange_to_exchange_binding(ch, names):
     src = names.exchange("src")
     dst = names.exchange("dst")

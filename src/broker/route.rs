@@ -1,0 +1,117 @@
+//! Routing through the exchange graph: a message enters one exchange and
+//! reaches queues through queue bindings, exchange-to-exchange bindings and
+//! alternate exchanges.
+//!
+//! The walk is breadth-first over exchanges with a seen-set, so cycles are
+//! safe and a queue reached by several paths gets one copy. An exchange
+//! that routes a message nowhere hands it to its alternate exchange, which
+//! may hand it on to its own (RabbitMQ's `process_alternate`).
+
+use super::exchange::{Exchange, ExchangeKind};
+use super::queue::QueueRef;
+use super::vhost::Vhost;
+use std::sync::Arc;
+use warren_exchanges::RouteInput;
+
+/// Where a binding leads.
+#[derive(Clone, Debug)]
+pub enum Dest {
+    Queue(QueueRef),
+    Exchange(Arc<Exchange>),
+}
+
+impl PartialEq for Dest {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Dest::Queue(a), Dest::Queue(b)) => a == b,
+            (Dest::Exchange(a), Dest::Exchange(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+impl Eq for Dest {}
+impl std::hash::Hash for Dest {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        match self {
+            Dest::Queue(q) => q.hash(state),
+            Dest::Exchange(e) => (Arc::as_ptr(e) as usize).hash(state),
+        }
+    }
+}
+
+/// Buffers reused across publishes so routing allocates nothing in the
+/// common case.
+#[derive(Default)]
+pub struct RouteScratch {
+    pub queues: Vec<QueueRef>,
+    dests: Vec<Dest>,
+    work: Vec<Arc<Exchange>>,
+    seen: Vec<*const Exchange>,
+    /// More than one exchange or key contributed: `queues` may repeat.
+    may_repeat: bool,
+}
+
+// The raw pointers are identities only, never dereferenced.
+unsafe impl Send for RouteScratch {}
+
+impl RouteScratch {
+    pub fn clear(&mut self) {
+        self.queues.clear();
+        self.may_repeat = false;
+    }
+
+    /// Removes repeated queues, keeping the first of each.
+    pub fn dedup(&mut self) {
+        if !self.may_repeat || self.queues.len() < 2 {
+            return;
+        }
+        let mut seen = std::collections::HashSet::with_capacity(self.queues.len());
+        self.queues.retain(|q| seen.insert(Arc::as_ptr(&q.0) as usize));
+    }
+}
+
+impl Vhost {
+    /// Appends the queues `input` reaches from `ex` to `scratch.queues`.
+    pub fn route(&self, ex: &Arc<Exchange>, input: &RouteInput<'_>, scratch: &mut RouteScratch) {
+        if !scratch.queues.is_empty() {
+            scratch.may_repeat = true;
+        }
+        // Fast path: one exchange that routes only to queues.
+        scratch.work.clear();
+        scratch.seen.clear();
+        scratch.work.push(ex.clone());
+        let mut visited = 0;
+        while let Some(x) = scratch.work.pop() {
+            let p = Arc::as_ptr(&x);
+            if scratch.seen.contains(&p) {
+                continue;
+            }
+            scratch.seen.push(p);
+            visited += 1;
+            scratch.dests.clear();
+            match x.kind {
+                ExchangeKind::Default => {
+                    if let Some(q) = self.queue(input.routing_key) {
+                        scratch.dests.push(Dest::Queue(QueueRef(q)));
+                    }
+                }
+                ExchangeKind::Typed(_) => x.router().route(input, &mut scratch.dests),
+            }
+            if scratch.dests.is_empty() {
+                if let Some(ae) = x.alternate().and_then(|name| self.exchange(name).ok()) {
+                    scratch.work.push(ae);
+                }
+                continue;
+            }
+            for d in scratch.dests.drain(..) {
+                match d {
+                    Dest::Queue(q) => scratch.queues.push(q),
+                    Dest::Exchange(e) => scratch.work.push(e),
+                }
+            }
+        }
+        if visited > 1 {
+            scratch.may_repeat = true;
+        }
+    }
+}
