@@ -1,0 +1,374 @@
+//! Routing through a running broker with lapin: exchange-to-exchange
+//! bindings, alternate exchanges, CC/BCC, auto-delete and internal
+//! exchanges, unknown exchange types.
+
+mod common;
+use common::*;
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, ExchangeKind};
+
+fn t() -> FieldTable {
+    FieldTable::default()
+}
+
+async fn queue(ch: &Channel, name: &str) {
+    ch.queue_declare(name.into(), QueueDeclareOptions::default(), t())
+        .await
+        .unwrap();
+}
+
+async fn exchange(ch: &Channel, name: &str, kind: ExchangeKind, args: FieldTable) {
+    ch.exchange_declare(name.into(), kind, ExchangeDeclareOptions::default(), args)
+        .await
+        .unwrap();
+}
+
+async fn bind(ch: &Channel, q: &str, ex: &str, key: &str) {
+    ch.queue_bind(
+        q.into(),
+        ex.into(),
+        key.into(),
+        QueueBindOptions::default(),
+        t(),
+    )
+    .await
+    .unwrap();
+}
+
+async fn publish_props(ch: &Channel, ex: &str, key: &str, body: &[u8], props: BasicProperties) {
+    ch.basic_publish(
+        ex.into(),
+        key.into(),
+        BasicPublishOptions::default(),
+        body,
+        props,
+    )
+    .await
+    .unwrap();
+}
+
+/// Everything in a queue right now, as bodies (no-ack gets).
+async fn drain(ch: &Channel, q: &str) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Some(m) = ch
+        .basic_get(q.into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        out.push(m.delivery.data.clone());
+    }
+    out
+}
+
+/// Gets after a round trip, so publishes sent before are routed.
+async fn settled_drain(ch: &Channel, q: &str) -> Vec<Vec<u8>> {
+    ch.queue_declare(
+        q.into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        t(),
+    )
+    .await
+    .unwrap();
+    drain(ch, q).await
+}
+
+#[tokio::test]
+async fn exchange_to_exchange_bindings_route_once_even_with_cycles() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    exchange(&ch, "e2e-top", ExchangeKind::Topic, t()).await;
+    exchange(&ch, "e2e-fan", ExchangeKind::Fanout, t()).await;
+    queue(&ch, "e2e-q").await;
+    ch.exchange_bind(
+        "e2e-fan".into(),
+        "e2e-top".into(),
+        "a.#".into(),
+        ExchangeBindOptions::default(),
+        t(),
+    )
+    .await
+    .unwrap();
+    // A cycle back, and a second path to the queue.
+    ch.exchange_bind(
+        "e2e-top".into(),
+        "e2e-fan".into(),
+        "".into(),
+        ExchangeBindOptions::default(),
+        t(),
+    )
+    .await
+    .unwrap();
+    bind(&ch, "e2e-q", "e2e-fan", "").await;
+    bind(&ch, "e2e-q", "e2e-top", "a.b").await;
+    publish_props(&ch, "e2e-top", "a.b", b"one", BasicProperties::default()).await;
+    publish_props(&ch, "e2e-top", "z", b"none", BasicProperties::default()).await;
+    assert_eq!(settled_drain(&ch, "e2e-q").await, vec![b"one".to_vec()]);
+    ch.exchange_unbind(
+        "e2e-fan".into(),
+        "e2e-top".into(),
+        "a.#".into(),
+        ExchangeUnbindOptions::default(),
+        t(),
+    )
+    .await
+    .unwrap();
+    publish_props(&ch, "e2e-top", "a.c", b"cut", BasicProperties::default()).await;
+    assert!(settled_drain(&ch, "e2e-q").await.is_empty());
+    // Binding to a missing exchange is 404.
+    let e = ch
+        .exchange_bind(
+            "nope".into(),
+            "e2e-top".into(),
+            "".into(),
+            ExchangeBindOptions::default(),
+            t(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("NOT_FOUND - no exchange 'nope' in vhost '/'"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn alternate_exchange_takes_unroutable_messages() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    exchange(&ch, "ae-last", ExchangeKind::Fanout, t()).await;
+    let mut a2 = FieldTable::default();
+    a2.insert(
+        "alternate-exchange".into(),
+        AMQPValue::LongString("ae-last".into()),
+    );
+    exchange(&ch, "ae-mid", ExchangeKind::Direct, a2).await;
+    let mut a1 = FieldTable::default();
+    a1.insert(
+        "alternate-exchange".into(),
+        AMQPValue::LongString("ae-mid".into()),
+    );
+    exchange(&ch, "ae-main", ExchangeKind::Direct, a1).await;
+    queue(&ch, "ae-main-q").await;
+    queue(&ch, "ae-mid-q").await;
+    queue(&ch, "ae-unrouted").await;
+    bind(&ch, "ae-main-q", "ae-main", "main").await;
+    bind(&ch, "ae-mid-q", "ae-mid", "mid").await;
+    bind(&ch, "ae-unrouted", "ae-last", "").await;
+    let mandatory = BasicPublishOptions {
+        mandatory: true,
+        ..Default::default()
+    };
+    for (key, body) in [("main", "m"), ("mid", "d"), ("other", "o")] {
+        ch.basic_publish(
+            "ae-main".into(),
+            key.into(),
+            mandatory,
+            body.as_bytes(),
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(settled_drain(&ch, "ae-main-q").await, vec![b"m".to_vec()]);
+    assert_eq!(settled_drain(&ch, "ae-mid-q").await, vec![b"d".to_vec()]);
+    assert_eq!(settled_drain(&ch, "ae-unrouted").await, vec![b"o".to_vec()]);
+    // Routed by an alternate: nothing came back as a return.
+    assert!(ch.wait_for_confirms().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn cc_and_bcc_add_routing_keys_and_bcc_is_removed() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    for q in ["cc-main", "cc-copy", "cc-blind"] {
+        queue(&ch, q).await;
+    }
+    let keys = |ks: &[&str]| {
+        AMQPValue::FieldArray(FieldArray::from(
+            ks.iter()
+                .map(|k| AMQPValue::LongString(LongString::from(k.as_bytes().to_vec())))
+                .collect::<Vec<_>>(),
+        ))
+    };
+    let mut h = FieldTable::default();
+    h.insert("CC".into(), keys(&["cc-copy"]));
+    h.insert("BCC".into(), keys(&["cc-blind", "cc-main"]));
+    h.insert("keep".into(), AMQPValue::LongInt(7));
+    publish_props(
+        &ch,
+        "",
+        "cc-main",
+        b"hi",
+        BasicProperties::default().with_headers(h),
+    )
+    .await;
+    let mut seen = Vec::new();
+    for q in ["cc-main", "cc-copy", "cc-blind"] {
+        let m = within(async {
+            loop {
+                if let Some(m) = ch
+                    .basic_get(q.into(), BasicGetOptions { no_ack: true })
+                    .await
+                    .unwrap()
+                {
+                    return m;
+                }
+            }
+        })
+        .await;
+        assert_eq!(m.delivery.data, b"hi", "{q}");
+        let h = m.delivery.properties.headers().clone().unwrap();
+        assert!(h.inner().contains_key("CC"), "CC stays");
+        assert!(
+            !h.inner().contains_key("BCC"),
+            "BCC is removed before delivery"
+        );
+        assert_eq!(h.inner().get("keep"), Some(&AMQPValue::LongInt(7)));
+        seen.push(q);
+    }
+    // cc-main was reached by the key and by BCC: one copy only.
+    assert!(settled_drain(&ch, "cc-main").await.is_empty());
+}
+
+#[tokio::test]
+async fn auto_delete_exchange_goes_with_its_last_binding() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    ch.exchange_declare(
+        "ad-ex".into(),
+        ExchangeKind::Direct,
+        ExchangeDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+        t(),
+    )
+    .await
+    .unwrap();
+    queue(&ch, "ad-q1").await;
+    queue(&ch, "ad-q2").await;
+    bind(&ch, "ad-q1", "ad-ex", "k").await;
+    bind(&ch, "ad-q2", "ad-ex", "k").await;
+    ch.queue_unbind("ad-q1".into(), "ad-ex".into(), "k".into(), t())
+        .await
+        .unwrap();
+    let passive = ExchangeDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    ch.exchange_declare("ad-ex".into(), ExchangeKind::Direct, passive, t())
+        .await
+        .expect("one binding left");
+    // Deleting the last bound queue removes the last binding.
+    ch.queue_delete("ad-q2".into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    let e = ch
+        .exchange_declare("ad-ex".into(), ExchangeKind::Direct, passive, t())
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("NOT_FOUND - no exchange 'ad-ex' in vhost '/'"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn internal_exchange_refuses_publishes_but_routes_from_exchanges() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    ch.exchange_declare(
+        "inner".into(),
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions {
+            internal: true,
+            ..Default::default()
+        },
+        t(),
+    )
+    .await
+    .unwrap();
+    exchange(&ch, "outer", ExchangeKind::Fanout, t()).await;
+    queue(&ch, "inner-q").await;
+    bind(&ch, "inner-q", "inner", "").await;
+    ch.exchange_bind(
+        "inner".into(),
+        "outer".into(),
+        "".into(),
+        ExchangeBindOptions::default(),
+        t(),
+    )
+    .await
+    .unwrap();
+    publish_props(&ch, "outer", "", b"via-outer", BasicProperties::default()).await;
+    assert_eq!(
+        settled_drain(&ch, "inner-q").await,
+        vec![b"via-outer".to_vec()]
+    );
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            t(),
+        )
+        .await
+        .unwrap();
+    let mut watcher = ch
+        .basic_consume(
+            q.name().clone(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            t(),
+        )
+        .await
+        .unwrap();
+    publish_props(&ch, "inner", "", b"direct", BasicProperties::default()).await;
+    use futures_lite::stream::StreamExt;
+    let e = within(watcher.next()).await.unwrap().unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("ACCESS_REFUSED - cannot publish to internal exchange 'inner' in vhost '/'"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_exchange_type_is_a_503_connection_error() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    let e = ch
+        .exchange_declare(
+            "weird".into(),
+            ExchangeKind::Custom("x-no-such-type".into()),
+            ExchangeDeclareOptions::default(),
+            t(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("COMMAND_INVALID - unknown exchange type 'x-no-such-type'"),
+        "{e}"
+    );
+    within(async {
+        while c.status().connected() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
