@@ -6,10 +6,12 @@
 //! the resulting deliveries to connections. Anything time-dependent takes the
 //! time as an argument, so tests control the clock.
 
+pub mod disk;
 pub mod message;
 pub mod queue;
 pub mod store;
 
-pub use message::{Message, QueuedMessage};
+pub use disk::{Disk, DiskError, DiskStore};
+pub use message::{Message, QueuedMessage, StoredRef};
 pub use queue::{ChannelLimit, ConsumeError, ConsumerId, ConsumerSpec, Dispatched, QueueCore};
 pub use store::{MemoryStore, MessageStore};

@@ -15,6 +15,18 @@ pub struct Message {
     pub body: Bytes,
     /// delivery_mode 2.
     pub persistent: bool,
+    /// Where the body lies on disk, when it was written there (persistent
+    /// and routed to at least one durable queue). One record serves every
+    /// durable queue the message reached.
+    pub stored: Option<StoredRef>,
+}
+
+/// A message body record in the [`crate::disk::Disk`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredRef {
+    pub id: u64,
+    /// More than one durable queue holds it: reference-counted.
+    pub shared: bool,
 }
 
 impl Message {

@@ -143,8 +143,8 @@ pub struct QueueCore<C> {
 impl<C: Clone> QueueCore<C> {
     pub fn new(store: Box<dyn MessageStore>, noack_window: u32) -> Self {
         QueueCore {
+            next_seq: store.next_seq(),
             store,
-            next_seq: 1,
             consumers: Vec::new(),
             cursor: 0,
             unacked: HashMap::new(),

@@ -29,6 +29,11 @@ pub trait MessageStore: Send {
     }
     /// Up to `n` ready messages from the head, without taking them.
     fn peek(&self, n: usize) -> Vec<QueuedMessage>;
+    /// The `seq` the next new message gets (recovered stores continue
+    /// after what they hold).
+    fn next_seq(&self) -> u64 {
+        1
+    }
 }
 
 /// Everything in RAM.
@@ -107,15 +112,23 @@ pub(crate) mod tests {
                 properties: Bytes::new(),
                 body: Bytes::copy_from_slice(body.as_bytes()),
                 persistent: false,
+                stored: None,
             }),
             redelivered: false,
         }
     }
 
-    /// The contract every store must meet; each store's tests call it.
-    pub fn store_contract(s: &mut dyn MessageStore) {
+    /// The contract every store must meet; each store's tests call it
+    /// with a message factory (the disk store's writes persistent
+    /// messages) and a restart (the disk store reopens its directory; the
+    /// memory store, which has no process to outlive, is handed back).
+    pub fn store_contract(
+        mut s: Box<dyn MessageStore>,
+        mk: &dyn Fn(u64, &str) -> QueuedMessage,
+        restart: &dyn Fn(Box<dyn MessageStore>) -> Box<dyn MessageStore>,
+    ) {
         for i in 1..=5 {
-            s.push(msg(i, "abc"));
+            s.push(mk(i, "abc"));
         }
         assert_eq!(s.len(), 5);
         assert_eq!(s.bytes(), 15);
@@ -124,21 +137,56 @@ pub(crate) mod tests {
         let c = s.pop().unwrap();
         assert_eq!((a.seq, b.seq, c.seq), (1, 2, 3));
         // Requeue out of order: they come back in seq order, before 4 and 5.
-        s.requeue(c);
-        s.requeue(a);
+        s.requeue(QueuedMessage { redelivered: true, ..c });
+        s.requeue(QueuedMessage { redelivered: true, ..a });
         s.settle(b.seq);
         let order: Vec<u64> = s.peek(10).iter().map(|m| m.seq).collect();
         assert_eq!(order, vec![1, 3, 4, 5]);
         assert_eq!(s.bytes(), 12);
-        assert_eq!(s.pop().unwrap().seq, 1);
+        // Restart with 1 and 3 requeued, 2 acked; 4 delivered, unacked.
+        let four = {
+            let x = s.pop().unwrap();
+            let y = s.pop().unwrap();
+            let z = s.pop().unwrap();
+            assert_eq!((x.seq, y.seq, z.seq), (1, 3, 4));
+            s.requeue(x);
+            s.requeue(y);
+            z
+        };
+        let mut s = restart(s);
+        // After a restart an unacked message is back in its place; in the
+        // memory store (no restart) it is requeued by its channel instead.
+        if s.len() == 3 {
+            s.requeue(QueuedMessage { redelivered: true, ..four });
+        }
+        let after: Vec<(u64, bool, Vec<u8>)> = s
+            .peek(10)
+            .iter()
+            .map(|m| (m.seq, m.redelivered, m.message.body.to_vec()))
+            .collect();
+        assert_eq!(
+            after,
+            vec![
+                (1, true, b"abc".to_vec()),
+                (3, true, b"abc".to_vec()),
+                (4, true, b"abc".to_vec()),
+                (5, false, b"abc".to_vec())
+            ]
+        );
+        assert_eq!(s.next_seq().max(6), 6, "new messages go after the old");
+        let one = s.pop().unwrap();
+        assert_eq!(one.seq, 1);
+        s.settle(one.seq);
         assert_eq!(s.purge(), 3);
         assert!(s.is_empty());
         assert_eq!(s.bytes(), 0);
         assert!(s.pop().is_none());
+        let mut s = restart(s);
+        assert!(s.pop().is_none(), "purged messages stay gone");
     }
 
     #[test]
     fn memory_store_meets_contract() {
-        store_contract(&mut MemoryStore::default());
+        store_contract(Box::new(MemoryStore::default()), &msg, &|s| s);
     }
 }

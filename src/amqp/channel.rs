@@ -546,9 +546,9 @@ impl Connection {
         // Headers and properties are decoded only when routing may read
         // them (a headers exchange, e2e bindings, an alternate exchange),
         // or when sender-selected distribution (CC/BCC) is in play.
-        let may_cc = summary.headers.is_some_and(|(a, b)| {
-            codec::table_may_have_key(&properties[a..b], &["CC", "BCC"])
-        });
+        let may_cc = summary
+            .headers
+            .is_some_and(|(a, b)| codec::table_may_have_key(&properties[a..b], &["CC", "BCC"]));
         let details = if may_cc || (summary.has_headers && ex.needs_message_details()) {
             amq_protocol::protocol::basic::parse_properties(&properties[..])
                 .ok()
@@ -557,7 +557,9 @@ impl Connection {
             None
         };
         let mut extra_keys = Vec::new();
-        let mut headers = details.as_ref().and_then(|p| p.headers().as_ref().map(to_table));
+        let mut headers = details
+            .as_ref()
+            .and_then(|p| p.headers().as_ref().map(to_table));
         if let Some(h) = headers.as_mut() {
             extra_keys = sender_selected_keys(h.get("CC"));
             if let Some(bcc) = h.remove("BCC") {
@@ -574,6 +576,7 @@ impl Connection {
             properties,
             body: content.body,
             persistent: summary.delivery_mode == 2,
+            stored: None,
         });
         let input = RouteInput {
             routing_key: &message.routing_key,

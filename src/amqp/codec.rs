@@ -328,11 +328,15 @@ pub struct PropertySummary {
 pub fn table_may_have_key(mut t: &[u8], keys: &[&str]) -> bool {
     while !t.is_empty() {
         let n = t[0] as usize;
-        let Some(key) = t.get(1..1 + n) else { return true };
+        let Some(key) = t.get(1..1 + n) else {
+            return true;
+        };
         if keys.iter().any(|k| k.as_bytes() == key) {
             return true;
         }
-        let Some(&kind) = t.get(1 + n) else { return true };
+        let Some(&kind) = t.get(1 + n) else {
+            return true;
+        };
         t = &t[2 + n..];
         let fixed = match kind {
             b't' | b'b' | b'B' => 1,
@@ -365,7 +369,10 @@ mod tests {
     fn table_scan_finds_top_level_keys_only() {
         // {"a": longstr "CC", "CC": array []}
         let mut t = vec![1, b'a', b'S', 0, 0, 0, 2, b'C', b'C'];
-        assert!(!table_may_have_key(&t, &["CC", "BCC"]), "a value is not a key");
+        assert!(
+            !table_may_have_key(&t, &["CC", "BCC"]),
+            "a value is not a key"
+        );
         t.extend_from_slice(&[2, b'C', b'C', b'A', 0, 0, 0, 0]);
         assert!(table_may_have_key(&t, &["CC"]));
         assert!(!table_may_have_key(&t, &["BCC"]));

@@ -66,7 +66,8 @@ impl RouteScratch {
             return;
         }
         let mut seen = std::collections::HashSet::with_capacity(self.queues.len());
-        self.queues.retain(|q| seen.insert(Arc::as_ptr(&q.0) as usize));
+        self.queues
+            .retain(|q| seen.insert(Arc::as_ptr(&q.0) as usize));
     }
 }
 

@@ -467,7 +467,6 @@ impl Vhost {
             self.auto_delete_if_unused(&other);
         }
     }
-
 }
 
 /// RabbitMQ compares these arguments on redeclare; others are free.
