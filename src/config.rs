@@ -5,7 +5,7 @@
 //! [`Config`] is passed down to the server; nothing reads it globally.
 
 use crate::amqp::AmqpSettings;
-use crate::broker::{BrokerConfig, UserConfig};
+use crate::broker::{BrokerConfig, StorageConfig, UserConfig};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,6 +33,11 @@ pub struct Listeners {
 #[serde(deny_unknown_fields, default)]
 pub struct Storage {
     pub data_dir: PathBuf,
+    /// sled's page cache, in MiB.
+    pub cache_mb: u64,
+    /// Message bodies a durable queue keeps in memory, in MiB; beyond it,
+    /// persistent messages stay on disk only until delivered.
+    pub queue_memory_mb: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -91,6 +96,8 @@ impl Default for Storage {
     fn default() -> Self {
         Storage {
             data_dir: PathBuf::from("./data"),
+            cache_mb: 64,
+            queue_memory_mb: 16,
         }
     }
 }
@@ -167,6 +174,9 @@ impl Config {
         if self.amqp.max_message_size == 0 || self.amqp.max_message_size > 512 * 1024 * 1024 {
             return Err("amqp.max_message_size: must be between 1 and 536870912".into());
         }
+        if self.storage.cache_mb == 0 {
+            return Err("storage.cache_mb: must be at least 1".into());
+        }
         if self.vhosts.is_empty() {
             return Err("vhosts: at least one virtual host is needed".into());
         }
@@ -174,6 +184,14 @@ impl Config {
             return Err("auth.default_user: must not be empty".into());
         }
         Ok(())
+    }
+
+    pub fn storage_config(&self) -> StorageConfig {
+        StorageConfig {
+            data_dir: self.storage.data_dir.clone(),
+            cache_bytes: self.storage.cache_mb * 1024 * 1024,
+            queue_memory_bytes: self.storage.queue_memory_mb * 1024 * 1024,
+        }
     }
 
     pub fn amqp_settings(&self) -> AmqpSettings {

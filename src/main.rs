@@ -105,7 +105,7 @@ fn main() -> ExitCode {
         let server = match warren::server::start(&config).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::error!(error = %e, addr = %config.listeners.amqp, "cannot bind the AMQP listener");
+                tracing::error!(error = %e, "warren cannot start");
                 return ExitCode::FAILURE;
             }
         };

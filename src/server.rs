@@ -31,16 +31,52 @@ impl Server {
         &self.broker
     }
 
-    /// Closes every connection and waits (up to a few seconds) for them.
+    /// Closes every connection, waits (up to a few seconds) for them, and
+    /// makes everything written durable.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.accept.await;
+        let broker = self.broker.clone();
+        let _ = tokio::task::spawn_blocking(move || broker.close()).await;
     }
 }
 
-/// Binds the listeners and starts serving.
-pub async fn start(config: &Config) -> std::io::Result<Server> {
-    let broker = Broker::new(&config.broker_config());
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum StartError {
+    Storage(warren_queues::DiskError),
+    Bind(std::io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Storage(e) => write!(f, "cannot open the data directory: {e}"),
+            StartError::Bind(e) => write!(f, "cannot bind the AMQP listener: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Opens the data directory (recovering what it holds), binds the
+/// listeners and starts serving.
+pub async fn start(config: &Config) -> Result<Server, StartError> {
+    let (bc, sc) = (config.broker_config(), config.storage_config());
+    // Recovery reads the whole store: keep it off the async workers.
+    let broker = tokio::task::spawn_blocking(move || Broker::open(&bc, &sc))
+        .await
+        .expect("recovery does not panic")
+        .map_err(StartError::Storage)?;
+    let broker_on_error = broker.clone();
+    let started = start_with(config, broker).await;
+    if started.is_err() {
+        broker_on_error.close();
+    }
+    started.map_err(StartError::Bind)
+}
+
+async fn start_with(config: &Config, broker: Arc<Broker>) -> std::io::Result<Server> {
     let settings = Arc::new(config.amqp_settings());
     let listener = TcpListener::bind(config.listeners.amqp).await?;
     let amqp_addr = listener.local_addr()?;

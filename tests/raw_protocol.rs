@@ -236,7 +236,6 @@ async fn connection_start_has_server_properties_and_capabilities() {
         );
     }
     for not_yet in [
-        "publisher_confirms",
         "consumer_priorities",
         "direct_reply_to",
         "connection.blocked",

@@ -1,19 +1,28 @@
 //! Pure, synchronous AMQP routing: which destinations a message reaches.
 //!
-//! This crate owns the exchange types (direct, fanout, topic, headers), the
-//! bindings of one exchange and the field-table value model used to match
-//! headers. It does no I/O, takes no locks and knows nothing of queues: a
-//! destination is any `D` the caller chooses (the broker uses queue and
-//! exchange handles). Callers wrap a [`Router`] in whatever synchronisation
-//! they need.
+//! This crate owns the exchange types (direct, fanout, topic, headers and
+//! RabbitMQ's `x-consistent-hash`), the bindings of one exchange with the
+//! index each type routes from, and the field-table value model used to
+//! match headers. It does no I/O, takes no locks and knows nothing of
+//! queues: a destination is any `D` the caller chooses (the broker uses
+//! queue and exchange handles). Callers wrap a [`Router`] in whatever
+//! synchronisation they need.
+//!
+//! RabbitMQ is the reference for every rule; the modules cite the Erlang
+//! functions they follow.
 
+pub mod consistent_hash;
+mod hash;
 pub mod headers;
 pub mod topic;
 pub mod value;
 
+use hash::FastMap;
 use std::collections::HashMap;
 use std::hash::Hash;
 
+pub use consistent_hash::{HashOn, HashProperty};
+pub use headers::XMatch;
 pub use value::{Table, Value};
 
 /// What routing may look at in a message. Most exchange types need only
@@ -25,6 +34,7 @@ pub struct RouteInput<'a> {
     pub headers: Option<&'a Table>,
     pub message_id: Option<&'a str>,
     pub correlation_id: Option<&'a str>,
+    /// The `timestamp` property, in seconds as AMQP 0-9-1 carries it.
     pub timestamp: Option<u64>,
 }
 
@@ -44,6 +54,8 @@ pub enum ExchangeType {
     Fanout,
     Topic,
     Headers,
+    /// `x-consistent-hash`, RabbitMQ's consistent-hash exchange plugin.
+    ConsistentHash,
 }
 
 impl ExchangeType {
@@ -54,6 +66,7 @@ impl ExchangeType {
             "fanout" => Some(Self::Fanout),
             "topic" => Some(Self::Topic),
             "headers" => Some(Self::Headers),
+            "x-consistent-hash" => Some(Self::ConsistentHash),
             _ => None,
         }
     }
@@ -64,6 +77,7 @@ impl ExchangeType {
             Self::Fanout => "fanout",
             Self::Topic => "topic",
             Self::Headers => "headers",
+            Self::ConsistentHash => "x-consistent-hash",
         }
     }
 }
@@ -76,52 +90,161 @@ pub struct Binding<D> {
     pub arguments: Table,
 }
 
-/// Why a binding was refused.
+/// Why a binding was refused. RabbitMQ refuses each with 406
+/// PRECONDITION_FAILED, and `Display` gives its reply text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BindError {
-    /// A headers binding with an `x-match` other than all/any/all-with-x/any-with-x.
+    /// A headers binding whose string `x-match` is not all/any/all-with-x/
+    /// any-with-x; holds the value given.
     InvalidXMatch(String),
+    /// A headers binding whose `x-match` is not a string: RabbitMQ's type
+    /// name and the value as RabbitMQ prints it.
+    InvalidXMatchType {
+        type_name: &'static str,
+        value: String,
+    },
+    /// A consistent-hash binding key that is not an integer; holds the key.
+    InvalidWeight(String),
+    /// A consistent-hash weight below 1.
+    WeightTooSmall,
+    /// A consistent-hash weight above [`consistent_hash::MAX_WEIGHT`].
+    WeightTooLarge,
 }
 
 impl std::fmt::Display for BindError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Texts from rabbit_exchange_type_headers:validate_binding/2 and
+        // rabbit_exchange_type_consistent_hash:validate_binding/2, with the
+        // `~tp` arguments printed as Erlang prints them.
         match self {
             BindError::InvalidXMatch(v) => write!(
                 f,
-                "Invalid x-match field value {v}; expected all, any, all-with-x, or any-with-x"
+                "Invalid x-match field value {}; expected all, any, all-with-x, or any-with-x",
+                value::erlang_binary(v.as_bytes())
+            ),
+            BindError::InvalidXMatchType { type_name, value } => write!(
+                f,
+                "Invalid x-match field type {type_name} (value {value}); expected longstr"
+            ),
+            BindError::InvalidWeight(k) => f.write_str(&consistent_hash::invalid_weight_text(k)),
+            BindError::WeightTooSmall => f.write_str("The binding key must be greater than 0"),
+            BindError::WeightTooLarge => write!(
+                f,
+                "The binding key must not exceed {}",
+                consistent_hash::MAX_WEIGHT
             ),
         }
     }
 }
 
+impl std::error::Error for BindError {}
+
+/// Why exchange arguments were refused (exchange.declare). RabbitMQ
+/// answers 406 PRECONDITION_FAILED with the `Display` text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArgumentError {
+    /// `hash-property` names no supported property; holds the name.
+    UnsupportedProperty(String),
+    /// Both `hash-header` and `hash-property` were given.
+    HashHeaderAndProperty,
+    /// A routing argument that must be a string was not.
+    InvalidType {
+        argument: &'static str,
+        type_name: &'static str,
+    },
+}
+
+impl std::fmt::Display for ArgumentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The first two are rabbit_exchange_type_consistent_hash:validate/1's.
+        match self {
+            ArgumentError::UnsupportedProperty(p) => write!(f, "Unsupported property: {p}"),
+            ArgumentError::HashHeaderAndProperty => {
+                f.write_str("hash-header and hash-property are mutually exclusive")
+            }
+            ArgumentError::InvalidType {
+                argument,
+                type_name,
+            } => write!(
+                f,
+                "Invalid {argument} field type {type_name}; expected longstr"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ArgumentError {}
+
+/// The routing index of one exchange, by type.
+#[derive(Debug)]
+enum Index<D> {
+    /// Routing key -> destinations, each with the number of bindings that
+    /// lead to it under this key (so unbinding one of two keeps it).
+    Direct(FastMap<Box<str>, Vec<(D, usize)>>),
+    /// Every bound destination, once.
+    Fanout(Vec<D>),
+    Topic(topic::TopicIndex<D>),
+    Headers(headers::HeadersIndex<D>),
+    ConsistentHash(consistent_hash::HashRing<D>, HashOn),
+}
+
 /// The bindings of one exchange, indexed for its type.
 ///
 /// Bindings are identified, as in RabbitMQ, by (destination, routing key,
-/// arguments): binding the same triple twice is a no-op.
+/// arguments): binding the same triple twice is a no-op. Binding and
+/// unbinding cost does not grow with the exchange's other bindings (they
+/// are found through a per-destination map), so an exchange with 100 000
+/// bindings is built in linear time.
 #[derive(Debug)]
 pub struct Router<D> {
     kind: ExchangeType,
     bindings: Vec<Binding<D>>,
-    /// Direct: routing key -> destinations (each with a count of bindings
-    /// that lead to it under this key, so unbinding one of two keeps it).
-    direct: HashMap<String, Vec<(D, usize)>>,
-    topic: topic::TopicIndex<D>,
-    headers: Vec<(headers::HeadersMatcher, D)>,
+    /// Destination -> routing key -> positions in `bindings`.
+    positions: HashMap<D, HashMap<Box<str>, Vec<usize>>>,
+    index: Index<D>,
 }
 
 impl<D: Clone + Eq + Hash> Router<D> {
+    /// A router for an exchange declared without arguments.
     pub fn new(kind: ExchangeType) -> Self {
         Router {
             kind,
             bindings: Vec::new(),
-            direct: HashMap::new(),
-            topic: topic::TopicIndex::default(),
-            headers: Vec::new(),
+            positions: HashMap::new(),
+            index: match kind {
+                ExchangeType::Direct => Index::Direct(FastMap::default()),
+                ExchangeType::Fanout => Index::Fanout(Vec::new()),
+                ExchangeType::Topic => Index::Topic(topic::TopicIndex::default()),
+                ExchangeType::Headers => Index::Headers(headers::HeadersIndex::default()),
+                ExchangeType::ConsistentHash => {
+                    Index::ConsistentHash(consistent_hash::HashRing::default(), HashOn::RoutingKey)
+                }
+            },
         }
+    }
+
+    /// A router for an exchange declared with `arguments`, validated as
+    /// RabbitMQ's exchange type validates them on exchange.declare. Only
+    /// `x-consistent-hash` reads any (`hash-header`, `hash-property`);
+    /// other types ignore them, as their `validate/1` does.
+    pub fn with_arguments(kind: ExchangeType, arguments: &Table) -> Result<Self, ArgumentError> {
+        let mut r = Router::new(kind);
+        if let Index::ConsistentHash(_, on) = &mut r.index {
+            *on = HashOn::from_arguments(arguments)?;
+        }
+        Ok(r)
     }
 
     pub fn kind(&self) -> ExchangeType {
         self.kind
+    }
+
+    /// What a consistent-hash exchange hashes; `None` for other types.
+    pub fn hash_on(&self) -> Option<&HashOn> {
+        match &self.index {
+            Index::ConsistentHash(_, on) => Some(on),
+            _ => None,
+        }
     }
 
     /// Adds a binding; returns `Ok(false)` when it already existed.
@@ -131,33 +254,44 @@ impl<D: Clone + Eq + Hash> Router<D> {
         routing_key: &str,
         arguments: Table,
     ) -> Result<bool, BindError> {
-        let matcher = if self.kind == ExchangeType::Headers {
-            Some(headers::HeadersMatcher::new(&arguments)?)
-        } else {
-            None
+        // Validate first, as RabbitMQ's validate_binding runs before the
+        // binding is looked up or stored.
+        let matcher = match self.kind {
+            ExchangeType::Headers => Some(headers::HeadersMatcher::new(&arguments)?),
+            _ => None,
+        };
+        let weight = match self.kind {
+            ExchangeType::ConsistentHash => consistent_hash::parse_weight(routing_key)?,
+            _ => 0,
         };
         if self.find(&destination, routing_key, &arguments).is_some() {
             return Ok(false);
         }
-        match self.kind {
-            ExchangeType::Direct | ExchangeType::Fanout => {
-                let key = if self.kind == ExchangeType::Fanout {
-                    ""
-                } else {
-                    routing_key
-                };
-                let dests = self.direct.entry(key.to_owned()).or_default();
+        match &mut self.index {
+            Index::Direct(map) => {
+                let dests = map.entry(routing_key.into()).or_default();
                 match dests.iter_mut().find(|(d, _)| *d == destination) {
                     Some((_, n)) => *n += 1,
                     None => dests.push((destination.clone(), 1)),
                 }
             }
-            ExchangeType::Topic => self.topic.insert(routing_key, destination.clone()),
-            ExchangeType::Headers => {
-                self.headers
-                    .push((matcher.expect("built above"), destination.clone()));
+            Index::Fanout(dests) => {
+                // A destination's first binding puts it on the list.
+                if !self.positions.contains_key(&destination) {
+                    dests.push(destination.clone());
+                }
             }
+            Index::Topic(t) => t.insert(routing_key, destination.clone()),
+            Index::Headers(h) => h.insert(matcher.expect("built above"), destination.clone()),
+            Index::ConsistentHash(ring, _) => ring.insert(destination.clone(), weight),
         }
+        let pos = self.bindings.len();
+        self.positions
+            .entry(destination.clone())
+            .or_default()
+            .entry(routing_key.into())
+            .or_default()
+            .push(pos);
         self.bindings.push(Binding {
             destination,
             routing_key: routing_key.to_owned(),
@@ -167,11 +301,12 @@ impl<D: Clone + Eq + Hash> Router<D> {
     }
 
     fn find(&self, destination: &D, routing_key: &str, arguments: &Table) -> Option<usize> {
-        self.bindings.iter().position(|b| {
-            b.destination == *destination
-                && b.routing_key == routing_key
-                && b.arguments == *arguments
-        })
+        self.positions
+            .get(destination)?
+            .get(routing_key)?
+            .iter()
+            .copied()
+            .find(|&p| self.bindings[p].arguments == *arguments)
     }
 
     /// Removes a binding; returns whether it existed.
@@ -179,20 +314,43 @@ impl<D: Clone + Eq + Hash> Router<D> {
         let Some(pos) = self.find(destination, routing_key, arguments) else {
             return false;
         };
-        let b = self.bindings.swap_remove(pos);
+        let keys = self.positions.get_mut(destination).expect("found above");
+        let ps = keys.get_mut(routing_key).expect("found above");
+        ps.retain(|&p| p != pos);
+        if ps.is_empty() {
+            keys.remove(routing_key);
+            if keys.is_empty() {
+                self.positions.remove(destination);
+            }
+        }
+        let b = self.swap_remove(pos);
         self.remove_index(&b);
         true
     }
 
+    /// Removes `bindings[pos]`, whose position entry is already gone, and
+    /// renumbers the binding that moves into its place.
+    fn swap_remove(&mut self, pos: usize) -> Binding<D> {
+        let last = self.bindings.len() - 1;
+        if pos != last {
+            let moved = &self.bindings[last];
+            let ps = self
+                .positions
+                .get_mut(&moved.destination)
+                .and_then(|k| k.get_mut(moved.routing_key.as_str()))
+                .expect("every stored binding has a position");
+            let p = ps.iter_mut().find(|p| **p == last).expect("indexed");
+            *p = pos;
+        }
+        self.bindings.swap_remove(pos)
+    }
+
+    /// Removes `b` from the type's index (after `positions` forgot it).
     fn remove_index(&mut self, b: &Binding<D>) {
-        match self.kind {
-            ExchangeType::Direct | ExchangeType::Fanout => {
-                let key = if self.kind == ExchangeType::Fanout {
-                    ""
-                } else {
-                    b.routing_key.as_str()
-                };
-                if let Some(dests) = self.direct.get_mut(key) {
+        match &mut self.index {
+            Index::Direct(map) => {
+                let key = b.routing_key.as_str();
+                if let Some(dests) = map.get_mut(key) {
                     if let Some(i) = dests.iter().position(|(d, _)| *d == b.destination) {
                         dests[i].1 -= 1;
                         if dests[i].1 == 0 {
@@ -200,19 +358,24 @@ impl<D: Clone + Eq + Hash> Router<D> {
                         }
                     }
                     if dests.is_empty() {
-                        self.direct.remove(key);
+                        map.remove(key);
                     }
                 }
             }
-            ExchangeType::Topic => self.topic.remove(&b.routing_key, &b.destination),
-            ExchangeType::Headers => {
-                let args = &b.arguments;
-                if let Some(i) = self
-                    .headers
-                    .iter()
-                    .position(|(m, d)| *d == b.destination && m.arguments() == args)
-                {
-                    self.headers.remove(i);
+            Index::Fanout(dests) => {
+                if !self.positions.contains_key(&b.destination) {
+                    dests.retain(|d| *d != b.destination);
+                }
+            }
+            Index::Topic(t) => {
+                t.remove(&b.routing_key, &b.destination);
+            }
+            Index::Headers(h) => {
+                h.remove(&b.destination, &b.arguments);
+            }
+            Index::ConsistentHash(ring, _) => {
+                if let Ok(w) = consistent_hash::parse_weight(&b.routing_key) {
+                    ring.remove(&b.destination, w);
                 }
             }
         }
@@ -220,19 +383,24 @@ impl<D: Clone + Eq + Hash> Router<D> {
 
     /// Removes every binding to `destination` (it was deleted); returns how many.
     pub fn unbind_destination(&mut self, destination: &D) -> usize {
-        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.bindings)
-            .into_iter()
-            .partition(|b| b.destination == *destination);
-        self.bindings = kept;
-        for b in &gone {
-            self.remove_index(b);
+        let Some(keys) = self.positions.remove(destination) else {
+            return 0;
+        };
+        let mut gone: Vec<usize> = keys.into_values().flatten().collect();
+        // Highest first: each swap_remove then moves in a binding that is
+        // not `destination`'s (those above were removed already).
+        gone.sort_unstable_by(|a, b| b.cmp(a));
+        let n = gone.len();
+        for pos in gone {
+            let b = self.swap_remove(pos);
+            self.remove_index(&b);
         }
-        gone.len()
+        n
     }
 
     /// Whether any binding leads to `destination`.
     pub fn has_destination(&self, destination: &D) -> bool {
-        self.bindings.iter().any(|b| b.destination == *destination)
+        self.positions.contains_key(destination)
     }
 
     pub fn bindings(&self) -> &[Binding<D>] {
@@ -245,45 +413,41 @@ impl<D: Clone + Eq + Hash> Router<D> {
 
     /// Whether routing reads the message's headers.
     pub fn needs_headers(&self) -> bool {
-        self.kind == ExchangeType::Headers
+        match &self.index {
+            Index::Headers(_) => true,
+            Index::ConsistentHash(_, on) => matches!(on, HashOn::Header(_)),
+            _ => false,
+        }
     }
 
-    /// Whether routing reads message properties other than headers.
+    /// Whether routing reads message properties other than headers
+    /// (`message_id`, `correlation_id`, `timestamp`).
     pub fn needs_properties(&self) -> bool {
-        false
+        matches!(&self.index, Index::ConsistentHash(_, HashOn::Property(_)))
     }
 
     /// Appends to `out` every destination the message reaches, each once.
     pub fn route(&self, input: &RouteInput<'_>, out: &mut Vec<D>) {
-        let routing_key = input.routing_key;
-        let headers = input.headers;
         let start = out.len();
-        match self.kind {
-            ExchangeType::Direct => {
-                if let Some(dests) = self.direct.get(routing_key) {
-                    out.extend(dests.iter().map(|(d, _)| d.clone()));
-                }
+        match &self.index {
+            Index::Direct(map) => {
                 // Each destination appears once per key already.
-                return;
-            }
-            ExchangeType::Fanout => {
-                if let Some(dests) = self.direct.get("") {
+                if let Some(dests) = map.get(input.routing_key) {
                     out.extend(dests.iter().map(|(d, _)| d.clone()));
                 }
-                return;
             }
-            ExchangeType::Topic => self.topic.route(routing_key, out),
-            ExchangeType::Headers => {
-                let empty = Table::default();
-                let h = headers.unwrap_or(&empty);
-                for (m, d) in &self.headers {
-                    if m.matches(h) {
-                        out.push(d.clone());
-                    }
-                }
+            Index::Fanout(dests) => out.extend(dests.iter().cloned()),
+            Index::Topic(t) => {
+                t.route(input.routing_key, out);
+                dedup_tail(out, start);
             }
+            Index::Headers(h) => {
+                h.route(input.headers, out);
+                dedup_tail(out, start);
+            }
+            // At most one destination.
+            Index::ConsistentHash(ring, on) => ring.route(on, input, out),
         }
-        dedup_tail(out, start);
     }
 }
 
@@ -294,6 +458,7 @@ fn dedup_tail<D: Eq + Hash + Clone>(out: &mut Vec<D>, start: usize) {
         return;
     }
     if n <= 16 {
+        // Quadratic but allocation-free: cheaper than hashing for few items.
         let mut i = start + 1;
         while i < out.len() {
             if out[start..i].contains(&out[i]) {
@@ -379,6 +544,359 @@ mod tests {
         r.bind("q2", "a.b", t()).unwrap();
         assert_eq!(route(&r, "a.b"), vec!["q1", "q2"]);
         assert_eq!(route(&r, "c"), vec!["q1"]);
+    }
+
+    fn s(v: &str) -> Value {
+        Value::LongString(v.as_bytes().to_vec())
+    }
+
+    fn table(entries: &[(&str, Value)]) -> Table {
+        Table(
+            entries
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        )
+    }
+
+    fn route_input(r: &Router<&'static str>, input: &RouteInput<'_>) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        r.route(input, &mut out);
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn exchange_types_parse_and_print() {
+        for t in [
+            ExchangeType::Direct,
+            ExchangeType::Fanout,
+            ExchangeType::Topic,
+            ExchangeType::Headers,
+            ExchangeType::ConsistentHash,
+        ] {
+            assert_eq!(ExchangeType::parse(t.as_str()), Some(t));
+        }
+        assert_eq!(
+            ExchangeType::parse("x-consistent-hash"),
+            Some(ExchangeType::ConsistentHash)
+        );
+        assert_eq!(ExchangeType::parse("x-random"), None);
+    }
+
+    #[test]
+    fn route_appends_after_existing_output() {
+        // Dedup only looks at what this route added.
+        let mut r = Router::new(ExchangeType::Topic);
+        r.bind("q", "a.*", t()).unwrap();
+        r.bind("q", "#", t()).unwrap();
+        let mut out = vec!["q"];
+        r.route(&RouteInput::key("a.b"), &mut out);
+        assert_eq!(out, vec!["q", "q"]);
+    }
+
+    #[test]
+    fn positions_survive_swap_removal() {
+        // Bindings live in a Vec with swap_remove; the per-destination
+        // position map must follow every move.
+        let mut r = Router::new(ExchangeType::Topic);
+        let dests = ["d0", "d1", "d2", "d3"];
+        for i in 0..200 {
+            let d = dests[i % 4];
+            assert!(r.bind(d, &format!("k{}.#", i % 37), t()).unwrap() || i >= 37 * 4);
+        }
+        let n = r.bindings().len();
+        assert!(r.unbind(&"d1", "k1.#", &t()));
+        assert!(!r.unbind(&"d1", "k1.#", &t()));
+        assert_eq!(r.bindings().len(), n - 1);
+        let gone = r.unbind_destination(&"d2");
+        assert!(gone > 0);
+        assert!(!r.has_destination(&"d2"));
+        assert_eq!(r.unbind_destination(&"d2"), 0);
+        assert_eq!(r.bindings().len(), n - 1 - gone);
+        // Every remaining binding is still findable and removable.
+        for b in r.bindings().to_vec() {
+            assert!(r.unbind(&b.destination, &b.routing_key, &b.arguments));
+        }
+        assert!(r.is_empty());
+        let Index::Topic(idx) = &r.index else {
+            unreachable!()
+        };
+        assert!(idx.is_empty());
+        assert_eq!(idx.node_count(), 1, "unbinding pruned the trie to its root");
+    }
+
+    #[test]
+    fn topic_unbind_destination_prunes_trie() {
+        let mut r = Router::new(ExchangeType::Topic);
+        r.bind("q1", "a.b.c", t()).unwrap();
+        r.bind("q1", "a.#", t()).unwrap();
+        r.bind("q2", "a.b", t()).unwrap();
+        assert_eq!(r.unbind_destination(&"q1"), 2);
+        assert_eq!(route(&r, "a.b"), vec!["q2"]);
+        assert!(route(&r, "a.b.c").is_empty());
+        let Index::Topic(idx) = &r.index else {
+            unreachable!()
+        };
+        assert_eq!(idx.node_count(), 3, "root, a, b");
+    }
+
+    #[test]
+    fn fanout_keeps_destination_until_last_binding_goes() {
+        let mut r = Router::new(ExchangeType::Fanout);
+        r.bind("q", "x", t()).unwrap();
+        r.bind("q", "y", t()).unwrap();
+        assert_eq!(route(&r, ""), vec!["q"]);
+        assert!(r.unbind(&"q", "x", &t()));
+        assert_eq!(route(&r, ""), vec!["q"]);
+        assert!(r.unbind(&"q", "y", &t()));
+        assert!(route(&r, "").is_empty());
+    }
+
+    #[test]
+    fn headers_messages_without_headers() {
+        // rabbit_exchange_type_headers: no headers is an empty map, so an
+        // `all` binding with no plain arguments still matches (match_all([]) is true).
+        let mut r = Router::new(ExchangeType::Headers);
+        r.bind("all_empty", "", t()).unwrap();
+        r.bind("all_a", "", table(&[("a", s("1"))])).unwrap();
+        r.bind(
+            "any_a",
+            "",
+            table(&[("x-match", s("any")), ("a", Value::Void)]),
+        )
+        .unwrap();
+        assert_eq!(route(&r, "ignored"), vec!["all_empty"]);
+        let h = table(&[("a", s("1"))]);
+        let input = RouteInput {
+            headers: Some(&h),
+            ..RouteInput::key("")
+        };
+        assert_eq!(route_input(&r, &input), vec!["all_a", "all_empty", "any_a"]);
+        assert!(r.needs_headers());
+        assert!(!r.needs_properties());
+    }
+
+    #[test]
+    fn headers_bind_errors_are_bind_errors() {
+        let mut r = Router::new(ExchangeType::Headers);
+        let e = r
+            .bind("q", "", table(&[("x-match", s("foo"))]))
+            .unwrap_err();
+        assert_eq!(e, BindError::InvalidXMatch("foo".into()));
+        let e = r
+            .bind("q", "", table(&[("x-match", Value::LongInt(23))]))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Invalid x-match field type signedint (value 23); expected longstr"
+        );
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn consistent_hash_arguments() {
+        let ch = ExchangeType::ConsistentHash;
+        let r: Router<&str> = Router::with_arguments(ch, &t()).unwrap();
+        assert_eq!(r.hash_on(), Some(&HashOn::RoutingKey));
+        assert!(!r.needs_headers() && !r.needs_properties());
+        let r: Router<&str> =
+            Router::with_arguments(ch, &table(&[("hash-header", s("h"))])).unwrap();
+        assert!(r.needs_headers() && !r.needs_properties());
+        let r: Router<&str> =
+            Router::with_arguments(ch, &table(&[("hash-property", s("message_id"))])).unwrap();
+        assert!(!r.needs_headers() && r.needs_properties());
+        // rabbit_exchange_type_consistent_hash:validate/1.
+        let e = Router::<&str>::with_arguments(
+            ch,
+            &table(&[("hash-header", s("h")), ("hash-property", s("timestamp"))]),
+        )
+        .unwrap_err();
+        assert_eq!(e, ArgumentError::HashHeaderAndProperty);
+        let e = Router::<&str>::with_arguments(ch, &table(&[("hash-property", s("app_id"))]))
+            .unwrap_err();
+        assert_eq!(e.to_string(), "Unsupported property: app_id");
+        // Other types ignore these arguments, as their validate/1 does.
+        let r: Router<&str> = Router::with_arguments(
+            ExchangeType::Topic,
+            &table(&[("hash-header", s("h")), ("hash-property", s("x"))]),
+        )
+        .unwrap();
+        assert_eq!(r.hash_on(), None);
+    }
+
+    #[test]
+    fn consistent_hash_binding_keys_are_weights() {
+        let mut r = Router::new(ExchangeType::ConsistentHash);
+        assert_eq!(
+            r.bind("q", "abc", t()),
+            Err(BindError::InvalidWeight("abc".into()))
+        );
+        assert_eq!(r.bind("q", "0", t()), Err(BindError::WeightTooSmall));
+        assert_eq!(r.bind("q", "10001", t()), Err(BindError::WeightTooLarge));
+        assert!(r.is_empty());
+        assert!(r.bind("q", "10000", t()).unwrap());
+        assert!(!r.bind("q", "10000", t()).unwrap());
+    }
+
+    fn keys(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("order-{i}")).collect()
+    }
+
+    #[test]
+    fn consistent_hash_routes_each_key_to_one_stable_destination() {
+        let mut r = Router::new(ExchangeType::ConsistentHash);
+        for q in ["q1", "q2", "q3"] {
+            r.bind(q, "1", t()).unwrap();
+        }
+        let first: Vec<Vec<&str>> = keys(2000).iter().map(|k| route(&r, k)).collect();
+        for (k, dests) in keys(2000).iter().zip(&first) {
+            assert_eq!(dests.len(), 1, "exactly one destination");
+            assert_eq!(&route(&r, k), dests, "same key, same destination");
+        }
+        // Binding changes elsewhere do not move keys between q1..q3: adding
+        // q4 moves keys only to q4.
+        r.bind("q4", "1", t()).unwrap();
+        let mut moved = 0;
+        for (k, before) in keys(2000).iter().zip(&first) {
+            let now = route(&r, k);
+            if &now != before {
+                assert_eq!(now, vec!["q4"]);
+                moved += 1;
+            }
+        }
+        assert!((300..700).contains(&moved), "about a quarter move: {moved}");
+        // Removing it restores the original assignment.
+        assert_eq!(r.unbind_destination(&"q4"), 1);
+        for (k, before) in keys(2000).iter().zip(&first) {
+            assert_eq!(&route(&r, k), before);
+        }
+    }
+
+    #[test]
+    fn consistent_hash_spreads_in_proportion_to_weights() {
+        let mut r = Router::new(ExchangeType::ConsistentHash);
+        let weights = [("w1", 1), ("w2", 2), ("w3", 3), ("w4", 4)];
+        for (q, w) in weights {
+            r.bind(q, &w.to_string(), t()).unwrap();
+        }
+        let n = 100_000;
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        let mut out = Vec::new();
+        for k in keys(n) {
+            out.clear();
+            r.route(&RouteInput::key(&k), &mut out);
+            *counts.entry(out[0]).or_default() += 1;
+        }
+        for (q, w) in weights {
+            let expected = n as f64 * w as f64 / 10.0;
+            let got = counts[q] as f64;
+            assert!(
+                (got - expected).abs() < expected * 0.05,
+                "{q}: {got} vs {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn consistent_hash_on_header_and_properties() {
+        let mut r = Router::with_arguments(
+            ExchangeType::ConsistentHash,
+            &table(&[("hash-header", s("user"))]),
+        )
+        .unwrap();
+        for q in ["q1", "q2", "q3", "q4"] {
+            r.bind(q, "1", t()).unwrap();
+        }
+        let mut seen = std::collections::HashSet::new();
+        for k in keys(200) {
+            let h = table(&[("user", s(&k))]);
+            // The routing key is ignored: only the header counts.
+            let a = route_input(
+                &r,
+                &RouteInput {
+                    headers: Some(&h),
+                    ..RouteInput::key("x")
+                },
+            );
+            let b = route_input(
+                &r,
+                &RouteInput {
+                    headers: Some(&h),
+                    ..RouteInput::key("y")
+                },
+            );
+            assert_eq!(a, b);
+            assert_eq!(a.len(), 1);
+            seen.insert(a[0]);
+        }
+        assert_eq!(seen.len(), 4, "headers spread over every queue");
+        // A message without the header is hashed as `undefined`: all such
+        // messages reach one queue (the plugin's README: "they will all get
+        // routed to the same arbitrarily chosen queue").
+        let other = table(&[("other", s("1"))]);
+        let none = route_input(&r, &RouteInput::key("a"));
+        assert_eq!(none.len(), 1);
+        for k in keys(50) {
+            assert_eq!(route_input(&r, &RouteInput::key(&k)), none);
+            let input = RouteInput {
+                headers: Some(&other),
+                ..RouteInput::key(&k)
+            };
+            assert_eq!(route_input(&r, &input), none);
+        }
+
+        let mut r = Router::with_arguments(
+            ExchangeType::ConsistentHash,
+            &table(&[("hash-property", s("timestamp"))]),
+        )
+        .unwrap();
+        for q in ["q1", "q2", "q3", "q4"] {
+            r.bind(q, "1", t()).unwrap();
+        }
+        let mut seen = std::collections::HashSet::new();
+        for ts in 0..200u64 {
+            let input = RouteInput {
+                timestamp: Some(1_700_000_000 + ts),
+                ..RouteInput::key("k")
+            };
+            let a = route_input(&r, &input);
+            assert_eq!(a, route_input(&r, &input));
+            seen.insert(a[0]);
+        }
+        assert_eq!(seen.len(), 4);
+
+        let mut r = Router::with_arguments(
+            ExchangeType::ConsistentHash,
+            &table(&[("hash-property", s("correlation_id"))]),
+        )
+        .unwrap();
+        r.bind("q1", "1", t()).unwrap();
+        r.bind("q2", "1", t()).unwrap();
+        // The property, not message_id, decides.
+        for k in keys(50) {
+            let a = RouteInput {
+                correlation_id: Some(&k),
+                message_id: Some("m1"),
+                ..RouteInput::key("")
+            };
+            let b = RouteInput {
+                correlation_id: Some(&k),
+                message_id: Some("m2"),
+                ..RouteInput::key("")
+            };
+            assert_eq!(route_input(&r, &a), route_input(&r, &b));
+        }
+    }
+
+    #[test]
+    fn consistent_hash_without_bindings_routes_nowhere() {
+        let mut r = Router::new(ExchangeType::ConsistentHash);
+        assert!(route(&r, "k").is_empty());
+        r.bind("q", "3", t()).unwrap();
+        assert_eq!(route(&r, "k"), vec!["q"]);
+        assert!(r.unbind(&"q", "3", &t()));
+        assert!(route(&r, "k").is_empty());
     }
 
     #[test]

@@ -1,4 +1,7 @@
-//! The field-table value model (AMQP 0-9-1 as RabbitMQ extends it).
+//! The field-table value model (AMQP 0-9-1 as RabbitMQ extends it), and the
+//! two RabbitMQ views of a value that routing needs: equality as the headers
+//! exchange sees it ([`Value::rabbit_eq`]) and the Erlang term text that
+//! RabbitMQ's error messages print ([`Value::erlang_term`]).
 //!
 //! Kept here, not borrowed from a codec crate, so that routing and the broker
 //! do not depend on the wire codec; the AMQP layer converts at the edge. A
@@ -74,6 +77,201 @@ impl Value {
             Value::ByteArray(_) => "binary",
             Value::Void => "void",
         }
+    }
+}
+
+impl Value {
+    /// Whether a message header equals a binding argument the way RabbitMQ's
+    /// headers exchange decides it.
+    ///
+    /// RabbitMQ (3.13 and later, `rabbit_exchange_type_headers:match/2`)
+    /// compares with Erlang's exact `=:=` the *decoded* values, not the field
+    /// types: `rabbit_binary_parser` decodes every integer type (and
+    /// timestamps) to an Erlang integer, `f` and `d` to floats, `S` and `x` to
+    /// binaries, `t` to an atom. So a signed 32-bit 1 equals an unsigned byte
+    /// 1, a longstr equals a byte array with the same bytes, but a longstr
+    /// "1" never equals an integer 1, and (`=:=`, not `==`) an integer 1 never
+    /// equals a float 1.0. Inside arrays and tables each element keeps its
+    /// `{Type, Value}` tag, so there the types must agree too. A shortstr
+    /// cannot occur in a RabbitMQ table (`s` is a signed 16-bit integer on
+    /// RabbitMQ's wire); Warren treats one as the string it holds.
+    ///
+    /// Not copied: since 3.13 RabbitMQ's `mc_amqpl:routing_headers` turns a
+    /// top-level timestamp header into milliseconds before the comparison
+    /// while the binding keeps seconds, so a timestamp binding never matches
+    /// the same timestamp header. Here a timestamp is the integer it holds.
+    pub fn rabbit_eq(&self, other: &Value) -> bool {
+        use Value::*;
+        if let (Some(a), Some(b)) = (self.int_term(), other.int_term()) {
+            return a == b;
+        }
+        if let (Some(a), Some(b)) = (self.float_term(), other.float_term()) {
+            return a == b;
+        }
+        if let (Some(a), Some(b)) = (self.binary_term(), other.binary_term()) {
+            return a == b;
+        }
+        match (self, other) {
+            (Bool(a), Bool(b)) => a == b,
+            (
+                Decimal {
+                    scale: s1,
+                    value: v1,
+                },
+                Decimal {
+                    scale: s2,
+                    value: v2,
+                },
+            ) => s1 == s2 && v1 == v2,
+            (Array(a), Array(b)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.tagged_eq(y))
+            }
+            (Table(a), Table(b)) => {
+                a.0.len() == b.0.len()
+                    && a.0
+                        .iter()
+                        .zip(&b.0)
+                        .all(|((ka, va), (kb, vb))| ka == kb && va.tagged_eq(vb))
+            }
+            // Both decode to the atom `undefined`.
+            (Void, Void) => true,
+            _ => false,
+        }
+    }
+
+    /// Equality of `{Type, Value}` pairs, as nested array and table
+    /// elements are compared.
+    fn tagged_eq(&self, other: &Value) -> bool {
+        self.erlang_tag() == other.erlang_tag() && self.rabbit_eq(other)
+    }
+
+    fn int_term(&self) -> Option<i128> {
+        Some(match *self {
+            Value::Timestamp(v) => v as i128,
+            _ => self.as_i64()? as i128,
+        })
+    }
+
+    fn float_term(&self) -> Option<f64> {
+        match *self {
+            // Erlang widens a 32-bit float to a double exactly, as `as` does.
+            Value::Float(v) => Some(v as f64),
+            Value::Double(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    fn binary_term(&self) -> Option<&[u8]> {
+        match self {
+            Value::ShortString(s) => Some(s.as_bytes()),
+            Value::LongString(b) | Value::ByteArray(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// The type atom `rabbit_binary_parser` tags the value with.
+    fn erlang_tag(&self) -> &'static str {
+        match self {
+            // No shortstr exists in RabbitMQ tables; see `rabbit_eq`.
+            Value::ShortString(_) => "longstr",
+            other => other.type_name(),
+        }
+    }
+
+    /// The value as RabbitMQ prints it with `~tp` in its error texts:
+    /// `<<"foo">>` for strings, `23` for integers, `{Type,Value}` pairs in
+    /// arrays, `undefined` for void.
+    pub fn erlang_term(&self) -> String {
+        match self {
+            Value::Bool(b) => b.to_string(),
+            Value::Float(v) => erlang_float(*v as f64),
+            Value::Double(v) => erlang_float(*v),
+            Value::Decimal { scale, value } => format!("{{{scale},{value}}}"),
+            Value::ShortString(s) => erlang_binary(s.as_bytes()),
+            Value::LongString(b) | Value::ByteArray(b) => erlang_binary(b),
+            Value::Array(items) => {
+                let items: Vec<String> = items
+                    .iter()
+                    .map(|v| format!("{{{},{}}}", v.erlang_tag(), v.erlang_term()))
+                    .collect();
+                format!("[{}]", items.join(","))
+            }
+            Value::Table(t) => {
+                let items: Vec<String> = t
+                    .iter()
+                    .map(|(k, v)| {
+                        format!(
+                            "{{{},{},{}}}",
+                            erlang_binary(k.as_bytes()),
+                            v.erlang_tag(),
+                            v.erlang_term()
+                        )
+                    })
+                    .collect();
+                format!("[{}]", items.join(","))
+            }
+            Value::Void => "undefined".to_owned(),
+            Value::Timestamp(v) => v.to_string(),
+            other => other.as_i64().unwrap_or_default().to_string(),
+        }
+    }
+}
+
+/// A binary as Erlang's `~tp` prints it: `<<"text">>` when every byte is a
+/// printable character, `<<"café"/utf8>>` when it is printable UTF-8,
+/// else the bytes, `<<1,2,255>>`.
+pub fn erlang_binary(bytes: &[u8]) -> String {
+    fn printable(c: char) -> bool {
+        matches!(c, ' '..='~' | '\u{a0}'..='\u{ff}')
+            || matches!(
+                c,
+                '\n' | '\r' | '\t' | '\u{b}' | '\u{c}' | '\u{8}' | '\u{1b}'
+            )
+    }
+    fn quoted(chars: impl Iterator<Item = char>) -> String {
+        let mut s = String::new();
+        for c in chars {
+            match c {
+                '"' => s.push_str("\\\""),
+                '\\' => s.push_str("\\\\"),
+                '\n' => s.push_str("\\n"),
+                '\r' => s.push_str("\\r"),
+                '\t' => s.push_str("\\t"),
+                '\u{b}' => s.push_str("\\v"),
+                '\u{c}' => s.push_str("\\f"),
+                '\u{8}' => s.push_str("\\b"),
+                '\u{1b}' => s.push_str("\\e"),
+                c => s.push(c),
+            }
+        }
+        s
+    }
+    if bytes.is_empty() {
+        return "<<>>".to_owned();
+    }
+    if bytes.iter().all(|&b| b.is_ascii() && printable(b as char)) {
+        return format!("<<\"{}\">>", quoted(bytes.iter().map(|&b| b as char)));
+    }
+    // Erlang's default printable range is latin1, so UTF-8 text prints as
+    // such only when every character is below U+0100.
+    if let Ok(s) = std::str::from_utf8(bytes) {
+        if s.chars().all(printable) {
+            return format!("<<\"{}\"/utf8>>", quoted(s.chars()));
+        }
+    }
+    if bytes.iter().all(|&b| printable(b as char)) {
+        return format!("<<\"{}\">>", quoted(bytes.iter().map(|&b| b as char)));
+    }
+    let nums: Vec<String> = bytes.iter().map(|b| b.to_string()).collect();
+    format!("<<{}>>", nums.join(","))
+}
+
+/// A float as Erlang prints it: always with a fraction (`1.0`, `1.0e20`).
+fn erlang_float(v: f64) -> String {
+    let s = format!("{v:?}");
+    match s.find('e') {
+        Some(i) if !s[..i].contains('.') => format!("{}.0{}", &s[..i], &s[i..]),
+        _ => s,
     }
 }
 

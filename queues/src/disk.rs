@@ -47,7 +47,9 @@ const FLAG_SHARED: u8 = 2;
 pub enum DiskError {
     Sled(sled::Error),
     /// The directory holds another format version.
-    Version { found: Vec<u8> },
+    Version {
+        found: Vec<u8>,
+    },
     /// A record does not decode.
     Corrupt(String),
 }
@@ -122,7 +124,8 @@ fn be_u64(b: &[u8]) -> u64 {
 pub fn encode(m: &Message) -> Vec<u8> {
     let ex = &m.exchange.as_bytes()[..m.exchange.len().min(255)];
     let rk = &m.routing_key.as_bytes()[..m.routing_key.len().min(255)];
-    let mut v = Vec::with_capacity(1 + 2 + ex.len() + rk.len() + 4 + m.properties.len() + m.body.len());
+    let mut v =
+        Vec::with_capacity(1 + 2 + ex.len() + rk.len() + 4 + m.properties.len() + m.body.len());
     v.push(1);
     v.push(ex.len() as u8);
     v.extend_from_slice(ex);
@@ -141,7 +144,7 @@ pub fn decode(rec: Bytes, stored: Option<StoredRef>) -> Result<Message, DiskErro
         return Err(bad());
     }
     let mut at = 1;
-    let mut short = |at: &mut usize| -> Result<String, DiskError> {
+    let short = |at: &mut usize| -> Result<String, DiskError> {
         let n = *rec.get(*at).ok_or_else(bad)? as usize;
         let s = rec.get(*at + 1..*at + 1 + n).ok_or_else(bad)?;
         *at += 1 + n;
@@ -230,7 +233,8 @@ impl Disk {
     }
 
     fn index_put(&self, queue: u64, seq: u64, flags: u8, id: u64) -> Result<(), DiskError> {
-        self.msgs.insert(index_key(queue, seq), &index_value(flags, id))?;
+        self.msgs
+            .insert(index_key(queue, seq), &index_value(flags, id))?;
         Ok(())
     }
 
@@ -368,7 +372,12 @@ pub struct DiskStore {
 
 impl DiskStore {
     /// A store for queue `queue`, holding what was recovered for it.
-    pub fn new(disk: Arc<Disk>, queue: u64, recovered: Vec<RecoveredEntry>, mem_limit: u64) -> Self {
+    pub fn new(
+        disk: Arc<Disk>,
+        queue: u64,
+        recovered: Vec<RecoveredEntry>,
+        mem_limit: u64,
+    ) -> Self {
         let mut s = DiskStore {
             disk,
             queue,
@@ -585,7 +594,10 @@ mod tests {
         let disk = Disk::open(dir, 1 << 20).unwrap();
         let mut rec = disk.recover(&[queue].into()).unwrap();
         let entries = rec.remove(&queue).unwrap_or_default();
-        (disk.clone(), DiskStore::new(disk, queue, entries, mem_limit))
+        (
+            disk.clone(),
+            DiskStore::new(disk, queue, entries, mem_limit),
+        )
     }
 
     #[test]
@@ -623,7 +635,7 @@ mod tests {
             assert_eq!(&first.message.body[..], b"m1");
             let second = s.pop().unwrap();
             s.settle(second.seq); // acked: gone for good
-            // first stays unacked across the "crash".
+                                  // first stays unacked across the "crash".
             disk.flush().unwrap();
         }
         let disk = Disk::open(&dir, 1 << 20).unwrap();
@@ -633,7 +645,12 @@ mod tests {
         assert_eq!(s.len(), 4);
         assert_eq!(s.next_seq(), 6);
         let got: Vec<(String, bool)> = std::iter::from_fn(|| s.pop())
-            .map(|m| (String::from_utf8(m.message.body.to_vec()).unwrap(), m.redelivered))
+            .map(|m| {
+                (
+                    String::from_utf8(m.message.body.to_vec()).unwrap(),
+                    m.redelivered,
+                )
+            })
             .collect();
         assert_eq!(
             got,
@@ -688,7 +705,11 @@ mod tests {
         let dir = tempdir("version");
         {
             let disk = Disk::open(&dir, 1 << 20).unwrap();
-            disk.db().open_tree("meta").unwrap().insert("format", &[99]).unwrap();
+            disk.db()
+                .open_tree("meta")
+                .unwrap()
+                .insert("format", &[99])
+                .unwrap();
             disk.flush().unwrap();
         }
         match Disk::open(&dir, 1 << 20) {

@@ -137,8 +137,14 @@ pub(crate) mod tests {
         let c = s.pop().unwrap();
         assert_eq!((a.seq, b.seq, c.seq), (1, 2, 3));
         // Requeue out of order: they come back in seq order, before 4 and 5.
-        s.requeue(QueuedMessage { redelivered: true, ..c });
-        s.requeue(QueuedMessage { redelivered: true, ..a });
+        s.requeue(QueuedMessage {
+            redelivered: true,
+            ..c
+        });
+        s.requeue(QueuedMessage {
+            redelivered: true,
+            ..a
+        });
         s.settle(b.seq);
         let order: Vec<u64> = s.peek(10).iter().map(|m| m.seq).collect();
         assert_eq!(order, vec![1, 3, 4, 5]);
@@ -157,7 +163,10 @@ pub(crate) mod tests {
         // After a restart an unacked message is back in its place; in the
         // memory store (no restart) it is requeued by its channel instead.
         if s.len() == 3 {
-            s.requeue(QueuedMessage { redelivered: true, ..four });
+            s.requeue(QueuedMessage {
+                redelivered: true,
+                ..four
+            });
         }
         let after: Vec<(u64, bool, Vec<u8>)> = s
             .peek(10)

@@ -10,12 +10,16 @@ use super::codec::{self, Frame, FRAME_METHOD};
 use super::connection::{conn_err, Connection};
 use super::error::*;
 use super::fields::to_table;
-use crate::broker::{ConsumeRequest, Delivery, Exchange, ExchangeOptions, Queue, QueueOptions};
-use amq_protocol::protocol::{access, basic, channel as chan, exchange, queue, AMQPClass};
+use crate::broker::{
+    ConsumeRequest, Delivery, Exchange, ExchangeOptions, OutboxItem, PublishDetails, Queue,
+    QueueOptions,
+};
+use amq_protocol::protocol::{
+    access, basic, channel as chan, confirm, exchange, queue, tx, AMQPClass,
+};
 use amq_protocol::types::ShortString;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use warren_exchanges::RouteInput;
 use warren_queues::{ChannelLimit, ConsumerId, Message};
 
 struct Unacked {
@@ -47,6 +51,48 @@ pub(super) struct Channel {
     last_exchange: Option<Arc<Exchange>>,
     /// The last queue declared, for methods that name the queue "".
     last_queue: Option<String>,
+    /// Identifies this incarnation of the channel id, so confirmations
+    /// that arrive after a close and reopen are not misapplied.
+    pub(super) epoch: u64,
+    /// confirm.select was sent.
+    confirm: Option<Confirms>,
+    /// tx.select was sent.
+    tx: Option<Tx>,
+}
+
+/// Publisher-confirm bookkeeping: tags are confirmed with `multiple` acks
+/// up to the lowest tag still waiting for the disk.
+#[derive(Default)]
+struct Confirms {
+    next: u64,
+    /// Written to disk, waiting for a flush.
+    outstanding: std::collections::BTreeSet<u64>,
+    /// Tags at or below this have been acked (or nacked).
+    acked_upto: u64,
+    /// Tags that failed, to be nacked rather than acked.
+    failed: std::collections::BTreeSet<u64>,
+    /// Tags written this turn, handed to the flusher at its end.
+    to_flush: Vec<u64>,
+}
+
+/// A publish held until tx.commit.
+struct PendingPublish {
+    exchange: Arc<Exchange>,
+    message: Message,
+    headers: Option<warren_exchanges::Table>,
+    message_id: Option<String>,
+    correlation_id: Option<String>,
+    timestamp: Option<u64>,
+    extra_keys: Vec<String>,
+    mandatory: bool,
+}
+
+#[derive(Default)]
+struct Tx {
+    publishes: Vec<PendingPublish>,
+    /// Settlements taken from the unacked list, applied at commit and
+    /// put back at rollback.
+    settles: Vec<(Vec<Unacked>, Settle)>,
 }
 
 fn parse_short_str(p: &[u8], at: &mut usize) -> Option<String> {
@@ -74,6 +120,7 @@ impl Connection {
             if f.kind == FRAME_METHOD && cm == (20, 10) {
                 let ch = Channel {
                     next_tag: 1,
+                    epoch: self.broker.next_id(),
                     ..Default::default()
                 };
                 self.channels.insert(id, ch);
@@ -156,7 +203,7 @@ impl Connection {
     }
 
     /// Sends channel.close for a channel error and frees what it holds.
-    fn close_channel(&mut self, id: u16, e: AmqpError) {
+    pub(super) fn close_channel(&mut self, id: u16, e: AmqpError) {
         let AmqpError::Channel(e) = e else { return };
         tracing::info!(conn = self.id, channel = id, code = e.code, text = %e.text, "closing channel");
         self.send_method(
@@ -227,14 +274,29 @@ impl Connection {
                 );
                 Ok(())
             }
-            AMQPClass::Confirm(_) => Err(AmqpError::connection(
-                NOT_IMPLEMENTED,
-                "publisher confirms are not implemented yet",
-            )),
-            AMQPClass::Tx(_) => Err(AmqpError::connection(
-                NOT_IMPLEMENTED,
-                "transactions are not implemented yet",
-            )),
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(sel)) => {
+                let ch = self.ch(id);
+                if ch.tx.is_some() {
+                    return Err(AmqpError::channel(
+                        PRECONDITION_FAILED,
+                        "cannot switch from tx to confirm mode",
+                    ));
+                }
+                if ch.confirm.is_none() {
+                    ch.confirm = Some(Confirms {
+                        next: 1,
+                        ..Default::default()
+                    });
+                }
+                if !sel.nowait {
+                    self.send_method(
+                        id,
+                        AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+                    );
+                }
+                Ok(())
+            }
+            AMQPClass::Tx(m) => self.tx_method(id, m),
             other => {
                 let (c, m) = cmd.class_method();
                 Err(AmqpError::connection(
@@ -549,7 +611,7 @@ impl Connection {
         let may_cc = summary
             .headers
             .is_some_and(|(a, b)| codec::table_may_have_key(&properties[a..b], &["CC", "BCC"]));
-        let details = if may_cc || (summary.has_headers && ex.needs_message_details()) {
+        let details = if may_cc || ex.needs_message_details() {
             amq_protocol::protocol::basic::parse_properties(&properties[..])
                 .ok()
                 .map(|(_, p)| p)
@@ -570,48 +632,279 @@ impl Connection {
                 }
             }
         }
-        let message = Arc::new(Message {
+        let message = Message {
             exchange,
             routing_key,
             properties,
             body: content.body,
             persistent: summary.delivery_mode == 2,
             stored: None,
-        });
-        let input = RouteInput {
-            routing_key: &message.routing_key,
-            headers: headers.as_ref(),
-            message_id: details
+        };
+        let str_prop = |f: fn(&amq_protocol::protocol::BasicProperties) -> &Option<ShortString>| {
+            details
                 .as_ref()
-                .and_then(|p| p.message_id().as_ref().map(|s| s.as_str())),
-            correlation_id: details
-                .as_ref()
-                .and_then(|p| p.correlation_id().as_ref().map(|s| s.as_str())),
+                .and_then(|p| f(p).as_ref().map(|s| s.as_str().to_owned()))
+        };
+        let pending = PendingPublish {
+            exchange: ex,
+            message,
+            headers,
+            message_id: str_prop(|p| p.message_id()),
+            correlation_id: str_prop(|p| p.correlation_id()),
             timestamp: details.as_ref().and_then(|p| *p.timestamp()),
+            extra_keys,
+            mandatory,
+        };
+        let ch = self.ch(id);
+        if let Some(tx) = ch.tx.as_mut() {
+            tx.publishes.push(pending);
+            return Ok(());
+        }
+        let tag = ch.confirm.as_mut().map(|c| {
+            c.next += 1;
+            c.next - 1
+        });
+        let written = self.route_publish(id, pending);
+        if let Some(tag) = tag {
+            let c = self.ch(id).confirm.as_mut().expect("confirm mode");
+            match written {
+                Ok(true) => {
+                    c.outstanding.insert(tag);
+                    c.to_flush.push(tag);
+                    if c.to_flush.len() == 1 {
+                        self.flush_waiting.push(id);
+                    }
+                }
+                Ok(false) => {}
+                Err(()) => {
+                    c.failed.insert(tag);
+                }
+            }
+            self.advance_confirms(id);
+        }
+        Ok(())
+    }
+
+    /// Routes and enqueues one publish, writing a basic.return when a
+    /// mandatory message reached no queue. `Ok(true)`: it was written to
+    /// disk; `Err`: the store failed (the publisher gets a nack).
+    fn route_publish(&mut self, id: u16, p: PendingPublish) -> Result<bool, ()> {
+        let details = PublishDetails {
+            headers: p.headers.as_ref(),
+            message_id: p.message_id.as_deref(),
+            correlation_id: p.correlation_id.as_deref(),
+            timestamp: p.timestamp,
+            extra_keys: &p.extra_keys,
         };
         let mut scratch = std::mem::take(&mut self.route_scratch);
-        let routed = self
+        let res = self
             .vhost
-            .publish(&ex, &message, input, &extra_keys, &mut scratch);
+            .publish(&p.exchange, p.message, details, &mut scratch);
         self.route_scratch = scratch;
-        if routed == 0 && mandatory {
+        let published = match res {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(conn = self.id, error = %e, "cannot store a message");
+                return Err(());
+            }
+        };
+        if published.routed == 0 && p.mandatory {
+            let m = &published.message;
             codec::write_return(
                 &mut self.out,
                 id,
                 NO_ROUTE,
                 "NO_ROUTE",
-                &message.exchange,
-                &message.routing_key,
+                &m.exchange,
+                &m.routing_key,
             );
-            codec::write_content(
-                &mut self.out,
-                id,
-                &message.properties,
-                &message.body,
-                self.frame_max,
+            codec::write_content(&mut self.out, id, &m.properties, &m.body, self.frame_max);
+        }
+        Ok(published.written)
+    }
+
+    /// Sends the acks (and nacks) that confirmations so far allow: one
+    /// `multiple` ack up to the lowest tag still waiting for the disk.
+    fn advance_confirms(&mut self, id: u16) {
+        let Some(c) = self
+            .channels
+            .get_mut(&id)
+            .and_then(|ch| ch.confirm.as_mut())
+        else {
+            return;
+        };
+        let floor = c.outstanding.first().map(|t| t - 1).unwrap_or(c.next - 1);
+        if floor <= c.acked_upto {
+            return;
+        }
+        let from = c.acked_upto + 1;
+        c.acked_upto = floor;
+        let failed: Vec<u64> = c.failed.range(from..=floor).copied().collect();
+        for t in &failed {
+            c.failed.remove(t);
+        }
+        let mut frames = Vec::new();
+        if failed.is_empty() {
+            frames.push(AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                delivery_tag: floor,
+                multiple: floor > from,
+            })));
+        } else {
+            // Rare (a failing disk): confirm one by one around the failures.
+            for t in from..=floor {
+                frames.push(if failed.contains(&t) {
+                    AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack {
+                        delivery_tag: t,
+                        multiple: false,
+                        requeue: false,
+                    }))
+                } else {
+                    AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                        delivery_tag: t,
+                        multiple: false,
+                    }))
+                });
+            }
+        }
+        for f in frames {
+            self.send_method(id, f);
+        }
+    }
+
+    /// The flusher finished: these tags are on disk (or failed).
+    pub(super) fn confirmed(&mut self, session: u16, epoch: u64, tags: &[u64], ok: bool) {
+        let Some(c) = self
+            .channels
+            .get_mut(&session)
+            .filter(|ch| ch.epoch == epoch && !ch.closing)
+            .and_then(|ch| ch.confirm.as_mut())
+        else {
+            return;
+        };
+        for t in tags {
+            c.outstanding.remove(t);
+            if !ok {
+                c.failed.insert(*t);
+            }
+        }
+        self.advance_confirms(session);
+    }
+
+    /// Channels that wrote to disk this turn register with the flusher.
+    pub(super) fn request_flushes(&mut self) {
+        let Some(p) = self.broker.persistence().cloned() else {
+            self.flush_waiting.clear();
+            return;
+        };
+        for id in std::mem::take(&mut self.flush_waiting) {
+            let Some(ch) = self.channels.get_mut(&id) else {
+                continue;
+            };
+            let epoch = ch.epoch;
+            let Some(c) = ch.confirm.as_mut() else {
+                continue;
+            };
+            let tags = std::mem::take(&mut c.to_flush);
+            if tags.is_empty() {
+                continue;
+            }
+            let outbox = self.outbox.clone();
+            p.flusher.after_flush(Box::new(move |ok| {
+                outbox.push_all(vec![OutboxItem::Confirmed {
+                    session: id,
+                    epoch,
+                    tags,
+                    ok,
+                }]);
+            }));
+        }
+    }
+
+    fn tx_method(&mut self, id: u16, m: tx::AMQPMethod) -> Result<(), AmqpError> {
+        let not_tx = || AmqpError::channel(PRECONDITION_FAILED, "channel is not transactional");
+        match m {
+            tx::AMQPMethod::Select(_) => {
+                let ch = self.ch(id);
+                if ch.confirm.is_some() {
+                    return Err(AmqpError::channel(
+                        PRECONDITION_FAILED,
+                        "cannot switch from confirm to tx mode",
+                    ));
+                }
+                ch.tx.get_or_insert_with(Tx::default);
+                self.send_method(id, AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})));
+                Ok(())
+            }
+            tx::AMQPMethod::Commit(_) => {
+                let work = std::mem::take(self.ch(id).tx.as_mut().ok_or_else(not_tx)?);
+                let mut written = false;
+                for p in work.publishes {
+                    // A store failure fails the commit, as RabbitMQ would.
+                    written |= self.route_publish(id, p).map_err(|()| {
+                        AmqpError::channel(INTERNAL_ERROR, "the message store failed during commit")
+                    })?;
+                }
+                for (items, how) in work.settles {
+                    self.apply_settle(id, items, how);
+                }
+                match (written, self.broker.persistence().cloned()) {
+                    (true, Some(p)) => {
+                        // commit-ok only once the publishes are on disk.
+                        let (outbox, epoch) = (self.outbox.clone(), self.ch(id).epoch);
+                        p.flusher.after_flush(Box::new(move |ok| {
+                            outbox.push_all(vec![OutboxItem::TxCommitted {
+                                session: id,
+                                epoch,
+                                ok,
+                            }]);
+                        }));
+                    }
+                    _ => self
+                        .send_method(id, AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {}))),
+                }
+                Ok(())
+            }
+            tx::AMQPMethod::Rollback(_) => {
+                let ch = self.ch(id);
+                let work = std::mem::take(ch.tx.as_mut().ok_or_else(not_tx)?);
+                // Settled-but-uncommitted deliveries are unacked again.
+                for (items, _) in work.settles {
+                    ch.unacked.extend(items);
+                }
+                ch.unacked.make_contiguous().sort_by_key(|u| u.tag);
+                self.send_method(
+                    id,
+                    AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})),
+                );
+                Ok(())
+            }
+            _ => Err(AmqpError::connection(
+                COMMAND_INVALID,
+                "unexpected tx method from a client",
+            )),
+        }
+    }
+
+    /// The flusher finished a commit's writes.
+    pub(super) fn tx_committed(&mut self, session: u16, epoch: u64, ok: bool) {
+        if !self
+            .channels
+            .get(&session)
+            .is_some_and(|ch| ch.epoch == epoch && !ch.closing)
+        {
+            return;
+        }
+        if ok {
+            self.send_method(
+                session,
+                AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
+            );
+        } else {
+            self.close_channel(
+                session,
+                AmqpError::channel(INTERNAL_ERROR, "the message store failed during commit"),
             );
         }
-        Ok(())
     }
 
     fn basic_method(&mut self, id: u16, m: basic::AMQPMethod) -> Result<(), AmqpError> {
@@ -777,19 +1070,29 @@ impl Connection {
                 ch.unacked.remove(pos).into_iter().collect()
             }
         };
+        if let Some(tx) = ch.tx.as_mut() {
+            tx.settles.push((taken, how));
+            return Ok(());
+        }
+        self.apply_settle(id, taken, how);
+        Ok(())
+    }
+
+    fn apply_settle(&mut self, id: u16, taken: Vec<Unacked>, how: Settle) {
         let slots = taken.iter().filter(|u| u.slot).count() as u32;
         match how {
             Settle::Ack | Settle::Drop => for_each_queue(taken.into_iter(), |q, seqs| q.ack(seqs)),
             Settle::Requeue => requeue_grouped(taken.into_iter()),
         }
-        let ch = self.ch(id);
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return;
+        };
         if ch.limit.release(slots) {
             let queues: Vec<Arc<Queue>> = ch.consumers.values().map(|c| c.queue.clone()).collect();
             for q in queues {
                 q.kick();
             }
         }
-        Ok(())
     }
 
     fn recover(&mut self, id: u16, requeue: bool) -> Result<(), AmqpError> {

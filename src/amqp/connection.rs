@@ -65,6 +65,8 @@ pub(super) struct Connection {
     /// No-ack deliveries written, to be credited back to their queues.
     pub(super) settle: Vec<(Arc<Queue>, ConsumerId, u32)>,
     pub(super) route_scratch: RouteScratch,
+    /// Channels with confirm tags written to disk this turn.
+    pub(super) flush_waiting: Vec<u16>,
     outbox_items: Vec<OutboxItem>,
     last_sent: Instant,
 }
@@ -125,6 +127,7 @@ pub async fn serve(
         done: false,
         settle: Vec::new(),
         route_scratch: RouteScratch::default(),
+        flush_waiting: Vec::new(),
         outbox_items: Vec::new(),
         last_sent: Instant::now(),
     };
@@ -210,6 +213,7 @@ fn server_properties(settings: &AmqpSettings) -> FieldTable {
         "authentication_failure_close",
         "per_consumer_qos",
         "exchange_exchange_bindings",
+        "publisher_confirms",
     ] {
         caps.insert(cap.into(), AMQPValue::Boolean(true));
     }
@@ -421,6 +425,8 @@ impl Connection {
                     }
                     last_read = Instant::now();
                     self.read_frames(rbuf);
+                    // One flush request per channel per read, not per message.
+                    self.request_flushes();
                     if rbuf.capacity() - rbuf.len() < 4096 {
                         rbuf.reserve(READ_CHUNK);
                     }
@@ -627,6 +633,15 @@ impl Connection {
                     tag,
                     consumer,
                 } => self.consumer_cancelled(session, &tag, consumer),
+                OutboxItem::Confirmed {
+                    session,
+                    epoch,
+                    tags,
+                    ok,
+                } => self.confirmed(session, epoch, &tags, ok),
+                OutboxItem::TxCommitted { session, epoch, ok } => {
+                    self.tx_committed(session, epoch, ok)
+                }
             }
         }
         self.outbox_items = items;

@@ -3,7 +3,7 @@
 use super::route::Dest;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
-use warren_exchanges::{BindError, ExchangeType, Router, Table};
+use warren_exchanges::{ArgumentError, BindError, ExchangeType, Router, Table};
 
 /// How an exchange routes: one of the router's types, or the default
 /// exchange (every queue by its name), which has no bindings of its own.
@@ -45,25 +45,32 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    pub fn new(name: String, kind: ExchangeKind, opts: ExchangeOptions) -> Self {
+    /// An exchange; `Err` when its arguments do not suit its type (for
+    /// example both `hash-header` and `hash-property`).
+    pub fn new(
+        name: String,
+        kind: ExchangeKind,
+        opts: ExchangeOptions,
+    ) -> Result<Self, ArgumentError> {
         let rk = match kind {
             ExchangeKind::Default => ExchangeType::Direct,
             ExchangeKind::Typed(t) => t,
         };
+        let router = Router::with_arguments(rk, &opts.arguments)?;
         let alternate = opts
             .arguments
             .get("alternate-exchange")
             .and_then(|v| v.as_str())
             .map(str::to_owned);
-        Exchange {
+        Ok(Exchange {
             name,
             kind,
             alternate,
             opts,
-            router: RwLock::new(Router::new(rk)),
+            router: RwLock::new(router),
             exchange_dests: AtomicUsize::new(0),
             deleted: AtomicBool::new(false),
-        }
+        })
     }
 
     pub fn router(&self) -> RwLockReadGuard<'_, Router<Dest>> {

@@ -8,6 +8,7 @@
 pub mod error;
 pub mod exchange;
 pub mod outbox;
+pub mod persist;
 pub mod queue;
 pub mod route;
 pub mod vhost;
@@ -17,12 +18,15 @@ pub use exchange::{Exchange, ExchangeKind, ExchangeOptions};
 pub use outbox::{Delivery, Outbox, OutboxItem};
 pub use queue::{ConsumeRequest, ConsumerHandle, Queue, QueueOptions, QueueRef};
 pub use route::{Dest, RouteScratch};
-pub use vhost::{QueueDeclared, Vhost};
+pub use vhost::{PublishDetails, Published, QueueDeclared, Vhost};
 
 use dashmap::DashMap;
+use persist::Persistence;
+pub use persist::StorageConfig;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use warren_queues::{DiskError, DiskStore};
 
 /// What the broker needs from the configuration.
 #[derive(Debug, Clone)]
@@ -52,6 +56,7 @@ pub enum AuthError {
 }
 
 pub struct Broker {
+    persist: Option<Arc<Persistence>>,
     vhosts: DashMap<String, Arc<Vhost>>,
     users: DashMap<String, UserConfig>,
     loopback_users: Vec<String>,
@@ -60,8 +65,76 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// A broker with everything in memory.
     pub fn new(cfg: &BrokerConfig) -> Arc<Self> {
+        Self::build(cfg, None)
+    }
+
+    /// A broker over a data directory: durable definitions and persistent
+    /// messages are recovered from it and written to it.
+    pub fn open(
+        cfg: &BrokerConfig,
+        storage: &StorageConfig,
+    ) -> std::result::Result<Arc<Self>, DiskError> {
+        let started = std::time::Instant::now();
+        let persist = Persistence::open(storage)?;
+        let b = Self::build(cfg, Some(persist.clone()));
+        let mut counts = (0usize, 0usize, 0usize, 0usize);
+        for d in persist.exchanges() {
+            b.add_vhost(&d.vhost).restore_exchange(&d);
+            counts.0 += 1;
+        }
+        let queues = persist.queues();
+        let live = queues.iter().map(|q| q.id).collect();
+        let mut recovered = persist.disk.recover(&live)?;
+        for d in &queues {
+            let entries = recovered.remove(&d.id).unwrap_or_default();
+            counts.3 += entries.len();
+            let store = DiskStore::new(
+                persist.disk.clone(),
+                d.id,
+                entries,
+                persist.queue_memory_bytes,
+            );
+            b.add_vhost(&d.vhost).restore_queue(d, Box::new(store));
+            counts.1 += 1;
+        }
+        for d in persist.bindings() {
+            if let Some(v) = b.vhost(&d.vhost) {
+                if v.restore_binding(&d) {
+                    counts.2 += 1;
+                }
+            }
+        }
+        tracing::info!(
+            dir = %storage.data_dir.display(),
+            exchanges = counts.0,
+            queues = counts.1,
+            bindings = counts.2,
+            messages = counts.3,
+            elapsed = ?started.elapsed(),
+            "recovered durable state"
+        );
+        Ok(b)
+    }
+
+    /// Makes pending writes durable and stops the flusher.
+    pub fn close(&self) {
+        if let Some(p) = &self.persist {
+            p.flusher.stop();
+            if let Err(e) = p.disk.flush() {
+                tracing::error!(error = %e, "final flush failed");
+            }
+        }
+    }
+
+    pub fn persistence(&self) -> Option<&Arc<Persistence>> {
+        self.persist.as_ref()
+    }
+
+    fn build(cfg: &BrokerConfig, persist: Option<Arc<Persistence>>) -> Arc<Self> {
         let b = Broker {
+            persist,
             vhosts: DashMap::new(),
             users: DashMap::new(),
             loopback_users: cfg.loopback_users.clone(),
@@ -80,7 +153,7 @@ impl Broker {
     pub fn add_vhost(&self, name: &str) -> Arc<Vhost> {
         self.vhosts
             .entry(name.to_owned())
-            .or_insert_with(|| Arc::new(Vhost::new(name, self.noack_window)))
+            .or_insert_with(|| Arc::new(Vhost::new(name, self.noack_window, self.persist.clone())))
             .clone()
     }
 

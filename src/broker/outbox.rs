@@ -27,6 +27,19 @@ pub enum OutboxItem {
         tag: String,
         consumer: ConsumerId,
     },
+    /// Publishes (publisher-confirm tags) of a session reached the disk.
+    Confirmed {
+        session: u16,
+        epoch: u64,
+        tags: Vec<u64>,
+        ok: bool,
+    },
+    /// A session's transaction reached the disk.
+    TxCommitted {
+        session: u16,
+        epoch: u64,
+        ok: bool,
+    },
 }
 
 #[derive(Debug, Default)]

@@ -39,6 +39,8 @@ pub struct Queue {
     pub auto_delete: bool,
     /// The connection that owns an exclusive queue.
     pub owner: Option<u64>,
+    /// The id of a durable queue's definition and messages on disk.
+    pub disk_id: Option<u64>,
     pub arguments: Table,
     core: Mutex<QueueCore<Arc<ConsumerHandle>>>,
     deleted: AtomicBool,
@@ -71,6 +73,8 @@ impl Queue {
         vhost: String,
         opts: QueueOptions,
         owner: Option<u64>,
+        store: Box<dyn warren_queues::MessageStore>,
+        disk_id: Option<u64>,
         noack_window: u32,
     ) -> Self {
         Queue {
@@ -79,11 +83,9 @@ impl Queue {
             durable: opts.durable,
             auto_delete: opts.auto_delete,
             owner,
+            disk_id,
             arguments: opts.arguments,
-            core: Mutex::new(QueueCore::new(
-                Box::<warren_queues::MemoryStore>::default(),
-                noack_window,
-            )),
+            core: Mutex::new(QueueCore::new(store, noack_window)),
             deleted: AtomicBool::new(false),
         }
     }

@@ -3,13 +3,14 @@
 
 use super::error::{BrokerError, ErrorKind, Result};
 use super::exchange::{Exchange, ExchangeKind, ExchangeOptions};
+use super::persist::{BindingDef, ExchangeDef, Persistence, QueueDef};
 use super::queue::{Queue, QueueOptions, QueueRef};
 use super::route::{Dest, RouteScratch};
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use warren_exchanges::{ExchangeType, RouteInput, Table};
-use warren_queues::Message;
+use warren_queues::{DiskError, DiskStore, MemoryStore, Message, MessageStore};
 
 pub struct Vhost {
     pub name: String,
@@ -17,6 +18,27 @@ pub struct Vhost {
     queues: DashMap<String, Arc<Queue>>,
     noack_window: u32,
     name_counter: AtomicU64,
+    persist: Option<Arc<Persistence>>,
+}
+
+/// Message details routing may read beyond the routing key.
+#[derive(Default, Clone, Copy)]
+pub struct PublishDetails<'a> {
+    pub headers: Option<&'a Table>,
+    pub message_id: Option<&'a str>,
+    pub correlation_id: Option<&'a str>,
+    pub timestamp: Option<u64>,
+    /// CC and BCC routing keys.
+    pub extra_keys: &'a [String],
+}
+
+/// What a publish did.
+pub struct Published {
+    /// Queues that took the message.
+    pub routed: usize,
+    /// The message was written to disk: confirm it after the next flush.
+    pub written: bool,
+    pub message: Arc<Message>,
 }
 
 /// What a declare asked for and what the broker answered.
@@ -27,12 +49,13 @@ pub struct QueueDeclared {
 }
 
 impl Vhost {
-    pub fn new(name: &str, noack_window: u32) -> Self {
+    pub fn new(name: &str, noack_window: u32, persist: Option<Arc<Persistence>>) -> Self {
         let v = Vhost {
             name: name.to_owned(),
             exchanges: DashMap::new(),
             queues: DashMap::new(),
             noack_window,
+            persist,
             name_counter: AtomicU64::new(0),
         };
         let durable = ExchangeOptions {
@@ -41,14 +64,14 @@ impl Vhost {
             internal: false,
             arguments: Table::default(),
         };
-        v.exchanges.insert(
-            String::new(),
-            Arc::new(Exchange::new(
-                String::new(),
-                ExchangeKind::Default,
-                durable.clone(),
-            )),
-        );
+        let builtin = |name: &str, kind| {
+            Arc::new(
+                Exchange::new(name.to_owned(), kind, durable.clone())
+                    .expect("built-in exchanges have no arguments"),
+            )
+        };
+        v.exchanges
+            .insert(String::new(), builtin("", ExchangeKind::Default));
         for (name, t) in [
             ("amq.direct", ExchangeType::Direct),
             ("amq.fanout", ExchangeType::Fanout),
@@ -56,14 +79,8 @@ impl Vhost {
             ("amq.headers", ExchangeType::Headers),
             ("amq.match", ExchangeType::Headers),
         ] {
-            v.exchanges.insert(
-                name.to_owned(),
-                Arc::new(Exchange::new(
-                    name.to_owned(),
-                    ExchangeKind::Typed(t),
-                    durable.clone(),
-                )),
-            );
+            v.exchanges
+                .insert(name.to_owned(), builtin(name, ExchangeKind::Typed(t)));
         }
         v
     }
@@ -114,12 +131,20 @@ impl Vhost {
                         format!("exchange name '{name}' contains reserved prefix 'amq.*'"),
                     ));
                 }
-                let ex = Arc::new(Exchange::new(
-                    name.to_owned(),
-                    ExchangeKind::Typed(t),
-                    opts.clone(),
-                ));
+                let ex = Exchange::new(name.to_owned(), ExchangeKind::Typed(t), opts.clone())
+                    .map_err(|e| BrokerError::new(ErrorKind::PreconditionFailed, e.to_string()))?;
+                let ex = Arc::new(ex);
                 v.insert(ex.clone());
+                if let (true, Some(p)) = (opts.durable, &self.persist) {
+                    p.put_exchange(&ExchangeDef {
+                        vhost: self.name.clone(),
+                        name: name.to_owned(),
+                        kind: t.as_str().to_owned(),
+                        auto_delete: opts.auto_delete,
+                        internal: opts.internal,
+                        arguments: opts.arguments.clone(),
+                    });
+                }
                 return Ok(ex);
             }
         };
@@ -241,11 +266,38 @@ impl Vhost {
                     ));
                 }
                 let owner = opts.exclusive.then_some(conn);
+                // Exclusive queues never outlive their connection, so they
+                // are never written to disk, durable or not.
+                let (store, disk_id): (Box<dyn MessageStore>, _) =
+                    match (&self.persist, opts.durable && !opts.exclusive) {
+                        (Some(p), true) => {
+                            let id = p.new_queue_id().map_err(|e| {
+                                BrokerError::new(ErrorKind::InternalError, e.to_string())
+                            })?;
+                            p.put_queue(&QueueDef {
+                                vhost: self.name.clone(),
+                                name: name.clone(),
+                                id,
+                                auto_delete: opts.auto_delete,
+                                arguments: opts.arguments.clone(),
+                            });
+                            let store = DiskStore::new(
+                                p.disk.clone(),
+                                id,
+                                Vec::new(),
+                                p.queue_memory_bytes,
+                            );
+                            (Box::new(store), Some(id))
+                        }
+                        _ => (Box::<MemoryStore>::default(), None),
+                    };
                 let q = Arc::new(Queue::new(
                     name.clone(),
                     self.name.clone(),
                     opts,
                     owner,
+                    store,
+                    disk_id,
                     self.noack_window,
                 ));
                 v.insert(q.clone());
@@ -316,6 +368,9 @@ impl Vhost {
         if !removed {
             return 0;
         }
+        if let (Some(_), Some(p)) = (q.disk_id, &self.persist) {
+            p.remove_queue(&self.name, &q.name);
+        }
         let d = Dest::Queue(QueueRef(q.clone()));
         for ex in self.exchanges() {
             if ex.unbind_destination(&d) > 0 {
@@ -360,9 +415,16 @@ impl Vhost {
     ) -> Result<()> {
         let q = self.queue_for(queue, conn)?;
         let ex = self.bindable_exchange(exchange)?;
-        ex.bind(Dest::Queue(QueueRef(q)), routing_key, arguments)
-            .map(|_| ())
-            .map_err(|e| BrokerError::new(ErrorKind::PreconditionFailed, e.to_string()))
+        let durable = ex.opts.durable && q.disk_id.is_some();
+        let def =
+            durable.then(|| self.binding_def(exchange, "queue", queue, routing_key, &arguments));
+        let added = ex
+            .bind(Dest::Queue(QueueRef(q)), routing_key, arguments)
+            .map_err(|e| BrokerError::new(ErrorKind::PreconditionFailed, e.to_string()))?;
+        if let (true, Some(def), Some(p)) = (added, def, &self.persist) {
+            p.put_binding(&def);
+        }
+        Ok(())
     }
 
     pub fn unbind_queue(
@@ -375,38 +437,153 @@ impl Vhost {
     ) -> Result<()> {
         let q = self.queue_for(queue, conn)?;
         let ex = self.bindable_exchange(exchange)?;
+        let durable = ex.opts.durable && q.disk_id.is_some();
         if ex.unbind(&Dest::Queue(QueueRef(q)), routing_key, arguments) {
+            if let (true, Some(p)) = (durable, &self.persist) {
+                p.remove_binding(&self.binding_def(
+                    exchange,
+                    "queue",
+                    queue,
+                    routing_key,
+                    arguments,
+                ));
+            }
             self.auto_delete_if_unused(&ex);
         }
         Ok(())
     }
 
     /// Routes a message (its routing key, then each CC/BCC key) and
-    /// enqueues it once on every queue reached; returns how many.
+    /// enqueues it once on every queue reached. A persistent message that
+    /// reaches a durable queue is written to disk once for all of them.
     pub fn publish(
         &self,
         ex: &Arc<Exchange>,
-        message: &Arc<Message>,
-        input: RouteInput<'_>,
-        extra_keys: &[String],
+        mut message: Message,
+        details: PublishDetails<'_>,
         scratch: &mut RouteScratch,
-    ) -> usize {
+    ) -> std::result::Result<Published, DiskError> {
         scratch.clear();
-        self.route(ex, &input, scratch);
-        for key in extra_keys {
+        {
             let input = RouteInput {
-                routing_key: key,
-                ..input
+                routing_key: &message.routing_key,
+                headers: details.headers,
+                message_id: details.message_id,
+                correlation_id: details.correlation_id,
+                timestamp: details.timestamp,
             };
             self.route(ex, &input, scratch);
+            for key in details.extra_keys {
+                let input = RouteInput {
+                    routing_key: key,
+                    ..input
+                };
+                self.route(ex, &input, scratch);
+            }
         }
         scratch.dedup();
+        let mut written = false;
+        if let (true, Some(p)) = (message.persistent, &self.persist) {
+            let durable = scratch
+                .queues
+                .iter()
+                .filter(|q| q.0.disk_id.is_some())
+                .count();
+            if durable > 0 {
+                message.stored = Some(p.disk.put_body(&message, durable)?);
+                written = true;
+            }
+        }
+        let message = Arc::new(message);
         for q in &scratch.queues {
             q.0.publish(message.clone());
         }
-        let n = scratch.queues.len();
+        let routed = scratch.queues.len();
         scratch.queues.clear();
-        n
+        Ok(Published {
+            routed,
+            written,
+            message,
+        })
+    }
+
+    fn binding_def(
+        &self,
+        source: &str,
+        dtype: &str,
+        dest: &str,
+        key: &str,
+        args: &Table,
+    ) -> BindingDef {
+        BindingDef {
+            vhost: self.name.clone(),
+            source: source.to_owned(),
+            destination_type: dtype.to_owned(),
+            destination: dest.to_owned(),
+            routing_key: key.to_owned(),
+            arguments: args.clone(),
+        }
+    }
+
+    /// Start-up: a durable exchange from the definitions.
+    pub(crate) fn restore_exchange(&self, d: &ExchangeDef) {
+        let Some(t) = ExchangeType::parse(&d.kind) else {
+            tracing::warn!(exchange = %d.name, kind = %d.kind, "skipping an exchange of unknown type");
+            return;
+        };
+        let opts = ExchangeOptions {
+            durable: true,
+            auto_delete: d.auto_delete,
+            internal: d.internal,
+            arguments: d.arguments.clone(),
+        };
+        match Exchange::new(d.name.clone(), ExchangeKind::Typed(t), opts) {
+            Ok(ex) => {
+                self.exchanges.insert(d.name.clone(), Arc::new(ex));
+            }
+            Err(e) => {
+                tracing::warn!(exchange = %d.name, error = %e, "skipping an exchange with bad arguments")
+            }
+        }
+    }
+
+    /// Start-up: a durable queue with its recovered store.
+    pub(crate) fn restore_queue(&self, d: &QueueDef, store: Box<dyn MessageStore>) {
+        let opts = QueueOptions {
+            durable: true,
+            exclusive: false,
+            auto_delete: d.auto_delete,
+            arguments: d.arguments.clone(),
+        };
+        let q = Queue::new(
+            d.name.clone(),
+            self.name.clone(),
+            opts,
+            None,
+            store,
+            Some(d.id),
+            self.noack_window,
+        );
+        self.queues.insert(d.name.clone(), Arc::new(q));
+    }
+
+    /// Start-up: a binding between durable ends; false if an end is gone.
+    pub(crate) fn restore_binding(&self, d: &BindingDef) -> bool {
+        let Ok(src) = self.exchange(&d.source) else {
+            return false;
+        };
+        let dest = if d.destination_type == "queue" {
+            match self.queue(&d.destination) {
+                Some(q) => Dest::Queue(QueueRef(q)),
+                None => return false,
+            }
+        } else {
+            match self.exchange(&d.destination) {
+                Ok(e) => Dest::Exchange(e),
+                Err(_) => return false,
+            }
+        };
+        src.bind(dest, &d.routing_key, d.arguments.clone()).is_ok()
     }
 
     pub fn bind_exchange(
@@ -418,9 +595,16 @@ impl Vhost {
     ) -> Result<()> {
         let dst = self.bindable_exchange(destination)?;
         let src = self.bindable_exchange(source)?;
-        src.bind(Dest::Exchange(dst), routing_key, arguments)
-            .map(|_| ())
-            .map_err(|e| BrokerError::new(ErrorKind::PreconditionFailed, e.to_string()))
+        let durable = src.opts.durable && dst.opts.durable;
+        let def = durable
+            .then(|| self.binding_def(source, "exchange", destination, routing_key, &arguments));
+        let added = src
+            .bind(Dest::Exchange(dst), routing_key, arguments)
+            .map_err(|e| BrokerError::new(ErrorKind::PreconditionFailed, e.to_string()))?;
+        if let (true, Some(def), Some(p)) = (added, def, &self.persist) {
+            p.put_binding(&def);
+        }
+        Ok(())
     }
 
     pub fn unbind_exchange(
@@ -432,7 +616,17 @@ impl Vhost {
     ) -> Result<()> {
         let dst = self.bindable_exchange(destination)?;
         let src = self.bindable_exchange(source)?;
+        let durable = src.opts.durable && dst.opts.durable;
         if src.unbind(&Dest::Exchange(dst), routing_key, arguments) {
+            if let (true, Some(p)) = (durable, &self.persist) {
+                p.remove_binding(&self.binding_def(
+                    source,
+                    "exchange",
+                    destination,
+                    routing_key,
+                    arguments,
+                ));
+            }
             self.auto_delete_if_unused(&src);
         }
         Ok(())
@@ -456,6 +650,9 @@ impl Vhost {
             return;
         }
         ex.mark_deleted();
+        if let (true, Some(p)) = (ex.opts.durable, &self.persist) {
+            p.remove_exchange(&self.name, &ex.name);
+        }
         let d = Dest::Exchange(ex.clone());
         let mut emptied = Vec::new();
         for other in self.exchanges() {

@@ -15,8 +15,22 @@ pub async fn start() -> Server {
 pub async fn start_with(f: impl FnOnce(&mut Config)) -> Server {
     let mut cfg = Config::default();
     cfg.listeners.amqp = "127.0.0.1:0".parse().unwrap();
+    cfg.storage.data_dir = temp_dir("data");
     f(&mut cfg);
     warren::server::start(&cfg).await.expect("broker starts")
+}
+
+/// A fresh directory under the system temp dir.
+pub fn temp_dir(what: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "warren-test-{what}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    d
 }
 
 pub fn url(s: &Server) -> String {

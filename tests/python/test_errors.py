@@ -3,8 +3,6 @@
 import pika
 import pytest
 
-# Features of later issues: strict, so the mark must go once they work.
-needs_issue_4 = pytest.mark.xfail(strict=True, reason='publisher_confirms is advertised once issue 4 lands')
 
 CCBB = pika.exceptions.ChannelClosedByBroker
 
@@ -283,7 +281,6 @@ def test_unknown_user_403(connect):
         "using authentication mechanism PLAIN. For details see the broker logfile.'")
 
 
-@needs_issue_4
 def test_successful_connection_reports_capabilities(conn):
     caps = conn._impl.server_capabilities
     for cap in ("publisher_confirms", "basic.nack", "consumer_cancel_notify",

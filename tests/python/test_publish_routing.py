@@ -5,8 +5,6 @@ import pytest
 
 # Features of later issues: strict, so the mark must go once they work.
 
-# Features of later issues: strict, so the mark must go once they work.
-needs_issue_4 = pytest.mark.xfail(strict=True, reason='publisher confirms and transactions: issue 4 (durability)')
 
 
 # ------------------------------------------------------------ mandatory
@@ -31,7 +29,6 @@ def test_mandatory_unroutable_returned_with_312_no_route(conn, ch, names, pump):
     assert len(returns) == 1
 
 
-@needs_issue_4
 def test_mandatory_unroutable_with_confirms_raises_unroutable(ch, names):
     ch.confirm_delivery()
     rk = names.queue("unroutable")
@@ -69,7 +66,6 @@ def test_non_mandatory_unroutable_is_silently_dropped(conn, ch, names, pump,
     assert ch.is_open
 
 
-@needs_issue_4
 def test_non_mandatory_unroutable_with_confirms_is_acked(ch, names):
     ch.confirm_delivery()
     ch.basic_publish("amq.direct", names.queue("unroutable"), b"drop")  # no raise
@@ -89,7 +85,6 @@ def test_mandatory_to_fanout_with_no_bindings_is_returned(conn, ch, names, pump)
 
 # ------------------------------------------------------------ confirms
 
-@needs_issue_4
 def test_publisher_confirms(ch, names):
     q = names.queue()
     ch.queue_declare(q)
@@ -111,7 +106,6 @@ def test_publish_to_missing_exchange_closes_channel_404(conn, ch, names, roundtr
     roundtrip(conn.channel())
 
 
-@needs_issue_4
 def test_publish_to_missing_exchange_with_confirms(ch, names):
     x = names.exchange("missing")
     ch.confirm_delivery()
@@ -121,7 +115,6 @@ def test_publish_to_missing_exchange_with_confirms(ch, names):
     assert ei.value.reply_text == f"NOT_FOUND - no exchange '{x}' in vhost '/'"
 
 
-@needs_issue_4
 def test_tx_commit_and_rollback(ch, names):
     q = names.queue()
     ch.queue_declare(q)
@@ -135,7 +128,6 @@ def test_tx_commit_and_rollback(ch, names):
     assert ch.queue_declare(q, passive=True).method.message_count == 1
 
 
-@needs_issue_4
 def test_tx_commit_without_select(ch):
     with pytest.raises(pika.exceptions.ChannelClosedByBroker) as ei:
         ch.tx_commit()
@@ -143,7 +135,6 @@ def test_tx_commit_without_select(ch):
     assert ei.value.reply_text == "PRECONDITION_FAILED - channel is not transactional"
 
 
-@needs_issue_4
 def test_confirm_after_tx_select(ch):
     ch.tx_select()
     with pytest.raises(pika.exceptions.ChannelClosedByBroker) as ei:

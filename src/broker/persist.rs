@@ -1,0 +1,456 @@
+//! Durability: the data directory, durable definitions, and group commit.
+//!
+//! Definitions (durable exchanges, queues and the bindings between durable
+//! ends) are JSON documents in the sled tree `definitions`, keyed so one
+//! prefix scan per kind restores them. Messages live in the `queues`
+//! crate's [`Disk`]. The [`Flusher`] thread makes writes durable for many
+//! publishers at once: callers register a waiter after writing, and every
+//! waiter registered before a flush starts is told once it is done.
+
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
+use warren_exchanges::{Table, Value};
+use warren_queues::{Disk, DiskError};
+
+/// Called once the writes before it are durable (`true`) or failed.
+pub type Waiter = Box<dyn FnOnce(bool) + Send>;
+
+#[derive(Default)]
+struct FlushQueue {
+    waiting: Vec<Waiter>,
+    stop: bool,
+}
+
+/// The group-commit thread.
+pub struct Flusher {
+    shared: Arc<(Mutex<FlushQueue>, Condvar)>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Flusher {
+    fn start(disk: Arc<Disk>) -> Self {
+        let shared: Arc<(Mutex<FlushQueue>, Condvar)> = Arc::default();
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("warren-flusher".into())
+            .spawn(move || loop {
+                let batch = {
+                    let (lock, cv) = &*s;
+                    let mut q = lock.lock().unwrap_or_else(|e| e.into_inner());
+                    while q.waiting.is_empty() && !q.stop {
+                        q = cv.wait(q).unwrap_or_else(|e| e.into_inner());
+                    }
+                    if q.waiting.is_empty() && q.stop {
+                        return;
+                    }
+                    std::mem::take(&mut q.waiting)
+                };
+                let ok = match disk.flush() {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::error!(error = %e, "flush failed; publishes are nacked");
+                        false
+                    }
+                };
+                for w in batch {
+                    w(ok);
+                }
+            })
+            .expect("spawn the flusher thread");
+        Flusher {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        }
+    }
+
+    /// Calls `w` after the next flush that starts from now.
+    pub fn after_flush(&self, w: Waiter) {
+        let (lock, cv) = &*self.shared;
+        lock.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .waiting
+            .push(w);
+        cv.notify_one();
+    }
+
+    /// Flushes what is pending and stops the thread.
+    pub fn stop(&self) {
+        {
+            let (lock, cv) = &*self.shared;
+            lock.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
+            cv.notify_one();
+        }
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A durable queue's definition.
+#[derive(Debug, Clone)]
+pub struct QueueDef {
+    pub vhost: String,
+    pub name: String,
+    pub id: u64,
+    pub auto_delete: bool,
+    pub arguments: Table,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExchangeDef {
+    pub vhost: String,
+    pub name: String,
+    pub kind: String,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: Table,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BindingDef {
+    pub vhost: String,
+    pub source: String,
+    /// "queue" or "exchange", as in RabbitMQ's definitions.
+    pub destination_type: String,
+    pub destination: String,
+    pub routing_key: String,
+    pub arguments: Table,
+}
+
+/// Storage settings from the configuration.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub data_dir: std::path::PathBuf,
+    /// sled's page cache.
+    pub cache_bytes: u64,
+    /// Bytes of message bodies a durable queue keeps in memory before it
+    /// leaves further ones on disk only.
+    pub queue_memory_bytes: u64,
+}
+
+pub struct Persistence {
+    pub disk: Arc<Disk>,
+    defs: sled::Tree,
+    pub flusher: Flusher,
+    pub queue_memory_bytes: u64,
+}
+
+fn key(kind: u8, parts: &[&str]) -> Vec<u8> {
+    let mut k = vec![kind];
+    for p in parts {
+        k.push(0);
+        k.extend_from_slice(p.as_bytes());
+    }
+    k
+}
+
+impl Persistence {
+    pub fn open(cfg: &StorageConfig) -> Result<Arc<Self>, DiskError> {
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+            DiskError::Corrupt(format!("cannot create {}: {e}", cfg.data_dir.display()))
+        })?;
+        let disk = Disk::open(Path::new(&cfg.data_dir), cfg.cache_bytes)?;
+        let defs = disk.db().open_tree("definitions")?;
+        let flusher = Flusher::start(disk.clone());
+        Ok(Arc::new(Persistence {
+            disk,
+            defs,
+            flusher,
+            queue_memory_bytes: cfg.queue_memory_bytes,
+        }))
+    }
+
+    /// A new, never reused queue id.
+    pub fn new_queue_id(&self) -> Result<u64, DiskError> {
+        Ok(self.disk.db().generate_id()? + 1)
+    }
+
+    fn put(&self, k: Vec<u8>, v: serde_json::Value) {
+        if let Err(e) = self.defs.insert(k, v.to_string().into_bytes()) {
+            tracing::error!(error = %e, "cannot store a definition");
+        }
+    }
+
+    fn remove(&self, k: Vec<u8>) {
+        if let Err(e) = self.defs.remove(k) {
+            tracing::error!(error = %e, "cannot remove a definition");
+        }
+    }
+
+    /// Definitions are rare and small: make each durable at once.
+    fn sync(&self) {
+        if let Err(e) = self.disk.flush() {
+            tracing::error!(error = %e, "cannot flush definitions");
+        }
+    }
+
+    pub fn put_exchange(&self, d: &ExchangeDef) {
+        let v = serde_json::json!({
+            "type": d.kind, "auto_delete": d.auto_delete, "internal": d.internal,
+            "arguments": table_to_json(&d.arguments),
+        });
+        self.put(key(b'x', &[&d.vhost, &d.name]), v);
+        self.sync();
+    }
+
+    pub fn remove_exchange(&self, vhost: &str, name: &str) {
+        self.remove(key(b'x', &[vhost, name]));
+        self.remove_bindings_where(vhost, |b| {
+            b.source == name || (b.destination_type == "exchange" && b.destination == name)
+        });
+        self.sync();
+    }
+
+    pub fn put_queue(&self, d: &QueueDef) {
+        let v = serde_json::json!({
+            "id": d.id, "auto_delete": d.auto_delete,
+            "arguments": table_to_json(&d.arguments),
+        });
+        self.put(key(b'q', &[&d.vhost, &d.name]), v);
+        self.sync();
+    }
+
+    pub fn remove_queue(&self, vhost: &str, name: &str) {
+        self.remove(key(b'q', &[vhost, name]));
+        self.remove_bindings_where(vhost, |b| {
+            b.destination_type == "queue" && b.destination == name
+        });
+        self.sync();
+    }
+
+    fn binding_key(b: &BindingDef) -> Vec<u8> {
+        key(
+            b'b',
+            &[
+                &b.vhost,
+                &b.source,
+                &b.destination_type,
+                &b.destination,
+                &b.routing_key,
+                &table_to_json(&b.arguments).to_string(),
+            ],
+        )
+    }
+
+    pub fn put_binding(&self, b: &BindingDef) {
+        let v = serde_json::json!({
+            "vhost": b.vhost, "source": b.source, "destination_type": b.destination_type,
+            "destination": b.destination, "routing_key": b.routing_key,
+            "arguments": table_to_json(&b.arguments),
+        });
+        self.put(Self::binding_key(b), v);
+        self.sync();
+    }
+
+    pub fn remove_binding(&self, b: &BindingDef) {
+        self.remove(Self::binding_key(b));
+        self.sync();
+    }
+
+    fn remove_bindings_where(&self, vhost: &str, f: impl Fn(&BindingDef) -> bool) {
+        for b in self.bindings() {
+            if b.vhost == vhost && f(&b) {
+                self.remove(Self::binding_key(&b));
+            }
+        }
+    }
+
+    fn scan(&self, kind: u8) -> Vec<(Vec<String>, serde_json::Value)> {
+        let mut out = Vec::new();
+        for kv in self.defs.scan_prefix([kind]) {
+            let Ok((k, v)) = kv else { continue };
+            let parts: Vec<String> = k[1..]
+                .split(|b| *b == 0)
+                .skip(1)
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect();
+            match serde_json::from_slice(&v) {
+                Ok(json) => out.push((parts, json)),
+                Err(e) => tracing::error!(error = %e, "skipping an unreadable definition"),
+            }
+        }
+        out
+    }
+
+    pub fn exchanges(&self) -> Vec<ExchangeDef> {
+        self.scan(b'x')
+            .into_iter()
+            .filter(|(p, _)| p.len() == 2)
+            .map(|(p, v)| ExchangeDef {
+                vhost: p[0].clone(),
+                name: p[1].clone(),
+                kind: v["type"].as_str().unwrap_or("direct").to_owned(),
+                auto_delete: v["auto_delete"].as_bool().unwrap_or(false),
+                internal: v["internal"].as_bool().unwrap_or(false),
+                arguments: table_from_json(&v["arguments"]),
+            })
+            .collect()
+    }
+
+    pub fn queues(&self) -> Vec<QueueDef> {
+        self.scan(b'q')
+            .into_iter()
+            .filter(|(p, v)| p.len() == 2 && v["id"].is_u64())
+            .map(|(p, v)| QueueDef {
+                vhost: p[0].clone(),
+                name: p[1].clone(),
+                id: v["id"].as_u64().unwrap_or(0),
+                auto_delete: v["auto_delete"].as_bool().unwrap_or(false),
+                arguments: table_from_json(&v["arguments"]),
+            })
+            .collect()
+    }
+
+    pub fn bindings(&self) -> Vec<BindingDef> {
+        self.scan(b'b')
+            .into_iter()
+            .map(|(_, v)| BindingDef {
+                vhost: v["vhost"].as_str().unwrap_or("/").to_owned(),
+                source: v["source"].as_str().unwrap_or_default().to_owned(),
+                destination_type: v["destination_type"].as_str().unwrap_or("queue").to_owned(),
+                destination: v["destination"].as_str().unwrap_or_default().to_owned(),
+                routing_key: v["routing_key"].as_str().unwrap_or_default().to_owned(),
+                arguments: table_from_json(&v["arguments"]),
+            })
+            .collect()
+    }
+}
+
+/// A table as JSON that keeps every value's AMQP type: a list of
+/// `[name, type, value]`.
+pub fn table_to_json(t: &Table) -> serde_json::Value {
+    serde_json::Value::Array(
+        t.iter()
+            .map(|(k, v)| {
+                let (ty, val) = value_to_json(v);
+                serde_json::json!([k, ty, val])
+            })
+            .collect(),
+    )
+}
+
+fn value_to_json(v: &Value) -> (&'static str, serde_json::Value) {
+    use serde_json::json;
+    match v {
+        Value::Bool(b) => ("t", json!(b)),
+        Value::ShortShortInt(i) => ("b", json!(i)),
+        Value::ShortShortUInt(i) => ("B", json!(i)),
+        Value::ShortInt(i) => ("s", json!(i)),
+        Value::ShortUInt(i) => ("u", json!(i)),
+        Value::LongInt(i) => ("I", json!(i)),
+        Value::LongUInt(i) => ("i", json!(i)),
+        Value::LongLongInt(i) => ("l", json!(i)),
+        Value::Float(f) => ("f", json!(f)),
+        Value::Double(f) => ("d", json!(f)),
+        Value::Decimal { scale, value } => ("D", json!([scale, value])),
+        Value::ShortString(s) => ("ss", json!(s)),
+        Value::LongString(b) => ("S", json!(b)),
+        Value::Array(a) => (
+            "A",
+            serde_json::Value::Array(
+                a.iter()
+                    .map(|v| {
+                        let (t, x) = value_to_json(v);
+                        json!([t, x])
+                    })
+                    .collect(),
+            ),
+        ),
+        Value::Timestamp(t) => ("T", json!(t)),
+        Value::Table(t) => ("F", table_to_json(t)),
+        Value::ByteArray(b) => ("x", json!(b)),
+        Value::Void => ("V", serde_json::Value::Null),
+    }
+}
+
+fn bytes_from_json(v: &serde_json::Value) -> Vec<u8> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|b| b.as_u64().map(|b| b as u8))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn value_from_json(ty: &str, v: &serde_json::Value) -> Value {
+    let i = || v.as_i64().unwrap_or(0);
+    let u = || v.as_u64().unwrap_or(0);
+    match ty {
+        "t" => Value::Bool(v.as_bool().unwrap_or(false)),
+        "b" => Value::ShortShortInt(i() as i8),
+        "B" => Value::ShortShortUInt(u() as u8),
+        "s" => Value::ShortInt(i() as i16),
+        "u" => Value::ShortUInt(u() as u16),
+        "I" => Value::LongInt(i() as i32),
+        "i" => Value::LongUInt(u() as u32),
+        "l" => Value::LongLongInt(i()),
+        "f" => Value::Float(v.as_f64().unwrap_or(0.0) as f32),
+        "d" => Value::Double(v.as_f64().unwrap_or(0.0)),
+        "D" => Value::Decimal {
+            scale: v[0].as_u64().unwrap_or(0) as u8,
+            value: v[1].as_u64().unwrap_or(0) as u32,
+        },
+        "ss" => Value::ShortString(v.as_str().unwrap_or_default().to_owned()),
+        "S" => Value::LongString(bytes_from_json(v)),
+        "A" => Value::Array(
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|e| value_from_json(e[0].as_str().unwrap_or("V"), &e[1]))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        ),
+        "T" => Value::Timestamp(u()),
+        "F" => Value::Table(table_from_json(v)),
+        "x" => Value::ByteArray(bytes_from_json(v)),
+        _ => Value::Void,
+    }
+}
+
+pub fn table_from_json(j: &serde_json::Value) -> Table {
+    Table(
+        j.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| {
+                        let k = e[0].as_str()?.to_owned();
+                        let ty = e[1].as_str()?;
+                        Some((k, value_from_json(ty, &e[2])))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_round_trip_through_json_with_their_types() {
+        let mut inner = Table::default();
+        inner.insert("deep", Value::LongLongInt(-5));
+        let t = Table(vec![
+            ("a".into(), Value::LongInt(1)),
+            ("b".into(), Value::LongString(b"x\0y".to_vec())),
+            (
+                "c".into(),
+                Value::Array(vec![Value::Bool(true), Value::ShortString("s".into())]),
+            ),
+            ("d".into(), Value::Table(inner)),
+            (
+                "e".into(),
+                Value::Decimal {
+                    scale: 2,
+                    value: 314,
+                },
+            ),
+            ("f".into(), Value::Void),
+            ("g".into(), Value::Double(1.5)),
+        ]);
+        assert_eq!(table_from_json(&table_to_json(&t)), t);
+    }
+}
