@@ -7,28 +7,38 @@
 //! from this one by reading the layout below.
 //!
 //! Tree `messages`:
-//! - `B` ++ id (u64 BE) -> a message record: `[1]` (record version),
-//!   exchange (u8 length + bytes), routing key (u8 length + bytes),
-//!   properties (u32 BE length + the raw content-header property bytes),
-//!   then the body to the end.
-//! - `Q` ++ queue id (u64 BE) ++ seq (u64 BE) -> flags (u8) ++ id (u64 BE).
-//!   Flags: 1 = delivered at least once (comes back redelivered after a
-//!   restart), 2 = the body is shared with other queues (reference-counted).
+//! - `Q` ++ queue id (u64 BE) ++ seq (u64 BE) -> flags (u8) ++ payload.
+//!   Flags bit 2 clear: the payload is the message record itself (the
+//!   common case, a message in one durable queue). Bit 2 set: the payload
+//!   is the id (u64 BE) of a shared `B` record.
+//! - `B` ++ id (u64 BE) -> a message record shared by several queues.
+//! - `D` ++ queue id (u64 BE) -> the highest seq the queue has delivered
+//!   (u64 BE). Queues deliver in seq order, so every message at or below
+//!   it was delivered at least once and comes back redelivered.
+//!
+//! A message record: `[1]` (record version), exchange (u8 length +
+//! bytes), routing key (u8 length + bytes), properties (u32 BE length +
+//! the raw content-header property bytes), then the body to the end.
 //!
 //! # What is written
 //!
-//! - A persistent message routed to N durable queues: one `B` record and N
-//!   `Q` entries (the body is stored once).
-//! - Its first delivery from a queue: that queue's `Q` entry is rewritten
-//!   with the delivered flag.
-//! - Its ack (or drop): the `Q` entry is removed, and the `B` record when no
-//!   queue refers to it any more.
+//! - A persistent message routed to one durable queue: one `Q` insert; to
+//!   N > 1 durable queues: one `B` record and N `Q` entries (the body is
+//!   stored once).
+//! - Its ack (or drop): the `Q` entry is removed, and a shared `B` record
+//!   when no queue refers to it any more.
+//! - Deliveries write nothing per message: each queue's delivered mark is
+//!   written once per flush.
 //!
 //! Writes go to sled's log at once and reach the disk at the next
 //! [`Disk::flush`]; the broker's group-commit thread flushes for many
-//! publishers at a time and only then confirms. After a crash, `Q` entries
-//! without a `B` record are dropped and `B` records without a `Q` entry are
-//! collected, so no cross-key atomicity is needed.
+//! publishers at a time (and at least every few hundred milliseconds) and
+//! only then confirms. A crash can therefore forget the last moments of
+//! acks and deliveries (an acked message may return; a just-delivered one
+//! may return without the redelivered flag), never a confirmed publish.
+//! After a crash, `Q` entries pointing at a missing `B` record are dropped
+//! and `B` records nothing points at are collected, so no cross-key
+//! atomicity is needed.
 
 use crate::message::{Message, QueuedMessage, StoredRef};
 use crate::store::MessageStore;
@@ -39,7 +49,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub const FORMAT_VERSION: u8 = 1;
-const FLAG_DELIVERED: u8 = 1;
 const FLAG_SHARED: u8 = 2;
 
 /// Why the store cannot be used.
@@ -90,6 +99,8 @@ pub struct Disk {
     next_id: AtomicU64,
     /// Reference counts of bodies held by more than one queue.
     shared: Mutex<HashMap<u64, u32>>,
+    /// Each live durable queue's delivered mark: (queue, current, written).
+    marks: Mutex<Vec<(u64, Arc<AtomicU64>, u64)>>,
 }
 
 fn body_key(id: u64) -> [u8; 9] {
@@ -107,11 +118,11 @@ fn index_key(queue: u64, seq: u64) -> [u8; 17] {
     k
 }
 
-fn index_value(flags: u8, id: u64) -> [u8; 9] {
-    let mut v = [0u8; 9];
-    v[0] = flags;
-    v[1..].copy_from_slice(&id.to_be_bytes());
-    v
+fn mark_key(queue: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = b'D';
+    k[1..].copy_from_slice(&queue.to_be_bytes());
+    k
 }
 
 fn be_u64(b: &[u8]) -> u64 {
@@ -122,10 +133,18 @@ fn be_u64(b: &[u8]) -> u64 {
 
 /// Encodes a message record.
 pub fn encode(m: &Message) -> Vec<u8> {
+    encode_with_prefix(m, 0)
+}
+
+/// Encodes a message record after `prefix` zero bytes, so an index entry's
+/// flag byte costs no second copy.
+fn encode_with_prefix(m: &Message, prefix: usize) -> Vec<u8> {
     let ex = &m.exchange.as_bytes()[..m.exchange.len().min(255)];
     let rk = &m.routing_key.as_bytes()[..m.routing_key.len().min(255)];
-    let mut v =
-        Vec::with_capacity(1 + 2 + ex.len() + rk.len() + 4 + m.properties.len() + m.body.len());
+    let mut v = Vec::with_capacity(
+        prefix + 1 + 2 + ex.len() + rk.len() + 4 + m.properties.len() + m.body.len(),
+    );
+    v.resize(prefix, 0);
     v.push(1);
     v.push(ex.len() as u8);
     v.extend_from_slice(ex);
@@ -135,6 +154,19 @@ pub fn encode(m: &Message) -> Vec<u8> {
     v.extend_from_slice(&m.properties);
     v.extend_from_slice(&m.body);
     v
+}
+
+/// The body length of an encoded record (0 if it does not parse).
+fn record_body_len(rec: &[u8]) -> u32 {
+    let parse = || -> Option<usize> {
+        let mut at = 1;
+        at += 1 + *rec.get(at)? as usize;
+        at += 1 + *rec.get(at)? as usize;
+        let n = rec.get(at..at + 4)?;
+        at += 4 + u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize;
+        rec.len().checked_sub(at)
+    };
+    parse().unwrap_or(0) as u32
 }
 
 /// Decodes a message record (the body shares the record's buffer).
@@ -174,12 +206,25 @@ impl Disk {
     /// Opens (or creates) the store in `dir`. `cache_bytes` bounds sled's
     /// page cache, which is most of the store's memory.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Arc<Disk>, DiskError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
-            // Durability comes from our group commit, not a timer.
-            .flush_every_ms(None)
-            .open()?;
+            // Durability comes from our group commit, not sled's timer.
+            .flush_every_ms(None);
+        // sled's I/O threads release the directory lock of a closed database
+        // a moment after it is dropped (an in-process restart); another
+        // running broker holds it for good, which we report after a while.
+        let mut tries = 0;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e)) if e.to_string().contains("lock") && tries < 40 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         let meta = db.open_tree("meta")?;
         match meta.get("format")? {
             Some(v) if v.as_ref() == [FORMAT_VERSION] => {}
@@ -195,6 +240,7 @@ impl Disk {
             msgs,
             next_id: AtomicU64::new(1),
             shared: Mutex::new(HashMap::new()),
+            marks: Mutex::new(Vec::new()),
         }))
     }
 
@@ -203,38 +249,84 @@ impl Disk {
         &self.db
     }
 
-    /// Makes everything written so far durable.
+    /// Makes everything written so far durable, delivered marks included.
     pub fn flush(&self) -> Result<(), DiskError> {
+        {
+            let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+            for (queue, cur, written) in marks.iter_mut() {
+                let now = cur.load(Ordering::Relaxed);
+                if now != *written {
+                    self.msgs.insert(mark_key(*queue), &now.to_be_bytes())?;
+                    *written = now;
+                }
+            }
+        }
         self.db.flush()?;
         Ok(())
     }
 
-    /// Writes a body that `queues` durable queues will refer to.
+    fn register_mark(&self, queue: u64, start: u64) -> Arc<AtomicU64> {
+        let a = Arc::new(AtomicU64::new(start));
+        self.marks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((queue, a.clone(), start));
+        a
+    }
+
+    /// A queue's store goes away: its last mark is written (to reach the
+    /// disk with the next flush) and no longer tracked.
+    fn forget_mark(&self, queue: u64) {
+        let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+        for (q, cur, written) in marks.iter() {
+            let now = cur.load(Ordering::Relaxed);
+            if *q == queue && now != *written {
+                let _ = self.msgs.insert(mark_key(queue), &now.to_be_bytes());
+            }
+        }
+        marks.retain(|(q, _, _)| *q != queue);
+    }
+
+    /// Prepares a message that `queues` durable queues will hold: with
+    /// more than one, its record is written now, once, for all of them;
+    /// with one, the queue writes it inline in its own entry.
     pub fn put_body(&self, m: &Message, queues: usize) -> Result<StoredRef, DiskError> {
+        if queues <= 1 {
+            return Ok(StoredRef { id: 0, shared: false });
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.msgs.insert(body_key(id), encode(m))?;
-        let shared = queues > 1;
-        if shared {
-            self.lock_shared().insert(id, queues as u32);
-        }
-        Ok(StoredRef { id, shared })
+        self.lock_shared().insert(id, queues as u32);
+        Ok(StoredRef { id, shared: true })
     }
 
     fn lock_shared(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u32>> {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn read_body(&self, r: StoredRef) -> Result<Message, DiskError> {
-        let rec = self
-            .msgs
-            .get(body_key(r.id))?
-            .ok_or_else(|| DiskError::Corrupt(format!("missing message record {}", r.id)))?;
-        decode(Bytes::copy_from_slice(&rec), Some(r))
+    /// Reads the message `queue` holds at `seq`.
+    fn read(&self, queue: u64, seq: u64, r: StoredRef) -> Result<Message, DiskError> {
+        let missing = || DiskError::Corrupt(format!("missing message {queue}/{seq}"));
+        if r.shared {
+            let rec = self.msgs.get(body_key(r.id))?.ok_or_else(missing)?;
+            decode(Bytes::copy_from_slice(&rec), Some(r))
+        } else {
+            let v = self.msgs.get(index_key(queue, seq))?.ok_or_else(missing)?;
+            decode(Bytes::copy_from_slice(&v[1..]), Some(r))
+        }
     }
 
-    fn index_put(&self, queue: u64, seq: u64, flags: u8, id: u64) -> Result<(), DiskError> {
-        self.msgs
-            .insert(index_key(queue, seq), &index_value(flags, id))?;
+    fn index_put(&self, queue: u64, seq: u64, m: &Message, r: StoredRef) -> Result<(), DiskError> {
+        let v = if r.shared {
+            let mut v = Vec::with_capacity(9);
+            v.push(FLAG_SHARED);
+            v.extend_from_slice(&r.id.to_be_bytes());
+            v
+        } else {
+            // Flag byte 0: the record follows inline.
+            encode_with_prefix(m, 1)
+        };
+        self.msgs.insert(index_key(queue, seq), v)?;
         Ok(())
     }
 
@@ -264,9 +356,9 @@ impl Disk {
     }
 
     /// Start-up: reads every queue index once, drops entries of queues that
-    /// no longer exist (and entries whose body is missing), collects bodies
-    /// nothing refers to, rebuilds reference counts, and returns each live
-    /// queue's entries in order.
+    /// no longer exist (and entries whose shared body is missing), collects
+    /// shared bodies nothing refers to, rebuilds reference counts, and
+    /// returns each live queue's entries in order.
     pub fn recover(
         &self,
         live_queues: &HashSet<u64>,
@@ -281,29 +373,55 @@ impl Disk {
             }
             let id = be_u64(&k[1..]);
             max_id = max_id.max(id);
-            sizes.insert(id, v.len() as u32);
+            sizes.insert(id, record_body_len(&v));
             refs.insert(id, 0);
+        }
+        let mut marks: HashMap<u64, u64> = HashMap::new();
+        for kv in self.msgs.scan_prefix(b"D") {
+            let (k, v) = kv?;
+            if k.len() != 9 || v.len() != 8 {
+                return Err(DiskError::Corrupt("delivered mark".into()));
+            }
+            let queue = be_u64(&k[1..]);
+            if live_queues.contains(&queue) {
+                marks.insert(queue, be_u64(&v));
+            } else {
+                self.msgs.remove(k)?;
+            }
         }
         let mut out: HashMap<u64, Vec<RecoveredEntry>> = HashMap::new();
         let mut drop_keys = Vec::new();
         for kv in self.msgs.scan_prefix(b"Q") {
             let (k, v) = kv?;
-            if k.len() != 17 || v.len() != 9 {
+            if k.len() != 17 || v.is_empty() {
                 return Err(DiskError::Corrupt("queue index entry".into()));
             }
             let queue = be_u64(&k[1..9]);
             let seq = be_u64(&k[9..]);
-            let id = be_u64(&v[1..]);
-            let Some(n) = refs.get_mut(&id).filter(|_| live_queues.contains(&queue)) else {
+            if !live_queues.contains(&queue) {
                 drop_keys.push(k);
                 continue;
+            }
+            let (stored, size) = if v[0] & FLAG_SHARED != 0 {
+                if v.len() != 9 {
+                    return Err(DiskError::Corrupt("shared index entry".into()));
+                }
+                let id = be_u64(&v[1..]);
+                let Some(n) = refs.get_mut(&id) else {
+                    drop_keys.push(k);
+                    continue;
+                };
+                *n += 1;
+                (StoredRef { id, shared: true }, sizes.get(&id).copied().unwrap_or(0))
+            } else {
+                (StoredRef { id: 0, shared: false }, record_body_len(&v[1..]))
             };
-            *n += 1;
+            let delivered = marks.get(&queue).is_some_and(|m| seq <= *m);
             out.entry(queue).or_default().push(RecoveredEntry {
                 seq,
-                stored: StoredRef { id, shared: false },
-                delivered: v[0] & FLAG_DELIVERED != 0,
-                size: sizes.get(&id).copied().unwrap_or(0),
+                stored,
+                delivered,
+                size,
             });
         }
         for k in drop_keys {
@@ -312,22 +430,13 @@ impl Disk {
         let mut shared = self.lock_shared();
         shared.clear();
         for (&id, &n) in &refs {
-            match n {
-                0 => {
-                    self.msgs.remove(body_key(id))?;
-                }
-                1 => {}
-                n => {
-                    shared.insert(id, n);
-                }
+            if n == 0 {
+                self.msgs.remove(body_key(id))?;
+            } else {
+                shared.insert(id, n);
             }
         }
         drop(shared);
-        for entries in out.values_mut() {
-            for e in entries.iter_mut() {
-                e.stored.shared = refs.get(&e.stored.id).is_some_and(|n| *n > 1);
-            }
-        }
         self.next_id.store(max_id + 1, Ordering::Relaxed);
         self.db.flush()?;
         Ok(out)
@@ -349,8 +458,6 @@ struct Entry {
     msg: Option<Arc<Message>>,
     stored: Option<StoredRef>,
     redelivered: bool,
-    /// Whether the delivered flag is on disk already.
-    delivered_on_disk: bool,
     size: u32,
 }
 
@@ -363,7 +470,9 @@ pub struct DiskStore {
     requeued: BTreeMap<u64, Entry>,
     ready: VecDeque<Entry>,
     /// Delivered persistent messages awaiting settle.
-    out: HashMap<u64, (StoredRef, bool)>,
+    out: HashMap<u64, StoredRef>,
+    /// The highest seq delivered, written to disk at each flush.
+    delivered: Arc<AtomicU64>,
     bytes: u64,
     mem_bytes: u64,
     mem_limit: u64,
@@ -372,36 +481,38 @@ pub struct DiskStore {
 
 impl DiskStore {
     /// A store for queue `queue`, holding what was recovered for it.
-    pub fn new(
-        disk: Arc<Disk>,
-        queue: u64,
-        recovered: Vec<RecoveredEntry>,
-        mem_limit: u64,
-    ) -> Self {
-        let mut s = DiskStore {
-            disk,
-            queue,
-            requeued: BTreeMap::new(),
-            ready: VecDeque::with_capacity(recovered.len()),
-            out: HashMap::new(),
-            bytes: 0,
-            mem_bytes: 0,
-            mem_limit,
-            next_seq: 1,
-        };
+    pub fn new(disk: Arc<Disk>, queue: u64, recovered: Vec<RecoveredEntry>, mem_limit: u64) -> Self {
+        let mut next_seq = 1;
+        let mut bytes = 0;
+        let mut mark = 0;
+        let mut ready = VecDeque::with_capacity(recovered.len());
         for r in recovered {
-            s.next_seq = s.next_seq.max(r.seq + 1);
-            s.bytes += r.size as u64;
-            s.ready.push_back(Entry {
+            next_seq = next_seq.max(r.seq + 1);
+            bytes += r.size as u64;
+            if r.delivered {
+                mark = mark.max(r.seq);
+            }
+            ready.push_back(Entry {
                 seq: r.seq,
                 msg: None,
                 stored: Some(r.stored),
                 redelivered: r.delivered,
-                delivered_on_disk: r.delivered,
                 size: r.size,
             });
         }
-        s
+        let delivered = disk.register_mark(queue, mark);
+        DiskStore {
+            disk,
+            queue,
+            requeued: BTreeMap::new(),
+            ready,
+            out: HashMap::new(),
+            delivered,
+            bytes,
+            mem_bytes: 0,
+            mem_limit,
+            next_seq,
+        }
     }
 
     fn log_err(&self, what: &str, e: DiskError) {
@@ -425,8 +536,7 @@ impl MessageStore for DiskStore {
         let size = m.message.size();
         let stored = m.message.stored;
         if let Some(r) = stored {
-            let flags = if r.shared { FLAG_SHARED } else { 0 };
-            if let Err(e) = self.disk.index_put(self.queue, m.seq, flags, r.id) {
+            if let Err(e) = self.disk.index_put(self.queue, m.seq, &m.message, r) {
                 self.log_err("index write", e);
             }
         }
@@ -438,7 +548,6 @@ impl MessageStore for DiskStore {
             msg: keep.then_some(m.message),
             stored,
             redelivered: m.redelivered,
-            delivered_on_disk: false,
             size: size as u32,
         });
     }
@@ -459,7 +568,7 @@ impl MessageStore for DiskStore {
                 }
                 None => {
                     let r = e.stored.expect("paged-out entries are stored");
-                    match self.disk.read_body(r) {
+                    match self.disk.read(self.queue, e.seq, r) {
                         Ok(m) => Arc::new(m),
                         Err(err) => {
                             // A lost body cannot be delivered; drop its entry.
@@ -471,13 +580,8 @@ impl MessageStore for DiskStore {
                 }
             };
             if let Some(r) = e.stored {
-                if !e.delivered_on_disk {
-                    let flags = FLAG_DELIVERED | if r.shared { FLAG_SHARED } else { 0 };
-                    if let Err(err) = self.disk.index_put(self.queue, e.seq, flags, r.id) {
-                        self.log_err("index write", err);
-                    }
-                }
-                self.out.insert(e.seq, (r, true));
+                self.delivered.fetch_max(e.seq, Ordering::Relaxed);
+                self.out.insert(e.seq, r);
             }
             return Some(QueuedMessage {
                 seq: e.seq,
@@ -489,7 +593,7 @@ impl MessageStore for DiskStore {
 
     fn requeue(&mut self, m: QueuedMessage) {
         let size = m.message.size();
-        let stored = self.out.remove(&m.seq).map(|(r, _)| r).or(m.message.stored);
+        let stored = self.out.remove(&m.seq).or(m.message.stored);
         if stored.is_some() {
             self.mem_bytes += size;
         }
@@ -501,14 +605,13 @@ impl MessageStore for DiskStore {
                 msg: Some(m.message),
                 stored,
                 redelivered: m.redelivered,
-                delivered_on_disk: stored.is_some(),
                 size: size as u32,
             },
         );
     }
 
     fn settle(&mut self, seq: u64) {
-        if let Some((r, _)) = self.out.remove(&seq) {
+        if let Some(r) = self.out.remove(&seq) {
             if let Err(e) = self.disk.release(self.queue, seq, r) {
                 self.log_err("release", e);
             }
@@ -549,7 +652,7 @@ impl MessageStore for DiskStore {
             .filter_map(|e| {
                 let message = match &e.msg {
                     Some(m) => m.clone(),
-                    None => Arc::new(self.disk.read_body(e.stored?).ok()?),
+                    None => Arc::new(self.disk.read(self.queue, e.seq, e.stored?).ok()?),
                 };
                 Some(QueuedMessage {
                     seq: e.seq,
@@ -567,8 +670,9 @@ impl MessageStore for DiskStore {
 
 impl Drop for DiskStore {
     fn drop(&mut self) {
-        // Nothing to do: entries stay on disk for recovery. A deleted
-        // queue purges itself first.
+        // Entries stay on disk for recovery (a deleted queue purged itself
+        // first); only the in-memory delivered mark goes.
+        self.disk.forget_mark(self.queue);
     }
 }
 

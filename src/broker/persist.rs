@@ -12,6 +12,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use warren_exchanges::{Table, Value};
 use warren_queues::{Disk, DiskError};
 
+/// How often an idle flusher flushes anyway.
+const IDLE_FLUSH: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Called once the writes before it are durable (`true`) or failed.
 pub type Waiter = Box<dyn FnOnce(bool) + Send>;
 
@@ -37,8 +40,13 @@ impl Flusher {
                 let batch = {
                     let (lock, cv) = &*s;
                     let mut q = lock.lock().unwrap_or_else(|e| e.into_inner());
-                    while q.waiting.is_empty() && !q.stop {
-                        q = cv.wait(q).unwrap_or_else(|e| e.into_inner());
+                    if q.waiting.is_empty() && !q.stop {
+                        // Idle: still flush now and then, so acks and
+                        // delivery marks reach the disk without publishers.
+                        q = cv
+                            .wait_timeout(q, IDLE_FLUSH)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
                     }
                     if q.waiting.is_empty() && q.stop {
                         return;
