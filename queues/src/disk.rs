@@ -6,12 +6,11 @@
 //! refused at open, never silently reinterpreted; a later version migrates
 //! from this one by reading the layout below.
 //!
-//! Tree `messages`:
-//! - `Q` ++ queue id (u64 BE) ++ seq (u64 BE) -> flags (u8) ++ payload.
-//!   Flags bit 2 clear: the payload is the message record itself (the
-//!   common case, a message in one durable queue). Bit 2 set: the payload
-//!   is the id (u64 BE) of a shared `B` record.
-//! - `B` ++ id (u64 BE) -> a message record shared by several queues.
+//! Message records live in append-only segment files under `msgs/` (see
+//! [`crate::segments`]): sled copies whole leaves on each write, so only
+//! small entries go into sled. Tree `messages`:
+//! - `Q` ++ queue id (u64 BE) ++ seq (u64 BE) -> the record's location
+//!   (segment u32, offset u32, length u32, all BE) ++ body length (u32 BE).
 //! - `D` ++ queue id (u64 BE) -> the highest seq the queue has delivered
 //!   (u64 BE). Queues deliver in seq order, so every message at or below
 //!   it was delivered at least once and comes back redelivered.
@@ -22,25 +21,25 @@
 //!
 //! # What is written
 //!
-//! - A persistent message routed to one durable queue: one `Q` insert; to
-//!   N > 1 durable queues: one `B` record and N `Q` entries (the body is
-//!   stored once).
-//! - Its ack (or drop): the `Q` entry is removed, and a shared `B` record
-//!   when no queue refers to it any more.
+//! - A persistent message routed to N durable queues: one record appended
+//!   to the current segment (the body is stored once) and N `Q` entries.
+//! - Its ack (or drop) in a queue: that `Q` entry is removed; a segment
+//!   file is deleted when no entry points into it any more.
 //! - Deliveries write nothing per message: each queue's delivered mark is
 //!   written once per flush.
 //!
-//! Writes go to sled's log at once and reach the disk at the next
-//! [`Disk::flush`]; the broker's group-commit thread flushes for many
-//! publishers at a time (and at least every few hundred milliseconds) and
-//! only then confirms. A crash can therefore forget the last moments of
-//! acks and deliveries (an acked message may return; a just-delivered one
-//! may return without the redelivered flag), never a confirmed publish.
-//! After a crash, `Q` entries pointing at a missing `B` record are dropped
-//! and `B` records nothing points at are collected, so no cross-key
-//! atomicity is needed.
+//! [`Disk::flush`] writes and fsyncs the segments first, then flushes
+//! sled, so an index entry on disk after a flush always has its record.
+//! The broker's group-commit thread flushes for many publishers at a time
+//! (and at least every few hundred milliseconds) and only then confirms.
+//! A crash can therefore forget the last moments of acks and deliveries
+//! (an acked message may return; a just-delivered one may return without
+//! the redelivered flag), never a confirmed publish. At recovery, entries
+//! pointing past the end of a segment, or at a record of the last segment
+//! whose checksum fails, are dropped; unreferenced segments are deleted.
 
 use crate::message::{Message, QueuedMessage, StoredRef};
+use crate::segments::Segments;
 use crate::store::MessageStore;
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -49,7 +48,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub const FORMAT_VERSION: u8 = 1;
-const FLAG_SHARED: u8 = 2;
 
 /// Why the store cannot be used.
 #[derive(Debug)]
@@ -78,6 +76,12 @@ impl std::fmt::Display for DiskError {
 
 impl std::error::Error for DiskError {}
 
+impl From<std::io::Error> for DiskError {
+    fn from(e: std::io::Error) -> Self {
+        DiskError::Corrupt(format!("message segments: {e}"))
+    }
+}
+
 impl From<sled::Error> for DiskError {
     fn from(e: sled::Error) -> Self {
         DiskError::Sled(e)
@@ -96,18 +100,11 @@ pub struct RecoveredEntry {
 pub struct Disk {
     db: sled::Db,
     msgs: sled::Tree,
-    next_id: AtomicU64,
-    /// Reference counts of bodies held by more than one queue.
-    shared: Mutex<HashMap<u64, u32>>,
+    segments: Segments,
+    /// Sizes of the segments found at open, for recovery's checks.
+    existing: std::collections::BTreeMap<u32, u64>,
     /// Each live durable queue's delivered mark: (queue, current, written).
     marks: Mutex<Vec<(u64, Arc<AtomicU64>, u64)>>,
-}
-
-fn body_key(id: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = b'B';
-    k[1..].copy_from_slice(&id.to_be_bytes());
-    k
 }
 
 fn index_key(queue: u64, seq: u64) -> [u8; 17] {
@@ -154,19 +151,6 @@ fn encode_with_prefix(m: &Message, prefix: usize) -> Vec<u8> {
     v.extend_from_slice(&m.properties);
     v.extend_from_slice(&m.body);
     v
-}
-
-/// The body length of an encoded record (0 if it does not parse).
-fn record_body_len(rec: &[u8]) -> u32 {
-    let parse = || -> Option<usize> {
-        let mut at = 1;
-        at += 1 + *rec.get(at)? as usize;
-        at += 1 + *rec.get(at)? as usize;
-        let n = rec.get(at..at + 4)?;
-        at += 4 + u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize;
-        rec.len().checked_sub(at)
-    };
-    parse().unwrap_or(0) as u32
 }
 
 /// Decodes a message record (the body shares the record's buffer).
@@ -235,11 +219,12 @@ impl Disk {
             }
         }
         let msgs = db.open_tree("messages")?;
+        let (segments, existing) = Segments::open(&dir.join("msgs"))?;
         Ok(Arc::new(Disk {
             db,
             msgs,
-            next_id: AtomicU64::new(1),
-            shared: Mutex::new(HashMap::new()),
+            segments,
+            existing,
             marks: Mutex::new(Vec::new()),
         }))
     }
@@ -261,6 +246,8 @@ impl Disk {
                 }
             }
         }
+        // Records before the entries that point at them.
+        self.segments.flush()?;
         self.db.flush()?;
         Ok(())
     }
@@ -287,95 +274,41 @@ impl Disk {
         marks.retain(|(q, _, _)| *q != queue);
     }
 
-    /// Prepares a message that `queues` durable queues will hold: with
-    /// more than one, its record is written now, once, for all of them;
-    /// with one, the queue writes it inline in its own entry.
+    /// Writes a message's record once for the `queues` durable queues
+    /// that will hold it.
     pub fn put_body(&self, m: &Message, queues: usize) -> Result<StoredRef, DiskError> {
-        if queues <= 1 {
-            return Ok(StoredRef { id: 0, shared: false });
-        }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.msgs.insert(body_key(id), encode(m))?;
-        self.lock_shared().insert(id, queues as u32);
-        Ok(StoredRef { id, shared: true })
+        Ok(self.segments.append(&encode(m), queues as u32)?)
     }
 
-    fn lock_shared(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u32>> {
-        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    /// Reads the message at `r`.
+    fn read(&self, r: StoredRef) -> Result<Message, DiskError> {
+        decode(Bytes::from(self.segments.read(r)?), Some(r))
     }
 
-    /// Reads the message `queue` holds at `seq`.
-    fn read(&self, queue: u64, seq: u64, r: StoredRef) -> Result<Message, DiskError> {
-        let missing = || DiskError::Corrupt(format!("missing message {queue}/{seq}"));
-        if r.shared {
-            let rec = self.msgs.get(body_key(r.id))?.ok_or_else(missing)?;
-            decode(Bytes::copy_from_slice(&rec), Some(r))
-        } else {
-            let v = self.msgs.get(index_key(queue, seq))?.ok_or_else(missing)?;
-            decode(Bytes::copy_from_slice(&v[1..]), Some(r))
-        }
-    }
-
-    fn index_put(&self, queue: u64, seq: u64, m: &Message, r: StoredRef) -> Result<(), DiskError> {
-        let v = if r.shared {
-            let mut v = Vec::with_capacity(9);
-            v.push(FLAG_SHARED);
-            v.extend_from_slice(&r.id.to_be_bytes());
-            v
-        } else {
-            // Flag byte 0: the record follows inline.
-            encode_with_prefix(m, 1)
-        };
-        self.msgs.insert(index_key(queue, seq), v)?;
+    fn index_put(&self, queue: u64, seq: u64, r: StoredRef, size: u32) -> Result<(), DiskError> {
+        let mut v = [0u8; 16];
+        v[..12].copy_from_slice(&r.to_bytes());
+        v[12..].copy_from_slice(&size.to_be_bytes());
+        self.msgs.insert(index_key(queue, seq), &v)?;
         Ok(())
     }
 
-    /// A queue no longer holds `seq`: drop its entry and, if it was the
-    /// last reference, the body.
+    /// A queue no longer holds `seq`: drop its entry and its reference to
+    /// the record's segment.
     fn release(&self, queue: u64, seq: u64, r: StoredRef) -> Result<(), DiskError> {
         self.msgs.remove(index_key(queue, seq))?;
-        let last = if r.shared {
-            let mut shared = self.lock_shared();
-            match shared.get_mut(&r.id) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
-                    false
-                }
-                _ => {
-                    shared.remove(&r.id);
-                    true
-                }
-            }
-        } else {
-            true
-        };
-        if last {
-            self.msgs.remove(body_key(r.id))?;
-        }
+        self.segments.release(r.seg);
         Ok(())
     }
 
     /// Start-up: reads every queue index once, drops entries of queues that
-    /// no longer exist (and entries whose shared body is missing), collects
-    /// shared bodies nothing refers to, rebuilds reference counts, and
-    /// returns each live queue's entries in order.
+    /// no longer exist and entries whose record did not reach the disk,
+    /// deletes segments nothing refers to, and returns each live queue's
+    /// entries in order.
     pub fn recover(
         &self,
         live_queues: &HashSet<u64>,
     ) -> Result<HashMap<u64, Vec<RecoveredEntry>>, DiskError> {
-        let mut refs: HashMap<u64, u32> = HashMap::new();
-        let mut sizes: HashMap<u64, u32> = HashMap::new();
-        let mut max_id = 0;
-        for kv in self.msgs.scan_prefix(b"B") {
-            let (k, v) = kv?;
-            if k.len() != 9 {
-                return Err(DiskError::Corrupt("message key".into()));
-            }
-            let id = be_u64(&k[1..]);
-            max_id = max_id.max(id);
-            sizes.insert(id, record_body_len(&v));
-            refs.insert(id, 0);
-        }
         let mut marks: HashMap<u64, u64> = HashMap::new();
         for kv in self.msgs.scan_prefix(b"D") {
             let (k, v) = kv?;
@@ -389,65 +322,64 @@ impl Disk {
                 self.msgs.remove(k)?;
             }
         }
+        // The last segment may end in a record that was cut short.
+        let last = self.existing.keys().next_back().copied();
+        let mut refs: HashMap<u32, u64> = HashMap::new();
         let mut out: HashMap<u64, Vec<RecoveredEntry>> = HashMap::new();
         let mut drop_keys = Vec::new();
         for kv in self.msgs.scan_prefix(b"Q") {
             let (k, v) = kv?;
-            if k.len() != 17 || v.is_empty() {
+            if k.len() != 17 || v.len() != 16 {
                 return Err(DiskError::Corrupt("queue index entry".into()));
             }
             let queue = be_u64(&k[1..9]);
             let seq = be_u64(&k[9..]);
-            if !live_queues.contains(&queue) {
+            let loc = StoredRef::from_bytes(&v[..12]).expect("12 bytes");
+            let size = u32::from_be_bytes([v[12], v[13], v[14], v[15]]);
+            let on_disk = self
+                .existing
+                .get(&loc.seg)
+                .is_some_and(|len| loc.off as u64 + 8 + loc.len as u64 <= *len);
+            let intact = on_disk && (Some(loc.seg) != last || self.segments.read(loc).is_ok());
+            if !live_queues.contains(&queue) || !intact {
                 drop_keys.push(k);
                 continue;
             }
-            let (stored, size) = if v[0] & FLAG_SHARED != 0 {
-                if v.len() != 9 {
-                    return Err(DiskError::Corrupt("shared index entry".into()));
-                }
-                let id = be_u64(&v[1..]);
-                let Some(n) = refs.get_mut(&id) else {
-                    drop_keys.push(k);
-                    continue;
-                };
-                *n += 1;
-                (StoredRef { id, shared: true }, sizes.get(&id).copied().unwrap_or(0))
-            } else {
-                (StoredRef { id: 0, shared: false }, record_body_len(&v[1..]))
-            };
+            *refs.entry(loc.seg).or_default() += 1;
             let delivered = marks.get(&queue).is_some_and(|m| seq <= *m);
             out.entry(queue).or_default().push(RecoveredEntry {
                 seq,
-                stored,
+                stored: loc,
                 delivered,
                 size,
             });
         }
+        if !drop_keys.is_empty() {
+            tracing::warn!(
+                entries = drop_keys.len(),
+                "dropping index entries of deleted queues or unwritten messages"
+            );
+        }
         for k in drop_keys {
             self.msgs.remove(k)?;
         }
-        let mut shared = self.lock_shared();
-        shared.clear();
-        for (&id, &n) in &refs {
-            if n == 0 {
-                self.msgs.remove(body_key(id))?;
-            } else {
-                shared.insert(id, n);
-            }
-        }
-        drop(shared);
-        self.next_id.store(max_id + 1, Ordering::Relaxed);
+        self.segments.set_recovered_refs(refs, &self.existing);
         self.db.flush()?;
         Ok(out)
     }
 
-    /// Counts of records, for tests and logs: (bodies, index entries).
-    pub fn counts(&self) -> (usize, usize) {
+    /// (bytes of records appended since open, index entries): tests check
+    /// that a shared body is written once and entries go with acks.
+    pub fn counts(&self) -> (u64, usize) {
         (
-            self.msgs.scan_prefix(b"B").count(),
+            self.segments.appended(),
             self.msgs.scan_prefix(b"Q").count(),
         )
+    }
+
+    /// Segment files on disk.
+    pub fn segment_files(&self) -> usize {
+        self.segments.files()
     }
 }
 
@@ -481,7 +413,12 @@ pub struct DiskStore {
 
 impl DiskStore {
     /// A store for queue `queue`, holding what was recovered for it.
-    pub fn new(disk: Arc<Disk>, queue: u64, recovered: Vec<RecoveredEntry>, mem_limit: u64) -> Self {
+    pub fn new(
+        disk: Arc<Disk>,
+        queue: u64,
+        recovered: Vec<RecoveredEntry>,
+        mem_limit: u64,
+    ) -> Self {
         let mut next_seq = 1;
         let mut bytes = 0;
         let mut mark = 0;
@@ -536,7 +473,7 @@ impl MessageStore for DiskStore {
         let size = m.message.size();
         let stored = m.message.stored;
         if let Some(r) = stored {
-            if let Err(e) = self.disk.index_put(self.queue, m.seq, &m.message, r) {
+            if let Err(e) = self.disk.index_put(self.queue, m.seq, r, size as u32) {
                 self.log_err("index write", e);
             }
         }
@@ -568,7 +505,7 @@ impl MessageStore for DiskStore {
                 }
                 None => {
                     let r = e.stored.expect("paged-out entries are stored");
-                    match self.disk.read(self.queue, e.seq, r) {
+                    match self.disk.read(r) {
                         Ok(m) => Arc::new(m),
                         Err(err) => {
                             // A lost body cannot be delivered; drop its entry.
@@ -652,7 +589,7 @@ impl MessageStore for DiskStore {
             .filter_map(|e| {
                 let message = match &e.msg {
                     Some(m) => m.clone(),
-                    None => Arc::new(self.disk.read(self.queue, e.seq, e.stored?).ok()?),
+                    None => Arc::new(self.disk.read(e.stored?).ok()?),
                 };
                 Some(QueuedMessage {
                     seq: e.seq,
@@ -776,13 +713,18 @@ mod tests {
         let mut b = DiskStore::new(disk.clone(), 2, Vec::new(), 1 << 20);
         a.push(m.clone());
         b.push(m);
-        assert_eq!(disk.counts(), (1, 2), "one body, two index entries");
+        let record = disk.counts().0;
+        assert!(
+            record < 2 * 40,
+            "one record of {record} bytes for both queues"
+        );
+        assert_eq!(disk.counts().1, 2, "two index entries");
         let x = a.pop().unwrap();
         a.settle(x.seq);
-        assert_eq!(disk.counts(), (1, 1));
+        assert_eq!(disk.counts(), (record, 1));
         let y = b.pop().unwrap();
         b.settle(y.seq);
-        assert_eq!(disk.counts(), (0, 0));
+        assert_eq!(disk.counts(), (record, 0));
     }
 
     #[test]
@@ -797,11 +739,46 @@ mod tests {
             m.persistent = true;
             disk.put_body(&m, 1).unwrap();
             disk.flush().unwrap();
+            assert_eq!(disk.segment_files(), 1);
         }
         let disk = Disk::open(&dir, 1 << 20).unwrap();
         let rec = disk.recover(&HashSet::new()).unwrap();
         assert!(rec.is_empty());
         assert_eq!(disk.counts(), (0, 0));
+        assert_eq!(
+            disk.segment_files(),
+            1,
+            "only the new, empty segment is left"
+        );
+    }
+
+    #[test]
+    fn entries_whose_record_was_cut_short_are_dropped() {
+        let dir = tempdir("torn");
+        {
+            let disk = Disk::open(&dir, 1 << 20).unwrap();
+            let mut s = DiskStore::new(disk.clone(), 3, Vec::new(), 0);
+            s.push(persistent(1, "whole", &disk, 1));
+            s.push(persistent(2, "cut short", &disk, 1));
+            disk.flush().unwrap();
+        }
+        // Truncate the segment in the middle of the second record.
+        let seg = std::fs::read_dir(dir.join("msgs"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let len = std::fs::metadata(&seg).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        f.set_len(len - 3).unwrap();
+        drop(f);
+        let disk = Disk::open(&dir, 1 << 20).unwrap();
+        let mut rec = disk.recover(&[3].into()).unwrap();
+        let entries = rec.remove(&3).unwrap();
+        assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1]);
+        let mut s = DiskStore::new(disk, 3, entries, 0);
+        assert_eq!(&s.pop().unwrap().message.body[..], b"whole");
     }
 
     #[test]

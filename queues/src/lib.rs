@@ -9,6 +9,7 @@
 pub mod disk;
 pub mod message;
 pub mod queue;
+pub mod segments;
 pub mod store;
 
 pub use disk::{Disk, DiskError, DiskStore};

@@ -21,20 +21,16 @@ pub struct Message {
     pub stored: Option<StoredRef>,
 }
 
-/// A message body record in the [`crate::disk::Disk`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoredRef {
-    pub id: u64,
-    /// More than one durable queue holds it: reference-counted.
-    pub shared: bool,
-}
-
 impl Message {
     /// The size that counts toward a queue's byte total (the body, as RabbitMQ).
     pub fn size(&self) -> u64 {
         self.body.len() as u64
     }
 }
+
+/// Where a persistent message's record lies on disk: one record serves
+/// every durable queue the message reached.
+pub use crate::segments::Location as StoredRef;
 
 /// A message in a queue: its place (`seq`, increasing per queue) and
 /// whether it has been delivered before.

@@ -623,6 +623,21 @@ impl Connection {
             .as_ref()
             .and_then(|p| p.headers().as_ref().map(to_table));
         if let Some(h) = headers.as_mut() {
+            // RabbitMQ refuses a CC or BCC that is not an array.
+            for name in ["CC", "BCC"] {
+                match h.get(name) {
+                    None | Some(warren_exchanges::Value::Array(_)) => {}
+                    Some(other) => {
+                        return Err(AmqpError::channel(
+                            PRECONDITION_FAILED,
+                            format!(
+                                "invalid message: {{unacceptable_type_in_header,\"{name}\",{}}}",
+                                other.type_name()
+                            ),
+                        ))
+                    }
+                }
+            }
             extra_keys = sender_selected_keys(h.get("CC"));
             if let Some(bcc) = h.remove("BCC") {
                 extra_keys.extend(sender_selected_keys(Some(&bcc)));
