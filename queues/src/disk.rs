@@ -28,8 +28,10 @@
 //! - Deliveries write nothing per message: each queue's delivered mark is
 //!   written once per flush.
 //!
-//! [`Disk::flush`] writes and fsyncs the segments first, then flushes
-//! sled, so an index entry on disk after a flush always has its record.
+//! [`Disk::flush`] fsyncs the segments and flushes sled concurrently; an
+//! index entry whose record did not reach the disk (a crash between the
+//! two) is found and dropped at recovery, and nothing is confirmed before
+//! both are done.
 //! The broker's group-commit thread flushes for many publishers at a time
 //! (and at least every few hundred milliseconds) and only then confirms.
 //! A crash can therefore forget the last moments of acks and deliveries
@@ -246,9 +248,15 @@ impl Disk {
                 }
             }
         }
-        // Records before the entries that point at them.
-        self.segments.flush()?;
-        self.db.flush()?;
+        // Both at once: recovery drops an entry whose record did not make
+        // it, so their order does not matter, and a confirm waits for both.
+        let (seg, db) = std::thread::scope(|s| {
+            let seg = s.spawn(|| self.segments.flush());
+            let db = self.db.flush();
+            (seg.join(), db)
+        });
+        seg.map_err(|_| DiskError::Corrupt("segment flush panicked".into()))??;
+        db?;
         Ok(())
     }
 
