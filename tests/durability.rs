@@ -509,3 +509,37 @@ async fn an_unknown_data_format_refuses_to_start() {
     };
     assert!(e.contains("unknown data format version [42]"), "{e}");
 }
+
+#[tokio::test]
+async fn a_corrupt_data_directory_refuses_to_start_cleanly() {
+    let dir = temp_dir("corrupt");
+    {
+        let s = start_on(&dir).await;
+        let c = connect(&s).await;
+        let ch = c.create_channel().await.unwrap();
+        ch.queue_declare("cq".into(), durable_q(), t())
+            .await
+            .unwrap();
+        s.shutdown().await;
+    }
+    // Overwrite sled's files with garbage.
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            let len = std::fs::metadata(&p).unwrap().len().max(64) as usize;
+            std::fs::write(&p, vec![0xA5u8; len]).unwrap();
+        }
+    }
+    let mut cfg = warren::config::Config::default();
+    cfg.listeners.amqp = "127.0.0.1:0".parse().unwrap();
+    cfg.storage.data_dir = dir.clone();
+    let res = tokio::spawn(async move { warren::server::start(&cfg).await.map(|_| ()) }).await;
+    match res {
+        Ok(Err(e)) => {
+            let e = e.to_string();
+            assert!(e.contains("cannot open the data directory"), "{e}");
+        }
+        Ok(Ok(())) => panic!("started on a corrupt directory"),
+        Err(join) => panic!("start-up panicked instead of refusing: {join}"),
+    }
+}
