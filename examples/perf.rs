@@ -4,12 +4,21 @@
 //! Producers publish to the default exchange (routing key = queue name) and
 //! consumers read the queues with `basic.consume`; producers and consumers
 //! are spread round-robin over the queues `perf-0` .. `perf-{N-1}`, which are
-//! deleted and declared afresh at start and deleted at the end. Every producer
-//! and every consumer has a connection of its own. Each message body starts
-//! with an 8-byte little-endian send timestamp (nanoseconds since the start of
-//! the process), from which consumers compute end-to-end latency; every
-//! consumed message is recorded in a fixed-size log-linear histogram (about
-//! 1.6 % resolution), so percentiles cost no per-message allocation.
+//! deleted and declared afresh at start and deleted at the end (unless
+//! `--keep-queues`, which lets one run fill a backlog and a later one drain
+//! it). Every producer and every consumer has a connection of its own. Each
+//! message body starts with an 8-byte little-endian send timestamp
+//! (nanoseconds since the Unix epoch, advanced by a monotonic clock within a
+//! process), from which consumers compute end-to-end latency; every consumed
+//! message is recorded in a fixed-size log-linear histogram (about 1.6 %
+//! resolution), so percentiles cost no per-message allocation. Messages left
+//! by an earlier run therefore show their age in the queue as latency.
+//!
+//! A run lasts `--duration`, or less when it has a natural end: with
+//! `--pmessages` once every producer has published (and had confirmed) its
+//! messages and the consumers have received them, with `--until-empty` once
+//! the consumers have drained their queues; the report then uses the time
+//! up to the last publish or delivery.
 //!
 //! A progress line goes to stderr once a second; the final report (text, or
 //! one JSON object with `--json`) goes to stdout. The exit status is 1 on a
@@ -19,6 +28,11 @@
 //! cargo run --release --example perf -- --producers 1 --consumers 1 --size 100 --duration 10
 //! cargo run --release --example perf -- --uri amqp://guest:guest@127.0.0.1:5672/%2f \
 //!     --prefetch 1000 --ack-multiple --confirm 1000 --json
+//! # fill a backlog, then drain it, watching the broker's memory
+//! cargo run --release --example perf -- --producers 1 --consumers 0 --persistent \
+//!     --confirm 1000 --pmessages 200000 --keep-queues --broker-pid $(pidof warren)
+//! cargo run --release --example perf -- --producers 0 --consumers 1 --persistent \
+//!     --keep-queues --until-empty --ack-multiple --broker-pid $(pidof warren)
 //! ```
 //!
 //! Run with `--help` for all options.
@@ -26,8 +40,8 @@
 use lapin::{
     message::DeliveryResult,
     options::{
-        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-        ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions,
+        BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
     },
     types::{FieldTable, ShortString},
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
@@ -53,13 +67,27 @@ perf: AMQP 0-9-1 load generator (PerfTest-like) built on lapin
 USAGE: perf [OPTIONS]
 
   --uri URI          broker URI [amqp://guest:guest@127.0.0.1:5672/%2f]
-  --producers N      publishing connections [1]
-  --consumers N      consuming connections [1]
+  --producers N      publishing connections, 0 = consume only [1]
+  --consumers N      consuming connections, 0 = publish only [1]
   --queues N         queues perf-0..perf-N-1; producers and consumers are
                      spread over them round-robin [1]
   --size BYTES       message body size; the first 8 bytes carry the send
                      timestamp (no latency is measured below 8 bytes) [100]
-  --duration SECS    how long to run (fractions allowed) [10]
+  --duration SECS    how long to run at most (fractions allowed) [10]
+  --pmessages N      each producer stops after publishing N messages (and,
+                     with --confirm, having them confirmed); the run then
+                     ends once the consumers have received everything
+                     published to their queues; 0 = no limit [0]
+  --until-empty      consumers stop once they have drained their queues: the
+                     run ends (after any producers are done) when each
+                     consumed queue has had no delivery for 1 s after at
+                     least one, or was empty at start and has no producer;
+                     the rates cover the time up to the last delivery
+  --keep-queues      neither delete nor purge the perf queues at start (declare
+                     them, durable iff --persistent) nor delete them at the
+                     end; unacked deliveries are acked before closing
+  --broker-pid PID   sample the broker's VmRSS from /proc/PID/status once a
+                     second; report the peak seen and VmHWM at the end
   --no-ack           consume with no-ack (automatic acknowledgement);
                      the default is manual acknowledgement
   --prefetch N       basic.qos prefetch count per consumer, 0 = unlimited [1000]
@@ -96,6 +124,11 @@ struct Config {
     confirm: usize,
     pipeline: usize,
     json: bool,
+    /// Messages per producer; 0 = unlimited.
+    pmessages: u64,
+    keep_queues: bool,
+    until_empty: bool,
+    broker_pid: Option<u32>,
 }
 
 impl Default for Config {
@@ -115,6 +148,10 @@ impl Default for Config {
             confirm: 0,
             pipeline: 256,
             json: false,
+            pmessages: 0,
+            keep_queues: false,
+            until_empty: false,
+            broker_pid: None,
         }
     }
 }
@@ -162,13 +199,20 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<ParseOutcome, St
             "--rate" => cfg.rate = parse_num(&flag, &value()?)?,
             "--confirm" => cfg.confirm = parse_num(&flag, &value()?)?,
             "--pipeline" => cfg.pipeline = parse_num::<usize>(&flag, &value()?)?.max(1),
-            "--no-ack" | "--ack-multiple" | "--persistent" | "--json" if inline.is_some() => {
+            "--pmessages" => cfg.pmessages = parse_num(&flag, &value()?)?,
+            "--broker-pid" => cfg.broker_pid = Some(parse_num(&flag, &value()?)?),
+            "--no-ack" | "--ack-multiple" | "--persistent" | "--json" | "--keep-queues"
+            | "--until-empty"
+                if inline.is_some() =>
+            {
                 return Err(format!("{flag} takes no value"));
             }
             "--no-ack" => cfg.no_ack = true,
             "--ack-multiple" => cfg.ack_multiple = true,
             "--persistent" => cfg.persistent = true,
             "--json" => cfg.json = true,
+            "--keep-queues" => cfg.keep_queues = true,
+            "--until-empty" => cfg.until_empty = true,
             _ => return Err(format!("unknown argument: {arg}")),
         }
     }
@@ -177,6 +221,16 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<ParseOutcome, St
     }
     if cfg.producers == 0 && cfg.consumers == 0 {
         return Err("nothing to do: no producers and no consumers".to_owned());
+    }
+    if cfg.until_empty && cfg.consumers == 0 {
+        return Err("--until-empty needs at least one consumer".to_owned());
+    }
+    if let Some(pid) = cfg.broker_pid {
+        if read_proc_status(pid).is_none() {
+            return Err(format!(
+                "--broker-pid {pid}: cannot read VmRSS from /proc/{pid}/status"
+            ));
+        }
     }
     Ok(ParseOutcome::Run(cfg))
 }
@@ -200,6 +254,61 @@ fn redact_uri(uri: &str) -> String {
         ),
         None => uri.to_owned(),
     }
+}
+
+// ---------------------------------------------------------------------------
+// Broker memory (--broker-pid)
+// ---------------------------------------------------------------------------
+
+/// `(VmRSS, VmHWM)` in KiB from `/proc/PID/status`; `None` if the process is
+/// gone or the file has no VmRSS (a kernel thread, another OS).
+fn read_proc_status(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        line[name.len()..].split_whitespace().next()?.parse().ok()
+    };
+    let rss = field("VmRSS:")?;
+    Some((rss, field("VmHWM:").unwrap_or(0)))
+}
+
+/// RSS samples of the broker, taken at start, once a second and at the end.
+#[derive(Clone, Copy, Debug, Default)]
+struct BrokerMemory {
+    pid: u32,
+    /// KiB; `None` until a sample succeeded.
+    start_kib: Option<u64>,
+    last_kib: Option<u64>,
+    peak_kib: u64,
+    /// VmHWM (the kernel's own peak RSS of the process) at the last sample.
+    hwm_kib: Option<u64>,
+    samples: u64,
+}
+
+impl BrokerMemory {
+    fn new(pid: u32) -> Self {
+        Self {
+            pid,
+            ..Self::default()
+        }
+    }
+
+    /// Take a sample; the RSS in KiB if the process could be read.
+    fn sample(&mut self) -> Option<u64> {
+        let (rss, hwm) = read_proc_status(self.pid)?;
+        self.start_kib.get_or_insert(rss);
+        self.last_kib = Some(rss);
+        self.peak_kib = self.peak_kib.max(rss);
+        if hwm > 0 {
+            self.hwm_kib = Some(hwm);
+        }
+        self.samples += 1;
+        Some(rss)
+    }
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
 }
 
 // ---------------------------------------------------------------------------
@@ -333,16 +442,40 @@ fn ms(ns: u64) -> f64 {
 // ---------------------------------------------------------------------------
 
 struct Shared {
-    /// Time base of the timestamps in message bodies.
+    /// Time base of the timestamps in message bodies: `epoch` is the instant
+    /// at which the wall clock read `epoch_unix_ns`, so timestamps are
+    /// monotonic within a run and comparable between runs on one host.
     epoch: Instant,
+    epoch_unix_ns: u64,
     stopping: AtomicBool,
     error: Mutex<Option<String>>,
     error_notify: Notify,
+    /// Poked when a producer has published all its `--pmessages`.
+    done_notify: Notify,
 }
 
 impl Shared {
+    fn new() -> Self {
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        Self {
+            epoch: Instant::now(),
+            epoch_unix_ns: unix,
+            stopping: AtomicBool::new(false),
+            error: Mutex::new(None),
+            error_notify: Notify::new(),
+            done_notify: Notify::new(),
+        }
+    }
+
     fn now_ns(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
+        self.epoch_unix_ns + self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// The instant of a `now_ns` timestamp.
+    fn instant_of(&self, ns: u64) -> Instant {
+        self.epoch + Duration::from_nanos(ns.saturating_sub(self.epoch_unix_ns))
     }
 
     fn stopping(&self) -> bool {
@@ -368,10 +501,14 @@ struct ProducerStats {
     published: AtomicU64,
     confirmed: AtomicU64,
     nacked: AtomicU64,
+    /// `now_ns` when the producer finished its `--pmessages`; 0 = not yet.
+    finished_ns: AtomicU64,
 }
 
 struct ConsumerStats {
     consumed: AtomicU64,
+    /// `now_ns` of the latest delivery; 0 = none yet.
+    last_ns: AtomicU64,
     latency: Histogram,
 }
 
@@ -477,6 +614,21 @@ impl ProducerCtx {
     fn done(&self) -> bool {
         self.shared.stopping() || Instant::now() >= self.deadline
     }
+
+    /// How many messages this producer publishes in all (`--pmessages`).
+    fn quota(&self) -> u64 {
+        match self.cfg.pmessages {
+            0 => u64::MAX,
+            n => n,
+        }
+    }
+
+    /// Record that the quota is published (and confirmed) and tell the main
+    /// task.
+    fn finished(&self) {
+        self.stats.finished_ns.store(self.shared.now_ns(), Relaxed);
+        self.shared.done_notify.notify_one();
+    }
 }
 
 /// Without confirms: hand up to `--pipeline` publishes to lapin, polling each
@@ -490,8 +642,9 @@ async fn produce_unconfirmed(p: ProducerCtx) -> lapin::Result<()> {
     let mut mark = vec![0u8; p.cfg.size];
     let mut sent = 0u64;
     let mut marker = None;
-    while !p.done() {
-        let n = match rate_allowance(&p.cfg, p.start, sent, window) {
+    let quota = p.quota();
+    while !p.done() && sent < quota {
+        let n = match rate_allowance(&p.cfg, p.start, sent, window.min(quota - sent)) {
             Ok(n) => n,
             Err(next) => {
                 if let Some(prev) = marker {
@@ -544,6 +697,9 @@ async fn produce_unconfirmed(p: ProducerCtx) -> lapin::Result<()> {
     if let Some(prev) = marker {
         prev.await?;
     }
+    if sent >= quota {
+        p.finished();
+    }
     Ok(())
 }
 
@@ -571,7 +727,8 @@ async fn produce_confirmed(p: ProducerCtx) -> lapin::Result<()> {
         Ok(())
     };
 
-    while !p.done() {
+    let quota = p.quota();
+    while !p.done() && sent < quota {
         // Harvest confirmations that have already arrived.
         while let Some(front) = in_flight.front_mut() {
             match poll_now(front.as_mut()) {
@@ -625,6 +782,17 @@ async fn produce_confirmed(p: ProducerCtx) -> lapin::Result<()> {
         sent += 1;
         p.stats.published.fetch_add(1, Relaxed);
     }
+    if sent >= quota {
+        // All published: wait for the outstanding confirmations.
+        while let Some(front) = in_flight.pop_front() {
+            let out = tokio::select! {
+                out = front => out,
+                _ = tokio::time::sleep_until(p.deadline.into()) => return Ok(()),
+            };
+            settle(out, &mut pool)?;
+        }
+        p.finished();
+    }
     Ok(())
 }
 
@@ -635,13 +803,19 @@ async fn produce_confirmed(p: ProducerCtx) -> lapin::Result<()> {
 struct Acks {
     /// Highest delivery tag the acker should acknowledge up to.
     latest: AtomicU64,
+    /// Highest delivery tag received.
+    last_tag: AtomicU64,
+    /// Set (then `notify`) to have the acker ack up to `last_tag` and stop.
+    closing: AtomicBool,
     notify: Notify,
 }
 
 struct ConsumerHandle {
     connection: Connection,
     channel: Channel,
+    tag: ShortString,
     _consumer: Consumer,
+    acks: Option<Arc<Acks>>,
     acker: Option<JoinHandle<()>>,
 }
 
@@ -684,6 +858,8 @@ async fn start_consumer(
     let acks = (!cfg.no_ack).then(|| {
         Arc::new(Acks {
             latest: AtomicU64::new(0),
+            last_tag: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
             notify: Notify::new(),
         })
     });
@@ -697,15 +873,17 @@ async fn start_consumer(
     consumer.set_delegate(move |delivery: DeliveryResult| {
         match delivery {
             Ok(Some(d)) => {
+                let now = delegate_shared.now_ns();
                 stats.consumed.fetch_add(1, Relaxed);
+                stats.last_ns.store(now, Relaxed);
                 if let Some(ts) = d.data.get(..8) {
                     let sent = u64::from_le_bytes(ts.try_into().unwrap_or_default());
                     if sent != 0 {
-                        let now = delegate_shared.now_ns();
                         stats.latency.record(now.saturating_sub(sent));
                     }
                 }
                 if let Some(acks) = &delegate_acks {
+                    acks.last_tag.store(d.delivery_tag, Relaxed);
                     if d.delivery_tag % ack_every == 0 {
                         acks.latest.store(d.delivery_tag, Relaxed);
                         acks.notify.notify_one();
@@ -726,7 +904,7 @@ async fn start_consumer(
         std::future::ready(())
     });
 
-    let acker = acks.map(|acks| {
+    let acker = acks.clone().map(|acks| {
         let channel = channel.clone();
         let multiple = cfg.ack_multiple;
         tokio::spawn(async move {
@@ -741,7 +919,9 @@ async fn start_consumer(
     Ok(ConsumerHandle {
         connection,
         channel,
+        tag: name.into(),
         _consumer: consumer,
+        acks,
         acker,
     })
 }
@@ -750,8 +930,16 @@ async fn ack_loop(channel: &Channel, acks: &Acks, multiple: bool) -> lapin::Resu
     let mut acked = 0u64;
     loop {
         acks.notify.notified().await;
-        let upto = acks.latest.load(Relaxed);
+        let closing = acks.closing.load(Relaxed);
+        let upto = if closing {
+            acks.last_tag.load(Relaxed)
+        } else {
+            acks.latest.load(Relaxed)
+        };
         if upto <= acked {
+            if closing {
+                return Ok(());
+            }
             continue;
         }
         if multiple {
@@ -770,6 +958,9 @@ async fn ack_loop(channel: &Channel, acks: &Acks, multiple: bool) -> lapin::Resu
             channel.basic_ack(upto, BasicAckOptions::default()).await?;
         }
         acked = upto;
+        if closing {
+            return Ok(());
+        }
     }
 }
 
@@ -781,14 +972,18 @@ async fn setup_queues(cfg: &Config) -> lapin::Result<(Connection, Channel)> {
     let connection = connect(&cfg.uri, "perf-setup").await?;
     let mut channel = connection.create_channel().await?;
     for i in 0..cfg.queues {
-        // RabbitMQ answers delete-ok for a missing queue; a broker that closes
-        // the channel with 404 instead just costs a fresh channel.
-        let deleted = channel
-            .queue_delete(queue_name(i), QueueDeleteOptions::default())
-            .await;
-        if deleted.is_err() || !channel.status().connected() {
-            channel = connection.create_channel().await?;
+        if !cfg.keep_queues {
+            // RabbitMQ answers delete-ok for a missing queue; a broker that
+            // closes the channel with 404 instead just costs a fresh channel.
+            let deleted = channel
+                .queue_delete(queue_name(i), QueueDeleteOptions::default())
+                .await;
+            if deleted.is_err() || !channel.status().connected() {
+                channel = connection.create_channel().await?;
+            }
         }
+        // With --keep-queues this is a no-op on a queue left by an earlier
+        // run with the same --persistent (and a 406 if it differs).
         channel
             .queue_declare(
                 queue_name(i),
@@ -802,6 +997,25 @@ async fn setup_queues(cfg: &Config) -> lapin::Result<(Connection, Channel)> {
             .await?;
     }
     Ok((connection, channel))
+}
+
+/// Ready-message counts of `perf-0` .. `perf-{queues-1}` (passive declares).
+async fn queue_depths(channel: &Channel, queues: usize) -> lapin::Result<Vec<u64>> {
+    let mut depths = Vec::with_capacity(queues);
+    for i in 0..queues {
+        let queue = channel
+            .queue_declare(
+                queue_name(i),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        depths.push(u64::from(queue.message_count()));
+    }
+    Ok(depths)
 }
 
 /// lapin reports a connection closed by the broker to a consumer delegate
@@ -824,40 +1038,108 @@ fn dead_link(what: &str, connection: &Connection, channel: &Channel) -> Option<S
     None
 }
 
+/// Why a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// `--duration` ran out.
+    Duration,
+    /// `--pmessages`: everything published (and confirmed) and consumed.
+    Done,
+    /// `--until-empty`: the consumers drained their queues.
+    Drained,
+}
+
+impl End {
+    fn as_str(self) -> &'static str {
+        match self {
+            End::Duration => "duration",
+            End::Done => "done",
+            End::Drained => "drained",
+        }
+    }
+}
+
 struct Report {
     elapsed: Duration,
+    end: End,
     totals: Totals,
     latency: Snapshot,
+    broker: Option<BrokerMemory>,
+    /// Ready messages in all perf queues at start and at the end, with
+    /// `--keep-queues` (or at start with `--until-empty`).
+    depth_start: Option<u64>,
+    depth_end: Option<u64>,
+}
+
+/// Whether the run has reached its natural end (`--pmessages`,
+/// `--until-empty`, or publish-only with `--pmessages`); if so, the
+/// `now_ns`-style time of the last publish or delivery it waited for.
+fn natural_end(
+    cfg: &Config,
+    producers: &[Arc<ProducerStats>],
+    consumers: &[Arc<ConsumerStats>],
+    depths_start: Option<&[u64]>,
+    now_ns: u64,
+) -> Option<u64> {
+    let mut end_ns = 0;
+    for p in producers {
+        match p.finished_ns.load(Relaxed) {
+            0 => return None,
+            t => end_ns = end_ns.max(t),
+        }
+    }
+    // Queue q gets producers i with i % queues == q, and consumers likewise.
+    for q in 0..cfg.queues.min(consumers.len()) {
+        let mut consumed = 0;
+        let mut last = 0;
+        for c in consumers.iter().skip(q).step_by(cfg.queues) {
+            consumed += c.consumed.load(Relaxed);
+            last = last.max(c.last_ns.load(Relaxed));
+        }
+        if cfg.until_empty {
+            let fed = q < producers.len();
+            let empty_at_start = depths_start.is_some_and(|d| d.get(q) == Some(&0));
+            let drained = if consumed > 0 {
+                now_ns.saturating_sub(last) >= 1_000_000_000
+            } else {
+                !fed && empty_at_start
+            };
+            if !drained {
+                return None;
+            }
+        } else {
+            let published: u64 = producers
+                .iter()
+                .skip(q)
+                .step_by(cfg.queues)
+                .map(|p| p.published.load(Relaxed))
+                .sum();
+            if consumed < published {
+                return None;
+            }
+        }
+        end_ns = end_ns.max(last);
+    }
+    Some(if end_ns == 0 { now_ns } else { end_ns })
 }
 
 async fn run(cfg: Config) -> Result<Report, String> {
     let cfg = Arc::new(cfg);
-    let shared = Arc::new(Shared {
-        epoch: Instant::now(),
-        stopping: AtomicBool::new(false),
-        error: Mutex::new(None),
-        error_notify: Notify::new(),
-    });
+    let shared = Arc::new(Shared::new());
+    let mut broker = cfg.broker_pid.map(BrokerMemory::new);
 
-    let (setup_conn, setup_channel) = setup_queues(&cfg)
+    let (setup_conn, mut setup_channel) = setup_queues(&cfg)
         .await
         .map_err(|e| format!("setting up queues on {}: {e}", redact_uri(&cfg.uri)))?;
-
-    let consumer_stats: Vec<Arc<ConsumerStats>> = (0..cfg.consumers)
-        .map(|_| {
-            Arc::new(ConsumerStats {
-                consumed: AtomicU64::new(0),
-                latency: Histogram::new(),
-            })
-        })
-        .collect();
-    let mut consumers = Vec::with_capacity(cfg.consumers);
-    for (i, stats) in consumer_stats.iter().enumerate() {
-        let handle = start_consumer(i, &cfg, stats.clone(), shared.clone())
-            .await
-            .map_err(|e| format!("starting consumer {i}: {e}"))?;
-        consumers.push(handle);
-    }
+    let depths_start = if cfg.keep_queues || cfg.until_empty {
+        Some(
+            queue_depths(&setup_channel, cfg.queues)
+                .await
+                .map_err(|e| format!("checking the perf queues: {e}"))?,
+        )
+    } else {
+        None
+    };
 
     let producer_stats: Vec<Arc<ProducerStats>> = (0..cfg.producers)
         .map(|_| Arc::new(ProducerStats::default()))
@@ -880,7 +1162,32 @@ async fn run(cfg: Config) -> Result<Report, String> {
         producer_conns.push((conn, channel));
     }
 
-    let start = Instant::now();
+    let consumer_stats: Vec<Arc<ConsumerStats>> = (0..cfg.consumers)
+        .map(|_| {
+            Arc::new(ConsumerStats {
+                consumed: AtomicU64::new(0),
+                last_ns: AtomicU64::new(0),
+                latency: Histogram::new(),
+            })
+        })
+        .collect();
+    if let Some(b) = &mut broker {
+        b.sample();
+    }
+    // Kept queues may hold a backlog, delivered as soon as a consumer
+    // subscribes: then the clock starts before the consumers do.
+    let mut start = Instant::now();
+    let mut consumers = Vec::with_capacity(cfg.consumers);
+    for (i, stats) in consumer_stats.iter().enumerate() {
+        let handle = start_consumer(i, &cfg, stats.clone(), shared.clone())
+            .await
+            .map_err(|e| format!("starting consumer {i}: {e}"))?;
+        consumers.push(handle);
+    }
+    if !cfg.keep_queues {
+        start = Instant::now();
+    }
+
     let deadline = start + cfg.duration;
     let mut producers = Vec::with_capacity(cfg.producers);
     for (i, (_, channel)) in producer_conns.iter().enumerate() {
@@ -908,17 +1215,38 @@ async fn run(cfg: Config) -> Result<Report, String> {
         }));
     }
 
-    // Progress, once a second, until the deadline or the first error.
+    // Whether the run can end before the deadline: producers that stop by
+    // themselves (or none), and consumers that know when they are done.
+    let finite = (cfg.pmessages > 0 || cfg.producers == 0)
+        && (cfg.consumers == 0 || cfg.until_empty || (cfg.pmessages > 0 && cfg.producers > 0));
+    let end_reason = if cfg.until_empty {
+        End::Drained
+    } else {
+        End::Done
+    };
+
+    // Progress once a second, until the deadline, the natural end or the
+    // first error. Once the producers are done, the end is checked often.
     let mut last_tick = start;
     let mut last_totals = Totals::default();
     let mut last_latency = Snapshot::new();
-    let mut second = 0u64;
+    let mut second = 1u64;
+    let mut ended_ns = None;
     let failure = loop {
-        second += 1;
         let tick = (start + Duration::from_secs(second)).min(deadline);
+        let awaiting = finite
+            && producer_stats
+                .iter()
+                .all(|p| p.finished_ns.load(Relaxed) != 0);
+        let wake = if awaiting {
+            tick.min(Instant::now() + Duration::from_millis(10))
+        } else {
+            tick
+        };
         tokio::select! {
-            _ = tokio::time::sleep_until(tick.into()) => {}
+            _ = tokio::time::sleep_until(wake.into()) => {}
             _ = shared.error_notify.notified() => {}
+            _ = shared.done_notify.notified() => {}
         }
         let dead = shared.take_error().or_else(|| {
             let consumer_links = consumers
@@ -934,10 +1262,26 @@ async fn run(cfg: Config) -> Result<Report, String> {
         if dead.is_some() {
             break dead;
         }
+        if finite {
+            ended_ns = natural_end(
+                &cfg,
+                &producer_stats,
+                &consumer_stats,
+                depths_start.as_deref(),
+                shared.now_ns(),
+            );
+            if ended_ns.is_some() {
+                break None;
+            }
+        }
         let now = Instant::now();
         if now >= deadline {
             break None;
         }
+        if now < tick {
+            continue;
+        }
+        second = (now - start).as_secs() + 1;
         let t = totals(&producer_stats, &consumer_stats);
         let lat = latency_snapshot(&consumer_stats);
         let window = lat.since(&last_latency);
@@ -963,20 +1307,28 @@ async fn run(cfg: Config) -> Result<Report, String> {
                 ms(window.quantile(0.99))
             );
         }
+        if let Some(rss) = broker.as_mut().and_then(BrokerMemory::sample) {
+            let _ = write!(line, "  broker rss {:.1} MiB", mib(rss));
+        }
         eprintln!("{line}");
         last_tick = now;
         last_totals = t;
         last_latency = lat;
     };
 
-    // Freeze the figures at the deadline, then stop and clean up.
-    let elapsed = start.elapsed();
-    let latency = latency_snapshot(&consumer_stats);
-    let report = Report {
-        elapsed,
-        totals: totals(&producer_stats, &consumer_stats),
-        latency,
+    // Freeze the figures at the end, then stop and clean up.
+    let (elapsed, end) = match ended_ns {
+        Some(ns) => (
+            shared.instant_of(ns).saturating_duration_since(start),
+            end_reason,
+        ),
+        None => (start.elapsed(), End::Duration),
     };
+    let latency = latency_snapshot(&consumer_stats);
+    let totals = totals(&producer_stats, &consumer_stats);
+    if let Some(b) = &mut broker {
+        b.sample();
+    }
     shared.stopping.store(true, Relaxed);
 
     let grace = Duration::from_secs(2);
@@ -989,36 +1341,69 @@ async fn run(cfg: Config) -> Result<Report, String> {
     for (conn, _) in &producer_conns {
         let _ = tokio::time::timeout(grace, conn.close(200, "perf done".into())).await;
     }
-    for consumer in &consumers {
+    for consumer in &mut consumers {
+        if cfg.keep_queues {
+            // The queues outlive the run: stop the deliveries and ack what
+            // was delivered, so that only unconsumed messages stay queued.
+            let cancel = consumer
+                .channel
+                .basic_cancel(consumer.tag.clone(), BasicCancelOptions::default());
+            let _ = tokio::time::timeout(grace, cancel).await;
+            if let (Some(acks), Some(acker)) = (&consumer.acks, &mut consumer.acker) {
+                acks.closing.store(true, Relaxed);
+                acks.notify.notify_one();
+                let _ = tokio::time::timeout(grace, acker).await;
+            }
+        }
         if let Some(acker) = &consumer.acker {
             acker.abort();
         }
         let _ =
             tokio::time::timeout(grace, consumer.connection.close(200, "perf done".into())).await;
     }
-    let mut setup_channel = setup_channel;
-    for i in 0..cfg.queues {
+    let mut depth_end = None;
+    if cfg.keep_queues {
         if !setup_channel.status().connected() {
-            match setup_conn.create_channel().await {
-                Ok(channel) => setup_channel = channel,
-                Err(e) => {
-                    eprintln!("warning: could not delete the perf-* queues: {e}");
-                    break;
-                }
+            if let Ok(channel) = setup_conn.create_channel().await {
+                setup_channel = channel;
             }
         }
-        let delete = setup_channel.queue_delete(queue_name(i), QueueDeleteOptions::default());
-        match tokio::time::timeout(Duration::from_secs(10), delete).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => eprintln!("warning: could not delete queue perf-{i}: {e}"),
-            Err(_) => eprintln!("warning: could not delete queue perf-{i}: timed out"),
+        let depths = queue_depths(&setup_channel, cfg.queues);
+        if let Ok(Ok(depths)) = tokio::time::timeout(Duration::from_secs(10), depths).await {
+            depth_end = Some(depths.iter().sum());
+        }
+    } else {
+        for i in 0..cfg.queues {
+            if !setup_channel.status().connected() {
+                match setup_conn.create_channel().await {
+                    Ok(channel) => setup_channel = channel,
+                    Err(e) => {
+                        eprintln!("warning: could not delete the perf-* queues: {e}");
+                        break;
+                    }
+                }
+            }
+            let delete = setup_channel.queue_delete(queue_name(i), QueueDeleteOptions::default());
+            match tokio::time::timeout(Duration::from_secs(10), delete).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => eprintln!("warning: could not delete queue perf-{i}: {e}"),
+                Err(_) => eprintln!("warning: could not delete queue perf-{i}: timed out"),
+            }
         }
     }
     let _ = tokio::time::timeout(grace, setup_conn.close(200, "perf done".into())).await;
 
     match failure {
         Some(e) => Err(e),
-        None => Ok(report),
+        None => Ok(Report {
+            elapsed,
+            end,
+            totals,
+            latency,
+            broker,
+            depth_start: depths_start.map(|d| d.iter().sum()),
+            depth_end,
+        }),
     }
 }
 
@@ -1055,14 +1440,15 @@ fn print_report(cfg: &Config, r: &Report) {
     let secs = r.elapsed.as_secs_f64();
     let t = &r.totals;
     let lat = &r.latency;
-    let rate = |n: u64| n as f64 / secs;
+    let rate = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
     if cfg.json {
         let mut o = String::new();
         let _ = write!(
             o,
             "{{\"options\":{{\"uri\":{},\"producers\":{},\"consumers\":{},\"queues\":{},\
              \"size\":{},\"duration_s\":{},\"ack_mode\":\"{}\",\"prefetch\":{},\
-             \"rate\":{},\"persistent\":{},\"confirm\":{},\"pipeline\":{}}},",
+             \"rate\":{},\"persistent\":{},\"confirm\":{},\"pipeline\":{},\
+             \"pmessages\":{},\"keep_queues\":{},\"until_empty\":{},\"broker_pid\":{}}},",
             json_string(&redact_uri(&cfg.uri)),
             cfg.producers,
             cfg.consumers,
@@ -1075,17 +1461,42 @@ fn print_report(cfg: &Config, r: &Report) {
             cfg.persistent,
             cfg.confirm,
             cfg.pipeline,
+            cfg.pmessages,
+            cfg.keep_queues,
+            cfg.until_empty,
+            cfg.broker_pid.map_or("null".to_owned(), |p| p.to_string()),
         );
         let _ = write!(
             o,
-            "\"elapsed_s\":{:.3},\"published\":{},\"published_rate\":{:.1},\
+            "\"elapsed_s\":{:.3},\"end\":\"{}\",\"published\":{},\"published_rate\":{:.1},\
              \"consumed\":{},\"consumed_rate\":{:.1}",
             secs,
+            r.end.as_str(),
             t.published,
             rate(t.published),
             t.consumed,
             rate(t.consumed),
         );
+        if let Some(n) = r.depth_start {
+            let _ = write!(o, ",\"queued_start\":{n}");
+        }
+        if let Some(n) = r.depth_end {
+            let _ = write!(o, ",\"queued_end\":{n}");
+        }
+        if let Some(b) = &r.broker {
+            let opt = |v: Option<u64>| v.map_or("null".to_owned(), |v| v.to_string());
+            let _ = write!(
+                o,
+                ",\"broker\":{{\"pid\":{},\"rss_start_kib\":{},\"rss_end_kib\":{},\
+                 \"rss_peak_kib\":{},\"vm_hwm_kib\":{},\"samples\":{}}}",
+                b.pid,
+                opt(b.start_kib),
+                opt(b.last_kib),
+                b.peak_kib,
+                opt(b.hwm_kib),
+                b.samples,
+            );
+        }
         if cfg.confirm > 0 {
             let _ = write!(
                 o,
@@ -1140,7 +1551,39 @@ fn print_report(cfg: &Config, r: &Report) {
         },
         cfg.pipeline,
     );
-    println!("  elapsed:   {secs:.2} s");
+    let mut extra = Vec::new();
+    if cfg.pmessages > 0 {
+        extra.push(format!("{} msgs per producer", cfg.pmessages));
+    }
+    if cfg.until_empty {
+        extra.push("until empty".to_owned());
+    }
+    if cfg.keep_queues {
+        extra.push("keep queues".to_owned());
+    }
+    if !extra.is_empty() {
+        println!("             {}", extra.join(", "));
+    }
+    match r.end {
+        End::Duration => println!("  elapsed:   {secs:.2} s"),
+        End::Done => {
+            let what = match (cfg.confirm > 0, cfg.consumers > 0) {
+                (false, false) => "published",
+                (true, false) => "published and confirmed",
+                (false, true) => "published and consumed",
+                (true, true) => "published, confirmed and consumed",
+            };
+            println!("  elapsed:   {secs:.2} s  (all {what})");
+        }
+        End::Drained => {
+            println!("  elapsed:   {secs:.2} s  (queues drained; up to the last delivery)")
+        }
+    }
+    match (r.depth_start, r.depth_end) {
+        (Some(a), Some(b)) => println!("  queued:    {a:>10} msgs at start, {b} at the end"),
+        (Some(a), None) => println!("  queued:    {a:>10} msgs at start"),
+        _ => {}
+    }
     println!(
         "  published: {:>10} msgs  {:>10.1} msg/s",
         t.published,
@@ -1173,6 +1616,18 @@ fn print_report(cfg: &Config, r: &Report) {
             ms(lat.max),
             ms(lat.mean()),
             lat.total(),
+        );
+    }
+    if let Some(b) = &r.broker {
+        let opt = |v: Option<u64>| v.map_or("?".to_owned(), |v| format!("{:.1} MiB", mib(v)));
+        println!(
+            "  broker:    pid {}  rss start {}, end {}, peak {} ({} samples)  VmHWM {}",
+            b.pid,
+            opt(b.start_kib),
+            opt(b.last_kib),
+            opt((b.samples > 0).then_some(b.peak_kib)),
+            b.samples,
+            opt(b.hwm_kib),
         );
     }
 }
@@ -1264,5 +1719,102 @@ mod tests {
         assert_eq!(cfg.confirm, 10);
         assert!(parse_args(["--bogus".to_string()]).is_err());
         assert!(parse_args(["--queues".to_string(), "0".to_string()]).is_err());
+    }
+
+    fn parse(args: &[&str]) -> Result<ParseOutcome, String> {
+        parse_args(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn parses_run_shape_flags() {
+        let Ok(ParseOutcome::Run(cfg)) = parse(&[
+            "--producers=0",
+            "--keep-queues",
+            "--until-empty",
+            "--pmessages",
+            "5",
+        ]) else {
+            panic!("parse failed");
+        };
+        assert_eq!(cfg.producers, 0);
+        assert!(cfg.keep_queues && cfg.until_empty);
+        assert_eq!(cfg.pmessages, 5);
+        assert!(cfg.broker_pid.is_none());
+        let Ok(ParseOutcome::Run(cfg)) = parse(&["--consumers", "0"]) else {
+            panic!("parse failed");
+        };
+        assert_eq!((cfg.producers, cfg.consumers), (1, 0));
+        assert!(parse(&["--producers", "0", "--consumers", "0"]).is_err());
+        assert!(parse(&["--consumers", "0", "--until-empty"]).is_err());
+        assert!(parse(&["--keep-queues=yes"]).is_err());
+        let me = std::process::id().to_string();
+        let Ok(ParseOutcome::Run(cfg)) = parse(&["--broker-pid", &me]) else {
+            panic!("parse failed");
+        };
+        assert_eq!(cfg.broker_pid, Some(std::process::id()));
+        let mut mem = BrokerMemory::new(std::process::id());
+        assert!(mem.sample().is_some_and(|kib| kib > 0));
+        assert!(mem.peak_kib > 0 && mem.hwm_kib.is_some());
+    }
+
+    fn producer(published: u64, finished_ns: u64) -> Arc<ProducerStats> {
+        let p = ProducerStats::default();
+        p.published.store(published, Relaxed);
+        p.finished_ns.store(finished_ns, Relaxed);
+        Arc::new(p)
+    }
+
+    fn consumer(consumed: u64, last_ns: u64) -> Arc<ConsumerStats> {
+        Arc::new(ConsumerStats {
+            consumed: AtomicU64::new(consumed),
+            last_ns: AtomicU64::new(last_ns),
+            latency: Histogram::new(),
+        })
+    }
+
+    #[test]
+    fn natural_end_rules() {
+        const S: u64 = 1_000_000_000;
+        let cfg = Config {
+            queues: 2,
+            pmessages: 10,
+            ..Config::default()
+        };
+        // Publish-only: done when every producer is.
+        let ps = [producer(10, 5 * S), producer(10, 7 * S)];
+        assert_eq!(natural_end(&cfg, &ps, &[], None, 9 * S), Some(7 * S));
+        let unfinished = [producer(10, 5 * S), producer(3, 0)];
+        assert_eq!(natural_end(&cfg, &unfinished, &[], None, 9 * S), None);
+        // One consumer on perf-0 only waits for perf-0's producer.
+        let cs = [consumer(9, 8 * S)];
+        assert_eq!(natural_end(&cfg, &ps, &cs, None, 9 * S), None);
+        let cs = [consumer(10, 8 * S)];
+        assert_eq!(natural_end(&cfg, &ps, &cs, None, 9 * S), Some(8 * S));
+
+        // --until-empty: idle for 1 s after a delivery, or empty and unfed.
+        let cfg = Config {
+            producers: 0,
+            queues: 2,
+            until_empty: true,
+            ..Config::default()
+        };
+        let cs = [consumer(100, 8 * S), consumer(0, 0)];
+        let depths = [100, 0];
+        assert_eq!(
+            natural_end(&cfg, &[], &cs, Some(&depths), 8 * S + S / 2),
+            None
+        );
+        assert_eq!(
+            natural_end(&cfg, &[], &cs, Some(&depths), 9 * S),
+            Some(8 * S)
+        );
+        let depths = [100, 1];
+        assert_eq!(natural_end(&cfg, &[], &cs, Some(&depths), 20 * S), None);
+        let cs = [consumer(0, 0)];
+        assert_eq!(
+            natural_end(&cfg, &[], &cs, Some(&[0, 0]), 3 * S),
+            Some(3 * S)
+        );
+        assert_eq!(natural_end(&cfg, &[], &cs, Some(&[5, 0]), 3 * S), None);
     }
 }
