@@ -96,7 +96,7 @@ impl Default for Storage {
     fn default() -> Self {
         Storage {
             data_dir: PathBuf::from("./data"),
-            cache_mb: 64,
+            cache_mb: 8,
             queue_memory_mb: 16,
         }
     }

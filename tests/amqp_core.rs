@@ -1220,3 +1220,76 @@ async fn shutdown_closes_connections_with_320() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn flow_control_pauses_publishers_of_a_backlogged_consumed_queue() {
+    use std::time::Duration;
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    declare(&ch, "flow").await;
+    // A consumer that takes one message and never acks: nothing drains.
+    ch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
+    let cons = consume(&ch, "flow", false).await;
+    let publisher = connect(&s).await;
+    let pch = publisher.create_channel().await.unwrap();
+    let total = 60_000u32;
+    let task = tokio::spawn(async move {
+        for i in 0..total {
+            pch.basic_publish(
+                "".into(),
+                "flow".into(),
+                BasicPublishOptions::default(),
+                &i.to_be_bytes(),
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap();
+        }
+        pch
+    });
+    let count = |ch: Channel| async move {
+        ch.queue_declare(
+            "flow".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            t(),
+        )
+        .await
+        .unwrap()
+        .message_count()
+    };
+    let watcher = c.create_channel().await.unwrap();
+    // The backlog passes the high mark, then stops growing while paused.
+    within(async {
+        while count(watcher.clone()).await <= 20_000 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = count(watcher.clone()).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let after = count(watcher.clone()).await;
+    assert!(
+        after < 30_000 && after - before < 2_000,
+        "the publisher was not paused: {before} then {after} queued"
+    );
+    assert!(
+        !task.is_finished(),
+        "all publishes went through while paused"
+    );
+    // Without consumers the queue takes the backlog: publishing resumes.
+    ch.basic_cancel(cons.tag(), BasicCancelOptions::default())
+        .await
+        .unwrap();
+    within(task).await.unwrap();
+    within(async {
+        while count(watcher.clone()).await < total - 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}

@@ -723,6 +723,9 @@ impl Connection {
                 return Err(());
             }
         };
+        if let Some(q) = published.blocked_by {
+            self.flow_wait = Some(q);
+        }
         if published.routed == 0 && p.mandatory {
             let m = &published.message;
             codec::write_return(

@@ -67,6 +67,9 @@ pub(super) struct Connection {
     pub(super) route_scratch: RouteScratch,
     /// Channels with confirm tags written to disk this turn.
     pub(super) flush_waiting: Vec<u16>,
+    /// A queue we published to asked publishers to pause: reading from
+    /// the socket waits until it drains (deliveries still go out).
+    pub(super) flow_wait: Option<Arc<Queue>>,
     outbox_items: Vec<OutboxItem>,
     last_sent: Instant,
 }
@@ -128,6 +131,7 @@ pub async fn serve(
         settle: Vec::new(),
         route_scratch: RouteScratch::default(),
         flush_waiting: Vec::new(),
+        flow_wait: None,
         outbox_items: Vec::new(),
         last_sent: Instant::now(),
     };
@@ -416,8 +420,9 @@ impl Connection {
         let mut last_read = Instant::now();
         let outbox = self.outbox.clone();
         let end = loop {
+            let flow = self.flow_wait.clone();
             tokio::select! {
-                res = rd.read_buf(rbuf) => {
+                res = rd.read_buf(rbuf), if flow.is_none() => {
                     match res {
                         Ok(0) => break End::PeerClosed,
                         Err(e) => break End::Io(e),
@@ -429,6 +434,18 @@ impl Connection {
                     self.request_flushes();
                     if rbuf.capacity() - rbuf.len() < 4096 {
                         rbuf.reserve(READ_CHUNK);
+                    }
+                }
+                _ = async {
+                    // Re-check now and then: a wake-up may race the check.
+                    if let Some(q) = &flow {
+                        let _ = tokio::time::timeout(Duration::from_millis(50), q.flow_resumed()).await;
+                    }
+                }, if flow.is_some() => {
+                    // Time spent paused by us is not the peer's silence.
+                    last_read = Instant::now();
+                    if flow.as_ref().is_some_and(|q| !q.flow_blocked() || q.is_deleted()) {
+                        self.flow_wait = None;
                     }
                 }
                 _ = outbox.notified() => {}

@@ -7,6 +7,7 @@
 use super::outbox::{Delivery, Outbox, OutboxItem};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::Notify;
 use warren_exchanges::Table;
 use warren_queues::{
     ChannelLimit, ConsumeError, ConsumerId, ConsumerSpec, Dispatched, Message, QueueCore,
@@ -44,7 +45,17 @@ pub struct Queue {
     pub arguments: Table,
     core: Mutex<QueueCore<Arc<ConsumerHandle>>>,
     deleted: AtomicBool,
+    /// Flow control: set while consumers are attached and the backlog is
+    /// above [`FLOW_HIGH`]; publishers to this queue pause reading until it
+    /// drains below [`FLOW_LOW`] (RabbitMQ's `flow` state, by backlog).
+    flow_blocked: AtomicBool,
+    flow_resumed: Notify,
 }
+
+/// Ready messages above which a consumed queue pushes back on publishers.
+pub const FLOW_HIGH: usize = 20_000;
+/// Ready messages below which it lets them go again.
+pub const FLOW_LOW: usize = 10_000;
 
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -87,6 +98,8 @@ impl Queue {
             arguments: opts.arguments,
             core: Mutex::new(QueueCore::new(store, noack_window)),
             deleted: AtomicBool::new(false),
+            flow_blocked: AtomicBool::new(false),
+            flow_resumed: Notify::new(),
         }
     }
 
@@ -107,14 +120,43 @@ impl Queue {
             let mut core = self.core();
             core.publish(message);
             core.dispatch(&mut out);
+            // Only a consumed queue pushes back: a queue nobody reads
+            // takes a backlog (on disk, if durable) as RabbitMQ does.
+            if core.message_count() > FLOW_HIGH && core.consumer_count() > 0 {
+                self.flow_blocked.store(true, Ordering::Release);
+            }
         }
         self.hand_off(out);
+    }
+
+    /// Whether publishers should pause for this queue.
+    pub fn flow_blocked(&self) -> bool {
+        self.flow_blocked.load(Ordering::Acquire)
+    }
+
+    /// Resolves when the queue may let publishers go again (callers
+    /// re-check [`Queue::flow_blocked`] and wait with a timeout).
+    pub async fn flow_resumed(&self) {
+        self.flow_resumed.notified().await
+    }
+
+    fn update_flow(&self, core: &QueueCore<Arc<ConsumerHandle>>) {
+        if self.flow_blocked.load(Ordering::Relaxed)
+            && (core.message_count() < FLOW_LOW || core.consumer_count() == 0)
+        {
+            self.flow_blocked.store(false, Ordering::Release);
+            self.flow_resumed.notify_waiters();
+        }
     }
 
     /// Re-runs delivery (credit was freed somewhere).
     pub fn kick(self: &Arc<Self>) {
         let mut out = Vec::new();
-        self.core().dispatch(&mut out);
+        {
+            let mut core = self.core();
+            core.dispatch(&mut out);
+            self.update_flow(&core);
+        }
         self.hand_off(out);
     }
 
@@ -182,6 +224,7 @@ impl Queue {
     pub fn cancel(&self, id: ConsumerId) -> bool {
         let mut core = self.core();
         core.remove_consumer(id);
+        self.update_flow(&core);
         self.auto_delete && core.unused_after_consumers()
     }
 
@@ -215,12 +258,16 @@ impl Queue {
             let mut core = self.core();
             core.settle_no_ack(consumer, n);
             core.dispatch(&mut out);
+            self.update_flow(&core);
         }
         self.hand_off(out);
     }
 
     pub fn purge(&self) -> usize {
-        self.core().purge()
+        let mut core = self.core();
+        let n = core.purge();
+        self.update_flow(&core);
+        n
     }
 
     /// (ready messages, consumers)
@@ -240,7 +287,9 @@ impl Queue {
         let (consumers, count) = {
             let mut core = self.core();
             let c = core.take_consumers();
-            (c, core.purge())
+            let n = core.purge();
+            self.update_flow(&core);
+            (c, n)
         };
         for (_, h) in consumers {
             h.outbox.push_all(vec![OutboxItem::Cancelled {

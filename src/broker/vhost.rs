@@ -38,6 +38,8 @@ pub struct Published {
     pub routed: usize,
     /// The message was written to disk: confirm it after the next flush.
     pub written: bool,
+    /// A queue it reached asks publishers to pause (flow control).
+    pub blocked_by: Option<Arc<Queue>>,
     pub message: Arc<Message>,
 }
 
@@ -495,14 +497,19 @@ impl Vhost {
             }
         }
         let message = Arc::new(message);
+        let mut blocked_by = None;
         for q in &scratch.queues {
             q.0.publish(message.clone());
+            if blocked_by.is_none() && q.0.flow_blocked() {
+                blocked_by = Some(q.0.clone());
+            }
         }
         let routed = scratch.queues.len();
         scratch.queues.clear();
         Ok(Published {
             routed,
             written,
+            blocked_by,
             message,
         })
     }
