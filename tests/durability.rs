@@ -543,3 +543,42 @@ async fn a_corrupt_data_directory_refuses_to_start_cleanly() {
         Err(join) => panic!("start-up panicked instead of refusing: {join}"),
     }
 }
+
+#[tokio::test]
+async fn a_message_the_store_cannot_take_is_nacked() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    ch.queue_declare("nq".into(), durable_q(), t())
+        .await
+        .unwrap();
+    let disk = s.broker().persistence().unwrap().disk.clone();
+    publish_confirmed(&ch, "", "nq", b"ok-1", persistent()).await;
+    disk.inject_write_failures(true);
+    let failed = ch
+        .basic_publish(
+            "".into(),
+            "nq".into(),
+            BasicPublishOptions::default(),
+            b"lost",
+            persistent(),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        within(failed).await.unwrap(),
+        Confirmation::Nack(_)
+    ));
+    // Transient messages need no disk and are still acked.
+    publish_confirmed(&ch, "", "nq", b"transient", BasicProperties::default()).await;
+    disk.inject_write_failures(false);
+    publish_confirmed(&ch, "", "nq", b"ok-2", persistent()).await;
+    let bodies: Vec<Vec<u8>> = get_all(&ch, "nq").await.into_iter().map(|m| m.0).collect();
+    assert_eq!(
+        bodies,
+        vec![b"ok-1".to_vec(), b"transient".to_vec(), b"ok-2".to_vec()]
+    );
+}

@@ -385,6 +385,11 @@ impl Disk {
         )
     }
 
+    /// Test seam: make message writes fail, as on a full disk.
+    pub fn inject_write_failures(&self, fail: bool) {
+        self.segments.inject_append_failures(fail);
+    }
+
     /// Segment files on disk.
     pub fn segment_files(&self) -> usize {
         self.segments.files()

@@ -81,6 +81,8 @@ struct Inner {
 pub struct Segments {
     dir: PathBuf,
     inner: Mutex<Inner>,
+    /// Fault injection for tests: appends fail while set.
+    fail_appends: std::sync::atomic::AtomicBool,
 }
 
 fn path(dir: &Path, seg: u32) -> PathBuf {
@@ -127,6 +129,7 @@ impl Segments {
                     readers: HashMap::new(),
                     appended: 0,
                 }),
+                fail_appends: std::sync::atomic::AtomicBool::new(false),
             },
             existing,
         ))
@@ -138,6 +141,9 @@ impl Segments {
 
     /// Appends a record that `refs` index entries will point at.
     pub fn append(&self, rec: &[u8], refs: u32) -> io::Result<Location> {
+        if self.fail_appends.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(io::Error::other("injected append failure"));
+        }
         let mut g = self.lock();
         let need = 8 + rec.len() as u64;
         let end = g.written + g.buf.len() as u64;
@@ -272,6 +278,13 @@ impl Segments {
         for (seg, n) in refs {
             *g.refs.entry(seg).or_default() += n;
         }
+    }
+
+    /// Makes appends fail (or succeed again), to test how callers
+    /// handle a store that cannot take a message (a full disk, say).
+    pub fn inject_append_failures(&self, fail: bool) {
+        self.fail_appends
+            .store(fail, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Body bytes appended since open (tests: a shared body is written once).
