@@ -390,6 +390,11 @@ impl Disk {
         self.segments.inject_append_failures(fail);
     }
 
+    /// Live record references (tests).
+    pub fn live_refs(&self) -> u64 {
+        self.segments.live_refs()
+    }
+
     /// Segment files on disk.
     pub fn segment_files(&self) -> usize {
         self.segments.files()
@@ -543,7 +548,10 @@ impl MessageStore for DiskStore {
 
     fn requeue(&mut self, m: QueuedMessage) {
         let size = m.message.size();
-        let stored = self.out.remove(&m.seq).or(m.message.stored);
+        // Only a delivery still awaiting settle holds its disk entry; a
+        // no-ack delivery handed back was released already and returns as
+        // an in-memory message (it would not survive a restart anyway).
+        let stored = self.out.remove(&m.seq);
         if stored.is_some() {
             self.mem_bytes += size;
         }
@@ -763,6 +771,31 @@ mod tests {
             1,
             "only the new, empty segment is left"
         );
+    }
+
+    #[test]
+    fn a_released_message_handed_back_does_not_release_twice() {
+        let dir = tempdir("handback");
+        let disk = Disk::open(&dir, 1 << 20).unwrap();
+        let mut s = DiskStore::new(disk.clone(), 4, Vec::new(), 1 << 20);
+        s.push(persistent(1, "a", &disk, 1));
+        s.push(persistent(2, "b", &disk, 1));
+        // A no-ack delivery: popped and settled at once, then handed back.
+        let m = s.pop().unwrap();
+        s.settle(m.seq);
+        s.requeue(m);
+        let again = s.pop().unwrap();
+        s.settle(again.seq);
+        assert_eq!(disk.counts().1, 1, "message 2's entry is untouched");
+        assert_eq!(
+            disk.live_refs(),
+            1,
+            "message 2's record is still referenced"
+        );
+        let two = s.pop().unwrap();
+        assert_eq!(&two.message.body[..], b"b");
+        s.settle(two.seq);
+        assert_eq!(disk.counts().1, 0);
     }
 
     #[test]

@@ -292,6 +292,11 @@ impl Segments {
         self.lock().appended
     }
 
+    /// Live references over all segments (tests: none is dropped twice).
+    pub fn live_refs(&self) -> u64 {
+        self.lock().refs.values().sum()
+    }
+
     /// Segment files on disk (tests: files go with their last reference).
     pub fn files(&self) -> usize {
         std::fs::read_dir(&self.dir).map(|d| d.count()).unwrap_or(0)
