@@ -828,7 +828,8 @@ impl Connection {
             }
             let outbox = self.outbox.clone();
             p.flusher.after_flush(Box::new(move |ok| {
-                outbox.push_all(vec![OutboxItem::Confirmed {
+                // A closed connection has no one to confirm to.
+                let _ = outbox.push_all(vec![OutboxItem::Confirmed {
                     session: id,
                     epoch,
                     tags,
@@ -870,7 +871,7 @@ impl Connection {
                         // commit-ok only once the publishes are on disk.
                         let (outbox, epoch) = (self.outbox.clone(), self.ch(id).epoch);
                         p.flusher.after_flush(Box::new(move |ok| {
-                            outbox.push_all(vec![OutboxItem::TxCommitted {
+                            let _ = outbox.push_all(vec![OutboxItem::TxCommitted {
                                 session: id,
                                 epoch,
                                 ok,

@@ -679,10 +679,10 @@ impl Connection {
                 self.release_channel(ch);
             }
         }
-        // Deliveries that were queued for us but never written.
-        let mut items = Vec::new();
-        self.outbox.take_into(&mut items);
-        for item in items {
+        // Deliveries that were queued for us but never written, and any a
+        // queue dispatched while its consumer was being cancelled: the
+        // closed outbox hands later ones straight back to their queues.
+        for item in self.outbox.close() {
             if let OutboxItem::Deliver(d) = item {
                 d.queue.undeliver(d.message, d.no_ack);
             }

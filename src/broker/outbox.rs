@@ -44,20 +44,35 @@ pub enum OutboxItem {
 
 #[derive(Debug, Default)]
 pub struct Outbox {
-    items: Mutex<Vec<OutboxItem>>,
+    items: Mutex<Queued>,
     notify: Notify,
 }
 
+#[derive(Debug, Default)]
+struct Queued {
+    items: Vec<OutboxItem>,
+    /// The connection is gone: nothing may be queued any more.
+    closed: bool,
+}
+
 impl Outbox {
-    pub fn push_all(&self, mut items: Vec<OutboxItem>) {
+    /// Queues items for the connection; gives them back if the connection
+    /// has closed, so deliveries return to their queues instead of being
+    /// stranded.
+    #[must_use = "items refused by a closed outbox must go back to their queues"]
+    pub fn push_all(&self, mut items: Vec<OutboxItem>) -> Option<Vec<OutboxItem>> {
         if items.is_empty() {
-            return;
+            return None;
         }
         let was_empty = {
-            let mut q = self.items.lock().unwrap_or_else(|e| e.into_inner());
+            let mut guard = self.items.lock().unwrap_or_else(|e| e.into_inner());
+            if guard.closed {
+                return Some(items);
+            }
+            let q = &mut guard.items;
             let was_empty = q.is_empty();
             if was_empty && q.capacity() < items.len() {
-                std::mem::swap(&mut *q, &mut items);
+                std::mem::swap(q, &mut items);
             } else {
                 q.append(&mut items);
             }
@@ -66,16 +81,51 @@ impl Outbox {
         if was_empty {
             self.notify.notify_one();
         }
+        None
     }
 
     /// Takes everything queued, swapping in `buf` (empty) to reuse its allocation.
     pub fn take_into(&self, buf: &mut Vec<OutboxItem>) {
         let mut q = self.items.lock().unwrap_or_else(|e| e.into_inner());
-        std::mem::swap(&mut *q, buf);
+        std::mem::swap(&mut q.items, buf);
+    }
+
+    /// The connection is going away: takes what is queued and refuses
+    /// anything pushed from now on.
+    pub fn close(&self) -> Vec<OutboxItem> {
+        let mut q = self.items.lock().unwrap_or_else(|e| e.into_inner());
+        q.closed = true;
+        std::mem::take(&mut q.items)
     }
 
     /// Resolves when items were pushed to an empty outbox since the last take.
     pub async fn notified(&self) {
         self.notify.notified().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cancel(tag: &str) -> OutboxItem {
+        OutboxItem::Cancelled {
+            session: 1,
+            tag: tag.into(),
+            consumer: 7,
+        }
+    }
+
+    #[test]
+    fn a_closed_outbox_hands_items_back() {
+        let o = Outbox::default();
+        assert!(o.push_all(vec![cancel("a")]).is_none());
+        let taken = o.close();
+        assert_eq!(taken.len(), 1, "what was queued is taken at close");
+        let back = o.push_all(vec![cancel("b")]).expect("refused after close");
+        assert_eq!(back.len(), 1);
+        let mut buf = Vec::new();
+        o.take_into(&mut buf);
+        assert!(buf.is_empty(), "nothing is stranded in a closed outbox");
     }
 }

@@ -168,7 +168,7 @@ impl Queue {
         for d in out {
             if let Some(cur) = &current {
                 if !Arc::ptr_eq(cur, &d.handle.outbox) {
-                    cur.push_all(std::mem::take(&mut batch));
+                    self.refused(cur.push_all(std::mem::take(&mut batch)));
                     current = None;
                 }
             }
@@ -184,7 +184,17 @@ impl Queue {
             }));
         }
         if let Some(cur) = current {
-            cur.push_all(batch);
+            self.refused(cur.push_all(batch));
+        }
+    }
+
+    /// Deliveries a closed connection's outbox refused go back to their
+    /// place (the consumer was being cancelled as they were dispatched).
+    fn refused(self: &Arc<Self>, items: Option<Vec<OutboxItem>>) {
+        for item in items.into_iter().flatten() {
+            if let OutboxItem::Deliver(d) = item {
+                d.queue.undeliver(d.message, d.no_ack);
+            }
         }
     }
 
@@ -292,7 +302,8 @@ impl Queue {
             (c, n)
         };
         for (_, h) in consumers {
-            h.outbox.push_all(vec![OutboxItem::Cancelled {
+            // A closed connection needs no cancel notification.
+            let _ = h.outbox.push_all(vec![OutboxItem::Cancelled {
                 session: h.session,
                 tag: h.tag.clone(),
                 consumer: h.id,
