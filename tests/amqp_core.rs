@@ -138,17 +138,7 @@ async fn passive_declare_of_missing_queue_is_404() {
     let s = start().await;
     let c = connect(&s).await;
     let ch = c.create_channel().await.unwrap();
-    let e = ch
-        .queue_declare(
-            "nope".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            t(),
-        )
-        .await
-        .unwrap_err();
+    let e = passive(&ch, "nope").await.unwrap_err();
     assert_eq!(
         soft_code(&e),
         (404, "NOT_FOUND - no queue 'nope' in vhost '/'".into())
@@ -374,17 +364,7 @@ async fn direct_and_fanout_routing_and_unbind() {
         .await
         .unwrap();
     publish(&ch, "work", "red", b"r2").await;
-    let q = ch
-        .queue_declare(
-            "d1".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            t(),
-        )
-        .await
-        .unwrap();
+    let q = passive(&ch, "d1").await.unwrap();
     assert_eq!(q.message_count(), 0);
 }
 
@@ -558,17 +538,7 @@ async fn ack_nack_reject_and_requeue_order() {
     ch.basic_cancel(cons.tag(), BasicCancelOptions::default())
         .await
         .unwrap();
-    let q = ch
-        .queue_declare(
-            "acks".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            t(),
-        )
-        .await
-        .unwrap();
+    let q = passive(&ch, "acks").await.unwrap();
     assert_eq!(q.message_count(), 0, "everything was acked or dropped");
 }
 
@@ -662,17 +632,7 @@ async fn prefetch_limits_each_consumer_and_round_robin() {
     da.ack(BasicAckOptions::default()).await.unwrap();
     let da2 = next(&mut a).await;
     assert_eq!(da2.data[0], 2);
-    let q = pubch
-        .queue_declare(
-            "rr".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            t(),
-        )
-        .await
-        .unwrap();
+    let q = passive(&pubch, "rr").await.unwrap();
     assert_eq!(q.message_count(), 1);
     assert_eq!(q.consumer_count(), 2);
 }
@@ -776,17 +736,7 @@ async fn exclusive_queue_is_locked_for_others_and_deleted_with_owner() {
     let och = other.create_channel().await.unwrap();
     let e = within(async {
         loop {
-            match och
-                .queue_declare(
-                    "excl".into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    t(),
-                )
-                .await
-            {
+            match passive(&och, "excl").await {
                 Err(e) => return e,
                 Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
             }
@@ -816,30 +766,11 @@ async fn auto_delete_queue_goes_with_its_last_consumer() {
     ch.basic_cancel(c1.tag(), BasicCancelOptions::default())
         .await
         .unwrap();
-    ch.queue_declare(
-        "ad".into(),
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        t(),
-    )
-    .await
-    .expect("one consumer left");
+    passive(&ch, "ad").await.expect("one consumer left");
     ch.basic_cancel(c2.tag(), BasicCancelOptions::default())
         .await
         .unwrap();
-    let e = ch
-        .queue_declare(
-            "ad".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            t(),
-        )
-        .await
-        .unwrap_err();
+    let e = passive(&ch, "ad").await.unwrap_err();
     assert_eq!(soft_code(&e).0, 404);
 }
 
@@ -1248,19 +1179,7 @@ async fn flow_control_pauses_publishers_of_a_backlogged_consumed_queue() {
         }
         pch
     });
-    let count = |ch: Channel| async move {
-        ch.queue_declare(
-            "flow".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            t(),
-        )
-        .await
-        .unwrap()
-        .message_count()
-    };
+    let count = |ch: Channel| async move { passive(&ch, "flow").await.unwrap().message_count() };
     let watcher = c.create_channel().await.unwrap();
     // The backlog passes the high mark, then stops growing while paused.
     within(async {

@@ -299,33 +299,14 @@ async fn exclusive_and_non_durable_queues_lose_messages_on_restart() {
         )
         .await
         .unwrap();
-        ch.queue_declare(
-            "plain".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            t(),
-        )
-        .await
-        .unwrap();
+        passive(&ch, "plain").await.unwrap();
         s.shutdown().await;
     }
     let s = start_on(&dir).await;
     let c = connect(&s).await;
     for q in ["ex-durable", "plain"] {
         let ch = c.create_channel().await.unwrap();
-        let e = ch
-            .queue_declare(
-                q.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                t(),
-            )
-            .await
-            .unwrap_err();
+        let e = passive(&ch, q).await.unwrap_err();
         assert!(e.to_string().contains("NOT_FOUND"), "{q}: {e}");
     }
 }
@@ -361,30 +342,10 @@ async fn transactions_apply_at_commit_and_survive_restart() {
         .await
         .unwrap();
         let other = c.create_channel().await.unwrap();
-        let q = other
-            .queue_declare(
-                "txq".into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                t(),
-            )
-            .await
-            .unwrap();
+        let q = passive(&other, "txq").await.unwrap();
         assert_eq!(q.message_count(), 0, "nothing is visible before commit");
         ch.tx_commit().await.unwrap();
-        let q = other
-            .queue_declare(
-                "txq".into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                t(),
-            )
-            .await
-            .unwrap();
+        let q = passive(&other, "txq").await.unwrap();
         assert_eq!(q.message_count(), 1);
         // Acks in a transaction take effect only at commit, and a rollback
         // makes them unacked again.
@@ -471,17 +432,7 @@ async fn confirms_cover_unroutable_and_transient_messages_in_order() {
     for p in pending {
         assert!(matches!(within(p).await.unwrap(), Confirmation::Ack(_)));
     }
-    let q = ch
-        .queue_declare(
-            "cq".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            t(),
-        )
-        .await
-        .unwrap();
+    let q = passive(&ch, "cq").await.unwrap();
     assert_eq!(q.message_count(), 34);
 }
 

@@ -63,16 +63,7 @@ async fn drain(ch: &Channel, q: &str) -> Vec<Vec<u8>> {
 
 /// Gets after a round trip, so publishes sent before are routed.
 async fn settled_drain(ch: &Channel, q: &str) -> Vec<Vec<u8>> {
-    ch.queue_declare(
-        q.into(),
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        t(),
-    )
-    .await
-    .unwrap();
+    passive(ch, q).await.unwrap();
     drain(ch, q).await
 }
 

@@ -51,6 +51,19 @@ pub async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
         .expect("timed out")
 }
 
+/// A passive queue.declare: the queue's counts, or the 404 if it is gone.
+pub async fn passive(ch: &lapin::Channel, queue: &str) -> lapin::Result<lapin::Queue> {
+    ch.queue_declare(
+        queue.into(),
+        lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        Default::default(),
+    )
+    .await
+}
+
 pub fn uniq(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
