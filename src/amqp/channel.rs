@@ -20,6 +20,7 @@ use amq_protocol::protocol::{
 use amq_protocol::types::ShortString;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 use warren_queues::{ChannelLimit, ConsumerId, Message};
 
 struct Unacked {
@@ -210,7 +211,7 @@ impl Connection {
             id,
             AMQPClass::Channel(chan::AMQPMethod::Close(chan::Close {
                 reply_code: e.code,
-                reply_text: ShortString::from(e.text),
+                reply_text: short_text(e.text),
                 class_id: e.class_id,
                 method_id: e.method_id,
             })),
@@ -237,7 +238,10 @@ impl Connection {
                 self.vhost.remove_queue(&c.queue);
             }
         }
-        requeue_grouped(ch.unacked.into_iter());
+        // Acks of an uncommitted transaction never happened: those
+        // deliveries are unacked again, and go back with the rest.
+        let pending = ch.tx.into_iter().flat_map(|tx| tx.settles).flat_map(|(items, _)| items);
+        requeue_grouped(ch.unacked.into_iter().chain(pending));
     }
 
     fn ch(&mut self, id: u16) -> &mut Channel {
@@ -724,7 +728,16 @@ impl Connection {
             }
         };
         if let Some(q) = published.blocked_by {
-            self.flow_wait = Some(q);
+            // A connection that consumes from the queue must keep reading:
+            // its acks are what drains it. (Pauses are also capped, so
+            // connections publishing to each other's queues progress.)
+            let consumes = self
+                .channels
+                .values()
+                .any(|ch| ch.consumers.values().any(|c| Arc::ptr_eq(&c.queue, &q)));
+            if !consumes && self.flow_wait.is_none() {
+                self.flow_wait = Some((q, Instant::now()));
+            }
         }
         if published.routed == 0 && p.mandatory {
             let m = &published.message;
@@ -856,15 +869,17 @@ impl Connection {
             }
             tx::AMQPMethod::Commit(_) => {
                 let work = std::mem::take(self.ch(id).tx.as_mut().ok_or_else(not_tx)?);
+                // Acks first: they cannot fail, and a failed publish below
+                // must not leave them neither applied nor unacked.
+                for (items, how) in work.settles {
+                    self.apply_settle(id, items, how);
+                }
                 let mut written = false;
                 for p in work.publishes {
                     // A store failure fails the commit, as RabbitMQ would.
                     written |= self.route_publish(id, p).map_err(|()| {
                         AmqpError::channel(INTERNAL_ERROR, "the message store failed during commit")
                     })?;
-                }
-                for (items, how) in work.settles {
-                    self.apply_settle(id, items, how);
                 }
                 match (written, self.broker.persistence().cloned()) {
                     (true, Some(p)) => {
@@ -1138,10 +1153,10 @@ impl Connection {
                     .is_some_and(|c| c.id == d.consumer.id)
         });
         if !live {
+            // The slot belongs to the channel the consumer was on, which may
+            // be closed (and its id reused) by now.
             if d.took_channel_slot {
-                if let Some(ch) = self.channels.get(&session) {
-                    ch.limit.release(1);
-                }
+                d.consumer.channel_limit.release(1);
             }
             d.queue.undeliver(d.message, d.no_ack);
             return;

@@ -13,7 +13,7 @@ use super::error::*;
 use super::{sasl, writer, AmqpSettings};
 use crate::broker::{Broker, Outbox, OutboxItem, Queue, RouteScratch, Vhost};
 use amq_protocol::protocol::{connection, AMQPClass};
-use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,6 +31,10 @@ const FRAME_MIN_SIZE: usize = 4096;
 /// How long we wait for close-ok after sending connection.close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 const READ_CHUNK: usize = 64 * 1024;
+/// The longest a publisher is paused at a time for flow control; then one
+/// read is processed, so no cycle of paused connections (each waiting for
+/// the other's acks) can last.
+const MAX_FLOW_PAUSE: Duration = Duration::from_secs(1);
 
 /// Why the connection ended (for the log, through `Debug`).
 #[derive(Debug)]
@@ -69,7 +73,7 @@ pub(super) struct Connection {
     pub(super) flush_waiting: Vec<u16>,
     /// A queue we published to asked publishers to pause: reading from
     /// the socket waits until it drains (deliveries still go out).
-    pub(super) flow_wait: Option<Arc<Queue>>,
+    pub(super) flow_wait: Option<(Arc<Queue>, Instant)>,
     outbox_items: Vec<OutboxItem>,
     last_sent: Instant,
 }
@@ -135,12 +139,40 @@ pub async fn serve(
         outbox_items: Vec::new(),
         last_sent: Instant::now(),
     };
-    let end = c.run(&mut rd, &mut rbuf, &mut shutdown).await;
+    // A bug that panics mid-connection must not strand its consumers and
+    // unacked messages: the cleanup runs either way.
+    let end = CatchUnwind(Box::pin(c.run(&mut rd, &mut rbuf, &mut shutdown))).await;
     c.cleanup();
+    let end = match end {
+        Ok(end) => end,
+        Err(_) => {
+            tracing::error!(%peer, conn = id, "connection task panicked; its resources were released");
+            End::Closed
+        }
+    };
     // Let the writer send what is queued (a close-ok, say) before the socket goes.
     drop(c.tx);
     let _ = writer.await;
     tracing::info!(%peer, conn = id, reason = ?end, "connection closed");
+}
+
+/// Polls a future, turning a panic inside it into `Err`.
+struct CatchUnwind<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future> std::future::Future for CatchUnwind<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(_) => std::task::Poll::Ready(Err(())),
+        }
+    }
 }
 
 struct Handshaken {
@@ -193,7 +225,7 @@ async fn refuse(
         tx,
         AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
             reply_code: code,
-            reply_text: text.into(),
+            reply_text: short_text(text),
             class_id: class_method.0,
             method_id: class_method.1,
         })),
@@ -438,14 +470,16 @@ impl Connection {
                 }
                 _ = async {
                     // Re-check now and then: a wake-up may race the check.
-                    if let Some(q) = &flow {
+                    if let Some((q, _)) = &flow {
                         let _ = tokio::time::timeout(Duration::from_millis(50), q.flow_resumed()).await;
                     }
                 }, if flow.is_some() => {
                     // Time spent paused by us is not the peer's silence.
                     last_read = Instant::now();
-                    if flow.as_ref().is_some_and(|q| !q.flow_blocked() || q.is_deleted()) {
-                        self.flow_wait = None;
+                    if let Some((q, since)) = &flow {
+                        if !q.flow_blocked() || q.is_deleted() || since.elapsed() >= MAX_FLOW_PAUSE {
+                            self.flow_wait = None;
+                        }
                     }
                 }
                 _ = outbox.notified() => {}
@@ -623,7 +657,7 @@ impl Connection {
             0,
             AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
                 reply_code: e.code,
-                reply_text: ShortString::from(e.text),
+                reply_text: short_text(e.text),
                 class_id: e.class_id,
                 method_id: e.method_id,
             })),

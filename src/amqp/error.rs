@@ -47,6 +47,20 @@ pub fn code_name(code: u16) -> &'static str {
     }
 }
 
+/// A reply text cut to a short string's 255 bytes (on a character
+/// boundary): names in error texts can make them longer, and the codec
+/// refuses longer short strings.
+pub fn short_text(mut text: String) -> amq_protocol::types::ShortString {
+    if text.len() > 255 {
+        let mut end = 255;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    amq_protocol::types::ShortString::from(text)
+}
+
 /// Closes one channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelError {
@@ -127,6 +141,14 @@ impl From<BrokerError> for AmqpError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_reply_texts_are_cut_on_a_character_boundary() {
+        let t = short_text(format!("NOT_FOUND - no queue '{}' in vhost '/'", "é".repeat(200)));
+        assert!(t.as_str().len() <= 255);
+        assert!(t.as_str().starts_with("NOT_FOUND - no queue 'é"));
+        assert_eq!(short_text("short".into()).as_str(), "short");
+    }
 
     #[test]
     fn broker_errors_map_to_rabbitmq_codes_and_scopes() {

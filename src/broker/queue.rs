@@ -22,6 +22,8 @@ pub struct ConsumerHandle {
     /// The connection's session (AMQP channel) the consumer lives on.
     pub session: u16,
     pub outbox: Arc<Outbox>,
+    /// The session's shared prefetch limit, which deliveries take slots of.
+    pub channel_limit: Arc<ChannelLimit>,
 }
 
 /// Queue flags from the declare.
@@ -204,6 +206,7 @@ impl Queue {
             tag: req.tag,
             session: req.session,
             outbox: req.outbox,
+            channel_limit: req.channel_limit.clone(),
         });
         let spec = ConsumerSpec {
             id: req.id,
