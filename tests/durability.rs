@@ -533,3 +533,30 @@ async fn a_message_the_store_cannot_take_is_nacked() {
         vec![b"ok-1".to_vec(), b"transient".to_vec(), b"ok-2".to_vec()]
     );
 }
+
+#[tokio::test]
+async fn names_with_any_bytes_survive_a_restart() {
+    let dir = temp_dir("names");
+    let name = "odd\0name/with.dots";
+    {
+        let s = start_on(&dir).await;
+        let c = connect(&s).await;
+        let ch = c.create_channel().await.unwrap();
+        ch.queue_declare(name.into(), durable_q(), t())
+            .await
+            .unwrap();
+        publish_confirmed_on(&ch, name).await;
+        s.shutdown().await;
+    }
+    let s = start_on(&dir).await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    assert_eq!(passive(&ch, name).await.unwrap().message_count(), 1);
+}
+
+async fn publish_confirmed_on(ch: &Channel, queue: &str) {
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    publish_confirmed(ch, "", queue, b"x", persistent()).await;
+}

@@ -107,6 +107,9 @@ pub struct Disk {
     existing: std::collections::BTreeMap<u32, u64>,
     /// Each live durable queue's delivered mark: (queue, current, written).
     marks: Mutex<Vec<(u64, Arc<AtomicU64>, u64)>>,
+    /// One flush at a time: a flush that finds nothing new to sync must not
+    /// report done while another is still syncing what it took.
+    flushing: Mutex<()>,
 }
 
 fn index_key(queue: u64, seq: u64) -> [u8; 17] {
@@ -228,6 +231,7 @@ impl Disk {
             segments,
             existing,
             marks: Mutex::new(Vec::new()),
+            flushing: Mutex::new(()),
         }))
     }
 
@@ -238,6 +242,7 @@ impl Disk {
 
     /// Makes everything written so far durable, delivered marks included.
     pub fn flush(&self) -> Result<(), DiskError> {
+        let _one_at_a_time = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
         {
             let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
             for (queue, cur, written) in marks.iter_mut() {
@@ -548,10 +553,28 @@ impl MessageStore for DiskStore {
 
     fn requeue(&mut self, m: QueuedMessage) {
         let size = m.message.size();
-        // Only a delivery still awaiting settle holds its disk entry; a
-        // no-ack delivery handed back was released already and returns as
-        // an in-memory message (it would not survive a restart anyway).
-        let stored = self.out.remove(&m.seq);
+        // A delivery awaiting settle still holds its disk entry. A no-ack
+        // delivery handed back (its consumer went before it was written)
+        // was released already: it is written again, so a persistent
+        // message stays as durable as it was.
+        let stored = match self.out.remove(&m.seq) {
+            Some(r) => Some(r),
+            None if m.message.stored.is_some() => {
+                let r = self.disk.put_body(&m.message, 1);
+                let r = r.and_then(|r| {
+                    self.disk.index_put(self.queue, m.seq, r, size as u32)?;
+                    Ok(r)
+                });
+                match r {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        self.log_err("rewrite", e);
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         if stored.is_some() {
             self.mem_bytes += size;
         }
@@ -774,7 +797,7 @@ mod tests {
     }
 
     #[test]
-    fn a_released_message_handed_back_does_not_release_twice() {
+    fn a_released_message_handed_back_is_rewritten_and_released_once() {
         let dir = tempdir("handback");
         let disk = Disk::open(&dir, 1 << 20).unwrap();
         let mut s = DiskStore::new(disk.clone(), 4, Vec::new(), 1 << 20);
@@ -783,7 +806,9 @@ mod tests {
         // A no-ack delivery: popped and settled at once, then handed back.
         let m = s.pop().unwrap();
         s.settle(m.seq);
+        assert_eq!(disk.counts().1, 1);
         s.requeue(m);
+        assert_eq!(disk.counts().1, 2, "handed back: durable again");
         let again = s.pop().unwrap();
         s.settle(again.seq);
         assert_eq!(disk.counts().1, 1, "message 2's entry is untouched");

@@ -171,7 +171,13 @@ impl Segments {
     fn write_buf(g: &mut Inner) -> io::Result<()> {
         if !g.buf.is_empty() {
             let Inner { file, buf, .. } = g;
-            file.write_all(buf)?;
+            if let Err(e) = file.write_all(buf) {
+                // A partial write would shift every later record away from
+                // the offsets its index entries hold: cut it off, so the
+                // buffer can be written again where it belongs.
+                let _ = file.set_len(g.written);
+                return Err(e);
+            }
             g.written += g.buf.len() as u64;
             g.buf.clear();
         }

@@ -240,7 +240,11 @@ impl Connection {
         }
         // Acks of an uncommitted transaction never happened: those
         // deliveries are unacked again, and go back with the rest.
-        let pending = ch.tx.into_iter().flat_map(|tx| tx.settles).flat_map(|(items, _)| items);
+        let pending = ch
+            .tx
+            .into_iter()
+            .flat_map(|tx| tx.settles)
+            .flat_map(|(items, _)| items);
         requeue_grouped(ch.unacked.into_iter().chain(pending));
     }
 

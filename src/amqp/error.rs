@@ -144,7 +144,10 @@ mod tests {
 
     #[test]
     fn long_reply_texts_are_cut_on_a_character_boundary() {
-        let t = short_text(format!("NOT_FOUND - no queue '{}' in vhost '/'", "é".repeat(200)));
+        let t = short_text(format!(
+            "NOT_FOUND - no queue '{}' in vhost '/'",
+            "é".repeat(200)
+        ));
         assert!(t.as_str().len() <= 255);
         assert!(t.as_str().starts_with("NOT_FOUND - no queue 'é"));
         assert_eq!(short_text("short".into()).as_str(), "short");

@@ -143,13 +143,26 @@ pub struct Persistence {
     pub queue_memory_bytes: u64,
 }
 
+/// A definition key: the kind, then each part with a u32 length prefix
+/// (names may hold any byte, NUL included).
 fn key(kind: u8, parts: &[&str]) -> Vec<u8> {
     let mut k = vec![kind];
     for p in parts {
-        k.push(0);
+        k.extend_from_slice(&(p.len() as u32).to_be_bytes());
         k.extend_from_slice(p.as_bytes());
     }
     k
+}
+
+fn key_parts(mut k: &[u8]) -> Option<Vec<String>> {
+    let mut parts = Vec::new();
+    while !k.is_empty() {
+        let n = u32::from_be_bytes(k.get(..4)?.try_into().ok()?) as usize;
+        let p = k.get(4..4 + n)?;
+        parts.push(String::from_utf8(p.to_vec()).ok()?);
+        k = &k[4 + n..];
+    }
+    Some(parts)
 }
 
 impl Persistence {
@@ -267,11 +280,10 @@ impl Persistence {
         let mut out = Vec::new();
         for kv in self.defs.scan_prefix([kind]) {
             let Ok((k, v)) = kv else { continue };
-            let parts: Vec<String> = k[1..]
-                .split(|b| *b == 0)
-                .skip(1)
-                .map(|p| String::from_utf8_lossy(p).into_owned())
-                .collect();
+            let Some(parts) = key_parts(&k[1..]) else {
+                tracing::error!("skipping a definition with an unreadable key");
+                continue;
+            };
             match serde_json::from_slice(&v) {
                 Ok(json) => out.push((parts, json)),
                 Err(e) => tracing::error!(error = %e, "skipping an unreadable definition"),
