@@ -84,6 +84,9 @@ pub struct ConsumeRequest {
 }
 
 impl Queue {
+    // Each is a distinct piece of the queue's identity or wiring; a
+    // builder would only add ceremony for the two call sites in vhost.rs.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: String,
         vhost: String,
