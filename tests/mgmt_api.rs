@@ -459,12 +459,58 @@ async fn queues_and_exchanges_declared_through_the_api_are_seen_from_amqp() {
     .await;
     assert_eq!(status, 400);
     assert!(body.contains("inequivalent arg 'durable'"), "{body}");
+    // if-empty / if-unused, as RabbitMQ's query parameters.
+    // (The failed passive declare above closed that channel.)
+    let ch = c.create_channel().await.unwrap();
+    ch.basic_publish(
+        "".into(),
+        "rawq".into(),
+        BasicPublishOptions::default(),
+        b"m",
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap();
+    let q = ch.queue_declare("rawq".into(), passive, t()).await.unwrap();
+    assert_eq!(q.message_count(), 1);
+    let (status, body) = raw(
+        &s,
+        "DELETE",
+        "/api/queues/%2F/rawq?if-empty=true",
+        Some(GUEST),
+        "",
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(body.contains("not empty"), "{body}");
+    let (status, _) = raw(
+        &s,
+        "DELETE",
+        "/api/queues/%2F/rawq?if-unused=true",
+        Some(GUEST),
+        "",
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (status, _) = raw(&s, "DELETE", "/api/queues/%2F/rawq", Some(GUEST), "").await;
+    assert_eq!(status, 404);
+    // The default exchange is amq.default in URLs, and cannot be deleted.
+    let (status, body) = raw(&s, "GET", "/api/exchanges/%2F/amq.default", Some(GUEST), "").await;
+    assert_eq!(status, 200);
+    let j: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
-        raw(&s, "DELETE", "/api/queues/%2F/rawq", Some(GUEST), "")
-            .await
-            .0,
-        204
+        (j["name"].as_str(), j["type"].as_str()),
+        (Some(""), Some("direct"))
     );
+    let (status, _) = raw(
+        &s,
+        "DELETE",
+        "/api/exchanges/%2F/amq.default",
+        Some(GUEST),
+        "",
+    )
+    .await;
+    assert_eq!(status, 403);
     s.shutdown().await;
 }
 

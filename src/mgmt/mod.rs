@@ -11,13 +11,14 @@ mod json;
 
 use crate::broker::{Broker, BrokerError, ErrorKind, ExchangeOptions, QueueOptions};
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value as J};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -273,11 +274,14 @@ async fn queue_put(
 async fn queue_delete(
     State(s): St,
     Path((vhost, name)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Result<StatusCode, ApiError> {
     let v = vhost_or_404(&s, &vhost)?;
     let q = v.queue(&name).ok_or_else(not_found_err)?;
-    // The API may delete any queue, exclusive ones included, as RabbitMQ's.
-    v.remove_queue(&q);
+    let on = |k: &str| query.get(k).is_some_and(|v| v == "true");
+    // The API may delete any queue, exclusive ones included, as RabbitMQ's:
+    // acting as the owner makes the exclusivity check pass.
+    v.delete_queue(&name, on("if-unused"), on("if-empty"), q.owner.unwrap_or(0))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -289,6 +293,15 @@ async fn queue_purge(
     let q = v.queue(&name).ok_or_else(not_found_err)?;
     q.purge();
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// RabbitMQ's URLs name the default exchange `amq.default`.
+fn exchange_name(segment: &str) -> &str {
+    if segment == "amq.default" {
+        ""
+    } else {
+        segment
+    }
 }
 
 async fn exchanges_all(State(s): St) -> Json<J> {
@@ -305,7 +318,9 @@ async fn exchange_get(
     Path((vhost, name)): Path<(String, String)>,
 ) -> Result<Json<J>, ApiError> {
     let v = vhost_or_404(&s, &vhost)?;
-    let e = v.exchange(&name).map_err(|_| not_found_err())?;
+    let e = v
+        .exchange(exchange_name(&name))
+        .map_err(|_| not_found_err())?;
     Ok(Json(json::exchange(&v.name, &e)))
 }
 
@@ -326,8 +341,9 @@ async fn exchange_put(
         internal: flag(&m, "internal", false)?,
         arguments: arguments(&m)?,
     };
-    let existed = v.exchange(&name).is_ok();
-    v.declare_exchange(&name, &kind, false, opts)?;
+    let name = exchange_name(&name);
+    let existed = v.exchange(name).is_ok();
+    v.declare_exchange(name, &kind, false, opts)?;
     Ok(if existed {
         StatusCode::NO_CONTENT
     } else {
@@ -340,8 +356,9 @@ async fn exchange_delete(
     Path((vhost, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let v = vhost_or_404(&s, &vhost)?;
-    v.exchange(&name).map_err(|_| not_found_err())?;
-    v.delete_exchange(&name, false)?;
+    let name = exchange_name(&name);
+    v.exchange(name).map_err(|_| not_found_err())?;
+    v.delete_exchange(name, false)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
