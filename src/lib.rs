@@ -2,10 +2,12 @@
 //!
 //! Layers, with dependencies pointing one way: [`amqp`] (the wire) calls
 //! into [`broker`] (vhosts, exchanges, queues), which builds on the
-//! `warren-exchanges` and `warren-queues` crates. [`server`] binds the
-//! listeners and [`config`] reads `rabbit.toml`.
+//! `warren-exchanges` and `warren-queues` crates. [`mgmt`] (the HTTP
+//! management API) reads broker snapshots, never the wire. [`server`] binds
+//! the listeners and [`config`] reads `rabbit.toml`.
 
 pub mod amqp;
 pub mod broker;
 pub mod config;
+pub mod mgmt;
 pub mod server;

@@ -1,13 +1,15 @@
 //! Listeners and shutdown.
 //!
-//! [`start`] binds the AMQP listener (tests bind port 0 and read the real
-//! address back) and spawns the accept loop; [`Server::shutdown`] stops
+//! [`start`] binds the AMQP and management HTTP listeners (tests bind port
+//! 0 and read the real addresses back), spawns the accept loop, the HTTP
+//! server and the sampler that turns message counters into rates; [`Server::shutdown`] stops
 //! accepting, asks every connection to close (320 CONNECTION_FORCED, as
 //! RabbitMQ does) and waits for them.
 
 use crate::amqp::{connection, AmqpSettings};
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::mgmt::MgmtState;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +17,14 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+/// How often message rates are sampled (RabbitMQ's default stats interval).
+const RATE_INTERVAL: Duration = Duration::from_secs(5);
+
 pub struct Server {
     amqp_addr: SocketAddr,
+    http_addr: SocketAddr,
+    http: tokio::task::JoinHandle<()>,
+    sampler: tokio::task::JoinHandle<()>,
     broker: Arc<Broker>,
     shutdown: watch::Sender<bool>,
     accept: tokio::task::JoinHandle<()>,
@@ -25,6 +33,10 @@ pub struct Server {
 impl Server {
     pub fn amqp_addr(&self) -> SocketAddr {
         self.amqp_addr
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
     }
 
     pub fn broker(&self) -> &Arc<Broker> {
@@ -36,6 +48,8 @@ impl Server {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.accept.await;
+        self.sampler.abort();
+        let _ = self.http.await;
         let broker = self.broker.clone();
         let _ = tokio::task::spawn_blocking(move || broker.close()).await;
     }
@@ -52,7 +66,7 @@ impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StartError::Storage(e) => write!(f, "cannot open the data directory: {e}"),
-            StartError::Bind(e) => write!(f, "cannot bind the AMQP listener: {e}"),
+            StartError::Bind(e) => write!(f, "cannot bind a listener: {e}"),
         }
     }
 }
@@ -80,15 +94,60 @@ async fn start_with(config: &Config, broker: Arc<Broker>) -> std::io::Result<Ser
     let settings = Arc::new(config.amqp_settings());
     let listener = TcpListener::bind(config.listeners.amqp).await?;
     let amqp_addr = listener.local_addr()?;
+    let http_listener = TcpListener::bind(config.listeners.http).await?;
+    let http_addr = http_listener.local_addr()?;
     tracing::info!(addr = %amqp_addr, "AMQP listener ready");
+    tracing::info!(addr = %http_addr, "management HTTP listener ready");
     let (shutdown, rx) = watch::channel(false);
+    let state = Arc::new(MgmtState {
+        broker: broker.clone(),
+        node: config.amqp.cluster_name.clone(),
+        cluster_name: config.amqp.cluster_name.clone(),
+        amqp_addr,
+        http_addr,
+    });
+    let app = crate::mgmt::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let mut http_shutdown = rx.clone();
+    let http = tokio::spawn(async move {
+        let stop = async move {
+            while !*http_shutdown.borrow() {
+                if http_shutdown.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        if let Err(e) = axum::serve(http_listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::error!(error = %e, "management HTTP server failed");
+        }
+    });
+    let sampler = tokio::spawn(sample_rates(broker.clone()));
     let accept = tokio::spawn(accept_loop(listener, broker.clone(), settings, rx));
     Ok(Server {
         amqp_addr,
+        http_addr,
+        http,
+        sampler,
         broker,
         shutdown,
         accept,
     })
+}
+
+/// Turns the message counters into per-second rates every [`RATE_INTERVAL`].
+async fn sample_rates(broker: Arc<Broker>) {
+    let mut tick = tokio::time::interval(RATE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut last = tokio::time::Instant::now();
+    loop {
+        tick.tick().await;
+        let now = tokio::time::Instant::now();
+        broker.sample_rates((now - last).as_secs_f64());
+        last = now;
+    }
 }
 
 async fn accept_loop(

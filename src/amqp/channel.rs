@@ -34,6 +34,10 @@ struct Unacked {
 struct Consumer {
     id: ConsumerId,
     queue: Arc<Queue>,
+    /// As consumed, for the management API.
+    no_ack: bool,
+    exclusive: bool,
+    prefetch: u32,
 }
 
 #[derive(Default)]
@@ -246,6 +250,40 @@ impl Connection {
             .flat_map(|tx| tx.settles)
             .flat_map(|(items, _)| items);
         requeue_grouped(ch.unacked.into_iter().chain(pending));
+    }
+
+    /// What the management API shows of our open channels.
+    pub(super) fn channel_snapshots(&self) -> Vec<crate::broker::ChannelSnapshot> {
+        let mut v: Vec<crate::broker::ChannelSnapshot> = self
+            .channels
+            .iter()
+            .filter(|(_, ch)| !ch.closing)
+            .map(|(&number, ch)| {
+                let mut consumers: Vec<crate::broker::ConsumerSnapshot> = ch
+                    .consumers
+                    .iter()
+                    .map(|(tag, c)| crate::broker::ConsumerSnapshot {
+                        tag: tag.clone(),
+                        queue: c.queue.name.clone(),
+                        ack_required: !c.no_ack,
+                        prefetch: c.prefetch,
+                        exclusive: c.exclusive,
+                    })
+                    .collect();
+                consumers.sort_by(|a, b| a.tag.cmp(&b.tag));
+                crate::broker::ChannelSnapshot {
+                    number,
+                    prefetch_count: ch.consumer_prefetch,
+                    global_prefetch_count: ch.limit.limit(),
+                    unacked: ch.unacked.len(),
+                    confirm: ch.confirm.is_some(),
+                    transactional: ch.tx.is_some(),
+                    consumers,
+                }
+            })
+            .collect();
+        v.sort_by_key(|c| c.number);
+        v
     }
 
     fn ch(&mut self, id: u16) -> &mut Channel {
@@ -1029,6 +1067,7 @@ impl Connection {
             prefetch: ch.consumer_prefetch,
             channel_limit: ch.limit.clone(),
         };
+        let prefetch = ch.consumer_prefetch;
         // consume-ok goes out before any delivery: deliveries wait in the
         // outbox, which is drained after this command's replies.
         q.consume(req)?;
@@ -1037,6 +1076,9 @@ impl Connection {
             Consumer {
                 id: consumer_id,
                 queue: q,
+                no_ack: c.no_ack,
+                exclusive: c.exclusive,
+                prefetch,
             },
         );
         if !c.nowait {

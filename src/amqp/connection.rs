@@ -11,7 +11,9 @@ use super::channel::Channel;
 use super::codec::{self, Frame, FRAME_HEARTBEAT, FRAME_METHOD, PROTOCOL_HEADER};
 use super::error::*;
 use super::{sasl, writer, AmqpSettings};
-use crate::broker::{Broker, Outbox, OutboxItem, Queue, RouteScratch, Vhost};
+use crate::broker::{
+    Broker, ClientInfo, ConnectionInfo, Outbox, OutboxItem, Queue, RouteScratch, Vhost,
+};
 use amq_protocol::protocol::{connection, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use bytes::{Bytes, BytesMut};
@@ -76,6 +78,8 @@ pub(super) struct Connection {
     pub(super) flow_wait: Option<(Arc<Queue>, Instant)>,
     outbox_items: Vec<OutboxItem>,
     last_sent: Instant,
+    /// What the management API sees of us; also how it asks us to close.
+    info: Arc<ConnectionInfo>,
 }
 
 /// Serves one client socket until it closes.
@@ -85,9 +89,9 @@ pub async fn serve(
     settings: Arc<AmqpSettings>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let peer = match socket.peer_addr() {
-        Ok(p) => p,
-        Err(_) => return,
+    let (peer, local) = match (socket.peer_addr(), socket.local_addr()) {
+        (Ok(p), Ok(l)) => (p, l),
+        _ => return,
     };
     let _ = socket.set_nodelay(true);
     let (mut rd, wr) = socket.into_split();
@@ -116,6 +120,19 @@ pub async fn serve(
     };
     let id = broker.next_id();
     tracing::info!(%peer, conn = id, user = %conn.user, vhost = %conn.vhost.name, "connection opened");
+    let info = Arc::new(ConnectionInfo::new(
+        id,
+        peer,
+        local,
+        conn.user.clone(),
+        conn.vhost.name.clone(),
+        conn.channel_max,
+        conn.frame_max as u32,
+        conn.heartbeat,
+        conn.client,
+    ));
+    // Deregistered by cleanup (Broker::connection_closed).
+    broker.register_connection(info.clone());
     let mut c = Connection {
         id,
         broker,
@@ -138,6 +155,7 @@ pub async fn serve(
         flow_wait: None,
         outbox_items: Vec::new(),
         last_sent: Instant::now(),
+        info,
     };
     // A bug that panics mid-connection must not strand its consumers and
     // unacked messages: the cleanup runs either way.
@@ -182,6 +200,7 @@ struct Handshaken {
     channel_max: u16,
     heartbeat: u16,
     cancel_notify: bool,
+    client: ClientInfo,
 }
 
 /// Reads the next frame during the handshake; `None` on EOF, error or a
@@ -268,6 +287,33 @@ fn server_properties(settings: &AmqpSettings) -> FieldTable {
     p
 }
 
+/// The client properties the management API shows.
+fn client_info(props: &FieldTable) -> ClientInfo {
+    let text = |k: &str| match props.inner().get(k) {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        Some(AMQPValue::ShortString(s)) => s.as_str().to_owned(),
+        _ => String::new(),
+    };
+    let capabilities = match props.inner().get("capabilities") {
+        Some(AMQPValue::FieldTable(t)) => t
+            .inner()
+            .iter()
+            .filter_map(|(k, v)| match v {
+                AMQPValue::Boolean(b) => Some((k.as_str().to_owned(), *b)),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    ClientInfo {
+        product: text("product"),
+        platform: text("platform"),
+        version: text("version"),
+        connection_name: text("connection_name"),
+        capabilities,
+    }
+}
+
 fn client_capability(props: &FieldTable, name: &str) -> bool {
     match props.inner().get("capabilities") {
         Some(AMQPValue::FieldTable(t)) => {
@@ -329,6 +375,7 @@ async fn handshake(
     };
     let auth_close = client_capability(&start_ok.client_properties, "authentication_failure_close");
     let cancel_notify = client_capability(&start_ok.client_properties, "consumer_cancel_notify");
+    let client = client_info(&start_ok.client_properties);
     let mechanism = start_ok.mechanism.as_str();
     let creds = sasl::credentials(mechanism, start_ok.response.as_bytes());
     let refused = |text: String| async move {
@@ -432,6 +479,7 @@ async fn handshake(
         channel_max,
         heartbeat,
         cancel_notify,
+        client,
     })
 }
 
@@ -451,6 +499,7 @@ impl Connection {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_read = Instant::now();
         let outbox = self.outbox.clone();
+        let info = self.info.clone();
         let end = loop {
             let flow = self.flow_wait.clone();
             tokio::select! {
@@ -483,7 +532,17 @@ impl Connection {
                     }
                 }
                 _ = outbox.notified() => {}
+                reason = info.close_requested(), if self.closing_since.is_none() => {
+                    self.close_connection(ConnectionError {
+                        code: CONNECTION_FORCED,
+                        text: format!("CONNECTION_FORCED - {reason}"),
+                        class_id: 0,
+                        method_id: 0,
+                    });
+                }
                 _ = tick.tick() => {
+                    // For the management API; at most once a tick, off the hot path.
+                    self.info.set_channels(self.channel_snapshots());
                     let now = Instant::now();
                     if let Some(since) = self.closing_since {
                         if now - since > CLOSE_TIMEOUT {

@@ -10,6 +10,7 @@ pub mod exchange;
 pub mod outbox;
 pub mod persist;
 pub mod queue;
+pub mod registry;
 pub mod route;
 pub mod vhost;
 
@@ -17,6 +18,9 @@ pub use error::{BrokerError, ErrorKind, Result};
 pub use exchange::{Exchange, ExchangeKind, ExchangeOptions};
 pub use outbox::{Delivery, Outbox, OutboxItem};
 pub use queue::{ConsumeRequest, ConsumerHandle, Queue, QueueOptions, QueueRef};
+pub use registry::{
+    ChannelSnapshot, ClientInfo, ConnectionInfo, ConsumerSnapshot, MessageCounters, MessageStats,
+};
 pub use route::{Dest, RouteScratch};
 pub use vhost::{PublishDetails, Published, QueueDeclared, Vhost};
 
@@ -62,6 +66,10 @@ pub struct Broker {
     loopback_users: Vec<String>,
     noack_window: u32,
     next_id: AtomicU64,
+    /// Logged-in connections, by id (management API).
+    connections: DashMap<u64, Arc<ConnectionInfo>>,
+    /// Broker-wide message counters.
+    stats: Arc<MessageCounters>,
 }
 
 impl Broker {
@@ -140,6 +148,8 @@ impl Broker {
             loopback_users: cfg.loopback_users.clone(),
             noack_window: cfg.noack_window,
             next_id: AtomicU64::new(1),
+            connections: DashMap::new(),
+            stats: Arc::new(MessageCounters::default()),
         };
         for v in &cfg.vhosts {
             b.add_vhost(v);
@@ -153,7 +163,14 @@ impl Broker {
     pub fn add_vhost(&self, name: &str) -> Arc<Vhost> {
         self.vhosts
             .entry(name.to_owned())
-            .or_insert_with(|| Arc::new(Vhost::new(name, self.noack_window, self.persist.clone())))
+            .or_insert_with(|| {
+                Arc::new(Vhost::new(
+                    name,
+                    self.noack_window,
+                    self.persist.clone(),
+                    self.stats.clone(),
+                ))
+            })
             .clone()
     }
 
@@ -186,8 +203,48 @@ impl Broker {
         Ok(())
     }
 
+    /// The configured users, sorted by name.
+    pub fn users(&self) -> Vec<UserConfig> {
+        let mut v: Vec<UserConfig> = self.users.iter().map(|u| u.value().clone()).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    pub fn user(&self, name: &str) -> Option<UserConfig> {
+        self.users.get(name).map(|u| u.value().clone())
+    }
+
+    /// A connection finished its handshake.
+    pub fn register_connection(&self, info: Arc<ConnectionInfo>) {
+        self.connections.insert(info.id, info);
+    }
+
+    /// Live connections, oldest first.
+    pub fn connections(&self) -> Vec<Arc<ConnectionInfo>> {
+        let mut v: Vec<Arc<ConnectionInfo>> =
+            self.connections.iter().map(|c| c.value().clone()).collect();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+
+    pub fn message_stats(&self) -> MessageStats {
+        self.stats.snapshot()
+    }
+
+    /// Turns the counters (broker-wide and per queue) into rates; called
+    /// every few seconds by the server's sampler task.
+    pub fn sample_rates(&self, secs: f64) {
+        self.stats.sample(secs);
+        for v in self.vhosts() {
+            for q in v.queues() {
+                q.stats.sample(secs);
+            }
+        }
+    }
+
     /// A connection is gone: its exclusive queues go with it.
     pub fn connection_closed(&self, conn: u64) {
+        self.connections.remove(&conn);
         for v in self.vhosts() {
             v.connection_closed(conn);
         }

@@ -5,6 +5,7 @@ use super::error::{BrokerError, ErrorKind, Result};
 use super::exchange::{Exchange, ExchangeKind, ExchangeOptions};
 use super::persist::{BindingDef, ExchangeDef, Persistence, QueueDef};
 use super::queue::{Queue, QueueOptions, QueueRef};
+use super::registry::MessageCounters;
 use super::route::{Dest, RouteScratch};
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +20,8 @@ pub struct Vhost {
     noack_window: u32,
     name_counter: AtomicU64,
     persist: Option<Arc<Persistence>>,
+    /// The broker-wide message counters.
+    stats: Arc<MessageCounters>,
 }
 
 /// Message details routing may read beyond the routing key.
@@ -51,7 +54,12 @@ pub struct QueueDeclared {
 }
 
 impl Vhost {
-    pub fn new(name: &str, noack_window: u32, persist: Option<Arc<Persistence>>) -> Self {
+    pub fn new(
+        name: &str,
+        noack_window: u32,
+        persist: Option<Arc<Persistence>>,
+        stats: Arc<MessageCounters>,
+    ) -> Self {
         let v = Vhost {
             name: name.to_owned(),
             exchanges: DashMap::new(),
@@ -59,6 +67,7 @@ impl Vhost {
             noack_window,
             persist,
             name_counter: AtomicU64::new(0),
+            stats,
         };
         let durable = ExchangeOptions {
             durable: true,
@@ -301,6 +310,7 @@ impl Vhost {
                     store,
                     disk_id,
                     self.noack_window,
+                    self.stats.clone(),
                 ));
                 v.insert(q.clone());
                 return declared(q);
@@ -465,6 +475,7 @@ impl Vhost {
         details: PublishDetails<'_>,
         scratch: &mut RouteScratch,
     ) -> std::result::Result<Published, DiskError> {
+        self.stats.published(1);
         scratch.clear();
         {
             let input = RouteInput {
@@ -570,6 +581,7 @@ impl Vhost {
             store,
             Some(d.id),
             self.noack_window,
+            self.stats.clone(),
         );
         self.queues.insert(d.name.clone(), Arc::new(q));
     }

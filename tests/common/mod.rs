@@ -15,6 +15,8 @@ pub async fn start() -> Server {
 pub async fn start_with(f: impl FnOnce(&mut Config)) -> Server {
     let mut cfg = Config::default();
     cfg.listeners.amqp = "127.0.0.1:0".parse().unwrap();
+    // Every in-process broker serves the management API on its own port.
+    cfg.listeners.http = "127.0.0.1:0".parse().unwrap();
     cfg.storage.data_dir = temp_dir("data");
     f(&mut cfg);
     warren::server::start(&cfg).await.expect("broker starts")
@@ -35,6 +37,16 @@ pub fn temp_dir(what: &str) -> std::path::PathBuf {
 
 pub fn url(s: &Server) -> String {
     format!("amqp://guest:guest@{}/%2f", s.amqp_addr())
+}
+
+/// The management API's base URL.
+pub fn api_url(s: &Server) -> String {
+    format!("http://{}/api", s.http_addr())
+}
+
+/// A `rabbitmq_http_client` async client for the broker, as guest.
+pub fn api(s: &Server) -> rabbitmq_http_client::api::Client<String, &'static str, &'static str> {
+    rabbitmq_http_client::api::Client::new(api_url(s), "guest", "guest")
 }
 
 pub async fn connect(s: &Server) -> Connection {

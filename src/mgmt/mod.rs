@@ -1,0 +1,430 @@
+//! The management HTTP API: axum handlers that turn broker snapshots into
+//! RabbitMQ-shaped JSON (field names and types as RabbitMQ's management
+//! plugin renders them, so its clients read them unchanged).
+//!
+//! Owns routing, HTTP Basic auth against the broker's users and error
+//! bodies. It never imports the AMQP layer: everything comes from
+//! [`crate::broker`] snapshots, and closing a connection is a request the
+//! connection's own task acts on.
+
+mod json;
+
+use crate::broker::{Broker, BrokerError, ErrorKind, ExchangeOptions, QueueOptions};
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value as J};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// What every handler needs.
+pub struct MgmtState {
+    pub broker: Arc<Broker>,
+    /// The node name shown in every object (RabbitMQ's `node`).
+    pub node: String,
+    pub cluster_name: String,
+    pub amqp_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+}
+
+type St = State<Arc<MgmtState>>;
+
+/// The logged-in user, put in the request by the auth layer.
+#[derive(Clone)]
+struct AuthUser(String);
+
+/// The API's router; serve it with connect info (the auth layer needs the
+/// peer address for loopback-only users).
+pub fn router(state: Arc<MgmtState>) -> Router {
+    Router::new()
+        .route("/api/overview", get(overview))
+        .route("/api/whoami", get(whoami))
+        .route("/api/vhosts", get(vhosts))
+        .route("/api/vhosts/{vhost}", get(vhost))
+        .route("/api/queues", get(queues_all))
+        .route("/api/queues/{vhost}", get(queues_in))
+        .route(
+            "/api/queues/{vhost}/{name}",
+            get(queue_get).put(queue_put).delete(queue_delete),
+        )
+        .route(
+            "/api/queues/{vhost}/{name}/contents",
+            axum::routing::delete(queue_purge),
+        )
+        .route("/api/exchanges", get(exchanges_all))
+        .route("/api/exchanges/{vhost}", get(exchanges_in))
+        .route(
+            "/api/exchanges/{vhost}/{name}",
+            get(exchange_get).put(exchange_put).delete(exchange_delete),
+        )
+        .route("/api/bindings", get(bindings_all))
+        .route("/api/bindings/{vhost}", get(bindings_in))
+        .route("/api/connections", get(connections))
+        .route(
+            "/api/connections/{name}",
+            get(connection_get).delete(connection_delete),
+        )
+        .route("/api/channels", get(channels))
+        .route("/api/consumers", get(consumers))
+        .route("/api/users", get(users))
+        .route("/api/health/checks/alarms", get(health_ok))
+        .route("/api/health/checks/local-alarms", get(health_ok))
+        .route("/api/health/checks/virtual-hosts", get(health_ok))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .with_state(state)
+}
+
+/// An API error with RabbitMQ's body shape.
+struct ApiError(StatusCode, &'static str, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.0, Json(json!({"error": self.1, "reason": self.2}))).into_response();
+        if self.0 == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Basic realm=\"RabbitMQ Management\""),
+            );
+        }
+        r
+    }
+}
+
+fn not_found_err() -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        "Object Not Found",
+        "Not Found".into(),
+    )
+}
+
+fn bad_request(reason: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, "bad_request", reason.into())
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(e: BrokerError) -> Self {
+        match e.kind {
+            ErrorKind::NotFound => not_found_err(),
+            ErrorKind::AccessRefused => ApiError(StatusCode::FORBIDDEN, "access_refused", e.text),
+            _ => bad_request(e.text),
+        }
+    }
+}
+
+async fn not_found() -> ApiError {
+    not_found_err()
+}
+
+async fn auth(State(s): St, req: Request, next: Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let creds = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| json::base64_decode(b.trim()))
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .and_then(|s| s.split_once(':').map(|(u, p)| (u.to_owned(), p.to_owned())));
+    let Some((user, pass)) = creds else {
+        return ApiError(
+            StatusCode::UNAUTHORIZED,
+            "not_authorized",
+            "Not_Authorized".into(),
+        )
+        .into_response();
+    };
+    // Without a peer address (never, when served with connect info) the
+    // loopback rule cannot be checked: refuse rather than guess.
+    let peer = peer.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    match s.broker.authenticate(&user, &pass, peer) {
+        Ok(()) => {
+            let mut req = req;
+            req.extensions_mut().insert(AuthUser(user));
+            next.run(req).await
+        }
+        Err(crate::broker::AuthError::LoopbackOnly) => ApiError(
+            StatusCode::UNAUTHORIZED,
+            "not_authorized",
+            format!("User can only log in via localhost: {user}"),
+        )
+        .into_response(),
+        Err(crate::broker::AuthError::Refused) => ApiError(
+            StatusCode::UNAUTHORIZED,
+            "not_authorized",
+            "Login failed".into(),
+        )
+        .into_response(),
+    }
+}
+
+async fn health_ok() -> Json<J> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn overview(State(s): St) -> Json<J> {
+    Json(json::overview(&s))
+}
+
+async fn whoami(
+    State(s): St,
+    axum::Extension(AuthUser(user)): axum::Extension<AuthUser>,
+) -> Json<J> {
+    let tags = s.broker.user(&user).map(|u| u.tags).unwrap_or_default();
+    Json(json!({"name": user, "tags": tags}))
+}
+
+async fn vhosts(State(s): St) -> Json<J> {
+    let mut v = s.broker.vhosts();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    Json(J::Array(v.iter().map(|v| json::vhost(&s, v)).collect()))
+}
+
+async fn vhost(State(s): St, Path(name): Path<String>) -> Result<Json<J>, ApiError> {
+    let v = s.broker.vhost(&name).ok_or_else(not_found_err)?;
+    Ok(Json(json::vhost(&s, &v)))
+}
+
+fn vhost_or_404(s: &MgmtState, name: &str) -> Result<Arc<crate::broker::Vhost>, ApiError> {
+    s.broker.vhost(name).ok_or_else(not_found_err)
+}
+
+async fn queues_all(State(s): St) -> Json<J> {
+    Json(json::queues(&s, None))
+}
+
+async fn queues_in(State(s): St, Path(vhost): Path<String>) -> Result<Json<J>, ApiError> {
+    let v = vhost_or_404(&s, &vhost)?;
+    Ok(Json(json::queues(&s, Some(&v))))
+}
+
+async fn queue_get(
+    State(s): St,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Result<Json<J>, ApiError> {
+    let v = vhost_or_404(&s, &vhost)?;
+    let q = v.queue(&name).ok_or_else(not_found_err)?;
+    Ok(Json(json::queue(&s, &q)))
+}
+
+/// A JSON object body; an empty body counts as `{}` (RabbitMQ accepts it).
+fn body_object(body: &Bytes) -> Result<serde_json::Map<String, J>, ApiError> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(serde_json::Map::new());
+    }
+    match serde_json::from_slice::<J>(body) {
+        Ok(J::Object(m)) => Ok(m),
+        Ok(_) => Err(bad_request("body must be a JSON object")),
+        Err(e) => Err(bad_request(format!("failed to decode JSON: {e}"))),
+    }
+}
+
+fn flag(m: &serde_json::Map<String, J>, key: &str, default: bool) -> Result<bool, ApiError> {
+    match m.get(key) {
+        None | Some(J::Null) => Ok(default),
+        Some(J::Bool(b)) => Ok(*b),
+        // RabbitMQ's forms send strings.
+        Some(J::String(s)) if s == "true" || s == "false" => Ok(s == "true"),
+        Some(other) => Err(bad_request(format!(
+            "{key}: expected a boolean, got {other}"
+        ))),
+    }
+}
+
+fn arguments(m: &serde_json::Map<String, J>) -> Result<warren_exchanges::Table, ApiError> {
+    match m.get("arguments") {
+        None | Some(J::Null) => Ok(warren_exchanges::Table::default()),
+        Some(J::Object(a)) => Ok(json::table_from_json(a)),
+        Some(_) => Err(bad_request("arguments: expected a JSON object")),
+    }
+}
+
+async fn queue_put(
+    State(s): St,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let v = vhost_or_404(&s, &vhost)?;
+    let m = body_object(&body)?;
+    let opts = QueueOptions {
+        durable: flag(&m, "durable", true)?,
+        exclusive: false,
+        auto_delete: flag(&m, "auto_delete", false)?,
+        arguments: arguments(&m)?,
+    };
+    let existed = v.queue(&name).is_some();
+    // Connection id 0 is never a real connection (ids start at 1).
+    v.declare_queue(&name, false, opts, 0)?;
+    Ok(if existed {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::CREATED
+    })
+}
+
+async fn queue_delete(
+    State(s): St,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<StatusCode, ApiError> {
+    let v = vhost_or_404(&s, &vhost)?;
+    let q = v.queue(&name).ok_or_else(not_found_err)?;
+    let on = |k: &str| query.get(k).is_some_and(|v| v == "true");
+    // The API may delete any queue, exclusive ones included, as RabbitMQ's:
+    // acting as the owner makes the exclusivity check pass.
+    v.delete_queue(&name, on("if-unused"), on("if-empty"), q.owner.unwrap_or(0))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn queue_purge(
+    State(s): St,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let v = vhost_or_404(&s, &vhost)?;
+    let q = v.queue(&name).ok_or_else(not_found_err)?;
+    q.purge();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// RabbitMQ's URLs name the default exchange `amq.default`.
+fn exchange_name(segment: &str) -> &str {
+    if segment == "amq.default" {
+        ""
+    } else {
+        segment
+    }
+}
+
+async fn exchanges_all(State(s): St) -> Json<J> {
+    Json(json::exchanges(&s, None))
+}
+
+async fn exchanges_in(State(s): St, Path(vhost): Path<String>) -> Result<Json<J>, ApiError> {
+    let v = vhost_or_404(&s, &vhost)?;
+    Ok(Json(json::exchanges(&s, Some(&v))))
+}
+
+async fn exchange_get(
+    State(s): St,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Result<Json<J>, ApiError> {
+    let v = vhost_or_404(&s, &vhost)?;
+    let e = v
+        .exchange(exchange_name(&name))
+        .map_err(|_| not_found_err())?;
+    Ok(Json(json::exchange(&v.name, &e)))
+}
+
+async fn exchange_put(
+    State(s): St,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let v = vhost_or_404(&s, &vhost)?;
+    let m = body_object(&body)?;
+    let kind = match m.get("type") {
+        Some(J::String(t)) => t.clone(),
+        _ => return Err(bad_request("type: an exchange type is required")),
+    };
+    let opts = ExchangeOptions {
+        durable: flag(&m, "durable", true)?,
+        auto_delete: flag(&m, "auto_delete", false)?,
+        internal: flag(&m, "internal", false)?,
+        arguments: arguments(&m)?,
+    };
+    let name = exchange_name(&name);
+    let existed = v.exchange(name).is_ok();
+    v.declare_exchange(name, &kind, false, opts)?;
+    Ok(if existed {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::CREATED
+    })
+}
+
+async fn exchange_delete(
+    State(s): St,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let v = vhost_or_404(&s, &vhost)?;
+    let name = exchange_name(&name);
+    v.exchange(name).map_err(|_| not_found_err())?;
+    v.delete_exchange(name, false)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn bindings_all(State(s): St) -> Json<J> {
+    Json(json::bindings(&s, None))
+}
+
+async fn bindings_in(State(s): St, Path(vhost): Path<String>) -> Result<Json<J>, ApiError> {
+    let v = vhost_or_404(&s, &vhost)?;
+    Ok(Json(json::bindings(&s, Some(&v))))
+}
+
+async fn connections(State(s): St) -> Json<J> {
+    Json(J::Array(
+        s.broker
+            .connections()
+            .iter()
+            .map(|c| json::connection(&s, c))
+            .collect(),
+    ))
+}
+
+async fn connection_get(State(s): St, Path(name): Path<String>) -> Result<Json<J>, ApiError> {
+    let c = s
+        .broker
+        .connections()
+        .into_iter()
+        .find(|c| c.name == name)
+        .ok_or_else(not_found_err)?;
+    Ok(Json(json::connection(&s, &c)))
+}
+
+async fn connection_delete(
+    State(s): St,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let c = s
+        .broker
+        .connections()
+        .into_iter()
+        .find(|c| c.name == name)
+        .ok_or_else(not_found_err)?;
+    let reason = headers
+        .get("x-reason")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("Closed via management plugin");
+    tracing::info!(conn = c.id, name = %c.name, reason, "closing connection via the management API");
+    c.request_close(reason);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn channels(State(s): St) -> Json<J> {
+    Json(json::channels(&s))
+}
+
+async fn consumers(State(s): St) -> Json<J> {
+    Json(json::consumers(&s))
+}
+
+async fn users(State(s): St) -> Json<J> {
+    Json(J::Array(
+        s.broker
+            .users()
+            .iter()
+            .map(|u| json!({"name": u.name, "tags": u.tags, "limits": {}}))
+            .collect(),
+    ))
+}
