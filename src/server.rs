@@ -24,6 +24,8 @@ pub struct Server {
     amqp_addr: SocketAddr,
     http_addr: SocketAddr,
     http: tokio::task::JoinHandle<()>,
+    prometheus_addr: SocketAddr,
+    prometheus: tokio::task::JoinHandle<()>,
     sampler: tokio::task::JoinHandle<()>,
     broker: Arc<Broker>,
     shutdown: watch::Sender<bool>,
@@ -39,6 +41,10 @@ impl Server {
         self.http_addr
     }
 
+    pub fn prometheus_addr(&self) -> SocketAddr {
+        self.prometheus_addr
+    }
+
     pub fn broker(&self) -> &Arc<Broker> {
         &self.broker
     }
@@ -50,6 +56,7 @@ impl Server {
         let _ = self.accept.await;
         self.sampler.abort();
         let _ = self.http.await;
+        let _ = self.prometheus.await;
         let broker = self.broker.clone();
         let _ = tokio::task::spawn_blocking(move || broker.close()).await;
     }
@@ -96,8 +103,11 @@ async fn start_with(config: &Config, broker: Arc<Broker>) -> std::io::Result<Ser
     let amqp_addr = listener.local_addr()?;
     let http_listener = TcpListener::bind(config.listeners.http).await?;
     let http_addr = http_listener.local_addr()?;
+    let prom_listener = TcpListener::bind(config.listeners.prometheus).await?;
+    let prometheus_addr = prom_listener.local_addr()?;
     tracing::info!(addr = %amqp_addr, "AMQP listener ready");
     tracing::info!(addr = %http_addr, "management HTTP listener ready");
+    tracing::info!(addr = %prometheus_addr, "Prometheus listener ready");
     let (shutdown, rx) = watch::channel(false);
     let state = Arc::new(MgmtState {
         broker: broker.clone(),
@@ -106,7 +116,24 @@ async fn start_with(config: &Config, broker: Arc<Broker>) -> std::io::Result<Ser
         amqp_addr,
         http_addr,
     });
+    let metrics_app = crate::mgmt::metrics_router(state.clone());
     let app = crate::mgmt::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let mut prom_shutdown = rx.clone();
+    let prometheus = tokio::spawn(async move {
+        let stop = async move {
+            while !*prom_shutdown.borrow() {
+                if prom_shutdown.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        if let Err(e) = axum::serve(prom_listener, metrics_app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::error!(error = %e, "Prometheus HTTP server failed");
+        }
+    });
     let mut http_shutdown = rx.clone();
     let http = tokio::spawn(async move {
         let stop = async move {
@@ -128,6 +155,8 @@ async fn start_with(config: &Config, broker: Arc<Broker>) -> std::io::Result<Ser
     Ok(Server {
         amqp_addr,
         http_addr,
+        prometheus_addr,
+        prometheus,
         http,
         sampler,
         broker,

@@ -454,6 +454,7 @@ async fn an_unknown_data_format_refuses_to_start() {
     let mut cfg = warren::config::Config::default();
     cfg.listeners.amqp = "127.0.0.1:0".parse().unwrap();
     cfg.listeners.http = "127.0.0.1:0".parse().unwrap();
+    cfg.listeners.prometheus = "127.0.0.1:0".parse().unwrap();
     cfg.storage.data_dir = dir.clone();
     let e = match warren::server::start(&cfg).await {
         Err(e) => e.to_string(),
@@ -485,6 +486,7 @@ async fn a_corrupt_data_directory_refuses_to_start_cleanly() {
     let mut cfg = warren::config::Config::default();
     cfg.listeners.amqp = "127.0.0.1:0".parse().unwrap();
     cfg.listeners.http = "127.0.0.1:0".parse().unwrap();
+    cfg.listeners.prometheus = "127.0.0.1:0".parse().unwrap();
     cfg.storage.data_dir = dir.clone();
     let res = tokio::spawn(async move { warren::server::start(&cfg).await.map(|_| ()) }).await;
     match res {

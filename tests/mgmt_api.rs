@@ -24,7 +24,18 @@ async fn raw(
     auth: Option<&str>,
     body: &str,
 ) -> (u16, String) {
-    let mut sock = tokio::net::TcpStream::connect(s.http_addr()).await.unwrap();
+    raw_at(s.http_addr(), method, path, auth, body).await
+}
+
+/// One raw HTTP/1.1 request to `addr`; returns (status, body).
+async fn raw_at(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
     let auth = auth
         .map(|a| format!("Authorization: Basic {a}\r\n"))
         .unwrap_or_default();
@@ -611,4 +622,69 @@ async fn errors_have_rabbitmq_status_codes_and_bodies() {
     // The broker still serves.
     assert_eq!(api.list_queues().await.unwrap().len(), 0);
     s.shutdown().await;
+}
+
+/// The value of an unlabelled or labelled sample line in a Prometheus text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l[series.len()..].trim().parse().ok())
+}
+
+#[tokio::test]
+async fn prometheus_metrics_use_rabbitmq_names_on_both_listeners() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    ch.queue_declare("prom-q".into(), QueueDeclareOptions::default(), t())
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        ch.basic_publish(
+            "".into(),
+            "prom-q".into(),
+            BasicPublishOptions::default(),
+            b"m",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let got = ch
+        .basic_get("prom-q".into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap();
+    assert!(got.is_some());
+    passive(&ch, "prom-q").await.unwrap();
+    for addr in [s.http_addr(), s.prometheus_addr()] {
+        // No login needed, as with RabbitMQ's Prometheus endpoint.
+        let (status, text) = raw_at(addr, "GET", "/metrics", None, "").await;
+        assert_eq!(status, 200, "{text}");
+        assert!(
+            text.contains("# TYPE rabbitmq_queue_messages_ready gauge"),
+            "{text}"
+        );
+        assert_eq!(sample(&text, "rabbitmq_connections"), Some(1.0), "{text}");
+        assert_eq!(sample(&text, "rabbitmq_queues"), Some(1.0));
+        assert_eq!(sample(&text, "rabbitmq_queue_messages_ready"), Some(2.0));
+        assert_eq!(sample(&text, "rabbitmq_queue_messages_unacked"), Some(1.0));
+        assert_eq!(sample(&text, "rabbitmq_queue_messages"), Some(3.0));
+        assert_eq!(
+            sample(&text, "rabbitmq_global_messages_received_total"),
+            Some(3.0)
+        );
+        let (status, text) = raw_at(addr, "GET", "/metrics/per-object", None, "").await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            sample(
+                &text,
+                "rabbitmq_queue_messages_ready{vhost=\"/\",queue=\"prom-q\"}"
+            ),
+            Some(2.0),
+            "{text}"
+        );
+    }
+    // The Prometheus listener serves nothing else.
+    let (status, _) = raw_at(s.prometheus_addr(), "GET", "/api/overview", Some(GUEST), "").await;
+    assert_eq!(status, 404);
 }

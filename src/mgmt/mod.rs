@@ -8,6 +8,7 @@
 //! connection's own task acts on.
 
 mod json;
+mod metrics;
 
 use crate::broker::{Broker, BrokerError, ErrorKind, ExchangeOptions, QueueOptions};
 use axum::body::Bytes;
@@ -77,7 +78,37 @@ pub fn router(state: Arc<MgmtState>) -> Router {
         .route("/api/health/checks/virtual-hosts", get(health_ok))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), auth))
+        // Added after the auth layer: Prometheus scrapes without a login.
+        .route("/metrics", get(metrics_aggregated))
+        .route("/metrics/per-object", get(metrics_per_object))
         .with_state(state)
+}
+
+/// The Prometheus listener's router: the metrics only.
+pub fn metrics_router(state: Arc<MgmtState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_aggregated))
+        .route("/metrics/per-object", get(metrics_per_object))
+        .with_state(state)
+}
+
+fn metrics_response(body: String) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn metrics_aggregated(State(s): St) -> Response {
+    metrics_response(metrics::render(&s.broker, &s.node, false))
+}
+
+async fn metrics_per_object(State(s): St) -> Response {
+    metrics_response(metrics::render(&s.broker, &s.node, true))
 }
 
 /// An API error with RabbitMQ's body shape.

@@ -17,6 +17,7 @@ pub async fn start_with(f: impl FnOnce(&mut Config)) -> Server {
     cfg.listeners.amqp = "127.0.0.1:0".parse().unwrap();
     // Every in-process broker serves the management API on its own port.
     cfg.listeners.http = "127.0.0.1:0".parse().unwrap();
+    cfg.listeners.prometheus = "127.0.0.1:0".parse().unwrap();
     cfg.storage.data_dir = temp_dir("data");
     f(&mut cfg);
     warren::server::start(&cfg).await.expect("broker starts")
