@@ -118,15 +118,8 @@ async fn start_with(config: &Config, broker: Arc<Broker>) -> std::io::Result<Ser
     });
     let metrics_app = crate::mgmt::metrics_router(state.clone());
     let app = crate::mgmt::router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let mut prom_shutdown = rx.clone();
+    let stop = shutdown_signal(rx.clone());
     let prometheus = tokio::spawn(async move {
-        let stop = async move {
-            while !*prom_shutdown.borrow() {
-                if prom_shutdown.changed().await.is_err() {
-                    break;
-                }
-            }
-        };
         if let Err(e) = axum::serve(prom_listener, metrics_app)
             .with_graceful_shutdown(stop)
             .await
@@ -134,15 +127,8 @@ async fn start_with(config: &Config, broker: Arc<Broker>) -> std::io::Result<Ser
             tracing::error!(error = %e, "Prometheus HTTP server failed");
         }
     });
-    let mut http_shutdown = rx.clone();
+    let stop = shutdown_signal(rx.clone());
     let http = tokio::spawn(async move {
-        let stop = async move {
-            while !*http_shutdown.borrow() {
-                if http_shutdown.changed().await.is_err() {
-                    break;
-                }
-            }
-        };
         if let Err(e) = axum::serve(http_listener, app)
             .with_graceful_shutdown(stop)
             .await
@@ -163,6 +149,15 @@ async fn start_with(config: &Config, broker: Arc<Broker>) -> std::io::Result<Ser
         shutdown,
         accept,
     })
+}
+
+/// Resolves once shutdown is signalled (or the signal's sender is gone).
+async fn shutdown_signal(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            break;
+        }
+    }
 }
 
 /// Turns the message counters into per-second rates every [`RATE_INTERVAL`].
