@@ -10,67 +10,9 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, ExchangeKind};
 use rabbitmq_http_client::requests::{ExchangeParams, QueueParams};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn t() -> FieldTable {
     FieldTable::default()
-}
-
-/// One raw HTTP/1.1 request; returns (status, body).
-async fn raw(
-    s: &warren::server::Server,
-    method: &str,
-    path: &str,
-    auth: Option<&str>,
-    body: &str,
-) -> (u16, String) {
-    raw_at(s.http_addr(), method, path, auth, body).await
-}
-
-/// One raw HTTP/1.1 request to `addr`; returns (status, body).
-async fn raw_at(
-    addr: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    auth: Option<&str>,
-    body: &str,
-) -> (u16, String) {
-    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let auth = auth
-        .map(|a| format!("Authorization: Basic {a}\r\n"))
-        .unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    sock.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    within(sock.read_to_end(&mut out)).await.unwrap();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text[9..12].parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|x| x.1)
-        .unwrap_or("")
-        .to_owned();
-    (status, body)
-}
-
-/// base64("guest:guest")
-const GUEST: &str = "Z3Vlc3Q6Z3Vlc3Q=";
-
-/// Polls until `f` holds (snapshots of channels refresh once a second).
-async fn eventually<F, Fut>(mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    within(async {
-        while !f().await {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
 }
 
 #[tokio::test]

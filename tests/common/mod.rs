@@ -82,3 +82,64 @@ pub fn uniq(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
     format!("{prefix}-{}", N.fetch_add(1, Ordering::Relaxed))
 }
+
+/// One raw HTTP/1.1 request; returns (status, body).
+pub async fn raw(
+    s: &warren::server::Server,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    raw_at(s.http_addr(), method, path, auth, body).await
+}
+
+/// One raw HTTP/1.1 request to `addr`; returns (status, body).
+pub async fn raw_at(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = auth
+        .map(|a| format!("Authorization: Basic {a}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut sock, req.as_bytes())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    within(tokio::io::AsyncReadExt::read_to_end(&mut sock, &mut out))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_owned();
+    (status, body)
+}
+
+/// base64("guest:guest")
+pub const GUEST: &str = "Z3Vlc3Q6Z3Vlc3Q=";
+
+/// Polls until `f` holds (snapshots of channels refresh once a second).
+pub async fn eventually<F, Fut>(mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    within(async {
+        while !f().await {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+}
