@@ -239,17 +239,14 @@ fn vhost_or_404(s: &MgmtState, name: &str) -> Result<Arc<crate::broker::Vhost>, 
 
 /// A list with RabbitMQ's sort, columns and pagination parameters applied.
 fn paged(list: J, q: &HashMap<String, String>) -> Response {
-    let J::Array(items) = list else {
-        return Json(list).into_response();
-    };
-    match paging::reply(items, q, &["vhost", "name"]) {
+    match paging::reply_json(list, q, &["vhost", "name"]) {
         Ok(j) => Json(j).into_response(),
         Err(e) => objects::bad_list(e),
     }
 }
 
 async fn queues_all(State(s): St, Query(q): Query<HashMap<String, String>>) -> Response {
-    paged(json::queues(&s, None), &q)
+    objects::queues_reply(&s, None, &q)
 }
 
 async fn queues_in(
@@ -258,7 +255,7 @@ async fn queues_in(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let v = vhost_or_404(&s, &vhost)?;
-    Ok(paged(json::queues(&s, Some(&v)), &q))
+    Ok(objects::queues_reply(&s, Some(&v), &q))
 }
 
 async fn queue_get(
@@ -420,13 +417,17 @@ async fn exchange_delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn bindings_all(State(s): St) -> Json<J> {
-    Json(json::bindings(&s, None))
+async fn bindings_all(State(s): St, Query(q): Query<HashMap<String, String>>) -> Response {
+    objects::binding_reply(json::bindings(&s, None), &q)
 }
 
-async fn bindings_in(State(s): St, Path(vhost): Path<String>) -> Result<Json<J>, ApiError> {
+async fn bindings_in(
+    State(s): St,
+    Path(vhost): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     let v = vhost_or_404(&s, &vhost)?;
-    Ok(Json(json::bindings(&s, Some(&v))))
+    Ok(objects::binding_reply(json::bindings(&s, Some(&v)), &q))
 }
 
 async fn connections(State(s): St, Query(q): Query<HashMap<String, String>>) -> Response {

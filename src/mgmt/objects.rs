@@ -54,7 +54,7 @@ fn vhost_or_404(s: &MgmtState, name: &str) -> Result<Arc<Vhost>, Response> {
 fn list(items: Vec<J>, q: &HashMap<String, String>, default_sort: &[&str]) -> Res {
     paging::reply(items, q, default_sort)
         .map(|j| Json(j).into_response())
-        .map_err(|e| bad_list(e))
+        .map_err(bad_list)
 }
 
 /// A list parameter error as RabbitMQ words it (always a 400).
@@ -174,6 +174,78 @@ fn binding_list(v: &Vhost, keep: impl Fn(&Binding) -> bool, q: &HashMap<String, 
         .map(|b| binding_json(&v.name, b))
         .collect();
     list(items, q, BINDING_SORT)
+}
+
+/// The queue fields cheap enough to build for every queue of a large list
+/// (no rates, no arguments), only those in `wanted`: enough to sort and
+/// filter on before only the requested page is rendered in full.
+fn queue_light(q: &crate::broker::Queue, wanted: &[&str]) -> J {
+    let mut m = Map::new();
+    let counts = wanted
+        .iter()
+        .any(|w| w.starts_with("messages") || *w == "consumers")
+        .then(|| (q.counts(), q.unacked_count()));
+    for w in wanted {
+        let v = match (*w, counts) {
+            ("name", _) => J::String(q.name.clone()),
+            ("vhost", _) => J::String(q.vhost.clone()),
+            ("durable", _) => J::Bool(q.durable),
+            ("auto_delete", _) => J::Bool(q.auto_delete),
+            ("exclusive", _) => J::Bool(q.owner.is_some()),
+            ("consumers", Some(((_, c), _))) => json!(c),
+            ("messages", Some(((r, _), u))) => json!(r + u),
+            ("messages_ready", Some(((r, _), _))) => json!(r),
+            ("messages_unacknowledged", Some((_, u))) => json!(u),
+            _ => continue,
+        };
+        m.insert((*w).to_owned(), v);
+    }
+    J::Object(m)
+}
+
+/// `/api/queues[/{vhost}]` with the list parameters, paging lazily.
+pub(super) fn queues_reply(
+    s: &MgmtState,
+    only: Option<&Arc<Vhost>>,
+    q: &HashMap<String, String>,
+) -> Response {
+    if !q.contains_key("page") {
+        // Every queue is rendered in full anyway.
+        return match paging::reply_json(json::queues(s, only), q, &["vhost", "name"]) {
+            Ok(j) => Json(j).into_response(),
+            Err(e) => bad_list(e),
+        };
+    }
+    let mut vhosts = match only {
+        Some(v) => vec![v.clone()],
+        None => s.broker.vhosts(),
+    };
+    vhosts.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut queues = Vec::new();
+    for v in vhosts {
+        let mut qs = v.queues();
+        qs.sort_by(|a, b| a.name.cmp(&b.name));
+        queues.extend(qs);
+    }
+    match paging::reply_lazy(
+        &queues,
+        q,
+        &["vhost", "name"],
+        |q: &Arc<crate::broker::Queue>, w: &[&str]| queue_light(q, w),
+        |q| json::queue(s, q),
+    ) {
+        Ok(j) => Json(j).into_response(),
+        Err(e) => bad_list(e),
+    }
+}
+
+/// A binding list (`/api/bindings[/{vhost}]`) with the list parameters
+/// and RabbitMQ's default binding order applied.
+pub(super) fn binding_reply(list: J, q: &HashMap<String, String>) -> Response {
+    match paging::reply_json(list, q, BINDING_SORT) {
+        Ok(j) => Json(j).into_response(),
+        Err(e) => bad_list(e),
+    }
 }
 
 /// `q` or `e` in a bindings URL.
