@@ -241,7 +241,7 @@ fn vhost_or_404(s: &MgmtState, name: &str) -> Result<Arc<crate::broker::Vhost>, 
 fn paged(list: J, q: &HashMap<String, String>) -> Response {
     match paging::reply_json(list, q, &["vhost", "name"]) {
         Ok(j) => Json(j).into_response(),
-        Err(e) => objects::bad_list(e),
+        Err(e) => objects::bad_list(e).into_response(),
     }
 }
 

@@ -28,26 +28,48 @@ use std::sync::Arc;
 use warren_exchanges::{Table, Value};
 use warren_queues::Message;
 
-type Res = Result<Response, Response>;
+type Res = Result<Response, Fail>;
 
-/// RabbitMQ's error body with any JSON reason (it sends Erlang terms as arrays).
-fn fail(status: StatusCode, error: &str, reason: impl Into<J>) -> Response {
-    (
-        status,
-        Json(json!({"error": error, "reason": reason.into()})),
-    )
-        .into_response()
+/// A failed request: RabbitMQ's error body (its reason may be any JSON:
+/// it sends Erlang terms as arrays), a health check's own failure body,
+/// or a response made elsewhere.
+pub(super) enum Fail {
+    Error(StatusCode, &'static str, J),
+    Body(StatusCode, J),
+    Other(Box<Response>),
 }
 
-fn bad(reason: impl Into<J>) -> Response {
+impl IntoResponse for Fail {
+    fn into_response(self) -> Response {
+        match self {
+            Fail::Error(status, error, reason) => {
+                (status, Json(json!({"error": error, "reason": reason}))).into_response()
+            }
+            Fail::Body(status, body) => (status, Json(body)).into_response(),
+            Fail::Other(r) => *r,
+        }
+    }
+}
+
+impl From<super::ApiError> for Fail {
+    fn from(e: super::ApiError) -> Self {
+        Fail::Other(Box::new(e.into_response()))
+    }
+}
+
+fn fail(status: StatusCode, error: &'static str, reason: impl Into<J>) -> Fail {
+    Fail::Error(status, error, reason.into())
+}
+
+fn bad(reason: impl Into<J>) -> Fail {
     fail(StatusCode::BAD_REQUEST, "bad_request", reason)
 }
 
-fn object_not_found() -> Response {
+fn object_not_found() -> Fail {
     fail(StatusCode::NOT_FOUND, "Object Not Found", "Not Found")
 }
 
-fn vhost_or_404(s: &MgmtState, name: &str) -> Result<Arc<Vhost>, Response> {
+fn vhost_or_404(s: &MgmtState, name: &str) -> Result<Arc<Vhost>, Fail> {
     s.broker.vhost(name).ok_or_else(object_not_found)
 }
 
@@ -58,7 +80,7 @@ fn list(items: Vec<J>, q: &HashMap<String, String>, default_sort: &[&str]) -> Re
 }
 
 /// A list parameter error as RabbitMQ words it (always a 400).
-pub(super) fn bad_list(e: paging::ListError) -> Response {
+pub(super) fn bad_list(e: paging::ListError) -> Fail {
     fail(StatusCode::BAD_REQUEST, e.0, e.1)
 }
 
@@ -213,7 +235,7 @@ pub(super) fn queues_reply(
         // Every queue is rendered in full anyway.
         return match paging::reply_json(json::queues(s, only), q, &["vhost", "name"]) {
             Ok(j) => Json(j).into_response(),
-            Err(e) => bad_list(e),
+            Err(e) => bad_list(e).into_response(),
         };
     }
     let mut vhosts = match only {
@@ -235,7 +257,7 @@ pub(super) fn queues_reply(
         |q| json::queue(s, q),
     ) {
         Ok(j) => Json(j).into_response(),
-        Err(e) => bad_list(e),
+        Err(e) => bad_list(e).into_response(),
     }
 }
 
@@ -244,7 +266,7 @@ pub(super) fn queues_reply(
 pub(super) fn binding_reply(list: J, q: &HashMap<String, String>) -> Response {
     match paging::reply_json(list, q, BINDING_SORT) {
         Ok(j) => Json(j).into_response(),
-        Err(e) => bad_list(e),
+        Err(e) => bad_list(e).into_response(),
     }
 }
 
@@ -282,7 +304,7 @@ fn dest_name(dtype: &str, seg: &str) -> String {
 }
 
 /// A bind/unbind refusal as RabbitMQ's management plugin reports it.
-fn binding_error(e: BrokerError) -> Response {
+fn binding_error(e: BrokerError) -> Fail {
     match e.kind {
         ErrorKind::NotFound => fail(StatusCode::NOT_FOUND, "not_found", e.text),
         // RabbitMQ answers refusals (the default exchange) with a 401.
@@ -296,7 +318,7 @@ fn binding_error(e: BrokerError) -> Response {
 }
 
 /// A routing key from a JSON body: RabbitMQ takes numbers too.
-fn routing_key(m: &Map<String, J>) -> Result<String, Response> {
+fn routing_key(m: &Map<String, J>) -> Result<String, Fail> {
     match m.get("routing_key") {
         None | Some(J::Null) => Ok(String::new()),
         Some(J::String(k)) => Ok(k.clone()),
@@ -316,9 +338,9 @@ async fn create_binding(
         .vhost(&vhost)
         .ok_or_else(|| fail(StatusCode::NOT_FOUND, "not_found", "vhost_not_found"))?;
     let dtype_name = dest_type(&dtype).ok_or_else(object_not_found)?;
-    let m = body_object(&body).map_err(IntoResponse::into_response)?;
+    let m = body_object(&body).map_err(Fail::from)?;
     let key = routing_key(&m)?;
-    let args = super::arguments(&m).map_err(IntoResponse::into_response)?;
+    let args = super::arguments(&m).map_err(Fail::from)?;
     let src = exchange_name(&source);
     let dst = dest_name(dtype_name, &dest);
     // RabbitMQ checks the default exchange before the ends exist.
@@ -532,7 +554,7 @@ fn base64_encode(b: &[u8]) -> String {
 }
 
 /// `with_decode`: the required keys, or RabbitMQ's key_missing list.
-fn required<'a>(m: &'a Map<String, J>, keys: &[&str]) -> Result<Vec<&'a J>, Response> {
+fn required<'a>(m: &'a Map<String, J>, keys: &[&str]) -> Result<Vec<&'a J>, Fail> {
     let missing: Vec<String> = keys
         .iter()
         .filter(|k| !m.contains_key(**k))
@@ -546,7 +568,7 @@ fn required<'a>(m: &'a Map<String, J>, keys: &[&str]) -> Result<Vec<&'a J>, Resp
 
 /// A JSON body as `with_decode` reads it: empty and `null` are `{}`,
 /// anything else that is not an object is `not_json`.
-fn decode_body(body: &Bytes) -> Result<Map<String, J>, Response> {
+fn decode_body(body: &Bytes) -> Result<Map<String, J>, Fail> {
     let trimmed = body.trim_ascii();
     if trimmed.is_empty() || trimmed == b"null" {
         return Ok(Map::new());
@@ -561,7 +583,7 @@ fn decode_body(body: &Bytes) -> Result<Map<String, J>, Response> {
 
 /// RabbitMQ's `to_basic_properties`: integers for delivery_mode, priority
 /// and timestamp, a table for headers, strings for the rest.
-fn properties_from_json(p: &J) -> Result<BasicProperties, Response> {
+fn properties_from_json(p: &J) -> Result<BasicProperties, Fail> {
     let empty = Map::new();
     let m = match p {
         J::Object(m) => m,
@@ -570,7 +592,7 @@ fn properties_from_json(p: &J) -> Result<BasicProperties, Response> {
         J::Array(a) if a.is_empty() => &empty,
         _ => return Err(bad("properties: expected a JSON object")),
     };
-    let int = |k: &str, max: u64| -> Result<Option<u64>, Response> {
+    let int = |k: &str, max: u64| -> Result<Option<u64>, Fail> {
         match m.get(k) {
             None | Some(J::Null) => Ok(None),
             Some(J::Number(n)) => match n.as_u64().filter(|v| *v <= max) {
@@ -580,7 +602,7 @@ fn properties_from_json(p: &J) -> Result<BasicProperties, Response> {
             Some(_) => Err(bad(json!(["not_int", k]))),
         }
     };
-    let string = |k: &str| -> Result<Option<String>, Response> {
+    let string = |k: &str| -> Result<Option<String>, Fail> {
         match m.get(k) {
             None | Some(J::Null) => Ok(None),
             Some(J::String(s)) if s.len() <= 255 => Ok(Some(s.clone())),
@@ -667,7 +689,7 @@ fn cc_keys(v: Option<&Value>) -> Result<Vec<String>, String> {
 
 /// An AMQP-style refusal inside a management request: RabbitMQ reports
 /// the channel error as a 400 `"CODE NAME - text"`.
-fn amqp_refusal(e: &BrokerError) -> Response {
+fn amqp_refusal(e: &BrokerError) -> Fail {
     let (code, name) = match e.kind {
         ErrorKind::NotFound => (404, "NOT_FOUND"),
         ErrorKind::AccessRefused => (403, "ACCESS_REFUSED"),
@@ -681,7 +703,7 @@ fn amqp_refusal(e: &BrokerError) -> Response {
     bad(format!("{code} {name} - {}", e.text))
 }
 
-fn rejected() -> Response {
+fn rejected() -> Fail {
     bad("rejected Unable to publish message. Check queue limits.")
 }
 
@@ -694,7 +716,7 @@ async fn publish_message(
     routing_key: String,
     props: BasicProperties,
     body: Vec<u8>,
-) -> Result<bool, Response> {
+) -> Result<bool, Fail> {
     let ex = v.exchange(exchange).map_err(|e| amqp_refusal(&e))?;
     if ex.opts.internal {
         return Err(amqp_refusal(&BrokerError::new(
@@ -800,7 +822,7 @@ async fn publish(
 }
 
 /// An integer parameter as `rabbit_misc:parse_int` takes it.
-fn parse_int(v: &J) -> Result<i64, Response> {
+fn parse_int(v: &J) -> Result<i64, Fail> {
     match v {
         J::Number(n) => n
             .as_i64()
@@ -927,11 +949,10 @@ async fn aliveness(State(s): St, Path(vhost): Path<String>) -> Res {
         arguments: Table::default(),
     };
     let failed = |reason: String| {
-        (
+        Fail::Body(
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "failed", "reason": reason})),
+            json!({"status": "failed", "reason": reason}),
         )
-            .into_response()
     };
     let q = v
         .declare_queue(QUEUE, false, opts, 0)
@@ -967,16 +988,15 @@ async fn port_listener(State(s): St, Path(port): Path<String>) -> Res {
     if ports.contains(&port) {
         return Ok(Json(json!({"status": "ok", "port": port})).into_response());
     }
-    Err((
+    Err(Fail::Body(
         StatusCode::SERVICE_UNAVAILABLE,
-        Json(json!({
+        json!({
             "status": "failed",
             "reason": "No active listener",
             "missing": port,
             "ports": ports,
-        })),
-    )
-        .into_response())
+        }),
+    ))
 }
 
 async fn quorum_critical() -> Json<J> {

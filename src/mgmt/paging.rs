@@ -43,7 +43,7 @@ fn pagination(q: &HashMap<String, String>) -> Result<Option<Pagination>, ListErr
     let Some(page) = page else {
         return Ok(None);
     };
-    let ok_size = size.map_or(true, |s| s > 0 && s <= MAX_PAGE_SIZE as i64);
+    let ok_size = size.is_none_or(|s| s > 0 && s <= MAX_PAGE_SIZE as i64);
     if page <= 0 || !ok_size {
         return Err(ListError(
             "invalid_pagination_parameters",
@@ -194,7 +194,10 @@ fn extract(item: J, cols: &[Vec<String>]) -> J {
     }
 }
 
-fn name_filter(p: &Pagination) -> Result<Option<Box<dyn Fn(&str) -> bool>>, ListError> {
+/// Whether an item's name passes the `name` (and `use_regex`) filter.
+type NameFilter = Box<dyn Fn(&str) -> bool>;
+
+fn name_filter(p: &Pagination) -> Result<Option<NameFilter>, ListError> {
     let Some(name) = p.name.clone() else {
         return Ok(None);
     };
