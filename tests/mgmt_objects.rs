@@ -1032,6 +1032,17 @@ async fn pagination_sorting_and_columns_on_10000_queues() {
     assert_eq!(all.len(), 6);
     assert_eq!(all[0], json!({"name": "", "type": "direct"}));
 
+    // RabbitMQ never pages binding lists: `page` is ignored, columns apply.
+    let (_, b) = json_req(
+        &s,
+        "GET",
+        "/api/bindings/%2F?page=1&page_size=1&columns=destination",
+        J::Null,
+    )
+    .await;
+    assert_eq!(b.as_array().unwrap().len(), 10_000);
+    assert_eq!(b[0], json!({"destination": "q00000"}));
+
     let errors = [
         (
             "/api/queues?page=1&page_size=600",

@@ -73,8 +73,16 @@ fn vhost_or_404(s: &MgmtState, name: &str) -> Result<Arc<Vhost>, Fail> {
     s.broker.vhost(name).ok_or_else(object_not_found)
 }
 
+/// A list RabbitMQ sorts and trims (`sort`, `columns`) but never pages
+/// (its `reply_list`: bindings, nodes, per-vhost and per-connection views).
+fn unpaged(q: &HashMap<String, String>) -> HashMap<String, String> {
+    let mut q = q.clone();
+    q.remove("page");
+    q
+}
+
 fn list(items: Vec<J>, q: &HashMap<String, String>, default_sort: &[&str]) -> Res {
-    paging::reply(items, q, default_sort)
+    paging::reply(items, &unpaged(q), default_sort)
         .map(|j| Json(j).into_response())
         .map_err(bad_list)
 }
@@ -261,10 +269,10 @@ pub(super) fn queues_reply(
     }
 }
 
-/// A binding list (`/api/bindings[/{vhost}]`) with the list parameters
-/// and RabbitMQ's default binding order applied.
+/// A binding list (`/api/bindings[/{vhost}]`) sorted and trimmed as
+/// RabbitMQ's (which does not page binding lists).
 pub(super) fn binding_reply(list: J, q: &HashMap<String, String>) -> Response {
-    match paging::reply_json(list, q, BINDING_SORT) {
+    match paging::reply_json(list, &unpaged(q), BINDING_SORT) {
         Ok(j) => Json(j).into_response(),
         Err(e) => bad_list(e).into_response(),
     }
