@@ -115,6 +115,9 @@ async fn start_with(config: &Config, broker: Arc<Broker>) -> std::io::Result<Ser
         cluster_name: config.amqp.cluster_name.clone(),
         amqp_addr,
         http_addr,
+        prometheus_addr,
+        data_dir: config.storage.data_dir.clone(),
+        started: std::time::Instant::now(),
     });
     let metrics_app = crate::mgmt::metrics_router(state.clone());
     let app = crate::mgmt::router(state).into_make_service_with_connect_info::<SocketAddr>();

@@ -9,6 +9,7 @@ pub mod error;
 pub mod exchange;
 pub mod outbox;
 pub mod persist;
+pub mod properties;
 pub mod queue;
 pub mod registry;
 pub mod route;

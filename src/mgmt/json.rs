@@ -252,16 +252,35 @@ pub fn exchanges(s: &MgmtState, only: Option<&Arc<Vhost>>) -> J {
     J::Array(out)
 }
 
-/// RabbitMQ's binding key in URLs: the routing key, plus a hash of the
-/// arguments when there are any.
-fn properties_key(routing_key: &str, args: &Table) -> String {
+/// RabbitMQ's binding key in URLs (`pack_binding_props`): the routing key
+/// quoted as a URL segment (`~` escaped), `~` alone for an empty key, plus
+/// `~` and a hash of the arguments when there are any.
+pub fn properties_key(routing_key: &str, args: &Table) -> String {
+    let quote = |s: &str| super::objects::quote_plus(s).replace('~', "%7E");
     if args.is_empty() {
-        return routing_key.to_owned();
+        if routing_key.is_empty() {
+            return "~".to_owned();
+        }
+        return quote(routing_key);
     }
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    format!("{args:?}").hash(&mut h);
-    format!("{routing_key}~{:x}", h.finish())
+    format!("{}~{}", quote(routing_key), quote(&args_hash(args)))
+}
+
+/// A short stable hash of binding arguments, shaped as RabbitMQ's (four
+/// bytes, base64url without padding). RabbitMQ hashes the Erlang term with
+/// `phash2`; clients treat the value as opaque, so Warren uses FNV-1a over
+/// the arguments' text, which is stable across restarts.
+pub fn args_hash(args: &Table) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in format!("{:?}", args.0).bytes() {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bits = u64::from(h) << 4; // 36 bits: six digits
+    (0..6)
+        .map(|i| A[((bits >> (30 - 6 * i)) & 63) as usize] as char)
+        .collect()
 }
 
 pub fn bindings(s: &MgmtState, only: Option<&Arc<Vhost>>) -> J {
@@ -274,7 +293,7 @@ pub fn bindings(s: &MgmtState, only: Option<&Arc<Vhost>>) -> J {
             out.push(json!({
                 "source": "", "vhost": v.name, "destination": q.name,
                 "destination_type": "queue", "routing_key": q.name,
-                "arguments": {}, "properties_key": q.name,
+                "arguments": {}, "properties_key": properties_key(&q.name, &Table::default()),
             }));
         }
         let mut es = v.exchanges();

@@ -9,6 +9,8 @@
 
 mod json;
 mod metrics;
+mod objects;
+mod paging;
 
 use crate::broker::{Broker, BrokerError, ErrorKind, ExchangeOptions, QueueOptions};
 use axum::body::Bytes;
@@ -31,6 +33,11 @@ pub struct MgmtState {
     pub cluster_name: String,
     pub amqp_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    pub prometheus_addr: SocketAddr,
+    /// Where durable state lives (the node's disk_free is measured there).
+    pub data_dir: std::path::PathBuf,
+    /// When the node started (its uptime).
+    pub started: std::time::Instant,
 }
 
 type St = State<Arc<MgmtState>>;
@@ -76,6 +83,7 @@ pub fn router(state: Arc<MgmtState>) -> Router {
         .route("/api/health/checks/alarms", get(health_ok))
         .route("/api/health/checks/local-alarms", get(health_ok))
         .route("/api/health/checks/virtual-hosts", get(health_ok))
+        .merge(objects::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         // Added after the auth layer: Prometheus scrapes without a login.
@@ -229,13 +237,25 @@ fn vhost_or_404(s: &MgmtState, name: &str) -> Result<Arc<crate::broker::Vhost>, 
     s.broker.vhost(name).ok_or_else(not_found_err)
 }
 
-async fn queues_all(State(s): St) -> Json<J> {
-    Json(json::queues(&s, None))
+/// A list with RabbitMQ's sort, columns and pagination parameters applied.
+fn paged(list: J, q: &HashMap<String, String>) -> Response {
+    match paging::reply_json(list, q, &["vhost", "name"]) {
+        Ok(j) => Json(j).into_response(),
+        Err(e) => objects::bad_list(e).into_response(),
+    }
 }
 
-async fn queues_in(State(s): St, Path(vhost): Path<String>) -> Result<Json<J>, ApiError> {
+async fn queues_all(State(s): St, Query(q): Query<HashMap<String, String>>) -> Response {
+    objects::queues_reply(&s, None, &q)
+}
+
+async fn queues_in(
+    State(s): St,
+    Path(vhost): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     let v = vhost_or_404(&s, &vhost)?;
-    Ok(Json(json::queues(&s, Some(&v))))
+    Ok(objects::queues_reply(&s, Some(&v), &q))
 }
 
 async fn queue_get(
@@ -335,13 +355,17 @@ fn exchange_name(segment: &str) -> &str {
     }
 }
 
-async fn exchanges_all(State(s): St) -> Json<J> {
-    Json(json::exchanges(&s, None))
+async fn exchanges_all(State(s): St, Query(q): Query<HashMap<String, String>>) -> Response {
+    paged(json::exchanges(&s, None), &q)
 }
 
-async fn exchanges_in(State(s): St, Path(vhost): Path<String>) -> Result<Json<J>, ApiError> {
+async fn exchanges_in(
+    State(s): St,
+    Path(vhost): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     let v = vhost_or_404(&s, &vhost)?;
-    Ok(Json(json::exchanges(&s, Some(&v))))
+    Ok(paged(json::exchanges(&s, Some(&v)), &q))
 }
 
 async fn exchange_get(
@@ -393,23 +417,30 @@ async fn exchange_delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn bindings_all(State(s): St) -> Json<J> {
-    Json(json::bindings(&s, None))
+async fn bindings_all(State(s): St, Query(q): Query<HashMap<String, String>>) -> Response {
+    objects::binding_reply(json::bindings(&s, None), &q)
 }
 
-async fn bindings_in(State(s): St, Path(vhost): Path<String>) -> Result<Json<J>, ApiError> {
+async fn bindings_in(
+    State(s): St,
+    Path(vhost): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     let v = vhost_or_404(&s, &vhost)?;
-    Ok(Json(json::bindings(&s, Some(&v))))
+    Ok(objects::binding_reply(json::bindings(&s, Some(&v)), &q))
 }
 
-async fn connections(State(s): St) -> Json<J> {
-    Json(J::Array(
-        s.broker
-            .connections()
-            .iter()
-            .map(|c| json::connection(&s, c))
-            .collect(),
-    ))
+async fn connections(State(s): St, Query(q): Query<HashMap<String, String>>) -> Response {
+    paged(
+        J::Array(
+            s.broker
+                .connections()
+                .iter()
+                .map(|c| json::connection(&s, c))
+                .collect(),
+        ),
+        &q,
+    )
 }
 
 async fn connection_get(State(s): St, Path(name): Path<String>) -> Result<Json<J>, ApiError> {
@@ -442,8 +473,8 @@ async fn connection_delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn channels(State(s): St) -> Json<J> {
-    Json(json::channels(&s))
+async fn channels(State(s): St, Query(q): Query<HashMap<String, String>>) -> Response {
+    paged(json::channels(&s), &q)
 }
 
 async fn consumers(State(s): St) -> Json<J> {

@@ -1,0 +1,336 @@
+//! Basic content-header properties as plain values, and their wire form.
+//!
+//! Messages are stored with their property section exactly as published
+//! (bytes), so consumers get them byte-exact. The management API publishes
+//! and reads messages too, and must neither import the AMQP layer nor a
+//! codec crate's frame types: this small pure codec lives here, beside the
+//! messages it describes, so both the broker's callers and the API can use
+//! it. Field tables use RabbitMQ's type letters (`s` = signed short, `l` =
+//! signed long long, no short strings inside tables).
+
+use warren_exchanges::{Table, Value};
+
+/// The basic class's properties; `None` for each absent one.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BasicProperties {
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    pub headers: Option<Table>,
+    pub delivery_mode: Option<u8>,
+    pub priority: Option<u8>,
+    pub correlation_id: Option<String>,
+    pub reply_to: Option<String>,
+    pub expiration: Option<String>,
+    pub message_id: Option<String>,
+    pub timestamp: Option<u64>,
+    pub kind: Option<String>,
+    pub user_id: Option<String>,
+    pub app_id: Option<String>,
+    pub cluster_id: Option<String>,
+}
+
+/// Why a property section could not be encoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodeError(pub String);
+
+impl BasicProperties {
+    /// The property section: flags, then the present values in flag order.
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        let mut flags: u16 = 0;
+        let mut out = vec![0, 0];
+        let strs = |out: &mut Vec<u8>, flags: &mut u16, bit: u16, v: &Option<String>| {
+            if let Some(s) = v {
+                if s.len() > 255 {
+                    return Err(EncodeError(format!(
+                        "property value too long ({} bytes, at most 255)",
+                        s.len()
+                    )));
+                }
+                *flags |= 1 << bit;
+                out.push(s.len() as u8);
+                out.extend_from_slice(s.as_bytes());
+            }
+            Ok(())
+        };
+        strs(&mut out, &mut flags, 15, &self.content_type)?;
+        strs(&mut out, &mut flags, 14, &self.content_encoding)?;
+        if let Some(h) = &self.headers {
+            flags |= 1 << 13;
+            put_table(&mut out, h)?;
+        }
+        if let Some(d) = self.delivery_mode {
+            flags |= 1 << 12;
+            out.push(d);
+        }
+        if let Some(p) = self.priority {
+            flags |= 1 << 11;
+            out.push(p);
+        }
+        strs(&mut out, &mut flags, 10, &self.correlation_id)?;
+        strs(&mut out, &mut flags, 9, &self.reply_to)?;
+        strs(&mut out, &mut flags, 8, &self.expiration)?;
+        strs(&mut out, &mut flags, 7, &self.message_id)?;
+        if let Some(t) = self.timestamp {
+            flags |= 1 << 6;
+            out.extend_from_slice(&t.to_be_bytes());
+        }
+        strs(&mut out, &mut flags, 5, &self.kind)?;
+        strs(&mut out, &mut flags, 4, &self.user_id)?;
+        strs(&mut out, &mut flags, 3, &self.app_id)?;
+        strs(&mut out, &mut flags, 2, &self.cluster_id)?;
+        out[..2].copy_from_slice(&flags.to_be_bytes());
+        Ok(out)
+    }
+
+    /// Decodes a property section; `None` when it is malformed.
+    pub fn decode(bytes: &[u8]) -> Option<BasicProperties> {
+        let mut r = Reader(bytes);
+        let mut flags = r.u16()?;
+        // Continuation words (bit 0) carry no basic properties: skip them.
+        let first = flags;
+        while flags & 1 == 1 {
+            flags = r.u16()?;
+        }
+        let flags = first;
+        let on = |bit: u16| flags & (1 << bit) != 0;
+        let mut p = BasicProperties::default();
+        let s = |r: &mut Reader, bit: u16| -> Option<Option<String>> {
+            if on(bit) {
+                Some(Some(r.short_str()?))
+            } else {
+                Some(None)
+            }
+        };
+        p.content_type = s(&mut r, 15)?;
+        p.content_encoding = s(&mut r, 14)?;
+        if on(13) {
+            p.headers = Some(r.table()?);
+        }
+        if on(12) {
+            p.delivery_mode = Some(r.u8()?);
+        }
+        if on(11) {
+            p.priority = Some(r.u8()?);
+        }
+        p.correlation_id = s(&mut r, 10)?;
+        p.reply_to = s(&mut r, 9)?;
+        p.expiration = s(&mut r, 8)?;
+        p.message_id = s(&mut r, 7)?;
+        if on(6) {
+            p.timestamp = Some(r.u64()?);
+        }
+        p.kind = s(&mut r, 5)?;
+        p.user_id = s(&mut r, 4)?;
+        p.app_id = s(&mut r, 3)?;
+        p.cluster_id = s(&mut r, 2)?;
+        Some(p)
+    }
+}
+
+fn put_table(out: &mut Vec<u8>, t: &Table) -> Result<(), EncodeError> {
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    for (k, v) in t.iter() {
+        if k.len() > 255 {
+            return Err(EncodeError(format!("header name too long: {k}")));
+        }
+        out.push(k.len() as u8);
+        out.extend_from_slice(k.as_bytes());
+        put_value(out, v)?;
+    }
+    let n = (out.len() - at - 4) as u32;
+    out[at..at + 4].copy_from_slice(&n.to_be_bytes());
+    Ok(())
+}
+
+fn put_long_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+    out.extend_from_slice(b);
+}
+
+fn put_value(out: &mut Vec<u8>, v: &Value) -> Result<(), EncodeError> {
+    match v {
+        Value::Bool(b) => out.extend_from_slice(&[b't', *b as u8]),
+        Value::ShortShortInt(n) => out.extend_from_slice(&[b'b', *n as u8]),
+        Value::ShortShortUInt(n) => out.extend_from_slice(&[b'B', *n]),
+        Value::ShortInt(n) => {
+            out.push(b's');
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+        Value::ShortUInt(n) => {
+            out.push(b'u');
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+        Value::LongInt(n) => {
+            out.push(b'I');
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+        Value::LongUInt(n) => {
+            out.push(b'i');
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+        Value::LongLongInt(n) => {
+            out.push(b'l');
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+        Value::Float(f) => {
+            out.push(b'f');
+            out.extend_from_slice(&f.to_be_bytes());
+        }
+        Value::Double(f) => {
+            out.push(b'd');
+            out.extend_from_slice(&f.to_be_bytes());
+        }
+        Value::Decimal { scale, value } => {
+            out.extend_from_slice(&[b'D', *scale]);
+            out.extend_from_slice(&value.to_be_bytes());
+        }
+        // Tables have no short strings in RabbitMQ's dialect.
+        Value::ShortString(s) => {
+            out.push(b'S');
+            put_long_bytes(out, s.as_bytes());
+        }
+        Value::LongString(b) => {
+            out.push(b'S');
+            put_long_bytes(out, b);
+        }
+        Value::ByteArray(b) => {
+            out.push(b'x');
+            put_long_bytes(out, b);
+        }
+        Value::Array(items) => {
+            out.push(b'A');
+            let at = out.len();
+            out.extend_from_slice(&[0; 4]);
+            for i in items {
+                put_value(out, i)?;
+            }
+            let n = (out.len() - at - 4) as u32;
+            out[at..at + 4].copy_from_slice(&n.to_be_bytes());
+        }
+        Value::Timestamp(t) => {
+            out.push(b'T');
+            out.extend_from_slice(&t.to_be_bytes());
+        }
+        Value::Table(t) => {
+            out.push(b'F');
+            put_table(out, t)?;
+        }
+        Value::Void => out.push(b'V'),
+    }
+    Ok(())
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_be_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn short_str(&mut self) -> Option<String> {
+        let n = self.u8()? as usize;
+        Some(String::from_utf8_lossy(self.take(n)?).into_owned())
+    }
+    fn long_bytes(&mut self) -> Option<Vec<u8>> {
+        let n = self.u32()? as usize;
+        Some(self.take(n)?.to_vec())
+    }
+    fn table(&mut self) -> Option<Table> {
+        let n = self.u32()? as usize;
+        let mut inner = Reader(self.take(n)?);
+        let mut t = Table::default();
+        while !inner.0.is_empty() {
+            let k = inner.short_str()?;
+            let v = inner.value()?;
+            t.0.push((k, v));
+        }
+        Some(t)
+    }
+    fn value(&mut self) -> Option<Value> {
+        let tag = self.u8()?;
+        Some(match tag {
+            b't' => Value::Bool(self.u8()? != 0),
+            b'b' => Value::ShortShortInt(self.u8()? as i8),
+            b'B' => Value::ShortShortUInt(self.u8()?),
+            b's' => Value::ShortInt(self.u16()? as i16),
+            b'u' => Value::ShortUInt(self.u16()?),
+            b'I' => Value::LongInt(self.u32()? as i32),
+            b'i' => Value::LongUInt(self.u32()?),
+            b'l' | b'L' => Value::LongLongInt(self.u64()? as i64),
+            b'f' => Value::Float(f32::from_bits(self.u32()?)),
+            b'd' => Value::Double(f64::from_bits(self.u64()?)),
+            b'D' => Value::Decimal {
+                scale: self.u8()?,
+                value: self.u32()?,
+            },
+            b'S' => Value::LongString(self.long_bytes()?),
+            b'x' => Value::ByteArray(self.long_bytes()?),
+            b'A' => {
+                let n = self.u32()? as usize;
+                let mut inner = Reader(self.take(n)?);
+                let mut items = Vec::new();
+                while !inner.0.is_empty() {
+                    items.push(inner.value()?);
+                }
+                Value::Array(items)
+            }
+            b'T' => Value::Timestamp(self.u64()?),
+            b'F' => Value::Table(self.table()?),
+            b'V' => Value::Void,
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_property_round_trips() {
+        let mut h = Table::default();
+        h.insert("n", Value::LongLongInt(-5));
+        h.insert("s", Value::LongString(b"x".to_vec()));
+        h.insert(
+            "a",
+            Value::Array(vec![Value::Bool(true), Value::Table(Table::default())]),
+        );
+        let p = BasicProperties {
+            content_type: Some("text/plain".into()),
+            content_encoding: Some("gzip".into()),
+            headers: Some(h),
+            delivery_mode: Some(2),
+            priority: Some(7),
+            correlation_id: Some("c".into()),
+            reply_to: Some("r".into()),
+            expiration: Some("1000".into()),
+            message_id: Some("m".into()),
+            timestamp: Some(1_700_000_000),
+            kind: Some("t".into()),
+            user_id: Some("guest".into()),
+            app_id: Some("app".into()),
+            cluster_id: None,
+        };
+        let bytes = p.encode().unwrap();
+        assert_eq!(BasicProperties::decode(&bytes), Some(p));
+        assert_eq!(BasicProperties::default().encode().unwrap(), vec![0u8, 0u8]);
+        assert_eq!(BasicProperties::decode(&[0x80, 0, 5, b'a']), None);
+    }
+}
