@@ -537,7 +537,11 @@ mod tests {
         let h = "05th9rgmPy96U51MKEVdd+xT+MLBKOoHejdiy8PjqOWaQA7i";
         assert!(check_password(h, SHA256, "app-secret"));
         assert!(!check_password(h, SHA256, "app-secreT"));
-        assert!(!check_password(h, "rabbit_password_hashing_md5", "app-secret"));
+        assert!(!check_password(
+            h,
+            "rabbit_password_hashing_md5",
+            "app-secret"
+        ));
     }
 
     #[test]

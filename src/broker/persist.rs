@@ -376,7 +376,10 @@ impl Persistence {
 
     /// Removes every definition (of any kind) that lives in `vhost`.
     pub fn remove_vhost_docs(&self, vhost: &str) {
-        for kind in [b'x', b'q', b'b'].into_iter().chain(Doc::IN_VHOST.map(|d| d as u8)) {
+        for kind in [b'x', b'q', b'b']
+            .into_iter()
+            .chain(Doc::IN_VHOST.map(|d| d as u8))
+        {
             let prefix = key(kind, &[vhost]);
             let keys: Vec<sled::IVec> = self
                 .defs

@@ -17,7 +17,10 @@ use std::sync::Arc;
 pub fn routes() -> Router<Arc<MgmtState>> {
     Router::new()
         .route("/api/users", get(users))
-        .route("/api/users/without-permissions", get(users_without_permissions))
+        .route(
+            "/api/users/without-permissions",
+            get(users_without_permissions),
+        )
         .route("/api/users/bulk-delete", post(users_bulk_delete))
         .route(
             "/api/users/{name}",
@@ -180,9 +183,7 @@ pub(super) fn authorize(
     }
     if let Some(vh) = vhost {
         if !admin && s.broker.access().permission(&vh, user).is_none() {
-            return Err(not_authorised(
-                "User not authorised to access virtual host",
-            ));
+            return Err(not_authorised("User not authorised to access virtual host"));
         }
     }
     Ok(())
@@ -359,7 +360,9 @@ pub(super) fn put_vhost(s: &MgmtState, name: &str, meta: VhostMeta, acting: &str
 // ---- users ----
 
 async fn users(State(s): St) -> Json<J> {
-    Json(J::Array(s.broker.users().iter().map(User::to_json).collect()))
+    Json(J::Array(
+        s.broker.users().iter().map(User::to_json).collect(),
+    ))
 }
 
 async fn users_without_permissions(State(s): St) -> Json<J> {
@@ -495,9 +498,7 @@ async fn vhost_topic_permissions(
 ) -> Result<Json<J>, ApiError> {
     s.broker.vhost(&name).ok_or_else(not_found_err)?;
     Ok(Json(J::Array(
-        s.broker
-            .access()
-            .kept(Kept::TopicPermission, Some(&name)),
+        s.broker.access().kept(Kept::TopicPermission, Some(&name)),
     )))
 }
 

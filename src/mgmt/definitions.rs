@@ -251,7 +251,14 @@ struct Plan {
     queues: Vec<(String, String, QueueOptions)>,
     exchanges: Vec<(String, String, String, ExchangeOptions)>,
     /// (vhost, source, destination type, destination, key, arguments)
-    bindings: Vec<(String, String, String, String, String, warren_exchanges::Table)>,
+    bindings: Vec<(
+        String,
+        String,
+        String,
+        String,
+        String,
+        warren_exchanges::Table,
+    )>,
 }
 
 fn section<'a>(doc: &'a Map<String, J>, key: &str) -> Result<Vec<&'a Map<String, J>>, ApiError> {
@@ -291,7 +298,9 @@ fn args(m: &Map<String, J>, what: &str) -> Result<warren_exchanges::Table, ApiEr
     match m.get("arguments") {
         None | Some(J::Null) => Ok(warren_exchanges::Table::default()),
         Some(J::Object(a)) => Ok(table_from_json(a)),
-        _ => Err(bad_request(format!("{what}: 'arguments' must be an object"))),
+        _ => Err(bad_request(format!(
+            "{what}: 'arguments' must be an object"
+        ))),
     }
 }
 
@@ -320,9 +329,8 @@ fn plan(s: &MgmtState, doc: &Map<String, J>, only: Option<&str>) -> Result<Plan,
             p.vhosts.push((name, vhost_meta_from_body(v)?));
         }
     }
-    let vhost_known = |p: &Plan, v: &str| {
-        s.broker.vhost(v).is_some() || p.vhosts.iter().any(|(n, _)| n == v)
-    };
+    let vhost_known =
+        |p: &Plan, v: &str| s.broker.vhost(v).is_some() || p.vhosts.iter().any(|(n, _)| n == v);
     if only.is_none() {
         for m in section(doc, "permissions")? {
             let user = text(m, "permissions", "user")?;
@@ -523,6 +531,9 @@ mod tests {
             multipart_file("multipart/form-data; boundary=XyZ", body),
             Some(&b"{\"users\":[]}"[..])
         );
-        assert_eq!(multipart_file("multipart/form-data; boundary=Q", body), None);
+        assert_eq!(
+            multipart_file("multipart/form-data; boundary=Q", body),
+            None
+        );
     }
 }
