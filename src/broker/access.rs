@@ -299,7 +299,10 @@ impl Access {
         let topic: Vec<(u8, Vec<String>)> = self
             .kept
             .iter()
-            .filter(|e| e.key().0 == Doc::TopicPermission as u8 && e.key().1[1] == name)
+            .filter(|e| {
+                e.key().0 == Doc::TopicPermission as u8
+                    && e.key().1.get(1).is_some_and(|u| u == name)
+            })
             .map(|e| e.key().clone())
             .collect();
         for k in topic {
@@ -381,8 +384,9 @@ impl Access {
     pub fn forget_vhost(&self, vhost: &str) {
         self.vhosts.remove(vhost);
         self.permissions.retain(|k, _| k.0 != vhost);
-        self.kept
-            .retain(|k, _| !(k.0 != Doc::GlobalParameter as u8 && k.1[0] == vhost));
+        self.kept.retain(|k, _| {
+            k.0 == Doc::GlobalParameter as u8 || k.1.first().is_none_or(|v| v != vhost)
+        });
     }
 
     /// Stores a policy, parameter or topic permission as given.
@@ -416,7 +420,7 @@ impl Access {
             .iter()
             .filter(|e| e.key().0 == kind.doc() as u8)
             .filter(|e| match vhost {
-                Some(vh) if kind.in_vhost() => e.key().1[0] == vh,
+                Some(vh) if kind.in_vhost() => e.key().1.first().is_some_and(|v| v == vh),
                 _ => true,
             })
             .map(|e| (e.key().1.clone(), e.value().clone()))

@@ -102,6 +102,9 @@ fn need(method: &Method, path: &str) -> (Need, Option<String>) {
     let vhost_at = |i: usize| s.get(i).map(|v| (*v).to_owned());
     let writes = *method != Method::GET && *method != Method::HEAD;
     match s.as_slice() {
+        ["vhosts", vhost, "connections" | "channels"] => {
+            (Need::Management, Some((*vhost).to_owned()))
+        }
         ["users", ..]
         | ["permissions", ..]
         | ["topic-permissions", ..]
@@ -579,6 +582,11 @@ mod tests {
             (Need::Management, Some("/".to_owned()))
         );
         assert_eq!(need(&g, "/api/cluster-name").0, Need::Management);
+        assert_eq!(
+            need(&g, "/api/vhosts/v/connections"),
+            (Need::Management, Some("v".to_owned()))
+        );
+        assert_eq!(need(&g, "/api/vhosts/v/permissions").0, Need::Administrator);
         assert_eq!(
             need(&Method::PUT, "/api/cluster-name").0,
             Need::Administrator
