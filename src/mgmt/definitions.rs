@@ -177,8 +177,9 @@ async fn export_vhost(
     let (queues, exchanges, bindings) = objects(&s, &[v]);
     let body = json!({
         "rabbit_version": RABBIT_VERSION,
-        "parameters": strip_vhost(a.kept(Kept::Parameter, Some(&vhost))),
-        "policies": strip_vhost(a.kept(Kept::Policy, Some(&vhost))),
+        // RabbitMQ strips `vhost` from queues, exchanges and bindings only.
+        "parameters": a.kept(Kept::Parameter, Some(&vhost)),
+        "policies": a.kept(Kept::Policy, Some(&vhost)),
         "queues": strip_vhost(queues),
         "exchanges": strip_vhost(exchanges),
         "bindings": strip_vhost(bindings),
