@@ -511,7 +511,37 @@ async fn endpoints_need_rabbitmq_tags() {
 
     // Management: the basics, but not node views nor other vhosts.
     assert_eq!(raw(&s, "GET", "/api/whoami", Some(&mgmt), "").await.0, 200);
-    assert_eq!(raw(&s, "GET", "/api/vhosts", Some(&mgmt), "").await.0, 200);
+    put(&s, "/api/vhosts/other", json!({})).await;
+    put(&s, "/api/queues/other/oq", json!({})).await;
+    put(&s, "/api/queues/%2F/rq", json!({})).await;
+    let names = |j: &J, f: &str| -> Vec<String> {
+        j.as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i[f].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let get_as = |who: String, path: &'static str| {
+        let s = &s;
+        async move {
+            let (st, body) = raw(s, "GET", path, Some(&who), "").await;
+            assert_eq!(st, 200, "{path}: {body}");
+            serde_json::from_str::<J>(&body).unwrap()
+        }
+    };
+    // Lists show a plain management user only the vhosts it may use.
+    assert_eq!(
+        names(&get_as(mgmt.clone(), "/api/vhosts").await, "name"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        names(&get_as(mgmt.clone(), "/api/queues").await, "name"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        names(&get_as(mon.clone(), "/api/queues").await, "name"),
+        ["rq", "oq"]
+    );
     let (st, body) = raw(&s, "GET", "/api/nodes", Some(&mgmt), "").await;
     assert_eq!((st, reason(&body).as_str()), (401, "Not monitor user"));
     let (st, body) = raw(&s, "GET", "/api/queues/%2F", Some(&mgmt), "").await;
@@ -529,6 +559,27 @@ async fn endpoints_need_rabbitmq_tags() {
         raw(&s, "GET", "/api/queues/%2F", Some(&mgmt), "").await.0,
         200
     );
+    assert_eq!(
+        names(&get_as(mgmt.clone(), "/api/vhosts").await, "name"),
+        ["/"]
+    );
+    assert_eq!(
+        names(&get_as(mgmt.clone(), "/api/queues").await, "name"),
+        ["rq"]
+    );
+    let paged = get_as(mgmt.clone(), "/api/exchanges?page=1").await;
+    if paged.is_object() {
+        // With the pagination helper merged: filtered items, fixed item_count.
+        assert!(paged["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["vhost"] == "/"));
+        assert_eq!(
+            paged["item_count"],
+            json!(paged["items"].as_array().unwrap().len())
+        );
+    }
     // A management user may see and close its own connection only.
     let c = login(&s, "mgmt", "pw", "/").await.unwrap();
     let _other = connect(&s).await;
@@ -547,6 +598,19 @@ async fn endpoints_need_rabbitmq_tags() {
         .name
         .clone();
     let enc = |n: &str| n.replace(' ', "%20").replace('>', "%3E");
+    // Its connection list holds its own connection only; monitoring sees all.
+    assert_eq!(
+        names(&get_as(mgmt.clone(), "/api/connections").await, "name"),
+        [mine.clone()]
+    );
+    assert_eq!(
+        get_as(mon.clone(), "/api/connections")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     assert_eq!(
         raw(
             &s,

@@ -119,10 +119,8 @@ fn need(method: &Method, path: &str) -> (Need, Option<String>) {
         ["queues", _, _, "actions"] => (Need::Administrator, None),
         ["cluster-name"] if writes => (Need::Administrator, None),
         ["nodes", ..] | ["auth-attempts", ..] => (Need::Monitoring, None),
-        // RabbitMQ shows plain management users only their own
-        // connections and channels; Warren does not filter these lists
-        // yet, so they need monitoring rather than show others' ones.
-        ["connections"] | ["channels"] | ["consumers"] => (Need::Monitoring, None),
+        // Plain management users see only their own connections,
+        // channels and consumers in these lists (see [`visible_only`]).
         ["channels", _, ..] => (Need::Monitoring, None),
         ["connections", name, ..] => (Need::ConnectionOwner((*name).to_owned()), None),
         ["global-parameters", ..] => (Need::Policymaker, None),
@@ -190,6 +188,89 @@ pub(super) fn authorize(
         }
     }
     Ok(())
+}
+
+/// What a list shows a plain management user: items of the vhosts it has
+/// permissions in, or (connections, channels, consumers) its own.
+enum Visible {
+    /// The item's field names a vhost.
+    Vhost(&'static str),
+    /// The item's field (a dotted path) names a user.
+    User(&'static str),
+}
+
+fn list_filter(path: &str) -> Option<Visible> {
+    match path.trim_end_matches('/') {
+        "/api/vhosts" => Some(Visible::Vhost("name")),
+        "/api/queues" | "/api/exchanges" | "/api/bindings" | "/api/policies" => {
+            Some(Visible::Vhost("vhost"))
+        }
+        "/api/connections" | "/api/channels" => Some(Visible::User("user")),
+        "/api/consumers" => Some(Visible::User("channel_details.user")),
+        _ => None,
+    }
+}
+
+/// Filters a cross-vhost list for a user who is neither administrator nor
+/// monitoring, as RabbitMQ's `filter_vhost` / `filter_conn_ch_list` do.
+/// Per-vhost lists need no filtering: [`authorize`] checked the vhost.
+/// Paginated replies get their `item_count` fixed; the other counts stay
+/// as computed before filtering.
+pub(super) async fn visible_only(
+    s: &MgmtState,
+    method: &Method,
+    path: &str,
+    user: &str,
+    resp: axum::response::Response,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if *method != Method::GET || !resp.status().is_success() {
+        return resp;
+    }
+    let Some(rule) = list_filter(path) else {
+        return resp;
+    };
+    let Some(u) = s.broker.user(user) else {
+        return resp;
+    };
+    if u.has_tag("administrator") || u.has_tag("monitoring") {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read a list reply to filter it");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    };
+    let Ok(mut j) = serde_json::from_slice::<J>(&bytes) else {
+        return axum::response::Response::from_parts(parts, bytes.into());
+    };
+    let access = s.broker.access();
+    let keep = |item: &J| match rule {
+        Visible::Vhost(f) => item[f]
+            .as_str()
+            .is_some_and(|v| access.permission(v, user).is_some()),
+        Visible::User(f) => f
+            .split('.')
+            .fold(item, |j, k| &j[k])
+            .as_str()
+            .is_some_and(|x| x == user),
+    };
+    match &mut j {
+        J::Array(a) => a.retain(keep),
+        J::Object(o) => {
+            if let Some(J::Array(a)) = o.get_mut("items") {
+                a.retain(keep);
+                let n = a.len();
+                o.insert("item_count".into(), json!(n));
+            }
+        }
+        _ => {}
+    }
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    axum::response::Response::from_parts(parts, j.to_string().into())
 }
 
 // ---- body helpers ----

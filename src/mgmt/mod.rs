@@ -183,13 +183,14 @@ async fn auth(State(s): St, req: Request, next: Next) -> Response {
     let peer = peer.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
     match s.broker.authenticate(&user, &pass, peer) {
         Ok(()) => {
-            if let Err(e) = admin::authorize(&s, req.method(), req.uri().path(), &user) {
+            let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+            if let Err(e) = admin::authorize(&s, &method, &path, &user) {
                 tracing::warn!(user = %user, reason = %e.2, "HTTP access denied");
                 return e.into_response();
             }
             let mut req = req;
-            req.extensions_mut().insert(AuthUser(user));
-            next.run(req).await
+            req.extensions_mut().insert(AuthUser(user.clone()));
+            admin::visible_only(&s, &method, &path, &user, next.run(req).await).await
         }
         Err(crate::broker::AuthError::LoopbackOnly) => ApiError(
             StatusCode::UNAUTHORIZED,
