@@ -601,7 +601,7 @@ async fn endpoints_need_rabbitmq_tags() {
     // Its connection list holds its own connection only; monitoring sees all.
     assert_eq!(
         names(&get_as(mgmt.clone(), "/api/connections").await, "name"),
-        [mine.clone()]
+        vec![mine.clone()]
     );
     assert_eq!(
         get_as(mon.clone(), "/api/connections")
