@@ -1,7 +1,8 @@
 //! Users, vhost creation and deletion, permissions, and the management
 //! API's tag rules: which tag each endpoint needs (RabbitMQ's
 //! `is_authorized_*` callbacks), checked centrally by the auth layer so
-//! routes added anywhere get the `management` rule by default.
+//! routes added anywhere get the `management` rule by default, and which
+//! items of the cross-vhost lists a plain `management` user sees.
 
 use super::{bad_request, body_object, not_found_err, ApiError, AuthUser, MgmtState, St};
 use crate::broker::access::{MANAGEMENT_TAGS, SHA256, SHA512};
