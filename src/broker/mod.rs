@@ -5,6 +5,7 @@
 //! protocol code calls into it with plain values and gets typed
 //! [`BrokerError`]s back.
 
+pub mod access;
 pub mod error;
 pub mod exchange;
 pub mod outbox;
@@ -15,6 +16,7 @@ pub mod registry;
 pub mod route;
 pub mod vhost;
 
+pub use access::{Kept, Permission, User, VhostMeta};
 pub use error::{BrokerError, ErrorKind, Result};
 pub use exchange::{Exchange, ExchangeKind, ExchangeOptions};
 pub use outbox::{Delivery, Outbox, OutboxItem};
@@ -63,7 +65,8 @@ pub enum AuthError {
 pub struct Broker {
     persist: Option<Arc<Persistence>>,
     vhosts: DashMap<String, Arc<Vhost>>,
-    users: DashMap<String, UserConfig>,
+    /// Users, permissions, vhost metadata; persisted.
+    access: access::Access,
     loopback_users: Vec<String>,
     noack_window: u32,
     next_id: AtomicU64,
@@ -76,7 +79,9 @@ pub struct Broker {
 impl Broker {
     /// A broker with everything in memory.
     pub fn new(cfg: &BrokerConfig) -> Arc<Self> {
-        Self::build(cfg, None)
+        let b = Self::build(cfg, None);
+        b.seed(cfg);
+        b
     }
 
     /// A broker over a data directory: durable definitions and persistent
@@ -88,6 +93,9 @@ impl Broker {
         let started = std::time::Instant::now();
         let persist = Persistence::open(storage)?;
         let b = Self::build(cfg, Some(persist.clone()));
+        for name in b.access.vhost_names() {
+            b.add_vhost(&name);
+        }
         let mut counts = (0usize, 0usize, 0usize, 0usize);
         for d in persist.exchanges() {
             b.add_vhost(&d.vhost).restore_exchange(&d);
@@ -121,9 +129,11 @@ impl Broker {
             queues = counts.1,
             bindings = counts.2,
             messages = counts.3,
+            users = b.access.users().len(),
             elapsed = ?started.elapsed(),
             "recovered durable state"
         );
+        b.seed(cfg);
         Ok(b)
     }
 
@@ -142,23 +152,16 @@ impl Broker {
     }
 
     fn build(cfg: &BrokerConfig, persist: Option<Arc<Persistence>>) -> Arc<Self> {
-        let b = Broker {
+        Arc::new(Broker {
+            access: access::Access::load(persist.clone()),
             persist,
             vhosts: DashMap::new(),
-            users: DashMap::new(),
             loopback_users: cfg.loopback_users.clone(),
             noack_window: cfg.noack_window,
             next_id: AtomicU64::new(1),
             connections: DashMap::new(),
             stats: Arc::new(MessageCounters::default()),
-        };
-        for v in &cfg.vhosts {
-            b.add_vhost(v);
-        }
-        for u in &cfg.users {
-            b.users.insert(u.name.clone(), u.clone());
-        }
-        Arc::new(b)
+        })
     }
 
     pub fn add_vhost(&self, name: &str) -> Arc<Vhost> {
@@ -188,14 +191,14 @@ impl Broker {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Checks a login against the stored users (AMQP and the management API).
     pub fn authenticate(
         &self,
         user: &str,
         password: &str,
         peer: IpAddr,
     ) -> std::result::Result<(), AuthError> {
-        let ok = self.users.get(user).is_some_and(|u| u.password == password);
-        if !ok {
+        if !self.access.check_login(user, password) {
             return Err(AuthError::Refused);
         }
         if self.loopback_users.iter().any(|u| u == user) && !is_loopback(peer) {
@@ -204,15 +207,101 @@ impl Broker {
         Ok(())
     }
 
-    /// The configured users, sorted by name.
-    pub fn users(&self) -> Vec<UserConfig> {
-        let mut v: Vec<UserConfig> = self.users.iter().map(|u| u.value().clone()).collect();
-        v.sort_by(|a, b| a.name.cmp(&b.name));
-        v
+    /// Users, permissions and vhost metadata.
+    pub fn access(&self) -> &access::Access {
+        &self.access
     }
 
-    pub fn user(&self, name: &str) -> Option<UserConfig> {
-        self.users.get(name).map(|u| u.value().clone())
+    /// The stored users, sorted by name.
+    pub fn users(&self) -> Vec<User> {
+        self.access.users()
+    }
+
+    pub fn user(&self, name: &str) -> Option<User> {
+        self.access.user(name)
+    }
+
+    /// Start-up: the configured vhosts exist (created if missing, every
+    /// start); on a data directory's first start (or in memory) the
+    /// configured users are created with `.*` permissions on them, as
+    /// RabbitMQ does for its default user. Later starts leave users alone:
+    /// the stored ones (changed through the API) win.
+    fn seed(&self, cfg: &BrokerConfig) {
+        for v in &cfg.vhosts {
+            if self.vhost(v).is_none() || !self.access.has_vhost_meta(v) {
+                self.create_vhost(v, self.access.vhost_meta(v));
+            }
+        }
+        // Vhosts recovered only from older data directories' exchanges.
+        for v in self.vhosts() {
+            if !self.access.has_vhost_meta(&v.name) {
+                self.access.set_vhost_meta(&v.name, VhostMeta::default());
+            }
+        }
+        if self.access.seeded() {
+            return;
+        }
+        for u in &cfg.users {
+            self.access
+                .put_user(User::with_password(&u.name, &u.password, u.tags.clone()));
+            for v in &cfg.vhosts {
+                self.access.set_permission(Permission {
+                    user: u.name.clone(),
+                    vhost: v.clone(),
+                    configure: ".*".into(),
+                    write: ".*".into(),
+                    read: ".*".into(),
+                });
+            }
+        }
+        self.access.mark_seeded();
+        tracing::info!(users = cfg.users.len(), "created the configured users");
+    }
+
+    /// Creates a vhost (with its amq.* exchanges) or updates its metadata;
+    /// returns whether it existed.
+    pub fn create_vhost(&self, name: &str, meta: VhostMeta) -> bool {
+        let existed = self.vhost(name).is_some();
+        self.access.set_vhost_meta(name, meta);
+        self.add_vhost(name);
+        existed
+    }
+
+    /// Deletes a vhost and everything in it: exchanges, queues with their
+    /// messages, bindings, permissions and stored definitions; its AMQP
+    /// connections are closed as RabbitMQ closes them. False if unknown.
+    pub fn delete_vhost(&self, name: &str) -> bool {
+        let Some((_, v)) = self.vhosts.remove(name) else {
+            return false;
+        };
+        v.remove_everything();
+        self.access.forget_vhost(name);
+        if let Some(p) = &self.persist {
+            p.remove_vhost_docs(name);
+        }
+        let reason = format!("vhost '{name}' is deleted");
+        for c in self.connections() {
+            if c.vhost == name {
+                c.request_close(&reason);
+            }
+        }
+        tracing::info!(vhost = name, "deleted vhost");
+        true
+    }
+
+    /// Deletes a user with its permissions and closes its connections, as
+    /// RabbitMQ does. False if unknown.
+    pub fn delete_user(&self, name: &str) -> bool {
+        if !self.access.remove_user(name) {
+            return false;
+        }
+        let reason = format!("user '{name}' is deleted");
+        for c in self.connections() {
+            if c.user == name {
+                c.request_close(&reason);
+            }
+        }
+        true
     }
 
     /// A connection finished its handshake.

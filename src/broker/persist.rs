@@ -1,8 +1,12 @@
 //! Durability: the data directory, durable definitions, and group commit.
 //!
 //! Definitions (durable exchanges, queues and the bindings between durable
-//! ends) are JSON documents in the sled tree `definitions`, keyed so one
-//! prefix scan per kind restores them. Messages live in the `queues`
+//! ends; users, vhosts, permissions and the policies and parameters kept
+//! for definitions export) are JSON documents in the sled tree
+//! `definitions`, keyed so one prefix scan per kind restores them. Kinds:
+//! `x` exchange, `q` queue, `b` binding, and (see [`Doc`]) the access
+//! documents; a vhost's name is always the first key part of the kinds
+//! that live in one, so deleting a vhost is a prefix sweep. Messages live in the `queues`
 //! crate's [`Disk`]. The [`Flusher`] thread makes writes durable for many
 //! publishers at once: callers register a waiter after writing, and every
 //! waiter registered before a flush starts is told once it is done.
@@ -92,6 +96,39 @@ impl Flusher {
             let _ = t.join();
         }
     }
+}
+
+/// The access documents' kinds (their key byte) and key parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Doc {
+    /// `[vhost]`: the vhost's metadata.
+    Vhost = b'v',
+    /// `[name]`: a user with its password hash and tags.
+    User = b'u',
+    /// `[vhost, user]`: configure/write/read patterns.
+    Permission = b'p',
+    /// `[vhost, user, exchange]`: kept as imported (not enforced).
+    TopicPermission = b't',
+    /// `[vhost, name]`: kept as imported (not applied yet).
+    Policy = b'y',
+    /// `[vhost, component, name]`: kept as imported.
+    Parameter = b'r',
+    /// `[name]`: kept as imported.
+    GlobalParameter = b'g',
+    /// `[name]`: broker bookkeeping, e.g. whether the first start's seeding happened.
+    Meta = b'm',
+}
+
+impl Doc {
+    /// Kinds whose first key part is a vhost.
+    pub const IN_VHOST: [Doc; 5] = [
+        Doc::Vhost,
+        Doc::Permission,
+        Doc::TopicPermission,
+        Doc::Policy,
+        Doc::Parameter,
+    ];
 }
 
 /// A durable queue's definition.
@@ -319,6 +356,44 @@ impl Persistence {
                 arguments: table_from_json(&v["arguments"]),
             })
             .collect()
+    }
+
+    /// Stores a document of kind `kind` (one of [`Doc`]) under `parts`.
+    pub fn put_doc(&self, kind: Doc, parts: &[&str], v: serde_json::Value) {
+        self.put(key(kind as u8, parts), v);
+        self.sync();
+    }
+
+    pub fn remove_doc(&self, kind: Doc, parts: &[&str]) {
+        self.remove(key(kind as u8, parts));
+        self.sync();
+    }
+
+    /// Every document of a kind, with its key parts.
+    pub fn docs(&self, kind: Doc) -> Vec<(Vec<String>, serde_json::Value)> {
+        self.scan(kind as u8)
+    }
+
+    /// Removes every definition (of any kind) that lives in `vhost`.
+    pub fn remove_vhost_docs(&self, vhost: &str) {
+        for kind in [b'x', b'q', b'b']
+            .into_iter()
+            .chain(Doc::IN_VHOST.map(|d| d as u8))
+        {
+            let prefix = key(kind, &[vhost]);
+            let keys: Vec<sled::IVec> = self
+                .defs
+                .scan_prefix(&prefix)
+                .keys()
+                .filter_map(|k| k.ok())
+                .collect();
+            for k in keys {
+                if let Err(e) = self.defs.remove(k) {
+                    tracing::error!(error = %e, "cannot remove a definition");
+                }
+            }
+        }
+        self.sync();
     }
 
     pub fn bindings(&self) -> Vec<BindingDef> {

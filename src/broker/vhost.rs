@@ -392,6 +392,18 @@ impl Vhost {
         q.mark_deleted()
     }
 
+    /// The vhost is being deleted: every queue (with its messages) and
+    /// every exchange (amq.* ones included) goes, with their bindings and
+    /// stored definitions.
+    pub(crate) fn remove_everything(&self) {
+        for q in self.queues() {
+            self.remove_queue(&q);
+        }
+        for ex in self.exchanges() {
+            self.remove_exchange(&ex);
+        }
+    }
+
     /// Deletes the exclusive queues a closed connection owned.
     pub fn connection_closed(&self, conn: u64) {
         let owned: Vec<Arc<Queue>> = self

@@ -167,12 +167,14 @@ pub fn vhost(s: &MgmtState, v: &Vhost) -> J {
         ready += q.counts().0;
         unacked += q.unacked_count();
     }
+    let meta = s.broker.access().vhost_meta(&v.name);
+    let dqt = meta.default_queue_type.as_deref().unwrap_or("classic");
     json!({
         "name": v.name,
-        "description": "",
-        "tags": [],
-        "default_queue_type": "classic",
-        "metadata": {"description": "", "tags": [], "default_queue_type": "classic"},
+        "description": meta.description,
+        "tags": meta.tags,
+        "default_queue_type": dqt,
+        "metadata": {"description": meta.description, "tags": meta.tags, "default_queue_type": dqt},
         "tracing": false,
         "cluster_state": { s.node.clone(): "running" },
         "messages": ready + unacked,

@@ -7,6 +7,8 @@
 //! [`crate::broker`] snapshots, and closing a connection is a request the
 //! connection's own task acts on.
 
+mod admin;
+mod definitions;
 mod json;
 mod metrics;
 mod objects;
@@ -79,11 +81,11 @@ pub fn router(state: Arc<MgmtState>) -> Router {
         )
         .route("/api/channels", get(channels))
         .route("/api/consumers", get(consumers))
-        .route("/api/users", get(users))
         .route("/api/health/checks/alarms", get(health_ok))
         .route("/api/health/checks/local-alarms", get(health_ok))
         .route("/api/health/checks/virtual-hosts", get(health_ok))
         .merge(objects::routes())
+        .merge(admin::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         // Added after the auth layer: Prometheus scrapes without a login.
@@ -125,7 +127,9 @@ struct ApiError(StatusCode, &'static str, String);
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut r = (self.0, Json(json!({"error": self.1, "reason": self.2}))).into_response();
-        if self.0 == StatusCode::UNAUTHORIZED {
+        // RabbitMQ asks for credentials only when the login failed, not
+        // when a valid user lacks a tag ("not_authorised").
+        if self.0 == StatusCode::UNAUTHORIZED && self.1 == "not_authorized" {
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Basic realm=\"RabbitMQ Management\""),
@@ -187,14 +191,19 @@ async fn auth(State(s): St, req: Request, next: Next) -> Response {
     let peer = peer.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
     match s.broker.authenticate(&user, &pass, peer) {
         Ok(()) => {
+            let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+            if let Err(e) = admin::authorize(&s, &method, &path, &user) {
+                tracing::warn!(user = %user, reason = %e.2, "HTTP access denied");
+                return e.into_response();
+            }
             let mut req = req;
-            req.extensions_mut().insert(AuthUser(user));
-            next.run(req).await
+            req.extensions_mut().insert(AuthUser(user.clone()));
+            admin::visible_only(&s, &method, &path, &user, next.run(req).await).await
         }
         Err(crate::broker::AuthError::LoopbackOnly) => ApiError(
             StatusCode::UNAUTHORIZED,
-            "not_authorized",
-            format!("User can only log in via localhost: {user}"),
+            "not_authorised",
+            "User can only log in via localhost".into(),
         )
         .into_response(),
         Err(crate::broker::AuthError::Refused) => ApiError(
@@ -479,14 +488,4 @@ async fn channels(State(s): St, Query(q): Query<HashMap<String, String>>) -> Res
 
 async fn consumers(State(s): St) -> Json<J> {
     Json(json::consumers(&s))
-}
-
-async fn users(State(s): St) -> Json<J> {
-    Json(J::Array(
-        s.broker
-            .users()
-            .iter()
-            .map(|u| json!({"name": u.name, "tags": u.tags, "limits": {}}))
-            .collect(),
-    ))
 }

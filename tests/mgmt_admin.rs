@@ -1,0 +1,907 @@
+//! Users, vhosts, permissions, tag rules and definitions through the
+//! management API: typed calls with `rabbitmq_http_client`, raw HTTP for
+//! status codes and bodies, lapin for what AMQP clients then see.
+
+mod common;
+
+use common::*;
+use lapin::options::*;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use rabbitmq_http_client::password_hashing;
+use rabbitmq_http_client::requests::{Permissions, UserParams, VirtualHostParams};
+use serde_json::{json, Value as J};
+use std::path::Path;
+use warren::broker::access::base64_encode;
+use warren::server::Server;
+
+const FIXTURE: &str = include_str!("fixtures/rabbitmq-3.10-definitions.json");
+
+fn basic(user: &str, pass: &str) -> String {
+    base64_encode(format!("{user}:{pass}").as_bytes())
+}
+
+async fn login(s: &Server, user: &str, pass: &str, vhost: &str) -> lapin::Result<Connection> {
+    let vhost = vhost.replace('/', "%2f");
+    let url = format!("amqp://{user}:{pass}@{}/{vhost}", s.amqp_addr());
+    within(Connection::connect(&url, ConnectionProperties::default())).await
+}
+
+async fn put(s: &Server, path: &str, body: J) -> (u16, String) {
+    raw(s, "PUT", path, Some(GUEST), &body.to_string()).await
+}
+
+async fn get_json(s: &Server, path: &str) -> (u16, J) {
+    let (st, body) = raw(s, "GET", path, Some(GUEST), "").await;
+    (st, serde_json::from_str(&body).unwrap_or(J::Null))
+}
+
+fn reason(body: &str) -> String {
+    let j: J = serde_json::from_str(body).unwrap_or(J::Null);
+    j["reason"].as_str().unwrap_or_default().to_owned()
+}
+
+async fn start_on(dir: &Path) -> Server {
+    let dir = dir.to_owned();
+    start_with(move |c| c.storage.data_dir = dir).await
+}
+
+#[tokio::test]
+async fn users_are_created_updated_and_deleted_and_log_in_over_amqp() {
+    let s = start().await;
+    let api = api(&s);
+
+    // Typed call with a client-made hash.
+    let salt = password_hashing::salt();
+    let hash = password_hashing::base64_encoded_salted_password_hash_sha256(&salt, "s3cret");
+    api.create_user(&UserParams::new("alice", &hash, "management"))
+        .await
+        .unwrap();
+    let u = api.get_user("alice").await.unwrap();
+    assert!(u.tags.contains("management"));
+    let c = login(&s, "alice", "s3cret", "/")
+        .await
+        .expect("alice logs in");
+    let ch = c.create_channel().await.unwrap();
+    ch.queue_declare(
+        "alice-q".into(),
+        QueueDeclareOptions::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    c.close(200, "bye".into()).await.unwrap();
+    assert!(login(&s, "alice", "wrong", "/").await.is_err());
+    assert!(login(&s, "nobody", "s3cret", "/").await.is_err());
+
+    // Raw PUT with a plain password, tags as a string: 201, then 204.
+    let (st, _) = put(
+        &s,
+        "/api/users/bob",
+        json!({"password": "pw1", "tags": "monitoring, management"}),
+    )
+    .await;
+    assert_eq!(st, 201);
+    let (st, j) = get_json(&s, "/api/users/bob").await;
+    assert_eq!(st, 200);
+    assert_eq!(j["tags"], json!(["monitoring", "management"]));
+    assert_eq!(j["hashing_algorithm"], "rabbit_password_hashing_sha256");
+    assert_eq!(j["limits"], json!({}));
+    let raw_hash = warren::broker::access::base64_decode(j["password_hash"].as_str().unwrap());
+    assert_eq!(raw_hash.unwrap().len(), 36, "4 salt bytes + SHA-256");
+    login(&s, "bob", "pw1", "/").await.expect("bob logs in");
+    let (st, _) = put(
+        &s,
+        "/api/users/bob",
+        json!({"password": "pw2", "tags": ["administrator"]}),
+    )
+    .await;
+    assert_eq!(st, 204);
+    assert!(login(&s, "bob", "pw1", "/").await.is_err());
+    login(&s, "bob", "pw2", "/").await.expect("new password");
+    // The same store serves HTTP Basic auth.
+    let (st, body) = raw(&s, "GET", "/api/whoami", Some(&basic("bob", "pw2")), "").await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(
+        raw(&s, "GET", "/api/whoami", Some(&basic("bob", "pw1")), "")
+            .await
+            .0,
+        401
+    );
+
+    // RabbitMQ's errors.
+    let (st, body) = put(&s, "/api/users/carol", json!({"password": "x"})).await;
+    assert_eq!((st, reason(&body).as_str()), (400, "tags_not_present"));
+    let (st, body) = put(
+        &s,
+        "/api/users/carol",
+        json!({"password": "x", "password_hash": hash, "tags": ""}),
+    )
+    .await;
+    assert_eq!(
+        (st, reason(&body).as_str()),
+        (400, "both_password_and_password_hash_are_provided")
+    );
+    let (st, _) = raw(&s, "PUT", "/api/users/carol", Some(GUEST), "{not json").await;
+    assert_eq!(st, 400);
+    // Neither password nor hash: a user that cannot log in with a password.
+    let (st, _) = put(&s, "/api/users/carol", json!({"tags": ""})).await;
+    assert_eq!(st, 201);
+    assert_eq!(
+        get_json(&s, "/api/users/carol").await.1["password_hash"],
+        ""
+    );
+    assert!(login(&s, "carol", "", "/").await.is_err());
+
+    // Users without permissions: the new ones (guest has `.*` on "/").
+    let names: Vec<String> = api
+        .list_users_without_permissions()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.name)
+        .collect();
+    assert_eq!(names, ["alice", "bob", "carol"]);
+    let (st, j) = get_json(&s, "/api/users/guest/permissions").await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        j,
+        json!([{"user": "guest", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}])
+    );
+    assert_eq!(get_json(&s, "/api/users/nobody/permissions").await.0, 404);
+
+    // Delete: the user's connections close, logins stop, GET is 404.
+    let c = login(&s, "alice", "s3cret", "/").await.unwrap();
+    api.delete_user("alice", false).await.unwrap();
+    eventually(|| {
+        let c = &c;
+        async move { !c.status().connected() }
+    })
+    .await;
+    assert!(login(&s, "alice", "s3cret", "/").await.is_err());
+    assert_eq!(get_json(&s, "/api/users/alice").await.0, 404);
+    assert_eq!(
+        raw(&s, "DELETE", "/api/users/alice", Some(GUEST), "")
+            .await
+            .0,
+        404
+    );
+    api.delete_users(vec!["bob", "carol", "ghost"])
+        .await
+        .unwrap();
+    let names: Vec<String> = api
+        .list_users()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.name)
+        .collect();
+    assert_eq!(names, ["guest"]);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_hash_made_by_rabbitmq_logs_in() {
+    let s = start().await;
+    let defs: J = serde_json::from_str(FIXTURE).unwrap();
+    let app = defs["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "fx-app")
+        .unwrap()
+        .clone();
+    let (st, body) = put(
+        &s,
+        "/api/users/imported",
+        json!({
+            "password_hash": app["password_hash"],
+            "hashing_algorithm": app["hashing_algorithm"],
+            "tags": "",
+        }),
+    )
+    .await;
+    assert_eq!(st, 201, "{body}");
+    login(&s, "imported", "app-secret", "/")
+        .await
+        .expect("RabbitMQ's hash of app-secret");
+    assert!(login(&s, "imported", "app-secreT", "/").await.is_err());
+    // The hash is kept verbatim.
+    assert_eq!(
+        get_json(&s, "/api/users/imported").await.1["password_hash"],
+        app["password_hash"]
+    );
+    let (st, body) = put(
+        &s,
+        "/api/users/imported",
+        json!({"password_hash": "!!!", "tags": ""}),
+    )
+    .await;
+    assert_eq!(st, 400, "{body}");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn vhosts_are_created_used_and_deleted_with_everything_in_them() {
+    let s = start().await;
+    let api = api(&s);
+    api.create_vhost(&VirtualHostParams {
+        name: "v1",
+        description: Some("first"),
+        tags: Some(vec!["a", "b"]),
+        default_queue_type: None,
+        tracing: false,
+    })
+    .await
+    .unwrap();
+    let v = api.get_vhost("v1").await.unwrap();
+    assert_eq!(v.description.as_deref(), Some("first"));
+    // The creating user gets full permissions, as in RabbitMQ.
+    let perms = api.list_permissions_in("v1").await.unwrap();
+    assert_eq!(perms.len(), 1);
+    assert_eq!(
+        (perms[0].user.as_str(), perms[0].configure.as_str()),
+        ("guest", ".*")
+    );
+    // Its amq.* exchanges exist.
+    let (_, xs) = get_json(&s, "/api/exchanges/v1").await;
+    let names: Vec<&str> = xs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "",
+            "amq.direct",
+            "amq.fanout",
+            "amq.headers",
+            "amq.match",
+            "amq.topic"
+        ]
+    );
+    // A second PUT updates (204) and replaces the metadata.
+    let (st, _) = put(&s, "/api/vhosts/v1", json!({"description": "second"})).await;
+    assert_eq!(st, 204);
+    let (_, j) = get_json(&s, "/api/vhosts/v1").await;
+    assert_eq!(
+        (j["description"].clone(), j["tags"].clone()),
+        (json!("second"), json!([]))
+    );
+
+    // Usable over AMQP at once.
+    let c = login(&s, "guest", "guest", "v1")
+        .await
+        .expect("connect to v1");
+    let events = c.events_listener();
+    let ch = c.create_channel().await.unwrap();
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare("vq".into(), durable, Default::default())
+        .await
+        .unwrap();
+    ch.queue_bind(
+        "vq".into(),
+        "amq.direct".into(),
+        "k".into(),
+        Default::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    ch.basic_publish(
+        "amq.direct".into(),
+        "k".into(),
+        Default::default(),
+        b"m",
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap();
+    eventually(|| {
+        let api = &api;
+        async move {
+            api.get_queue_info("v1", "vq")
+                .await
+                .is_ok_and(|q| q.message_count == 1)
+        }
+    })
+    .await;
+    assert_eq!(get_json(&s, "/api/queues/v1/vq").await.0, 200);
+
+    // Delete: the connection is closed with RabbitMQ's reason, everything goes.
+    api.delete_vhost("v1", false).await.unwrap();
+    let err = within(async {
+        use futures_lite::StreamExt;
+        let mut events = std::pin::pin!(events);
+        loop {
+            if let Some(lapin::Event::Error(e)) = events.next().await {
+                break e.to_string();
+            }
+        }
+    })
+    .await;
+    assert!(
+        err.contains("CONNECTION_FORCED - vhost 'v1' is deleted"),
+        "{err}"
+    );
+    assert_eq!(get_json(&s, "/api/vhosts/v1").await.0, 404);
+    assert_eq!(get_json(&s, "/api/queues/v1/vq").await.0, 404);
+    assert_eq!(get_json(&s, "/api/vhosts/v1/permissions").await.0, 404);
+    assert!(api
+        .list_permissions()
+        .await
+        .unwrap()
+        .iter()
+        .all(|p| p.vhost != "v1"));
+    assert_eq!(
+        raw(&s, "DELETE", "/api/vhosts/v1", Some(GUEST), "").await.0,
+        404
+    );
+    // An unknown vhost is refused at connection.open.
+    let e = login(&s, "guest", "guest", "v1").await.unwrap_err();
+    assert!(e.to_string().contains("NOT_ALLOWED"), "{e}");
+    // Re-created, it starts empty.
+    let (st, _) = raw(&s, "PUT", "/api/vhosts/v1", Some(GUEST), "").await;
+    assert_eq!(st, 201);
+    assert_eq!(get_json(&s, "/api/queues/v1/vq").await.0, 404);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn permissions_are_set_read_and_cleared() {
+    let s = start().await;
+    let api = api(&s);
+    put(&s, "/api/users/pat", json!({"password": "pw", "tags": ""})).await;
+    put(&s, "/api/vhosts/pv", json!({})).await;
+    api.declare_permissions(&Permissions {
+        user: "pat",
+        vhost: "pv",
+        configure: "^pat\\.",
+        write: ".*",
+        read: "",
+    })
+    .await
+    .unwrap();
+    let p = api.get_permissions("pv", "pat").await.unwrap();
+    assert_eq!(
+        (p.configure.as_str(), p.write.as_str(), p.read.as_str()),
+        ("^pat\\.", ".*", "")
+    );
+    let (st, _) = put(
+        &s,
+        "/api/permissions/pv/pat",
+        json!({"configure": ".*", "write": ".*", "read": ".*"}),
+    )
+    .await;
+    assert_eq!(st, 204, "an update");
+    let (st, _) = put(
+        &s,
+        "/api/permissions/%2F/pat",
+        json!({"configure": "", "write": "", "read": ".*"}),
+    )
+    .await;
+    assert_eq!(st, 201);
+    assert_eq!(api.list_permissions_of("pat").await.unwrap().len(), 2);
+    assert_eq!(
+        api.list_permissions().await.unwrap().len(),
+        4,
+        "guest on / and pv, pat on both"
+    );
+
+    // Errors as RabbitMQ: a bad pattern and missing keys are 400s; PUT
+    // with an unknown end is 400 vhost_or_user_not_found; GET/DELETE 404.
+    let (st, body) = put(
+        &s,
+        "/api/permissions/pv/pat",
+        json!({"configure": "(", "write": ".*", "read": ".*"}),
+    )
+    .await;
+    assert_eq!(st, 400);
+    assert!(reason(&body).starts_with("invalid_regexp"), "{body}");
+    assert_eq!(
+        api.get_permissions("pv", "pat").await.unwrap().configure,
+        ".*",
+        "unchanged"
+    );
+    let (st, body) = put(&s, "/api/permissions/pv/pat", json!({"configure": "x"})).await;
+    assert_eq!(
+        (st, reason(&body).as_str()),
+        (400, "[{key_missing,write},{key_missing,read}]")
+    );
+    let (st, body) = put(
+        &s,
+        "/api/permissions/pv/nobody",
+        json!({"configure": "", "write": "", "read": ""}),
+    )
+    .await;
+    assert_eq!(
+        (st, reason(&body).as_str()),
+        (400, "vhost_or_user_not_found")
+    );
+    let (st, _) = put(
+        &s,
+        "/api/permissions/novhost/pat",
+        json!({"configure": "", "write": "", "read": ""}),
+    )
+    .await;
+    assert_eq!(st, 400);
+    assert_eq!(get_json(&s, "/api/permissions/pv/nobody").await.0, 404);
+    assert_eq!(get_json(&s, "/api/permissions/novhost/pat").await.0, 404);
+
+    let (st, _) = raw(&s, "DELETE", "/api/permissions/pv/pat", Some(GUEST), "").await;
+    assert_eq!(st, 204);
+    assert_eq!(get_json(&s, "/api/permissions/pv/pat").await.0, 404);
+    assert_eq!(
+        raw(&s, "DELETE", "/api/permissions/pv/pat", Some(GUEST), "")
+            .await
+            .0,
+        404
+    );
+    // Deleting the user clears the rest of its permissions.
+    api.delete_user("pat", false).await.unwrap();
+    assert!(api
+        .list_permissions()
+        .await
+        .unwrap()
+        .iter()
+        .all(|p| p.user != "pat"));
+    assert_eq!(
+        get_json(&s, "/api/topic-permissions").await,
+        (200, json!([]))
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn endpoints_need_rabbitmq_tags() {
+    let s = start().await;
+    for (name, tags) in [("plain", ""), ("mgmt", "management"), ("mon", "monitoring")] {
+        put(
+            &s,
+            &format!("/api/users/{name}"),
+            json!({"password": "pw", "tags": tags}),
+        )
+        .await;
+    }
+    let plain = basic("plain", "pw");
+    let mgmt = basic("mgmt", "pw");
+    let mon = basic("mon", "pw");
+
+    // A valid user without a management tag: 401, no new login prompt.
+    let (st, body) = raw(&s, "GET", "/api/overview", Some(&plain), "").await;
+    assert_eq!(st, 401);
+    let j: J = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        j,
+        json!({"error": "not_authorised", "reason": "Not management user"})
+    );
+    // But it may use AMQP.
+    login(&s, "plain", "pw", "/")
+        .await
+        .expect("AMQP needs no tag");
+    // A wrong password is RabbitMQ's "Login failed".
+    let (st, body) = raw(&s, "GET", "/api/overview", Some(&basic("mgmt", "nope")), "").await;
+    assert_eq!((st, reason(&body).as_str()), (401, "Login failed"));
+
+    // Monitoring: node views yes, admin endpoints no.
+    assert_eq!(raw(&s, "GET", "/api/overview", Some(&mon), "").await.0, 200);
+    let (st, body) = raw(&s, "GET", "/api/users", Some(&mon), "").await;
+    assert_eq!(st, 401);
+    assert_eq!(reason(&body), "Not administrator user");
+    let (st, _) = raw(&s, "PUT", "/api/vhosts/x", Some(&mon), "").await;
+    assert_eq!(st, 401);
+    assert_eq!(
+        raw(&s, "GET", "/api/definitions", Some(&mon), "").await.0,
+        401
+    );
+    assert_ne!(raw(&s, "GET", "/api/nodes", Some(&mon), "").await.0, 401);
+    assert_eq!(
+        raw(&s, "GET", "/api/connections", Some(&mon), "").await.0,
+        200
+    );
+    // As in RabbitMQ, a vhost's objects need a permission there (or administrator).
+    assert_eq!(
+        raw(&s, "GET", "/api/queues/%2F", Some(&mon), "").await.0,
+        401
+    );
+
+    // Management: the basics, but not node views nor other vhosts.
+    assert_eq!(raw(&s, "GET", "/api/whoami", Some(&mgmt), "").await.0, 200);
+    put(&s, "/api/vhosts/other", json!({})).await;
+    put(&s, "/api/queues/other/oq", json!({})).await;
+    put(&s, "/api/queues/%2F/rq", json!({})).await;
+    let names = |j: &J, f: &str| -> Vec<String> {
+        j.as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i[f].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let get_as = |who: String, path: &'static str| {
+        let s = &s;
+        async move {
+            let (st, body) = raw(s, "GET", path, Some(&who), "").await;
+            assert_eq!(st, 200, "{path}: {body}");
+            serde_json::from_str::<J>(&body).unwrap()
+        }
+    };
+    // Lists show a plain management user only the vhosts it may use.
+    assert_eq!(
+        names(&get_as(mgmt.clone(), "/api/vhosts").await, "name"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        names(&get_as(mgmt.clone(), "/api/queues").await, "name"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        names(&get_as(mon.clone(), "/api/queues").await, "name"),
+        ["rq", "oq"]
+    );
+    let (st, body) = raw(&s, "GET", "/api/nodes", Some(&mgmt), "").await;
+    assert_eq!((st, reason(&body).as_str()), (401, "Not monitor user"));
+    let (st, body) = raw(&s, "GET", "/api/queues/%2F", Some(&mgmt), "").await;
+    assert_eq!(
+        (st, reason(&body).as_str()),
+        (401, "User not authorised to access virtual host")
+    );
+    put(
+        &s,
+        "/api/permissions/%2F/mgmt",
+        json!({"configure": ".*", "write": ".*", "read": ".*"}),
+    )
+    .await;
+    assert_eq!(
+        raw(&s, "GET", "/api/queues/%2F", Some(&mgmt), "").await.0,
+        200
+    );
+    assert_eq!(
+        names(&get_as(mgmt.clone(), "/api/vhosts").await, "name"),
+        ["/"]
+    );
+    assert_eq!(
+        names(&get_as(mgmt.clone(), "/api/queues").await, "name"),
+        ["rq"]
+    );
+    let paged = get_as(mgmt.clone(), "/api/exchanges?page=1").await;
+    if paged.is_object() {
+        // With the pagination helper merged: filtered items, fixed item_count.
+        assert!(paged["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["vhost"] == "/"));
+        assert_eq!(
+            paged["item_count"],
+            json!(paged["items"].as_array().unwrap().len())
+        );
+    }
+    // A management user may see and close its own connection only.
+    let c = login(&s, "mgmt", "pw", "/").await.unwrap();
+    let _other = connect(&s).await;
+    let api = api(&s);
+    let conns = api.list_connections().await.unwrap();
+    let mine = conns
+        .iter()
+        .find(|x| x.username == "mgmt")
+        .unwrap()
+        .name
+        .clone();
+    let theirs = conns
+        .iter()
+        .find(|x| x.username == "guest")
+        .unwrap()
+        .name
+        .clone();
+    let enc = |n: &str| n.replace(' ', "%20").replace('>', "%3E");
+    // Its connection list holds its own connection only; monitoring sees all.
+    assert_eq!(
+        names(&get_as(mgmt.clone(), "/api/connections").await, "name"),
+        vec![mine.clone()]
+    );
+    assert_eq!(
+        get_as(mon.clone(), "/api/connections")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        raw(
+            &s,
+            "GET",
+            &format!("/api/connections/{}", enc(&mine)),
+            Some(&mgmt),
+            ""
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        raw(
+            &s,
+            "GET",
+            &format!("/api/connections/{}", enc(&theirs)),
+            Some(&mgmt),
+            ""
+        )
+        .await
+        .0,
+        401
+    );
+    assert_eq!(
+        raw(
+            &s,
+            "DELETE",
+            &format!("/api/connections/{}", enc(&mine)),
+            Some(&mgmt),
+            ""
+        )
+        .await
+        .0,
+        204
+    );
+    eventually(|| {
+        let c = &c;
+        async move { !c.status().connected() }
+    })
+    .await;
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn users_vhosts_and_permissions_survive_a_restart() {
+    let dir = temp_dir("admin");
+    {
+        let s = start_on(&dir).await;
+        put(
+            &s,
+            "/api/users/dave",
+            json!({"password": "pw", "tags": "management"}),
+        )
+        .await;
+        put(
+            &s,
+            "/api/vhosts/keep",
+            json!({"description": "kept", "tags": "t1"}),
+        )
+        .await;
+        put(&s, "/api/vhosts/gone", json!({})).await;
+        put(
+            &s,
+            "/api/permissions/keep/dave",
+            json!({"configure": "^d", "write": ".*", "read": ".*"}),
+        )
+        .await;
+        // The configured user's password changed through the API.
+        put(
+            &s,
+            "/api/users/guest",
+            json!({"password": "changed", "tags": "administrator"}),
+        )
+        .await;
+        let g = basic("guest", "changed");
+        let c = login(&s, "guest", "changed", "keep").await.unwrap();
+        let ch = c.create_channel().await.unwrap();
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        ch.queue_declare("kq".into(), durable, Default::default())
+            .await
+            .unwrap();
+        c.close(200, "bye".into()).await.unwrap();
+        let (st, _) = raw(&s, "DELETE", "/api/vhosts/gone", Some(&g), "").await;
+        assert_eq!(st, 204);
+        s.shutdown().await;
+    }
+    let s = start_on(&dir).await;
+    // Config users are seeded on the first start only: the API's change stays.
+    assert!(login(&s, "guest", "guest", "/").await.is_err());
+    let g = basic("guest", "changed");
+    login(&s, "dave", "pw", "keep").await.expect("dave kept");
+    let (st, body) = raw(&s, "GET", "/api/vhosts/keep", Some(&g), "").await;
+    assert_eq!(st, 200);
+    let j: J = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (j["description"].clone(), j["tags"].clone()),
+        (json!("kept"), json!(["t1"]))
+    );
+    let (st, body) = raw(&s, "GET", "/api/permissions/keep/dave", Some(&g), "").await;
+    assert_eq!(st, 200);
+    assert_eq!(serde_json::from_str::<J>(&body).unwrap()["configure"], "^d");
+    assert_eq!(
+        raw(&s, "GET", "/api/queues/keep/kq", Some(&g), "").await.0,
+        200
+    );
+    assert_eq!(
+        raw(&s, "GET", "/api/vhosts/gone", Some(&g), "").await.0,
+        404
+    );
+    let (_, body) = raw(&s, "GET", "/api/permissions", Some(&g), "").await;
+    let perms: J = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        perms.as_array().unwrap().len(),
+        3,
+        "guest on / and keep, dave on keep: {perms}"
+    );
+    s.shutdown().await;
+}
+
+/// The items of a definitions section, as a set (order does not matter).
+fn set(d: &J, key: &str) -> Vec<J> {
+    let mut v = d[key].as_array().cloned().unwrap_or_default();
+    v.sort_by_key(|a| a.to_string());
+    v
+}
+
+fn assert_same(a: &J, b: &J, key: &str) {
+    let (x, y) = (set(a, key), set(b, key));
+    assert_eq!(x.len(), y.len(), "{key}: {x:?} vs {y:?}");
+    for i in &x {
+        assert!(y.contains(i), "{key}: {i} missing from the export");
+    }
+}
+
+#[tokio::test]
+async fn a_rabbitmq_export_imports_and_exports_back_the_same() {
+    let s = start().await;
+    let api = api(&s);
+    let fixture: J = serde_json::from_str(FIXTURE).unwrap();
+    api.import_definitions(fixture.clone()).await.unwrap();
+    let (st, export) = get_json(&s, "/api/definitions").await;
+    assert_eq!(st, 200);
+    for key in [
+        "users",
+        "vhosts",
+        "permissions",
+        "topic_permissions",
+        "parameters",
+        "global_parameters",
+        "policies",
+        "queues",
+        "exchanges",
+        "bindings",
+    ] {
+        assert_same(&fixture, &export, key);
+    }
+    assert_eq!(export["product_name"], "Warren");
+    assert!(export["rabbit_version"].is_string());
+    // rabbitmq_http_client reads the export with its own types.
+    let typed = api.export_cluster_wide_definitions_as_data().await.unwrap();
+    assert!(typed.find_queue("fixture", "app.orders").is_some());
+    assert!(typed.find_policy("fixture", "ttl-policy").is_some());
+
+    // The imported objects are live: users log in, routing works.
+    let c = login(&s, "fx-app", "app-secret", "fixture")
+        .await
+        .expect("fx-app");
+    let ch = c.create_channel().await.unwrap();
+    ch.basic_publish(
+        "app.topic".into(),
+        "orders.new".into(),
+        Default::default(),
+        b"o",
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap();
+    eventually(|| {
+        let api = &api;
+        async move {
+            api.get_queue_info("fixture", "app.orders")
+                .await
+                .is_ok_and(|q| q.message_count == 1)
+        }
+    })
+    .await;
+
+    // The per-vhost form: RabbitMQ's keys, no vhost fields.
+    let (st, v) = get_json(&s, "/api/definitions/fixture").await;
+    assert_eq!(st, 200);
+    let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "bindings",
+            "exchanges",
+            "parameters",
+            "policies",
+            "queues",
+            "rabbit_version"
+        ]
+    );
+    assert_eq!(v["queues"].as_array().unwrap().len(), 4);
+    assert!(v["queues"][0].get("vhost").is_none());
+    assert_eq!(get_json(&s, "/api/definitions/nope").await.0, 400);
+    // ... and imports into another vhost.
+    put(&s, "/api/vhosts/copy", json!({})).await;
+    let (st, body) = raw(
+        &s,
+        "POST",
+        "/api/definitions/copy",
+        Some(GUEST),
+        &v.to_string(),
+    )
+    .await;
+    assert_eq!(st, 204, "{body}");
+    let (_, copy) = get_json(&s, "/api/definitions/copy").await;
+    for key in ["queues", "exchanges", "bindings"] {
+        assert_same(&v, &copy, key);
+    }
+    // Policies keep their `vhost` field in this form, as in RabbitMQ.
+    assert_eq!(v["policies"][0]["vhost"], "fixture");
+    assert_eq!(copy["policies"][0]["vhost"], "copy");
+    assert_eq!(
+        copy["policies"][0]["definition"],
+        v["policies"][0]["definition"]
+    );
+    let (st, _) = raw(&s, "POST", "/api/definitions/nope", Some(GUEST), "{}").await;
+    assert_eq!(st, 404);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_definitions_are_refused_whole() {
+    let s = start().await;
+    let (st, body) = raw(&s, "POST", "/api/definitions", Some(GUEST), "{\"vhosts\":").await;
+    assert_eq!((st, reason(&body).as_str()), (400, "failed_to_parse_json"));
+    let (st, _) = raw(&s, "POST", "/api/definitions", Some(GUEST), "[1]").await;
+    assert_eq!(st, 400);
+    // An unknown exchange type: 400 and nothing of the file applied.
+    let doc = json!({
+        "vhosts": [{"name": "half"}],
+        "queues": [{"name": "hq", "vhost": "half", "durable": true, "auto_delete": false, "arguments": {}}],
+        "exchanges": [{"name": "hx", "vhost": "half", "type": "bogus", "durable": true,
+                       "auto_delete": false, "internal": false, "arguments": {}}],
+    });
+    let (st, body) = raw(
+        &s,
+        "POST",
+        "/api/definitions",
+        Some(GUEST),
+        &doc.to_string(),
+    )
+    .await;
+    assert_eq!(st, 400);
+    assert!(reason(&body).contains("bogus"), "{body}");
+    assert_eq!(get_json(&s, "/api/vhosts/half").await.0, 404);
+    // A bad permission pattern or unknown user likewise.
+    let doc = json!({"permissions": [{"user": "nobody", "vhost": "/", "configure": "", "write": "", "read": ""}]});
+    assert_eq!(
+        raw(
+            &s,
+            "POST",
+            "/api/definitions",
+            Some(GUEST),
+            &doc.to_string()
+        )
+        .await
+        .0,
+        400
+    );
+    // The RabbitMQ UI's multipart upload works too.
+    let body = "--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"d.json\"\r\nContent-Type: application/json\r\n\r\n{\"vhosts\":[{\"name\":\"uploaded\"}]}\r\n--B--\r\n";
+    let mut sock = tokio::net::TcpStream::connect(s.http_addr()).await.unwrap();
+    let req = format!(
+        "POST /api/definitions HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic {GUEST}\r\nContent-Type: multipart/form-data; boundary=B\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut sock, req.as_bytes())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    within(tokio::io::AsyncReadExt::read_to_end(&mut sock, &mut out))
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 204"));
+    assert_eq!(get_json(&s, "/api/vhosts/uploaded").await.0, 200);
+    s.shutdown().await;
+}
