@@ -7,6 +7,7 @@
 //! [`crate::broker`] snapshots, and closing a connection is a request the
 //! connection's own task acts on.
 
+mod extras;
 mod json;
 mod metrics;
 
@@ -76,6 +77,7 @@ pub fn router(state: Arc<MgmtState>) -> Router {
         .route("/api/health/checks/alarms", get(health_ok))
         .route("/api/health/checks/local-alarms", get(health_ok))
         .route("/api/health/checks/virtual-hosts", get(health_ok))
+        .merge(extras::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         // Added after the auth layer: Prometheus scrapes without a login.
