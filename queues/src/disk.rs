@@ -51,6 +51,10 @@ use std::sync::{Arc, Mutex};
 
 pub const FORMAT_VERSION: u8 = 1;
 
+/// The most paged-out body bytes one peek reads from disk (at least one
+/// message is always read): a peek at huge messages returns fewer.
+pub const PEEK_READ_BUDGET: u64 = 64 * 1024 * 1024;
+
 /// Why the store cannot be used.
 #[derive(Debug)]
 pub enum DiskError {
@@ -629,32 +633,42 @@ impl MessageStore for DiskStore {
         let r = self.requeued.len();
         let start = offset.saturating_sub(r).min(self.ready.len());
         let left = n.saturating_sub(r.saturating_sub(offset).min(n));
-        self.requeued
+        let entries = self
+            .requeued
             .values()
             .skip(offset)
             .take(n)
-            .chain(self.ready.range(start..).take(left))
-            .filter_map(|e| {
-                // Paged-out bodies are read one record at a time; they stay
-                // paged out (nothing is cached), so peeking loads no more
-                // of the queue than it shows.
-                let message = match &e.msg {
-                    Some(m) => m.clone(),
-                    None => match self.disk.read(e.stored?) {
+            .chain(self.ready.range(start..).take(left));
+        let mut out = Vec::new();
+        let mut read = 0u64;
+        for e in entries {
+            // Paged-out bodies are read one record at a time; they stay
+            // paged out (nothing is cached), so peeking loads no more of
+            // the queue than it shows, and at most PEEK_READ_BUDGET of it.
+            let message = match (&e.msg, e.stored) {
+                (Some(m), _) => m.clone(),
+                (None, Some(r)) => {
+                    if read > 0 && read + e.size as u64 > PEEK_READ_BUDGET {
+                        break;
+                    }
+                    read += e.size as u64;
+                    match self.disk.read(r) {
                         Ok(m) => Arc::new(m),
                         Err(err) => {
                             self.log_err("peek read", err);
-                            return None;
+                            continue;
                         }
-                    },
-                };
-                Some(QueuedMessage {
-                    seq: e.seq,
-                    message,
-                    redelivered: e.redelivered,
-                })
-            })
-            .collect()
+                    }
+                }
+                (None, None) => continue,
+            };
+            out.push(QueuedMessage {
+                seq: e.seq,
+                message,
+                redelivered: e.redelivered,
+            });
+        }
+        out
     }
 
     fn next_seq(&self) -> u64 {

@@ -34,7 +34,9 @@ pub trait MessageStore: Send {
     /// Up to `n` ready messages starting `offset` places after the head,
     /// without taking them or changing anything. Only those messages are
     /// read (a disk store reads paged-out bodies one by one), so peeking
-    /// at a queue of millions costs what is peeked.
+    /// at a queue of millions costs what is peeked. A store may return
+    /// fewer than asked when reading them all would take too much memory
+    /// (the disk store's `PEEK_READ_BUDGET`).
     fn peek_at(&self, offset: usize, n: usize) -> Vec<QueuedMessage>;
     /// The `seq` the next new message gets (recovered stores continue
     /// after what they hold).

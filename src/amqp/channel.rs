@@ -1131,7 +1131,7 @@ impl Connection {
         let qname = self.queue_name(id, &g.queue)?;
         let q = self.vhost.queue_for(&qname, self.id)?;
         let taker = crate::broker::queue::channel_key(self.id, id);
-        match q.get(g.no_ack, taker) {
+        match q.get_for(g.no_ack, taker) {
             None => {
                 self.ch(id).count(Counter::GetEmpty, 1);
                 self.send_method(

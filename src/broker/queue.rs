@@ -292,9 +292,15 @@ impl Queue {
         self.auto_delete && core.unused_after_consumers()
     }
 
+    /// basic.get for someone outside AMQP (the management API's `/get`):
+    /// the unacked view shows no channel for it.
+    pub fn get(&self, no_ack: bool) -> Option<(QueuedMessage, usize)> {
+        self.get_for(no_ack, channel_key(0, 0))
+    }
+
     /// basic.get: the message and the count of messages left. `taker`
     /// is the getter's [`channel_key`], shown by the unacked view.
-    pub fn get(&self, no_ack: bool, taker: u64) -> Option<(QueuedMessage, usize)> {
+    pub fn get_for(&self, no_ack: bool, taker: u64) -> Option<(QueuedMessage, usize)> {
         let got = self.core().get(no_ack, taker, self.clock.now_ms());
         let counts: &[Counter] = match &got {
             None => &[Counter::GetEmpty],

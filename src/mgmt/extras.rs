@@ -26,6 +26,9 @@ use warren_queues::{Holder, Message};
 /// The most messages one peek or unacked request returns.
 const MAX_COUNT: usize = 500;
 
+/// The most payload bytes one peek reply carries.
+const PEEK_RENDER_BUDGET: usize = 64 * 1024 * 1024;
+
 pub fn routes() -> Router<Arc<super::MgmtState>> {
     Router::new()
         .route("/api/queues/{vhost}/{name}/peek", get(peek))
@@ -81,15 +84,20 @@ async fn peek(
     // The queue's lock is held only while the messages are copied out
     // (paged-out bodies are read then, one record each).
     let (msgs, ready) = queue.peek(offset, count);
-    let items = msgs
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let mut j = message_json(&m.message, m.redelivered, ready, base64, truncate);
-            j["position"] = json!(offset + i);
-            j
-        })
-        .collect();
+    let mut items = Vec::with_capacity(msgs.len());
+    let mut rendered = 0usize;
+    for (i, m) in msgs.iter().enumerate() {
+        // A reply stays bounded however big the messages are: past the
+        // budget, fewer messages come back (the first always does).
+        let shown = truncate.map_or(m.message.body.len(), |t| t.min(m.message.body.len()));
+        if i > 0 && rendered + shown > PEEK_RENDER_BUDGET {
+            break;
+        }
+        rendered += shown;
+        let mut j = message_json(&m.message, m.redelivered, ready, base64, truncate);
+        j["position"] = json!(offset + i);
+        items.push(j);
+    }
     Ok(Json(J::Array(items)))
 }
 
