@@ -17,6 +17,7 @@ pub struct Config {
     pub storage: Storage,
     pub amqp: Amqp,
     pub auth: Auth,
+    pub management: Management,
     /// Virtual hosts created at start-up.
     pub vhosts: Vec<String>,
 }
@@ -62,6 +63,22 @@ pub struct Auth {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Management {
+    /// Milliseconds between message-rate samples (RabbitMQ's
+    /// `collect_statistics_interval`, default 5000).
+    pub collect_statistics_interval: u64,
+}
+
+impl Default for Management {
+    fn default() -> Self {
+        Management {
+            collect_statistics_interval: 5000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct User {
     pub name: String,
@@ -77,6 +94,7 @@ impl Default for Config {
             storage: Storage::default(),
             amqp: Amqp::default(),
             auth: Auth::default(),
+            management: Management::default(),
             vhosts: vec!["/".into()],
         }
     }
@@ -177,6 +195,9 @@ impl Config {
         if self.storage.cache_mb == 0 {
             return Err("storage.cache_mb: must be at least 1".into());
         }
+        if self.management.collect_statistics_interval < 10 {
+            return Err("management.collect_statistics_interval: must be at least 10 (ms)".into());
+        }
         if self.vhosts.is_empty() {
             return Err("vhosts: at least one virtual host is needed".into());
         }
@@ -239,6 +260,10 @@ mod tests {
         assert_eq!(c.amqp.heartbeat, d.amqp.heartbeat);
         assert_eq!(c.vhosts, d.vhosts);
         assert_eq!(c.auth.default_user, "guest");
+        assert_eq!(
+            c.management.collect_statistics_interval,
+            d.management.collect_statistics_interval
+        );
     }
 
     #[test]

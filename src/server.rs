@@ -17,9 +17,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-/// How often message rates are sampled (RabbitMQ's default stats interval).
-const RATE_INTERVAL: Duration = Duration::from_secs(5);
-
 pub struct Server {
     amqp_addr: SocketAddr,
     http_addr: SocketAddr,
@@ -139,7 +136,10 @@ async fn start_with(config: &Config, broker: Arc<Broker>) -> std::io::Result<Ser
             tracing::error!(error = %e, "management HTTP server failed");
         }
     });
-    let sampler = tokio::spawn(sample_rates(broker.clone()));
+    let sampler = tokio::spawn(sample_rates(
+        broker.clone(),
+        Duration::from_millis(config.management.collect_statistics_interval),
+    ));
     let accept = tokio::spawn(accept_loop(listener, broker.clone(), settings, rx));
     Ok(Server {
         amqp_addr,
@@ -163,17 +163,25 @@ async fn shutdown_signal(mut rx: watch::Receiver<bool>) {
     }
 }
 
-/// Turns the message counters into per-second rates every [`RATE_INTERVAL`].
-async fn sample_rates(broker: Arc<Broker>) {
-    let mut tick = tokio::time::interval(RATE_INTERVAL);
+/// Turns the message counters into per-second rates every `every`
+/// (`management.collect_statistics_interval`), and advances the coarse
+/// clock deliveries are stamped with.
+async fn sample_rates(broker: Arc<Broker>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut clock = tokio::time::interval(crate::broker::registry::CLOCK_TICK);
+    clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     let mut last = tokio::time::Instant::now();
     loop {
-        tick.tick().await;
-        let now = tokio::time::Instant::now();
-        broker.sample_rates((now - last).as_secs_f64());
-        last = now;
+        tokio::select! {
+            _ = tick.tick() => {
+                let now = tokio::time::Instant::now();
+                broker.sample_rates((now - last).as_secs_f64());
+                last = now;
+            }
+            _ = clock.tick() => broker.clock().tick(),
+        }
     }
 }
 

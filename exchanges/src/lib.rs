@@ -451,6 +451,49 @@ impl<D: Clone + Eq + Hash> Router<D> {
     }
 }
 
+impl<D: Clone + Eq + Hash> Router<D> {
+    /// The bindings through which the message reaches its destinations:
+    /// the slow, explaining twin of [`Router::route`] (the routing tester
+    /// uses it; publishing never does). Every binding that matches is
+    /// listed, so a destination bound twice with matching keys appears
+    /// twice; the distinct destinations are exactly those `route` gives.
+    /// For `x-consistent-hash`, which picks a destination rather than
+    /// matching bindings, they are the picked destination's bindings.
+    pub fn explain(&self, input: &RouteInput<'_>) -> Vec<&Binding<D>> {
+        let empty = Table::default();
+        match &self.index {
+            Index::Direct(_) => self
+                .bindings
+                .iter()
+                .filter(|b| b.routing_key == input.routing_key)
+                .collect(),
+            Index::Fanout(_) => self.bindings.iter().collect(),
+            Index::Topic(_) => self
+                .bindings
+                .iter()
+                .filter(|b| topic::matches(&b.routing_key, input.routing_key))
+                .collect(),
+            Index::Headers(_) => {
+                let headers = input.headers.unwrap_or(&empty);
+                self.bindings
+                    .iter()
+                    .filter(|b| {
+                        headers::HeadersMatcher::new(&b.arguments).is_ok_and(|m| m.matches(headers))
+                    })
+                    .collect()
+            }
+            Index::ConsistentHash(ring, on) => {
+                let mut picked = Vec::with_capacity(1);
+                ring.route(on, input, &mut picked);
+                self.bindings
+                    .iter()
+                    .filter(|b| picked.contains(&b.destination))
+                    .collect()
+            }
+        }
+    }
+}
+
 /// Removes duplicates from `out[start..]`, keeping first occurrences in order.
 fn dedup_tail<D: Eq + Hash + Clone>(out: &mut Vec<D>, start: usize) {
     let n = out.len() - start;
@@ -936,5 +979,95 @@ mod tests {
         r.route(&input(&h), &mut out);
         out.sort();
         assert_eq!(out, vec!["all", "any"]);
+    }
+
+    /// The distinct destinations `explain` reports, sorted.
+    fn explained(r: &Router<&'static str>, input: &RouteInput<'_>) -> Vec<&'static str> {
+        let mut v: Vec<&'static str> = r.explain(input).iter().map(|b| b.destination).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    #[test]
+    fn explain_reaches_what_route_reaches_for_every_type() {
+        let mut direct = Router::new(ExchangeType::Direct);
+        direct.bind("q1", "a", t()).unwrap();
+        direct.bind("q2", "a", t()).unwrap();
+        direct.bind("q2", "b", t()).unwrap();
+        let mut fanout = Router::new(ExchangeType::Fanout);
+        fanout.bind("q1", "x", t()).unwrap();
+        fanout.bind("q2", "", t()).unwrap();
+        let mut topic = Router::new(ExchangeType::Topic);
+        for (d, k) in [
+            ("q1", "a.*"),
+            ("q1", "#"),
+            ("q2", "a.b.#"),
+            ("q3", "*.c"),
+            ("q4", ""),
+        ] {
+            topic.bind(d, k, t()).unwrap();
+        }
+        let mut hdrs = Router::new(ExchangeType::Headers);
+        hdrs.bind("all", "", table(&[("a", s("1")), ("b", s("2"))]))
+            .unwrap();
+        hdrs.bind(
+            "any",
+            "",
+            table(&[("x-match", s("any")), ("a", s("1")), ("c", s("3"))]),
+        )
+        .unwrap();
+        hdrs.bind("none", "", t()).unwrap();
+        let mut hash = Router::new(ExchangeType::ConsistentHash);
+        for d in ["q1", "q2", "q3"] {
+            hash.bind(d, "2", t()).unwrap();
+        }
+        hash.bind("q1", "5", t()).unwrap();
+        let header_sets = [
+            t(),
+            table(&[("a", s("1"))]),
+            table(&[("a", s("1")), ("b", s("2"))]),
+            table(&[("c", s("3"))]),
+        ];
+        let keys = ["", "a", "b", "a.b", "a.c", "x.c", "a.b.c", "a..b", "zzz"];
+        for r in [&direct, &fanout, &topic, &hdrs, &hash] {
+            for k in keys {
+                for h in &header_sets {
+                    let input = RouteInput {
+                        headers: Some(h),
+                        ..RouteInput::key(k)
+                    };
+                    assert_eq!(
+                        explained(r, &input),
+                        route_input(r, &input),
+                        "{:?} {k} {h:?}",
+                        r.kind()
+                    );
+                }
+                let input = RouteInput::key(k);
+                assert_eq!(explained(r, &input), route_input(r, &input));
+            }
+        }
+        // The matching bindings themselves are reported.
+        let keys_of = |r: &Router<&'static str>, k: &str| -> Vec<(&'static str, String)> {
+            let mut v: Vec<_> = r
+                .explain(&RouteInput::key(k))
+                .iter()
+                .map(|b| (b.destination, b.routing_key.clone()))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            keys_of(&topic, "a.b"),
+            vec![
+                ("q1", "#".into()),
+                ("q1", "a.*".into()),
+                ("q2", "a.b.#".into())
+            ]
+        );
+        let picked = keys_of(&hash, "order-1");
+        assert!(picked.iter().all(|(d, _)| *d == picked[0].0));
+        assert_eq!(picked.len(), if picked[0].0 == "q1" { 2 } else { 1 });
     }
 }

@@ -51,6 +51,10 @@ use std::sync::{Arc, Mutex};
 
 pub const FORMAT_VERSION: u8 = 1;
 
+/// The most paged-out body bytes one peek reads from disk (at least one
+/// message is always read): a peek at huge messages returns fewer.
+pub const PEEK_READ_BUDGET: u64 = 64 * 1024 * 1024;
+
 /// Why the store cannot be used.
 #[derive(Debug)]
 pub enum DiskError {
@@ -625,23 +629,46 @@ impl MessageStore for DiskStore {
         self.bytes
     }
 
-    fn peek(&self, n: usize) -> Vec<QueuedMessage> {
-        self.requeued
+    fn peek_at(&self, offset: usize, n: usize) -> Vec<QueuedMessage> {
+        let r = self.requeued.len();
+        let start = offset.saturating_sub(r).min(self.ready.len());
+        let left = n.saturating_sub(r.saturating_sub(offset).min(n));
+        let entries = self
+            .requeued
             .values()
-            .chain(self.ready.iter())
+            .skip(offset)
             .take(n)
-            .filter_map(|e| {
-                let message = match &e.msg {
-                    Some(m) => m.clone(),
-                    None => Arc::new(self.disk.read(e.stored?).ok()?),
-                };
-                Some(QueuedMessage {
-                    seq: e.seq,
-                    message,
-                    redelivered: e.redelivered,
-                })
-            })
-            .collect()
+            .chain(self.ready.range(start..).take(left));
+        let mut out = Vec::new();
+        let mut read = 0u64;
+        for e in entries {
+            // Paged-out bodies are read one record at a time; they stay
+            // paged out (nothing is cached), so peeking loads no more of
+            // the queue than it shows, and at most PEEK_READ_BUDGET of it.
+            let message = match (&e.msg, e.stored) {
+                (Some(m), _) => m.clone(),
+                (None, Some(r)) => {
+                    if read > 0 && read + e.size as u64 > PEEK_READ_BUDGET {
+                        break;
+                    }
+                    read += e.size as u64;
+                    match self.disk.read(r) {
+                        Ok(m) => Arc::new(m),
+                        Err(err) => {
+                            self.log_err("peek read", err);
+                            continue;
+                        }
+                    }
+                }
+                (None, None) => continue,
+            };
+            out.push(QueuedMessage {
+                seq: e.seq,
+                message,
+                redelivered: e.redelivered,
+            });
+        }
+        out
     }
 
     fn next_seq(&self) -> u64 {
@@ -746,6 +773,35 @@ mod tests {
                 ("m5".into(), false)
             ]
         );
+    }
+
+    #[test]
+    fn peeking_reads_paged_out_bodies_without_loading_them() {
+        let dir = tempdir("peek");
+        {
+            let disk = Disk::open(&dir, 1 << 20).unwrap();
+            let mut s = DiskStore::new(disk.clone(), 5, Vec::new(), 0);
+            for i in 1..=1000 {
+                s.push(persistent(i, &format!("m{i}"), &disk, 1));
+            }
+            disk.flush().unwrap();
+        }
+        let disk = Disk::open(&dir, 1 << 20).unwrap();
+        let mut rec = disk.recover(&[5].into()).unwrap();
+        let mut s = DiskStore::new(disk, 5, rec.remove(&5).unwrap(), 1 << 20);
+        let bodies = |v: Vec<QueuedMessage>| -> Vec<String> {
+            v.iter()
+                .map(|m| String::from_utf8(m.message.body.to_vec()).unwrap())
+                .collect()
+        };
+        assert_eq!(bodies(s.peek_at(997, 10)), vec!["m998", "m999", "m1000"]);
+        assert_eq!(bodies(s.peek_at(0, 2)), vec!["m1", "m2"]);
+        assert_eq!(s.mem_bytes, 0, "peeked bodies stay on disk");
+        assert!(s.ready.iter().all(|e| e.msg.is_none()));
+        let first = s.pop().unwrap();
+        assert_eq!(&first.message.body[..], b"m1");
+        assert!(!first.redelivered, "peeking delivers nothing");
+        assert_eq!(s.len(), 999);
     }
 
     #[test]

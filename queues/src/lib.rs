@@ -14,5 +14,8 @@ pub mod store;
 
 pub use disk::{Disk, DiskError, DiskStore};
 pub use message::{Message, QueuedMessage, StoredRef};
-pub use queue::{ChannelLimit, ConsumeError, ConsumerId, ConsumerSpec, Dispatched, QueueCore};
+pub use queue::{
+    ChannelLimit, ConsumeError, ConsumerId, ConsumerSpec, Dispatched, Holder, QueueCore,
+    UnackedInfo,
+};
 pub use store::{MemoryStore, MessageStore};

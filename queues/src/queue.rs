@@ -120,9 +120,54 @@ pub struct Dispatched<C> {
     pub took_channel_slot: bool,
 }
 
+/// Who holds an unacked message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    /// Delivered to this consumer.
+    Consumer(ConsumerId),
+    /// Taken with basic.get by the owner-chosen id given to [`QueueCore::get`]
+    /// (the broker packs its connection and channel into it).
+    Get(u64),
+}
+
+/// The top bit of [`Unacked::at`]: the delivery was a redelivery.
+const REDELIVERED_BIT: u64 = 1 << 63;
+
 struct Unacked {
-    consumer: Option<ConsumerId>,
+    holder: Holder,
     message: Arc<Message>,
+    /// When it was delivered (the caller's clock, milliseconds), with
+    /// [`REDELIVERED_BIT`] set for a redelivery: one word per entry.
+    at: u64,
+}
+
+impl Unacked {
+    fn new(holder: Holder, m: &QueuedMessage, now: u64) -> Self {
+        let flag = if m.redelivered { REDELIVERED_BIT } else { 0 };
+        Unacked {
+            holder,
+            message: m.message.clone(),
+            at: (now & !REDELIVERED_BIT) | flag,
+        }
+    }
+
+    fn delivered_at(&self) -> u64 {
+        self.at & !REDELIVERED_BIT
+    }
+}
+
+/// One unacked message as [`QueueCore::unacked`] lists it.
+#[derive(Debug, Clone)]
+pub struct UnackedInfo<C> {
+    pub seq: u64,
+    pub message: Arc<Message>,
+    pub holder: Holder,
+    /// The consumer's handle, while the queue still knows the consumer
+    /// (a cancelled consumer is known until its messages are settled).
+    pub handle: Option<C>,
+    /// As given to [`QueueCore::dispatch`] or [`QueueCore::get`].
+    pub delivered_at: u64,
+    pub redelivered: bool,
 }
 
 /// The state of one queue.
@@ -133,6 +178,10 @@ pub struct QueueCore<C> {
     /// Round-robin cursor into `consumers`.
     cursor: usize,
     unacked: HashMap<u64, Unacked>,
+    /// Cancelled manual-ack consumers whose deliveries are still unacked,
+    /// so the unacked view can still name them; each leaves with its last
+    /// settled message.
+    departed: Vec<Consumer<C>>,
     /// Credit of no-ack consumers: messages handed over but not yet
     /// confirmed written by the connection ([`QueueCore::settle_no_ack`]).
     noack_window: u32,
@@ -148,6 +197,7 @@ impl<C: Clone> QueueCore<C> {
             consumers: Vec::new(),
             cursor: 0,
             unacked: HashMap::new(),
+            departed: Vec::new(),
             noack_window: noack_window.max(1),
             had_consumer: false,
         }
@@ -165,8 +215,11 @@ impl<C: Clone> QueueCore<C> {
         seq
     }
 
-    /// Hands ready messages to consumers with credit, round-robin.
-    pub fn dispatch(&mut self, out: &mut Vec<Dispatched<C>>) {
+    /// Hands ready messages to consumers with credit, round-robin. `now`
+    /// (milliseconds, any clock the caller likes; the broker passes a coarse
+    /// wall clock read once per call) is recorded as the delivery time of
+    /// each manual-ack delivery.
+    pub fn dispatch(&mut self, now: u64, out: &mut Vec<Dispatched<C>>) {
         let n = self.consumers.len();
         if n == 0 {
             return;
@@ -200,13 +253,8 @@ impl<C: Clone> QueueCore<C> {
                 if c.spec.no_ack {
                     self.store.settle(m.seq);
                 } else {
-                    self.unacked.insert(
-                        m.seq,
-                        Unacked {
-                            consumer: Some(c.spec.id),
-                            message: m.message.clone(),
-                        },
-                    );
+                    self.unacked
+                        .insert(m.seq, Unacked::new(Holder::Consumer(c.spec.id), &m, now));
                 }
                 out.push(Dispatched {
                     consumer: c.spec.id,
@@ -223,27 +271,30 @@ impl<C: Clone> QueueCore<C> {
     }
 
     /// basic.get: the head message, if any, and how many remain after it.
-    pub fn get(&mut self, no_ack: bool) -> Option<(QueuedMessage, usize)> {
+    /// `taker` identifies who holds it until acked (see [`Holder::Get`]);
+    /// `now` is recorded as its delivery time.
+    pub fn get(&mut self, no_ack: bool, taker: u64, now: u64) -> Option<(QueuedMessage, usize)> {
         let m = self.store.pop()?;
         if no_ack {
             self.store.settle(m.seq);
         } else {
-            self.unacked.insert(
-                m.seq,
-                Unacked {
-                    consumer: None,
-                    message: m.message.clone(),
-                },
-            );
+            self.unacked
+                .insert(m.seq, Unacked::new(Holder::Get(taker), &m, now));
         }
         Some((m, self.store.len()))
     }
 
     fn take_unacked(&mut self, seq: u64) -> Option<Unacked> {
         let u = self.unacked.remove(&seq)?;
-        if let Some(id) = u.consumer {
+        if let Holder::Consumer(id) = u.holder {
             if let Some(c) = self.consumers.iter_mut().find(|c| c.spec.id == id) {
                 c.in_flight = c.in_flight.saturating_sub(1);
+            } else if let Some(i) = self.departed.iter().position(|c| c.spec.id == id) {
+                let c = &mut self.departed[i];
+                c.in_flight = c.in_flight.saturating_sub(1);
+                if c.in_flight == 0 {
+                    self.departed.swap_remove(i);
+                }
             }
         }
         Some(u)
@@ -320,7 +371,11 @@ impl<C: Clone> QueueCore<C> {
         if self.cursor >= self.consumers.len() {
             self.cursor = 0;
         }
-        Some(c.spec.handle)
+        let handle = c.spec.handle.clone();
+        if !c.spec.no_ack && c.in_flight > 0 {
+            self.departed.push(c);
+        }
+        Some(handle)
     }
 
     /// Removes all consumers (the queue is being deleted).
@@ -360,6 +415,58 @@ impl<C: Clone> QueueCore<C> {
 
     pub fn peek(&self, n: usize) -> Vec<QueuedMessage> {
         self.store.peek(n)
+    }
+
+    /// Up to `n` ready messages from `offset` places after the head,
+    /// leaving the queue exactly as it was (no requeue, no redelivered
+    /// mark, no counter).
+    pub fn peek_at(&self, offset: usize, n: usize) -> Vec<QueuedMessage> {
+        self.store.peek_at(offset, n)
+    }
+
+    /// The `n` oldest unacked deliveries (oldest first, by delivery time
+    /// then queue order) and how many there are in all.
+    pub fn unacked(&self, n: usize) -> (usize, Vec<UnackedInfo<C>>) {
+        let total = self.unacked.len();
+        let mut keys: Vec<(u64, u64)> = self
+            .unacked
+            .iter()
+            .map(|(&seq, u)| (u.delivered_at(), seq))
+            .collect();
+        // Only the first `n` need ordering.
+        if n < keys.len() {
+            if n == 0 {
+                return (total, Vec::new());
+            }
+            keys.select_nth_unstable(n - 1);
+            keys.truncate(n);
+        }
+        keys.sort_unstable();
+        let handle = |id: ConsumerId| {
+            self.consumers
+                .iter()
+                .chain(self.departed.iter())
+                .find(|c| c.spec.id == id)
+                .map(|c| c.spec.handle.clone())
+        };
+        let items = keys
+            .into_iter()
+            .filter_map(|(at, seq)| {
+                let u = self.unacked.get(&seq)?;
+                Some(UnackedInfo {
+                    seq,
+                    message: u.message.clone(),
+                    holder: u.holder,
+                    handle: match u.holder {
+                        Holder::Consumer(id) => handle(id),
+                        Holder::Get(_) => None,
+                    },
+                    delivered_at: at,
+                    redelivered: u.at & REDELIVERED_BIT != 0,
+                })
+            })
+            .collect();
+        (total, items)
     }
 }
 
@@ -401,15 +508,15 @@ mod tests {
         q.add_consumer(spec(2, "b", 1)).unwrap();
         publish(&mut q, 5);
         let mut out = Vec::new();
-        q.dispatch(&mut out);
+        q.dispatch(0, &mut out);
         assert_eq!(handles(&out), vec!["a", "b"], "prefetch 1 each");
         assert_eq!(q.message_count(), 3);
         let a_seq = out[0].message.seq;
         out.clear();
-        q.dispatch(&mut out);
+        q.dispatch(0, &mut out);
         assert!(out.is_empty(), "no credit until an ack");
         q.ack(&[a_seq]);
-        q.dispatch(&mut out);
+        q.dispatch(0, &mut out);
         assert_eq!(handles(&out), vec!["a"]);
     }
 
@@ -417,25 +524,25 @@ mod tests {
     fn requeue_keeps_place_and_marks_redelivered() {
         let mut q = core();
         publish(&mut q, 3);
-        let (m1, left) = q.get(false).unwrap();
+        let (m1, left) = q.get(false, 0, 0).unwrap();
         assert_eq!(left, 2);
-        let (m2, _) = q.get(false).unwrap();
+        let (m2, _) = q.get(false, 0, 0).unwrap();
         assert_eq!(q.requeue(&[m2.seq, m1.seq]), 2);
-        let (again, _) = q.get(true).unwrap();
+        let (again, _) = q.get(true, 0, 0).unwrap();
         assert_eq!(again.seq, m1.seq);
         assert!(again.redelivered);
-        let (second, _) = q.get(true).unwrap();
+        let (second, _) = q.get(true, 0, 0).unwrap();
         assert_eq!(second.seq, m2.seq);
-        let (third, _) = q.get(true).unwrap();
+        let (third, _) = q.get(true, 0, 0).unwrap();
         assert!(!third.redelivered);
-        assert!(q.get(true).is_none());
+        assert!(q.get(true, 0, 0).is_none());
     }
 
     #[test]
     fn ack_unknown_is_ignored_and_counted() {
         let mut q = core();
         publish(&mut q, 1);
-        let (m, _) = q.get(false).unwrap();
+        let (m, _) = q.get(false, 0, 0).unwrap();
         assert_eq!(q.ack(&[m.seq]), 1);
         assert_eq!(q.ack(&[m.seq]), 0, "double ack");
         assert_eq!(q.unacked_count(), 0);
@@ -449,12 +556,12 @@ mod tests {
         q.add_consumer(s).unwrap();
         publish(&mut q, 5);
         let mut out = Vec::new();
-        q.dispatch(&mut out);
+        q.dispatch(0, &mut out);
         assert_eq!(out.len(), 2);
         assert_eq!(q.unacked_count(), 0, "no-ack deliveries are not unacked");
         q.settle_no_ack(1, 2);
         out.clear();
-        q.dispatch(&mut out);
+        q.dispatch(0, &mut out);
         assert_eq!(out.len(), 2);
     }
 
@@ -473,8 +580,8 @@ mod tests {
         publish(&mut q1, 3);
         publish(&mut q2, 3);
         let mut out = Vec::new();
-        q1.dispatch(&mut out);
-        q2.dispatch(&mut out);
+        q1.dispatch(0, &mut out);
+        q2.dispatch(0, &mut out);
         assert_eq!(out.len(), 2, "two slots shared by both queues");
         assert!(out.iter().all(|d| d.took_channel_slot));
         q1.ack(&[out[0].message.seq]);
@@ -483,7 +590,7 @@ mod tests {
             "the limit was full, so queues should retry"
         );
         out.clear();
-        q2.dispatch(&mut out);
+        q2.dispatch(0, &mut out);
         assert_eq!(out.len(), 1);
     }
 
@@ -513,12 +620,87 @@ mod tests {
         }
         publish(&mut q, 2);
         let mut out = Vec::new();
-        q.dispatch(&mut out);
+        q.dispatch(0, &mut out);
         assert_eq!(handles(&out), vec!["a", "b"]);
         q.remove_consumer(0);
         publish(&mut q, 2);
         out.clear();
-        q.dispatch(&mut out);
+        q.dispatch(0, &mut out);
         assert_eq!(handles(&out), vec!["c", "b"]);
+    }
+
+    #[test]
+    fn peek_changes_nothing() {
+        let mut q = core();
+        publish(&mut q, 4);
+        let (m, _) = q.get(false, 9, 0).unwrap();
+        q.requeue(&[m.seq]);
+        let before: Vec<(u64, bool)> = q.peek(10).iter().map(|m| (m.seq, m.redelivered)).collect();
+        let seen: Vec<(u64, bool)> = q
+            .peek_at(1, 2)
+            .iter()
+            .map(|m| (m.seq, m.redelivered))
+            .collect();
+        assert_eq!(seen, before[1..3].to_vec());
+        assert_eq!(
+            q.peek(10)
+                .iter()
+                .map(|m| (m.seq, m.redelivered))
+                .collect::<Vec<_>>(),
+            before
+        );
+        assert_eq!((q.message_count(), q.unacked_count()), (4, 0));
+        // The head is still the requeued one, the rest still fresh.
+        let (head, _) = q.get(true, 9, 0).unwrap();
+        assert!(head.redelivered);
+        let (next, _) = q.get(true, 9, 0).unwrap();
+        assert!(!next.redelivered, "peeked, not redelivered");
+    }
+
+    #[test]
+    fn unacked_lists_oldest_first_with_holders_and_times() {
+        let mut q = core();
+        q.add_consumer(spec(1, "a", 2)).unwrap();
+        publish(&mut q, 4);
+        let mut out = Vec::new();
+        q.dispatch(1_000, &mut out);
+        assert_eq!(out.len(), 2);
+        let (got, _) = q.get(false, 77, 500).unwrap();
+        let (total, items) = q.unacked(10);
+        assert_eq!(total, 3);
+        let view: Vec<(u64, Holder, Option<&str>, u64)> = items
+            .iter()
+            .map(|u| (u.seq, u.holder, u.handle, u.delivered_at))
+            .collect();
+        assert_eq!(
+            view,
+            vec![
+                (got.seq, Holder::Get(77), None, 500),
+                (out[0].message.seq, Holder::Consumer(1), Some("a"), 1_000),
+                (out[1].message.seq, Holder::Consumer(1), Some("a"), 1_000),
+            ]
+        );
+        let (total, first) = q.unacked(1);
+        assert_eq!((total, first.len(), first[0].seq), (3, 1, got.seq));
+        assert!(q.unacked(0).1.is_empty());
+        // A redelivery is marked as such.
+        q.requeue(&[got.seq]);
+        let (again, _) = q.get(false, 77, 600).unwrap();
+        let (_, items) = q.unacked(10);
+        let u = items.iter().find(|u| u.seq == again.seq).unwrap();
+        assert!(u.redelivered && u.delivered_at == 600);
+        // A cancelled consumer is still named until its messages settle.
+        q.remove_consumer(1);
+        let (_, items) = q.unacked(10);
+        assert!(items
+            .iter()
+            .filter(|u| u.holder == Holder::Consumer(1))
+            .all(|u| u.handle == Some("a")));
+        q.ack(&[out[0].message.seq, out[1].message.seq, again.seq]);
+        assert_eq!(q.unacked(10).0, 0);
+        assert!(
+            q.departed.is_empty(),
+            "the departed consumer left with its last ack"
+        );
     }
 }

@@ -28,7 +28,16 @@ pub trait MessageStore: Send {
         self.len() == 0
     }
     /// Up to `n` ready messages from the head, without taking them.
-    fn peek(&self, n: usize) -> Vec<QueuedMessage>;
+    fn peek(&self, n: usize) -> Vec<QueuedMessage> {
+        self.peek_at(0, n)
+    }
+    /// Up to `n` ready messages starting `offset` places after the head,
+    /// without taking them or changing anything. Only those messages are
+    /// read (a disk store reads paged-out bodies one by one), so peeking
+    /// at a queue of millions costs what is peeked. A store may return
+    /// fewer than asked when reading them all would take too much memory
+    /// (the disk store's `PEEK_READ_BUDGET`).
+    fn peek_at(&self, offset: usize, n: usize) -> Vec<QueuedMessage>;
     /// The `seq` the next new message gets (recovered stores continue
     /// after what they hold).
     fn next_seq(&self) -> u64 {
@@ -86,12 +95,19 @@ impl MessageStore for MemoryStore {
         self.bytes
     }
 
-    fn peek(&self, n: usize) -> Vec<QueuedMessage> {
-        self.requeued
-            .values()
-            .chain(self.ready.iter())
-            .take(n)
-            .cloned()
+    fn peek_at(&self, offset: usize, n: usize) -> Vec<QueuedMessage> {
+        // Skip in the deque by index, not by walking it.
+        let r = self.requeued.len();
+        let from_requeued = self.requeued.values().skip(offset).take(n).cloned();
+        let start = offset.saturating_sub(r);
+        let left = n.saturating_sub(r.saturating_sub(offset).min(n));
+        from_requeued
+            .chain(
+                self.ready
+                    .range(start.min(self.ready.len())..)
+                    .take(left)
+                    .cloned(),
+            )
             .collect()
     }
 }
@@ -148,6 +164,14 @@ pub(crate) mod tests {
         s.settle(b.seq);
         let order: Vec<u64> = s.peek(10).iter().map(|m| m.seq).collect();
         assert_eq!(order, vec![1, 3, 4, 5]);
+        // Peeking at an offset spans the requeued and the never-delivered.
+        let seqs = |v: Vec<QueuedMessage>| v.iter().map(|m| m.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(s.peek_at(1, 2)), vec![3, 4]);
+        assert_eq!(seqs(s.peek_at(2, 10)), vec![4, 5]);
+        assert_eq!(seqs(s.peek_at(0, 1)), vec![1]);
+        assert!(s.peek_at(4, 10).is_empty());
+        assert!(s.peek_at(100, 10).is_empty());
+        assert_eq!(s.len(), 4, "peeking takes nothing");
         assert_eq!(s.bytes(), 12);
         // Restart with 1 and 3 requeued, 2 acked; 4 delivered, unacked.
         let four = {

@@ -10,9 +10,10 @@ use super::codec::{self, Frame, FRAME_METHOD};
 use super::connection::{conn_err, Connection};
 use super::error::*;
 use super::fields::to_table;
+use crate::broker::registry::COUNTERS;
 use crate::broker::{
-    ConsumeRequest, Delivery, Exchange, ExchangeOptions, OutboxItem, PublishDetails, Queue,
-    QueueOptions,
+    ConsumeRequest, Counter, Delivery, Exchange, ExchangeOptions, OutboxItem, PublishDetails,
+    Queue, QueueOptions,
 };
 use amq_protocol::protocol::{
     access, basic, channel as chan, confirm, exchange, queue, tx, AMQPClass,
@@ -63,6 +64,16 @@ pub(super) struct Channel {
     confirm: Option<Confirms>,
     /// tx.select was sent.
     tx: Option<Tx>,
+    /// Message counters for the management API: plain integers (the
+    /// channel belongs to one task), copied into its snapshot.
+    stats: [u64; COUNTERS],
+}
+
+impl Channel {
+    #[inline]
+    fn count(&mut self, c: Counter, n: u64) {
+        self.stats[c as usize] += n;
+    }
 }
 
 /// Publisher-confirm bookkeeping: tags are confirmed with `multiple` acks
@@ -276,6 +287,10 @@ impl Connection {
                     prefetch_count: ch.consumer_prefetch,
                     global_prefetch_count: ch.limit.limit(),
                     unacked: ch.unacked.len(),
+                    stats: crate::broker::MessageStats {
+                        counts: ch.stats,
+                        rates: [0.0; COUNTERS],
+                    },
                     confirm: ch.confirm.is_some(),
                     transactional: ch.tx.is_some(),
                     consumers,
@@ -781,6 +796,17 @@ impl Connection {
                 self.flow_wait = Some((q, Instant::now()));
             }
         }
+        let ch = self.ch(id);
+        ch.count(Counter::Publish, 1);
+        if published.routed == 0 {
+            let c = if p.mandatory {
+                Counter::ReturnUnroutable
+            } else {
+                Counter::DropUnroutable
+            };
+            ch.count(c, 1);
+            self.broker.counters().add(c, 1);
+        }
         if published.routed == 0 && p.mandatory {
             let m = &published.message;
             codec::write_return(
@@ -815,6 +841,13 @@ impl Connection {
         let failed: Vec<u64> = c.failed.range(from..=floor).copied().collect();
         for t in &failed {
             c.failed.remove(t);
+        }
+        let acked = (floor - from + 1) - failed.len() as u64;
+        if acked > 0 {
+            if let Some(ch) = self.channels.get_mut(&id) {
+                ch.count(Counter::Confirm, acked);
+            }
+            self.broker.counters().add(Counter::Confirm, acked);
         }
         let mut frames = Vec::new();
         if failed.is_empty() {
@@ -1056,10 +1089,12 @@ impl Connection {
         let q = self.vhost.queue_for(&qname, self.id)?;
         let consumer_id = self.broker.next_id();
         let outbox = self.outbox.clone();
+        let conn = self.id;
         let ch = self.ch(id);
         let req = ConsumeRequest {
             id: consumer_id,
             tag: tag.clone(),
+            conn,
             session: id,
             outbox,
             no_ack: c.no_ack,
@@ -1095,13 +1130,28 @@ impl Connection {
     fn get(&mut self, id: u16, g: basic::Get) -> Result<(), AmqpError> {
         let qname = self.queue_name(id, &g.queue)?;
         let q = self.vhost.queue_for(&qname, self.id)?;
-        match q.get(g.no_ack) {
-            None => self.send_method(
-                id,
-                AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
-            ),
+        let taker = crate::broker::queue::channel_key(self.id, id);
+        match q.get_for(g.no_ack, taker) {
+            None => {
+                self.ch(id).count(Counter::GetEmpty, 1);
+                self.send_method(
+                    id,
+                    AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
+                )
+            }
             Some((m, left)) => {
                 let ch = self.ch(id);
+                ch.count(
+                    if g.no_ack {
+                        Counter::GetNoAck
+                    } else {
+                        Counter::Get
+                    },
+                    1,
+                );
+                if m.redelivered {
+                    ch.count(Counter::Redeliver, 1);
+                }
                 let tag = ch.next_tag;
                 ch.next_tag += 1;
                 if !g.no_ack {
@@ -1160,13 +1210,18 @@ impl Connection {
 
     fn apply_settle(&mut self, id: u16, taken: Vec<Unacked>, how: Settle) {
         let slots = taken.iter().filter(|u| u.slot).count() as u32;
+        let n = taken.len() as u64;
         match how {
-            Settle::Ack | Settle::Drop => for_each_queue(taken.into_iter(), |q, seqs| q.ack(seqs)),
+            Settle::Ack => for_each_queue(taken.into_iter(), |q, seqs| q.ack(seqs)),
+            Settle::Drop => for_each_queue(taken.into_iter(), |q, seqs| q.discard(seqs)),
             Settle::Requeue => requeue_grouped(taken.into_iter()),
         }
         let Some(ch) = self.channels.get_mut(&id) else {
             return;
         };
+        if matches!(how, Settle::Ack) {
+            ch.count(Counter::Ack, n);
+        }
         if ch.limit.release(slots) {
             let queues: Vec<Arc<Queue>> = ch.consumers.values().map(|c| c.queue.clone()).collect();
             for q in queues {
@@ -1210,6 +1265,17 @@ impl Connection {
         let ch = self.channels.get_mut(&session).expect("checked above");
         let tag = ch.next_tag;
         ch.next_tag += 1;
+        ch.count(
+            if d.no_ack {
+                Counter::DeliverNoAck
+            } else {
+                Counter::Deliver
+            },
+            1,
+        );
+        if d.message.redelivered {
+            ch.count(Counter::Redeliver, 1);
+        }
         if d.no_ack {
             match self.settle.last_mut() {
                 Some((q, c, n)) if Arc::ptr_eq(q, &d.queue) && *c == d.consumer.id => *n += 1,

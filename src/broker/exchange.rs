@@ -35,6 +35,8 @@ pub struct Exchange {
     pub name: String,
     pub kind: ExchangeKind,
     pub opts: ExchangeOptions,
+    /// publish_in / publish_out (management API).
+    pub stats: super::registry::MessageCounters,
     /// The `alternate-exchange` argument.
     alternate: Option<String>,
     router: RwLock<Router<Dest>>,
@@ -67,6 +69,7 @@ impl Exchange {
             kind,
             alternate,
             opts,
+            stats: Default::default(),
             router: RwLock::new(router),
             exchange_dests: AtomicUsize::new(0),
             deleted: AtomicBool::new(false),

@@ -22,9 +22,10 @@ pub use exchange::{Exchange, ExchangeKind, ExchangeOptions};
 pub use outbox::{Delivery, Outbox, OutboxItem};
 pub use queue::{ConsumeRequest, ConsumerHandle, Queue, QueueOptions, QueueRef};
 pub use registry::{
-    ChannelSnapshot, ClientInfo, ConnectionInfo, ConsumerSnapshot, MessageCounters, MessageStats,
+    ChannelSnapshot, ClientInfo, CoarseClock, ConnectionInfo, ConsumerSnapshot, Counter,
+    MessageCounters, MessageStats,
 };
-pub use route::{Dest, RouteScratch};
+pub use route::{Dest, RouteScratch, RouteStep, RouteTrace};
 pub use vhost::{PublishDetails, Published, QueueDeclared, Vhost};
 
 use dashmap::DashMap;
@@ -74,6 +75,8 @@ pub struct Broker {
     connections: DashMap<u64, Arc<ConnectionInfo>>,
     /// Broker-wide message counters.
     stats: Arc<MessageCounters>,
+    /// The coarse clock deliveries are stamped with (advanced by the server).
+    clock: Arc<CoarseClock>,
 }
 
 impl Broker {
@@ -161,6 +164,7 @@ impl Broker {
             next_id: AtomicU64::new(1),
             connections: DashMap::new(),
             stats: Arc::new(MessageCounters::default()),
+            clock: Arc::new(CoarseClock::default()),
         })
     }
 
@@ -173,6 +177,7 @@ impl Broker {
                     self.noack_window,
                     self.persist.clone(),
                     self.stats.clone(),
+                    self.clock.clone(),
                 ))
             })
             .clone()
@@ -321,14 +326,30 @@ impl Broker {
         self.stats.snapshot()
     }
 
-    /// Turns the counters (broker-wide and per queue) into rates; called
-    /// every few seconds by the server's sampler task.
+    /// The broker-wide counters, for what only the protocol layer sees
+    /// (confirms, returns, unroutable drops).
+    pub fn counters(&self) -> &MessageCounters {
+        &self.stats
+    }
+
+    pub fn clock(&self) -> &Arc<CoarseClock> {
+        &self.clock
+    }
+
+    /// Turns the counters (broker-wide, per queue, exchange and channel)
+    /// into rates; called every few seconds by the server's sampler task.
     pub fn sample_rates(&self, secs: f64) {
         self.stats.sample(secs);
         for v in self.vhosts() {
             for q in v.queues() {
                 q.stats.sample(secs);
             }
+            for e in v.exchanges() {
+                e.stats.sample(secs);
+            }
+        }
+        for c in self.connections() {
+            c.sample_channels(secs);
         }
     }
 

@@ -5,21 +5,34 @@
 //! deliveries it produced are pushed to outboxes after it is released.
 
 use super::outbox::{Delivery, Outbox, OutboxItem};
-use super::registry::MessageCounters;
+use super::registry::{CoarseClock, Counter, MessageCounters};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 use warren_exchanges::Table;
 use warren_queues::{
     ChannelLimit, ConsumeError, ConsumerId, ConsumerSpec, Dispatched, Message, QueueCore,
-    QueuedMessage,
+    QueuedMessage, UnackedInfo,
 };
+
+/// The id a basic.get's taker is known by in the queue's unacked view:
+/// its connection and channel, packed (connection ids stay far below 2^48).
+pub fn channel_key(conn: u64, channel: u16) -> u64 {
+    (conn << 16) | channel as u64
+}
+
+/// The (connection, channel) of a [`channel_key`].
+pub fn split_channel_key(key: u64) -> (u64, u16) {
+    (key >> 16, (key & 0xffff) as u16)
+}
 
 /// Who a delivery is for: enough for the owning connection to frame it.
 #[derive(Debug)]
 pub struct ConsumerHandle {
     pub id: ConsumerId,
     pub tag: String,
+    /// The connection the consumer lives on (management API).
+    pub conn: u64,
     /// The connection's session (AMQP channel) the consumer lives on.
     pub session: u16,
     pub outbox: Arc<Outbox>,
@@ -50,6 +63,8 @@ pub struct Queue {
     pub stats: MessageCounters,
     /// The broker-wide counters, bumped alongside.
     global: Arc<MessageCounters>,
+    /// Stamps deliveries for the unacked view.
+    clock: Arc<CoarseClock>,
     core: Mutex<QueueCore<Arc<ConsumerHandle>>>,
     deleted: AtomicBool,
     /// Flow control: set while consumers are attached and the backlog is
@@ -77,6 +92,7 @@ impl std::fmt::Debug for Queue {
 pub struct ConsumeRequest {
     pub id: ConsumerId,
     pub tag: String,
+    pub conn: u64,
     pub session: u16,
     pub outbox: Arc<Outbox>,
     pub no_ack: bool,
@@ -98,6 +114,7 @@ impl Queue {
         disk_id: Option<u64>,
         noack_window: u32,
         global: Arc<MessageCounters>,
+        clock: Arc<CoarseClock>,
     ) -> Self {
         Queue {
             name,
@@ -109,6 +126,7 @@ impl Queue {
             arguments: opts.arguments,
             stats: MessageCounters::default(),
             global,
+            clock,
             core: Mutex::new(QueueCore::new(store, noack_window)),
             deleted: AtomicBool::new(false),
             flow_blocked: AtomicBool::new(false),
@@ -133,7 +151,7 @@ impl Queue {
         {
             let mut core = self.core();
             core.publish(message);
-            core.dispatch(&mut out);
+            core.dispatch(self.clock.now_ms(), &mut out);
             // Only a consumed queue pushes back: a queue nobody reads
             // takes a backlog (on disk, if durable) as RabbitMQ does.
             if core.message_count() > FLOW_HIGH && core.consumer_count() > 0 {
@@ -168,7 +186,7 @@ impl Queue {
         let mut out = Vec::new();
         {
             let mut core = self.core();
-            core.dispatch(&mut out);
+            core.dispatch(self.clock.now_ms(), &mut out);
             self.update_flow(&core);
         }
         self.hand_off(out);
@@ -178,8 +196,24 @@ impl Queue {
     /// wake-up per run of deliveries for the same outbox.
     fn hand_off(self: &Arc<Self>, out: Vec<Dispatched<Arc<ConsumerHandle>>>) {
         if !out.is_empty() {
-            self.stats.delivered(out.len() as u64);
-            self.global.delivered(out.len() as u64);
+            // Counted per batch: one atomic add per counter and object.
+            let (mut no_ack, mut redelivered) = (0, 0);
+            for d in &out {
+                no_ack += d.no_ack as u64;
+                redelivered += d.message.redelivered as u64;
+            }
+            let ack = out.len() as u64 - no_ack;
+            for c in [&self.stats, &*self.global] {
+                if ack > 0 {
+                    c.add(Counter::Deliver, ack);
+                }
+                if no_ack > 0 {
+                    c.add(Counter::DeliverNoAck, no_ack);
+                }
+                if redelivered > 0 {
+                    c.add(Counter::Redeliver, redelivered);
+                }
+            }
         }
         let mut batch: Vec<OutboxItem> = Vec::new();
         let mut current: Option<Arc<Outbox>> = None;
@@ -220,6 +254,7 @@ impl Queue {
         let handle = Arc::new(ConsumerHandle {
             id: req.id,
             tag: req.tag,
+            conn: req.conn,
             session: req.session,
             outbox: req.outbox,
             channel_limit: req.channel_limit.clone(),
@@ -257,12 +292,28 @@ impl Queue {
         self.auto_delete && core.unused_after_consumers()
     }
 
-    /// basic.get: the message and the count of messages left.
+    /// basic.get for someone outside AMQP (the management API's `/get`):
+    /// the unacked view shows no channel for it.
     pub fn get(&self, no_ack: bool) -> Option<(QueuedMessage, usize)> {
-        let got = self.core().get(no_ack);
-        if got.is_some() {
-            self.stats.delivered(1);
-            self.global.delivered(1);
+        self.get_for(no_ack, channel_key(0, 0))
+    }
+
+    /// basic.get: the message and the count of messages left. `taker`
+    /// is the getter's [`channel_key`], shown by the unacked view.
+    pub fn get_for(&self, no_ack: bool, taker: u64) -> Option<(QueuedMessage, usize)> {
+        let got = self.core().get(no_ack, taker, self.clock.now_ms());
+        let counts: &[Counter] = match &got {
+            None => &[Counter::GetEmpty],
+            Some((m, _)) => match (no_ack, m.redelivered) {
+                (false, false) => &[Counter::Get],
+                (false, true) => &[Counter::Get, Counter::Redeliver],
+                (true, false) => &[Counter::GetNoAck],
+                (true, true) => &[Counter::GetNoAck, Counter::Redeliver],
+            },
+        };
+        for c in counts {
+            self.stats.add(*c, 1);
+            self.global.add(*c, 1);
         }
         got
     }
@@ -272,6 +323,24 @@ impl Queue {
         self.stats.acked(seqs.len() as u64);
         self.global.acked(seqs.len() as u64);
         self.kick();
+    }
+
+    /// Rejected without requeue: settled like an ack, not counted as one.
+    pub fn discard(self: &Arc<Self>, seqs: &[u64]) {
+        self.core().ack(seqs);
+        self.kick();
+    }
+
+    /// Up to `n` ready messages from `offset` places after the head, and
+    /// the ready count, leaving the queue as it was.
+    pub fn peek(&self, offset: usize, n: usize) -> (Vec<QueuedMessage>, usize) {
+        let core = self.core();
+        (core.peek_at(offset, n), core.message_count())
+    }
+
+    /// The `n` oldest unacked deliveries and how many there are.
+    pub fn unacked(&self, n: usize) -> (usize, Vec<UnackedInfo<Arc<ConsumerHandle>>>) {
+        self.core().unacked(n)
     }
 
     pub fn requeue(self: &Arc<Self>, seqs: &[u64]) {
@@ -293,7 +362,7 @@ impl Queue {
         {
             let mut core = self.core();
             core.settle_no_ack(consumer, n);
-            core.dispatch(&mut out);
+            core.dispatch(self.clock.now_ms(), &mut out);
             self.update_flow(&core);
         }
         self.hand_off(out);

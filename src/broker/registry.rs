@@ -12,70 +12,208 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use tokio::sync::Notify;
 
-/// Message counts since start, and their per-second rates at the last sample.
-#[derive(Debug, Default)]
-pub struct MessageCounters {
-    publish: AtomicU64,
-    deliver: AtomicU64,
-    ack: AtomicU64,
-    /// Counts at the last sample, to compute rates from.
-    last: [AtomicU64; 3],
-    /// Rates as `f64` bits, so readers never take a lock.
-    rates: [AtomicU64; 3],
+/// The message counters RabbitMQ's management API shows (`message_stats`).
+/// Each object keeps all of them and uses its own subset: queues count
+/// publish/deliver/get/ack/redeliver, exchanges publish_in/publish_out,
+/// channels and the broker most of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    Publish,
+    PublishIn,
+    PublishOut,
+    /// Publisher confirms (basic.ack) sent.
+    Confirm,
+    /// To consumers in manual-ack mode.
+    Deliver,
+    /// To consumers in auto-ack mode.
+    DeliverNoAck,
+    /// basic.get in manual-ack mode.
+    Get,
+    GetNoAck,
+    /// basic.get on an empty queue.
+    GetEmpty,
+    Ack,
+    Redeliver,
+    /// Mandatory and unroutable: basic.return.
+    ReturnUnroutable,
+    /// Not mandatory and unroutable: dropped.
+    DropUnroutable,
 }
 
-/// A copy of [`MessageCounters`] for display.
+/// How many [`Counter`]s there are.
+pub const COUNTERS: usize = 13;
+
+impl Counter {
+    pub const ALL: [Counter; COUNTERS] = [
+        Counter::Publish,
+        Counter::PublishIn,
+        Counter::PublishOut,
+        Counter::Confirm,
+        Counter::Deliver,
+        Counter::DeliverNoAck,
+        Counter::Get,
+        Counter::GetNoAck,
+        Counter::GetEmpty,
+        Counter::Ack,
+        Counter::Redeliver,
+        Counter::ReturnUnroutable,
+        Counter::DropUnroutable,
+    ];
+
+    /// RabbitMQ's field name in `message_stats`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::Publish => "publish",
+            Counter::PublishIn => "publish_in",
+            Counter::PublishOut => "publish_out",
+            Counter::Confirm => "confirm",
+            Counter::Deliver => "deliver",
+            Counter::DeliverNoAck => "deliver_no_ack",
+            Counter::Get => "get",
+            Counter::GetNoAck => "get_no_ack",
+            Counter::GetEmpty => "get_empty",
+            Counter::Ack => "ack",
+            Counter::Redeliver => "redeliver",
+            Counter::ReturnUnroutable => "return_unroutable",
+            Counter::DropUnroutable => "drop_unroutable",
+        }
+    }
+}
+
+/// Message counts since start, and their per-second rates at the last
+/// sample. The hot path only does relaxed `fetch_add`s.
+#[derive(Debug, Default)]
+pub struct MessageCounters {
+    counts: [AtomicU64; COUNTERS],
+    /// Counts at the last sample, to compute rates from.
+    last: [AtomicU64; COUNTERS],
+    /// Rates as `f64` bits, so readers never take a lock.
+    rates: [AtomicU64; COUNTERS],
+}
+
+/// A copy of a set of counters (with rates) for display. Channels fill the
+/// counts from plain integers and get rates from their connection's sampler.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct MessageStats {
-    pub publish: u64,
-    pub deliver: u64,
-    pub ack: u64,
-    pub publish_rate: f64,
-    pub deliver_rate: f64,
-    pub ack_rate: f64,
+    pub counts: [u64; COUNTERS],
+    pub rates: [f64; COUNTERS],
+}
+
+impl MessageStats {
+    pub fn count(&self, c: Counter) -> u64 {
+        self.counts[c as usize]
+    }
+
+    pub fn rate(&self, c: Counter) -> f64 {
+        self.rates[c as usize]
+    }
+
+    /// RabbitMQ's `deliver_get`: every delivery, consumed or fetched.
+    pub fn deliver_get(&self) -> u64 {
+        [
+            Counter::Deliver,
+            Counter::DeliverNoAck,
+            Counter::Get,
+            Counter::GetNoAck,
+        ]
+        .iter()
+        .map(|c| self.count(*c))
+        .sum()
+    }
+
+    pub fn deliver_get_rate(&self) -> f64 {
+        [
+            Counter::Deliver,
+            Counter::DeliverNoAck,
+            Counter::Get,
+            Counter::GetNoAck,
+        ]
+        .iter()
+        .map(|c| self.rate(*c))
+        .sum()
+    }
+}
+
+/// Per-second rates from counts then and now.
+fn rates_between(before: &[u64; COUNTERS], now: &[u64; COUNTERS], secs: f64) -> [f64; COUNTERS] {
+    let mut r = [0.0; COUNTERS];
+    if secs > 0.0 {
+        for i in 0..COUNTERS {
+            r[i] = now[i].saturating_sub(before[i]) as f64 / secs;
+        }
+    }
+    r
 }
 
 impl MessageCounters {
-    pub fn published(&self, n: u64) {
-        self.publish.fetch_add(n, Ordering::Relaxed);
+    #[inline]
+    pub fn add(&self, c: Counter, n: u64) {
+        self.counts[c as usize].fetch_add(n, Ordering::Relaxed);
     }
 
-    pub fn delivered(&self, n: u64) {
-        self.deliver.fetch_add(n, Ordering::Relaxed);
+    pub fn published(&self, n: u64) {
+        self.add(Counter::Publish, n);
     }
 
     pub fn acked(&self, n: u64) {
-        self.ack.fetch_add(n, Ordering::Relaxed);
+        self.add(Counter::Ack, n);
     }
 
     /// Turns the counts since the last sample into per-second rates.
     pub fn sample(&self, secs: f64) {
-        let now = [
-            self.publish.load(Ordering::Relaxed),
-            self.deliver.load(Ordering::Relaxed),
-            self.ack.load(Ordering::Relaxed),
-        ];
-        for (i, n) in now.into_iter().enumerate() {
-            let before = self.last[i].swap(n, Ordering::Relaxed);
-            let rate = if secs > 0.0 {
-                n.saturating_sub(before) as f64 / secs
-            } else {
-                0.0
-            };
-            self.rates[i].store(rate.to_bits(), Ordering::Relaxed);
+        let mut now = [0u64; COUNTERS];
+        let mut before = [0u64; COUNTERS];
+        for i in 0..COUNTERS {
+            now[i] = self.counts[i].load(Ordering::Relaxed);
+            before[i] = self.last[i].swap(now[i], Ordering::Relaxed);
+        }
+        for (i, r) in rates_between(&before, &now, secs).into_iter().enumerate() {
+            self.rates[i].store(r.to_bits(), Ordering::Relaxed);
         }
     }
 
     pub fn snapshot(&self) -> MessageStats {
-        let rate = |i: usize| f64::from_bits(self.rates[i].load(Ordering::Relaxed));
-        MessageStats {
-            publish: self.publish.load(Ordering::Relaxed),
-            deliver: self.deliver.load(Ordering::Relaxed),
-            ack: self.ack.load(Ordering::Relaxed),
-            publish_rate: rate(0),
-            deliver_rate: rate(1),
-            ack_rate: rate(2),
+        let mut s = MessageStats::default();
+        for i in 0..COUNTERS {
+            s.counts[i] = self.counts[i].load(Ordering::Relaxed);
+            s.rates[i] = f64::from_bits(self.rates[i].load(Ordering::Relaxed));
         }
+        s
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A coarse wall clock (milliseconds since the Unix epoch) that the
+/// server's housekeeping task advances every few milliseconds, so the hot
+/// path stamps deliveries with one relaxed load instead of a clock read.
+#[derive(Debug)]
+pub struct CoarseClock(AtomicU64);
+
+/// How often the server advances the [`CoarseClock`].
+pub const CLOCK_TICK: std::time::Duration = std::time::Duration::from_millis(10);
+
+impl Default for CoarseClock {
+    fn default() -> Self {
+        CoarseClock(AtomicU64::new(unix_ms()))
+    }
+}
+
+impl CoarseClock {
+    #[inline]
+    pub fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Reads the real clock (the housekeeping task calls this).
+    pub fn tick(&self) {
+        self.0.fetch_max(unix_ms(), Ordering::Relaxed);
     }
 }
 
@@ -108,6 +246,8 @@ pub struct ChannelSnapshot {
     /// basic.qos global=true: shared by the channel's consumers.
     pub global_prefetch_count: u32,
     pub unacked: usize,
+    /// The channel's message counters (rates filled in by the sampler).
+    pub stats: MessageStats,
     pub confirm: bool,
     pub transactional: bool,
     pub consumers: Vec<ConsumerSnapshot>,
@@ -130,6 +270,8 @@ pub struct ConnectionInfo {
     pub heartbeat: u16,
     pub client: ClientInfo,
     channels: Mutex<Vec<ChannelSnapshot>>,
+    /// Each channel's counts at the last rate sample.
+    sampled: Mutex<std::collections::HashMap<u16, [u64; COUNTERS]>>,
     close_reason: Mutex<Option<String>>,
     close: Notify,
 }
@@ -147,10 +289,7 @@ impl ConnectionInfo {
         heartbeat: u16,
         client: ClientInfo,
     ) -> Self {
-        let connected_at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let connected_at = unix_ms();
         ConnectionInfo {
             id,
             name: format!("{peer} -> {local}"),
@@ -164,14 +303,35 @@ impl ConnectionInfo {
             heartbeat,
             client,
             channels: Mutex::new(Vec::new()),
+            sampled: Mutex::new(std::collections::HashMap::new()),
             close_reason: Mutex::new(None),
             close: Notify::new(),
         }
     }
 
     /// Replaces the channel snapshot (the connection task calls this).
-    pub fn set_channels(&self, channels: Vec<ChannelSnapshot>) {
-        *self.channels.lock().unwrap_or_else(|e| e.into_inner()) = channels;
+    pub fn set_channels(&self, mut channels: Vec<ChannelSnapshot>) {
+        let mut cur = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        // Rates come from the sampler: carry them over.
+        for ch in channels.iter_mut() {
+            if let Some(old) = cur.iter().find(|o| o.number == ch.number) {
+                ch.stats.rates = old.stats.rates;
+            }
+        }
+        *cur = channels;
+    }
+
+    /// Turns each channel's counts since the last sample into rates.
+    pub fn sample_channels(&self, secs: f64) {
+        let mut chans = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sampled = self.sampled.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = std::collections::HashMap::with_capacity(chans.len());
+        for ch in chans.iter_mut() {
+            let before = sampled.get(&ch.number).copied().unwrap_or_default();
+            ch.stats.rates = rates_between(&before, &ch.stats.counts, secs);
+            next.insert(ch.number, ch.stats.counts);
+        }
+        *sampled = next;
     }
 
     pub fn channels(&self) -> Vec<ChannelSnapshot> {
@@ -214,9 +374,13 @@ mod tests {
         c.published(10);
         c.sample(5.0);
         let s = c.snapshot();
-        assert_eq!(s.publish, 10);
-        assert_eq!(s.publish_rate, 2.0);
+        assert_eq!(s.count(Counter::Publish), 10);
+        assert_eq!(s.rate(Counter::Publish), 2.0);
+        c.add(Counter::Deliver, 3);
+        c.add(Counter::GetNoAck, 2);
         c.sample(5.0);
-        assert_eq!(c.snapshot().publish_rate, 0.0);
+        let s = c.snapshot();
+        assert_eq!(s.rate(Counter::Publish), 0.0);
+        assert_eq!((s.deliver_get(), s.deliver_get_rate()), (5, 1.0));
     }
 }

@@ -116,3 +116,131 @@ impl Vhost {
         }
     }
 }
+
+/// One hop of a routing trace: a binding, or a hand-over to an alternate
+/// exchange.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouteStep {
+    pub source: String,
+    pub destination: String,
+    pub to_queue: bool,
+    /// The binding's key (for an alternate hop: none).
+    pub routing_key: String,
+    pub arguments: warren_exchanges::Table,
+    /// An alternate-exchange hop, not a binding.
+    pub alternate: bool,
+}
+
+/// Where a message would go and how: what the routing tester shows.
+#[derive(Clone, Debug, Default)]
+pub struct RouteTrace {
+    /// Each queue reached once, with the first path that reached it.
+    pub queues: Vec<(Arc<super::queue::Queue>, Vec<RouteStep>)>,
+    /// Exchanges the message passed through, in the order first visited.
+    pub exchanges: Vec<String>,
+}
+
+impl Vhost {
+    /// The explaining twin of [`Vhost::route`]: the same walk (same order,
+    /// same seen-set per routing key, same alternate-exchange rule), run
+    /// for the routing key and then each CC/BCC key, recording the path to
+    /// every queue. Nothing is published and no counter moves.
+    pub fn route_trace(
+        &self,
+        ex: &Arc<Exchange>,
+        input: &RouteInput<'_>,
+        extra_keys: &[String],
+    ) -> RouteTrace {
+        let mut trace = RouteTrace::default();
+        let keys = std::iter::once(input.routing_key).chain(extra_keys.iter().map(String::as_str));
+        for key in keys {
+            let input = RouteInput {
+                routing_key: key,
+                ..*input
+            };
+            self.trace_key(ex, &input, &mut trace);
+        }
+        trace
+    }
+
+    fn trace_key(&self, ex: &Arc<Exchange>, input: &RouteInput<'_>, trace: &mut RouteTrace) {
+        let mut work: Vec<(Arc<Exchange>, Vec<RouteStep>)> = vec![(ex.clone(), Vec::new())];
+        let mut seen: Vec<*const Exchange> = Vec::new();
+        while let Some((x, path)) = work.pop() {
+            let p = Arc::as_ptr(&x);
+            if seen.contains(&p) {
+                continue;
+            }
+            seen.push(p);
+            if !trace.exchanges.contains(&x.name) {
+                trace.exchanges.push(x.name.clone());
+            }
+            // (destination, step) for every matching binding.
+            let mut hits: Vec<(Dest, RouteStep)> = Vec::new();
+            match x.kind {
+                ExchangeKind::Default => {
+                    if let Some(q) = self.queue(input.routing_key) {
+                        hits.push((
+                            Dest::Queue(QueueRef(q.clone())),
+                            RouteStep {
+                                source: x.name.clone(),
+                                destination: q.name.clone(),
+                                to_queue: true,
+                                routing_key: input.routing_key.to_owned(),
+                                arguments: Default::default(),
+                                alternate: false,
+                            },
+                        ));
+                    }
+                }
+                ExchangeKind::Typed(_) => {
+                    let router = x.router();
+                    for b in router.explain(input) {
+                        let (destination, to_queue) = match &b.destination {
+                            Dest::Queue(q) => (q.0.name.clone(), true),
+                            Dest::Exchange(e) => (e.name.clone(), false),
+                        };
+                        hits.push((
+                            b.destination.clone(),
+                            RouteStep {
+                                source: x.name.clone(),
+                                destination,
+                                to_queue,
+                                routing_key: b.routing_key.clone(),
+                                arguments: b.arguments.clone(),
+                                alternate: false,
+                            },
+                        ));
+                    }
+                }
+            }
+            if hits.is_empty() {
+                if let Some(ae) = x.alternate().and_then(|name| self.exchange(name).ok()) {
+                    let mut next = path.clone();
+                    next.push(RouteStep {
+                        source: x.name.clone(),
+                        destination: ae.name.clone(),
+                        to_queue: false,
+                        routing_key: String::new(),
+                        arguments: Default::default(),
+                        alternate: true,
+                    });
+                    work.push((ae, next));
+                }
+                continue;
+            }
+            for (d, step) in hits {
+                let mut next = path.clone();
+                next.push(step);
+                match d {
+                    Dest::Queue(q) => {
+                        if !trace.queues.iter().any(|(t, _)| Arc::ptr_eq(t, &q.0)) {
+                            trace.queues.push((q.0, next));
+                        }
+                    }
+                    Dest::Exchange(e) => work.push((e, next)),
+                }
+            }
+        }
+    }
+}

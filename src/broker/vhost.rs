@@ -5,7 +5,7 @@ use super::error::{BrokerError, ErrorKind, Result};
 use super::exchange::{Exchange, ExchangeKind, ExchangeOptions};
 use super::persist::{BindingDef, ExchangeDef, Persistence, QueueDef};
 use super::queue::{Queue, QueueOptions, QueueRef};
-use super::registry::MessageCounters;
+use super::registry::{CoarseClock, Counter, MessageCounters};
 use super::route::{Dest, RouteScratch};
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +22,7 @@ pub struct Vhost {
     persist: Option<Arc<Persistence>>,
     /// The broker-wide message counters.
     stats: Arc<MessageCounters>,
+    clock: Arc<CoarseClock>,
 }
 
 /// Message details routing may read beyond the routing key.
@@ -59,6 +60,7 @@ impl Vhost {
         noack_window: u32,
         persist: Option<Arc<Persistence>>,
         stats: Arc<MessageCounters>,
+        clock: Arc<CoarseClock>,
     ) -> Self {
         let v = Vhost {
             name: name.to_owned(),
@@ -68,6 +70,7 @@ impl Vhost {
             persist,
             name_counter: AtomicU64::new(0),
             stats,
+            clock,
         };
         let durable = ExchangeOptions {
             durable: true,
@@ -311,6 +314,7 @@ impl Vhost {
                     disk_id,
                     self.noack_window,
                     self.stats.clone(),
+                    self.clock.clone(),
                 ));
                 v.insert(q.clone());
                 return declared(q);
@@ -488,6 +492,7 @@ impl Vhost {
         scratch: &mut RouteScratch,
     ) -> std::result::Result<Published, DiskError> {
         self.stats.published(1);
+        ex.stats.add(Counter::PublishIn, 1);
         scratch.clear();
         {
             let input = RouteInput {
@@ -528,6 +533,10 @@ impl Vhost {
             }
         }
         let routed = scratch.queues.len();
+        if routed > 0 {
+            // RabbitMQ's publish_out: one per queue reached.
+            ex.stats.add(Counter::PublishOut, routed as u64);
+        }
         scratch.queues.clear();
         Ok(Published {
             routed,
@@ -594,6 +603,7 @@ impl Vhost {
             Some(d.id),
             self.noack_window,
             self.stats.clone(),
+            self.clock.clone(),
         );
         self.queues.insert(d.name.clone(), Arc::new(q));
     }

@@ -6,7 +6,7 @@
 //! rates, `null` policies) rather than left out, because clients require them.
 
 use super::MgmtState;
-use crate::broker::{ConnectionInfo, Dest, Exchange, MessageStats, Queue, Vhost};
+use crate::broker::{ConnectionInfo, Counter, Dest, Exchange, MessageStats, Queue, Vhost};
 use serde_json::{json, Map, Value as J};
 use std::sync::Arc;
 use warren_exchanges::{Table, Value};
@@ -100,15 +100,59 @@ fn rate(r: f64) -> J {
     json!({ "rate": r })
 }
 
-fn message_stats(s: &MessageStats) -> J {
-    json!({
-        "publish": s.publish,
-        "publish_details": rate(s.publish_rate),
-        "deliver_get": s.deliver,
-        "deliver_get_details": rate(s.deliver_rate),
-        "ack": s.ack,
-        "ack_details": rate(s.ack_rate),
-    })
+/// The counters RabbitMQ 3.10 shows in a queue's `message_stats`.
+pub const QUEUE_STATS: &[Counter] = &[
+    Counter::Publish,
+    Counter::Deliver,
+    Counter::DeliverNoAck,
+    Counter::Get,
+    Counter::GetNoAck,
+    Counter::GetEmpty,
+    Counter::Ack,
+    Counter::Redeliver,
+];
+
+/// An exchange's.
+pub const EXCHANGE_STATS: &[Counter] = &[Counter::PublishIn, Counter::PublishOut];
+
+/// A channel's, and (with disk_reads/disk_writes) the overview's.
+pub const CHANNEL_STATS: &[Counter] = &[
+    Counter::Publish,
+    Counter::Confirm,
+    Counter::Deliver,
+    Counter::DeliverNoAck,
+    Counter::Get,
+    Counter::GetNoAck,
+    Counter::GetEmpty,
+    Counter::Ack,
+    Counter::Redeliver,
+    Counter::ReturnUnroutable,
+    Counter::DropUnroutable,
+];
+
+/// `message_stats` as RabbitMQ renders it: each counter with its
+/// `*_details: {"rate"}`, plus `deliver_get` when deliveries are counted.
+pub fn message_stats(s: &MessageStats, counters: &[Counter]) -> J {
+    let mut m = Map::new();
+    for c in counters {
+        m.insert(c.name().to_owned(), json!(s.count(*c)));
+        m.insert(format!("{}_details", c.name()), rate(s.rate(*c)));
+    }
+    if counters.contains(&Counter::Deliver) {
+        m.insert("deliver_get".into(), json!(s.deliver_get()));
+        m.insert("deliver_get_details".into(), rate(s.deliver_get_rate()));
+    }
+    J::Object(m)
+}
+
+fn overview_message_stats(s: &MessageStats) -> J {
+    let mut j = message_stats(s, CHANNEL_STATS);
+    // Queue disk I/O is not counted: RabbitMQ's neutral values.
+    for k in ["disk_reads", "disk_writes"] {
+        j[k] = json!(0);
+        j[format!("{k}_details")] = rate(0.0);
+    }
+    j
 }
 
 pub fn overview(s: &MgmtState) -> J {
@@ -156,7 +200,7 @@ pub fn overview(s: &MgmtState) -> J {
             "exchanges": exchanges,
             "consumers": consumers,
         },
-        "message_stats": message_stats(&s.broker.message_stats()),
+        "message_stats": overview_message_stats(&s.broker.message_stats()),
         "listeners": [listener("amqp", s.amqp_addr), listener("http", s.http_addr)],
     })
 }
@@ -216,7 +260,7 @@ pub fn queue(s: &MgmtState, q: &Queue) -> J {
         "messages_details": rate(0.0),
         "messages_ready_details": rate(0.0),
         "messages_unacknowledged_details": rate(0.0),
-        "message_stats": message_stats(&q.stats.snapshot()),
+        "message_stats": message_stats(&q.stats.snapshot(), QUEUE_STATS),
     })
 }
 
@@ -241,6 +285,7 @@ pub fn exchange(vhost: &str, e: &Exchange) -> J {
         "arguments": table_to_json(&e.opts.arguments),
         "user_who_performed_action": "rmq-internal",
         "policy": null,
+        "message_stats": message_stats(&e.stats.snapshot(), EXCHANGE_STATS),
     })
 }
 
@@ -395,6 +440,7 @@ pub fn channels(s: &MgmtState) -> J {
                 "messages_unconfirmed": 0,
                 "messages_uncommitted": 0,
                 "acks_uncommitted": 0,
+                "message_stats": message_stats(&ch.stats, CHANNEL_STATS),
             }));
         }
     }

@@ -4,7 +4,7 @@
 //! labels each queue with its vhost and name. Like RabbitMQ's, the
 //! endpoint needs no login.
 
-use crate::broker::Broker;
+use crate::broker::{Broker, Counter};
 use std::fmt::Write;
 
 /// One metric family: its help text, type and samples.
@@ -46,7 +46,13 @@ pub fn render(broker: &Broker, node: &str, per_object: bool) -> String {
     let mut out = String::with_capacity(4096);
     let mut f = Family { out: &mut out };
     let connections = broker.connections();
-    let channels: Vec<_> = connections.iter().flat_map(|c| c.channels()).collect();
+    // (connection id, channel) so per-object channel series can be named.
+    let channels_of: Vec<(u64, crate::broker::ChannelSnapshot)> = connections
+        .iter()
+        .flat_map(|c| c.channels().into_iter().map(move |ch| (c.id, ch)))
+        .collect();
+    let channels: Vec<&crate::broker::ChannelSnapshot> =
+        channels_of.iter().map(|(_, ch)| ch).collect();
     let consumers: usize = channels.iter().map(|c| c.consumers.len()).sum();
     f.head(
         "rabbitmq_identity_info",
@@ -75,8 +81,15 @@ pub fn render(broker: &Broker, node: &str, per_object: bool) -> String {
 
     // (vhost, queue, ready, unacked, consumers)
     let mut queues = Vec::new();
+    // (vhost, queue, messages published to it)
+    let mut published: Vec<(String, String, u64)> = Vec::new();
     for v in broker.vhosts() {
         for q in v.queues() {
+            published.push((
+                v.name.clone(),
+                q.name.clone(),
+                q.stats.snapshot().count(Counter::Publish),
+            ));
             let (ready, cons) = q.counts();
             queues.push((
                 v.name.clone(),
@@ -119,25 +132,132 @@ pub fn render(broker: &Broker, node: &str, per_object: bool) -> String {
         }
     }
     let stats = broker.message_stats();
-    for (name, help, value) in [
+    // rabbit_global_counters' names (RabbitMQ labels them with the
+    // protocol; Warren speaks one, so they are left unlabelled).
+    let global: [(&str, &str, u64); 13] = [
         (
             "rabbitmq_global_messages_received_total",
             "Total number of messages received from publishers",
-            stats.publish,
+            stats.count(Counter::Publish),
+        ),
+        (
+            "rabbitmq_global_messages_confirmed_total",
+            "Total number of messages confirmed to publishers",
+            stats.count(Counter::Confirm),
+        ),
+        (
+            "rabbitmq_global_messages_unroutable_dropped_total",
+            "Total number of messages published as non-mandatory into an exchange and dropped as unroutable",
+            stats.count(Counter::DropUnroutable),
+        ),
+        (
+            "rabbitmq_global_messages_unroutable_returned_total",
+            "Total number of messages published as mandatory into an exchange and returned to the publisher as unroutable",
+            stats.count(Counter::ReturnUnroutable),
         ),
         (
             "rabbitmq_global_messages_delivered_total",
             "Total number of messages delivered to consumers",
-            stats.deliver,
+            stats.deliver_get(),
+        ),
+        (
+            "rabbitmq_global_messages_delivered_consume_manual_ack_total",
+            "Total number of messages delivered to consumers using basic.consume with manual acknowledgment",
+            stats.count(Counter::Deliver),
+        ),
+        (
+            "rabbitmq_global_messages_delivered_consume_auto_ack_total",
+            "Total number of messages delivered to consumers using basic.consume with automatic acknowledgment",
+            stats.count(Counter::DeliverNoAck),
+        ),
+        (
+            "rabbitmq_global_messages_delivered_get_manual_ack_total",
+            "Total number of messages delivered to consumers using basic.get with manual acknowledgment",
+            stats.count(Counter::Get),
+        ),
+        (
+            "rabbitmq_global_messages_delivered_get_auto_ack_total",
+            "Total number of messages delivered to consumers using basic.get with automatic acknowledgment",
+            stats.count(Counter::GetNoAck),
+        ),
+        (
+            "rabbitmq_global_messages_get_empty_total",
+            "Total number of times basic.get operations fetched no message",
+            stats.count(Counter::GetEmpty),
+        ),
+        (
+            "rabbitmq_global_messages_redelivered_total",
+            "Total number of messages redelivered to consumers",
+            stats.count(Counter::Redeliver),
         ),
         (
             "rabbitmq_global_messages_acknowledged_total",
             "Total number of messages acknowledged by consumers",
-            stats.ack,
+            stats.count(Counter::Ack),
         ),
-    ] {
+        (
+            "rabbitmq_global_messages_routed_total",
+            "Total number of messages routed to queues or streams",
+            // Exchanges count publish_out per queue reached; RabbitMQ
+            // counts messages, so this is derived from the unroutable.
+            stats
+                .count(Counter::Publish)
+                .saturating_sub(
+                    stats.count(Counter::DropUnroutable) + stats.count(Counter::ReturnUnroutable),
+                ),
+        ),
+    ];
+    for (name, help, value) in global {
         f.head(name, "counter", help);
         f.sample(name, &[], value as f64);
+    }
+
+    // Channel counters: per channel, or summed over the open ones.
+    let channel_families: [(&str, &str, Counter); 11] = [
+        ("rabbitmq_channel_messages_published_total", "Total number of messages published into an exchange on a channel", Counter::Publish),
+        ("rabbitmq_channel_messages_confirmed_total", "Total number of messages published into an exchange and confirmed on the channel", Counter::Confirm),
+        ("rabbitmq_channel_messages_unroutable_returned_total", "Total number of messages published as mandatory into an exchange and returned to the publisher as unroutable", Counter::ReturnUnroutable),
+        ("rabbitmq_channel_messages_unroutable_dropped_total", "Total number of messages published as non-mandatory into an exchange and dropped as unroutable", Counter::DropUnroutable),
+        ("rabbitmq_channel_get_ack_total", "Total number of messages fetched with basic.get in manual acknowledgement mode", Counter::Get),
+        ("rabbitmq_channel_get_total", "Total number of messages fetched with basic.get in automatic acknowledgement mode", Counter::GetNoAck),
+        ("rabbitmq_channel_messages_delivered_ack_total", "Total number of messages delivered to consumers in manual acknowledgement mode", Counter::Deliver),
+        ("rabbitmq_channel_messages_delivered_total", "Total number of messages delivered to consumers in automatic acknowledgement mode", Counter::DeliverNoAck),
+        ("rabbitmq_channel_messages_redelivered_total", "Total number of messages redelivered to consumers", Counter::Redeliver),
+        ("rabbitmq_channel_messages_acked_total", "Total number of messages acknowledged by consumers", Counter::Ack),
+        ("rabbitmq_channel_get_empty_total", "Total number of times basic.get operations fetched no message", Counter::GetEmpty),
+    ];
+    let named: Vec<(String, &crate::broker::ChannelSnapshot)> = connections
+        .iter()
+        .flat_map(|c| {
+            let chans: Vec<_> = channels_of.iter().filter(|(id, _)| *id == c.id).collect();
+            chans
+                .into_iter()
+                .map(move |(_, ch)| (format!("{} ({})", c.name, ch.number), ch))
+        })
+        .collect();
+    for (name, help, counter) in channel_families {
+        f.head(name, "counter", help);
+        if per_object {
+            for (chan, ch) in &named {
+                f.sample(name, &[("channel", chan)], ch.stats.count(counter) as f64);
+            }
+        } else {
+            let sum: u64 = named.iter().map(|(_, ch)| ch.stats.count(counter)).sum();
+            f.sample(name, &[], sum as f64);
+        }
+    }
+    let name = "rabbitmq_queue_messages_published_total";
+    f.head(
+        name,
+        "counter",
+        "Total number of messages published to queues",
+    );
+    if per_object {
+        for q in &published {
+            f.sample(name, &[("vhost", &q.0), ("queue", &q.1)], q.2 as f64);
+        }
+    } else {
+        f.sample(name, &[], published.iter().map(|q| q.2).sum::<u64>() as f64);
     }
     out
 }

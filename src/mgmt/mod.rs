@@ -9,6 +9,7 @@
 
 mod admin;
 mod definitions;
+mod extras;
 mod json;
 mod metrics;
 mod objects;
@@ -86,6 +87,7 @@ pub fn router(state: Arc<MgmtState>) -> Router {
         .route("/api/health/checks/virtual-hosts", get(health_ok))
         .merge(objects::routes())
         .merge(admin::routes())
+        .merge(extras::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         // Added after the auth layer: Prometheus scrapes without a login.

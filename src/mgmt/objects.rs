@@ -940,7 +940,8 @@ async fn get_messages(
     match mode {
         AckMode::AckDrop => {}
         AckMode::AckRequeue | AckMode::RejectRequeue => q.requeue(&taken),
-        AckMode::RejectDrop => q.ack(&taken),
+        // A reject is not an ack in the counters (RabbitMQ counts it apart).
+        AckMode::RejectDrop => q.discard(&taken),
     }
     Ok(Json(J::Array(out)).into_response())
 }

@@ -1,0 +1,399 @@
+//! Warren's own management endpoints, beyond RabbitMQ's API: peeking at a
+//! queue's ready messages, the unacked view of a queue, and the routing
+//! tester. Their shapes are fixed in the README (and coded against by the
+//! dashboard); errors use the API's usual `{"error","reason"}` bodies.
+//!
+//! None of them changes anything: peek takes nothing from the queue and
+//! marks nothing redelivered, the unacked view only reads, and the routing
+//! tester walks the exchange graph without publishing or counting.
+
+use super::json::{self, properties_key, table_to_json};
+use super::{bad_request, body_object, exchange_name, not_found_err, vhost_or_404, ApiError, St};
+use crate::broker::queue::split_channel_key;
+use crate::broker::registry::unix_ms;
+use crate::broker::{ConnectionInfo, RouteStep};
+use amq_protocol::types::{AMQPValue, FieldTable};
+use axum::body::Bytes;
+use axum::extract::{Path, Query};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Map, Value as J};
+use std::collections::HashMap;
+use std::sync::Arc;
+use warren_exchanges::{RouteInput, Table, Value};
+use warren_queues::{Holder, Message};
+
+/// The most messages one peek or unacked request returns.
+const MAX_COUNT: usize = 500;
+
+/// The most payload bytes one peek reply carries.
+const PEEK_RENDER_BUDGET: usize = 64 * 1024 * 1024;
+
+pub fn routes() -> Router<Arc<super::MgmtState>> {
+    Router::new()
+        .route("/api/queues/{vhost}/{name}/peek", get(peek))
+        .route("/api/queues/{vhost}/{name}/unacked", get(unacked))
+        .route("/api/exchanges/{vhost}/{name}/route-test", post(route_test))
+}
+
+type Q = Query<HashMap<String, String>>;
+
+/// A non-negative integer query parameter, `default` when absent.
+fn int_param(q: &HashMap<String, String>, key: &str, default: usize) -> Result<usize, ApiError> {
+    match q.get(key) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| bad_request(format!("{key}: expected a non-negative integer, got {v:?}"))),
+    }
+}
+
+fn count_param(q: &HashMap<String, String>, default: usize) -> Result<usize, ApiError> {
+    let n = int_param(q, "count", default)?;
+    if n > MAX_COUNT {
+        return Err(bad_request(format!(
+            "count: at most {MAX_COUNT} messages per request, got {n}"
+        )));
+    }
+    Ok(n)
+}
+
+async fn peek(
+    s: St,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(q): Q,
+) -> Result<Json<J>, ApiError> {
+    let count = count_param(&q, 10)?;
+    let offset = int_param(&q, "offset", 0)?;
+    let base64 = match q.get("encoding").map(String::as_str) {
+        None | Some("auto") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(bad_request(format!(
+                "encoding: expected auto or base64, got {other:?}"
+            )))
+        }
+    };
+    let truncate = match q.get("truncate") {
+        None => None,
+        Some(_) => Some(int_param(&q, "truncate", 0)?),
+    };
+    let v = vhost_or_404(&s, &vhost)?;
+    let queue = v.queue(&name).ok_or_else(not_found_err)?;
+    // The queue's lock is held only while the messages are copied out
+    // (paged-out bodies are read then, one record each).
+    let (msgs, ready) = queue.peek(offset, count);
+    let mut items = Vec::with_capacity(msgs.len());
+    let mut rendered = 0usize;
+    for (i, m) in msgs.iter().enumerate() {
+        // A reply stays bounded however big the messages are: past the
+        // budget, fewer messages come back (the first always does).
+        let shown = truncate.map_or(m.message.body.len(), |t| t.min(m.message.body.len()));
+        if i > 0 && rendered + shown > PEEK_RENDER_BUDGET {
+            break;
+        }
+        rendered += shown;
+        let mut j = message_json(&m.message, m.redelivered, ready, base64, truncate);
+        j["position"] = json!(offset + i);
+        items.push(j);
+    }
+    Ok(Json(J::Array(items)))
+}
+
+/// A message as `/get` renders it.
+fn message_json(
+    m: &Message,
+    redelivered: bool,
+    message_count: usize,
+    base64: bool,
+    truncate: Option<usize>,
+) -> J {
+    let full = &m.body[..];
+    let cut = match truncate {
+        Some(n) if n < full.len() => &full[..n],
+        _ => full,
+    };
+    let (payload, encoding) = match (base64, std::str::from_utf8(cut)) {
+        (false, Ok(text)) => (text.to_owned(), "string"),
+        _ => (base64_encode(cut), "base64"),
+    };
+    json!({
+        "payload_bytes": full.len(),
+        "redelivered": redelivered,
+        "exchange": m.exchange,
+        "routing_key": m.routing_key,
+        "message_count": message_count,
+        "properties": properties_json(&m.properties),
+        "payload": payload,
+        "payload_encoding": encoding,
+    })
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
+    for chunk in b.chunks(3) {
+        let v = (chunk[0] as u32) << 16
+            | (chunk.get(1).copied().unwrap_or(0) as u32) << 8
+            | chunk.get(2).copied().unwrap_or(0) as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[(v >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The content-header properties as RabbitMQ's `/get` renders them: only
+/// those present, `[]` when there are none.
+fn properties_json(raw: &[u8]) -> J {
+    let Ok((_, p)) = amq_protocol::protocol::basic::parse_properties(raw) else {
+        return J::Array(Vec::new());
+    };
+    let mut m = Map::new();
+    let mut s = |k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            m.insert(k.to_owned(), J::String(v));
+        }
+    };
+    let str_of =
+        |v: &Option<amq_protocol::types::ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
+    s("content_type", str_of(p.content_type()));
+    s("content_encoding", str_of(p.content_encoding()));
+    s("correlation_id", str_of(p.correlation_id()));
+    s("reply_to", str_of(p.reply_to()));
+    s("expiration", str_of(p.expiration()));
+    s("message_id", str_of(p.message_id()));
+    s("type", str_of(p.kind()));
+    s("user_id", str_of(p.user_id()));
+    s("app_id", str_of(p.app_id()));
+    s("cluster_id", str_of(p.cluster_id()));
+    if let Some(h) = p.headers() {
+        m.insert("headers".into(), field_table_json(h));
+    }
+    if let Some(d) = p.delivery_mode() {
+        m.insert("delivery_mode".into(), json!(d));
+    }
+    if let Some(d) = p.priority() {
+        m.insert("priority".into(), json!(d));
+    }
+    if let Some(t) = p.timestamp() {
+        m.insert("timestamp".into(), json!(t));
+    }
+    if m.is_empty() {
+        J::Array(Vec::new())
+    } else {
+        J::Object(m)
+    }
+}
+
+fn field_table_json(t: &FieldTable) -> J {
+    J::Object(
+        t.inner()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), amqp_value_json(v)))
+            .collect(),
+    )
+}
+
+fn amqp_value_json(v: &AMQPValue) -> J {
+    match v {
+        AMQPValue::Boolean(b) => J::Bool(*b),
+        AMQPValue::ShortShortInt(n) => json!(n),
+        AMQPValue::ShortShortUInt(n) => json!(n),
+        AMQPValue::ShortInt(n) => json!(n),
+        AMQPValue::ShortUInt(n) => json!(n),
+        AMQPValue::LongInt(n) => json!(n),
+        AMQPValue::LongUInt(n) => json!(n),
+        AMQPValue::LongLongInt(n) => json!(n),
+        AMQPValue::Timestamp(n) => json!(n),
+        AMQPValue::Float(f) => json!(f),
+        AMQPValue::Double(f) => json!(f),
+        AMQPValue::DecimalValue(d) => json!(d.value as f64 / 10f64.powi(d.scale as i32)),
+        AMQPValue::ShortString(s) => J::String(s.as_str().to_owned()),
+        AMQPValue::LongString(s) => J::String(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ByteArray(b) => J::String(String::from_utf8_lossy(b.as_slice()).into_owned()),
+        AMQPValue::FieldArray(a) => J::Array(a.as_slice().iter().map(amqp_value_json).collect()),
+        AMQPValue::FieldTable(t) => field_table_json(t),
+        AMQPValue::Void => J::Null,
+    }
+}
+
+async fn unacked(
+    s: St,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(q): Q,
+) -> Result<Json<J>, ApiError> {
+    let count = count_param(&q, 100)?;
+    let v = vhost_or_404(&s, &vhost)?;
+    let queue = v.queue(&name).ok_or_else(not_found_err)?;
+    let (total, items) = queue.unacked(count);
+    let conns: HashMap<u64, Arc<ConnectionInfo>> = s
+        .broker
+        .connections()
+        .into_iter()
+        .map(|c| (c.id, c))
+        .collect();
+    let now = unix_ms();
+    let items: Vec<J> = items
+        .iter()
+        .map(|u| {
+            let (tag, holder) = match (&u.holder, &u.handle) {
+                (Holder::Consumer(_), Some(h)) => {
+                    (J::String(h.tag.clone()), Some((h.conn, h.session)))
+                }
+                (Holder::Consumer(_), None) => (J::Null, None),
+                (Holder::Get(key), _) => (J::Null, Some(split_channel_key(*key))),
+            };
+            let channel = holder
+                .and_then(|(conn, number)| conns.get(&conn).map(|c| (c, number)))
+                .map(|(c, number)| {
+                    json!({
+                        "name": format!("{} ({number})", c.name),
+                        "number": number,
+                        "connection_name": c.name,
+                        "peer_host": c.peer.ip().to_string(),
+                        "peer_port": c.peer.port(),
+                        "user": c.user,
+                        "node": s.node,
+                    })
+                })
+                .unwrap_or(J::Null);
+            json!({
+                // The tag is the channel's numbering, which the queue does
+                // not see; the channel and delivery time identify it.
+                "delivery_tag": null,
+                "consumer_tag": tag,
+                "channel_details": channel,
+                "delivered_at": u.delivered_at,
+                "held_for_ms": now.saturating_sub(u.delivered_at),
+                "redelivered": u.redelivered,
+                "exchange": u.message.exchange,
+                "routing_key": u.message.routing_key,
+                "payload_bytes": u.message.body.len(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"total": total, "items": items})))
+}
+
+/// The routing keys of a CC or BCC header; RabbitMQ refuses a non-array.
+fn cc_keys(h: &Table, name: &str) -> Result<Vec<String>, ApiError> {
+    match h.get(name) {
+        None => Ok(Vec::new()),
+        Some(Value::Array(items)) => Ok(items
+            .iter()
+            .filter_map(|i| i.as_str().map(str::to_owned))
+            .collect()),
+        Some(other) => Err(bad_request(format!(
+            "invalid message: {{unacceptable_type_in_header,\"{name}\",{}}}",
+            other.type_name()
+        ))),
+    }
+}
+
+fn step_json(st: &RouteStep) -> J {
+    if st.alternate {
+        return json!({
+            "source": st.source,
+            "destination": st.destination,
+            "destination_type": "exchange",
+            "alternate": true,
+        });
+    }
+    json!({
+        "source": st.source,
+        "destination": st.destination,
+        "destination_type": if st.to_queue { "queue" } else { "exchange" },
+        "routing_key": st.routing_key,
+        "arguments": table_to_json(&st.arguments),
+        "properties_key": properties_key(&st.routing_key, &st.arguments),
+    })
+}
+
+async fn route_test(
+    s: St,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<J>, ApiError> {
+    let v = vhost_or_404(&s, &vhost)?;
+    let ex = v
+        .exchange(exchange_name(&name))
+        .map_err(|_| not_found_err())?;
+    let m = body_object(&body)?;
+    let routing_key = match m.get("routing_key") {
+        None | Some(J::Null) => String::new(),
+        Some(J::String(k)) => k.clone(),
+        Some(other) => {
+            return Err(bad_request(format!(
+                "routing_key: expected a string, got {other}"
+            )))
+        }
+    };
+    let props = match m.get("properties") {
+        None | Some(J::Null) => Map::new(),
+        Some(J::Object(p)) => p.clone(),
+        Some(_) => return Err(bad_request("properties: expected a JSON object")),
+    };
+    // Headers may come on their own or inside the properties (as /publish).
+    let mut headers = Table::default();
+    for src in [props.get("headers"), m.get("headers")] {
+        match src {
+            None | Some(J::Null) => {}
+            Some(J::Object(h)) => {
+                for (k, val) in json::table_from_json(h).iter() {
+                    headers.insert(k, val.clone());
+                }
+            }
+            Some(_) => return Err(bad_request("headers: expected a JSON object")),
+        }
+    }
+    let mut extra = cc_keys(&headers, "CC")?;
+    extra.extend(cc_keys(&headers, "BCC")?);
+    let str_prop = |k: &str| -> Result<Option<String>, ApiError> {
+        match props.get(k) {
+            None | Some(J::Null) => Ok(None),
+            Some(J::String(v)) => Ok(Some(v.clone())),
+            Some(other) => Err(bad_request(format!("{k}: expected a string, got {other}"))),
+        }
+    };
+    let message_id = str_prop("message_id")?;
+    let correlation_id = str_prop("correlation_id")?;
+    let timestamp = match props.get("timestamp") {
+        None | Some(J::Null) => None,
+        Some(J::Number(n)) if n.as_u64().is_some() => n.as_u64(),
+        Some(other) => {
+            return Err(bad_request(format!(
+                "timestamp: expected a non-negative integer, got {other}"
+            )))
+        }
+    };
+    let input = RouteInput {
+        routing_key: &routing_key,
+        headers: Some(&headers),
+        message_id: message_id.as_deref(),
+        correlation_id: correlation_id.as_deref(),
+        timestamp,
+    };
+    let trace = v.route_trace(&ex, &input, &extra);
+    let queues: Vec<J> = trace
+        .queues
+        .iter()
+        .map(|(q, via)| {
+            json!({
+                "vhost": q.vhost,
+                "name": q.name,
+                "via": via.iter().map(step_json).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "routed": !queues.is_empty(),
+        "queues": queues,
+        "exchanges": trace.exchanges,
+    })))
+}

@@ -1,0 +1,814 @@
+//! Warren's extra management endpoints (peek, the unacked view, the routing
+//! tester) and RabbitMQ's message counters and rates, driven by lapin on
+//! the AMQP side and raw HTTP on the API side.
+
+mod common;
+
+use common::*;
+use futures_lite::stream::StreamExt;
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, ExchangeKind};
+use serde_json::{json, Value as J};
+use std::collections::BTreeSet;
+
+fn t() -> FieldTable {
+    FieldTable::default()
+}
+
+async fn get_json(s: &warren::server::Server, path: &str) -> J {
+    let (status, body) = raw(s, "GET", path, Some(GUEST), "").await;
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+async fn queue(ch: &Channel, name: &str, durable: bool) {
+    ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions {
+            durable,
+            ..Default::default()
+        },
+        t(),
+    )
+    .await
+    .unwrap();
+}
+
+async fn exchange(ch: &Channel, name: &str, kind: ExchangeKind, args: FieldTable) {
+    ch.exchange_declare(name.into(), kind, ExchangeDeclareOptions::default(), args)
+        .await
+        .unwrap();
+}
+
+async fn bind(ch: &Channel, q: &str, ex: &str, key: &str, args: FieldTable) {
+    ch.queue_bind(
+        q.into(),
+        ex.into(),
+        key.into(),
+        QueueBindOptions::default(),
+        args,
+    )
+    .await
+    .unwrap();
+}
+
+async fn publish(ch: &Channel, ex: &str, key: &str, body: &[u8], props: BasicProperties) {
+    ch.basic_publish(
+        ex.into(),
+        key.into(),
+        BasicPublishOptions::default(),
+        body,
+        props,
+    )
+    .await
+    .unwrap();
+}
+
+fn long(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}
+
+#[tokio::test]
+async fn peek_shows_ready_messages_and_changes_nothing() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    queue(&ch, "peeked", false).await;
+    let mut h = FieldTable::default();
+    h.insert("who".into(), long("me"));
+    for i in 0..5 {
+        publish(
+            &ch,
+            "",
+            "peeked",
+            format!("m{i}").as_bytes(),
+            BasicProperties::default()
+                .with_content_type("text/plain".into())
+                .with_headers(h.clone()),
+        )
+        .await;
+    }
+    publish(
+        &ch,
+        "",
+        "peeked",
+        &[0xff, 0x00, 0x01],
+        BasicProperties::default(),
+    )
+    .await;
+    passive(&ch, "peeked").await.unwrap();
+
+    let j = get_json(&s, "/api/queues/%2F/peeked/peek?count=3&offset=1").await;
+    let items = j.as_array().unwrap();
+    assert_eq!(items.len(), 3, "{j}");
+    for (i, m) in items.iter().enumerate() {
+        assert_eq!(m["position"], 1 + i);
+        assert_eq!(m["payload"], format!("m{}", i + 1));
+        assert_eq!(m["payload_encoding"], "string");
+        assert_eq!(m["payload_bytes"], 2);
+        assert_eq!(m["redelivered"], false);
+        assert_eq!(m["exchange"], "");
+        assert_eq!(m["routing_key"], "peeked");
+        assert_eq!(m["message_count"], 6);
+        assert_eq!(m["properties"]["content_type"], "text/plain");
+        assert_eq!(m["properties"]["headers"]["who"], "me");
+    }
+    // Default count, binary payloads, encoding and truncation.
+    let j = get_json(&s, "/api/queues/%2F/peeked/peek").await;
+    assert_eq!(j.as_array().unwrap().len(), 6);
+    assert_eq!(j[5]["payload_encoding"], "base64");
+    assert_eq!(j[5]["payload"], "/wAB");
+    assert_eq!(j[5]["properties"], json!([]));
+    let j = get_json(
+        &s,
+        "/api/queues/%2F/peeked/peek?count=1&encoding=base64&truncate=1",
+    )
+    .await;
+    assert_eq!(
+        (j[0]["payload"].clone(), j[0]["payload_bytes"].clone()),
+        (json!("bQ=="), json!(2))
+    );
+    assert!(get_json(&s, "/api/queues/%2F/peeked/peek?offset=6").await == json!([]));
+
+    // Nothing moved: all still ready, no delivery counted.
+    let q = get_json(&s, "/api/queues/%2F/peeked").await;
+    assert_eq!(q["messages_ready"], 6);
+    assert_eq!(q["messages_unacknowledged"], 0);
+    assert_eq!(q["message_stats"]["deliver_get"], 0);
+    let got = ch
+        .basic_get("peeked".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.delivery.data, b"m0");
+    assert!(!got.delivery.redelivered, "peeking is not a delivery");
+    let second = ch
+        .basic_get("peeked".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!second.delivery.redelivered);
+
+    // Bad input and unknown objects.
+    for path in [
+        "/api/queues/%2F/peeked/peek?count=501",
+        "/api/queues/%2F/peeked/peek?count=x",
+        "/api/queues/%2F/peeked/peek?offset=-1",
+        "/api/queues/%2F/peeked/peek?encoding=hex",
+    ] {
+        let (status, body) = raw(&s, "GET", path, Some(GUEST), "").await;
+        assert_eq!(status, 400, "{path}: {body}");
+        let e: J = serde_json::from_str(&body).unwrap();
+        assert_eq!(e["error"], "bad_request");
+    }
+    let (status, _) = raw(&s, "GET", "/api/queues/%2F/nope/peek", Some(GUEST), "").await;
+    assert_eq!(status, 404);
+    let (status, _) = raw(&s, "GET", "/api/queues/nope/peeked/peek", Some(GUEST), "").await;
+    assert_eq!(status, 404);
+    let (status, _) = raw(&s, "GET", "/api/queues/%2F/peeked/peek", None, "").await;
+    assert_eq!(status, 401);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn peek_reads_a_durable_queue_from_disk_after_a_restart() {
+    let dir = temp_dir("peek-restart");
+    let cfg = |c: &mut warren::config::Config, dir: &std::path::Path| {
+        c.storage.data_dir = dir.to_owned();
+        // Bodies stay on disk only: peek must read them from there.
+        c.storage.queue_memory_mb = 0;
+    };
+    {
+        let s = start_with(|c| cfg(c, &dir)).await;
+        let c = connect(&s).await;
+        let ch = c.create_channel().await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        queue(&ch, "disk-peek", true).await;
+        for i in 0..300 {
+            ch.basic_publish(
+                "".into(),
+                "disk-peek".into(),
+                BasicPublishOptions::default(),
+                format!("body-{i}").as_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap();
+        }
+        ch.wait_for_confirms().await.unwrap();
+        let j = get_json(&s, "/api/queues/%2F/disk-peek/peek?count=2").await;
+        assert_eq!(
+            j[1]["payload"], "body-1",
+            "paged out before the restart too"
+        );
+        c.close(200, "bye".into()).await.unwrap();
+        s.shutdown().await;
+    }
+    let s = start_with(|c| cfg(c, &dir)).await;
+    let j = get_json(&s, "/api/queues/%2F/disk-peek/peek?count=10&offset=297").await;
+    let bodies: Vec<&str> = j
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["payload"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, vec!["body-297", "body-298", "body-299"]);
+    assert_eq!(j[0]["position"], 297);
+    assert_eq!(j[0]["properties"]["delivery_mode"], 2);
+    assert_eq!(j[0]["message_count"], 300);
+    let j = get_json(&s, "/api/queues/%2F/disk-peek/peek?count=1").await;
+    assert_eq!(j[0]["payload"], "body-0");
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    let got = ch
+        .basic_get("disk-peek".into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.delivery.data, b"body-0");
+    assert!(!got.delivery.redelivered);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn unacked_view_names_the_consumer_and_channel_until_acked() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    queue(&ch, "held", false).await;
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    for i in 0..3 {
+        publish(
+            &ch,
+            "",
+            "held",
+            format!("h{i}").as_bytes(),
+            BasicProperties::default(),
+        )
+        .await;
+    }
+    // One taken by basic.get, two by a consumer.
+    let got = ch
+        .basic_get("held".into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .unwrap();
+    let mut cons = ch
+        .basic_consume(
+            "held".into(),
+            "watcher".into(),
+            BasicConsumeOptions::default(),
+            t(),
+        )
+        .await
+        .unwrap();
+    let mut deliveries = Vec::new();
+    for _ in 0..2 {
+        deliveries.push(within(cons.next()).await.unwrap().unwrap());
+    }
+    let j = get_json(&s, "/api/queues/%2F/held/unacked").await;
+    assert_eq!(j["total"], 3, "{j}");
+    let items = j["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    let conn_name = get_json(&s, "/api/connections").await[0]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let after = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    // Oldest first: the get came before the consumer's deliveries.
+    assert_eq!(items[0]["consumer_tag"], J::Null);
+    assert_eq!(items[0]["routing_key"], "held");
+    assert_eq!(items[0]["payload_bytes"], 2);
+    for (i, it) in items.iter().enumerate() {
+        if i > 0 {
+            assert_eq!(it["consumer_tag"], "watcher");
+        }
+        let cd = &it["channel_details"];
+        assert_eq!(cd["number"], ch.id(), "{it}");
+        assert_eq!(cd["connection_name"], conn_name.as_str());
+        assert_eq!(cd["name"], format!("{conn_name} ({})", ch.id()));
+        assert_eq!(cd["user"], "guest");
+        assert_eq!(cd["peer_host"], "127.0.0.1");
+        assert!(cd["peer_port"].as_u64().unwrap() > 0);
+        let at = it["delivered_at"].as_u64().unwrap();
+        // The clock is coarse (a few ms).
+        assert!(
+            at + 50 >= before && at <= after + 50,
+            "{at} not in {before}..{after}"
+        );
+        assert!(it["held_for_ms"].as_u64().is_some());
+        assert_eq!(it["redelivered"], false);
+        if i > 0 {
+            assert!(at >= items[i - 1]["delivered_at"].as_u64().unwrap());
+        }
+    }
+    let j = get_json(&s, "/api/queues/%2F/held/unacked?count=1").await;
+    assert_eq!(
+        (j["total"].clone(), j["items"].as_array().unwrap().len()),
+        (json!(3), 1)
+    );
+    let (status, _) = raw(
+        &s,
+        "GET",
+        "/api/queues/%2F/held/unacked?count=9999",
+        Some(GUEST),
+        "",
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    // Held messages leave the view as they are acked.
+    got.ack(BasicAckOptions::default()).await.unwrap();
+    deliveries[0].ack(BasicAckOptions::default()).await.unwrap();
+    eventually(|| async { get_json(&s, "/api/queues/%2F/held/unacked").await["total"] == 1 }).await;
+    let j = get_json(&s, "/api/queues/%2F/held/unacked").await;
+    assert_eq!(j["items"][0]["consumer_tag"], "watcher");
+    // Requeued and redelivered: the view says so.
+    deliveries[1]
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let again = within(cons.next()).await.unwrap().unwrap();
+    assert!(again.redelivered);
+    eventually(|| async {
+        let j = get_json(&s, "/api/queues/%2F/held/unacked").await;
+        j["total"] == 1 && j["items"][0]["redelivered"] == true
+    })
+    .await;
+    again.ack(BasicAckOptions::default()).await.unwrap();
+    eventually(|| async { get_json(&s, "/api/queues/%2F/held/unacked").await["total"] == 0 }).await;
+    assert_eq!(
+        get_json(&s, "/api/queues/%2F/held/unacked").await["items"],
+        json!([])
+    );
+    s.shutdown().await;
+}
+
+/// The queues a route-test reaches, by name.
+fn tested(j: &J) -> BTreeSet<String> {
+    j["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The queues that hold a message now (each drained), after a round trip.
+async fn reached(ch: &Channel, queues: &[&str]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for q in queues {
+        passive(ch, q).await.unwrap();
+        let mut any = false;
+        while ch
+            .basic_get((*q).into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+            .is_some()
+        {
+            any = true;
+        }
+        if any {
+            out.insert((*q).to_owned());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn route_test_explains_what_a_publish_does() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    let qs = ["rt-q1", "rt-q2", "rt-q3", "rt-q4", "rt-q5"];
+    for q in qs {
+        queue(&ch, q, false).await;
+    }
+    exchange(&ch, "rt-direct", ExchangeKind::Direct, t()).await;
+    exchange(&ch, "rt-topic", ExchangeKind::Topic, t()).await;
+    exchange(&ch, "rt-headers", ExchangeKind::Headers, t()).await;
+    exchange(&ch, "rt-ae", ExchangeKind::Fanout, t()).await;
+    let mut ae = FieldTable::default();
+    ae.insert("alternate-exchange".into(), long("rt-ae"));
+    exchange(&ch, "rt-main", ExchangeKind::Direct, ae).await;
+    bind(&ch, "rt-q1", "rt-direct", "a", t()).await;
+    bind(&ch, "rt-q5", "rt-direct", "b", t()).await;
+    bind(&ch, "rt-q2", "rt-topic", "a.#", t()).await;
+    ch.exchange_bind(
+        "rt-headers".into(),
+        "rt-topic".into(),
+        "a.*".into(),
+        ExchangeBindOptions::default(),
+        t(),
+    )
+    .await
+    .unwrap();
+    let mut hargs = FieldTable::default();
+    hargs.insert("x-match".into(), long("all"));
+    hargs.insert("k".into(), long("v"));
+    bind(&ch, "rt-q3", "rt-headers", "", hargs).await;
+    bind(&ch, "rt-q4", "rt-ae", "", t()).await;
+    bind(&ch, "rt-q1", "rt-main", "main", t()).await;
+
+    let test = |ex: &'static str, body: J| {
+        let s = &s;
+        async move {
+            let (status, text) = raw(
+                s,
+                "POST",
+                &format!("/api/exchanges/%2F/{ex}/route-test"),
+                Some(GUEST),
+                &body.to_string(),
+            )
+            .await;
+            assert_eq!(status, 200, "{text}");
+            serde_json::from_str::<J>(&text).unwrap()
+        }
+    };
+    let set = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<BTreeSet<_>>();
+
+    // Direct.
+    let j = test("rt-direct", json!({"routing_key": "a"})).await;
+    assert_eq!(tested(&j), set(&["rt-q1"]));
+    assert_eq!(j["routed"], true);
+    assert_eq!(j["exchanges"], json!(["rt-direct"]));
+    assert_eq!(
+        j["queues"][0],
+        json!({"vhost": "/", "name": "rt-q1", "via": [{
+            "source": "rt-direct", "destination": "rt-q1", "destination_type": "queue",
+            "routing_key": "a", "arguments": {}, "properties_key": "a"}]})
+    );
+    // Nothing was published by the test.
+    assert_eq!(reached(&ch, &qs).await, BTreeSet::new());
+    let x = get_json(&s, "/api/exchanges/%2F/rt-direct").await;
+    assert_eq!(x["message_stats"]["publish_in"], 0);
+    publish(&ch, "rt-direct", "a", b"x", BasicProperties::default()).await;
+    assert_eq!(reached(&ch, &qs).await, tested(&j));
+
+    // Topic, through an exchange-to-exchange binding into headers.
+    let with_header = json!({"routing_key": "a.b", "properties": {"headers": {"k": "v"}}});
+    let j = test("rt-topic", with_header).await;
+    assert_eq!(tested(&j), set(&["rt-q2", "rt-q3"]));
+    assert_eq!(j["exchanges"], json!(["rt-topic", "rt-headers"]));
+    let q3 = j["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "rt-q3")
+        .unwrap();
+    let via = q3["via"].as_array().unwrap();
+    assert_eq!(via.len(), 2);
+    assert_eq!(via[0]["destination"], "rt-headers");
+    assert_eq!(via[0]["destination_type"], "exchange");
+    assert_eq!(via[0]["routing_key"], "a.*");
+    assert_eq!(via[1]["source"], "rt-headers");
+    assert_eq!(via[1]["arguments"], json!({"x-match": "all", "k": "v"}));
+    let mut h = FieldTable::default();
+    h.insert("k".into(), long("v"));
+    publish(
+        &ch,
+        "rt-topic",
+        "a.b",
+        b"x",
+        BasicProperties::default().with_headers(h),
+    )
+    .await;
+    assert_eq!(reached(&ch, &qs).await, tested(&j));
+    // The same key without the header: headers at the top level this time.
+    let j = test(
+        "rt-topic",
+        json!({"routing_key": "a.b", "headers": {"k": "w"}}),
+    )
+    .await;
+    assert_eq!(tested(&j), set(&["rt-q2"]));
+    let mut h = FieldTable::default();
+    h.insert("k".into(), long("w"));
+    publish(
+        &ch,
+        "rt-topic",
+        "a.b",
+        b"x",
+        BasicProperties::default().with_headers(h),
+    )
+    .await;
+    assert_eq!(reached(&ch, &qs).await, tested(&j));
+
+    // Alternate exchange: unroutable in rt-main, taken by rt-ae.
+    let j = test("rt-main", json!({"routing_key": "elsewhere"})).await;
+    assert_eq!(tested(&j), set(&["rt-q4"]));
+    assert_eq!(
+        j["queues"][0]["via"][0],
+        json!({"source": "rt-main", "destination": "rt-ae", "destination_type": "exchange", "alternate": true})
+    );
+    assert_eq!(j["exchanges"], json!(["rt-main", "rt-ae"]));
+    publish(
+        &ch,
+        "rt-main",
+        "elsewhere",
+        b"x",
+        BasicProperties::default(),
+    )
+    .await;
+    assert_eq!(reached(&ch, &qs).await, tested(&j));
+    // Routable in rt-main: the alternate is not used.
+    let j = test("rt-main", json!({"routing_key": "main"})).await;
+    assert_eq!(tested(&j), set(&["rt-q1"]));
+
+    // CC and BCC add routing keys.
+    let cc = json!({"routing_key": "zz", "properties": {"headers": {"CC": ["a"], "BCC": ["b"]}}});
+    let j = test("rt-direct", cc).await;
+    assert_eq!(tested(&j), set(&["rt-q1", "rt-q5"]));
+    let keys = |ks: &[&str]| {
+        AMQPValue::FieldArray(FieldArray::from(
+            ks.iter().map(|k| long(k)).collect::<Vec<_>>(),
+        ))
+    };
+    let mut h = FieldTable::default();
+    h.insert("CC".into(), keys(&["a"]));
+    h.insert("BCC".into(), keys(&["b"]));
+    publish(
+        &ch,
+        "rt-direct",
+        "zz",
+        b"x",
+        BasicProperties::default().with_headers(h),
+    )
+    .await;
+    assert_eq!(reached(&ch, &qs).await, tested(&j));
+
+    // The default exchange, and nothing at all.
+    let j = test("amq.default", json!({"routing_key": "rt-q5"})).await;
+    assert_eq!(tested(&j), set(&["rt-q5"]));
+    assert_eq!(j["queues"][0]["via"][0]["source"], "");
+    let j = test("rt-direct", json!({"routing_key": "nobody"})).await;
+    assert_eq!(j["routed"], false);
+    assert_eq!(j["queues"], json!([]));
+
+    // Errors.
+    let (status, _) = raw(
+        &s,
+        "POST",
+        "/api/exchanges/%2F/nope/route-test",
+        Some(GUEST),
+        "{}",
+    )
+    .await;
+    assert_eq!(status, 404);
+    for body in [
+        r#"{"routing_key": 5}"#,
+        r#"{"properties": {"headers": {"CC": "a"}}}"#,
+        "[1]",
+        "{not json",
+    ] {
+        let (status, text) = raw(
+            &s,
+            "POST",
+            "/api/exchanges/%2F/rt-direct/route-test",
+            Some(GUEST),
+            body,
+        )
+        .await;
+        assert_eq!(status, 400, "{body}: {text}");
+    }
+    // The tests themselves counted nothing.
+    let x = get_json(&s, "/api/exchanges/%2F/rt-direct").await;
+    assert_eq!(x["message_stats"]["publish_in"], 2, "{x}");
+    s.shutdown().await;
+}
+
+fn prom(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l[series.len()..].trim().parse().ok())
+}
+
+#[tokio::test]
+async fn message_counters_move_and_rates_are_sampled() {
+    // Rates sampled every 200 ms instead of RabbitMQ's 5 s.
+    let s = start_with(|c| c.management.collect_statistics_interval = 200).await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    exchange(&ch, "rates-x", ExchangeKind::Direct, t()).await;
+    queue(&ch, "rates-q", false).await;
+    bind(&ch, "rates-q", "rates-x", "k", t()).await;
+    const N: u64 = 20;
+    for i in 0..N {
+        publish(
+            &ch,
+            "rates-x",
+            "k",
+            format!("{i}").as_bytes(),
+            BasicProperties::default(),
+        )
+        .await;
+    }
+    ch.wait_for_confirms().await.unwrap();
+    let mut cons = ch
+        .basic_consume(
+            "rates-q".into(),
+            "rc".into(),
+            BasicConsumeOptions::default(),
+            t(),
+        )
+        .await
+        .unwrap();
+    for _ in 0..N {
+        let d = within(cons.next()).await.unwrap().unwrap();
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    ch.basic_cancel("rc".into(), BasicCancelOptions::default())
+        .await
+        .unwrap();
+    // get (requeued, then redelivered), get_no_ack, get_empty.
+    publish(&ch, "rates-x", "k", b"g", BasicProperties::default()).await;
+    let g = ch
+        .basic_get("rates-q".into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .unwrap();
+    g.reject(BasicRejectOptions { requeue: true })
+        .await
+        .unwrap();
+    let g = ch
+        .basic_get("rates-q".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(g.delivery.redelivered);
+    assert!(ch
+        .basic_get("rates-q".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .is_none());
+    // Unroutable: one returned (mandatory), one dropped.
+    ch.basic_publish(
+        "rates-x".into(),
+        "nowhere".into(),
+        BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        },
+        b"r",
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap();
+    publish(&ch, "rates-x", "nowhere", b"d", BasicProperties::default()).await;
+    ch.wait_for_confirms().await.unwrap();
+    let pubs = N + 3;
+
+    // The channel's counts reach its snapshot within a second.
+    eventually(|| async {
+        let chans = get_json(&s, "/api/channels").await;
+        chans[0]["message_stats"]["publish"] == pubs
+    })
+    .await;
+    let chans = get_json(&s, "/api/channels").await;
+    let m = &chans[0]["message_stats"];
+    let expect = [
+        ("publish", pubs),
+        ("confirm", pubs),
+        ("deliver", N),
+        ("deliver_no_ack", 0),
+        ("get", 1),
+        ("get_no_ack", 1),
+        ("get_empty", 1),
+        ("deliver_get", N + 2),
+        ("ack", N),
+        ("redeliver", 1),
+        ("return_unroutable", 1),
+        ("drop_unroutable", 1),
+    ];
+    for (k, v) in expect {
+        assert_eq!(m[k], v, "channel {k}: {m}");
+        assert!(m[format!("{k}_details")]["rate"].is_f64(), "{k}");
+    }
+    let o = get_json(&s, "/api/overview").await;
+    let m = &o["message_stats"];
+    for (k, v) in expect {
+        assert_eq!(m[k], v, "overview {k}: {m}");
+        assert!(m[format!("{k}_details")]["rate"].is_f64(), "{k}");
+    }
+    let q = get_json(&s, "/api/queues/%2F/rates-q").await;
+    let m = &q["message_stats"];
+    for (k, v) in [
+        ("publish", N + 1),
+        ("deliver", N),
+        ("get", 1),
+        ("get_no_ack", 1),
+        ("get_empty", 1),
+        ("deliver_get", N + 2),
+        ("ack", N),
+        ("redeliver", 1),
+    ] {
+        assert_eq!(m[k], v, "queue {k}: {m}");
+    }
+    let x = get_json(&s, "/api/exchanges/%2F/rates-x").await;
+    assert_eq!(x["message_stats"]["publish_in"], pubs);
+    assert_eq!(x["message_stats"]["publish_out"], N + 1);
+
+    // Prometheus, with rabbitmq_prometheus's names.
+    let (_, text) = raw(&s, "GET", "/metrics", None, "").await;
+    for (series, v) in [
+        ("rabbitmq_global_messages_received_total", pubs),
+        ("rabbitmq_global_messages_confirmed_total", pubs),
+        ("rabbitmq_global_messages_redelivered_total", 1),
+        ("rabbitmq_global_messages_unroutable_returned_total", 1),
+        ("rabbitmq_global_messages_unroutable_dropped_total", 1),
+        ("rabbitmq_global_messages_delivered_total", N + 2),
+        (
+            "rabbitmq_global_messages_delivered_consume_manual_ack_total",
+            N,
+        ),
+        ("rabbitmq_global_messages_delivered_get_manual_ack_total", 1),
+        ("rabbitmq_global_messages_delivered_get_auto_ack_total", 1),
+        ("rabbitmq_global_messages_get_empty_total", 1),
+        ("rabbitmq_global_messages_acknowledged_total", N),
+        ("rabbitmq_channel_messages_published_total", pubs),
+        ("rabbitmq_channel_messages_confirmed_total", pubs),
+        ("rabbitmq_channel_messages_acked_total", N),
+        ("rabbitmq_queue_messages_published_total", N + 1),
+    ] {
+        assert_eq!(prom(&text, series), Some(v as f64), "{series}\n{text}");
+    }
+    let (_, text) = raw(&s, "GET", "/metrics/per-object", None, "").await;
+    assert_eq!(
+        prom(
+            &text,
+            "rabbitmq_queue_messages_published_total{vhost=\"/\",queue=\"rates-q\"}"
+        ),
+        Some((N + 1) as f64),
+        "{text}"
+    );
+    assert!(text.contains("rabbitmq_channel_messages_published_total{channel=\""));
+
+    // Rates: publish steadily until every level has sampled a rate > 0.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pub_ch = c.create_channel().await.unwrap();
+    let flag = stop.clone();
+    let publisher = tokio::spawn(async move {
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            publish(&pub_ch, "rates-x", "k", b"r", BasicProperties::default()).await;
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    });
+    eventually(|| async {
+        let o = get_json(&s, "/api/overview").await;
+        let q = get_json(&s, "/api/queues/%2F/rates-q").await;
+        let x = get_json(&s, "/api/exchanges/%2F/rates-x").await;
+        let chans = get_json(&s, "/api/channels").await;
+        let rate = |j: &J| j["rate"].as_f64().unwrap_or(0.0);
+        rate(&o["message_stats"]["publish_details"]) > 0.0
+            && rate(&q["message_stats"]["publish_details"]) > 0.0
+            && rate(&x["message_stats"]["publish_in_details"]) > 0.0
+            && rate(&x["message_stats"]["publish_out_details"]) > 0.0
+            && chans
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| rate(&c["message_stats"]["publish_details"]) > 0.0)
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    publisher.await.unwrap();
+    // And a quiet period brings them back to zero.
+    eventually(|| async {
+        let o = get_json(&s, "/api/overview").await;
+        o["message_stats"]["publish_details"]["rate"] == 0.0
+    })
+    .await;
+    s.shutdown().await;
+}
+
+#[test]
+fn collect_statistics_interval_is_configurable_and_checked() {
+    let c = warren::config::Config::parse(
+        "[management]\ncollect_statistics_interval = 250\n",
+        "x.toml",
+    )
+    .unwrap();
+    assert_eq!(c.management.collect_statistics_interval, 250);
+    let e =
+        warren::config::Config::parse("[management]\ncollect_statistics_interval = 0\n", "x.toml")
+            .unwrap_err();
+    assert!(
+        e.0.contains("management.collect_statistics_interval"),
+        "{}",
+        e.0
+    );
+}
