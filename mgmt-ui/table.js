@@ -79,6 +79,9 @@ export class PagedTable {
       r = await list(this.path(), { ...this.state, columns: this.fields });
     } catch (e) {
       if (seq !== this.seq) return;
+      // The list shrank under a later page (RabbitMQ answers 400 for a page
+      // past the end): go back to the first one.
+      if (e.status === 400 && this.state.page > 1) return this.set({ page: 1 });
       this.error.textContent = e.message;
       this.error.hidden = false;
       return;

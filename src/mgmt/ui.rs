@@ -52,7 +52,10 @@ static ASSETS: &[Asset] = &[
 
 /// The dashboard's routes, merged outside the API's auth layer.
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    let mut r = Router::new().route("/", get(|h: HeaderMap| async move { serve(&ASSETS[0], &h) }));
+    let mut r = Router::new().route(
+        "/",
+        get(|h: HeaderMap| async move { serve(&ASSETS[0], &h) }),
+    );
     for a in ASSETS {
         r = r.route(a.path, get(move |h: HeaderMap| async move { serve(a, &h) }));
     }
