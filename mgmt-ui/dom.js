@@ -39,7 +39,9 @@ export function fmtNum(n) {
 
 export function fmtRate(r) {
   if (r === undefined || r === null) return '–';
-  return `${r >= 100 ? Math.round(r).toLocaleString('en-US') : Number(r).toFixed(1)}/s`;
+  const v = Number(r);
+  const digits = v >= 100 ? 0 : v > 0 && v < 1 ? 2 : 1;
+  return `${v.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits })}/s`;
 }
 
 export function fmtBytes(n) {

@@ -73,7 +73,7 @@ async function step(name, needs, fn) {
     error = e;
   }
   try {
-    await page.screenshot({ path: shot, fullPage: true });
+    await snapshot(shot);
   } catch (e) {
     console.log(`  (screenshot failed: ${e.message})`);
   }
@@ -81,6 +81,20 @@ async function step(name, needs, fn) {
   results.push({ name, needs, ok: !error, error, shot });
   console.log(`${error ? 'FAIL' : 'ok  '} ${name} (${ms} ms) -> ${shot}`);
   if (error) console.log(`     ${String(error.message).split('\n').slice(0, 6).join('\n     ')}`);
+}
+
+/**
+ * A full-page screenshot. The sticky header is unstuck first, or it would
+ * be drawn over the middle of a long page.
+ */
+async function snapshot(path) {
+  await page.addStyleTag({ content: 'header#top { position: static !important; }' }).catch(() => {});
+  await page.screenshot({ path, fullPage: true });
+}
+
+/** An extra screenshot inside step `n` (e.g. before the step changes the page again). */
+async function snap(label) {
+  await snapshot(join(ARTIFACTS, `${String(n).padStart(2, '0')}-${label}.png`));
 }
 
 /** Waits until an element matching `sel` contains `text`. */
@@ -184,6 +198,7 @@ await step('get the message back in the UI', ['POST /api/queues/{vhost}/{name}/g
   // Peeking twice before left it unmarked; getting with requeue marks it.
   await see('[data-role=get-result] [data-role=redelivered]', 'Redelivered: no');
   await waitFigure('Ready', 1);
+  await snap('first-get');
   await form.locator('button[type=submit]').click();
   await see('[data-role=get-result] [data-role=redelivered]', 'Redelivered: yes');
 });
@@ -204,6 +219,7 @@ await step('routing tester shows the bound queue', ['POST /api/exchanges/{vhost}
   await form.locator('button[type=submit]').click();
   await see('[data-role=route-queues] a', QUEUE);
   await see('[data-role=route-queues] td.via', BINDING_KEY);
+  await snap('routed');
   await form.locator('input[name=routing_key]').fill('nothing.matches.this');
   await form.locator('button[type=submit]').click();
   await see('[data-role=unroutable]', 'Not routed');
