@@ -219,7 +219,7 @@ export function page(root, ctx) {
                   return el(
                     'tr',
                     { class: held > 60000 ? 'stale' : '' },
-                    el('td', { class: 'num' }, m.delivery_tag),
+                    el('td', { class: 'num' }, m.delivery_tag ?? '–'),
                     el('td', {}, m.consumer_tag === null ? el('i', {}, 'basic.get') : el('code', {}, m.consumer_tag)),
                     el('td', {}, ch.connection_name ? link('connections', null, ch.connection_name, ch.name || `${ch.connection_name} (${ch.number})`) : '–'),
                     el('td', {}, [ch.user, ch.peer_host ? `${ch.peer_host}:${ch.peer_port}` : null].filter(Boolean).join(' @ ')),

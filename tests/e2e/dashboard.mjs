@@ -37,7 +37,7 @@ const BINDING_KEY = env('E2E_BINDING_KEY');
 const ROUTE_KEY = env('E2E_ROUTE_KEY');
 const ARTIFACTS = env('E2E_ARTIFACTS');
 const CHROMIUM = env('CHROMIUM', '/usr/bin/chromium');
-const TIMEOUT = Number(env('E2E_STEP_TIMEOUT_MS', '5000'));
+const TIMEOUT = Number(env('E2E_STEP_TIMEOUT_MS', '8000'));
 const PAYLOAD = `hello from the dashboard ${Date.now()}`;
 
 mkdirSync(ARTIFACTS, { recursive: true });
@@ -53,9 +53,10 @@ page.on('pageerror', (e) => pageErrors.push(e.message));
 page.on('console', (m) => {
   if (m.type() === 'error') console.log(`  [browser console] ${m.text()}`);
 });
-// The queue and exchange pages ask before destructive actions; this
-// scenario never confirms one by accident.
-page.on('dialog', (d) => d.dismiss());
+// Pages ask before destructive actions; this scenario confirms only where
+// a step says so, never by accident.
+let acceptDialogs = false;
+page.on('dialog', (d) => (acceptDialogs ? d.accept() : d.dismiss()));
 
 const enc = encodeURIComponent;
 const results = [];
@@ -172,6 +173,20 @@ await step('queue page shows figures and bindings', [], async () => {
   await see('[data-role=queue-bindings] td code', BINDING_KEY);
 });
 
+await step('bind and unbind from the queue page', ['POST/DELETE /api/bindings/{vhost}/e/{source}/q/{queue}'], async () => {
+  const form = page.locator('form[data-role=bind]');
+  await form.locator('input[name=source]').fill('amq.topic');
+  // A key with characters that need quoting in the binding's URL.
+  await form.locator('input[name=routing_key]').fill('audit.* #x');
+  await form.locator('button[type=submit]').click();
+  const row = page.locator('[data-role=queue-bindings] tr', { has: page.locator('code', { hasText: 'audit.* #x' }) });
+  await row.first().waitFor({ state: 'visible' });
+  await snap('bound');
+  await row.locator('button', { hasText: 'Unbind' }).click();
+  await row.first().waitFor({ state: 'detached' });
+  await see('[data-role=queue-bindings] td code', BINDING_KEY);
+});
+
 await step('publish a message from the queue page', ['POST /api/exchanges/{vhost}/{name}/publish'], async () => {
   const form = page.locator('form[data-role=publish]');
   await form.locator('textarea[name=payload]').fill(PAYLOAD);
@@ -229,6 +244,28 @@ await step('admin tab lists users and virtual hosts', [], async () => {
   await page.click('#tabs a[data-tab=admin]');
   await see('[data-role=users] td', 'guest');
   await see('[data-role=vhosts] td', '/');
+});
+
+await step('admin adds a user with permissions, then deletes it', ['PUT/DELETE /api/users/{name}', 'PUT /api/permissions/{vhost}/{user}'], async () => {
+  const user = `e2e-user-${Date.now()}`;
+  await page.fill('input[name=username]', user);
+  await page.fill('input[name=new-password]', 'secret-e2e');
+  await page.fill('input[name=tags]', 'management');
+  await page.click('button:has-text("Save user")');
+  const row = page.locator('[data-role=users] tr', { has: page.locator('td', { hasText: new RegExp(`^${user}$`) }) });
+  await row.first().waitFor({ state: 'visible' });
+  await page.fill('input[name=perm-user]', user);
+  await page.click('button:has-text("Set permission")');
+  await page.locator('[data-role=permissions] tr', { has: page.locator('td', { hasText: new RegExp(`^${user}$`) }) }).first().waitFor({ state: 'visible' });
+  await row.locator('td', { hasText: /^\/$/ }).first().waitFor({ state: 'visible' });
+  await snap('user-added');
+  acceptDialogs = true;
+  try {
+    await row.locator('button', { hasText: 'Delete' }).click();
+    await row.first().waitFor({ state: 'detached' });
+  } finally {
+    acceptDialogs = false;
+  }
 });
 
 await step('no uncaught script errors', [], async () => {
