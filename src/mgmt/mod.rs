@@ -14,6 +14,7 @@ mod json;
 mod metrics;
 mod objects;
 mod paging;
+mod ui;
 
 use crate::broker::{Broker, BrokerError, ErrorKind, ExchangeOptions, QueueOptions};
 use axum::body::Bytes;
@@ -93,6 +94,8 @@ pub fn router(state: Arc<MgmtState>) -> Router {
         // Added after the auth layer: Prometheus scrapes without a login.
         .route("/metrics", get(metrics_aggregated))
         .route("/metrics/per-object", get(metrics_per_object))
+        // The dashboard's static files: no login (the API calls carry it).
+        .merge(ui::routes())
         .with_state(state)
 }
 

@@ -1,0 +1,149 @@
+// Small line charts on canvas: a rolling window of samples per series,
+// redrawn whole on each push (a few hundred points: cheaper than a library).
+
+import { el } from './dom.js';
+
+const COLORS = ['#2f6fde', '#e0822a', '#2e9b5a', '#b2399e', '#7a5af8'];
+
+export class LineChart {
+  /**
+   * `series`: [{label}], `format`: value -> axis text, `points`: samples kept.
+   */
+  constructor(title, series, { format = (v) => String(v), points = 60 } = {}) {
+    this.series = series.map((s, i) => ({ ...s, color: s.color || COLORS[i % COLORS.length], values: [] }));
+    this.format = format;
+    this.points = points;
+    this.times = [];
+    this.canvas = el('canvas', { class: 'chart-canvas', height: 140 });
+    this.legend = el('div', { class: 'legend' });
+    this.node = el('div', { class: 'chart' }, el('div', { class: 'chart-title' }, title), this.canvas, this.legend);
+    this.resize = () => this.draw();
+    window.addEventListener('resize', this.resize);
+  }
+
+  /** Adds one sample (values in series order) and redraws. */
+  push(values, t = Date.now()) {
+    this.times.push(t);
+    this.series.forEach((s, i) => s.values.push(Number(values[i]) || 0));
+    if (this.times.length > this.points) {
+      this.times.shift();
+      for (const s of this.series) s.values.shift();
+    }
+    this.draw();
+  }
+
+  destroy() {
+    window.removeEventListener('resize', this.resize);
+  }
+
+  draw() {
+    const c = this.canvas;
+    const dpr = window.devicePixelRatio || 1;
+    const w = c.clientWidth || 300;
+    const h = c.clientHeight || 140;
+    if (c.width !== Math.round(w * dpr) || c.height !== Math.round(h * dpr)) {
+      c.width = Math.round(w * dpr);
+      c.height = Math.round(h * dpr);
+    }
+    const g = c.getContext('2d');
+    g.setTransform(dpr, 0, 0, dpr, 0, 0);
+    g.clearRect(0, 0, w, h);
+    const left = 52;
+    const right = 8;
+    const top = 8;
+    const bottom = 18;
+    const pw = w - left - right;
+    const ph = h - top - bottom;
+    let max = 0;
+    for (const s of this.series) for (const v of s.values) max = Math.max(max, v);
+    const scale = niceMax(max);
+    g.font = '11px system-ui, sans-serif';
+    g.fillStyle = '#6b7280';
+    g.strokeStyle = '#e5e7eb';
+    g.lineWidth = 1;
+    g.textAlign = 'right';
+    g.textBaseline = 'middle';
+    for (let i = 0; i <= 4; i++) {
+      const y = top + ph - (ph * i) / 4;
+      g.beginPath();
+      g.moveTo(left, Math.round(y) + 0.5);
+      g.lineTo(left + pw, Math.round(y) + 0.5);
+      g.stroke();
+      g.fillText(this.format((scale * i) / 4), left - 6, y);
+    }
+    const n = this.times.length;
+    if (n > 0) {
+      const span = Math.max(1, this.times[n - 1] - this.times[0]);
+      g.textAlign = 'left';
+      g.textBaseline = 'top';
+      g.fillText(n > 1 ? `last ${Math.round(span / 1000)}s` : 'collecting…', left, top + ph + 4);
+      const xOf = (i) => (n === 1 ? left + pw : left + (pw * (this.times[i] - this.times[0])) / span);
+      for (const s of this.series) {
+        g.strokeStyle = s.color;
+        g.lineWidth = 2;
+        g.beginPath();
+        s.values.forEach((v, i) => {
+          const x = xOf(i);
+          const y = top + ph - (ph * v) / scale;
+          if (i === 0) g.moveTo(x, y);
+          else g.lineTo(x, y);
+        });
+        g.stroke();
+        if (n === 1) {
+          g.fillStyle = s.color;
+          g.fillRect(xOf(0) - 2, top + ph - (ph * s.values[0]) / scale - 2, 4, 4);
+        }
+      }
+    }
+    this.legend.replaceChildren(
+      ...this.series.map((s) =>
+        el('span', { class: 'item' }, el('i', { style: `background:${s.color}` }), `${s.label} `, el('b', {}, s.values.length ? this.format(s.values[s.values.length - 1]) : '–')),
+      ),
+    );
+  }
+}
+
+/** A round axis maximum above `v` (1, 2, 5 × 10^n), at least 1. */
+export function niceMax(v) {
+  if (!(v > 0)) return 1;
+  const p = 10 ** Math.floor(Math.log10(v));
+  for (const m of [1, 2, 5, 10]) if (v <= m * p) return m * p;
+  return 10 * p;
+}
+
+/**
+ * Turns successive counter readings into per-second rates when the server's
+ * `*_details.rate` is missing (it is read first when present).
+ */
+export class RateTracker {
+  constructor() {
+    this.last = null;
+  }
+
+  /** `stats`: message_stats; `keys`: e.g. ['publish', 'deliver_get', 'ack']. */
+  rates(stats, keys, t = Date.now()) {
+    const s = stats || {};
+    const out = keys.map((k) => {
+      const d = s[`${k}_details`];
+      if (d && typeof d.rate === 'number') return d.rate;
+      if (this.last && typeof s[k] === 'number' && typeof this.last.s[k] === 'number') {
+        const dt = (t - this.last.t) / 1000;
+        return dt > 0 ? Math.max(0, (s[k] - this.last.s[k]) / dt) : 0;
+      }
+      return 0;
+    });
+    this.last = { s: { ...s }, t };
+    return out;
+  }
+}
+
+/** A horizontal usage bar (memory, disk, descriptors). */
+export function usageBar(used, total, { alarm = false, format = String } = {}) {
+  const pct = total > 0 ? Math.min(100, (100 * used) / total) : 0;
+  return el(
+    'div',
+    { class: `usage ${alarm ? 'alarm' : pct > 80 ? 'warn' : ''}`, title: `${format(used)} of ${format(total)}` },
+    el('div', { class: 'fill', style: `width:${pct.toFixed(1)}%` }),
+    el('span', {}, `${format(used)} / ${format(total)}`),
+  );
+}

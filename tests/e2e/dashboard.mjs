@@ -1,0 +1,282 @@
+// The dashboard's end-to-end scenario in headless Chromium (playwright-core,
+// the system's /usr/bin/chromium), against a running Warren. Run by
+// tests/ui_e2e.rs, which starts the broker and creates the AMQP objects
+// named in the environment:
+//   WARREN_URL        http://127.0.0.1:<management port>
+//   E2E_QUEUE         a queue declared over AMQP (empty)
+//   E2E_HELD_QUEUE    a queue whose one message a consumer holds unacked
+//   E2E_CONSUMER_TAG  that consumer's tag
+//   E2E_EXCHANGE      a topic exchange bound to E2E_QUEUE with E2E_BINDING_KEY
+//   E2E_BINDING_KEY   e.g. orders.*
+//   E2E_ROUTE_KEY     a key the binding matches, e.g. orders.created
+//   E2E_ARTIFACTS     where the screenshots go (one per step)
+//   CHROMIUM          the browser (default /usr/bin/chromium)
+// Every step runs even when an earlier one failed (each failure is listed
+// at the end, with the API endpoint it needs); the exit status is 1 if any
+// step failed.
+
+import { chromium } from 'playwright-core';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+
+const env = (k, d) => {
+  const v = process.env[k] ?? d;
+  if (v === undefined) {
+    console.error(`missing environment variable ${k}`);
+    process.exit(2);
+  }
+  return v;
+};
+
+const BASE = env('WARREN_URL').replace(/\/$/, '');
+const QUEUE = env('E2E_QUEUE');
+const HELD = env('E2E_HELD_QUEUE');
+const CTAG = env('E2E_CONSUMER_TAG');
+const EXCHANGE = env('E2E_EXCHANGE');
+const BINDING_KEY = env('E2E_BINDING_KEY');
+const ROUTE_KEY = env('E2E_ROUTE_KEY');
+const ARTIFACTS = env('E2E_ARTIFACTS');
+const CHROMIUM = env('CHROMIUM', '/usr/bin/chromium');
+const TIMEOUT = Number(env('E2E_STEP_TIMEOUT_MS', '8000'));
+const PAYLOAD = `hello from the dashboard ${Date.now()}`;
+
+mkdirSync(ARTIFACTS, { recursive: true });
+
+const browser = await chromium.launch({
+  executablePath: CHROMIUM,
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-background-networking'],
+});
+const page = await browser.newPage({ viewport: { width: 1366, height: 800 } });
+page.setDefaultTimeout(TIMEOUT);
+const pageErrors = [];
+page.on('pageerror', (e) => pageErrors.push(e.message));
+page.on('console', (m) => {
+  if (m.type() === 'error') console.log(`  [browser console] ${m.text()}`);
+});
+// Pages ask before destructive actions; this scenario confirms only where
+// a step says so, never by accident.
+let acceptDialogs = false;
+page.on('dialog', (d) => (acceptDialogs ? d.accept() : d.dismiss()));
+
+const enc = encodeURIComponent;
+const results = [];
+let n = 0;
+
+/** One step: runs `fn`, screenshots the page either way, records the outcome. */
+async function step(name, needs, fn) {
+  n += 1;
+  const shot = join(ARTIFACTS, `${String(n).padStart(2, '0')}-${name.replace(/[^a-z0-9]+/gi, '-').toLowerCase()}.png`);
+  const t0 = Date.now();
+  let error = null;
+  try {
+    await fn();
+  } catch (e) {
+    error = e;
+  }
+  try {
+    await snapshot(shot);
+  } catch (e) {
+    console.log(`  (screenshot failed: ${e.message})`);
+  }
+  const ms = Date.now() - t0;
+  results.push({ name, needs, ok: !error, error, shot });
+  console.log(`${error ? 'FAIL' : 'ok  '} ${name} (${ms} ms) -> ${shot}`);
+  if (error) console.log(`     ${String(error.message).split('\n').slice(0, 6).join('\n     ')}`);
+}
+
+/**
+ * A full-page screenshot. The sticky header is unstuck first, or it would
+ * be drawn over the middle of a long page.
+ */
+async function snapshot(path) {
+  await page.addStyleTag({ content: 'header#top { position: static !important; }' }).catch(() => {});
+  await page.screenshot({ path, fullPage: true });
+}
+
+/** An extra screenshot inside step `n` (e.g. before the step changes the page again). */
+async function snap(label) {
+  await snapshot(join(ARTIFACTS, `${String(n).padStart(2, '0')}-${label}.png`));
+}
+
+/** Waits until an element matching `sel` contains `text`. */
+function see(sel, text, root = page) {
+  return root.locator(sel, text === undefined ? {} : { hasText: text }).first().waitFor({ state: 'visible' });
+}
+
+async function figure(label) {
+  const f = page.locator('.figure', { has: page.locator('.label', { hasText: new RegExp(`^${label}$`) }) }).first();
+  return (await f.locator('.value').textContent()).replace(/,/g, '');
+}
+
+async function waitFigure(label, want) {
+  const deadline = Date.now() + TIMEOUT;
+  let last;
+  while (Date.now() < deadline) {
+    last = await figure(label).catch(() => undefined);
+    if (last === String(want)) return;
+    await page.waitForTimeout(100);
+  }
+  throw new Error(`figure "${label}" shows ${last}, expected ${want}`);
+}
+
+async function ensure(cond, message) {
+  if (!(await cond)) throw new Error(message);
+}
+
+// ---------------------------------------------------------------------------
+
+await step('wrong password shows an error', [], async () => {
+  await page.goto(`${BASE}/`);
+  await page.fill('input[name=username]', 'guest');
+  await page.fill('input[name=password]', 'not-the-password');
+  await page.click('#login-form button[type=submit]');
+  await see('#login-error', 'Login failed');
+  await ensure(page.locator('header#top').isHidden(), 'the header must stay hidden after a failed login');
+});
+
+await step('log in as guest', [], async () => {
+  await page.fill('input[name=password]', 'guest');
+  await page.click('#login-form button[type=submit]');
+  await see('#who', 'guest');
+  await see('#tabs a.active', 'Overview');
+});
+
+await step('overview shows totals', [], async () => {
+  await see('#totals .figure');
+  // The test holds connections and declared two queues and one exchange.
+  const queues = Number(await figure('Queues'));
+  const conns = Number(await figure('Connections'));
+  const exchanges = Number(await figure('Exchanges'));
+  if (!(queues >= 2 && conns >= 1 && exchanges >= 7)) throw new Error(`totals: queues=${queues} connections=${conns} exchanges=${exchanges}`);
+  await see('.chart-title', 'Queued messages');
+  await see('.chart-title', 'Message rates');
+  // Node health: the nodes table, or the health check before /api/nodes exists.
+  await see('#nodes table');
+});
+
+await step('node health from /api/nodes', ['GET /api/nodes'], async () => {
+  await see('#nodes table.list td', 'running');
+});
+
+await step('queue created over AMQP is listed', [], async () => {
+  await page.click('#tabs a[data-tab=queues]');
+  await page.fill('.toolbar input.filter', QUEUE);
+  await see(`table.list a[href="#/queues/%2F/${enc(QUEUE)}"]`);
+  await see('.toolbar .info', '1 item');
+});
+
+await step('queue page shows figures and bindings', [], async () => {
+  await page.click(`table.list a[href="#/queues/%2F/${enc(QUEUE)}"]`);
+  await see('[data-role=queue-name]', QUEUE);
+  await waitFigure('Ready', 0);
+  // The exchange's binding to this queue (and the default exchange's).
+  await see('[data-role=queue-bindings] td code', BINDING_KEY);
+});
+
+await step('bind and unbind from the queue page', ['POST/DELETE /api/bindings/{vhost}/e/{source}/q/{queue}'], async () => {
+  const form = page.locator('form[data-role=bind]');
+  await form.locator('input[name=source]').fill('amq.topic');
+  // A key with characters that need quoting in the binding's URL.
+  await form.locator('input[name=routing_key]').fill('audit.* #x');
+  await form.locator('button[type=submit]').click();
+  const row = page.locator('[data-role=queue-bindings] tr', { has: page.locator('code', { hasText: 'audit.* #x' }) });
+  await row.first().waitFor({ state: 'visible' });
+  await snap('bound');
+  await row.locator('button', { hasText: 'Unbind' }).click();
+  await row.first().waitFor({ state: 'detached' });
+  await see('[data-role=queue-bindings] td code', BINDING_KEY);
+});
+
+await step('publish a message from the queue page', ['POST /api/exchanges/{vhost}/{name}/publish'], async () => {
+  const form = page.locator('form[data-role=publish]');
+  await form.locator('textarea[name=payload]').fill(PAYLOAD);
+  await form.locator('button[type=submit]').click();
+  await see('[data-role=publish-status].ok', 'Message published.');
+  await waitFigure('Ready', 1);
+});
+
+await step('peek shows the message without marking it redelivered', ['GET /api/queues/{vhost}/{name}/peek'], async () => {
+  const form = page.locator('form[data-role=peek]');
+  for (let i = 0; i < 2; i++) {
+    await form.locator('button[type=submit]').click();
+    await see('[data-role=peek-result] [data-role=payload]', PAYLOAD);
+  }
+  await see('[data-role=peek-result] [data-role=redelivered]', 'Redelivered: no');
+  await waitFigure('Ready', 1);
+});
+
+await step('get the message back in the UI', ['POST /api/queues/{vhost}/{name}/get'], async () => {
+  const form = page.locator('form[data-role=get]');
+  // Default ack mode: "Nack message, requeue true".
+  await form.locator('button[type=submit]').click();
+  await see('[data-role=get-result] [data-role=payload]', PAYLOAD);
+  // Peeking twice before left it unmarked; getting with requeue marks it.
+  await see('[data-role=get-result] [data-role=redelivered]', 'Redelivered: no');
+  await waitFigure('Ready', 1);
+  await snap('first-get');
+  await form.locator('button[type=submit]').click();
+  await see('[data-role=get-result] [data-role=redelivered]', 'Redelivered: yes');
+});
+
+await step('consumer and its unacked message are shown', ['GET /api/queues/{vhost}/{name}/unacked'], async () => {
+  await page.goto(`${BASE}/#/queues/%2F/${enc(HELD)}`);
+  await see('[data-role=queue-name]', HELD);
+  await see('[data-role=consumers] code', CTAG);
+  await see('[data-role=unacked] table td code', CTAG);
+  await see('[data-role=unacked] table td', 'guest');
+});
+
+await step('routing tester shows the bound queue', ['POST /api/exchanges/{vhost}/{name}/route-test'], async () => {
+  await page.goto(`${BASE}/#/exchanges/%2F/${enc(EXCHANGE)}`);
+  await see('[data-role=source-bindings] td code', BINDING_KEY);
+  const form = page.locator('form[data-role=route-test]');
+  await form.locator('input[name=routing_key]').fill(ROUTE_KEY);
+  await form.locator('button[type=submit]').click();
+  await see('[data-role=route-queues] a', QUEUE);
+  await see('[data-role=route-queues] td.via', BINDING_KEY);
+  await snap('routed');
+  await form.locator('input[name=routing_key]').fill('nothing.matches.this');
+  await form.locator('button[type=submit]').click();
+  await see('[data-role=unroutable]', 'Not routed');
+});
+
+await step('admin tab lists users and virtual hosts', [], async () => {
+  await page.click('#tabs a[data-tab=admin]');
+  await see('[data-role=users] td', 'guest');
+  await see('[data-role=vhosts] td', '/');
+});
+
+await step('admin adds a user with permissions, then deletes it', ['PUT/DELETE /api/users/{name}', 'PUT /api/permissions/{vhost}/{user}'], async () => {
+  const user = `e2e-user-${Date.now()}`;
+  await page.fill('input[name=username]', user);
+  await page.fill('input[name=new-password]', 'secret-e2e');
+  await page.fill('input[name=tags]', 'management');
+  await page.click('button:has-text("Save user")');
+  const row = page.locator('[data-role=users] tr', { has: page.locator('td', { hasText: new RegExp(`^${user}$`) }) });
+  await row.first().waitFor({ state: 'visible' });
+  await page.fill('input[name=perm-user]', user);
+  await page.click('button:has-text("Set permission")');
+  await page.locator('[data-role=permissions] tr', { has: page.locator('td', { hasText: new RegExp(`^${user}$`) }) }).first().waitFor({ state: 'visible' });
+  await row.locator('td', { hasText: /^\/$/ }).first().waitFor({ state: 'visible' });
+  await snap('user-added');
+  acceptDialogs = true;
+  try {
+    await row.locator('button', { hasText: 'Delete' }).click();
+    await row.first().waitFor({ state: 'detached' });
+  } finally {
+    acceptDialogs = false;
+  }
+});
+
+await step('no uncaught script errors', [], async () => {
+  if (pageErrors.length) throw new Error(pageErrors.join('\n'));
+});
+
+await browser.close();
+
+const failed = results.filter((r) => !r.ok);
+console.log(`\ndashboard e2e: ${results.length - failed.length} of ${results.length} steps ok`);
+for (const f of failed) {
+  console.log(`  failed: ${f.name}${f.needs.length ? ` (needs ${f.needs.join(', ')})` : ''}`);
+}
+process.exit(failed.length ? 1 : 0);
