@@ -630,3 +630,63 @@ async fn prometheus_metrics_use_rabbitmq_names_on_both_listeners() {
     let (status, _) = raw_at(s.prometheus_addr(), "GET", "/api/overview", Some(GUEST), "").await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn churn_counts_and_process_metrics() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch1 = c.create_channel().await.unwrap();
+    let ch2 = c.create_channel().await.unwrap();
+    ch1.queue_declare("churn-a".into(), QueueDeclareOptions::default(), t())
+        .await
+        .unwrap();
+    // A redeclare counts as declared, not created.
+    ch1.queue_declare("churn-a".into(), QueueDeclareOptions::default(), t())
+        .await
+        .unwrap();
+    ch1.queue_declare("churn-b".into(), QueueDeclareOptions::default(), t())
+        .await
+        .unwrap();
+    ch1.queue_delete("churn-b".into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    ch2.close(200, "bye".into()).await.unwrap();
+    let c2 = connect(&s).await;
+    c2.close(200, "bye".into()).await.unwrap();
+
+    // The server forgets a connection just after its close-ok.
+    eventually(|| async {
+        let (_, text) = raw_at(s.prometheus_addr(), "GET", "/metrics", None, "").await;
+        sample(&text, "rabbitmq_connections_closed_total") == Some(1.0)
+    })
+    .await;
+    let (status, text) = raw_at(s.prometheus_addr(), "GET", "/metrics", None, "").await;
+    assert_eq!(status, 200);
+    for (series, want) in [
+        ("rabbitmq_connections_opened_total", 2.0),
+        ("rabbitmq_connections_closed_total", 1.0),
+        ("rabbitmq_channels_opened_total", 2.0),
+        ("rabbitmq_channels_closed_total", 1.0),
+        ("rabbitmq_queues_declared_total", 3.0),
+        ("rabbitmq_queues_created_total", 2.0),
+        ("rabbitmq_queues_deleted_total", 1.0),
+    ] {
+        assert_eq!(sample(&text, series), Some(want), "{series}\n{text}");
+    }
+    // Process figures are real readings, not placeholders.
+    let rss = sample(&text, "rabbitmq_process_resident_memory_bytes").unwrap();
+    assert!(rss > 1_000_000.0, "{rss}");
+    let fds = sample(&text, "rabbitmq_process_open_fds").unwrap();
+    let max = sample(&text, "rabbitmq_process_max_fds").unwrap();
+    assert!(fds >= 3.0 && max >= fds, "{fds} {max}");
+    assert!(sample(&text, "rabbitmq_disk_space_available_bytes").unwrap() > 0.0);
+    assert!(sample(&text, "rabbitmq_resident_memory_limit_bytes").unwrap() > rss);
+    assert!(text.contains("rabbitmq_build_info{"), "{text}");
+
+    // The overview's churn_rates carry the same counts.
+    let (_, body) = raw(&s, "GET", "/api/overview", Some(GUEST), "").await;
+    let o: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(o["churn_rates"]["queue_created"], 2, "{}", o["churn_rates"]);
+    assert_eq!(o["churn_rates"]["channel_closed"], 1);
+    assert!(o["churn_rates"]["connection_created_details"]["rate"].is_number());
+}

@@ -140,6 +140,7 @@ impl Connection {
                     ..Default::default()
                 };
                 self.channels.insert(id, ch);
+                self.broker.churn.add(crate::broker::Churn::ChannelCreated);
                 self.send_method(
                     id,
                     AMQPClass::Channel(chan::AMQPMethod::OpenOk(chan::OpenOk {})),
@@ -157,7 +158,7 @@ impl Connection {
             if f.kind == FRAME_METHOD {
                 match super::assembler::class_method(&f.payload) {
                     (20, 41) => {
-                        self.channels.remove(&id);
+                        self.remove_channel(id);
                     }
                     (20, 40) => {
                         // Both sides closed at once: answer, and we are done.
@@ -165,7 +166,7 @@ impl Connection {
                             id,
                             AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
                         );
-                        self.channels.remove(&id);
+                        self.remove_channel(id);
                     }
                     _ => {}
                 }
@@ -386,7 +387,7 @@ impl Connection {
             }
             chan::AMQPMethod::FlowOk(_) | chan::AMQPMethod::CloseOk(_) => Ok(()),
             chan::AMQPMethod::Close(_) => {
-                if let Some(ch) = self.channels.remove(&id) {
+                if let Some(ch) = self.remove_channel(id) {
                     self.release_channel(ch);
                 }
                 self.send_method(

@@ -725,7 +725,7 @@ impl Connection {
         // Free what the channels hold now, as RabbitMQ does on close.
         let ids: Vec<u16> = self.channels.keys().copied().collect();
         for id in ids {
-            if let Some(ch) = self.channels.remove(&id) {
+            if let Some(ch) = self.remove_channel(id) {
                 self.release_channel(ch);
             }
         }
@@ -764,11 +764,21 @@ impl Connection {
         }
     }
 
+    /// Forgets a channel (closed by either side, or with the connection)
+    /// and counts it as closed for the churn figures.
+    pub(super) fn remove_channel(&mut self, id: u16) -> Option<Channel> {
+        let ch = self.channels.remove(&id);
+        if ch.is_some() {
+            self.broker.churn.add(crate::broker::Churn::ChannelClosed);
+        }
+        ch
+    }
+
     /// Everything the connection holds goes back to the broker.
     fn cleanup(&mut self) {
         let ids: Vec<u16> = self.channels.keys().copied().collect();
         for id in ids {
-            if let Some(ch) = self.channels.remove(&id) {
+            if let Some(ch) = self.remove_channel(id) {
                 self.release_channel(ch);
             }
         }

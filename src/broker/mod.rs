@@ -22,8 +22,8 @@ pub use exchange::{Exchange, ExchangeKind, ExchangeOptions};
 pub use outbox::{Delivery, Outbox, OutboxItem};
 pub use queue::{ConsumeRequest, ConsumerHandle, Queue, QueueOptions, QueueRef};
 pub use registry::{
-    ChannelSnapshot, ClientInfo, CoarseClock, ConnectionInfo, ConsumerSnapshot, Counter,
-    MessageCounters, MessageStats,
+    ChannelSnapshot, Churn, ChurnCounters, ClientInfo, CoarseClock, ConnectionInfo,
+    ConsumerSnapshot, Counter, MessageCounters, MessageStats,
 };
 pub use route::{Dest, RouteScratch, RouteStep, RouteTrace};
 pub use vhost::{PublishDetails, Published, QueueDeclared, Vhost};
@@ -75,6 +75,8 @@ pub struct Broker {
     connections: DashMap<u64, Arc<ConnectionInfo>>,
     /// Broker-wide message counters.
     stats: Arc<MessageCounters>,
+    /// Connections, channels and queues made and gone.
+    pub churn: Arc<ChurnCounters>,
     /// The coarse clock deliveries are stamped with (advanced by the server).
     clock: Arc<CoarseClock>,
 }
@@ -164,6 +166,7 @@ impl Broker {
             next_id: AtomicU64::new(1),
             connections: DashMap::new(),
             stats: Arc::new(MessageCounters::default()),
+            churn: Arc::new(ChurnCounters::default()),
             clock: Arc::new(CoarseClock::default()),
         })
     }
@@ -178,6 +181,7 @@ impl Broker {
                     self.persist.clone(),
                     self.stats.clone(),
                     self.clock.clone(),
+                    self.churn.clone(),
                 ))
             })
             .clone()
@@ -312,6 +316,7 @@ impl Broker {
     /// A connection finished its handshake.
     pub fn register_connection(&self, info: Arc<ConnectionInfo>) {
         self.connections.insert(info.id, info);
+        self.churn.add(Churn::ConnectionCreated);
     }
 
     /// Live connections, oldest first.
@@ -340,6 +345,7 @@ impl Broker {
     /// into rates; called every few seconds by the server's sampler task.
     pub fn sample_rates(&self, secs: f64) {
         self.stats.sample(secs);
+        self.churn.sample(secs);
         for v in self.vhosts() {
             for q in v.queues() {
                 q.stats.sample(secs);
@@ -355,7 +361,9 @@ impl Broker {
 
     /// A connection is gone: its exclusive queues go with it.
     pub fn connection_closed(&self, conn: u64) {
-        self.connections.remove(&conn);
+        if self.connections.remove(&conn).is_some() {
+            self.churn.add(Churn::ConnectionClosed);
+        }
         for v in self.vhosts() {
             v.connection_closed(conn);
         }

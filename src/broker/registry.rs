@@ -384,3 +384,83 @@ mod tests {
         assert_eq!((s.deliver_get(), s.deliver_get_rate()), (5, 1.0));
     }
 }
+
+/// Object churn RabbitMQ reports (`churn_rates` in the overview, the
+/// `*_opened_total`/`*_closed_total` Prometheus counters): connections,
+/// channels and queues made and gone. Not on the message path: a relaxed
+/// add per event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Churn {
+    ConnectionCreated,
+    ConnectionClosed,
+    ChannelCreated,
+    ChannelClosed,
+    /// Every queue.declare (and API PUT), new queue or not.
+    QueueDeclared,
+    QueueCreated,
+    QueueDeleted,
+}
+
+/// How many [`Churn`] counters there are.
+pub const CHURNS: usize = 7;
+
+impl Churn {
+    pub const ALL: [Churn; CHURNS] = [
+        Churn::ConnectionCreated,
+        Churn::ConnectionClosed,
+        Churn::ChannelCreated,
+        Churn::ChannelClosed,
+        Churn::QueueDeclared,
+        Churn::QueueCreated,
+        Churn::QueueDeleted,
+    ];
+
+    /// RabbitMQ's field name in the overview's `churn_rates`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Churn::ConnectionCreated => "connection_created",
+            Churn::ConnectionClosed => "connection_closed",
+            Churn::ChannelCreated => "channel_created",
+            Churn::ChannelClosed => "channel_closed",
+            Churn::QueueDeclared => "queue_declared",
+            Churn::QueueCreated => "queue_created",
+            Churn::QueueDeleted => "queue_deleted",
+        }
+    }
+}
+
+/// Counts of [`Churn`] events since start, with per-second rates at the
+/// last sample (sampled with the message counters).
+#[derive(Debug, Default)]
+pub struct ChurnCounters {
+    counts: [AtomicU64; CHURNS],
+    last: [AtomicU64; CHURNS],
+    rates: [AtomicU64; CHURNS],
+}
+
+impl ChurnCounters {
+    pub fn add(&self, c: Churn) {
+        self.counts[c as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count(&self, c: Churn) -> u64 {
+        self.counts[c as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn rate(&self, c: Churn) -> f64 {
+        f64::from_bits(self.rates[c as usize].load(Ordering::Relaxed))
+    }
+
+    pub fn sample(&self, secs: f64) {
+        for i in 0..CHURNS {
+            let now = self.counts[i].load(Ordering::Relaxed);
+            let before = self.last[i].swap(now, Ordering::Relaxed);
+            let r = if secs > 0.0 {
+                now.saturating_sub(before) as f64 / secs
+            } else {
+                0.0
+            };
+            self.rates[i].store(r.to_bits(), Ordering::Relaxed);
+        }
+    }
+}

@@ -5,7 +5,7 @@ use super::error::{BrokerError, ErrorKind, Result};
 use super::exchange::{Exchange, ExchangeKind, ExchangeOptions};
 use super::persist::{BindingDef, ExchangeDef, Persistence, QueueDef};
 use super::queue::{Queue, QueueOptions, QueueRef};
-use super::registry::{CoarseClock, Counter, MessageCounters};
+use super::registry::{Churn, ChurnCounters, CoarseClock, Counter, MessageCounters};
 use super::route::{Dest, RouteScratch};
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +23,8 @@ pub struct Vhost {
     /// The broker-wide message counters.
     stats: Arc<MessageCounters>,
     clock: Arc<CoarseClock>,
+    /// The broker-wide churn counters (queues declared, created, deleted).
+    churn: Arc<ChurnCounters>,
 }
 
 /// Message details routing may read beyond the routing key.
@@ -61,6 +63,7 @@ impl Vhost {
         persist: Option<Arc<Persistence>>,
         stats: Arc<MessageCounters>,
         clock: Arc<CoarseClock>,
+        churn: Arc<ChurnCounters>,
     ) -> Self {
         let v = Vhost {
             name: name.to_owned(),
@@ -71,6 +74,7 @@ impl Vhost {
             name_counter: AtomicU64::new(0),
             stats,
             clock,
+            churn,
         };
         let durable = ExchangeOptions {
             durable: true,
@@ -317,6 +321,8 @@ impl Vhost {
                     self.clock.clone(),
                 ));
                 v.insert(q.clone());
+                self.churn.add(Churn::QueueCreated);
+                self.churn.add(Churn::QueueDeclared);
                 return declared(q);
             }
         };
@@ -342,6 +348,7 @@ impl Vhost {
             return ineq("auto_delete", opts.auto_delete, existing.auto_delete);
         }
         check_queue_args(&existing, &opts.arguments)?;
+        self.churn.add(Churn::QueueDeclared);
         declared(existing)
     }
 
@@ -384,6 +391,7 @@ impl Vhost {
         if !removed {
             return 0;
         }
+        self.churn.add(Churn::QueueDeleted);
         if let (Some(_), Some(p)) = (q.disk_id, &self.persist) {
             p.remove_queue(&self.name, &q.name);
         }

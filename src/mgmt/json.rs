@@ -12,7 +12,7 @@ use std::sync::Arc;
 use warren_exchanges::{Table, Value};
 
 /// The RabbitMQ release whose management API this one follows.
-const RABBITMQ_COMPAT_VERSION: &str = "3.13.7";
+pub(super) const RABBITMQ_COMPAT_VERSION: &str = "3.13.7";
 
 /// A field value as RabbitMQ renders arguments: numbers, strings, bools.
 pub fn value_to_json(v: &Value) -> J {
@@ -155,6 +155,17 @@ fn overview_message_stats(s: &MessageStats) -> J {
     j
 }
 
+/// The overview's `churn_rates`: each event's count since start and its
+/// rate, as RabbitMQ renders them.
+fn churn_rates(c: &crate::broker::ChurnCounters) -> J {
+    let mut m = serde_json::Map::new();
+    for k in crate::broker::Churn::ALL {
+        m.insert(k.name().into(), J::from(c.count(k)));
+        m.insert(format!("{}_details", k.name()), rate(c.rate(k)));
+    }
+    J::Object(m)
+}
+
 pub fn overview(s: &MgmtState) -> J {
     let (mut queues, mut exchanges, mut ready, mut unacked, mut consumers) = (0, 0, 0, 0, 0);
     for v in s.broker.vhosts() {
@@ -181,10 +192,7 @@ pub fn overview(s: &MgmtState) -> J {
         "cluster_name": s.cluster_name,
         "node": s.node,
         "statistics_db_event_queue": 0,
-        "churn_rates": {
-            "connection_created": 0, "connection_closed": 0, "queue_declared": 0,
-            "queue_created": 0, "queue_deleted": 0, "channel_created": 0, "channel_closed": 0,
-        },
+        "churn_rates": churn_rates(&s.broker.churn),
         "queue_totals": {
             "messages": ready + unacked,
             "messages_details": rate(0.0),

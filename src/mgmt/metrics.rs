@@ -4,7 +4,8 @@
 //! labels each queue with its vhost and name. Like RabbitMQ's, the
 //! endpoint needs no login.
 
-use crate::broker::{Broker, Counter};
+use super::{process, MgmtState};
+use crate::broker::Counter;
 use std::fmt::Write;
 
 /// One metric family: its help text, type and samples.
@@ -42,7 +43,8 @@ fn escape(v: &str) -> String {
 }
 
 /// Renders the metrics; `per_object` labels queue metrics per queue.
-pub fn render(broker: &Broker, node: &str, per_object: bool) -> String {
+pub fn render(s: &MgmtState, per_object: bool) -> String {
+    let (broker, node) = (&*s.broker, s.node.as_str());
     let mut out = String::with_capacity(4096);
     let mut f = Family { out: &mut out };
     let connections = broker.connections();
@@ -259,5 +261,117 @@ pub fn render(broker: &Broker, node: &str, per_object: bool) -> String {
     } else {
         f.sample(name, &[], published.iter().map(|q| q.2).sum::<u64>() as f64);
     }
+    process_and_churn(&mut f, s);
     out
+}
+
+/// Build, churn and process figures (the same in both forms).
+fn process_and_churn(f: &mut Family, s: &MgmtState) {
+    f.head(
+        "rabbitmq_build_info",
+        "untyped",
+        "RabbitMQ & Erlang/OTP version info",
+    );
+    f.sample(
+        "rabbitmq_build_info",
+        &[
+            ("rabbitmq_version", super::json::RABBITMQ_COMPAT_VERSION),
+            (
+                "prometheus_plugin_version",
+                super::json::RABBITMQ_COMPAT_VERSION,
+            ),
+            ("erlang_version", "none"),
+            ("product_name", "Warren"),
+            ("product_version", env!("CARGO_PKG_VERSION")),
+        ],
+        1.0,
+    );
+    use crate::broker::Churn;
+    for (c, name, help) in [
+        (
+            Churn::ConnectionCreated,
+            "rabbitmq_connections_opened_total",
+            "Total number of connections opened",
+        ),
+        (
+            Churn::ConnectionClosed,
+            "rabbitmq_connections_closed_total",
+            "Total number of connections closed or terminated",
+        ),
+        (
+            Churn::ChannelCreated,
+            "rabbitmq_channels_opened_total",
+            "Total number of channels opened",
+        ),
+        (
+            Churn::ChannelClosed,
+            "rabbitmq_channels_closed_total",
+            "Total number of channels closed",
+        ),
+        (
+            Churn::QueueDeclared,
+            "rabbitmq_queues_declared_total",
+            "Total number of queues declared",
+        ),
+        (
+            Churn::QueueCreated,
+            "rabbitmq_queues_created_total",
+            "Total number of queues created",
+        ),
+        (
+            Churn::QueueDeleted,
+            "rabbitmq_queues_deleted_total",
+            "Total number of queues deleted",
+        ),
+    ] {
+        f.head(name, "counter", help);
+        f.sample(name, &[], s.broker.churn.count(c) as f64);
+    }
+    for (name, kind, help, value) in [
+        (
+            "rabbitmq_process_resident_memory_bytes",
+            "gauge",
+            "Memory used in bytes",
+            process::rss_bytes() as f64,
+        ),
+        (
+            "rabbitmq_resident_memory_limit_bytes",
+            "gauge",
+            "Memory high watermark in bytes",
+            process::mem_limit() as f64,
+        ),
+        (
+            "rabbitmq_disk_space_available_bytes",
+            "gauge",
+            "Disk space available in bytes",
+            process::disk_free(&s.data_dir) as f64,
+        ),
+        (
+            "rabbitmq_disk_space_available_limit_bytes",
+            "gauge",
+            "Free disk space low watermark in bytes",
+            process::DISK_FREE_LIMIT as f64,
+        ),
+        (
+            "rabbitmq_process_open_fds",
+            "gauge",
+            "Open file descriptors",
+            process::fd_used() as f64,
+        ),
+        (
+            "rabbitmq_process_max_fds",
+            "gauge",
+            "Open file descriptors limit",
+            process::fd_total() as f64,
+        ),
+        (
+            "rabbitmq_erlang_uptime_seconds",
+            "gauge",
+            "Node uptime (Warren's: there is no Erlang VM)",
+            s.started.elapsed().as_secs_f64(),
+        ),
+    ] {
+        f.head(name, kind, help);
+        f.sample(name, &[], value);
+    }
 }

@@ -14,6 +14,7 @@ mod json;
 mod metrics;
 mod objects;
 mod paging;
+mod process;
 mod ui;
 
 use crate::broker::{Broker, BrokerError, ErrorKind, ExchangeOptions, QueueOptions};
@@ -119,11 +120,11 @@ fn metrics_response(body: String) -> Response {
 }
 
 async fn metrics_aggregated(State(s): St) -> Response {
-    metrics_response(metrics::render(&s.broker, &s.node, false))
+    metrics_response(metrics::render(&s, false))
 }
 
 async fn metrics_per_object(State(s): St) -> Response {
-    metrics_response(metrics::render(&s.broker, &s.node, true))
+    metrics_response(metrics::render(&s, true))
 }
 
 /// An API error with RabbitMQ's body shape.

@@ -13,6 +13,7 @@
 
 use super::json::{self, table_to_json};
 use super::paging;
+use super::process;
 use super::{body_object, exchange_name, AuthUser, MgmtState, St};
 use crate::broker::properties::BasicProperties;
 use crate::broker::{BrokerError, Dest, ErrorKind, QueueOptions, RouteScratch, Vhost};
@@ -1014,108 +1015,11 @@ async fn quorum_critical() -> Json<J> {
 
 // ------------------------------------------------------------ nodes
 
-/// Resident set size in bytes, from /proc/self/statm.
-fn rss_bytes() -> u64 {
-    let pages = std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .unwrap_or(0);
-    pages * page_size()
-}
-
-fn page_size() -> u64 {
-    // SAFETY: sysconf only reads a configuration value.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if n > 0 {
-        n as u64
-    } else {
-        4096
-    }
-}
-
-/// Total memory in bytes, from /proc/meminfo.
-fn total_memory() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("MemTotal:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse::<u64>()
-                .ok()
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
-/// Free bytes on the file system of `dir` (its nearest existing ancestor).
-fn disk_free(dir: &std::path::Path) -> u64 {
-    use std::os::unix::ffi::OsStrExt;
-    let mut p = dir.to_path_buf();
-    while !p.exists() {
-        if !p.pop() {
-            p = std::path::PathBuf::from(".");
-            break;
-        }
-    }
-    if p.as_os_str().is_empty() {
-        p = std::path::PathBuf::from(".");
-    }
-    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
-        return 0;
-    };
-    // SAFETY: statvfs writes into the zeroed struct we own; the path is a
-    // valid NUL-terminated string.
-    unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        if libc::statvfs(c.as_ptr(), &mut st) == 0 {
-            st.f_bavail as u64 * st.f_frsize as u64
-        } else {
-            0
-        }
-    }
-}
-
-fn fd_used() -> usize {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
-}
-
-/// The soft limit on open files, from /proc/self/limits.
-fn fd_total() -> u64 {
-    std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|s| {
-            let l = s.lines().find(|l| l.starts_with("Max open files"))?;
-            l["Max open files".len()..]
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(1024)
-}
-
-fn threads() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Threads:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(1)
-}
-
 fn node_json(s: &MgmtState) -> J {
-    let mem_total = total_memory();
-    // RabbitMQ's default vm_memory_high_watermark is 0.4 of RAM.
-    let mem_limit = (mem_total as f64 * 0.4) as u64;
-    let mem_used = rss_bytes();
-    let disk_free_limit: u64 = 50_000_000;
-    let free = disk_free(&s.data_dir);
+    let mem_limit = process::mem_limit();
+    let mem_used = process::rss_bytes();
+    let disk_free_limit = process::DISK_FREE_LIMIT;
+    let free = process::disk_free(&s.data_dir);
     let processors = std::thread::available_parallelism().map_or(1, |n| n.get());
     let exchange_types: Vec<J> = [
         (
@@ -1159,14 +1063,14 @@ fn node_json(s: &MgmtState) -> J {
         "disk_free_details": rate,
         "disk_free_limit": disk_free_limit,
         "disk_free_alarm": free < disk_free_limit,
-        "fd_used": fd_used(),
+        "fd_used": process::fd_used(),
         "fd_used_details": rate,
-        "fd_total": fd_total(),
+        "fd_total": process::fd_total(),
         "sockets_used": s.broker.connections().len(),
         "sockets_used_details": rate,
-        "sockets_total": (fd_total() as f64 * 0.9) as u64,
+        "sockets_total": (process::fd_total() as f64 * 0.9) as u64,
         // No Erlang processes: threads are the nearest thing.
-        "proc_used": threads(),
+        "proc_used": process::threads(),
         "proc_used_details": rate,
         "proc_total": 1_048_576,
         "net_ticktime": 60,
