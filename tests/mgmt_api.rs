@@ -690,3 +690,54 @@ async fn churn_counts_and_process_metrics() {
     assert_eq!(o["churn_rates"]["channel_closed"], 1);
     assert!(o["churn_rates"]["connection_created_details"]["rate"].is_number());
 }
+
+#[tokio::test]
+async fn exchange_delete_if_unused_refuses_while_bound() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    ch.exchange_declare(
+        "iu-x".into(),
+        ExchangeKind::Direct,
+        ExchangeDeclareOptions::default(),
+        t(),
+    )
+    .await
+    .unwrap();
+    ch.queue_declare("iu-q".into(), QueueDeclareOptions::default(), t())
+        .await
+        .unwrap();
+    ch.queue_bind(
+        "iu-q".into(),
+        "iu-x".into(),
+        "k".into(),
+        QueueBindOptions::default(),
+        t(),
+    )
+    .await
+    .unwrap();
+    let (status, body) = raw(
+        &s,
+        "DELETE",
+        "/api/exchanges/%2F/iu-x?if-unused=true",
+        Some(GUEST),
+        "",
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("in use"), "{body}");
+    ch.queue_unbind("iu-q".into(), "iu-x".into(), "k".into(), t())
+        .await
+        .unwrap();
+    let (status, body) = raw(
+        &s,
+        "DELETE",
+        "/api/exchanges/%2F/iu-x?if-unused=true",
+        Some(GUEST),
+        "",
+    )
+    .await;
+    assert_eq!(status, 204, "{body}");
+    let (status, _) = raw(&s, "GET", "/api/exchanges/%2F/iu-x", Some(GUEST), "").await;
+    assert_eq!(status, 404);
+}

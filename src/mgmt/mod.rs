@@ -424,11 +424,15 @@ async fn exchange_put(
 async fn exchange_delete(
     State(s): St,
     Path((vhost, name)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Result<StatusCode, ApiError> {
     let v = vhost_or_404(&s, &vhost)?;
     let name = exchange_name(&name);
     v.exchange(name).map_err(|_| not_found_err())?;
-    v.delete_exchange(name, false)?;
+    // `?if-unused=true` refuses while the exchange is the source of a
+    // binding, as exchange.delete's if-unused does (400 with its text).
+    let if_unused = query.get("if-unused").is_some_and(|v| v == "true");
+    v.delete_exchange(name, if_unused)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
