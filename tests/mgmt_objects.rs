@@ -1083,3 +1083,56 @@ async fn pagination_sorting_and_columns_on_10000_queues() {
         );
     }
 }
+
+#[tokio::test]
+async fn get_count_is_bounded_and_unroutable_api_publishes_are_counted() {
+    let s = start().await;
+    let (st, _) = json_req(&s, "PUT", "/api/queues/%2F/bounded", json!({})).await;
+    assert_eq!(st, 201);
+    for count in [-1, 10_001] {
+        let (st, body) = json_req(
+            &s,
+            "POST",
+            "/api/queues/%2F/bounded/get",
+            json!({"count": count, "ackmode": "ack_requeue_true", "encoding": "auto"}),
+        )
+        .await;
+        assert_eq!(st, 400, "{count}: {body}");
+        assert!(body["reason"].as_str().unwrap().contains("count"), "{body}");
+    }
+    let (st, body) = json_req(
+        &s,
+        "POST",
+        "/api/queues/%2F/bounded/get",
+        json!({"count": 0, "ackmode": "ack_requeue_true", "encoding": "auto"}),
+    )
+    .await;
+    assert_eq!((st, body), (200, json!([])));
+
+    // An unroutable publish through the API counts as dropped, so the
+    // routed total stays right.
+    let (st, body) = json_req(
+        &s,
+        "POST",
+        "/api/exchanges/%2F/amq.direct/publish",
+        json!({"routing_key": "nowhere", "payload": "x", "payload_encoding": "string", "properties": {}}),
+    )
+    .await;
+    assert_eq!((st, body), (200, json!({"routed": false})));
+    let (_, text) = raw_at(s.prometheus_addr(), "GET", "/metrics", None, "").await;
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .map(|l| l[name.len()..].trim().to_owned())
+    };
+    assert_eq!(
+        line("rabbitmq_global_messages_unroutable_dropped_total").as_deref(),
+        Some("1"),
+        "{text}"
+    );
+    assert_eq!(
+        line("rabbitmq_global_messages_routed_total").as_deref(),
+        Some("0"),
+        "{text}"
+    );
+}

@@ -535,3 +535,111 @@ async fn a_client_that_answers_heartbeats_stays_connected() {
         AMQPClass::Basic(basic::AMQPMethod::QosOk(_))
     ));
 }
+
+/// A field table nested `depth` levels deep (`{"a": {"a": ...}}`), encoded
+/// by hand: 7 bytes a level, so a frame can carry thousands of levels.
+fn nested_table(depth: usize) -> Vec<u8> {
+    let mut t = 0u32.to_be_bytes().to_vec();
+    for _ in 0..depth {
+        let mut outer = Vec::with_capacity(t.len() + 7);
+        outer.extend_from_slice(&((t.len() + 3) as u32).to_be_bytes());
+        outer.extend_from_slice(&[1, b'a', b'F']);
+        outer.extend_from_slice(&t);
+        t = outer;
+    }
+    t
+}
+
+/// One frame of `kind` on `channel` around `payload`.
+fn raw_frame(kind: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![kind];
+    f.extend_from_slice(&channel.to_be_bytes());
+    f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    f.extend_from_slice(payload);
+    f.push(0xCE);
+    f
+}
+
+#[tokio::test]
+async fn deeply_nested_tables_are_refused_not_a_crash() {
+    let s = start().await;
+    // queue.declare with arguments nested 15,000 deep (105 KB, under
+    // frame_max): parsing it recursively would overflow the stack and take
+    // the whole broker down.
+    let mut r = Raw::open(&s, 131072, 0).await;
+    let mut p = Vec::new();
+    p.extend_from_slice(&50u16.to_be_bytes());
+    p.extend_from_slice(&10u16.to_be_bytes());
+    p.extend_from_slice(&0u16.to_be_bytes());
+    p.extend_from_slice(&[4, b'd', b'e', b'e', b'p', 0]);
+    p.extend_from_slice(&nested_table(15_000));
+    r.send(&raw_frame(1, 1, &p)).await;
+    // A syntax error, as for any frame the broker cannot decode.
+    r.expect_close(502).await;
+
+    // The same depth in a message's headers: refused like malformed
+    // properties, before anything decodes them.
+    let mut r = Raw::open(&s, 131072, 0).await;
+    publish_with_headers(&mut r, &nested_table(15_000)).await;
+    r.expect_close(502).await;
+
+    // 60 levels (within the limit) are delivered and rendered by the API.
+    let mut r = Raw::open(&s, 131072, 0).await;
+    r.method_out(
+        1,
+        AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+            queue: "deep-h".into(),
+            ..Default::default()
+        })),
+    )
+    .await;
+    r.method().await;
+    publish_with_headers(&mut r, &nested_table(60)).await;
+    for (method, path, body) in [
+        ("GET", "/api/queues/%2F/deep-h/peek", ""),
+        (
+            "POST",
+            "/api/queues/%2F/deep-h/get",
+            r#"{"count":1,"ackmode":"ack_requeue_true","encoding":"auto"}"#,
+        ),
+    ] {
+        // The publish is asynchronous: wait until the message is queued.
+        let mut got = (0, String::new());
+        for _ in 0..100 {
+            got = raw(&s, method, path, Some(GUEST), body).await;
+            if got.1.contains("\"payload\":\"x\"") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(got.0, 200, "{path}: {}", got.1);
+        assert!(
+            got.1.contains("\"headers\":{\"a\":{\"a\""),
+            "{path}: {}",
+            got.1
+        );
+    }
+    still_serving(&s).await;
+}
+
+/// basic.publish of a one-byte body "x" to queue deep-h with `headers` (a
+/// raw field table) as its only property.
+async fn publish_with_headers(r: &mut Raw, headers: &[u8]) {
+    r.method_out(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+            exchange: "".into(),
+            routing_key: "deep-h".into(),
+            ..Default::default()
+        })),
+    )
+    .await;
+    let mut header = Vec::new();
+    header.extend_from_slice(&60u16.to_be_bytes());
+    header.extend_from_slice(&0u16.to_be_bytes());
+    header.extend_from_slice(&1u64.to_be_bytes());
+    header.extend_from_slice(&0x2000u16.to_be_bytes()); // headers only
+    header.extend_from_slice(headers);
+    r.send(&raw_frame(2, 1, &header)).await;
+    r.send(&raw_frame(3, 1, b"x")).await;
+}

@@ -314,9 +314,14 @@ impl Connection {
             (60, 10) => return self.qos(id, &cmd.method),
             _ => {}
         }
-        let class = match amq_protocol::protocol::parse_class(&cmd.method[..]) {
-            Ok((_, c)) => c,
-            Err(_) => {
+        let parsed = if codec::method_tables_ok(&cmd.method) {
+            amq_protocol::protocol::parse_class(&cmd.method[..]).ok()
+        } else {
+            None
+        };
+        let class = match parsed {
+            Some((_, c)) => c,
+            None => {
                 let (c, m) = cmd.class_method();
                 return Err(AmqpError::connection(
                     SYNTAX_ERROR,

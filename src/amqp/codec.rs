@@ -7,6 +7,7 @@
 //! frames (basic.deliver, basic.get-ok, basic.return, content) are encoded
 //! by hand straight into the output buffer.
 
+use crate::broker::properties::{table_nesting_ok, MAX_TABLE_DEPTH};
 use amq_protocol::frame::{gen_frame, AMQPFrame, WriteContext};
 use amq_protocol::protocol::AMQPClass;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -242,6 +243,49 @@ pub fn parse_content_header(payload: &Bytes) -> Option<ContentHeader> {
     })
 }
 
+/// Whether a method frame's field table, for the methods that carry one,
+/// nests at most [`MAX_TABLE_DEPTH`] levels. Checked before the frame
+/// reaches amq-protocol's decoder, which recurses once per level: a 128 KiB
+/// frame nested 15,000 levels deep would overflow the stack and abort the
+/// whole broker. Malformed frames pass (the decoder rejects them).
+pub fn method_tables_ok(payload: &[u8]) -> bool {
+    const U8: u8 = 0;
+    const U16: u8 = 1;
+    const SSTR: u8 = 2;
+    if payload.len() < 4 {
+        return true;
+    }
+    let class = u16::from_be_bytes([payload[0], payload[1]]);
+    let method = u16::from_be_bytes([payload[2], payload[3]]);
+    // The fields before each method's table.
+    let before: &[u8] = match (class, method) {
+        (10, 10) => &[U8, U8],                               // connection.start
+        (10, 11) => &[],                                     // connection.start-ok
+        (40, 10) => &[U16, SSTR, SSTR, U8],                  // exchange.declare
+        (40, 30) | (40, 40) => &[U16, SSTR, SSTR, SSTR, U8], // exchange.bind/unbind
+        (50, 10) => &[U16, SSTR, U8],                        // queue.declare
+        (50, 20) => &[U16, SSTR, SSTR, SSTR, U8],            // queue.bind
+        (50, 50) => &[U16, SSTR, SSTR, SSTR],                // queue.unbind
+        (60, 20) => &[U16, SSTR, SSTR, U8],                  // basic.consume
+        _ => return true,
+    };
+    let mut pos = 4;
+    for f in before {
+        pos += match *f {
+            U8 => 1,
+            U16 => 2,
+            _ => match payload.get(pos) {
+                Some(n) => 1 + *n as usize,
+                None => return true,
+            },
+        };
+    }
+    match payload.get(pos..) {
+        Some(t) => table_nesting_ok(t, MAX_TABLE_DEPTH),
+        None => true,
+    }
+}
+
 /// Walks basic properties far enough to validate their layout and find
 /// delivery_mode; `None` when the property list is malformed.
 pub fn scan_properties(props: &[u8]) -> Option<PropertySummary> {
@@ -295,6 +339,11 @@ pub fn scan_properties(props: &[u8]) -> Option<PropertySummary> {
                     return None;
                 }
                 let n = u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize;
+                // Nesting deep enough to exhaust a recursive decoder's
+                // stack is refused like any malformed property list.
+                if !table_nesting_ok(p, MAX_TABLE_DEPTH) {
+                    return None;
+                }
                 summary.has_headers = true;
                 let start = props.len() - p.len() + 4;
                 summary.headers = Some((start, start + n));

@@ -210,6 +210,9 @@ async fn next_method(rd: &mut OwnedReadHalf, rbuf: &mut BytesMut) -> Option<AMQP
         match codec::read_frame(rbuf, FRAME_MIN_SIZE) {
             Ok(Some(f)) if f.kind == FRAME_HEARTBEAT => continue,
             Ok(Some(f)) if f.kind == FRAME_METHOD && f.channel == 0 => {
+                if !codec::method_tables_ok(&f.payload) {
+                    return None;
+                }
                 return amq_protocol::protocol::parse_class(&f.payload[..])
                     .ok()
                     .map(|(_, c)| c);
@@ -796,6 +799,9 @@ impl Connection {
 }
 
 fn parse_connection_method(payload: &[u8]) -> Option<connection::AMQPMethod> {
+    if !codec::method_tables_ok(payload) {
+        return None;
+    }
     match amq_protocol::protocol::parse_class(payload) {
         Ok((_, AMQPClass::Connection(m))) => Some(m),
         _ => None,

@@ -27,6 +27,13 @@ pub fn credentials(mechanism: &str, response: &[u8]) -> Option<(String, String)>
             let mut t = Vec::with_capacity(response.len() + 4);
             t.extend_from_slice(&(response.len() as u32).to_be_bytes());
             t.extend_from_slice(response);
+            // The decoder recurses per nesting level: bound it first.
+            if !crate::broker::properties::table_nesting_ok(
+                &t,
+                crate::broker::properties::MAX_TABLE_DEPTH,
+            ) {
+                return None;
+            }
             let (_, table) = parse_field_table(&t[..]).ok()?;
             let get = |k: &str| match table.inner().get(k)? {
                 AMQPValue::LongString(s) => Some(String::from_utf8(s.as_bytes().to_vec()).ok()?),

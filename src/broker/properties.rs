@@ -104,7 +104,7 @@ impl BasicProperties {
         p.content_type = s(&mut r, 15)?;
         p.content_encoding = s(&mut r, 14)?;
         if on(13) {
-            p.headers = Some(r.table()?);
+            p.headers = Some(r.table(0)?);
         }
         if on(12) {
             p.delivery_mode = Some(r.u8()?);
@@ -221,6 +221,67 @@ fn put_value(out: &mut Vec<u8>, v: &Value) -> Result<(), EncodeError> {
     Ok(())
 }
 
+/// How deep field tables and arrays may nest in anything Warren decodes.
+/// Real clients nest a few levels; RabbitMQ (Erlang) has no limit, but a
+/// recursive decoder on a 2 MiB thread stack must have one: a 128 KiB frame
+/// can carry 18,000 levels.
+pub const MAX_TABLE_DEPTH: usize = 64;
+
+/// Whether the field table at the start of `t` (with its length prefix)
+/// nests tables and arrays at most `max` levels deep. Walks iteratively, so
+/// it is safe on any input; malformed input returns `true` when it cannot
+/// hide deeper nesting (a decoder then rejects it at that same point) and
+/// an unknown type tag returns `false`.
+pub fn table_nesting_ok(t: &[u8], max: usize) -> bool {
+    let u32_at = |pos: usize| -> Option<usize> {
+        Some(u32::from_be_bytes(t.get(pos..pos + 4)?.try_into().ok()?) as usize)
+    };
+    let Some(len) = u32_at(0) else {
+        return true;
+    };
+    // (end of the container, whether it is a table: entries have keys)
+    let mut stack: Vec<(usize, bool)> = vec![(4 + len, true)];
+    let mut pos = 4;
+    while let Some(&(end, is_table)) = stack.last() {
+        if pos >= end || pos >= t.len() {
+            stack.pop();
+            continue;
+        }
+        if is_table {
+            pos += 1 + t[pos] as usize;
+            if pos >= end || pos >= t.len() {
+                return true;
+            }
+        }
+        let tag = t[pos];
+        pos += 1;
+        pos += match tag {
+            b't' | b'b' | b'B' => 1,
+            b's' | b'U' | b'u' => 2,
+            b'I' | b'i' | b'f' => 4,
+            b'l' | b'L' | b'd' | b'T' => 8,
+            b'D' => 5,
+            b'V' => 0,
+            b'S' | b'x' => match u32_at(pos) {
+                Some(n) => 4 + n,
+                None => return true,
+            },
+            b'F' | b'A' => {
+                let Some(n) = u32_at(pos) else {
+                    return true;
+                };
+                if stack.len() >= max {
+                    return false;
+                }
+                stack.push((pos + 4 + n, tag == b'F'));
+                4
+            }
+            _ => return false,
+        };
+    }
+    true
+}
+
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
@@ -252,18 +313,23 @@ impl<'a> Reader<'a> {
         let n = self.u32()? as usize;
         Some(self.take(n)?.to_vec())
     }
-    fn table(&mut self) -> Option<Table> {
+    /// A field table nested `depth` levels inside others; refused past
+    /// [`MAX_TABLE_DEPTH`] so a crafted message cannot exhaust the stack.
+    fn table(&mut self, depth: usize) -> Option<Table> {
+        if depth >= MAX_TABLE_DEPTH {
+            return None;
+        }
         let n = self.u32()? as usize;
         let mut inner = Reader(self.take(n)?);
         let mut t = Table::default();
         while !inner.0.is_empty() {
             let k = inner.short_str()?;
-            let v = inner.value()?;
+            let v = inner.value(depth)?;
             t.0.push((k, v));
         }
         Some(t)
     }
-    fn value(&mut self) -> Option<Value> {
+    fn value(&mut self, depth: usize) -> Option<Value> {
         let tag = self.u8()?;
         Some(match tag {
             b't' => Value::Bool(self.u8()? != 0),
@@ -283,16 +349,19 @@ impl<'a> Reader<'a> {
             b'S' => Value::LongString(self.long_bytes()?),
             b'x' => Value::ByteArray(self.long_bytes()?),
             b'A' => {
+                if depth + 1 >= MAX_TABLE_DEPTH {
+                    return None;
+                }
                 let n = self.u32()? as usize;
                 let mut inner = Reader(self.take(n)?);
                 let mut items = Vec::new();
                 while !inner.0.is_empty() {
-                    items.push(inner.value()?);
+                    items.push(inner.value(depth + 1)?);
                 }
                 Value::Array(items)
             }
             b'T' => Value::Timestamp(self.u64()?),
-            b'F' => Value::Table(self.table()?),
+            b'F' => Value::Table(self.table(depth + 1)?),
             b'V' => Value::Void,
             _ => return None,
         })
@@ -302,6 +371,49 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `{"a": {"a": ... {}}}`, `depth` tables deep (the outer one counts).
+    fn nested(depth: usize) -> Vec<u8> {
+        let mut t = 0u32.to_be_bytes().to_vec();
+        for _ in 1..depth {
+            let mut o = ((t.len() + 3) as u32).to_be_bytes().to_vec();
+            o.extend_from_slice(&[1, b'a', b'F']);
+            o.extend_from_slice(&t);
+            t = o;
+        }
+        t
+    }
+
+    #[test]
+    fn nesting_is_bounded_in_the_walker_and_the_decoder() {
+        assert!(table_nesting_ok(&nested(MAX_TABLE_DEPTH), MAX_TABLE_DEPTH));
+        assert!(!table_nesting_ok(
+            &nested(MAX_TABLE_DEPTH + 1),
+            MAX_TABLE_DEPTH
+        ));
+        assert!(!table_nesting_ok(&nested(20_000), MAX_TABLE_DEPTH));
+        // Arrays count as levels too: {"a": [[[...]]]}.
+        let mut arr = 0u32.to_be_bytes().to_vec();
+        for _ in 0..100 {
+            let mut o = ((arr.len() + 1) as u32).to_be_bytes().to_vec();
+            o.push(b'A');
+            o.extend_from_slice(&arr);
+            arr = o;
+        }
+        let mut t = ((arr.len() + 3) as u32).to_be_bytes().to_vec();
+        t.extend_from_slice(&[1, b'a', b'A']);
+        t.extend_from_slice(&arr);
+        assert!(!table_nesting_ok(&t, MAX_TABLE_DEPTH));
+        // Unknown tags are refused; truncated input cannot hide depth.
+        assert!(!table_nesting_ok(&[0, 0, 0, 3, 1, b'a', b'Z'], 8));
+        assert!(table_nesting_ok(&[0, 0, 0, 9, 1, b'a', b'F'], 8));
+        // The decoder stops at the same depth instead of recursing on.
+        for (depth, ok) in [(MAX_TABLE_DEPTH, true), (20_000, false)] {
+            let mut props = 0x2000u16.to_be_bytes().to_vec();
+            props.extend_from_slice(&nested(depth));
+            assert_eq!(BasicProperties::decode(&props).is_some(), ok, "{depth}");
+        }
+    }
 
     #[test]
     fn every_property_round_trips() {

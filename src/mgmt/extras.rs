@@ -12,7 +12,6 @@ use super::{bad_request, body_object, exchange_name, not_found_err, vhost_or_404
 use crate::broker::queue::split_channel_key;
 use crate::broker::registry::unix_ms;
 use crate::broker::{ConnectionInfo, RouteStep};
-use amq_protocol::types::{AMQPValue, FieldTable};
 use axum::body::Bytes;
 use axum::extract::{Path, Query};
 use axum::routing::{get, post};
@@ -124,7 +123,7 @@ fn message_json(
         "exchange": m.exchange,
         "routing_key": m.routing_key,
         "message_count": message_count,
-        "properties": properties_json(&m.properties),
+        "properties": super::objects::properties_json(&m.properties),
         "payload": payload,
         "payload_encoding": encoding,
     })
@@ -146,81 +145,6 @@ fn base64_encode(b: &[u8]) -> String {
         }
     }
     out
-}
-
-/// The content-header properties as RabbitMQ's `/get` renders them: only
-/// those present, `[]` when there are none.
-fn properties_json(raw: &[u8]) -> J {
-    let Ok((_, p)) = amq_protocol::protocol::basic::parse_properties(raw) else {
-        return J::Array(Vec::new());
-    };
-    let mut m = Map::new();
-    let mut s = |k: &str, v: Option<String>| {
-        if let Some(v) = v {
-            m.insert(k.to_owned(), J::String(v));
-        }
-    };
-    let str_of =
-        |v: &Option<amq_protocol::types::ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
-    s("content_type", str_of(p.content_type()));
-    s("content_encoding", str_of(p.content_encoding()));
-    s("correlation_id", str_of(p.correlation_id()));
-    s("reply_to", str_of(p.reply_to()));
-    s("expiration", str_of(p.expiration()));
-    s("message_id", str_of(p.message_id()));
-    s("type", str_of(p.kind()));
-    s("user_id", str_of(p.user_id()));
-    s("app_id", str_of(p.app_id()));
-    s("cluster_id", str_of(p.cluster_id()));
-    if let Some(h) = p.headers() {
-        m.insert("headers".into(), field_table_json(h));
-    }
-    if let Some(d) = p.delivery_mode() {
-        m.insert("delivery_mode".into(), json!(d));
-    }
-    if let Some(d) = p.priority() {
-        m.insert("priority".into(), json!(d));
-    }
-    if let Some(t) = p.timestamp() {
-        m.insert("timestamp".into(), json!(t));
-    }
-    if m.is_empty() {
-        J::Array(Vec::new())
-    } else {
-        J::Object(m)
-    }
-}
-
-fn field_table_json(t: &FieldTable) -> J {
-    J::Object(
-        t.inner()
-            .iter()
-            .map(|(k, v)| (k.as_str().to_owned(), amqp_value_json(v)))
-            .collect(),
-    )
-}
-
-fn amqp_value_json(v: &AMQPValue) -> J {
-    match v {
-        AMQPValue::Boolean(b) => J::Bool(*b),
-        AMQPValue::ShortShortInt(n) => json!(n),
-        AMQPValue::ShortShortUInt(n) => json!(n),
-        AMQPValue::ShortInt(n) => json!(n),
-        AMQPValue::ShortUInt(n) => json!(n),
-        AMQPValue::LongInt(n) => json!(n),
-        AMQPValue::LongUInt(n) => json!(n),
-        AMQPValue::LongLongInt(n) => json!(n),
-        AMQPValue::Timestamp(n) => json!(n),
-        AMQPValue::Float(f) => json!(f),
-        AMQPValue::Double(f) => json!(f),
-        AMQPValue::DecimalValue(d) => json!(d.value as f64 / 10f64.powi(d.scale as i32)),
-        AMQPValue::ShortString(s) => J::String(s.as_str().to_owned()),
-        AMQPValue::LongString(s) => J::String(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ByteArray(b) => J::String(String::from_utf8_lossy(b.as_slice()).into_owned()),
-        AMQPValue::FieldArray(a) => J::Array(a.as_slice().iter().map(amqp_value_json).collect()),
-        AMQPValue::FieldTable(t) => field_table_json(t),
-        AMQPValue::Void => J::Null,
-    }
 }
 
 async fn unacked(

@@ -777,6 +777,12 @@ async fn publish_message(
             return Err(rejected());
         }
     };
+    if published.routed == 0 {
+        // Not mandatory: dropped, counted as the AMQP path counts it.
+        s.broker
+            .counters()
+            .add(crate::broker::Counter::DropUnroutable, 1);
+    }
     if published.written {
         if let Some(p) = s.broker.persistence() {
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -878,6 +884,12 @@ pub(super) fn message_json(
     })
 }
 
+/// The most messages one `/get` takes (the dashboard asks for a few).
+const MAX_GET_COUNT: i64 = 10_000;
+
+/// The most payload bytes one `/get` collects before it stops taking more.
+const MAX_GET_BYTES: usize = 64 << 20;
+
 async fn get_messages(
     State(s): St,
     Path((vhost, name)): Path<(String, String)>,
@@ -887,6 +899,14 @@ async fn get_messages(
     let m = decode_body(&body)?;
     let vals = required(&m, &["ackmode", "count", "encoding"])?;
     let count = parse_int(vals[1])?;
+    // RabbitMQ loops until the queue is empty for a negative count and
+    // holds everything it took until the end; Warren refuses that and caps
+    // one request, since every message taken stays in memory until then.
+    if !(0..=MAX_GET_COUNT).contains(&count) {
+        return Err(bad(format!(
+            "count must be between 0 and {MAX_GET_COUNT}, got {count}"
+        )));
+    }
     let base64 = match vals[2] {
         J::String(e) if e == "auto" => false,
         J::String(e) if e == "base64" => true,
@@ -922,10 +942,12 @@ async fn get_messages(
     // RabbitMQ gets them one by one and settles them all afterwards:
     // requeued at once, each get would return the same message.
     let mut n = count;
-    while n != 0 {
+    let mut bytes = 0usize;
+    while n != 0 && bytes < MAX_GET_BYTES {
         let Some((qm, left)) = q.get(no_ack) else {
             break;
         };
+        bytes += qm.message.body.len();
         out.push(message_json(
             &qm.message,
             qm.redelivered,
