@@ -107,8 +107,7 @@ async fn a_deleted_vhost_stays_deleted_across_a_restart() {
         assert_eq!(e.text, "vhost 'v' is deleted");
         let e = held
             .declare_exchange("late-x", "direct", false, durable_exchange_opts())
-            .err()
-            .expect("an exchange declare on a deleted vhost is refused");
+            .expect_err("an exchange declare on a deleted vhost is refused");
         assert_eq!(e.kind, ErrorKind::NotFound);
         assert!(held
             .bind_queue("before", "amq.direct", "k", Table::default(), 0)
@@ -123,7 +122,7 @@ async fn a_deleted_vhost_stays_deleted_across_a_restart() {
         let r = ch
             .queue_declare("late-amqp".into(), durable_q(), FieldTable::default())
             .await;
-        let e = r.err().expect("declare on a deleted vhost succeeded");
+        let e = r.expect_err("declare on a deleted vhost succeeded");
         if let lapin::ErrorKind::ProtocolError(e) = e.kind() {
             assert_eq!(e.get_id(), 320, "{e}");
             assert!(
