@@ -41,6 +41,7 @@
 //! whose checksum fails, are dropped; unreferenced segments are deleted.
 
 use crate::message::{Message, QueuedMessage, StoredRef};
+use crate::peek::{PeekBody, PeekEntry, Peeked};
 use crate::segments::Segments;
 use crate::store::MessageStore;
 use bytes::Bytes;
@@ -297,8 +298,9 @@ impl Disk {
         Ok(self.segments.append(&encode(m), queues as u32)?)
     }
 
-    /// Reads the message at `r`.
-    fn read(&self, r: StoredRef) -> Result<Message, DiskError> {
+    /// Reads the message at `r`: an error (never another record) when it
+    /// is gone with its segment or does not read back intact.
+    pub(crate) fn read(&self, r: StoredRef) -> Result<Message, DiskError> {
         decode(Bytes::from(self.segments.read(r)?), Some(r))
     }
 
@@ -629,7 +631,7 @@ impl MessageStore for DiskStore {
         self.bytes
     }
 
-    fn peek_at(&self, offset: usize, n: usize) -> Vec<QueuedMessage> {
+    fn peek_entries(&self, offset: usize, n: usize) -> Peeked {
         let r = self.requeued.len();
         let start = offset.saturating_sub(r).min(self.ready.len());
         let left = n.saturating_sub(r.saturating_sub(offset).min(n));
@@ -640,35 +642,30 @@ impl MessageStore for DiskStore {
             .take(n)
             .chain(self.ready.range(start..).take(left));
         let mut out = Vec::new();
-        let mut read = 0u64;
+        let mut to_read = 0u64;
         for e in entries {
-            // Paged-out bodies are read one record at a time; they stay
-            // paged out (nothing is cached), so peeking loads no more of
-            // the queue than it shows, and at most PEEK_READ_BUDGET of it.
-            let message = match (&e.msg, e.stored) {
-                (Some(m), _) => m.clone(),
+            // Paged-out bodies are only located here and read later, one
+            // record at a time, without the queue's lock; they stay paged
+            // out (nothing is cached), so peeking loads no more of the
+            // queue than it shows, and at most PEEK_READ_BUDGET of it.
+            let body = match (&e.msg, e.stored) {
+                (Some(m), _) => PeekBody::Loaded(m.clone()),
                 (None, Some(r)) => {
-                    if read > 0 && read + e.size as u64 > PEEK_READ_BUDGET {
+                    if to_read > 0 && to_read + e.size as u64 > PEEK_READ_BUDGET {
                         break;
                     }
-                    read += e.size as u64;
-                    match self.disk.read(r) {
-                        Ok(m) => Arc::new(m),
-                        Err(err) => {
-                            self.log_err("peek read", err);
-                            continue;
-                        }
-                    }
+                    to_read += e.size as u64;
+                    PeekBody::Stored(r)
                 }
                 (None, None) => continue,
             };
-            out.push(QueuedMessage {
+            out.push(PeekEntry {
                 seq: e.seq,
-                message,
                 redelivered: e.redelivered,
+                body,
             });
         }
-        out
+        Peeked::new(out, Some(self.disk.clone()))
     }
 
     fn next_seq(&self) -> u64 {
@@ -802,6 +799,64 @@ mod tests {
         assert_eq!(&first.message.body[..], b"m1");
         assert!(!first.redelivered, "peeking delivers nothing");
         assert_eq!(s.len(), 999);
+    }
+
+    #[test]
+    fn peeking_in_two_steps_reads_paged_out_bodies_after_the_snapshot() {
+        let dir = tempdir("peek2");
+        {
+            let disk = Disk::open(&dir, 1 << 20).unwrap();
+            let mut s = DiskStore::new(disk.clone(), 6, Vec::new(), 0);
+            for i in 1..=100 {
+                s.push(persistent(i, &format!("m{i}"), &disk, 1));
+            }
+            disk.flush().unwrap();
+        }
+        let (disk, mut s) = reopen(&dir, 6, 1 << 20);
+        // A requeued message is in memory; the rest are paged out.
+        let head = s.pop().unwrap();
+        s.requeue(QueuedMessage {
+            redelivered: true,
+            ..head
+        });
+        let p = s.peek_entries(0, 4);
+        assert_eq!(p.len(), 4);
+        assert!(matches!(p.entries()[0].body, PeekBody::Loaded(_)));
+        assert!(
+            p.entries()[1..]
+                .iter()
+                .all(|e| matches!(e.body, PeekBody::Stored(_))),
+            "paged-out bodies are only located under the lock"
+        );
+        let shown = |v: Vec<(usize, QueuedMessage)>| -> Vec<(usize, String, bool)> {
+            v.into_iter()
+                .map(|(i, m)| {
+                    let body = String::from_utf8(m.message.body.to_vec()).unwrap();
+                    (i, body, m.redelivered)
+                })
+                .collect()
+        };
+        assert_eq!(
+            shown(p.load()),
+            vec![
+                (0, "m1".into(), true),
+                (1, "m2".into(), false),
+                (2, "m3".into(), false),
+                (3, "m4".into(), false)
+            ]
+        );
+        assert_eq!(s.mem_bytes, 2, "only the requeued body is in memory");
+
+        // The snapshot outlives what it saw: every message is acked and
+        // the segment holding the bodies is deleted before they are read.
+        let p = s.peek_entries(50, 3);
+        let files = disk.segments.files();
+        while let Some(m) = s.pop() {
+            s.settle(m.seq);
+        }
+        assert!(disk.segments.files() < files, "the old segment was deleted");
+        assert!(p.load().is_empty(), "gone bodies are skipped");
+        assert!(s.peek_entries(0, 10).is_empty());
     }
 
     #[test]

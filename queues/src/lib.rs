@@ -8,12 +8,14 @@
 
 pub mod disk;
 pub mod message;
+pub mod peek;
 pub mod queue;
 pub mod segments;
 pub mod store;
 
 pub use disk::{Disk, DiskError, DiskStore};
 pub use message::{Message, QueuedMessage, StoredRef};
+pub use peek::{PeekBody, PeekEntry, Peeked};
 pub use queue::{
     ChannelLimit, ConsumeError, ConsumerId, ConsumerSpec, Dispatched, Holder, QueueCore,
     UnackedInfo,

@@ -9,6 +9,7 @@
 //! (basic.qos global=true).
 
 use crate::message::{Message, QueuedMessage};
+use crate::peek::Peeked;
 use crate::store::MessageStore;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -422,6 +423,13 @@ impl<C: Clone> QueueCore<C> {
     /// mark, no counter).
     pub fn peek_at(&self, offset: usize, n: usize) -> Vec<QueuedMessage> {
         self.store.peek_at(offset, n)
+    }
+
+    /// [`QueueCore::peek_at`]'s first step: copies out what is in memory
+    /// and where paged-out bodies lie, reading nothing from disk. Call it
+    /// under the queue's lock and [`Peeked::load`] after releasing it.
+    pub fn peek_entries(&self, offset: usize, n: usize) -> Peeked {
+        self.store.peek_entries(offset, n)
     }
 
     /// The `n` oldest unacked deliveries (oldest first, by delivery time

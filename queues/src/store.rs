@@ -6,6 +6,7 @@
 //! puts one back at its original place (RabbitMQ's order: by `seq`).
 
 use crate::message::QueuedMessage;
+use crate::peek::{PeekBody, PeekEntry, Peeked};
 use std::collections::{BTreeMap, VecDeque};
 
 /// Storage for one queue's messages.
@@ -32,12 +33,21 @@ pub trait MessageStore: Send {
         self.peek_at(0, n)
     }
     /// Up to `n` ready messages starting `offset` places after the head,
-    /// without taking them or changing anything. Only those messages are
-    /// read (a disk store reads paged-out bodies one by one), so peeking
-    /// at a queue of millions costs what is peeked. A store may return
-    /// fewer than asked when reading them all would take too much memory
-    /// (the disk store's `PEEK_READ_BUDGET`).
-    fn peek_at(&self, offset: usize, n: usize) -> Vec<QueuedMessage>;
+    /// without taking them or changing anything: in-memory ones as they
+    /// are, paged-out ones as where to read them ([`Peeked::load`] reads
+    /// them later, without the queue's lock). Only those messages are
+    /// visited, so peeking at a queue of millions costs what is peeked. A
+    /// store may return fewer than asked when reading them all would take
+    /// too much memory (the disk store's `PEEK_READ_BUDGET`).
+    fn peek_entries(&self, offset: usize, n: usize) -> Peeked;
+    /// [`MessageStore::peek_entries`] with the bodies read at once.
+    fn peek_at(&self, offset: usize, n: usize) -> Vec<QueuedMessage> {
+        self.peek_entries(offset, n)
+            .load()
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect()
+    }
     /// The `seq` the next new message gets (recovered stores continue
     /// after what they hold).
     fn next_seq(&self) -> u64 {
@@ -95,20 +105,21 @@ impl MessageStore for MemoryStore {
         self.bytes
     }
 
-    fn peek_at(&self, offset: usize, n: usize) -> Vec<QueuedMessage> {
+    fn peek_entries(&self, offset: usize, n: usize) -> Peeked {
         // Skip in the deque by index, not by walking it.
         let r = self.requeued.len();
-        let from_requeued = self.requeued.values().skip(offset).take(n).cloned();
+        let from_requeued = self.requeued.values().skip(offset).take(n);
         let start = offset.saturating_sub(r);
         let left = n.saturating_sub(r.saturating_sub(offset).min(n));
-        from_requeued
-            .chain(
-                self.ready
-                    .range(start.min(self.ready.len())..)
-                    .take(left)
-                    .cloned(),
-            )
-            .collect()
+        let entries = from_requeued
+            .chain(self.ready.range(start.min(self.ready.len())..).take(left))
+            .map(|m| PeekEntry {
+                seq: m.seq,
+                redelivered: m.redelivered,
+                body: PeekBody::Loaded(m.message.clone()),
+            })
+            .collect();
+        Peeked::new(entries, None)
     }
 }
 

@@ -200,6 +200,14 @@ impl Connection {
         let cm = cmd.class_method();
         match self.command(id, cmd) {
             Ok(()) => Ok(()),
+            // The vhost was deleted under us (its close request may not
+            // have reached this task yet): close as RabbitMQ does then.
+            Err(_) if self.vhost.is_deleted() => Err(ConnectionError {
+                code: CONNECTION_FORCED,
+                text: format!("CONNECTION_FORCED - vhost '{}' is deleted", self.vhost.name),
+                class_id: 0,
+                method_id: 0,
+            }),
             Err(AmqpError::Channel(e)) => {
                 let e = if e.class_id == 0 {
                     AmqpError::Channel(e).at(cm)

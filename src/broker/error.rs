@@ -54,6 +54,12 @@ impl BrokerError {
         )
     }
 
+    /// A declare or bind through a vhost that was deleted meanwhile (a
+    /// connection or request that still held it).
+    pub fn vhost_deleted(vhost: &str) -> Self {
+        Self::new(ErrorKind::NotFound, format!("vhost '{vhost}' is deleted"))
+    }
+
     pub fn locked(name: &str, vhost: &str) -> Self {
         Self::new(
             ErrorKind::ResourceLocked,

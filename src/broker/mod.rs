@@ -79,6 +79,10 @@ pub struct Broker {
     pub churn: Arc<ChurnCounters>,
     /// The coarse clock deliveries are stamped with (advanced by the server).
     clock: Arc<CoarseClock>,
+    /// Serialises creating and deleting vhosts: a re-create must not land
+    /// between a delete's map removal and its sweep of the stored records
+    /// (which share the name's key prefix).
+    vhost_admin: std::sync::Mutex<()>,
 }
 
 impl Broker {
@@ -168,6 +172,7 @@ impl Broker {
             stats: Arc::new(MessageCounters::default()),
             churn: Arc::new(ChurnCounters::default()),
             clock: Arc::new(CoarseClock::default()),
+            vhost_admin: std::sync::Mutex::new(()),
         })
     }
 
@@ -270,6 +275,7 @@ impl Broker {
     /// Creates a vhost (with its amq.* exchanges) or updates its metadata;
     /// returns whether it existed.
     pub fn create_vhost(&self, name: &str, meta: VhostMeta) -> bool {
+        let _admin = self.vhost_admin.lock().unwrap_or_else(|e| e.into_inner());
         let existed = self.vhost(name).is_some();
         self.access.set_vhost_meta(name, meta);
         self.add_vhost(name);
@@ -279,10 +285,16 @@ impl Broker {
     /// Deletes a vhost and everything in it: exchanges, queues with their
     /// messages, bindings, permissions and stored definitions; its AMQP
     /// connections are closed as RabbitMQ closes them. False if unknown.
+    ///
+    /// Connections and requests that still hold the vhost are refused
+    /// from the moment it is marked deleted, before anything is swept: a
+    /// record they wrote after the sweep would recreate it at the next start.
     pub fn delete_vhost(&self, name: &str) -> bool {
+        let _admin = self.vhost_admin.lock().unwrap_or_else(|e| e.into_inner());
         let Some((_, v)) = self.vhosts.remove(name) else {
             return false;
         };
+        v.mark_deleted();
         v.remove_everything();
         self.access.forget_vhost(name);
         if let Some(p) = &self.persist {

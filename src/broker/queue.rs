@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 use warren_exchanges::Table;
 use warren_queues::{
-    ChannelLimit, ConsumeError, ConsumerId, ConsumerSpec, Dispatched, Message, QueueCore,
+    ChannelLimit, ConsumeError, ConsumerId, ConsumerSpec, Dispatched, Message, Peeked, QueueCore,
     QueuedMessage, UnackedInfo,
 };
 
@@ -332,10 +332,12 @@ impl Queue {
     }
 
     /// Up to `n` ready messages from `offset` places after the head, and
-    /// the ready count, leaving the queue as it was.
-    pub fn peek(&self, offset: usize, n: usize) -> (Vec<QueuedMessage>, usize) {
+    /// the ready count, leaving the queue as it was. The lock is held only
+    /// to copy out in-memory messages and where paged-out ones lie:
+    /// [`Peeked::load`] reads those (blocking I/O) without it.
+    pub fn peek(&self, offset: usize, n: usize) -> (Peeked, usize) {
         let core = self.core();
-        (core.peek_at(offset, n), core.message_count())
+        (core.peek_entries(offset, n), core.message_count())
     }
 
     /// The `n` oldest unacked deliveries and how many there are.

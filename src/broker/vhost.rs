@@ -8,8 +8,8 @@ use super::queue::{Queue, QueueOptions, QueueRef};
 use super::registry::{Churn, ChurnCounters, CoarseClock, Counter, MessageCounters};
 use super::route::{Dest, RouteScratch};
 use dashmap::DashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 use warren_exchanges::{ExchangeType, RouteInput, Table};
 use warren_queues::{DiskError, DiskStore, MemoryStore, Message, MessageStore};
 
@@ -25,6 +25,17 @@ pub struct Vhost {
     clock: Arc<CoarseClock>,
     /// The broker-wide churn counters (queues declared, created, deleted).
     churn: Arc<ChurnCounters>,
+    /// Set first thing when the vhost is deleted. Connections and HTTP
+    /// handlers may still hold this `Arc<Vhost>`; from then on they can
+    /// neither declare nor bind in it, so no stored record outlives the
+    /// deletion's sweep (one would bring the vhost back at the next start).
+    deleted: AtomicBool,
+    /// Declares and binds hold it shared while they check `deleted` and
+    /// write their records; [`Vhost::mark_deleted`] takes it exclusively to
+    /// set the flag, so once that returns no write is in flight and none can
+    /// start: the sweep after it sees every record. Always taken before any
+    /// other lock of the vhost, never held across `.await`.
+    gate: RwLock<()>,
 }
 
 /// Message details routing may read beyond the routing key.
@@ -75,6 +86,8 @@ impl Vhost {
             stats,
             clock,
             churn,
+            deleted: AtomicBool::new(false),
+            gate: RwLock::new(()),
         };
         let durable = ExchangeOptions {
             durable: true,
@@ -101,6 +114,28 @@ impl Vhost {
                 .insert(name.to_owned(), builtin(name, ExchangeKind::Typed(t)));
         }
         v
+    }
+
+    /// Whether the vhost was deleted (its holders see it go).
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    /// The vhost is being deleted: refuses every later declare and bind,
+    /// and waits for those under way to finish their writes.
+    pub(crate) fn mark_deleted(&self) {
+        let _excl = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        self.deleted.store(true, Ordering::Release);
+    }
+
+    /// Held while a declare or bind changes the vhost and writes its
+    /// records; refused once the vhost is deleted.
+    fn writable(&self) -> Result<RwLockReadGuard<'_, ()>> {
+        let g = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        if self.is_deleted() {
+            return Err(BrokerError::vhost_deleted(&self.name));
+        }
+        Ok(g)
     }
 
     pub fn exchange(&self, name: &str) -> Result<Arc<Exchange>> {
@@ -131,6 +166,7 @@ impl Vhost {
             }
             return self.exchange(name);
         }
+        let _live = self.writable()?;
         let Some(t) = ExchangeType::parse(kind) else {
             return Err(BrokerError::new(
                 ErrorKind::CommandInvalid,
@@ -268,6 +304,7 @@ impl Vhost {
         if passive {
             return declared(self.queue_for(name, conn)?);
         }
+        let _live = self.writable()?;
         let generated = name.is_empty();
         let name = if generated {
             self.generate_queue_name()
@@ -449,6 +486,7 @@ impl Vhost {
         arguments: Table,
         conn: u64,
     ) -> Result<()> {
+        let _live = self.writable()?;
         let q = self.queue_for(queue, conn)?;
         let ex = self.bindable_exchange(exchange)?;
         let durable = ex.opts.durable && q.disk_id.is_some();
@@ -520,6 +558,10 @@ impl Vhost {
             }
         }
         scratch.dedup();
+        if self.is_deleted() {
+            // Its queues are gone; nothing may be written for it any more.
+            scratch.queues.clear();
+        }
         let mut written = false;
         if let (true, Some(p)) = (message.persistent, &self.persist) {
             let durable = scratch
@@ -642,6 +684,7 @@ impl Vhost {
         routing_key: &str,
         arguments: Table,
     ) -> Result<()> {
+        let _live = self.writable()?;
         let dst = self.bindable_exchange(destination)?;
         let src = self.bindable_exchange(source)?;
         let durable = src.opts.durable && dst.opts.durable;

@@ -80,23 +80,36 @@ async fn peek(
     };
     let v = vhost_or_404(&s, &vhost)?;
     let queue = v.queue(&name).ok_or_else(not_found_err)?;
-    // The queue's lock is held only while the messages are copied out
-    // (paged-out bodies are read then, one record each).
-    let (msgs, ready) = queue.peek(offset, count);
-    let mut items = Vec::with_capacity(msgs.len());
-    let mut rendered = 0usize;
-    for (i, m) in msgs.iter().enumerate() {
-        // A reply stays bounded however big the messages are: past the
-        // budget, fewer messages come back (the first always does).
-        let shown = truncate.map_or(m.message.body.len(), |t| t.min(m.message.body.len()));
-        if i > 0 && rendered + shown > PEEK_RENDER_BUDGET {
-            break;
+    // The queue's lock is held only while in-memory messages and the
+    // places of paged-out ones are copied out; the bodies are read (up to
+    // 64 MiB from disk) and rendered after, on a blocking thread, so a
+    // peek at a backlogged queue stalls neither the queue nor a worker.
+    let (peeked, ready) = queue.peek(offset, count);
+    let items = tokio::task::spawn_blocking(move || {
+        let mut items = Vec::with_capacity(peeked.len());
+        let mut rendered = 0usize;
+        for (place, m) in peeked.load() {
+            // A reply stays bounded however big the messages are: past the
+            // budget, fewer messages come back (the first always does).
+            let shown = truncate.map_or(m.message.body.len(), |t| t.min(m.message.body.len()));
+            if !items.is_empty() && rendered + shown > PEEK_RENDER_BUDGET {
+                break;
+            }
+            rendered += shown;
+            let mut j = message_json(&m.message, m.redelivered, ready, base64, truncate);
+            j["position"] = json!(offset + place);
+            items.push(j);
         }
-        rendered += shown;
-        let mut j = message_json(&m.message, m.redelivered, ready, base64, truncate);
-        j["position"] = json!(offset + i);
-        items.push(j);
-    }
+        items
+    })
+    .await
+    .map_err(|e| {
+        ApiError(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_server_error",
+            format!("peek failed: {e}"),
+        )
+    })?;
     Ok(Json(J::Array(items)))
 }
 
