@@ -156,6 +156,16 @@ impl Broker {
         self.persist.as_ref()
     }
 
+    /// Runs `f` with definition writes synced once at its end rather than
+    /// one by one (see [`Persistence::batch`]); blocking, so call it from
+    /// `spawn_blocking`.
+    pub fn batch<R>(&self, f: impl FnOnce() -> R) -> R {
+        match &self.persist {
+            Some(p) => p.batch(f),
+            None => f(),
+        }
+    }
+
     fn build(cfg: &BrokerConfig, persist: Option<Arc<Persistence>>) -> Arc<Self> {
         Arc::new(Broker {
             access: access::Access::load(persist.clone()),
@@ -279,15 +289,18 @@ impl Broker {
     /// Deletes a vhost and everything in it: exchanges, queues with their
     /// messages, bindings, permissions and stored definitions; its AMQP
     /// connections are closed as RabbitMQ closes them. False if unknown.
+    /// Blocking (it syncs to disk once at the end): call it from `spawn_blocking`.
     pub fn delete_vhost(&self, name: &str) -> bool {
         let Some((_, v)) = self.vhosts.remove(name) else {
             return false;
         };
-        v.remove_everything();
-        self.access.forget_vhost(name);
-        if let Some(p) = &self.persist {
-            p.remove_vhost_docs(name);
-        }
+        self.batch(|| {
+            v.remove_everything();
+            self.access.forget_vhost(name);
+            if let Some(p) = &self.persist {
+                p.remove_vhost_docs(name);
+            }
+        });
         let reason = format!("vhost '{name}' is deleted");
         for c in self.connections() {
             if c.vhost == name {

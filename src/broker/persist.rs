@@ -16,6 +16,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use warren_exchanges::{Table, Value};
 use warren_queues::{Disk, DiskError};
 
+thread_local! {
+    /// Whether this thread is inside [`Persistence::batch`].
+    static BATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// How often an idle flusher flushes anyway.
 const IDLE_FLUSH: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -235,11 +240,38 @@ impl Persistence {
         }
     }
 
-    /// Definitions are rare and small: make each durable at once.
+    /// Definitions are rare and small: make each durable at once, unless
+    /// this thread is inside [`Persistence::batch`], which syncs once at its end.
     fn sync(&self) {
+        if BATCHING.with(|b| b.get()) {
+            return;
+        }
         if let Err(e) = self.disk.flush() {
             tracing::error!(error = %e, "cannot flush definitions");
         }
+    }
+
+    /// Runs `f` (many definition writes, e.g. a definitions import or a
+    /// vhost deletion) with the per-item sync off on this thread only, then
+    /// makes everything durable with one flush before returning. Writes by
+    /// other threads meanwhile still sync each. Call it off the async
+    /// workers (`spawn_blocking`): the flush blocks.
+    pub fn batch<R>(&self, f: impl FnOnce() -> R) -> R {
+        struct Reset(bool);
+        impl Drop for Reset {
+            fn drop(&mut self) {
+                BATCHING.with(|b| b.set(self.0));
+            }
+        }
+        let outer = BATCHING.with(|b| b.replace(true));
+        let r = {
+            let _reset = Reset(outer);
+            f()
+        };
+        if !outer {
+            self.sync();
+        }
+        r
     }
 
     pub fn put_exchange(&self, d: &ExchangeDef) {

@@ -558,10 +558,21 @@ async fn vhost_put(
 }
 
 async fn vhost_delete(State(s): St, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
-    if !s.broker.delete_vhost(&name) {
+    // Removing every queue and binding and syncing blocks: off the async
+    // workers. The reply waits for the final sync.
+    let deleted = tokio::task::spawn_blocking(move || s.broker.delete_vhost(&name))
+        .await
+        .map_err(|e| internal(format!("vhost deletion failed: {e}")))?;
+    if !deleted {
         return Err(not_found_err());
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A 500 for a failed background task.
+pub(super) fn internal(reason: String) -> ApiError {
+    tracing::error!(%reason, "management request failed");
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", reason)
 }
 
 async fn vhost_permissions(State(s): St, Path(name): Path<String>) -> Result<Json<J>, ApiError> {
