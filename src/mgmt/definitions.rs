@@ -474,7 +474,10 @@ const BUILTIN_EXCHANGES: [(&str, ExchangeType); 5] = [
 
 impl World {
     fn load_vhost(&mut self, s: &MgmtState, vhost: &str) {
-        if self.exchanges.contains_key(&(vhost.to_owned(), String::new())) {
+        if self
+            .exchanges
+            .contains_key(&(vhost.to_owned(), String::new()))
+        {
             return;
         }
         match s.broker.vhost(vhost) {
@@ -506,7 +509,9 @@ impl World {
         for (vh, name, _) in &p.queues {
             self.load_vhost(s, vh);
             if !name.starts_with("amq.") {
-                self.queues.entry((vh.clone(), name.clone())).or_insert(false);
+                self.queues
+                    .entry((vh.clone(), name.clone()))
+                    .or_insert(false);
             }
         }
         for (vh, name, kind, opts) in &p.exchanges {
@@ -683,6 +688,15 @@ mod tests {
         assert_eq!(
             multipart_file("multipart/form-data; boundary=Q", body),
             None
+        );
+    }
+
+    #[test]
+    fn a_part_without_headers_does_not_hide_the_file() {
+        let body = b"--XyZ\r\npreamble-like junk\r\n--XyZ\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\n{}\r\n--XyZ--\r\n";
+        assert_eq!(
+            multipart_file("multipart/form-data; boundary=XyZ", body),
+            Some(&b"{}"[..])
         );
     }
 }
