@@ -295,11 +295,13 @@ impl Broker {
             return false;
         };
         self.batch(|| {
-            v.remove_everything();
-            self.access.forget_vhost(name);
+            // The stored definitions first, in one prefix sweep: removing
+            // each queue then finds none of its bindings left to look at.
             if let Some(p) = &self.persist {
                 p.remove_vhost_docs(name);
             }
+            v.remove_everything();
+            self.access.forget_vhost(name);
         });
         let reason = format!("vhost '{name}' is deleted");
         for c in self.connections() {

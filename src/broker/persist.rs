@@ -337,8 +337,9 @@ impl Persistence {
         self.sync();
     }
 
+    /// Only the vhost's bindings are read (its key prefix), not every one.
     fn remove_bindings_where(&self, vhost: &str, f: impl Fn(&BindingDef) -> bool) {
-        for b in self.bindings() {
+        for b in Self::binding_defs(self.defs.scan_prefix(key(b'b', &[vhost]))) {
             if b.vhost == vhost && f(&b) {
                 self.remove(Self::binding_key(&b));
             }
@@ -429,9 +430,21 @@ impl Persistence {
     }
 
     pub fn bindings(&self) -> Vec<BindingDef> {
-        self.scan(b'b')
-            .into_iter()
-            .map(|(_, v)| BindingDef {
+        Self::binding_defs(self.defs.scan_prefix([b'b']))
+    }
+
+    fn binding_defs(it: sled::Iter) -> Vec<BindingDef> {
+        it.values()
+            .filter_map(
+                |v| match serde_json::from_slice::<serde_json::Value>(&v.ok()?) {
+                    Ok(j) => Some(j),
+                    Err(e) => {
+                        tracing::error!(error = %e, "skipping an unreadable definition");
+                        None
+                    }
+                },
+            )
+            .map(|v| BindingDef {
                 vhost: v["vhost"].as_str().unwrap_or("/").to_owned(),
                 source: v["source"].as_str().unwrap_or_default().to_owned(),
                 destination_type: v["destination_type"].as_str().unwrap_or("queue").to_owned(),

@@ -585,6 +585,10 @@ fn apply(s: &MgmtState, p: Plan, acting: &str) -> Result<(), ApiError> {
         a.put_user(u);
     }
     for (name, meta) in p.vhosts {
+        // As RabbitMQ's HTTP import: rabbit_definitions:add_vhost calls
+        // rabbit_vhost:put_vhost with the acting user, which grants it full
+        // permissions on a new vhost (only boot-time imports, acting as
+        // the internal user, grant none).
         put_vhost(s, &name, meta, acting);
     }
     for perm in p.permissions {
