@@ -905,3 +905,190 @@ async fn bad_definitions_are_refused_whole() {
     assert_eq!(get_json(&s, "/api/vhosts/uploaded").await.0, 200);
     s.shutdown().await;
 }
+
+async fn post_defs(s: &Server, doc: &J) -> (u16, String) {
+    raw(s, "POST", "/api/definitions", Some(GUEST), &doc.to_string()).await
+}
+
+#[tokio::test]
+async fn an_import_with_a_bad_binding_or_exchange_applies_nothing() {
+    let s = start().await;
+    // The review's case: a binding from a missing exchange after a user.
+    let doc = json!({
+        "users": [{"name": "x", "password": "p", "tags": ""}],
+        "bindings": [{"vhost": "/", "source": "nope", "destination": "q",
+                      "destination_type": "queue", "routing_key": "", "arguments": {}}],
+    });
+    let (st, body) = post_defs(&s, &doc).await;
+    assert_eq!(st, 400, "{body}");
+    assert!(reason(&body).contains("nope"), "{body}");
+    assert_eq!(get_json(&s, "/api/users/x").await.0, 404);
+    // A binding to a queue that neither exists nor is in the file.
+    let doc = json!({
+        "vhosts": [{"name": "bv"}],
+        "exchanges": [{"name": "bx", "vhost": "bv", "type": "direct", "durable": true,
+                       "auto_delete": false, "internal": false, "arguments": {}}],
+        "bindings": [{"vhost": "bv", "source": "bx", "destination": "missing",
+                      "destination_type": "queue", "routing_key": "k", "arguments": {}}],
+    });
+    let (st, body) = post_defs(&s, &doc).await;
+    assert_eq!(st, 400, "{body}");
+    assert_eq!(get_json(&s, "/api/vhosts/bv").await.0, 404);
+    // Exchange arguments its type refuses (Exchange::new's check).
+    let doc = json!({
+        "users": [{"name": "y", "password": "p", "tags": ""}],
+        "exchanges": [{"name": "ch", "vhost": "/", "type": "x-consistent-hash", "durable": true,
+                       "auto_delete": false, "internal": false,
+                       "arguments": {"hash-header": "h", "hash-property": "message_id"}}],
+    });
+    let (st, body) = post_defs(&s, &doc).await;
+    assert_eq!(st, 400, "{body}");
+    assert_eq!(get_json(&s, "/api/users/y").await.0, 404);
+    assert_eq!(get_json(&s, "/api/exchanges/%2F/ch").await.0, 404);
+    // Binding arguments the router refuses (a bad x-match), and a binding
+    // from the default exchange.
+    for (source, args) in [("amq.headers", json!({"x-match": "some"})), ("", json!({}))] {
+        let doc = json!({
+            "users": [{"name": "z", "password": "p", "tags": ""}],
+            "queues": [{"name": "zq", "vhost": "/", "durable": true, "auto_delete": false, "arguments": {}}],
+            "bindings": [{"vhost": "/", "source": source, "destination": "zq",
+                          "destination_type": "queue", "routing_key": "", "arguments": args}],
+        });
+        let (st, body) = post_defs(&s, &doc).await;
+        assert_eq!(st, 400, "{source}: {body}");
+        assert_eq!(get_json(&s, "/api/users/z").await.0, 404);
+        assert_eq!(get_json(&s, "/api/queues/%2F/zq").await.0, 404);
+    }
+    // Ends declared in the same file (in a new vhost, to its built-in
+    // exchanges too) or already there are fine.
+    let doc = json!({
+        "vhosts": [{"name": "ok"}],
+        "queues": [{"name": "oq", "vhost": "ok", "durable": true, "auto_delete": false, "arguments": {}}],
+        "exchanges": [{"name": "ox", "vhost": "ok", "type": "topic", "durable": true,
+                       "auto_delete": false, "internal": false, "arguments": {}}],
+        "bindings": [
+            {"vhost": "ok", "source": "ox", "destination": "oq", "destination_type": "queue",
+             "routing_key": "a.#", "arguments": {}},
+            {"vhost": "ok", "source": "amq.topic", "destination": "ox", "destination_type": "exchange",
+             "routing_key": "b", "arguments": {}},
+            {"vhost": "/", "source": "amq.direct", "destination": "amq.fanout",
+             "destination_type": "exchange", "routing_key": "c", "arguments": {}},
+        ],
+    });
+    let (st, body) = post_defs(&s, &doc).await;
+    assert_eq!(st, 204, "{body}");
+    let (_, b) = get_json(&s, "/api/bindings/ok").await;
+    let keys: Vec<&str> = b
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["source"] != "")
+        .map(|b| b["routing_key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["b", "a.#"], "{b}");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_large_import_is_durable_once_it_answers_and_a_vhost_delete_too() {
+    let dir = temp_dir("bulk-import");
+    let s = start_on(&dir).await;
+    let n = 300;
+    let queues: Vec<J> = (0..n)
+        .map(|i| json!({"name": format!("q{i}"), "vhost": "bulk", "durable": true, "auto_delete": false, "arguments": {}}))
+        .collect();
+    let bindings: Vec<J> = (0..n)
+        .map(|i| json!({"vhost": "bulk", "source": "amq.direct", "destination": format!("q{i}"),
+                        "destination_type": "queue", "routing_key": format!("k{i}"), "arguments": {}}))
+        .collect();
+    let doc = json!({"vhosts": [{"name": "bulk"}, {"name": "gone"}], "queues": queues, "bindings": bindings,
+        "exchanges": [{"name": "gx", "vhost": "gone", "type": "fanout", "durable": true,
+                       "auto_delete": false, "internal": false, "arguments": {}}]});
+    let (st, body) = post_defs(&s, &doc).await;
+    assert_eq!(st, 204, "{body}");
+    let (st, _) = raw(&s, "DELETE", "/api/vhosts/gone", Some(GUEST), "").await;
+    assert_eq!(st, 204);
+    s.shutdown().await;
+    let s = start_on(&dir).await;
+    let (_, qs) = get_json(&s, "/api/queues/bulk").await;
+    assert_eq!(qs.as_array().map(Vec::len), Some(n));
+    let (_, bs) = get_json(&s, "/api/exchanges/bulk/amq.direct/bindings/source").await;
+    assert_eq!(bs.as_array().map(Vec::len), Some(n));
+    assert_eq!(get_json(&s, "/api/vhosts/gone").await.0, 404);
+    assert_eq!(get_json(&s, "/api/exchanges/gone/gx").await.0, 404);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_management_user_pages_only_its_vhosts() {
+    let s = start().await;
+    for v in ["pa", "pb"] {
+        assert_eq!(put(&s, &format!("/api/vhosts/{v}"), json!({})).await.0, 201);
+    }
+    for i in 0..30 {
+        let (st, _) = put(&s, &format!("/api/queues/pa/a{i:02}"), json!({})).await;
+        assert_eq!(st, 201);
+    }
+    for i in 0..3 {
+        let (st, _) = put(&s, &format!("/api/queues/pb/b{i}"), json!({})).await;
+        assert_eq!(st, 201);
+    }
+    let (st, _) = put(
+        &s,
+        "/api/users/pm",
+        json!({"password": "pw", "tags": "management"}),
+    )
+    .await;
+    assert_eq!(st, 201);
+    let perm = json!({"configure": ".*", "write": ".*", "read": ".*"});
+    assert_eq!(put(&s, "/api/permissions/pb/pm", perm).await.0, 201);
+    let me = basic("pm", "pw");
+    let (st, body) = raw(&s, "GET", "/api/queues?page=1&page_size=10", Some(&me), "").await;
+    assert_eq!(st, 200, "{body}");
+    let j: J = serde_json::from_str(&body).unwrap();
+    let names: Vec<&str> = j["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["b0", "b1", "b2"], "{j}");
+    assert_eq!(
+        (
+            &j["item_count"],
+            &j["filtered_count"],
+            &j["total_count"],
+            &j["page_count"]
+        ),
+        (&json!(3), &json!(3), &json!(3), &json!(1)),
+        "{j}"
+    );
+    // The same for exchanges: pb's 6 (amq.* and the default), none of pa's.
+    let (_, body) = raw(
+        &s,
+        "GET",
+        "/api/exchanges?page=1&page_size=5",
+        Some(&me),
+        "",
+    )
+    .await;
+    let j: J = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (&j["item_count"], &j["total_count"]),
+        (&json!(5), &json!(6)),
+        "{j}"
+    );
+    assert!(j["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["vhost"] == "pb"));
+    // The administrator still sees and counts everything.
+    let (_, j) = get_json(&s, "/api/queues?page=1&page_size=10").await;
+    assert_eq!(
+        (&j["item_count"], &j["total_count"]),
+        (&json!(10), &json!(33)),
+        "{j}"
+    );
+    s.shutdown().await;
+}

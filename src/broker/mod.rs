@@ -160,6 +160,16 @@ impl Broker {
         self.persist.as_ref()
     }
 
+    /// Runs `f` with definition writes synced once at its end rather than
+    /// one by one (see [`Persistence::batch`]); blocking, so call it from
+    /// `spawn_blocking`.
+    pub fn batch<R>(&self, f: impl FnOnce() -> R) -> R {
+        match &self.persist {
+            Some(p) => p.batch(f),
+            None => f(),
+        }
+    }
+
     fn build(cfg: &BrokerConfig, persist: Option<Arc<Persistence>>) -> Arc<Self> {
         Arc::new(Broker {
             access: access::Access::load(persist.clone()),
@@ -289,17 +299,23 @@ impl Broker {
     /// Connections and requests that still hold the vhost are refused
     /// from the moment it is marked deleted, before anything is swept: a
     /// record they wrote after the sweep would recreate it at the next start.
+    ///
+    /// Blocking (it syncs to disk once at the end): call it from `spawn_blocking`.
     pub fn delete_vhost(&self, name: &str) -> bool {
         let _admin = self.vhost_admin.lock().unwrap_or_else(|e| e.into_inner());
         let Some((_, v)) = self.vhosts.remove(name) else {
             return false;
         };
         v.mark_deleted();
-        v.remove_everything();
-        self.access.forget_vhost(name);
-        if let Some(p) = &self.persist {
-            p.remove_vhost_docs(name);
-        }
+        self.batch(|| {
+            // The stored definitions first, in one prefix sweep: removing
+            // each queue then finds none of its bindings left to look at.
+            if let Some(p) = &self.persist {
+                p.remove_vhost_docs(name);
+            }
+            v.remove_everything();
+            self.access.forget_vhost(name);
+        });
         let reason = format!("vhost '{name}' is deleted");
         for c in self.connections() {
             if c.vhost == name {

@@ -16,6 +16,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use warren_exchanges::{Table, Value};
 use warren_queues::{Disk, DiskError};
 
+thread_local! {
+    /// Whether this thread is inside [`Persistence::batch`].
+    static BATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// How often an idle flusher flushes anyway.
 const IDLE_FLUSH: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -235,11 +240,38 @@ impl Persistence {
         }
     }
 
-    /// Definitions are rare and small: make each durable at once.
+    /// Definitions are rare and small: make each durable at once, unless
+    /// this thread is inside [`Persistence::batch`], which syncs once at its end.
     fn sync(&self) {
+        if BATCHING.with(|b| b.get()) {
+            return;
+        }
         if let Err(e) = self.disk.flush() {
             tracing::error!(error = %e, "cannot flush definitions");
         }
+    }
+
+    /// Runs `f` (many definition writes, e.g. a definitions import or a
+    /// vhost deletion) with the per-item sync off on this thread only, then
+    /// makes everything durable with one flush before returning. Writes by
+    /// other threads meanwhile still sync each. Call it off the async
+    /// workers (`spawn_blocking`): the flush blocks.
+    pub fn batch<R>(&self, f: impl FnOnce() -> R) -> R {
+        struct Reset(bool);
+        impl Drop for Reset {
+            fn drop(&mut self) {
+                BATCHING.with(|b| b.set(self.0));
+            }
+        }
+        let outer = BATCHING.with(|b| b.replace(true));
+        let r = {
+            let _reset = Reset(outer);
+            f()
+        };
+        if !outer {
+            self.sync();
+        }
+        r
     }
 
     pub fn put_exchange(&self, d: &ExchangeDef) {
@@ -305,8 +337,9 @@ impl Persistence {
         self.sync();
     }
 
+    /// Only the vhost's bindings are read (its key prefix), not every one.
     fn remove_bindings_where(&self, vhost: &str, f: impl Fn(&BindingDef) -> bool) {
-        for b in self.bindings() {
+        for b in Self::binding_defs(self.defs.scan_prefix(key(b'b', &[vhost]))) {
             if b.vhost == vhost && f(&b) {
                 self.remove(Self::binding_key(&b));
             }
@@ -397,9 +430,21 @@ impl Persistence {
     }
 
     pub fn bindings(&self) -> Vec<BindingDef> {
-        self.scan(b'b')
-            .into_iter()
-            .map(|(_, v)| BindingDef {
+        Self::binding_defs(self.defs.scan_prefix([b'b']))
+    }
+
+    fn binding_defs(it: sled::Iter) -> Vec<BindingDef> {
+        it.values()
+            .filter_map(
+                |v| match serde_json::from_slice::<serde_json::Value>(&v.ok()?) {
+                    Ok(j) => Some(j),
+                    Err(e) => {
+                        tracing::error!(error = %e, "skipping an unreadable definition");
+                        None
+                    }
+                },
+            )
+            .map(|v| BindingDef {
                 vhost: v["vhost"].as_str().unwrap_or("/").to_owned(),
                 source: v["source"].as_str().unwrap_or_default().to_owned(),
                 destination_type: v["destination_type"].as_str().unwrap_or("queue").to_owned(),

@@ -212,11 +212,90 @@ fn list_filter(path: &str) -> Option<Visible> {
     }
 }
 
+/// What a cross-vhost list may show the logged-in user; the auth layer
+/// puts one in every request's extensions. Paged list handlers filter
+/// with it *before* paging (RabbitMQ's `filter_vhost` runs before
+/// `paginate`), so pages and `filtered_count` / `total_count` count only
+/// what the user may see.
+#[derive(Clone, Default)]
+pub(super) struct Viewer(Option<Arc<Restriction>>);
+
+struct Restriction {
+    user: String,
+    rule: Visible,
+    /// The vhosts the user has permissions in.
+    vhosts: std::collections::HashSet<String>,
+}
+
+impl Viewer {
+    /// The viewer for `user` requesting `path` (unrestricted for
+    /// administrators, monitoring users, and lists that need no filter).
+    pub(super) fn new(s: &MgmtState, method: &Method, path: &str, user: &str) -> Self {
+        if *method != Method::GET {
+            return Viewer::default();
+        }
+        let Some(rule) = list_filter(path) else {
+            return Viewer::default();
+        };
+        match s.broker.user(user) {
+            Some(u) if !u.has_tag("administrator") && !u.has_tag("monitoring") => {
+                let vhosts = s
+                    .broker
+                    .access()
+                    .permissions()
+                    .into_iter()
+                    .filter(|p| p.user == user)
+                    .map(|p| p.vhost)
+                    .collect();
+                Viewer(Some(Arc::new(Restriction {
+                    user: user.to_owned(),
+                    rule,
+                    vhosts,
+                })))
+            }
+            _ => Viewer::default(),
+        }
+    }
+
+    /// Whether the user may see items of this vhost.
+    pub(super) fn sees_vhost(&self, vhost: &str) -> bool {
+        match &self.0 {
+            Some(r) if matches!(r.rule, Visible::Vhost(_)) => r.vhosts.contains(vhost),
+            _ => true,
+        }
+    }
+
+    /// Whether the user may see this list item.
+    pub(super) fn keeps(&self, item: &J) -> bool {
+        let Some(r) = &self.0 else {
+            return true;
+        };
+        match r.rule {
+            Visible::Vhost(f) => item[f].as_str().is_some_and(|v| r.vhosts.contains(v)),
+            Visible::User(f) => f
+                .split('.')
+                .fold(item, |j, k| &j[k])
+                .as_str()
+                .is_some_and(|x| x == r.user),
+        }
+    }
+
+    /// A JSON array with only the visible items (anything else unchanged).
+    pub(super) fn filter(&self, mut list: J) -> J {
+        if self.0.is_some() {
+            if let J::Array(a) = &mut list {
+                a.retain(|i| self.keeps(i));
+            }
+        }
+        list
+    }
+}
+
 /// Filters a cross-vhost list for a user who is neither administrator nor
 /// monitoring, as RabbitMQ's `filter_vhost` / `filter_conn_ch_list` do.
 /// Per-vhost lists need no filtering: [`authorize`] checked the vhost.
-/// Paginated replies get their `item_count` fixed; the other counts stay
-/// as computed before filtering.
+/// A safety net for the unpaged lists: the paged ones were filtered with
+/// [`Viewer`] before paging (so this keeps all of their items).
 pub(super) async fn visible_only(
     s: &MgmtState,
     method: &Method,
@@ -558,10 +637,21 @@ async fn vhost_put(
 }
 
 async fn vhost_delete(State(s): St, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
-    if !s.broker.delete_vhost(&name) {
+    // Removing every queue and binding and syncing blocks: off the async
+    // workers. The reply waits for the final sync.
+    let deleted = tokio::task::spawn_blocking(move || s.broker.delete_vhost(&name))
+        .await
+        .map_err(|e| internal(format!("vhost deletion failed: {e}")))?;
+    if !deleted {
         return Err(not_found_err());
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A 500 for a failed background task.
+pub(super) fn internal(reason: String) -> ApiError {
+    tracing::error!(%reason, "management request failed");
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", reason)
 }
 
 async fn vhost_permissions(State(s): St, Path(name): Path<String>) -> Result<Json<J>, ApiError> {

@@ -232,7 +232,10 @@ fn multipart_file<'a>(ctype: &str, body: &'a [u8]) -> Option<&'a [u8]> {
     }
     for w in starts.windows(2) {
         let part = &body[w[0] + d.len()..w[1]];
-        let split = part.windows(4).position(|x| x == b"\r\n\r\n")?;
+        // A part without a header block is not the file: look further.
+        let Some(split) = part.windows(4).position(|x| x == b"\r\n\r\n") else {
+            continue;
+        };
         let head = String::from_utf8_lossy(&part[..split]).to_ascii_lowercase();
         if head.contains("name=\"file\"") {
             let content = &part[split + 4..];
@@ -419,6 +422,7 @@ fn plan(s: &MgmtState, doc: &Map<String, J>, only: Option<&str>) -> Result<Plan,
         };
         p.exchanges.push((vhost, name, kind, opts));
     }
+    let mut world = World::default();
     for m in section(doc, "bindings")? {
         let vhost = vhost_of(m, "bindings")?;
         let dtype = text(m, "bindings", "destination_type")?;
@@ -426,6 +430,9 @@ fn plan(s: &MgmtState, doc: &Map<String, J>, only: Option<&str>) -> Result<Plan,
             return Err(bad_request(format!(
                 "bindings: destination_type '{dtype}' is not queue or exchange"
             )));
+        }
+        if !vhost_known(&p, &vhost) {
+            return Err(bad_request(format!("no_such_vhost: {vhost}")));
         }
         p.bindings.push((
             vhost,
@@ -436,7 +443,137 @@ fn plan(s: &MgmtState, doc: &Map<String, J>, only: Option<&str>) -> Result<Plan,
             args(m, "bindings")?,
         ));
     }
+    world.check(s, &p)?;
     Ok(p)
+}
+
+/// The exchanges and queues an import will leave, per vhost: those that
+/// exist plus those it declares. `apply` can then not fail half way: every
+/// exchange's arguments and every binding's ends and arguments are checked
+/// here against it, as `declare_exchange` and `bind_*` would check them.
+///
+/// RabbitMQ's import fails (`rabbit_binding:add`'s error is thrown) on a
+/// binding whose source or destination is missing, but only after applying
+/// everything before it; Warren fails the same way before applying anything.
+#[derive(Default)]
+struct World {
+    /// (vhost, exchange) -> type; the default exchange has none.
+    exchanges: HashMap<(String, String), Option<ExchangeType>>,
+    /// (vhost, queue) -> whether a connection owns it (exclusive).
+    queues: HashMap<(String, String), bool>,
+}
+
+/// The exchanges every vhost is created with.
+const BUILTIN_EXCHANGES: [(&str, ExchangeType); 5] = [
+    ("amq.direct", ExchangeType::Direct),
+    ("amq.fanout", ExchangeType::Fanout),
+    ("amq.topic", ExchangeType::Topic),
+    ("amq.headers", ExchangeType::Headers),
+    ("amq.match", ExchangeType::Headers),
+];
+
+impl World {
+    fn load_vhost(&mut self, s: &MgmtState, vhost: &str) {
+        if self
+            .exchanges
+            .contains_key(&(vhost.to_owned(), String::new()))
+        {
+            return;
+        }
+        match s.broker.vhost(vhost) {
+            Some(v) => {
+                for e in v.exchanges() {
+                    let t = match e.kind {
+                        crate::broker::ExchangeKind::Typed(t) => Some(t),
+                        crate::broker::ExchangeKind::Default => None,
+                    };
+                    self.exchanges.insert((vhost.to_owned(), e.name.clone()), t);
+                }
+                for q in v.queues() {
+                    self.queues
+                        .insert((vhost.to_owned(), q.name.clone()), q.owner.is_some());
+                }
+            }
+            None => {
+                for (n, t) in BUILTIN_EXCHANGES {
+                    self.exchanges
+                        .insert((vhost.to_owned(), n.to_owned()), Some(t));
+                }
+            }
+        }
+        self.exchanges
+            .insert((vhost.to_owned(), String::new()), None);
+    }
+
+    fn check(&mut self, s: &MgmtState, p: &Plan) -> Result<(), ApiError> {
+        for (vh, name, _) in &p.queues {
+            self.load_vhost(s, vh);
+            if !name.starts_with("amq.") {
+                self.queues
+                    .entry((vh.clone(), name.clone()))
+                    .or_insert(false);
+            }
+        }
+        for (vh, name, kind, opts) in &p.exchanges {
+            self.load_vhost(s, vh);
+            let key = (vh.clone(), name.clone());
+            if name.is_empty() || name.starts_with("amq.") || self.exchanges.contains_key(&key) {
+                continue;
+            }
+            let t = ExchangeType::parse(kind)
+                .ok_or_else(|| bad_request(format!("invalid exchange type '{kind}'")))?;
+            crate::broker::Exchange::new(
+                name.clone(),
+                crate::broker::ExchangeKind::Typed(t),
+                opts.clone(),
+            )
+            .map_err(|e| bad_request(format!("exchange '{name}' in vhost '{vh}': {e}")))?;
+            self.exchanges.insert(key, Some(t));
+        }
+        for (vh, source, dtype, dest, key, arguments) in &p.bindings {
+            self.load_vhost(s, vh);
+            let missing = |kind: &str, name: &str| {
+                bad_request(format!(
+                    "binding from '{source}' to '{dest}': no {kind} '{name}' in vhost '{vh}'"
+                ))
+            };
+            let t = match self.exchanges.get(&(vh.clone(), source.clone())) {
+                None => return Err(missing("exchange", source)),
+                Some(None) => {
+                    return Err(bad_request(format!(
+                        "binding from '{source}' to '{dest}': operation not permitted on the default exchange"
+                    )))
+                }
+                Some(Some(t)) => *t,
+            };
+            if dtype == "queue" {
+                match self.queues.get(&(vh.clone(), dest.clone())) {
+                    None => return Err(missing("queue", dest)),
+                    Some(true) => {
+                        return Err(bad_request(format!(
+                            "binding from '{source}' to '{dest}': queue '{dest}' in vhost '{vh}' is exclusive to a connection"
+                        )))
+                    }
+                    Some(false) => {}
+                }
+            } else {
+                match self.exchanges.get(&(vh.clone(), dest.clone())) {
+                    None => return Err(missing("exchange", dest)),
+                    Some(None) => {
+                        return Err(bad_request(format!(
+                            "binding from '{source}' to '{dest}': operation not permitted on the default exchange"
+                        )))
+                    }
+                    Some(Some(_)) => {}
+                }
+            }
+            // The router's own checks (x-match, hash weights), on a scratch router.
+            warren_exchanges::Router::<u8>::new(t)
+                .bind(0, key, arguments.clone())
+                .map_err(|e| bad_request(format!("binding from '{source}' to '{dest}': {e}")))?;
+        }
+        Ok(())
+    }
 }
 
 /// Applies a checked plan in RabbitMQ's order. Existing queues and
@@ -448,6 +585,10 @@ fn apply(s: &MgmtState, p: Plan, acting: &str) -> Result<(), ApiError> {
         a.put_user(u);
     }
     for (name, meta) in p.vhosts {
+        // As RabbitMQ's HTTP import: rabbit_definitions:add_vhost calls
+        // rabbit_vhost:put_vhost with the acting user, which grants it full
+        // permissions on a new vhost (only boot-time imports, acting as
+        // the internal user, grant none).
         put_vhost(s, &name, meta, acting);
     }
     for perm in p.permissions {
@@ -487,6 +628,24 @@ fn apply(s: &MgmtState, p: Plan, acting: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Plans and applies an import off the async workers: applying thousands
+/// of durable definitions writes and syncs the disk. The definitions are
+/// synced once at the end (not once each), before the reply.
+async fn import(
+    s: &Arc<MgmtState>,
+    doc: Map<String, J>,
+    only: Option<String>,
+    acting: &str,
+) -> Result<(), ApiError> {
+    let (s, acting) = (s.clone(), acting.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let p = plan(&s, &doc, only.as_deref())?;
+        s.broker.batch(|| apply(&s, p, &acting))
+    })
+    .await
+    .map_err(|e| super::admin::internal(format!("definitions import failed: {e}")))?
+}
+
 async fn import_all(
     State(s): St,
     Extension(AuthUser(acting)): Extension<AuthUser>,
@@ -494,8 +653,7 @@ async fn import_all(
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let doc = document(&headers, &body)?;
-    let p = plan(&s, &doc, None)?;
-    apply(&s, p, &acting)?;
+    import(&s, doc, None, &acting).await?;
     tracing::info!(user = %acting, "definitions imported via the management API");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -515,8 +673,7 @@ async fn import_vhost(
             "vhost_not_found".into(),
         ));
     }
-    let p = plan(&s, &doc, Some(&vhost))?;
-    apply(&s, p, &acting)?;
+    import(&s, doc, Some(vhost.clone()), &acting).await?;
     tracing::info!(user = %acting, vhost = %vhost, "definitions imported via the management API");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -535,6 +692,15 @@ mod tests {
         assert_eq!(
             multipart_file("multipart/form-data; boundary=Q", body),
             None
+        );
+    }
+
+    #[test]
+    fn a_part_without_headers_does_not_hide_the_file() {
+        let body = b"--XyZ\r\npreamble-like junk\r\n--XyZ\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\n{}\r\n--XyZ--\r\n";
+        assert_eq!(
+            multipart_file("multipart/form-data; boundary=XyZ", body),
+            Some(&b"{}"[..])
         );
     }
 }

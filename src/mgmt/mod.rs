@@ -24,6 +24,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::Extension;
 use axum::{Json, Router};
 use serde_json::{json, Value as J};
 use std::collections::HashMap;
@@ -204,6 +205,8 @@ async fn auth(State(s): St, req: Request, next: Next) -> Response {
             }
             let mut req = req;
             req.extensions_mut().insert(AuthUser(user.clone()));
+            req.extensions_mut()
+                .insert(admin::Viewer::new(&s, &method, &path, &user));
             admin::visible_only(&s, &method, &path, &user, next.run(req).await).await
         }
         Err(crate::broker::AuthError::LoopbackOnly) => ApiError(
@@ -252,16 +255,21 @@ fn vhost_or_404(s: &MgmtState, name: &str) -> Result<Arc<crate::broker::Vhost>, 
     s.broker.vhost(name).ok_or_else(not_found_err)
 }
 
-/// A list with RabbitMQ's sort, columns and pagination parameters applied.
-fn paged(list: J, q: &HashMap<String, String>) -> Response {
-    match paging::reply_json(list, q, &["vhost", "name"]) {
+/// A list with RabbitMQ's sort, columns and pagination parameters applied,
+/// after leaving out what the user may not see.
+fn paged(list: J, q: &HashMap<String, String>, viewer: &admin::Viewer) -> Response {
+    match paging::reply_json(viewer.filter(list), q, &["vhost", "name"]) {
         Ok(j) => Json(j).into_response(),
         Err(e) => objects::bad_list(e).into_response(),
     }
 }
 
-async fn queues_all(State(s): St, Query(q): Query<HashMap<String, String>>) -> Response {
-    objects::queues_reply(&s, None, &q)
+async fn queues_all(
+    State(s): St,
+    Extension(viewer): Extension<admin::Viewer>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    objects::queues_reply(&s, None, &q, &viewer)
 }
 
 async fn queues_in(
@@ -270,7 +278,12 @@ async fn queues_in(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let v = vhost_or_404(&s, &vhost)?;
-    Ok(objects::queues_reply(&s, Some(&v), &q))
+    Ok(objects::queues_reply(
+        &s,
+        Some(&v),
+        &q,
+        &admin::Viewer::default(),
+    ))
 }
 
 async fn queue_get(
@@ -370,8 +383,12 @@ fn exchange_name(segment: &str) -> &str {
     }
 }
 
-async fn exchanges_all(State(s): St, Query(q): Query<HashMap<String, String>>) -> Response {
-    paged(json::exchanges(&s, None), &q)
+async fn exchanges_all(
+    State(s): St,
+    Extension(viewer): Extension<admin::Viewer>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    paged(json::exchanges(&s, None), &q, &viewer)
 }
 
 async fn exchanges_in(
@@ -380,7 +397,11 @@ async fn exchanges_in(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let v = vhost_or_404(&s, &vhost)?;
-    Ok(paged(json::exchanges(&s, Some(&v)), &q))
+    Ok(paged(
+        json::exchanges(&s, Some(&v)),
+        &q,
+        &admin::Viewer::default(),
+    ))
 }
 
 async fn exchange_get(
@@ -449,7 +470,11 @@ async fn bindings_in(
     Ok(objects::binding_reply(json::bindings(&s, Some(&v)), &q))
 }
 
-async fn connections(State(s): St, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn connections(
+    State(s): St,
+    Extension(viewer): Extension<admin::Viewer>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     paged(
         J::Array(
             s.broker
@@ -459,6 +484,7 @@ async fn connections(State(s): St, Query(q): Query<HashMap<String, String>>) -> 
                 .collect(),
         ),
         &q,
+        &viewer,
     )
 }
 
@@ -492,8 +518,12 @@ async fn connection_delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn channels(State(s): St, Query(q): Query<HashMap<String, String>>) -> Response {
-    paged(json::channels(&s), &q)
+async fn channels(
+    State(s): St,
+    Extension(viewer): Extension<admin::Viewer>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    paged(json::channels(&s), &q, &viewer)
 }
 
 async fn consumers(State(s): St) -> Json<J> {

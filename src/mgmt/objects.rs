@@ -239,10 +239,12 @@ pub(super) fn queues_reply(
     s: &MgmtState,
     only: Option<&Arc<Vhost>>,
     q: &HashMap<String, String>,
+    viewer: &super::admin::Viewer,
 ) -> Response {
     if !q.contains_key("page") {
         // Every queue is rendered in full anyway.
-        return match paging::reply_json(json::queues(s, only), q, &["vhost", "name"]) {
+        let list = viewer.filter(json::queues(s, only));
+        return match paging::reply_json(list, q, &["vhost", "name"]) {
             Ok(j) => Json(j).into_response(),
             Err(e) => bad_list(e).into_response(),
         };
@@ -251,6 +253,7 @@ pub(super) fn queues_reply(
         Some(v) => vec![v.clone()],
         None => s.broker.vhosts(),
     };
+    vhosts.retain(|v| viewer.sees_vhost(&v.name));
     vhosts.sort_by(|a, b| a.name.cmp(&b.name));
     let mut queues = Vec::new();
     for v in vhosts {
