@@ -1092,3 +1092,26 @@ async fn a_management_user_pages_only_its_vhosts() {
     );
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_imported_md5_user_from_older_rabbitmq_logs_in() {
+    let s = start().await;
+    // base64(salt ++ md5(salt ++ "legacy-pw")), rabbit_password_hashing_md5.
+    let defs = r#"{"users":[{"name":"old-md5","password_hash":"AQIDBKVyDwFlk2RWnVmGsifoA2M=",
+        "hashing_algorithm":"rabbit_password_hashing_md5","tags":""}],
+        "permissions":[{"user":"old-md5","vhost":"/","configure":".*","write":".*","read":".*"}]}"#;
+    let (status, body) = raw(&s, "POST", "/api/definitions", Some(GUEST), defs).await;
+    assert!(
+        status == 204 || status == 201 || status == 200,
+        "{status} {body}"
+    );
+    let url = |pw: &str| format!("amqp://old-md5:{pw}@{}/%2f", s.amqp_addr());
+    lapin::Connection::connect(&url("legacy-pw"), Default::default())
+        .await
+        .expect("the MD5 user logs in");
+    assert!(
+        lapin::Connection::connect(&url("wrong"), Default::default())
+            .await
+            .is_err()
+    );
+}

@@ -18,6 +18,7 @@ use std::sync::Arc;
 pub const SHA256: &str = "rabbit_password_hashing_sha256";
 /// Also understood when importing hashes made by a RabbitMQ configured for it.
 pub const SHA512: &str = "rabbit_password_hashing_sha512";
+pub const MD5: &str = "rabbit_password_hashing_md5";
 
 /// The tags that open the management API at all (RabbitMQ's `is_mgmt_user`).
 pub const MANAGEMENT_TAGS: [&str; 4] = ["management", "policymaker", "monitoring", "administrator"];
@@ -438,8 +439,9 @@ pub fn hash_password(password: &str) -> String {
     base64_encode(&raw)
 }
 
-/// Checks `password` against a stored hash; unknown algorithms (MD5) and
-/// empty passwords never match, as in RabbitMQ.
+/// Checks `password` against a stored hash (salted SHA-256, SHA-512 or, for
+/// users imported from older RabbitMQ, MD5, as `rabbit_password` does);
+/// unknown algorithms and empty passwords never match.
 pub fn check_password(hash_b64: &str, algorithm: &str, password: &str) -> bool {
     if password.is_empty() || hash_b64.is_empty() {
         return false;
@@ -455,6 +457,7 @@ pub fn check_password(hash_b64: &str, algorithm: &str, password: &str) -> bool {
     let got: Vec<u8> = match algorithm {
         SHA256 => Sha256::digest(&input).to_vec(),
         SHA512 => Sha512::digest(&input).to_vec(),
+        MD5 => md5::Md5::digest(&input).to_vec(),
         _ => return false,
     };
     // Compare without an early exit, so timing does not tell how much matched.
@@ -541,11 +544,17 @@ mod tests {
         let h = "05th9rgmPy96U51MKEVdd+xT+MLBKOoHejdiy8PjqOWaQA7i";
         assert!(check_password(h, SHA256, "app-secret"));
         assert!(!check_password(h, SHA256, "app-secreT"));
-        assert!(!check_password(
-            h,
-            "rabbit_password_hashing_md5",
-            "app-secret"
-        ));
+        assert!(!check_password(h, MD5, "app-secret"));
+    }
+
+    #[test]
+    fn a_salted_md5_hash_from_older_rabbitmq_checks() {
+        // base64(salt 01020304 ++ md5(salt ++ "legacy-pw")), made with
+        // Python's hashlib the way rabbit_password_hashing_md5 makes it.
+        let h = "AQIDBKVyDwFlk2RWnVmGsifoA2M=";
+        assert!(check_password(h, MD5, "legacy-pw"));
+        assert!(!check_password(h, MD5, "legacy-pW"));
+        assert!(!check_password(h, SHA256, "legacy-pw"));
     }
 
     #[test]

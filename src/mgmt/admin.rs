@@ -5,7 +5,7 @@
 //! items of the cross-vhost lists a plain `management` user sees.
 
 use super::{bad_request, body_object, not_found_err, ApiError, AuthUser, MgmtState, St};
-use crate::broker::access::{MANAGEMENT_TAGS, SHA256, SHA512};
+use crate::broker::access::{MANAGEMENT_TAGS, MD5, SHA256, SHA512};
 use crate::broker::{Kept, Permission, User, VhostMeta};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -414,7 +414,7 @@ pub(super) fn user_from_body(
                 return Err(bad_request(format!("not_base64: {h}")));
             }
             let algo = str_field(m, "hashing_algorithm")?.unwrap_or(SHA256);
-            if ![SHA256, SHA512, "rabbit_password_hashing_md5"].contains(&algo) {
+            if ![SHA256, SHA512, MD5].contains(&algo) {
                 return Err(bad_request(format!("unknown hashing_algorithm '{algo}'")));
             }
             (h.to_owned(), algo.to_owned())
