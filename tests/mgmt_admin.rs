@@ -11,7 +11,7 @@ use rabbitmq_http_client::password_hashing;
 use rabbitmq_http_client::requests::{Permissions, UserParams, VirtualHostParams};
 use serde_json::{json, Value as J};
 use std::path::Path;
-use warren::broker::access::base64_encode;
+use warren::broker::base64::base64_encode;
 use warren::server::Server;
 
 const FIXTURE: &str = include_str!("fixtures/rabbitmq-3.10-definitions.json");
@@ -86,7 +86,7 @@ async fn users_are_created_updated_and_deleted_and_log_in_over_amqp() {
     assert_eq!(j["tags"], json!(["monitoring", "management"]));
     assert_eq!(j["hashing_algorithm"], "rabbit_password_hashing_sha256");
     assert_eq!(j["limits"], json!({}));
-    let raw_hash = warren::broker::access::base64_decode(j["password_hash"].as_str().unwrap());
+    let raw_hash = warren::broker::base64::base64_decode(j["password_hash"].as_str().unwrap());
     assert_eq!(raw_hash.unwrap().len(), 36, "4 salt bytes + SHA-256");
     login(&s, "bob", "pw1", "/").await.expect("bob logs in");
     let (st, _) = put(

@@ -6,6 +6,7 @@
 //! [`BrokerError`]s back.
 
 pub mod access;
+pub mod base64;
 pub mod error;
 pub mod exchange;
 pub mod outbox;

@@ -410,7 +410,7 @@ pub(super) fn user_from_body(
             (u.password_hash, u.hashing_algorithm)
         }
         (None, Some(h)) => {
-            if crate::broker::access::base64_decode(h).is_none() {
+            if crate::broker::base64::base64_decode(h).is_none() {
                 return Err(bad_request(format!("not_base64: {h}")));
             }
             let algo = str_field(m, "hashing_algorithm")?.unwrap_or(SHA256);

@@ -20,7 +20,7 @@ use serde_json::{json, Map, Value as J};
 use std::collections::HashMap;
 use std::sync::Arc;
 use warren_exchanges::{RouteInput, Table, Value};
-use warren_queues::{Holder, Message};
+use warren_queues::Holder;
 
 /// The most messages one peek or unacked request returns.
 const MAX_COUNT: usize = 500;
@@ -96,7 +96,8 @@ async fn peek(
                 break;
             }
             rendered += shown;
-            let mut j = message_json(&m.message, m.redelivered, ready, base64, truncate);
+            let mut j =
+                super::objects::message_json(&m.message, m.redelivered, ready, base64, truncate);
             j["position"] = json!(offset + place);
             items.push(j);
         }
@@ -111,53 +112,6 @@ async fn peek(
         )
     })?;
     Ok(Json(J::Array(items)))
-}
-
-/// A message as `/get` renders it.
-fn message_json(
-    m: &Message,
-    redelivered: bool,
-    message_count: usize,
-    base64: bool,
-    truncate: Option<usize>,
-) -> J {
-    let full = &m.body[..];
-    let cut = match truncate {
-        Some(n) if n < full.len() => &full[..n],
-        _ => full,
-    };
-    let (payload, encoding) = match (base64, std::str::from_utf8(cut)) {
-        (false, Ok(text)) => (text.to_owned(), "string"),
-        _ => (base64_encode(cut), "base64"),
-    };
-    json!({
-        "payload_bytes": full.len(),
-        "redelivered": redelivered,
-        "exchange": m.exchange,
-        "routing_key": m.routing_key,
-        "message_count": message_count,
-        "properties": super::objects::properties_json(&m.properties),
-        "payload": payload,
-        "payload_encoding": encoding,
-    })
-}
-
-fn base64_encode(b: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
-    for chunk in b.chunks(3) {
-        let v = (chunk[0] as u32) << 16
-            | (chunk.get(1).copied().unwrap_or(0) as u32) << 8
-            | chunk.get(2).copied().unwrap_or(0) as u32;
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(A[(v >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 async fn unacked(

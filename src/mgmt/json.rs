@@ -71,31 +71,6 @@ pub fn table_from_json(m: &Map<String, J>) -> Table {
     t
 }
 
-/// Standard base64 (with or without padding), for Basic auth.
-pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let s = s.trim_end_matches('=');
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
-}
-
 fn rate(r: f64) -> J {
     json!({ "rate": r })
 }
@@ -490,12 +465,6 @@ pub fn consumers(s: &MgmtState) -> J {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_decodes_basic_credentials() {
-        assert_eq!(base64_decode("Z3Vlc3Q6Z3Vlc3Q=").unwrap(), b"guest:guest");
-        assert!(base64_decode("not base64!").is_none());
-    }
 
     #[test]
     fn arguments_round_trip_as_rabbitmq_renders_them() {

@@ -182,7 +182,7 @@ async fn auth(State(s): St, req: Request, next: Next) -> Response {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b| json::base64_decode(b.trim()))
+        .and_then(|b| crate::broker::base64::base64_decode(b.trim()))
         .and_then(|raw| String::from_utf8(raw).ok())
         .and_then(|s| s.split_once(':').map(|(u, p)| (u.to_owned(), p.to_owned())));
     let Some((user, pass)) = creds else {
