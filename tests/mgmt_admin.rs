@@ -889,19 +889,14 @@ async fn bad_definitions_are_refused_whole() {
     );
     // The RabbitMQ UI's multipart upload works too.
     let body = "--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"d.json\"\r\nContent-Type: application/json\r\n\r\n{\"vhosts\":[{\"name\":\"uploaded\"}]}\r\n--B--\r\n";
-    let mut sock = tokio::net::TcpStream::connect(s.http_addr()).await.unwrap();
-    let req = format!(
-        "POST /api/definitions HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic {GUEST}\r\nContent-Type: multipart/form-data; boundary=B\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    tokio::io::AsyncWriteExt::write_all(&mut sock, req.as_bytes())
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    within(tokio::io::AsyncReadExt::read_to_end(&mut sock, &mut out))
-        .await
-        .unwrap();
-    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 204"));
+    let auth = format!("Basic {GUEST}");
+    let headers = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "multipart/form-data; boundary=B"),
+    ];
+    let (status, _, _) =
+        http_request(s.http_addr(), "POST", "/api/definitions", &headers, body).await;
+    assert_eq!(status, 204);
     assert_eq!(get_json(&s, "/api/vhosts/uploaded").await.0, 200);
     s.shutdown().await;
 }

@@ -19,35 +19,19 @@ fn t() -> FieldTable {
     FieldTable::default()
 }
 
-/// One raw request; returns (status, headers (lower-cased names), body).
+/// One raw request as guest; returns (status, headers (lower-cased names), body).
 async fn req(
     s: &warren::server::Server,
     method: &str,
     path: &str,
     body: &str,
 ) -> (u16, Vec<(String, String)>, String) {
-    let mut sock = tokio::net::TcpStream::connect(s.http_addr()).await.unwrap();
-    let r = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic {GUEST}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    tokio::io::AsyncWriteExt::write_all(&mut sock, r.as_bytes())
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    within(tokio::io::AsyncReadExt::read_to_end(&mut sock, &mut out))
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let status = head[9..12].parse().unwrap();
-    let headers = head
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(": "))
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
-        .collect();
-    (status, headers, body.to_owned())
+    let auth = format!("Basic {GUEST}");
+    let headers = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    http_request(s.http_addr(), method, path, &headers, body).await
 }
 
 async fn json_req(s: &warren::server::Server, method: &str, path: &str, body: J) -> (u16, J) {

@@ -94,20 +94,23 @@ pub async fn raw(
     raw_at(s.http_addr(), method, path, auth, body).await
 }
 
-/// One raw HTTP/1.1 request to `addr`; returns (status, body).
-pub async fn raw_at(
+/// One raw HTTP/1.1 request to `addr` with the given headers (Host,
+/// Content-Length and Connection are added); returns (status, headers
+/// with lower-cased names, body).
+pub async fn http_request(
     addr: std::net::SocketAddr,
     method: &str,
     path: &str,
-    auth: Option<&str>,
+    headers: &[(&str, &str)],
     body: &str,
-) -> (u16, String) {
+) -> (u16, Vec<(String, String)>, String) {
     let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let auth = auth
-        .map(|a| format!("Authorization: Basic {a}\r\n"))
-        .unwrap_or_default();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     tokio::io::AsyncWriteExt::write_all(&mut sock, req.as_bytes())
@@ -118,12 +121,32 @@ pub async fn raw_at(
         .await
         .unwrap();
     let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text[9..12].parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|x| x.1)
-        .unwrap_or("")
-        .to_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head[9..12].parse().unwrap();
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+/// One raw JSON request to `addr`, with Basic `auth` if given; returns
+/// (status, body).
+pub async fn raw_at(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let basic = auth.map(|a| format!("Basic {a}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(b) = &basic {
+        headers.push(("Authorization", b));
+    }
+    let (status, _, body) = http_request(addr, method, path, &headers, body).await;
     (status, body)
 }
 
