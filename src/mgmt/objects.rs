@@ -404,11 +404,17 @@ fn find_binding(v: &Vhost, source: &str, dtype: &str, dest: &str, props: &str) -
     })
 }
 
-async fn get_binding(
-    State(s): St,
-    Path((vhost, source, dtype, dest, props)): Path<(String, String, String, String, String)>,
-) -> Res {
-    let v = vhost_or_404(&s, &vhost)?;
+/// The path segments naming one binding:
+/// `/bindings/{vhost}/e/{source}/{q|e}/{dest}/{props}`.
+type BindingPath = Path<(String, String, String, String, String)>;
+
+/// The binding a [`BindingPath`] names, with its vhost and destination
+/// type; 404 when any part is unknown.
+fn binding_at(
+    s: &MgmtState,
+    Path((vhost, source, dtype, dest, props)): BindingPath,
+) -> Result<(Arc<Vhost>, &'static str, Binding), Fail> {
+    let v = vhost_or_404(s, &vhost)?;
     let dtype = dest_type(&dtype).ok_or_else(object_not_found)?;
     let b = find_binding(
         &v,
@@ -418,23 +424,16 @@ async fn get_binding(
         &props,
     )
     .ok_or_else(object_not_found)?;
+    Ok((v, dtype, b))
+}
+
+async fn get_binding(State(s): St, path: BindingPath) -> Res {
+    let (v, _, b) = binding_at(&s, path)?;
     Ok(Json(binding_json(&v.name, &b)).into_response())
 }
 
-async fn delete_binding(
-    State(s): St,
-    Path((vhost, source, dtype, dest, props)): Path<(String, String, String, String, String)>,
-) -> Res {
-    let v = vhost_or_404(&s, &vhost)?;
-    let dtype = dest_type(&dtype).ok_or_else(object_not_found)?;
-    let b = find_binding(
-        &v,
-        exchange_name(&source),
-        dtype,
-        &dest_name(dtype, &dest),
-        &props,
-    )
-    .ok_or_else(object_not_found)?;
+async fn delete_binding(State(s): St, path: BindingPath) -> Res {
+    let (v, dtype, b) = binding_at(&s, path)?;
     if b.source.is_empty() {
         return Err(binding_error(BrokerError::default_exchange()));
     }
