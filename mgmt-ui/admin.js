@@ -1,7 +1,7 @@
 // Admin: users (with tags), virtual hosts and permissions.
 
 import { api, enc, get } from './api.js';
-import { el, field, fill, fmtNum, section, status } from './dom.js';
+import { el, field, fill, fmtNum, onSubmit, section, status } from './dom.js';
 
 export function mount(root, ctx) {
   if (!ctx.isAdmin()) {
@@ -115,15 +115,10 @@ function vhostForm(onDone) {
   const desc = el('input', { name: 'description' });
   const out = el('div', { class: 'status', hidden: true });
   const form = el('form', { class: 'grid-form' }, field('Name', name), field('Description', desc), el('div', { class: 'actions' }, el('button', { type: 'submit' }, 'Add virtual host'), out));
-  form.addEventListener('submit', async (e) => {
-    e.preventDefault();
-    try {
-      await api('PUT', `/vhosts/${enc(name.value)}`, { description: desc.value });
-      status(out, true, `Virtual host ${name.value} added.`);
-      onDone();
-    } catch (ex) {
-      status(out, false, ex.message);
-    }
+  onSubmit(form, out, async () => {
+    await api('PUT', `/vhosts/${enc(name.value)}`, { description: desc.value });
+    onDone();
+    return `Virtual host ${name.value} added.`;
   });
   return form;
 }
@@ -145,15 +140,10 @@ function permissionForm(onDone) {
     field('Read regexp', read),
     el('div', { class: 'actions' }, el('button', { type: 'submit' }, 'Set permission'), out),
   );
-  form.addEventListener('submit', async (e) => {
-    e.preventDefault();
-    try {
-      await api('PUT', `/permissions/${enc(vhost.value)}/${enc(user.value)}`, { configure: configure.value, write: write.value, read: read.value });
-      status(out, true, `Permissions of ${user.value} in ${vhost.value} set.`);
-      onDone();
-    } catch (ex) {
-      status(out, false, ex.message);
-    }
+  onSubmit(form, out, async () => {
+    await api('PUT', `/permissions/${enc(vhost.value)}/${enc(user.value)}`, { configure: configure.value, write: write.value, read: read.value });
+    onDone();
+    return `Permissions of ${user.value} in ${vhost.value} set.`;
   });
   return form;
 }

@@ -139,6 +139,22 @@ export function status(node, ok, text) {
   node.hidden = false;
 }
 
+/**
+ * Runs `action` when `form` is submitted: the text it returns is shown in
+ * `out` as a success, a thrown error's message as a failure.
+ */
+export function onSubmit(form, out, action) {
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    try {
+      const text = await action();
+      if (text) status(out, true, text);
+    } catch (ex) {
+      status(out, false, ex.message);
+    }
+  });
+}
+
 /** Collapsible section with a heading. */
 export function section(title, ...body) {
   return el('details', { class: 'section', open: true }, el('summary', {}, title), el('div', { class: 'body' }, body));

@@ -4,7 +4,7 @@
 // publishing it).
 
 import { api, enc, get } from './api.js';
-import { argsText, badge, el, field, fill, fmtRate, kvTable, link, parseKv, section, status } from './dom.js';
+import { argsText, badge, el, field, fill, fmtRate, kvTable, link, onSubmit, parseKv, section, status } from './dom.js';
 import { LineChart, RateTracker } from './charts.js';
 import { PagedTable } from './table.js';
 import { bindingForm, bindingsTable, publishForm } from './messages.js';
@@ -50,15 +50,10 @@ function addExchangeForm(ctx, onDone) {
     field('Arguments', args),
     el('div', { class: 'actions' }, el('button', { type: 'submit' }, 'Add exchange'), out),
   );
-  form.addEventListener('submit', async (e) => {
-    e.preventDefault();
-    try {
-      await api('PUT', `/exchanges/${enc(vhost.value)}/${enc(name.value)}`, { type: type.value, durable: durable.value === 'true', internal: internal.value === 'true', arguments: parseKv(args.value) });
-      status(out, true, `Exchange ${name.value} declared.`);
-      onDone();
-    } catch (ex) {
-      status(out, false, ex.message);
-    }
+  onSubmit(form, out, async () => {
+    await api('PUT', `/exchanges/${enc(vhost.value)}/${enc(name.value)}`, { type: type.value, durable: durable.value === 'true', internal: internal.value === 'true', arguments: parseKv(args.value) });
+    onDone();
+    return `Exchange ${name.value} declared.`;
   });
   return form;
 }

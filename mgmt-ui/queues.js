@@ -3,7 +3,7 @@
 // long), a peek at ready messages, and publish / get / purge / delete.
 
 import { api, enc, get } from './api.js';
-import { argsText, badge, parseKv, el, field, figure, fill, fmtDuration, fmtNum, fmtRate, fmtTime, kvTable, link, section, status } from './dom.js';
+import { argsText, badge, parseKv, el, field, figure, fill, fmtDuration, fmtNum, fmtRate, fmtTime, kvTable, link, onSubmit, section, status } from './dom.js';
 import { LineChart, RateTracker } from './charts.js';
 import { PagedTable } from './table.js';
 import { bindingForm, bindingsTable, messageList, publishForm } from './messages.js';
@@ -56,15 +56,10 @@ function addQueueForm(ctx, onDone) {
     field('Arguments', args),
     el('div', { class: 'actions' }, el('button', { type: 'submit' }, 'Add queue'), out),
   );
-  form.addEventListener('submit', async (e) => {
-    e.preventDefault();
-    try {
-      await api('PUT', `/queues/${enc(vhost.value)}/${enc(name.value)}`, { durable: durable.value === 'true', auto_delete: autoDelete.value === 'true', arguments: parseKv(args.value) });
-      status(out, true, `Queue ${name.value} declared.`);
-      onDone();
-    } catch (ex) {
-      status(out, false, ex.message);
-    }
+  onSubmit(form, out, async () => {
+    await api('PUT', `/queues/${enc(vhost.value)}/${enc(name.value)}`, { durable: durable.value === 'true', auto_delete: autoDelete.value === 'true', arguments: parseKv(args.value) });
+    onDone();
+    return `Queue ${name.value} declared.`;
   });
   return form;
 }
