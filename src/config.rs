@@ -25,9 +25,85 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Listeners {
-    pub amqp: SocketAddr,
-    pub http: SocketAddr,
-    pub prometheus: SocketAddr,
+    pub amqp: ListenAddrs,
+    pub http: ListenAddrs,
+    pub prometheus: ListenAddrs,
+}
+
+/// The addresses one listener binds: one `ADDR:PORT` or several (in the
+/// file, a string or an array of strings; parsed from text, a
+/// comma-separated list). Never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenAddrs(Vec<SocketAddr>);
+
+impl ListenAddrs {
+    /// `addrs` must not be empty: a listener with no address serves nobody.
+    pub fn new(addrs: Vec<SocketAddr>) -> Result<Self, String> {
+        if addrs.is_empty() {
+            return Err("at least one ADDR:PORT is needed".into());
+        }
+        Ok(ListenAddrs(addrs))
+    }
+
+    /// Both families on `port`, as RabbitMQ listens by default: IPv4's
+    /// `0.0.0.0` and IPv6's `[::]` (bound IPv6-only, so the two coexist
+    /// whatever `net.ipv6.bindv6only` says).
+    pub fn any(port: u16) -> Self {
+        ListenAddrs(vec![
+            SocketAddr::from(([0, 0, 0, 0], port)),
+            SocketAddr::from(([0u16; 8], port)),
+        ])
+    }
+
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.0
+    }
+
+    /// Adds an address (a command-line flag given again).
+    pub fn push(&mut self, addr: SocketAddr) {
+        self.0.push(addr);
+    }
+}
+
+impl std::str::FromStr for ListenAddrs {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let addrs = s
+            .split(',')
+            .map(|a| {
+                a.trim()
+                    .parse()
+                    .map_err(|e| format!("'{}' is not an ADDR:PORT ({e})", a.trim()))
+            })
+            .collect::<Result<Vec<SocketAddr>, String>>()?;
+        ListenAddrs::new(addrs)
+    }
+}
+
+impl std::fmt::Display for ListenAddrs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let all: Vec<String> = self.0.iter().map(|a| a.to_string()).collect();
+        f.write_str(&all.join(", "))
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddrs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        let text = match OneOrMany::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("expected an \"ADDR:PORT\" string or an array of them")
+        })? {
+            OneOrMany::One(s) => s,
+            OneOrMany::Many(v) => v.join(","),
+        };
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -103,9 +179,9 @@ impl Default for Config {
 impl Default for Listeners {
     fn default() -> Self {
         Listeners {
-            amqp: "0.0.0.0:5672".parse().expect("valid"),
-            http: "0.0.0.0:15672".parse().expect("valid"),
-            prometheus: "0.0.0.0:15692".parse().expect("valid"),
+            amqp: ListenAddrs::any(5672),
+            http: ListenAddrs::any(15672),
+            prometheus: ListenAddrs::any(15692),
         }
     }
 }
@@ -278,5 +354,40 @@ mod tests {
         assert!(e.0.contains("amqp.frame_max"), "{}", e.0);
         let e = Config::parse("[listeners]\namqp = \"nope\"\n", "x.toml").unwrap_err();
         assert!(e.0.contains("amqp"), "{}", e.0);
+        let e = Config::parse("[listeners]\namqp = []\n", "x.toml").unwrap_err();
+        assert!(e.0.contains("amqp"), "{}", e.0);
+    }
+
+    #[test]
+    fn listeners_default_to_both_families() {
+        let d = Config::default();
+        let want: Vec<SocketAddr> = vec![
+            "0.0.0.0:5672".parse().unwrap(),
+            "[::]:5672".parse().unwrap(),
+        ];
+        assert_eq!(d.listeners.amqp.addrs(), &want[..]);
+        assert_eq!(d.listeners.http.addrs()[1], "[::]:15672".parse().unwrap());
+        assert_eq!(
+            d.listeners.prometheus.addrs()[1],
+            "[::]:15692".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn a_listener_takes_one_address_or_several() {
+        let c = Config::parse(
+            "[listeners]\namqp = \"127.0.0.1:5673\"\nhttp = [\"127.0.0.1:1\", \"[::1]:2\"]\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.listeners.amqp.addrs(),
+            &["127.0.0.1:5673".parse().unwrap()]
+        );
+        let want: Vec<SocketAddr> =
+            vec!["127.0.0.1:1".parse().unwrap(), "[::1]:2".parse().unwrap()];
+        assert_eq!(c.listeners.http.addrs(), &want[..]);
+        let parsed: ListenAddrs = "127.0.0.1:1, [::1]:2".parse().unwrap();
+        assert_eq!(parsed.addrs(), &want[..]);
     }
 }

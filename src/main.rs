@@ -1,9 +1,11 @@
 //! The `warren` binary: reads the configuration and flags, starts the
-//! server, and shuts it down cleanly on SIGINT or SIGTERM.
+//! server, and shuts it down cleanly on SIGINT or SIGTERM (handlers are
+//! installed before anything is bound, so a signal at any point of the
+//! start is a clean shutdown, not a kill).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use warren::config::Config;
+use warren::config::{Config, ListenAddrs};
 
 const USAGE: &str = "\
 warren: an AMQP 0-9-1 message broker
@@ -12,10 +14,14 @@ USAGE: warren [OPTIONS]
 
 OPTIONS:
   --config PATH               configuration file (default ./rabbit.toml; built-in defaults if absent)
-  --amqp-listen ADDR:PORT     AMQP listener (default 0.0.0.0:5672)
-  --http-listen ADDR:PORT     management HTTP listener (default 0.0.0.0:15672)
-  --prometheus-listen ADDR:PORT  Prometheus listener (default 0.0.0.0:15692)
+  --amqp-listen ADDR:PORT     AMQP listener (default 0.0.0.0:5672 and [::]:5672)
+  --http-listen ADDR:PORT     management HTTP listener (default 0.0.0.0:15672 and [::]:15672)
+  --prometheus-listen ADDR:PORT  Prometheus listener (default 0.0.0.0:15692 and [::]:15692)
   --data-dir DIR              data directory (default ./data)
+
+  A listener flag given more than once listens on every address given;
+  an IPv6 address is written in brackets: --amqp-listen [::1]:5672.
+  Stop the broker with Ctrl-C (SIGINT) or SIGTERM.
   -h, --help                  this text
   -V, --version               the version
 ";
@@ -62,17 +68,28 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
     let must_exist = config_path.is_some();
     let path = config_path.unwrap_or_else(|| PathBuf::from("rabbit.toml"));
     let mut config = Config::load(&path, must_exist).map_err(|e| e.to_string())?;
+    // The first use of a listener flag replaces the file's addresses; a
+    // repeat adds to them.
+    let mut given: Vec<String> = Vec::new();
     for (flag, v) in overrides {
-        let addr = || {
-            v.parse()
-                .map_err(|e| format!("{flag}: '{v}' is not an ADDR:PORT ({e})"))
-        };
-        match flag.as_str() {
-            "--amqp-listen" => config.listeners.amqp = addr()?,
-            "--http-listen" => config.listeners.http = addr()?,
-            "--prometheus-listen" => config.listeners.prometheus = addr()?,
-            "--data-dir" => config.storage.data_dir = PathBuf::from(&v),
+        let target = match flag.as_str() {
+            "--amqp-listen" => &mut config.listeners.amqp,
+            "--http-listen" => &mut config.listeners.http,
+            "--prometheus-listen" => &mut config.listeners.prometheus,
+            "--data-dir" => {
+                config.storage.data_dir = PathBuf::from(&v);
+                continue;
+            }
             _ => unreachable!("flags are matched above"),
+        };
+        let addr: std::net::SocketAddr = v
+            .parse()
+            .map_err(|e| format!("{flag}: '{v}' is not an ADDR:PORT ({e})"))?;
+        if given.contains(&flag) {
+            target.push(addr);
+        } else {
+            *target = ListenAddrs::new(vec![addr])?;
+            given.push(flag);
         }
     }
     Ok(Some(config))
@@ -102,6 +119,15 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(async move {
+        // Before binding: a signal that comes while the server starts is
+        // held and handled once it has started, never the default action.
+        let mut stop = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install the signal handlers");
+                return ExitCode::FAILURE;
+            }
+        };
         let server = match warren::server::start(&config).await {
             Ok(s) => s,
             Err(e) => {
@@ -109,26 +135,50 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        wait_for_signal().await;
-        tracing::info!("shutting down");
+        let which = stop.recv().await;
+        tracing::info!(signal = which, "shutting down");
         server.shutdown().await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
 }
 
-async fn wait_for_signal() {
+/// SIGINT and SIGTERM, listened for from the moment they are installed
+/// (tokio's `ctrl_c()` would only install its handler when first polled).
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                int: signal(SignalKind::interrupt())?,
+                term: signal(SignalKind::terminate())?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Signals {})
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// Waits for either signal; returns its name.
+    async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.int.recv() => "SIGINT",
+                _ = self.term.recv() => "SIGTERM",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
     }
 }

@@ -4,61 +4,9 @@
 mod common;
 use common::*;
 use futures_lite::stream::StreamExt;
-use lapin::message::Delivery;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldArray, FieldTable};
-use lapin::{BasicProperties, Channel, Consumer, ExchangeKind};
-
-fn t() -> FieldTable {
-    FieldTable::default()
-}
-
-async fn declare(ch: &Channel, name: &str) {
-    ch.queue_declare(name.into(), QueueDeclareOptions::default(), t())
-        .await
-        .unwrap();
-}
-
-async fn publish(ch: &Channel, ex: &str, key: &str, body: &[u8]) {
-    ch.basic_publish(
-        ex.into(),
-        key.into(),
-        BasicPublishOptions::default(),
-        body,
-        BasicProperties::default(),
-    )
-    .await
-    .unwrap();
-}
-
-async fn next(c: &mut Consumer) -> Delivery {
-    within(c.next())
-        .await
-        .expect("stream open")
-        .expect("delivery")
-}
-
-async fn consume(ch: &Channel, q: &str, no_ack: bool) -> Consumer {
-    ch.basic_consume(
-        q.into(),
-        "".into(),
-        BasicConsumeOptions {
-            no_ack,
-            ..Default::default()
-        },
-        t(),
-    )
-    .await
-    .unwrap()
-}
-
-/// The reply code and text of the error a channel was closed with.
-fn soft_code(e: &lapin::Error) -> (u16, String) {
-    match e.kind() {
-        lapin::ErrorKind::ProtocolError(err) => (err.get_id(), err.get_message().to_string()),
-        other => panic!("expected a protocol error, got {other:?}"),
-    }
-}
+use lapin::{BasicProperties, Channel, ExchangeKind};
 
 /// Runs an operation whose error the broker reports asynchronously (a
 /// publish, an ack) and returns the code and text of the channel.close it
@@ -92,7 +40,7 @@ async fn publish_and_consume_in_order_no_ack() {
     let s = start().await;
     let c = connect(&s).await;
     let ch = c.create_channel().await.unwrap();
-    declare(&ch, "order").await;
+    queue(&ch, "order", false).await;
     let mut cons = consume(&ch, "order", true).await;
     for i in 0..100u32 {
         publish(&ch, "", "order", &i.to_be_bytes()).await;
@@ -145,7 +93,7 @@ async fn passive_declare_of_missing_queue_is_404() {
     );
     // Only the channel closed: the connection still works.
     let ch2 = c.create_channel().await.unwrap();
-    declare(&ch2, "after-404").await;
+    queue(&ch2, "after-404", false).await;
 }
 
 #[tokio::test]
@@ -153,7 +101,7 @@ async fn redeclare_with_other_flags_is_406() {
     let s = start().await;
     let c = connect(&s).await;
     let ch = c.create_channel().await.unwrap();
-    declare(&ch, "flags").await;
+    queue(&ch, "flags", false).await;
     let e = ch
         .queue_declare(
             "flags".into(),
@@ -264,7 +212,7 @@ async fn predeclared_exchanges_and_default_exchange_rules() {
         .await
         .unwrap();
     }
-    declare(&ch, "dflt").await;
+    queue(&ch, "dflt", false).await;
     let e = ch
         .queue_bind(
             "dflt".into(),
@@ -312,7 +260,7 @@ async fn direct_and_fanout_routing_and_unbind() {
     .await
     .unwrap();
     for q in ["f1", "f2", "d1"] {
-        declare(&ch, q).await;
+        queue(&ch, q, false).await;
     }
     for q in ["f1", "f2"] {
         ch.queue_bind(
@@ -373,8 +321,8 @@ async fn topic_and_headers_basic_routing() {
     let s = start().await;
     let c = connect(&s).await;
     let ch = c.create_channel().await.unwrap();
-    declare(&ch, "tq").await;
-    declare(&ch, "hq").await;
+    queue(&ch, "tq", false).await;
+    queue(&ch, "hq", false).await;
     ch.queue_bind(
         "tq".into(),
         "amq.topic".into(),
@@ -498,7 +446,7 @@ async fn ack_nack_reject_and_requeue_order() {
     let s = start().await;
     let c = connect(&s).await;
     let ch = c.create_channel().await.unwrap();
-    declare(&ch, "acks").await;
+    queue(&ch, "acks", false).await;
     for i in 1..=5u8 {
         publish(&ch, "", "acks", &[i]).await;
     }
@@ -547,7 +495,7 @@ async fn unknown_and_double_ack_are_406() {
     let s = start().await;
     let c = connect(&s).await;
     let ch = c.create_channel().await.unwrap();
-    declare(&ch, "dbl").await;
+    queue(&ch, "dbl", false).await;
     publish(&ch, "", "dbl", b"x").await;
     let m = ch
         .basic_get("dbl".into(), BasicGetOptions::default())
@@ -574,7 +522,7 @@ async fn unacked_messages_return_when_channel_or_connection_closes() {
     let s = start().await;
     let c = connect(&s).await;
     let ch = c.create_channel().await.unwrap();
-    declare(&ch, "back").await;
+    queue(&ch, "back", false).await;
     for i in 0..3u8 {
         publish(&ch, "", "back", &[i]).await;
     }
@@ -615,7 +563,7 @@ async fn prefetch_limits_each_consumer_and_round_robin() {
     let s = start().await;
     let c = connect(&s).await;
     let pubch = c.create_channel().await.unwrap();
-    declare(&pubch, "rr").await;
+    queue(&pubch, "rr", false).await;
     let ch = c.create_channel().await.unwrap();
     ch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
     let mut a = consume(&ch, "rr", false).await;
@@ -642,8 +590,8 @@ async fn global_prefetch_is_shared_by_the_channel() {
     let s = start().await;
     let c = connect(&s).await;
     let pubch = c.create_channel().await.unwrap();
-    declare(&pubch, "g1").await;
-    declare(&pubch, "g2").await;
+    queue(&pubch, "g1", false).await;
+    queue(&pubch, "g2", false).await;
     let ch = c.create_channel().await.unwrap();
     ch.basic_qos(2, BasicQosOptions { global: true })
         .await
@@ -779,7 +727,7 @@ async fn purge_and_delete_return_counts_and_check_conditions() {
     let s = start().await;
     let c = connect(&s).await;
     let ch = c.create_channel().await.unwrap();
-    declare(&ch, "pd").await;
+    queue(&ch, "pd", false).await;
     for _ in 0..3 {
         publish(&ch, "", "pd", b"x").await;
     }
@@ -827,7 +775,7 @@ async fn purge_and_delete_return_counts_and_check_conditions() {
         )
     );
     let ch3 = c.create_channel().await.unwrap();
-    declare(&ch3, "pd2").await;
+    queue(&ch3, "pd2", false).await;
     for _ in 0..2 {
         publish(&ch3, "", "pd2", b"x").await;
     }
@@ -859,7 +807,7 @@ async fn exchange_delete_if_unused() {
     )
     .await
     .unwrap();
-    declare(&ch, "exu-q").await;
+    queue(&ch, "exu-q", false).await;
     ch.queue_bind(
         "exu-q".into(),
         "exu".into(),
@@ -913,7 +861,7 @@ async fn consumer_tags_generated_duplicate_and_exclusive() {
     let s = start().await;
     let c = connect(&s).await;
     let ch = c.create_channel().await.unwrap();
-    declare(&ch, "tags").await;
+    queue(&ch, "tags", false).await;
     let a = consume(&ch, "tags", true).await;
     assert!(a.tag().as_str().starts_with("amq.ctag-"), "{}", a.tag());
     let e = ch
@@ -964,7 +912,7 @@ async fn consumer_is_cancelled_when_its_queue_is_deleted() {
     let s = start().await;
     let c = connect(&s).await;
     let ch = c.create_channel().await.unwrap();
-    declare(&ch, "gone").await;
+    queue(&ch, "gone", false).await;
     let mut cons = consume(&ch, "gone", false).await;
     let ch2 = c.create_channel().await.unwrap();
     ch2.queue_delete("gone".into(), QueueDeleteOptions::default())
@@ -980,7 +928,7 @@ async fn basic_get_empty_and_message_count() {
     let s = start().await;
     let c = connect(&s).await;
     let ch = c.create_channel().await.unwrap();
-    declare(&ch, "get").await;
+    queue(&ch, "get", false).await;
     assert!(ch
         .basic_get("get".into(), BasicGetOptions::default())
         .await
@@ -1022,7 +970,7 @@ async fn recover_requeues_unacked() {
     let s = start().await;
     let c = connect(&s).await;
     let ch = c.create_channel().await.unwrap();
-    declare(&ch, "rec").await;
+    queue(&ch, "rec", false).await;
     publish(&ch, "", "rec", b"r").await;
     let mut cons = consume(&ch, "rec", false).await;
     let d = next(&mut cons).await;
@@ -1040,7 +988,7 @@ async fn properties_and_headers_arrive_unchanged() {
     let s = start().await;
     let c = connect(&s).await;
     let ch = c.create_channel().await.unwrap();
-    declare(&ch, "props").await;
+    queue(&ch, "props", false).await;
     let mut inner = FieldTable::default();
     inner.insert("deep".into(), AMQPValue::LongLongInt(-5));
     let mut h = FieldTable::default();
@@ -1097,7 +1045,7 @@ async fn user_id_must_match_the_login() {
     let s = start().await;
     let c = connect(&s).await;
     let ch = c.create_channel().await.unwrap();
-    declare(&ch, "uid").await;
+    queue(&ch, "uid", false).await;
     let err = async_error(
         &ch,
         ch.basic_publish(
@@ -1158,7 +1106,7 @@ async fn flow_control_pauses_publishers_of_a_backlogged_consumed_queue() {
     let s = start().await;
     let c = connect(&s).await;
     let ch = c.create_channel().await.unwrap();
-    declare(&ch, "flow").await;
+    queue(&ch, "flow", false).await;
     // A consumer that takes one message and never acks: nothing drains.
     ch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
     let cons = consume(&ch, "flow", false).await;
@@ -1219,7 +1167,7 @@ async fn a_connection_consuming_what_it_publishes_is_never_stalled_by_flow_contr
     let s = start().await;
     let c = connect(&s).await;
     let ch = c.create_channel().await.unwrap();
-    declare(&ch, "self-flow").await;
+    queue(&ch, "self-flow", false).await;
     ch.basic_qos(100, BasicQosOptions::default()).await.unwrap();
     let mut cons = consume(&ch, "self-flow", false).await;
     let pch = c.create_channel().await.unwrap();

@@ -108,7 +108,8 @@ fn tail(path: &Path, n: usize) -> String {
 
 /// Starts the binary on `data` with `work` as its working directory (so no
 /// ./rabbit.toml is read) and waits until its AMQP port accepts TCP.
-/// Recovery of the data directory happens before the listener binds.
+/// The listeners bind before recovery of the data directory; a client
+/// that connects meanwhile waits in the listen backlog until it ends.
 async fn start_broker(work: &Path, data: &Path, start_no: usize) -> Broker {
     for attempt in 0..5 {
         let port = free_port();
@@ -737,7 +738,7 @@ async fn confirmed_persistent_messages_survive_sigkill() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let mut run = Run {
-        work: work.clone(),
+        work: work.to_path_buf(),
         data: data.clone(),
         logs: Vec::new(),
         published: Vec::new(),
@@ -912,5 +913,4 @@ async fn confirmed_persistent_messages_survive_sigkill() {
         "{confirmed} confirmed messages checked over {ROUNDS} kills in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let _ = std::fs::remove_dir_all(&work);
 }

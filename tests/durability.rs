@@ -8,45 +8,6 @@ use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, ExchangeKind};
-use std::path::Path;
-use warren::server::Server;
-
-fn t() -> FieldTable {
-    FieldTable::default()
-}
-
-fn durable_q() -> QueueDeclareOptions {
-    QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    }
-}
-
-async fn start_on(dir: &Path) -> Server {
-    let dir = dir.to_owned();
-    start_with(move |c| c.storage.data_dir = dir).await
-}
-
-fn persistent() -> BasicProperties {
-    BasicProperties::default().with_delivery_mode(2)
-}
-
-async fn publish_confirmed(ch: &Channel, ex: &str, key: &str, body: &[u8], props: BasicProperties) {
-    let confirm = ch
-        .basic_publish(
-            ex.into(),
-            key.into(),
-            BasicPublishOptions::default(),
-            body,
-            props,
-        )
-        .await
-        .unwrap();
-    assert!(matches!(
-        within(confirm).await.unwrap(),
-        Confirmation::Ack(_)
-    ));
-}
 
 async fn get_all(ch: &Channel, q: &str) -> Vec<(Vec<u8>, bool, BasicProperties)> {
     let mut out = Vec::new();
@@ -455,7 +416,7 @@ async fn an_unknown_data_format_refuses_to_start() {
     cfg.listeners.amqp = "127.0.0.1:0".parse().unwrap();
     cfg.listeners.http = "127.0.0.1:0".parse().unwrap();
     cfg.listeners.prometheus = "127.0.0.1:0".parse().unwrap();
-    cfg.storage.data_dir = dir.clone();
+    cfg.storage.data_dir = dir.to_path_buf();
     let e = match warren::server::start(&cfg).await {
         Err(e) => e.to_string(),
         Ok(_) => panic!("started on a version-42 directory"),
@@ -487,7 +448,7 @@ async fn a_corrupt_data_directory_refuses_to_start_cleanly() {
     cfg.listeners.amqp = "127.0.0.1:0".parse().unwrap();
     cfg.listeners.http = "127.0.0.1:0".parse().unwrap();
     cfg.listeners.prometheus = "127.0.0.1:0".parse().unwrap();
-    cfg.storage.data_dir = dir.clone();
+    cfg.storage.data_dir = dir.to_path_buf();
     let res = tokio::spawn(async move { warren::server::start(&cfg).await.map(|_| ()) }).await;
     match res {
         Ok(Err(e)) => {

@@ -10,7 +10,6 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use rabbitmq_http_client::password_hashing;
 use rabbitmq_http_client::requests::{Permissions, UserParams, VirtualHostParams};
 use serde_json::{json, Value as J};
-use std::path::Path;
 use warren::broker::base64::base64_encode;
 use warren::server::Server;
 
@@ -38,11 +37,6 @@ async fn get_json(s: &Server, path: &str) -> (u16, J) {
 fn reason(body: &str) -> String {
     let j: J = serde_json::from_str(body).unwrap_or(J::Null);
     j["reason"].as_str().unwrap_or_default().to_owned()
-}
-
-async fn start_on(dir: &Path) -> Server {
-    let dir = dir.to_owned();
-    start_with(move |c| c.storage.data_dir = dir).await
 }
 
 #[tokio::test]

@@ -11,10 +11,6 @@ use lapin::{BasicProperties, ExchangeKind};
 use rabbitmq_http_client::requests::{ExchangeParams, QueueParams};
 use std::time::Duration;
 
-fn t() -> FieldTable {
-    FieldTable::default()
-}
-
 #[tokio::test]
 async fn overview_whoami_users_and_vhosts() {
     let s = start().await;

@@ -12,57 +12,10 @@ use lapin::{BasicProperties, Channel, ExchangeKind};
 use serde_json::{json, Value as J};
 use std::collections::BTreeSet;
 
-fn t() -> FieldTable {
-    FieldTable::default()
-}
-
 async fn get_json(s: &warren::server::Server, path: &str) -> J {
     let (status, body) = raw(s, "GET", path, Some(GUEST), "").await;
     assert_eq!(status, 200, "GET {path}: {body}");
     serde_json::from_str(&body).unwrap()
-}
-
-async fn queue(ch: &Channel, name: &str, durable: bool) {
-    ch.queue_declare(
-        name.into(),
-        QueueDeclareOptions {
-            durable,
-            ..Default::default()
-        },
-        t(),
-    )
-    .await
-    .unwrap();
-}
-
-async fn exchange(ch: &Channel, name: &str, kind: ExchangeKind, args: FieldTable) {
-    ch.exchange_declare(name.into(), kind, ExchangeDeclareOptions::default(), args)
-        .await
-        .unwrap();
-}
-
-async fn bind(ch: &Channel, q: &str, ex: &str, key: &str, args: FieldTable) {
-    ch.queue_bind(
-        q.into(),
-        ex.into(),
-        key.into(),
-        QueueBindOptions::default(),
-        args,
-    )
-    .await
-    .unwrap();
-}
-
-async fn publish(ch: &Channel, ex: &str, key: &str, body: &[u8], props: BasicProperties) {
-    ch.basic_publish(
-        ex.into(),
-        key.into(),
-        BasicPublishOptions::default(),
-        body,
-        props,
-    )
-    .await
-    .unwrap();
 }
 
 fn long(s: &str) -> AMQPValue {
@@ -78,7 +31,7 @@ async fn peek_shows_ready_messages_and_changes_nothing() {
     let mut h = FieldTable::default();
     h.insert("who".into(), long("me"));
     for i in 0..5 {
-        publish(
+        publish_props(
             &ch,
             "",
             "peeked",
@@ -89,7 +42,7 @@ async fn peek_shows_ready_messages_and_changes_nothing() {
         )
         .await;
     }
-    publish(
+    publish_props(
         &ch,
         "",
         "peeked",
@@ -244,7 +197,7 @@ async fn unacked_view_names_the_consumer_and_channel_until_acked() {
         .unwrap()
         .as_millis() as u64;
     for i in 0..3 {
-        publish(
+        publish_props(
             &ch,
             "",
             "held",
@@ -454,7 +407,7 @@ async fn route_test_explains_what_a_publish_does() {
     assert_eq!(reached(&ch, &qs).await, BTreeSet::new());
     let x = get_json(&s, "/api/exchanges/%2F/rt-direct").await;
     assert_eq!(x["message_stats"]["publish_in"], 0);
-    publish(&ch, "rt-direct", "a", b"x", BasicProperties::default()).await;
+    publish_props(&ch, "rt-direct", "a", b"x", BasicProperties::default()).await;
     assert_eq!(reached(&ch, &qs).await, tested(&j));
 
     // Topic, through an exchange-to-exchange binding into headers.
@@ -477,7 +430,7 @@ async fn route_test_explains_what_a_publish_does() {
     assert_eq!(via[1]["arguments"], json!({"x-match": "all", "k": "v"}));
     let mut h = FieldTable::default();
     h.insert("k".into(), long("v"));
-    publish(
+    publish_props(
         &ch,
         "rt-topic",
         "a.b",
@@ -495,7 +448,7 @@ async fn route_test_explains_what_a_publish_does() {
     assert_eq!(tested(&j), set(&["rt-q2"]));
     let mut h = FieldTable::default();
     h.insert("k".into(), long("w"));
-    publish(
+    publish_props(
         &ch,
         "rt-topic",
         "a.b",
@@ -513,7 +466,7 @@ async fn route_test_explains_what_a_publish_does() {
         json!({"source": "rt-main", "destination": "rt-ae", "destination_type": "exchange", "alternate": true})
     );
     assert_eq!(j["exchanges"], json!(["rt-main", "rt-ae"]));
-    publish(
+    publish_props(
         &ch,
         "rt-main",
         "elsewhere",
@@ -538,7 +491,7 @@ async fn route_test_explains_what_a_publish_does() {
     let mut h = FieldTable::default();
     h.insert("CC".into(), keys(&["a"]));
     h.insert("BCC".into(), keys(&["b"]));
-    publish(
+    publish_props(
         &ch,
         "rt-direct",
         "zz",
@@ -608,7 +561,7 @@ async fn message_counters_move_and_rates_are_sampled() {
     bind(&ch, "rates-q", "rates-x", "k", t()).await;
     const N: u64 = 20;
     for i in 0..N {
-        publish(
+        publish_props(
             &ch,
             "rates-x",
             "k",
@@ -635,7 +588,7 @@ async fn message_counters_move_and_rates_are_sampled() {
         .await
         .unwrap();
     // get (requeued, then redelivered), get_no_ack, get_empty.
-    publish(&ch, "rates-x", "k", b"g", BasicProperties::default()).await;
+    publish_props(&ch, "rates-x", "k", b"g", BasicProperties::default()).await;
     let g = ch
         .basic_get("rates-q".into(), BasicGetOptions { no_ack: false })
         .await
@@ -668,7 +621,7 @@ async fn message_counters_move_and_rates_are_sampled() {
     )
     .await
     .unwrap();
-    publish(&ch, "rates-x", "nowhere", b"d", BasicProperties::default()).await;
+    publish_props(&ch, "rates-x", "nowhere", b"d", BasicProperties::default()).await;
     ch.wait_for_confirms().await.unwrap();
     let pubs = N + 3;
 
@@ -763,7 +716,7 @@ async fn message_counters_move_and_rates_are_sampled() {
     let flag = stop.clone();
     let publisher = tokio::spawn(async move {
         while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-            publish(&pub_ch, "rates-x", "k", b"r", BasicProperties::default()).await;
+            publish_props(&pub_ch, "rates-x", "k", b"r", BasicProperties::default()).await;
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     });

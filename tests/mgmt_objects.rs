@@ -15,10 +15,6 @@ use rabbitmq_http_client::requests::BindingDeletionParams;
 use serde_json::{json, Value as J};
 use std::time::Duration;
 
-fn t() -> FieldTable {
-    FieldTable::default()
-}
-
 /// One raw request as guest; returns (status, headers (lower-cased names), body).
 async fn req(
     s: &warren::server::Server,
@@ -44,33 +40,6 @@ async fn json_req(s: &warren::server::Server, method: &str, path: &str, body: J)
     (status, j)
 }
 
-async fn declare(ch: &lapin::Channel, q: &str, durable: bool) {
-    ch.queue_declare(
-        q.into(),
-        QueueDeclareOptions {
-            durable,
-            ..Default::default()
-        },
-        t(),
-    )
-    .await
-    .unwrap();
-}
-
-async fn exchange(ch: &lapin::Channel, x: &str, kind: ExchangeKind, durable: bool) {
-    ch.exchange_declare(
-        x.into(),
-        kind,
-        ExchangeDeclareOptions {
-            durable,
-            ..Default::default()
-        },
-        t(),
-    )
-    .await
-    .unwrap();
-}
-
 #[tokio::test]
 async fn bindings_created_over_http_route_amqp_messages_and_delete_by_properties_key() {
     let s = start().await;
@@ -78,8 +47,8 @@ async fn bindings_created_over_http_route_amqp_messages_and_delete_by_properties
     let conn = connect(&s).await;
     let ch = conn.create_channel().await.unwrap();
     let (q, x) = (uniq("bq"), uniq("bx"));
-    declare(&ch, &q, false).await;
-    exchange(&ch, &x, ExchangeKind::Direct, false).await;
+    queue(&ch, &q, false).await;
+    exchange(&ch, &x, ExchangeKind::Direct, t()).await;
 
     // Typed client call, then the AMQP effect: a publish to the key arrives.
     api.bind_queue("/", &q, &x, Some("k1"), None).await.unwrap();
@@ -233,9 +202,9 @@ async fn exchange_to_exchange_bindings_and_binding_errors() {
     let conn = connect(&s).await;
     let ch = conn.create_channel().await.unwrap();
     let (q, a, b) = (uniq("eq"), uniq("ea"), uniq("eb"));
-    declare(&ch, &q, false).await;
-    exchange(&ch, &a, ExchangeKind::Topic, false).await;
-    exchange(&ch, &b, ExchangeKind::Fanout, false).await;
+    queue(&ch, &q, false).await;
+    exchange(&ch, &a, ExchangeKind::Topic, t()).await;
+    exchange(&ch, &b, ExchangeKind::Fanout, t()).await;
     api.bind_exchange("/", &b, &a, Some("x.*"), None)
         .await
         .unwrap();
@@ -364,12 +333,11 @@ async fn durable_bindings_made_over_http_survive_a_restart() {
     let dir = temp_dir("objects-restart");
     let (q, x) = (uniq("dq"), uniq("dx"));
     {
-        let d = dir.clone();
-        let s = start_with(move |c| c.storage.data_dir = d).await;
+        let s = start_on(&dir).await;
         let conn = connect(&s).await;
         let ch = conn.create_channel().await.unwrap();
-        declare(&ch, &q, true).await;
-        exchange(&ch, &x, ExchangeKind::Direct, true).await;
+        queue(&ch, &q, true).await;
+        durable_exchange(&ch, &x, ExchangeKind::Direct).await;
         let (status, _) = json_req(
             &s,
             "POST",
@@ -392,7 +360,7 @@ async fn durable_bindings_made_over_http_survive_a_restart() {
         conn.close(0, "bye".into()).await.unwrap();
         s.shutdown().await;
     }
-    let s = start_with(move |c| c.storage.data_dir = dir).await;
+    let s = start_on(&dir).await;
     let api = api(&s);
     let bs = api.list_queue_bindings("/", &q).await.unwrap();
     assert!(bs.iter().any(|b| b.source == x && b.routing_key == "rk"));
@@ -412,7 +380,7 @@ async fn publish_over_http_reaches_amqp_consumers_with_its_properties() {
     let conn = connect(&s).await;
     let ch = conn.create_channel().await.unwrap();
     let q = uniq("pq");
-    declare(&ch, &q, false).await;
+    queue(&ch, &q, false).await;
     let mut consumer = ch
         .basic_consume(
             q.as_str().into(),
@@ -485,7 +453,7 @@ async fn publish_over_http_reaches_amqp_consumers_with_its_properties() {
     assert_eq!((status, body), (200, json!({"routed": false})));
     // BCC routes but is not delivered; CC is.
     let q2 = uniq("pq2");
-    declare(&ch, &q2, false).await;
+    queue(&ch, &q2, false).await;
     let (_, body) = json_req(
         &s,
         "POST",
@@ -577,7 +545,7 @@ async fn get_modes_requeue_in_place_marked_redelivered() {
     let conn = connect(&s).await;
     let ch = conn.create_channel().await.unwrap();
     let q = uniq("gq");
-    declare(&ch, &q, false).await;
+    queue(&ch, &q, false).await;
     for (i, body) in [b"one".to_vec(), vec![0xff, 0xfe], b"three".to_vec()]
         .into_iter()
         .enumerate()
@@ -838,7 +806,7 @@ async fn per_vhost_and_per_connection_views() {
     let ch = conn.create_channel().await.unwrap();
     let _ch2 = conn.create_channel().await.unwrap();
     let q = uniq("vq");
-    declare(&ch, &q, false).await;
+    queue(&ch, &q, false).await;
     // Held: lapin cancels a consumer that is dropped.
     let _consumer = ch
         .basic_consume(

@@ -374,7 +374,9 @@ async fn export_then_import_into_another_broker() {
         ],
     )
     .await;
-    let file = temp_dir("defs").with_extension("json");
+    // The guard removes `<dir>.json` too, when the test ends.
+    let tmp = temp_dir("defs");
+    let file = tmp.with_extension("json");
     let f = file.to_str().unwrap();
     admin(&a, &["export", f]).await;
     let defs: J = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();

@@ -6,66 +6,7 @@ mod common;
 use common::*;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, ExchangeKind};
-
-fn t() -> FieldTable {
-    FieldTable::default()
-}
-
-async fn queue(ch: &Channel, name: &str) {
-    ch.queue_declare(name.into(), QueueDeclareOptions::default(), t())
-        .await
-        .unwrap();
-}
-
-async fn exchange(ch: &Channel, name: &str, kind: ExchangeKind, args: FieldTable) {
-    ch.exchange_declare(name.into(), kind, ExchangeDeclareOptions::default(), args)
-        .await
-        .unwrap();
-}
-
-async fn bind(ch: &Channel, q: &str, ex: &str, key: &str) {
-    ch.queue_bind(
-        q.into(),
-        ex.into(),
-        key.into(),
-        QueueBindOptions::default(),
-        t(),
-    )
-    .await
-    .unwrap();
-}
-
-async fn publish_props(ch: &Channel, ex: &str, key: &str, body: &[u8], props: BasicProperties) {
-    ch.basic_publish(
-        ex.into(),
-        key.into(),
-        BasicPublishOptions::default(),
-        body,
-        props,
-    )
-    .await
-    .unwrap();
-}
-
-/// Everything in a queue right now, as bodies (no-ack gets).
-async fn drain(ch: &Channel, q: &str) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    while let Some(m) = ch
-        .basic_get(q.into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-    {
-        out.push(m.delivery.data.clone());
-    }
-    out
-}
-
-/// Gets after a round trip, so publishes sent before are routed.
-async fn settled_drain(ch: &Channel, q: &str) -> Vec<Vec<u8>> {
-    passive(ch, q).await.unwrap();
-    drain(ch, q).await
-}
+use lapin::{BasicProperties, ExchangeKind};
 
 #[tokio::test]
 async fn exchange_to_exchange_bindings_route_once_even_with_cycles() {
@@ -74,7 +15,7 @@ async fn exchange_to_exchange_bindings_route_once_even_with_cycles() {
     let ch = c.create_channel().await.unwrap();
     exchange(&ch, "e2e-top", ExchangeKind::Topic, t()).await;
     exchange(&ch, "e2e-fan", ExchangeKind::Fanout, t()).await;
-    queue(&ch, "e2e-q").await;
+    queue(&ch, "e2e-q", false).await;
     ch.exchange_bind(
         "e2e-fan".into(),
         "e2e-top".into(),
@@ -94,8 +35,8 @@ async fn exchange_to_exchange_bindings_route_once_even_with_cycles() {
     )
     .await
     .unwrap();
-    bind(&ch, "e2e-q", "e2e-fan", "").await;
-    bind(&ch, "e2e-q", "e2e-top", "a.b").await;
+    bind(&ch, "e2e-q", "e2e-fan", "", t()).await;
+    bind(&ch, "e2e-q", "e2e-top", "a.b", t()).await;
     publish_props(&ch, "e2e-top", "a.b", b"one", BasicProperties::default()).await;
     publish_props(&ch, "e2e-top", "z", b"none", BasicProperties::default()).await;
     assert_eq!(settled_drain(&ch, "e2e-q").await, vec![b"one".to_vec()]);
@@ -146,12 +87,12 @@ async fn alternate_exchange_takes_unroutable_messages() {
         AMQPValue::LongString("ae-mid".into()),
     );
     exchange(&ch, "ae-main", ExchangeKind::Direct, a1).await;
-    queue(&ch, "ae-main-q").await;
-    queue(&ch, "ae-mid-q").await;
-    queue(&ch, "ae-unrouted").await;
-    bind(&ch, "ae-main-q", "ae-main", "main").await;
-    bind(&ch, "ae-mid-q", "ae-mid", "mid").await;
-    bind(&ch, "ae-unrouted", "ae-last", "").await;
+    queue(&ch, "ae-main-q", false).await;
+    queue(&ch, "ae-mid-q", false).await;
+    queue(&ch, "ae-unrouted", false).await;
+    bind(&ch, "ae-main-q", "ae-main", "main", t()).await;
+    bind(&ch, "ae-mid-q", "ae-mid", "mid", t()).await;
+    bind(&ch, "ae-unrouted", "ae-last", "", t()).await;
     let mandatory = BasicPublishOptions {
         mandatory: true,
         ..Default::default()
@@ -180,7 +121,7 @@ async fn cc_and_bcc_add_routing_keys_and_bcc_is_removed() {
     let c = connect(&s).await;
     let ch = c.create_channel().await.unwrap();
     for q in ["cc-main", "cc-copy", "cc-blind"] {
-        queue(&ch, q).await;
+        queue(&ch, q, false).await;
     }
     let keys = |ks: &[&str]| {
         AMQPValue::FieldArray(FieldArray::from(
@@ -245,10 +186,10 @@ async fn auto_delete_exchange_goes_with_its_last_binding() {
     )
     .await
     .unwrap();
-    queue(&ch, "ad-q1").await;
-    queue(&ch, "ad-q2").await;
-    bind(&ch, "ad-q1", "ad-ex", "k").await;
-    bind(&ch, "ad-q2", "ad-ex", "k").await;
+    queue(&ch, "ad-q1", false).await;
+    queue(&ch, "ad-q2", false).await;
+    bind(&ch, "ad-q1", "ad-ex", "k", t()).await;
+    bind(&ch, "ad-q2", "ad-ex", "k", t()).await;
     ch.queue_unbind("ad-q1".into(), "ad-ex".into(), "k".into(), t())
         .await
         .unwrap();
@@ -291,8 +232,8 @@ async fn internal_exchange_refuses_publishes_but_routes_from_exchanges() {
     .await
     .unwrap();
     exchange(&ch, "outer", ExchangeKind::Fanout, t()).await;
-    queue(&ch, "inner-q").await;
-    bind(&ch, "inner-q", "inner", "").await;
+    queue(&ch, "inner-q", false).await;
+    bind(&ch, "inner-q", "inner", "", t()).await;
     ch.exchange_bind(
         "inner".into(),
         "outer".into(),

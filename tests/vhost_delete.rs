@@ -4,20 +4,12 @@
 
 mod common;
 use common::*;
-use lapin::options::*;
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use warren::broker::{ErrorKind, ExchangeOptions, QueueOptions};
 use warren::server::Server;
 use warren_exchanges::Table;
-
-async fn start_on(dir: &Path) -> Server {
-    let dir = dir.to_owned();
-    start_with(move |c| c.storage.data_dir = dir).await
-}
 
 /// Creates `vhost` through the API and lets guest use it.
 async fn create_vhost(s: &Server, vhost: &str) {
@@ -44,20 +36,6 @@ async fn delete_vhost(s: &Server, vhost: &str) {
     )
     .await;
     assert_eq!(st, 204, "{body}");
-}
-
-async fn connect_to(s: &Server, vhost: &str) -> Connection {
-    let url = format!("amqp://guest:guest@{}/{vhost}", s.amqp_addr());
-    Connection::connect(&url, ConnectionProperties::default())
-        .await
-        .expect("connect")
-}
-
-fn durable_q() -> QueueDeclareOptions {
-    QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    }
 }
 
 fn durable_queue_opts() -> QueueOptions {

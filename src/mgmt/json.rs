@@ -184,7 +184,10 @@ pub fn overview(s: &MgmtState) -> J {
             "consumers": consumers,
         },
         "message_stats": overview_message_stats(&s.broker.message_stats()),
-        "listeners": [listener("amqp", s.amqp_addr), listener("http", s.http_addr)],
+        "listeners": s.amqp_addrs.iter().map(|a| listener("amqp", *a))
+            .chain(s.http_addrs.iter().map(|a| listener("http", *a)))
+            .chain(s.prometheus_addrs.iter().map(|a| listener("http/prometheus", *a)))
+            .collect::<Vec<J>>(),
     })
 }
 

@@ -37,9 +37,10 @@ pub struct MgmtState {
     /// The node name shown in every object (RabbitMQ's `node`).
     pub node: String,
     pub cluster_name: String,
-    pub amqp_addr: SocketAddr,
-    pub http_addr: SocketAddr,
-    pub prometheus_addr: SocketAddr,
+    /// The addresses each listener is bound to (never empty).
+    pub amqp_addrs: Vec<SocketAddr>,
+    pub http_addrs: Vec<SocketAddr>,
+    pub prometheus_addrs: Vec<SocketAddr>,
     /// Where durable state lives (the node's disk_free is measured there).
     pub data_dir: std::path::PathBuf,
     /// When the node started (its uptime).

@@ -991,11 +991,12 @@ async fn aliveness(State(s): St, Path(vhost): Path<String>) -> Res {
 
 /// The ports Warren listens on (AMQP, management HTTP, Prometheus).
 fn listener_ports(s: &MgmtState) -> Vec<u16> {
-    vec![
-        s.amqp_addr.port(),
-        s.http_addr.port(),
-        s.prometheus_addr.port(),
-    ]
+    s.amqp_addrs
+        .iter()
+        .chain(&s.http_addrs)
+        .chain(&s.prometheus_addrs)
+        .map(|a| a.port())
+        .collect()
 }
 
 async fn port_listener(State(s): St, Path(port): Path<String>) -> Res {
@@ -1096,7 +1097,7 @@ fn node_json(s: &MgmtState) -> J {
         "contexts": [{
             "description": "RabbitMQ Management",
             "path": "/",
-            "port": s.http_addr.port().to_string(),
+            "port": s.http_addrs[0].port().to_string(),
         }],
         "db_dir": s.data_dir.display().to_string(),
         "config_files": [],

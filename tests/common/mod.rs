@@ -1,30 +1,123 @@
-//! Shared test helpers: a broker started in-process on port 0, and lapin
-//! connections to it.
+//! Shared test helpers: a broker started in-process on port 0 (shut down
+//! when dropped, its data directory removed), temp directories that remove
+//! themselves, lapin connections, the declare/bind/publish/consume calls
+//! most tests make, raw HTTP requests, and waits on a condition with a
+//! deadline (instead of fixed sleeps).
 
 #![allow(dead_code)]
 
-use lapin::{Connection, ConnectionProperties};
+use futures_lite::stream::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
+    ExchangeKind,
+};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use warren::config::Config;
 use warren::server::Server;
 
-pub async fn start() -> Server {
+/// A broker for one test, on its own temp data directory. Derefs to the
+/// [`Server`]. Dropped, it stops the server (see `Server`'s `Drop`) and
+/// then removes the directory: the fields drop in this order.
+pub struct TestBroker {
+    server: Server,
+    dir: TempDir,
+}
+
+impl std::ops::Deref for TestBroker {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.server
+    }
+}
+
+impl TestBroker {
+    /// The clean shutdown (connections get 320), then the directory goes.
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+pub async fn start() -> TestBroker {
     start_with(|_| {}).await
 }
 
-pub async fn start_with(f: impl FnOnce(&mut Config)) -> Server {
+/// The configuration every in-process broker starts from: loopback, port
+/// 0 for all three listeners, data in `data_dir`.
+pub fn test_config(data_dir: &Path) -> Config {
     let mut cfg = Config::default();
     cfg.listeners.amqp = "127.0.0.1:0".parse().unwrap();
     // Every in-process broker serves the management API on its own port.
     cfg.listeners.http = "127.0.0.1:0".parse().unwrap();
     cfg.listeners.prometheus = "127.0.0.1:0".parse().unwrap();
-    cfg.storage.data_dir = temp_dir("data");
-    f(&mut cfg);
-    warren::server::start(&cfg).await.expect("broker starts")
+    cfg.storage.data_dir = data_dir.to_owned();
+    cfg
 }
 
-/// A fresh directory under the system temp dir.
-pub fn temp_dir(what: &str) -> std::path::PathBuf {
+pub async fn start_with(f: impl FnOnce(&mut Config)) -> TestBroker {
+    let dir = temp_dir("data");
+    let mut cfg = test_config(&dir);
+    f(&mut cfg);
+    let server = warren::server::start(&cfg).await.expect("broker starts");
+    TestBroker { server, dir }
+}
+
+/// A broker on `dir`, which the test owns (to restart on it): the server
+/// still stops when dropped, the directory stays until `dir` goes.
+pub async fn start_on(dir: &Path) -> Server {
+    warren::server::start(&test_config(dir))
+        .await
+        .expect("broker starts")
+}
+
+/// A directory path under the system temp dir, removed (with what is in
+/// it) when dropped; kept, and named on stderr, when the test is failing
+/// (a panic is unwinding), so it can be looked at. Not created: the broker
+/// creates its data directory.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if self.0.exists() {
+                eprintln!("test failed: kept {}", self.0.display());
+            }
+            return;
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+        // Some tests make `<dir>.json` beside it.
+        let _ = std::fs::remove_file(self.0.with_extension("json"));
+    }
+}
+
+/// A fresh path under the system temp dir, removed when the guard drops.
+pub fn temp_dir(what: &str) -> TempDir {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     let d = std::env::temp_dir().join(format!(
@@ -33,7 +126,7 @@ pub fn temp_dir(what: &str) -> std::path::PathBuf {
         N.fetch_add(1, Ordering::Relaxed)
     ));
     let _ = std::fs::remove_dir_all(&d);
-    d
+    TempDir(d)
 }
 
 pub fn url(s: &Server) -> String {
@@ -52,6 +145,14 @@ pub fn api(s: &Server) -> rabbitmq_http_client::api::Client<String, &'static str
 
 pub async fn connect(s: &Server) -> Connection {
     Connection::connect(&url(s), ConnectionProperties::default())
+        .await
+        .expect("connect")
+}
+
+/// A connection as guest to `vhost` (URL-encoded by the caller).
+pub async fn connect_to(s: &Server, vhost: &str) -> Connection {
+    let url = format!("amqp://guest:guest@{}/{vhost}", s.amqp_addr());
+    Connection::connect(&url, ConnectionProperties::default())
         .await
         .expect("connect")
 }
@@ -153,16 +254,180 @@ pub async fn raw_at(
 /// base64("guest:guest")
 pub const GUEST: &str = "Z3Vlc3Q6Z3Vlc3Q=";
 
-/// Polls until `f` holds (snapshots of channels refresh once a second).
-pub async fn eventually<F, Fut>(mut f: F)
+/// Polls until `f` holds, for up to 10 s (snapshots of channels refresh
+/// once a second).
+pub async fn eventually<F, Fut>(f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    within(async {
-        while !f().await {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
+    wait_until("the condition", Duration::from_secs(10), f).await
+}
+
+/// Polls `f` (every 10 ms, then backing off to 100 ms) until it holds;
+/// fails the test naming `what` if it does not within `deadline`.
+pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    let mut pause = Duration::from_millis(10);
+    while !f().await {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// AMQP calls most tests make, unwrapped (a failure fails the test).
+
+pub fn t() -> FieldTable {
+    FieldTable::default()
+}
+
+pub fn durable_q() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+pub fn persistent() -> BasicProperties {
+    BasicProperties::default().with_delivery_mode(2)
+}
+
+pub async fn queue(ch: &Channel, name: &str, durable: bool) {
+    ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions {
+            durable,
+            ..Default::default()
+        },
+        t(),
+    )
     .await
+    .unwrap();
+}
+
+pub async fn exchange(ch: &Channel, name: &str, kind: ExchangeKind, args: FieldTable) {
+    ch.exchange_declare(name.into(), kind, ExchangeDeclareOptions::default(), args)
+        .await
+        .unwrap();
+}
+
+pub async fn durable_exchange(ch: &Channel, name: &str, kind: ExchangeKind) {
+    let opts = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(name.into(), kind, opts, t())
+        .await
+        .unwrap();
+}
+
+pub async fn bind(ch: &Channel, q: &str, ex: &str, key: &str, args: FieldTable) {
+    ch.queue_bind(
+        q.into(),
+        ex.into(),
+        key.into(),
+        QueueBindOptions::default(),
+        args,
+    )
+    .await
+    .unwrap();
+}
+
+/// A publish with default properties (no confirm awaited).
+pub async fn publish(ch: &Channel, ex: &str, key: &str, body: &[u8]) {
+    publish_props(ch, ex, key, body, BasicProperties::default()).await
+}
+
+pub async fn publish_props(ch: &Channel, ex: &str, key: &str, body: &[u8], props: BasicProperties) {
+    ch.basic_publish(
+        ex.into(),
+        key.into(),
+        BasicPublishOptions::default(),
+        body,
+        props,
+    )
+    .await
+    .unwrap();
+}
+
+/// A publish on a confirm-mode channel that must be acked.
+pub async fn publish_confirmed(
+    ch: &Channel,
+    ex: &str,
+    key: &str,
+    body: &[u8],
+    props: BasicProperties,
+) {
+    let confirm = ch
+        .basic_publish(
+            ex.into(),
+            key.into(),
+            BasicPublishOptions::default(),
+            body,
+            props,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        within(confirm).await.unwrap(),
+        Confirmation::Ack(_)
+    ));
+}
+
+pub async fn consume(ch: &Channel, q: &str, no_ack: bool) -> Consumer {
+    ch.basic_consume(
+        q.into(),
+        "".into(),
+        BasicConsumeOptions {
+            no_ack,
+            ..Default::default()
+        },
+        t(),
+    )
+    .await
+    .unwrap()
+}
+
+/// The consumer's next delivery, within the deadline.
+pub async fn next(c: &mut Consumer) -> Delivery {
+    within(c.next())
+        .await
+        .expect("stream open")
+        .expect("delivery")
+}
+
+/// Everything in a queue right now, as bodies (no-ack gets).
+pub async fn drain(ch: &Channel, q: &str) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Some(m) = ch
+        .basic_get(q.into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        out.push(m.delivery.data.clone());
+    }
+    out
+}
+
+/// Gets after a round trip, so publishes sent before are routed.
+pub async fn settled_drain(ch: &Channel, q: &str) -> Vec<Vec<u8>> {
+    passive(ch, q).await.unwrap();
+    drain(ch, q).await
+}
+
+/// The reply code and text of the error a channel was closed with.
+pub fn soft_code(e: &lapin::Error) -> (u16, String) {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(err) => (err.get_id(), err.get_message().to_string()),
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
 }
