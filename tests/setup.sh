@@ -5,8 +5,9 @@
 #   - Debian's rabbitmq-server package, only for /usr/bin/rabbitmqadmin (the
 #     v1 script tests/rabbitmqadmin.rs drives against Warren). Its RabbitMQ
 #     is never started: policy-rc.d refuses service starts during install.
-#   - Debian's chromium, for the dashboard's browser tests (tests/ui_e2e.rs,
-#     which runs `npm ci` in tests/e2e itself).
+#   - Debian's chromium, nodejs and npm, for the dashboard's browser tests
+#     (tests/ui_e2e.rs, which runs `npm ci` in tests/e2e itself to fetch
+#     playwright-core).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,8 @@ python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore 
 need=()
 [ -x /usr/bin/rabbitmqadmin ] || need+=(rabbitmq-server)
 [ -x /usr/bin/chromium ] || need+=(chromium)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO=sudo

@@ -17,10 +17,15 @@ fn require_ipv6_loopback() {
     }
 }
 
-/// A full AMQP session (open, declare, publish, get) through `addr`.
-async fn amqp_round_trip(addr: SocketAddr, queue_name: &str) {
-    let url = format!("amqp://guest:guest@{addr}/%2f");
-    let conn = within(lapin::Connection::connect(&url, Default::default()))
+/// A full AMQP session (open, declare, publish, get) through `addr`, and
+/// the broker's own view of the connection's peer. lapin's URI parser
+/// takes only host names (an IP address in the URI falls back to
+/// `localhost`), so the address is set on the parsed URI instead.
+async fn amqp_round_trip(s: &warren::server::Server, addr: SocketAddr, queue_name: &str) {
+    let mut uri: lapin::uri::AMQPUri = "amqp://guest:guest@localhost/%2f".parse().unwrap();
+    uri.authority.host = addr.ip().to_string();
+    uri.authority.port = addr.port();
+    let conn = within(lapin::Connection::connect_uri(uri, Default::default()))
         .await
         .unwrap_or_else(|e| panic!("connect over {addr}: {e}"));
     let ch = conn.create_channel().await.unwrap();
@@ -30,6 +35,16 @@ async fn amqp_round_trip(addr: SocketAddr, queue_name: &str) {
         settled_drain(&ch, queue_name).await,
         vec![addr.to_string().into_bytes()]
     );
+    let want_peer = addr.ip().to_string();
+    eventually(|| async {
+        let (_, body) = raw(s, "GET", "/api/connections", Some(GUEST), "").await;
+        let j: serde_json::Value = serde_json::from_str(&body).unwrap();
+        j.as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["peer_host"] == want_peer.as_str())
+    })
+    .await;
     conn.close(200, "bye".into()).await.unwrap();
 }
 
@@ -51,8 +66,8 @@ async fn listeners_serve_ipv6_and_ipv4_loopback_on_one_port() {
             "one port for both families"
         );
     }
-    amqp_round_trip(s.amqp_addrs()[0], &uniq("v4")).await;
-    amqp_round_trip(s.amqp_addrs()[1], &uniq("v6")).await;
+    amqp_round_trip(&s, s.amqp_addrs()[0], &uniq("v4")).await;
+    amqp_round_trip(&s, s.amqp_addrs()[1], &uniq("v6")).await;
     // The management API over IPv6: guest is a loopback user, and ::1 is
     // loopback.
     let (st, body) = raw_at(s.http_addrs()[1], "GET", "/api/overview", Some(GUEST), "").await;
@@ -93,8 +108,9 @@ async fn wildcard_listeners_of_both_families_coexist() {
     let s = start_with(|c| c.listeners.amqp = "0.0.0.0:0,[::]:0".parse().unwrap()).await;
     let port = s.amqp_addr().port();
     assert_eq!(s.amqp_addrs().len(), 2, "{:?}", s.amqp_addrs());
-    amqp_round_trip(SocketAddr::from(([127, 0, 0, 1], port)), &uniq("any4")).await;
+    amqp_round_trip(&s, SocketAddr::from(([127, 0, 0, 1], port)), &uniq("any4")).await;
     amqp_round_trip(
+        &s,
         SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
         &uniq("any6"),
     )
