@@ -1092,12 +1092,7 @@ async fn shutdown_closes_connections_with_320() {
     let c = connect(&s).await;
     let _ch = c.create_channel().await.unwrap();
     within(s.shutdown()).await;
-    within(async {
-        while c.status().connected() {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    until_closed(&c).await;
 }
 
 #[tokio::test]

@@ -9,7 +9,6 @@ use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, ExchangeKind};
 use rabbitmq_http_client::requests::{ExchangeParams, QueueParams};
-use std::time::Duration;
 
 #[tokio::test]
 async fn overview_whoami_users_and_vhosts() {
@@ -474,12 +473,7 @@ async fn closing_a_connection_through_the_api_sends_320() {
     api.close_connection(&conns[0].name, Some("maintenance"), false)
         .await
         .unwrap();
-    within(async {
-        while c.status().connected() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    until_closed(&c).await;
     let err = within(async {
         use futures_lite::StreamExt;
         let mut events = std::pin::pin!(events);

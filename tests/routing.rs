@@ -297,10 +297,5 @@ async fn unknown_exchange_type_is_a_503_connection_error() {
             .contains("COMMAND_INVALID - unknown exchange type 'x-no-such-type'"),
         "{e}"
     );
-    within(async {
-        while c.status().connected() {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    until_closed(&c).await;
 }

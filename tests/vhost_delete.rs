@@ -5,8 +5,9 @@
 mod common;
 use common::*;
 use lapin::types::FieldTable;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use warren::broker::{ErrorKind, ExchangeOptions, QueueOptions};
 use warren::server::Server;
 use warren_exchanges::Table;
@@ -183,13 +184,14 @@ async fn declares_racing_a_delete_leave_no_records_behind() {
         let s = start_on(&dir).await;
         create_vhost(&s, "r").await;
         let v = s.broker().vhost("r").expect("vhost r");
-        // Stopped a while after the delete, so a broker that never
-        // refuses fails the test (the vhost comes back) instead of hanging.
+        // The writers stop when refused; `stop` ends them if the broker
+        // never refuses, so the test fails (below) instead of hanging.
         let stop = Arc::new(AtomicBool::new(false));
+        let declared = Arc::new(AtomicU32::new(0));
         let writers: Vec<_> = (0..4)
             .map(|t| {
                 let v = v.clone();
-                let stop = stop.clone();
+                let (stop, declared) = (stop.clone(), declared.clone());
                 std::thread::spawn(move || {
                     let mut n = 0u32;
                     while !stop.load(Ordering::Relaxed) {
@@ -199,6 +201,7 @@ async fn declares_racing_a_delete_leave_no_records_behind() {
                         {
                             return n;
                         }
+                        declared.fetch_add(1, Ordering::Relaxed);
                         let _ = v.bind_queue(&name, "amq.direct", &name, Table::default(), 0);
                         n += 1;
                     }
@@ -206,13 +209,24 @@ async fn declares_racing_a_delete_leave_no_records_behind() {
                 })
             })
             .collect();
-        // Let them get going, then delete under them.
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        // Delete under them once every one of them is writing.
+        wait_until("the writers to start", Duration::from_secs(10), || async {
+            declared.load(Ordering::Relaxed) >= 40
+        })
+        .await;
         delete_vhost(&s, "r").await;
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !writers.iter().all(|w| w.is_finished()) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let all_refused = writers.iter().all(|w| w.is_finished());
         stop.store(true, Ordering::Relaxed);
         let made: u32 = writers.into_iter().map(|w| w.join().unwrap()).sum();
         assert!(made > 0, "the writers never declared anything");
+        assert!(
+            all_refused,
+            "declares in the deleted vhost were not refused within 10 s"
+        );
         s.shutdown().await;
     }
     let s = start_on(&dir).await;

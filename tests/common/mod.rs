@@ -283,6 +283,16 @@ where
     }
 }
 
+/// Waits until lapin sees the connection closed (by the broker).
+pub async fn until_closed(c: &Connection) {
+    wait_until(
+        "the connection to close",
+        Duration::from_secs(10),
+        || async { !c.status().connected() },
+    )
+    .await
+}
+
 // ---------------------------------------------------------------------------
 // AMQP calls most tests make, unwrapped (a failure fails the test).
 
