@@ -8,38 +8,9 @@ use lapin::options::*;
 use lapin::types::{AMQPValue, FieldArray, FieldTable};
 use lapin::{BasicProperties, Channel, ExchangeKind};
 
-/// Runs an operation whose error the broker reports asynchronously (a
-/// publish, an ack) and returns the code and text of the channel.close it
-/// causes. lapin hands a channel's close error to the channel's consumers,
-/// so a watcher consumer on a private queue receives it.
-async fn async_error<F, T>(ch: &Channel, op: F) -> (u16, String)
-where
-    F: std::future::Future<Output = lapin::Result<T>>,
-{
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            t(),
-        )
-        .await
-        .unwrap();
-    let mut watcher = consume(ch, q.name().as_str(), true).await;
-    op.await.map(|_| ()).expect("the operation itself is sent");
-    match within(watcher.next()).await {
-        Some(Err(e)) => soft_code(&e),
-        other => panic!("expected the channel's close error, got {other:?}"),
-    }
-}
-
 #[tokio::test]
 async fn publish_and_consume_in_order_no_ack() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (_s, _c, ch) = start_channel().await;
     queue(&ch, "order", false).await;
     let mut cons = consume(&ch, "order", true).await;
     for i in 0..100u32 {
@@ -55,9 +26,7 @@ async fn publish_and_consume_in_order_no_ack() {
 
 #[tokio::test]
 async fn declare_ok_counts_and_server_named_queues() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (_s, _c, ch) = start_channel().await;
     let q = ch
         .queue_declare("".into(), QueueDeclareOptions::default(), t())
         .await
@@ -83,9 +52,7 @@ async fn declare_ok_counts_and_server_named_queues() {
 
 #[tokio::test]
 async fn passive_declare_of_missing_queue_is_404() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (_s, c, ch) = start_channel().await;
     let e = passive(&ch, "nope").await.unwrap_err();
     assert_eq!(
         soft_code(&e),
@@ -98,9 +65,7 @@ async fn passive_declare_of_missing_queue_is_404() {
 
 #[tokio::test]
 async fn redeclare_with_other_flags_is_406() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (_s, c, ch) = start_channel().await;
     queue(&ch, "flags", false).await;
     let e = ch
         .queue_declare(
@@ -149,9 +114,7 @@ async fn redeclare_with_other_flags_is_406() {
 
 #[tokio::test]
 async fn amq_prefix_is_reserved() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (_s, c, ch) = start_channel().await;
     let e = ch
         .exchange_declare(
             "amq.mine".into(),
@@ -190,9 +153,7 @@ async fn amq_prefix_is_reserved() {
 
 #[tokio::test]
 async fn predeclared_exchanges_and_default_exchange_rules() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (_s, c, ch) = start_channel().await;
     for (name, kind) in [
         ("amq.direct", ExchangeKind::Direct),
         ("amq.fanout", ExchangeKind::Fanout),
@@ -240,9 +201,7 @@ async fn predeclared_exchanges_and_default_exchange_rules() {
 
 #[tokio::test]
 async fn direct_and_fanout_routing_and_unbind() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (_s, _c, ch) = start_channel().await;
     ch.exchange_declare(
         "logs".into(),
         ExchangeKind::Fanout,
@@ -318,9 +277,7 @@ async fn direct_and_fanout_routing_and_unbind() {
 
 #[tokio::test]
 async fn topic_and_headers_basic_routing() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (_s, _c, ch) = start_channel().await;
     queue(&ch, "tq", false).await;
     queue(&ch, "hq", false).await;
     ch.queue_bind(
@@ -380,9 +337,7 @@ async fn topic_and_headers_basic_routing() {
 
 #[tokio::test]
 async fn publish_to_missing_exchange_is_404() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (_s, _c, ch) = start_channel().await;
     let err = async_error(
         &ch,
         ch.basic_publish(
@@ -405,9 +360,7 @@ async fn publish_to_missing_exchange_is_404() {
 
 #[tokio::test]
 async fn mandatory_unroutable_is_returned() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (_s, _c, ch) = start_channel().await;
     let confirm = ch
         .basic_publish(
             "amq.direct".into(),
@@ -443,9 +396,7 @@ async fn mandatory_unroutable_is_returned() {
 
 #[tokio::test]
 async fn ack_nack_reject_and_requeue_order() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (_s, _c, ch) = start_channel().await;
     queue(&ch, "acks", false).await;
     for i in 1..=5u8 {
         publish(&ch, "", "acks", &[i]).await;
@@ -492,9 +443,7 @@ async fn ack_nack_reject_and_requeue_order() {
 
 #[tokio::test]
 async fn unknown_and_double_ack_are_406() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (_s, c, ch) = start_channel().await;
     queue(&ch, "dbl", false).await;
     publish(&ch, "", "dbl", b"x").await;
     let m = ch
@@ -519,9 +468,7 @@ async fn unknown_and_double_ack_are_406() {
 
 #[tokio::test]
 async fn unacked_messages_return_when_channel_or_connection_closes() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (s, c, ch) = start_channel().await;
     queue(&ch, "back", false).await;
     for i in 0..3u8 {
         publish(&ch, "", "back", &[i]).await;
@@ -630,9 +577,7 @@ async fn global_prefetch_is_shared_by_the_channel() {
 
 #[tokio::test]
 async fn prefetch_size_is_not_implemented_like_rabbitmq() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (_s, _c, ch) = start_channel().await;
     // lapin has no prefetch_size; the raw-socket tests cover the 540.
     ch.basic_qos(10, BasicQosOptions::default()).await.unwrap();
 }
@@ -696,9 +641,7 @@ async fn exclusive_queue_is_locked_for_others_and_deleted_with_owner() {
 
 #[tokio::test]
 async fn auto_delete_queue_goes_with_its_last_consumer() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (_s, _c, ch) = start_channel().await;
     ch.queue_declare(
         "ad".into(),
         QueueDeclareOptions {
@@ -724,9 +667,7 @@ async fn auto_delete_queue_goes_with_its_last_consumer() {
 
 #[tokio::test]
 async fn purge_and_delete_return_counts_and_check_conditions() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (_s, c, ch) = start_channel().await;
     queue(&ch, "pd", false).await;
     for _ in 0..3 {
         publish(&ch, "", "pd", b"x").await;
@@ -796,9 +737,7 @@ async fn purge_and_delete_return_counts_and_check_conditions() {
 
 #[tokio::test]
 async fn exchange_delete_if_unused() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (_s, c, ch) = start_channel().await;
     ch.exchange_declare(
         "exu".into(),
         ExchangeKind::Direct,
@@ -838,18 +777,7 @@ async fn exchange_delete_if_unused() {
     ch.exchange_delete("exu".into(), ExchangeDeleteOptions::default())
         .await
         .unwrap();
-    let e = ch
-        .exchange_declare(
-            "exu".into(),
-            ExchangeKind::Direct,
-            ExchangeDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            t(),
-        )
-        .await
-        .unwrap_err();
+    let e = passive_exchange(&ch, "exu").await.unwrap_err();
     assert_eq!(
         soft_code(&e),
         (404, "NOT_FOUND - no exchange 'exu' in vhost '/'".into())
@@ -858,9 +786,7 @@ async fn exchange_delete_if_unused() {
 
 #[tokio::test]
 async fn consumer_tags_generated_duplicate_and_exclusive() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (s, _c, ch) = start_channel().await;
     queue(&ch, "tags", false).await;
     let a = consume(&ch, "tags", true).await;
     assert!(a.tag().as_str().starts_with("amq.ctag-"), "{}", a.tag());
@@ -909,9 +835,7 @@ async fn consumer_tags_generated_duplicate_and_exclusive() {
 
 #[tokio::test]
 async fn consumer_is_cancelled_when_its_queue_is_deleted() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (_s, c, ch) = start_channel().await;
     queue(&ch, "gone", false).await;
     let mut cons = consume(&ch, "gone", false).await;
     let ch2 = c.create_channel().await.unwrap();
@@ -925,9 +849,7 @@ async fn consumer_is_cancelled_when_its_queue_is_deleted() {
 
 #[tokio::test]
 async fn basic_get_empty_and_message_count() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (_s, _c, ch) = start_channel().await;
     queue(&ch, "get", false).await;
     assert!(ch
         .basic_get("get".into(), BasicGetOptions::default())
@@ -967,9 +889,7 @@ async fn basic_get_empty_and_message_count() {
 
 #[tokio::test]
 async fn recover_requeues_unacked() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (_s, _c, ch) = start_channel().await;
     queue(&ch, "rec", false).await;
     publish(&ch, "", "rec", b"r").await;
     let mut cons = consume(&ch, "rec", false).await;
@@ -985,9 +905,7 @@ async fn recover_requeues_unacked() {
 
 #[tokio::test]
 async fn properties_and_headers_arrive_unchanged() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (_s, _c, ch) = start_channel().await;
     queue(&ch, "props", false).await;
     let mut inner = FieldTable::default();
     inner.insert("deep".into(), AMQPValue::LongLongInt(-5));
@@ -1042,9 +960,7 @@ async fn properties_and_headers_arrive_unchanged() {
 
 #[tokio::test]
 async fn user_id_must_match_the_login() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (_s, _c, ch) = start_channel().await;
     queue(&ch, "uid", false).await;
     let err = async_error(
         &ch,
@@ -1098,9 +1014,7 @@ async fn shutdown_closes_connections_with_320() {
 #[tokio::test]
 async fn flow_control_pauses_publishers_of_a_backlogged_consumed_queue() {
     use std::time::Duration;
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (s, c, ch) = start_channel().await;
     queue(&ch, "flow", false).await;
     // A consumer that takes one message and never acks: nothing drains.
     ch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
@@ -1159,9 +1073,7 @@ async fn flow_control_pauses_publishers_of_a_backlogged_consumed_queue() {
 
 #[tokio::test]
 async fn a_connection_consuming_what_it_publishes_is_never_stalled_by_flow_control() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (_s, c, ch) = start_channel().await;
     queue(&ch, "self-flow", false).await;
     ch.basic_qos(100, BasicQosOptions::default()).await.unwrap();
     let mut cons = consume(&ch, "self-flow", false).await;

@@ -338,9 +338,7 @@ async fn transactions_apply_at_commit_and_survive_restart() {
 
 #[tokio::test]
 async fn tx_and_confirm_modes_exclude_each_other() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (_s, c, ch) = start_channel().await;
     ch.tx_select().await.unwrap();
     let e = ch
         .confirm_select(ConfirmSelectOptions::default())
@@ -362,9 +360,7 @@ async fn tx_and_confirm_modes_exclude_each_other() {
 
 #[tokio::test]
 async fn confirms_cover_unroutable_and_transient_messages_in_order() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (_s, _c, ch) = start_channel().await;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
@@ -462,9 +458,7 @@ async fn a_corrupt_data_directory_refuses_to_start_cleanly() {
 
 #[tokio::test]
 async fn a_message_the_store_cannot_take_is_nacked() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (s, _c, ch) = start_channel().await;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();

@@ -58,9 +58,7 @@ async fn overview_whoami_users_and_vhosts() {
 
 #[tokio::test]
 async fn queues_exchanges_bindings_and_counters_are_listed() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (s, _c, ch) = start_channel().await;
     let mut args = FieldTable::default();
     args.insert("x-max-length".into(), lapin::types::AMQPValue::LongInt(100));
     ch.queue_declare("listed".into(), QueueDeclareOptions::default(), args)
@@ -101,16 +99,7 @@ async fn queues_exchanges_bindings_and_counters_are_listed() {
         .expect("a message");
     got.delivery.ack(BasicAckOptions::default()).await.unwrap();
     // A round trip so the ack has been handled.
-    ch.queue_declare(
-        "listed".into(),
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        t(),
-    )
-    .await
-    .unwrap();
+    passive(&ch, "listed").await.unwrap();
 
     let api = api(&s);
     let qs = api.list_queues_in("/").await.unwrap();
@@ -173,9 +162,7 @@ async fn queues_exchanges_bindings_and_counters_are_listed() {
 
 #[tokio::test]
 async fn connections_channels_and_consumers_are_listed() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (s, c, ch) = start_channel().await;
     ch.queue_declare("cq".into(), QueueDeclareOptions::default(), t())
         .await
         .unwrap();
@@ -307,17 +294,7 @@ async fn queues_and_exchanges_declared_through_the_api_are_seen_from_amqp() {
         passive: true,
         ..Default::default()
     };
-    ch.exchange_declare(
-        "apix".into(),
-        ExchangeKind::Fanout,
-        ExchangeDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        t(),
-    )
-    .await
-    .unwrap();
+    passive_exchange(&ch, "apix").await.unwrap();
     ch.queue_bind(
         "apiq".into(),
         "apix".into(),
@@ -359,18 +336,7 @@ async fn queues_and_exchanges_declared_through_the_api_are_seen_from_amqp() {
         .unwrap_err();
     assert!(e.to_string().contains("NOT_FOUND - no queue 'apiq'"), "{e}");
     let ch = c.create_channel().await.unwrap();
-    let e = ch
-        .exchange_declare(
-            "apix".into(),
-            ExchangeKind::Fanout,
-            ExchangeDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            t(),
-        )
-        .await
-        .unwrap_err();
+    let e = passive_exchange(&ch, "apix").await.unwrap_err();
     assert!(
         e.to_string().contains("NOT_FOUND - no exchange 'apix'"),
         "{e}"
@@ -565,9 +531,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn prometheus_metrics_use_rabbitmq_names_on_both_listeners() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (s, _c, ch) = start_channel().await;
     ch.queue_declare("prom-q".into(), QueueDeclareOptions::default(), t())
         .await
         .unwrap();
@@ -683,9 +647,7 @@ async fn churn_counts_and_process_metrics() {
 
 #[tokio::test]
 async fn exchange_delete_if_unused_refuses_while_bound() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (s, _c, ch) = start_channel().await;
     ch.exchange_declare(
         "iu-x".into(),
         ExchangeKind::Direct,

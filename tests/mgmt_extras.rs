@@ -24,9 +24,7 @@ fn long(s: &str) -> AMQPValue {
 
 #[tokio::test]
 async fn peek_shows_ready_messages_and_changes_nothing() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (s, _c, ch) = start_channel().await;
     queue(&ch, "peeked", false).await;
     let mut h = FieldTable::default();
     h.insert("who".into(), long("me"));
@@ -188,9 +186,7 @@ async fn peek_reads_a_durable_queue_from_disk_after_a_restart() {
 
 #[tokio::test]
 async fn unacked_view_names_the_consumer_and_channel_until_acked() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (s, _c, ch) = start_channel().await;
     queue(&ch, "held", false).await;
     let before = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -342,9 +338,7 @@ async fn reached(ch: &Channel, queues: &[&str]) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn route_test_explains_what_a_publish_does() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (s, _c, ch) = start_channel().await;
     let qs = ["rt-q1", "rt-q2", "rt-q3", "rt-q4", "rt-q5"];
     for q in qs {
         queue(&ch, q, false).await;

@@ -10,9 +10,7 @@ use lapin::{BasicProperties, ExchangeKind};
 
 #[tokio::test]
 async fn exchange_to_exchange_bindings_route_once_even_with_cycles() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (_s, _c, ch) = start_channel().await;
     exchange(&ch, "e2e-top", ExchangeKind::Topic, t()).await;
     exchange(&ch, "e2e-fan", ExchangeKind::Fanout, t()).await;
     queue(&ch, "e2e-q", false).await;
@@ -71,9 +69,7 @@ async fn exchange_to_exchange_bindings_route_once_even_with_cycles() {
 
 #[tokio::test]
 async fn alternate_exchange_takes_unroutable_messages() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (_s, _c, ch) = start_channel().await;
     exchange(&ch, "ae-last", ExchangeKind::Fanout, t()).await;
     let mut a2 = FieldTable::default();
     a2.insert(
@@ -117,9 +113,7 @@ async fn alternate_exchange_takes_unroutable_messages() {
 
 #[tokio::test]
 async fn cc_and_bcc_add_routing_keys_and_bcc_is_removed() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (_s, _c, ch) = start_channel().await;
     for q in ["cc-main", "cc-copy", "cc-blind"] {
         queue(&ch, q, false).await;
     }
@@ -172,9 +166,7 @@ async fn cc_and_bcc_add_routing_keys_and_bcc_is_removed() {
 
 #[tokio::test]
 async fn auto_delete_exchange_goes_with_its_last_binding() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (_s, _c, ch) = start_channel().await;
     ch.exchange_declare(
         "ad-ex".into(),
         ExchangeKind::Direct,
@@ -217,9 +209,7 @@ async fn auto_delete_exchange_goes_with_its_last_binding() {
 
 #[tokio::test]
 async fn internal_exchange_refuses_publishes_but_routes_from_exchanges() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (_s, _c, ch) = start_channel().await;
     ch.exchange_declare(
         "inner".into(),
         ExchangeKind::Fanout,
@@ -248,41 +238,29 @@ async fn internal_exchange_refuses_publishes_but_routes_from_exchanges() {
         settled_drain(&ch, "inner-q").await,
         vec![b"via-outer".to_vec()]
     );
-    let q = ch
-        .queue_declare(
+    let e = async_error(
+        &ch,
+        ch.basic_publish(
+            "inner".into(),
             "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            t(),
+            BasicPublishOptions::default(),
+            b"direct",
+            BasicProperties::default(),
+        ),
+    )
+    .await;
+    assert_eq!(
+        e,
+        (
+            403,
+            "ACCESS_REFUSED - cannot publish to internal exchange 'inner' in vhost '/'".into()
         )
-        .await
-        .unwrap();
-    let mut watcher = ch
-        .basic_consume(
-            q.name().clone(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            t(),
-        )
-        .await
-        .unwrap();
-    publish_props(&ch, "inner", "", b"direct", BasicProperties::default()).await;
-    use futures_lite::stream::StreamExt;
-    let e = within(watcher.next()).await.unwrap().unwrap_err();
-    assert!(
-        e.to_string()
-            .contains("ACCESS_REFUSED - cannot publish to internal exchange 'inner' in vhost '/'"),
-        "{e}"
     );
 }
 
 #[tokio::test]
 async fn unknown_exchange_type_is_a_503_connection_error() {
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (_s, c, ch) = start_channel().await;
     let e = ch
         .exchange_declare(
             "weird".into(),

@@ -124,9 +124,7 @@ async fn dashboard_in_headless_chromium() {
         );
     }
 
-    let s = start().await;
-    let c = connect(&s).await;
-    let ch = c.create_channel().await.unwrap();
+    let (s, c, ch) = start_channel().await;
     let queue = uniq("e2e-orders");
     let held = uniq("e2e-held");
     let exchange = uniq("e2e-topic");

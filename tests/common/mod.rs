@@ -149,6 +149,15 @@ pub async fn connect(s: &Server) -> Connection {
         .expect("connect")
 }
 
+/// The usual start of a test: a broker, a connection to it as guest and a
+/// channel. Keep the connection: dropping it closes the channel.
+pub async fn start_channel() -> (TestBroker, Connection, Channel) {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    (s, c, ch)
+}
+
 /// A connection as guest to `vhost` (URL-encoded by the caller).
 pub async fn connect_to(s: &Server, vhost: &str) -> Connection {
     let url = format!("amqp://guest:guest@{}/{vhost}", s.amqp_addr());
@@ -432,6 +441,43 @@ pub async fn drain(ch: &Channel, q: &str) -> Vec<Vec<u8>> {
 pub async fn settled_drain(ch: &Channel, q: &str) -> Vec<Vec<u8>> {
     passive(ch, q).await.unwrap();
     drain(ch, q).await
+}
+
+/// Runs an operation whose error the broker reports asynchronously (a
+/// publish, an ack) and returns the code and text of the channel.close it
+/// causes. lapin hands a channel's close error to the channel's consumers,
+/// so a watcher consumer on a private queue receives it.
+pub async fn async_error<F, T>(ch: &Channel, op: F) -> (u16, String)
+where
+    F: std::future::Future<Output = lapin::Result<T>>,
+{
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            t(),
+        )
+        .await
+        .unwrap();
+    let mut watcher = consume(ch, q.name().as_str(), true).await;
+    op.await.map(|_| ()).expect("the operation itself is sent");
+    match within(watcher.next()).await {
+        Some(Err(e)) => soft_code(&e),
+        other => panic!("expected the channel's close error, got {other:?}"),
+    }
+}
+
+/// A passive exchange.declare: Ok if it exists, else the 404.
+pub async fn passive_exchange(ch: &Channel, name: &str) -> lapin::Result<()> {
+    let opts = ExchangeDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(name.into(), ExchangeKind::Direct, opts, t())
+        .await
 }
 
 /// The reply code and text of the error a channel was closed with.
