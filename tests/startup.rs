@@ -309,3 +309,45 @@ fn a_listener_flag_given_twice_listens_on_both_addresses() {
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     assert!(wait_exit(&mut child, &work).success());
 }
+
+/// A server dropped without `shutdown` (a test that ends or panics) stops
+/// serving, and its data directory can be opened again at once.
+#[tokio::test]
+async fn a_dropped_server_stops_and_frees_its_data_directory() {
+    dropped_server_stops().await
+}
+
+/// The same on a multi-threaded runtime, where the drop closes the store
+/// under `block_in_place`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_server_stops_on_a_multi_threaded_runtime() {
+    dropped_server_stops().await
+}
+
+async fn dropped_server_stops() {
+    let dir = temp_dir("dropped");
+    let s = start_on(&dir).await;
+    let addr = s.amqp_addr();
+    let conn = connect(&s).await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare("kept".into(), durable_q(), t())
+        .await
+        .unwrap();
+    publish_confirmed_on_new_channel(&conn).await;
+    drop(s);
+    wait_until("the listener to close", Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    until_closed(&conn).await;
+    let s = start_on(&dir).await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    assert_eq!(passive(&ch, "kept").await.unwrap().message_count(), 1);
+}
+
+async fn publish_confirmed_on_new_channel(conn: &lapin::Connection) {
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    publish_confirmed(&ch, "", "kept", b"m", persistent()).await;
+}
