@@ -341,5 +341,7 @@ mod tests {
         );
         s.release(a.seg);
         assert_eq!(s.files(), 1, "the old segment went with its last reference");
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
