@@ -14,7 +14,7 @@ use common::*;
 use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, ExchangeKind};
+use lapin::ExchangeKind;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -159,15 +159,7 @@ async fn dashboard_in_headless_chromium() {
     // A consumer on its own channel takes one message and keeps it unacked
     // for the page that shows who holds what.
     let holder = c.create_channel().await.unwrap();
-    ch.basic_publish(
-        "".into(),
-        held.as_str().into(),
-        BasicPublishOptions::default(),
-        b"held by a consumer",
-        BasicProperties::default(),
-    )
-    .await
-    .unwrap();
+    publish(&ch, "", held.as_str(), b"held by a consumer").await;
     let ctag = "e2e-holder";
     let mut consumer = holder
         .basic_consume(
