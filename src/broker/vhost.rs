@@ -509,8 +509,18 @@ impl Vhost {
         arguments: &Table,
         conn: u64,
     ) -> Result<()> {
-        let q = self.queue_for(queue, conn)?;
-        let ex = self.bindable_exchange(exchange)?;
+        // Unbinding what is gone succeeds, as in RabbitMQ 3.10: cleanup
+        // code unbinds auto-delete queues that have just vanished.
+        if exchange.is_empty() {
+            return Err(BrokerError::default_exchange());
+        }
+        let q = match self.queue_for(queue, conn) {
+            Err(e) if e.kind == ErrorKind::NotFound => return Ok(()),
+            other => other?,
+        };
+        let Ok(ex) = self.exchange(exchange) else {
+            return Ok(());
+        };
         let durable = ex.opts.durable && q.disk_id.is_some();
         if ex.unbind(&Dest::Queue(QueueRef(q)), routing_key, arguments) {
             if let (true, Some(p)) = (durable, &self.persist) {
@@ -706,8 +716,13 @@ impl Vhost {
         routing_key: &str,
         arguments: &Table,
     ) -> Result<()> {
-        let dst = self.bindable_exchange(destination)?;
-        let src = self.bindable_exchange(source)?;
+        if destination.is_empty() || source.is_empty() {
+            return Err(BrokerError::default_exchange());
+        }
+        // Missing exchanges: unbind-ok, as in RabbitMQ 3.10.
+        let (Ok(dst), Ok(src)) = (self.exchange(destination), self.exchange(source)) else {
+            return Ok(());
+        };
         let durable = src.opts.durable && dst.opts.durable;
         if src.unbind(&Dest::Exchange(dst), routing_key, arguments) {
             if let (true, Some(p)) = (durable, &self.persist) {
