@@ -641,3 +641,142 @@ async fn malformed_properties_are_refused_not_forwarded() {
     .await;
     s.shutdown().await;
 }
+
+// --- 10. tx.commit-ok after the acks are durable -------------------------
+
+/// The `warren` binary as a child process, killed (SIGKILL) when dropped.
+struct Child {
+    proc: Option<std::process::Child>,
+    port: u16,
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.proc.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Child {
+    /// Starts the binary on `data` (cwd `work`, so no ./rabbit.toml is
+    /// read) and waits until its AMQP port accepts connections.
+    async fn start(work: &std::path::Path, data: &std::path::Path) -> Child {
+        std::fs::create_dir_all(work).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::fs::File::create(work.join(format!("broker-{port}.log"))).unwrap();
+        let proc = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args([
+                "--amqp-listen",
+                &format!("127.0.0.1:{port}"),
+                "--http-listen",
+                "127.0.0.1:0",
+                "--prometheus-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(data)
+            .current_dir(work)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn the warren binary");
+        let mut c = Child {
+            proc: Some(proc),
+            port,
+        };
+        within(async {
+            loop {
+                if let Some(status) = c.proc.as_mut().and_then(|p| p.try_wait().ok().flatten()) {
+                    panic!("the broker exited with {status}; see {}", work.display());
+                }
+                if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+        .await;
+        c
+    }
+
+    fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    fn kill9(&mut self) {
+        let mut p = self.proc.take().expect("running");
+        p.kill().expect("SIGKILL");
+        p.wait().expect("reap");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tx_commit_ok_comes_after_the_settled_acks_are_on_disk() {
+    use futures_lite::stream::StreamExt;
+    use lapin::options::*;
+    const N: usize = 1000;
+    const PER_COMMIT: usize = 10;
+    let work = temp_dir("wire-tx");
+    let data = work.join("data");
+    let q = "wire-tx-acks";
+    let mut b = Child::start(&work, &data).await;
+    let conn = lapin::Connection::connect(&b.url(), Default::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(q.into(), durable, Default::default())
+        .await
+        .unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    for i in 0..N {
+        ch.basic_publish(
+            "".into(),
+            q.into(),
+            Default::default(),
+            format!("m{i}").as_bytes(),
+            lapin::BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap();
+    }
+    within(ch.wait_for_confirms()).await.unwrap();
+    // A transaction that only settles: acks, committed in groups.
+    let tx = conn.create_channel().await.unwrap();
+    tx.tx_select().await.unwrap();
+    tx.basic_qos(100, Default::default()).await.unwrap();
+    let mut consumer = tx
+        .basic_consume(q.into(), "c".into(), Default::default(), Default::default())
+        .await
+        .unwrap();
+    for n in 1..=N {
+        let d = within(consumer.next()).await.unwrap().unwrap();
+        d.ack(Default::default()).await.unwrap();
+        if n % PER_COMMIT == 0 {
+            within(tx.tx_commit()).await.unwrap();
+        }
+    }
+    // Every ack is committed: none may come back after a crash.
+    b.kill9();
+    drop(consumer);
+    drop(conn);
+    let b = Child::start(&work, &data).await;
+    let conn = lapin::Connection::connect(&b.url(), Default::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let left = passive(&ch, q).await.unwrap().message_count();
+    assert_eq!(left, 0, "{left} committed acks were lost by the crash");
+    drop(b);
+    let _ = std::fs::remove_dir_all(&work);
+}
