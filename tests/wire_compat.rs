@@ -780,3 +780,161 @@ async fn tx_commit_ok_comes_after_the_settled_acks_are_on_disk() {
     drop(b);
     let _ = std::fs::remove_dir_all(&work);
 }
+
+// --- 9. One nesting limit; unreadable definitions stop the start ---------
+
+/// `{"a": {"a": ... {}}}`, `depth` tables deep (the outer one counts).
+fn nested_args(depth: usize) -> FieldTable {
+    let mut t = FieldTable::default();
+    for _ in 1..depth {
+        let mut o = FieldTable::default();
+        o.insert("a".into(), AMQPValue::FieldTable(t));
+        t = o;
+    }
+    t
+}
+
+/// The same as management API JSON.
+fn nested_json(depth: usize) -> String {
+    let mut s = "{}".to_owned();
+    for _ in 1..depth {
+        s = format!("{{\"a\":{s}}}");
+    }
+    s
+}
+
+async fn start_on(dir: &std::path::Path) -> warren::server::Server {
+    let dir = dir.to_owned();
+    start_with(move |c| c.storage.data_dir = dir).await
+}
+
+#[tokio::test]
+async fn the_deepest_accepted_arguments_survive_a_restart_and_deeper_are_refused() {
+    use lapin::options::*;
+    const MAX: usize = 64; // tables, the arguments table included
+    let dir = temp_dir("wire-deep");
+    let s = start_on(&dir).await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare("wire-deep-amqp".into(), durable, nested_args(MAX))
+        .await
+        .unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    let confirm = ch
+        .basic_publish(
+            "".into(),
+            "wire-deep-amqp".into(),
+            Default::default(),
+            b"kept",
+            lapin::BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap();
+    within(confirm).await.unwrap();
+    // The management API takes the same depth, and not one level more.
+    let (status, body) = raw(
+        &s,
+        "PUT",
+        "/api/queues/%2F/wire-deep-http",
+        Some(GUEST),
+        &format!("{{\"durable\":true,\"arguments\":{}}}", nested_json(MAX)),
+    )
+    .await;
+    assert!(status == 201 || status == 204, "{status} {body}");
+    let (status, body) = raw(
+        &s,
+        "PUT",
+        "/api/queues/%2F/wire-too-deep",
+        Some(GUEST),
+        &format!(
+            "{{\"durable\":true,\"arguments\":{}}}",
+            nested_json(MAX + 1)
+        ),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("arguments nest more than 64 levels deep"),
+        "{body}"
+    );
+    // So does a binding's arguments table.
+    let (status, body) = raw(
+        &s,
+        "POST",
+        "/api/bindings/%2F/e/amq.direct/q/wire-deep-http",
+        Some(GUEST),
+        &format!(
+            "{{\"routing_key\":\"k\",\"arguments\":{}}}",
+            nested_json(MAX + 1)
+        ),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let _ = c.close(200, "bye".into()).await;
+    s.shutdown().await;
+
+    let s = start_on(&dir).await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    let q = passive(&ch, "wire-deep-amqp")
+        .await
+        .expect("the queue is still there");
+    assert_eq!(q.message_count(), 1, "with its message");
+    passive(&ch, "wire-deep-http").await.unwrap();
+    let _ = c.close(200, "bye".into()).await;
+    s.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn an_unreadable_definition_stops_the_start_and_names_it() {
+    use lapin::options::*;
+    let dir = temp_dir("wire-corrupt");
+    let s = start_on(&dir).await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare("wire-corrupt-q".into(), durable, Default::default())
+        .await
+        .unwrap();
+    let _ = c.close(200, "bye".into()).await;
+    s.shutdown().await;
+    // Damage the queue's definition record.
+    {
+        let disk = warren_queues::Disk::open(&dir, 1 << 20).unwrap();
+        let defs = disk.db().open_tree("definitions").unwrap();
+        let key = defs
+            .scan_prefix([b'q'])
+            .keys()
+            .map(|k| k.unwrap())
+            .find(|k| k.ends_with(b"wire-corrupt-q"))
+            .expect("the queue's definition");
+        defs.insert(key, &b"{\"id\": 3, \"arguments\": [["[..])
+            .unwrap();
+        disk.db().flush().unwrap();
+    }
+    let mut cfg = warren::config::Config::default();
+    cfg.listeners.amqp = "127.0.0.1:0".parse().unwrap();
+    cfg.listeners.http = "127.0.0.1:0".parse().unwrap();
+    cfg.listeners.prometheus = "127.0.0.1:0".parse().unwrap();
+    cfg.storage.data_dir = dir.clone();
+    let err = match warren::server::start(&cfg).await {
+        Ok(s) => {
+            s.shutdown().await;
+            panic!("started with an unreadable definition");
+        }
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("unreadable queue 'wire-corrupt-q' in vhost '/'"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -227,6 +227,19 @@ fn put_value(out: &mut Vec<u8>, v: &Value) -> Result<(), EncodeError> {
 /// can carry 18,000 levels.
 pub const MAX_TABLE_DEPTH: usize = 64;
 
+/// How deep a decoded table nests: itself 1, each table or array inside
+/// one more (the count [`table_nesting_ok`] makes on the wire).
+pub fn table_depth(t: &Table) -> usize {
+    fn value_depth(v: &Value) -> usize {
+        match v {
+            Value::Table(t) => table_depth(t),
+            Value::Array(items) => 1 + items.iter().map(value_depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+    1 + t.iter().map(|(_, v)| value_depth(v)).max().unwrap_or(0)
+}
+
 /// Whether the field table at the start of `t` (with its length prefix)
 /// nests tables and arrays at most `max` levels deep. Walks iteratively, so
 /// it is safe on any input; malformed input returns `true` when it cannot

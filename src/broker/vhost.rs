@@ -167,6 +167,7 @@ impl Vhost {
             return self.exchange(name);
         }
         let _live = self.writable()?;
+        check_arguments(&opts.arguments)?;
         let Some(t) = ExchangeType::parse(kind) else {
             return Err(BrokerError::new(
                 ErrorKind::CommandInvalid,
@@ -305,6 +306,7 @@ impl Vhost {
             return declared(self.queue_for(name, conn)?);
         }
         let _live = self.writable()?;
+        check_arguments(&opts.arguments)?;
         let generated = name.is_empty();
         let name = if generated {
             self.generate_queue_name()
@@ -487,6 +489,7 @@ impl Vhost {
         conn: u64,
     ) -> Result<()> {
         let _live = self.writable()?;
+        check_arguments(&arguments)?;
         let q = self.queue_for(queue, conn)?;
         let ex = self.bindable_exchange(exchange)?;
         let durable = ex.opts.durable && q.disk_id.is_some();
@@ -695,6 +698,7 @@ impl Vhost {
         arguments: Table,
     ) -> Result<()> {
         let _live = self.writable()?;
+        check_arguments(&arguments)?;
         let dst = self.bindable_exchange(destination)?;
         let src = self.bindable_exchange(source)?;
         let durable = src.opts.durable && dst.opts.durable;
@@ -822,6 +826,20 @@ fn check_queue_args(q: &Queue, args: &Table) -> Result<()> {
                 ),
             ));
         }
+    }
+    Ok(())
+}
+
+/// The one nesting limit for stored arguments (queues, exchanges,
+/// bindings), whether they come over AMQP, the management API or a
+/// definitions import: what is accepted is what the store reads back.
+fn check_arguments(args: &Table) -> Result<()> {
+    use super::properties::{table_depth, MAX_TABLE_DEPTH};
+    if table_depth(args) > MAX_TABLE_DEPTH {
+        return Err(BrokerError::new(
+            ErrorKind::PreconditionFailed,
+            format!("arguments nest more than {MAX_TABLE_DEPTH} levels deep"),
+        ));
     }
     Ok(())
 }
