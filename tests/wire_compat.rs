@@ -258,6 +258,43 @@ async fn unbinding_a_missing_queue_or_exchange_is_unbind_ok() {
             .await
             .unwrap_or_else(|e| panic!("unbind {dst} from {src}: {e}"));
     }
+    // The client-library pattern: an auto-delete queue goes with its
+    // last consumer, then cleanup code unbinds it.
+    let auto = uniq("wire-unbind-auto");
+    let opts = lapin::options::QueueDeclareOptions {
+        auto_delete: true,
+        ..Default::default()
+    };
+    ch.queue_declare(auto.as_str().into(), opts, t())
+        .await
+        .unwrap();
+    ch.queue_bind(
+        auto.as_str().into(),
+        "amq.topic".into(),
+        "rk".into(),
+        Default::default(),
+        t(),
+    )
+    .await
+    .unwrap();
+    ch.basic_consume(auto.as_str().into(), "ctag".into(), Default::default(), t())
+        .await
+        .unwrap();
+    ch.basic_cancel("ctag".into(), Default::default())
+        .await
+        .unwrap();
+    eventually(|| {
+        let c = &c;
+        let auto = auto.clone();
+        async move {
+            let probe = c.create_channel().await.unwrap();
+            passive(&probe, &auto).await.is_err()
+        }
+    })
+    .await;
+    ch.queue_unbind(auto.as_str().into(), "amq.topic".into(), "rk".into(), t())
+        .await
+        .unwrap();
     // The channel is still open.
     passive(&ch, &q).await.unwrap();
     // The default exchange is still off limits (403), gone queue or not.
@@ -304,6 +341,8 @@ async fn after_close_ok_frames_are_read_and_dropped_until_the_client_closes() {
     ));
     // The broker keeps reading: later writes do not fail.
     keep_publishing(&mut r, 20, Duration::from_millis(25)).await;
+    // Even a broken frame gets no connection.close now.
+    r.send(&[9, 9, 9, 9, 9, 9, 9, 9, 9]).await;
     // Nothing more comes (the publishes are dropped) until we close.
     let mut more = [0u8; 64];
     let early = tokio::time::timeout(Duration::from_millis(300), r.s.read(&mut more)).await;

@@ -811,7 +811,9 @@ impl Connection {
 
     /// Sends connection.close and stops handling anything but close-ok.
     pub(super) fn close_connection(&mut self, e: ConnectionError) {
-        if self.closing_since.is_some() || self.done {
+        // Once closed, errors (a bad frame in flight) are only logged.
+        if self.closing_since.is_some() || self.closed_since.is_some() || self.done {
+            tracing::debug!(conn = self.id, code = e.code, text = %e.text, "error on a closing connection");
             return;
         }
         tracing::warn!(conn = self.id, code = e.code, text = %e.text, "closing connection");
