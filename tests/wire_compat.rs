@@ -354,6 +354,27 @@ async fn after_close_ok_frames_are_read_and_dropped_until_the_client_closes() {
 }
 
 #[tokio::test]
+async fn a_closed_connection_that_the_api_closes_goes_at_once() {
+    let s = start().await;
+    let mut r = Raw::open(&s, 2047, 0).await;
+    r.send(&connection_close()).await;
+    assert!(matches!(
+        r.method().await,
+        AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))
+    ));
+    // Still listed while the broker waits for the client's EOF.
+    let conns = api(&s).list_connections().await.unwrap();
+    assert_eq!(conns.len(), 1);
+    api(&s)
+        .close_connection(&conns[0].name, Some("maintenance"), false)
+        .await
+        .unwrap();
+    // No connection.close after close-ok: just the end of the socket.
+    assert!(r.frame().await.is_none());
+    s.shutdown().await;
+}
+
+#[tokio::test]
 async fn after_a_server_close_frames_are_dropped_until_close_ok() {
     let s = start().await;
     let mut r = Raw::open(&s, 2047, 0).await;

@@ -598,6 +598,10 @@ impl Connection {
                 }
                 _ = outbox.notified() => {}
                 reason = info.close_requested(), if self.closing_since.is_none() => {
+                    // A client that already closed is only waited for.
+                    if self.closed_since.is_some() {
+                        break End::Closed;
+                    }
                     self.close_connection(ConnectionError {
                         code: CONNECTION_FORCED,
                         text: format!("CONNECTION_FORCED - {reason}"),
