@@ -1,45 +1,63 @@
-//! The on-disk message store: sled 0.34, shared by every durable queue.
+//! The on-disk message store, shared by every durable queue: segment
+//! files for message records, an append-only index for which queue holds
+//! which record, and sled 0.34 for the broker's definitions.
 //!
-//! # Format, version 1
+//! # Format, version 2
 //!
-//! Tree `meta`: `format` -> `[1]`. A data directory with another version is
-//! refused at open, never silently reinterpreted; a later version migrates
-//! from this one by reading the layout below.
+//! sled tree `meta`: `format` -> `[2]`; `legacy_segments` -> the highest
+//! segment number written by version 1 (u32 BE), when the directory was
+//! upgraded from it. A data directory with an unknown version is refused
+//! at open, never silently reinterpreted.
 //!
 //! Message records live in append-only segment files under `msgs/` (see
-//! [`crate::segments`]): sled copies whole leaves on each write, so only
-//! small entries go into sled. Tree `messages`:
-//! - `Q` ++ queue id (u64 BE) ++ seq (u64 BE) -> the record's location
-//!   (segment u32, offset u32, length u32, all BE) ++ body length (u32 BE).
-//! - `D` ++ queue id (u64 BE) -> the highest seq the queue has delivered
-//!   (u64 BE). Queues deliver in seq order, so every message at or below
-//!   it was delivered at least once and comes back redelivered.
+//! [`crate::segments`]; records are checksummed with CRC-32C). A message
+//! record: `[1]` (record version), exchange (u8 length + bytes), routing
+//! key (u8 length + bytes), properties (u32 BE length + the raw
+//! content-header property bytes), then the body to the end.
 //!
-//! A message record: `[1]` (record version), exchange (u8 length +
-//! bytes), routing key (u8 length + bytes), properties (u32 BE length +
-//! the raw content-header property bytes), then the body to the end.
+//! The index lives in append-only files under `index/` (see
+//! [`crate::journal`]): a `P` entry per message a durable queue holds
+//! (queue id, seq, the record's location, body size), an ack entry when
+//! it is acked or dropped, and `D` entries with each queue's delivered
+//! mark (the highest seq delivered: queues deliver in seq order, so every
+//! message at or below it comes back redelivered).
+//!
+//! # Version 1, read for the upgrade
+//!
+//! Version 1 kept the index in sled (tree `messages`: `Q` ++ queue id ++
+//! seq -> location ++ body size; `D` ++ queue id -> mark) and checksummed
+//! segment records with 32-bit FNV-1a. Opening a version-1 directory
+//! writes its index entries and marks into a first index file, fsyncs it,
+//! records the last version-1 segment (read with the old checksum) and the
+//! new version, then empties the old tree. A crash before the version is
+//! written redoes the upgrade from scratch; after it, the old tree is
+//! dropped at the next open.
 //!
 //! # What is written
 //!
 //! - A persistent message routed to N durable queues: one record appended
-//!   to the current segment (the body is stored once) and N `Q` entries.
-//! - Its ack (or drop) in a queue: that `Q` entry is removed; a segment
-//!   file is deleted when no entry points into it any more.
+//!   to the current segment (the body is stored once, copied once into the
+//!   write buffer) and N index entries.
+//! - Its ack (or drop) in a queue: an ack entry; a segment file is deleted
+//!   when no live index entry points into it, an index file when every
+//!   entry in it is acked.
 //! - Deliveries write nothing per message: each queue's delivered mark is
 //!   written once per flush.
 //!
-//! [`Disk::flush`] fsyncs the segments and flushes sled concurrently; an
-//! index entry whose record did not reach the disk (a crash between the
-//! two) is found and dropped at recovery, and nothing is confirmed before
-//! both are done.
+//! Appends only fill buffers; [`Disk::flush`] writes them and fsyncs the
+//! segments and the index concurrently. An index entry whose record did
+//! not reach the disk (a crash between the two) is found and dropped at
+//! recovery, and nothing is confirmed before both are done.
 //! The broker's group-commit thread flushes for many publishers at a time
 //! (and at least every few hundred milliseconds) and only then confirms.
 //! A crash can therefore forget the last moments of acks and deliveries
 //! (an acked message may return; a just-delivered one may return without
-//! the redelivered flag), never a confirmed publish. At recovery, entries
-//! pointing past the end of a segment, or at a record of the last segment
-//! whose checksum fails, are dropped; unreferenced segments are deleted.
+//! the redelivered flag), never a confirmed publish. At recovery, index
+//! entries that fail their checksum are ignored, and entries pointing past
+//! the end of a segment, or at a record of the last segment whose checksum
+//! fails, are dropped; unreferenced segments are deleted.
 
+use crate::journal::{IndexRef, Journal};
 use crate::message::{Message, QueuedMessage, StoredRef};
 use crate::peek::{PeekBody, PeekEntry, Peeked};
 use crate::segments::Segments;
@@ -50,7 +68,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
+/// The version this build upgrades from.
+const LEGACY_VERSION: u8 = 1;
 
 /// The most paged-out body bytes one peek reads from disk (at least one
 /// message is always read): a peek at huge messages returns fewer.
@@ -100,14 +120,18 @@ impl From<sled::Error> for DiskError {
 pub struct RecoveredEntry {
     pub seq: u64,
     pub stored: StoredRef,
+    /// Its index entry.
+    pub index: IndexRef,
     pub delivered: bool,
     pub size: u32,
 }
 
 pub struct Disk {
     db: sled::Db,
-    msgs: sled::Tree,
     segments: Segments,
+    journal: Journal,
+    /// What the index held at open, until [`Disk::recover`] sorts it out.
+    scan: Mutex<Option<crate::journal::Scan>>,
     /// Sizes of the segments found at open, for recovery's checks.
     existing: std::collections::BTreeMap<u32, u64>,
     /// Each live durable queue's delivered mark: (queue, current, written).
@@ -117,50 +141,40 @@ pub struct Disk {
     flushing: Mutex<()>,
 }
 
-fn index_key(queue: u64, seq: u64) -> [u8; 17] {
-    let mut k = [0u8; 17];
-    k[0] = b'Q';
-    k[1..9].copy_from_slice(&queue.to_be_bytes());
-    k[9..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
-
-fn mark_key(queue: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = b'D';
-    k[1..].copy_from_slice(&queue.to_be_bytes());
-    k
-}
-
 fn be_u64(b: &[u8]) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[..8]);
     u64::from_be_bytes(a)
 }
 
-/// Encodes a message record.
-pub fn encode(m: &Message) -> Vec<u8> {
-    encode_with_prefix(m, 0)
-}
+/// The largest record head: version, two short strings, properties length.
+const HEAD_MAX: usize = 1 + 2 * (1 + 255) + 4;
 
-/// Encodes a message record after `prefix` zero bytes, so an index entry's
-/// flag byte costs no second copy.
-fn encode_with_prefix(m: &Message, prefix: usize) -> Vec<u8> {
+/// A message record's head (everything before the property bytes), built
+/// on the stack: the record is written as head, properties and body, each
+/// copied once into the segment buffer.
+fn encode_head(m: &Message, head: &mut [u8; HEAD_MAX]) -> usize {
     let ex = &m.exchange.as_bytes()[..m.exchange.len().min(255)];
     let rk = &m.routing_key.as_bytes()[..m.routing_key.len().min(255)];
-    let mut v = Vec::with_capacity(
-        prefix + 1 + 2 + ex.len() + rk.len() + 4 + m.properties.len() + m.body.len(),
-    );
-    v.resize(prefix, 0);
-    v.push(1);
-    v.push(ex.len() as u8);
-    v.extend_from_slice(ex);
-    v.push(rk.len() as u8);
-    v.extend_from_slice(rk);
-    v.extend_from_slice(&(m.properties.len() as u32).to_be_bytes());
-    v.extend_from_slice(&m.properties);
-    v.extend_from_slice(&m.body);
-    v
+    let mut at = 0;
+    let mut put = |b: &[u8]| {
+        head[at..at + b.len()].copy_from_slice(b);
+        at += b.len();
+    };
+    put(&[1, ex.len() as u8]);
+    put(ex);
+    put(&[rk.len() as u8]);
+    put(rk);
+    put(&(m.properties.len() as u32).to_be_bytes());
+    at
+}
+
+/// Encodes a message record (tests and tools; the store writes the parts
+/// without assembling them).
+pub fn encode(m: &Message) -> Vec<u8> {
+    let mut head = [0u8; HEAD_MAX];
+    let n = encode_head(m, &mut head);
+    [&head[..n], &m.properties[..], &m.body[..]].concat()
 }
 
 /// Decodes a message record (the body shares the record's buffer).
@@ -196,9 +210,57 @@ pub fn decode(rec: Bytes, stored: Option<StoredRef>) -> Result<Message, DiskErro
     })
 }
 
+/// Upgrades a version-1 directory: its sled index and marks go into a
+/// first index file (fsynced), then the version is bumped, then the old
+/// tree is emptied. See the module documentation.
+fn upgrade_from_v1(
+    db: &sled::Db,
+    meta: &sled::Tree,
+    index_dir: &Path,
+    last_v1_segment: u32,
+) -> Result<(), DiskError> {
+    // A previous attempt may have stopped half-way: start over.
+    match std::fs::remove_dir_all(index_dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
+    let msgs = db.open_tree("messages")?;
+    let (journal, _) = Journal::open(index_dir)?;
+    let (mut entries, mut marks) = (0u64, 0u64);
+    for kv in msgs.iter() {
+        let (k, v) = kv?;
+        match (k.first(), k.len(), v.len()) {
+            (Some(b'Q'), 17, 16) => {
+                let loc = StoredRef::from_bytes(&v[..12]).expect("12 bytes");
+                let size = u32::from_be_bytes([v[12], v[13], v[14], v[15]]);
+                journal.publish(be_u64(&k[1..9]), be_u64(&k[9..]), loc, size);
+                entries += 1;
+            }
+            (Some(b'D'), 9, 8) => {
+                journal.mark(be_u64(&k[1..]), be_u64(&v));
+                marks += 1;
+            }
+            _ => return Err(DiskError::Corrupt("version-1 index entry".into())),
+        }
+    }
+    journal.flush()?;
+    drop(journal);
+    meta.insert("legacy_segments", &last_v1_segment.to_be_bytes())?;
+    meta.insert("format", &[FORMAT_VERSION])?;
+    db.flush()?;
+    db.drop_tree("messages")?;
+    db.flush()?;
+    tracing::info!(
+        entries,
+        marks,
+        "upgraded the data directory from format version 1 to 2"
+    );
+    Ok(())
+}
+
 impl Disk {
-    /// Opens (or creates) the store in `dir`. `cache_bytes` bounds sled's
-    /// page cache, which is most of the store's memory.
+    /// Opens (or creates) the store in `dir`, upgrading a version-1
+    /// directory. `cache_bytes` bounds sled's page cache.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Arc<Disk>, DiskError> {
         let config = sled::Config::new()
             .path(dir)
@@ -220,20 +282,41 @@ impl Disk {
             }
         };
         let meta = db.open_tree("meta")?;
+        let (segments, existing) = Segments::open(&dir.join("msgs"))?;
+        let index_dir = dir.join("index");
         match meta.get("format")? {
-            Some(v) if v.as_ref() == [FORMAT_VERSION] => {}
+            Some(v) if v.as_ref() == [FORMAT_VERSION] => {
+                // An upgrade that stopped after writing the version.
+                db.drop_tree("messages")?;
+            }
+            Some(v) if v.as_ref() == [LEGACY_VERSION] => {
+                upgrade_from_v1(&db, &meta, &index_dir, segments.last_existing())?;
+            }
             Some(v) => return Err(DiskError::Version { found: v.to_vec() }),
             None => {
                 meta.insert("format", &[FORMAT_VERSION])?;
                 db.flush()?;
             }
         }
-        let msgs = db.open_tree("messages")?;
-        let (segments, existing) = Segments::open(&dir.join("msgs"))?;
+        if let Some(v) = meta.get("legacy_segments")? {
+            let b: [u8; 4] = v
+                .as_ref()
+                .try_into()
+                .map_err(|_| DiskError::Corrupt("legacy_segments".into()))?;
+            segments.set_legacy_upto(u32::from_be_bytes(b));
+        }
+        let (journal, scan) = Journal::open(&index_dir)?;
+        if scan.torn > 0 {
+            tracing::warn!(
+                entries = scan.torn,
+                "ignoring index entries cut short by a crash"
+            );
+        }
         Ok(Arc::new(Disk {
             db,
-            msgs,
             segments,
+            journal,
+            scan: Mutex::new(Some(scan)),
             existing,
             marks: Mutex::new(Vec::new()),
             flushing: Mutex::new(()),
@@ -253,19 +336,22 @@ impl Disk {
             for (queue, cur, written) in marks.iter_mut() {
                 let now = cur.load(Ordering::Relaxed);
                 if now != *written {
-                    self.msgs.insert(mark_key(*queue), &now.to_be_bytes())?;
+                    self.journal.mark(*queue, now);
                     *written = now;
                 }
             }
         }
-        // Both at once: recovery drops an entry whose record did not make
-        // it, so their order does not matter, and a confirm waits for both.
-        let (seg, db) = std::thread::scope(|s| {
+        // All at once: recovery drops an index entry whose record did not
+        // make it, so their order does not matter, and a confirm waits for
+        // every one.
+        let (seg, journal, db) = std::thread::scope(|s| {
             let seg = s.spawn(|| self.segments.flush());
+            let journal = self.journal.flush();
             let db = self.db.flush();
-            (seg.join(), db)
+            (seg.join(), journal, db)
         });
         seg.map_err(|_| DiskError::Corrupt("segment flush panicked".into()))??;
+        journal?;
         db?;
         Ok(())
     }
@@ -286,114 +372,109 @@ impl Disk {
         for (q, cur, written) in marks.iter() {
             let now = cur.load(Ordering::Relaxed);
             if *q == queue && now != *written {
-                let _ = self.msgs.insert(mark_key(queue), &now.to_be_bytes());
+                self.journal.mark(queue, now);
             }
         }
         marks.retain(|(q, _, _)| *q != queue);
+        self.journal.forget(queue);
     }
 
     /// Writes a message's record once for the `queues` durable queues
     /// that will hold it.
     pub fn put_body(&self, m: &Message, queues: usize) -> Result<StoredRef, DiskError> {
-        Ok(self.segments.append(&encode(m), queues as u32)?)
+        let mut head = [0u8; HEAD_MAX];
+        let n = encode_head(m, &mut head);
+        let parts: [&[u8]; 3] = [&head[..n], &m.properties, &m.body];
+        Ok(self.segments.append_parts(&parts, queues as u32)?)
     }
 
     /// Reads the message at `r`: an error (never another record) when it
     /// is gone with its segment or does not read back intact.
     pub(crate) fn read(&self, r: StoredRef) -> Result<Message, DiskError> {
-        decode(Bytes::from(self.segments.read(r)?), Some(r))
+        decode(self.segments.read(r)?, Some(r))
     }
 
-    fn index_put(&self, queue: u64, seq: u64, r: StoredRef, size: u32) -> Result<(), DiskError> {
-        let mut v = [0u8; 16];
-        v[..12].copy_from_slice(&r.to_bytes());
-        v[12..].copy_from_slice(&size.to_be_bytes());
-        self.msgs.insert(index_key(queue, seq), &v)?;
-        Ok(())
+    /// Queue `queue` holds the record at `r` as message `seq`: an entry
+    /// in the index's buffer (no I/O).
+    fn index_put(&self, queue: u64, seq: u64, r: StoredRef, size: u32) -> IndexRef {
+        self.journal.publish(queue, seq, r, size)
     }
 
-    /// A queue no longer holds `seq`: drop its entry and its reference to
-    /// the record's segment.
-    fn release(&self, queue: u64, seq: u64, r: StoredRef) -> Result<(), DiskError> {
-        self.msgs.remove(index_key(queue, seq))?;
+    /// A queue no longer holds the message: ack its index entry and drop
+    /// its reference to the record's segment.
+    fn release(&self, r: StoredRef, ix: IndexRef) {
+        self.journal.ack(ix);
         self.segments.release(r.seg);
-        Ok(())
     }
 
-    /// Start-up: reads every queue index once, drops entries of queues that
-    /// no longer exist and entries whose record did not reach the disk,
-    /// deletes segments nothing refers to, and returns each live queue's
-    /// entries in order.
+    /// Start-up: sorts what the index held at open. Entries of queues that
+    /// no longer exist, entries whose record did not reach the disk, and
+    /// older copies of a rewritten message are acked for good; segments
+    /// nothing refers to are deleted; each live queue's entries come back
+    /// in order.
     pub fn recover(
         &self,
         live_queues: &HashSet<u64>,
     ) -> Result<HashMap<u64, Vec<RecoveredEntry>>, DiskError> {
-        let mut marks: HashMap<u64, u64> = HashMap::new();
-        for kv in self.msgs.scan_prefix(b"D") {
-            let (k, v) = kv?;
-            if k.len() != 9 || v.len() != 8 {
-                return Err(DiskError::Corrupt("delivered mark".into()));
-            }
-            let queue = be_u64(&k[1..]);
-            if live_queues.contains(&queue) {
-                marks.insert(queue, be_u64(&v));
-            } else {
-                self.msgs.remove(k)?;
-            }
-        }
+        let scan = self
+            .scan
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or_default();
+        let marks: HashMap<u64, u64> = scan
+            .marks
+            .into_iter()
+            .filter(|(q, _)| live_queues.contains(q))
+            .collect();
         // The last segment may end in a record that was cut short.
         let last = self.existing.keys().next_back().copied();
         let mut refs: HashMap<u32, u64> = HashMap::new();
         let mut out: HashMap<u64, Vec<RecoveredEntry>> = HashMap::new();
-        let mut drop_keys = Vec::new();
-        for kv in self.msgs.scan_prefix(b"Q") {
-            let (k, v) = kv?;
-            if k.len() != 17 || v.len() != 16 {
-                return Err(DiskError::Corrupt("queue index entry".into()));
-            }
-            let queue = be_u64(&k[1..9]);
-            let seq = be_u64(&k[9..]);
-            let loc = StoredRef::from_bytes(&v[..12]).expect("12 bytes");
-            let size = u32::from_be_bytes([v[12], v[13], v[14], v[15]]);
+        let (mut kept, mut dropped) = (Vec::new(), Vec::new());
+        let mut seen = HashSet::new();
+        // Newest first: a message written again (a no-ack delivery handed
+        // back) keeps its newest entry if the older one's ack was lost.
+        for f in scan.entries.into_iter().rev() {
             let on_disk = self
                 .existing
-                .get(&loc.seg)
-                .is_some_and(|len| loc.off as u64 + 8 + loc.len as u64 <= *len);
-            let intact = on_disk && (Some(loc.seg) != last || self.segments.read(loc).is_ok());
-            if !live_queues.contains(&queue) || !intact {
-                drop_keys.push(k);
+                .get(&f.loc.seg)
+                .is_some_and(|len| f.loc.off as u64 + 8 + f.loc.len as u64 <= *len);
+            let intact = on_disk && (Some(f.loc.seg) != last || self.segments.read(f.loc).is_ok());
+            if !live_queues.contains(&f.queue) || !intact || !seen.insert((f.queue, f.seq)) {
+                dropped.push(f.at);
                 continue;
             }
-            *refs.entry(loc.seg).or_default() += 1;
-            let delivered = marks.get(&queue).is_some_and(|m| seq <= *m);
-            out.entry(queue).or_default().push(RecoveredEntry {
-                seq,
-                stored: loc,
+            kept.push(f.at);
+            *refs.entry(f.loc.seg).or_default() += 1;
+            let delivered = marks.get(&f.queue).is_some_and(|m| f.seq <= *m);
+            out.entry(f.queue).or_default().push(RecoveredEntry {
+                seq: f.seq,
+                stored: f.loc,
+                index: f.at,
                 delivered,
-                size,
+                size: f.size,
             });
         }
-        if !drop_keys.is_empty() {
+        if !dropped.is_empty() {
             tracing::warn!(
-                entries = drop_keys.len(),
+                entries = dropped.len(),
                 "dropping index entries of deleted queues or unwritten messages"
             );
         }
-        for k in drop_keys {
-            self.msgs.remove(k)?;
+        for entries in out.values_mut() {
+            entries.sort_unstable_by_key(|e| e.seq);
         }
+        self.journal.recovered(kept, dropped, marks);
         self.segments.set_recovered_refs(refs, &self.existing);
-        self.db.flush()?;
+        self.journal.flush()?;
         Ok(out)
     }
 
-    /// (bytes of records appended since open, index entries): tests check
-    /// that a shared body is written once and entries go with acks.
+    /// (bytes of records appended since open, live index entries): tests
+    /// check that a shared body is written once and entries go with acks.
     pub fn counts(&self) -> (u64, usize) {
-        (
-            self.segments.appended(),
-            self.msgs.scan_prefix(b"Q").count(),
-        )
+        (self.segments.appended(), self.journal.live() as usize)
     }
 
     /// Test seam: make message writes fail, as on a full disk.
@@ -417,7 +498,8 @@ struct Entry {
     seq: u64,
     /// In memory; `None` when paged out to disk only.
     msg: Option<Arc<Message>>,
-    stored: Option<StoredRef>,
+    /// A persistent message's record and this queue's index entry for it.
+    stored: Option<(StoredRef, IndexRef)>,
     redelivered: bool,
     size: u32,
 }
@@ -431,7 +513,7 @@ pub struct DiskStore {
     requeued: BTreeMap<u64, Entry>,
     ready: VecDeque<Entry>,
     /// Delivered persistent messages awaiting settle.
-    out: HashMap<u64, StoredRef>,
+    out: HashMap<u64, (StoredRef, IndexRef)>,
     /// The highest seq delivered, written to disk at each flush.
     delivered: Arc<AtomicU64>,
     bytes: u64,
@@ -461,7 +543,7 @@ impl DiskStore {
             ready.push_back(Entry {
                 seq: r.seq,
                 msg: None,
-                stored: Some(r.stored),
+                stored: Some((r.stored, r.index)),
                 redelivered: r.delivered,
                 size: r.size,
             });
@@ -500,12 +582,10 @@ impl DiskStore {
 impl MessageStore for DiskStore {
     fn push(&mut self, m: QueuedMessage) {
         let size = m.message.size();
-        let stored = m.message.stored;
-        if let Some(r) = stored {
-            if let Err(e) = self.disk.index_put(self.queue, m.seq, r, size as u32) {
-                self.log_err("index write", e);
-            }
-        }
+        let stored = m
+            .message
+            .stored
+            .map(|r| (r, self.disk.index_put(self.queue, m.seq, r, size as u32)));
         // Transient messages exist only in memory.
         let keep = stored.is_none() || self.keep_in_memory(size);
         self.bytes += size;
@@ -533,13 +613,13 @@ impl MessageStore for DiskStore {
                     m
                 }
                 None => {
-                    let r = e.stored.expect("paged-out entries are stored");
+                    let (r, ix) = e.stored.expect("paged-out entries are stored");
                     match self.disk.read(r) {
                         Ok(m) => Arc::new(m),
                         Err(err) => {
                             // A lost body cannot be delivered; drop its entry.
                             self.log_err("read", err);
-                            let _ = self.disk.release(self.queue, e.seq, r);
+                            self.disk.release(r, ix);
                             continue;
                         }
                     }
@@ -565,20 +645,13 @@ impl MessageStore for DiskStore {
         // message stays as durable as it was.
         let stored = match self.out.remove(&m.seq) {
             Some(r) => Some(r),
-            None if m.message.stored.is_some() => {
-                let r = self.disk.put_body(&m.message, 1);
-                let r = r.and_then(|r| {
-                    self.disk.index_put(self.queue, m.seq, r, size as u32)?;
-                    Ok(r)
-                });
-                match r {
-                    Ok(r) => Some(r),
-                    Err(e) => {
-                        self.log_err("rewrite", e);
-                        None
-                    }
+            None if m.message.stored.is_some() => match self.disk.put_body(&m.message, 1) {
+                Ok(r) => Some((r, self.disk.index_put(self.queue, m.seq, r, size as u32))),
+                Err(e) => {
+                    self.log_err("rewrite", e);
+                    None
                 }
-            }
+            },
             None => None,
         };
         if stored.is_some() {
@@ -598,10 +671,8 @@ impl MessageStore for DiskStore {
     }
 
     fn settle(&mut self, seq: u64) {
-        if let Some(r) = self.out.remove(&seq) {
-            if let Err(e) = self.disk.release(self.queue, seq, r) {
-                self.log_err("release", e);
-            }
+        if let Some((r, ix)) = self.out.remove(&seq) {
+            self.disk.release(r, ix);
         }
     }
 
@@ -612,10 +683,8 @@ impl MessageStore for DiskStore {
             .chain(std::mem::take(&mut self.ready))
             .collect();
         for e in entries {
-            if let Some(r) = e.stored {
-                if let Err(err) = self.disk.release(self.queue, e.seq, r) {
-                    self.log_err("purge", err);
-                }
+            if let Some((r, ix)) = e.stored {
+                self.disk.release(r, ix);
             }
         }
         self.bytes = 0;
@@ -650,7 +719,7 @@ impl MessageStore for DiskStore {
             // queue than it shows, and at most PEEK_READ_BUDGET of it.
             let body = match (&e.msg, e.stored) {
                 (Some(m), _) => PeekBody::Loaded(m.clone()),
-                (None, Some(r)) => {
+                (None, Some((r, _))) => {
                     if to_read > 0 && to_read + e.size as u64 > PEEK_READ_BUDGET {
                         break;
                     }
@@ -980,6 +1049,124 @@ mod tests {
             Err(e) => panic!("{e}"),
             Ok(_) => panic!("opened a version-99 directory"),
         }
+    }
+
+    // Version 1's sled keys, to build a version-1 directory.
+    fn index_key(queue: u64, seq: u64) -> [u8; 17] {
+        let mut k = [0u8; 17];
+        k[0] = b'Q';
+        k[1..9].copy_from_slice(&queue.to_be_bytes());
+        k[9..].copy_from_slice(&seq.to_be_bytes());
+        k
+    }
+
+    fn mark_key(queue: u64) -> [u8; 9] {
+        let mut k = [0u8; 9];
+        k[0] = b'D';
+        k[1..].copy_from_slice(&queue.to_be_bytes());
+        k
+    }
+
+    /// Writes a directory as version 1 left it: sled index entries and a
+    /// mark, and a segment of FNV-1a-checksummed records.
+    fn write_v1_dir(dir: &std::path::Path, queue: u64, bodies: &[&str], mark: u64) {
+        let db = sled::Config::new().path(dir).open().unwrap();
+        db.open_tree("meta")
+            .unwrap()
+            .insert("format", &[LEGACY_VERSION])
+            .unwrap();
+        let msgs = db.open_tree("messages").unwrap();
+        std::fs::create_dir_all(dir.join("msgs")).unwrap();
+        let mut seg = Vec::new();
+        for (i, body) in bodies.iter().enumerate() {
+            let rec = encode(&msg(0, body).message);
+            let loc = StoredRef {
+                seg: 1,
+                off: seg.len() as u32,
+                len: rec.len() as u32,
+            };
+            seg.extend_from_slice(&(rec.len() as u32).to_be_bytes());
+            seg.extend_from_slice(&crate::segments::legacy_checksum(&rec).to_be_bytes());
+            seg.extend_from_slice(&rec);
+            let mut v = loc.to_bytes().to_vec();
+            v.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            msgs.insert(index_key(queue, i as u64 + 1), v).unwrap();
+        }
+        msgs.insert(mark_key(queue), &mark.to_be_bytes()).unwrap();
+        std::fs::write(dir.join("msgs").join("00000001.seg"), seg).unwrap();
+        db.flush().unwrap();
+    }
+
+    #[test]
+    fn a_version_1_directory_is_upgraded_and_its_messages_read_back() {
+        let dir = tempdir("v1");
+        write_v1_dir(&dir, 3, &["one", "two", "three"], 1);
+        {
+            let (disk, mut s) = reopen(&dir, 3, 0);
+            assert_eq!(
+                disk.db()
+                    .open_tree("meta")
+                    .unwrap()
+                    .get("format")
+                    .unwrap()
+                    .unwrap()
+                    .as_ref(),
+                [FORMAT_VERSION]
+            );
+            assert!(
+                !disk
+                    .db()
+                    .tree_names()
+                    .iter()
+                    .any(|n| n.as_ref() == b"messages"),
+                "the old index is gone"
+            );
+            let one = s.pop().unwrap();
+            assert_eq!(
+                (&one.message.body[..], one.redelivered),
+                (&b"one"[..], true)
+            );
+            s.settle(one.seq);
+            // A new message, with the new checksum, beside the old ones.
+            s.push(persistent(4, "four", &disk, 1));
+            disk.flush().unwrap();
+        }
+        let (_disk, mut s) = reopen(&dir, 3, 0);
+        let got: Vec<(String, bool)> = std::iter::from_fn(|| s.pop())
+            .map(|m| {
+                (
+                    String::from_utf8(m.message.body.to_vec()).unwrap(),
+                    m.redelivered,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("two".into(), false),
+                ("three".into(), false),
+                ("four".into(), false)
+            ],
+            "old records read with the old checksum, new with the new"
+        );
+        drop(s);
+        drop(_disk);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_upgrade_cut_short_is_redone() {
+        let dir = tempdir("v1-cut");
+        write_v1_dir(&dir, 3, &["one", "two"], 0);
+        // A stale index file, as left by an upgrade that stopped before
+        // writing the new version: it must not count twice.
+        std::fs::create_dir_all(dir.join("index")).unwrap();
+        std::fs::write(dir.join("index").join("00000001.idx"), [7u8; 80]).unwrap();
+        let (_disk, s) = reopen(&dir, 3, 0);
+        assert_eq!(s.len(), 2);
+        drop(s);
+        drop(_disk);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     fn tempdir(name: &str) -> std::path::PathBuf {

@@ -7,6 +7,7 @@
 //! time as an argument, so tests control the clock.
 
 pub mod disk;
+pub mod journal;
 pub mod message;
 pub mod peek;
 pub mod queue;

@@ -7,7 +7,11 @@
 //! here. A segment file is deleted once no index entry refers to it.
 //!
 //! File `msgs/NNNNNNNN.seg`: a sequence of records, each
-//! `len (u32 BE) ++ checksum (u32 BE, FNV-1a of the bytes) ++ bytes`.
+//! `len (u32 BE) ++ checksum (u32 BE) ++ bytes`. The checksum is CRC-32C
+//! (the `crc32c` crate: SSE 4.2 / ARMv8 instructions, about 20 GB/s) of
+//! the bytes; segments written by format version 1 (numbered up to
+//! [`Segments::set_legacy_upto`]) carry 32-bit FNV-1a, computed a byte at
+//! a time, which is kept only to read them back.
 //! Appends are buffered in memory and written at [`Segments::flush`]
 //! (which also fsyncs) or when the buffer fills; a new process always
 //! starts a new segment, so older files are never written again.
@@ -20,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// Where a record lies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Location {
     pub seg: u32,
     /// Offset of the record's header in the file.
@@ -54,7 +58,14 @@ impl Location {
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 const BUFFER_BYTES: usize = 1024 * 1024;
 
+/// A record's checksum (format version 2 on).
 pub fn checksum(b: &[u8]) -> u32 {
+    crc32c::crc32c(b)
+}
+
+/// The checksum of format version 1's records (32-bit FNV-1a): only to
+/// read segments written before the upgrade.
+pub fn legacy_checksum(b: &[u8]) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
     for &x in b {
         h ^= x as u32;
@@ -83,6 +94,8 @@ pub struct Segments {
     inner: Mutex<Inner>,
     /// Fault injection for tests: appends fail while set.
     fail_appends: std::sync::atomic::AtomicBool,
+    /// Segments numbered up to this one carry version 1's checksum.
+    legacy_upto: std::sync::atomic::AtomicU32,
 }
 
 fn path(dir: &Path, seg: u32) -> PathBuf {
@@ -130,6 +143,7 @@ impl Segments {
                     appended: 0,
                 }),
                 fail_appends: std::sync::atomic::AtomicBool::new(false),
+                legacy_upto: std::sync::atomic::AtomicU32::new(0),
             },
             existing,
         ))
@@ -139,13 +153,35 @@ impl Segments {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Segments numbered up to `seg` were written by format version 1
+    /// and are read with its checksum.
+    pub fn set_legacy_upto(&self, seg: u32) {
+        self.legacy_upto
+            .store(seg, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The newest segment present when this process opened the directory.
+    pub fn last_existing(&self) -> u32 {
+        self.lock().current.saturating_sub(1)
+    }
+
     /// Appends a record that `refs` index entries will point at.
     pub fn append(&self, rec: &[u8], refs: u32) -> io::Result<Location> {
+        self.append_parts(&[rec], refs)
+    }
+
+    /// Appends one record made of `parts` laid end to end, copying each
+    /// once, straight into the write buffer (no record is assembled first).
+    pub fn append_parts(&self, parts: &[&[u8]], refs: u32) -> io::Result<Location> {
         if self.fail_appends.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(io::Error::other("injected append failure"));
         }
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let len32 = u32::try_from(len).map_err(|_| io::Error::other("record over 4 GiB"))?;
+        // The checksum is computed before taking the lock.
+        let sum = parts.iter().fold(0, |c, p| crc32c::crc32c_append(c, p));
         let mut g = self.lock();
-        let need = 8 + rec.len() as u64;
+        let need = 8 + len as u64;
         let end = g.written + g.buf.len() as u64;
         if end > 0 && end + need > SEGMENT_BYTES {
             self.roll(&mut g)?;
@@ -154,12 +190,14 @@ impl Segments {
         let loc = Location {
             seg: g.current,
             off: off as u32,
-            len: rec.len() as u32,
+            len: len32,
         };
-        g.buf.extend_from_slice(&(rec.len() as u32).to_be_bytes());
-        g.buf.extend_from_slice(&checksum(rec).to_be_bytes());
-        g.buf.extend_from_slice(rec);
-        g.appended += rec.len() as u64;
+        g.buf.extend_from_slice(&len32.to_be_bytes());
+        g.buf.extend_from_slice(&sum.to_be_bytes());
+        for p in parts {
+            g.buf.extend_from_slice(p);
+        }
+        g.appended += len as u64;
         let cur = g.current;
         *g.refs.entry(cur).or_default() += refs as u64;
         if g.buf.len() >= BUFFER_BYTES {
@@ -215,7 +253,7 @@ impl Segments {
     }
 
     /// Reads a record back, checking its length and checksum.
-    pub fn read(&self, loc: Location) -> io::Result<Vec<u8>> {
+    pub fn read(&self, loc: Location) -> io::Result<bytes::Bytes> {
         let bad = |what: &str| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -244,11 +282,17 @@ impl Segments {
         drop(g);
         let len = u32::from_be_bytes([rec[0], rec[1], rec[2], rec[3]]);
         let sum = u32::from_be_bytes([rec[4], rec[5], rec[6], rec[7]]);
-        rec.drain(..8);
-        if len != loc.len || checksum(&rec) != sum {
+        let legacy = loc.seg <= self.legacy_upto.load(std::sync::atomic::Ordering::Relaxed);
+        let computed = if legacy {
+            legacy_checksum(&rec[8..])
+        } else {
+            checksum(&rec[8..])
+        };
+        if len != loc.len || computed != sum {
             return Err(bad("checksum mismatch"));
         }
-        Ok(rec)
+        // The header is sliced off, not moved out.
+        Ok(bytes::Bytes::from(rec).slice(8..))
     }
 
     /// An index entry pointing at `seg` went; deletes the file with its
@@ -321,9 +365,9 @@ mod tests {
         assert!(existing.is_empty());
         let a = s.append(b"hello", 1).unwrap();
         let b = s.append(b"world!", 2).unwrap();
-        assert_eq!(s.read(a).unwrap(), b"hello", "from the buffer");
+        assert_eq!(&s.read(a).unwrap()[..], b"hello", "from the buffer");
         s.flush().unwrap();
-        assert_eq!(s.read(b).unwrap(), b"world!", "from the file");
+        assert_eq!(&s.read(b).unwrap()[..], b"world!", "from the file");
         let mut wrong = b;
         wrong.len = 5;
         assert!(s.read(wrong).is_err());
@@ -331,7 +375,7 @@ mod tests {
         let (s, existing) = Segments::open(&dir).unwrap();
         assert_eq!(existing.len(), 1);
         s.set_recovered_refs([(a.seg, 3)].into(), &existing);
-        assert_eq!(s.read(a).unwrap(), b"hello");
+        assert_eq!(&s.read(a).unwrap()[..], b"hello");
         s.release(a.seg);
         s.release(a.seg);
         assert_eq!(
