@@ -243,7 +243,7 @@ fn upgrade_from_v1(
             _ => return Err(DiskError::Corrupt("version-1 index entry".into())),
         }
     }
-    journal.flush()?;
+    journal.flush(true)?;
     drop(journal);
     meta.insert("legacy_segments", &last_v1_segment.to_be_bytes())?;
     meta.insert("format", &[FORMAT_VERSION])?;
@@ -328,8 +328,19 @@ impl Disk {
         &self.db
     }
 
-    /// Makes everything written so far durable, delivered marks included.
+    /// Makes every publish written so far durable (what a confirm waits
+    /// for); delivered marks and acks are written too, acks fsynced about
+    /// once a second (see [`crate::journal`]).
     pub fn flush(&self) -> Result<(), DiskError> {
+        self.flush_with(false)
+    }
+
+    /// [`Disk::flush`], fsyncing acks too: at shutdown.
+    pub fn flush_all(&self) -> Result<(), DiskError> {
+        self.flush_with(true)
+    }
+
+    fn flush_with(&self, all: bool) -> Result<(), DiskError> {
         let _one_at_a_time = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
         {
             let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
@@ -341,18 +352,21 @@ impl Disk {
                 }
             }
         }
-        // All at once: recovery drops an index entry whose record did not
-        // make it, so their order does not matter, and a confirm waits for
-        // every one.
-        let (seg, journal, db) = std::thread::scope(|s| {
-            let seg = s.spawn(|| self.segments.flush());
-            let journal = self.journal.flush();
-            let db = self.db.flush();
-            (seg.join(), journal, db)
-        });
-        seg.map_err(|_| DiskError::Corrupt("segment flush panicked".into()))??;
-        journal?;
-        db?;
+        // Everything is written first, then synced, all on the flusher's
+        // thread: on ext4 the first fdatasync commits the journal
+        // transaction holding the other files' new sizes (and, in ordered
+        // mode, their data), so the second costs little; a thread spawned
+        // per flush to overlap them cost more (its start-up, and its wait
+        // for a core on a busy machine) than it saved. Recovery drops an
+        // index entry whose record did not make it, so the order of the
+        // syncs does not matter, and a confirm waits for all of them.
+        let segments = self.segments.write_out()?;
+        let journal = self.journal.write_out(all)?;
+        for f in segments {
+            f.sync_data()?;
+        }
+        self.journal.finish(journal)?;
+        self.db.flush()?;
         Ok(())
     }
 
@@ -467,7 +481,7 @@ impl Disk {
         }
         self.journal.recovered(kept, dropped, marks);
         self.segments.set_recovered_refs(refs, &self.existing);
-        self.journal.flush()?;
+        self.journal.flush(true)?;
         Ok(out)
     }
 

@@ -48,6 +48,12 @@ pub const FILE_ENTRIES: u32 = 1 << 17;
 const PUBLISH: u8 = b'P';
 const MARK: u8 = b'D';
 
+/// What [`Journal::write_out`] leaves for [`Journal::finish`].
+pub struct Written {
+    sync: Vec<File>,
+    dead: Vec<u32>,
+}
+
 /// Where a queue's index entry lies: what its ack names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IndexRef {
@@ -167,11 +173,29 @@ impl Inner {
     }
 }
 
+/// How often ack files are fsynced. They are written at every flush (a
+/// killed process loses none), but no confirm waits for them: an ack lost
+/// with the machine only brings a message back, redelivered.
+const ACK_SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// File handles, used by the flusher only (one flush at a time).
-#[derive(Default)]
 struct Files {
     idx: HashMap<u32, File>,
     ack: HashMap<u32, File>,
+    /// Ack files written since their last fsync.
+    acks_unsynced: std::collections::HashSet<u32>,
+    acks_synced_at: std::time::Instant,
+}
+
+impl Default for Files {
+    fn default() -> Self {
+        Files {
+            idx: HashMap::new(),
+            ack: HashMap::new(),
+            acks_unsynced: Default::default(),
+            acks_synced_at: std::time::Instant::now(),
+        }
+    }
 }
 
 pub struct Journal {
@@ -372,9 +396,20 @@ impl Journal {
         list(&self.dir).map(|(i, _)| i.len()).unwrap_or(0)
     }
 
-    /// Writes what is buffered, fsyncs it, then deletes the files whose
-    /// every entry was acked. The caller runs one flush at a time.
-    pub fn flush(&self) -> io::Result<()> {
+    /// Writes what is buffered, fsyncs the index entries (acks only now
+    /// and then, see [`ACK_SYNC_EVERY`]; all of them when `all`), then
+    /// deletes the files whose every entry was acked. The caller runs one
+    /// flush at a time.
+    pub fn flush(&self, all: bool) -> io::Result<()> {
+        let w = self.write_out(all)?;
+        self.finish(w)
+    }
+
+    /// A flush's first half: writes what is buffered and returns what to
+    /// fsync and delete, so a caller can write several stores before
+    /// syncing them together (on ext4 the first fdatasync commits the
+    /// others' metadata with it, leaving them little to do).
+    pub fn write_out(&self, all: bool) -> io::Result<Written> {
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         let (pending, acks, dead, current) = {
             let mut g = self.lock();
@@ -385,24 +420,45 @@ impl Journal {
                 g.current,
             )
         };
-        let mut synced = Vec::new();
-        let written = self.write_all(&mut files, pending, "idx", &mut synced);
-        let written = written.and_then(|()| self.write_all(&mut files, acks, "ack", &mut synced));
-        if let Err(e) = written {
+        let mut written = Vec::new();
+        let ok = self.write_all(&mut files, pending, "idx", &mut written);
+        let ok = ok.and_then(|()| self.write_all(&mut files, acks, "ack", &mut written));
+        if let Err(e) = ok {
             // Try again at the next flush: nothing is deleted meanwhile.
             self.lock().dead.extend(dead);
             return Err(e);
         }
-        for (ext, n) in synced {
-            let map = if ext == "idx" { &files.idx } else { &files.ack };
-            if let Some(f) = map.get(&n) {
-                f.sync_data()?;
+        let mut sync = Vec::new();
+        for (ext, n) in written {
+            if ext == "ack" {
+                files.acks_unsynced.insert(n);
+            } else if let Some(f) = files.idx.get(&n) {
+                sync.push(f.try_clone()?);
             }
+        }
+        if all || files.acks_synced_at.elapsed() >= ACK_SYNC_EVERY {
+            for n in std::mem::take(&mut files.acks_unsynced) {
+                if let Some(f) = files.ack.get(&n) {
+                    sync.push(f.try_clone()?);
+                }
+            }
+            files.acks_synced_at = std::time::Instant::now();
         }
         // Older index files are complete: their handles go.
         files.idx.retain(|n, _| *n == current);
-        for n in dead {
-            files.ack.remove(&n);
+        for n in &dead {
+            files.ack.remove(n);
+            files.acks_unsynced.remove(n);
+        }
+        Ok(Written { sync, dead })
+    }
+
+    /// A flush's second half: fsyncs, then deletes the dead files.
+    pub fn finish(&self, w: Written) -> io::Result<()> {
+        for f in w.sync {
+            f.sync_data()?;
+        }
+        for n in w.dead {
             for ext in ["idx", "ack"] {
                 match std::fs::remove_file(file_path(&self.dir, n, ext)) {
                     Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -503,10 +559,10 @@ mod tests {
             let c = j.publish(2, 1, loc(3), 3);
             j.ack(a);
             j.mark(1, 2);
-            j.flush().unwrap();
+            j.flush(true).unwrap();
             j.ack(c);
             assert_eq!(j.live(), 1);
-            j.flush().unwrap();
+            j.flush(true).unwrap();
         }
         let (j, scan) = Journal::open(&dir).unwrap();
         let got: Vec<(u64, u64)> = scan.entries.iter().map(|f| (f.queue, f.seq)).collect();
@@ -515,10 +571,10 @@ mod tests {
         assert_eq!(scan.marks.get(&1), Some(&2));
         assert_eq!(scan.torn, 0);
         j.recovered([scan.entries[0].at], [], scan.marks.clone());
-        j.flush().unwrap();
+        j.flush(true).unwrap();
         assert_eq!(j.files(), 2, "the old file and the new one with the mark");
         j.ack(scan.entries[0].at);
-        j.flush().unwrap();
+        j.flush(true).unwrap();
         assert_eq!(j.files(), 1, "the old file went with its last entry");
         drop(j);
         let (_j, scan) = Journal::open(&dir).unwrap();
@@ -535,7 +591,7 @@ mod tests {
         let n = FILE_ENTRIES as u64 + 10;
         let refs: Vec<IndexRef> = (0..n).map(|s| j.publish(1, s, loc(1), 1)).collect();
         assert_eq!(refs.last().unwrap().file, 2, "rolled to a second file");
-        j.flush().unwrap();
+        j.flush(true).unwrap();
         assert_eq!(j.files(), 2);
         // File 1 holds the mark and FILE_ENTRIES - 1 entries: ack all but one.
         let in_first = refs.iter().filter(|r| r.file == 1).count();
@@ -543,12 +599,12 @@ mod tests {
         for r in &refs[..in_first - 1] {
             j.ack(*r);
         }
-        j.flush().unwrap();
+        j.flush(true).unwrap();
         assert_eq!(j.files(), 2, "file 1 is still live");
         for r in &refs[in_first - 1..] {
             j.ack(*r);
         }
-        j.flush().unwrap();
+        j.flush(true).unwrap();
         assert_eq!(j.files(), 1, "file 1 went; the current one stays");
         drop(j);
         let (_j, scan) = Journal::open(&dir).unwrap();
@@ -564,7 +620,7 @@ mod tests {
             let (j, _) = Journal::open(&dir).unwrap();
             j.publish(1, 1, loc(1), 3);
             j.publish(1, 2, loc(2), 3);
-            j.flush().unwrap();
+            j.flush(true).unwrap();
         }
         let p = file_path(&dir, 1, "idx");
         let mut b = std::fs::read(&p).unwrap();

@@ -240,16 +240,21 @@ impl Segments {
 
     /// Writes what is buffered and makes every segment durable.
     pub fn flush(&self) -> io::Result<()> {
-        let (file, unsynced) = {
-            let mut g = self.lock();
-            Self::write_buf(&mut g)?;
-            (g.file.try_clone()?, std::mem::take(&mut g.unsynced))
-        };
-        // fsync outside the lock: appends go on meanwhile.
-        for f in unsynced {
+        for f in self.write_out()? {
             f.sync_data()?;
         }
-        file.sync_data()
+        Ok(())
+    }
+
+    /// Writes what is buffered; returns the files to fsync (outside the
+    /// lock: appends go on meanwhile), so a caller can write several
+    /// stores before syncing them together.
+    pub fn write_out(&self) -> io::Result<Vec<File>> {
+        let mut g = self.lock();
+        Self::write_buf(&mut g)?;
+        let mut files = std::mem::take(&mut g.unsynced);
+        files.push(g.file.try_clone()?);
+        Ok(files)
     }
 
     /// Reads a record back, checking its length and checksum.

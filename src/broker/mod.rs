@@ -151,7 +151,7 @@ impl Broker {
     pub fn close(&self) {
         if let Some(p) = &self.persist {
             p.flusher.stop();
-            if let Err(e) = p.disk.flush() {
+            if let Err(e) = p.disk.flush_all() {
                 tracing::error!(error = %e, "final flush failed");
             }
         }
