@@ -200,6 +200,8 @@ impl Default for Files {
 
 pub struct Journal {
     dir: PathBuf,
+    /// The files found at open: those recovery keeps no entry of go.
+    found: Mutex<Vec<u32>>,
     inner: Mutex<Inner>,
     files: Mutex<Files>,
 }
@@ -302,9 +304,9 @@ impl Journal {
                 live: HashMap::new(),
                 total_live: 0,
                 marks: HashMap::new(),
-                // Until recovery says otherwise, no old file holds anything.
-                dead: idx,
+                dead: Vec::new(),
             }),
+            found: Mutex::new(idx),
             files: Mutex::default(),
         };
         Ok((j, scan))
@@ -334,9 +336,12 @@ impl Journal {
                 .or_default()
                 .extend_from_slice(&encode_ack(r));
         }
-        let live = std::mem::take(&mut g.live);
-        g.dead.retain(|f| !live.contains_key(f));
-        g.live = live;
+        let found = std::mem::take(&mut *self.found.lock().unwrap_or_else(|e| e.into_inner()));
+        let unused: Vec<u32> = found
+            .into_iter()
+            .filter(|f| !g.live.contains_key(f))
+            .collect();
+        g.dead.extend(unused);
         for (q, m) in marks {
             let e = encode_entry(MARK, q, m, Location::default(), 0);
             g.push(&e);
