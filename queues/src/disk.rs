@@ -115,6 +115,8 @@ pub struct Disk {
     /// One flush at a time: a flush that finds nothing new to sync must not
     /// report done while another is still syncing what it took.
     flushing: Mutex<()>,
+    /// Something was written since the last flush started.
+    dirty: std::sync::atomic::AtomicBool,
 }
 
 fn index_key(queue: u64, seq: u64) -> [u8; 17] {
@@ -237,12 +239,23 @@ impl Disk {
             existing,
             marks: Mutex::new(Vec::new()),
             flushing: Mutex::new(()),
+            dirty: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
     /// The database, for the broker's own trees (definitions).
     pub fn db(&self) -> &sled::Db {
         &self.db
+    }
+
+    /// Notes a write (the broker's definitions write to [`Disk::db`]
+    /// directly) that the next flush must cover. Call it after the write.
+    pub fn mark_dirty(&self) {
+        // A load first: the flag is usually set already, and a plain read
+        // does not bounce the cache line between cores.
+        if !self.dirty.load(Ordering::Relaxed) {
+            self.dirty.store(true, Ordering::SeqCst);
+        }
     }
 
     /// Makes everything written so far durable, delivered marks included.

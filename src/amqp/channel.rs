@@ -428,6 +428,9 @@ impl Connection {
                     d.passive,
                     opts,
                 )?;
+                if !d.passive {
+                    self.hold_for_definitions();
+                }
                 if !d.nowait {
                     self.send_method(
                         id,
@@ -441,6 +444,7 @@ impl Connection {
             exchange::AMQPMethod::Delete(d) => {
                 self.vhost
                     .delete_exchange(d.exchange.as_str(), d.if_unused)?;
+                self.hold_for_definitions();
                 if !d.nowait {
                     self.send_method(
                         id,
@@ -456,6 +460,7 @@ impl Connection {
                     b.routing_key.as_str(),
                     to_table(&b.arguments),
                 )?;
+                self.hold_for_definitions();
                 if !b.nowait {
                     self.send_method(
                         id,
@@ -471,6 +476,7 @@ impl Connection {
                     u.routing_key.as_str(),
                     &to_table(&u.arguments),
                 )?;
+                self.hold_for_definitions();
                 if !u.nowait {
                     self.send_method(
                         id,
@@ -514,6 +520,9 @@ impl Connection {
                     d.queue.as_str().to_owned()
                 };
                 let r = self.vhost.declare_queue(&name, d.passive, opts, conn)?;
+                if !d.passive {
+                    self.hold_for_definitions();
+                }
                 self.ch(id).last_queue = Some(r.queue.name.clone());
                 if !d.nowait {
                     self.send_method(
@@ -536,6 +545,7 @@ impl Connection {
                     to_table(&b.arguments),
                     conn,
                 )?;
+                self.hold_for_definitions();
                 if !b.nowait {
                     self.send_method(
                         id,
@@ -553,6 +563,7 @@ impl Connection {
                     &to_table(&u.arguments),
                     conn,
                 )?;
+                self.hold_for_definitions();
                 self.send_method(
                     id,
                     AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),
@@ -575,6 +586,7 @@ impl Connection {
             queue::AMQPMethod::Delete(d) => {
                 let q = self.queue_name(id, &d.queue)?;
                 let n = self.vhost.delete_queue(&q, d.if_unused, d.if_empty, conn)?;
+                self.hold_for_definitions();
                 if !d.nowait {
                     self.send_method(
                         id,
