@@ -141,7 +141,16 @@ impl Queue {
     }
 
     pub fn is_deleted(&self) -> bool {
-        self.deleted.load(Ordering::Acquire)
+        // SeqCst: a bind writes its record, then checks this; a deletion
+        // sets it, then sweeps records. One of them sees the other.
+        self.deleted.load(Ordering::SeqCst)
+    }
+
+    /// First step of a deletion: from here on binds and consumes that
+    /// check the flag (see [`Queue::consume`], `Vhost::bind_queue`) refuse,
+    /// or undo what they did before the deletion's sweep could see it.
+    pub(crate) fn set_deleted(&self) {
+        self.deleted.store(true, Ordering::SeqCst);
     }
 
     /// Enqueues one message and delivers what can be delivered.
@@ -267,7 +276,18 @@ impl Queue {
             exclusive: req.exclusive,
             channel_limit: Some(req.channel_limit),
         };
-        let res = self.core().add_consumer(spec);
+        let res = {
+            let mut core = self.core();
+            // Checked under the core's lock, which a deletion takes (after
+            // setting the flag) to cancel the consumers: either it finds
+            // this one, or this one finds the flag. Without the check a
+            // consumer could attach after the cancel sweep and wait on a
+            // deleted queue for ever.
+            if self.is_deleted() {
+                return Err(super::BrokerError::no_queue(&self.name, &self.vhost));
+            }
+            core.add_consumer(spec)
+        };
         match res {
             Ok(()) => {
                 self.kick();
@@ -390,7 +410,7 @@ impl Queue {
     /// Marks the queue deleted, drops its messages and tells each consumer's
     /// connection it was cancelled. Returns the ready count it had.
     pub(crate) fn mark_deleted(&self) -> usize {
-        self.deleted.store(true, Ordering::Release);
+        self.set_deleted();
         let (consumers, count) = {
             let mut core = self.core();
             let c = core.take_consumers();
