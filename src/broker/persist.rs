@@ -34,7 +34,8 @@ struct DefCounters {
     durable: AtomicU64,
 }
 
-/// How often an idle flusher flushes anyway.
+/// How long writes without a waiter (acks, delivery marks) may wait for
+/// a flush: they gather for this long after the store turns dirty.
 const IDLE_FLUSH: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Called once the writes before it are durable (`true`) or failed.
@@ -43,10 +44,15 @@ pub type Waiter = Box<dyn FnOnce(bool) + Send>;
 #[derive(Default)]
 struct FlushQueue {
     waiting: Vec<Waiter>,
+    /// The store turned dirty since the flusher last looked.
+    dirty: bool,
     stop: bool,
 }
 
-/// The group-commit thread.
+/// The group-commit thread: one for the process's lifetime. It sleeps
+/// until a waiter registers or the store turns dirty (the store calls
+/// back on that transition), so an idle broker never wakes it and never
+/// syncs.
 pub struct Flusher {
     shared: Arc<(Mutex<FlushQueue>, Condvar)>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -55,25 +61,18 @@ pub struct Flusher {
 impl Flusher {
     fn start(disk: Arc<Disk>, defs: Arc<DefCounters>) -> Self {
         let shared: Arc<(Mutex<FlushQueue>, Condvar)> = Arc::default();
+        let on_dirty = shared.clone();
+        disk.set_on_dirty(Box::new(move || {
+            let (lock, cv) = &*on_dirty;
+            lock.lock().unwrap_or_else(|e| e.into_inner()).dirty = true;
+            cv.notify_one();
+        }));
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("warren-flusher".into())
             .spawn(move || loop {
-                let batch = {
-                    let (lock, cv) = &*s;
-                    let mut q = lock.lock().unwrap_or_else(|e| e.into_inner());
-                    if q.waiting.is_empty() && !q.stop {
-                        // Idle: still flush now and then, so acks and
-                        // delivery marks reach the disk without publishers.
-                        q = cv
-                            .wait_timeout(q, IDLE_FLUSH)
-                            .unwrap_or_else(|e| e.into_inner())
-                            .0;
-                    }
-                    if q.waiting.is_empty() && q.stop {
-                        return;
-                    }
-                    std::mem::take(&mut q.waiting)
+                let Some(batch) = Self::next_batch(&s) else {
+                    return;
                 };
                 // Read before the flush starts: every definition write
                 // counted here is in sled's log and covered by the flush.
@@ -96,6 +95,32 @@ impl Flusher {
         Flusher {
             shared,
             thread: Mutex::new(Some(thread)),
+        }
+    }
+
+    /// Sleeps until there is something to flush; returns the waiters the
+    /// flush will answer, or `None` once stopped with nothing left.
+    fn next_batch(s: &(Mutex<FlushQueue>, Condvar)) -> Option<Vec<Waiter>> {
+        let (lock, cv) = s;
+        let mut q = lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if !q.waiting.is_empty() {
+                return Some(std::mem::take(&mut q.waiting));
+            }
+            if q.stop {
+                return None;
+            }
+            if q.dirty {
+                // Writes nobody waits for: let more gather (a waiter
+                // arriving meanwhile ends the wait), then flush them.
+                q.dirty = false;
+                q = cv
+                    .wait_timeout(q, IDLE_FLUSH)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                return Some(std::mem::take(&mut q.waiting));
+            }
+            q = cv.wait(q).unwrap_or_else(|e| e.into_inner());
         }
     }
 
