@@ -592,6 +592,8 @@ pub struct DiskStore {
     bytes: u64,
     mem_bytes: u64,
     mem_limit: u64,
+    /// Body bytes of ready entries whose body is on disk only.
+    paged_bytes: u64,
     next_seq: u64,
 }
 
@@ -623,6 +625,7 @@ impl DiskStore {
         }
         let delivered = disk.register_mark(queue, mark);
         DiskStore {
+            paged_bytes: bytes,
             disk,
             queue,
             requeued: BTreeMap::new(),
@@ -664,6 +667,9 @@ impl MessageStore for DiskStore {
         // Transient messages exist only in memory.
         let keep = stored.is_none() || self.keep_in_memory(size);
         self.bytes += size;
+        if !keep {
+            self.paged_bytes += size;
+        }
         self.ready.push_back(Entry {
             seq: m.seq,
             msg: keep.then_some(m.message),
@@ -688,6 +694,7 @@ impl MessageStore for DiskStore {
                     m
                 }
                 None => {
+                    self.paged_bytes -= e.size as u64;
                     let r = e.stored.expect("paged-out entries are stored");
                     match self.disk.read(r) {
                         Ok(m) => Arc::new(m),
@@ -777,6 +784,7 @@ impl MessageStore for DiskStore {
         }
         self.bytes = 0;
         self.mem_bytes = 0;
+        self.paged_bytes = 0;
         n
     }
 
@@ -786,6 +794,10 @@ impl MessageStore for DiskStore {
 
     fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    fn memory_bytes(&self) -> u64 {
+        self.bytes - self.paged_bytes
     }
 
     fn peek_entries(&self, offset: usize, n: usize) -> Peeked {

@@ -21,7 +21,6 @@ use amq_protocol::protocol::{
 use amq_protocol::types::ShortString;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
 use warren_queues::{ChannelLimit, ConsumerId, Message};
 
 struct Unacked {
@@ -811,15 +810,19 @@ impl Connection {
             }
         };
         if let Some(q) = published.blocked_by {
-            // A connection that consumes from the queue must keep reading:
-            // its acks are what drains it. (Pauses are also capped, so
-            // connections publishing to each other's queues progress.)
-            let consumes = self
-                .channels
-                .values()
-                .any(|ch| ch.consumers.values().any(|c| Arc::ptr_eq(&c.queue, &q)));
-            if !consumes && self.flow_wait.is_none() {
-                self.flow_wait = Some((q, Instant::now()));
+            // A connection that consumes from a queue publishers wait on
+            // must keep reading: its acks are what drains it. That covers
+            // the queue that blocks us, and breaks any cycle of
+            // connections publishing to each other's consumed queues: the
+            // last of them to be blocked consumes from a blocked queue,
+            // so it never pauses and the cycle drains through it.
+            let drains_blocked = self.channels.values().any(|ch| {
+                ch.consumers
+                    .values()
+                    .any(|c| Arc::ptr_eq(&c.queue, &q) || c.queue.flow_blocked())
+            });
+            if !drains_blocked && self.flow_wait.is_none() {
+                self.flow_wait = Some(q);
             }
         }
         let ch = self.ch(id);

@@ -33,10 +33,6 @@ const FRAME_MIN_SIZE: usize = 4096;
 /// How long we wait for close-ok after sending connection.close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 const READ_CHUNK: usize = 64 * 1024;
-/// The longest a publisher is paused at a time for flow control; then one
-/// read is processed, so no cycle of paused connections (each waiting for
-/// the other's acks) can last.
-const MAX_FLOW_PAUSE: Duration = Duration::from_secs(1);
 
 /// Why the connection ended (for the log, through `Debug`).
 #[derive(Debug)]
@@ -75,7 +71,7 @@ pub(super) struct Connection {
     pub(super) flush_waiting: Vec<u16>,
     /// A queue we published to asked publishers to pause: reading from
     /// the socket waits until it drains (deliveries still go out).
-    pub(super) flow_wait: Option<(Arc<Queue>, Instant)>,
+    pub(super) flow_wait: Option<Arc<Queue>>,
     outbox_items: Vec<OutboxItem>,
     /// Output held back until definition writes are durable: a reply that
     /// promises a durable declare, delete or bind, and everything written
@@ -533,15 +529,13 @@ impl Connection {
                     }
                 }
                 _ = async {
-                    // Re-check now and then: a wake-up may race the check.
-                    if let Some((q, _)) = &flow {
-                        let _ = tokio::time::timeout(Duration::from_millis(50), q.flow_resumed()).await;
+                    if let Some(q) = &flow {
+                        q.flow_resumed().await;
                     }
                 }, if flow.is_some() => {
-                    // Time spent paused by us is not the peer's silence.
-                    last_read = Instant::now();
-                    if let Some((q, since)) = &flow {
-                        if !q.flow_blocked() || q.is_deleted() || since.elapsed() >= MAX_FLOW_PAUSE {
+                    // Woken when the queue drains (or goes): no polling.
+                    if let Some(q) = &flow {
+                        if !q.flow_blocked() || q.is_deleted() {
                             self.flow_wait = None;
                         }
                     }
@@ -559,6 +553,10 @@ impl Connection {
                     // For the management API; at most once a tick, off the hot path.
                     self.info.set_channels(self.channel_snapshots());
                     let now = Instant::now();
+                    if self.flow_wait.is_some() {
+                        // Time spent paused by us is not the peer's silence.
+                        last_read = now;
+                    }
                     if let Some(since) = self.closing_since {
                         if now - since > CLOSE_TIMEOUT {
                             break End::Timeout("close-ok");

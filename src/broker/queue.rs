@@ -68,10 +68,16 @@ pub struct Queue {
     core: Mutex<QueueCore<Arc<ConsumerHandle>>>,
     deleted: AtomicBool,
     /// Flow control: set while consumers are attached and the backlog is
-    /// above [`FLOW_HIGH`]; publishers to this queue pause reading until it
-    /// drains below [`FLOW_LOW`] (RabbitMQ's `flow` state, by backlog).
+    /// above [`FLOW_HIGH`], or while the bodies held in memory exceed
+    /// `memory_budget` (consumed or not); publishers to this queue pause
+    /// reading until it drains below [`FLOW_LOW`] and half the budget
+    /// (RabbitMQ's `flow` state).
     flow_blocked: AtomicBool,
+    /// Woken (every waiter) when `flow_blocked` clears.
     flow_resumed: Notify,
+    /// Body bytes the queue may hold in memory before it holds back its
+    /// publishers; `None`: no limit by memory.
+    memory_budget: Option<u64>,
 }
 
 /// Ready messages above which a consumed queue pushes back on publishers.
@@ -131,7 +137,22 @@ impl Queue {
             deleted: AtomicBool::new(false),
             flow_blocked: AtomicBool::new(false),
             flow_resumed: Notify::new(),
+            memory_budget: None,
         }
+    }
+
+    /// Holds publishers back while more than `bytes` of bodies are held
+    /// in memory, whether or not the queue is consumed. Durable queues
+    /// get their store's budget: persistent bodies beyond it stay on disk,
+    /// so only what cannot be paged out (transient messages) goes past it.
+    pub fn with_memory_budget(mut self, bytes: u64) -> Self {
+        self.memory_budget = Some(bytes);
+        self
+    }
+
+    fn over_budget(&self, core: &QueueCore<Arc<ConsumerHandle>>, fraction: u64) -> bool {
+        self.memory_budget
+            .is_some_and(|b| core.memory_bytes() > b / fraction)
     }
 
     fn core(&self) -> MutexGuard<'_, QueueCore<Arc<ConsumerHandle>>> {
@@ -161,9 +182,12 @@ impl Queue {
             let mut core = self.core();
             core.publish(message);
             core.dispatch(self.clock.now_ms(), &mut out);
-            // Only a consumed queue pushes back: a queue nobody reads
-            // takes a backlog (on disk, if durable) as RabbitMQ does.
-            if core.message_count() > FLOW_HIGH && core.consumer_count() > 0 {
+            // A consumed queue pushes back on a long backlog (its
+            // consumers cannot keep up); any queue pushes back once it
+            // holds more in memory than its budget allows.
+            if (core.message_count() > FLOW_HIGH && core.consumer_count() > 0)
+                || self.over_budget(&core, 1)
+            {
                 self.flow_blocked.store(true, Ordering::Release);
             }
         }
@@ -175,15 +199,21 @@ impl Queue {
         self.flow_blocked.load(Ordering::Acquire)
     }
 
-    /// Resolves when the queue may let publishers go again (callers
-    /// re-check [`Queue::flow_blocked`] and wait with a timeout).
+    /// Resolves when the queue lets publishers go again. No wake-up is
+    /// lost: the future is registered before the flag is checked.
     pub async fn flow_resumed(&self) {
-        self.flow_resumed.notified().await
+        let notified = self.flow_resumed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.flow_blocked() && !self.is_deleted() {
+            notified.await;
+        }
     }
 
     fn update_flow(&self, core: &QueueCore<Arc<ConsumerHandle>>) {
         if self.flow_blocked.load(Ordering::Relaxed)
             && (core.message_count() < FLOW_LOW || core.consumer_count() == 0)
+            && !self.over_budget(core, 2)
         {
             self.flow_blocked.store(false, Ordering::Release);
             self.flow_resumed.notify_waiters();
@@ -321,7 +351,12 @@ impl Queue {
     /// basic.get: the message and the count of messages left. `taker`
     /// is the getter's [`channel_key`], shown by the unacked view.
     pub fn get_for(&self, no_ack: bool, taker: u64) -> Option<(QueuedMessage, usize)> {
-        let got = self.core().get(no_ack, taker, self.clock.now_ms());
+        let got = {
+            let mut core = self.core();
+            let got = core.get(no_ack, taker, self.clock.now_ms());
+            self.update_flow(&core);
+            got
+        };
         let counts: &[Counter] = match &got {
             None => &[Counter::GetEmpty],
             Some((m, _)) => match (no_ack, m.redelivered) {

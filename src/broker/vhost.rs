@@ -346,7 +346,7 @@ impl Vhost {
                         }
                         _ => (Box::<MemoryStore>::default(), None),
                     };
-                let q = Arc::new(Queue::new(
+                let mut q = Queue::new(
                     name.clone(),
                     self.name.clone(),
                     opts,
@@ -356,7 +356,11 @@ impl Vhost {
                     self.noack_window,
                     self.stats.clone(),
                     self.clock.clone(),
-                ));
+                );
+                if let (Some(_), Some(p)) = (disk_id, &self.persist) {
+                    q = q.with_memory_budget(p.queue_memory_bytes);
+                }
+                let q = Arc::new(q);
                 v.insert(q.clone());
                 self.churn.add(Churn::QueueCreated);
                 self.churn.add(Churn::QueueDeclared);
@@ -696,6 +700,10 @@ impl Vhost {
             self.stats.clone(),
             self.clock.clone(),
         );
+        let q = match &self.persist {
+            Some(p) => q.with_memory_budget(p.queue_memory_bytes),
+            None => q,
+        };
         self.queues.insert(d.name.clone(), Arc::new(q));
     }
 
