@@ -125,6 +125,10 @@ pub struct Disk {
     pending: Mutex<Vec<IndexOp>>,
     /// One applier at a time, so batches reach sled in order.
     applying: Mutex<()>,
+    /// Jobs that read paged-out bodies for queues (see [`Loads`]), run by
+    /// one long-lived thread so no queue's lock or async worker waits on
+    /// the disk.
+    loader: Mutex<std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>>,
     /// Sizes of the segments found at open, for recovery's checks.
     existing: std::collections::BTreeMap<u32, u64>,
     /// Each live durable queue's delivered mark: (queue, current, written).
@@ -275,10 +279,22 @@ impl Disk {
                 }
             })
             .map_err(|e| DiskError::Corrupt(format!("cannot start the segment syncer: {e}")))?;
+        let (jobs, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        std::thread::Builder::new()
+            .name("warren-loader".into())
+            // Ends when the Disk (the only sender) is dropped; a job holds
+            // the Disk only while it runs.
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            })
+            .map_err(|e| DiskError::Corrupt(format!("cannot start the body loader: {e}")))?;
         Ok(Arc::new(Disk {
             db,
             msgs,
             segments,
+            loader: Mutex::new(jobs),
             segment_syncer: Mutex::new(tx),
             on_dirty: std::sync::OnceLock::new(),
             flushes: AtomicU64::new(0),
@@ -567,6 +583,62 @@ impl Disk {
     }
 }
 
+/// The most paged-out entries, and body bytes, one load reads ahead.
+const LOAD_BATCH: usize = 256;
+const LOAD_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Paged-out bodies a store wants read (the ones its `pop` stopped at, and
+/// a bounded run after them), with where to read them. Taken under the
+/// queue's lock ([`MessageStore::take_loads`]), read without it
+/// ([`Loads::read`], blocking), handed back under it
+/// ([`MessageStore::finish_loads`]).
+pub struct Loads {
+    disk: Arc<Disk>,
+    wanted: Vec<(u64, StoredRef)>,
+    /// Taken by the store's own read-ahead (not a forced head read).
+    background: bool,
+}
+
+/// Bodies read by [`Loads::read`]: `None` for one that could not be read.
+pub struct LoadedBodies {
+    bodies: Vec<(u64, Option<Arc<Message>>)>,
+    background: bool,
+}
+
+impl Loads {
+    /// Reads the bodies: blocking I/O, to run without the queue's lock.
+    pub fn read(self) -> LoadedBodies {
+        let bodies = self
+            .wanted
+            .iter()
+            .map(|&(seq, r)| {
+                let m = self.disk.read(r).map(Arc::new);
+                if let Err(e) = &m {
+                    tracing::error!(seq, error = %e, "cannot read a paged-out body");
+                }
+                (seq, m.ok())
+            })
+            .collect();
+        LoadedBodies {
+            bodies,
+            background: self.background,
+        }
+    }
+
+    /// Runs `f` with these loads on the store's loader thread.
+    pub fn spawn(self, f: impl FnOnce(Loads) + Send + 'static) {
+        let disk = self.disk.clone();
+        let sent = disk
+            .loader
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(Box::new(move || f(self)));
+        if sent.is_err() {
+            tracing::error!("the body loader stopped");
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
     seq: u64,
@@ -595,6 +667,11 @@ pub struct DiskStore {
     /// Body bytes of ready entries whose body is on disk only.
     paged_bytes: u64,
     next_seq: u64,
+    /// `pop` stopped at a paged-out head: bodies must be read (outside
+    /// the queue's lock) before it can go on.
+    want_load: bool,
+    /// A read-ahead is under way (taken, not yet finished).
+    loading: bool,
 }
 
 impl DiskStore {
@@ -626,6 +703,8 @@ impl DiskStore {
         let delivered = disk.register_mark(queue, mark);
         DiskStore {
             paged_bytes: bytes,
+            want_load: false,
+            loading: false,
             disk,
             queue,
             requeued: BTreeMap::new(),
@@ -680,44 +759,117 @@ impl MessageStore for DiskStore {
     }
 
     fn pop(&mut self) -> Option<QueuedMessage> {
-        loop {
-            let e = match self.requeued.pop_first() {
-                Some((_, e)) => e,
-                None => self.ready.pop_front()?,
+        // Never a disk read here (this runs under the queue's lock): a
+        // paged-out head stops the pop until its body is loaded.
+        let head_paged = match self.requeued.first_key_value() {
+            Some((_, e)) => e.msg.is_none(),
+            None => self.ready.front()?.msg.is_none(),
+        };
+        if head_paged {
+            self.want_load = true;
+            return None;
+        }
+        let e = match self.requeued.pop_first() {
+            Some((_, e)) => e,
+            None => self.ready.pop_front()?,
+        };
+        self.bytes -= e.size as u64;
+        let message = e.msg.expect("the head is in memory");
+        if let Some(r) = e.stored {
+            self.mem_bytes -= e.size as u64;
+            self.delivered.fetch_max(e.seq, Ordering::Relaxed);
+            // The new mark is written by the next flush.
+            self.disk.mark_dirty();
+            self.out.insert(e.seq, r);
+        }
+        Some(QueuedMessage {
+            seq: e.seq,
+            message,
+            redelivered: e.redelivered,
+        })
+    }
+
+    fn take_loads(&mut self) -> Option<Loads> {
+        if !self.want_load || self.loading {
+            return None;
+        }
+        self.want_load = false;
+        let mut wanted = Vec::new();
+        let mut bytes = 0u64;
+        let entries = self.requeued.values().chain(self.ready.iter());
+        for e in entries.take(2 * LOAD_BATCH) {
+            if let (None, Some(r)) = (&e.msg, e.stored) {
+                if !wanted.is_empty() && bytes + e.size as u64 > LOAD_BYTES {
+                    break;
+                }
+                bytes += e.size as u64;
+                wanted.push((e.seq, r));
+                if wanted.len() == LOAD_BATCH {
+                    break;
+                }
+            }
+        }
+        if wanted.is_empty() {
+            return None;
+        }
+        self.loading = true;
+        Some(Loads {
+            disk: self.disk.clone(),
+            wanted,
+            background: true,
+        })
+    }
+
+    fn head_load(&mut self) -> Option<Loads> {
+        let head = match self.requeued.first_key_value() {
+            Some((_, e)) => e,
+            None => self.ready.front()?,
+        };
+        match (&head.msg, head.stored) {
+            (None, Some(r)) => Some(Loads {
+                disk: self.disk.clone(),
+                wanted: vec![(head.seq, r)],
+                background: false,
+            }),
+            _ => None,
+        }
+    }
+
+    fn finish_loads(&mut self, loaded: LoadedBodies) {
+        if loaded.background {
+            self.loading = false;
+        }
+        for (seq, body) in loaded.bodies {
+            // Taken, purged or loaded meanwhile: nothing to do.
+            let e = match self.requeued.get_mut(&seq) {
+                Some(e) => e,
+                None => match self.ready.binary_search_by_key(&seq, |e| e.seq) {
+                    Ok(i) => &mut self.ready[i],
+                    Err(_) => continue,
+                },
             };
-            self.bytes -= e.size as u64;
-            let message = match e.msg {
+            if e.msg.is_some() {
+                continue;
+            }
+            let size = e.size as u64;
+            self.paged_bytes -= size;
+            match body {
                 Some(m) => {
-                    if e.stored.is_some() {
-                        self.mem_bytes -= e.size as u64;
-                    }
-                    m
+                    e.msg = Some(m);
+                    self.mem_bytes += size;
                 }
                 None => {
-                    self.paged_bytes -= e.size as u64;
+                    // A lost body cannot be delivered; drop its entry.
                     let r = e.stored.expect("paged-out entries are stored");
-                    match self.disk.read(r) {
-                        Ok(m) => Arc::new(m),
-                        Err(err) => {
-                            // A lost body cannot be delivered; drop its entry.
-                            self.log_err("read", err);
-                            let _ = self.disk.release(self.queue, e.seq, r);
-                            continue;
+                    if self.requeued.remove(&seq).is_none() {
+                        if let Ok(i) = self.ready.binary_search_by_key(&seq, |e| e.seq) {
+                            self.ready.remove(i);
                         }
                     }
+                    self.bytes -= size;
+                    let _ = self.disk.release(self.queue, seq, r);
                 }
-            };
-            if let Some(r) = e.stored {
-                self.delivered.fetch_max(e.seq, Ordering::Relaxed);
-                // The new mark is written by the next flush.
-                self.disk.mark_dirty();
-                self.out.insert(e.seq, r);
             }
-            return Some(QueuedMessage {
-                seq: e.seq,
-                message,
-                redelivered: e.redelivered,
-            });
         }
     }
 
@@ -853,7 +1005,7 @@ impl Drop for DiskStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::tests::{msg, store_contract};
+    use crate::store::tests::{msg, pop_loading, store_contract};
     use crate::store::MessageStore;
 
     fn persistent(seq: u64, body: &str, disk: &Disk, queues: usize) -> QueuedMessage {
@@ -909,9 +1061,9 @@ mod tests {
             for i in 1..=5 {
                 s.push(persistent(i, &format!("m{i}"), &disk, 1));
             }
-            let first = s.pop().unwrap();
+            let first = pop_loading(&mut s).unwrap();
             assert_eq!(&first.message.body[..], b"m1");
-            let second = s.pop().unwrap();
+            let second = pop_loading(&mut s).unwrap();
             s.settle(second.seq); // acked: gone for good
                                   // first stays unacked across the "crash".
             disk.flush().unwrap();
@@ -922,7 +1074,7 @@ mod tests {
         let mut s = DiskStore::new(disk.clone(), 7, rec.remove(&7).unwrap(), 0);
         assert_eq!(s.len(), 4);
         assert_eq!(s.next_seq(), 6);
-        let got: Vec<(String, bool)> = std::iter::from_fn(|| s.pop())
+        let got: Vec<(String, bool)> = std::iter::from_fn(|| pop_loading(&mut s))
             .map(|m| {
                 (
                     String::from_utf8(m.message.body.to_vec()).unwrap(),
@@ -964,7 +1116,7 @@ mod tests {
         assert_eq!(bodies(s.peek_at(0, 2)), vec!["m1", "m2"]);
         assert_eq!(s.mem_bytes, 0, "peeked bodies stay on disk");
         assert!(s.ready.iter().all(|e| e.msg.is_none()));
-        let first = s.pop().unwrap();
+        let first = pop_loading(&mut s).unwrap();
         assert_eq!(&first.message.body[..], b"m1");
         assert!(!first.redelivered, "peeking delivers nothing");
         assert_eq!(s.len(), 999);
@@ -983,7 +1135,7 @@ mod tests {
         }
         let (disk, mut s) = reopen(&dir, 6, 1 << 20);
         // A requeued message is in memory; the rest are paged out.
-        let head = s.pop().unwrap();
+        let head = pop_loading(&mut s).unwrap();
         s.requeue(QueuedMessage {
             redelivered: true,
             ..head
@@ -1020,7 +1172,7 @@ mod tests {
         // the segment holding the bodies is deleted before they are read.
         let p = s.peek_entries(50, 3);
         let files = disk.segment_files();
-        while let Some(m) = s.pop() {
+        while let Some(m) = pop_loading(&mut s) {
             s.settle(m.seq);
         }
         assert!(disk.segment_files() < files, "the old segment was deleted");
@@ -1043,10 +1195,10 @@ mod tests {
             "one record of {record} bytes for both queues"
         );
         assert_eq!(disk.counts().1, 2, "two index entries");
-        let x = a.pop().unwrap();
+        let x = pop_loading(&mut a).unwrap();
         a.settle(x.seq);
         assert_eq!(disk.counts(), (record, 1));
-        let y = b.pop().unwrap();
+        let y = pop_loading(&mut b).unwrap();
         b.settle(y.seq);
         assert_eq!(disk.counts(), (record, 0));
     }
@@ -1084,12 +1236,12 @@ mod tests {
         s.push(persistent(1, "a", &disk, 1));
         s.push(persistent(2, "b", &disk, 1));
         // A no-ack delivery: popped and settled at once, then handed back.
-        let m = s.pop().unwrap();
+        let m = pop_loading(&mut s).unwrap();
         s.settle(m.seq);
         assert_eq!(disk.counts().1, 1);
         s.requeue(m);
         assert_eq!(disk.counts().1, 2, "handed back: durable again");
-        let again = s.pop().unwrap();
+        let again = pop_loading(&mut s).unwrap();
         s.settle(again.seq);
         assert_eq!(disk.counts().1, 1, "message 2's entry is untouched");
         assert_eq!(
@@ -1097,7 +1249,7 @@ mod tests {
             1,
             "message 2's record is still referenced"
         );
-        let two = s.pop().unwrap();
+        let two = pop_loading(&mut s).unwrap();
         assert_eq!(&two.message.body[..], b"b");
         s.settle(two.seq);
         assert_eq!(disk.counts().1, 0);
@@ -1129,7 +1281,7 @@ mod tests {
         let entries = rec.remove(&3).unwrap();
         assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1]);
         let mut s = DiskStore::new(disk, 3, entries, 0);
-        assert_eq!(&s.pop().unwrap().message.body[..], b"whole");
+        assert_eq!(&pop_loading(&mut s).unwrap().message.body[..], b"whole");
     }
 
     /// Nothing written since the last flush: a flush syncs nothing (an
@@ -1155,11 +1307,52 @@ mod tests {
         assert_eq!(disk.msgs.scan_prefix(b"Q").count(), 1);
         disk.flush().unwrap();
         assert_eq!(disk.flush_count(), base + 1, "still nothing new");
-        let m = s.pop().unwrap();
+        let m = pop_loading(&mut s).unwrap();
         s.settle(m.seq);
         disk.flush().unwrap();
         assert_eq!(disk.flush_count(), base + 2, "the ack and mark are written");
         assert_eq!(disk.msgs.scan_prefix(b"Q").count(), 0);
+        drop(s);
+        drop(disk);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `pop` never reads: it stops at a paged-out head and asks for a
+    /// bounded read-ahead, taken once until it is handed back.
+    #[test]
+    fn pops_stop_at_paged_out_bodies_until_a_read_ahead_loads_them() {
+        let dir = tempdir("readahead");
+        let disk = Disk::open(&dir, 1 << 20).unwrap();
+        let mut s = DiskStore::new(disk.clone(), 9, Vec::new(), 0);
+        for i in 1..=600 {
+            s.push(persistent(i, &format!("m{i}"), &disk, 1));
+        }
+        assert!(s.pop().is_none(), "the head is on disk only");
+        let loads = s.take_loads().expect("a read-ahead is wanted");
+        assert!(s.take_loads().is_none(), "one read-ahead at a time");
+        assert_eq!(loads.wanted.len(), LOAD_BATCH);
+        s.finish_loads(loads.read());
+        for i in 1..=LOAD_BATCH as u64 {
+            assert_eq!(s.pop().unwrap().seq, i);
+        }
+        assert!(s.pop().is_none(), "the rest is still on disk");
+        assert_eq!(s.mem_bytes, 0, "delivered bodies left the store");
+        let l = s.take_loads().expect("and asked for again");
+        s.finish_loads(l.read());
+        let mut next = LOAD_BATCH as u64 + 1;
+        loop {
+            match s.pop() {
+                Some(m) => {
+                    assert_eq!(m.seq, next);
+                    next += 1;
+                }
+                None => match s.take_loads() {
+                    Some(l) => s.finish_loads(l.read()),
+                    None => break,
+                },
+            }
+        }
+        assert_eq!(next, 601, "every message, in order");
         drop(s);
         drop(disk);
         let _ = std::fs::remove_dir_all(&dir);

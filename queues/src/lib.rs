@@ -13,7 +13,7 @@ pub mod queue;
 pub mod segments;
 pub mod store;
 
-pub use disk::{Disk, DiskError, DiskStore};
+pub use disk::{Disk, DiskError, DiskStore, LoadedBodies, Loads};
 pub use message::{Message, QueuedMessage, StoredRef};
 pub use peek::{PeekBody, PeekEntry, Peeked};
 pub use queue::{

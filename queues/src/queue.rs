@@ -406,6 +406,21 @@ impl<C: Clone> QueueCore<C> {
         self.store.bytes()
     }
 
+    /// Paged-out bodies the store needs read before delivery can go on
+    /// (see [`MessageStore::take_loads`]): read them without the lock.
+    pub fn take_loads(&mut self) -> Option<crate::disk::Loads> {
+        self.store.take_loads()
+    }
+
+    /// The head's body, if paged out (basic.get reads it at once).
+    pub fn head_load(&mut self) -> Option<crate::disk::Loads> {
+        self.store.head_load()
+    }
+
+    pub fn finish_loads(&mut self, loaded: crate::disk::LoadedBodies) {
+        self.store.finish_loads(loaded)
+    }
+
     /// Body bytes of ready messages held in memory (not paged out).
     pub fn memory_bytes(&self) -> u64 {
         self.store.memory_bytes()

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 use warren_exchanges::Table;
 use warren_queues::{
-    ChannelLimit, ConsumeError, ConsumerId, ConsumerSpec, Dispatched, Message, Peeked, QueueCore,
-    QueuedMessage, UnackedInfo,
+    ChannelLimit, ConsumeError, ConsumerId, ConsumerSpec, Dispatched, LoadedBodies, Loads, Message,
+    Peeked, QueueCore, QueuedMessage, UnackedInfo,
 };
 
 /// The id a basic.get's taker is known by in the queue's unacked view:
@@ -177,11 +177,10 @@ impl Queue {
     /// Enqueues one message and delivers what can be delivered.
     pub fn publish(self: &Arc<Self>, message: Arc<Message>) {
         self.stats.published(1);
-        let mut out = Vec::new();
-        {
+        let after = {
             let mut core = self.core();
             core.publish(message);
-            core.dispatch(self.clock.now_ms(), &mut out);
+            let after = self.deliver(&mut core);
             // A consumed queue pushes back on a long backlog (its
             // consumers cannot keep up); any queue pushes back once it
             // holds more in memory than its budget allows.
@@ -190,8 +189,52 @@ impl Queue {
             {
                 self.flow_blocked.store(true, Ordering::Release);
             }
+            after
+        };
+        self.finish(after);
+    }
+
+    /// Delivers what can be delivered, under the core's lock: the
+    /// deliveries reach their outboxes before the lock goes, so two
+    /// threads dispatching one after the other (a publisher, an acker,
+    /// the loader) cannot hand a consumer its messages out of order.
+    /// What to do after the lock is released is returned for
+    /// [`Queue::finish`].
+    fn deliver(self: &Arc<Self>, core: &mut QueueCore<Arc<ConsumerHandle>>) -> AfterDelivery {
+        let mut out = Vec::new();
+        core.dispatch(self.clock.now_ms(), &mut out);
+        AfterDelivery {
+            refused: self.hand_off(out),
+            loads: core.take_loads(),
         }
-        self.hand_off(out);
+    }
+
+    fn finish(self: &Arc<Self>, after: AfterDelivery) {
+        self.refused(after.refused);
+        self.load(after.loads);
+    }
+
+    /// Reads paged-out bodies that delivery stopped at, on the store's
+    /// loader thread (never under this queue's lock, never on an async
+    /// worker), then delivers what they let through and reads on.
+    fn load(self: &Arc<Self>, loads: Option<Loads>) {
+        if let Some(l) = loads {
+            let q = self.clone();
+            l.spawn(move |l| q.loaded(l.read()));
+        }
+    }
+
+    fn loaded(self: &Arc<Self>, bodies: LoadedBodies) {
+        let after = {
+            let mut core = self.core();
+            core.finish_loads(bodies);
+            let after = self.deliver(&mut core);
+            self.update_flow(&core);
+            after
+        };
+        // The next read-ahead is queued as the loader's next job, not run
+        // here: no recursion.
+        self.finish(after);
     }
 
     /// Whether publishers should pause for this queue.
@@ -222,18 +265,20 @@ impl Queue {
 
     /// Re-runs delivery (credit was freed somewhere).
     pub fn kick(self: &Arc<Self>) {
-        let mut out = Vec::new();
-        {
+        let after = {
             let mut core = self.core();
-            core.dispatch(self.clock.now_ms(), &mut out);
+            let after = self.deliver(&mut core);
             self.update_flow(&core);
-        }
-        self.hand_off(out);
+            after
+        };
+        self.finish(after);
     }
 
     /// Pushes deliveries to their connections' outboxes, one lock and one
-    /// wake-up per run of deliveries for the same outbox.
-    fn hand_off(self: &Arc<Self>, out: Vec<Dispatched<Arc<ConsumerHandle>>>) {
+    /// wake-up per run of deliveries for the same outbox; returns what a
+    /// closed outbox refused (to go back once the core's lock is released).
+    fn hand_off(self: &Arc<Self>, out: Vec<Dispatched<Arc<ConsumerHandle>>>) -> Vec<OutboxItem> {
+        let mut refused = Vec::new();
         if !out.is_empty() {
             // Counted per batch: one atomic add per counter and object.
             let (mut no_ack, mut redelivered) = (0, 0);
@@ -259,7 +304,11 @@ impl Queue {
         for d in out {
             if let Some(cur) = &current {
                 if !Arc::ptr_eq(cur, &d.handle.outbox) {
-                    self.refused(cur.push_all(std::mem::take(&mut batch)));
+                    refused.extend(
+                        cur.push_all(std::mem::take(&mut batch))
+                            .into_iter()
+                            .flatten(),
+                    );
                     current = None;
                 }
             }
@@ -275,14 +324,15 @@ impl Queue {
             }));
         }
         if let Some(cur) = current {
-            self.refused(cur.push_all(batch));
+            refused.extend(cur.push_all(batch).into_iter().flatten());
         }
+        refused
     }
 
     /// Deliveries a closed connection's outbox refused go back to their
     /// place (the consumer was being cancelled as they were dispatched).
-    fn refused(self: &Arc<Self>, items: Option<Vec<OutboxItem>>) {
-        for item in items.into_iter().flatten() {
+    fn refused(self: &Arc<Self>, items: Vec<OutboxItem>) {
+        for item in items {
             if let OutboxItem::Deliver(d) = item {
                 d.queue.undeliver(d.message, d.no_ack);
             }
@@ -351,12 +401,28 @@ impl Queue {
     /// basic.get: the message and the count of messages left. `taker`
     /// is the getter's [`channel_key`], shown by the unacked view.
     pub fn get_for(&self, no_ack: bool, taker: u64) -> Option<(QueuedMessage, usize)> {
-        let got = {
-            let mut core = self.core();
-            let got = core.get(no_ack, taker, self.clock.now_ms());
-            self.update_flow(&core);
-            got
-        };
+        // A paged-out head is read here, without the lock (a get cannot
+        // wait for a consumer's read-ahead; it is rare and answers one
+        // message), then the get is tried again.
+        let mut got = None;
+        for _ in 0..4 {
+            let head = {
+                let mut core = self.core();
+                got = core.get(no_ack, taker, self.clock.now_ms());
+                self.update_flow(&core);
+                match got {
+                    None => core.head_load(),
+                    Some(_) => None,
+                }
+            };
+            match head {
+                Some(l) => {
+                    let bodies = l.read();
+                    self.core().finish_loads(bodies);
+                }
+                None => break,
+            }
+        }
         let counts: &[Counter] = match &got {
             None => &[Counter::GetEmpty],
             Some((m, _)) => match (no_ack, m.redelivered) {
@@ -415,14 +481,14 @@ impl Queue {
     }
 
     pub fn settle_no_ack(self: &Arc<Self>, consumer: ConsumerId, n: u32) {
-        let mut out = Vec::new();
-        {
+        let after = {
             let mut core = self.core();
             core.settle_no_ack(consumer, n);
-            core.dispatch(self.clock.now_ms(), &mut out);
+            let after = self.deliver(&mut core);
             self.update_flow(&core);
-        }
-        self.hand_off(out);
+            after
+        };
+        self.finish(after);
     }
 
     pub fn purge(&self) -> usize {
@@ -463,6 +529,14 @@ impl Queue {
         }
         count
     }
+}
+
+/// What a delivery under the core's lock leaves to do after it.
+struct AfterDelivery {
+    /// Deliveries a closed outbox refused: they go back to the queue.
+    refused: Vec<OutboxItem>,
+    /// Paged-out bodies to read before delivery can go on.
+    loads: Option<Loads>,
 }
 
 /// A queue as a routing destination: compared by identity.
