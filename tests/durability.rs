@@ -684,3 +684,81 @@ async fn paged_out_bodies_are_read_ahead_for_consumers_and_gets() {
     conn.close(200, "bye".into()).await.unwrap();
     s.shutdown().await;
 }
+
+/// A prefetch-0 consumer on a durable backlog larger than the memory
+/// budget: its unacked messages hold their place on disk, not their body;
+/// the unacked view still names them, and when the channel closes they
+/// all come back, in order, redelivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacked_messages_past_the_budget_are_held_on_disk_and_requeued_in_order() {
+    let s = start_with(|c| c.storage.queue_memory_mb = 0).await;
+    let conn = connect(&s).await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let q = uniq("unacked-disk");
+    ch.queue_declare(q.as_str().into(), durable_q(), t())
+        .await
+        .unwrap();
+    let total = 500u32;
+    for i in 0..total {
+        publish_confirmed(&ch, "", &q, &i.to_be_bytes(), persistent()).await;
+    }
+    let cch = conn.create_channel().await.unwrap();
+    let mut cons = cch
+        .basic_consume(
+            q.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            t(),
+        )
+        .await
+        .unwrap();
+    for want in 0..total {
+        let d = within(cons.next()).await.unwrap().unwrap();
+        assert_eq!(u32::from_be_bytes(d.data[..4].try_into().unwrap()), want);
+    }
+    let queue = s.broker().vhost("/").unwrap().queue(&q).unwrap();
+    let (n, infos) = queue.unacked(total as usize);
+    assert_eq!(n, total as usize);
+    assert!(
+        infos
+            .iter()
+            .all(|u| u.message.is_none() && u.stored.is_some()),
+        "with a zero budget no unacked record holds a body"
+    );
+    // The unacked view reads what it shows from disk.
+    let (status, body) = raw(
+        &s,
+        "GET",
+        &format!("/api/queues/%2F/{q}/unacked?count=3"),
+        Some(GUEST),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["items"][0]["routing_key"], q.as_str(), "{body}");
+    assert_eq!(v["items"][0]["payload_bytes"], 4);
+    cch.close(200, "requeue".into()).await.unwrap();
+    let mut again = ch
+        .basic_consume(
+            q.as_str().into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            t(),
+        )
+        .await
+        .unwrap();
+    for want in 0..total {
+        let d = within(again.next()).await.unwrap().unwrap();
+        assert_eq!(u32::from_be_bytes(d.data[..4].try_into().unwrap()), want);
+        assert!(d.redelivered);
+    }
+    conn.close(200, "bye".into()).await.unwrap();
+    s.shutdown().await;
+}

@@ -639,6 +639,15 @@ impl Loads {
     }
 }
 
+/// A delivered persistent message awaiting settle.
+#[derive(Debug, Clone, Copy)]
+struct Out {
+    stored: StoredRef,
+    size: u32,
+    /// Its unacked record holds the body (counted in `out_mem_bytes`).
+    body_held: bool,
+}
+
 #[derive(Debug)]
 struct Entry {
     seq: u64,
@@ -658,7 +667,10 @@ pub struct DiskStore {
     requeued: BTreeMap<u64, Entry>,
     ready: VecDeque<Entry>,
     /// Delivered persistent messages awaiting settle.
-    out: HashMap<u64, StoredRef>,
+    out: HashMap<u64, Out>,
+    /// Body bytes that unacked records hold in memory (each kept only while
+    /// this stays under `mem_limit`; past it they hold their place on disk).
+    out_mem_bytes: u64,
     /// The highest seq delivered, written to disk at each flush.
     delivered: Arc<AtomicU64>,
     bytes: u64,
@@ -710,6 +722,7 @@ impl DiskStore {
             requeued: BTreeMap::new(),
             ready,
             out: HashMap::new(),
+            out_mem_bytes: 0,
             delivered,
             bytes,
             mem_bytes: 0,
@@ -722,6 +735,15 @@ impl DiskStore {
         // The queue cannot act on a store error mid-operation; the message
         // stays in memory and the operator learns from the log.
         tracing::error!(queue = self.queue, error = %e, "store {what} failed");
+    }
+
+    /// Forgets a delivered message's entry and what its body held.
+    fn take_out(&mut self, seq: u64) -> Option<Out> {
+        let o = self.out.remove(&seq)?;
+        if o.body_held {
+            self.out_mem_bytes -= o.size as u64;
+        }
+        Some(o)
     }
 
     fn keep_in_memory(&mut self, size: u64) -> bool {
@@ -780,7 +802,14 @@ impl MessageStore for DiskStore {
             self.delivered.fetch_max(e.seq, Ordering::Relaxed);
             // The new mark is written by the next flush.
             self.disk.mark_dirty();
-            self.out.insert(e.seq, r);
+            self.out.insert(
+                e.seq,
+                Out {
+                    stored: r,
+                    size: e.size,
+                    body_held: false,
+                },
+            );
         }
         Some(QueuedMessage {
             seq: e.seq,
@@ -879,8 +908,8 @@ impl MessageStore for DiskStore {
         // delivery handed back (its consumer went before it was written)
         // was released already: it is written again, so a persistent
         // message stays as durable as it was.
-        let stored = match self.out.remove(&m.seq) {
-            Some(r) => Some(r),
+        let stored = match self.take_out(m.seq) {
+            Some(o) => Some(o.stored),
             None if m.message.stored.is_some() => {
                 let r = self.disk.put_body(&m.message, 1);
                 let r = r.and_then(|r| {
@@ -913,9 +942,49 @@ impl MessageStore for DiskStore {
         );
     }
 
+    fn keep_unacked(&mut self, m: &QueuedMessage) -> bool {
+        let Some(o) = self.out.get_mut(&m.seq) else {
+            return true; // transient: memory is its only place
+        };
+        if self.out_mem_bytes + o.size as u64 > self.mem_limit {
+            return false;
+        }
+        self.out_mem_bytes += o.size as u64;
+        o.body_held = true;
+        true
+    }
+
+    fn requeue_stored(&mut self, seq: u64) {
+        let Some(o) = self.take_out(seq) else {
+            tracing::error!(
+                queue = self.queue,
+                seq,
+                "a requeued message has no place on disk"
+            );
+            return;
+        };
+        let size = o.size as u64;
+        self.bytes += size;
+        self.paged_bytes += size;
+        self.requeued.insert(
+            seq,
+            Entry {
+                seq,
+                msg: None,
+                stored: Some(o.stored),
+                redelivered: true,
+                size: o.size,
+            },
+        );
+    }
+
+    fn unacked_location(&self, seq: u64) -> Option<StoredRef> {
+        self.out.get(&seq).map(|o| o.stored)
+    }
+
     fn settle(&mut self, seq: u64) {
-        if let Some(r) = self.out.remove(&seq) {
-            if let Err(e) = self.disk.release(self.queue, seq, r) {
+        if let Some(o) = self.take_out(seq) {
+            if let Err(e) = self.disk.release(self.queue, seq, o.stored) {
                 self.log_err("release", e);
             }
         }
@@ -1354,6 +1423,68 @@ mod tests {
         }
         assert_eq!(next, 601, "every message, in order");
         drop(s);
+        drop(disk);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Unacked messages of a durable queue hold their body only while
+    /// those bodies fit the memory budget; past it they hold their place
+    /// on disk, and a requeue puts them back paged out, redelivered.
+    #[test]
+    fn unacked_messages_past_the_budget_keep_only_their_place_on_disk() {
+        use crate::queue::QueueCore;
+        let dir = tempdir("unacked");
+        let disk = Disk::open(&dir, 1 << 20).unwrap();
+        // Budget: 40 bytes of bodies ("m1".."m100": 2 to 4 bytes each).
+        let store = DiskStore::new(disk.clone(), 11, Vec::new(), 40);
+        let mut core: QueueCore<&str> = QueueCore::new(Box::new(store), 10);
+        for i in 1..=100 {
+            core.publish(persistent(i, &format!("m{i}"), &disk, 1).message);
+        }
+        let mut seqs = Vec::new();
+        loop {
+            match core.get(false, 7, 0) {
+                Some((m, _)) => seqs.push(m.seq),
+                None => match core.head_load() {
+                    Some(l) => core.finish_loads(l.read()),
+                    None => break,
+                },
+            }
+        }
+        assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
+        let (total, infos) = core.unacked(1000);
+        assert_eq!(total, 100);
+        let held: u64 = infos
+            .iter()
+            .filter_map(|u| u.message.as_ref())
+            .map(|m| m.size())
+            .sum();
+        assert!(held <= 40, "{held} bytes of unacked bodies held");
+        let paged: Vec<_> = infos.iter().filter(|u| u.message.is_none()).collect();
+        assert!(paged.len() > 80, "only {} paged", paged.len());
+        assert!(
+            paged.iter().all(|u| u.stored.is_some()),
+            "each knows its place"
+        );
+        core.requeue(&seqs);
+        let mut again = Vec::new();
+        loop {
+            match core.get(true, 7, 0) {
+                Some((m, _)) => {
+                    assert!(m.redelivered);
+                    again.push(String::from_utf8(m.message.body.to_vec()).unwrap());
+                }
+                None => match core.head_load() {
+                    Some(l) => core.finish_loads(l.read()),
+                    None => break,
+                },
+            }
+        }
+        assert_eq!(
+            again,
+            (1..=100).map(|i| format!("m{i}")).collect::<Vec<_>>()
+        );
+        drop(core);
         drop(disk);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -38,6 +38,22 @@ pub trait MessageStore: Send {
     fn requeue(&mut self, m: QueuedMessage);
     /// A delivered message is done (acked, or dropped); forget it.
     fn settle(&mut self, seq: u64);
+    /// Whether the unacked record of a message just popped for a
+    /// manual-ack delivery keeps its body (`true`) or the store keeps its
+    /// place on disk instead, to give back with
+    /// [`MessageStore::requeue_stored`].
+    fn keep_unacked(&mut self, _m: &QueuedMessage) -> bool {
+        true
+    }
+    /// A delivered message whose body the store kept no copy of
+    /// ([`MessageStore::keep_unacked`] said so) returns, redelivered.
+    fn requeue_stored(&mut self, seq: u64) {
+        tracing::error!(seq, "a requeued message has no body and no place on disk");
+    }
+    /// Where an unacked message whose body is not kept lies on disk.
+    fn unacked_location(&self, _seq: u64) -> Option<crate::message::StoredRef> {
+        None
+    }
     /// Removes every ready message; returns how many.
     fn purge(&mut self) -> usize;
     /// Ready messages.
