@@ -44,12 +44,20 @@
 //! - Deliveries write nothing per message: each queue's delivered mark is
 //!   written once per flush.
 //!
-//! Appends only fill buffers; [`Disk::flush`] writes them and fsyncs the
-//! segments and the index concurrently. An index entry whose record did
-//! not reach the disk (a crash between the two) is found and dropped at
-//! recovery, and nothing is confirmed before both are done.
+//! Queues call in under their own mutex, so nothing here does I/O on
+//! their behalf there: index entries and acks are appended to the
+//! index's buffers (no I/O), segment releases are recorded in a pending
+//! list applied by [`Disk::flush`], and bodies that are paged out are read
+//! by the store's loader thread ([`Loads`]), never by `pop`.
+//!
+//! [`Disk::flush`] writes the index and fsyncs it (and flushes sled) while
+//! a long-lived helper thread writes and fsyncs the segments; with nothing
+//! written since the last flush it does nothing. An index entry whose
+//! record did not reach the disk (a crash between the two) is found and
+//! dropped at recovery, and nothing is confirmed before both are done.
 //! The broker's group-commit thread flushes for many publishers at a time
-//! (and at least every few hundred milliseconds) and only then confirms.
+//! (and within a few hundred milliseconds of any other write) and only
+//! then confirms.
 //! A crash can therefore forget the last moments of acks and deliveries
 //! (an acked message may return; a just-delivered one may return without
 //! the redelivered flag), never a confirmed publish. At recovery, index
@@ -128,10 +136,27 @@ pub struct RecoveredEntry {
 
 pub struct Disk {
     db: sled::Db,
-    segments: Segments,
+    segments: Arc<Segments>,
     journal: Journal,
     /// What the index held at open, until [`Disk::recover`] sorts it out.
     scan: Mutex<Option<crate::journal::Scan>>,
+    /// A long-lived thread that syncs the segments while the flushing
+    /// thread flushes sled (both fsync; one after the other would double
+    /// a confirm's latency). Each request carries where to answer.
+    segment_syncer: Mutex<SyncRequests>,
+    /// Called when the store goes from clean to dirty (the broker's
+    /// flusher sleeps until then).
+    on_dirty: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Flushes that had something to write (tests: an idle store syncs nothing).
+    flushes: AtomicU64,
+    /// Segments that lost a reference, released by the flush: releasing
+    /// the last one deletes the file, which is I/O the queue's lock must
+    /// not wait for.
+    releases: Mutex<Vec<u32>>,
+    /// Jobs that read paged-out bodies for queues (see [`Loads`]), run by
+    /// one long-lived thread so no queue's lock or async worker waits on
+    /// the disk.
+    loader: Mutex<std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>>,
     /// Sizes of the segments found at open, for recovery's checks.
     existing: std::collections::BTreeMap<u32, u64>,
     /// Each live durable queue's delivered mark: (queue, current, written).
@@ -139,7 +164,12 @@ pub struct Disk {
     /// One flush at a time: a flush that finds nothing new to sync must not
     /// report done while another is still syncing what it took.
     flushing: Mutex<()>,
+    /// Something was written since the last flush started.
+    dirty: std::sync::atomic::AtomicBool,
 }
+
+/// Requests to the segment syncer: each is where to send its result.
+type SyncRequests = std::sync::mpsc::Sender<std::sync::mpsc::SyncSender<std::io::Result<()>>>;
 
 fn be_u64(b: &[u8]) -> u64 {
     let mut a = [0u8; 8];
@@ -259,8 +289,8 @@ fn upgrade_from_v1(
 }
 
 impl Disk {
-    /// Opens (or creates) the store in `dir`, upgrading a version-1
-    /// directory. `cache_bytes` bounds sled's page cache.
+    /// Opens (or creates) the store in `dir`. `cache_bytes` bounds sled's
+    /// page cache, which is most of the store's memory.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Arc<Disk>, DiskError> {
         let config = sled::Config::new()
             .path(dir)
@@ -312,14 +342,43 @@ impl Disk {
                 "ignoring index entries cut short by a crash"
             );
         }
+        let segments = Arc::new(segments);
+        let (tx, rx) = std::sync::mpsc::channel::<std::sync::mpsc::SyncSender<_>>();
+        let syncing = segments.clone();
+        std::thread::Builder::new()
+            .name("warren-segsync".into())
+            // Ends when the Disk (the only sender) is dropped.
+            .spawn(move || {
+                for reply in rx {
+                    let _ = reply.send(syncing.flush());
+                }
+            })
+            .map_err(|e| DiskError::Corrupt(format!("cannot start the segment syncer: {e}")))?;
+        let (jobs, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        std::thread::Builder::new()
+            .name("warren-loader".into())
+            // Ends when the Disk (the only sender) is dropped; a job holds
+            // the Disk only while it runs.
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            })
+            .map_err(|e| DiskError::Corrupt(format!("cannot start the body loader: {e}")))?;
         Ok(Arc::new(Disk {
             db,
             segments,
             journal,
             scan: Mutex::new(Some(scan)),
+            loader: Mutex::new(jobs),
+            segment_syncer: Mutex::new(tx),
+            on_dirty: std::sync::OnceLock::new(),
+            flushes: AtomicU64::new(0),
+            releases: Mutex::new(Vec::new()),
             existing,
             marks: Mutex::new(Vec::new()),
             flushing: Mutex::new(()),
+            dirty: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -328,20 +387,74 @@ impl Disk {
         &self.db
     }
 
+    /// Notes a write (the broker's definitions write to [`Disk::db`]
+    /// directly) that the next flush must cover. Call it after the write.
+    pub fn mark_dirty(&self) {
+        // A load first: the flag is usually set already, and a plain read
+        // does not bounce the cache line between cores.
+        if !self.dirty.load(Ordering::Relaxed) && !self.dirty.swap(true, Ordering::SeqCst) {
+            if let Some(f) = self.on_dirty.get() {
+                f();
+            }
+        }
+    }
+
+    /// Whether something was written that no flush has started to cover.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty.load(Ordering::SeqCst)
+    }
+
+    /// Sets what to call when the store goes from clean to dirty (once).
+    pub fn set_on_dirty(&self, f: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.on_dirty.set(f);
+    }
+
+    /// Flushes so far that had something to make durable.
+    pub fn flush_count(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
+    }
+
     /// Makes every publish written so far durable (what a confirm waits
     /// for); delivered marks and acks are written too, acks fsynced about
-    /// once a second (see [`crate::journal`]).
+    /// once a second (see [`crate::journal`]). Nothing written since the
+    /// last flush: returns at once, without a sync (an idle broker does
+    /// not touch the disk).
     pub fn flush(&self) -> Result<(), DiskError> {
         self.flush_with(false)
     }
 
-    /// [`Disk::flush`], fsyncing acks too: at shutdown.
+    /// [`Disk::flush`], fsyncing acks too, even with nothing new written:
+    /// at shutdown.
     pub fn flush_all(&self) -> Result<(), DiskError> {
         self.flush_with(true)
     }
 
     fn flush_with(&self, all: bool) -> Result<(), DiskError> {
         let _one_at_a_time = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
+        // Cleared before anything is written out: a write that lands
+        // after this sets it again and is covered by the next flush.
+        if !self.dirty.swap(false, Ordering::SeqCst) && !all {
+            return Ok(());
+        }
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        let res = self.write_and_sync(all);
+        if res.is_err() {
+            // Retried by the next flush.
+            self.dirty.store(true, Ordering::SeqCst);
+        }
+        res
+    }
+
+    /// Releases the segment references dropped since the last flush
+    /// (deleting files that lost their last one).
+    fn apply_releases(&self) {
+        let segs = std::mem::take(&mut *self.releases.lock().unwrap_or_else(|e| e.into_inner()));
+        for seg in segs {
+            self.segments.release(seg);
+        }
+    }
+
+    fn write_and_sync(&self, all: bool) -> Result<(), DiskError> {
         {
             let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
             for (queue, cur, written) in marks.iter_mut() {
@@ -352,21 +465,31 @@ impl Disk {
                 }
             }
         }
-        // Everything is written first, then synced, all on the flusher's
-        // thread: on ext4 the first fdatasync commits the journal
-        // transaction holding the other files' new sizes (and, in ordered
-        // mode, their data), so the second costs little; a thread spawned
-        // per flush to overlap them cost more (its start-up, and its wait
-        // for a core on a busy machine) than it saved. Recovery drops an
-        // index entry whose record did not make it, so the order of the
-        // syncs does not matter, and a confirm waits for all of them.
-        let segments = self.segments.write_out()?;
-        let journal = self.journal.write_out(all)?;
-        for f in segments {
-            f.sync_data()?;
-        }
-        self.journal.finish(journal)?;
-        self.db.flush()?;
+        // Both at once (the segments on the syncer thread, the index and
+        // sled here): recovery drops an index entry whose record did not
+        // make it, so their order does not matter, and a confirm waits for
+        // both.
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let sent = self
+            .segment_syncer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(tx)
+            .is_ok();
+        let journal = self.journal.flush(all);
+        let db = self.db.flush();
+        let seg = if sent {
+            rx.recv()
+                .map_err(|_| DiskError::Corrupt("the segment syncer stopped".into()))?
+        } else {
+            self.segments.flush()
+        };
+        seg?;
+        journal?;
+        db?;
+        // After the acks are written: a segment deleted before the entries
+        // pointing into it were acked would cost recovery a dropped entry.
+        self.apply_releases();
         Ok(())
     }
 
@@ -387,6 +510,7 @@ impl Disk {
             let now = cur.load(Ordering::Relaxed);
             if *q == queue && now != *written {
                 self.journal.mark(queue, now);
+                self.mark_dirty();
             }
         }
         marks.retain(|(q, _, _)| *q != queue);
@@ -399,7 +523,9 @@ impl Disk {
         let mut head = [0u8; HEAD_MAX];
         let n = encode_head(m, &mut head);
         let parts: [&[u8]; 3] = [&head[..n], &m.properties, &m.body];
-        Ok(self.segments.append_parts(&parts, queues as u32)?)
+        let r = self.segments.append_parts(&parts, queues as u32)?;
+        self.mark_dirty();
+        Ok(r)
     }
 
     /// Reads the message at `r`: an error (never another record) when it
@@ -409,16 +535,23 @@ impl Disk {
     }
 
     /// Queue `queue` holds the record at `r` as message `seq`: an entry
-    /// in the index's buffer (no I/O).
+    /// in the index's buffer (no I/O), written by the next flush.
     fn index_put(&self, queue: u64, seq: u64, r: StoredRef, size: u32) -> IndexRef {
-        self.journal.publish(queue, seq, r, size)
+        let ix = self.journal.publish(queue, seq, r, size);
+        self.mark_dirty();
+        ix
     }
 
-    /// A queue no longer holds the message: ack its index entry and drop
-    /// its reference to the record's segment.
+    /// A queue no longer holds the message: ack its index entry (a buffer
+    /// append) and drop its reference to the record's segment (at the
+    /// next flush).
     fn release(&self, r: StoredRef, ix: IndexRef) {
         self.journal.ack(ix);
-        self.segments.release(r.seg);
+        self.releases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(r.seg);
+        self.mark_dirty();
     }
 
     /// Start-up: sorts what the index held at open. Entries of queues that
@@ -498,13 +631,82 @@ impl Disk {
 
     /// Live record references (tests).
     pub fn live_refs(&self) -> u64 {
+        self.apply_releases();
         self.segments.live_refs()
     }
 
     /// Segment files on disk.
     pub fn segment_files(&self) -> usize {
+        self.apply_releases();
         self.segments.files()
     }
+}
+
+/// The most paged-out entries, and body bytes, one load reads ahead.
+const LOAD_BATCH: usize = 256;
+const LOAD_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Paged-out bodies a store wants read (the ones its `pop` stopped at, and
+/// a bounded run after them), with where to read them. Taken under the
+/// queue's lock ([`MessageStore::take_loads`]), read without it
+/// ([`Loads::read`], blocking), handed back under it
+/// ([`MessageStore::finish_loads`]).
+pub struct Loads {
+    disk: Arc<Disk>,
+    wanted: Vec<(u64, StoredRef)>,
+    /// Taken by the store's own read-ahead (not a forced head read).
+    background: bool,
+}
+
+/// Bodies read by [`Loads::read`]: `None` for one that could not be read.
+pub struct LoadedBodies {
+    bodies: Vec<(u64, Option<Arc<Message>>)>,
+    background: bool,
+}
+
+impl Loads {
+    /// Reads the bodies: blocking I/O, to run without the queue's lock.
+    pub fn read(self) -> LoadedBodies {
+        let bodies = self
+            .wanted
+            .iter()
+            .map(|&(seq, r)| {
+                let m = self.disk.read(r).map(Arc::new);
+                if let Err(e) = &m {
+                    tracing::error!(seq, error = %e, "cannot read a paged-out body");
+                }
+                (seq, m.ok())
+            })
+            .collect();
+        LoadedBodies {
+            bodies,
+            background: self.background,
+        }
+    }
+
+    /// Runs `f` with these loads on the store's loader thread.
+    pub fn spawn(self, f: impl FnOnce(Loads) + Send + 'static) {
+        let disk = self.disk.clone();
+        let sent = disk
+            .loader
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(Box::new(move || f(self)));
+        if sent.is_err() {
+            tracing::error!("the body loader stopped");
+        }
+    }
+}
+
+/// A delivered persistent message awaiting settle.
+#[derive(Debug, Clone, Copy)]
+struct Out {
+    stored: StoredRef,
+    /// This queue's index entry for it.
+    index: IndexRef,
+    size: u32,
+    /// Its unacked record holds the body (counted in `out_mem_bytes`).
+    body_held: bool,
 }
 
 #[derive(Debug)]
@@ -527,13 +729,23 @@ pub struct DiskStore {
     requeued: BTreeMap<u64, Entry>,
     ready: VecDeque<Entry>,
     /// Delivered persistent messages awaiting settle.
-    out: HashMap<u64, (StoredRef, IndexRef)>,
+    out: HashMap<u64, Out>,
+    /// Body bytes that unacked records hold in memory (each kept only while
+    /// this stays under `mem_limit`; past it they hold their place on disk).
+    out_mem_bytes: u64,
     /// The highest seq delivered, written to disk at each flush.
     delivered: Arc<AtomicU64>,
     bytes: u64,
     mem_bytes: u64,
     mem_limit: u64,
+    /// Body bytes of ready entries whose body is on disk only.
+    paged_bytes: u64,
     next_seq: u64,
+    /// `pop` stopped at a paged-out head: bodies must be read (outside
+    /// the queue's lock) before it can go on.
+    want_load: bool,
+    /// A read-ahead is under way (taken, not yet finished).
+    loading: bool,
 }
 
 impl DiskStore {
@@ -564,11 +776,15 @@ impl DiskStore {
         }
         let delivered = disk.register_mark(queue, mark);
         DiskStore {
+            paged_bytes: bytes,
+            want_load: false,
+            loading: false,
             disk,
             queue,
             requeued: BTreeMap::new(),
             ready,
             out: HashMap::new(),
+            out_mem_bytes: 0,
             delivered,
             bytes,
             mem_bytes: 0,
@@ -581,6 +797,15 @@ impl DiskStore {
         // The queue cannot act on a store error mid-operation; the message
         // stays in memory and the operator learns from the log.
         tracing::error!(queue = self.queue, error = %e, "store {what} failed");
+    }
+
+    /// Forgets a delivered message's entry and what its body held.
+    fn take_out(&mut self, seq: u64) -> Option<Out> {
+        let o = self.out.remove(&seq)?;
+        if o.body_held {
+            self.out_mem_bytes -= o.size as u64;
+        }
+        Some(o)
     }
 
     fn keep_in_memory(&mut self, size: u64) -> bool {
@@ -603,6 +828,9 @@ impl MessageStore for DiskStore {
         // Transient messages exist only in memory.
         let keep = stored.is_none() || self.keep_in_memory(size);
         self.bytes += size;
+        if !keep {
+            self.paged_bytes += size;
+        }
         self.ready.push_back(Entry {
             seq: m.seq,
             msg: keep.then_some(m.message),
@@ -613,41 +841,125 @@ impl MessageStore for DiskStore {
     }
 
     fn pop(&mut self) -> Option<QueuedMessage> {
-        loop {
-            let e = match self.requeued.pop_first() {
-                Some((_, e)) => e,
-                None => self.ready.pop_front()?,
+        // Never a disk read here (this runs under the queue's lock): a
+        // paged-out head stops the pop until its body is loaded.
+        let head_paged = match self.requeued.first_key_value() {
+            Some((_, e)) => e.msg.is_none(),
+            None => self.ready.front()?.msg.is_none(),
+        };
+        if head_paged {
+            self.want_load = true;
+            return None;
+        }
+        let e = match self.requeued.pop_first() {
+            Some((_, e)) => e,
+            None => self.ready.pop_front()?,
+        };
+        self.bytes -= e.size as u64;
+        let message = e.msg.expect("the head is in memory");
+        if let Some((r, ix)) = e.stored {
+            self.mem_bytes -= e.size as u64;
+            self.delivered.fetch_max(e.seq, Ordering::Relaxed);
+            // The new mark is written by the next flush.
+            self.disk.mark_dirty();
+            self.out.insert(
+                e.seq,
+                Out {
+                    stored: r,
+                    index: ix,
+                    size: e.size,
+                    body_held: false,
+                },
+            );
+        }
+        Some(QueuedMessage {
+            seq: e.seq,
+            message,
+            redelivered: e.redelivered,
+        })
+    }
+
+    fn take_loads(&mut self) -> Option<Loads> {
+        if !self.want_load || self.loading {
+            return None;
+        }
+        self.want_load = false;
+        let mut wanted = Vec::new();
+        let mut bytes = 0u64;
+        let entries = self.requeued.values().chain(self.ready.iter());
+        for e in entries.take(2 * LOAD_BATCH) {
+            if let (None, Some((r, _))) = (&e.msg, e.stored) {
+                if !wanted.is_empty() && bytes + e.size as u64 > LOAD_BYTES {
+                    break;
+                }
+                bytes += e.size as u64;
+                wanted.push((e.seq, r));
+                if wanted.len() == LOAD_BATCH {
+                    break;
+                }
+            }
+        }
+        if wanted.is_empty() {
+            return None;
+        }
+        self.loading = true;
+        Some(Loads {
+            disk: self.disk.clone(),
+            wanted,
+            background: true,
+        })
+    }
+
+    fn head_load(&mut self) -> Option<Loads> {
+        let head = match self.requeued.first_key_value() {
+            Some((_, e)) => e,
+            None => self.ready.front()?,
+        };
+        match (&head.msg, head.stored) {
+            (None, Some((r, _))) => Some(Loads {
+                disk: self.disk.clone(),
+                wanted: vec![(head.seq, r)],
+                background: false,
+            }),
+            _ => None,
+        }
+    }
+
+    fn finish_loads(&mut self, loaded: LoadedBodies) {
+        if loaded.background {
+            self.loading = false;
+        }
+        for (seq, body) in loaded.bodies {
+            // Taken, purged or loaded meanwhile: nothing to do.
+            let e = match self.requeued.get_mut(&seq) {
+                Some(e) => e,
+                None => match self.ready.binary_search_by_key(&seq, |e| e.seq) {
+                    Ok(i) => &mut self.ready[i],
+                    Err(_) => continue,
+                },
             };
-            self.bytes -= e.size as u64;
-            let message = match e.msg {
+            if e.msg.is_some() {
+                continue;
+            }
+            let size = e.size as u64;
+            self.paged_bytes -= size;
+            match body {
                 Some(m) => {
-                    if e.stored.is_some() {
-                        self.mem_bytes -= e.size as u64;
-                    }
-                    m
+                    e.msg = Some(m);
+                    self.mem_bytes += size;
                 }
                 None => {
+                    // A lost body cannot be delivered; drop its entry.
                     let (r, ix) = e.stored.expect("paged-out entries are stored");
-                    match self.disk.read(r) {
-                        Ok(m) => Arc::new(m),
-                        Err(err) => {
-                            // A lost body cannot be delivered; drop its entry.
-                            self.log_err("read", err);
-                            self.disk.release(r, ix);
-                            continue;
+                    if self.requeued.remove(&seq).is_none() {
+                        if let Ok(i) = self.ready.binary_search_by_key(&seq, |e| e.seq) {
+                            self.ready.remove(i);
                         }
                     }
+                    self.bytes -= size;
+                    self.disk.release(r, ix);
                 }
-            };
-            if let Some(r) = e.stored {
-                self.delivered.fetch_max(e.seq, Ordering::Relaxed);
-                self.out.insert(e.seq, r);
             }
-            return Some(QueuedMessage {
-                seq: e.seq,
-                message,
-                redelivered: e.redelivered,
-            });
         }
     }
 
@@ -657,8 +969,8 @@ impl MessageStore for DiskStore {
         // delivery handed back (its consumer went before it was written)
         // was released already: it is written again, so a persistent
         // message stays as durable as it was.
-        let stored = match self.out.remove(&m.seq) {
-            Some(r) => Some(r),
+        let stored = match self.take_out(m.seq) {
+            Some(o) => Some((o.stored, o.index)),
             None if m.message.stored.is_some() => match self.disk.put_body(&m.message, 1) {
                 Ok(r) => Some((r, self.disk.index_put(self.queue, m.seq, r, size as u32))),
                 Err(e) => {
@@ -684,9 +996,49 @@ impl MessageStore for DiskStore {
         );
     }
 
+    fn keep_unacked(&mut self, m: &QueuedMessage) -> bool {
+        let Some(o) = self.out.get_mut(&m.seq) else {
+            return true; // transient: memory is its only place
+        };
+        if self.out_mem_bytes + o.size as u64 > self.mem_limit {
+            return false;
+        }
+        self.out_mem_bytes += o.size as u64;
+        o.body_held = true;
+        true
+    }
+
+    fn requeue_stored(&mut self, seq: u64) {
+        let Some(o) = self.take_out(seq) else {
+            tracing::error!(
+                queue = self.queue,
+                seq,
+                "a requeued message has no place on disk"
+            );
+            return;
+        };
+        let size = o.size as u64;
+        self.bytes += size;
+        self.paged_bytes += size;
+        self.requeued.insert(
+            seq,
+            Entry {
+                seq,
+                msg: None,
+                stored: Some((o.stored, o.index)),
+                redelivered: true,
+                size: o.size,
+            },
+        );
+    }
+
+    fn unacked_location(&self, seq: u64) -> Option<StoredRef> {
+        self.out.get(&seq).map(|o| o.stored)
+    }
+
     fn settle(&mut self, seq: u64) {
-        if let Some((r, ix)) = self.out.remove(&seq) {
-            self.disk.release(r, ix);
+        if let Some(o) = self.take_out(seq) {
+            self.disk.release(o.stored, o.index);
         }
     }
 
@@ -703,6 +1055,7 @@ impl MessageStore for DiskStore {
         }
         self.bytes = 0;
         self.mem_bytes = 0;
+        self.paged_bytes = 0;
         n
     }
 
@@ -712,6 +1065,10 @@ impl MessageStore for DiskStore {
 
     fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    fn memory_bytes(&self) -> u64 {
+        self.bytes - self.paged_bytes
     }
 
     fn peek_entries(&self, offset: usize, n: usize) -> Peeked {
@@ -767,7 +1124,7 @@ impl Drop for DiskStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::tests::{msg, store_contract};
+    use crate::store::tests::{msg, pop_loading, store_contract};
     use crate::store::MessageStore;
 
     fn persistent(seq: u64, body: &str, disk: &Disk, queues: usize) -> QueuedMessage {
@@ -823,9 +1180,9 @@ mod tests {
             for i in 1..=5 {
                 s.push(persistent(i, &format!("m{i}"), &disk, 1));
             }
-            let first = s.pop().unwrap();
+            let first = pop_loading(&mut s).unwrap();
             assert_eq!(&first.message.body[..], b"m1");
-            let second = s.pop().unwrap();
+            let second = pop_loading(&mut s).unwrap();
             s.settle(second.seq); // acked: gone for good
                                   // first stays unacked across the "crash".
             disk.flush().unwrap();
@@ -836,7 +1193,7 @@ mod tests {
         let mut s = DiskStore::new(disk.clone(), 7, rec.remove(&7).unwrap(), 0);
         assert_eq!(s.len(), 4);
         assert_eq!(s.next_seq(), 6);
-        let got: Vec<(String, bool)> = std::iter::from_fn(|| s.pop())
+        let got: Vec<(String, bool)> = std::iter::from_fn(|| pop_loading(&mut s))
             .map(|m| {
                 (
                     String::from_utf8(m.message.body.to_vec()).unwrap(),
@@ -878,7 +1235,7 @@ mod tests {
         assert_eq!(bodies(s.peek_at(0, 2)), vec!["m1", "m2"]);
         assert_eq!(s.mem_bytes, 0, "peeked bodies stay on disk");
         assert!(s.ready.iter().all(|e| e.msg.is_none()));
-        let first = s.pop().unwrap();
+        let first = pop_loading(&mut s).unwrap();
         assert_eq!(&first.message.body[..], b"m1");
         assert!(!first.redelivered, "peeking delivers nothing");
         assert_eq!(s.len(), 999);
@@ -897,7 +1254,7 @@ mod tests {
         }
         let (disk, mut s) = reopen(&dir, 6, 1 << 20);
         // A requeued message is in memory; the rest are paged out.
-        let head = s.pop().unwrap();
+        let head = pop_loading(&mut s).unwrap();
         s.requeue(QueuedMessage {
             redelivered: true,
             ..head
@@ -933,11 +1290,11 @@ mod tests {
         // The snapshot outlives what it saw: every message is acked and
         // the segment holding the bodies is deleted before they are read.
         let p = s.peek_entries(50, 3);
-        let files = disk.segments.files();
-        while let Some(m) = s.pop() {
+        let files = disk.segment_files();
+        while let Some(m) = pop_loading(&mut s) {
             s.settle(m.seq);
         }
-        assert!(disk.segments.files() < files, "the old segment was deleted");
+        assert!(disk.segment_files() < files, "the old segment was deleted");
         assert!(p.load().is_empty(), "gone bodies are skipped");
         assert!(s.peek_entries(0, 10).is_empty());
     }
@@ -957,10 +1314,10 @@ mod tests {
             "one record of {record} bytes for both queues"
         );
         assert_eq!(disk.counts().1, 2, "two index entries");
-        let x = a.pop().unwrap();
+        let x = pop_loading(&mut a).unwrap();
         a.settle(x.seq);
         assert_eq!(disk.counts(), (record, 1));
-        let y = b.pop().unwrap();
+        let y = pop_loading(&mut b).unwrap();
         b.settle(y.seq);
         assert_eq!(disk.counts(), (record, 0));
     }
@@ -998,12 +1355,12 @@ mod tests {
         s.push(persistent(1, "a", &disk, 1));
         s.push(persistent(2, "b", &disk, 1));
         // A no-ack delivery: popped and settled at once, then handed back.
-        let m = s.pop().unwrap();
+        let m = pop_loading(&mut s).unwrap();
         s.settle(m.seq);
         assert_eq!(disk.counts().1, 1);
         s.requeue(m);
         assert_eq!(disk.counts().1, 2, "handed back: durable again");
-        let again = s.pop().unwrap();
+        let again = pop_loading(&mut s).unwrap();
         s.settle(again.seq);
         assert_eq!(disk.counts().1, 1, "message 2's entry is untouched");
         assert_eq!(
@@ -1011,7 +1368,7 @@ mod tests {
             1,
             "message 2's record is still referenced"
         );
-        let two = s.pop().unwrap();
+        let two = pop_loading(&mut s).unwrap();
         assert_eq!(&two.message.body[..], b"b");
         s.settle(two.seq);
         assert_eq!(disk.counts().1, 0);
@@ -1043,26 +1400,147 @@ mod tests {
         let entries = rec.remove(&3).unwrap();
         assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1]);
         let mut s = DiskStore::new(disk, 3, entries, 0);
-        assert_eq!(&s.pop().unwrap().message.body[..], b"whole");
+        assert_eq!(&pop_loading(&mut s).unwrap().message.body[..], b"whole");
     }
 
+    /// Nothing written since the last flush: a flush syncs nothing (an
+    /// idle broker's flusher never touches the disk); index entries are
+    /// buffered under the queue's lock and reach their file only at the
+    /// flush.
     #[test]
-    fn unknown_format_version_is_refused() {
-        let dir = tempdir("version");
-        {
-            let disk = Disk::open(&dir, 1 << 20).unwrap();
-            disk.db()
-                .open_tree("meta")
+    fn flushes_sync_only_what_was_written_and_apply_index_changes() {
+        let dir = tempdir("idle");
+        let disk = Disk::open(&dir, 1 << 20).unwrap();
+        disk.flush().unwrap();
+        let base = disk.flush_count();
+        disk.flush().unwrap();
+        assert_eq!(disk.flush_count(), base, "nothing to sync");
+        let mut s = DiskStore::new(disk.clone(), 8, Vec::new(), 1 << 20);
+        s.push(persistent(1, "a", &disk, 1));
+        let index_bytes = || -> u64 {
+            std::fs::read_dir(dir.join("index"))
                 .unwrap()
-                .insert("format", &[99])
-                .unwrap();
-            disk.flush().unwrap();
+                .map(|e| e.unwrap().metadata().unwrap().len())
+                .sum()
+        };
+        assert_eq!(index_bytes(), 0, "the entry waits for the flush");
+        disk.flush().unwrap();
+        assert_eq!(disk.flush_count(), base + 1);
+        assert_eq!(index_bytes(), crate::journal::ENTRY as u64);
+        assert_eq!(disk.counts().1, 1);
+        disk.flush().unwrap();
+        assert_eq!(disk.flush_count(), base + 1, "still nothing new");
+        let m = pop_loading(&mut s).unwrap();
+        s.settle(m.seq);
+        disk.flush().unwrap();
+        assert_eq!(disk.flush_count(), base + 2, "the ack and mark are written");
+        assert_eq!(disk.counts().1, 0);
+        drop(s);
+        drop(disk);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `pop` never reads: it stops at a paged-out head and asks for a
+    /// bounded read-ahead, taken once until it is handed back.
+    #[test]
+    fn pops_stop_at_paged_out_bodies_until_a_read_ahead_loads_them() {
+        let dir = tempdir("readahead");
+        let disk = Disk::open(&dir, 1 << 20).unwrap();
+        let mut s = DiskStore::new(disk.clone(), 9, Vec::new(), 0);
+        for i in 1..=600 {
+            s.push(persistent(i, &format!("m{i}"), &disk, 1));
         }
-        match Disk::open(&dir, 1 << 20) {
-            Err(DiskError::Version { found }) => assert_eq!(found, vec![99]),
-            Err(e) => panic!("{e}"),
-            Ok(_) => panic!("opened a version-99 directory"),
+        assert!(s.pop().is_none(), "the head is on disk only");
+        let loads = s.take_loads().expect("a read-ahead is wanted");
+        assert!(s.take_loads().is_none(), "one read-ahead at a time");
+        assert_eq!(loads.wanted.len(), LOAD_BATCH);
+        s.finish_loads(loads.read());
+        for i in 1..=LOAD_BATCH as u64 {
+            assert_eq!(s.pop().unwrap().seq, i);
         }
+        assert!(s.pop().is_none(), "the rest is still on disk");
+        assert_eq!(s.mem_bytes, 0, "delivered bodies left the store");
+        let l = s.take_loads().expect("and asked for again");
+        s.finish_loads(l.read());
+        let mut next = LOAD_BATCH as u64 + 1;
+        loop {
+            match s.pop() {
+                Some(m) => {
+                    assert_eq!(m.seq, next);
+                    next += 1;
+                }
+                None => match s.take_loads() {
+                    Some(l) => s.finish_loads(l.read()),
+                    None => break,
+                },
+            }
+        }
+        assert_eq!(next, 601, "every message, in order");
+        drop(s);
+        drop(disk);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Unacked messages of a durable queue hold their body only while
+    /// those bodies fit the memory budget; past it they hold their place
+    /// on disk, and a requeue puts them back paged out, redelivered.
+    #[test]
+    fn unacked_messages_past_the_budget_keep_only_their_place_on_disk() {
+        use crate::queue::QueueCore;
+        let dir = tempdir("unacked");
+        let disk = Disk::open(&dir, 1 << 20).unwrap();
+        // Budget: 40 bytes of bodies ("m1".."m100": 2 to 4 bytes each).
+        let store = DiskStore::new(disk.clone(), 11, Vec::new(), 40);
+        let mut core: QueueCore<&str> = QueueCore::new(Box::new(store), 10);
+        for i in 1..=100 {
+            core.publish(persistent(i, &format!("m{i}"), &disk, 1).message);
+        }
+        let mut seqs = Vec::new();
+        loop {
+            match core.get(false, 7, 0) {
+                Some((m, _)) => seqs.push(m.seq),
+                None => match core.head_load() {
+                    Some(l) => core.finish_loads(l.read()),
+                    None => break,
+                },
+            }
+        }
+        assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
+        let (total, infos) = core.unacked(1000);
+        assert_eq!(total, 100);
+        let held: u64 = infos
+            .iter()
+            .filter_map(|u| u.message.as_ref())
+            .map(|m| m.size())
+            .sum();
+        assert!(held <= 40, "{held} bytes of unacked bodies held");
+        let paged: Vec<_> = infos.iter().filter(|u| u.message.is_none()).collect();
+        assert!(paged.len() > 80, "only {} paged", paged.len());
+        assert!(
+            paged.iter().all(|u| u.stored.is_some()),
+            "each knows its place"
+        );
+        core.requeue(&seqs);
+        let mut again = Vec::new();
+        loop {
+            match core.get(true, 7, 0) {
+                Some((m, _)) => {
+                    assert!(m.redelivered);
+                    again.push(String::from_utf8(m.message.body.to_vec()).unwrap());
+                }
+                None => match core.head_load() {
+                    Some(l) => core.finish_loads(l.read()),
+                    None => break,
+                },
+            }
+        }
+        assert_eq!(
+            again,
+            (1..=100).map(|i| format!("m{i}")).collect::<Vec<_>>()
+        );
+        drop(core);
+        drop(disk);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     // Version 1's sled keys, to build a version-1 directory.
@@ -1135,7 +1613,7 @@ mod tests {
                     .any(|n| n.as_ref() == b"messages"),
                 "the old index is gone"
             );
-            let one = s.pop().unwrap();
+            let one = pop_loading(&mut s).unwrap();
             assert_eq!(
                 (&one.message.body[..], one.redelivered),
                 (&b"one"[..], true)
@@ -1146,7 +1624,7 @@ mod tests {
             disk.flush().unwrap();
         }
         let (_disk, mut s) = reopen(&dir, 3, 0);
-        let got: Vec<(String, bool)> = std::iter::from_fn(|| s.pop())
+        let got: Vec<(String, bool)> = std::iter::from_fn(|| pop_loading(&mut s))
             .map(|m| {
                 (
                     String::from_utf8(m.message.body.to_vec()).unwrap(),
@@ -1181,6 +1659,25 @@ mod tests {
         drop(s);
         drop(_disk);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unknown_format_version_is_refused() {
+        let dir = tempdir("version");
+        {
+            let disk = Disk::open(&dir, 1 << 20).unwrap();
+            disk.db()
+                .open_tree("meta")
+                .unwrap()
+                .insert("format", &[99])
+                .unwrap();
+            disk.flush().unwrap();
+        }
+        match Disk::open(&dir, 1 << 20) {
+            Err(DiskError::Version { found }) => assert_eq!(found, vec![99]),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("opened a version-99 directory"),
+        }
     }
 
     fn tempdir(name: &str) -> std::path::PathBuf {
