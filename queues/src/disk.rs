@@ -28,12 +28,20 @@
 //! - Deliveries write nothing per message: each queue's delivered mark is
 //!   written once per flush.
 //!
-//! [`Disk::flush`] fsyncs the segments and flushes sled concurrently; an
-//! index entry whose record did not reach the disk (a crash between the
-//! two) is found and dropped at recovery, and nothing is confirmed before
-//! both are done.
+//! Queues call in under their own mutex, so nothing here does I/O on
+//! their behalf there: index changes and segment releases are recorded in
+//! a pending list and applied to sled in one batch by [`Disk::flush`];
+//! bodies that are paged out are read by the store's loader thread
+//! ([`Loads`]), never by `pop`.
+//!
+//! [`Disk::flush`] applies the pending index changes, then flushes sled
+//! while a long-lived helper thread fsyncs the segments; with nothing
+//! written since the last flush it does nothing. An index entry whose
+//! record did not reach the disk (a crash between the two) is found and
+//! dropped at recovery, and nothing is confirmed before both are done.
 //! The broker's group-commit thread flushes for many publishers at a time
-//! (and at least every few hundred milliseconds) and only then confirms.
+//! (and within a few hundred milliseconds of any other write) and only
+//! then confirms.
 //! A crash can therefore forget the last moments of acks and deliveries
 //! (an acked message may return; a just-delivered one may return without
 //! the redelivered flag), never a confirmed publish. At recovery, entries
