@@ -684,8 +684,9 @@ pub struct DiskStore {
     bytes: u64,
     mem_bytes: u64,
     mem_limit: u64,
-    /// Body bytes of ready entries whose body is on disk only.
-    paged_bytes: u64,
+    /// Body bytes of ready transient messages: memory is their only
+    /// place, so they are what a memory budget must hold back.
+    transient_bytes: u64,
     next_seq: u64,
     /// `pop` stopped at a paged-out head: bodies must be read (outside
     /// the queue's lock) before it can go on.
@@ -722,7 +723,7 @@ impl DiskStore {
         }
         let delivered = disk.register_mark(queue, mark);
         DiskStore {
-            paged_bytes: bytes,
+            transient_bytes: 0,
             want_load: false,
             loading: false,
             disk,
@@ -776,8 +777,8 @@ impl MessageStore for DiskStore {
         // Transient messages exist only in memory.
         let keep = stored.is_none() || self.keep_in_memory(size);
         self.bytes += size;
-        if !keep {
-            self.paged_bytes += size;
+        if stored.is_none() {
+            self.transient_bytes += size;
         }
         self.ready.push_back(Entry {
             seq: m.seq,
@@ -804,6 +805,9 @@ impl MessageStore for DiskStore {
             None => self.ready.pop_front()?,
         };
         self.bytes -= e.size as u64;
+        if e.stored.is_none() {
+            self.transient_bytes -= e.size as u64;
+        }
         let message = e.msg.expect("the head is in memory");
         if let Some(r) = e.stored {
             self.mem_bytes -= e.size as u64;
@@ -889,7 +893,6 @@ impl MessageStore for DiskStore {
                 continue;
             }
             let size = e.size as u64;
-            self.paged_bytes -= size;
             match body {
                 Some(m) => {
                     e.msg = Some(m);
@@ -936,6 +939,8 @@ impl MessageStore for DiskStore {
         };
         if stored.is_some() {
             self.mem_bytes += size;
+        } else {
+            self.transient_bytes += size;
         }
         self.bytes += size;
         self.requeued.insert(
@@ -973,7 +978,6 @@ impl MessageStore for DiskStore {
         };
         let size = o.size as u64;
         self.bytes += size;
-        self.paged_bytes += size;
         self.requeued.insert(
             seq,
             Entry {
@@ -1013,7 +1017,7 @@ impl MessageStore for DiskStore {
         }
         self.bytes = 0;
         self.mem_bytes = 0;
-        self.paged_bytes = 0;
+        self.transient_bytes = 0;
         n
     }
 
@@ -1026,7 +1030,9 @@ impl MessageStore for DiskStore {
     }
 
     fn memory_bytes(&self) -> u64 {
-        self.bytes - self.paged_bytes
+        // Persistent bodies in memory are bounded by the store's own
+        // budget (and can go back to disk); transient ones cannot.
+        self.transient_bytes
     }
 
     fn peek_entries(&self, offset: usize, n: usize) -> Peeked {
