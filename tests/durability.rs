@@ -762,3 +762,41 @@ async fn unacked_messages_past_the_budget_are_held_on_disk_and_requeued_in_order
     conn.close(200, "bye".into()).await.unwrap();
     s.shutdown().await;
 }
+
+/// The management API answers a change only once its definition writes
+/// are durable (they join the group commit instead of syncing each).
+#[tokio::test]
+async fn the_api_answers_a_durable_declare_after_its_flush() {
+    let s = start().await;
+    let p = s.broker().persistence().expect("data dir").clone();
+    for (i, (method, path, body)) in [
+        ("PUT", "/api/queues/%2F/api-durable", r#"{"durable":true}"#),
+        (
+            "PUT",
+            "/api/exchanges/%2F/api-x",
+            r#"{"type":"direct","durable":true}"#,
+        ),
+        (
+            "POST",
+            "/api/bindings/%2F/e/api-x/q/api-durable",
+            r#"{"routing_key":"k"}"#,
+        ),
+        ("DELETE", "/api/queues/%2F/api-durable", ""),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let before = p.definitions_written();
+        let (status, reply) = raw(&s, method, path, Some(GUEST), body).await;
+        assert!((200..300).contains(&status), "{i}: {status} {reply}");
+        assert!(
+            p.definitions_written() > before,
+            "{i}: it wrote a definition"
+        );
+        assert!(
+            p.definitions_durable_upto() > before,
+            "{i}: answered before its write was durable"
+        );
+    }
+    s.shutdown().await;
+}

@@ -738,8 +738,9 @@ pub struct DiskStore {
     bytes: u64,
     mem_bytes: u64,
     mem_limit: u64,
-    /// Body bytes of ready entries whose body is on disk only.
-    paged_bytes: u64,
+    /// Body bytes of ready transient messages: memory is their only
+    /// place, so they are what a memory budget must hold back.
+    transient_bytes: u64,
     next_seq: u64,
     /// `pop` stopped at a paged-out head: bodies must be read (outside
     /// the queue's lock) before it can go on.
@@ -776,7 +777,7 @@ impl DiskStore {
         }
         let delivered = disk.register_mark(queue, mark);
         DiskStore {
-            paged_bytes: bytes,
+            transient_bytes: 0,
             want_load: false,
             loading: false,
             disk,
@@ -828,8 +829,8 @@ impl MessageStore for DiskStore {
         // Transient messages exist only in memory.
         let keep = stored.is_none() || self.keep_in_memory(size);
         self.bytes += size;
-        if !keep {
-            self.paged_bytes += size;
+        if stored.is_none() {
+            self.transient_bytes += size;
         }
         self.ready.push_back(Entry {
             seq: m.seq,
@@ -856,6 +857,9 @@ impl MessageStore for DiskStore {
             None => self.ready.pop_front()?,
         };
         self.bytes -= e.size as u64;
+        if e.stored.is_none() {
+            self.transient_bytes -= e.size as u64;
+        }
         let message = e.msg.expect("the head is in memory");
         if let Some((r, ix)) = e.stored {
             self.mem_bytes -= e.size as u64;
@@ -942,7 +946,6 @@ impl MessageStore for DiskStore {
                 continue;
             }
             let size = e.size as u64;
-            self.paged_bytes -= size;
             match body {
                 Some(m) => {
                     e.msg = Some(m);
@@ -982,6 +985,8 @@ impl MessageStore for DiskStore {
         };
         if stored.is_some() {
             self.mem_bytes += size;
+        } else {
+            self.transient_bytes += size;
         }
         self.bytes += size;
         self.requeued.insert(
@@ -1019,7 +1024,6 @@ impl MessageStore for DiskStore {
         };
         let size = o.size as u64;
         self.bytes += size;
-        self.paged_bytes += size;
         self.requeued.insert(
             seq,
             Entry {
@@ -1055,7 +1059,7 @@ impl MessageStore for DiskStore {
         }
         self.bytes = 0;
         self.mem_bytes = 0;
-        self.paged_bytes = 0;
+        self.transient_bytes = 0;
         n
     }
 
@@ -1068,7 +1072,9 @@ impl MessageStore for DiskStore {
     }
 
     fn memory_bytes(&self) -> u64 {
-        self.bytes - self.paged_bytes
+        // Persistent bodies in memory are bounded by the store's own
+        // budget (and can go back to disk); transient ones cannot.
+        self.transient_bytes
     }
 
     fn peek_entries(&self, offset: usize, n: usize) -> Peeked {

@@ -429,7 +429,8 @@ impl<C: Clone> QueueCore<C> {
         self.store.finish_loads(loaded)
     }
 
-    /// Body bytes of ready messages held in memory (not paged out).
+    /// Body bytes of ready messages that only memory can hold (see
+    /// [`MessageStore::memory_bytes`]).
     pub fn memory_bytes(&self) -> u64 {
         self.store.memory_bytes()
     }

@@ -60,8 +60,9 @@ pub trait MessageStore: Send {
     fn len(&self) -> usize;
     /// Body bytes of ready messages.
     fn bytes(&self) -> u64;
-    /// Body bytes of ready messages held in memory (a store that pages
-    /// bodies out to disk holds fewer than [`MessageStore::bytes`]).
+    /// Body bytes of ready messages that can only be held in memory (a
+    /// store that pages persistent bodies out to disk counts only its
+    /// transient ones): what flow control's memory budget limits.
     fn memory_bytes(&self) -> u64 {
         self.bytes()
     }

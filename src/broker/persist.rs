@@ -300,7 +300,7 @@ impl Persistence {
     /// Definitions are written (to sled's in-memory log) while the object
     /// changes, under the locks that order them; a reply that promises
     /// them (declare-ok, delete-ok, bind-ok, an API 201/204) waits until
-    /// this is false: [`Persistence::after_definitions`].
+    /// this is false (see [`Persistence::definitions_durable`]).
     pub fn definitions_pending(&self) -> bool {
         self.def_counts.written.load(Ordering::SeqCst)
             > self.def_counts.durable.load(Ordering::SeqCst)
@@ -318,18 +318,8 @@ impl Persistence {
         self.def_counts.durable.load(Ordering::SeqCst)
     }
 
-    /// Calls `w` once every definition written so far is durable: at once
-    /// (on this thread) if nothing is pending, else after the next group
-    /// commit, with `false` if that flush failed.
-    pub fn after_definitions(&self, w: Waiter) {
-        if self.definitions_pending() {
-            self.flusher.after_flush(w);
-        } else {
-            w(true);
-        }
-    }
-
-    /// [`Persistence::after_definitions`] for async callers (the API).
+    /// Waits until every definition written so far is durable (at once
+    /// if nothing is pending); `false` if the flush failed.
     pub async fn definitions_durable(&self) -> bool {
         if !self.definitions_pending() {
             return true;

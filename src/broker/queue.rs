@@ -68,8 +68,8 @@ pub struct Queue {
     core: Mutex<QueueCore<Arc<ConsumerHandle>>>,
     deleted: AtomicBool,
     /// Flow control: set while consumers are attached and the backlog is
-    /// above [`FLOW_HIGH`], or while the bodies held in memory exceed
-    /// `memory_budget` (consumed or not); publishers to this queue pause
+    /// above [`FLOW_HIGH`], or while the bodies only memory can hold
+    /// (transient ones) exceed `memory_budget` (consumed or not); publishers to this queue pause
     /// reading until it drains below [`FLOW_LOW`] and half the budget
     /// (RabbitMQ's `flow` state).
     flow_blocked: AtomicBool,
@@ -141,10 +141,10 @@ impl Queue {
         }
     }
 
-    /// Holds publishers back while more than `bytes` of bodies are held
-    /// in memory, whether or not the queue is consumed. Durable queues
-    /// get their store's budget: persistent bodies beyond it stay on disk,
-    /// so only what cannot be paged out (transient messages) goes past it.
+    /// Holds publishers back while more than `bytes` of bodies that only
+    /// memory can hold (transient messages; persistent ones beyond the
+    /// store's budget stay on disk) are queued, whether or not the queue
+    /// is consumed. Durable queues get their store's budget.
     pub fn with_memory_budget(mut self, bytes: u64) -> Self {
         self.memory_budget = Some(bytes);
         self
