@@ -925,12 +925,18 @@ impl Connection {
         self.advance_confirms(session);
     }
 
-    /// Channels that wrote to disk this turn register with the flusher.
+    /// Channels that wrote to disk this turn add their confirm tags to the
+    /// connection's pending batch; the batch registers with the flusher
+    /// once, and the flush that starts next takes all of it. One batch per
+    /// flush, not one waiter per turn: each waiter's confirm woke this
+    /// connection's task again, and on a busy machine every such wake-up
+    /// could preempt the flusher before the next flush.
     pub(super) fn request_flushes(&mut self) {
         let Some(p) = self.broker.persistence().cloned() else {
             self.flush_waiting.clear();
             return;
         };
+        let mut batch = self.confirm_batch.lock().unwrap_or_else(|e| e.into_inner());
         for id in std::mem::take(&mut self.flush_waiting) {
             let Some(ch) = self.channels.get_mut(&id) else {
                 continue;
@@ -940,20 +946,36 @@ impl Connection {
                 continue;
             };
             let tags = std::mem::take(&mut c.to_flush);
-            if tags.is_empty() {
-                continue;
+            if !tags.is_empty() {
+                batch.items.push((id, epoch, tags));
             }
-            let outbox = self.outbox.clone();
-            p.flusher.after_flush(Box::new(move |ok| {
-                // A closed connection has no one to confirm to.
-                let _ = outbox.push_all(vec![OutboxItem::Confirmed {
-                    session: id,
-                    epoch,
-                    tags,
-                    ok,
-                }]);
-            }));
         }
+        if batch.items.is_empty() || std::mem::replace(&mut batch.registered, true) {
+            return;
+        }
+        drop(batch);
+        let pending = self.confirm_batch.clone();
+        let outbox = self.outbox.clone();
+        p.flusher.before_flush(Box::new(move || {
+            let items = {
+                let mut b = pending.lock().unwrap_or_else(|e| e.into_inner());
+                b.registered = false;
+                std::mem::take(&mut b.items)
+            };
+            Box::new(move |ok| {
+                let items = items
+                    .into_iter()
+                    .map(|(session, epoch, tags)| OutboxItem::Confirmed {
+                        session,
+                        epoch,
+                        tags,
+                        ok,
+                    })
+                    .collect();
+                // A closed connection has no one to confirm to.
+                let _ = outbox.push_all(items);
+            })
+        }));
     }
 
     fn tx_method(&mut self, id: u16, m: tx::AMQPMethod) -> Result<(), AmqpError> {

@@ -44,6 +44,15 @@ enum End {
     Timeout(&'static str),
 }
 
+/// A connection's confirm tags written but not yet covered by a flush:
+/// (channel, channel epoch, tags), and whether a sealer for them is
+/// registered with the flusher.
+#[derive(Default)]
+pub(super) struct ConfirmBatch {
+    pub(super) items: Vec<(u16, u64, Vec<u64>)>,
+    pub(super) registered: bool,
+}
+
 pub(super) struct Connection {
     pub(super) id: u64,
     pub(super) broker: Arc<Broker>,
@@ -69,6 +78,8 @@ pub(super) struct Connection {
     pub(super) route_scratch: RouteScratch,
     /// Channels with confirm tags written to disk this turn.
     pub(super) flush_waiting: Vec<u16>,
+    /// Confirm tags waiting for the next flush (see `request_flushes`).
+    pub(super) confirm_batch: Arc<std::sync::Mutex<ConfirmBatch>>,
     /// A queue we published to asked publishers to pause: reading from
     /// the socket waits until it drains (deliveries still go out).
     pub(super) flow_wait: Option<Arc<Queue>>,
@@ -159,6 +170,7 @@ pub async fn serve(
         settle: Vec::new(),
         route_scratch: RouteScratch::default(),
         flush_waiting: Vec::new(),
+        confirm_batch: Arc::default(),
         flow_wait: None,
         outbox_items: Vec::new(),
         hold: None,

@@ -41,9 +41,16 @@ const IDLE_FLUSH: std::time::Duration = std::time::Duration::from_millis(200);
 /// Called once the writes before it are durable (`true`) or failed.
 pub type Waiter = Box<dyn FnOnce(bool) + Send>;
 
+/// Called on the flusher thread just before a flush starts: takes what
+/// that flush covers (writes made before this call) and returns what to
+/// call once it is done. Lets a caller keep adding to one pending batch
+/// until the flush starts, rather than register a waiter per write.
+pub type Sealer = Box<dyn FnOnce() -> Waiter + Send>;
+
 #[derive(Default)]
 struct FlushQueue {
     waiting: Vec<Waiter>,
+    sealing: Vec<Sealer>,
     /// The store turned dirty since the flusher last looked.
     dirty: bool,
     stop: bool,
@@ -71,9 +78,12 @@ impl Flusher {
         let thread = std::thread::Builder::new()
             .name("warren-flusher".into())
             .spawn(move || loop {
-                let Some(batch) = Self::next_batch(&s) else {
+                let Some((mut batch, sealers)) = Self::next_batch(&s) else {
                     return;
                 };
+                // Before anything is written out: what a sealer takes was
+                // written before the flush, so the flush covers it.
+                batch.extend(sealers.into_iter().map(|seal| seal()));
                 // Read before the flush starts: every definition write
                 // counted here is in sled's log and covered by the flush.
                 let defs_written = defs.written.load(Ordering::SeqCst);
@@ -100,12 +110,18 @@ impl Flusher {
 
     /// Sleeps until there is something to flush; returns the waiters the
     /// flush will answer, or `None` once stopped with nothing left.
-    fn next_batch(s: &(Mutex<FlushQueue>, Condvar)) -> Option<Vec<Waiter>> {
+    fn next_batch(s: &(Mutex<FlushQueue>, Condvar)) -> Option<(Vec<Waiter>, Vec<Sealer>)> {
         let (lock, cv) = s;
         let mut q = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let take = |q: &mut FlushQueue| {
+            (
+                std::mem::take(&mut q.waiting),
+                std::mem::take(&mut q.sealing),
+            )
+        };
         loop {
-            if !q.waiting.is_empty() {
-                return Some(std::mem::take(&mut q.waiting));
+            if !q.waiting.is_empty() || !q.sealing.is_empty() {
+                return Some(take(&mut q));
             }
             if q.stop {
                 return None;
@@ -118,7 +134,7 @@ impl Flusher {
                     .wait_timeout(q, IDLE_FLUSH)
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
-                return Some(std::mem::take(&mut q.waiting));
+                return Some(take(&mut q));
             }
             q = cv.wait(q).unwrap_or_else(|e| e.into_inner());
         }
@@ -131,6 +147,17 @@ impl Flusher {
             .unwrap_or_else(|e| e.into_inner())
             .waiting
             .push(w);
+        cv.notify_one();
+    }
+
+    /// Calls `seal` as the next flush starts, and what it returns once
+    /// that flush is done (see [`Sealer`]).
+    pub fn before_flush(&self, seal: Sealer) {
+        let (lock, cv) = &*self.shared;
+        lock.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sealing
+            .push(seal);
         cv.notify_one();
     }
 
