@@ -490,6 +490,13 @@ impl Disk {
         Ok(())
     }
 
+    /// A durable queue that [`Disk::put_body`] counted will not hold the
+    /// record after all (it was deleted as the message was routed to it):
+    /// its reference goes (at the next flush), so the segment can.
+    pub fn forget_ref(&self, r: StoredRef) {
+        self.push_ops([IndexOp::Release(r.seg)]);
+    }
+
     /// A queue no longer holds `seq`: drop its entry and its reference to
     /// the record's segment (both at the next flush).
     fn release(&self, queue: u64, seq: u64, r: StoredRef) -> Result<(), DiskError> {

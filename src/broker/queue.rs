@@ -174,11 +174,19 @@ impl Queue {
         self.deleted.store(true, Ordering::SeqCst);
     }
 
-    /// Enqueues one message and delivers what can be delivered.
-    pub fn publish(self: &Arc<Self>, message: Arc<Message>) {
-        self.stats.published(1);
+    /// Enqueues one message and delivers what can be delivered; `false`
+    /// if the queue was deleted meanwhile (the message is dropped, as
+    /// RabbitMQ drops what reaches a queue that is going away).
+    pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> bool {
         let after = {
             let mut core = self.core();
+            // Checked under the lock the deletion's purge takes after
+            // setting the flag: a message either is purged with the rest
+            // or never enters (it would sit in a dead queue, holding its
+            // record on disk until the next start).
+            if self.is_deleted() {
+                return false;
+            }
             core.publish(message);
             let after = self.deliver(&mut core);
             // A consumed queue pushes back on a long backlog (its
@@ -191,7 +199,9 @@ impl Queue {
             }
             after
         };
+        self.stats.published(1);
         self.finish(after);
+        true
     }
 
     /// Delivers what can be delivered, under the core's lock: the
