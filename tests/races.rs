@@ -299,3 +299,73 @@ async fn exchange_bind_racing_exchange_delete_leaves_no_binding_or_record() {
     );
     s.shutdown().await;
 }
+
+/// A persistent message, as the channel builds one for a publish.
+fn persistent_message(queue: &str) -> warren_queues::Message {
+    warren_queues::Message {
+        exchange: String::new(),
+        routing_key: queue.to_owned(),
+        properties: bytes::Bytes::new(),
+        body: bytes::Bytes::from_static(b"race"),
+        persistent: true,
+        stored: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_racing_queue_delete_leaves_no_message_or_record() {
+    let s = common::start().await;
+    let v = s.broker().vhost("/").expect("default vhost");
+    let disk = s.broker().persistence().expect("data dir").disk.clone();
+    let (v1, v3) = (v.clone(), v.clone());
+    let setup = move |pair: usize, round: usize| {
+        let name = format!("race-p-{pair}-{round}");
+        v1.declare_queue(&name, false, durable_queue(), 0)
+            .expect("declare");
+        // Looked up before the race, as routing finds it.
+        let q = v1.queue_for(&name, 0).expect("declared");
+        (name, q)
+    };
+    type Setup = (String, Arc<warren::broker::Queue>);
+    // The queue as routing resolved it, then stored and enqueued as
+    // `Vhost::publish` does: the deletion may run anywhere in between.
+    let d = disk.clone();
+    let publish = move |_: usize, _: usize, (name, q): &Setup| {
+        let mut m = persistent_message(name);
+        let r = d.put_body(&m, 1).expect("stored");
+        m.stored = Some(r);
+        if !q.publish(Arc::new(m)) {
+            d.forget_ref(r);
+        }
+        true
+    };
+    let delete = move |_: usize, _: usize, (name, _): &Setup| {
+        v3.delete_queue(name, false, false, 0).expect("delete");
+    };
+    let all = tokio::task::spawn_blocking(move || race(setup, publish, delete))
+        .await
+        .unwrap();
+    // Every queue is gone: none may hold a message, and no record may
+    // still be referenced (a message left in a deleted queue kept its
+    // segment alive until the next start).
+    for (name, q) in &all {
+        assert_eq!(q.counts().0, 0, "deleted {name} holds a message");
+    }
+    assert_eq!(disk.live_refs(), 0, "records still referenced");
+    // The whole path through routing, once, for a queue that exists.
+    let ex = v.exchange("").unwrap();
+    v.declare_queue("race-p-live", false, durable_queue(), 0)
+        .unwrap();
+    let mut scratch = warren::broker::RouteScratch::default();
+    let published = v
+        .publish(
+            &ex,
+            persistent_message("race-p-live"),
+            warren::broker::PublishDetails::default(),
+            &mut scratch,
+        )
+        .unwrap();
+    assert_eq!(published.routed, 1);
+    assert_eq!(disk.live_refs(), 1);
+    s.shutdown().await;
+}

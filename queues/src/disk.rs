@@ -554,6 +554,17 @@ impl Disk {
         self.mark_dirty();
     }
 
+    /// A durable queue that [`Disk::put_body`] counted will not hold the
+    /// record after all (it was deleted as the message was routed to it):
+    /// its reference goes (at the next flush), so the segment can.
+    pub fn forget_ref(&self, r: StoredRef) {
+        self.releases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(r.seg);
+        self.mark_dirty();
+    }
+
     /// Start-up: sorts what the index held at open. Entries of queues that
     /// no longer exist, entries whose record did not reach the disk, and
     /// older copies of a rewritten message are acked for good; segments

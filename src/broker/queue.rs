@@ -174,11 +174,19 @@ impl Queue {
         self.deleted.store(true, Ordering::SeqCst);
     }
 
-    /// Enqueues one message and delivers what can be delivered.
-    pub fn publish(self: &Arc<Self>, message: Arc<Message>) {
-        self.stats.published(1);
+    /// Enqueues one message and delivers what can be delivered; `false`
+    /// if the queue was deleted meanwhile (the message is dropped, as
+    /// RabbitMQ drops what reaches a queue that is going away).
+    pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> bool {
         let after = {
             let mut core = self.core();
+            // Checked under the lock the deletion's purge takes after
+            // setting the flag: a message either is purged with the rest
+            // or never enters (it would sit in a dead queue, holding its
+            // record on disk until the next start).
+            if self.is_deleted() {
+                return false;
+            }
             core.publish(message);
             let after = self.deliver(&mut core);
             // A consumed queue pushes back on a long backlog (its
@@ -191,7 +199,9 @@ impl Queue {
             }
             after
         };
+        self.stats.published(1);
         self.finish(after);
+        true
     }
 
     /// Delivers what can be delivered, under the core's lock: the
@@ -401,9 +411,10 @@ impl Queue {
     /// basic.get: the message and the count of messages left. `taker`
     /// is the getter's [`channel_key`], shown by the unacked view.
     pub fn get_for(&self, no_ack: bool, taker: u64) -> Option<(QueuedMessage, usize)> {
-        // A paged-out head is read here, without the lock (a get cannot
-        // wait for a consumer's read-ahead; it is rare and answers one
-        // message), then the get is tried again.
+        // A paged-out head is read here, without the lock and off the
+        // async runtime's worker (a get cannot wait for a consumer's
+        // read-ahead; it is rare and answers one message), then the get
+        // is tried again.
         let mut got = None;
         for _ in 0..4 {
             let head = {
@@ -417,7 +428,7 @@ impl Queue {
             };
             match head {
                 Some(l) => {
-                    let bodies = l.read();
+                    let bodies = read_off_the_runtime(l);
                     self.core().finish_loads(bodies);
                 }
                 None => break,
@@ -528,6 +539,20 @@ impl Queue {
             }]);
         }
         count
+    }
+}
+
+/// Reads paged-out bodies for a caller that cannot wait for the loader
+/// (basic.get). On a multi-threaded tokio worker the read runs through
+/// `block_in_place`, so the worker's other tasks move elsewhere meanwhile;
+/// elsewhere (a blocking thread, a test's runtime) it just reads.
+fn read_off_the_runtime(l: Loads) -> LoadedBodies {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| l.read())
+        }
+        _ => l.read(),
     }
 }
 

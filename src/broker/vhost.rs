@@ -622,7 +622,13 @@ impl Vhost {
         let message = Arc::new(message);
         let mut blocked_by = None;
         for q in &scratch.queues {
-            q.0.publish(message.clone());
+            if !q.0.publish(message.clone()) {
+                // Deleted as we routed to it: the record it was counted
+                // for will not be held by it.
+                if let (Some(r), Some(_), Some(p)) = (message.stored, q.0.disk_id, &self.persist) {
+                    p.disk.forget_ref(r);
+                }
+            }
             if blocked_by.is_none() && q.0.flow_blocked() {
                 blocked_by = Some(q.0.clone());
             }
