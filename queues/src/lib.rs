@@ -1,19 +1,23 @@
 //! What a queue does with messages: ordering, consumers, prefetch, acks.
 //!
 //! This crate owns a queue's state machine ([`QueueCore`]) and where its
-//! ready messages live ([`MessageStore`]). It is synchronous and does no
-//! I/O of its own: the broker wraps a core in a mutex, calls it, and carries
-//! the resulting deliveries to connections. Anything time-dependent takes the
-//! time as an argument, so tests control the clock.
+//! ready messages live ([`MessageStore`]). The core is synchronous and does
+//! no I/O: the broker wraps a core in a mutex, calls it, and carries the
+//! resulting deliveries to connections. The durable store's disk work
+//! (index batches, segment writes and syncs, reading paged-out bodies)
+//! happens on [`Disk`]'s own threads or the caller's, never under that
+//! mutex. Anything time-dependent takes the time as an argument, so tests
+//! control the clock.
 
 pub mod disk;
+pub mod journal;
 pub mod message;
 pub mod peek;
 pub mod queue;
 pub mod segments;
 pub mod store;
 
-pub use disk::{Disk, DiskError, DiskStore};
+pub use disk::{Disk, DiskError, DiskStore, LoadedBodies, Loads};
 pub use message::{Message, QueuedMessage, StoredRef};
 pub use peek::{PeekBody, PeekEntry, Peeked};
 pub use queue::{

@@ -136,18 +136,22 @@ const REDELIVERED_BIT: u64 = 1 << 63;
 
 struct Unacked {
     holder: Holder,
-    message: Arc<Message>,
+    /// `None`: the store keeps where the message lies on disk instead
+    /// (a durable queue past its memory budget, see
+    /// [`MessageStore::keep_unacked`]), so a consumer sitting on a huge
+    /// backlog does not pin every body it was sent.
+    message: Option<Arc<Message>>,
     /// When it was delivered (the caller's clock, milliseconds), with
     /// [`REDELIVERED_BIT`] set for a redelivery: one word per entry.
     at: u64,
 }
 
 impl Unacked {
-    fn new(holder: Holder, m: &QueuedMessage, now: u64) -> Self {
+    fn new(holder: Holder, m: &QueuedMessage, now: u64, keep_body: bool) -> Self {
         let flag = if m.redelivered { REDELIVERED_BIT } else { 0 };
         Unacked {
             holder,
-            message: m.message.clone(),
+            message: keep_body.then(|| m.message.clone()),
             at: (now & !REDELIVERED_BIT) | flag,
         }
     }
@@ -161,7 +165,9 @@ impl Unacked {
 #[derive(Debug, Clone)]
 pub struct UnackedInfo<C> {
     pub seq: u64,
-    pub message: Arc<Message>,
+    /// `None` when only its place on disk is kept (`stored`).
+    pub message: Option<Arc<Message>>,
+    pub stored: Option<crate::message::StoredRef>,
     pub holder: Holder,
     /// The consumer's handle, while the queue still knows the consumer
     /// (a cancelled consumer is known until its messages are settled).
@@ -254,8 +260,11 @@ impl<C: Clone> QueueCore<C> {
                 if c.spec.no_ack {
                     self.store.settle(m.seq);
                 } else {
-                    self.unacked
-                        .insert(m.seq, Unacked::new(Holder::Consumer(c.spec.id), &m, now));
+                    let keep = self.store.keep_unacked(&m);
+                    self.unacked.insert(
+                        m.seq,
+                        Unacked::new(Holder::Consumer(c.spec.id), &m, now, keep),
+                    );
                 }
                 out.push(Dispatched {
                     consumer: c.spec.id,
@@ -279,8 +288,9 @@ impl<C: Clone> QueueCore<C> {
         if no_ack {
             self.store.settle(m.seq);
         } else {
+            let keep = self.store.keep_unacked(&m);
             self.unacked
-                .insert(m.seq, Unacked::new(Holder::Get(taker), &m, now));
+                .insert(m.seq, Unacked::new(Holder::Get(taker), &m, now, keep));
         }
         Some((m, self.store.len()))
     }
@@ -319,11 +329,15 @@ impl<C: Clone> QueueCore<C> {
         let mut n = 0;
         for &seq in seqs {
             if let Some(u) = self.take_unacked(seq) {
-                self.store.requeue(QueuedMessage {
-                    seq,
-                    message: u.message,
-                    redelivered: true,
-                });
+                match u.message {
+                    Some(message) => self.store.requeue(QueuedMessage {
+                        seq,
+                        message,
+                        redelivered: true,
+                    }),
+                    // Back as it lies on disk; read again before delivery.
+                    None => self.store.requeue_stored(seq),
+                }
                 n += 1;
             }
         }
@@ -334,14 +348,8 @@ impl<C: Clone> QueueCore<C> {
     /// or its connection went away first): it goes back to its place, as
     /// it was, without counting as delivered.
     pub fn undeliver(&mut self, m: QueuedMessage, no_ack: bool) {
-        if no_ack {
+        if no_ack || self.take_unacked(m.seq).is_some() {
             self.store.requeue(m);
-        } else if let Some(u) = self.take_unacked(m.seq) {
-            self.store.requeue(QueuedMessage {
-                seq: m.seq,
-                message: u.message,
-                redelivered: m.redelivered,
-            });
         }
     }
 
@@ -406,6 +414,27 @@ impl<C: Clone> QueueCore<C> {
         self.store.bytes()
     }
 
+    /// Paged-out bodies the store needs read before delivery can go on
+    /// (see [`MessageStore::take_loads`]): read them without the lock.
+    pub fn take_loads(&mut self) -> Option<crate::disk::Loads> {
+        self.store.take_loads()
+    }
+
+    /// The head's body, if paged out (basic.get reads it at once).
+    pub fn head_load(&mut self) -> Option<crate::disk::Loads> {
+        self.store.head_load()
+    }
+
+    pub fn finish_loads(&mut self, loaded: crate::disk::LoadedBodies) {
+        self.store.finish_loads(loaded)
+    }
+
+    /// Body bytes of ready messages that only memory can hold (see
+    /// [`MessageStore::memory_bytes`]).
+    pub fn memory_bytes(&self) -> u64 {
+        self.store.memory_bytes()
+    }
+
     pub fn unacked_count(&self) -> usize {
         self.unacked.len()
     }
@@ -463,6 +492,10 @@ impl<C: Clone> QueueCore<C> {
                 let u = self.unacked.get(&seq)?;
                 Some(UnackedInfo {
                     seq,
+                    stored: match &u.message {
+                        Some(_) => None,
+                        None => self.store.unacked_location(seq),
+                    },
                     message: u.message.clone(),
                     holder: u.holder,
                     handle: match u.holder {

@@ -5,6 +5,7 @@
 //! keeps them until `settle` says they were acked or dropped; `requeue`
 //! puts one back at its original place (RabbitMQ's order: by `seq`).
 
+use crate::disk::{LoadedBodies, Loads};
 use crate::message::QueuedMessage;
 use crate::peek::{PeekBody, PeekEntry, Peeked};
 use std::collections::{BTreeMap, VecDeque};
@@ -13,18 +14,58 @@ use std::collections::{BTreeMap, VecDeque};
 pub trait MessageStore: Send {
     /// A new message at the tail.
     fn push(&mut self, m: QueuedMessage);
-    /// The head message, leaving the ready set.
+    /// The head message, leaving the ready set. A store that pages
+    /// bodies out returns `None` while the head's body is on disk only
+    /// (it never reads under the queue's lock): see
+    /// [`MessageStore::take_loads`].
     fn pop(&mut self) -> Option<QueuedMessage>;
+    /// After a `pop` stopped at a paged-out head: the bodies to read
+    /// (the head and a bounded run after it), once; `None` when nothing is
+    /// wanted or a read is already under way. Read them without the lock
+    /// and hand them back with [`MessageStore::finish_loads`].
+    fn take_loads(&mut self) -> Option<Loads> {
+        None
+    }
+    /// The head's body if it is paged out, even while a read-ahead is
+    /// under way (basic.get cannot wait for a consumer's read-ahead).
+    fn head_load(&mut self) -> Option<Loads> {
+        None
+    }
+    /// Bodies read for [`MessageStore::take_loads`] or
+    /// [`MessageStore::head_load`].
+    fn finish_loads(&mut self, _loaded: LoadedBodies) {}
     /// A delivered message returns to the ready set, ordered by `seq`.
     fn requeue(&mut self, m: QueuedMessage);
     /// A delivered message is done (acked, or dropped); forget it.
     fn settle(&mut self, seq: u64);
+    /// Whether the unacked record of a message just popped for a
+    /// manual-ack delivery keeps its body (`true`) or the store keeps its
+    /// place on disk instead, to give back with
+    /// [`MessageStore::requeue_stored`].
+    fn keep_unacked(&mut self, _m: &QueuedMessage) -> bool {
+        true
+    }
+    /// A delivered message whose body the store kept no copy of
+    /// ([`MessageStore::keep_unacked`] said so) returns, redelivered.
+    fn requeue_stored(&mut self, seq: u64) {
+        tracing::error!(seq, "a requeued message has no body and no place on disk");
+    }
+    /// Where an unacked message whose body is not kept lies on disk.
+    fn unacked_location(&self, _seq: u64) -> Option<crate::message::StoredRef> {
+        None
+    }
     /// Removes every ready message; returns how many.
     fn purge(&mut self) -> usize;
     /// Ready messages.
     fn len(&self) -> usize;
     /// Body bytes of ready messages.
     fn bytes(&self) -> u64;
+    /// Body bytes of ready messages that can only be held in memory (a
+    /// store that pages persistent bodies out to disk counts only its
+    /// transient ones): what flow control's memory budget limits.
+    fn memory_bytes(&self) -> u64 {
+        self.bytes()
+    }
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -130,6 +171,18 @@ pub(crate) mod tests {
     use bytes::Bytes;
     use std::sync::Arc;
 
+    /// `pop`, reading a paged-out head first as the broker's loader would
+    /// (without a lock to leave, in a test).
+    pub fn pop_loading(s: &mut dyn MessageStore) -> Option<QueuedMessage> {
+        loop {
+            if let Some(m) = s.pop() {
+                return Some(m);
+            }
+            let l = s.head_load()?;
+            s.finish_loads(l.read());
+        }
+    }
+
     pub fn msg(seq: u64, body: &str) -> QueuedMessage {
         QueuedMessage {
             seq,
@@ -159,9 +212,9 @@ pub(crate) mod tests {
         }
         assert_eq!(s.len(), 5);
         assert_eq!(s.bytes(), 15);
-        let a = s.pop().unwrap();
-        let b = s.pop().unwrap();
-        let c = s.pop().unwrap();
+        let a = pop_loading(&mut *s).unwrap();
+        let b = pop_loading(&mut *s).unwrap();
+        let c = pop_loading(&mut *s).unwrap();
         assert_eq!((a.seq, b.seq, c.seq), (1, 2, 3));
         // Requeue out of order: they come back in seq order, before 4 and 5.
         s.requeue(QueuedMessage {
@@ -186,9 +239,9 @@ pub(crate) mod tests {
         assert_eq!(s.bytes(), 12);
         // Restart with 1 and 3 requeued, 2 acked; 4 delivered, unacked.
         let four = {
-            let x = s.pop().unwrap();
-            let y = s.pop().unwrap();
-            let z = s.pop().unwrap();
+            let x = pop_loading(&mut *s).unwrap();
+            let y = pop_loading(&mut *s).unwrap();
+            let z = pop_loading(&mut *s).unwrap();
             assert_eq!((x.seq, y.seq, z.seq), (1, 3, 4));
             s.requeue(x);
             s.requeue(y);
@@ -218,15 +271,15 @@ pub(crate) mod tests {
             ]
         );
         assert_eq!(s.next_seq().max(6), 6, "new messages go after the old");
-        let one = s.pop().unwrap();
+        let one = pop_loading(&mut *s).unwrap();
         assert_eq!(one.seq, 1);
         s.settle(one.seq);
         assert_eq!(s.purge(), 3);
         assert!(s.is_empty());
         assert_eq!(s.bytes(), 0);
-        assert!(s.pop().is_none());
+        assert!(pop_loading(&mut *s).is_none());
         let mut s = restart(s);
-        assert!(s.pop().is_none(), "purged messages stay gone");
+        assert!(pop_loading(&mut *s).is_none(), "purged messages stay gone");
     }
 
     #[test]

@@ -144,6 +144,9 @@ impl Broker {
             "recovered durable state"
         );
         b.seed(cfg);
+        // Start-up writes (seeded users, vhosts) are durable before any
+        // client is served; this runs off the async workers.
+        persist.flush_now();
         Ok(b)
     }
 
@@ -151,7 +154,7 @@ impl Broker {
     pub fn close(&self) {
         if let Some(p) = &self.persist {
             p.flusher.stop();
-            if let Err(e) = p.disk.flush() {
+            if let Err(e) = p.disk.flush_all() {
                 tracing::error!(error = %e, "final flush failed");
             }
         }
@@ -161,8 +164,8 @@ impl Broker {
         self.persist.as_ref()
     }
 
-    /// Runs `f` with definition writes synced once at its end rather than
-    /// one by one (see [`Persistence::batch`]); blocking, so call it from
+    /// Runs `f` (many definition writes), then syncs them with one flush
+    /// (see [`Persistence::batch`]); blocking, so call it from
     /// `spawn_blocking`.
     pub fn batch<R>(&self, f: impl FnOnce() -> R) -> R {
         match &self.persist {

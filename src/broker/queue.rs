@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 use warren_exchanges::Table;
 use warren_queues::{
-    ChannelLimit, ConsumeError, ConsumerId, ConsumerSpec, Dispatched, Message, Peeked, QueueCore,
-    QueuedMessage, UnackedInfo,
+    ChannelLimit, ConsumeError, ConsumerId, ConsumerSpec, Dispatched, LoadedBodies, Loads, Message,
+    Peeked, QueueCore, QueuedMessage, UnackedInfo,
 };
 
 /// The id a basic.get's taker is known by in the queue's unacked view:
@@ -68,10 +68,16 @@ pub struct Queue {
     core: Mutex<QueueCore<Arc<ConsumerHandle>>>,
     deleted: AtomicBool,
     /// Flow control: set while consumers are attached and the backlog is
-    /// above [`FLOW_HIGH`]; publishers to this queue pause reading until it
-    /// drains below [`FLOW_LOW`] (RabbitMQ's `flow` state, by backlog).
+    /// above [`FLOW_HIGH`], or while the bodies only memory can hold
+    /// (transient ones) exceed `memory_budget` (consumed or not); publishers to this queue pause
+    /// reading until it drains below [`FLOW_LOW`] and half the budget
+    /// (RabbitMQ's `flow` state).
     flow_blocked: AtomicBool,
+    /// Woken (every waiter) when `flow_blocked` clears.
     flow_resumed: Notify,
+    /// Body bytes the queue may hold in memory before it holds back its
+    /// publishers; `None`: no limit by memory.
+    memory_budget: Option<u64>,
 }
 
 /// Ready messages above which a consumed queue pushes back on publishers.
@@ -131,7 +137,22 @@ impl Queue {
             deleted: AtomicBool::new(false),
             flow_blocked: AtomicBool::new(false),
             flow_resumed: Notify::new(),
+            memory_budget: None,
         }
+    }
+
+    /// Holds publishers back while more than `bytes` of bodies that only
+    /// memory can hold (transient messages; persistent ones beyond the
+    /// store's budget stay on disk) are queued, whether or not the queue
+    /// is consumed. Durable queues get their store's budget.
+    pub fn with_memory_budget(mut self, bytes: u64) -> Self {
+        self.memory_budget = Some(bytes);
+        self
+    }
+
+    fn over_budget(&self, core: &QueueCore<Arc<ConsumerHandle>>, fraction: u64) -> bool {
+        self.memory_budget
+            .is_some_and(|b| core.memory_bytes() > b / fraction)
     }
 
     fn core(&self) -> MutexGuard<'_, QueueCore<Arc<ConsumerHandle>>> {
@@ -141,24 +162,89 @@ impl Queue {
     }
 
     pub fn is_deleted(&self) -> bool {
-        self.deleted.load(Ordering::Acquire)
+        // SeqCst: a bind writes its record, then checks this; a deletion
+        // sets it, then sweeps records. One of them sees the other.
+        self.deleted.load(Ordering::SeqCst)
     }
 
-    /// Enqueues one message and delivers what can be delivered.
-    pub fn publish(self: &Arc<Self>, message: Arc<Message>) {
-        self.stats.published(1);
-        let mut out = Vec::new();
-        {
+    /// First step of a deletion: from here on binds and consumes that
+    /// check the flag (see [`Queue::consume`], `Vhost::bind_queue`) refuse,
+    /// or undo what they did before the deletion's sweep could see it.
+    pub(crate) fn set_deleted(&self) {
+        self.deleted.store(true, Ordering::SeqCst);
+    }
+
+    /// Enqueues one message and delivers what can be delivered; `false`
+    /// if the queue was deleted meanwhile (the message is dropped, as
+    /// RabbitMQ drops what reaches a queue that is going away).
+    pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> bool {
+        let after = {
             let mut core = self.core();
+            // Checked under the lock the deletion's purge takes after
+            // setting the flag: a message either is purged with the rest
+            // or never enters (it would sit in a dead queue, holding its
+            // record on disk until the next start).
+            if self.is_deleted() {
+                return false;
+            }
             core.publish(message);
-            core.dispatch(self.clock.now_ms(), &mut out);
-            // Only a consumed queue pushes back: a queue nobody reads
-            // takes a backlog (on disk, if durable) as RabbitMQ does.
-            if core.message_count() > FLOW_HIGH && core.consumer_count() > 0 {
+            let after = self.deliver(&mut core);
+            // A consumed queue pushes back on a long backlog (its
+            // consumers cannot keep up); any queue pushes back once it
+            // holds more in memory than its budget allows.
+            if (core.message_count() > FLOW_HIGH && core.consumer_count() > 0)
+                || self.over_budget(&core, 1)
+            {
                 self.flow_blocked.store(true, Ordering::Release);
             }
+            after
+        };
+        self.stats.published(1);
+        self.finish(after);
+        true
+    }
+
+    /// Delivers what can be delivered, under the core's lock: the
+    /// deliveries reach their outboxes before the lock goes, so two
+    /// threads dispatching one after the other (a publisher, an acker,
+    /// the loader) cannot hand a consumer its messages out of order.
+    /// What to do after the lock is released is returned for
+    /// [`Queue::finish`].
+    fn deliver(self: &Arc<Self>, core: &mut QueueCore<Arc<ConsumerHandle>>) -> AfterDelivery {
+        let mut out = Vec::new();
+        core.dispatch(self.clock.now_ms(), &mut out);
+        AfterDelivery {
+            refused: self.hand_off(out),
+            loads: core.take_loads(),
         }
-        self.hand_off(out);
+    }
+
+    fn finish(self: &Arc<Self>, after: AfterDelivery) {
+        self.refused(after.refused);
+        self.load(after.loads);
+    }
+
+    /// Reads paged-out bodies that delivery stopped at, on the store's
+    /// loader thread (never under this queue's lock, never on an async
+    /// worker), then delivers what they let through and reads on.
+    fn load(self: &Arc<Self>, loads: Option<Loads>) {
+        if let Some(l) = loads {
+            let q = self.clone();
+            l.spawn(move |l| q.loaded(l.read()));
+        }
+    }
+
+    fn loaded(self: &Arc<Self>, bodies: LoadedBodies) {
+        let after = {
+            let mut core = self.core();
+            core.finish_loads(bodies);
+            let after = self.deliver(&mut core);
+            self.update_flow(&core);
+            after
+        };
+        // The next read-ahead is queued as the loader's next job, not run
+        // here: no recursion.
+        self.finish(after);
     }
 
     /// Whether publishers should pause for this queue.
@@ -166,15 +252,21 @@ impl Queue {
         self.flow_blocked.load(Ordering::Acquire)
     }
 
-    /// Resolves when the queue may let publishers go again (callers
-    /// re-check [`Queue::flow_blocked`] and wait with a timeout).
+    /// Resolves when the queue lets publishers go again. No wake-up is
+    /// lost: the future is registered before the flag is checked.
     pub async fn flow_resumed(&self) {
-        self.flow_resumed.notified().await
+        let notified = self.flow_resumed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.flow_blocked() && !self.is_deleted() {
+            notified.await;
+        }
     }
 
     fn update_flow(&self, core: &QueueCore<Arc<ConsumerHandle>>) {
         if self.flow_blocked.load(Ordering::Relaxed)
             && (core.message_count() < FLOW_LOW || core.consumer_count() == 0)
+            && !self.over_budget(core, 2)
         {
             self.flow_blocked.store(false, Ordering::Release);
             self.flow_resumed.notify_waiters();
@@ -183,18 +275,20 @@ impl Queue {
 
     /// Re-runs delivery (credit was freed somewhere).
     pub fn kick(self: &Arc<Self>) {
-        let mut out = Vec::new();
-        {
+        let after = {
             let mut core = self.core();
-            core.dispatch(self.clock.now_ms(), &mut out);
+            let after = self.deliver(&mut core);
             self.update_flow(&core);
-        }
-        self.hand_off(out);
+            after
+        };
+        self.finish(after);
     }
 
     /// Pushes deliveries to their connections' outboxes, one lock and one
-    /// wake-up per run of deliveries for the same outbox.
-    fn hand_off(self: &Arc<Self>, out: Vec<Dispatched<Arc<ConsumerHandle>>>) {
+    /// wake-up per run of deliveries for the same outbox; returns what a
+    /// closed outbox refused (to go back once the core's lock is released).
+    fn hand_off(self: &Arc<Self>, out: Vec<Dispatched<Arc<ConsumerHandle>>>) -> Vec<OutboxItem> {
+        let mut refused = Vec::new();
         if !out.is_empty() {
             // Counted per batch: one atomic add per counter and object.
             let (mut no_ack, mut redelivered) = (0, 0);
@@ -220,7 +314,11 @@ impl Queue {
         for d in out {
             if let Some(cur) = &current {
                 if !Arc::ptr_eq(cur, &d.handle.outbox) {
-                    self.refused(cur.push_all(std::mem::take(&mut batch)));
+                    refused.extend(
+                        cur.push_all(std::mem::take(&mut batch))
+                            .into_iter()
+                            .flatten(),
+                    );
                     current = None;
                 }
             }
@@ -236,14 +334,15 @@ impl Queue {
             }));
         }
         if let Some(cur) = current {
-            self.refused(cur.push_all(batch));
+            refused.extend(cur.push_all(batch).into_iter().flatten());
         }
+        refused
     }
 
     /// Deliveries a closed connection's outbox refused go back to their
     /// place (the consumer was being cancelled as they were dispatched).
-    fn refused(self: &Arc<Self>, items: Option<Vec<OutboxItem>>) {
-        for item in items.into_iter().flatten() {
+    fn refused(self: &Arc<Self>, items: Vec<OutboxItem>) {
+        for item in items {
             if let OutboxItem::Deliver(d) = item {
                 d.queue.undeliver(d.message, d.no_ack);
             }
@@ -267,7 +366,18 @@ impl Queue {
             exclusive: req.exclusive,
             channel_limit: Some(req.channel_limit),
         };
-        let res = self.core().add_consumer(spec);
+        let res = {
+            let mut core = self.core();
+            // Checked under the core's lock, which a deletion takes (after
+            // setting the flag) to cancel the consumers: either it finds
+            // this one, or this one finds the flag. Without the check a
+            // consumer could attach after the cancel sweep and wait on a
+            // deleted queue for ever.
+            if self.is_deleted() {
+                return Err(super::BrokerError::no_queue(&self.name, &self.vhost));
+            }
+            core.add_consumer(spec)
+        };
         match res {
             Ok(()) => {
                 self.kick();
@@ -301,7 +411,29 @@ impl Queue {
     /// basic.get: the message and the count of messages left. `taker`
     /// is the getter's [`channel_key`], shown by the unacked view.
     pub fn get_for(&self, no_ack: bool, taker: u64) -> Option<(QueuedMessage, usize)> {
-        let got = self.core().get(no_ack, taker, self.clock.now_ms());
+        // A paged-out head is read here, without the lock and off the
+        // async runtime's worker (a get cannot wait for a consumer's
+        // read-ahead; it is rare and answers one message), then the get
+        // is tried again.
+        let mut got = None;
+        for _ in 0..4 {
+            let head = {
+                let mut core = self.core();
+                got = core.get(no_ack, taker, self.clock.now_ms());
+                self.update_flow(&core);
+                match got {
+                    None => core.head_load(),
+                    Some(_) => None,
+                }
+            };
+            match head {
+                Some(l) => {
+                    let bodies = read_off_the_runtime(l);
+                    self.core().finish_loads(bodies);
+                }
+                None => break,
+            }
+        }
         let counts: &[Counter] = match &got {
             None => &[Counter::GetEmpty],
             Some((m, _)) => match (no_ack, m.redelivered) {
@@ -360,14 +492,14 @@ impl Queue {
     }
 
     pub fn settle_no_ack(self: &Arc<Self>, consumer: ConsumerId, n: u32) {
-        let mut out = Vec::new();
-        {
+        let after = {
             let mut core = self.core();
             core.settle_no_ack(consumer, n);
-            core.dispatch(self.clock.now_ms(), &mut out);
+            let after = self.deliver(&mut core);
             self.update_flow(&core);
-        }
-        self.hand_off(out);
+            after
+        };
+        self.finish(after);
     }
 
     pub fn purge(&self) -> usize {
@@ -390,7 +522,7 @@ impl Queue {
     /// Marks the queue deleted, drops its messages and tells each consumer's
     /// connection it was cancelled. Returns the ready count it had.
     pub(crate) fn mark_deleted(&self) -> usize {
-        self.deleted.store(true, Ordering::Release);
+        self.set_deleted();
         let (consumers, count) = {
             let mut core = self.core();
             let c = core.take_consumers();
@@ -408,6 +540,28 @@ impl Queue {
         }
         count
     }
+}
+
+/// Reads paged-out bodies for a caller that cannot wait for the loader
+/// (basic.get). On a multi-threaded tokio worker the read runs through
+/// `block_in_place`, so the worker's other tasks move elsewhere meanwhile;
+/// elsewhere (a blocking thread, a test's runtime) it just reads.
+fn read_off_the_runtime(l: Loads) -> LoadedBodies {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| l.read())
+        }
+        _ => l.read(),
+    }
+}
+
+/// What a delivery under the core's lock leaves to do after it.
+struct AfterDelivery {
+    /// Deliveries a closed outbox refused: they go back to the queue.
+    refused: Vec<OutboxItem>,
+    /// Paged-out bodies to read before delivery can go on.
+    loads: Option<Loads>,
 }
 
 /// A queue as a routing destination: compared by identity.

@@ -20,7 +20,7 @@ use serde_json::{json, Map, Value as J};
 use std::collections::HashMap;
 use std::sync::Arc;
 use warren_exchanges::{RouteInput, Table, Value};
-use warren_queues::Holder;
+use warren_queues::{Holder, PeekBody, PeekEntry, Peeked};
 
 /// The most messages one peek or unacked request returns.
 const MAX_COUNT: usize = 500;
@@ -123,6 +123,28 @@ async fn unacked(
     let v = vhost_or_404(&s, &vhost)?;
     let queue = v.queue(&name).ok_or_else(not_found_err)?;
     let (total, items) = queue.unacked(count);
+    // Unacked messages of a durable queue past its memory budget keep only
+    // their place on disk: read those bodies here, off the async workers
+    // and without the queue's lock (one acked meanwhile shows no details).
+    let stored: Vec<PeekEntry> = items
+        .iter()
+        .filter(|u| u.message.is_none())
+        .filter_map(|u| {
+            Some(PeekEntry {
+                seq: u.seq,
+                redelivered: u.redelivered,
+                body: PeekBody::Stored(u.stored?),
+            })
+        })
+        .collect();
+    let mut loaded: HashMap<u64, Arc<warren_queues::Message>> = HashMap::new();
+    if let (false, Some(p)) = (stored.is_empty(), s.broker.persistence()) {
+        let peeked = Peeked::new(stored, Some(p.disk.clone()));
+        let read = tokio::task::spawn_blocking(move || peeked.load())
+            .await
+            .unwrap_or_default();
+        loaded = read.into_iter().map(|(_, m)| (m.seq, m.message)).collect();
+    }
     let conns: HashMap<u64, Arc<ConnectionInfo>> = s
         .broker
         .connections()
@@ -133,6 +155,7 @@ async fn unacked(
     let items: Vec<J> = items
         .iter()
         .map(|u| {
+            let message = u.message.as_ref().or_else(|| loaded.get(&u.seq));
             let (tag, holder) = match (&u.holder, &u.handle) {
                 (Holder::Consumer(_), Some(h)) => {
                     (J::String(h.tag.clone()), Some((h.conn, h.session)))
@@ -163,9 +186,9 @@ async fn unacked(
                 "delivered_at": u.delivered_at,
                 "held_for_ms": now.saturating_sub(u.delivered_at),
                 "redelivered": u.redelivered,
-                "exchange": u.message.exchange,
-                "routing_key": u.message.routing_key,
-                "payload_bytes": u.message.body.len(),
+                "exchange": message.map(|m| m.exchange.clone()),
+                "routing_key": message.map(|m| m.routing_key.clone()),
+                "payload_bytes": message.map(|m| m.body.len()),
             })
         })
         .collect();
