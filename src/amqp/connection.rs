@@ -516,6 +516,8 @@ impl Connection {
                     self.read_frames(rbuf);
                     // One flush request per channel per read, not per message.
                     self.request_flushes();
+                    // Publish counters reach the shared ones once a read.
+                    self.route_scratch.flush_counts();
                     if rbuf.capacity() - rbuf.len() < 4096 {
                         rbuf.reserve(READ_CHUNK);
                     }

@@ -144,9 +144,9 @@ impl Queue {
         self.deleted.load(Ordering::Acquire)
     }
 
-    /// Enqueues one message and delivers what can be delivered.
+    /// Enqueues one message and delivers what can be delivered. The
+    /// publish is counted by the caller (`Vhost::publish` folds it).
     pub fn publish(self: &Arc<Self>, message: Arc<Message>) {
-        self.stats.published(1);
         let mut out = Vec::new();
         {
             let mut core = self.core();
