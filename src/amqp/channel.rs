@@ -1236,7 +1236,10 @@ impl Connection {
         let slots = taken.iter().filter(|u| u.slot).count() as u32;
         let n = taken.len() as u64;
         match how {
-            Settle::Ack => for_each_queue(taken.into_iter(), |q, seqs| q.ack(seqs)),
+            Settle::Ack => {
+                let fold = &mut self.route_scratch.counts;
+                for_each_queue(taken.into_iter(), |q, seqs| q.ack(seqs, fold))
+            }
             Settle::Drop => for_each_queue(taken.into_iter(), |q, seqs| q.discard(seqs)),
             Settle::Requeue => requeue_grouped(taken.into_iter()),
         }
@@ -1286,6 +1289,8 @@ impl Connection {
             d.queue.undeliver(d.message, d.no_ack);
             return;
         }
+        d.queue
+            .count_delivery(&mut self.route_scratch.counts, d.no_ack, d.message.redelivered);
         let ch = self.channels.get_mut(&session).expect("checked above");
         let tag = ch.next_tag;
         ch.next_tag += 1;

@@ -516,8 +516,6 @@ impl Connection {
                     self.read_frames(rbuf);
                     // One flush request per channel per read, not per message.
                     self.request_flushes();
-                    // Publish counters reach the shared ones once a read.
-                    self.route_scratch.flush_counts();
                     if rbuf.capacity() - rbuf.len() < 4096 {
                         rbuf.reserve(READ_CHUNK);
                     }
@@ -579,6 +577,9 @@ impl Connection {
             // Deliveries are drained on every turn, not only when woken:
             // publishes handled above may have filled our own outbox.
             self.drain_outbox();
+            // Message counters (publishes, deliveries, acks) reach the
+            // shared ones once a turn, not once a message.
+            self.route_scratch.flush_counts();
             if !self.out.is_empty() {
                 let chunk = self.out.split().freeze();
                 if self.tx.send(chunk).await.is_err() {

@@ -5,7 +5,7 @@
 //! deliveries it produced are pushed to outboxes after it is released.
 
 use super::outbox::{Delivery, Outbox, OutboxItem};
-use super::registry::{CoarseClock, Counter, MessageCounters};
+use super::registry::{CoarseClock, Counter, CounterFold, FoldTarget, MessageCounters};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
@@ -193,28 +193,10 @@ impl Queue {
     }
 
     /// Pushes deliveries to their connections' outboxes, one lock and one
-    /// wake-up per run of deliveries for the same outbox.
+    /// wake-up per run of deliveries for the same outbox. Deliveries are
+    /// counted by the consumer's connection as it frames them
+    /// ([`Queue::count_delivery`]), folded per turn there.
     fn hand_off(self: &Arc<Self>, out: Vec<Dispatched<Arc<ConsumerHandle>>>) {
-        if !out.is_empty() {
-            // Counted per batch: one atomic add per counter and object.
-            let (mut no_ack, mut redelivered) = (0, 0);
-            for d in &out {
-                no_ack += d.no_ack as u64;
-                redelivered += d.message.redelivered as u64;
-            }
-            let ack = out.len() as u64 - no_ack;
-            for c in [&self.stats, &*self.global] {
-                if ack > 0 {
-                    c.add(Counter::Deliver, ack);
-                }
-                if no_ack > 0 {
-                    c.add(Counter::DeliverNoAck, no_ack);
-                }
-                if redelivered > 0 {
-                    c.add(Counter::Redeliver, redelivered);
-                }
-            }
-        }
         let mut batch: Vec<OutboxItem> = Vec::new();
         let mut current: Option<Arc<Outbox>> = None;
         for d in out {
@@ -318,11 +300,32 @@ impl Queue {
         got
     }
 
-    pub fn ack(self: &Arc<Self>, seqs: &[u64]) {
+    /// Acked: settled and counted (into the caller's fold, added to this
+    /// queue's and the broker's counters at the end of its turn).
+    pub fn ack(self: &Arc<Self>, seqs: &[u64], fold: &mut CounterFold) {
         self.core().ack(seqs);
-        self.stats.acked(seqs.len() as u64);
-        self.global.acked(seqs.len() as u64);
+        self.count(fold, Counter::Ack, seqs.len() as u64);
         self.kick();
+    }
+
+    /// Counts one delivery framed for a consumer of this queue.
+    pub fn count_delivery(self: &Arc<Self>, fold: &mut CounterFold, no_ack: bool, redelivered: bool) {
+        let c = if no_ack {
+            Counter::DeliverNoAck
+        } else {
+            Counter::Deliver
+        };
+        self.count(fold, c, 1);
+        if redelivered {
+            self.count(fold, Counter::Redeliver, 1);
+        }
+    }
+
+    /// `n` of `c` for this queue and the broker, into `fold`.
+    fn count(self: &Arc<Self>, fold: &mut CounterFold, c: Counter, n: u64) {
+        fold.add(&self.stats, || FoldTarget::Queue(self.clone()), c, n);
+        let g = &self.global;
+        fold.add(g, || FoldTarget::Counters(g.clone()), c, n);
     }
 
     /// Rejected without requeue: settled like an ack, not counted as one.
