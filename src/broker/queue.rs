@@ -147,18 +147,16 @@ impl Queue {
     /// Enqueues one message and delivers what can be delivered. The
     /// publish is counted by the caller (`Vhost::publish` folds it).
     pub fn publish(self: &Arc<Self>, message: Arc<Message>) {
-        let mut out = Vec::new();
-        {
+        self.dispatch_with(|out| {
             let mut core = self.core();
             core.publish(message);
-            core.dispatch(self.clock.now_ms(), &mut out);
+            core.dispatch(self.clock.now_ms(), out);
             // Only a consumed queue pushes back: a queue nobody reads
             // takes a backlog (on disk, if durable) as RabbitMQ does.
             if core.message_count() > FLOW_HIGH && core.consumer_count() > 0 {
                 self.flow_blocked.store(true, Ordering::Release);
             }
-        }
-        self.hand_off(out);
+        });
     }
 
     /// Whether publishers should pause for this queue.
@@ -183,26 +181,30 @@ impl Queue {
 
     /// Re-runs delivery (credit was freed somewhere).
     pub fn kick(self: &Arc<Self>) {
-        let mut out = Vec::new();
-        {
+        self.dispatch_with(|out| {
             let mut core = self.core();
-            core.dispatch(self.clock.now_ms(), &mut out);
+            core.dispatch(self.clock.now_ms(), out);
             self.update_flow(&core);
-        }
-        self.hand_off(out);
+        });
     }
 
     /// Pushes deliveries to their connections' outboxes, one lock and one
     /// wake-up per run of deliveries for the same outbox. Deliveries are
     /// counted by the consumer's connection as it frames them
-    /// ([`Queue::count_delivery`]), folded per turn there.
-    fn hand_off(self: &Arc<Self>, out: Vec<Dispatched<Arc<ConsumerHandle>>>) {
-        let mut batch: Vec<OutboxItem> = Vec::new();
+    /// ([`Queue::count_delivery`]), folded per turn there. `out` is left
+    /// empty; the batch vector is a per-thread one, reused.
+    fn hand_off(self: &Arc<Self>, out: &mut Vec<Dispatched<Arc<ConsumerHandle>>>) {
+        if out.is_empty() {
+            return;
+        }
+        let mut batch = scratch::take_batch();
         let mut current: Option<Arc<Outbox>> = None;
-        for d in out {
+        for d in out.drain(..) {
             if let Some(cur) = &current {
                 if !Arc::ptr_eq(cur, &d.handle.outbox) {
-                    self.refused(cur.push_all(std::mem::take(&mut batch)));
+                    if !cur.push_from(&mut batch) {
+                        self.refused(&mut batch);
+                    }
                     current = None;
                 }
             }
@@ -218,14 +220,29 @@ impl Queue {
             }));
         }
         if let Some(cur) = current {
-            self.refused(cur.push_all(batch));
+            if !cur.push_from(&mut batch) {
+                self.refused(&mut batch);
+            }
         }
+        scratch::put_batch(batch);
+    }
+
+    /// Runs `f` (which fills the vector under the core's lock) and hands
+    /// what it dispatched off, with a per-thread vector reused across calls.
+    fn dispatch_with(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut Vec<Dispatched<Arc<ConsumerHandle>>>),
+    ) {
+        let mut out = scratch::take_dispatched();
+        f(&mut out);
+        self.hand_off(&mut out);
+        scratch::put_dispatched(out);
     }
 
     /// Deliveries a closed connection's outbox refused go back to their
     /// place (the consumer was being cancelled as they were dispatched).
-    fn refused(self: &Arc<Self>, items: Option<Vec<OutboxItem>>) {
-        for item in items.into_iter().flatten() {
+    fn refused(self: &Arc<Self>, items: &mut Vec<OutboxItem>) {
+        for item in items.drain(..) {
             if let OutboxItem::Deliver(d) = item {
                 d.queue.undeliver(d.message, d.no_ack);
             }
@@ -363,14 +380,12 @@ impl Queue {
     }
 
     pub fn settle_no_ack(self: &Arc<Self>, consumer: ConsumerId, n: u32) {
-        let mut out = Vec::new();
-        {
+        self.dispatch_with(|out| {
             let mut core = self.core();
             core.settle_no_ack(consumer, n);
-            core.dispatch(self.clock.now_ms(), &mut out);
+            core.dispatch(self.clock.now_ms(), out);
             self.update_flow(&core);
-        }
-        self.hand_off(out);
+        });
     }
 
     pub fn purge(&self) -> usize {
@@ -410,6 +425,48 @@ impl Queue {
             }]);
         }
         count
+    }
+}
+
+/// Per-thread vectors for the delivery hand-off, reused so a publish that
+/// dispatches allocates none. Taken out and put back (not borrowed), so a
+/// re-entrant hand-off (a refused delivery kicks its queue) just starts
+/// with a fresh vector.
+mod scratch {
+    use super::{ConsumerHandle, Dispatched, OutboxItem};
+    use std::cell::Cell;
+    use std::sync::Arc;
+
+    type Out = Vec<Dispatched<Arc<ConsumerHandle>>>;
+
+    thread_local! {
+        static DISPATCHED: Cell<Out> = const { Cell::new(Vec::new()) };
+        static BATCH: Cell<Vec<OutboxItem>> = const { Cell::new(Vec::new()) };
+    }
+
+    /// Vectors that grew past this many entries are not kept.
+    const KEEP: usize = 4096;
+
+    pub(super) fn take_dispatched() -> Out {
+        DISPATCHED.take()
+    }
+
+    pub(super) fn put_dispatched(v: Out) {
+        if v.capacity() <= KEEP {
+            debug_assert!(v.is_empty());
+            DISPATCHED.set(v);
+        }
+    }
+
+    pub(super) fn take_batch() -> Vec<OutboxItem> {
+        BATCH.take()
+    }
+
+    pub(super) fn put_batch(v: Vec<OutboxItem>) {
+        if v.capacity() <= KEEP {
+            debug_assert!(v.is_empty());
+            BATCH.set(v);
+        }
     }
 }
 
