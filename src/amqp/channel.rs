@@ -835,13 +835,7 @@ impl Connection {
                 m.exchange(),
                 m.routing_key(),
             );
-            codec::write_content(
-                &mut self.out,
-                id,
-                m.properties(),
-                m.body(),
-                self.frame_max,
-            );
+            codec::write_content(&mut self.out, id, m.properties(), m.body(), self.frame_max);
         }
         Ok(published.written)
     }
@@ -1289,8 +1283,11 @@ impl Connection {
             d.queue.undeliver(d.message, d.no_ack);
             return;
         }
-        d.queue
-            .count_delivery(&mut self.route_scratch.counts, d.no_ack, d.message.redelivered);
+        d.queue.count_delivery(
+            &mut self.route_scratch.counts,
+            d.no_ack,
+            d.message.redelivered,
+        );
         let ch = self.channels.get_mut(&session).expect("checked above");
         let tag = ch.next_tag;
         ch.next_tag += 1;

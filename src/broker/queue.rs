@@ -229,10 +229,7 @@ impl Queue {
 
     /// Runs `f` (which fills the vector under the core's lock) and hands
     /// what it dispatched off, with a per-thread vector reused across calls.
-    fn dispatch_with(
-        self: &Arc<Self>,
-        f: impl FnOnce(&mut Vec<Dispatched<Arc<ConsumerHandle>>>),
-    ) {
+    fn dispatch_with(self: &Arc<Self>, f: impl FnOnce(&mut Vec<Dispatched<Arc<ConsumerHandle>>>)) {
         let mut out = scratch::take_dispatched();
         f(&mut out);
         self.hand_off(&mut out);
@@ -326,7 +323,12 @@ impl Queue {
     }
 
     /// Counts one delivery framed for a consumer of this queue.
-    pub fn count_delivery(self: &Arc<Self>, fold: &mut CounterFold, no_ack: bool, redelivered: bool) {
+    pub fn count_delivery(
+        self: &Arc<Self>,
+        fold: &mut CounterFold,
+        no_ack: bool,
+        redelivered: bool,
+    ) {
         let c = if no_ack {
             Counter::DeliverNoAck
         } else {
@@ -393,6 +395,12 @@ impl Queue {
         let n = core.purge();
         self.update_flow(&core);
         n
+    }
+
+    /// (ready messages, their body bytes)
+    pub fn ready_totals(&self) -> (usize, u64) {
+        let core = self.core();
+        (core.message_count(), core.message_bytes())
     }
 
     /// (ready messages, consumers)

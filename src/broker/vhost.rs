@@ -5,9 +5,7 @@ use super::error::{BrokerError, ErrorKind, Result};
 use super::exchange::{Exchange, ExchangeKind, ExchangeOptions};
 use super::persist::{BindingDef, ExchangeDef, Persistence, QueueDef};
 use super::queue::{Queue, QueueOptions, QueueRef};
-use super::registry::{
-    Churn, ChurnCounters, CoarseClock, Counter, FoldTarget, MessageCounters,
-};
+use super::registry::{Churn, ChurnCounters, CoarseClock, Counter, FoldTarget, MessageCounters};
 use super::route::{Dest, RouteScratch};
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -546,9 +544,12 @@ impl Vhost {
             Counter::Publish,
             1,
         );
-        scratch
-            .counts
-            .add(&ex.stats, || FoldTarget::Exchange(ex.clone()), Counter::PublishIn, 1);
+        scratch.counts.add(
+            &ex.stats,
+            || FoldTarget::Exchange(ex.clone()),
+            Counter::PublishIn,
+            1,
+        );
         scratch.clear();
         {
             let input = RouteInput {
