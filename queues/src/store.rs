@@ -60,50 +60,22 @@ pub trait MessageStore: Send {
 ///
 /// Requeued messages always have a lower `seq` than the messages never
 /// delivered (delivery takes from the head), so they sit in their own
-/// ordered map that is read first; the main deque stays append-only.
-/// Each deque slot is two words (the `seq` with the redelivered flag in
-/// its top bit, and the message pointer), and the deque gives its memory
-/// back as it drains, so a backlog's memory does not outlive it.
+/// ordered map that is read first; the main deque stays append-only. New
+/// messages arrive with consecutive `seq`s (the queue numbers them), so the
+/// deque holds only the message pointer, one word a message, and the seqs
+/// follow from `head_seq`. A push that breaks the run (a gap, or a message
+/// marked redelivered) goes to `tail`, an ordered map read after the
+/// deque, as do the pushes after it until the deque has drained. The deque
+/// gives its memory back as it drains, so a backlog's memory does not
+/// outlive it.
 #[derive(Default)]
 pub struct MemoryStore {
     requeued: BTreeMap<u64, QueuedMessage>,
-    ready: VecDeque<Slot>,
+    ready: VecDeque<Arc<Message>>,
+    /// The seq of `ready`'s first message.
+    head_seq: u64,
+    tail: BTreeMap<u64, QueuedMessage>,
     bytes: u64,
-}
-
-/// The top bit of [`Slot::seq`]: the message was delivered before.
-const SLOT_REDELIVERED: u64 = 1 << 63;
-
-/// A ready message, packed: [`QueuedMessage`] takes three words.
-struct Slot {
-    seq: u64,
-    message: Arc<Message>,
-}
-
-impl Slot {
-    fn new(m: QueuedMessage) -> Self {
-        let flag = if m.redelivered { SLOT_REDELIVERED } else { 0 };
-        Slot {
-            seq: (m.seq & !SLOT_REDELIVERED) | flag,
-            message: m.message,
-        }
-    }
-
-    fn seq(&self) -> u64 {
-        self.seq & !SLOT_REDELIVERED
-    }
-
-    fn redelivered(&self) -> bool {
-        self.seq & SLOT_REDELIVERED != 0
-    }
-
-    fn into_queued(self) -> QueuedMessage {
-        QueuedMessage {
-            seq: self.seq(),
-            redelivered: self.redelivered(),
-            message: self.message,
-        }
-    }
 }
 
 /// Below this many slots of capacity a drained deque keeps its memory
@@ -120,22 +92,41 @@ impl MemoryStore {
             self.ready.shrink_to((cap / 2).max(KEEP_CAPACITY));
         }
     }
+
+    fn pop_ready(&mut self) -> Option<QueuedMessage> {
+        let message = self.ready.pop_front()?;
+        let seq = self.head_seq;
+        self.head_seq += 1;
+        self.maybe_shrink();
+        Some(QueuedMessage {
+            seq,
+            message,
+            redelivered: false,
+        })
+    }
 }
 
 impl MessageStore for MemoryStore {
     fn push(&mut self, m: QueuedMessage) {
         self.bytes += m.message.size();
-        self.ready.push_back(Slot::new(m));
+        if self.ready.is_empty() && self.tail.is_empty() {
+            self.head_seq = m.seq;
+        }
+        let next = self.head_seq + self.ready.len() as u64;
+        if self.tail.is_empty() && m.seq == next && !m.redelivered {
+            self.ready.push_back(m.message);
+        } else {
+            self.tail.insert(m.seq, m);
+        }
     }
 
     fn pop(&mut self) -> Option<QueuedMessage> {
         let m = match self.requeued.pop_first() {
             Some((_, m)) => m,
-            None => {
-                let m = self.ready.pop_front()?.into_queued();
-                self.maybe_shrink();
-                m
-            }
+            None => match self.pop_ready() {
+                Some(m) => m,
+                None => self.tail.pop_first()?.1,
+            },
         };
         self.bytes -= m.message.size();
         Some(m)
@@ -152,12 +143,13 @@ impl MessageStore for MemoryStore {
         let n = self.len();
         self.requeued.clear();
         self.ready = VecDeque::new();
+        self.tail.clear();
         self.bytes = 0;
         n
     }
 
     fn len(&self) -> usize {
-        self.requeued.len() + self.ready.len()
+        self.requeued.len() + self.ready.len() + self.tail.len()
     }
 
     fn bytes(&self) -> u64 {
@@ -166,22 +158,27 @@ impl MessageStore for MemoryStore {
 
     fn peek_entries(&self, offset: usize, n: usize) -> Peeked {
         // Skip in the deque by index, not by walking it.
-        let r = self.requeued.len();
+        let (r, d) = (self.requeued.len(), self.ready.len());
         let from_requeued = self
             .requeued
             .values()
             .skip(offset)
             .take(n)
             .map(|m| (m.seq, m.redelivered, &m.message));
-        let start = offset.saturating_sub(r);
-        let left = n.saturating_sub(r.saturating_sub(offset).min(n));
+        let start = offset.saturating_sub(r).min(d);
         let from_ready = self
             .ready
-            .range(start.min(self.ready.len())..)
-            .take(left)
-            .map(|s| (s.seq(), s.redelivered(), &s.message));
+            .range(start..)
+            .enumerate()
+            .map(|(i, m)| (self.head_seq + (start + i) as u64, false, m));
+        let from_tail = self
+            .tail
+            .values()
+            .skip(offset.saturating_sub(r + d))
+            .map(|m| (m.seq, m.redelivered, &m.message));
+        let left = n.saturating_sub(r.saturating_sub(offset).min(n));
         let entries = from_requeued
-            .chain(from_ready)
+            .chain(from_ready.chain(from_tail).take(left))
             .map(|(seq, redelivered, m)| PeekEntry {
                 seq,
                 redelivered,
@@ -298,14 +295,48 @@ pub(crate) mod tests {
         for i in 0..100_000 {
             assert_eq!(s.pop().unwrap().seq, i);
         }
-        assert!(s.ready.capacity() <= KEEP_CAPACITY, "{}", s.ready.capacity());
-        // Flags survive the packing.
-        s.push(QueuedMessage {
-            redelivered: true,
-            ..msg(7, "y")
-        });
-        let m = s.pop().unwrap();
-        assert!(m.redelivered && m.seq == 7);
+        assert!(
+            s.ready.capacity() <= KEEP_CAPACITY,
+            "{}",
+            s.ready.capacity()
+        );
+    }
+
+    #[test]
+    fn memory_store_keeps_order_across_gaps_and_flags() {
+        let mut s = MemoryStore::default();
+        let push = |s: &mut MemoryStore, seq: u64, redelivered: bool| {
+            s.push(QueuedMessage {
+                redelivered,
+                ..msg(seq, "x")
+            })
+        };
+        push(&mut s, 5, false);
+        push(&mut s, 6, false);
+        push(&mut s, 9, false); // a gap: to the tail
+        push(&mut s, 10, false); // after the tail, so also there
+        push(&mut s, 11, true);
+        let seen = |s: &MemoryStore| {
+            s.peek(10)
+                .iter()
+                .map(|m| (m.seq, m.redelivered))
+                .collect::<Vec<_>>()
+        };
+        let all = vec![(5, false), (6, false), (9, false), (10, false), (11, true)];
+        assert_eq!(seen(&s), all);
+        let seqs = |v: Vec<QueuedMessage>| v.iter().map(|m| m.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(s.peek_at(1, 2)), vec![6, 9]);
+        assert_eq!(seqs(s.peek_at(3, 5)), vec![10, 11]);
+        assert_eq!(s.len(), 5);
+        let popped: Vec<(u64, bool)> = std::iter::from_fn(|| s.pop())
+            .map(|m| (m.seq, m.redelivered))
+            .collect();
+        assert_eq!(popped, all);
+        // Drained: a new run starts wherever the next seq is.
+        push(&mut s, 20, false);
+        push(&mut s, 21, false);
+        assert_eq!(seqs(s.peek(10)), vec![20, 21]);
+        assert!(s.tail.is_empty());
     }
 
     #[test]
