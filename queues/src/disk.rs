@@ -190,7 +190,7 @@ pub fn decode(rec: Bytes, stored: Option<StoredRef>) -> Result<Message, DiskErro
     let properties = &rec[at..at + n];
     let body = &rec[at + n..];
     let mut m = Message::new(exchange, routing_key, properties, body, true).map_err(|_| bad())?;
-    m.stored = stored;
+    m.set_stored(stored);
     Ok(m)
 }
 
@@ -498,7 +498,7 @@ impl DiskStore {
 impl MessageStore for DiskStore {
     fn push(&mut self, m: QueuedMessage) {
         let size = m.message.size();
-        let stored = m.message.stored;
+        let stored = m.message.stored();
         if let Some(r) = stored {
             if let Err(e) = self.disk.index_put(self.queue, m.seq, r, size as u32) {
                 self.log_err("index write", e);
@@ -563,7 +563,7 @@ impl MessageStore for DiskStore {
         // message stays as durable as it was.
         let stored = match self.out.remove(&m.seq) {
             Some(r) => Some(r),
-            None if m.message.stored.is_some() => {
+            None if m.message.stored().is_some() => {
                 let r = self.disk.put_body(&m.message, 1);
                 let r = r.and_then(|r| {
                     self.disk.index_put(self.queue, m.seq, r, size as u32)?;
@@ -688,7 +688,7 @@ mod tests {
     fn persistent(seq: u64, body: &str, disk: &Disk, queues: usize) -> QueuedMessage {
         let mut m = (*msg(seq, body).message).clone();
         m.persistent = true;
-        m.stored = Some(disk.put_body(&m, queues).unwrap());
+        m.set_stored(Some(disk.put_body(&m, queues).unwrap()));
         QueuedMessage {
             seq,
             message: Arc::new(m),

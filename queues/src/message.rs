@@ -8,23 +8,28 @@ use std::sync::Arc;
 /// Packed for backlogs of millions: the exchange name, routing key, raw
 /// properties and body live in one owned allocation (copied out of the
 /// connection's read buffer, so a held message never pins the buffer it
-/// arrived in), described by a few lengths. A transient 100-byte message
-/// with the default exchange costs two allocations (this struct in its
-/// `Arc`, and the bytes), about 190 bytes with its queue slot.
+/// arrived in), described by a few lengths, and the struct is three words
+/// so that with its `Arc` counts it takes a 48-byte heap block. A
+/// persistent message's data starts with room for its disk location
+/// ([`Message::stored`]), which transient messages do not pay for.
 #[derive(Debug, Clone)]
 pub struct Message {
     /// delivery_mode 2.
     pub persistent: bool,
-    /// Where the body lies on disk, when it was written there (persistent
-    /// and routed to at least one durable queue). One record serves every
-    /// durable queue the message reached.
-    pub stored: Option<StoredRef>,
+    /// [`FLAG_ROOM`] and [`FLAG_STORED`].
+    flags: u8,
     exchange_len: u8,
     routing_key_len: u8,
     properties_len: u32,
-    /// Exchange name, routing key, properties, body, back to back.
+    /// [location room,] exchange name, routing key, properties, body.
     data: Box<[u8]>,
 }
+
+/// `data` starts with [`LOCATION_BYTES`] for the disk location.
+const FLAG_ROOM: u8 = 1;
+/// The location there is set.
+const FLAG_STORED: u8 = 2;
+const LOCATION_BYTES: usize = 12;
 
 /// Why a message cannot be built from its parts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,15 +57,18 @@ impl Message {
         };
         let properties_len =
             u32::try_from(properties.len()).map_err(|_| MessageError::PropertiesTooLarge)?;
-        let mut data =
-            Vec::with_capacity(exchange.len() + routing_key.len() + properties.len() + body.len());
+        let room = if persistent { LOCATION_BYTES } else { 0 };
+        let mut data = Vec::with_capacity(
+            room + exchange.len() + routing_key.len() + properties.len() + body.len(),
+        );
+        data.resize(room, 0);
         data.extend_from_slice(exchange.as_bytes());
         data.extend_from_slice(routing_key.as_bytes());
         data.extend_from_slice(properties);
         data.extend_from_slice(body);
         Ok(Message {
             persistent,
-            stored: None,
+            flags: if persistent { FLAG_ROOM } else { 0 },
             exchange_len,
             routing_key_len,
             properties_len,
@@ -68,8 +76,45 @@ impl Message {
         })
     }
 
+    /// Where the body lies on disk, when it was written there (persistent
+    /// and routed to at least one durable queue). One record serves every
+    /// durable queue the message reached.
+    pub fn stored(&self) -> Option<StoredRef> {
+        if self.flags & FLAG_STORED == 0 {
+            return None;
+        }
+        StoredRef::from_bytes(&self.data[..LOCATION_BYTES])
+    }
+
+    /// Records (or clears) where the message was written.
+    pub fn set_stored(&mut self, at: Option<StoredRef>) {
+        let Some(at) = at else {
+            self.flags &= !FLAG_STORED;
+            return;
+        };
+        if self.flags & FLAG_ROOM == 0 {
+            // Built transient: make room (rare; the broker builds a
+            // persistent message with it).
+            let mut data = Vec::with_capacity(LOCATION_BYTES + self.data.len());
+            data.resize(LOCATION_BYTES, 0);
+            data.extend_from_slice(&self.data);
+            self.data = data.into_boxed_slice();
+            self.flags |= FLAG_ROOM;
+        }
+        self.data[..LOCATION_BYTES].copy_from_slice(&at.to_bytes());
+        self.flags |= FLAG_STORED;
+    }
+
+    fn names_start(&self) -> usize {
+        if self.flags & FLAG_ROOM != 0 {
+            LOCATION_BYTES
+        } else {
+            0
+        }
+    }
+
     fn names_end(&self) -> usize {
-        self.exchange_len as usize + self.routing_key_len as usize
+        self.names_start() + self.exchange_len as usize + self.routing_key_len as usize
     }
 
     fn properties_end(&self) -> usize {
@@ -79,13 +124,14 @@ impl Message {
     /// The exchange it was published to.
     pub fn exchange(&self) -> &str {
         // Built from a `&str` in `new`, so always valid.
-        std::str::from_utf8(&self.data[..self.exchange_len as usize]).unwrap_or_default()
+        let at = self.names_start();
+        std::str::from_utf8(&self.data[at..at + self.exchange_len as usize]).unwrap_or_default()
     }
 
     /// The routing key it was published with.
     pub fn routing_key(&self) -> &str {
-        std::str::from_utf8(&self.data[self.exchange_len as usize..self.names_end()])
-            .unwrap_or_default()
+        let at = self.names_start() + self.exchange_len as usize;
+        std::str::from_utf8(&self.data[at..self.names_end()]).unwrap_or_default()
     }
 
     /// The content header's property section (flags and values) exactly as
@@ -128,8 +174,27 @@ mod tests {
             (m.exchange(), m.routing_key(), m.properties(), m.body()),
             ("ex", "rk.1", &[0x10u8, 0, 2][..], &b"body"[..])
         );
-        assert!(m.persistent && m.stored.is_none());
+        assert!(m.persistent && m.stored().is_none());
         assert_eq!(m.size(), 4);
+        let at = StoredRef {
+            seg: 7,
+            off: 1 << 20,
+            len: 99,
+        };
+        let mut m2 = m.clone();
+        m2.set_stored(Some(at));
+        assert_eq!(m2.stored(), Some(at));
+        assert_eq!((m2.exchange(), m2.body()), ("ex", &b"body"[..]));
+        // A message built transient makes room when it is stored.
+        let mut t = Message::new("", "q", &[1, 2], b"xyz", false).unwrap();
+        t.set_stored(Some(at));
+        assert_eq!(t.stored(), Some(at));
+        assert_eq!(
+            (t.routing_key(), t.properties(), t.body()),
+            ("q", &[1u8, 2][..], &b"xyz"[..])
+        );
+        t.set_stored(None);
+        assert!(t.stored().is_none());
         let e = Message::new("", "", &[], &[], false).unwrap();
         assert_eq!((e.exchange(), e.routing_key(), e.body().len()), ("", "", 0));
         let long = "x".repeat(256);
@@ -142,6 +207,7 @@ mod tests {
     #[test]
     fn packed_sizes() {
         // The struct that sits in every message's `Arc`, and a queue slot.
-        assert!(std::mem::size_of::<Message>() <= 40);
+        // With the Arc's two counts: 40 bytes, a 48-byte heap block.
+        assert_eq!(std::mem::size_of::<Message>(), 24);
     }
 }

@@ -581,7 +581,7 @@ impl Vhost {
                 .filter(|q| q.0.disk_id.is_some())
                 .count();
             if durable > 0 {
-                message.stored = Some(p.disk.put_body(&message, durable)?);
+                message.set_stored(Some(p.disk.put_body(&message, durable)?));
                 written = true;
             }
         }
