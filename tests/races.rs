@@ -302,14 +302,7 @@ async fn exchange_bind_racing_exchange_delete_leaves_no_binding_or_record() {
 
 /// A persistent message, as the channel builds one for a publish.
 fn persistent_message(queue: &str) -> warren_queues::Message {
-    warren_queues::Message {
-        exchange: String::new(),
-        routing_key: queue.to_owned(),
-        properties: bytes::Bytes::new(),
-        body: bytes::Bytes::from_static(b"race"),
-        persistent: true,
-        stored: None,
-    }
+    warren_queues::Message::new("", queue, &[], b"race", true).expect("a valid message")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,7 +326,7 @@ async fn publish_racing_queue_delete_leaves_no_message_or_record() {
     let publish = move |_: usize, _: usize, (name, q): &Setup| {
         let mut m = persistent_message(name);
         let r = d.put_body(&m, 1).expect("stored");
-        m.stored = Some(r);
+        m.set_stored(Some(r));
         if !q.publish(Arc::new(m)) {
             d.forget_ref(r);
         }

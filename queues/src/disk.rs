@@ -184,8 +184,8 @@ const HEAD_MAX: usize = 1 + 2 * (1 + 255) + 4;
 /// on the stack: the record is written as head, properties and body, each
 /// copied once into the segment buffer.
 fn encode_head(m: &Message, head: &mut [u8; HEAD_MAX]) -> usize {
-    let ex = &m.exchange.as_bytes()[..m.exchange.len().min(255)];
-    let rk = &m.routing_key.as_bytes()[..m.routing_key.len().min(255)];
+    let ex = &m.exchange().as_bytes()[..m.exchange().len().min(255)];
+    let rk = &m.routing_key().as_bytes()[..m.routing_key().len().min(255)];
     let mut at = 0;
     let mut put = |b: &[u8]| {
         head[at..at + b.len()].copy_from_slice(b);
@@ -195,7 +195,7 @@ fn encode_head(m: &Message, head: &mut [u8; HEAD_MAX]) -> usize {
     put(ex);
     put(&[rk.len() as u8]);
     put(rk);
-    put(&(m.properties.len() as u32).to_be_bytes());
+    put(&(m.properties().len() as u32).to_be_bytes());
     at
 }
 
@@ -204,21 +204,23 @@ fn encode_head(m: &Message, head: &mut [u8; HEAD_MAX]) -> usize {
 pub fn encode(m: &Message) -> Vec<u8> {
     let mut head = [0u8; HEAD_MAX];
     let n = encode_head(m, &mut head);
-    [&head[..n], &m.properties[..], &m.body[..]].concat()
+    [&head[..n], m.properties(), m.body()].concat()
 }
 
-/// Decodes a message record (the body shares the record's buffer).
+/// Decodes a message record. The parts are copied into the message's own
+/// allocation, so a held message never pins the (larger) buffer it was
+/// read into.
 pub fn decode(rec: Bytes, stored: Option<StoredRef>) -> Result<Message, DiskError> {
     let bad = || DiskError::Corrupt("message record".into());
     if rec.first() != Some(&1) {
         return Err(bad());
     }
     let mut at = 1;
-    let short = |at: &mut usize| -> Result<String, DiskError> {
+    let short = |at: &mut usize| -> Result<&str, DiskError> {
         let n = *rec.get(*at).ok_or_else(bad)? as usize;
         let s = rec.get(*at + 1..*at + 1 + n).ok_or_else(bad)?;
         *at += 1 + n;
-        String::from_utf8(s.to_vec()).map_err(|_| bad())
+        std::str::from_utf8(s).map_err(|_| bad())
     };
     let exchange = short(&mut at)?;
     let routing_key = short(&mut at)?;
@@ -228,16 +230,11 @@ pub fn decode(rec: Bytes, stored: Option<StoredRef>) -> Result<Message, DiskErro
     if rec.len() < at + n {
         return Err(bad());
     }
-    let properties = rec.slice(at..at + n);
-    let body = rec.slice(at + n..);
-    Ok(Message {
-        exchange,
-        routing_key,
-        properties,
-        body,
-        persistent: true,
-        stored,
-    })
+    let properties = &rec[at..at + n];
+    let body = &rec[at + n..];
+    let mut m = Message::new(exchange, routing_key, properties, body, true).map_err(|_| bad())?;
+    m.set_stored(stored);
+    Ok(m)
 }
 
 /// Upgrades a version-1 directory: its sled index and marks go into a
@@ -522,7 +519,7 @@ impl Disk {
     pub fn put_body(&self, m: &Message, queues: usize) -> Result<StoredRef, DiskError> {
         let mut head = [0u8; HEAD_MAX];
         let n = encode_head(m, &mut head);
-        let parts: [&[u8]; 3] = [&head[..n], &m.properties, &m.body];
+        let parts: [&[u8]; 3] = [&head[..n], m.properties(), m.body()];
         let r = self.segments.append_parts(&parts, queues as u32)?;
         self.mark_dirty();
         Ok(r)
@@ -835,7 +832,7 @@ impl MessageStore for DiskStore {
         let size = m.message.size();
         let stored = m
             .message
-            .stored
+            .stored()
             .map(|r| (r, self.disk.index_put(self.queue, m.seq, r, size as u32)));
         // Transient messages exist only in memory.
         let keep = stored.is_none() || self.keep_in_memory(size);
@@ -985,7 +982,7 @@ impl MessageStore for DiskStore {
         // message stays as durable as it was.
         let stored = match self.take_out(m.seq) {
             Some(o) => Some((o.stored, o.index)),
-            None if m.message.stored.is_some() => match self.disk.put_body(&m.message, 1) {
+            None if m.message.stored().is_some() => match self.disk.put_body(&m.message, 1) {
                 Ok(r) => Some((r, self.disk.index_put(self.queue, m.seq, r, size as u32))),
                 Err(e) => {
                     self.log_err("rewrite", e);
@@ -1147,7 +1144,7 @@ mod tests {
     fn persistent(seq: u64, body: &str, disk: &Disk, queues: usize) -> QueuedMessage {
         let mut m = (*msg(seq, body).message).clone();
         m.persistent = true;
-        m.stored = Some(disk.put_body(&m, queues).unwrap());
+        m.set_stored(Some(disk.put_body(&m, queues).unwrap()));
         QueuedMessage {
             seq,
             message: Arc::new(m),
@@ -1198,7 +1195,7 @@ mod tests {
                 s.push(persistent(i, &format!("m{i}"), &disk, 1));
             }
             let first = pop_loading(&mut s).unwrap();
-            assert_eq!(&first.message.body[..], b"m1");
+            assert_eq!(first.message.body(), b"m1");
             let second = pop_loading(&mut s).unwrap();
             s.settle(second.seq); // acked: gone for good
                                   // first stays unacked across the "crash".
@@ -1213,7 +1210,7 @@ mod tests {
         let got: Vec<(String, bool)> = std::iter::from_fn(|| pop_loading(&mut s))
             .map(|m| {
                 (
-                    String::from_utf8(m.message.body.to_vec()).unwrap(),
+                    String::from_utf8(m.message.body().to_vec()).unwrap(),
                     m.redelivered,
                 )
             })
@@ -1245,7 +1242,7 @@ mod tests {
         let mut s = DiskStore::new(disk, 5, rec.remove(&5).unwrap(), 1 << 20);
         let bodies = |v: Vec<QueuedMessage>| -> Vec<String> {
             v.iter()
-                .map(|m| String::from_utf8(m.message.body.to_vec()).unwrap())
+                .map(|m| String::from_utf8(m.message.body().to_vec()).unwrap())
                 .collect()
         };
         assert_eq!(bodies(s.peek_at(997, 10)), vec!["m998", "m999", "m1000"]);
@@ -1253,7 +1250,7 @@ mod tests {
         assert_eq!(s.mem_bytes, 0, "peeked bodies stay on disk");
         assert!(s.ready.iter().all(|e| e.msg.is_none()));
         let first = pop_loading(&mut s).unwrap();
-        assert_eq!(&first.message.body[..], b"m1");
+        assert_eq!(first.message.body(), b"m1");
         assert!(!first.redelivered, "peeking delivers nothing");
         assert_eq!(s.len(), 999);
     }
@@ -1288,7 +1285,7 @@ mod tests {
         let shown = |v: Vec<(usize, QueuedMessage)>| -> Vec<(usize, String, bool)> {
             v.into_iter()
                 .map(|(i, m)| {
-                    let body = String::from_utf8(m.message.body.to_vec()).unwrap();
+                    let body = String::from_utf8(m.message.body().to_vec()).unwrap();
                     (i, body, m.redelivered)
                 })
                 .collect()
@@ -1386,7 +1383,7 @@ mod tests {
             "message 2's record is still referenced"
         );
         let two = pop_loading(&mut s).unwrap();
-        assert_eq!(&two.message.body[..], b"b");
+        assert_eq!(two.message.body(), b"b");
         s.settle(two.seq);
         assert_eq!(disk.counts().1, 0);
     }
@@ -1417,7 +1414,7 @@ mod tests {
         let entries = rec.remove(&3).unwrap();
         assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1]);
         let mut s = DiskStore::new(disk, 3, entries, 0);
-        assert_eq!(&pop_loading(&mut s).unwrap().message.body[..], b"whole");
+        assert_eq!(pop_loading(&mut s).unwrap().message.body(), b"whole");
     }
 
     /// Nothing written since the last flush: a flush syncs nothing (an
@@ -1543,7 +1540,7 @@ mod tests {
             match core.get(true, 7, 0) {
                 Some((m, _)) => {
                     assert!(m.redelivered);
-                    again.push(String::from_utf8(m.message.body.to_vec()).unwrap());
+                    again.push(String::from_utf8(m.message.body().to_vec()).unwrap());
                 }
                 None => match core.head_load() {
                     Some(l) => core.finish_loads(l.read()),
@@ -1632,7 +1629,7 @@ mod tests {
             );
             let one = pop_loading(&mut s).unwrap();
             assert_eq!(
-                (&one.message.body[..], one.redelivered),
+                (one.message.body(), one.redelivered),
                 (&b"one"[..], true)
             );
             s.settle(one.seq);
@@ -1644,7 +1641,7 @@ mod tests {
         let got: Vec<(String, bool)> = std::iter::from_fn(|| pop_loading(&mut s))
             .map(|m| {
                 (
-                    String::from_utf8(m.message.body.to_vec()).unwrap(),
+                    String::from_utf8(m.message.body().to_vec()).unwrap(),
                     m.redelivered,
                 )
             })

@@ -6,9 +6,10 @@
 //! puts one back at its original place (RabbitMQ's order: by `seq`).
 
 use crate::disk::{LoadedBodies, Loads};
-use crate::message::QueuedMessage;
+use crate::message::{Message, QueuedMessage};
 use crate::peek::{PeekBody, PeekEntry, Peeked};
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 /// Storage for one queue's messages.
 pub trait MessageStore: Send {
@@ -100,24 +101,73 @@ pub trait MessageStore: Send {
 ///
 /// Requeued messages always have a lower `seq` than the messages never
 /// delivered (delivery takes from the head), so they sit in their own
-/// ordered map that is read first; the main deque stays append-only.
+/// ordered map that is read first; the main deque stays append-only. New
+/// messages arrive with consecutive `seq`s (the queue numbers them), so the
+/// deque holds only the message pointer, one word a message, and the seqs
+/// follow from `head_seq`. A push that breaks the run (a gap, or a message
+/// marked redelivered) goes to `tail`, an ordered map read after the
+/// deque, as do the pushes after it until the deque has drained. The deque
+/// gives its memory back as it drains, so a backlog's memory does not
+/// outlive it.
 #[derive(Default)]
 pub struct MemoryStore {
     requeued: BTreeMap<u64, QueuedMessage>,
-    ready: VecDeque<QueuedMessage>,
+    ready: VecDeque<Arc<Message>>,
+    /// The seq of `ready`'s first message.
+    head_seq: u64,
+    tail: BTreeMap<u64, QueuedMessage>,
     bytes: u64,
+}
+
+/// Below this many slots of capacity a drained deque keeps its memory
+/// (a steady flow reuses it); above, it shrinks once it is a quarter full.
+const KEEP_CAPACITY: usize = 4096;
+
+impl MemoryStore {
+    /// Halves the deque's capacity when it is mostly empty, so memory
+    /// taken by a burst comes back as the burst is consumed. Amortised:
+    /// each shrink copies at most a quarter of the capacity it frees.
+    fn maybe_shrink(&mut self) {
+        let cap = self.ready.capacity();
+        if cap > KEEP_CAPACITY && self.ready.len() < cap / 4 {
+            self.ready.shrink_to((cap / 2).max(KEEP_CAPACITY));
+        }
+    }
+
+    fn pop_ready(&mut self) -> Option<QueuedMessage> {
+        let message = self.ready.pop_front()?;
+        let seq = self.head_seq;
+        self.head_seq += 1;
+        self.maybe_shrink();
+        Some(QueuedMessage {
+            seq,
+            message,
+            redelivered: false,
+        })
+    }
 }
 
 impl MessageStore for MemoryStore {
     fn push(&mut self, m: QueuedMessage) {
         self.bytes += m.message.size();
-        self.ready.push_back(m);
+        if self.ready.is_empty() && self.tail.is_empty() {
+            self.head_seq = m.seq;
+        }
+        let next = self.head_seq + self.ready.len() as u64;
+        if self.tail.is_empty() && m.seq == next && !m.redelivered {
+            self.ready.push_back(m.message);
+        } else {
+            self.tail.insert(m.seq, m);
+        }
     }
 
     fn pop(&mut self) -> Option<QueuedMessage> {
         let m = match self.requeued.pop_first() {
             Some((_, m)) => m,
-            None => self.ready.pop_front()?,
+            None => match self.pop_ready() {
+                Some(m) => m,
+                None => self.tail.pop_first()?.1,
+            },
         };
         self.bytes -= m.message.size();
         Some(m)
@@ -133,13 +183,14 @@ impl MessageStore for MemoryStore {
     fn purge(&mut self) -> usize {
         let n = self.len();
         self.requeued.clear();
-        self.ready.clear();
+        self.ready = VecDeque::new();
+        self.tail.clear();
         self.bytes = 0;
         n
     }
 
     fn len(&self) -> usize {
-        self.requeued.len() + self.ready.len()
+        self.requeued.len() + self.ready.len() + self.tail.len()
     }
 
     fn bytes(&self) -> u64 {
@@ -148,16 +199,31 @@ impl MessageStore for MemoryStore {
 
     fn peek_entries(&self, offset: usize, n: usize) -> Peeked {
         // Skip in the deque by index, not by walking it.
-        let r = self.requeued.len();
-        let from_requeued = self.requeued.values().skip(offset).take(n);
-        let start = offset.saturating_sub(r);
+        let (r, d) = (self.requeued.len(), self.ready.len());
+        let from_requeued = self
+            .requeued
+            .values()
+            .skip(offset)
+            .take(n)
+            .map(|m| (m.seq, m.redelivered, &m.message));
+        let start = offset.saturating_sub(r).min(d);
+        let from_ready = self
+            .ready
+            .range(start..)
+            .enumerate()
+            .map(|(i, m)| (self.head_seq + (start + i) as u64, false, m));
+        let from_tail = self
+            .tail
+            .values()
+            .skip(offset.saturating_sub(r + d))
+            .map(|m| (m.seq, m.redelivered, &m.message));
         let left = n.saturating_sub(r.saturating_sub(offset).min(n));
         let entries = from_requeued
-            .chain(self.ready.range(start.min(self.ready.len())..).take(left))
-            .map(|m| PeekEntry {
-                seq: m.seq,
-                redelivered: m.redelivered,
-                body: PeekBody::Loaded(m.message.clone()),
+            .chain(from_ready.chain(from_tail).take(left))
+            .map(|(seq, redelivered, m)| PeekEntry {
+                seq,
+                redelivered,
+                body: PeekBody::Loaded(m.clone()),
             })
             .collect();
         Peeked::new(entries, None)
@@ -167,9 +233,6 @@ impl MessageStore for MemoryStore {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::message::Message;
-    use bytes::Bytes;
-    use std::sync::Arc;
 
     /// `pop`, reading a paged-out head first as the broker's loader would
     /// (without a lock to leave, in a test).
@@ -186,14 +249,7 @@ pub(crate) mod tests {
     pub fn msg(seq: u64, body: &str) -> QueuedMessage {
         QueuedMessage {
             seq,
-            message: Arc::new(Message {
-                exchange: String::new(),
-                routing_key: "q".into(),
-                properties: Bytes::new(),
-                body: Bytes::copy_from_slice(body.as_bytes()),
-                persistent: false,
-                stored: None,
-            }),
+            message: Arc::new(Message::new("", "q", &[], body.as_bytes(), false).unwrap()),
             redelivered: false,
         }
     }
@@ -259,7 +315,7 @@ pub(crate) mod tests {
         let after: Vec<(u64, bool, Vec<u8>)> = s
             .peek(10)
             .iter()
-            .map(|m| (m.seq, m.redelivered, m.message.body.to_vec()))
+            .map(|m| (m.seq, m.redelivered, m.message.body().to_vec()))
             .collect();
         assert_eq!(
             after,
@@ -280,6 +336,60 @@ pub(crate) mod tests {
         assert!(pop_loading(&mut *s).is_none());
         let mut s = restart(s);
         assert!(pop_loading(&mut *s).is_none(), "purged messages stay gone");
+    }
+
+    #[test]
+    fn memory_store_gives_memory_back_as_it_drains() {
+        let mut s = MemoryStore::default();
+        for i in 0..100_000 {
+            s.push(msg(i, "x"));
+        }
+        assert!(s.ready.capacity() >= 100_000);
+        for i in 0..100_000 {
+            assert_eq!(s.pop().unwrap().seq, i);
+        }
+        assert!(
+            s.ready.capacity() <= KEEP_CAPACITY,
+            "{}",
+            s.ready.capacity()
+        );
+    }
+
+    #[test]
+    fn memory_store_keeps_order_across_gaps_and_flags() {
+        let mut s = MemoryStore::default();
+        let push = |s: &mut MemoryStore, seq: u64, redelivered: bool| {
+            s.push(QueuedMessage {
+                redelivered,
+                ..msg(seq, "x")
+            })
+        };
+        push(&mut s, 5, false);
+        push(&mut s, 6, false);
+        push(&mut s, 9, false); // a gap: to the tail
+        push(&mut s, 10, false); // after the tail, so also there
+        push(&mut s, 11, true);
+        let seen = |s: &MemoryStore| {
+            s.peek(10)
+                .iter()
+                .map(|m| (m.seq, m.redelivered))
+                .collect::<Vec<_>>()
+        };
+        let all = vec![(5, false), (6, false), (9, false), (10, false), (11, true)];
+        assert_eq!(seen(&s), all);
+        let seqs = |v: Vec<QueuedMessage>| v.iter().map(|m| m.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(s.peek_at(1, 2)), vec![6, 9]);
+        assert_eq!(seqs(s.peek_at(3, 5)), vec![10, 11]);
+        assert_eq!(s.len(), 5);
+        let popped: Vec<(u64, bool)> = std::iter::from_fn(|| s.pop())
+            .map(|m| (m.seq, m.redelivered))
+            .collect();
+        assert_eq!(popped, all);
+        // Drained: a new run starts wherever the next seq is.
+        push(&mut s, 20, false);
+        push(&mut s, 21, false);
+        assert_eq!(seqs(s.peek(10)), vec![20, 21]);
+        assert!(s.tail.is_empty());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! deliveries it produced are pushed to outboxes after it is released.
 
 use super::outbox::{Delivery, Outbox, OutboxItem};
-use super::registry::{CoarseClock, Counter, MessageCounters};
+use super::registry::{CoarseClock, Counter, CounterFold, FoldTarget, MessageCounters};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
@@ -199,7 +199,7 @@ impl Queue {
             }
             after
         };
-        self.stats.published(1);
+        // The publish is counted by the caller (`Vhost::publish` folds it).
         self.finish(after);
         true
     }
@@ -211,7 +211,7 @@ impl Queue {
     /// What to do after the lock is released is returned for
     /// [`Queue::finish`].
     fn deliver(self: &Arc<Self>, core: &mut QueueCore<Arc<ConsumerHandle>>) -> AfterDelivery {
-        let mut out = Vec::new();
+        let mut out = scratch::take_dispatched();
         core.dispatch(self.clock.now_ms(), &mut out);
         AfterDelivery {
             refused: self.hand_off(out),
@@ -287,38 +287,23 @@ impl Queue {
     /// Pushes deliveries to their connections' outboxes, one lock and one
     /// wake-up per run of deliveries for the same outbox; returns what a
     /// closed outbox refused (to go back once the core's lock is released).
-    fn hand_off(self: &Arc<Self>, out: Vec<Dispatched<Arc<ConsumerHandle>>>) -> Vec<OutboxItem> {
+    /// Deliveries are counted by the consumer's connection as it frames
+    /// them ([`Queue::count_delivery`]), folded per turn there. The batch
+    /// vector is a per-thread one, reused.
+    fn hand_off(self: &Arc<Self>, mut out: Vec<Dispatched<Arc<ConsumerHandle>>>) -> Vec<OutboxItem> {
         let mut refused = Vec::new();
-        if !out.is_empty() {
-            // Counted per batch: one atomic add per counter and object.
-            let (mut no_ack, mut redelivered) = (0, 0);
-            for d in &out {
-                no_ack += d.no_ack as u64;
-                redelivered += d.message.redelivered as u64;
-            }
-            let ack = out.len() as u64 - no_ack;
-            for c in [&self.stats, &*self.global] {
-                if ack > 0 {
-                    c.add(Counter::Deliver, ack);
-                }
-                if no_ack > 0 {
-                    c.add(Counter::DeliverNoAck, no_ack);
-                }
-                if redelivered > 0 {
-                    c.add(Counter::Redeliver, redelivered);
-                }
-            }
+        if out.is_empty() {
+            scratch::put_dispatched(out);
+            return refused;
         }
-        let mut batch: Vec<OutboxItem> = Vec::new();
+        let mut batch = scratch::take_batch();
         let mut current: Option<Arc<Outbox>> = None;
-        for d in out {
+        for d in out.drain(..) {
             if let Some(cur) = &current {
                 if !Arc::ptr_eq(cur, &d.handle.outbox) {
-                    refused.extend(
-                        cur.push_all(std::mem::take(&mut batch))
-                            .into_iter()
-                            .flatten(),
-                    );
+                    if !cur.push_from(&mut batch) {
+                        refused.append(&mut batch);
+                    }
                     current = None;
                 }
             }
@@ -334,8 +319,12 @@ impl Queue {
             }));
         }
         if let Some(cur) = current {
-            refused.extend(cur.push_all(batch).into_iter().flatten());
+            if !cur.push_from(&mut batch) {
+                refused.append(&mut batch);
+            }
         }
+        scratch::put_batch(batch);
+        scratch::put_dispatched(out);
         refused
     }
 
@@ -450,11 +439,37 @@ impl Queue {
         got
     }
 
-    pub fn ack(self: &Arc<Self>, seqs: &[u64]) {
+    /// Acked: settled and counted (into the caller's fold, added to this
+    /// queue's and the broker's counters at the end of its turn).
+    pub fn ack(self: &Arc<Self>, seqs: &[u64], fold: &mut CounterFold) {
         self.core().ack(seqs);
-        self.stats.acked(seqs.len() as u64);
-        self.global.acked(seqs.len() as u64);
+        self.count(fold, Counter::Ack, seqs.len() as u64);
         self.kick();
+    }
+
+    /// Counts one delivery framed for a consumer of this queue.
+    pub fn count_delivery(
+        self: &Arc<Self>,
+        fold: &mut CounterFold,
+        no_ack: bool,
+        redelivered: bool,
+    ) {
+        let c = if no_ack {
+            Counter::DeliverNoAck
+        } else {
+            Counter::Deliver
+        };
+        self.count(fold, c, 1);
+        if redelivered {
+            self.count(fold, Counter::Redeliver, 1);
+        }
+    }
+
+    /// `n` of `c` for this queue and the broker, into `fold`.
+    fn count(self: &Arc<Self>, fold: &mut CounterFold, c: Counter, n: u64) {
+        fold.add(&self.stats, || FoldTarget::Queue(self.clone()), c, n);
+        let g = &self.global;
+        fold.add(g, || FoldTarget::Counters(g.clone()), c, n);
     }
 
     /// Rejected without requeue: settled like an ack, not counted as one.
@@ -507,6 +522,12 @@ impl Queue {
         let n = core.purge();
         self.update_flow(&core);
         n
+    }
+
+    /// (ready messages, their body bytes)
+    pub fn ready_totals(&self) -> (usize, u64) {
+        let core = self.core();
+        (core.message_count(), core.message_bytes())
     }
 
     /// (ready messages, consumers)
@@ -579,3 +600,46 @@ impl std::hash::Hash for QueueRef {
         (Arc::as_ptr(&self.0) as usize).hash(state)
     }
 }
+
+/// Per-thread vectors for the delivery hand-off, reused so a publish that
+/// dispatches allocates none. Taken out and put back (not borrowed), so a
+/// re-entrant hand-off (a refused delivery kicks its queue) just starts
+/// with a fresh vector.
+mod scratch {
+    use super::{ConsumerHandle, Dispatched, OutboxItem};
+    use std::cell::Cell;
+    use std::sync::Arc;
+
+    type Out = Vec<Dispatched<Arc<ConsumerHandle>>>;
+
+    thread_local! {
+        static DISPATCHED: Cell<Out> = const { Cell::new(Vec::new()) };
+        static BATCH: Cell<Vec<OutboxItem>> = const { Cell::new(Vec::new()) };
+    }
+
+    /// Vectors that grew past this many entries are not kept.
+    const KEEP: usize = 4096;
+
+    pub(super) fn take_dispatched() -> Out {
+        DISPATCHED.take()
+    }
+
+    pub(super) fn put_dispatched(v: Out) {
+        if v.capacity() <= KEEP {
+            debug_assert!(v.is_empty());
+            DISPATCHED.set(v);
+        }
+    }
+
+    pub(super) fn take_batch() -> Vec<OutboxItem> {
+        BATCH.take()
+    }
+
+    pub(super) fn put_batch(v: Vec<OutboxItem>) {
+        if v.capacity() <= KEEP {
+            debug_assert!(v.is_empty());
+            BATCH.set(v);
+        }
+    }
+}
+

@@ -91,7 +91,7 @@ async fn peek(
         for (place, m) in peeked.load() {
             // A reply stays bounded however big the messages are: past the
             // budget, fewer messages come back (the first always does).
-            let shown = truncate.map_or(m.message.body.len(), |t| t.min(m.message.body.len()));
+            let shown = truncate.map_or(m.message.body().len(), |t| t.min(m.message.body().len()));
             if !items.is_empty() && rendered + shown > PEEK_RENDER_BUDGET {
                 break;
             }
@@ -186,9 +186,9 @@ async fn unacked(
                 "delivered_at": u.delivered_at,
                 "held_for_ms": now.saturating_sub(u.delivered_at),
                 "redelivered": u.redelivered,
-                "exchange": message.map(|m| m.exchange.clone()),
-                "routing_key": message.map(|m| m.routing_key.clone()),
-                "payload_bytes": message.map(|m| m.body.len()),
+                "exchange": message.map(|m| m.exchange().to_owned()),
+                "routing_key": message.map(|m| m.routing_key().to_owned()),
+                "payload_bytes": message.map(|m| m.body().len()),
             })
         })
         .collect();
