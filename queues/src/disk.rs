@@ -1628,10 +1628,7 @@ mod tests {
                 "the old index is gone"
             );
             let one = pop_loading(&mut s).unwrap();
-            assert_eq!(
-                (one.message.body(), one.redelivered),
-                (&b"one"[..], true)
-            );
+            assert_eq!((one.message.body(), one.redelivered), (&b"one"[..], true));
             s.settle(one.seq);
             // A new message, with the new checksum, beside the old ones.
             s.push(persistent(4, "four", &disk, 1));

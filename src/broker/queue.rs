@@ -290,7 +290,10 @@ impl Queue {
     /// Deliveries are counted by the consumer's connection as it frames
     /// them ([`Queue::count_delivery`]), folded per turn there. The batch
     /// vector is a per-thread one, reused.
-    fn hand_off(self: &Arc<Self>, mut out: Vec<Dispatched<Arc<ConsumerHandle>>>) -> Vec<OutboxItem> {
+    fn hand_off(
+        self: &Arc<Self>,
+        mut out: Vec<Dispatched<Arc<ConsumerHandle>>>,
+    ) -> Vec<OutboxItem> {
         let mut refused = Vec::new();
         if out.is_empty() {
             scratch::put_dispatched(out);
@@ -642,4 +645,3 @@ mod scratch {
         }
     }
 }
-

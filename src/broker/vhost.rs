@@ -649,7 +649,8 @@ impl Vhost {
             if !q.0.publish(message.clone()) {
                 // Deleted as we routed to it: the record it was counted
                 // for will not be held by it.
-                if let (Some(r), Some(_), Some(p)) = (message.stored(), q.0.disk_id, &self.persist) {
+                if let (Some(r), Some(_), Some(p)) = (message.stored(), q.0.disk_id, &self.persist)
+                {
                     p.disk.forget_ref(r);
                 }
             }
