@@ -76,7 +76,11 @@ impl Server {
         for a in t.accept {
             let _ = a.await;
         }
+        // Awaited after the abort: the sampler holds the broker, and the
+        // store only closes (its directory can be reopened) once the last
+        // holder is gone.
         t.sampler.abort();
+        let _ = t.sampler.await;
         for h in t.http {
             let _ = h.await;
         }

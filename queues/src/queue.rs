@@ -92,20 +92,31 @@ pub enum ConsumeError {
 struct Consumer<C> {
     spec: ConsumerSpec<C>,
     in_flight: u32,
+    /// Deliveries handed to the connection and not yet written to its
+    /// socket, for consumers whose credit is not bounded by acks (see
+    /// [`Consumer::credit_on_write`]).
+    unwritten: u32,
 }
 
 impl<C> Consumer<C> {
-    fn window(&self, noack_window: u32) -> u32 {
-        if self.spec.no_ack {
-            noack_window
-        } else {
-            self.spec.prefetch
-        }
+    /// Whether this consumer's credit comes back as its deliveries are
+    /// written rather than acked: no-ack consumers, and manual-ack ones
+    /// with no prefetch limit. For both, the socket is the only limit (as
+    /// in RabbitMQ), so a window of written-but-unsent deliveries keeps a
+    /// slow reader from pulling a whole backlog (paged-out bodies
+    /// included) into its connection's memory.
+    fn credit_on_write(&self) -> bool {
+        self.spec.no_ack || self.spec.prefetch == 0
     }
 
     fn has_credit(&self, noack_window: u32) -> bool {
-        let w = self.window(noack_window);
-        w == 0 || self.in_flight < w
+        if self.spec.no_ack {
+            self.in_flight < noack_window
+        } else if self.spec.prefetch == 0 {
+            self.unwritten < noack_window
+        } else {
+            self.in_flight < self.spec.prefetch
+        }
     }
 }
 
@@ -119,6 +130,9 @@ pub struct Dispatched<C> {
     /// Whether this delivery took a slot of the channel's shared limit,
     /// which the channel must release when the message is settled.
     pub took_channel_slot: bool,
+    /// Whether the connection gives credit back once it has written this
+    /// delivery ([`QueueCore::credit_written`]).
+    pub credit_on_write: bool,
 }
 
 /// Who holds an unacked message.
@@ -189,8 +203,9 @@ pub struct QueueCore<C> {
     /// so the unacked view can still name them; each leaves with its last
     /// settled message.
     departed: Vec<Consumer<C>>,
-    /// Credit of no-ack consumers: messages handed over but not yet
-    /// confirmed written by the connection ([`QueueCore::settle_no_ack`]).
+    /// Credit of consumers not bounded by acks (no-ack, or prefetch 0):
+    /// deliveries handed over but not yet confirmed written by the
+    /// connection ([`QueueCore::credit_written`]).
     noack_window: u32,
     /// Whether a consumer ever attached (auto-delete needs one to have left).
     had_consumer: bool,
@@ -257,6 +272,10 @@ impl<C: Clone> QueueCore<C> {
                     break 'messages;
                 };
                 c.in_flight += 1;
+                let credit_on_write = c.credit_on_write();
+                if credit_on_write && !c.spec.no_ack {
+                    c.unwritten += 1;
+                }
                 if c.spec.no_ack {
                     self.store.settle(m.seq);
                 } else {
@@ -272,6 +291,7 @@ impl<C: Clone> QueueCore<C> {
                     message: m,
                     no_ack: c.spec.no_ack,
                     took_channel_slot: took_slot,
+                    credit_on_write,
                 });
                 self.cursor = (i + 1) % n;
                 continue 'messages;
@@ -348,15 +368,30 @@ impl<C: Clone> QueueCore<C> {
     /// or its connection went away first): it goes back to its place, as
     /// it was, without counting as delivered.
     pub fn undeliver(&mut self, m: QueuedMessage, no_ack: bool) {
-        if no_ack || self.take_unacked(m.seq).is_some() {
+        if no_ack {
+            self.store.requeue(m);
+        } else if let Some(u) = self.take_unacked(m.seq) {
+            // Never written: its write credit comes back too.
+            if let Holder::Consumer(id) = u.holder {
+                if let Some(c) = self.consumers.iter_mut().find(|c| c.spec.id == id) {
+                    c.unwritten = c.unwritten.saturating_sub(1);
+                }
+            }
             self.store.requeue(m);
         }
     }
 
-    /// A connection wrote `n` messages of a no-ack consumer: credit returns.
-    pub fn settle_no_ack(&mut self, consumer: ConsumerId, n: u32) {
+    /// A connection wrote `n` deliveries of a consumer whose credit comes
+    /// back on write (see [`Dispatched::credit_on_write`]): no-ack
+    /// deliveries are done, manual-ack ones stay unacked but no longer
+    /// count against the write window.
+    pub fn credit_written(&mut self, consumer: ConsumerId, n: u32) {
         if let Some(c) = self.consumers.iter_mut().find(|c| c.spec.id == consumer) {
-            c.in_flight = c.in_flight.saturating_sub(n);
+            if c.spec.no_ack {
+                c.in_flight = c.in_flight.saturating_sub(n);
+            } else {
+                c.unwritten = c.unwritten.saturating_sub(n);
+            }
         }
     }
 
@@ -365,7 +400,11 @@ impl<C: Clone> QueueCore<C> {
         if exclusive_exists || (spec.exclusive && !self.consumers.is_empty()) {
             return Err(ConsumeError::ExclusiveConflict);
         }
-        self.consumers.push(Consumer { spec, in_flight: 0 });
+        self.consumers.push(Consumer {
+            spec,
+            in_flight: 0,
+            unwritten: 0,
+        });
         self.had_consumer = true;
         Ok(())
     }
@@ -600,10 +639,48 @@ mod tests {
         q.dispatch(0, &mut out);
         assert_eq!(out.len(), 2);
         assert_eq!(q.unacked_count(), 0, "no-ack deliveries are not unacked");
-        q.settle_no_ack(1, 2);
+        q.credit_written(1, 2);
         out.clear();
         q.dispatch(0, &mut out);
         assert_eq!(out.len(), 2);
+    }
+
+    /// A manual-ack consumer without prefetch is bounded only by what its
+    /// connection has not written yet, never by acks; a delivery handed
+    /// back unwritten returns its credit.
+    #[test]
+    fn unlimited_prefetch_consumers_have_a_write_window() {
+        let mut q: QueueCore<&str> = QueueCore::new(Box::new(MemoryStore::default()), 3);
+        q.add_consumer(spec(1, "a", 0)).unwrap();
+        publish(&mut q, 10);
+        let mut out = Vec::new();
+        q.dispatch(0, &mut out);
+        assert_eq!(out.len(), 3, "the window, not the whole backlog");
+        assert!(out.iter().all(|d| d.credit_on_write && !d.no_ack));
+        assert_eq!(q.unacked_count(), 3);
+        q.credit_written(1, 2);
+        let mut more = Vec::new();
+        q.dispatch(0, &mut more);
+        assert_eq!(more.len(), 2, "written deliveries free the window");
+        assert_eq!(q.unacked_count(), 5, "and stay unacked");
+        let seqs: Vec<u64> = out.iter().map(|d| d.message.seq).collect();
+        assert_eq!(q.ack(&seqs), 3);
+        let mut none = Vec::new();
+        q.dispatch(0, &mut none);
+        assert!(none.is_empty(), "acks give no write credit");
+        let back = more.pop().unwrap();
+        q.undeliver(back.message, false);
+        let mut again = Vec::new();
+        q.dispatch(0, &mut again);
+        assert_eq!(again.len(), 1, "an unwritten delivery returns its credit");
+        // A prefetch-limited consumer is bounded by acks alone.
+        let mut p: QueueCore<&str> = QueueCore::new(Box::new(MemoryStore::default()), 1);
+        p.add_consumer(spec(1, "a", 4)).unwrap();
+        publish(&mut p, 10);
+        let mut got = Vec::new();
+        p.dispatch(0, &mut got);
+        assert_eq!(got.len(), 4);
+        assert!(got.iter().all(|d| !d.credit_on_write));
     }
 
     #[test]

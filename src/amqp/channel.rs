@@ -1382,12 +1382,13 @@ impl Connection {
         if d.message.redelivered {
             ch.count(Counter::Redeliver, 1);
         }
-        if d.no_ack {
+        if d.credit_on_write {
             match self.settle.last_mut() {
                 Some((q, c, n)) if Arc::ptr_eq(q, &d.queue) && *c == d.consumer.id => *n += 1,
                 _ => self.settle.push((d.queue.clone(), d.consumer.id, 1)),
             }
-        } else {
+        }
+        if !d.no_ack {
             ch.unacked.push_back(Unacked {
                 tag,
                 queue: d.queue.clone(),

@@ -89,7 +89,8 @@ pub(super) struct Connection {
     shutting_down: bool,
     /// The connection is over: the task ends after this turn.
     done: bool,
-    /// No-ack deliveries written, to be credited back to their queues.
+    /// Deliveries written whose credit returns on write (no-ack, or no
+    /// prefetch limit), to be credited back to their queues.
     pub(super) settle: Vec<(Arc<Queue>, ConsumerId, u32)>,
     pub(super) route_scratch: RouteScratch,
     /// Channels with confirm tags written to disk this turn.
@@ -966,10 +967,11 @@ impl Connection {
         self.hold = None;
     }
 
-    /// Credits no-ack deliveries written so far back to their queues.
+    /// Gives the write credit of deliveries written so far back to their
+    /// queues (no-ack consumers, and those without a prefetch limit).
     fn credit_no_ack(&mut self) {
         for (q, consumer, n) in self.settle.drain(..) {
-            q.settle_no_ack(consumer, n);
+            q.credit_written(consumer, n);
         }
     }
 

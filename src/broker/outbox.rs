@@ -16,6 +16,9 @@ pub struct Delivery {
     pub message: QueuedMessage,
     pub no_ack: bool,
     pub took_channel_slot: bool,
+    /// Credit returns to the queue once this is written (no-ack, or a
+    /// consumer without a prefetch limit): `Queue::credit_written`.
+    pub credit_on_write: bool,
 }
 
 #[derive(Debug)]

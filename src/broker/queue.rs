@@ -319,6 +319,7 @@ impl Queue {
                 message: d.message,
                 no_ack: d.no_ack,
                 took_channel_slot: d.took_channel_slot,
+                credit_on_write: d.credit_on_write,
             }));
         }
         if let Some(cur) = current {
@@ -509,10 +510,12 @@ impl Queue {
         self.kick();
     }
 
-    pub fn settle_no_ack(self: &Arc<Self>, consumer: ConsumerId, n: u32) {
+    /// The consumer's connection wrote `n` deliveries whose credit comes
+    /// back on write (no-ack, or no prefetch limit).
+    pub fn credit_written(self: &Arc<Self>, consumer: ConsumerId, n: u32) {
         let after = {
             let mut core = self.core();
-            core.settle_no_ack(consumer, n);
+            core.credit_written(consumer, n);
             let after = self.deliver(&mut core);
             self.update_flow(&core);
             after
