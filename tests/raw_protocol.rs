@@ -276,8 +276,8 @@ async fn unknown_vhost_is_530() {
     r.method_out(
         0,
         AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
-            channel_max: 0,
-            frame_max: 0,
+            channel_max: 2047,
+            frame_max: 131072,
             heartbeat: 0,
         })),
     )
@@ -340,18 +340,6 @@ async fn method_on_a_closed_channel_is_504() {
         r.expect_close(504).await,
         "CHANNEL_ERROR - expected 'channel.open'"
     );
-}
-
-#[tokio::test]
-async fn channel_above_channel_max_is_refused() {
-    let s = start().await;
-    let mut r = Raw::open(&s, 131072, 0).await; // channel_max 10
-    r.method_out(
-        11,
-        AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
-    )
-    .await;
-    r.expect_close(504).await;
 }
 
 #[tokio::test]
@@ -494,6 +482,8 @@ async fn client_close_gets_close_ok_and_after_close_only_close_ok_counts() {
         r.method().await,
         AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))
     ));
+    // The broker reads on until the client closes (tests/wire_compat.rs).
+    r.s.shutdown().await.unwrap();
     r.expect_eof().await;
 }
 
@@ -578,10 +568,10 @@ async fn deeply_nested_tables_are_refused_not_a_crash() {
     r.expect_close(502).await;
 
     // The same depth in a message's headers: refused like malformed
-    // properties, before anything decodes them.
+    // properties (541, as RabbitMQ), before anything decodes them.
     let mut r = Raw::open(&s, 131072, 0).await;
     publish_with_headers(&mut r, &nested_table(15_000)).await;
-    r.expect_close(502).await;
+    r.expect_close(541).await;
 
     // 60 levels (within the limit) are delivered and rendered by the API.
     let mut r = Raw::open(&s, 131072, 0).await;

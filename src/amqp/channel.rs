@@ -89,6 +89,8 @@ struct Confirms {
     failed: std::collections::BTreeSet<u64>,
     /// Tags written this turn, handed to the flusher at its end.
     to_flush: Vec<u64>,
+    /// The channel is in the connection's `confirm_waiting` list.
+    queued: bool,
 }
 
 /// A publish held until tx.commit.
@@ -121,19 +123,22 @@ fn parse_short_str(p: &[u8], at: &mut usize) -> Option<String> {
 impl Connection {
     pub(super) fn channel_frame(&mut self, f: Frame) -> Result<(), ConnectionError> {
         let id = f.channel;
-        if id > self.channel_max && self.channel_max != 0 {
-            return Err(conn_err(
-                CHANNEL_ERROR,
-                format!(
-                    "CHANNEL_ERROR - channel id {id} is above the negotiated channel_max {}",
-                    self.channel_max
-                ),
-            ));
-        }
         let Some(ch) = self.channels.get_mut(&id) else {
             // Only channel.open may address a channel that is not open.
             let cm = super::assembler::class_method(&f.payload);
             if f.kind == FRAME_METHOD && cm == (20, 10) {
+                // channel_max bounds how many channels are open (closing
+                // ones included), not their ids, as in RabbitMQ.
+                let open = self.channels.len();
+                if self.channel_max != 0 && open >= self.channel_max as usize {
+                    return Err(conn_err(
+                        NOT_ALLOWED,
+                        format!(
+                            "NOT_ALLOWED - number of channels opened ({open}) has reached the negotiated channel_max ({})",
+                            self.channel_max
+                        ),
+                    ));
+                }
                 let ch = Channel {
                     next_tag: 1,
                     epoch: self.broker.next_id(),
@@ -218,7 +223,8 @@ impl Connection {
                 Ok(())
             }
             Err(AmqpError::Connection(mut e)) => {
-                if e.class_id == 0 {
+                // A 541 is a crash in RabbitMQ's channel: it names no method.
+                if e.class_id == 0 && e.code != INTERNAL_ERROR {
                     e.class_id = cm.0;
                     e.method_id = cm.1;
                 }
@@ -400,6 +406,8 @@ impl Connection {
             }
             chan::AMQPMethod::FlowOk(_) | chan::AMQPMethod::CloseOk(_) => Ok(()),
             chan::AMQPMethod::Close(_) => {
+                // Confirms due this turn go out before close-ok.
+                self.advance_confirms(id);
                 if let Some(ch) = self.remove_channel(id) {
                     self.release_channel(ch);
                 }
@@ -644,10 +652,19 @@ impl Connection {
             .content
             .expect("the assembler attaches content to publish");
         let Some(summary) = codec::scan_properties(&content.header.properties) else {
-            return Err(AmqpError::connection(
-                SYNTAX_ERROR,
-                "malformed content header properties",
-            ));
+            // RabbitMQ's channel crashes decoding them: the connection
+            // closes with a bare 541 that names no method.
+            tracing::warn!(
+                conn = self.id,
+                channel = id,
+                "malformed content header properties"
+            );
+            return Err(AmqpError::Connection(ConnectionError {
+                code: INTERNAL_ERROR,
+                text: "INTERNAL_ERROR".into(),
+                class_id: 0,
+                method_id: 0,
+            }));
         };
         if let Some(uid) = summary.user_id {
             let uid = &content.header.properties[uid.0..uid.1];
@@ -757,22 +774,43 @@ impl Connection {
         let written = self.route_publish(id, pending);
         if let Some(tag) = tag {
             let c = self.ch(id).confirm.as_mut().expect("confirm mode");
+            let mut flush = false;
             match written {
                 Ok(true) => {
                     c.outstanding.insert(tag);
                     c.to_flush.push(tag);
-                    if c.to_flush.len() == 1 {
-                        self.flush_waiting.push(id);
-                    }
+                    flush = c.to_flush.len() == 1;
                 }
                 Ok(false) => {}
                 Err(()) => {
                     c.failed.insert(tag);
                 }
             }
-            self.advance_confirms(id);
+            // Confirmed at the end of the read, with one `multiple` ack
+            // for every publish of the turn that needs no disk.
+            let queue = !std::mem::replace(&mut c.queued, true);
+            if flush {
+                self.flush_waiting.push(id);
+            }
+            if queue {
+                self.confirm_waiting.push(id);
+            }
         }
         Ok(())
+    }
+
+    /// Sends the confirms the publishes of this turn made ready.
+    pub(super) fn send_ready_confirms(&mut self) {
+        for id in std::mem::take(&mut self.confirm_waiting) {
+            if let Some(c) = self
+                .channels
+                .get_mut(&id)
+                .and_then(|ch| ch.confirm.as_mut())
+            {
+                c.queued = false;
+            }
+            self.advance_confirms(id);
+        }
     }
 
     /// Routes and enqueues one publish, writing a basic.return when a
@@ -958,12 +996,17 @@ impl Connection {
             }
             tx::AMQPMethod::Commit(_) => {
                 let work = std::mem::take(self.ch(id).tx.as_mut().ok_or_else(not_tx)?);
+                // Settling messages of a durable queue writes to its store:
+                // commit-ok waits for that flush as for persistent publishes.
+                let mut written = work
+                    .settles
+                    .iter()
+                    .any(|(items, _)| items.iter().any(|u| u.queue.disk_id.is_some()));
                 // Acks first: they cannot fail, and a failed publish below
                 // must not leave them neither applied nor unacked.
                 for (items, how) in work.settles {
                     self.apply_settle(id, items, how);
                 }
-                let mut written = false;
                 for p in work.publishes {
                     // A store failure fails the commit, as RabbitMQ would.
                     written |= self.route_publish(id, p).map_err(|()| {

@@ -7,7 +7,7 @@
 //! frames (basic.deliver, basic.get-ok, basic.return, content) are encoded
 //! by hand straight into the output buffer.
 
-use crate::broker::properties::{table_nesting_ok, MAX_TABLE_DEPTH};
+use crate::broker::properties::{table_nesting_ok, table_valid, MAX_TABLE_DEPTH};
 use amq_protocol::frame::{gen_frame, AMQPFrame, WriteContext};
 use amq_protocol::protocol::AMQPClass;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -286,8 +286,8 @@ pub fn method_tables_ok(payload: &[u8]) -> bool {
     }
 }
 
-/// Walks basic properties far enough to validate their layout and find
-/// delivery_mode; `None` when the property list is malformed.
+/// Validates a published property list (layout, and the headers table in
+/// place) and finds what the broker needs; `None` when it is malformed.
 pub fn scan_properties(props: &[u8]) -> Option<PropertySummary> {
     let mut p = props;
     let take = |p: &mut &[u8], n: usize| -> Option<()> {
@@ -297,19 +297,16 @@ pub fn scan_properties(props: &[u8]) -> Option<PropertySummary> {
         *p = &p[n..];
         Some(())
     };
-    let mut flags_words = Vec::with_capacity(1);
-    loop {
-        if p.len() < 2 {
-            return None;
-        }
-        let w = u16::from_be_bytes([p[0], p[1]]);
-        p = &p[2..];
-        flags_words.push(w);
-        if w & 1 == 0 {
-            break;
-        }
+    if p.len() < 2 {
+        return None;
     }
-    let flags = flags_words[0];
+    let flags = u16::from_be_bytes([p[0], p[1]]);
+    p = &p[2..];
+    // The basic class has no properties past the first flag word: a
+    // continuation bit is refused, as RabbitMQ cannot decode one either.
+    if flags & 1 == 1 {
+        return None;
+    }
     let mut summary = PropertySummary::default();
     // Basic properties, in flag order from bit 15 down.
     const SHORTSTR: u8 = 0;
@@ -335,19 +332,14 @@ pub fn scan_properties(props: &[u8]) -> Option<PropertySummary> {
                 take(&mut p, 1 + n)?;
             }
             TABLE => {
-                if p.len() < 4 {
-                    return None;
-                }
-                let n = u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize;
-                // Nesting deep enough to exhaust a recursive decoder's
-                // stack is refused like any malformed property list.
-                if !table_nesting_ok(p, MAX_TABLE_DEPTH) {
-                    return None;
-                }
+                // Validated in place, once: a malformed table (or one
+                // nested deep enough to exhaust a recursive decoder's
+                // stack) is refused, never stored or forwarded.
+                let n = table_valid(p, MAX_TABLE_DEPTH)?;
                 summary.has_headers = true;
                 let start = props.len() - p.len() + 4;
-                summary.headers = Some((start, start + n));
-                take(&mut p, 4 + n)?;
+                summary.headers = Some((start, start + n - 4));
+                take(&mut p, n)?;
             }
             OCTET => {
                 if i == 3 {

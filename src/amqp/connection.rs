@@ -30,8 +30,17 @@ use warren_queues::ConsumerId;
 
 /// Frame size allowed before tune-ok (the spec's minimum frame_max).
 const FRAME_MIN_SIZE: usize = 4096;
-/// How long we wait for close-ok after sending connection.close.
+/// How long the handshake, and a broker shutting down, wait for close-ok
+/// after sending connection.close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a closing connection keeps reading (and discarding) before the
+/// socket goes: RabbitMQ's `?CLOSING_TIMEOUT`, or the heartbeat interval
+/// when that is shorter.
+const CLOSING_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client whose tune-ok is refused waits before the socket
+/// closes without a word: RabbitMQ's `?SILENT_CLOSE_DELAY`, so a client
+/// cannot make us renegotiate in a tight loop.
+const SILENT_CLOSE_DELAY: Duration = Duration::from_secs(3);
 const READ_CHUNK: usize = 64 * 1024;
 /// The longest a publisher is paused at a time for flow control; then one
 /// read is processed, so no cycle of paused connections (each waiting for
@@ -66,13 +75,22 @@ pub(super) struct Connection {
     pub(super) cancel_notify: bool,
     /// Set once we sent connection.close: only close/close-ok count now.
     closing_since: Option<Instant>,
-    /// The connection is over (close-ok exchanged).
+    /// Set once we sent close-ok to the client's connection.close: frames
+    /// still in flight are read and dropped until the client closes the
+    /// socket (or [`Connection::closing_timeout`] passes), so a client
+    /// with publishes in flight sees no EPIPE.
+    closed_since: Option<Instant>,
+    /// The broker is shutting down: closing waits are short.
+    shutting_down: bool,
+    /// The connection is over: the task ends after this turn.
     done: bool,
     /// No-ack deliveries written, to be credited back to their queues.
     pub(super) settle: Vec<(Arc<Queue>, ConsumerId, u32)>,
     pub(super) route_scratch: RouteScratch,
     /// Channels with confirm tags written to disk this turn.
     pub(super) flush_waiting: Vec<u16>,
+    /// Channels with publishes this turn whose confirms may be due.
+    pub(super) confirm_waiting: Vec<u16>,
     /// A queue we published to asked publishers to pause: reading from
     /// the socket waits until it drains (deliveries still go out).
     pub(super) flow_wait: Option<(Arc<Queue>, Instant)>,
@@ -148,10 +166,13 @@ pub async fn serve(
         channels: HashMap::new(),
         cancel_notify: conn.cancel_notify,
         closing_since: None,
+        closed_since: None,
+        shutting_down: false,
         done: false,
         settle: Vec::new(),
         route_scratch: RouteScratch::default(),
         flush_waiting: Vec::new(),
+        confirm_waiting: Vec::new(),
         flow_wait: None,
         outbox_items: Vec::new(),
         last_sent: Instant::now(),
@@ -339,6 +360,42 @@ fn negotiate<T: Ord + Copy + Default>(server: T, client: T) -> T {
     }
 }
 
+/// RabbitMQ's check of tune-ok: no value below the minimum, and none
+/// above the server's limit, "no limit" (0) included, where it has one.
+fn check_tune_ok(settings: &AmqpSettings, tune: &connection::TuneOk) -> Result<(), String> {
+    check_negotiated(
+        "frame_max",
+        FRAME_MIN_SIZE as u64,
+        settings.frame_max.into(),
+        tune.frame_max.into(),
+    )?;
+    check_negotiated(
+        "channel_max",
+        1,
+        settings.channel_max.into(),
+        tune.channel_max.into(),
+    )
+}
+
+fn check_negotiated(field: &str, min: u64, server: u64, client: u64) -> Result<(), String> {
+    let detail = if field == "channel_max" && client == 0 {
+        " (no limit)"
+    } else {
+        ""
+    };
+    if client != 0 && client < min {
+        Err(format!(
+            "negotiated {field} = {client}{detail} is lower than the minimum allowed value ({min})"
+        ))
+    } else if server != 0 && (client == 0 || client > server) {
+        Err(format!(
+            "negotiated {field} = {client}{detail} is higher than the maximum allowed value ({server})"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 async fn handshake(
     rd: &mut OwnedReadHalf,
     rbuf: &mut BytesMut,
@@ -431,19 +488,13 @@ async fn handshake(
     else {
         return None;
     };
-    let frame_max = negotiate(settings.frame_max, tune.frame_max) as usize;
-    if frame_max != 0 && frame_max < FRAME_MIN_SIZE {
-        refuse(
-            rd,
-            rbuf,
-            tx,
-            NOT_ALLOWED,
-            format!("NOT_ALLOWED - frame_max={frame_max} < {FRAME_MIN_SIZE} min size"),
-            (10, 31),
-        )
-        .await;
+    if let Err(text) = check_tune_ok(settings, &tune) {
+        // RabbitMQ sends nothing here: it logs, waits, and drops the socket.
+        tracing::error!(%peer, "failed to negotiate connection parameters: {text}");
+        tokio::time::sleep(SILENT_CLOSE_DELAY).await;
         return None;
     }
+    let frame_max = negotiate(settings.frame_max, tune.frame_max) as usize;
     let channel_max = negotiate(settings.channel_max, tune.channel_max);
     // The client decides about heartbeats: 0 turns them off.
     let heartbeat = if tune.heartbeat == 0 {
@@ -503,7 +554,19 @@ impl Connection {
         let mut last_read = Instant::now();
         let outbox = self.outbox.clone();
         let info = self.info.clone();
+        // Frames the client pipelined behind connection.open arrived with
+        // the handshake's reads: handle them now, not after the next read.
+        if !rbuf.is_empty() {
+            self.read_frames(rbuf);
+            self.end_read_turn();
+        }
         let end = loop {
+            if let Err(end) = self.end_turn().await {
+                break end;
+            }
+            if self.done {
+                break End::Closed;
+            }
             let flow = self.flow_wait.clone();
             tokio::select! {
                 res = rd.read_buf(rbuf), if flow.is_none() => {
@@ -514,8 +577,7 @@ impl Connection {
                     }
                     last_read = Instant::now();
                     self.read_frames(rbuf);
-                    // One flush request per channel per read, not per message.
-                    self.request_flushes();
+                    self.end_read_turn();
                     if rbuf.capacity() - rbuf.len() < 4096 {
                         rbuf.reserve(READ_CHUNK);
                     }
@@ -548,8 +610,13 @@ impl Connection {
                     self.info.set_channels(self.channel_snapshots());
                     let now = Instant::now();
                     if let Some(since) = self.closing_since {
-                        if now - since > CLOSE_TIMEOUT {
+                        if now - since > self.closing_timeout() {
                             break End::Timeout("close-ok");
+                        }
+                    }
+                    if let Some(since) = self.closed_since {
+                        if now - since > self.closing_timeout() {
+                            break End::Timeout("socket close after close-ok");
                         }
                     }
                     if self.heartbeat != 0 {
@@ -564,7 +631,13 @@ impl Connection {
                     }
                 }
                 res = shutdown.changed() => {
-                    if res.is_ok() && *shutdown.borrow() && self.closing_since.is_none() {
+                    if res.is_ok() && *shutdown.borrow() {
+                        self.shutting_down = true;
+                    }
+                    if self.shutting_down && self.closed_since.is_some() {
+                        break End::Closed;
+                    }
+                    if self.shutting_down && self.closing_since.is_none() {
                         self.close_connection(ConnectionError {
                             code: CONNECTION_FORCED,
                             text: "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'".into(),
@@ -574,25 +647,49 @@ impl Connection {
                     }
                 }
             }
-            // Deliveries are drained on every turn, not only when woken:
-            // publishes handled above may have filled our own outbox.
-            self.drain_outbox();
-            if !self.out.is_empty() {
-                let chunk = self.out.split().freeze();
-                if self.tx.send(chunk).await.is_err() {
-                    break End::Io(std::io::ErrorKind::BrokenPipe.into());
-                }
-                self.last_sent = Instant::now();
-            }
-            self.credit_no_ack();
-            if self.done {
-                break End::Closed;
-            }
         };
-        if self.closing_since.is_some() || self.done {
+        if self.closing_since.is_some() || self.closed_since.is_some() || self.done {
             return End::Closed;
         }
         end
+    }
+
+    /// The end of every turn of the loop: deliveries are drained on every
+    /// turn, not only when woken (publishes may have filled our own
+    /// outbox), and what is framed goes to the writer.
+    async fn end_turn(&mut self) -> Result<(), End> {
+        self.drain_outbox();
+        if !self.out.is_empty() {
+            let chunk = self.out.split().freeze();
+            if self.tx.send(chunk).await.is_err() {
+                return Err(End::Io(std::io::ErrorKind::BrokenPipe.into()));
+            }
+            self.last_sent = Instant::now();
+        }
+        self.credit_no_ack();
+        Ok(())
+    }
+
+    /// After the frames of one read: one flush request per channel, and
+    /// one (multiple) confirm per channel for what needs no disk.
+    fn end_read_turn(&mut self) {
+        self.request_flushes();
+        self.send_ready_confirms();
+    }
+
+    /// How long a closing connection waits for close-ok, or for the client
+    /// to close its socket after our close-ok. A shutdown waits less: the
+    /// server gives its connections a few seconds in all.
+    fn closing_timeout(&self) -> Duration {
+        if self.shutting_down {
+            return CLOSE_TIMEOUT;
+        }
+        let hb = Duration::from_secs(self.heartbeat.into());
+        if self.heartbeat > 0 && hb < CLOSING_TIMEOUT {
+            hb
+        } else {
+            CLOSING_TIMEOUT
+        }
     }
 
     /// Handles every whole frame in the read buffer.
@@ -626,6 +723,10 @@ impl Connection {
     }
 
     fn frame(&mut self, f: Frame) -> Result<(), ConnectionError> {
+        if self.closed_since.is_some() {
+            // We sent close-ok: whatever is still in flight is dropped.
+            return Ok(());
+        }
         if self.closing_since.is_some() {
             // After our close, only close and close-ok matter.
             if f.channel == 0 && f.kind == FRAME_METHOD {
@@ -645,22 +746,19 @@ impl Connection {
             }
             return Ok(());
         }
+        // Heartbeats belong on channel 0, content frames elsewhere.
+        let misplaced = match f.kind {
+            FRAME_HEARTBEAT => f.channel != 0,
+            FRAME_METHOD => false,
+            _ => f.channel == 0,
+        };
+        if misplaced {
+            return Err(unexpected_frame(&f));
+        }
         if f.kind == FRAME_HEARTBEAT {
-            if f.channel != 0 {
-                return Err(conn_err(
-                    FRAME_ERROR,
-                    "FRAME_ERROR - heartbeat frame on a non-zero channel",
-                ));
-            }
             return Ok(());
         }
         if f.channel == 0 {
-            if f.kind != FRAME_METHOD {
-                return Err(conn_err(
-                    UNEXPECTED_FRAME,
-                    "UNEXPECTED_FRAME - content frame on channel 0",
-                ));
-            }
             return self.connection_method(&f.payload);
         }
         self.channel_frame(f)
@@ -676,11 +774,15 @@ impl Connection {
                     text = c.reply_text.as_str(),
                     "client closed the connection"
                 );
+                self.release_all_channels();
                 self.send_method(
                     0,
                     AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
                 );
-                self.done = true;
+                // As RabbitMQ: keep reading (and dropping) until the client
+                // closes the socket, so its publishes in flight get no EPIPE.
+                self.closed_since = Some(Instant::now());
+                self.flow_wait = None;
                 Ok(())
             }
             Some(connection::AMQPMethod::CloseOk(_)) => Ok(()),
@@ -693,12 +795,10 @@ impl Connection {
                 );
                 Ok(())
             }
+            // A channel-class method, or a handshake method once open.
             _ => Err(ConnectionError {
-                code: COMMAND_INVALID,
-                text: format!(
-                    "COMMAND_INVALID - unexpected method {}.{} on channel 0",
-                    cm.0, cm.1
-                ),
+                code: CHANNEL_ERROR,
+                text: "CHANNEL_ERROR - unexpected method in connection state running".into(),
                 class_id: cm.0,
                 method_id: cm.1,
             }),
@@ -725,7 +825,12 @@ impl Connection {
             })),
         );
         self.closing_since = Some(Instant::now());
+        self.flow_wait = None;
         // Free what the channels hold now, as RabbitMQ does on close.
+        self.release_all_channels();
+    }
+
+    fn release_all_channels(&mut self) {
         let ids: Vec<u16> = self.channels.keys().copied().collect();
         for id in ids {
             if let Some(ch) = self.remove_channel(id) {
@@ -779,12 +884,7 @@ impl Connection {
 
     /// Everything the connection holds goes back to the broker.
     fn cleanup(&mut self) {
-        let ids: Vec<u16> = self.channels.keys().copied().collect();
-        for id in ids {
-            if let Some(ch) = self.remove_channel(id) {
-                self.release_channel(ch);
-            }
-        }
+        self.release_all_channels();
         // Deliveries that were queued for us but never written, and any a
         // queue dispatched while its consumer was being cancelled: the
         // closed outbox hands later ones straight back to their queues.
@@ -805,6 +905,38 @@ fn parse_connection_method(payload: &[u8]) -> Option<connection::AMQPMethod> {
     match amq_protocol::protocol::parse_class(payload) {
         Ok((_, AMQPClass::Connection(m))) => Some(m),
         _ => None,
+    }
+}
+
+/// RabbitMQ's 505 for a frame on the wrong channel: its type and (the
+/// first 16 of) its octets, as Erlang prints a binary.
+fn unexpected_frame(f: &Frame) -> ConnectionError {
+    let (which, bytes) = if f.payload.len() <= 16 {
+        ("all", &f.payload[..])
+    } else {
+        ("first", &f.payload[..16])
+    };
+    conn_err(
+        UNEXPECTED_FRAME,
+        format!(
+            "UNEXPECTED_FRAME - type {}, {which} octets = {}",
+            f.kind,
+            erlang_binary(bytes)
+        ),
+    )
+}
+
+/// A binary as Erlang's `~p` prints it: `<<"text">>` when printable,
+/// else `<<1,2,3>>`.
+fn erlang_binary(b: &[u8]) -> String {
+    let printable = !b.is_empty()
+        && b.iter()
+            .all(|&c| (0x20..0x7f).contains(&c) && c != b'"' && c != b'\\');
+    if printable {
+        format!("<<\"{}\">>", String::from_utf8_lossy(b))
+    } else {
+        let items: Vec<String> = b.iter().map(u8::to_string).collect();
+        format!("<<{}>>", items.join(","))
     }
 }
 

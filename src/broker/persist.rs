@@ -214,6 +214,7 @@ impl Persistence {
         })?;
         let disk = Disk::open(Path::new(&cfg.data_dir), cfg.cache_bytes)?;
         let defs = disk.db().open_tree("definitions")?;
+        check_definitions(&defs, &cfg.data_dir)?;
         let flusher = Flusher::start(disk.clone());
         Ok(Arc::new(Persistence {
             disk,
@@ -354,7 +355,7 @@ impl Persistence {
                 tracing::error!("skipping a definition with an unreadable key");
                 continue;
             };
-            match serde_json::from_slice(&v) {
+            match read_json(&v) {
                 Ok(json) => out.push((parts, json)),
                 Err(e) => tracing::error!(error = %e, "skipping an unreadable definition"),
             }
@@ -435,15 +436,13 @@ impl Persistence {
 
     fn binding_defs(it: sled::Iter) -> Vec<BindingDef> {
         it.values()
-            .filter_map(
-                |v| match serde_json::from_slice::<serde_json::Value>(&v.ok()?) {
-                    Ok(j) => Some(j),
-                    Err(e) => {
-                        tracing::error!(error = %e, "skipping an unreadable definition");
-                        None
-                    }
-                },
-            )
+            .filter_map(|v| match read_json(&v.ok()?) {
+                Ok(j) => Some(j),
+                Err(e) => {
+                    tracing::error!(error = %e, "skipping an unreadable definition");
+                    None
+                }
+            })
             .map(|v| BindingDef {
                 vhost: v["vhost"].as_str().unwrap_or("/").to_owned(),
                 source: v["source"].as_str().unwrap_or_default().to_owned(),
@@ -454,6 +453,87 @@ impl Persistence {
             })
             .collect()
     }
+}
+
+/// Reads a stored definition. Arguments nest up to
+/// [`MAX_TABLE_DEPTH`](super::properties::MAX_TABLE_DEPTH) levels, two JSON
+/// levels each: past serde_json's default limit, so the limit is lifted,
+/// after a flat scan has bounded the depth (a corrupt record cannot
+/// exhaust the stack).
+fn read_json(v: &[u8]) -> Result<serde_json::Value, String> {
+    use serde::Deserialize;
+    let max = 2 * super::properties::MAX_TABLE_DEPTH + 8;
+    if json_depth(v) > max {
+        return Err(format!("nested more than {max} levels deep"));
+    }
+    let mut de = serde_json::Deserializer::from_slice(v);
+    de.disable_recursion_limit();
+    let value = serde_json::Value::deserialize(&mut de).map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(value)
+}
+
+/// The deepest nesting of arrays and objects in a JSON text.
+fn json_depth(v: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_str, mut escaped) = (0usize, 0usize, false, false);
+    for &c in v {
+        if in_str {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// What a definition key names, for an error message.
+fn describe(kind: u8, parts: &[String]) -> String {
+    match (kind, parts) {
+        (b'x', [vhost, name]) => format!("exchange '{name}' in vhost '{vhost}'"),
+        (b'q', [vhost, name]) => format!("queue '{name}' in vhost '{vhost}'"),
+        (b'b', [vhost, source, dtype, dest, key, ..]) => format!(
+            "binding of {dtype} '{dest}' to exchange '{source}' (routing key '{key}') in vhost '{vhost}'"
+        ),
+        _ => format!("definition '{}' {parts:?}", kind as char),
+    }
+}
+
+/// Every stored definition must read back: one that does not stops the
+/// start, naming it, rather than being skipped (a skipped durable queue
+/// would take its confirmed messages with it).
+fn check_definitions(defs: &sled::Tree, dir: &Path) -> Result<(), DiskError> {
+    let corrupt = |what: String| {
+        DiskError::Corrupt(format!(
+            "{what}; the data directory {} needs repair (or that record removed)",
+            dir.display()
+        ))
+    };
+    for kv in defs.iter() {
+        let (k, v) = kv?;
+        let kind = k.first().copied().unwrap_or(0);
+        let Some(parts) = key_parts(k.get(1..).unwrap_or_default()) else {
+            return Err(corrupt(format!("unreadable definition key {:?}", &k[..])));
+        };
+        let what = describe(kind, &parts);
+        let json = read_json(&v).map_err(|e| corrupt(format!("unreadable {what}: {e}")))?;
+        if kind == b'q' && !json["id"].is_u64() {
+            return Err(corrupt(format!("unreadable {what}: no queue id")));
+        }
+    }
+    Ok(())
 }
 
 /// A table as JSON that keeps every value's AMQP type: a list of
@@ -568,6 +648,53 @@ pub fn table_from_json(j: &serde_json::Value) -> Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `{"a": {"a": ... {}}}`, `depth` tables deep (the outer one counts).
+    fn nested(depth: usize) -> Table {
+        let mut t = Table::default();
+        for _ in 1..depth {
+            let mut o = Table::default();
+            o.insert("a", Value::Table(t));
+            t = o;
+        }
+        t
+    }
+
+    #[test]
+    fn the_deepest_accepted_arguments_read_back_from_the_store() {
+        let dir = std::env::temp_dir().join(format!("warren-persist-deep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = StorageConfig {
+            data_dir: dir.clone(),
+            cache_bytes: 1 << 20,
+            queue_memory_bytes: 1 << 20,
+        };
+        let args = nested(crate::broker::properties::MAX_TABLE_DEPTH);
+        {
+            let p = Persistence::open(&cfg).unwrap();
+            p.put_queue(&QueueDef {
+                vhost: "/".into(),
+                name: "deep".into(),
+                id: 7,
+                auto_delete: false,
+                arguments: args.clone(),
+            });
+            p.flusher.stop();
+        }
+        let p = Persistence::open(&cfg).expect("a stored definition reads back");
+        let qs = p.queues();
+        assert_eq!(qs.len(), 1);
+        assert_eq!(qs[0].arguments, args);
+        p.flusher.stop();
+        drop(p);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn json_depth_ignores_brackets_in_strings() {
+        assert_eq!(json_depth(br#"{"a":[["x]]]\"[["]]}"#), 3);
+        assert!(read_json(&[b'['; 10_000]).is_err());
+    }
 
     #[test]
     fn tables_round_trip_through_json_with_their_types() {

@@ -227,6 +227,19 @@ fn put_value(out: &mut Vec<u8>, v: &Value) -> Result<(), EncodeError> {
 /// can carry 18,000 levels.
 pub const MAX_TABLE_DEPTH: usize = 64;
 
+/// How deep a decoded table nests: itself 1, each table or array inside
+/// one more (the count [`table_nesting_ok`] makes on the wire).
+pub fn table_depth(t: &Table) -> usize {
+    fn value_depth(v: &Value) -> usize {
+        match v {
+            Value::Table(t) => table_depth(t),
+            Value::Array(items) => 1 + items.iter().map(value_depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+    1 + t.iter().map(|(_, v)| value_depth(v)).max().unwrap_or(0)
+}
+
 /// Whether the field table at the start of `t` (with its length prefix)
 /// nests tables and arrays at most `max` levels deep. Walks iteratively, so
 /// it is safe on any input; malformed input returns `true` when it cannot
@@ -280,6 +293,61 @@ pub fn table_nesting_ok(t: &[u8], max: usize) -> bool {
         };
     }
     true
+}
+
+/// Whether the field table at the start of `t` (with its length prefix)
+/// is well formed, as [`BasicProperties::decode`] reads it: each length
+/// within its container, only known type tags, tables and arrays nested
+/// at most `max` levels. Returns the bytes it spans. Walks the bytes in
+/// place, without allocating a value: cheap enough for every publish.
+pub fn table_valid(t: &[u8], max: usize) -> Option<usize> {
+    let u32_at = |pos: usize| -> Option<usize> {
+        Some(u32::from_be_bytes(t.get(pos..pos + 4)?.try_into().ok()?) as usize)
+    };
+    let total = 4 + u32_at(0)?;
+    if total > t.len() {
+        return None;
+    }
+    // (end of the container, whether it is a table: entries have keys)
+    let mut stack: Vec<(usize, bool)> = vec![(total, true)];
+    let mut pos = 4;
+    while let Some(&(end, is_table)) = stack.last() {
+        if pos == end {
+            stack.pop();
+            continue;
+        }
+        if is_table {
+            pos += 1 + t[pos] as usize;
+            if pos >= end {
+                return None;
+            }
+        }
+        let tag = t[pos];
+        pos += 1;
+        let size = match tag {
+            b't' | b'b' | b'B' => 1,
+            b's' | b'u' => 2,
+            b'I' | b'i' | b'f' => 4,
+            b'l' | b'L' | b'd' | b'T' => 8,
+            b'D' => 5,
+            b'V' => 0,
+            b'S' | b'x' => 4 + u32_at(pos)?,
+            b'F' | b'A' => {
+                let inner_end = pos + 4 + u32_at(pos)?;
+                if stack.len() >= max || inner_end > end {
+                    return None;
+                }
+                stack.push((inner_end, tag == b'F'));
+                4
+            }
+            _ => return None,
+        };
+        pos += size;
+        if pos > end {
+            return None;
+        }
+    }
+    Some(total)
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -413,6 +481,51 @@ mod tests {
             props.extend_from_slice(&nested(depth));
             assert_eq!(BasicProperties::decode(&props).is_some(), ok, "{depth}");
         }
+    }
+
+    #[test]
+    fn table_validation_agrees_with_the_decoder() {
+        let mut h = Table::default();
+        h.insert("s", Value::LongString(b"abc".to_vec()));
+        h.insert(
+            "a",
+            Value::Array(vec![Value::Bool(true), Value::Table(Table::default())]),
+        );
+        h.insert("n", Value::Decimal { scale: 1, value: 2 });
+        let good = BasicProperties {
+            headers: Some(h),
+            ..Default::default()
+        }
+        .encode()
+        .unwrap();
+        let t = &good[2..];
+        assert_eq!(table_valid(t, MAX_TABLE_DEPTH), Some(t.len()));
+        // Every truncation, and every corrupted length byte, is caught
+        // exactly when the decoder fails on it.
+        for cut in 0..t.len() {
+            let mut bad = t[..cut].to_vec();
+            if bad.len() >= 4 {
+                let n = (bad.len() - 4) as u32;
+                bad[..4].copy_from_slice(&n.to_be_bytes());
+            }
+            let mut props = 0x2000u16.to_be_bytes().to_vec();
+            props.extend_from_slice(&bad);
+            let decodes = BasicProperties::decode(&props).is_some();
+            assert_eq!(
+                table_valid(&bad, MAX_TABLE_DEPTH).is_some(),
+                decodes,
+                "{cut}"
+            );
+        }
+        // A long string claiming more than the table holds.
+        let lie = [0, 0, 0, 8, 1, b'k', b'S', 0, 0, 0, 100, b'x'];
+        assert_eq!(table_valid(&lie[..11], MAX_TABLE_DEPTH), None);
+        assert_eq!(table_valid(&[0, 0, 0, 3, 1, b'k', b'Z'], 8), None);
+        assert!(table_valid(&nested(MAX_TABLE_DEPTH), MAX_TABLE_DEPTH).is_some());
+        assert_eq!(
+            table_valid(&nested(MAX_TABLE_DEPTH + 1), MAX_TABLE_DEPTH),
+            None
+        );
     }
 
     #[test]

@@ -167,6 +167,7 @@ impl Vhost {
             return self.exchange(name);
         }
         let _live = self.writable()?;
+        check_arguments(&opts.arguments)?;
         let Some(t) = ExchangeType::parse(kind) else {
             return Err(BrokerError::new(
                 ErrorKind::CommandInvalid,
@@ -305,6 +306,7 @@ impl Vhost {
             return declared(self.queue_for(name, conn)?);
         }
         let _live = self.writable()?;
+        check_arguments(&opts.arguments)?;
         let generated = name.is_empty();
         let name = if generated {
             self.generate_queue_name()
@@ -487,6 +489,7 @@ impl Vhost {
         conn: u64,
     ) -> Result<()> {
         let _live = self.writable()?;
+        check_arguments(&arguments)?;
         let q = self.queue_for(queue, conn)?;
         let ex = self.bindable_exchange(exchange)?;
         let durable = ex.opts.durable && q.disk_id.is_some();
@@ -509,8 +512,18 @@ impl Vhost {
         arguments: &Table,
         conn: u64,
     ) -> Result<()> {
-        let q = self.queue_for(queue, conn)?;
-        let ex = self.bindable_exchange(exchange)?;
+        // Unbinding what is gone succeeds, as in RabbitMQ 3.10: cleanup
+        // code unbinds auto-delete queues that have just vanished.
+        if exchange.is_empty() {
+            return Err(BrokerError::default_exchange());
+        }
+        let q = match self.queue_for(queue, conn) {
+            Err(e) if e.kind == ErrorKind::NotFound => return Ok(()),
+            other => other?,
+        };
+        let Ok(ex) = self.exchange(exchange) else {
+            return Ok(());
+        };
         let durable = ex.opts.durable && q.disk_id.is_some();
         if ex.unbind(&Dest::Queue(QueueRef(q)), routing_key, arguments) {
             if let (true, Some(p)) = (durable, &self.persist) {
@@ -685,6 +698,7 @@ impl Vhost {
         arguments: Table,
     ) -> Result<()> {
         let _live = self.writable()?;
+        check_arguments(&arguments)?;
         let dst = self.bindable_exchange(destination)?;
         let src = self.bindable_exchange(source)?;
         let durable = src.opts.durable && dst.opts.durable;
@@ -706,8 +720,13 @@ impl Vhost {
         routing_key: &str,
         arguments: &Table,
     ) -> Result<()> {
-        let dst = self.bindable_exchange(destination)?;
-        let src = self.bindable_exchange(source)?;
+        if destination.is_empty() || source.is_empty() {
+            return Err(BrokerError::default_exchange());
+        }
+        // Missing exchanges: unbind-ok, as in RabbitMQ 3.10.
+        let (Ok(dst), Ok(src)) = (self.exchange(destination), self.exchange(source)) else {
+            return Ok(());
+        };
         let durable = src.opts.durable && dst.opts.durable;
         if src.unbind(&Dest::Exchange(dst), routing_key, arguments) {
             if let (true, Some(p)) = (durable, &self.persist) {
@@ -807,6 +826,20 @@ fn check_queue_args(q: &Queue, args: &Table) -> Result<()> {
                 ),
             ));
         }
+    }
+    Ok(())
+}
+
+/// The one nesting limit for stored arguments (queues, exchanges,
+/// bindings), whether they come over AMQP, the management API or a
+/// definitions import: what is accepted is what the store reads back.
+fn check_arguments(args: &Table) -> Result<()> {
+    use super::properties::{table_depth, MAX_TABLE_DEPTH};
+    if table_depth(args) > MAX_TABLE_DEPTH {
+        return Err(BrokerError::new(
+            ErrorKind::PreconditionFailed,
+            format!("arguments nest more than {MAX_TABLE_DEPTH} levels deep"),
+        ));
     }
     Ok(())
 }
