@@ -1045,7 +1045,7 @@ async fn flow_control_pauses_publishers_of_a_backlogged_consumed_queue() {
         }
     })
     .await;
-    // Paused (at most a second at a time, then a short read): over two
+    // Paused until the queue drains (woken then, not polling): over two
     // seconds the backlog grows far slower than the publisher can send.
     let before = count(watcher.clone()).await;
     tokio::time::sleep(Duration::from_millis(2000)).await;
@@ -1105,4 +1105,130 @@ async fn a_connection_consuming_what_it_publishes_is_never_stalled_by_flow_contr
     .expect("the connection's own acks must drain the queue");
     assert_eq!(got, total);
     publisher.await.unwrap();
+}
+
+/// Two connections, each consuming one queue and publishing to the
+/// other's, both backlogged past the flow mark: neither may pause for
+/// good waiting on the other's acks (pauses are no longer capped by a
+/// timer, so only the rule that a connection draining a blocked queue
+/// keeps reading lets this finish).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_publishing_to_each_others_consumed_queues_do_not_deadlock() {
+    let s = start().await;
+    let total = 45_000u32;
+    let side = |mine: &'static str, theirs: &'static str| {
+        let url = url(&s);
+        async move {
+            let c = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+                .await
+                .unwrap();
+            let ch = c.create_channel().await.unwrap();
+            declare(&ch, mine).await;
+            declare(&ch, theirs).await;
+            ch.basic_qos(50, BasicQosOptions::default()).await.unwrap();
+            let mut cons = consume(&ch, mine, false).await;
+            let pch = c.create_channel().await.unwrap();
+            let publisher = tokio::spawn(async move {
+                for i in 0..total {
+                    pch.basic_publish(
+                        "".into(),
+                        theirs.into(),
+                        BasicPublishOptions::default(),
+                        &i.to_be_bytes(),
+                        BasicProperties::default(),
+                    )
+                    .await
+                    .unwrap();
+                }
+            });
+            let mut n = 0;
+            while n < total {
+                let d = cons.next().await.unwrap().unwrap();
+                d.ack(BasicAckOptions::default()).await.unwrap();
+                n += 1;
+            }
+            publisher.await.unwrap();
+            c.close(200, "done".into()).await.unwrap();
+            n
+        }
+    };
+    let (a, b) = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        futures_lite::future::zip(
+            tokio::spawn(side("cross-a", "cross-b")),
+            tokio::spawn(side("cross-b", "cross-a")),
+        ),
+    )
+    .await
+    .expect("the two connections stalled each other");
+    assert_eq!((a.unwrap(), b.unwrap()), (total, total));
+    s.shutdown().await;
+}
+
+/// A queue nobody consumes holds its publishers back once it holds more
+/// bodies in memory than its budget (here: transient messages in a
+/// durable queue, which cannot be paged out), and lets them go when a
+/// consumer drains it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unconsumed_queue_past_its_memory_budget_holds_publishers_back() {
+    let s = start_with(|c| c.storage.queue_memory_mb = 1).await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    ch.queue_declare(
+        "mem-flow".into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        t(),
+    )
+    .await
+    .unwrap();
+    let publisher = connect(&s).await;
+    let pch = publisher.create_channel().await.unwrap();
+    // 2,000 bodies of 10 KiB: 20 MiB against a 1 MiB budget.
+    let total = 2_000u32;
+    let task = tokio::spawn(async move {
+        let body = vec![7u8; 10 * 1024];
+        for _ in 0..total {
+            pch.basic_publish(
+                "".into(),
+                "mem-flow".into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap();
+        }
+        pch
+    });
+    let count =
+        |ch: Channel| async move { passive(&ch, "mem-flow").await.unwrap().message_count() };
+    within(async {
+        while count(ch.clone()).await < 100 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // Nothing to wait for can show that publishing stopped: watch it.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let held = count(ch.clone()).await;
+    assert!(
+        held < 400,
+        "{held} messages of 10 KiB against a 1 MiB budget"
+    );
+    assert!(!task.is_finished(), "every publish went through");
+    // A consumer drains the queue: the publisher is woken and finishes.
+    let mut cons = consume(&ch, "mem-flow", true).await;
+    let mut got = 0;
+    within(async {
+        while got < total {
+            cons.next().await.unwrap().unwrap();
+            got += 1;
+        }
+    })
+    .await;
+    within(task).await.unwrap();
+    s.shutdown().await;
 }

@@ -914,3 +914,105 @@ async fn confirmed_persistent_messages_survive_sigkill() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// Definition writes join the group commit instead of syncing one by one,
+/// so the reply is what promises them: every declare, bind and delete the
+/// broker answered must survive a SIGKILL that follows the answer at once,
+/// over AMQP and over the management API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answered_definitions_survive_sigkill() {
+    let work = temp_dir("crash-defs");
+    std::fs::create_dir_all(&work).expect("create the work dir");
+    let data = work.join("data");
+    const N: usize = 40;
+    let name = |i: usize| format!("defs-q-{i}");
+    {
+        let mut broker = start_broker(&work, &data, 0).await;
+        let conn = within(
+            "connect",
+            Connection::connect(&broker.url(), ConnectionProperties::default()),
+        )
+        .await
+        .expect("connect");
+        let ch = conn.create_channel().await.expect("channel");
+        ch.exchange_declare(
+            "defs-x".into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            t(),
+        )
+        .await
+        .expect("exchange.declare");
+        for i in 0..N {
+            ch.queue_declare(name(i).as_str().into(), durable(), t())
+                .await
+                .expect("queue.declare");
+            ch.queue_bind(
+                name(i).as_str().into(),
+                "defs-x".into(),
+                format!("k.{i}").as_str().into(),
+                QueueBindOptions::default(),
+                t(),
+            )
+            .await
+            .expect("queue.bind");
+        }
+        // The last reply before the kill is a delete: it must stick too.
+        ch.queue_delete(name(0).as_str().into(), QueueDeleteOptions::default())
+            .await
+            .expect("queue.delete");
+        broker.kill9();
+    }
+    let mut broker = start_broker(&work, &data, 1).await;
+    let conn = within(
+        "connect",
+        Connection::connect(&broker.url(), ConnectionProperties::default()),
+    )
+    .await
+    .expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    for i in 1..N {
+        ch.queue_declare(name(i).as_str().into(), passive(), t())
+            .await
+            .unwrap_or_else(|e| panic!("queue {i} was answered but lost: {e}"));
+    }
+    // The bindings came back: a message to k.N-1 reaches its queue.
+    let confirm = ch
+        .basic_publish(
+            "defs-x".into(),
+            format!("k.{}", N - 1).as_str().into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            b"x",
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish");
+    drop(confirm);
+    let last = name(N - 1);
+    let mut got = None;
+    for _ in 0..100 {
+        got = ch
+            .basic_get(last.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get");
+        if got.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(got.is_some(), "the binding to {last} survived");
+    let ch2 = conn.create_channel().await.expect("channel");
+    let gone = ch2
+        .queue_declare(name(0).as_str().into(), passive(), t())
+        .await;
+    assert!(gone.is_err(), "the deleted queue stays deleted");
+    broker.kill9();
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&work);
+}

@@ -107,7 +107,24 @@ pub struct RecoveredEntry {
 pub struct Disk {
     db: sled::Db,
     msgs: sled::Tree,
-    segments: Segments,
+    segments: Arc<Segments>,
+    /// A long-lived thread that syncs the segments while the flushing
+    /// thread flushes sled (both fsync; one after the other would double
+    /// a confirm's latency). Each request carries where to answer.
+    segment_syncer: Mutex<SyncRequests>,
+    /// Called when the store goes from clean to dirty (the broker's
+    /// flusher sleeps until then).
+    on_dirty: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Flushes that had something to write (tests: an idle store syncs nothing).
+    flushes: AtomicU64,
+    /// Index writes and segment releases not yet applied. Queues record
+    /// them here under their own lock (a push onto a vector); the flush
+    /// applies them to sled in one batch, off the hot path, before it
+    /// syncs: sled's per-write cost and any I/O it does stay out of the
+    /// queue's mutex.
+    pending: Mutex<Vec<IndexOp>>,
+    /// One applier at a time, so batches reach sled in order.
+    applying: Mutex<()>,
     /// Sizes of the segments found at open, for recovery's checks.
     existing: std::collections::BTreeMap<u32, u64>,
     /// Each live durable queue's delivered mark: (queue, current, written).
@@ -115,7 +132,23 @@ pub struct Disk {
     /// One flush at a time: a flush that finds nothing new to sync must not
     /// report done while another is still syncing what it took.
     flushing: Mutex<()>,
+    /// Something was written since the last flush started.
+    dirty: std::sync::atomic::AtomicBool,
 }
+
+/// A change to the message index, applied at the next flush.
+enum IndexOp {
+    Put {
+        key: [u8; 17],
+        val: [u8; 16],
+    },
+    Remove([u8; 17]),
+    /// An entry pointing into this segment went (after its `Remove`).
+    Release(u32),
+}
+
+/// Requests to the segment syncer: each is where to send its result.
+type SyncRequests = std::sync::mpsc::Sender<std::sync::mpsc::SyncSender<std::io::Result<()>>>;
 
 fn index_key(queue: u64, seq: u64) -> [u8; 17] {
     let mut k = [0u8; 17];
@@ -230,13 +263,31 @@ impl Disk {
         }
         let msgs = db.open_tree("messages")?;
         let (segments, existing) = Segments::open(&dir.join("msgs"))?;
+        let segments = Arc::new(segments);
+        let (tx, rx) = std::sync::mpsc::channel::<std::sync::mpsc::SyncSender<_>>();
+        let syncing = segments.clone();
+        std::thread::Builder::new()
+            .name("warren-segsync".into())
+            // Ends when the Disk (the only sender) is dropped.
+            .spawn(move || {
+                for reply in rx {
+                    let _ = reply.send(syncing.flush());
+                }
+            })
+            .map_err(|e| DiskError::Corrupt(format!("cannot start the segment syncer: {e}")))?;
         Ok(Arc::new(Disk {
             db,
             msgs,
             segments,
+            segment_syncer: Mutex::new(tx),
+            on_dirty: std::sync::OnceLock::new(),
+            flushes: AtomicU64::new(0),
+            pending: Mutex::new(Vec::new()),
+            applying: Mutex::new(()),
             existing,
             marks: Mutex::new(Vec::new()),
             flushing: Mutex::new(()),
+            dirty: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -245,9 +296,89 @@ impl Disk {
         &self.db
     }
 
+    /// Notes a write (the broker's definitions write to [`Disk::db`]
+    /// directly) that the next flush must cover. Call it after the write.
+    pub fn mark_dirty(&self) {
+        // A load first: the flag is usually set already, and a plain read
+        // does not bounce the cache line between cores.
+        if !self.dirty.load(Ordering::Relaxed) && !self.dirty.swap(true, Ordering::SeqCst) {
+            if let Some(f) = self.on_dirty.get() {
+                f();
+            }
+        }
+    }
+
+    /// Whether something was written that no flush has started to cover.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty.load(Ordering::SeqCst)
+    }
+
+    /// Sets what to call when the store goes from clean to dirty (once).
+    pub fn set_on_dirty(&self, f: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.on_dirty.set(f);
+    }
+
+    /// Flushes so far that had something to make durable.
+    pub fn flush_count(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
+    }
+
     /// Makes everything written so far durable, delivered marks included.
+    /// Nothing written since the last flush: returns at once, without a
+    /// sync (an idle broker does not touch the disk).
     pub fn flush(&self) -> Result<(), DiskError> {
         let _one_at_a_time = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
+        // Cleared before anything is written out: a write that lands
+        // after this sets it again and is covered by the next flush.
+        if !self.dirty.swap(false, Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        let res = self.flush_all();
+        if res.is_err() {
+            // Retried by the next flush.
+            self.dirty.store(true, Ordering::SeqCst);
+        }
+        res
+    }
+
+    /// Applies the index changes recorded so far, in order.
+    fn apply_pending(&self) -> Result<(), DiskError> {
+        let _in_order = self.applying.lock().unwrap_or_else(|e| e.into_inner());
+        let ops = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for op in &ops {
+            match op {
+                IndexOp::Put { key, val } => batch.insert(&key[..], &val[..]),
+                IndexOp::Remove(key) => batch.remove(&key[..]),
+                IndexOp::Release(_) => {}
+            }
+        }
+        self.msgs.apply_batch(batch)?;
+        // After the entries are gone: a segment deleted before its entries
+        // were would only cost recovery a dropped entry, but this way not
+        // even that.
+        for op in ops {
+            if let IndexOp::Release(seg) = op {
+                self.segments.release(seg);
+            }
+        }
+        Ok(())
+    }
+
+    fn push_ops(&self, ops: impl IntoIterator<Item = IndexOp>) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(ops);
+        self.mark_dirty();
+    }
+
+    fn flush_all(&self) -> Result<(), DiskError> {
+        self.apply_pending()?;
         {
             let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
             for (queue, cur, written) in marks.iter_mut() {
@@ -260,12 +391,21 @@ impl Disk {
         }
         // Both at once: recovery drops an entry whose record did not make
         // it, so their order does not matter, and a confirm waits for both.
-        let (seg, db) = std::thread::scope(|s| {
-            let seg = s.spawn(|| self.segments.flush());
-            let db = self.db.flush();
-            (seg.join(), db)
-        });
-        seg.map_err(|_| DiskError::Corrupt("segment flush panicked".into()))??;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let sent = self
+            .segment_syncer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(tx)
+            .is_ok();
+        let db = self.db.flush();
+        let seg = if sent {
+            rx.recv()
+                .map_err(|_| DiskError::Corrupt("the segment syncer stopped".into()))?
+        } else {
+            self.segments.flush()
+        };
+        seg?;
         db?;
         Ok(())
     }
@@ -286,7 +426,9 @@ impl Disk {
         for (q, cur, written) in marks.iter() {
             let now = cur.load(Ordering::Relaxed);
             if *q == queue && now != *written {
+                // Rare (a queue goes away): written directly.
                 let _ = self.msgs.insert(mark_key(queue), &now.to_be_bytes());
+                self.mark_dirty();
             }
         }
         marks.retain(|(q, _, _)| *q != queue);
@@ -295,7 +437,9 @@ impl Disk {
     /// Writes a message's record once for the `queues` durable queues
     /// that will hold it.
     pub fn put_body(&self, m: &Message, queues: usize) -> Result<StoredRef, DiskError> {
-        Ok(self.segments.append(&encode(m), queues as u32)?)
+        let r = self.segments.append(&encode(m), queues as u32)?;
+        self.mark_dirty();
+        Ok(r)
     }
 
     /// Reads the message at `r`: an error (never another record) when it
@@ -304,19 +448,25 @@ impl Disk {
         decode(Bytes::from(self.segments.read(r)?), Some(r))
     }
 
+    /// Records an index entry (applied at the next flush; see `pending`).
     fn index_put(&self, queue: u64, seq: u64, r: StoredRef, size: u32) -> Result<(), DiskError> {
-        let mut v = [0u8; 16];
-        v[..12].copy_from_slice(&r.to_bytes());
-        v[12..].copy_from_slice(&size.to_be_bytes());
-        self.msgs.insert(index_key(queue, seq), &v)?;
+        let mut val = [0u8; 16];
+        val[..12].copy_from_slice(&r.to_bytes());
+        val[12..].copy_from_slice(&size.to_be_bytes());
+        self.push_ops([IndexOp::Put {
+            key: index_key(queue, seq),
+            val,
+        }]);
         Ok(())
     }
 
     /// A queue no longer holds `seq`: drop its entry and its reference to
-    /// the record's segment.
+    /// the record's segment (both at the next flush).
     fn release(&self, queue: u64, seq: u64, r: StoredRef) -> Result<(), DiskError> {
-        self.msgs.remove(index_key(queue, seq))?;
-        self.segments.release(r.seg);
+        self.push_ops([
+            IndexOp::Remove(index_key(queue, seq)),
+            IndexOp::Release(r.seg),
+        ]);
         Ok(())
     }
 
@@ -390,6 +540,9 @@ impl Disk {
     /// (bytes of records appended since open, index entries): tests check
     /// that a shared body is written once and entries go with acks.
     pub fn counts(&self) -> (u64, usize) {
+        if let Err(e) = self.apply_pending() {
+            tracing::error!(error = %e, "cannot apply index changes");
+        }
         (
             self.segments.appended(),
             self.msgs.scan_prefix(b"Q").count(),
@@ -403,11 +556,13 @@ impl Disk {
 
     /// Live record references (tests).
     pub fn live_refs(&self) -> u64 {
+        let _ = self.apply_pending();
         self.segments.live_refs()
     }
 
     /// Segment files on disk.
     pub fn segment_files(&self) -> usize {
+        let _ = self.apply_pending();
         self.segments.files()
     }
 }
@@ -437,6 +592,8 @@ pub struct DiskStore {
     bytes: u64,
     mem_bytes: u64,
     mem_limit: u64,
+    /// Body bytes of ready entries whose body is on disk only.
+    paged_bytes: u64,
     next_seq: u64,
 }
 
@@ -468,6 +625,7 @@ impl DiskStore {
         }
         let delivered = disk.register_mark(queue, mark);
         DiskStore {
+            paged_bytes: bytes,
             disk,
             queue,
             requeued: BTreeMap::new(),
@@ -509,6 +667,9 @@ impl MessageStore for DiskStore {
         // Transient messages exist only in memory.
         let keep = stored.is_none() || self.keep_in_memory(size);
         self.bytes += size;
+        if !keep {
+            self.paged_bytes += size;
+        }
         self.ready.push_back(Entry {
             seq: m.seq,
             msg: keep.then_some(m.message),
@@ -533,6 +694,7 @@ impl MessageStore for DiskStore {
                     m
                 }
                 None => {
+                    self.paged_bytes -= e.size as u64;
                     let r = e.stored.expect("paged-out entries are stored");
                     match self.disk.read(r) {
                         Ok(m) => Arc::new(m),
@@ -547,6 +709,8 @@ impl MessageStore for DiskStore {
             };
             if let Some(r) = e.stored {
                 self.delivered.fetch_max(e.seq, Ordering::Relaxed);
+                // The new mark is written by the next flush.
+                self.disk.mark_dirty();
                 self.out.insert(e.seq, r);
             }
             return Some(QueuedMessage {
@@ -620,6 +784,7 @@ impl MessageStore for DiskStore {
         }
         self.bytes = 0;
         self.mem_bytes = 0;
+        self.paged_bytes = 0;
         n
     }
 
@@ -629,6 +794,10 @@ impl MessageStore for DiskStore {
 
     fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    fn memory_bytes(&self) -> u64 {
+        self.bytes - self.paged_bytes
     }
 
     fn peek_entries(&self, offset: usize, n: usize) -> Peeked {
@@ -850,11 +1019,11 @@ mod tests {
         // The snapshot outlives what it saw: every message is acked and
         // the segment holding the bodies is deleted before they are read.
         let p = s.peek_entries(50, 3);
-        let files = disk.segments.files();
+        let files = disk.segment_files();
         while let Some(m) = s.pop() {
             s.settle(m.seq);
         }
-        assert!(disk.segments.files() < files, "the old segment was deleted");
+        assert!(disk.segment_files() < files, "the old segment was deleted");
         assert!(p.load().is_empty(), "gone bodies are skipped");
         assert!(s.peek_entries(0, 10).is_empty());
     }
@@ -961,6 +1130,39 @@ mod tests {
         assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1]);
         let mut s = DiskStore::new(disk, 3, entries, 0);
         assert_eq!(&s.pop().unwrap().message.body[..], b"whole");
+    }
+
+    /// Nothing written since the last flush: a flush syncs nothing (an
+    /// idle broker's flusher never touches the disk); index changes are
+    /// recorded under the queue's lock and reach sled only at the flush.
+    #[test]
+    fn flushes_sync_only_what_was_written_and_apply_index_changes() {
+        let dir = tempdir("idle");
+        let disk = Disk::open(&dir, 1 << 20).unwrap();
+        disk.flush().unwrap();
+        let base = disk.flush_count();
+        disk.flush().unwrap();
+        assert_eq!(disk.flush_count(), base, "nothing to sync");
+        let mut s = DiskStore::new(disk.clone(), 8, Vec::new(), 1 << 20);
+        s.push(persistent(1, "a", &disk, 1));
+        assert_eq!(
+            disk.msgs.scan_prefix(b"Q").count(),
+            0,
+            "the entry waits for the flush"
+        );
+        disk.flush().unwrap();
+        assert_eq!(disk.flush_count(), base + 1);
+        assert_eq!(disk.msgs.scan_prefix(b"Q").count(), 1);
+        disk.flush().unwrap();
+        assert_eq!(disk.flush_count(), base + 1, "still nothing new");
+        let m = s.pop().unwrap();
+        s.settle(m.seq);
+        disk.flush().unwrap();
+        assert_eq!(disk.flush_count(), base + 2, "the ack and mark are written");
+        assert_eq!(disk.msgs.scan_prefix(b"Q").count(), 0);
+        drop(s);
+        drop(disk);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -406,6 +406,11 @@ impl<C: Clone> QueueCore<C> {
         self.store.bytes()
     }
 
+    /// Body bytes of ready messages held in memory (not paged out).
+    pub fn memory_bytes(&self) -> u64 {
+        self.store.memory_bytes()
+    }
+
     pub fn unacked_count(&self) -> usize {
         self.unacked.len()
     }

@@ -25,6 +25,11 @@ pub trait MessageStore: Send {
     fn len(&self) -> usize;
     /// Body bytes of ready messages.
     fn bytes(&self) -> u64;
+    /// Body bytes of ready messages held in memory (a store that pages
+    /// bodies out to disk holds fewer than [`MessageStore::bytes`]).
+    fn memory_bytes(&self) -> u64 {
+        self.bytes()
+    }
     fn is_empty(&self) -> bool {
         self.len() == 0
     }

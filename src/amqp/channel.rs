@@ -21,7 +21,6 @@ use amq_protocol::protocol::{
 use amq_protocol::types::ShortString;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
 use warren_queues::{ChannelLimit, ConsumerId, Message};
 
 struct Unacked {
@@ -436,6 +435,9 @@ impl Connection {
                     d.passive,
                     opts,
                 )?;
+                if !d.passive {
+                    self.hold_for_definitions();
+                }
                 if !d.nowait {
                     self.send_method(
                         id,
@@ -449,6 +451,7 @@ impl Connection {
             exchange::AMQPMethod::Delete(d) => {
                 self.vhost
                     .delete_exchange(d.exchange.as_str(), d.if_unused)?;
+                self.hold_for_definitions();
                 if !d.nowait {
                     self.send_method(
                         id,
@@ -464,6 +467,7 @@ impl Connection {
                     b.routing_key.as_str(),
                     to_table(&b.arguments),
                 )?;
+                self.hold_for_definitions();
                 if !b.nowait {
                     self.send_method(
                         id,
@@ -479,6 +483,7 @@ impl Connection {
                     u.routing_key.as_str(),
                     &to_table(&u.arguments),
                 )?;
+                self.hold_for_definitions();
                 if !u.nowait {
                     self.send_method(
                         id,
@@ -522,6 +527,9 @@ impl Connection {
                     d.queue.as_str().to_owned()
                 };
                 let r = self.vhost.declare_queue(&name, d.passive, opts, conn)?;
+                if !d.passive {
+                    self.hold_for_definitions();
+                }
                 self.ch(id).last_queue = Some(r.queue.name.clone());
                 if !d.nowait {
                     self.send_method(
@@ -544,6 +552,7 @@ impl Connection {
                     to_table(&b.arguments),
                     conn,
                 )?;
+                self.hold_for_definitions();
                 if !b.nowait {
                     self.send_method(
                         id,
@@ -561,6 +570,7 @@ impl Connection {
                     &to_table(&u.arguments),
                     conn,
                 )?;
+                self.hold_for_definitions();
                 self.send_method(
                     id,
                     AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),
@@ -583,6 +593,7 @@ impl Connection {
             queue::AMQPMethod::Delete(d) => {
                 let q = self.queue_name(id, &d.queue)?;
                 let n = self.vhost.delete_queue(&q, d.if_unused, d.if_empty, conn)?;
+                self.hold_for_definitions();
                 if !d.nowait {
                     self.send_method(
                         id,
@@ -837,15 +848,19 @@ impl Connection {
             }
         };
         if let Some(q) = published.blocked_by {
-            // A connection that consumes from the queue must keep reading:
-            // its acks are what drains it. (Pauses are also capped, so
-            // connections publishing to each other's queues progress.)
-            let consumes = self
-                .channels
-                .values()
-                .any(|ch| ch.consumers.values().any(|c| Arc::ptr_eq(&c.queue, &q)));
-            if !consumes && self.flow_wait.is_none() {
-                self.flow_wait = Some((q, Instant::now()));
+            // A connection that consumes from a queue publishers wait on
+            // must keep reading: its acks are what drains it. That covers
+            // the queue that blocks us, and breaks any cycle of
+            // connections publishing to each other's consumed queues: the
+            // last of them to be blocked consumes from a blocked queue,
+            // so it never pauses and the cycle drains through it.
+            let drains_blocked = self.channels.values().any(|ch| {
+                ch.consumers
+                    .values()
+                    .any(|c| Arc::ptr_eq(&c.queue, &q) || c.queue.flow_blocked())
+            });
+            if !drains_blocked && self.flow_wait.is_none() {
+                self.flow_wait = Some(q);
             }
         }
         let ch = self.ch(id);

@@ -42,10 +42,6 @@ const CLOSING_TIMEOUT: Duration = Duration::from_secs(30);
 /// cannot make us renegotiate in a tight loop.
 const SILENT_CLOSE_DELAY: Duration = Duration::from_secs(3);
 const READ_CHUNK: usize = 64 * 1024;
-/// The longest a publisher is paused at a time for flow control; then one
-/// read is processed, so no cycle of paused connections (each waiting for
-/// the other's acks) can last.
-const MAX_FLOW_PAUSE: Duration = Duration::from_secs(1);
 
 /// Why the connection ended (for the log, through `Debug`).
 #[derive(Debug)]
@@ -93,11 +89,22 @@ pub(super) struct Connection {
     pub(super) confirm_waiting: Vec<u16>,
     /// A queue we published to asked publishers to pause: reading from
     /// the socket waits until it drains (deliveries still go out).
-    pub(super) flow_wait: Option<(Arc<Queue>, Instant)>,
+    pub(super) flow_wait: Option<Arc<Queue>>,
     outbox_items: Vec<OutboxItem>,
+    /// Output held back until definition writes are durable: a reply that
+    /// promises a durable declare, delete or bind, and everything written
+    /// after it (so replies, deliveries and confirms keep their order).
+    pub(super) hold: Option<Hold>,
     last_sent: Instant,
     /// What the management API sees of us; also how it asks us to close.
     info: Arc<ConnectionInfo>,
+}
+
+/// Output from `from` bytes into the connection's buffer on waits until
+/// the first `need` definition writes are durable.
+pub(super) struct Hold {
+    pub(super) from: usize,
+    need: u64,
 }
 
 /// Serves one client socket until it closes.
@@ -175,6 +182,7 @@ pub async fn serve(
         confirm_waiting: Vec::new(),
         flow_wait: None,
         outbox_items: Vec::new(),
+        hold: None,
         last_sent: Instant::now(),
         info,
     };
@@ -564,7 +572,8 @@ impl Connection {
             if let Err(end) = self.end_turn().await {
                 break end;
             }
-            if self.done {
+            // A close-ok (or anything else) held for a flush goes first.
+            if self.done && self.hold.is_none() {
                 break End::Closed;
             }
             let flow = self.flow_wait.clone();
@@ -583,15 +592,13 @@ impl Connection {
                     }
                 }
                 _ = async {
-                    // Re-check now and then: a wake-up may race the check.
-                    if let Some((q, _)) = &flow {
-                        let _ = tokio::time::timeout(Duration::from_millis(50), q.flow_resumed()).await;
+                    if let Some(q) = &flow {
+                        q.flow_resumed().await;
                     }
                 }, if flow.is_some() => {
-                    // Time spent paused by us is not the peer's silence.
-                    last_read = Instant::now();
-                    if let Some((q, since)) = &flow {
-                        if !q.flow_blocked() || q.is_deleted() || since.elapsed() >= MAX_FLOW_PAUSE {
+                    // Woken when the queue drains (or goes): no polling.
+                    if let Some(q) = &flow {
+                        if !q.flow_blocked() || q.is_deleted() {
                             self.flow_wait = None;
                         }
                     }
@@ -609,6 +616,10 @@ impl Connection {
                     // For the management API; at most once a tick, off the hot path.
                     self.info.set_channels(self.channel_snapshots());
                     let now = Instant::now();
+                    if self.flow_wait.is_some() {
+                        // Time spent paused by us is not the peer's silence.
+                        last_read = now;
+                    }
                     if let Some(since) = self.closing_since {
                         if now - since > self.closing_timeout() {
                             break End::Timeout("close-ok");
@@ -659,14 +670,22 @@ impl Connection {
     /// outbox), and what is framed goes to the writer.
     async fn end_turn(&mut self) -> Result<(), End> {
         self.drain_outbox();
-        if !self.out.is_empty() {
-            let chunk = self.out.split().freeze();
+        // Only what precedes a hold goes out (see `hold`).
+        let ready = self.hold.as_ref().map_or(self.out.len(), |h| h.from);
+        if ready > 0 {
+            let chunk = self.out.split_to(ready).freeze();
+            if let Some(h) = &mut self.hold {
+                h.from = 0;
+            }
             if self.tx.send(chunk).await.is_err() {
                 return Err(End::Io(std::io::ErrorKind::BrokenPipe.into()));
             }
             self.last_sent = Instant::now();
         }
-        self.credit_no_ack();
+        if self.hold.is_none() {
+            // Held no-ack deliveries are not written yet: no credit.
+            self.credit_no_ack();
+        }
         Ok(())
     }
 
@@ -860,9 +879,70 @@ impl Connection {
                 OutboxItem::TxCommitted { session, epoch, ok } => {
                     self.tx_committed(session, epoch, ok)
                 }
+                OutboxItem::DefinitionsFlushed { ok } => self.definitions_flushed(ok),
             }
         }
         self.outbox_items = items;
+    }
+
+    /// Holds every reply from now on until the definition writes made so
+    /// far are durable: called before the reply of a method that may have
+    /// written some (declares, deletes, binds). Nothing is held when
+    /// nothing is pending; a reply may wait for another client's writes
+    /// too, never longer than one group commit.
+    pub(super) fn hold_for_definitions(&mut self) {
+        let Some(p) = self.broker.persistence() else {
+            return;
+        };
+        let need = p.definitions_written();
+        if need <= p.definitions_durable_upto() {
+            return;
+        }
+        match &mut self.hold {
+            // Released once a flush covers this write too.
+            Some(h) => h.need = h.need.max(need),
+            None => {
+                self.hold = Some(Hold {
+                    from: self.out.len(),
+                    need,
+                });
+                self.wait_for_flush();
+            }
+        }
+    }
+
+    fn wait_for_flush(&self) {
+        if let Some(p) = self.broker.persistence() {
+            let outbox = self.outbox.clone();
+            p.flusher.after_flush(Box::new(move |ok| {
+                let _ = outbox.push_all(vec![OutboxItem::DefinitionsFlushed { ok }]);
+            }));
+        }
+    }
+
+    /// A flush ended: release held output once the writes it waits for
+    /// are durable (some made after the hold began may need one more
+    /// flush; writes by others after that never delay it).
+    fn definitions_flushed(&mut self, ok: bool) {
+        let Some(h) = &self.hold else {
+            return;
+        };
+        let durable = self
+            .broker
+            .persistence()
+            .map_or(u64::MAX, |p| p.definitions_durable_upto());
+        if !ok {
+            // The disk failed: the writes may never be durable. Answer
+            // anyway rather than hang the connection; it is logged.
+            tracing::error!(
+                conn = self.id,
+                "definitions flush failed; replying regardless"
+            );
+        } else if durable < h.need {
+            self.wait_for_flush();
+            return;
+        }
+        self.hold = None;
     }
 
     /// Credits no-ack deliveries written so far back to their queues.

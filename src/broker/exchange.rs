@@ -127,10 +127,12 @@ impl Exchange {
     }
 
     pub fn is_deleted(&self) -> bool {
-        self.deleted.load(Ordering::Acquire)
+        // SeqCst, as the queue's: binds check it after writing their record
+        // (see `Vhost::bind_exchange`).
+        self.deleted.load(Ordering::SeqCst)
     }
 
     pub(crate) fn mark_deleted(&self) {
-        self.deleted.store(true, Ordering::Release);
+        self.deleted.store(true, Ordering::SeqCst);
     }
 }

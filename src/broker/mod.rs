@@ -144,6 +144,9 @@ impl Broker {
             "recovered durable state"
         );
         b.seed(cfg);
+        // Start-up writes (seeded users, vhosts) are durable before any
+        // client is served; this runs off the async workers.
+        persist.flush_now();
         Ok(b)
     }
 
@@ -161,8 +164,8 @@ impl Broker {
         self.persist.as_ref()
     }
 
-    /// Runs `f` with definition writes synced once at its end rather than
-    /// one by one (see [`Persistence::batch`]); blocking, so call it from
+    /// Runs `f` (many definition writes), then syncs them with one flush
+    /// (see [`Persistence::batch`]); blocking, so call it from
     /// `spawn_blocking`.
     pub fn batch<R>(&self, f: impl FnOnce() -> R) -> R {
         match &self.persist {

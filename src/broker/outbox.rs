@@ -40,6 +40,11 @@ pub enum OutboxItem {
         epoch: u64,
         ok: bool,
     },
+    /// A flush that covers definition writes finished (replies held for
+    /// it may go, see the connection's `hold`).
+    DefinitionsFlushed {
+        ok: bool,
+    },
 }
 
 #[derive(Debug, Default)]

@@ -10,18 +10,32 @@
 //! crate's [`Disk`]. The [`Flusher`] thread makes writes durable for many
 //! publishers at once: callers register a waiter after writing, and every
 //! waiter registered before a flush starts is told once it is done.
+//!
+//! Definition writes go to sled's in-memory log and are made durable by
+//! the same group commit as messages, never by an fsync of their own: a
+//! declare ran on a tokio worker, inside a DashMap shard, and an fsync
+//! there stalled every connection on that worker and every lookup in that
+//! shard. Callers that answer a client (declare-ok, the API's 201) wait for
+//! [`Persistence::definitions_pending`] to clear first, as confirms do.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use warren_exchanges::{Table, Value};
 use warren_queues::{Disk, DiskError};
 
-thread_local! {
-    /// Whether this thread is inside [`Persistence::batch`].
-    static BATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+/// Definition writes made and made durable, so a reply can wait for
+/// exactly the flush that covers the writes before it.
+#[derive(Default)]
+struct DefCounters {
+    /// Definition writes (puts and removes) so far.
+    written: AtomicU64,
+    /// `written` as it was when the last successful flush started.
+    durable: AtomicU64,
 }
 
-/// How often an idle flusher flushes anyway.
+/// How long writes without a waiter (acks, delivery marks) may wait for
+/// a flush: they gather for this long after the store turns dirty.
 const IDLE_FLUSH: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Called once the writes before it are durable (`true`) or failed.
@@ -30,40 +44,44 @@ pub type Waiter = Box<dyn FnOnce(bool) + Send>;
 #[derive(Default)]
 struct FlushQueue {
     waiting: Vec<Waiter>,
+    /// The store turned dirty since the flusher last looked.
+    dirty: bool,
     stop: bool,
 }
 
-/// The group-commit thread.
+/// The group-commit thread: one for the process's lifetime. It sleeps
+/// until a waiter registers or the store turns dirty (the store calls
+/// back on that transition), so an idle broker never wakes it and never
+/// syncs.
 pub struct Flusher {
     shared: Arc<(Mutex<FlushQueue>, Condvar)>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Flusher {
-    fn start(disk: Arc<Disk>) -> Self {
+    fn start(disk: Arc<Disk>, defs: Arc<DefCounters>) -> Self {
         let shared: Arc<(Mutex<FlushQueue>, Condvar)> = Arc::default();
+        let on_dirty = shared.clone();
+        disk.set_on_dirty(Box::new(move || {
+            let (lock, cv) = &*on_dirty;
+            lock.lock().unwrap_or_else(|e| e.into_inner()).dirty = true;
+            cv.notify_one();
+        }));
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("warren-flusher".into())
             .spawn(move || loop {
-                let batch = {
-                    let (lock, cv) = &*s;
-                    let mut q = lock.lock().unwrap_or_else(|e| e.into_inner());
-                    if q.waiting.is_empty() && !q.stop {
-                        // Idle: still flush now and then, so acks and
-                        // delivery marks reach the disk without publishers.
-                        q = cv
-                            .wait_timeout(q, IDLE_FLUSH)
-                            .unwrap_or_else(|e| e.into_inner())
-                            .0;
-                    }
-                    if q.waiting.is_empty() && q.stop {
-                        return;
-                    }
-                    std::mem::take(&mut q.waiting)
+                let Some(batch) = Self::next_batch(&s) else {
+                    return;
                 };
+                // Read before the flush starts: every definition write
+                // counted here is in sled's log and covered by the flush.
+                let defs_written = defs.written.load(Ordering::SeqCst);
                 let ok = match disk.flush() {
-                    Ok(()) => true,
+                    Ok(()) => {
+                        defs.durable.fetch_max(defs_written, Ordering::SeqCst);
+                        true
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "flush failed; publishes are nacked");
                         false
@@ -77,6 +95,32 @@ impl Flusher {
         Flusher {
             shared,
             thread: Mutex::new(Some(thread)),
+        }
+    }
+
+    /// Sleeps until there is something to flush; returns the waiters the
+    /// flush will answer, or `None` once stopped with nothing left.
+    fn next_batch(s: &(Mutex<FlushQueue>, Condvar)) -> Option<Vec<Waiter>> {
+        let (lock, cv) = s;
+        let mut q = lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if !q.waiting.is_empty() {
+                return Some(std::mem::take(&mut q.waiting));
+            }
+            if q.stop {
+                return None;
+            }
+            if q.dirty {
+                // Writes nobody waits for: let more gather (a waiter
+                // arriving meanwhile ends the wait), then flush them.
+                q.dirty = false;
+                q = cv
+                    .wait_timeout(q, IDLE_FLUSH)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                return Some(std::mem::take(&mut q.waiting));
+            }
+            q = cv.wait(q).unwrap_or_else(|e| e.into_inner());
         }
     }
 
@@ -181,6 +225,7 @@ pub struct StorageConfig {
 pub struct Persistence {
     pub disk: Arc<Disk>,
     defs: sled::Tree,
+    def_counts: Arc<DefCounters>,
     pub flusher: Flusher,
     pub queue_memory_bytes: u64,
 }
@@ -215,10 +260,12 @@ impl Persistence {
         let disk = Disk::open(Path::new(&cfg.data_dir), cfg.cache_bytes)?;
         let defs = disk.db().open_tree("definitions")?;
         check_definitions(&defs, &cfg.data_dir)?;
-        let flusher = Flusher::start(disk.clone());
+        let def_counts = Arc::new(DefCounters::default());
+        let flusher = Flusher::start(disk.clone(), def_counts.clone());
         Ok(Arc::new(Persistence {
             disk,
             defs,
+            def_counts,
             flusher,
             queue_memory_bytes: cfg.queue_memory_bytes,
         }))
@@ -233,45 +280,87 @@ impl Persistence {
         if let Err(e) = self.defs.insert(k, v.to_string().into_bytes()) {
             tracing::error!(error = %e, "cannot store a definition");
         }
+        self.wrote();
     }
 
     fn remove(&self, k: Vec<u8>) {
         if let Err(e) = self.defs.remove(k) {
             tracing::error!(error = %e, "cannot remove a definition");
         }
+        self.wrote();
     }
 
-    /// Definitions are rare and small: make each durable at once, unless
-    /// this thread is inside [`Persistence::batch`], which syncs once at its end.
-    fn sync(&self) {
-        if BATCHING.with(|b| b.get()) {
-            return;
+    /// Counts a definition write (after it is in sled) for
+    /// [`Persistence::definitions_pending`].
+    fn wrote(&self) {
+        self.def_counts.written.fetch_add(1, Ordering::SeqCst);
+        self.disk.mark_dirty();
+    }
+
+    /// Whether some definition write made so far is not yet durable.
+    /// Definitions are written (to sled's in-memory log) while the object
+    /// changes, under the locks that order them; a reply that promises
+    /// them (declare-ok, delete-ok, bind-ok, an API 201/204) waits until
+    /// this is false: [`Persistence::after_definitions`].
+    pub fn definitions_pending(&self) -> bool {
+        self.def_counts.written.load(Ordering::SeqCst)
+            > self.def_counts.durable.load(Ordering::SeqCst)
+    }
+
+    /// Definition writes so far: a caller that must wait for the ones made
+    /// before now waits until [`Persistence::definitions_durable_upto`]
+    /// reaches this.
+    pub fn definitions_written(&self) -> u64 {
+        self.def_counts.written.load(Ordering::SeqCst)
+    }
+
+    /// How many definition writes are known durable.
+    pub fn definitions_durable_upto(&self) -> u64 {
+        self.def_counts.durable.load(Ordering::SeqCst)
+    }
+
+    /// Calls `w` once every definition written so far is durable: at once
+    /// (on this thread) if nothing is pending, else after the next group
+    /// commit, with `false` if that flush failed.
+    pub fn after_definitions(&self, w: Waiter) {
+        if self.definitions_pending() {
+            self.flusher.after_flush(w);
+        } else {
+            w(true);
         }
-        if let Err(e) = self.disk.flush() {
-            tracing::error!(error = %e, "cannot flush definitions");
+    }
+
+    /// [`Persistence::after_definitions`] for async callers (the API).
+    pub async fn definitions_durable(&self) -> bool {
+        if !self.definitions_pending() {
+            return true;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.flusher.after_flush(Box::new(move |ok| {
+            let _ = tx.send(ok);
+        }));
+        rx.await.unwrap_or(false)
+    }
+
+    /// Makes every write so far durable, on this thread (blocking: call it
+    /// off the async workers).
+    pub fn flush_now(&self) {
+        let written = self.def_counts.written.load(Ordering::SeqCst);
+        match self.disk.flush() {
+            Ok(()) => {
+                self.def_counts.durable.fetch_max(written, Ordering::SeqCst);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot flush definitions"),
         }
     }
 
     /// Runs `f` (many definition writes, e.g. a definitions import or a
-    /// vhost deletion) with the per-item sync off on this thread only, then
-    /// makes everything durable with one flush before returning. Writes by
-    /// other threads meanwhile still sync each. Call it off the async
-    /// workers (`spawn_blocking`): the flush blocks.
+    /// vhost deletion), then makes everything durable with one flush before
+    /// returning. Call it off the async workers (`spawn_blocking`): the
+    /// flush blocks.
     pub fn batch<R>(&self, f: impl FnOnce() -> R) -> R {
-        struct Reset(bool);
-        impl Drop for Reset {
-            fn drop(&mut self) {
-                BATCHING.with(|b| b.set(self.0));
-            }
-        }
-        let outer = BATCHING.with(|b| b.replace(true));
-        let r = {
-            let _reset = Reset(outer);
-            f()
-        };
-        if !outer {
-            self.sync();
-        }
+        let r = f();
+        self.flush_now();
         r
     }
 
@@ -281,7 +370,6 @@ impl Persistence {
             "arguments": table_to_json(&d.arguments),
         });
         self.put(key(b'x', &[&d.vhost, &d.name]), v);
-        self.sync();
     }
 
     pub fn remove_exchange(&self, vhost: &str, name: &str) {
@@ -289,7 +377,6 @@ impl Persistence {
         self.remove_bindings_where(vhost, |b| {
             b.source == name || (b.destination_type == "exchange" && b.destination == name)
         });
-        self.sync();
     }
 
     pub fn put_queue(&self, d: &QueueDef) {
@@ -298,7 +385,6 @@ impl Persistence {
             "arguments": table_to_json(&d.arguments),
         });
         self.put(key(b'q', &[&d.vhost, &d.name]), v);
-        self.sync();
     }
 
     pub fn remove_queue(&self, vhost: &str, name: &str) {
@@ -306,7 +392,6 @@ impl Persistence {
         self.remove_bindings_where(vhost, |b| {
             b.destination_type == "queue" && b.destination == name
         });
-        self.sync();
     }
 
     fn binding_key(b: &BindingDef) -> Vec<u8> {
@@ -330,12 +415,10 @@ impl Persistence {
             "arguments": table_to_json(&b.arguments),
         });
         self.put(Self::binding_key(b), v);
-        self.sync();
     }
 
     pub fn remove_binding(&self, b: &BindingDef) {
         self.remove(Self::binding_key(b));
-        self.sync();
     }
 
     /// Only the vhost's bindings are read (its key prefix), not every one.
@@ -395,12 +478,10 @@ impl Persistence {
     /// Stores a document of kind `kind` (one of [`Doc`]) under `parts`.
     pub fn put_doc(&self, kind: Doc, parts: &[&str], v: serde_json::Value) {
         self.put(key(kind as u8, parts), v);
-        self.sync();
     }
 
     pub fn remove_doc(&self, kind: Doc, parts: &[&str]) {
         self.remove(key(kind as u8, parts));
-        self.sync();
     }
 
     /// Every document of a kind, with its key parts.
@@ -425,9 +506,9 @@ impl Persistence {
                 if let Err(e) = self.defs.remove(k) {
                     tracing::error!(error = %e, "cannot remove a definition");
                 }
+                self.wrote();
             }
         }
-        self.sync();
     }
 
     pub fn bindings(&self) -> Vec<BindingDef> {

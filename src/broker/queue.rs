@@ -68,10 +68,16 @@ pub struct Queue {
     core: Mutex<QueueCore<Arc<ConsumerHandle>>>,
     deleted: AtomicBool,
     /// Flow control: set while consumers are attached and the backlog is
-    /// above [`FLOW_HIGH`]; publishers to this queue pause reading until it
-    /// drains below [`FLOW_LOW`] (RabbitMQ's `flow` state, by backlog).
+    /// above [`FLOW_HIGH`], or while the bodies held in memory exceed
+    /// `memory_budget` (consumed or not); publishers to this queue pause
+    /// reading until it drains below [`FLOW_LOW`] and half the budget
+    /// (RabbitMQ's `flow` state).
     flow_blocked: AtomicBool,
+    /// Woken (every waiter) when `flow_blocked` clears.
     flow_resumed: Notify,
+    /// Body bytes the queue may hold in memory before it holds back its
+    /// publishers; `None`: no limit by memory.
+    memory_budget: Option<u64>,
 }
 
 /// Ready messages above which a consumed queue pushes back on publishers.
@@ -131,7 +137,22 @@ impl Queue {
             deleted: AtomicBool::new(false),
             flow_blocked: AtomicBool::new(false),
             flow_resumed: Notify::new(),
+            memory_budget: None,
         }
+    }
+
+    /// Holds publishers back while more than `bytes` of bodies are held
+    /// in memory, whether or not the queue is consumed. Durable queues
+    /// get their store's budget: persistent bodies beyond it stay on disk,
+    /// so only what cannot be paged out (transient messages) goes past it.
+    pub fn with_memory_budget(mut self, bytes: u64) -> Self {
+        self.memory_budget = Some(bytes);
+        self
+    }
+
+    fn over_budget(&self, core: &QueueCore<Arc<ConsumerHandle>>, fraction: u64) -> bool {
+        self.memory_budget
+            .is_some_and(|b| core.memory_bytes() > b / fraction)
     }
 
     fn core(&self) -> MutexGuard<'_, QueueCore<Arc<ConsumerHandle>>> {
@@ -141,7 +162,16 @@ impl Queue {
     }
 
     pub fn is_deleted(&self) -> bool {
-        self.deleted.load(Ordering::Acquire)
+        // SeqCst: a bind writes its record, then checks this; a deletion
+        // sets it, then sweeps records. One of them sees the other.
+        self.deleted.load(Ordering::SeqCst)
+    }
+
+    /// First step of a deletion: from here on binds and consumes that
+    /// check the flag (see [`Queue::consume`], `Vhost::bind_queue`) refuse,
+    /// or undo what they did before the deletion's sweep could see it.
+    pub(crate) fn set_deleted(&self) {
+        self.deleted.store(true, Ordering::SeqCst);
     }
 
     /// Enqueues one message and delivers what can be delivered.
@@ -152,9 +182,12 @@ impl Queue {
             let mut core = self.core();
             core.publish(message);
             core.dispatch(self.clock.now_ms(), &mut out);
-            // Only a consumed queue pushes back: a queue nobody reads
-            // takes a backlog (on disk, if durable) as RabbitMQ does.
-            if core.message_count() > FLOW_HIGH && core.consumer_count() > 0 {
+            // A consumed queue pushes back on a long backlog (its
+            // consumers cannot keep up); any queue pushes back once it
+            // holds more in memory than its budget allows.
+            if (core.message_count() > FLOW_HIGH && core.consumer_count() > 0)
+                || self.over_budget(&core, 1)
+            {
                 self.flow_blocked.store(true, Ordering::Release);
             }
         }
@@ -166,15 +199,21 @@ impl Queue {
         self.flow_blocked.load(Ordering::Acquire)
     }
 
-    /// Resolves when the queue may let publishers go again (callers
-    /// re-check [`Queue::flow_blocked`] and wait with a timeout).
+    /// Resolves when the queue lets publishers go again. No wake-up is
+    /// lost: the future is registered before the flag is checked.
     pub async fn flow_resumed(&self) {
-        self.flow_resumed.notified().await
+        let notified = self.flow_resumed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.flow_blocked() && !self.is_deleted() {
+            notified.await;
+        }
     }
 
     fn update_flow(&self, core: &QueueCore<Arc<ConsumerHandle>>) {
         if self.flow_blocked.load(Ordering::Relaxed)
             && (core.message_count() < FLOW_LOW || core.consumer_count() == 0)
+            && !self.over_budget(core, 2)
         {
             self.flow_blocked.store(false, Ordering::Release);
             self.flow_resumed.notify_waiters();
@@ -267,7 +306,18 @@ impl Queue {
             exclusive: req.exclusive,
             channel_limit: Some(req.channel_limit),
         };
-        let res = self.core().add_consumer(spec);
+        let res = {
+            let mut core = self.core();
+            // Checked under the core's lock, which a deletion takes (after
+            // setting the flag) to cancel the consumers: either it finds
+            // this one, or this one finds the flag. Without the check a
+            // consumer could attach after the cancel sweep and wait on a
+            // deleted queue for ever.
+            if self.is_deleted() {
+                return Err(super::BrokerError::no_queue(&self.name, &self.vhost));
+            }
+            core.add_consumer(spec)
+        };
         match res {
             Ok(()) => {
                 self.kick();
@@ -301,7 +351,12 @@ impl Queue {
     /// basic.get: the message and the count of messages left. `taker`
     /// is the getter's [`channel_key`], shown by the unacked view.
     pub fn get_for(&self, no_ack: bool, taker: u64) -> Option<(QueuedMessage, usize)> {
-        let got = self.core().get(no_ack, taker, self.clock.now_ms());
+        let got = {
+            let mut core = self.core();
+            let got = core.get(no_ack, taker, self.clock.now_ms());
+            self.update_flow(&core);
+            got
+        };
         let counts: &[Counter] = match &got {
             None => &[Counter::GetEmpty],
             Some((m, _)) => match (no_ack, m.redelivered) {
@@ -390,7 +445,7 @@ impl Queue {
     /// Marks the queue deleted, drops its messages and tells each consumer's
     /// connection it was cancelled. Returns the ready count it had.
     pub(crate) fn mark_deleted(&self) -> usize {
-        self.deleted.store(true, Ordering::Release);
+        self.set_deleted();
         let (consumers, count) = {
             let mut core = self.core();
             let c = core.take_consumers();

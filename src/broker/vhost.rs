@@ -348,7 +348,7 @@ impl Vhost {
                         }
                         _ => (Box::<MemoryStore>::default(), None),
                     };
-                let q = Arc::new(Queue::new(
+                let mut q = Queue::new(
                     name.clone(),
                     self.name.clone(),
                     opts,
@@ -358,7 +358,11 @@ impl Vhost {
                     self.noack_window,
                     self.stats.clone(),
                     self.clock.clone(),
-                ));
+                );
+                if let (Some(_), Some(p)) = (disk_id, &self.persist) {
+                    q = q.with_memory_budget(p.queue_memory_bytes);
+                }
+                let q = Arc::new(q);
                 v.insert(q.clone());
                 self.churn.add(Churn::QueueCreated);
                 self.churn.add(Churn::QueueDeclared);
@@ -430,6 +434,9 @@ impl Vhost {
         if !removed {
             return 0;
         }
+        // Before the records and bindings are swept: binds and consumes
+        // racing this check it afterwards (see `bind_queue`).
+        q.set_deleted();
         self.churn.add(Churn::QueueDeleted);
         if let (Some(_), Some(p)) = (q.disk_id, &self.persist) {
             p.remove_queue(&self.name, &q.name);
@@ -495,13 +502,51 @@ impl Vhost {
         let durable = ex.opts.durable && q.disk_id.is_some();
         let def =
             durable.then(|| self.binding_def(exchange, "queue", queue, routing_key, &arguments));
+        let dest = Dest::Queue(QueueRef(q.clone()));
         let added = ex
-            .bind(Dest::Queue(QueueRef(q)), routing_key, arguments)
+            .bind(dest.clone(), routing_key, arguments.clone())
             .map_err(|e| BrokerError::new(ErrorKind::PreconditionFailed, e.to_string()))?;
-        if let (true, Some(def), Some(p)) = (added, def, &self.persist) {
-            p.put_binding(&def);
+        if let (true, Some(def), Some(p)) = (added, &def, &self.persist) {
+            p.put_binding(def);
+        }
+        // A deletion of either end sets its flag, then sweeps bindings and
+        // records. Checked after ours are in: either the sweep saw them,
+        // or we see the flag and take them back ourselves.
+        let gone = if q.is_deleted() {
+            Some(BrokerError::no_queue(queue, &self.name))
+        } else if ex.is_deleted() {
+            Some(BrokerError::no_exchange(exchange, &self.name))
+        } else {
+            None
+        };
+        if let Some(e) = gone {
+            if added {
+                self.undo_binding(&ex, &dest, routing_key, &arguments, def.as_ref());
+            }
+            return Err(e);
         }
         Ok(())
+    }
+
+    /// Takes back a binding (and its record) made while one of its ends
+    /// was being deleted.
+    fn undo_binding(
+        &self,
+        src: &Arc<Exchange>,
+        dest: &Dest,
+        key: &str,
+        args: &Table,
+        def: Option<&BindingDef>,
+    ) {
+        src.unbind(dest, key, args);
+        // Whether or not the sweep already took the binding from the
+        // router, it may have swept the records before ours was written.
+        if let (Some(def), Some(p)) = (def, &self.persist) {
+            p.remove_binding(def);
+        }
+        if !src.is_deleted() {
+            self.auto_delete_if_unused(src);
+        }
     }
 
     pub fn unbind_queue(
@@ -668,6 +713,10 @@ impl Vhost {
             self.stats.clone(),
             self.clock.clone(),
         );
+        let q = match &self.persist {
+            Some(p) => q.with_memory_budget(p.queue_memory_bytes),
+            None => q,
+        };
         self.queues.insert(d.name.clone(), Arc::new(q));
     }
 
@@ -704,11 +753,27 @@ impl Vhost {
         let durable = src.opts.durable && dst.opts.durable;
         let def = durable
             .then(|| self.binding_def(source, "exchange", destination, routing_key, &arguments));
+        let dest = Dest::Exchange(dst.clone());
         let added = src
-            .bind(Dest::Exchange(dst), routing_key, arguments)
+            .bind(dest.clone(), routing_key, arguments.clone())
             .map_err(|e| BrokerError::new(ErrorKind::PreconditionFailed, e.to_string()))?;
-        if let (true, Some(def), Some(p)) = (added, def, &self.persist) {
-            p.put_binding(&def);
+        if let (true, Some(def), Some(p)) = (added, &def, &self.persist) {
+            p.put_binding(def);
+        }
+        // As in `bind_queue`: a deletion racing us either swept this
+        // binding and its record, or we see its flag and undo them.
+        let gone = if dst.is_deleted() {
+            Some(destination)
+        } else if src.is_deleted() {
+            Some(source)
+        } else {
+            None
+        };
+        if let Some(name) = gone {
+            if added {
+                self.undo_binding(&src, &dest, routing_key, &arguments, def.as_ref());
+            }
+            return Err(BrokerError::no_exchange(name, &self.name));
         }
         Ok(())
     }

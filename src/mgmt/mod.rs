@@ -93,6 +93,7 @@ pub fn router(state: Arc<MgmtState>) -> Router {
         .merge(admin::routes())
         .merge(extras::routes())
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), durable_reply))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         // Added after the auth layer: Prometheus scrapes without a login.
         .route("/metrics", get(metrics_aggregated))
@@ -171,6 +172,31 @@ impl From<BrokerError> for ApiError {
 
 async fn not_found() -> ApiError {
     not_found_err()
+}
+
+/// A request that may change definitions (any method but GET and HEAD)
+/// is answered only once the definition writes made so far are durable:
+/// the writes themselves join the group commit instead of syncing on an
+/// async worker, so the 201 or 204 waits for that flush here, once for
+/// every handler. Nothing pending (a GET-like POST, a refused request):
+/// no wait.
+async fn durable_reply(State(s): St, req: Request, next: Next) -> Response {
+    let changes = !matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    let resp = next.run(req).await;
+    if let (true, Some(p)) = (changes, s.broker.persistence()) {
+        if !p.definitions_durable().await {
+            return ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "the definitions could not be written to disk".into(),
+            )
+            .into_response();
+        }
+    }
+    resp
 }
 
 async fn auth(State(s): St, req: Request, next: Next) -> Response {

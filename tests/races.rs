@@ -1,0 +1,301 @@
+//! Deletes racing binds and consumes, run thousands of times.
+//!
+//! Each test starts an in-process broker with a data directory (so
+//! durable records are written) and runs pairs of OS threads against the
+//! broker's own API (the one the AMQP channels and the management API
+//! call): in each round one thread binds or consumes while the other
+//! deletes an end, both released by a barrier so their critical sections
+//! overlap as often as the machine allows. Afterwards no binding, stored
+//! binding record or consumer may be left pointing at a deleted object,
+//! and a refused bind or consume must be RabbitMQ's 404.
+//!
+//! Threads rather than AMQP round trips: a round costs microseconds, so
+//! thousands of rounds fit in a few seconds of a debug build, and the two
+//! calls land within the same few microseconds far more often than two
+//! sockets' frames would.
+
+mod common;
+
+use std::sync::{Arc, Barrier};
+use warren::broker::{
+    BrokerError, ConsumeRequest, Dest, ErrorKind, ExchangeOptions, Outbox, OutboxItem,
+    QueueOptions, Vhost,
+};
+use warren_exchanges::Table;
+use warren_queues::ChannelLimit;
+
+/// Pairs of racing threads, and rounds per pair.
+const PAIRS: usize = 4;
+const ROUNDS: usize = 750;
+
+fn durable_queue() -> QueueOptions {
+    QueueOptions {
+        durable: true,
+        exclusive: false,
+        auto_delete: false,
+        arguments: Table::default(),
+    }
+}
+
+fn durable_exchange() -> ExchangeOptions {
+    ExchangeOptions {
+        durable: true,
+        auto_delete: false,
+        internal: false,
+        arguments: Table::default(),
+    }
+}
+
+/// Runs `PAIRS` pairs of threads for `ROUNDS` rounds: `setup(pair,
+/// round)` on the first thread, then `a` and `b` at once after a barrier.
+/// Returns what `a` answered each time.
+fn race<S, A, B, T>(setup: S, a: A, b: B) -> Vec<T>
+where
+    S: Fn(usize, usize) -> T + Send + Sync + 'static,
+    A: Fn(usize, usize, &T) -> bool + Send + Sync + 'static,
+    B: Fn(usize, usize, &T) + Send + Sync + 'static,
+    T: Send + Sync + Clone + 'static,
+{
+    let (setup, a, b) = (Arc::new(setup), Arc::new(a), Arc::new(b));
+    let mut handles = Vec::new();
+    let results = Arc::new(std::sync::Mutex::new(Vec::new()));
+    for pair in 0..PAIRS {
+        let start = Arc::new(Barrier::new(2));
+        let done = Arc::new(Barrier::new(2));
+        let shared: Arc<std::sync::Mutex<Option<T>>> = Arc::default();
+        {
+            let (start, done, shared) = (start.clone(), done.clone(), shared.clone());
+            let results = results.clone();
+            let (setup, a) = (setup.clone(), a.clone());
+            handles.push(std::thread::spawn(move || {
+                for round in 0..ROUNDS {
+                    let t = setup(pair, round);
+                    *shared.lock().unwrap() = Some(t.clone());
+                    start.wait();
+                    if a(pair, round, &t) {
+                        results.lock().unwrap().push(t);
+                    }
+                    done.wait();
+                }
+            }));
+        }
+        let b = b.clone();
+        handles.push(std::thread::spawn(move || {
+            for round in 0..ROUNDS {
+                start.wait();
+                let t = shared.lock().unwrap().clone().expect("set up");
+                b(pair, round, &t);
+                done.wait();
+            }
+        }));
+    }
+    for h in handles {
+        h.join().expect("a racing thread panicked");
+    }
+    Arc::try_unwrap(results)
+        .ok()
+        .expect("threads are done")
+        .into_inner()
+        .unwrap()
+}
+
+fn assert_not_found(e: &BrokerError, what: &str) {
+    assert_eq!(e.kind, ErrorKind::NotFound, "{what}: {}", e.text);
+}
+
+/// The durable binding records, as a restart would read them.
+fn stored_bindings(v: &Vhost, s: &warren::server::Server) -> Vec<(String, String, String)> {
+    let p = s.broker().persistence().expect("a data directory");
+    p.bindings()
+        .into_iter()
+        .filter(|b| b.vhost == v.name)
+        .map(|b| (b.source, b.destination_type, b.destination))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_bind_racing_queue_delete_leaves_no_binding_or_record() {
+    let s = common::start().await;
+    let v = s.broker().vhost("/").expect("default vhost");
+    v.declare_exchange("race-qb-x", "direct", false, durable_exchange())
+        .expect("exchange");
+    let (v1, v2, v3) = (v.clone(), v.clone(), v.clone());
+    let setup = move |pair: usize, round: usize| {
+        let name = format!("race-qb-{pair}-{round}");
+        v1.declare_queue(&name, false, durable_queue(), 0)
+            .expect("declare");
+        name
+    };
+    let bind = move |_: usize, _: usize, q: &String| match v2.bind_queue(
+        q,
+        "race-qb-x",
+        q,
+        Table::default(),
+        0,
+    ) {
+        Ok(()) => true,
+        Err(e) => {
+            assert_not_found(&e, "bind to a queue being deleted");
+            false
+        }
+    };
+    let delete = move |_: usize, _: usize, q: &String| {
+        v3.delete_queue(q, false, false, 0).expect("delete");
+    };
+    let bound = tokio::task::spawn_blocking(move || race(setup, bind, delete))
+        .await
+        .unwrap();
+    // Whichever went first, every queue is gone, so no binding to one may
+    // be left, in memory or on disk.
+    let ex = v.exchange("race-qb-x").unwrap();
+    let live: Vec<String> = ex
+        .router()
+        .bindings()
+        .iter()
+        .filter_map(|b| match &b.destination {
+            Dest::Queue(q) => Some(q.0.name.clone()),
+            Dest::Exchange(_) => None,
+        })
+        .collect();
+    assert!(
+        live.is_empty(),
+        "{} bindings to deleted queues (of {} binds answered ok): {:?}",
+        live.len(),
+        bound.len(),
+        &live[..live.len().min(5)]
+    );
+    let stored = stored_bindings(&v, &s);
+    assert!(
+        stored.is_empty(),
+        "{} binding records to deleted queues: {:?}",
+        stored.len(),
+        &stored[..stored.len().min(5)]
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_racing_queue_delete_is_refused_or_cancelled() {
+    let s = common::start().await;
+    let v = s.broker().vhost("/").expect("default vhost");
+    let broker = s.broker().clone();
+    let (v1, v2) = (v.clone(), v.clone());
+    let setup = move |pair: usize, round: usize| {
+        let name = format!("race-c-{pair}-{round}");
+        let opts = QueueOptions {
+            durable: false,
+            ..durable_queue()
+        };
+        v1.declare_queue(&name, false, opts, 0).expect("declare");
+        // Looked up before the race, as a channel holds it.
+        let q = v1.queue_for(&name, 0).expect("declared");
+        (q, Arc::new(Outbox::default()), broker.next_id())
+    };
+    type Setup = (Arc<warren::broker::Queue>, Arc<Outbox>, u64);
+    let consume = move |_: usize, _: usize, t: &Setup| {
+        let (q, outbox, id) = t;
+        let req = ConsumeRequest {
+            id: *id,
+            tag: format!("ctag-{id}"),
+            conn: 0,
+            session: 1,
+            outbox: outbox.clone(),
+            no_ack: false,
+            exclusive: false,
+            prefetch: 10,
+            channel_limit: Arc::new(ChannelLimit::default()),
+        };
+        match q.consume(req) {
+            Ok(()) => true,
+            Err(e) => {
+                assert_not_found(&e, "consume on a queue being deleted");
+                false
+            }
+        }
+    };
+    let delete = move |_: usize, _: usize, t: &Setup| {
+        v2.delete_queue(&t.0.name, false, false, 0).expect("delete");
+    };
+    let attached = tokio::task::spawn_blocking(move || race(setup, consume, delete))
+        .await
+        .unwrap();
+    // A consumer that attached was cancelled by the deletion: its
+    // connection was told, and the deleted queue keeps no consumer.
+    for (q, outbox, id) in &attached {
+        assert!(q.is_deleted());
+        assert_eq!(q.counts().1, 0, "a consumer stayed on deleted {}", q.name);
+        let mut items = Vec::new();
+        outbox.take_into(&mut items);
+        assert!(
+            items
+                .iter()
+                .any(|i| matches!(i, OutboxItem::Cancelled { consumer, .. } if consumer == id)),
+            "consumer {id} on {} was never cancelled",
+            q.name
+        );
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchange_bind_racing_exchange_delete_leaves_no_binding_or_record() {
+    let s = common::start().await;
+    let v = s.broker().vhost("/").expect("default vhost");
+    let (v1, v2, v3) = (v.clone(), v.clone(), v.clone());
+    let setup = move |pair: usize, round: usize| {
+        let (src, dst) = (
+            format!("race-eb-s-{pair}-{round}"),
+            format!("race-eb-d-{pair}-{round}"),
+        );
+        for x in [&src, &dst] {
+            v1.declare_exchange(x, "fanout", false, durable_exchange())
+                .expect("declare");
+        }
+        (src, dst)
+    };
+    let bind = move |_: usize, _: usize, (src, dst): &(String, String)| match v2.bind_exchange(
+        dst,
+        src,
+        "",
+        Table::default(),
+    ) {
+        Ok(()) => true,
+        Err(e) => {
+            assert_not_found(&e, "bind to an exchange being deleted");
+            false
+        }
+    };
+    // Odd rounds delete the destination, even ones the source.
+    let delete = move |_: usize, round: usize, (src, dst): &(String, String)| {
+        let gone = if round % 2 == 1 { dst } else { src };
+        v3.delete_exchange(gone, false).expect("delete");
+    };
+    tokio::task::spawn_blocking(move || race(setup, bind, delete))
+        .await
+        .unwrap();
+    // No live exchange routes to a deleted one.
+    for ex in v.exchanges() {
+        let dead: Vec<String> = ex
+            .router()
+            .bindings()
+            .iter()
+            .filter_map(|b| match &b.destination {
+                Dest::Exchange(x) if x.is_deleted() => Some(x.name.clone()),
+                _ => None,
+            })
+            .collect();
+        assert!(dead.is_empty(), "{} routes to deleted {dead:?}", ex.name);
+    }
+    // Every round deleted one end, so no record of its binding may stay.
+    let stored: Vec<_> = stored_bindings(&v, &s)
+        .into_iter()
+        .filter(|(src, _, _)| src.starts_with("race-eb-"))
+        .collect();
+    assert!(
+        stored.is_empty(),
+        "{} binding records with a deleted end: {:?}",
+        stored.len(),
+        &stored[..stored.len().min(5)]
+    );
+    s.shutdown().await;
+}
