@@ -1123,8 +1123,8 @@ async fn connections_publishing_to_each_others_consumed_queues_do_not_deadlock()
                 .await
                 .unwrap();
             let ch = c.create_channel().await.unwrap();
-            declare(&ch, mine).await;
-            declare(&ch, theirs).await;
+            queue(&ch, mine, false).await;
+            queue(&ch, theirs, false).await;
             ch.basic_qos(50, BasicQosOptions::default()).await.unwrap();
             let mut cons = consume(&ch, mine, false).await;
             let pch = c.create_channel().await.unwrap();

@@ -803,11 +803,6 @@ fn nested_json(depth: usize) -> String {
     s
 }
 
-async fn start_on(dir: &std::path::Path) -> warren::server::Server {
-    let dir = dir.to_owned();
-    start_with(move |c| c.storage.data_dir = dir).await
-}
-
 #[tokio::test]
 async fn the_deepest_accepted_arguments_survive_a_restart_and_deeper_are_refused() {
     use lapin::options::*;
@@ -920,11 +915,7 @@ async fn an_unreadable_definition_stops_the_start_and_names_it() {
             .unwrap();
         disk.db().flush().unwrap();
     }
-    let mut cfg = warren::config::Config::default();
-    cfg.listeners.amqp = "127.0.0.1:0".parse().unwrap();
-    cfg.listeners.http = "127.0.0.1:0".parse().unwrap();
-    cfg.listeners.prometheus = "127.0.0.1:0".parse().unwrap();
-    cfg.storage.data_dir = dir.clone();
+    let cfg = test_config(&dir);
     let err = match warren::server::start(&cfg).await {
         Ok(s) => {
             s.shutdown().await;
