@@ -179,10 +179,11 @@ pub fn encode(m: &Message) -> Vec<u8> {
 /// Encodes a message record after `prefix` zero bytes, so an index entry's
 /// flag byte costs no second copy.
 fn encode_with_prefix(m: &Message, prefix: usize) -> Vec<u8> {
-    let ex = &m.exchange.as_bytes()[..m.exchange.len().min(255)];
-    let rk = &m.routing_key.as_bytes()[..m.routing_key.len().min(255)];
+    let ex = m.exchange().as_bytes();
+    let rk = m.routing_key().as_bytes();
+    let (properties, body) = (m.properties(), m.body());
     let mut v = Vec::with_capacity(
-        prefix + 1 + 2 + ex.len() + rk.len() + 4 + m.properties.len() + m.body.len(),
+        prefix + 1 + 2 + ex.len() + rk.len() + 4 + properties.len() + body.len(),
     );
     v.resize(prefix, 0);
     v.push(1);
@@ -190,24 +191,26 @@ fn encode_with_prefix(m: &Message, prefix: usize) -> Vec<u8> {
     v.extend_from_slice(ex);
     v.push(rk.len() as u8);
     v.extend_from_slice(rk);
-    v.extend_from_slice(&(m.properties.len() as u32).to_be_bytes());
-    v.extend_from_slice(&m.properties);
-    v.extend_from_slice(&m.body);
+    v.extend_from_slice(&(properties.len() as u32).to_be_bytes());
+    v.extend_from_slice(properties);
+    v.extend_from_slice(body);
     v
 }
 
-/// Decodes a message record (the body shares the record's buffer).
+/// Decodes a message record. The parts are copied into the message's own
+/// allocation, so a held message never pins the (larger) buffer it was
+/// read into.
 pub fn decode(rec: Bytes, stored: Option<StoredRef>) -> Result<Message, DiskError> {
     let bad = || DiskError::Corrupt("message record".into());
     if rec.first() != Some(&1) {
         return Err(bad());
     }
     let mut at = 1;
-    let short = |at: &mut usize| -> Result<String, DiskError> {
+    let short = |at: &mut usize| -> Result<&str, DiskError> {
         let n = *rec.get(*at).ok_or_else(bad)? as usize;
         let s = rec.get(*at + 1..*at + 1 + n).ok_or_else(bad)?;
         *at += 1 + n;
-        String::from_utf8(s.to_vec()).map_err(|_| bad())
+        std::str::from_utf8(s).map_err(|_| bad())
     };
     let exchange = short(&mut at)?;
     let routing_key = short(&mut at)?;
@@ -217,16 +220,11 @@ pub fn decode(rec: Bytes, stored: Option<StoredRef>) -> Result<Message, DiskErro
     if rec.len() < at + n {
         return Err(bad());
     }
-    let properties = rec.slice(at..at + n);
-    let body = rec.slice(at + n..);
-    Ok(Message {
-        exchange,
-        routing_key,
-        properties,
-        body,
-        persistent: true,
-        stored,
-    })
+    let properties = &rec[at..at + n];
+    let body = &rec[at + n..];
+    let mut m = Message::new(exchange, routing_key, properties, body, true).map_err(|_| bad())?;
+    m.stored = stored;
+    Ok(m)
 }
 
 impl Disk {
@@ -910,7 +908,7 @@ mod tests {
                 s.push(persistent(i, &format!("m{i}"), &disk, 1));
             }
             let first = s.pop().unwrap();
-            assert_eq!(&first.message.body[..], b"m1");
+            assert_eq!(first.message.body(), b"m1");
             let second = s.pop().unwrap();
             s.settle(second.seq); // acked: gone for good
                                   // first stays unacked across the "crash".
@@ -925,7 +923,7 @@ mod tests {
         let got: Vec<(String, bool)> = std::iter::from_fn(|| s.pop())
             .map(|m| {
                 (
-                    String::from_utf8(m.message.body.to_vec()).unwrap(),
+                    String::from_utf8(m.message.body().to_vec()).unwrap(),
                     m.redelivered,
                 )
             })
@@ -957,7 +955,7 @@ mod tests {
         let mut s = DiskStore::new(disk, 5, rec.remove(&5).unwrap(), 1 << 20);
         let bodies = |v: Vec<QueuedMessage>| -> Vec<String> {
             v.iter()
-                .map(|m| String::from_utf8(m.message.body.to_vec()).unwrap())
+                .map(|m| String::from_utf8(m.message.body().to_vec()).unwrap())
                 .collect()
         };
         assert_eq!(bodies(s.peek_at(997, 10)), vec!["m998", "m999", "m1000"]);
@@ -965,7 +963,7 @@ mod tests {
         assert_eq!(s.mem_bytes, 0, "peeked bodies stay on disk");
         assert!(s.ready.iter().all(|e| e.msg.is_none()));
         let first = s.pop().unwrap();
-        assert_eq!(&first.message.body[..], b"m1");
+        assert_eq!(first.message.body(), b"m1");
         assert!(!first.redelivered, "peeking delivers nothing");
         assert_eq!(s.len(), 999);
     }
@@ -1000,7 +998,7 @@ mod tests {
         let shown = |v: Vec<(usize, QueuedMessage)>| -> Vec<(usize, String, bool)> {
             v.into_iter()
                 .map(|(i, m)| {
-                    let body = String::from_utf8(m.message.body.to_vec()).unwrap();
+                    let body = String::from_utf8(m.message.body().to_vec()).unwrap();
                     (i, body, m.redelivered)
                 })
                 .collect()
@@ -1098,7 +1096,7 @@ mod tests {
             "message 2's record is still referenced"
         );
         let two = s.pop().unwrap();
-        assert_eq!(&two.message.body[..], b"b");
+        assert_eq!(two.message.body(), b"b");
         s.settle(two.seq);
         assert_eq!(disk.counts().1, 0);
     }
@@ -1129,7 +1127,7 @@ mod tests {
         let entries = rec.remove(&3).unwrap();
         assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1]);
         let mut s = DiskStore::new(disk, 3, entries, 0);
-        assert_eq!(&s.pop().unwrap().message.body[..], b"whole");
+        assert_eq!(s.pop().unwrap().message.body(), b"whole");
     }
 
     /// Nothing written since the last flush: a flush syncs nothing (an

@@ -14,7 +14,7 @@ pub mod segments;
 pub mod store;
 
 pub use disk::{Disk, DiskError, DiskStore};
-pub use message::{Message, QueuedMessage, StoredRef};
+pub use message::{Message, MessageError, QueuedMessage, StoredRef};
 pub use peek::{PeekBody, PeekEntry, Peeked};
 pub use queue::{
     ChannelLimit, ConsumeError, ConsumerId, ConsumerSpec, Dispatched, Holder, QueueCore,

@@ -5,9 +5,10 @@
 //! keeps them until `settle` says they were acked or dropped; `requeue`
 //! puts one back at its original place (RabbitMQ's order: by `seq`).
 
-use crate::message::QueuedMessage;
+use crate::message::{Message, QueuedMessage};
 use crate::peek::{PeekBody, PeekEntry, Peeked};
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 /// Storage for one queue's messages.
 pub trait MessageStore: Send {
@@ -65,23 +66,81 @@ pub trait MessageStore: Send {
 /// Requeued messages always have a lower `seq` than the messages never
 /// delivered (delivery takes from the head), so they sit in their own
 /// ordered map that is read first; the main deque stays append-only.
+/// Each deque slot is two words (the `seq` with the redelivered flag in
+/// its top bit, and the message pointer), and the deque gives its memory
+/// back as it drains, so a backlog's memory does not outlive it.
 #[derive(Default)]
 pub struct MemoryStore {
     requeued: BTreeMap<u64, QueuedMessage>,
-    ready: VecDeque<QueuedMessage>,
+    ready: VecDeque<Slot>,
     bytes: u64,
+}
+
+/// The top bit of [`Slot::seq`]: the message was delivered before.
+const SLOT_REDELIVERED: u64 = 1 << 63;
+
+/// A ready message, packed: [`QueuedMessage`] takes three words.
+struct Slot {
+    seq: u64,
+    message: Arc<Message>,
+}
+
+impl Slot {
+    fn new(m: QueuedMessage) -> Self {
+        let flag = if m.redelivered { SLOT_REDELIVERED } else { 0 };
+        Slot {
+            seq: (m.seq & !SLOT_REDELIVERED) | flag,
+            message: m.message,
+        }
+    }
+
+    fn seq(&self) -> u64 {
+        self.seq & !SLOT_REDELIVERED
+    }
+
+    fn redelivered(&self) -> bool {
+        self.seq & SLOT_REDELIVERED != 0
+    }
+
+    fn into_queued(self) -> QueuedMessage {
+        QueuedMessage {
+            seq: self.seq(),
+            redelivered: self.redelivered(),
+            message: self.message,
+        }
+    }
+}
+
+/// Below this many slots of capacity a drained deque keeps its memory
+/// (a steady flow reuses it); above, it shrinks once it is a quarter full.
+const KEEP_CAPACITY: usize = 4096;
+
+impl MemoryStore {
+    /// Halves the deque's capacity when it is mostly empty, so memory
+    /// taken by a burst comes back as the burst is consumed. Amortised:
+    /// each shrink copies at most a quarter of the capacity it frees.
+    fn maybe_shrink(&mut self) {
+        let cap = self.ready.capacity();
+        if cap > KEEP_CAPACITY && self.ready.len() < cap / 4 {
+            self.ready.shrink_to((cap / 2).max(KEEP_CAPACITY));
+        }
+    }
 }
 
 impl MessageStore for MemoryStore {
     fn push(&mut self, m: QueuedMessage) {
         self.bytes += m.message.size();
-        self.ready.push_back(m);
+        self.ready.push_back(Slot::new(m));
     }
 
     fn pop(&mut self) -> Option<QueuedMessage> {
         let m = match self.requeued.pop_first() {
             Some((_, m)) => m,
-            None => self.ready.pop_front()?,
+            None => {
+                let m = self.ready.pop_front()?.into_queued();
+                self.maybe_shrink();
+                m
+            }
         };
         self.bytes -= m.message.size();
         Some(m)
@@ -97,7 +156,7 @@ impl MessageStore for MemoryStore {
     fn purge(&mut self) -> usize {
         let n = self.len();
         self.requeued.clear();
-        self.ready.clear();
+        self.ready = VecDeque::new();
         self.bytes = 0;
         n
     }
@@ -113,15 +172,25 @@ impl MessageStore for MemoryStore {
     fn peek_entries(&self, offset: usize, n: usize) -> Peeked {
         // Skip in the deque by index, not by walking it.
         let r = self.requeued.len();
-        let from_requeued = self.requeued.values().skip(offset).take(n);
+        let from_requeued = self
+            .requeued
+            .values()
+            .skip(offset)
+            .take(n)
+            .map(|m| (m.seq, m.redelivered, &m.message));
         let start = offset.saturating_sub(r);
         let left = n.saturating_sub(r.saturating_sub(offset).min(n));
+        let from_ready = self
+            .ready
+            .range(start.min(self.ready.len())..)
+            .take(left)
+            .map(|s| (s.seq(), s.redelivered(), &s.message));
         let entries = from_requeued
-            .chain(self.ready.range(start.min(self.ready.len())..).take(left))
-            .map(|m| PeekEntry {
-                seq: m.seq,
-                redelivered: m.redelivered,
-                body: PeekBody::Loaded(m.message.clone()),
+            .chain(from_ready)
+            .map(|(seq, redelivered, m)| PeekEntry {
+                seq,
+                redelivered,
+                body: PeekBody::Loaded(m.clone()),
             })
             .collect();
         Peeked::new(entries, None)
@@ -131,21 +200,11 @@ impl MessageStore for MemoryStore {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::message::Message;
-    use bytes::Bytes;
-    use std::sync::Arc;
 
     pub fn msg(seq: u64, body: &str) -> QueuedMessage {
         QueuedMessage {
             seq,
-            message: Arc::new(Message {
-                exchange: String::new(),
-                routing_key: "q".into(),
-                properties: Bytes::new(),
-                body: Bytes::copy_from_slice(body.as_bytes()),
-                persistent: false,
-                stored: None,
-            }),
+            message: Arc::new(Message::new("", "q", &[], body.as_bytes(), false).unwrap()),
             redelivered: false,
         }
     }
@@ -211,7 +270,7 @@ pub(crate) mod tests {
         let after: Vec<(u64, bool, Vec<u8>)> = s
             .peek(10)
             .iter()
-            .map(|m| (m.seq, m.redelivered, m.message.body.to_vec()))
+            .map(|m| (m.seq, m.redelivered, m.message.body().to_vec()))
             .collect();
         assert_eq!(
             after,
@@ -232,6 +291,26 @@ pub(crate) mod tests {
         assert!(s.pop().is_none());
         let mut s = restart(s);
         assert!(s.pop().is_none(), "purged messages stay gone");
+    }
+
+    #[test]
+    fn memory_store_gives_memory_back_as_it_drains() {
+        let mut s = MemoryStore::default();
+        for i in 0..100_000 {
+            s.push(msg(i, "x"));
+        }
+        assert!(s.ready.capacity() >= 100_000);
+        for i in 0..100_000 {
+            assert_eq!(s.pop().unwrap().seq, i);
+        }
+        assert!(s.ready.capacity() <= KEEP_CAPACITY, "{}", s.ready.capacity());
+        // Flags survive the packing.
+        s.push(QueuedMessage {
+            redelivered: true,
+            ..msg(7, "y")
+        });
+        let m = s.pop().unwrap();
+        assert!(m.redelivered && m.seq == 7);
     }
 
     #[test]

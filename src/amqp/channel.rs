@@ -112,11 +112,12 @@ struct Tx {
     settles: Vec<(Vec<Unacked>, Settle)>,
 }
 
-fn parse_short_str(p: &[u8], at: &mut usize) -> Option<String> {
+/// A shortstr in a method frame, borrowed (no allocation per publish).
+fn parse_short_str<'a>(p: &'a [u8], at: &mut usize) -> Option<&'a str> {
     let n = *p.get(*at)? as usize;
     let s = p.get(*at + 1..*at + 1 + n)?;
     *at += 1 + n;
-    String::from_utf8(s.to_vec()).ok()
+    std::str::from_utf8(s).ok()
 }
 
 impl Connection {
@@ -693,7 +694,7 @@ impl Connection {
         let ex = match &self.ch(id).last_exchange {
             Some(e) if e.name == exchange && !e.is_deleted() => e.clone(),
             _ => {
-                let e = self.vhost.exchange(&exchange)?;
+                let e = self.vhost.exchange(exchange)?;
                 self.ch(id).last_exchange = Some(e.clone());
                 e
             }
@@ -750,14 +751,17 @@ impl Connection {
                 }
             }
         }
-        let message = Message {
+        // Copied out of the read buffer: a message held in a queue must
+        // not pin the 64 KiB buffer its frames arrived in. Shortstrs fit
+        // the message's name fields by construction.
+        let message = Message::new(
             exchange,
             routing_key,
-            properties,
-            body: content.body,
-            persistent: summary.delivery_mode == 2,
-            stored: None,
-        };
+            &properties,
+            &content.body,
+            summary.delivery_mode == 2,
+        )
+        .map_err(|_| AmqpError::connection(SYNTAX_ERROR, "malformed basic.publish"))?;
         let str_prop = |f: fn(&amq_protocol::protocol::BasicProperties) -> &Option<ShortString>| {
             details
                 .as_ref()
@@ -881,10 +885,10 @@ impl Connection {
                 id,
                 NO_ROUTE,
                 "NO_ROUTE",
-                &m.exchange,
-                &m.routing_key,
+                m.exchange(),
+                m.routing_key(),
             );
-            codec::write_content(&mut self.out, id, &m.properties, &m.body, self.frame_max);
+            codec::write_content(&mut self.out, id, m.properties(), m.body(), self.frame_max);
         }
         Ok(published.written)
     }
@@ -1239,15 +1243,15 @@ impl Connection {
                     id,
                     tag,
                     m.redelivered,
-                    &m.message.exchange,
-                    &m.message.routing_key,
+                    m.message.exchange(),
+                    m.message.routing_key(),
                     left as u32,
                 );
                 codec::write_content(
                     &mut self.out,
                     id,
-                    &m.message.properties,
-                    &m.message.body,
+                    m.message.properties(),
+                    m.message.body(),
                     self.frame_max,
                 );
             }
@@ -1284,7 +1288,10 @@ impl Connection {
         let slots = taken.iter().filter(|u| u.slot).count() as u32;
         let n = taken.len() as u64;
         match how {
-            Settle::Ack => for_each_queue(taken.into_iter(), |q, seqs| q.ack(seqs)),
+            Settle::Ack => {
+                let fold = &mut self.route_scratch.counts;
+                for_each_queue(taken.into_iter(), |q, seqs| q.ack(seqs, fold))
+            }
             Settle::Drop => for_each_queue(taken.into_iter(), |q, seqs| q.discard(seqs)),
             Settle::Requeue => requeue_grouped(taken.into_iter()),
         }
@@ -1334,6 +1341,11 @@ impl Connection {
             d.queue.undeliver(d.message, d.no_ack);
             return;
         }
+        d.queue.count_delivery(
+            &mut self.route_scratch.counts,
+            d.no_ack,
+            d.message.redelivered,
+        );
         let ch = self.channels.get_mut(&session).expect("checked above");
         let tag = ch.next_tag;
         ch.next_tag += 1;
@@ -1368,14 +1380,14 @@ impl Connection {
             &d.consumer.tag,
             tag,
             d.message.redelivered,
-            &m.exchange,
-            &m.routing_key,
+            m.exchange(),
+            m.routing_key(),
         );
         codec::write_content(
             &mut self.out,
             session,
-            &m.properties,
-            &m.body,
+            m.properties(),
+            m.body(),
             self.frame_max,
         );
     }

@@ -670,6 +670,9 @@ impl Connection {
     /// outbox), and what is framed goes to the writer.
     async fn end_turn(&mut self) -> Result<(), End> {
         self.drain_outbox();
+        // Message counters (publishes, deliveries, acks) reach the
+        // shared ones once a turn, not once a message.
+        self.route_scratch.flush_counts();
         // Only what precedes a hold goes out (see `hold`).
         let ready = self.hold.as_ref().map_or(self.out.len(), |h| h.from);
         if ready > 0 {

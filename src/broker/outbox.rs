@@ -66,27 +66,36 @@ impl Outbox {
     /// stranded.
     #[must_use = "items refused by a closed outbox must go back to their queues"]
     pub fn push_all(&self, mut items: Vec<OutboxItem>) -> Option<Vec<OutboxItem>> {
+        if self.push_from(&mut items) {
+            None
+        } else {
+            Some(items)
+        }
+    }
+
+    /// Moves `items` into the outbox, leaving the vector empty for the
+    /// caller to reuse (the queues' delivery hand-off allocates nothing per
+    /// batch); `false`, with the items left in place, if the connection
+    /// has closed.
+    #[must_use = "items refused by a closed outbox must go back to their queues"]
+    pub fn push_from(&self, items: &mut Vec<OutboxItem>) -> bool {
         if items.is_empty() {
-            return None;
+            return true;
         }
         let was_empty = {
             let mut guard = self.items.lock().unwrap_or_else(|e| e.into_inner());
             if guard.closed {
-                return Some(items);
+                return false;
             }
             let q = &mut guard.items;
             let was_empty = q.is_empty();
-            if was_empty && q.capacity() < items.len() {
-                std::mem::swap(q, &mut items);
-            } else {
-                q.append(&mut items);
-            }
+            q.append(items);
             was_empty
         };
         if was_empty {
             self.notify.notify_one();
         }
-        None
+        true
     }
 
     /// Takes everything queued, swapping in `buf` (empty) to reuse its allocation.

@@ -5,7 +5,7 @@
 //! deliveries it produced are pushed to outboxes after it is released.
 
 use super::outbox::{Delivery, Outbox, OutboxItem};
-use super::registry::{CoarseClock, Counter, MessageCounters};
+use super::registry::{CoarseClock, Counter, CounterFold, FoldTarget, MessageCounters};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
@@ -174,14 +174,13 @@ impl Queue {
         self.deleted.store(true, Ordering::SeqCst);
     }
 
-    /// Enqueues one message and delivers what can be delivered.
+    /// Enqueues one message and delivers what can be delivered. The
+    /// publish is counted by the caller (`Vhost::publish` folds it).
     pub fn publish(self: &Arc<Self>, message: Arc<Message>) {
-        self.stats.published(1);
-        let mut out = Vec::new();
-        {
+        self.dispatch_with(|out| {
             let mut core = self.core();
             core.publish(message);
-            core.dispatch(self.clock.now_ms(), &mut out);
+            core.dispatch(self.clock.now_ms(), out);
             // A consumed queue pushes back on a long backlog (its
             // consumers cannot keep up); any queue pushes back once it
             // holds more in memory than its budget allows.
@@ -190,8 +189,7 @@ impl Queue {
             {
                 self.flow_blocked.store(true, Ordering::Release);
             }
-        }
-        self.hand_off(out);
+        });
     }
 
     /// Whether publishers should pause for this queue.
@@ -222,44 +220,30 @@ impl Queue {
 
     /// Re-runs delivery (credit was freed somewhere).
     pub fn kick(self: &Arc<Self>) {
-        let mut out = Vec::new();
-        {
+        self.dispatch_with(|out| {
             let mut core = self.core();
-            core.dispatch(self.clock.now_ms(), &mut out);
+            core.dispatch(self.clock.now_ms(), out);
             self.update_flow(&core);
-        }
-        self.hand_off(out);
+        });
     }
 
     /// Pushes deliveries to their connections' outboxes, one lock and one
-    /// wake-up per run of deliveries for the same outbox.
-    fn hand_off(self: &Arc<Self>, out: Vec<Dispatched<Arc<ConsumerHandle>>>) {
-        if !out.is_empty() {
-            // Counted per batch: one atomic add per counter and object.
-            let (mut no_ack, mut redelivered) = (0, 0);
-            for d in &out {
-                no_ack += d.no_ack as u64;
-                redelivered += d.message.redelivered as u64;
-            }
-            let ack = out.len() as u64 - no_ack;
-            for c in [&self.stats, &*self.global] {
-                if ack > 0 {
-                    c.add(Counter::Deliver, ack);
-                }
-                if no_ack > 0 {
-                    c.add(Counter::DeliverNoAck, no_ack);
-                }
-                if redelivered > 0 {
-                    c.add(Counter::Redeliver, redelivered);
-                }
-            }
+    /// wake-up per run of deliveries for the same outbox. Deliveries are
+    /// counted by the consumer's connection as it frames them
+    /// ([`Queue::count_delivery`]), folded per turn there. `out` is left
+    /// empty; the batch vector is a per-thread one, reused.
+    fn hand_off(self: &Arc<Self>, out: &mut Vec<Dispatched<Arc<ConsumerHandle>>>) {
+        if out.is_empty() {
+            return;
         }
-        let mut batch: Vec<OutboxItem> = Vec::new();
+        let mut batch = scratch::take_batch();
         let mut current: Option<Arc<Outbox>> = None;
-        for d in out {
+        for d in out.drain(..) {
             if let Some(cur) = &current {
                 if !Arc::ptr_eq(cur, &d.handle.outbox) {
-                    self.refused(cur.push_all(std::mem::take(&mut batch)));
+                    if !cur.push_from(&mut batch) {
+                        self.refused(&mut batch);
+                    }
                     current = None;
                 }
             }
@@ -275,14 +259,26 @@ impl Queue {
             }));
         }
         if let Some(cur) = current {
-            self.refused(cur.push_all(batch));
+            if !cur.push_from(&mut batch) {
+                self.refused(&mut batch);
+            }
         }
+        scratch::put_batch(batch);
+    }
+
+    /// Runs `f` (which fills the vector under the core's lock) and hands
+    /// what it dispatched off, with a per-thread vector reused across calls.
+    fn dispatch_with(self: &Arc<Self>, f: impl FnOnce(&mut Vec<Dispatched<Arc<ConsumerHandle>>>)) {
+        let mut out = scratch::take_dispatched();
+        f(&mut out);
+        self.hand_off(&mut out);
+        scratch::put_dispatched(out);
     }
 
     /// Deliveries a closed connection's outbox refused go back to their
     /// place (the consumer was being cancelled as they were dispatched).
-    fn refused(self: &Arc<Self>, items: Option<Vec<OutboxItem>>) {
-        for item in items.into_iter().flatten() {
+    fn refused(self: &Arc<Self>, items: &mut Vec<OutboxItem>) {
+        for item in items.drain(..) {
             if let OutboxItem::Deliver(d) = item {
                 d.queue.undeliver(d.message, d.no_ack);
             }
@@ -373,11 +369,37 @@ impl Queue {
         got
     }
 
-    pub fn ack(self: &Arc<Self>, seqs: &[u64]) {
+    /// Acked: settled and counted (into the caller's fold, added to this
+    /// queue's and the broker's counters at the end of its turn).
+    pub fn ack(self: &Arc<Self>, seqs: &[u64], fold: &mut CounterFold) {
         self.core().ack(seqs);
-        self.stats.acked(seqs.len() as u64);
-        self.global.acked(seqs.len() as u64);
+        self.count(fold, Counter::Ack, seqs.len() as u64);
         self.kick();
+    }
+
+    /// Counts one delivery framed for a consumer of this queue.
+    pub fn count_delivery(
+        self: &Arc<Self>,
+        fold: &mut CounterFold,
+        no_ack: bool,
+        redelivered: bool,
+    ) {
+        let c = if no_ack {
+            Counter::DeliverNoAck
+        } else {
+            Counter::Deliver
+        };
+        self.count(fold, c, 1);
+        if redelivered {
+            self.count(fold, Counter::Redeliver, 1);
+        }
+    }
+
+    /// `n` of `c` for this queue and the broker, into `fold`.
+    fn count(self: &Arc<Self>, fold: &mut CounterFold, c: Counter, n: u64) {
+        fold.add(&self.stats, || FoldTarget::Queue(self.clone()), c, n);
+        let g = &self.global;
+        fold.add(g, || FoldTarget::Counters(g.clone()), c, n);
     }
 
     /// Rejected without requeue: settled like an ack, not counted as one.
@@ -415,14 +437,12 @@ impl Queue {
     }
 
     pub fn settle_no_ack(self: &Arc<Self>, consumer: ConsumerId, n: u32) {
-        let mut out = Vec::new();
-        {
+        self.dispatch_with(|out| {
             let mut core = self.core();
             core.settle_no_ack(consumer, n);
-            core.dispatch(self.clock.now_ms(), &mut out);
+            core.dispatch(self.clock.now_ms(), out);
             self.update_flow(&core);
-        }
-        self.hand_off(out);
+        });
     }
 
     pub fn purge(&self) -> usize {
@@ -430,6 +450,12 @@ impl Queue {
         let n = core.purge();
         self.update_flow(&core);
         n
+    }
+
+    /// (ready messages, their body bytes)
+    pub fn ready_totals(&self) -> (usize, u64) {
+        let core = self.core();
+        (core.message_count(), core.message_bytes())
     }
 
     /// (ready messages, consumers)
@@ -462,6 +488,48 @@ impl Queue {
             }]);
         }
         count
+    }
+}
+
+/// Per-thread vectors for the delivery hand-off, reused so a publish that
+/// dispatches allocates none. Taken out and put back (not borrowed), so a
+/// re-entrant hand-off (a refused delivery kicks its queue) just starts
+/// with a fresh vector.
+mod scratch {
+    use super::{ConsumerHandle, Dispatched, OutboxItem};
+    use std::cell::Cell;
+    use std::sync::Arc;
+
+    type Out = Vec<Dispatched<Arc<ConsumerHandle>>>;
+
+    thread_local! {
+        static DISPATCHED: Cell<Out> = const { Cell::new(Vec::new()) };
+        static BATCH: Cell<Vec<OutboxItem>> = const { Cell::new(Vec::new()) };
+    }
+
+    /// Vectors that grew past this many entries are not kept.
+    const KEEP: usize = 4096;
+
+    pub(super) fn take_dispatched() -> Out {
+        DISPATCHED.take()
+    }
+
+    pub(super) fn put_dispatched(v: Out) {
+        if v.capacity() <= KEEP {
+            debug_assert!(v.is_empty());
+            DISPATCHED.set(v);
+        }
+    }
+
+    pub(super) fn take_batch() -> Vec<OutboxItem> {
+        BATCH.take()
+    }
+
+    pub(super) fn put_batch(v: Vec<OutboxItem>) {
+        if v.capacity() <= KEEP {
+            debug_assert!(v.is_empty());
+            BATCH.set(v);
+        }
     }
 }
 

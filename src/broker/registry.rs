@@ -182,6 +182,96 @@ impl MessageCounters {
     }
 }
 
+/// Counter increments gathered by one connection over a turn and added
+/// to the shared counters (an exchange's, a queue's, the broker's) at its
+/// end: a publisher pays a few plain additions per message and a handful
+/// of atomic adds per turn, instead of several atomic adds per message on
+/// cache lines every publishing core shares. The owner calls
+/// [`CounterFold::flush`] when its turn ends; dropping flushes too, so no
+/// count is lost. Readers see counts at most one turn late.
+#[derive(Default)]
+pub struct CounterFold {
+    entries: Vec<FoldEntry>,
+}
+
+struct FoldEntry {
+    target: FoldTarget,
+    counts: [u64; COUNTERS],
+}
+
+/// Whose counters an entry adds to; kept alive until the flush.
+pub enum FoldTarget {
+    Counters(std::sync::Arc<MessageCounters>),
+    Exchange(std::sync::Arc<super::Exchange>),
+    Queue(std::sync::Arc<super::Queue>),
+}
+
+impl FoldTarget {
+    fn counters(&self) -> &MessageCounters {
+        match self {
+            FoldTarget::Counters(c) => c,
+            FoldTarget::Exchange(e) => &e.stats,
+            FoldTarget::Queue(q) => &q.stats,
+        }
+    }
+}
+
+/// Distinct targets one fold keeps before it flushes early (a turn that
+/// publishes to many queues should not scan a long list per message).
+const FOLD_TARGETS: usize = 16;
+
+impl CounterFold {
+    /// Counts `n` of `c` for the counters `of` points at; `target` makes
+    /// the entry (and is only called when there is none yet).
+    #[inline]
+    pub fn add(
+        &mut self,
+        of: &MessageCounters,
+        target: impl FnOnce() -> FoldTarget,
+        c: Counter,
+        n: u64,
+    ) {
+        let e = match self
+            .entries
+            .iter()
+            .position(|e| std::ptr::eq(e.target.counters(), of))
+        {
+            Some(i) => &mut self.entries[i],
+            None => {
+                if self.entries.len() >= FOLD_TARGETS {
+                    self.flush();
+                }
+                self.entries.push(FoldEntry {
+                    target: target(),
+                    counts: [0; COUNTERS],
+                });
+                self.entries.last_mut().expect("just pushed")
+            }
+        };
+        e.counts[c as usize] += n;
+    }
+
+    /// Adds everything gathered to the shared counters, and lets go of
+    /// the targets.
+    pub fn flush(&mut self) {
+        for e in self.entries.drain(..) {
+            let shared = e.target.counters();
+            for c in Counter::ALL {
+                let n = e.counts[c as usize];
+                if n > 0 {
+                    shared.add(c, n);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for CounterFold {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()

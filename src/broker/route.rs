@@ -49,12 +49,22 @@ pub struct RouteScratch {
     seen: Vec<*const Exchange>,
     /// More than one exchange or key contributed: `queues` may repeat.
     may_repeat: bool,
+    /// Publish counters (broker, exchanges, queues) gathered over the
+    /// owner's turn; see [`RouteScratch::flush_counts`].
+    pub(crate) counts: super::registry::CounterFold,
 }
 
 // The raw pointers are identities only, never dereferenced.
 unsafe impl Send for RouteScratch {}
 
 impl RouteScratch {
+    /// Adds the publish counters gathered since the last call to the
+    /// shared ones (the management API's). A connection calls it once per
+    /// turn; dropping the scratch does it too.
+    pub fn flush_counts(&mut self) {
+        self.counts.flush();
+    }
+
     pub fn clear(&mut self) {
         self.queues.clear();
         self.may_repeat = false;

@@ -5,7 +5,7 @@ use super::error::{BrokerError, ErrorKind, Result};
 use super::exchange::{Exchange, ExchangeKind, ExchangeOptions};
 use super::persist::{BindingDef, ExchangeDef, Persistence, QueueDef};
 use super::queue::{Queue, QueueOptions, QueueRef};
-use super::registry::{Churn, ChurnCounters, CoarseClock, Counter, MessageCounters};
+use super::registry::{Churn, ChurnCounters, CoarseClock, Counter, FoldTarget, MessageCounters};
 use super::route::{Dest, RouteScratch};
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -595,12 +595,23 @@ impl Vhost {
         details: PublishDetails<'_>,
         scratch: &mut RouteScratch,
     ) -> std::result::Result<Published, DiskError> {
-        self.stats.published(1);
-        ex.stats.add(Counter::PublishIn, 1);
+        let stats = &self.stats;
+        scratch.counts.add(
+            stats,
+            || FoldTarget::Counters(stats.clone()),
+            Counter::Publish,
+            1,
+        );
+        scratch.counts.add(
+            &ex.stats,
+            || FoldTarget::Exchange(ex.clone()),
+            Counter::PublishIn,
+            1,
+        );
         scratch.clear();
         {
             let input = RouteInput {
-                routing_key: &message.routing_key,
+                routing_key: message.routing_key(),
                 headers: details.headers,
                 message_id: details.message_id,
                 correlation_id: details.correlation_id,
@@ -636,6 +647,12 @@ impl Vhost {
         let mut blocked_by = None;
         for q in &scratch.queues {
             q.0.publish(message.clone());
+            scratch.counts.add(
+                &q.0.stats,
+                || FoldTarget::Queue(q.0.clone()),
+                Counter::Publish,
+                1,
+            );
             if blocked_by.is_none() && q.0.flow_blocked() {
                 blocked_by = Some(q.0.clone());
             }
@@ -643,7 +660,12 @@ impl Vhost {
         let routed = scratch.queues.len();
         if routed > 0 {
             // RabbitMQ's publish_out: one per queue reached.
-            ex.stats.add(Counter::PublishOut, routed as u64);
+            scratch.counts.add(
+                &ex.stats,
+                || FoldTarget::Exchange(ex.clone()),
+                Counter::PublishOut,
+                routed as u64,
+            );
         }
         scratch.queues.clear();
         Ok(Published {

@@ -91,7 +91,7 @@ async fn peek(
         for (place, m) in peeked.load() {
             // A reply stays bounded however big the messages are: past the
             // budget, fewer messages come back (the first always does).
-            let shown = truncate.map_or(m.message.body.len(), |t| t.min(m.message.body.len()));
+            let shown = truncate.map_or(m.message.body().len(), |t| t.min(m.message.body().len()));
             if !items.is_empty() && rendered + shown > PEEK_RENDER_BUDGET {
                 break;
             }
@@ -163,9 +163,9 @@ async fn unacked(
                 "delivered_at": u.delivered_at,
                 "held_for_ms": now.saturating_sub(u.delivered_at),
                 "redelivered": u.redelivered,
-                "exchange": u.message.exchange,
-                "routing_key": u.message.routing_key,
-                "payload_bytes": u.message.body.len(),
+                "exchange": u.message.exchange(),
+                "routing_key": u.message.routing_key(),
+                "payload_bytes": u.message.body().len(),
             })
         })
         .collect();

@@ -28,7 +28,7 @@ use serde_json::{json, Map, Value as J};
 use std::collections::HashMap;
 use std::sync::Arc;
 use warren_exchanges::{Table, Value};
-use warren_queues::Message;
+use warren_queues::{Message, MessageError};
 
 type Res = Result<Response, Fail>;
 
@@ -737,14 +737,17 @@ async fn publish_message(
         h.remove("BCC");
     }
     let encoded = props.encode().map_err(|e| bad(e.0))?;
-    let message = Message {
-        exchange: exchange.to_owned(),
-        routing_key,
-        properties: encoded.into(),
-        body: body.into(),
-        persistent: props.delivery_mode == Some(2),
-        stored: None,
-    };
+    let message = Message::new(
+        exchange,
+        &routing_key,
+        &encoded,
+        &body,
+        props.delivery_mode == Some(2),
+    )
+    .map_err(|e| match e {
+        MessageError::NameTooLong => bad("routing_key is longer than 255 bytes"),
+        MessageError::PropertiesTooLarge => bad("properties are too large"),
+    })?;
     let details = crate::broker::PublishDetails {
         headers: props.headers.as_ref(),
         message_id: props.message_id.as_deref(),
@@ -847,7 +850,7 @@ pub(super) fn message_json(
     base64: bool,
     truncate: Option<usize>,
 ) -> J {
-    let full = &m.body[..];
+    let full = m.body();
     let cut = match truncate {
         Some(n) if n < full.len() => &full[..n],
         _ => full,
@@ -859,10 +862,10 @@ pub(super) fn message_json(
     json!({
         "payload_bytes": full.len(),
         "redelivered": redelivered,
-        "exchange": m.exchange,
-        "routing_key": m.routing_key,
+        "exchange": m.exchange(),
+        "routing_key": m.routing_key(),
         "message_count": message_count,
-        "properties": properties_json(&m.properties),
+        "properties": properties_json(m.properties()),
         "payload": payload,
         "payload_encoding": encoding,
     })
@@ -931,7 +934,7 @@ async fn get_messages(
         let Some((qm, left)) = q.get(no_ack) else {
             break;
         };
-        bytes += qm.message.body.len();
+        bytes += qm.message.body().len();
         out.push(message_json(
             &qm.message,
             qm.redelivered,
