@@ -332,6 +332,8 @@ mod tests {
         let c = Config::parse(text, "rabbit.toml").unwrap();
         let d = Config::default();
         assert_eq!(c.listeners.amqp, d.listeners.amqp);
+        assert_eq!(c.listeners.http, d.listeners.http);
+        assert_eq!(c.listeners.prometheus, d.listeners.prometheus);
         assert_eq!(c.amqp.frame_max, d.amqp.frame_max);
         assert_eq!(c.amqp.heartbeat, d.amqp.heartbeat);
         assert_eq!(c.vhosts, d.vhosts);

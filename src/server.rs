@@ -457,3 +457,40 @@ async fn accept_loop(
         conns.abort_all();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_ipv6_wildcard_is_skipped_for_want_of_ipv6() {
+        let no_family = std::io::Error::from_raw_os_error(libc::EAFNOSUPPORT);
+        let no_addr = std::io::Error::from_raw_os_error(libc::EADDRNOTAVAIL);
+        let in_use = std::io::Error::from_raw_os_error(libc::EADDRINUSE);
+        let any6: SocketAddr = "[::]:5672".parse().unwrap();
+        assert!(no_ipv6(&any6, &no_family));
+        assert!(no_ipv6(&any6, &no_addr));
+        assert!(!no_ipv6(&any6, &in_use), "a busy port is an error");
+        let lo6: SocketAddr = "[::1]:5672".parse().unwrap();
+        assert!(!no_ipv6(&lo6, &no_family), "a configured address must bind");
+        let any4: SocketAddr = "0.0.0.0:5672".parse().unwrap();
+        assert!(!no_ipv6(&any4, &no_family));
+    }
+
+    #[test]
+    fn port_zero_on_several_addresses_shares_the_first_port() {
+        let addrs: Vec<SocketAddr> =
+            vec!["127.0.0.1:0".parse().unwrap(), "[::1]:0".parse().unwrap()];
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let ls = rt
+            .block_on(async { bind_all("AMQP", &addrs) })
+            .expect("binds");
+        let got = Bound::addrs(&ls);
+        assert_eq!(got.len(), 2);
+        assert_ne!(got[0].port(), 0);
+        assert_eq!(got[0].port(), got[1].port());
+    }
+}

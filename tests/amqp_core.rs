@@ -222,25 +222,9 @@ async fn direct_and_fanout_routing_and_unbind() {
         queue(&ch, q, false).await;
     }
     for q in ["f1", "f2"] {
-        ch.queue_bind(
-            q.into(),
-            "logs".into(),
-            "ignored".into(),
-            QueueBindOptions::default(),
-            t(),
-        )
-        .await
-        .unwrap();
+        bind(&ch, q, "logs", "ignored", t()).await;
     }
-    ch.queue_bind(
-        "d1".into(),
-        "work".into(),
-        "red".into(),
-        QueueBindOptions::default(),
-        t(),
-    )
-    .await
-    .unwrap();
+    bind(&ch, "d1", "work", "red", t()).await;
     publish(&ch, "logs", "any", b"fan").await;
     publish(&ch, "work", "red", b"r").await;
     publish(&ch, "work", "blue", b"b").await;
@@ -280,27 +264,11 @@ async fn topic_and_headers_basic_routing() {
     let (_s, _c, ch) = start_channel().await;
     queue(&ch, "tq", false).await;
     queue(&ch, "hq", false).await;
-    ch.queue_bind(
-        "tq".into(),
-        "amq.topic".into(),
-        "a.*.c".into(),
-        QueueBindOptions::default(),
-        t(),
-    )
-    .await
-    .unwrap();
+    bind(&ch, "tq", "amq.topic", "a.*.c", t()).await;
     let mut args = FieldTable::default();
     args.insert("x-match".into(), AMQPValue::LongString("any".into()));
     args.insert("color".into(), AMQPValue::LongString("red".into()));
-    ch.queue_bind(
-        "hq".into(),
-        "amq.headers".into(),
-        "".into(),
-        QueueBindOptions::default(),
-        args,
-    )
-    .await
-    .unwrap();
+    bind(&ch, "hq", "amq.headers", "", args).await;
     publish(&ch, "amq.topic", "a.b.c", b"yes").await;
     publish(&ch, "amq.topic", "a.b.d", b"no").await;
     let mut h = FieldTable::default();
@@ -747,15 +715,7 @@ async fn exchange_delete_if_unused() {
     .await
     .unwrap();
     queue(&ch, "exu-q", false).await;
-    ch.queue_bind(
-        "exu-q".into(),
-        "exu".into(),
-        "k".into(),
-        QueueBindOptions::default(),
-        t(),
-    )
-    .await
-    .unwrap();
+    bind(&ch, "exu-q", "exu", "k", t()).await;
     let e = ch
         .exchange_delete(
             "exu".into(),
@@ -1024,15 +984,7 @@ async fn flow_control_pauses_publishers_of_a_backlogged_consumed_queue() {
     let total = 150_000u32;
     let task = tokio::spawn(async move {
         for i in 0..total {
-            pch.basic_publish(
-                "".into(),
-                "flow".into(),
-                BasicPublishOptions::default(),
-                &i.to_be_bytes(),
-                BasicProperties::default(),
-            )
-            .await
-            .unwrap();
+            publish(&pch, "", "flow", &i.to_be_bytes()).await;
         }
         pch
     });
@@ -1081,15 +1033,7 @@ async fn a_connection_consuming_what_it_publishes_is_never_stalled_by_flow_contr
     let total = 30_000u32;
     let publisher = tokio::spawn(async move {
         for i in 0..total {
-            pch.basic_publish(
-                "".into(),
-                "self-flow".into(),
-                BasicPublishOptions::default(),
-                &i.to_be_bytes(),
-                BasicProperties::default(),
-            )
-            .await
-            .unwrap();
+            publish(&pch, "", "self-flow", &i.to_be_bytes()).await;
         }
     });
     let got = tokio::time::timeout(std::time::Duration::from_secs(60), async {

@@ -37,9 +37,7 @@ async fn definitions_survive_a_restart_and_transient_ones_do_not() {
         ch.queue_declare("keep-q".into(), durable_q(), args)
             .await
             .unwrap();
-        ch.queue_declare("lose-q".into(), QueueDeclareOptions::default(), t())
-            .await
-            .unwrap();
+        queue(&ch, "lose-q", false).await;
         let dx = ExchangeDeclareOptions {
             durable: true,
             ..Default::default()
@@ -58,15 +56,7 @@ async fn definitions_survive_a_restart_and_transient_ones_do_not() {
         )
         .await
         .unwrap();
-        ch.queue_bind(
-            "keep-q".into(),
-            "keep-x".into(),
-            "a.*".into(),
-            QueueBindOptions::default(),
-            t(),
-        )
-        .await
-        .unwrap();
+        bind(&ch, "keep-q", "keep-x", "a.*", t()).await;
         ch.exchange_bind(
             "keep-x".into(),
             "keep-x2".into(),
@@ -76,15 +66,7 @@ async fn definitions_survive_a_restart_and_transient_ones_do_not() {
         )
         .await
         .unwrap();
-        ch.queue_bind(
-            "keep-q".into(),
-            "lose-x".into(),
-            "k".into(),
-            QueueBindOptions::default(),
-            t(),
-        )
-        .await
-        .unwrap();
+        bind(&ch, "keep-q", "lose-x", "k", t()).await;
         c.close(200, "bye".into()).await.unwrap();
         s.shutdown().await;
     }
@@ -158,30 +140,10 @@ async fn persistent_messages_survive_in_order_with_properties_and_redelivery() {
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
             .unwrap();
-        ch.queue_declare("dq".into(), durable_q(), t())
-            .await
-            .unwrap();
-        ch.queue_declare("dq2".into(), durable_q(), t())
-            .await
-            .unwrap();
-        ch.queue_bind(
-            "dq".into(),
-            "amq.fanout".into(),
-            "".into(),
-            QueueBindOptions::default(),
-            t(),
-        )
-        .await
-        .unwrap();
-        ch.queue_bind(
-            "dq2".into(),
-            "amq.fanout".into(),
-            "".into(),
-            QueueBindOptions::default(),
-            t(),
-        )
-        .await
-        .unwrap();
+        queue(&ch, "dq", true).await;
+        queue(&ch, "dq2", true).await;
+        bind(&ch, "dq", "amq.fanout", "", t()).await;
+        bind(&ch, "dq2", "amq.fanout", "", t()).await;
         for i in 0..20u8 {
             publish_confirmed(&ch, "amq.fanout", "", &[i; 3], props.clone()).await;
         }
@@ -248,9 +210,7 @@ async fn exclusive_and_non_durable_queues_lose_messages_on_restart() {
         )
         .await
         .unwrap();
-        ch.queue_declare("plain".into(), QueueDeclareOptions::default(), t())
-            .await
-            .unwrap();
+        queue(&ch, "plain", false).await;
         ch.basic_publish(
             "".into(),
             "plain".into(),
@@ -279,9 +239,7 @@ async fn transactions_apply_at_commit_and_survive_restart() {
         let s = start_on(&dir).await;
         let c = connect(&s).await;
         let ch = c.create_channel().await.unwrap();
-        ch.queue_declare("txq".into(), durable_q(), t())
-            .await
-            .unwrap();
+        queue(&ch, "txq", true).await;
         ch.tx_select().await.unwrap();
         ch.basic_publish(
             "".into(),
@@ -364,9 +322,7 @@ async fn confirms_cover_unroutable_and_transient_messages_in_order() {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    ch.queue_declare("cq".into(), durable_q(), t())
-        .await
-        .unwrap();
+    queue(&ch, "cq", true).await;
     let mut pending = Vec::new();
     for i in 0..50u32 {
         let (key, props) = match i % 3 {
@@ -439,9 +395,7 @@ async fn a_corrupt_data_directory_refuses_to_start_cleanly() {
         let s = start_on(&dir).await;
         let c = connect(&s).await;
         let ch = c.create_channel().await.unwrap();
-        ch.queue_declare("cq".into(), durable_q(), t())
-            .await
-            .unwrap();
+        queue(&ch, "cq", true).await;
         s.shutdown().await;
     }
     // Overwrite sled's files with garbage.
@@ -474,9 +428,7 @@ async fn a_message_the_store_cannot_take_is_nacked() {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    ch.queue_declare("nq".into(), durable_q(), t())
-        .await
-        .unwrap();
+    queue(&ch, "nq", true).await;
     let disk = s.broker().persistence().unwrap().disk.clone();
     publish_confirmed(&ch, "", "nq", b"ok-1", persistent()).await;
     disk.inject_write_failures(true);
@@ -513,9 +465,7 @@ async fn names_with_any_bytes_survive_a_restart() {
         let s = start_on(&dir).await;
         let c = connect(&s).await;
         let ch = c.create_channel().await.unwrap();
-        ch.queue_declare(name.into(), durable_q(), t())
-            .await
-            .unwrap();
+        queue(&ch, name, true).await;
         publish_confirmed_on(&ch, name).await;
         s.shutdown().await;
     }

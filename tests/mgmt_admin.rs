@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use lapin::options::*;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::BasicProperties;
 use rabbitmq_http_client::password_hashing;
 use rabbitmq_http_client::requests::{Permissions, UserParams, VirtualHostParams};
 use serde_json::{json, Value as J};
@@ -19,19 +19,8 @@ fn basic(user: &str, pass: &str) -> String {
     base64_encode(format!("{user}:{pass}").as_bytes())
 }
 
-async fn login(s: &Server, user: &str, pass: &str, vhost: &str) -> lapin::Result<Connection> {
-    let vhost = vhost.replace('/', "%2f");
-    let url = format!("amqp://{user}:{pass}@{}/{vhost}", s.amqp_addr());
-    within(Connection::connect(&url, ConnectionProperties::default())).await
-}
-
 async fn put(s: &Server, path: &str, body: J) -> (u16, String) {
     raw(s, "PUT", path, Some(GUEST), &body.to_string()).await
-}
-
-async fn get_json(s: &Server, path: &str) -> (u16, J) {
-    let (st, body) = raw(s, "GET", path, Some(GUEST), "").await;
-    (st, serde_json::from_str(&body).unwrap_or(J::Null))
 }
 
 fn reason(body: &str) -> String {
@@ -52,7 +41,7 @@ async fn users_are_created_updated_and_deleted_and_log_in_over_amqp() {
         .unwrap();
     let u = api.get_user("alice").await.unwrap();
     assert!(u.tags.contains("management"));
-    let c = login(&s, "alice", "s3cret", "/")
+    let c = connect_as(&s, "alice", "s3cret", "/")
         .await
         .expect("alice logs in");
     let ch = c.create_channel().await.unwrap();
@@ -64,8 +53,8 @@ async fn users_are_created_updated_and_deleted_and_log_in_over_amqp() {
     .await
     .unwrap();
     c.close(200, "bye".into()).await.unwrap();
-    assert!(login(&s, "alice", "wrong", "/").await.is_err());
-    assert!(login(&s, "nobody", "s3cret", "/").await.is_err());
+    assert!(connect_as(&s, "alice", "wrong", "/").await.is_err());
+    assert!(connect_as(&s, "nobody", "s3cret", "/").await.is_err());
 
     // Raw PUT with a plain password, tags as a string: 201, then 204.
     let (st, _) = put(
@@ -82,7 +71,9 @@ async fn users_are_created_updated_and_deleted_and_log_in_over_amqp() {
     assert_eq!(j["limits"], json!({}));
     let raw_hash = warren::broker::base64::base64_decode(j["password_hash"].as_str().unwrap());
     assert_eq!(raw_hash.unwrap().len(), 36, "4 salt bytes + SHA-256");
-    login(&s, "bob", "pw1", "/").await.expect("bob logs in");
+    connect_as(&s, "bob", "pw1", "/")
+        .await
+        .expect("bob logs in");
     let (st, _) = put(
         &s,
         "/api/users/bob",
@@ -90,8 +81,10 @@ async fn users_are_created_updated_and_deleted_and_log_in_over_amqp() {
     )
     .await;
     assert_eq!(st, 204);
-    assert!(login(&s, "bob", "pw1", "/").await.is_err());
-    login(&s, "bob", "pw2", "/").await.expect("new password");
+    assert!(connect_as(&s, "bob", "pw1", "/").await.is_err());
+    connect_as(&s, "bob", "pw2", "/")
+        .await
+        .expect("new password");
     // The same store serves HTTP Basic auth.
     let (st, body) = raw(&s, "GET", "/api/whoami", Some(&basic("bob", "pw2")), "").await;
     assert_eq!(st, 200, "{body}");
@@ -124,7 +117,7 @@ async fn users_are_created_updated_and_deleted_and_log_in_over_amqp() {
         get_json(&s, "/api/users/carol").await.1["password_hash"],
         ""
     );
-    assert!(login(&s, "carol", "", "/").await.is_err());
+    assert!(connect_as(&s, "carol", "", "/").await.is_err());
 
     // Users without permissions: the new ones (guest has `.*` on "/").
     let names: Vec<String> = api
@@ -144,14 +137,14 @@ async fn users_are_created_updated_and_deleted_and_log_in_over_amqp() {
     assert_eq!(get_json(&s, "/api/users/nobody/permissions").await.0, 404);
 
     // Delete: the user's connections close, logins stop, GET is 404.
-    let c = login(&s, "alice", "s3cret", "/").await.unwrap();
+    let c = connect_as(&s, "alice", "s3cret", "/").await.unwrap();
     api.delete_user("alice", false).await.unwrap();
     eventually(|| {
         let c = &c;
         async move { !c.status().connected() }
     })
     .await;
-    assert!(login(&s, "alice", "s3cret", "/").await.is_err());
+    assert!(connect_as(&s, "alice", "s3cret", "/").await.is_err());
     assert_eq!(get_json(&s, "/api/users/alice").await.0, 404);
     assert_eq!(
         raw(&s, "DELETE", "/api/users/alice", Some(GUEST), "")
@@ -195,10 +188,10 @@ async fn a_hash_made_by_rabbitmq_logs_in() {
     )
     .await;
     assert_eq!(st, 201, "{body}");
-    login(&s, "imported", "app-secret", "/")
+    connect_as(&s, "imported", "app-secret", "/")
         .await
         .expect("RabbitMQ's hash of app-secret");
-    assert!(login(&s, "imported", "app-secreT", "/").await.is_err());
+    assert!(connect_as(&s, "imported", "app-secreT", "/").await.is_err());
     // The hash is kept verbatim.
     assert_eq!(
         get_json(&s, "/api/users/imported").await.1["password_hash"],
@@ -265,7 +258,7 @@ async fn vhosts_are_created_used_and_deleted_with_everything_in_them() {
     );
 
     // Usable over AMQP at once.
-    let c = login(&s, "guest", "guest", "v1")
+    let c = connect_as(&s, "guest", "guest", "v1")
         .await
         .expect("connect to v1");
     let events = c.events_listener();
@@ -336,7 +329,7 @@ async fn vhosts_are_created_used_and_deleted_with_everything_in_them() {
         404
     );
     // An unknown vhost is refused at connection.open.
-    let e = login(&s, "guest", "guest", "v1").await.unwrap_err();
+    let e = connect_as(&s, "guest", "guest", "v1").await.unwrap_err();
     assert!(e.to_string().contains("NOT_ALLOWED"), "{e}");
     // Re-created, it starts empty.
     let (st, _) = raw(&s, "PUT", "/api/vhosts/v1", Some(GUEST), "").await;
@@ -474,7 +467,7 @@ async fn endpoints_need_rabbitmq_tags() {
         json!({"error": "not_authorised", "reason": "Not management user"})
     );
     // But it may use AMQP.
-    login(&s, "plain", "pw", "/")
+    connect_as(&s, "plain", "pw", "/")
         .await
         .expect("AMQP needs no tag");
     // A wrong password is RabbitMQ's "Login failed".
@@ -575,7 +568,7 @@ async fn endpoints_need_rabbitmq_tags() {
         );
     }
     // A management user may see and close its own connection only.
-    let c = login(&s, "mgmt", "pw", "/").await.unwrap();
+    let c = connect_as(&s, "mgmt", "pw", "/").await.unwrap();
     let _other = connect(&s).await;
     let api = api(&s);
     let conns = api.list_connections().await.unwrap();
@@ -681,7 +674,7 @@ async fn users_vhosts_and_permissions_survive_a_restart() {
         )
         .await;
         let g = basic("guest", "changed");
-        let c = login(&s, "guest", "changed", "keep").await.unwrap();
+        let c = connect_as(&s, "guest", "changed", "keep").await.unwrap();
         let ch = c.create_channel().await.unwrap();
         let durable = QueueDeclareOptions {
             durable: true,
@@ -697,9 +690,11 @@ async fn users_vhosts_and_permissions_survive_a_restart() {
     }
     let s = start_on(&dir).await;
     // Config users are seeded on the first start only: the API's change stays.
-    assert!(login(&s, "guest", "guest", "/").await.is_err());
+    assert!(connect_as(&s, "guest", "guest", "/").await.is_err());
     let g = basic("guest", "changed");
-    login(&s, "dave", "pw", "keep").await.expect("dave kept");
+    connect_as(&s, "dave", "pw", "keep")
+        .await
+        .expect("dave kept");
     let (st, body) = raw(&s, "GET", "/api/vhosts/keep", Some(&g), "").await;
     assert_eq!(st, 200);
     let j: J = serde_json::from_str(&body).unwrap();
@@ -773,7 +768,7 @@ async fn a_rabbitmq_export_imports_and_exports_back_the_same() {
     assert!(typed.find_policy("fixture", "ttl-policy").is_some());
 
     // The imported objects are live: users log in, routing works.
-    let c = login(&s, "fx-app", "app-secret", "fixture")
+    let c = connect_as(&s, "fx-app", "app-secret", "fixture")
         .await
         .expect("fx-app");
     let ch = c.create_channel().await.unwrap();

@@ -72,25 +72,9 @@ async fn queues_exchanges_bindings_and_counters_are_listed() {
     )
     .await
     .unwrap();
-    ch.queue_bind(
-        "listed".into(),
-        "fan".into(),
-        "k".into(),
-        QueueBindOptions::default(),
-        t(),
-    )
-    .await
-    .unwrap();
+    bind(&ch, "listed", "fan", "k", t()).await;
     for _ in 0..3 {
-        ch.basic_publish(
-            "fan".into(),
-            "".into(),
-            BasicPublishOptions::default(),
-            b"m",
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap();
+        publish(&ch, "fan", "", b"m").await;
     }
     let got = ch
         .basic_get("listed".into(), BasicGetOptions::default())
@@ -163,9 +147,7 @@ async fn queues_exchanges_bindings_and_counters_are_listed() {
 #[tokio::test]
 async fn connections_channels_and_consumers_are_listed() {
     let (s, c, ch) = start_channel().await;
-    ch.queue_declare("cq".into(), QueueDeclareOptions::default(), t())
-        .await
-        .unwrap();
+    queue(&ch, "cq", false).await;
     ch.basic_qos(7, BasicQosOptions::default()).await.unwrap();
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
@@ -295,25 +277,9 @@ async fn queues_and_exchanges_declared_through_the_api_are_seen_from_amqp() {
         ..Default::default()
     };
     passive_exchange(&ch, "apix").await.unwrap();
-    ch.queue_bind(
-        "apiq".into(),
-        "apix".into(),
-        "".into(),
-        QueueBindOptions::default(),
-        t(),
-    )
-    .await
-    .unwrap();
+    bind(&ch, "apiq", "apix", "", t()).await;
     for _ in 0..2 {
-        ch.basic_publish(
-            "apix".into(),
-            "".into(),
-            BasicPublishOptions::default(),
-            b"m",
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap();
+        publish(&ch, "apix", "", b"m").await;
     }
     let q = ch.queue_declare("apiq".into(), passive, t()).await.unwrap();
     assert_eq!(q.message_count(), 2);
@@ -376,15 +342,7 @@ async fn queues_and_exchanges_declared_through_the_api_are_seen_from_amqp() {
     // if-empty / if-unused, as RabbitMQ's query parameters.
     // (The failed passive declare above closed that channel.)
     let ch = c.create_channel().await.unwrap();
-    ch.basic_publish(
-        "".into(),
-        "rawq".into(),
-        BasicPublishOptions::default(),
-        b"m",
-        BasicProperties::default(),
-    )
-    .await
-    .unwrap();
+    publish(&ch, "", "rawq", b"m").await;
     let q = ch.queue_declare("rawq".into(), passive, t()).await.unwrap();
     assert_eq!(q.message_count(), 1);
     let (status, body) = raw(
@@ -532,19 +490,9 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 #[tokio::test]
 async fn prometheus_metrics_use_rabbitmq_names_on_both_listeners() {
     let (s, _c, ch) = start_channel().await;
-    ch.queue_declare("prom-q".into(), QueueDeclareOptions::default(), t())
-        .await
-        .unwrap();
+    queue(&ch, "prom-q", false).await;
     for _ in 0..3 {
-        ch.basic_publish(
-            "".into(),
-            "prom-q".into(),
-            BasicPublishOptions::default(),
-            b"m",
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap();
+        publish(&ch, "", "prom-q", b"m").await;
     }
     let got = ch
         .basic_get("prom-q".into(), BasicGetOptions { no_ack: false })
@@ -591,16 +539,10 @@ async fn churn_counts_and_process_metrics() {
     let c = connect(&s).await;
     let ch1 = c.create_channel().await.unwrap();
     let ch2 = c.create_channel().await.unwrap();
-    ch1.queue_declare("churn-a".into(), QueueDeclareOptions::default(), t())
-        .await
-        .unwrap();
+    queue(&ch1, "churn-a", false).await;
     // A redeclare counts as declared, not created.
-    ch1.queue_declare("churn-a".into(), QueueDeclareOptions::default(), t())
-        .await
-        .unwrap();
-    ch1.queue_declare("churn-b".into(), QueueDeclareOptions::default(), t())
-        .await
-        .unwrap();
+    queue(&ch1, "churn-a", false).await;
+    queue(&ch1, "churn-b", false).await;
     ch1.queue_delete("churn-b".into(), QueueDeleteOptions::default())
         .await
         .unwrap();
@@ -656,18 +598,8 @@ async fn exchange_delete_if_unused_refuses_while_bound() {
     )
     .await
     .unwrap();
-    ch.queue_declare("iu-q".into(), QueueDeclareOptions::default(), t())
-        .await
-        .unwrap();
-    ch.queue_bind(
-        "iu-q".into(),
-        "iu-x".into(),
-        "k".into(),
-        QueueBindOptions::default(),
-        t(),
-    )
-    .await
-    .unwrap();
+    queue(&ch, "iu-q", false).await;
+    bind(&ch, "iu-q", "iu-x", "k", t()).await;
     let (status, body) = raw(
         &s,
         "DELETE",

@@ -12,12 +12,6 @@ use lapin::{BasicProperties, Channel, ExchangeKind};
 use serde_json::{json, Value as J};
 use std::collections::BTreeSet;
 
-async fn get_json(s: &warren::server::Server, path: &str) -> J {
-    let (status, body) = raw(s, "GET", path, Some(GUEST), "").await;
-    assert_eq!(status, 200, "GET {path}: {body}");
-    serde_json::from_str(&body).unwrap()
-}
-
 fn long(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
 }
@@ -50,7 +44,7 @@ async fn peek_shows_ready_messages_and_changes_nothing() {
     .await;
     passive(&ch, "peeked").await.unwrap();
 
-    let j = get_json(&s, "/api/queues/%2F/peeked/peek?count=3&offset=1").await;
+    let j = get_ok(&s, "/api/queues/%2F/peeked/peek?count=3&offset=1").await;
     let items = j.as_array().unwrap();
     assert_eq!(items.len(), 3, "{j}");
     for (i, m) in items.iter().enumerate() {
@@ -66,12 +60,12 @@ async fn peek_shows_ready_messages_and_changes_nothing() {
         assert_eq!(m["properties"]["headers"]["who"], "me");
     }
     // Default count, binary payloads, encoding and truncation.
-    let j = get_json(&s, "/api/queues/%2F/peeked/peek").await;
+    let j = get_ok(&s, "/api/queues/%2F/peeked/peek").await;
     assert_eq!(j.as_array().unwrap().len(), 6);
     assert_eq!(j[5]["payload_encoding"], "base64");
     assert_eq!(j[5]["payload"], "/wAB");
     assert_eq!(j[5]["properties"], json!([]));
-    let j = get_json(
+    let j = get_ok(
         &s,
         "/api/queues/%2F/peeked/peek?count=1&encoding=base64&truncate=1",
     )
@@ -80,10 +74,10 @@ async fn peek_shows_ready_messages_and_changes_nothing() {
         (j[0]["payload"].clone(), j[0]["payload_bytes"].clone()),
         (json!("bQ=="), json!(2))
     );
-    assert!(get_json(&s, "/api/queues/%2F/peeked/peek?offset=6").await == json!([]));
+    assert!(get_ok(&s, "/api/queues/%2F/peeked/peek?offset=6").await == json!([]));
 
     // Nothing moved: all still ready, no delivery counted.
-    let q = get_json(&s, "/api/queues/%2F/peeked").await;
+    let q = get_ok(&s, "/api/queues/%2F/peeked").await;
     assert_eq!(q["messages_ready"], 6);
     assert_eq!(q["messages_unacknowledged"], 0);
     assert_eq!(q["message_stats"]["deliver_get"], 0);
@@ -150,7 +144,7 @@ async fn peek_reads_a_durable_queue_from_disk_after_a_restart() {
             .unwrap();
         }
         ch.wait_for_confirms().await.unwrap();
-        let j = get_json(&s, "/api/queues/%2F/disk-peek/peek?count=2").await;
+        let j = get_ok(&s, "/api/queues/%2F/disk-peek/peek?count=2").await;
         assert_eq!(
             j[1]["payload"], "body-1",
             "paged out before the restart too"
@@ -159,7 +153,7 @@ async fn peek_reads_a_durable_queue_from_disk_after_a_restart() {
         s.shutdown().await;
     }
     let s = start_with(|c| cfg(c, &dir)).await;
-    let j = get_json(&s, "/api/queues/%2F/disk-peek/peek?count=10&offset=297").await;
+    let j = get_ok(&s, "/api/queues/%2F/disk-peek/peek?count=10&offset=297").await;
     let bodies: Vec<&str> = j
         .as_array()
         .unwrap()
@@ -170,7 +164,7 @@ async fn peek_reads_a_durable_queue_from_disk_after_a_restart() {
     assert_eq!(j[0]["position"], 297);
     assert_eq!(j[0]["properties"]["delivery_mode"], 2);
     assert_eq!(j[0]["message_count"], 300);
-    let j = get_json(&s, "/api/queues/%2F/disk-peek/peek?count=1").await;
+    let j = get_ok(&s, "/api/queues/%2F/disk-peek/peek?count=1").await;
     assert_eq!(j[0]["payload"], "body-0");
     let c = connect(&s).await;
     let ch = c.create_channel().await.unwrap();
@@ -221,11 +215,11 @@ async fn unacked_view_names_the_consumer_and_channel_until_acked() {
     for _ in 0..2 {
         deliveries.push(within(cons.next()).await.unwrap().unwrap());
     }
-    let j = get_json(&s, "/api/queues/%2F/held/unacked").await;
+    let j = get_ok(&s, "/api/queues/%2F/held/unacked").await;
     assert_eq!(j["total"], 3, "{j}");
     let items = j["items"].as_array().unwrap();
     assert_eq!(items.len(), 3);
-    let conn_name = get_json(&s, "/api/connections").await[0]["name"]
+    let conn_name = get_ok(&s, "/api/connections").await[0]["name"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -260,7 +254,7 @@ async fn unacked_view_names_the_consumer_and_channel_until_acked() {
             assert!(at >= items[i - 1]["delivered_at"].as_u64().unwrap());
         }
     }
-    let j = get_json(&s, "/api/queues/%2F/held/unacked?count=1").await;
+    let j = get_ok(&s, "/api/queues/%2F/held/unacked?count=1").await;
     assert_eq!(
         (j["total"].clone(), j["items"].as_array().unwrap().len()),
         (json!(3), 1)
@@ -278,8 +272,8 @@ async fn unacked_view_names_the_consumer_and_channel_until_acked() {
     // Held messages leave the view as they are acked.
     got.ack(BasicAckOptions::default()).await.unwrap();
     deliveries[0].ack(BasicAckOptions::default()).await.unwrap();
-    eventually(|| async { get_json(&s, "/api/queues/%2F/held/unacked").await["total"] == 1 }).await;
-    let j = get_json(&s, "/api/queues/%2F/held/unacked").await;
+    eventually(|| async { get_ok(&s, "/api/queues/%2F/held/unacked").await["total"] == 1 }).await;
+    let j = get_ok(&s, "/api/queues/%2F/held/unacked").await;
     assert_eq!(j["items"][0]["consumer_tag"], "watcher");
     // Requeued and redelivered: the view says so.
     deliveries[1]
@@ -292,14 +286,14 @@ async fn unacked_view_names_the_consumer_and_channel_until_acked() {
     let again = within(cons.next()).await.unwrap().unwrap();
     assert!(again.redelivered);
     eventually(|| async {
-        let j = get_json(&s, "/api/queues/%2F/held/unacked").await;
+        let j = get_ok(&s, "/api/queues/%2F/held/unacked").await;
         j["total"] == 1 && j["items"][0]["redelivered"] == true
     })
     .await;
     again.ack(BasicAckOptions::default()).await.unwrap();
-    eventually(|| async { get_json(&s, "/api/queues/%2F/held/unacked").await["total"] == 0 }).await;
+    eventually(|| async { get_ok(&s, "/api/queues/%2F/held/unacked").await["total"] == 0 }).await;
     assert_eq!(
-        get_json(&s, "/api/queues/%2F/held/unacked").await["items"],
+        get_ok(&s, "/api/queues/%2F/held/unacked").await["items"],
         json!([])
     );
     s.shutdown().await;
@@ -399,7 +393,7 @@ async fn route_test_explains_what_a_publish_does() {
     );
     // Nothing was published by the test.
     assert_eq!(reached(&ch, &qs).await, BTreeSet::new());
-    let x = get_json(&s, "/api/exchanges/%2F/rt-direct").await;
+    let x = get_ok(&s, "/api/exchanges/%2F/rt-direct").await;
     assert_eq!(x["message_stats"]["publish_in"], 0);
     publish_props(&ch, "rt-direct", "a", b"x", BasicProperties::default()).await;
     assert_eq!(reached(&ch, &qs).await, tested(&j));
@@ -530,7 +524,7 @@ async fn route_test_explains_what_a_publish_does() {
         assert_eq!(status, 400, "{body}: {text}");
     }
     // The tests themselves counted nothing.
-    let x = get_json(&s, "/api/exchanges/%2F/rt-direct").await;
+    let x = get_ok(&s, "/api/exchanges/%2F/rt-direct").await;
     assert_eq!(x["message_stats"]["publish_in"], 2, "{x}");
     s.shutdown().await;
 }
@@ -621,11 +615,11 @@ async fn message_counters_move_and_rates_are_sampled() {
 
     // The channel's counts reach its snapshot within a second.
     eventually(|| async {
-        let chans = get_json(&s, "/api/channels").await;
+        let chans = get_ok(&s, "/api/channels").await;
         chans[0]["message_stats"]["publish"] == pubs
     })
     .await;
-    let chans = get_json(&s, "/api/channels").await;
+    let chans = get_ok(&s, "/api/channels").await;
     let m = &chans[0]["message_stats"];
     let expect = [
         ("publish", pubs),
@@ -645,13 +639,13 @@ async fn message_counters_move_and_rates_are_sampled() {
         assert_eq!(m[k], v, "channel {k}: {m}");
         assert!(m[format!("{k}_details")]["rate"].is_f64(), "{k}");
     }
-    let o = get_json(&s, "/api/overview").await;
+    let o = get_ok(&s, "/api/overview").await;
     let m = &o["message_stats"];
     for (k, v) in expect {
         assert_eq!(m[k], v, "overview {k}: {m}");
         assert!(m[format!("{k}_details")]["rate"].is_f64(), "{k}");
     }
-    let q = get_json(&s, "/api/queues/%2F/rates-q").await;
+    let q = get_ok(&s, "/api/queues/%2F/rates-q").await;
     let m = &q["message_stats"];
     for (k, v) in [
         ("publish", N + 1),
@@ -665,7 +659,7 @@ async fn message_counters_move_and_rates_are_sampled() {
     ] {
         assert_eq!(m[k], v, "queue {k}: {m}");
     }
-    let x = get_json(&s, "/api/exchanges/%2F/rates-x").await;
+    let x = get_ok(&s, "/api/exchanges/%2F/rates-x").await;
     assert_eq!(x["message_stats"]["publish_in"], pubs);
     assert_eq!(x["message_stats"]["publish_out"], N + 1);
 
@@ -715,10 +709,10 @@ async fn message_counters_move_and_rates_are_sampled() {
         }
     });
     eventually(|| async {
-        let o = get_json(&s, "/api/overview").await;
-        let q = get_json(&s, "/api/queues/%2F/rates-q").await;
-        let x = get_json(&s, "/api/exchanges/%2F/rates-x").await;
-        let chans = get_json(&s, "/api/channels").await;
+        let o = get_ok(&s, "/api/overview").await;
+        let q = get_ok(&s, "/api/queues/%2F/rates-q").await;
+        let x = get_ok(&s, "/api/exchanges/%2F/rates-x").await;
+        let chans = get_ok(&s, "/api/channels").await;
         let rate = |j: &J| j["rate"].as_f64().unwrap_or(0.0);
         rate(&o["message_stats"]["publish_details"]) > 0.0
             && rate(&q["message_stats"]["publish_details"]) > 0.0
@@ -735,7 +729,7 @@ async fn message_counters_move_and_rates_are_sampled() {
     publisher.await.unwrap();
     // And a quiet period brings them back to zero.
     eventually(|| async {
-        let o = get_json(&s, "/api/overview").await;
+        let o = get_ok(&s, "/api/overview").await;
         o["message_stats"]["publish_details"]["rate"] == 0.0
     })
     .await;

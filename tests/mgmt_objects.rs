@@ -52,15 +52,7 @@ async fn bindings_created_over_http_route_amqp_messages_and_delete_by_properties
 
     // Typed client call, then the AMQP effect: a publish to the key arrives.
     api.bind_queue("/", &q, &x, Some("k1"), None).await.unwrap();
-    ch.basic_publish(
-        x.as_str().into(),
-        "k1".into(),
-        BasicPublishOptions::default(),
-        b"via-binding",
-        BasicProperties::default(),
-    )
-    .await
-    .unwrap();
+    publish(&ch, x.as_str(), "k1", b"via-binding").await;
     let got = within(async {
         loop {
             if let Some(m) = ch
@@ -150,15 +142,7 @@ async fn bindings_created_over_http_route_amqp_messages_and_delete_by_properties
     assert_eq!(status, 204);
     let (status, _, _) = req(&s, "DELETE", &format!("{path}/k1"), "").await;
     assert_eq!(status, 404);
-    ch.basic_publish(
-        x.as_str().into(),
-        "k1".into(),
-        BasicPublishOptions::default(),
-        b"lost",
-        BasicProperties::default(),
-    )
-    .await
-    .unwrap();
+    publish(&ch, x.as_str(), "k1", b"lost").await;
     // The passive declare on the same channel is answered after the
     // publish was routed (a channel's methods are handled in order).
     assert_eq!(passive(&ch, &q).await.unwrap().message_count(), 0);
@@ -209,24 +193,8 @@ async fn exchange_to_exchange_bindings_and_binding_errors() {
     api.bind_exchange("/", &b, &a, Some("x.*"), None)
         .await
         .unwrap();
-    ch.queue_bind(
-        q.as_str().into(),
-        b.as_str().into(),
-        "".into(),
-        QueueBindOptions::default(),
-        t(),
-    )
-    .await
-    .unwrap();
-    ch.basic_publish(
-        a.as_str().into(),
-        "x.y".into(),
-        BasicPublishOptions::default(),
-        b"e2e",
-        BasicProperties::default(),
-    )
-    .await
-    .unwrap();
+    bind(&ch, q.as_str(), b.as_str(), "", t()).await;
+    publish(&ch, a.as_str(), "x.y", b"e2e").await;
     eventually(|| async { passive(&ch, &q).await.unwrap().message_count() == 1 }).await;
     let dest = api
         .list_exchange_bindings_with_destination("/", &b)

@@ -117,22 +117,6 @@ async fn wildcard_listeners_of_both_families_coexist() {
     .await;
 }
 
-#[test]
-fn the_default_configuration_listens_on_both_families() {
-    let c = warren::config::Config::default();
-    for (addrs, port) in [
-        (c.listeners.amqp.addrs(), 5672),
-        (c.listeners.http.addrs(), 15672),
-        (c.listeners.prometheus.addrs(), 15692),
-    ] {
-        let want: Vec<SocketAddr> = vec![
-            SocketAddr::from(([0, 0, 0, 0], port)),
-            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
-        ];
-        assert_eq!(addrs, &want[..]);
-    }
-}
-
 #[tokio::test]
 async fn a_port_in_use_is_named_and_nothing_is_written() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();

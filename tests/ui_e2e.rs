@@ -14,7 +14,7 @@ use common::*;
 use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, ExchangeKind};
+use lapin::ExchangeKind;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -159,15 +159,7 @@ async fn dashboard_in_headless_chromium() {
     // A consumer on its own channel takes one message and keeps it unacked
     // for the page that shows who holds what.
     let holder = c.create_channel().await.unwrap();
-    ch.basic_publish(
-        "".into(),
-        held.as_str().into(),
-        BasicPublishOptions::default(),
-        b"held by a consumer",
-        BasicProperties::default(),
-    )
-    .await
-    .unwrap();
+    publish(&ch, "", held.as_str(), b"held by a consumer").await;
     let ctag = "e2e-holder";
     let mut consumer = holder
         .basic_consume(
@@ -233,39 +225,20 @@ async fn dashboard_in_headless_chromium() {
     s.shutdown().await;
 }
 
-/// One raw GET; returns the status line's code, the headers (lower-cased
-/// names) and the body.
+/// One raw GET with `headers`; returns (status, headers with lower-cased
+/// names, body).
 async fn get_with_headers(
     s: &warren::server::Server,
     path: &str,
-    extra: &str,
+    headers: &[(&str, &str)],
 ) -> (u16, Vec<(String, String)>, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut sock = tokio::net::TcpStream::connect(s.http_addr()).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{extra}Connection: close\r\n\r\n");
-    sock.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    within(sock.read_to_end(&mut out)).await.unwrap();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head[9..12].parse().unwrap();
-    let headers = head
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    (status, headers, body.to_owned())
-}
-
-fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    http_request(s.http_addr(), "GET", path, headers, "").await
 }
 
 #[tokio::test]
 async fn dashboard_files_are_served_at_the_root_without_login() {
     let s = start().await;
-    let (status, h, body) = get_with_headers(&s, "/", "").await;
+    let (status, h, body) = get_with_headers(&s, "/", &[]).await;
     assert_eq!(status, 200);
     assert_eq!(header(&h, "content-type"), Some("text/html; charset=utf-8"));
     assert_eq!(header(&h, "cache-control"), Some("no-cache"));
@@ -276,7 +249,7 @@ async fn dashboard_files_are_served_at_the_root_without_login() {
 
     // Module scripts need a JavaScript content type or the browser refuses them.
     for js in ["/app.js", "/api.js", "/queues.js", "/exchanges.js"] {
-        let (status, h, body) = get_with_headers(&s, js, "").await;
+        let (status, h, body) = get_with_headers(&s, js, &[]).await;
         assert_eq!(status, 200, "{js}");
         assert_eq!(
             header(&h, "content-type"),
@@ -285,25 +258,24 @@ async fn dashboard_files_are_served_at_the_root_without_login() {
         );
         assert!(body.contains("import") || body.contains("export"), "{js}");
     }
-    let (status, h, _) = get_with_headers(&s, "/style.css", "").await;
+    let (status, h, _) = get_with_headers(&s, "/style.css", &[]).await;
     assert_eq!(status, 200);
     assert_eq!(header(&h, "content-type"), Some("text/css; charset=utf-8"));
 
     // Revalidation: the same ETag gets a 304 with no body.
-    let (_, h, _) = get_with_headers(&s, "/app.js", "").await;
+    let (_, h, _) = get_with_headers(&s, "/app.js", &[]).await;
     let tag = header(&h, "etag").expect("an ETag").to_owned();
-    let (status, _, body) =
-        get_with_headers(&s, "/app.js", &format!("If-None-Match: {tag}\r\n")).await;
+    let (status, _, body) = get_with_headers(&s, "/app.js", &[("If-None-Match", &tag)]).await;
     assert_eq!((status, body.as_str()), (304, ""));
-    let (status, _, _) = get_with_headers(&s, "/app.js", "If-None-Match: \"other\"\r\n").await;
+    let (status, _, _) = get_with_headers(&s, "/app.js", &[("If-None-Match", "\"other\"")]).await;
     assert_eq!(status, 200);
 
     // The API behind it still needs a login; an unknown file falls to the
     // API's fallback (behind the login too), which answers 404.
-    let (status, _, _) = get_with_headers(&s, "/api/overview", "").await;
+    let (status, _, _) = get_with_headers(&s, "/api/overview", &[]).await;
     assert_eq!(status, 401);
-    let auth = format!("Authorization: Basic {GUEST}\r\n");
-    let (status, _, _) = get_with_headers(&s, "/nope.js", &auth).await;
+    let auth = format!("Basic {GUEST}");
+    let (status, _, _) = get_with_headers(&s, "/nope.js", &[("Authorization", &auth)]).await;
     assert_eq!(status, 404);
     s.shutdown().await;
 }

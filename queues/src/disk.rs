@@ -1182,13 +1182,36 @@ mod tests {
         }
     }
 
-    fn tempdir(name: &str) -> std::path::PathBuf {
+    /// A test's directory, removed when the test ends (declared before
+    /// the stores that use it, so it drops after them).
+    struct TempDir(std::path::PathBuf);
+
+    impl std::ops::Deref for TempDir {
+        type Target = std::path::PathBuf;
+        fn deref(&self) -> &std::path::PathBuf {
+            &self.0
+        }
+    }
+
+    impl AsRef<std::path::Path> for TempDir {
+        fn as_ref(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn tempdir(name: &str) -> TempDir {
         let d = std::env::temp_dir().join(format!(
             "warren-disk-test-{name}-{}-{:?}",
             std::process::id(),
             std::time::SystemTime::now()
         ));
         let _ = std::fs::remove_dir_all(&d);
-        d
+        TempDir(d)
     }
 }

@@ -456,6 +456,8 @@ mod tests {
         );
         s.release(a.seg);
         assert_eq!(s.files(), 1, "the old segment went with its last reference");
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Appenders fill and seal buffers (written by whoever sealed them)

@@ -158,12 +158,24 @@ pub async fn start_channel() -> (TestBroker, Connection, Channel) {
     (s, c, ch)
 }
 
-/// A connection as guest to `vhost` (URL-encoded by the caller).
+/// A connection as guest to `vhost` (`/` may be written as is).
 pub async fn connect_to(s: &Server, vhost: &str) -> Connection {
-    let url = format!("amqp://guest:guest@{}/{vhost}", s.amqp_addr());
-    Connection::connect(&url, ConnectionProperties::default())
+    connect_as(s, "guest", "guest", vhost)
         .await
         .expect("connect")
+}
+
+/// A connection as `user` to `vhost` (`/` may be written as is), or the
+/// refusal.
+pub async fn connect_as(
+    s: &Server,
+    user: &str,
+    pass: &str,
+    vhost: &str,
+) -> lapin::Result<Connection> {
+    let vhost = vhost.replace('/', "%2f");
+    let url = format!("amqp://{user}:{pass}@{}/{vhost}", s.amqp_addr());
+    within(Connection::connect(&url, ConnectionProperties::default())).await
 }
 
 /// Waits for a future with a deadline, so a broken broker fails the test
@@ -240,6 +252,27 @@ pub async fn http_request(
         .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
         .collect();
     (status, headers, body.to_owned())
+}
+
+/// A GET as guest: (status, the body as JSON, or null if it is not).
+pub async fn get_json(s: &Server, path: &str) -> (u16, serde_json::Value) {
+    let (st, body) = raw(s, "GET", path, Some(GUEST), "").await;
+    (
+        st,
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// A GET as guest that must answer 200 with JSON.
+pub async fn get_ok(s: &Server, path: &str) -> serde_json::Value {
+    let (status, body) = raw(s, "GET", path, Some(GUEST), "").await;
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// A header's value from `http_request`'s list (names lower-cased).
+pub fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
 /// One raw JSON request to `addr`, with Basic `auth` if given; returns
