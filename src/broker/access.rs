@@ -8,6 +8,7 @@
 //! [`Access`] store only holds data: the broker decides when users and
 //! vhosts come and go (and what that does to connections and queues).
 
+use super::authz::{CompiledPermission, PermSlot};
 use super::base64::{base64_decode, base64_encode};
 use super::persist::{Doc, Persistence};
 use dashmap::DashMap;
@@ -193,6 +194,10 @@ pub struct Access {
     users: DashMap<String, User>,
     /// By (vhost, user).
     permissions: DashMap<(String, String), Permission>,
+    /// The compiled permissions callers hold, by (vhost, user); a slot
+    /// stays (empty) when its permission is cleared, so a caller holding
+    /// it sees a later grant too.
+    slots: DashMap<(String, String), Arc<PermSlot>>,
     vhosts: DashMap<String, VhostMeta>,
     kept: DashMap<(u8, Vec<String>), J>,
 }
@@ -204,6 +209,7 @@ impl Access {
             persist,
             users: DashMap::new(),
             permissions: DashMap::new(),
+            slots: DashMap::new(),
             vhosts: DashMap::new(),
             kept: DashMap::new(),
         };
@@ -230,6 +236,8 @@ impl Access {
                     write: s("write"),
                     read: s("read"),
                 };
+                a.slot(vhost, user)
+                    .set(Some(Arc::new(CompiledPermission::compile(&perm))));
                 a.permissions.insert((vhost.clone(), user.clone()), perm);
             }
         }
@@ -343,15 +351,37 @@ impl Access {
                 json!({"configure": p.configure, "write": p.write, "read": p.read}),
             );
         }
+        self.slot(&p.vhost, &p.user)
+            .set(Some(Arc::new(CompiledPermission::compile(&p))));
         self.permissions
             .insert((p.vhost.clone(), p.user.clone()), p)
             .is_some()
+    }
+
+    /// The compiled permission of (vhost, user) as callers hold it: empty
+    /// while there is none, and updated in place by every change.
+    fn slot(&self, vhost: &str, user: &str) -> Arc<PermSlot> {
+        self.slots
+            .entry((vhost.to_owned(), user.to_owned()))
+            .or_default()
+            .clone()
+    }
+
+    /// The slot of (vhost, user) if a permission was ever set there (only
+    /// grants make slots, so requests naming random vhosts add none).
+    pub fn existing_slot(&self, vhost: &str, user: &str) -> Option<Arc<PermSlot>> {
+        self.slots
+            .get(&(vhost.to_owned(), user.to_owned()))
+            .map(|s| s.value().clone())
     }
 
     /// Clears a permission; returns whether it existed.
     pub fn clear_permission(&self, vhost: &str, user: &str) -> bool {
         if let Some(store) = &self.persist {
             store.remove_doc(Doc::Permission, &[vhost, user]);
+        }
+        if let Some(slot) = self.slots.get(&(vhost.to_owned(), user.to_owned())) {
+            slot.set(None);
         }
         self.permissions
             .remove(&(vhost.to_owned(), user.to_owned()))
@@ -386,6 +416,9 @@ impl Access {
     pub fn forget_vhost(&self, vhost: &str) {
         self.vhosts.remove(vhost);
         self.permissions.retain(|k, _| k.0 != vhost);
+        for slot in self.slots.iter().filter(|e| e.key().0 == vhost) {
+            slot.set(None);
+        }
         self.kept.retain(|k, _| {
             k.0 == Doc::GlobalParameter as u8 || k.1.first().is_none_or(|v| v != vhost)
         });

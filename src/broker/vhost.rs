@@ -2,6 +2,7 @@
 //! that AMQP methods (and later the management API) ask for.
 
 use super::error::{BrokerError, ErrorKind, Result};
+use super::authz::Caller;
 use super::exchange::{Exchange, ExchangeKind, ExchangeOptions};
 use super::persist::{BindingDef, ExchangeDef, Persistence, QueueDef};
 use super::queue::{Queue, QueueOptions, QueueRef};
@@ -287,12 +288,38 @@ impl Vhost {
         self.queues.get(name).map(|e| e.value().clone())
     }
 
+    /// Declares a queue with no permission check (definitions import,
+    /// internal queues); callers go through [`Vhost::declare_queue_as`].
     pub fn declare_queue(
         &self,
         name: &str,
         passive: bool,
         opts: QueueOptions,
         conn: u64,
+    ) -> Result<QueueDeclared> {
+        self.declare_queue_checked(name, passive, opts, conn, None)
+    }
+
+    /// Declares a queue for a caller: a non-passive declare needs
+    /// configure on the final name (a server-generated one too, as
+    /// RabbitMQ checks it), see [`Caller::check_queue_declare`].
+    pub fn declare_queue_as(
+        &self,
+        name: &str,
+        passive: bool,
+        opts: QueueOptions,
+        caller: &Caller,
+    ) -> Result<QueueDeclared> {
+        self.declare_queue_checked(name, passive, opts, caller.conn, Some(caller))
+    }
+
+    fn declare_queue_checked(
+        &self,
+        name: &str,
+        passive: bool,
+        opts: QueueOptions,
+        conn: u64,
+        caller: Option<&Caller>,
     ) -> Result<QueueDeclared> {
         let declared = |q: Arc<Queue>| {
             let (m, c) = q.counts();
@@ -313,6 +340,9 @@ impl Vhost {
         } else {
             name.to_owned()
         };
+        if let Some(c) = caller {
+            c.check_queue_declare(self, &name, &opts.arguments)?;
+        }
         let existing = match self.queues.entry(name.clone()) {
             dashmap::Entry::Occupied(e) => e.get().clone(),
             dashmap::Entry::Vacant(v) => {
