@@ -303,7 +303,11 @@ pub(crate) mod tests {
         for i in 0..100_000 {
             assert_eq!(s.pop().unwrap().seq, i);
         }
-        assert!(s.ready.capacity() <= KEEP_CAPACITY, "{}", s.ready.capacity());
+        assert!(
+            s.ready.capacity() <= KEEP_CAPACITY,
+            "{}",
+            s.ready.capacity()
+        );
         // Flags survive the packing.
         s.push(QueuedMessage {
             redelivered: true,

@@ -12,8 +12,7 @@ use super::error::*;
 use super::fields::to_table;
 use crate::broker::registry::COUNTERS;
 use crate::broker::{
-    Kind,
-    ConsumeRequest, Counter, Delivery, Exchange, ExchangeOptions, OutboxItem, PublishDetails,
+    ConsumeRequest, Counter, Delivery, Exchange, ExchangeOptions, Kind, OutboxItem, PublishDetails,
     Queue, QueueOptions,
 };
 use amq_protocol::protocol::{
@@ -436,8 +435,11 @@ impl Connection {
                     arguments: to_table(&d.arguments),
                 };
                 if !d.passive {
-                    self.caller
-                        .check_exchange_declare(&self.vhost, d.exchange.as_str(), &opts.arguments)?;
+                    self.caller.check_exchange_declare(
+                        &self.vhost,
+                        d.exchange.as_str(),
+                        &opts.arguments,
+                    )?;
                 }
                 self.vhost.declare_exchange(
                     d.exchange.as_str(),

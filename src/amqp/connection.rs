@@ -12,8 +12,7 @@ use super::codec::{self, Frame, FRAME_HEARTBEAT, FRAME_METHOD, PROTOCOL_HEADER};
 use super::error::*;
 use super::{sasl, writer, AmqpSettings};
 use crate::broker::{
-    Caller,
-    Broker, ClientInfo, ConnectionInfo, Outbox, OutboxItem, Queue, RouteScratch, Vhost,
+    Broker, Caller, ClientInfo, ConnectionInfo, Outbox, OutboxItem, Queue, RouteScratch, Vhost,
 };
 use amq_protocol::protocol::{connection, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};

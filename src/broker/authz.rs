@@ -123,7 +123,13 @@ pub struct Caller {
 }
 
 impl Caller {
-    pub fn new(user: &str, vhost: &str, conn: u64, impersonator: bool, slot: Arc<PermSlot>) -> Self {
+    pub fn new(
+        user: &str,
+        vhost: &str,
+        conn: u64,
+        impersonator: bool,
+        slot: Arc<PermSlot>,
+    ) -> Self {
         Caller {
             user: user.to_owned(),
             vhost: vhost.to_owned(),

@@ -1,8 +1,8 @@
 //! A virtual host: its exchanges and queues, and the operations on them
 //! that AMQP methods (and later the management API) ask for.
 
-use super::error::{BrokerError, ErrorKind, Result};
 use super::authz::Caller;
+use super::error::{BrokerError, ErrorKind, Result};
 use super::exchange::{Exchange, ExchangeKind, ExchangeOptions};
 use super::persist::{BindingDef, ExchangeDef, Persistence, QueueDef};
 use super::queue::{Queue, QueueOptions, QueueRef};
