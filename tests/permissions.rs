@@ -84,7 +84,7 @@ async fn open_without_a_permission_in_the_vhost_is_530() {
     let e = connect_as(&s, "nobody", "pw", "/").await.unwrap_err();
     let msg = format!("{e:?}");
     assert!(
-        msg.contains("530")
+        msg.contains("NOTALLOWED")
             && msg.contains("NOT_ALLOWED - access to vhost '/' refused for user 'nobody'"),
         "{msg}"
     );
