@@ -249,6 +249,13 @@ impl Caller {
     }
 }
 
+/// Whether an error is a permission refusal from a [`Caller`] check (the
+/// management API reports those as RabbitMQ's does, apart from other 403s
+/// such as the default exchange's).
+pub fn is_permission_refusal(e: &BrokerError) -> bool {
+    e.kind == ErrorKind::AccessRefused && e.text.starts_with("access to ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
