@@ -465,3 +465,84 @@ async fn deleting_a_user_closes_its_connections() {
     let e = connect_as(&s, "gone", "pw", "/").await.unwrap_err();
     assert!(format!("{e:?}").contains("ACCESS_REFUSED"), "{e:?}");
 }
+
+/// The management API checks the same rules through the broker, with
+/// RabbitMQ's replies (checked against RabbitMQ 3.10.8).
+#[tokio::test]
+async fn the_management_api_checks_the_same_permissions() {
+    let (s, _a, _c, _ch) = restricted("mu").await;
+    // The user needs a management tag to use the API at all.
+    user_with(&s, "mu", "management", None).await;
+    let auth = base64_basic("mu:pw");
+    let call = |m: &'static str, p: &'static str, b: &'static str| {
+        let s = &s;
+        let auth = auth.clone();
+        async move { raw(s, m, p, Some(&auth), b).await }
+    };
+    let access_refused = r#"{"error":"not_authorised","reason":"Access refused."}"#;
+    let j = |b: &str| serde_json::from_str::<serde_json::Value>(b).unwrap();
+    let (st, b) = call("PUT", "/api/queues/%2F/w-new", "{}").await;
+    assert_eq!((st, j(&b)), (401, j(access_refused)));
+    assert_eq!(call("PUT", "/api/queues/%2F/c-new", "{}").await.0, 201);
+    let (st, b) = call("DELETE", "/api/queues/%2F/w-q", "").await;
+    assert_eq!((st, j(&b)), (401, j(access_refused)));
+    let (st, b) = call("PUT", "/api/exchanges/%2F/w-x", r#"{"type":"direct"}"#).await;
+    assert_eq!((st, j(&b)), (401, j(access_refused)));
+    let (st, b) = call("DELETE", "/api/exchanges/%2F/w-e", "").await;
+    assert_eq!((st, j(&b)), (401, j(access_refused)));
+    let (st, b) = call("DELETE", "/api/queues/%2F/w-q/contents", "").await;
+    assert_eq!((st, j(&b)), (401, j(access_refused)));
+    let (st, b) = call(
+        "POST",
+        "/api/bindings/%2F/e/w-e/q/w-q",
+        r#"{"routing_key":"k"}"#,
+    )
+    .await;
+    assert_eq!((st, j(&b)), (401, j(access_refused)));
+    assert_eq!(
+        call(
+            "POST",
+            "/api/bindings/%2F/e/r-e/q/w-q",
+            r#"{"routing_key":"k"}"#
+        )
+        .await
+        .0,
+        201
+    );
+    let (st, b) = call(
+        "POST",
+        "/api/queues/%2F/w-q/get",
+        r#"{"count":1,"ackmode":"ack_requeue_true","encoding":"auto"}"#,
+    )
+    .await;
+    assert_eq!(st, 401);
+    assert_eq!(
+        j(&b)["reason"],
+        "ACCESS_REFUSED - access to queue 'w-q' in vhost '/' refused for user 'mu'"
+    );
+    let (st, b) = call(
+        "POST",
+        "/api/exchanges/%2F/r-e/publish",
+        r#"{"properties":{},"routing_key":"k","payload":"x","payload_encoding":"string"}"#,
+    )
+    .await;
+    assert_eq!(st, 400);
+    assert_eq!(
+        j(&b)["reason"],
+        "403 ACCESS_REFUSED - access to exchange 'r-e' in vhost '/' refused for user 'mu'"
+    );
+    let (st, b) = call(
+        "POST",
+        "/api/exchanges/%2F/w-e/publish",
+        r#"{"properties":{},"routing_key":"k","payload":"x","payload_encoding":"string"}"#,
+    )
+    .await;
+    assert_eq!(
+        (st, j(&b)["routed"].clone()),
+        (200, serde_json::json!(false))
+    );
+}
+
+fn base64_basic(s: &str) -> String {
+    warren::broker::base64::base64_encode(s.as_bytes())
+}
