@@ -546,3 +546,109 @@ async fn the_management_api_checks_the_same_permissions() {
 fn base64_basic(s: &str) -> String {
     warren::broker::base64::base64_encode(s.as_bytes())
 }
+
+/// Topic permissions: write on publish routing keys to topic exchanges,
+/// read on binding keys, `{username}` and `{vhost}` expanded; none for an
+/// exchange lets everything through (texts from RabbitMQ 3.10.8).
+#[tokio::test]
+async fn topic_permissions_check_routing_and_binding_keys() {
+    let s = start().await;
+    user_with(&s, "tp", "", Some((".*", ".*", ".*"))).await;
+    let body = r#"{"exchange":"amq.topic","write":"^a\\.{username}","read":"^r\\.{vhost}"}"#;
+    let (st, b) = raw(
+        &s,
+        "PUT",
+        "/api/topic-permissions/%2F/tp",
+        Some(GUEST),
+        body,
+    )
+    .await;
+    assert_eq!(st, 201, "{b}");
+    let (st, j) = get_json(&s, "/api/topic-permissions/%2F/tp").await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        j,
+        serde_json::json!([{"user": "tp", "vhost": "/", "exchange": "amq.topic",
+            "write": "^a\\.{username}", "read": "^r\\.{vhost}"}])
+    );
+    let c = connect_as(&s, "tp", "pw", "/").await.unwrap();
+    let ch = c.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let publish = |ch: lapin::Channel, x: &'static str, k: &'static str| async move {
+        ch.basic_publish(
+            x.into(),
+            k.into(),
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default(),
+        )
+        .await
+    };
+    assert!(publish(ch.clone(), "amq.topic", "a.tp.x")
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .is_ack());
+    // Not a topic exchange: no topic check.
+    assert!(publish(ch.clone(), "amq.direct", "b.x")
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .is_ack());
+    let e = async_error(&ch, publish(ch.clone(), "amq.topic", "b.x")).await;
+    let topic = |k: &str| {
+        (
+            403,
+            format!("ACCESS_REFUSED - access to topic '{k}' in exchange 'amq.topic' in vhost '/' refused for user 'tp'"),
+        )
+    };
+    assert_eq!(e, topic("b.x"));
+    let ch = c.create_channel().await.unwrap();
+    queue(&ch, "tp-q", false).await;
+    ch.queue_bind(
+        "tp-q".into(),
+        "amq.topic".into(),
+        "r./.x".into(),
+        QueueBindOptions::default(),
+        t(),
+    )
+    .await
+    .unwrap();
+    let e = err_of(
+        ch.queue_bind(
+            "tp-q".into(),
+            "amq.topic".into(),
+            "x".into(),
+            QueueBindOptions::default(),
+            t(),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(e, topic("x"));
+    // Deleted: everything goes again.
+    let (st, _) = raw(
+        &s,
+        "DELETE",
+        "/api/topic-permissions/%2F/tp",
+        Some(GUEST),
+        "",
+    )
+    .await;
+    assert_eq!(st, 204);
+    assert_eq!(get_json(&s, "/api/topic-permissions/%2F/tp").await.0, 404);
+    let ch = c.create_channel().await.unwrap();
+    ch.queue_bind(
+        "tp-q".into(),
+        "amq.topic".into(),
+        "x".into(),
+        QueueBindOptions::default(),
+        t(),
+    )
+    .await
+    .unwrap();
+}

@@ -12,8 +12,8 @@ use super::error::*;
 use super::fields::to_table;
 use crate::broker::registry::COUNTERS;
 use crate::broker::{
-    ConsumeRequest, Counter, Delivery, Exchange, ExchangeOptions, Kind, OutboxItem, PublishDetails,
-    Queue, QueueOptions,
+    ConsumeRequest, Counter, Delivery, Exchange, ExchangeOptions, Kind, OutboxItem, Perm,
+    PublishDetails, Queue, QueueOptions,
 };
 use amq_protocol::protocol::{
     access, basic, channel as chan, confirm, exchange, queue, tx, AMQPClass,
@@ -480,6 +480,11 @@ impl Connection {
                     b.destination.as_str(),
                     b.source.as_str(),
                 )?;
+                self.caller.check_bind_topic(
+                    &self.vhost,
+                    b.source.as_str(),
+                    b.routing_key.as_str(),
+                )?;
                 self.vhost.bind_exchange(
                     b.destination.as_str(),
                     b.source.as_str(),
@@ -500,6 +505,11 @@ impl Connection {
                     Kind::Exchange,
                     u.destination.as_str(),
                     u.source.as_str(),
+                )?;
+                self.caller.check_bind_topic(
+                    &self.vhost,
+                    u.source.as_str(),
+                    u.routing_key.as_str(),
                 )?;
                 self.vhost.unbind_exchange(
                     u.destination.as_str(),
@@ -573,6 +583,11 @@ impl Connection {
                 let q = self.queue_name(id, &b.queue)?;
                 self.caller
                     .check_bind(Kind::Queue, &q, b.exchange.as_str())?;
+                self.caller.check_bind_topic(
+                    &self.vhost,
+                    b.exchange.as_str(),
+                    b.routing_key.as_str(),
+                )?;
                 self.vhost.bind_queue(
                     &q,
                     b.exchange.as_str(),
@@ -593,6 +608,11 @@ impl Connection {
                 let q = self.queue_name(id, &u.queue)?;
                 self.caller
                     .check_bind(Kind::Queue, &q, u.exchange.as_str())?;
+                self.caller.check_bind_topic(
+                    &self.vhost,
+                    u.exchange.as_str(),
+                    u.routing_key.as_str(),
+                )?;
                 self.vhost.unbind_queue(
                     &q,
                     u.exchange.as_str(),
@@ -734,6 +754,12 @@ impl Connection {
                 ),
             ));
         }
+        self.caller.check_topic(
+            Perm::Write,
+            &ex.name,
+            ex.kind.as_str() == "topic",
+            routing_key,
+        )?;
         if let Some(uid) = summary.user_id {
             self.caller
                 .check_user_id(&content.header.properties[uid.0..uid.1])?;

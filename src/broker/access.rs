@@ -8,7 +8,7 @@
 //! [`Access`] store only holds data: the broker decides when users and
 //! vhosts come and go (and what that does to connections and queues).
 
-use super::authz::{CompiledPermission, PermSlot};
+use super::authz::{CompiledPermission, PermSlot, TopicPermission};
 use super::base64::{base64_decode, base64_encode};
 use super::persist::{Doc, Persistence};
 use dashmap::DashMap;
@@ -251,6 +251,18 @@ impl Access {
                 a.kept.insert((kind.doc() as u8, k), v);
             }
         }
+        let topic_users: std::collections::HashSet<(String, String)> = a
+            .kept
+            .iter()
+            .filter(|e| e.key().0 == Doc::TopicPermission as u8)
+            .filter_map(|e| match &e.key().1[..] {
+                [vhost, user, _] => Some((vhost.clone(), user.clone())),
+                _ => None,
+            })
+            .collect();
+        for (vhost, user) in topic_users {
+            a.refresh_topics(&vhost, &user);
+        }
         a
     }
 
@@ -418,6 +430,7 @@ impl Access {
         self.permissions.retain(|k, _| k.0 != vhost);
         for slot in self.slots.iter().filter(|e| e.key().0 == vhost) {
             slot.set(None);
+            slot.set_topics("", "", &[]);
         }
         self.kept.retain(|k, _| {
             k.0 == Doc::GlobalParameter as u8 || k.1.first().is_none_or(|v| v != vhost)
@@ -430,7 +443,65 @@ impl Access {
             let parts: Vec<&str> = key.iter().map(String::as_str).collect();
             p.put_doc(kind.doc(), &parts, item.clone());
         }
+        let topic = (kind == Kept::TopicPermission).then(|| key.clone());
         self.kept.insert((kind.doc() as u8, key), item);
+        if let Some([vhost, user, _]) = topic.as_deref() {
+            self.refresh_topics(vhost, user);
+        }
+    }
+
+    /// Recompiles the topic permissions of (vhost, user) into its slot.
+    fn refresh_topics(&self, vhost: &str, user: &str) {
+        let items: Vec<J> = self
+            .kept
+            .iter()
+            .filter(|e| {
+                e.key().0 == Doc::TopicPermission as u8
+                    && e.key().1.first().is_some_and(|v| v == vhost)
+                    && e.key().1.get(1).is_some_and(|u| u == user)
+            })
+            .map(|e| e.value().clone())
+            .collect();
+        let s = |j: &J, f: &str| j[f].as_str().unwrap_or_default().to_owned();
+        let owned: Vec<(String, String, String)> = items
+            .iter()
+            .map(|j| (s(j, "exchange"), s(j, "write"), s(j, "read")))
+            .collect();
+        let topics: Vec<TopicPermission<'_>> = owned
+            .iter()
+            .map(|(exchange, write, read)| TopicPermission {
+                exchange,
+                write,
+                read,
+            })
+            .collect();
+        self.slot(vhost, user).set_topics(user, vhost, &topics);
+    }
+
+    /// Removes the topic permissions of (vhost, user): all of them, or
+    /// only `exchange`'s; returns how many went.
+    pub fn remove_topic_permissions(
+        &self,
+        vhost: &str,
+        user: &str,
+        exchange: Option<&str>,
+    ) -> usize {
+        let keys: Vec<(u8, Vec<String>)> = self
+            .kept
+            .iter()
+            .filter(|e| {
+                let k = &e.key().1;
+                e.key().0 == Doc::TopicPermission as u8
+                    && k.first().is_some_and(|v| v == vhost)
+                    && k.get(1).is_some_and(|u| u == user)
+                    && exchange.is_none_or(|x| k.get(2).is_some_and(|e| e == x))
+            })
+            .map(|e| e.key().clone())
+            .collect();
+        for k in &keys {
+            self.remove_kept_key(k);
+        }
+        keys.len()
     }
 
     fn remove_kept_key(&self, k: &(u8, Vec<String>)) {
@@ -445,6 +516,11 @@ impl Access {
             p.remove_doc(kind, &parts);
         }
         self.kept.remove(k);
+        if k.0 == Doc::TopicPermission as u8 {
+            if let [vhost, user, _] = &k.1[..] {
+                self.refresh_topics(vhost, user);
+            }
+        }
     }
 
     /// Kept items of a kind, sorted by key; only those of `vhost` if given

@@ -13,7 +13,8 @@ use super::access::Permission;
 use super::error::{BrokerError, ErrorKind, Result};
 use super::vhost::Vhost;
 use regex::Regex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use warren_exchanges::Table;
 
@@ -48,13 +49,56 @@ impl CompiledPermission {
 /// One Rust's regex crate cannot compile (PCRE-only syntax) allows nothing.
 fn compile_one(re: &str) -> Option<Regex> {
     let re = if re.is_empty() { "^$" } else { re };
-    match Regex::new(re) {
+    match Regex::new(&pcre_braces(re)) {
         Ok(r) => Some(r),
         Err(e) => {
             tracing::warn!(regex = re, error = %e, "permission regex does not compile; it allows nothing");
             None
         }
     }
+}
+
+/// A PCRE pattern with its literal braces escaped for Rust's regex: PCRE
+/// (RabbitMQ's `re`) takes a `{` that does not open a `{n}`, `{n,}` or
+/// `{n,m}` quantifier as a literal (as in `^a\.{username}` before
+/// expansion), where Rust's regex refuses the pattern.
+pub fn pcre_braces(re: &str) -> String {
+    let mut out = String::with_capacity(re.len() + 4);
+    let mut in_quantifier = false;
+    let mut chars = re.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            // An escape: the escaped character is copied as it is.
+            '\\' => {
+                out.push(c);
+                if let Some((_, n)) = chars.next() {
+                    out.push(n);
+                }
+            }
+            '{' if is_quantifier(&re[i + 1..]) => {
+                in_quantifier = true;
+                out.push(c);
+            }
+            '{' => out.push_str("\\{"),
+            '}' if in_quantifier => {
+                in_quantifier = false;
+                out.push(c);
+            }
+            '}' => out.push_str("\\}"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// Whether what follows a `{` is `n}`, `n,}` or `n,m}`.
+fn is_quantifier(rest: &str) -> bool {
+    let Some(end) = rest.find('}') else {
+        return false;
+    };
+    let body = &rest[..end];
+    let (a, b) = body.split_once(',').unwrap_or((body, "0"));
+    !a.is_empty() && a.bytes().all(|c| c.is_ascii_digit()) && b.bytes().all(|c| c.is_ascii_digit())
 }
 
 /// The current permission of one (vhost, user), shared by the access store
@@ -64,9 +108,49 @@ pub struct PermSlot {
     /// Bumped on every change: cached verdicts older than this are stale.
     generation: AtomicU64,
     current: RwLock<Option<Arc<CompiledPermission>>>,
+    /// Whether any topic permission is set (the publish path looks no
+    /// further when none is).
+    has_topics: AtomicBool,
+    /// Topic permissions by exchange: (write, read) routing-key regexes,
+    /// with `{username}` and `{vhost}` expanded.
+    topics: RwLock<HashMap<String, (Option<Regex>, Option<Regex>)>>,
+}
+
+/// A topic permission as stored: exchange, write and read regexes.
+pub struct TopicPermission<'a> {
+    pub exchange: &'a str,
+    pub write: &'a str,
+    pub read: &'a str,
 }
 
 impl PermSlot {
+    /// Replaces the topic permissions of this (vhost, user), expanding
+    /// RabbitMQ's `{username}` and `{vhost}` variables once here.
+    pub fn set_topics(&self, user: &str, vhost: &str, items: &[TopicPermission<'_>]) {
+        let expand =
+            |re: &str| compile_one(&re.replace("{username}", user).replace("{vhost}", vhost));
+        let map: HashMap<String, (Option<Regex>, Option<Regex>)> = items
+            .iter()
+            .map(|t| (t.exchange.to_owned(), (expand(t.write), expand(t.read))))
+            .collect();
+        self.has_topics.store(!map.is_empty(), Ordering::Release);
+        *self.topics.write().unwrap_or_else(|e| e.into_inner()) = map;
+    }
+
+    /// Whether a topic permission lets `routing_key` through `exchange`
+    /// (no topic permission for the exchange: everything goes).
+    fn topic_allows(&self, perm: Perm, exchange: &str, routing_key: &str) -> bool {
+        if !self.has_topics.load(Ordering::Acquire) {
+            return true;
+        }
+        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        let Some((w, r)) = topics.get(exchange) else {
+            return true;
+        };
+        let re = if perm == Perm::Write { w } else { r };
+        re.as_ref().is_some_and(|re| re.is_match(routing_key))
+    }
+
     pub fn set(&self, p: Option<Arc<CompiledPermission>>) {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = p;
         self.generation.fetch_add(1, Ordering::Release);
@@ -222,6 +306,30 @@ impl Caller {
         self.check(Perm::Read, Kind::Exchange, source)
     }
 
+    /// Topic permissions (RabbitMQ's `check_topic_access`): publishing to
+    /// a topic exchange needs write on the routing key, binding from one
+    /// read on the binding key. `topic` says whether the exchange is one.
+    pub fn check_topic(&self, perm: Perm, exchange: &str, topic: bool, key: &str) -> Result<()> {
+        if !topic || self.slot.topic_allows(perm, exchange, key) {
+            return Ok(());
+        }
+        Err(BrokerError::new(
+            ErrorKind::AccessRefused,
+            format!(
+                "access to topic '{key}' in exchange '{exchange}' in vhost '{}' refused for user '{}'",
+                self.vhost, self.user
+            ),
+        ))
+    }
+
+    /// The binding-key check of a bind or unbind from `source` in `v`.
+    pub fn check_bind_topic(&self, v: &Vhost, source: &str, key: &str) -> Result<()> {
+        match v.exchange(source) {
+            Ok(x) => self.check_topic(Perm::Read, source, x.kind.as_str() == "topic", key),
+            Err(_) => Ok(()),
+        }
+    }
+
     /// basic.consume, basic.get, queue.purge: read on the queue.
     pub fn check_read_queue(&self, name: &str) -> Result<()> {
         self.check(Perm::Read, Kind::Queue, name)
@@ -301,6 +409,14 @@ mod tests {
         assert_ne!(c.generation(), g);
         assert!(!c.has_vhost_access());
         assert!(c.check_publish("x").is_err());
+    }
+
+    #[test]
+    fn literal_braces_are_taken_as_pcre_takes_them() {
+        assert_eq!(pcre_braces(r"^a\.{username}"), r"^a\.\{username\}");
+        assert_eq!(pcre_braces(r"^a{2,3}b{4}$"), r"^a{2,3}b{4}$");
+        assert_eq!(pcre_braces(r"x\{y"), r"x\{y");
+        assert!(compile_one("^{vhost}-q$").is_some_and(|r| r.is_match("{vhost}-q")));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use super::process;
 use super::{body_object, caller_in, exchange_name, permitted, AuthUser, MgmtState, St};
 use crate::broker::base64::{base64_decode, base64_encode};
 use crate::broker::properties::BasicProperties;
-use crate::broker::{BrokerError, Dest, ErrorKind, Kind, QueueOptions, RouteScratch, Vhost};
+use crate::broker::{BrokerError, Dest, ErrorKind, Kind, Perm, QueueOptions, RouteScratch, Vhost};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode, Uri};
@@ -366,7 +366,9 @@ async fn create_binding(
     } else {
         Kind::Exchange
     };
-    permitted(caller_in(&s, &user, &vhost)?.check_bind(dkind, &dst, src))?;
+    let caller = caller_in(&s, &user, &vhost)?;
+    permitted(caller.check_bind(dkind, &dst, src))?;
+    permitted(caller.check_bind_topic(&v, src, &key))?;
     let props = json::properties_key(&key, &args);
     let res = if dtype_name == "queue" {
         v.bind_queue(&dst, src, &key, args, 0)
@@ -453,7 +455,9 @@ async fn delete_binding(
     } else {
         Kind::Exchange
     };
-    permitted(caller_in(&s, &user, &v.name)?.check_bind(dkind, &b.destination, &b.source))?;
+    let caller = caller_in(&s, &user, &v.name)?;
+    permitted(caller.check_bind(dkind, &b.destination, &b.source))?;
+    permitted(caller.check_bind_topic(&v, &b.source, &b.key))?;
     let res = if dtype == "queue" {
         v.unbind_queue(&b.destination, &b.source, &b.key, &b.args, 0)
     } else {
@@ -832,6 +836,11 @@ async fn publish(
     caller
         .check_publish(exchange_name(&name))
         .map_err(|e| amqp_refusal(&e))?;
+    if let Ok(x) = v.exchange(exchange_name(&name)) {
+        caller
+            .check_topic(Perm::Write, &x.name, x.kind.as_str() == "topic", &key)
+            .map_err(|e| amqp_refusal(&e))?;
+    }
     if let Some(uid) = &props.user_id {
         caller
             .check_user_id(uid.as_bytes())
