@@ -250,3 +250,32 @@ def test_deleting_a_user_closes_its_connections_320(connect, user):
             c.process_data_events(0.2)
     assert ei.value.reply_code == 320
     assert ei.value.reply_text == f"CONNECTION_FORCED - user '{u}' is deleted"
+
+
+def test_topic_permissions(connect, user, broker_info, names):
+    u = user(perm=(".*", ".*", ".*"))
+    vh = urllib.request.quote(broker_info.vhost, safe="")
+    assert _api(broker_info, "PUT", f"/topic-permissions/{vh}/{u}",
+                {"exchange": "amq.topic", "write": r"^a\.{username}",
+                 "read": r"^r\.{vhost}"}) == 201
+    c = _as(connect, u)
+    ch = c.channel()
+    ch.confirm_delivery()
+    ch.basic_publish("amq.topic", f"a.{u}.x", b"x")
+    ch.basic_publish("amq.direct", "b.x", b"x")
+    with pytest.raises(CCBB) as ei:
+        ch.basic_publish("amq.topic", "b.x", b"x")
+    assert ei.value.reply_code == 403
+    assert ei.value.reply_text == (
+        "ACCESS_REFUSED - access to topic 'b.x' in exchange 'amq.topic' in "
+        f"vhost '{broker_info.vhost}' refused for user '{u}'")
+    ch = c.channel()
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind(q, "amq.topic", f"r.{broker_info.vhost}.x")
+    with pytest.raises(CCBB) as ei:
+        ch.queue_bind(q, "amq.topic", "x")
+    assert ei.value.reply_text == (
+        "ACCESS_REFUSED - access to topic 'x' in exchange 'amq.topic' in "
+        f"vhost '{broker_info.vhost}' refused for user '{u}'")
+    assert _api(broker_info, "DELETE", f"/topic-permissions/{vh}/{u}") == 204
+    assert _api(broker_info, "GET", f"/topic-permissions/{vh}/{u}") == 404
