@@ -113,8 +113,11 @@ pub struct PermSlot {
     has_topics: AtomicBool,
     /// Topic permissions by exchange: (write, read) routing-key regexes,
     /// with `{username}` and `{vhost}` expanded.
-    topics: RwLock<HashMap<String, (Option<Regex>, Option<Regex>)>>,
+    topics: RwLock<HashMap<String, TopicRegexes>>,
 }
+
+/// A topic permission's (write, read) regexes, compiled.
+type TopicRegexes = (Option<Regex>, Option<Regex>);
 
 /// A topic permission as stored: exchange, write and read regexes.
 pub struct TopicPermission<'a> {
@@ -129,7 +132,7 @@ impl PermSlot {
     pub fn set_topics(&self, user: &str, vhost: &str, items: &[TopicPermission<'_>]) {
         let expand =
             |re: &str| compile_one(&re.replace("{username}", user).replace("{vhost}", vhost));
-        let map: HashMap<String, (Option<Regex>, Option<Regex>)> = items
+        let map: HashMap<String, TopicRegexes> = items
             .iter()
             .map(|t| (t.exchange.to_owned(), (expand(t.write), expand(t.read))))
             .collect();
