@@ -485,9 +485,11 @@ async fn endpoints_need_rabbitmq_tags() {
     );
     // But it may use AMQP.
     grant(&s, "plain").await;
-    connect_as(&s, "plain", "pw", "/")
+    let c = connect_as(&s, "plain", "pw", "/")
         .await
         .expect("AMQP needs no tag");
+    // Closed, so the connection lists below hold only the ones made there.
+    c.close(200, "bye".into()).await.unwrap();
     // A wrong password is RabbitMQ's "Login failed".
     let (st, body) = raw(&s, "GET", "/api/overview", Some(&basic("mgmt", "nope")), "").await;
     assert_eq!((st, reason(&body).as_str()), (401, "Login failed"));
