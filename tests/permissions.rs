@@ -652,3 +652,21 @@ async fn topic_permissions_check_routing_and_binding_keys() {
     .await
     .unwrap();
 }
+
+/// A reserved name is refused as such before permissions are checked.
+#[tokio::test]
+async fn a_reserved_queue_name_is_refused_before_permissions() {
+    let (_s, _a, _c, ch) = restricted("u9").await;
+    let e = err_of(
+        ch.queue_declare("amq.x".into(), QueueDeclareOptions::default(), t())
+            .await,
+    )
+    .await;
+    assert_eq!(
+        e,
+        (
+            403,
+            "ACCESS_REFUSED - queue name 'amq.x' contains reserved prefix 'amq.*'".into()
+        )
+    );
+}

@@ -341,16 +341,17 @@ impl Vhost {
             name.to_owned()
         };
         if let Some(c) = caller {
+            // RabbitMQ refuses a reserved name before checking permissions.
+            if !generated && name.starts_with("amq.") && self.queue(&name).is_none() {
+                return Err(reserved_queue_name(&name));
+            }
             c.check_queue_declare(self, &name, &opts.arguments)?;
         }
         let existing = match self.queues.entry(name.clone()) {
             dashmap::Entry::Occupied(e) => e.get().clone(),
             dashmap::Entry::Vacant(v) => {
                 if name.starts_with("amq.") && !generated {
-                    return Err(BrokerError::new(
-                        ErrorKind::AccessRefused,
-                        format!("queue name '{name}' contains reserved prefix 'amq.*'"),
-                    ));
+                    return Err(reserved_queue_name(&name));
                 }
                 let owner = opts.exclusive.then_some(conn);
                 // Exclusive queues never outlive their connection, so they
@@ -892,6 +893,13 @@ impl Vhost {
             self.auto_delete_if_unused(&other);
         }
     }
+}
+
+fn reserved_queue_name(name: &str) -> BrokerError {
+    BrokerError::new(
+        ErrorKind::AccessRefused,
+        format!("queue name '{name}' contains reserved prefix 'amq.*'"),
+    )
 }
 
 /// RabbitMQ compares these arguments on redeclare; others are free.
