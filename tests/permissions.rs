@@ -670,3 +670,22 @@ async fn a_reserved_queue_name_is_refused_before_permissions() {
         )
     );
 }
+
+/// An unknown exchange type is a 503 before permissions are checked.
+#[tokio::test]
+async fn an_unknown_exchange_type_is_503_before_permissions() {
+    let (_s, _a, _c, ch) = restricted("u10").await;
+    let e = ch
+        .exchange_declare(
+            "w-x".into(),
+            ExchangeKind::Custom("nope".into()),
+            ExchangeDeclareOptions::default(),
+            t(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        soft_code(&e),
+        (503, "COMMAND_INVALID - unknown exchange type 'nope'".into())
+    );
+}

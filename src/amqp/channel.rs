@@ -438,6 +438,7 @@ impl Connection {
                     self.caller.check_exchange_declare(
                         &self.vhost,
                         d.exchange.as_str(),
+                        d.kind.as_str(),
                         &opts.arguments,
                     )?;
                 }

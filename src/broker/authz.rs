@@ -16,7 +16,7 @@ use regex::Regex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use warren_exchanges::Table;
+use warren_exchanges::{ExchangeType, Table};
 
 /// A user's permission in a vhost, with its regexes compiled.
 #[derive(Debug)]
@@ -275,9 +275,16 @@ impl Caller {
 
     /// exchange.declare (not passive): configure on the exchange; a new
     /// one with an alternate exchange also needs read on it and write on
-    /// the alternate. The default exchange is refused by the vhost first.
-    pub fn check_exchange_declare(&self, v: &Vhost, name: &str, args: &Table) -> Result<()> {
-        if name.is_empty() {
+    /// the alternate. An unknown type (503) and the default exchange are
+    /// refused by the vhost first, as RabbitMQ checks them first.
+    pub fn check_exchange_declare(
+        &self,
+        v: &Vhost,
+        name: &str,
+        kind: &str,
+        args: &Table,
+    ) -> Result<()> {
+        if name.is_empty() || ExchangeType::parse(kind).is_none() {
             return Ok(());
         }
         self.check(Perm::Configure, Kind::Exchange, name)?;

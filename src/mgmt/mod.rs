@@ -503,7 +503,7 @@ async fn exchange_put(
     };
     let name = exchange_name(&name);
     let existed = v.exchange(name).is_ok();
-    permitted(caller.check_exchange_declare(&v, name, &opts.arguments))?;
+    permitted(caller.check_exchange_declare(&v, name, &kind, &opts.arguments))?;
     v.declare_exchange(name, &kind, false, opts)?;
     Ok(if existed {
         StatusCode::NO_CONTENT
