@@ -23,6 +23,17 @@ async fn put(s: &Server, path: &str, body: J) -> (u16, String) {
     raw(s, "PUT", path, Some(GUEST), &body.to_string()).await
 }
 
+/// Full permissions on `/` (RabbitMQ refuses connection.open without one).
+async fn grant(s: &Server, user: &str) {
+    let (st, body) = put(
+        s,
+        &format!("/api/permissions/%2F/{user}"),
+        json!({"configure": ".*", "write": ".*", "read": ".*"}),
+    )
+    .await;
+    assert!(st == 201 || st == 204, "{st} {body}");
+}
+
 fn reason(body: &str) -> String {
     let j: J = serde_json::from_str(body).unwrap_or(J::Null);
     j["reason"].as_str().unwrap_or_default().to_owned()
@@ -41,6 +52,7 @@ async fn users_are_created_updated_and_deleted_and_log_in_over_amqp() {
         .unwrap();
     let u = api.get_user("alice").await.unwrap();
     assert!(u.tags.contains("management"));
+    grant(&s, "alice").await;
     let c = connect_as(&s, "alice", "s3cret", "/")
         .await
         .expect("alice logs in");
@@ -71,6 +83,10 @@ async fn users_are_created_updated_and_deleted_and_log_in_over_amqp() {
     assert_eq!(j["limits"], json!({}));
     let raw_hash = warren::broker::base64::base64_decode(j["password_hash"].as_str().unwrap());
     assert_eq!(raw_hash.unwrap().len(), 36, "4 salt bytes + SHA-256");
+    // The right password without a permission in the vhost: 530, not 403.
+    let e = connect_as(&s, "bob", "pw1", "/").await.unwrap_err();
+    assert!(format!("{e:?}").contains("NOT_ALLOWED"), "{e:?}");
+    grant(&s, "bob").await;
     connect_as(&s, "bob", "pw1", "/")
         .await
         .expect("bob logs in");
@@ -119,7 +135,7 @@ async fn users_are_created_updated_and_deleted_and_log_in_over_amqp() {
     );
     assert!(connect_as(&s, "carol", "", "/").await.is_err());
 
-    // Users without permissions: the new ones (guest has `.*` on "/").
+    // Users without permissions: carol (guest, alice and bob have some).
     let names: Vec<String> = api
         .list_users_without_permissions()
         .await
@@ -127,7 +143,7 @@ async fn users_are_created_updated_and_deleted_and_log_in_over_amqp() {
         .into_iter()
         .map(|u| u.name)
         .collect();
-    assert_eq!(names, ["alice", "bob", "carol"]);
+    assert_eq!(names, ["carol"]);
     let (st, j) = get_json(&s, "/api/users/guest/permissions").await;
     assert_eq!(st, 200);
     assert_eq!(
@@ -188,6 +204,7 @@ async fn a_hash_made_by_rabbitmq_logs_in() {
     )
     .await;
     assert_eq!(st, 201, "{body}");
+    grant(&s, "imported").await;
     connect_as(&s, "imported", "app-secret", "/")
         .await
         .expect("RabbitMQ's hash of app-secret");
@@ -467,9 +484,12 @@ async fn endpoints_need_rabbitmq_tags() {
         json!({"error": "not_authorised", "reason": "Not management user"})
     );
     // But it may use AMQP.
-    connect_as(&s, "plain", "pw", "/")
+    grant(&s, "plain").await;
+    let c = connect_as(&s, "plain", "pw", "/")
         .await
         .expect("AMQP needs no tag");
+    // Closed, so the connection lists below hold only the ones made there.
+    c.close(200, "bye".into()).await.unwrap();
     // A wrong password is RabbitMQ's "Login failed".
     let (st, body) = raw(&s, "GET", "/api/overview", Some(&basic("mgmt", "nope")), "").await;
     assert_eq!((st, reason(&body).as_str()), (401, "Login failed"));

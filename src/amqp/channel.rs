@@ -12,8 +12,8 @@ use super::error::*;
 use super::fields::to_table;
 use crate::broker::registry::COUNTERS;
 use crate::broker::{
-    ConsumeRequest, Counter, Delivery, Exchange, ExchangeOptions, OutboxItem, PublishDetails,
-    Queue, QueueOptions,
+    ConsumeRequest, Counter, Delivery, Exchange, ExchangeOptions, Kind, OutboxItem, Perm,
+    PublishDetails, Queue, QueueOptions,
 };
 use amq_protocol::protocol::{
     access, basic, channel as chan, confirm, exchange, queue, tx, AMQPClass,
@@ -54,6 +54,10 @@ pub(super) struct Channel {
     limit: Arc<ChannelLimit>,
     /// The exchange of the last publish: most publishers use one.
     last_exchange: Option<Arc<Exchange>>,
+    /// The permission generation at which write on `last_exchange` was
+    /// allowed (0: not checked): the publish path skips the regex while
+    /// the permission is unchanged.
+    write_ok: u64,
     /// The last queue declared, for methods that name the queue "".
     last_queue: Option<String>,
     /// Identifies this incarnation of the channel id, so confirmations
@@ -430,6 +434,14 @@ impl Connection {
                     internal: d.internal,
                     arguments: to_table(&d.arguments),
                 };
+                if !d.passive {
+                    self.caller.check_exchange_declare(
+                        &self.vhost,
+                        d.exchange.as_str(),
+                        d.kind.as_str(),
+                        &opts.arguments,
+                    )?;
+                }
                 self.vhost.declare_exchange(
                     d.exchange.as_str(),
                     d.kind.as_str(),
@@ -450,6 +462,8 @@ impl Connection {
                 Ok(())
             }
             exchange::AMQPMethod::Delete(d) => {
+                self.caller
+                    .check_delete(Kind::Exchange, d.exchange.as_str())?;
                 self.vhost
                     .delete_exchange(d.exchange.as_str(), d.if_unused)?;
                 self.hold_for_definitions();
@@ -462,6 +476,16 @@ impl Connection {
                 Ok(())
             }
             exchange::AMQPMethod::Bind(b) => {
+                self.caller.check_bind(
+                    Kind::Exchange,
+                    b.destination.as_str(),
+                    b.source.as_str(),
+                )?;
+                self.caller.check_bind_topic(
+                    &self.vhost,
+                    b.source.as_str(),
+                    b.routing_key.as_str(),
+                )?;
                 self.vhost.bind_exchange(
                     b.destination.as_str(),
                     b.source.as_str(),
@@ -478,6 +502,16 @@ impl Connection {
                 Ok(())
             }
             exchange::AMQPMethod::Unbind(u) => {
+                self.caller.check_bind(
+                    Kind::Exchange,
+                    u.destination.as_str(),
+                    u.source.as_str(),
+                )?;
+                self.caller.check_bind_topic(
+                    &self.vhost,
+                    u.source.as_str(),
+                    u.routing_key.as_str(),
+                )?;
                 self.vhost.unbind_exchange(
                     u.destination.as_str(),
                     u.source.as_str(),
@@ -527,7 +561,9 @@ impl Connection {
                 } else {
                     d.queue.as_str().to_owned()
                 };
-                let r = self.vhost.declare_queue(&name, d.passive, opts, conn)?;
+                let r = self
+                    .vhost
+                    .declare_queue_as(&name, d.passive, opts, &self.caller)?;
                 if !d.passive {
                     self.hold_for_definitions();
                 }
@@ -546,6 +582,13 @@ impl Connection {
             }
             queue::AMQPMethod::Bind(b) => {
                 let q = self.queue_name(id, &b.queue)?;
+                self.caller
+                    .check_bind(Kind::Queue, &q, b.exchange.as_str())?;
+                self.caller.check_bind_topic(
+                    &self.vhost,
+                    b.exchange.as_str(),
+                    b.routing_key.as_str(),
+                )?;
                 self.vhost.bind_queue(
                     &q,
                     b.exchange.as_str(),
@@ -564,6 +607,13 @@ impl Connection {
             }
             queue::AMQPMethod::Unbind(u) => {
                 let q = self.queue_name(id, &u.queue)?;
+                self.caller
+                    .check_bind(Kind::Queue, &q, u.exchange.as_str())?;
+                self.caller.check_bind_topic(
+                    &self.vhost,
+                    u.exchange.as_str(),
+                    u.routing_key.as_str(),
+                )?;
                 self.vhost.unbind_queue(
                     &q,
                     u.exchange.as_str(),
@@ -580,6 +630,7 @@ impl Connection {
             }
             queue::AMQPMethod::Purge(p) => {
                 let q = self.queue_name(id, &p.queue)?;
+                self.caller.check_read_queue(&q)?;
                 let n = self.vhost.purge_queue(&q, conn)?;
                 if !p.nowait {
                     self.send_method(
@@ -593,6 +644,7 @@ impl Connection {
             }
             queue::AMQPMethod::Delete(d) => {
                 let q = self.queue_name(id, &d.queue)?;
+                self.caller.check_delete(Kind::Queue, &q)?;
                 let n = self.vhost.delete_queue(&q, d.if_unused, d.if_empty, conn)?;
                 self.hold_for_definitions();
                 if !d.nowait {
@@ -678,24 +730,19 @@ impl Connection {
                 method_id: 0,
             }));
         };
-        if let Some(uid) = summary.user_id {
-            let uid = &content.header.properties[uid.0..uid.1];
-            if uid != self.user.as_bytes() {
-                return Err(AmqpError::channel(
-                    PRECONDITION_FAILED,
-                    format!(
-                        "user_id property set to '{}' but authenticated user was '{}'",
-                        String::from_utf8_lossy(uid),
-                        self.user
-                    ),
-                ));
+        let generation = self.caller.generation();
+        let ch = self.ch(id);
+        let ex = match &ch.last_exchange {
+            Some(e) if e.name == exchange && !e.is_deleted() && ch.write_ok == generation => {
+                e.clone()
             }
-        }
-        let ex = match &self.ch(id).last_exchange {
-            Some(e) if e.name == exchange && !e.is_deleted() => e.clone(),
             _ => {
+                // RabbitMQ's order: write permission, then the lookup.
+                self.caller.check_publish(exchange)?;
                 let e = self.vhost.exchange(exchange)?;
-                self.ch(id).last_exchange = Some(e.clone());
+                let ch = self.ch(id);
+                ch.last_exchange = Some(e.clone());
+                ch.write_ok = generation;
                 e
             }
         };
@@ -707,6 +754,16 @@ impl Connection {
                     ex.name, self.vhost.name
                 ),
             ));
+        }
+        self.caller.check_topic(
+            Perm::Write,
+            &ex.name,
+            ex.kind.as_str() == "topic",
+            routing_key,
+        )?;
+        if let Some(uid) = summary.user_id {
+            self.caller
+                .check_user_id(&content.header.properties[uid.0..uid.1])?;
         }
         let mut properties = content.header.properties;
         // Headers and properties are decoded only when routing may read
@@ -1184,6 +1241,7 @@ impl Connection {
                 format!("attempt to reuse consumer tag '{tag}'"),
             ));
         }
+        self.caller.check_read_queue(&qname)?;
         let q = self.vhost.queue_for(&qname, self.id)?;
         let consumer_id = self.broker.next_id();
         let outbox = self.outbox.clone();
@@ -1227,6 +1285,7 @@ impl Connection {
 
     fn get(&mut self, id: u16, g: basic::Get) -> Result<(), AmqpError> {
         let qname = self.queue_name(id, &g.queue)?;
+        self.caller.check_read_queue(&qname)?;
         let q = self.vhost.queue_for(&qname, self.id)?;
         let taker = crate::broker::queue::channel_key(self.id, id);
         match q.get_for(g.no_ack, taker) {

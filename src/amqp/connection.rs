@@ -12,7 +12,7 @@ use super::codec::{self, Frame, FRAME_HEARTBEAT, FRAME_METHOD, PROTOCOL_HEADER};
 use super::error::*;
 use super::{sasl, writer, AmqpSettings};
 use crate::broker::{
-    Broker, ClientInfo, ConnectionInfo, Outbox, OutboxItem, Queue, RouteScratch, Vhost,
+    Broker, Caller, ClientInfo, ConnectionInfo, Outbox, OutboxItem, Queue, RouteScratch, Vhost,
 };
 use amq_protocol::protocol::{connection, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
@@ -66,7 +66,8 @@ pub(super) struct Connection {
     pub(super) id: u64,
     pub(super) broker: Arc<Broker>,
     pub(super) vhost: Arc<Vhost>,
-    pub(super) user: String,
+    /// The user in this vhost: every permission check goes through it.
+    pub(super) caller: Caller,
     pub(super) settings: Arc<AmqpSettings>,
     pub(super) frame_max: usize,
     pub(super) channel_max: u16,
@@ -156,6 +157,8 @@ pub async fn serve(
         }
     };
     let id = broker.next_id();
+    let mut conn = conn;
+    conn.caller.conn = id;
     tracing::info!(%peer, conn = id, user = %conn.user, vhost = %conn.vhost.name, "connection opened");
     let info = Arc::new(ConnectionInfo::new(
         id,
@@ -174,7 +177,7 @@ pub async fn serve(
         id,
         broker,
         vhost: conn.vhost,
-        user: conn.user,
+        caller: conn.caller,
         settings,
         frame_max: conn.frame_max,
         channel_max: conn.channel_max,
@@ -238,6 +241,7 @@ impl<F: std::future::Future> std::future::Future for CatchUnwind<F> {
 struct Handshaken {
     vhost: Arc<Vhost>,
     user: String,
+    caller: Caller,
     frame_max: usize,
     channel_max: u16,
     heartbeat: u16,
@@ -542,6 +546,22 @@ async fn handshake(
         .await;
         return None;
     };
+    let caller = match broker.caller(&user, vhost_name, 0) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(%peer, user = %user, vhost = vhost_name, "connection refused: {}", e.text);
+            refuse(
+                rd,
+                rbuf,
+                tx,
+                NOT_ALLOWED,
+                format!("NOT_ALLOWED - {}", e.text),
+                (10, 40),
+            )
+            .await;
+            return None;
+        }
+    };
     send(
         tx,
         AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
@@ -550,6 +570,7 @@ async fn handshake(
     Some(Handshaken {
         vhost,
         user,
+        caller,
         frame_max,
         channel_max,
         heartbeat,

@@ -8,6 +8,7 @@
 //! [`Access`] store only holds data: the broker decides when users and
 //! vhosts come and go (and what that does to connections and queues).
 
+use super::authz::{CompiledPermission, PermSlot, TopicPermission};
 use super::base64::{base64_decode, base64_encode};
 use super::persist::{Doc, Persistence};
 use dashmap::DashMap;
@@ -193,6 +194,10 @@ pub struct Access {
     users: DashMap<String, User>,
     /// By (vhost, user).
     permissions: DashMap<(String, String), Permission>,
+    /// The compiled permissions callers hold, by (vhost, user); a slot
+    /// stays (empty) when its permission is cleared, so a caller holding
+    /// it sees a later grant too.
+    slots: DashMap<(String, String), Arc<PermSlot>>,
     vhosts: DashMap<String, VhostMeta>,
     kept: DashMap<(u8, Vec<String>), J>,
 }
@@ -204,6 +209,7 @@ impl Access {
             persist,
             users: DashMap::new(),
             permissions: DashMap::new(),
+            slots: DashMap::new(),
             vhosts: DashMap::new(),
             kept: DashMap::new(),
         };
@@ -230,6 +236,8 @@ impl Access {
                     write: s("write"),
                     read: s("read"),
                 };
+                a.slot(vhost, user)
+                    .set(Some(Arc::new(CompiledPermission::compile(&perm))));
                 a.permissions.insert((vhost.clone(), user.clone()), perm);
             }
         }
@@ -242,6 +250,18 @@ impl Access {
             for (k, v) in p.docs(kind.doc()) {
                 a.kept.insert((kind.doc() as u8, k), v);
             }
+        }
+        let topic_users: std::collections::HashSet<(String, String)> = a
+            .kept
+            .iter()
+            .filter(|e| e.key().0 == Doc::TopicPermission as u8)
+            .filter_map(|e| match &e.key().1[..] {
+                [vhost, user, _] => Some((vhost.clone(), user.clone())),
+                _ => None,
+            })
+            .collect();
+        for (vhost, user) in topic_users {
+            a.refresh_topics(&vhost, &user);
         }
         a
     }
@@ -343,15 +363,37 @@ impl Access {
                 json!({"configure": p.configure, "write": p.write, "read": p.read}),
             );
         }
+        self.slot(&p.vhost, &p.user)
+            .set(Some(Arc::new(CompiledPermission::compile(&p))));
         self.permissions
             .insert((p.vhost.clone(), p.user.clone()), p)
             .is_some()
+    }
+
+    /// The compiled permission of (vhost, user) as callers hold it: empty
+    /// while there is none, and updated in place by every change.
+    fn slot(&self, vhost: &str, user: &str) -> Arc<PermSlot> {
+        self.slots
+            .entry((vhost.to_owned(), user.to_owned()))
+            .or_default()
+            .clone()
+    }
+
+    /// The slot of (vhost, user) if a permission was ever set there (only
+    /// grants make slots, so requests naming random vhosts add none).
+    pub fn existing_slot(&self, vhost: &str, user: &str) -> Option<Arc<PermSlot>> {
+        self.slots
+            .get(&(vhost.to_owned(), user.to_owned()))
+            .map(|s| s.value().clone())
     }
 
     /// Clears a permission; returns whether it existed.
     pub fn clear_permission(&self, vhost: &str, user: &str) -> bool {
         if let Some(store) = &self.persist {
             store.remove_doc(Doc::Permission, &[vhost, user]);
+        }
+        if let Some(slot) = self.slots.get(&(vhost.to_owned(), user.to_owned())) {
+            slot.set(None);
         }
         self.permissions
             .remove(&(vhost.to_owned(), user.to_owned()))
@@ -386,6 +428,10 @@ impl Access {
     pub fn forget_vhost(&self, vhost: &str) {
         self.vhosts.remove(vhost);
         self.permissions.retain(|k, _| k.0 != vhost);
+        for slot in self.slots.iter().filter(|e| e.key().0 == vhost) {
+            slot.set(None);
+            slot.set_topics("", "", &[]);
+        }
         self.kept.retain(|k, _| {
             k.0 == Doc::GlobalParameter as u8 || k.1.first().is_none_or(|v| v != vhost)
         });
@@ -397,7 +443,65 @@ impl Access {
             let parts: Vec<&str> = key.iter().map(String::as_str).collect();
             p.put_doc(kind.doc(), &parts, item.clone());
         }
+        let topic = (kind == Kept::TopicPermission).then(|| key.clone());
         self.kept.insert((kind.doc() as u8, key), item);
+        if let Some([vhost, user, _]) = topic.as_deref() {
+            self.refresh_topics(vhost, user);
+        }
+    }
+
+    /// Recompiles the topic permissions of (vhost, user) into its slot.
+    fn refresh_topics(&self, vhost: &str, user: &str) {
+        let items: Vec<J> = self
+            .kept
+            .iter()
+            .filter(|e| {
+                e.key().0 == Doc::TopicPermission as u8
+                    && e.key().1.first().is_some_and(|v| v == vhost)
+                    && e.key().1.get(1).is_some_and(|u| u == user)
+            })
+            .map(|e| e.value().clone())
+            .collect();
+        let s = |j: &J, f: &str| j[f].as_str().unwrap_or_default().to_owned();
+        let owned: Vec<(String, String, String)> = items
+            .iter()
+            .map(|j| (s(j, "exchange"), s(j, "write"), s(j, "read")))
+            .collect();
+        let topics: Vec<TopicPermission<'_>> = owned
+            .iter()
+            .map(|(exchange, write, read)| TopicPermission {
+                exchange,
+                write,
+                read,
+            })
+            .collect();
+        self.slot(vhost, user).set_topics(user, vhost, &topics);
+    }
+
+    /// Removes the topic permissions of (vhost, user): all of them, or
+    /// only `exchange`'s; returns how many went.
+    pub fn remove_topic_permissions(
+        &self,
+        vhost: &str,
+        user: &str,
+        exchange: Option<&str>,
+    ) -> usize {
+        let keys: Vec<(u8, Vec<String>)> = self
+            .kept
+            .iter()
+            .filter(|e| {
+                let k = &e.key().1;
+                e.key().0 == Doc::TopicPermission as u8
+                    && k.first().is_some_and(|v| v == vhost)
+                    && k.get(1).is_some_and(|u| u == user)
+                    && exchange.is_none_or(|x| k.get(2).is_some_and(|e| e == x))
+            })
+            .map(|e| e.key().clone())
+            .collect();
+        for k in &keys {
+            self.remove_kept_key(k);
+        }
+        keys.len()
     }
 
     fn remove_kept_key(&self, k: &(u8, Vec<String>)) {
@@ -412,6 +516,11 @@ impl Access {
             p.remove_doc(kind, &parts);
         }
         self.kept.remove(k);
+        if k.0 == Doc::TopicPermission as u8 {
+            if let [vhost, user, _] = &k.1[..] {
+                self.refresh_topics(vhost, user);
+            }
+        }
     }
 
     /// Kept items of a kind, sorted by key; only those of `vhost` if given

@@ -6,6 +6,7 @@
 //! [`BrokerError`]s back.
 
 pub mod access;
+pub mod authz;
 pub mod base64;
 pub mod error;
 pub mod exchange;
@@ -18,6 +19,7 @@ pub mod route;
 pub mod vhost;
 
 pub use access::{Kept, Permission, User, VhostMeta};
+pub use authz::{Caller, Kind, Perm};
 pub use error::{BrokerError, ErrorKind, Result};
 pub use exchange::{Exchange, ExchangeKind, ExchangeOptions};
 pub use outbox::{Delivery, Outbox, OutboxItem};
@@ -233,6 +235,29 @@ impl Broker {
             return Err(AuthError::LoopbackOnly);
         }
         Ok(())
+    }
+
+    /// Who `user` is in `vhost` for an AMQP connection (`conn`) or a
+    /// management request (0), with the permission checks RabbitMQ makes;
+    /// refused (530 at connection.open) when the user has no permission
+    /// in the vhost.
+    pub fn caller(&self, user: &str, vhost: &str, conn: u64) -> Result<Caller> {
+        let impersonator = self
+            .access
+            .user(user)
+            .is_some_and(|u| u.has_tag("impersonator"));
+        let refused = || {
+            BrokerError::new(
+                ErrorKind::NotAllowed,
+                format!("access to vhost '{vhost}' refused for user '{user}'"),
+            )
+        };
+        let slot = self.access.existing_slot(vhost, user).ok_or_else(refused)?;
+        let c = Caller::new(user, vhost, conn, impersonator, slot);
+        if !c.has_vhost_access() {
+            return Err(refused());
+        }
+        Ok(c)
     }
 
     /// Users, permissions and vhost metadata.

@@ -1,6 +1,7 @@
 //! A virtual host: its exchanges and queues, and the operations on them
 //! that AMQP methods (and later the management API) ask for.
 
+use super::authz::Caller;
 use super::error::{BrokerError, ErrorKind, Result};
 use super::exchange::{Exchange, ExchangeKind, ExchangeOptions};
 use super::persist::{BindingDef, ExchangeDef, Persistence, QueueDef};
@@ -287,12 +288,38 @@ impl Vhost {
         self.queues.get(name).map(|e| e.value().clone())
     }
 
+    /// Declares a queue with no permission check (definitions import,
+    /// internal queues); callers go through [`Vhost::declare_queue_as`].
     pub fn declare_queue(
         &self,
         name: &str,
         passive: bool,
         opts: QueueOptions,
         conn: u64,
+    ) -> Result<QueueDeclared> {
+        self.declare_queue_checked(name, passive, opts, conn, None)
+    }
+
+    /// Declares a queue for a caller: a non-passive declare needs
+    /// configure on the final name (a server-generated one too, as
+    /// RabbitMQ checks it), see [`Caller::check_queue_declare`].
+    pub fn declare_queue_as(
+        &self,
+        name: &str,
+        passive: bool,
+        opts: QueueOptions,
+        caller: &Caller,
+    ) -> Result<QueueDeclared> {
+        self.declare_queue_checked(name, passive, opts, caller.conn, Some(caller))
+    }
+
+    fn declare_queue_checked(
+        &self,
+        name: &str,
+        passive: bool,
+        opts: QueueOptions,
+        conn: u64,
+        caller: Option<&Caller>,
     ) -> Result<QueueDeclared> {
         let declared = |q: Arc<Queue>| {
             let (m, c) = q.counts();
@@ -313,14 +340,18 @@ impl Vhost {
         } else {
             name.to_owned()
         };
+        if let Some(c) = caller {
+            // RabbitMQ refuses a reserved name before checking permissions.
+            if !generated && name.starts_with("amq.") && self.queue(&name).is_none() {
+                return Err(reserved_queue_name(&name));
+            }
+            c.check_queue_declare(self, &name, &opts.arguments)?;
+        }
         let existing = match self.queues.entry(name.clone()) {
             dashmap::Entry::Occupied(e) => e.get().clone(),
             dashmap::Entry::Vacant(v) => {
                 if name.starts_with("amq.") && !generated {
-                    return Err(BrokerError::new(
-                        ErrorKind::AccessRefused,
-                        format!("queue name '{name}' contains reserved prefix 'amq.*'"),
-                    ));
+                    return Err(reserved_queue_name(&name));
                 }
                 let owner = opts.exclusive.then_some(conn);
                 // Exclusive queues never outlive their connection, so they
@@ -869,6 +900,13 @@ impl Vhost {
             self.auto_delete_if_unused(&other);
         }
     }
+}
+
+fn reserved_queue_name(name: &str) -> BrokerError {
+    BrokerError::new(
+        ErrorKind::AccessRefused,
+        format!("queue name '{name}' contains reserved prefix 'amq.*'"),
+    )
 }
 
 /// RabbitMQ compares these arguments on redeclare; others are free.

@@ -49,6 +49,12 @@ pub fn routes() -> Router<Arc<MgmtState>> {
                 .delete(permission_delete),
         )
         .route("/api/topic-permissions", get(topic_permissions))
+        .route(
+            "/api/topic-permissions/{vhost}/{user}",
+            get(topic_permission_get)
+                .put(topic_permission_put)
+                .delete(topic_permission_delete),
+        )
         .merge(super::definitions::routes())
 }
 
@@ -437,7 +443,7 @@ pub(super) fn user_from_body(
 
 /// Checks a permission pattern compiles (RabbitMQ: `invalid_regexp`).
 pub(super) fn check_regex(field: &str, pattern: &str) -> Result<(), ApiError> {
-    regex::Regex::new(pattern)
+    regex::Regex::new(&crate::broker::authz::pcre_braces(pattern))
         .map(|_| ())
         .map_err(|e| bad_request(format!("invalid_regexp '{pattern}' in {field}: {e}")))
 }
@@ -725,6 +731,79 @@ async fn permission_delete(
     Path((vhost, user)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     if !s.broker.access().clear_permission(&vhost, &user) {
+        return Err(not_found_err());
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The topic permissions of one user in one vhost; 404 when none.
+async fn topic_permission_get(
+    State(s): St,
+    Path((vhost, user)): Path<(String, String)>,
+) -> Result<Json<J>, ApiError> {
+    let items: Vec<J> = s
+        .broker
+        .access()
+        .kept(Kept::TopicPermission, Some(&vhost))
+        .into_iter()
+        .filter(|t| t["user"] == user.as_str())
+        .collect();
+    if items.is_empty() {
+        return Err(not_found_err());
+    }
+    Ok(Json(J::Array(items)))
+}
+
+/// Sets the topic permission of a user on one exchange (RabbitMQ's body:
+/// `exchange`, `write`, `read`); 201 new, 204 replaced.
+async fn topic_permission_put(
+    State(s): St,
+    Path((vhost, user)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    if s.broker.vhost(&vhost).is_none() || s.broker.user(&user).is_none() {
+        return Err(bad_request("vhost_or_user_not_found"));
+    }
+    let m = body_object(&body)?;
+    let Some(exchange) = str_field(&m, "exchange")? else {
+        return Err(bad_request("[{key_missing,exchange}]"));
+    };
+    let mut vals = Vec::new();
+    for k in ["write", "read"] {
+        let v = str_field(&m, k)?.unwrap_or_default().to_owned();
+        check_regex(k, &v)?;
+        vals.push(v);
+    }
+    let key = vec![vhost.clone(), user.clone(), exchange.to_owned()];
+    let existed = s
+        .broker
+        .access()
+        .kept(Kept::TopicPermission, Some(&vhost))
+        .iter()
+        .any(|t| t["user"] == user.as_str() && t["exchange"] == exchange);
+    let item = json!({
+        "user": user, "vhost": vhost, "exchange": exchange,
+        "write": vals[0], "read": vals[1],
+    });
+    s.broker.access().put_kept(Kept::TopicPermission, key, item);
+    Ok(if existed {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::CREATED
+    })
+}
+
+/// Removes a user's topic permissions in a vhost (all of them, as
+/// RabbitMQ's endpoint does); 404 when there are none.
+async fn topic_permission_delete(
+    State(s): St,
+    Path((vhost, user)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    if s.broker
+        .access()
+        .remove_topic_permissions(&vhost, &user, None)
+        == 0
+    {
         return Err(not_found_err());
     }
     Ok(StatusCode::NO_CONTENT)

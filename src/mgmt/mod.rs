@@ -17,7 +17,7 @@ mod paging;
 mod process;
 mod ui;
 
-use crate::broker::{Broker, BrokerError, ErrorKind, ExchangeOptions, QueueOptions};
+use crate::broker::{Broker, BrokerError, Caller, ErrorKind, ExchangeOptions, Kind, QueueOptions};
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -278,6 +278,39 @@ async fn vhost(State(s): St, Path(name): Path<String>) -> Result<Json<J>, ApiErr
     Ok(Json(json::vhost(&s, &v)))
 }
 
+/// The logged-in user as a [`Caller`] in `vhost`: the API checks the
+/// same rules as AMQP through it. Without a permission in the vhost every
+/// operation is refused, as RabbitMQ's API (whose operations go through
+/// an AMQP connection of the user) refuses them.
+fn caller_in(s: &MgmtState, user: &str, vhost: &str) -> Result<Caller, ApiError> {
+    s.broker
+        .caller(user, vhost, 0)
+        .map_err(|_| access_refused())
+}
+
+/// RabbitMQ's answer to an operation the user's permissions refuse.
+fn access_refused() -> ApiError {
+    ApiError(
+        StatusCode::UNAUTHORIZED,
+        "not_authorised",
+        "Access refused.".into(),
+    )
+}
+
+/// A permission check as RabbitMQ's API reports it: a refusal is 401
+/// "Access refused.", other errors as usual.
+fn permitted(r: crate::broker::Result<()>) -> Result<(), ApiError> {
+    r.map_err(refusal_or)
+}
+
+fn refusal_or(e: BrokerError) -> ApiError {
+    if crate::broker::authz::is_permission_refusal(&e) {
+        access_refused()
+    } else {
+        e.into()
+    }
+}
+
 fn vhost_or_404(s: &MgmtState, name: &str) -> Result<Arc<crate::broker::Vhost>, ApiError> {
     s.broker.vhost(name).ok_or_else(not_found_err)
 }
@@ -357,9 +390,11 @@ fn arguments(m: &serde_json::Map<String, J>) -> Result<warren_exchanges::Table, 
 async fn queue_put(
     State(s): St,
     Path((vhost, name)): Path<(String, String)>,
+    Extension(AuthUser(user)): Extension<AuthUser>,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let v = vhost_or_404(&s, &vhost)?;
+    let caller = caller_in(&s, &user, &vhost)?;
     let m = body_object(&body)?;
     let opts = QueueOptions {
         durable: flag(&m, "durable", true)?,
@@ -368,8 +403,9 @@ async fn queue_put(
         arguments: arguments(&m)?,
     };
     let existed = v.queue(&name).is_some();
-    // Connection id 0 is never a real connection (ids start at 1).
-    v.declare_queue(&name, false, opts, 0)?;
+    // The caller's connection id 0 is never a real connection (ids start at 1).
+    v.declare_queue_as(&name, false, opts, &caller)
+        .map_err(refusal_or)?;
     Ok(if existed {
         StatusCode::NO_CONTENT
     } else {
@@ -381,9 +417,11 @@ async fn queue_delete(
     State(s): St,
     Path((vhost, name)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
+    Extension(AuthUser(user)): Extension<AuthUser>,
 ) -> Result<StatusCode, ApiError> {
     let v = vhost_or_404(&s, &vhost)?;
     let q = v.queue(&name).ok_or_else(not_found_err)?;
+    permitted(caller_in(&s, &user, &vhost)?.check_delete(Kind::Queue, &name))?;
     let on = |k: &str| query.get(k).is_some_and(|v| v == "true");
     // The API may delete any queue, exclusive ones included, as RabbitMQ's:
     // acting as the owner makes the exclusivity check pass.
@@ -394,9 +432,11 @@ async fn queue_delete(
 async fn queue_purge(
     State(s): St,
     Path((vhost, name)): Path<(String, String)>,
+    Extension(AuthUser(user)): Extension<AuthUser>,
 ) -> Result<StatusCode, ApiError> {
     let v = vhost_or_404(&s, &vhost)?;
     let q = v.queue(&name).ok_or_else(not_found_err)?;
+    permitted(caller_in(&s, &user, &vhost)?.check_read_queue(&name))?;
     q.purge();
     Ok(StatusCode::NO_CONTENT)
 }
@@ -445,9 +485,11 @@ async fn exchange_get(
 async fn exchange_put(
     State(s): St,
     Path((vhost, name)): Path<(String, String)>,
+    Extension(AuthUser(user)): Extension<AuthUser>,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let v = vhost_or_404(&s, &vhost)?;
+    let caller = caller_in(&s, &user, &vhost)?;
     let m = body_object(&body)?;
     let kind = match m.get("type") {
         Some(J::String(t)) => t.clone(),
@@ -461,6 +503,7 @@ async fn exchange_put(
     };
     let name = exchange_name(&name);
     let existed = v.exchange(name).is_ok();
+    permitted(caller.check_exchange_declare(&v, name, &kind, &opts.arguments))?;
     v.declare_exchange(name, &kind, false, opts)?;
     Ok(if existed {
         StatusCode::NO_CONTENT
@@ -473,10 +516,14 @@ async fn exchange_delete(
     State(s): St,
     Path((vhost, name)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
+    Extension(AuthUser(user)): Extension<AuthUser>,
 ) -> Result<StatusCode, ApiError> {
     let v = vhost_or_404(&s, &vhost)?;
     let name = exchange_name(&name);
     v.exchange(name).map_err(|_| not_found_err())?;
+    if !name.is_empty() {
+        permitted(caller_in(&s, &user, &vhost)?.check_delete(Kind::Exchange, name))?;
+    }
     // `?if-unused=true` refuses while the exchange is the source of a
     // binding, as exchange.delete's if-unused does (400 with its text).
     let if_unused = query.get("if-unused").is_some_and(|v| v == "true");

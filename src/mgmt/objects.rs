@@ -14,10 +14,10 @@
 use super::json::{self, table_to_json};
 use super::paging;
 use super::process;
-use super::{body_object, exchange_name, AuthUser, MgmtState, St};
+use super::{body_object, caller_in, exchange_name, permitted, AuthUser, MgmtState, St};
 use crate::broker::base64::{base64_decode, base64_encode};
 use crate::broker::properties::BasicProperties;
-use crate::broker::{BrokerError, Dest, ErrorKind, QueueOptions, RouteScratch, Vhost};
+use crate::broker::{BrokerError, Dest, ErrorKind, Kind, Perm, QueueOptions, RouteScratch, Vhost};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode, Uri};
@@ -343,6 +343,7 @@ fn routing_key(m: &Map<String, J>) -> Result<String, Fail> {
 async fn create_binding(
     State(s): St,
     Path((vhost, source, dtype, dest)): Path<(String, String, String, String)>,
+    Extension(AuthUser(user)): Extension<AuthUser>,
     uri: Uri,
     body: Bytes,
 ) -> Res {
@@ -360,6 +361,14 @@ async fn create_binding(
     if src.is_empty() || (dtype_name == "exchange" && dst.is_empty()) {
         return Err(binding_error(BrokerError::default_exchange()));
     }
+    let dkind = if dtype_name == "queue" {
+        Kind::Queue
+    } else {
+        Kind::Exchange
+    };
+    let caller = caller_in(&s, &user, &vhost)?;
+    permitted(caller.check_bind(dkind, &dst, src))?;
+    permitted(caller.check_bind_topic(&v, src, &key))?;
     let props = json::properties_key(&key, &args);
     let res = if dtype_name == "queue" {
         v.bind_queue(&dst, src, &key, args, 0)
@@ -432,11 +441,23 @@ async fn get_binding(State(s): St, path: BindingPath) -> Res {
     Ok(Json(binding_json(&v.name, &b)).into_response())
 }
 
-async fn delete_binding(State(s): St, path: BindingPath) -> Res {
+async fn delete_binding(
+    State(s): St,
+    Extension(AuthUser(user)): Extension<AuthUser>,
+    path: BindingPath,
+) -> Res {
     let (v, dtype, b) = binding_at(&s, path)?;
     if b.source.is_empty() {
         return Err(binding_error(BrokerError::default_exchange()));
     }
+    let dkind = if dtype == "queue" {
+        Kind::Queue
+    } else {
+        Kind::Exchange
+    };
+    let caller = caller_in(&s, &user, &v.name)?;
+    permitted(caller.check_bind(dkind, &b.destination, &b.source))?;
+    permitted(caller.check_bind_topic(&v, &b.source, &b.key))?;
     let res = if dtype == "queue" {
         v.unbind_queue(&b.destination, &b.source, &b.key, &b.args, 0)
     } else {
@@ -811,13 +832,19 @@ async fn publish(
         other => return Err(bad(json!(["unsupported_encoding", other]))),
     };
     let props = properties_from_json(vals[1])?;
+    let caller = caller_in(&s, &user, &vhost)?;
+    caller
+        .check_publish(exchange_name(&name))
+        .map_err(|e| amqp_refusal(&e))?;
+    if let Ok(x) = v.exchange(exchange_name(&name)) {
+        caller
+            .check_topic(Perm::Write, &x.name, x.kind.as_str() == "topic", &key)
+            .map_err(|e| amqp_refusal(&e))?;
+    }
     if let Some(uid) = &props.user_id {
-        if *uid != user {
-            return Err(amqp_refusal(&BrokerError::new(
-                ErrorKind::PreconditionFailed,
-                format!("user_id property set to '{uid}' but authenticated user was '{user}'"),
-            )));
-        }
+        caller
+            .check_user_id(uid.as_bytes())
+            .map_err(|e| amqp_refusal(&e))?;
     }
     let routed = publish_message(&s, &v, exchange_name(&name), key, props, body).await?;
     Ok(Json(json!({ "routed": routed })).into_response())
@@ -880,9 +907,20 @@ const MAX_GET_BYTES: usize = 64 << 20;
 async fn get_messages(
     State(s): St,
     Path((vhost, name)): Path<(String, String)>,
+    Extension(AuthUser(user)): Extension<AuthUser>,
     body: Bytes,
 ) -> Res {
     let v = vhost_or_404(&s, &vhost)?;
+    // RabbitMQ answers this refusal with 401 and the AMQP text.
+    caller_in(&s, &user, &vhost)?
+        .check_read_queue(&name)
+        .map_err(|e| {
+            fail(
+                StatusCode::UNAUTHORIZED,
+                "not_authorised",
+                format!("ACCESS_REFUSED - {}", e.text),
+            )
+        })?;
     let m = decode_body(&body)?;
     let vals = required(&m, &["ackmode", "count", "encoding"])?;
     let count = parse_int(vals[1])?;

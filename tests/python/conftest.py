@@ -99,7 +99,7 @@ def _log_tail(path, limit=4000):
 
 class _BrokerInfo:
     def __init__(self, host, port, vhost, username, password, process=None,
-                 log_path=None):
+                 log_path=None, http_port=15672):
         self.host = host
         self.port = port
         self.vhost = vhost
@@ -107,6 +107,8 @@ class _BrokerInfo:
         self.password = password
         self.process = process
         self.log_path = log_path
+        # The management API (users and permissions for permission tests).
+        self.http_port = http_port
 
     def check_alive(self):
         if self.process is not None and self.process.poll() is not None:
@@ -123,7 +125,9 @@ def broker_info(request):
         vhost = unquote(u.path[1:]) if len(u.path) > 1 else "/"
         yield _BrokerInfo(u.hostname or "127.0.0.1", u.port or 5672, vhost,
                           unquote(u.username or "guest"),
-                          unquote(u.password or "guest"))
+                          unquote(u.password or "guest"),
+                          http_port=int(os.environ.get(
+                              "WARREN_TEST_HTTP_PORT", "15672")))
         return
 
     binary = os.environ.get("WARREN_BIN", DEFAULT_WARREN_BIN)
@@ -148,7 +152,7 @@ def broker_info(request):
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL)
     info = _BrokerInfo("127.0.0.1", amqp_port, "/", "guest", "guest",
-                       process=proc, log_path=log_path)
+                       process=proc, log_path=log_path, http_port=http_port)
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while True:
