@@ -441,6 +441,13 @@ fn durable() -> QueueDeclareOptions {
     }
 }
 
+fn durable_x() -> ExchangeDeclareOptions {
+    ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
 fn passive() -> QueueDeclareOptions {
     QueueDeclareOptions {
         passive: true,
@@ -640,15 +647,7 @@ async fn confirmed_persistent_messages_survive_sigkill() {
         if r == 0 {
             within(
                 "exchange.declare",
-                ch.exchange_declare(
-                    EXCHANGE.into(),
-                    ExchangeKind::Direct,
-                    ExchangeDeclareOptions {
-                        durable: true,
-                        ..Default::default()
-                    },
-                    t(),
-                ),
+                ch.exchange_declare(EXCHANGE.into(), ExchangeKind::Direct, durable_x(), t()),
             )
             .await
             .expect("exchange.declare");
@@ -812,17 +811,9 @@ async fn answered_definitions_survive_sigkill() {
         .await
         .expect("connect");
         let ch = conn.create_channel().await.expect("channel");
-        ch.exchange_declare(
-            "defs-x".into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            t(),
-        )
-        .await
-        .expect("exchange.declare");
+        ch.exchange_declare("defs-x".into(), ExchangeKind::Topic, durable_x(), t())
+            .await
+            .expect("exchange.declare");
         for i in 0..N {
             ch.queue_declare(name(i).as_str().into(), durable(), t())
                 .await
