@@ -353,6 +353,13 @@ pub fn durable_q() -> QueueDeclareOptions {
     }
 }
 
+pub fn exclusive_q() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        exclusive: true,
+        ..Default::default()
+    }
+}
+
 pub fn persistent() -> BasicProperties {
     BasicProperties::default().with_delivery_mode(2)
 }
@@ -489,14 +496,7 @@ where
     F: std::future::Future<Output = lapin::Result<T>>,
 {
     let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            t(),
-        )
+        .queue_declare("".into(), exclusive_q(), t())
         .await
         .unwrap();
     let mut watcher = consume(ch, q.name().as_str(), true).await;
