@@ -574,15 +574,7 @@ async fn paged_out_bodies_are_read_ahead_for_consumers_and_gets() {
         assert_eq!(m.delivery.data, want.to_be_bytes());
     }
     ch.basic_qos(100, BasicQosOptions::default()).await.unwrap();
-    let mut cons = ch
-        .basic_consume(
-            q.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            t(),
-        )
-        .await
-        .unwrap();
+    let mut cons = consume(&ch, &q, false).await;
     for want in 2..total {
         let d = within(cons.next()).await.unwrap().unwrap();
         assert_eq!(
@@ -609,15 +601,7 @@ async fn unacked_messages_past_the_budget_are_held_on_disk_and_requeued_in_order
         publish_confirmed(&ch, "", &q, &i.to_be_bytes(), persistent()).await;
     }
     let cch = conn.create_channel().await.unwrap();
-    let mut cons = cch
-        .basic_consume(
-            q.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            t(),
-        )
-        .await
-        .unwrap();
+    let mut cons = consume(&cch, &q, false).await;
     for want in 0..total {
         let d = within(cons.next()).await.unwrap().unwrap();
         assert_eq!(u32::from_be_bytes(d.data[..4].try_into().unwrap()), want);
