@@ -95,6 +95,15 @@ impl Raw {
         ));
         r
     }
+
+    /// The client's connection.close, which the broker answers with close-ok.
+    async fn client_close(&mut self) {
+        self.send(&connection_close()).await;
+        assert!(matches!(
+            self.method().await,
+            AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))
+        ));
+    }
 }
 
 // --- 1. Unbinding what is gone ------------------------------------------
@@ -229,11 +238,7 @@ async fn after_close_ok_frames_are_read_and_dropped_until_the_client_closes() {
 async fn a_closed_connection_that_the_api_closes_goes_at_once() {
     let s = start().await;
     let mut r = Raw::open(&s, 2047, 0).await;
-    r.send(&connection_close()).await;
-    assert!(matches!(
-        r.method().await,
-        AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))
-    ));
+    r.client_close().await;
     // Still listed while the broker waits for the client's EOF.
     let conns = api(&s).list_connections().await.unwrap();
     assert_eq!(conns.len(), 1);
@@ -274,11 +279,7 @@ async fn a_client_that_never_closes_its_socket_is_dropped_after_the_heartbeat_in
     // RabbitMQ waits for the client's EOF for the heartbeat interval when
     // it is under 30 s.
     let mut r = Raw::open(&s, 2047, 1).await;
-    r.send(&connection_close()).await;
-    assert!(matches!(
-        r.method().await,
-        AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))
-    ));
+    r.client_close().await;
     let started = Instant::now();
     while let Some(f) = r.frame().await {
         assert_eq!(f.kind, codec::FRAME_HEARTBEAT, "{f:?}");
