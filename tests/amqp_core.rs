@@ -35,17 +35,7 @@ async fn declare_ok_counts_and_server_named_queues() {
     assert_eq!(q.name().as_str().len(), "amq.gen-".len() + 22);
     publish(&ch, "", q.name().as_str(), b"a").await;
     publish(&ch, "", q.name().as_str(), b"b").await;
-    let again = ch
-        .queue_declare(
-            q.name().clone(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            t(),
-        )
-        .await
-        .unwrap();
+    let again = passive(&ch, q.name().as_str()).await.unwrap();
     assert_eq!(again.message_count(), 2);
     assert_eq!(again.consumer_count(), 0);
 }
@@ -68,14 +58,7 @@ async fn redeclare_with_other_flags_is_406() {
     let (_s, c, ch) = start_channel().await;
     queue(&ch, "flags", false).await;
     let e = ch
-        .queue_declare(
-            "flags".into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            t(),
-        )
+        .queue_declare("flags".into(), durable_q(), t())
         .await
         .unwrap_err();
     assert_eq!(
@@ -555,16 +538,9 @@ async fn exclusive_queue_is_locked_for_others_and_deleted_with_owner() {
     let s = start().await;
     let owner = connect(&s).await;
     let ch = owner.create_channel().await.unwrap();
-    ch.queue_declare(
-        "excl".into(),
-        QueueDeclareOptions {
-            exclusive: true,
-            ..Default::default()
-        },
-        t(),
-    )
-    .await
-    .unwrap();
+    ch.queue_declare("excl".into(), exclusive_q(), t())
+        .await
+        .unwrap();
     let other = connect(&s).await;
     let och = other.create_channel().await.unwrap();
     let e = och
@@ -1118,16 +1094,7 @@ async fn an_unconsumed_queue_past_its_memory_budget_holds_publishers_back() {
     let s = start_with(|c| c.storage.queue_memory_mb = 1).await;
     let c = connect(&s).await;
     let ch = c.create_channel().await.unwrap();
-    ch.queue_declare(
-        "mem-flow".into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        t(),
-    )
-    .await
-    .unwrap();
+    queue(&ch, "mem-flow", true).await;
     let publisher = connect(&s).await;
     let pch = publisher.create_channel().await.unwrap();
     // 2,000 bodies of 10 KiB: 20 MiB against a 1 MiB budget.

@@ -7,7 +7,7 @@ use futures_lite::stream::StreamExt;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::Confirmation;
-use lapin::{BasicProperties, Channel, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 
 async fn get_all(ch: &Channel, q: &str) -> Vec<(Vec<u8>, bool, BasicProperties)> {
     let mut out = Vec::new();
@@ -525,21 +525,28 @@ async fn an_idle_broker_does_not_flush_and_unwaited_writes_still_do() {
     s.shutdown().await;
 }
 
-/// Bodies beyond the memory budget are on disk only; delivery reads them
-/// ahead on the store's loader thread (never under the queue's lock), and
-/// basic.get reads the head it needs: every message arrives, in order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn paged_out_bodies_are_read_ahead_for_consumers_and_gets() {
+/// A broker with a zero memory budget for bodies (every persistent body is
+/// paged out), a confirm-mode channel, and a new durable queue.
+async fn zero_budget_queue(prefix: &str) -> (TestBroker, Connection, Channel, String) {
     let s = start_with(|c| c.storage.queue_memory_mb = 0).await;
     let conn = connect(&s).await;
     let ch = conn.create_channel().await.unwrap();
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    let q = uniq("paged");
+    let q = uniq(prefix);
     ch.queue_declare(q.as_str().into(), durable_q(), t())
         .await
         .unwrap();
+    (s, conn, ch, q)
+}
+
+/// Bodies beyond the memory budget are on disk only; delivery reads them
+/// ahead on the store's loader thread (never under the queue's lock), and
+/// basic.get reads the head it needs: every message arrives, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paged_out_bodies_are_read_ahead_for_consumers_and_gets() {
+    let (s, conn, ch, q) = zero_budget_queue("paged").await;
     let total = 3_000u32;
     let mut confirms = Vec::new();
     for i in 0..total {
@@ -567,15 +574,7 @@ async fn paged_out_bodies_are_read_ahead_for_consumers_and_gets() {
         assert_eq!(m.delivery.data, want.to_be_bytes());
     }
     ch.basic_qos(100, BasicQosOptions::default()).await.unwrap();
-    let mut cons = ch
-        .basic_consume(
-            q.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            t(),
-        )
-        .await
-        .unwrap();
+    let mut cons = consume(&ch, &q, false).await;
     for want in 2..total {
         let d = within(cons.next()).await.unwrap().unwrap();
         assert_eq!(
@@ -596,30 +595,13 @@ async fn paged_out_bodies_are_read_ahead_for_consumers_and_gets() {
 /// all come back, in order, redelivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacked_messages_past_the_budget_are_held_on_disk_and_requeued_in_order() {
-    let s = start_with(|c| c.storage.queue_memory_mb = 0).await;
-    let conn = connect(&s).await;
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let q = uniq("unacked-disk");
-    ch.queue_declare(q.as_str().into(), durable_q(), t())
-        .await
-        .unwrap();
+    let (s, conn, ch, q) = zero_budget_queue("unacked-disk").await;
     let total = 500u32;
     for i in 0..total {
         publish_confirmed(&ch, "", &q, &i.to_be_bytes(), persistent()).await;
     }
     let cch = conn.create_channel().await.unwrap();
-    let mut cons = cch
-        .basic_consume(
-            q.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            t(),
-        )
-        .await
-        .unwrap();
+    let mut cons = consume(&cch, &q, false).await;
     for want in 0..total {
         let d = within(cons.next()).await.unwrap().unwrap();
         assert_eq!(u32::from_be_bytes(d.data[..4].try_into().unwrap()), want);
@@ -647,18 +629,7 @@ async fn unacked_messages_past_the_budget_are_held_on_disk_and_requeued_in_order
     assert_eq!(v["items"][0]["routing_key"], q.as_str(), "{body}");
     assert_eq!(v["items"][0]["payload_bytes"], 4);
     cch.close(200, "requeue".into()).await.unwrap();
-    let mut again = ch
-        .basic_consume(
-            q.as_str().into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            t(),
-        )
-        .await
-        .unwrap();
+    let mut again = consume(&ch, &q, true).await;
     for want in 0..total {
         let d = within(again.next()).await.unwrap().unwrap();
         assert_eq!(u32::from_be_bytes(d.data[..4].try_into().unwrap()), want);

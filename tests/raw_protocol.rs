@@ -5,127 +5,17 @@
 
 mod common;
 use amq_protocol::protocol::{basic, channel, connection, queue, AMQPClass};
-use amq_protocol::types::{AMQPValue, FieldTable, LongString};
-use bytes::BytesMut;
+use amq_protocol::types::{AMQPValue, FieldTable};
+use common::raw_amqp::*;
 use common::*;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use warren::amqp::codec::{self, Frame};
-
-struct Raw {
-    s: TcpStream,
-    buf: BytesMut,
-}
+use warren::amqp::codec;
 
 impl Raw {
-    async fn connect(s: &warren::server::Server) -> Raw {
-        Raw {
-            s: TcpStream::connect(s.amqp_addr()).await.unwrap(),
-            buf: BytesMut::new(),
-        }
-    }
-
-    async fn send(&mut self, b: &[u8]) {
-        self.s.write_all(b).await.unwrap();
-    }
-
-    async fn method_out(&mut self, ch: u16, m: AMQPClass) {
-        let mut b = BytesMut::new();
-        codec::write_method(&mut b, ch, m);
-        self.send(&b).await;
-    }
-
-    /// The next frame; `None` when the server closed the socket.
-    async fn frame(&mut self) -> Option<Frame> {
-        within(async {
-            loop {
-                if let Some(f) = codec::read_frame(&mut self.buf, 0).unwrap() {
-                    return Some(f);
-                }
-                let n = self.s.read_buf(&mut self.buf).await.unwrap_or(0);
-                if n == 0 {
-                    return None;
-                }
-            }
-        })
-        .await
-    }
-
-    /// The next method, skipping heartbeats.
-    async fn method(&mut self) -> AMQPClass {
-        loop {
-            let f = self.frame().await.expect("a frame, not EOF");
-            if f.kind == codec::FRAME_HEARTBEAT {
-                continue;
-            }
-            assert_eq!(f.kind, codec::FRAME_METHOD, "{f:?}");
-            return amq_protocol::protocol::parse_class(&f.payload[..])
-                .unwrap()
-                .1;
-        }
-    }
-
-    /// The server closed the connection with `code`; returns the text.
-    async fn expect_close(&mut self, code: u16) -> String {
-        loop {
-            match self.method().await {
-                AMQPClass::Connection(connection::AMQPMethod::Close(c)) => {
-                    assert_eq!(c.reply_code, code, "{}", c.reply_text.as_str());
-                    self.method_out(
-                        0,
-                        AMQPClass::Connection(connection::AMQPMethod::CloseOk(
-                            connection::CloseOk {},
-                        )),
-                    )
-                    .await;
-                    return c.reply_text.as_str().to_owned();
-                }
-                _ => continue,
-            }
-        }
-    }
-
-    async fn expect_eof(&mut self) {
-        while let Some(f) = self.frame().await {
-            assert_ne!(f.kind, codec::FRAME_BODY, "unexpected data before EOF");
-        }
-    }
-
-    async fn start(&mut self) -> connection::Start {
-        self.send(codec::PROTOCOL_HEADER).await;
-        match self.method().await {
-            AMQPClass::Connection(connection::AMQPMethod::Start(s)) => s,
-            other => panic!("{other:?}"),
-        }
-    }
-
-    async fn start_ok(&mut self, user: &str, pass: &str, auth_close: bool) {
-        let mut caps = FieldTable::default();
-        caps.insert(
-            "authentication_failure_close".into(),
-            AMQPValue::Boolean(auth_close),
-        );
-        caps.insert("consumer_cancel_notify".into(), AMQPValue::Boolean(true));
-        let mut props = FieldTable::default();
-        props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
-        self.method_out(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
-                client_properties: props,
-                mechanism: "PLAIN".into(),
-                response: LongString::from(format!("\0{user}\0{pass}").into_bytes()),
-                locale: "en_US".into(),
-            })),
-        )
-        .await;
-    }
-
     /// A full handshake with the given tune-ok values; opens channel 1.
     async fn open(s: &warren::server::Server, frame_max: u32, heartbeat: u16) -> Raw {
-        let mut r = Raw::connect(s).await;
-        r.start().await;
-        r.start_ok("guest", "guest", true).await;
+        let mut r = Raw::login(s).await;
         let tune = match r.method().await {
             AMQPClass::Connection(connection::AMQPMethod::Tune(t)) => t,
             other => panic!("{other:?}"),
@@ -154,15 +44,7 @@ impl Raw {
             r.method().await,
             AMQPClass::Connection(connection::AMQPMethod::OpenOk(_))
         ));
-        r.method_out(
-            1,
-            AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
-        )
-        .await;
-        assert!(matches!(
-            r.method().await,
-            AMQPClass::Channel(channel::AMQPMethod::OpenOk(_))
-        ));
+        r.open_channel(1).await;
         r
     }
 }
@@ -174,15 +56,6 @@ async fn still_serving(s: &warren::server::Server) {
     ch.queue_declare("".into(), Default::default(), Default::default())
         .await
         .unwrap();
-}
-
-fn frame_bytes(kind: u8, ch: u16, payload: &[u8]) -> Vec<u8> {
-    let mut v = vec![kind];
-    v.extend_from_slice(&ch.to_be_bytes());
-    v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    v.extend_from_slice(payload);
-    v.push(codec::FRAME_END);
-    v
 }
 
 #[tokio::test]
@@ -253,7 +126,7 @@ async fn failed_login_closes_with_403_or_drops_the_socket() {
     let mut r = Raw::connect(&s).await;
     r.start().await;
     r.start_ok("guest", "nope", true).await;
-    let text = r.expect_close(403).await;
+    let text = r.expect_close_code(403).await;
     assert_eq!(
         text,
         "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For details see the broker logfile."
@@ -290,7 +163,7 @@ async fn unknown_vhost_is_530() {
     )
     .await;
     assert_eq!(
-        r.expect_close(530).await,
+        r.expect_close_code(530).await,
         "NOT_ALLOWED - vhost nowhere not found"
     );
 }
@@ -304,7 +177,7 @@ async fn oversized_frame_is_501_before_its_payload_arrives() {
     let mut h = vec![codec::FRAME_METHOD, 0, 1];
     h.extend_from_slice(&(1_000_000u32).to_be_bytes());
     r.send(&h).await;
-    let text = r.expect_close(501).await;
+    let text = r.expect_close_code(501).await;
     assert!(text.starts_with("FRAME_ERROR"), "{text}");
     still_serving(&s).await;
 }
@@ -316,7 +189,7 @@ async fn bad_frame_end_is_501() {
     let mut f = frame_bytes(codec::FRAME_HEARTBEAT, 0, &[]);
     *f.last_mut().unwrap() = 0x00;
     r.send(&f).await;
-    r.expect_close(501).await;
+    r.expect_close_code(501).await;
 }
 
 #[tokio::test]
@@ -337,7 +210,7 @@ async fn method_on_a_closed_channel_is_504() {
     )
     .await;
     assert_eq!(
-        r.expect_close(504).await,
+        r.expect_close_code(504).await,
         "CHANNEL_ERROR - expected 'channel.open'"
     );
 }
@@ -352,7 +225,7 @@ async fn content_frames_out_of_order_are_505() {
     hdr.extend_from_slice(&[0, 0]);
     r.send(&frame_bytes(codec::FRAME_HEADER, 1, &hdr)).await;
     assert_eq!(
-        r.expect_close(505).await,
+        r.expect_close_code(505).await,
         "UNEXPECTED_FRAME - expected method frame, got non method frame instead"
     );
     // A body where the content header belongs.
@@ -365,7 +238,7 @@ async fn content_frames_out_of_order_are_505() {
     .await;
     r.send(&frame_bytes(codec::FRAME_BODY, 1, b"hello")).await;
     assert_eq!(
-        r.expect_close(505).await,
+        r.expect_close_code(505).await,
         "UNEXPECTED_FRAME - expected content header for class 60, got non content header frame instead"
     );
     still_serving(&s).await;
@@ -383,7 +256,7 @@ async fn prefetch_size_is_540_like_rabbitmq() {
     ))
     .await;
     assert_eq!(
-        r.expect_close(540).await,
+        r.expect_close_code(540).await,
         "NOT_IMPLEMENTED - prefetch_size!=0 (10)"
     );
 }
@@ -399,16 +272,16 @@ async fn malformed_method_arguments_do_not_hurt_anyone_else() {
         &[0, 50, 0, 10, 0, 0, 200, b'a', b'b', b'c'],
     ))
     .await;
-    let text = r.expect_close(502).await;
+    let text = r.expect_close_code(502).await;
     assert!(text.starts_with("SYNTAX_ERROR"), "{text}");
     // Random garbage after a good handshake.
     let mut r = Raw::open(&s, 131072, 0).await;
     r.send(&[1, 0, 1, 0, 0, 0, 2, 0xff, 0xff, codec::FRAME_END])
         .await;
-    r.expect_close(502).await;
+    r.expect_close_code(502).await;
     let mut r = Raw::open(&s, 131072, 0).await;
     r.send(&[9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9]).await;
-    r.expect_close(501).await;
+    r.expect_close_code(501).await;
     still_serving(&s).await;
 }
 
@@ -565,13 +438,13 @@ async fn deeply_nested_tables_are_refused_not_a_crash() {
     p.extend_from_slice(&nested_table(15_000));
     r.send(&raw_frame(1, 1, &p)).await;
     // A syntax error, as for any frame the broker cannot decode.
-    r.expect_close(502).await;
+    r.expect_close_code(502).await;
 
     // The same depth in a message's headers: refused like malformed
     // properties (541, as RabbitMQ), before anything decodes them.
     let mut r = Raw::open(&s, 131072, 0).await;
     publish_with_headers(&mut r, &nested_table(15_000)).await;
-    r.expect_close(541).await;
+    r.expect_close_code(541).await;
 
     // 60 levels (within the limit) are delivered and rendered by the API.
     let mut r = Raw::open(&s, 131072, 0).await;

@@ -7,35 +7,13 @@
 
 mod common;
 use amq_protocol::protocol::{basic, channel, confirm, connection, queue, AMQPClass};
-use amq_protocol::types::{AMQPValue, FieldTable, LongString};
-use bytes::BytesMut;
+use amq_protocol::types::{AMQPValue, FieldTable};
+use common::child::start_broker;
+use common::raw_amqp::*;
 use common::*;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use warren::amqp::codec::{self, Frame};
-
-/// A client speaking raw AMQP frames.
-struct Raw {
-    s: TcpStream,
-    buf: BytesMut,
-}
-
-fn method_bytes(ch: u16, m: AMQPClass) -> Vec<u8> {
-    let mut b = BytesMut::new();
-    codec::write_method(&mut b, ch, m);
-    b.to_vec()
-}
-
-/// One frame of `kind` on `channel` around `payload`.
-fn frame_bytes(kind: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![kind];
-    f.extend_from_slice(&channel.to_be_bytes());
-    f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    f.extend_from_slice(payload);
-    f.push(codec::FRAME_END);
-    f
-}
+use warren::amqp::codec;
 
 fn tune_ok(channel_max: u16, frame_max: u32, heartbeat: u16) -> Vec<u8> {
     method_bytes(
@@ -54,13 +32,6 @@ fn open_vhost() -> Vec<u8> {
         AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
             virtual_host: "/".into(),
         })),
-    )
-}
-
-fn channel_open(ch: u16) -> Vec<u8> {
-    method_bytes(
-        ch,
-        AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
     )
 }
 
@@ -108,98 +79,7 @@ fn connection_close() -> Vec<u8> {
     )
 }
 
-fn close_ok() -> Vec<u8> {
-    method_bytes(
-        0,
-        AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
-    )
-}
-
 impl Raw {
-    async fn connect(s: &warren::server::Server) -> Raw {
-        Raw {
-            s: TcpStream::connect(s.amqp_addr()).await.unwrap(),
-            buf: BytesMut::new(),
-        }
-    }
-
-    async fn send(&mut self, b: &[u8]) {
-        self.s.write_all(b).await.unwrap();
-    }
-
-    /// The next frame; `None` when the server closed the socket.
-    async fn frame(&mut self) -> Option<Frame> {
-        within(async {
-            loop {
-                if let Some(f) = codec::read_frame(&mut self.buf, 0).unwrap() {
-                    return Some(f);
-                }
-                let n = self.s.read_buf(&mut self.buf).await.unwrap_or(0);
-                if n == 0 {
-                    return None;
-                }
-            }
-        })
-        .await
-    }
-
-    /// The next method, skipping heartbeats.
-    async fn method(&mut self) -> AMQPClass {
-        loop {
-            let f = self.frame().await.expect("a frame, not EOF");
-            if f.kind == codec::FRAME_HEARTBEAT {
-                continue;
-            }
-            assert_eq!(f.kind, codec::FRAME_METHOD, "{f:?}");
-            return amq_protocol::protocol::parse_class(&f.payload[..])
-                .unwrap()
-                .1;
-        }
-    }
-
-    /// The server closed the connection: (code, text, class, method).
-    async fn expect_close(&mut self) -> (u16, String, u16, u16) {
-        loop {
-            if let AMQPClass::Connection(connection::AMQPMethod::Close(c)) = self.method().await {
-                self.send(&close_ok()).await;
-                return (
-                    c.reply_code,
-                    c.reply_text.as_str().to_owned(),
-                    c.class_id,
-                    c.method_id,
-                );
-            }
-        }
-    }
-
-    /// Protocol header through start-ok: the next frame is tune.
-    async fn login(s: &warren::server::Server) -> Raw {
-        let mut r = Raw::connect(s).await;
-        r.send(codec::PROTOCOL_HEADER).await;
-        assert!(matches!(
-            r.method().await,
-            AMQPClass::Connection(connection::AMQPMethod::Start(_))
-        ));
-        let mut caps = FieldTable::default();
-        caps.insert(
-            "authentication_failure_close".into(),
-            AMQPValue::Boolean(true),
-        );
-        let mut props = FieldTable::default();
-        props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
-        r.send(&method_bytes(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
-                client_properties: props,
-                mechanism: "PLAIN".into(),
-                response: LongString::from(b"\0guest\0guest".to_vec()),
-                locale: "en_US".into(),
-            })),
-        ))
-        .await;
-        r
-    }
-
     /// A whole handshake with the given tune-ok values; no channel open.
     async fn open(s: &warren::server::Server, channel_max: u16, heartbeat: u16) -> Raw {
         let mut r = Raw::login(s).await;
@@ -216,12 +96,13 @@ impl Raw {
         r
     }
 
-    async fn open_channel(&mut self, ch: u16) {
-        self.send(&channel_open(ch)).await;
-        match self.method().await {
-            AMQPClass::Channel(channel::AMQPMethod::OpenOk(_)) => {}
-            other => panic!("channel {ch}: {other:?}"),
-        }
+    /// The client's connection.close, which the broker answers with close-ok.
+    async fn client_close(&mut self) {
+        self.send(&connection_close()).await;
+        assert!(matches!(
+            self.method().await,
+            AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))
+        ));
     }
 }
 
@@ -357,11 +238,7 @@ async fn after_close_ok_frames_are_read_and_dropped_until_the_client_closes() {
 async fn a_closed_connection_that_the_api_closes_goes_at_once() {
     let s = start().await;
     let mut r = Raw::open(&s, 2047, 0).await;
-    r.send(&connection_close()).await;
-    assert!(matches!(
-        r.method().await,
-        AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))
-    ));
+    r.client_close().await;
     // Still listed while the broker waits for the client's EOF.
     let conns = api(&s).list_connections().await.unwrap();
     assert_eq!(conns.len(), 1);
@@ -402,11 +279,7 @@ async fn a_client_that_never_closes_its_socket_is_dropped_after_the_heartbeat_in
     // RabbitMQ waits for the client's EOF for the heartbeat interval when
     // it is under 30 s.
     let mut r = Raw::open(&s, 2047, 1).await;
-    r.send(&connection_close()).await;
-    assert!(matches!(
-        r.method().await,
-        AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))
-    ));
+    r.client_close().await;
     let started = Instant::now();
     while let Some(f) = r.frame().await {
         assert_eq!(f.kind, codec::FRAME_HEARTBEAT, "{f:?}");
@@ -704,79 +577,6 @@ async fn malformed_properties_are_refused_not_forwarded() {
 
 // --- 10. tx.commit-ok after the acks are durable -------------------------
 
-/// The `warren` binary as a child process, killed (SIGKILL) when dropped.
-struct Child {
-    proc: Option<std::process::Child>,
-    port: u16,
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.proc.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Child {
-    /// Starts the binary on `data` (cwd `work`, so no ./rabbit.toml is
-    /// read) and waits until its AMQP port accepts connections.
-    async fn start(work: &std::path::Path, data: &std::path::Path) -> Child {
-        std::fs::create_dir_all(work).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let log = std::fs::File::create(work.join(format!("broker-{port}.log"))).unwrap();
-        let proc = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
-            .args([
-                "--amqp-listen",
-                &format!("127.0.0.1:{port}"),
-                "--http-listen",
-                "127.0.0.1:0",
-                "--prometheus-listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(data)
-            .current_dir(work)
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn the warren binary");
-        let mut c = Child {
-            proc: Some(proc),
-            port,
-        };
-        within(async {
-            loop {
-                if let Some(status) = c.proc.as_mut().and_then(|p| p.try_wait().ok().flatten()) {
-                    panic!("the broker exited with {status}; see {}", work.display());
-                }
-                if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-        })
-        .await;
-        c
-    }
-
-    fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
-    }
-
-    fn kill9(&mut self) {
-        let mut p = self.proc.take().expect("running");
-        p.kill().expect("SIGKILL");
-        p.wait().expect("reap");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tx_commit_ok_comes_after_the_settled_acks_are_on_disk() {
     use futures_lite::stream::StreamExt;
@@ -786,7 +586,7 @@ async fn tx_commit_ok_comes_after_the_settled_acks_are_on_disk() {
     let work = temp_dir("wire-tx");
     let data = work.join("data");
     let q = "wire-tx-acks";
-    let mut b = Child::start(&work, &data).await;
+    let mut b = start_broker(&work, &data, 0).await;
     let conn = lapin::Connection::connect(&b.url(), Default::default())
         .await
         .unwrap();
@@ -830,7 +630,7 @@ async fn tx_commit_ok_comes_after_the_settled_acks_are_on_disk() {
     b.kill9();
     drop(consumer);
     drop(conn);
-    let b = Child::start(&work, &data).await;
+    let b = start_broker(&work, &data, 1).await;
     let conn = lapin::Connection::connect(&b.url(), Default::default())
         .await
         .unwrap();

@@ -1163,6 +1163,17 @@ mod tests {
         )
     }
 
+    fn body_text(m: &QueuedMessage) -> String {
+        String::from_utf8(m.message.body().to_vec()).unwrap()
+    }
+
+    /// Pops every message, loading paged-out bodies: (body, redelivered).
+    fn pop_all(s: &mut DiskStore) -> Vec<(String, bool)> {
+        std::iter::from_fn(|| pop_loading(s))
+            .map(|m| (body_text(&m), m.redelivered))
+            .collect()
+    }
+
     #[test]
     fn disk_store_meets_the_shared_contract() {
         for (name, mem_limit) in [("in-memory-bodies", 1 << 20), ("paged-out", 0)] {
@@ -1201,20 +1212,10 @@ mod tests {
                                   // first stays unacked across the "crash".
             disk.flush().unwrap();
         }
-        let disk = Disk::open(&dir, 1 << 20).unwrap();
-        let live: HashSet<u64> = [7].into();
-        let mut rec = disk.recover(&live).unwrap();
-        let mut s = DiskStore::new(disk.clone(), 7, rec.remove(&7).unwrap(), 0);
+        let (_disk, mut s) = reopen(&dir, 7, 0);
         assert_eq!(s.len(), 4);
         assert_eq!(s.next_seq(), 6);
-        let got: Vec<(String, bool)> = std::iter::from_fn(|| pop_loading(&mut s))
-            .map(|m| {
-                (
-                    String::from_utf8(m.message.body().to_vec()).unwrap(),
-                    m.redelivered,
-                )
-            })
-            .collect();
+        let got = pop_all(&mut s);
         assert_eq!(
             got,
             vec![
@@ -1237,14 +1238,8 @@ mod tests {
             }
             disk.flush().unwrap();
         }
-        let disk = Disk::open(&dir, 1 << 20).unwrap();
-        let mut rec = disk.recover(&[5].into()).unwrap();
-        let mut s = DiskStore::new(disk, 5, rec.remove(&5).unwrap(), 1 << 20);
-        let bodies = |v: Vec<QueuedMessage>| -> Vec<String> {
-            v.iter()
-                .map(|m| String::from_utf8(m.message.body().to_vec()).unwrap())
-                .collect()
-        };
+        let (_disk, mut s) = reopen(&dir, 5, 1 << 20);
+        let bodies = |v: Vec<QueuedMessage>| -> Vec<String> { v.iter().map(body_text).collect() };
         assert_eq!(bodies(s.peek_at(997, 10)), vec!["m998", "m999", "m1000"]);
         assert_eq!(bodies(s.peek_at(0, 2)), vec!["m1", "m2"]);
         assert_eq!(s.mem_bytes, 0, "peeked bodies stay on disk");
@@ -1285,7 +1280,7 @@ mod tests {
         let shown = |v: Vec<(usize, QueuedMessage)>| -> Vec<(usize, String, bool)> {
             v.into_iter()
                 .map(|(i, m)| {
-                    let body = String::from_utf8(m.message.body().to_vec()).unwrap();
+                    let body = body_text(&m);
                     (i, body, m.redelivered)
                 })
                 .collect()
@@ -1540,7 +1535,7 @@ mod tests {
             match core.get(true, 7, 0) {
                 Some((m, _)) => {
                     assert!(m.redelivered);
-                    again.push(String::from_utf8(m.message.body().to_vec()).unwrap());
+                    again.push(body_text(&m));
                 }
                 None => match core.head_load() {
                     Some(l) => core.finish_loads(l.read()),
@@ -1635,14 +1630,7 @@ mod tests {
             disk.flush().unwrap();
         }
         let (_disk, mut s) = reopen(&dir, 3, 0);
-        let got: Vec<(String, bool)> = std::iter::from_fn(|| pop_loading(&mut s))
-            .map(|m| {
-                (
-                    String::from_utf8(m.message.body().to_vec()).unwrap(),
-                    m.redelivered,
-                )
-            })
-            .collect();
+        let got = pop_all(&mut s);
         assert_eq!(
             got,
             vec![

@@ -7,7 +7,7 @@
 //! frames (basic.deliver, basic.get-ok, basic.return, content) are encoded
 //! by hand straight into the output buffer.
 
-use crate::broker::properties::{table_nesting_ok, table_valid, MAX_TABLE_DEPTH};
+use crate::broker::properties::{fixed_field_size, table_nesting_ok, table_valid, MAX_TABLE_DEPTH};
 use amq_protocol::frame::{gen_frame, AMQPFrame, WriteContext};
 use amq_protocol::protocol::AMQPClass;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -396,19 +396,16 @@ pub fn table_may_have_key(mut t: &[u8], keys: &[&str]) -> bool {
         };
         t = &t[2 + n..];
         let fixed = match kind {
-            b't' | b'b' | b'B' => 1,
-            b's' | b'u' => 2,
-            b'I' | b'i' | b'f' => 4,
-            b'l' | b'L' | b'd' | b'T' => 8,
-            b'D' => 5,
-            b'V' => 0,
             b'S' | b'A' | b'F' | b'x' => {
                 if t.len() < 4 {
                     return true;
                 }
                 4 + u32::from_be_bytes([t[0], t[1], t[2], t[3]]) as usize
             }
-            _ => return true,
+            _ => match fixed_field_size(kind) {
+                Some(n) => n,
+                None => return true,
+            },
         };
         if t.len() < fixed {
             return true;

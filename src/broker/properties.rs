@@ -269,12 +269,8 @@ pub fn table_nesting_ok(t: &[u8], max: usize) -> bool {
         let tag = t[pos];
         pos += 1;
         pos += match tag {
-            b't' | b'b' | b'B' => 1,
-            b's' | b'U' | b'u' => 2,
-            b'I' | b'i' | b'f' => 4,
-            b'l' | b'L' | b'd' | b'T' => 8,
-            b'D' => 5,
-            b'V' => 0,
+            // (the 0-9-1 spec's tag for a short-int; RabbitMQ's is 's')
+            b'U' => 2,
             b'S' | b'x' => match u32_at(pos) {
                 Some(n) => 4 + n,
                 None => return true,
@@ -289,10 +285,29 @@ pub fn table_nesting_ok(t: &[u8], max: usize) -> bool {
                 stack.push((pos + 4 + n, tag == b'F'));
                 4
             }
-            _ => return false,
+            _ => match fixed_field_size(tag) {
+                Some(n) => n,
+                None => return false,
+            },
         };
     }
     true
+}
+
+/// The size in bytes of a field value of type `tag` when that size is
+/// fixed by the type (booleans, numbers, decimals, timestamps, void).
+/// `None` for the length-prefixed types (strings, byte arrays, tables,
+/// arrays) and for unknown tags.
+pub fn fixed_field_size(tag: u8) -> Option<usize> {
+    match tag {
+        b't' | b'b' | b'B' => Some(1),
+        b's' | b'u' => Some(2),
+        b'I' | b'i' | b'f' => Some(4),
+        b'l' | b'L' | b'd' | b'T' => Some(8),
+        b'D' => Some(5),
+        b'V' => Some(0),
+        _ => None,
+    }
 }
 
 /// Whether the field table at the start of `t` (with its length prefix)
@@ -325,12 +340,6 @@ pub fn table_valid(t: &[u8], max: usize) -> Option<usize> {
         let tag = t[pos];
         pos += 1;
         let size = match tag {
-            b't' | b'b' | b'B' => 1,
-            b's' | b'u' => 2,
-            b'I' | b'i' | b'f' => 4,
-            b'l' | b'L' | b'd' | b'T' => 8,
-            b'D' => 5,
-            b'V' => 0,
             b'S' | b'x' => 4 + u32_at(pos)?,
             b'F' | b'A' => {
                 let inner_end = pos + 4 + u32_at(pos)?;
@@ -340,7 +349,7 @@ pub fn table_valid(t: &[u8], max: usize) -> Option<usize> {
                 stack.push((inner_end, tag == b'F'));
                 4
             }
-            _ => return None,
+            _ => fixed_field_size(tag)?,
         };
         pos += size;
         if pos > end {

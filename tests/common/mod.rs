@@ -1,10 +1,14 @@
 //! Shared test helpers: a broker started in-process on port 0 (shut down
 //! when dropped, its data directory removed), temp directories that remove
 //! themselves, lapin connections, the declare/bind/publish/consume calls
-//! most tests make, raw HTTP requests, and waits on a condition with a
-//! deadline (instead of fixed sleeps).
+//! most tests make, raw HTTP requests, waits on a condition with a
+//! deadline (instead of fixed sleeps); in submodules, a raw AMQP client
+//! (`raw_amqp`) and the binary as a child process (`child`).
 
 #![allow(dead_code)]
+
+pub mod child;
+pub mod raw_amqp;
 
 use futures_lite::stream::StreamExt;
 use lapin::message::Delivery;
@@ -349,6 +353,13 @@ pub fn durable_q() -> QueueDeclareOptions {
     }
 }
 
+pub fn exclusive_q() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        exclusive: true,
+        ..Default::default()
+    }
+}
+
 pub fn persistent() -> BasicProperties {
     BasicProperties::default().with_delivery_mode(2)
 }
@@ -485,14 +496,7 @@ where
     F: std::future::Future<Output = lapin::Result<T>>,
 {
     let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            t(),
-        )
+        .queue_declare("".into(), exclusive_q(), t())
         .await
         .unwrap();
     let mut watcher = consume(ch, q.name().as_str(), true).await;
