@@ -1143,3 +1143,38 @@ async fn an_unconsumed_queue_past_its_memory_budget_holds_publishers_back() {
     within(task).await.unwrap();
     s.shutdown().await;
 }
+
+/// A connection paused on an unconsumed queue past its budget still reads
+/// now and then, so its own basic.gets behind the publishes arrive and
+/// drain the queue (nobody else will).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_paused_on_an_unconsumed_queue_can_drain_it_itself() {
+    let s = start_with(|c| c.storage.queue_memory_mb = 1).await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    queue(&ch, "mem-self", true).await;
+    // 120 bodies of 10 KiB: past the 1 MiB budget, then gets on the
+    // same connection, queued behind them.
+    let total = 120u32;
+    let body = vec![7u8; 10 * 1024];
+    for _ in 0..total {
+        publish(&ch, "", "mem-self", &body).await;
+    }
+    let mut got = 0;
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while got < total {
+            if ch
+                .basic_get("mem-self".into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+                .is_some()
+            {
+                got += 1;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the paused connection drained only {got} of its queue"));
+    assert_eq!(got, total);
+    s.shutdown().await;
+}

@@ -42,6 +42,9 @@ const CLOSING_TIMEOUT: Duration = Duration::from_secs(30);
 /// cannot make us renegotiate in a tight loop.
 const SILENT_CLOSE_DELAY: Duration = Duration::from_secs(3);
 const READ_CHUNK: usize = 64 * 1024;
+/// The longest a publisher waits, between two reads, on a queue past its
+/// memory budget that nobody consumes (see the flow arm of `run`).
+const UNCONSUMED_FLOW_PAUSE: Duration = Duration::from_secs(1);
 
 /// Why the connection ended (for the log, through `Debug`).
 #[derive(Debug)]
@@ -594,6 +597,7 @@ impl Connection {
         let mut tick = tokio::time::interval(tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_read = Instant::now();
+        let mut paused_since: Option<tokio::time::Instant> = None;
         let outbox = self.outbox.clone();
         let info = self.info.clone();
         // Frames the client pipelined behind connection.open arrived with
@@ -611,6 +615,13 @@ impl Connection {
                 break End::Closed;
             }
             let flow = self.flow_wait.clone();
+            // When this pause began: the loop turns for other reasons
+            // meanwhile, and the wait below must not restart each turn.
+            paused_since = match (&flow, paused_since) {
+                (None, _) => None,
+                (Some(_), None) => Some(tokio::time::Instant::now()),
+                (Some(_), since) => since,
+            };
             tokio::select! {
                 res = rd.read_buf(rbuf), if flow.is_none() => {
                     match res {
@@ -627,12 +638,23 @@ impl Connection {
                 }
                 _ = async {
                     if let Some(q) = &flow {
-                        q.flow_resumed().await;
+                        if q.counts().1 == 0 {
+                            // Nobody consumes it: only a basic.get, purge
+                            // or delete can drain it, perhaps our own,
+                            // still unread behind the publishes. One read
+                            // a second gets through, so that cannot stall
+                            // us for good.
+                            let until = paused_since.unwrap_or_else(tokio::time::Instant::now)
+                                + UNCONSUMED_FLOW_PAUSE;
+                            let _ = tokio::time::timeout_at(until, q.flow_resumed()).await;
+                        } else {
+                            q.flow_resumed().await;
+                        }
                     }
                 }, if flow.is_some() => {
                     // Woken when the queue drains (or goes): no polling.
                     if let Some(q) = &flow {
-                        if !q.flow_blocked() || q.is_deleted() {
+                        if !q.flow_blocked() || q.is_deleted() || q.counts().1 == 0 {
                             self.flow_wait = None;
                         }
                     }
