@@ -1228,10 +1228,7 @@ impl Connection {
     fn consume(&mut self, id: u16, c: basic::Consume) -> Result<(), AmqpError> {
         let qname = self.queue_name(id, &c.queue)?;
         let tag = if c.consumer_tag.as_str().is_empty() {
-            format!(
-                "amq.ctag-{}",
-                crate::broker::random_token(self.broker.next_id(), 22)
-            )
+            format!("amq.ctag-{}", crate::broker::random_token(22))
         } else {
             c.consumer_tag.as_str().to_owned()
         };

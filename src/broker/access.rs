@@ -578,19 +578,9 @@ pub fn check_password(hash_b64: &str, algorithm: &str, password: &str) -> bool {
 /// `RandomState` is seeded from the OS's randomness; a counter and the
 /// clock are mixed in so two calls never repeat.
 fn random_salt() -> [u8; 4] {
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(N.fetch_add(1, Ordering::Relaxed));
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    let x = h.finish();
-    [(x >> 24) as u8, (x >> 16) as u8, (x >> 8) as u8, x as u8]
+    let mut salt = [0u8; 4];
+    super::random_bytes(&mut salt);
+    salt
 }
 
 #[cfg(test)]

@@ -451,26 +451,36 @@ fn is_loopback(ip: IpAddr) -> bool {
     }
 }
 
-/// A random-looking URL-safe token of `len` characters, for generated names.
-///
-/// Not cryptographic: names only need to be unique (a counter is mixed in)
-/// and unpredictable enough not to collide across restarts (the clock).
-pub fn random_token(counter: u64, len: usize) -> String {
+/// A random URL-safe token of `len` characters, for generated names
+/// (`amq.gen-…`, consumer tags), from the operating system's generator.
+pub fn random_token(len: usize) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    let mut x =
-        nanos ^ counter.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (std::process::id() as u64) << 32;
-    let mut s = String::with_capacity(len);
-    for _ in 0..len {
-        // xorshift64*
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        let v = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        s.push(ALPHABET[(v >> 58) as usize] as char);
+    let mut bytes = vec![0u8; len];
+    random_bytes(&mut bytes);
+    bytes
+        .iter()
+        .map(|b| ALPHABET[(b & 63) as usize] as char)
+        .collect()
+}
+
+/// Fills `buf` from the operating system's random source (password
+/// salts, generated names).
+pub fn random_bytes(buf: &mut [u8]) {
+    // Only fails where the OS has no random source at all; a broker cannot
+    // salt passwords or name queues safely there.
+    getrandom::getrandom(buf).expect("the operating system's random source");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn random_tokens_are_url_safe_and_differ() {
+        let a = super::random_token(22);
+        let b = super::random_token(22);
+        assert_eq!(a.len(), 22);
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        assert_ne!(a, b, "132 random bits each");
     }
-    s
 }

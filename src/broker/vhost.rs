@@ -9,7 +9,7 @@ use super::queue::{Queue, QueueOptions, QueueRef};
 use super::registry::{Churn, ChurnCounters, CoarseClock, Counter, FoldTarget, MessageCounters};
 use super::route::{Dest, RouteScratch};
 use dashmap::DashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use warren_exchanges::{ExchangeType, RouteInput, Table};
 use warren_queues::{DiskError, DiskStore, MemoryStore, Message, MessageStore};
@@ -19,7 +19,6 @@ pub struct Vhost {
     exchanges: DashMap<String, Arc<Exchange>>,
     queues: DashMap<String, Arc<Queue>>,
     noack_window: u32,
-    name_counter: AtomicU64,
     persist: Option<Arc<Persistence>>,
     /// The broker-wide message counters.
     stats: Arc<MessageCounters>,
@@ -83,7 +82,6 @@ impl Vhost {
             queues: DashMap::new(),
             noack_window,
             persist,
-            name_counter: AtomicU64::new(0),
             stats,
             clock,
             churn,
@@ -266,8 +264,7 @@ impl Vhost {
 
     /// A fresh server-generated queue name, `amq.gen-` and 22 URL-safe characters.
     fn generate_queue_name(&self) -> String {
-        let n = self.name_counter.fetch_add(1, Ordering::Relaxed);
-        format!("amq.gen-{}", super::random_token(n, 22))
+        format!("amq.gen-{}", super::random_token(22))
     }
 
     /// Looks a queue up for an operation by `conn`, honouring exclusivity.
