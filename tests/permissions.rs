@@ -264,19 +264,7 @@ async fn publish_needs_write_and_the_default_exchange_is_amq_default() {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    let conf = ch
-        .basic_publish(
-            "w-e".into(),
-            "k".into(),
-            BasicPublishOptions::default(),
-            b"x",
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert!(conf.is_ack());
+    publish_confirmed(&ch, "w-e", "k", b"x", BasicProperties::default()).await;
 }
 
 #[tokio::test]
@@ -389,19 +377,7 @@ async fn user_id_must_be_the_login_unless_impersonator() {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    let conf = ch
-        .basic_publish(
-            "amq.topic".into(),
-            "k".into(),
-            BasicPublishOptions::default(),
-            b"x",
-            props,
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert!(conf.is_ack());
+    publish_confirmed(&ch, "amq.topic", "k", b"x", props).await;
 }
 
 #[tokio::test]
@@ -415,19 +391,7 @@ async fn permission_changes_apply_to_open_connections() {
         .await
         .unwrap();
     // A publish caches the write verdict; the change must still be seen.
-    let ok = ch
-        .basic_publish(
-            "".into(),
-            "live-q".into(),
-            BasicPublishOptions::default(),
-            b"x",
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert!(ok.is_ack());
+    publish_confirmed(&ch, "", "live-q", b"x", BasicProperties::default()).await;
     set_perm(&s, "live", ".*", "^nothing$", ".*").await;
     let e = async_error(
         &ch,
