@@ -4,7 +4,9 @@
 //! routes added anywhere get the `management` rule by default, and which
 //! items of the cross-vhost lists a plain `management` user sees.
 
-use super::{bad_request, body_object, not_found_err, ApiError, AuthUser, MgmtState, St};
+use super::{
+    bad_request, body_object, not_found_err, put_status, ApiError, AuthUser, MgmtState, St,
+};
 use crate::broker::access::{MANAGEMENT_TAGS, MD5, SHA256, SHA512};
 use crate::broker::{Kept, Permission, User, VhostMeta};
 use axum::body::Bytes;
@@ -580,11 +582,7 @@ async fn user_put(
     let existing = s.broker.user(&name);
     let u = user_from_body(&name, &m, existing.as_ref())?;
     tracing::info!(user = %name, tags = ?u.tags, "user set via the management API");
-    Ok(if s.broker.access().put_user(u) {
-        StatusCode::NO_CONTENT
-    } else {
-        StatusCode::CREATED
-    })
+    Ok(put_status(s.broker.access().put_user(u)))
 }
 
 async fn user_delete(State(s): St, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
@@ -635,11 +633,7 @@ async fn vhost_put(
     let meta = vhost_meta_from_body(&m)?;
     let existed = put_vhost(&s, &name, meta, &acting);
     tracing::info!(vhost = %name, existed, "vhost set via the management API");
-    Ok(if existed {
-        StatusCode::NO_CONTENT
-    } else {
-        StatusCode::CREATED
-    })
+    Ok(put_status(existed))
 }
 
 async fn vhost_delete(State(s): St, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
@@ -719,11 +713,7 @@ async fn permission_put(
     }
     let m = body_object(&body)?;
     let p = permission_from_body(&user, &vhost, &m)?;
-    Ok(if s.broker.access().set_permission(p) {
-        StatusCode::NO_CONTENT
-    } else {
-        StatusCode::CREATED
-    })
+    Ok(put_status(s.broker.access().set_permission(p)))
 }
 
 async fn permission_delete(
@@ -786,11 +776,7 @@ async fn topic_permission_put(
         "write": vals[0], "read": vals[1],
     });
     s.broker.access().put_kept(Kept::TopicPermission, key, item);
-    Ok(if existed {
-        StatusCode::NO_CONTENT
-    } else {
-        StatusCode::CREATED
-    })
+    Ok(put_status(existed))
 }
 
 /// Removes a user's topic permissions in a vhost (all of them, as

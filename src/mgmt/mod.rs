@@ -406,11 +406,7 @@ async fn queue_put(
     // The caller's connection id 0 is never a real connection (ids start at 1).
     v.declare_queue_as(&name, false, opts, &caller)
         .map_err(refusal_or)?;
-    Ok(if existed {
-        StatusCode::NO_CONTENT
-    } else {
-        StatusCode::CREATED
-    })
+    Ok(put_status(existed))
 }
 
 async fn queue_delete(
@@ -505,11 +501,7 @@ async fn exchange_put(
     let existed = v.exchange(name).is_ok();
     permitted(caller.check_exchange_declare(&v, name, &kind, &opts.arguments))?;
     v.declare_exchange(name, &kind, false, opts)?;
-    Ok(if existed {
-        StatusCode::NO_CONTENT
-    } else {
-        StatusCode::CREATED
-    })
+    Ok(put_status(existed))
 }
 
 async fn exchange_delete(
@@ -602,4 +594,14 @@ async fn channels(
 
 async fn consumers(State(s): St) -> Json<J> {
     Json(json::consumers(&s))
+}
+
+/// A PUT's answer, as RabbitMQ's: 201 when it created the object, 204 when
+/// it replaced one that existed.
+pub(super) fn put_status(existed: bool) -> StatusCode {
+    if existed {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::CREATED
+    }
 }
