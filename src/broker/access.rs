@@ -1,7 +1,7 @@
 //! Access control data: users (RabbitMQ's salted password hashes and tags),
-//! per-vhost permissions, vhost metadata, and the policies, parameters and
-//! topic permissions a definitions import brings, kept so an export gives
-//! them back.
+//! per-vhost permissions, vhost metadata, and the parameters and topic
+//! permissions a definitions import brings, kept so an export gives them
+//! back. Policies are the vhosts' (see `policy`).
 //!
 //! Everything here is written through to the definitions store (see
 //! [`Doc`]) when the broker has one, and loaded from it at start. The
@@ -149,7 +149,6 @@ impl VhostMeta {
 /// Definitions Warren keeps but does not act on yet, in RabbitMQ's JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kept {
-    Policy,
     Parameter,
     GlobalParameter,
     TopicPermission,
@@ -158,7 +157,6 @@ pub enum Kept {
 impl Kept {
     fn doc(self) -> Doc {
         match self {
-            Kept::Policy => Doc::Policy,
             Kept::Parameter => Doc::Parameter,
             Kept::GlobalParameter => Doc::GlobalParameter,
             Kept::TopicPermission => Doc::TopicPermission,
@@ -168,7 +166,6 @@ impl Kept {
     /// The fields that identify an item, in key order.
     pub fn key_fields(self) -> &'static [&'static str] {
         match self {
-            Kept::Policy => &["vhost", "name"],
             Kept::Parameter => &["vhost", "component", "name"],
             Kept::GlobalParameter => &["name"],
             Kept::TopicPermission => &["vhost", "user", "exchange"],
@@ -242,7 +239,6 @@ impl Access {
             }
         }
         for kind in [
-            Kept::Policy,
             Kept::Parameter,
             Kept::GlobalParameter,
             Kept::TopicPermission,
@@ -437,7 +433,7 @@ impl Access {
         });
     }
 
-    /// Stores a policy, parameter or topic permission as given.
+    /// Stores a parameter or topic permission as given.
     pub fn put_kept(&self, kind: Kept, key: Vec<String>, item: J) {
         if let Some(p) = &self.persist {
             let parts: Vec<&str> = key.iter().map(String::as_str).collect();
@@ -508,7 +504,6 @@ impl Access {
         if let Some(p) = &self.persist {
             let parts: Vec<&str> = k.1.iter().map(String::as_str).collect();
             let kind = match k.0 {
-                b'y' => Doc::Policy,
                 b'r' => Doc::Parameter,
                 b'g' => Doc::GlobalParameter,
                 _ => Doc::TopicPermission,

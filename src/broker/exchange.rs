@@ -1,8 +1,9 @@
 //! An exchange as the broker runs it: metadata plus the `exchanges` router.
 
+use super::policy::{alternate_exchange, Applied};
 use super::route::Dest;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use warren_exchanges::{ArgumentError, BindError, ExchangeType, Router, Table};
 
 /// How an exchange routes: one of the router's types, or the default
@@ -37,8 +38,13 @@ pub struct Exchange {
     pub opts: ExchangeOptions,
     /// publish_in / publish_out (management API).
     pub stats: super::registry::MessageCounters,
-    /// The `alternate-exchange` argument.
-    alternate: Option<String>,
+    /// The effective alternate exchange: the `alternate-exchange`
+    /// argument, else the policy's (read only for unroutable messages).
+    alternate: RwLock<Option<Arc<str>>>,
+    /// Whether `alternate` is set, for the per-publish check.
+    has_alternate: AtomicBool,
+    /// The policy and operator policy that apply.
+    policies: Mutex<Applied>,
     router: RwLock<Router<Dest>>,
     /// Bindings from here to other exchanges: when there are none, routing
     /// never needs to look past the routing key of a non-headers exchange.
@@ -59,15 +65,13 @@ impl Exchange {
             ExchangeKind::Typed(t) => t,
         };
         let router = Router::with_arguments(rk, &opts.arguments)?;
-        let alternate = opts
-            .arguments
-            .get("alternate-exchange")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned);
+        let alternate = alternate_exchange(&opts.arguments, &Applied::default());
         Ok(Exchange {
             name,
             kind,
-            alternate,
+            has_alternate: AtomicBool::new(alternate.is_some()),
+            alternate: RwLock::new(alternate.map(Arc::from)),
+            policies: Mutex::new(Applied::default()),
             opts,
             stats: Default::default(),
             router: RwLock::new(router),
@@ -115,15 +119,47 @@ impl Exchange {
     /// Whether routing from here may read more than the routing key
     /// (headers, properties), here or further along the graph.
     pub fn needs_message_details(&self) -> bool {
-        if self.alternate.is_some() || self.exchange_dests.load(Ordering::Relaxed) > 0 {
+        if self.has_alternate.load(Ordering::Relaxed)
+            || self.exchange_dests.load(Ordering::Relaxed) > 0
+        {
             return true;
         }
         let r = self.router();
         r.needs_headers() || r.needs_properties()
     }
 
-    pub fn alternate(&self) -> Option<&str> {
-        self.alternate.as_deref()
+    /// The effective alternate exchange's name.
+    pub fn alternate(&self) -> Option<Arc<str>> {
+        if !self.has_alternate.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.alternate
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The policy and operator policy that apply to this exchange.
+    pub fn applied_policies(&self) -> Applied {
+        self.policies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Re-reads which policies apply (under this exchange's policy lock,
+    /// as `Queue::refresh_policies`) and updates the effective alternate
+    /// exchange.
+    pub(crate) fn refresh_policies(&self, matching: impl FnOnce() -> Applied) {
+        let mut p = self.policies.lock().unwrap_or_else(|e| e.into_inner());
+        let applied = matching();
+        if applied.same(&p) {
+            return;
+        }
+        let ae = alternate_exchange(&self.opts.arguments, &applied).map(Arc::<str>::from);
+        self.has_alternate.store(ae.is_some(), Ordering::Relaxed);
+        *self.alternate.write().unwrap_or_else(|e| e.into_inner()) = ae;
+        *p = applied;
     }
 
     pub fn is_deleted(&self) -> bool {

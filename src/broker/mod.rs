@@ -12,6 +12,7 @@ pub mod error;
 pub mod exchange;
 pub mod outbox;
 pub mod persist;
+pub mod policy;
 pub mod properties;
 pub mod queue;
 pub mod registry;
@@ -23,6 +24,7 @@ pub use authz::{Caller, Kind, Perm};
 pub use error::{BrokerError, ErrorKind, Result};
 pub use exchange::{Exchange, ExchangeKind, ExchangeOptions};
 pub use outbox::{Delivery, Outbox, OutboxItem};
+pub use policy::{Applied, Policy, PolicyKind, QueueSettings};
 pub use queue::{ConsumeRequest, ConsumerHandle, Queue, QueueOptions, QueueRef};
 pub use registry::{
     ChannelSnapshot, Churn, ChurnCounters, ClientInfo, CoarseClock, ConnectionInfo,
@@ -135,6 +137,7 @@ impl Broker {
                 }
             }
         }
+        b.load_policies(&persist);
         tracing::info!(
             dir = %storage.data_dir.display(),
             exchanges = counts.0,
@@ -150,6 +153,35 @@ impl Broker {
         // client is served; this runs off the async workers.
         persist.flush_now();
         Ok(b)
+    }
+
+    /// Start-up: the stored policies and operator policies, then every
+    /// recovered queue and exchange matched against them.
+    fn load_policies(&self, persist: &Persistence) {
+        use persist::Doc;
+        for (kind, doc) in [
+            (PolicyKind::Policy, Doc::Policy),
+            (PolicyKind::Operator, Doc::OperatorPolicy),
+        ] {
+            for (k, v) in persist.docs(doc) {
+                let ([vhost, name], Some(body)) = (&k[..], v.as_object()) else {
+                    continue;
+                };
+                let Some(vh) = self.vhost(vhost) else {
+                    continue;
+                };
+                match Policy::parse(kind, vhost, name, body) {
+                    Ok(p) => vh.install_policy(kind, p),
+                    Err(e) => tracing::warn!(
+                        vhost = %vhost, name = %name, error = %e,
+                        "skipping a stored policy that does not validate"
+                    ),
+                }
+            }
+        }
+        for v in self.vhosts() {
+            v.reapply_policies();
+        }
     }
 
     /// Makes pending writes durable and stops the flusher.

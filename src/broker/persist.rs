@@ -1,8 +1,8 @@
 //! Durability: the data directory, durable definitions, and group commit.
 //!
 //! Definitions (durable exchanges, queues and the bindings between durable
-//! ends; users, vhosts, permissions and the policies and parameters kept
-//! for definitions export) are JSON documents in the sled tree
+//! ends; users, vhosts, permissions, policies and operator policies, and
+//! the parameters kept for definitions export) are JSON documents in the sled tree
 //! `definitions`, keyed so one prefix scan per kind restores them. Kinds:
 //! `x` exchange, `q` queue, `b` binding, and (see [`Doc`]) the access
 //! documents; a vhost's name is always the first key part of the kinds
@@ -186,8 +186,10 @@ pub enum Doc {
     Permission = b'p',
     /// `[vhost, user, exchange]`: kept as imported (not enforced).
     TopicPermission = b't',
-    /// `[vhost, name]`: kept as imported (not applied yet).
+    /// `[vhost, name]`: a policy, in RabbitMQ's JSON (see `policy::Policy`).
     Policy = b'y',
+    /// `[vhost, name]`: an operator policy, as a policy.
+    OperatorPolicy = b'o',
     /// `[vhost, component, name]`: kept as imported.
     Parameter = b'r',
     /// `[name]`: kept as imported.
@@ -198,11 +200,12 @@ pub enum Doc {
 
 impl Doc {
     /// Kinds whose first key part is a vhost.
-    pub const IN_VHOST: [Doc; 5] = [
+    pub const IN_VHOST: [Doc; 6] = [
         Doc::Vhost,
         Doc::Permission,
         Doc::TopicPermission,
         Doc::Policy,
+        Doc::OperatorPolicy,
         Doc::Parameter,
     ];
 }

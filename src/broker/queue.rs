@@ -5,6 +5,7 @@
 //! deliveries it produced are pushed to outboxes after it is released.
 
 use super::outbox::{Delivery, Outbox, OutboxItem};
+use super::policy::{queue_settings, Applied, QueueSettings};
 use super::registry::{CoarseClock, Counter, CounterFold, FoldTarget, MessageCounters};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -78,6 +79,16 @@ pub struct Queue {
     /// Body bytes the queue may hold in memory before it holds back its
     /// publishers; `None`: no limit by memory.
     memory_budget: Option<u64>,
+    /// The policies that apply and the effective settings they and the
+    /// arguments give; its own short lock, never held while `core`'s is
+    /// taken (see [`Queue::settings_changed`]).
+    policies: Mutex<QueuePolicies>,
+}
+
+/// A queue's policies and what they give, replaced together.
+struct QueuePolicies {
+    applied: Applied,
+    settings: Arc<QueueSettings>,
 }
 
 /// Ready messages above which a consumed queue pushes back on publishers.
@@ -129,7 +140,6 @@ impl Queue {
             auto_delete: opts.auto_delete,
             owner,
             disk_id,
-            arguments: opts.arguments,
             stats: MessageCounters::default(),
             global,
             clock,
@@ -138,7 +148,66 @@ impl Queue {
             flow_blocked: AtomicBool::new(false),
             flow_resumed: Notify::new(),
             memory_budget: None,
+            policies: Mutex::new(QueuePolicies {
+                settings: Arc::new(queue_settings(&opts.arguments, &Applied::default())),
+                applied: Applied::default(),
+            }),
+            arguments: opts.arguments,
         }
+    }
+
+    /// The policy and operator policy that apply to this queue.
+    pub fn applied_policies(&self) -> Applied {
+        self.policies().applied.clone()
+    }
+
+    /// The queue's effective settings (message TTL, expiry, length limits,
+    /// overflow, dead-lettering, delivery limit, consumer timeout) from its
+    /// arguments and policies: read them here, never from `arguments`.
+    pub fn settings(&self) -> Arc<QueueSettings> {
+        self.policies().settings.clone()
+    }
+
+    fn policies(&self) -> MutexGuard<'_, QueuePolicies> {
+        self.policies.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Re-reads which policies apply (`matching` runs under this queue's
+    /// policy lock, so of two racing updates the later one reads the later
+    /// policy set and lands last) and, when they changed, recomputes the
+    /// effective settings and tells the queue.
+    pub(crate) fn refresh_policies(self: &Arc<Self>, matching: impl FnOnce() -> Applied) {
+        let mut p = self.policies();
+        let applied = matching();
+        if applied.same(&p.applied) {
+            return;
+        }
+        let settings = Arc::new(queue_settings(&self.arguments, &applied));
+        p.applied = applied;
+        if settings == p.settings {
+            return;
+        }
+        let old = std::mem::replace(&mut p.settings, settings.clone());
+        drop(p);
+        self.settings_changed(&old, &settings);
+    }
+
+    /// The hook for a change of effective settings (a policy was set,
+    /// changed or deleted, or first matched at declare). Called after the
+    /// new settings are in place, with no lock held.
+    ///
+    /// Nothing in the queue core acts on these settings yet: this is where
+    /// a lowered `max-length` / `max-length-bytes` trims the queue, a new
+    /// `message-ttl` expires what is past it, `expires` re-arms its
+    /// timer, and so on (RabbitMQ's `process_args_policy`).
+    fn settings_changed(self: &Arc<Self>, old: &QueueSettings, new: &QueueSettings) {
+        tracing::debug!(
+            queue = %self.name,
+            vhost = %self.vhost,
+            ?old,
+            ?new,
+            "effective queue settings changed"
+        );
     }
 
     /// Holds publishers back while more than `bytes` of bodies that only

@@ -109,7 +109,7 @@ impl Vhost {
                 ExchangeKind::Typed(_) => x.router().route(input, &mut scratch.dests),
             }
             if scratch.dests.is_empty() {
-                if let Some(ae) = x.alternate().and_then(|name| self.exchange(name).ok()) {
+                if let Some(ae) = x.alternate().and_then(|name| self.exchange(&name).ok()) {
                     scratch.work.push(ae);
                 }
                 continue;
@@ -225,7 +225,7 @@ impl Vhost {
                 }
             }
             if hits.is_empty() {
-                if let Some(ae) = x.alternate().and_then(|name| self.exchange(name).ok()) {
+                if let Some(ae) = x.alternate().and_then(|name| self.exchange(&name).ok()) {
                     let mut next = path.clone();
                     next.push(RouteStep {
                         source: x.name.clone(),

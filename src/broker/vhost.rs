@@ -4,7 +4,8 @@
 use super::authz::Caller;
 use super::error::{BrokerError, ErrorKind, Result};
 use super::exchange::{Exchange, ExchangeKind, ExchangeOptions};
-use super::persist::{BindingDef, ExchangeDef, Persistence, QueueDef};
+use super::persist::{BindingDef, Doc, ExchangeDef, Persistence, QueueDef};
+use super::policy::{Policy, PolicyKind, PolicySet, Target};
 use super::queue::{Queue, QueueOptions, QueueRef};
 use super::registry::{Churn, ChurnCounters, CoarseClock, Counter, FoldTarget, MessageCounters};
 use super::route::{Dest, RouteScratch};
@@ -36,6 +37,9 @@ pub struct Vhost {
     /// start: the sweep after it sees every record. Always taken before any
     /// other lock of the vhost, never held across `.await`.
     gate: RwLock<()>,
+    /// The vhost's policies and operator policies. Queues and exchanges
+    /// read it (under their own policy lock) when it or they change.
+    policies: RwLock<PolicySet>,
 }
 
 /// Message details routing may read beyond the routing key.
@@ -87,6 +91,7 @@ impl Vhost {
             churn,
             deleted: AtomicBool::new(false),
             gate: RwLock::new(()),
+            policies: RwLock::new(PolicySet::default()),
         };
         let durable = ExchangeOptions {
             durable: true,
@@ -189,6 +194,7 @@ impl Vhost {
                     .map_err(|e| BrokerError::new(ErrorKind::PreconditionFailed, e.to_string()))?;
                 let ex = Arc::new(ex);
                 v.insert(ex.clone());
+                self.refresh_exchange_policies(&ex);
                 if let (true, Some(p)) = (opts.durable, &self.persist) {
                     p.put_exchange(&ExchangeDef {
                         vhost: self.name.clone(),
@@ -392,6 +398,8 @@ impl Vhost {
                 }
                 let q = Arc::new(q);
                 v.insert(q.clone());
+                // After the insert: a policy set meanwhile re-matches it too.
+                self.refresh_queue_policies(&q);
                 self.churn.add(Churn::QueueCreated);
                 self.churn.add(Churn::QueueDeclared);
                 return declared(q);
@@ -743,7 +751,9 @@ impl Vhost {
         };
         match Exchange::new(d.name.clone(), ExchangeKind::Typed(t), opts) {
             Ok(ex) => {
-                self.exchanges.insert(d.name.clone(), Arc::new(ex));
+                let ex = Arc::new(ex);
+                self.exchanges.insert(d.name.clone(), ex.clone());
+                self.refresh_exchange_policies(&ex);
             }
             Err(e) => {
                 tracing::warn!(exchange = %d.name, error = %e, "skipping an exchange with bad arguments")
@@ -774,7 +784,94 @@ impl Vhost {
             Some(p) => q.with_memory_budget(p.queue_memory_bytes),
             None => q,
         };
-        self.queues.insert(d.name.clone(), Arc::new(q));
+        let q = Arc::new(q);
+        self.queues.insert(d.name.clone(), q.clone());
+        self.refresh_queue_policies(&q);
+    }
+
+    // ---- policies ----
+
+    fn policy_set(&self) -> std::sync::RwLockReadGuard<'_, PolicySet> {
+        self.policies.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The vhost's policies (or operator policies), by name.
+    pub fn policies(&self, kind: PolicyKind) -> Vec<Arc<Policy>> {
+        self.policy_set().list(kind)
+    }
+
+    pub fn policy(&self, kind: PolicyKind, name: &str) -> Option<Arc<Policy>> {
+        self.policy_set().get(kind, name)
+    }
+
+    fn policy_doc(kind: PolicyKind) -> Doc {
+        match kind {
+            PolicyKind::Policy => Doc::Policy,
+            PolicyKind::Operator => Doc::OperatorPolicy,
+        }
+    }
+
+    /// Adds or replaces a policy (stored, if the broker has a data
+    /// directory) and applies it: every queue and exchange is matched
+    /// again at once. Returns whether one of that name existed.
+    pub fn put_policy(&self, kind: PolicyKind, p: Policy) -> Result<bool> {
+        let _live = self.writable()?;
+        let existed = {
+            let mut set = self.policies.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(store) = &self.persist {
+                store.put_doc(Self::policy_doc(kind), &[&self.name, &p.name], p.to_json());
+            }
+            set.put(kind, Arc::new(p))
+        };
+        self.reapply_policies();
+        Ok(existed)
+    }
+
+    /// Deletes a policy and re-matches every queue and exchange; false if
+    /// there was none of that name.
+    pub fn delete_policy(&self, kind: PolicyKind, name: &str) -> Result<bool> {
+        let _live = self.writable()?;
+        let existed = {
+            let mut set = self.policies.write().unwrap_or_else(|e| e.into_inner());
+            let existed = set.remove(kind, name);
+            if let (true, Some(store)) = (existed, &self.persist) {
+                store.remove_doc(Self::policy_doc(kind), &[&self.name, name]);
+            }
+            existed
+        };
+        if existed {
+            self.reapply_policies();
+        }
+        Ok(existed)
+    }
+
+    /// Start-up: a stored policy (matched against objects by
+    /// [`Vhost::reapply_policies`] once all are in).
+    pub(crate) fn install_policy(&self, kind: PolicyKind, p: Policy) {
+        self.policies
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .put(kind, Arc::new(p));
+    }
+
+    /// Matches every queue and exchange against the current policies;
+    /// those whose policies changed are told (RabbitMQ's
+    /// `update_matched_objects`).
+    pub(crate) fn reapply_policies(&self) {
+        for q in self.queues() {
+            self.refresh_queue_policies(&q);
+        }
+        for x in self.exchanges() {
+            self.refresh_exchange_policies(&x);
+        }
+    }
+
+    fn refresh_queue_policies(&self, q: &Arc<Queue>) {
+        q.refresh_policies(|| self.policy_set().matching(Target::Queue, &q.name));
+    }
+
+    fn refresh_exchange_policies(&self, x: &Exchange) {
+        x.refresh_policies(|| self.policy_set().matching(Target::Exchange, &x.name));
     }
 
     /// Start-up: a binding between durable ends; false if an end is gone.

@@ -140,6 +140,7 @@ fn need(method: &Method, path: &str) -> (Need, Option<String>) {
         | ["exchanges", _, ..]
         | ["bindings", _, ..]
         | ["policies", _]
+        | ["operator-policies", _]
         | ["aliveness-test", _]
         | ["consumers", _] => (Need::Management, vhost_at(1)),
         _ => (Need::Management, None),
@@ -211,9 +212,11 @@ enum Visible {
 fn list_filter(path: &str) -> Option<Visible> {
     match path.trim_end_matches('/') {
         "/api/vhosts" => Some(Visible::Vhost("name")),
-        "/api/queues" | "/api/exchanges" | "/api/bindings" | "/api/policies" => {
-            Some(Visible::Vhost("vhost"))
-        }
+        "/api/queues"
+        | "/api/exchanges"
+        | "/api/bindings"
+        | "/api/policies"
+        | "/api/operator-policies" => Some(Visible::Vhost("vhost")),
         "/api/connections" | "/api/channels" => Some(Visible::User("user")),
         "/api/consumers" => Some(Visible::User("channel_details.user")),
         _ => None,

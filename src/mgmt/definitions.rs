@@ -4,10 +4,11 @@
 //!
 //! As RabbitMQ's management plugin: the export lists every non-exclusive
 //! queue and every exchange but the default and `amq.*` ones (durable or
-//! not), and the bindings between them. Policies, parameters, global
-//! parameters and topic permissions are stored and exported back as they
-//! came; Warren does not apply them yet. An import is checked whole before
-//! anything is applied, so a bad file changes nothing.
+//! not), and the bindings between them. Policies are validated as
+//! RabbitMQ validates them and applied; parameters and global parameters
+//! are stored and exported back as they came, and topic permissions are
+//! enforced. An import is checked whole before anything is applied, so a
+//! bad file changes nothing.
 
 use super::admin::{
     check_regex, permission_from_body, put_vhost, user_from_body, vhost_meta_from_body,
@@ -15,7 +16,9 @@ use super::admin::{
 use super::json::{table_from_json, table_to_json};
 use super::{bad_request, ApiError, AuthUser, MgmtState, St};
 use crate::broker::access::kept_key;
-use crate::broker::{Dest, ExchangeOptions, Kept, Permission, QueueOptions, User, VhostMeta};
+use crate::broker::{
+    Dest, ExchangeOptions, Kept, Permission, Policy, PolicyKind, QueueOptions, User, VhostMeta,
+};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -112,6 +115,16 @@ fn objects(s: &MgmtState, vhosts: &[Arc<crate::broker::Vhost>]) -> (Vec<J>, Vec<
     (qs, xs, bs)
 }
 
+/// The policies of the given vhosts, by vhost and name, in RabbitMQ's
+/// JSON (with their `vhost`, in the per-vhost form too).
+fn policies(vhosts: &[Arc<crate::broker::Vhost>]) -> Vec<J> {
+    vhosts
+        .iter()
+        .flat_map(|v| v.policies(PolicyKind::Policy))
+        .map(|p| p.to_json())
+        .collect()
+}
+
 fn reply(body: J, query: &HashMap<String, String>) -> Response {
     let mut r = Json(body).into_response();
     // RabbitMQ's `?download=NAME` makes the browser save the file.
@@ -143,7 +156,7 @@ async fn export_all(State(s): St, Query(q): Query<HashMap<String, String>>) -> R
         "topic_permissions": a.kept(Kept::TopicPermission, None),
         "parameters": a.kept(Kept::Parameter, None),
         "global_parameters": a.kept(Kept::GlobalParameter, None),
-        "policies": a.kept(Kept::Policy, None),
+        "policies": policies(&vhosts),
         "queues": queues,
         "exchanges": exchanges,
         "bindings": bindings,
@@ -174,12 +187,12 @@ async fn export_vhost(
         .vhost(&vhost)
         .ok_or_else(|| bad_request("vhost_not_found"))?;
     let a = s.broker.access();
-    let (queues, exchanges, bindings) = objects(&s, &[v]);
+    let (queues, exchanges, bindings) = objects(&s, std::slice::from_ref(&v));
     let body = json!({
         "rabbit_version": RABBIT_VERSION,
         // RabbitMQ strips `vhost` from queues, exchanges and bindings only.
         "parameters": a.kept(Kept::Parameter, Some(&vhost)),
-        "policies": a.kept(Kept::Policy, Some(&vhost)),
+        "policies": policies(&[v]),
         "queues": strip_vhost(queues),
         "exchanges": strip_vhost(exchanges),
         "bindings": strip_vhost(bindings),
@@ -252,6 +265,7 @@ struct Plan {
     vhosts: Vec<(String, VhostMeta)>,
     permissions: Vec<Permission>,
     kept: Vec<(Kept, Vec<String>, J)>,
+    policies: Vec<(String, Policy)>,
     queues: Vec<(String, String, QueueOptions)>,
     exchanges: Vec<(String, String, String, ExchangeOptions)>,
     /// (vhost, source, destination type, destination, key, arguments)
@@ -368,27 +382,31 @@ fn plan(s: &MgmtState, doc: &Map<String, J>, only: Option<&str>) -> Result<Plan,
             p.kept.push((Kept::GlobalParameter, key, item));
         }
     }
-    for (section_name, kind) in [("parameters", Kept::Parameter), ("policies", Kept::Policy)] {
-        for m in section(doc, section_name)? {
-            let mut item = J::Object(m.clone());
-            let vhost = vhost_of(m, section_name)?;
-            item["vhost"] = json!(vhost);
-            if kind == Kept::Policy {
-                if let Some(J::String(re)) = item.get("pattern") {
-                    check_regex("pattern", re)?;
-                }
-            }
-            let key = kept_key(kind, &item).ok_or_else(|| {
-                bad_request(format!(
-                    "{section_name}: {} must be strings",
-                    kind.key_fields().join(", ")
-                ))
-            })?;
-            if !vhost_known(&p, &vhost) {
-                return Err(bad_request(format!("no_such_vhost: {vhost}")));
-            }
-            p.kept.push((kind, key, item));
+    for m in section(doc, "parameters")? {
+        let kind = Kept::Parameter;
+        let mut item = J::Object(m.clone());
+        let vhost = vhost_of(m, "parameters")?;
+        item["vhost"] = json!(vhost);
+        let key = kept_key(kind, &item).ok_or_else(|| {
+            bad_request(format!(
+                "parameters: {} must be strings",
+                kind.key_fields().join(", ")
+            ))
+        })?;
+        if !vhost_known(&p, &vhost) {
+            return Err(bad_request(format!("no_such_vhost: {vhost}")));
         }
+        p.kept.push((kind, key, item));
+    }
+    for m in section(doc, "policies")? {
+        let vhost = vhost_of(m, "policies")?;
+        let name = text(m, "policies", "name")?;
+        if !vhost_known(&p, &vhost) {
+            return Err(bad_request(format!("no_such_vhost: {vhost}")));
+        }
+        let policy = Policy::parse(PolicyKind::Policy, &vhost, &name, m)
+            .map_err(|e| bad_request(format!("policy '{name}' in vhost '{vhost}': {e}")))?;
+        p.policies.push((vhost, policy));
     }
     for m in section(doc, "queues")? {
         let name = text(m, "queues", "name")?;
@@ -602,6 +620,11 @@ fn apply(s: &MgmtState, p: Plan, acting: &str) -> Result<(), ApiError> {
             .vhost(name)
             .ok_or_else(|| bad_request(format!("no_such_vhost: {name}")))
     };
+    // Before the queues and exchanges, as RabbitMQ: they are declared
+    // with their policies in place.
+    for (vh, policy) in p.policies {
+        vhost(&vh)?.put_policy(PolicyKind::Policy, policy)?;
+    }
     for (vh, name, opts) in p.queues {
         let v = vhost(&vh)?;
         if name.starts_with("amq.") || v.queue(&name).is_some() {

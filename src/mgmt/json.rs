@@ -3,7 +3,7 @@
 //!
 //! Field names and types follow RabbitMQ 3.13's management plugin; fields
 //! Warren does not track are rendered with RabbitMQ's neutral values (zero
-//! rates, `null` policies) rather than left out, because clients require them.
+//! rates) rather than left out, because clients require them.
 
 use super::MgmtState;
 use crate::broker::{ConnectionInfo, Counter, Dest, Exchange, MessageStats, Queue, Vhost};
@@ -223,6 +223,7 @@ fn sorted_vhosts(s: &MgmtState, only: Option<&Arc<Vhost>>) -> Vec<Arc<Vhost>> {
 }
 
 pub fn queue(s: &MgmtState, q: &Queue) -> J {
+    let applied = q.applied_policies();
     let (ready, consumers) = q.counts();
     let unacked = q.unacked_count();
     json!({
@@ -237,9 +238,9 @@ pub fn queue(s: &MgmtState, q: &Queue) -> J {
         "state": "running",
         "consumers": consumers,
         "exclusive_consumer_tag": null,
-        "policy": null,
-        "operator_policy": null,
-        "effective_policy_definition": {},
+        "policy": applied.policy_name(),
+        "operator_policy": applied.operator_name(),
+        "effective_policy_definition": applied.effective_definition(),
         "messages": ready + unacked,
         "messages_ready": ready,
         "messages_unacknowledged": unacked,
@@ -261,6 +262,7 @@ pub fn queues(s: &MgmtState, only: Option<&Arc<Vhost>>) -> J {
 }
 
 pub fn exchange(vhost: &str, e: &Exchange) -> J {
+    let applied = e.applied_policies();
     json!({
         "name": e.name,
         "vhost": vhost,
@@ -270,7 +272,9 @@ pub fn exchange(vhost: &str, e: &Exchange) -> J {
         "internal": e.opts.internal,
         "arguments": table_to_json(&e.opts.arguments),
         "user_who_performed_action": "rmq-internal",
-        "policy": null,
+        "policy": applied.policy_name(),
+        "operator_policy": applied.operator_name(),
+        "effective_policy_definition": applied.effective_definition(),
         "message_stats": message_stats(&e.stats.snapshot(), EXCHANGE_STATS),
     })
 }

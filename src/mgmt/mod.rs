@@ -14,6 +14,7 @@ mod json;
 mod metrics;
 mod objects;
 mod paging;
+mod policies;
 mod process;
 mod ui;
 
@@ -91,6 +92,7 @@ pub fn router(state: Arc<MgmtState>) -> Router {
         .route("/api/health/checks/virtual-hosts", get(health_ok))
         .merge(objects::routes())
         .merge(admin::routes())
+        .merge(policies::routes())
         .merge(extras::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), durable_reply))
