@@ -714,18 +714,25 @@ fn lower(args: &Table, applied: &Applied, key: &str) -> Option<Setting<u64>> {
     }
 }
 
-/// The argument if set, else the policy (`res_arg`).
+/// The argument `x-{key}` if set, else the policy's `key` (`res_arg`).
 fn argument_first<T>(
     args: &Table,
     applied: &Applied,
     key: &str,
     parse: impl Fn(&str) -> Option<T>,
 ) -> Option<Setting<T>> {
-    if let Some(v) = args
-        .get(&format!("x-{key}"))
-        .and_then(|v| v.as_str())
-        .and_then(&parse)
-    {
+    argument_or_policy(args, &format!("x-{key}"), applied, key, parse)
+}
+
+/// The argument `arg` if set, else the policy's `key`.
+fn argument_or_policy<T>(
+    args: &Table,
+    arg: &str,
+    applied: &Applied,
+    key: &str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Option<Setting<T>> {
+    if let Some(v) = args.get(arg).and_then(|v| v.as_str()).and_then(&parse) {
         return Some(Setting {
             value: v,
             source: Source::Argument,
@@ -758,7 +765,15 @@ pub fn queue_settings(args: &Table, applied: &Applied) -> QueueSettings {
 /// An exchange's effective alternate exchange: its argument, else its
 /// policy's (`rabbit_policy:get_arg/3`).
 pub fn alternate_exchange(args: &Table, applied: &Applied) -> Option<String> {
-    argument_first(args, applied, "alternate-exchange", |s| Some(s.to_owned())).map(|s| s.value)
+    // Exchanges take it without the `x-` prefix.
+    argument_or_policy(
+        args,
+        "alternate-exchange",
+        applied,
+        "alternate-exchange",
+        |s| Some(s.to_owned()),
+    )
+    .map(|s| s.value)
 }
 
 #[cfg(test)]

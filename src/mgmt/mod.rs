@@ -354,7 +354,11 @@ async fn queue_get(
 ) -> Result<Json<J>, ApiError> {
     let v = vhost_or_404(&s, &vhost)?;
     let q = v.queue(&name).ok_or_else(not_found_err)?;
-    Ok(Json(json::queue(&s, &q)))
+    let mut j = json::queue(&s, &q);
+    // Warren's own field (one queue only, lists stay lean): each effective
+    // setting with where it comes from, for the dashboard's queue page.
+    j["effective_settings"] = q.settings().to_json();
+    Ok(Json(j))
 }
 
 /// A JSON object body; an empty body counts as `{}` (RabbitMQ accepts it).
