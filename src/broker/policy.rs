@@ -297,7 +297,8 @@ pub const APPLIED_KEYS: &[&str] = &["alternate-exchange"];
 
 /// One key's check: `Ok` or RabbitMQ's text for the bad value.
 fn check_key(key: &str, v: &J) -> Option<Result<(), String>> {
-    let int_at_least = |min: i64| v.as_i64().is_some_and(|i| i >= min) || v.as_u64().is_some();
+    // An integer >= min (u64s past i64::MAX are integers too).
+    let int_at_least = |min: i64| v.as_i64().map_or(v.as_u64().is_some(), |i| i >= min);
     let is_str = v.is_string();
     let one_of = |opts: &[&str]| v.as_str().is_some_and(|s| opts.contains(&s));
     let (ok, what) = match key {
