@@ -422,3 +422,78 @@ async fn export_then_import_into_another_broker() {
         .expect("imported user logs in over AMQP");
     let _ = std::fs::remove_file(&file);
 }
+
+#[tokio::test]
+async fn declare_list_and_delete_policies() {
+    let s = start().await;
+    let out = admin(
+        &s,
+        &[
+            "declare",
+            "policy",
+            "name=adm-pol",
+            "pattern=^adm\\.",
+            "definition={\"max-length\": 10, \"alternate-exchange\": \"adm.ae\"}",
+            "priority=3",
+            "apply-to=all",
+        ],
+    )
+    .await;
+    assert!(out.contains("policy declared"), "{out}");
+    admin(
+        &s,
+        &[
+            "declare",
+            "operator_policy",
+            "name=adm-op",
+            "pattern=.*",
+            "definition={\"max-length\": 5}",
+            "apply-to=queues",
+        ],
+    )
+    .await;
+    let ps = list(&s, &["policies"]).await;
+    let p = ps.iter().find(|p| p["name"] == "adm-pol").expect("listed");
+    assert_eq!(p["vhost"], "/");
+    assert_eq!(p["pattern"], "^adm\\.");
+    assert_eq!(p["priority"], 3);
+    assert_eq!(p["apply-to"], "all");
+    assert_eq!(p["definition"]["max-length"], 10);
+    let ops = list(&s, &["operator_policies"]).await;
+    assert_eq!(names(&ops, "name"), ["adm-op"]);
+
+    admin(&s, &["declare", "queue", "name=adm.q"]).await;
+    let q = list(&s, &["queues", "name", "policy", "operator_policy"]).await;
+    let q = q.iter().find(|q| q["name"] == "adm.q").unwrap();
+    assert_eq!(q["policy"], "adm-pol");
+    assert_eq!(q["operator_policy"], "adm-op");
+
+    // A bad definition: rabbitmqadmin shows RabbitMQ's reason and fails.
+    let r = admin_as(
+        &s,
+        "guest",
+        "guest",
+        &[
+            "declare",
+            "policy",
+            "name=bad",
+            "pattern=x",
+            "definition={\"max-length\": -1}",
+        ],
+    )
+    .await;
+    assert!(!r.ok, "{}", r.out);
+    assert!(
+        r.out.contains("is not a valid maximum length")
+            || r.err.contains("is not a valid maximum length"),
+        "{} {}",
+        r.out,
+        r.err
+    );
+
+    admin(&s, &["delete", "policy", "name=adm-pol"]).await;
+    admin(&s, &["delete", "operator_policy", "name=adm-op"]).await;
+    assert!(list(&s, &["policies"]).await.is_empty());
+    assert!(list(&s, &["operator_policies"]).await.is_empty());
+    s.shutdown().await;
+}
