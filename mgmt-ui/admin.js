@@ -1,4 +1,5 @@
-// Admin: users (with tags), virtual hosts and permissions.
+// Admin: users (with tags), virtual hosts and permissions; policies have
+// their own page (policies.js), linked from here.
 
 import { api, enc, get } from './api.js';
 import { el, field, fill, fmtNum, onSubmit, section, status } from './dom.js';
@@ -15,6 +16,7 @@ export function mount(root, ctx) {
   fill(
     root,
     el('h2', {}, 'Admin'),
+    el('p', {}, el('a', { href: '#/policies', 'data-role': 'policies-link' }, 'Policies and operator policies →')),
     err,
     section('Users', users, el('h4', {}, 'Add or update a user'), userForm(() => refresh())),
     section('Virtual hosts', vhosts, el('h4', {}, 'Add a virtual host'), vhostForm(() => refresh())),

@@ -8,6 +8,7 @@ import * as objects from './objects.js';
 import * as queues from './queues.js';
 import * as exchanges from './exchanges.js';
 import * as admin from './admin.js';
+import * as policies from './policies.js';
 
 const POLL_MS = 5000;
 
@@ -21,6 +22,7 @@ const routes = [
   [/^queues$/, 'queues', queues.list],
   [/^queues\/([^/]+)\/([^/]+)$/, 'queues', queues.page],
   [/^admin$/, 'admin', admin.mount],
+  [/^policies$/, 'admin', policies.mount],
 ];
 
 const main = document.getElementById('main');

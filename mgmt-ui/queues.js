@@ -39,6 +39,24 @@ function features(q) {
   return [q.durable ? badge('D') : null, q.auto_delete ? badge('AD') : null, q.exclusive ? badge('Excl') : null, Object.keys(q.arguments || {}).length ? el('span', { class: 'badge', title: argsText(q.arguments) }, 'Args') : null];
 }
 
+const SOURCES = { argument: 'argument', policy: 'policy', 'operator-policy': 'operator policy' };
+
+/** The queue's effective settings: key, value, and argument / policy / operator policy. */
+function effectiveTable(settings) {
+  const keys = Object.keys(settings).sort();
+  if (keys.length === 0) return el('p', { class: 'muted' }, 'None: no argument or policy sets a limit, TTL or dead-lettering.');
+  return el(
+    'table',
+    { class: 'list' },
+    el('thead', {}, el('tr', {}, ['Setting', 'Value', 'From'].map((h) => el('th', {}, h)))),
+    el(
+      'tbody',
+      {},
+      keys.map((k) => el('tr', { 'data-key': k }, el('td', {}, el('code', {}, k)), el('td', {}, String(settings[k].value)), el('td', { 'data-role': 'source' }, SOURCES[settings[k].source] || settings[k].source))),
+    ),
+  );
+}
+
 function addQueueForm(ctx, onDone) {
   const vhost = el('input', { name: 'vhost', value: ctx.vhost || '/', size: 12 });
   const name = el('input', { name: 'name', required: true, size: 30 });
@@ -72,6 +90,7 @@ export function page(root, ctx) {
   const tracker = new RateTracker();
   const figures = el('div', { class: 'figures', 'data-role': 'figures' });
   const info = el('div');
+  const effective = el('div', { 'data-role': 'effective-settings' });
   const consumers = el('div', { 'data-role': 'consumers' });
   const bindings = el('div', { 'data-role': 'queue-bindings' });
   const unacked = el('div', { 'data-role': 'unacked' });
@@ -85,6 +104,7 @@ export function page(root, ctx) {
     el('div', { class: 'figures-row' }, figures),
     el('div', { class: 'charts' }, queued.node, rates.node),
     section('Details', info),
+    section('Effective settings', el('p', { class: 'muted' }, 'What the queue\'s arguments, policy and operator policy give together, and where each value comes from.'), effective),
     section('Consumers', consumers),
     section('Bindings', bindings, el('h4', {}, 'Add binding to this queue'), bindingForm({ vhost, queue: name, onDone: () => refreshBindings().catch(() => {}) })),
     section('Unacknowledged messages', el('p', { class: 'muted' }, 'Messages delivered and not yet acknowledged: which consumer holds each, and for how long.'), unacked),
@@ -133,9 +153,11 @@ export function page(root, ctx) {
         ['Features', [q.durable ? 'durable' : 'transient', q.auto_delete ? 'auto-delete' : null, q.exclusive ? 'exclusive' : null].filter(Boolean).join(', ')],
         ['Arguments', argsText(q.arguments) || '–'],
         ['Policy', q.policy || '–'],
+        ['Operator policy', q.operator_policy || '–'],
         ['Node', q.node],
       ]),
     );
+    fill(effective, effectiveTable(q.effective_settings || {}));
     await Promise.all([refreshConsumers(q), refreshBindings(), refreshUnacked()]);
   }
 

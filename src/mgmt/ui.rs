@@ -48,6 +48,7 @@ static ASSETS: &[Asset] = &[
     asset!("queues.js", JS),
     asset!("exchanges.js", JS),
     asset!("admin.js", JS),
+    asset!("policies.js", JS),
 ];
 
 /// The dashboard's routes, merged outside the API's auth layer.

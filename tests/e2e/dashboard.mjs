@@ -268,6 +268,38 @@ await step('admin adds a user with permissions, then deletes it', ['PUT/DELETE /
   }
 });
 
+await step('policies page adds a policy that the queue page shows, then deletes it', ['PUT/DELETE /api/policies/{vhost}/{name}'], async () => {
+  const name = `e2e-policy-${Date.now()}`;
+  await page.goto(`${BASE}/#/admin`);
+  await page.click('[data-role=policies-link]');
+  await page.fill('input[name=policy-name]', name);
+  await page.fill('input[name=policy-vhost]', '/');
+  await page.fill('input[name=pattern]', `^${QUEUE}$`);
+  await page.selectOption('select[name=apply-to]', 'queues');
+  await page.fill('input[name=priority]', '7');
+  await page.fill('textarea[name=definition]', '{"max-length": 42}');
+  await page.click('button:has-text("Save policy")');
+  const row = page.locator(`[data-role=policies] tr[data-name="${name}"]`);
+  await row.waitFor({ state: 'visible' });
+  await ensure((await row.textContent()).includes('max-length'), 'the definition is listed');
+  // A bad definition: the broker's reason is shown.
+  await page.fill('textarea[name=definition]', '{"max-length": "lots"}');
+  await page.click('button:has-text("Save policy")');
+  await see('form .status.err', 'is not a valid maximum length');
+  // The queue's page shows where its max-length comes from.
+  await page.goto(`${BASE}/#/queues/%2F/${enc(QUEUE)}`);
+  await see('[data-role=effective-settings] tr[data-key=max-length]', '42');
+  await see('[data-role=effective-settings] tr[data-key=max-length] [data-role=source]', 'policy');
+  await page.goto(`${BASE}/#/policies`);
+  acceptDialogs = true;
+  try {
+    await row.locator('button', { hasText: 'Delete' }).click();
+    await row.waitFor({ state: 'detached' });
+  } finally {
+    acceptDialogs = false;
+  }
+});
+
 await step('no uncaught script errors', [], async () => {
   if (pageErrors.length) throw new Error(pageErrors.join('\n'));
 });
