@@ -290,6 +290,7 @@ await step('policies page adds a policy that the queue page shows, then deletes 
   await page.goto(`${BASE}/#/queues/%2F/${enc(QUEUE)}`);
   await see('[data-role=effective-settings] tr[data-key=max-length]', '42');
   await see('[data-role=effective-settings] tr[data-key=max-length] [data-role=source]', 'policy');
+  await snap('policy-on-queue-page');
   await page.goto(`${BASE}/#/policies`);
   acceptDialogs = true;
   try {
