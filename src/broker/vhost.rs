@@ -9,7 +9,7 @@ use super::queue::{Queue, QueueOptions, QueueRef};
 use super::registry::{Churn, ChurnCounters, CoarseClock, Counter, FoldTarget, MessageCounters};
 use super::route::{Dest, RouteScratch};
 use dashmap::DashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use warren_exchanges::{ExchangeType, RouteInput, Table};
 use warren_queues::{DiskError, DiskStore, MemoryStore, Message, MessageStore};
@@ -36,7 +36,12 @@ pub struct Vhost {
     /// start: the sweep after it sees every record. Always taken before any
     /// other lock of the vhost, never held across `.await`.
     gate: RwLock<()>,
+    /// The vhost's `max-queues` limit ([`NO_LIMIT`]: none), set by the
+    /// broker from the stored vhost limits.
+    queue_limit: AtomicU64,
 }
+
+const NO_LIMIT: u64 = u64::MAX;
 
 /// Message details routing may read beyond the routing key.
 #[derive(Default, Clone, Copy)]
@@ -87,6 +92,7 @@ impl Vhost {
             churn,
             deleted: AtomicBool::new(false),
             gate: RwLock::new(()),
+            queue_limit: AtomicU64::new(NO_LIMIT),
         };
         let durable = ExchangeOptions {
             durable: true,
@@ -113,6 +119,29 @@ impl Vhost {
                 .insert(name.to_owned(), builtin(name, ExchangeKind::Typed(t)));
         }
         v
+    }
+
+    /// Sets the vhost's `max-queues` limit (`None`: no limit).
+    pub fn set_queue_limit(&self, limit: Option<u64>) {
+        self.queue_limit
+            .store(limit.unwrap_or(NO_LIMIT), Ordering::Relaxed);
+    }
+
+    /// RabbitMQ's refusal of a new queue past `max-queues` (its channel
+    /// checks it; so do AMQP and the HTTP API here, not definitions
+    /// imports, which RabbitMQ does not check either).
+    fn check_queue_limit(&self, name: &str) -> Result<()> {
+        let limit = self.queue_limit.load(Ordering::Relaxed);
+        if limit == NO_LIMIT || (self.queues.len() as u64) < limit {
+            return Ok(());
+        }
+        Err(BrokerError::new(
+            ErrorKind::PreconditionFailed,
+            format!(
+                "cannot declare queue '{name}': queue limit in vhost '{}' ({limit}) is reached",
+                self.name
+            ),
+        ))
     }
 
     /// Whether the vhost was deleted (its holders see it go).
@@ -343,6 +372,9 @@ impl Vhost {
                 return Err(reserved_queue_name(&name));
             }
             c.check_queue_declare(self, &name, &opts.arguments)?;
+            if self.queue(&name).is_none() {
+                self.check_queue_limit(&name)?;
+            }
         }
         let existing = match self.queues.entry(name.clone()) {
             dashmap::Entry::Occupied(e) => e.get().clone(),
