@@ -312,7 +312,9 @@ impl Config {
         if self.limits.http_max_connections == 0 {
             return Err("limits.http_max_connections: must be at least 1".into());
         }
-        if self.limits.http_idle_timeout_secs == 0 || self.limits.http_unauthenticated_timeout_secs == 0 {
+        if self.limits.http_idle_timeout_secs == 0
+            || self.limits.http_unauthenticated_timeout_secs == 0
+        {
             return Err("limits.http_idle_timeout_secs, limits.http_unauthenticated_timeout_secs: must be at least 1".into());
         }
         if self.storage.cache_mb == 0 {
@@ -396,7 +398,10 @@ mod tests {
             d.limits.max_unfinished_body_bytes
         );
         assert_eq!(c.limits.http_max_connections, d.limits.http_max_connections);
-        assert_eq!(c.limits.http_idle_timeout_secs, d.limits.http_idle_timeout_secs);
+        assert_eq!(
+            c.limits.http_idle_timeout_secs,
+            d.limits.http_idle_timeout_secs
+        );
         assert_eq!(
             c.limits.http_unauthenticated_timeout_secs,
             d.limits.http_unauthenticated_timeout_secs

@@ -11,12 +11,12 @@
 use crate::amqp::{connection, AmqpSettings};
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::mgmt::conn::{BoundedListener, HttpLimits, Peer};
 use crate::mgmt::MgmtState;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use crate::mgmt::conn::{BoundedListener, HttpLimits, Peer};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -296,7 +296,9 @@ fn serve(config: &Config, broker: Arc<Broker>, bound: Bound) -> Server {
     let http_limits = Arc::new(HttpLimits {
         connections: Arc::new(Semaphore::new(config.limits.http_max_connections as usize)),
         idle_timeout: Duration::from_secs(config.limits.http_idle_timeout_secs),
-        unauthenticated_timeout: Duration::from_secs(config.limits.http_unauthenticated_timeout_secs),
+        unauthenticated_timeout: Duration::from_secs(
+            config.limits.http_unauthenticated_timeout_secs,
+        ),
     });
     let mut http = Vec::new();
     for l in bound.prometheus {
@@ -463,7 +465,11 @@ fn amqp_connection_cap(config: &Config) -> usize {
         n => n.min(by_fds),
     };
     if l.connection_max == 0 || cap < l.connection_max {
-        tracing::info!(open_files = nofile, cap, "AMQP connections are capped by the open-files limit");
+        tracing::info!(
+            open_files = nofile,
+            cap,
+            "AMQP connections are capped by the open-files limit"
+        );
     }
     // Tokio's semaphore holds at most usize::MAX >> 3 permits.
     (cap.min(1 << 40)) as usize

@@ -249,7 +249,10 @@ mod tests {
     #[test]
     fn publish_with_two_body_frames() {
         let mut a = Assembler::default();
-        assert!(a.frame(f(FRAME_METHOD, PUBLISH), lim(1000)).unwrap().is_none());
+        assert!(a
+            .frame(f(FRAME_METHOD, PUBLISH), lim(1000))
+            .unwrap()
+            .is_none());
         assert!(a
             .frame(f(FRAME_HEADER, &header(5)), lim(1000))
             .unwrap()
@@ -263,7 +266,10 @@ mod tests {
     fn empty_body_completes_at_header() {
         let mut a = Assembler::default();
         a.frame(f(FRAME_METHOD, PUBLISH), lim(1000)).unwrap();
-        let c = a.frame(f(FRAME_HEADER, &header(0)), lim(1000)).unwrap().unwrap();
+        let c = a
+            .frame(f(FRAME_HEADER, &header(0)), lim(1000))
+            .unwrap()
+            .unwrap();
         assert!(c.content.unwrap().body.is_empty());
     }
 
@@ -316,7 +322,8 @@ mod tests {
         let mut a = Assembler::default();
         a.frame(f(FRAME_METHOD, PUBLISH), lim(1000)).unwrap();
         assert_eq!(
-            a.frame(f(FRAME_HEADER, &header(2000)), lim(1000)).unwrap_err(),
+            a.frame(f(FRAME_HEADER, &header(2000)), lim(1000))
+                .unwrap_err(),
             AssembleError::TooLarge {
                 size: 2000,
                 max: 1000

@@ -10,6 +10,7 @@ use super::codec::{self, Frame, FRAME_METHOD};
 use super::connection::{conn_err, Connection};
 use super::error::*;
 use super::fields::to_table;
+use crate::broker::limits::Slot;
 use crate::broker::registry::COUNTERS;
 use crate::broker::{
     ConsumeRequest, Counter, Delivery, Exchange, ExchangeOptions, Kind, OutboxItem, Perm,
@@ -21,7 +22,6 @@ use amq_protocol::protocol::{
 use amq_protocol::types::ShortString;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use crate::broker::limits::Slot;
 use warren_queues::{ChannelLimit, ConsumerId, Message};
 
 struct Unacked {
@@ -206,7 +206,9 @@ impl Connection {
             room: if others == 0 {
                 u64::MAX
             } else {
-                self.settings.max_unfinished_body_bytes.saturating_sub(others)
+                self.settings
+                    .max_unfinished_body_bytes
+                    .saturating_sub(others)
             },
         };
         let res = ch.asm.frame(f, limits);

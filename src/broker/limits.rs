@@ -87,22 +87,27 @@ impl Tracker {
     }
 
     fn count(&self, count: Count, key: &str) -> u64 {
-        self.counts
-            .get(&(count, key.to_owned()))
-            .map_or(0, |n| *n)
+        self.counts.get(&(count, key.to_owned())).map_or(0, |n| *n)
     }
 }
 
 /// A limit's value: a non-negative integer, or `None` (absent, negative
 /// or not an integer: no limit, as RabbitMQ reads them).
 pub fn limit_of(limits: &J, name: &str) -> Option<u64> {
-    limits.get(name).and_then(J::as_i64).and_then(|n| u64::try_from(n).ok())
+    limits
+        .get(name)
+        .and_then(J::as_i64)
+        .and_then(|n| u64::try_from(n).ok())
 }
 
 /// RabbitMQ's check of a limits object (`rabbit_parameter_validation:
 /// proplist` with integer values), as its management API words the
 /// failure; `what` names the object ("limits" or "user-limits").
-pub fn validate(what: &str, allowed: &[&str], limits: &serde_json::Map<String, J>) -> std::result::Result<(), String> {
+pub fn validate(
+    what: &str,
+    allowed: &[&str],
+    limits: &serde_json::Map<String, J>,
+) -> std::result::Result<(), String> {
     for (k, v) in limits {
         if !allowed.contains(&k.as_str()) {
             return Err(format!(
@@ -111,7 +116,10 @@ pub fn validate(what: &str, allowed: &[&str], limits: &serde_json::Map<String, J
             ));
         }
         if !v.is_i64() {
-            return Err(format!("{k} should be a number, actually was {}", erlang_term(v)));
+            return Err(format!(
+                "{k} should be a number, actually was {}",
+                erlang_term(v)
+            ));
         }
     }
     Ok(())
@@ -128,7 +136,11 @@ fn erlang_term(v: &J) -> String {
 
 /// The kept parameter's key: (vhost, component, name).
 fn limits_key(vhost: &str) -> Vec<String> {
-    vec![vhost.to_owned(), VHOST_LIMITS.to_owned(), LIMITS_NAME.to_owned()]
+    vec![
+        vhost.to_owned(),
+        VHOST_LIMITS.to_owned(),
+        LIMITS_NAME.to_owned(),
+    ]
 }
 
 impl Broker {
@@ -281,7 +293,10 @@ mod tests {
         assert!(t.take(Count::UserChannels, "u", Some(2)).is_none());
         drop(a);
         assert!(t.take(Count::UserChannels, "u", Some(2)).is_some());
-        assert!(t.take(Count::UserChannels, "v", Some(0)).is_none(), "0 allows none");
+        assert!(
+            t.take(Count::UserChannels, "v", Some(0)).is_none(),
+            "0 allows none"
+        );
         assert!(t.take(Count::UserChannels, "w", None).is_some());
     }
 

@@ -70,7 +70,10 @@ impl Peer {
 /// Prometheus listener, which has no login), every request counts as
 /// authenticated.
 pub async fn track(open: bool, req: Request, next: Next) -> Response {
-    let peer = req.extensions().get::<ConnectInfo<Peer>>().map(|c| c.0.clone());
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<Peer>>()
+        .map(|c| c.0.clone());
     let Some(peer) = peer else {
         return next.run(req).await;
     };

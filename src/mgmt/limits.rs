@@ -43,11 +43,11 @@ fn value_of(body: &Bytes) -> Result<J, ApiError> {
         .ok_or_else(|| bad("[{key_missing,value}]"))
 }
 
-async fn vhost_limits_all(
-    s: St,
-    Extension(AuthUser(user)): Extension<AuthUser>,
-) -> Json<J> {
-    let admin = s.broker.user(&user).is_some_and(|u| u.has_tag("administrator"));
+async fn vhost_limits_all(s: St, Extension(AuthUser(user)): Extension<AuthUser>) -> Json<J> {
+    let admin = s
+        .broker
+        .user(&user)
+        .is_some_and(|u| u.has_tag("administrator"));
     let items = s
         .broker
         .all_vhost_limits()
@@ -135,8 +135,7 @@ async fn user_limit_put(
     let value = value_of(&body).map_err(IntoResponse::into_response)?;
     let mut one = Map::new();
     one.insert(name.clone(), value.clone());
-    limits::validate("user-limits", &USER_LIMIT_NAMES, &one)
-        .map_err(|e| bad(e).into_response())?;
+    limits::validate("user-limits", &USER_LIMIT_NAMES, &one).map_err(|e| bad(e).into_response())?;
     if !s.broker.set_user_limit(&user, &name, value.as_i64()) {
         // RabbitMQ's reason here is an Erlang tuple rendered as an array.
         let body = json!({"error": "bad_request", "reason": ["no_such_user", user]});
