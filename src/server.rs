@@ -497,7 +497,10 @@ fn raise_nofile_limit() -> u64 {
             }
         }
     }
-    lim.rlim_cur as u64
+    // rlim_t is u64 on Linux but not everywhere.
+    #[allow(clippy::unnecessary_cast)]
+    let soft = lim.rlim_cur as u64;
+    soft
 }
 
 /// Accepts AMQP clients while a connection slot is free: past the
