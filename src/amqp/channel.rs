@@ -200,7 +200,7 @@ impl Connection {
         // of the connection's budget; alone, a body may use all of
         // max_message_size, so a legal publish never finds itself stuck.
         let before = ch.asm.pending_body();
-        let others = self.unfinished_body - before;
+        let others = self.unfinished_body.saturating_sub(before);
         let limits = BodyLimits {
             max_body: self.settings.max_message_size,
             room: if others == 0 {
@@ -297,7 +297,9 @@ impl Connection {
         if let Some(ch) = self.channels.get_mut(&id) {
             ch.closing = true;
             let released = std::mem::take(ch);
-            self.unfinished_body -= released.asm.pending_body();
+            self.unfinished_body = self
+                .unfinished_body
+                .saturating_sub(released.asm.pending_body());
             // Keep a closing placeholder until close-ok.
             self.channels.insert(
                 id,

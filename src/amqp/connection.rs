@@ -1053,7 +1053,7 @@ impl Connection {
     pub(super) fn remove_channel(&mut self, id: u16) -> Option<Channel> {
         let ch = self.channels.remove(&id);
         if let Some(ch) = &ch {
-            self.unfinished_body -= ch.pending_body();
+            self.unfinished_body = self.unfinished_body.saturating_sub(ch.pending_body());
             self.broker.churn.add(crate::broker::Churn::ChannelClosed);
         }
         ch
