@@ -18,6 +18,7 @@ pub struct Config {
     pub amqp: Amqp,
     pub auth: Auth,
     pub management: Management,
+    pub limits: Limits,
     /// Virtual hosts created at start-up.
     pub vhosts: Vec<String>,
 }
@@ -154,6 +155,42 @@ impl Default for Management {
     }
 }
 
+/// Resource bounds: what one client, or many, may hold of the broker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// AMQP connections the node serves at once (RabbitMQ's
+    /// `connection_max`); 0: no limit beyond the file descriptors. Clients
+    /// past it wait in the listen backlog, as with RabbitMQ's ranch.
+    pub connection_max: u64,
+    /// Bytes of unfinished message bodies one connection's channels may
+    /// hold together; a body alone may still reach `max_message_size`.
+    pub max_unfinished_body_bytes: u64,
+    /// HTTP connections (management and Prometheus together) served at once.
+    pub http_max_connections: u64,
+    /// Seconds an HTTP connection may stay idle between requests.
+    pub http_idle_timeout_secs: u64,
+    /// Seconds an HTTP connection has, from accept, to complete a request
+    /// that passes authentication.
+    pub http_unauthenticated_timeout_secs: u64,
+    /// File descriptors kept free of AMQP connections: the store, the
+    /// HTTP connections and the listeners need them.
+    pub fd_reserve: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connection_max: 0,
+            max_unfinished_body_bytes: 128 * 1024 * 1024,
+            http_max_connections: 256,
+            http_idle_timeout_secs: 60,
+            http_unauthenticated_timeout_secs: 10,
+            fd_reserve: 64,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct User {
@@ -171,6 +208,7 @@ impl Default for Config {
             amqp: Amqp::default(),
             auth: Auth::default(),
             management: Management::default(),
+            limits: Limits::default(),
             vhosts: vec!["/".into()],
         }
     }
@@ -268,6 +306,17 @@ impl Config {
         if self.amqp.max_message_size == 0 || self.amqp.max_message_size > 512 * 1024 * 1024 {
             return Err("amqp.max_message_size: must be between 1 and 536870912".into());
         }
+        if self.limits.max_unfinished_body_bytes == 0 {
+            return Err("limits.max_unfinished_body_bytes: must be at least 1".into());
+        }
+        if self.limits.http_max_connections == 0 {
+            return Err("limits.http_max_connections: must be at least 1".into());
+        }
+        if self.limits.http_idle_timeout_secs == 0
+            || self.limits.http_unauthenticated_timeout_secs == 0
+        {
+            return Err("limits.http_idle_timeout_secs, limits.http_unauthenticated_timeout_secs: must be at least 1".into());
+        }
         if self.storage.cache_mb == 0 {
             return Err("storage.cache_mb: must be at least 1".into());
         }
@@ -297,6 +346,7 @@ impl Config {
             frame_max: self.amqp.frame_max,
             heartbeat: self.amqp.heartbeat,
             max_message_size: self.amqp.max_message_size,
+            max_unfinished_body_bytes: self.limits.max_unfinished_body_bytes,
             handshake_timeout: std::time::Duration::from_secs(self.amqp.handshake_timeout_secs),
             cluster_name: self.amqp.cluster_name.clone(),
         }
@@ -342,6 +392,21 @@ mod tests {
             c.management.collect_statistics_interval,
             d.management.collect_statistics_interval
         );
+        assert_eq!(c.limits.connection_max, d.limits.connection_max);
+        assert_eq!(
+            c.limits.max_unfinished_body_bytes,
+            d.limits.max_unfinished_body_bytes
+        );
+        assert_eq!(c.limits.http_max_connections, d.limits.http_max_connections);
+        assert_eq!(
+            c.limits.http_idle_timeout_secs,
+            d.limits.http_idle_timeout_secs
+        );
+        assert_eq!(
+            c.limits.http_unauthenticated_timeout_secs,
+            d.limits.http_unauthenticated_timeout_secs
+        );
+        assert_eq!(c.limits.fd_reserve, d.limits.fd_reserve);
     }
 
     #[test]

@@ -11,12 +11,13 @@
 use crate::amqp::{connection, AmqpSettings};
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::mgmt::conn::{BoundedListener, HttpLimits, Peer};
 use crate::mgmt::MgmtState;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
 pub struct Server {
@@ -292,15 +293,25 @@ fn serve(config: &Config, broker: Arc<Broker>, bound: Bound) -> Server {
         data_dir: config.storage.data_dir.clone(),
         started: std::time::Instant::now(),
     });
+    let http_limits = Arc::new(HttpLimits {
+        connections: Arc::new(Semaphore::new(config.limits.http_max_connections as usize)),
+        idle_timeout: Duration::from_secs(config.limits.http_idle_timeout_secs),
+        unauthenticated_timeout: Duration::from_secs(
+            config.limits.http_unauthenticated_timeout_secs,
+        ),
+    });
     let mut http = Vec::new();
     for l in bound.prometheus {
         let app = crate::mgmt::metrics_router(state.clone());
+        let l = BoundedListener::new(l, http_limits.clone());
         http.push(serve_http(l, app, "Prometheus", rx.clone()));
     }
     for l in bound.http {
         let app = crate::mgmt::router(state.clone());
+        let l = BoundedListener::new(l, http_limits.clone());
         http.push(serve_http(l, app, "management", rx.clone()));
     }
+    let amqp_slots = Arc::new(Semaphore::new(amqp_connection_cap(config)));
     let sampler = tokio::spawn(sample_rates(
         broker.clone(),
         Duration::from_millis(config.management.collect_statistics_interval),
@@ -308,7 +319,15 @@ fn serve(config: &Config, broker: Arc<Broker>, bound: Bound) -> Server {
     let accept = bound
         .amqp
         .into_iter()
-        .map(|l| tokio::spawn(accept_loop(l, broker.clone(), settings.clone(), rx.clone())))
+        .map(|l| {
+            tokio::spawn(accept_loop(
+                l,
+                broker.clone(),
+                settings.clone(),
+                amqp_slots.clone(),
+                rx.clone(),
+            ))
+        })
         .collect();
     Server {
         amqp_addrs,
@@ -327,15 +346,17 @@ fn serve(config: &Config, broker: Arc<Broker>, bound: Bound) -> Server {
 /// Serves an HTTP router (with the peer's address, for the loopback-only
 /// users) until shutdown.
 fn serve_http(
-    listener: TcpListener,
+    listener: BoundedListener,
     app: axum::Router,
     what: &'static str,
     rx: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
+    use axum::serve::ListenerExt;
     let stop = shutdown_signal(rx);
     tokio::spawn(async move {
-        let svc = app.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(listener, svc)
+        let svc = app.into_make_service_with_connect_info::<Peer>();
+        // tap_io only to get axum's connect-info impl for any listener.
+        if let Err(e) = axum::serve(listener.tap_io(|_| {}), svc)
             .with_graceful_shutdown(stop)
             .await
         {
@@ -428,23 +449,110 @@ fn trim_heap() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn trim_heap() {}
 
+/// How many AMQP connections the node serves at once: the configured
+/// `connection_max` (0: none), and in any case what the open-files limit
+/// leaves after the HTTP connections and the reserve, so running out of
+/// descriptors makes clients wait rather than breaking accept and the store.
+fn amqp_connection_cap(config: &Config) -> usize {
+    let nofile = raise_nofile_limit();
+    let l = &config.limits;
+    let by_fds = nofile
+        .saturating_sub(l.http_max_connections)
+        .saturating_sub(l.fd_reserve)
+        .max(1);
+    let cap = match l.connection_max {
+        0 => by_fds,
+        n => n.min(by_fds),
+    };
+    if l.connection_max == 0 || cap < l.connection_max {
+        tracing::info!(
+            open_files = nofile,
+            cap,
+            "AMQP connections are capped by the open-files limit"
+        );
+    }
+    // Tokio's semaphore holds at most usize::MAX >> 3 permits.
+    (cap.min(1 << 40)) as usize
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (as RabbitMQ's
+/// packaging advises) and returns the soft limit now in force.
+fn raise_nofile_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read or write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    // rlim_t is u64 on Linux but not everywhere.
+    #[allow(clippy::unnecessary_cast)]
+    let soft = lim.rlim_cur as u64;
+    soft
+}
+
+/// Accepts AMQP clients while a connection slot is free: past the
+/// node's cap (`limits.connection_max`, and the file descriptors left
+/// after the reserve) clients wait in the listen backlog, as RabbitMQ's
+/// ranch makes them wait. A failed accept (out of descriptors after all)
+/// backs off, up to a second, instead of spinning.
 async fn accept_loop(
     listener: TcpListener,
     broker: Arc<Broker>,
     settings: Arc<AmqpSettings>,
+    slots: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut conns = JoinSet::new();
+    let mut backoff = Duration::from_millis(10);
+    let mut full_logged = false;
     loop {
+        let ready = slots.clone().try_acquire_owned().ok();
+        if ready.is_some() {
+            full_logged = false;
+        } else if !full_logged {
+            tracing::warn!("AMQP connection limit reached; new clients wait until one closes");
+            full_logged = true;
+        }
+        let next = async {
+            let permit = match ready {
+                Some(p) => p,
+                None => slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the AMQP connection semaphore is never closed"),
+            };
+            (permit, listener.accept().await)
+        };
         tokio::select! {
-            res = listener.accept() => match res {
+            (permit, res) = next => match res {
                 Ok((sock, _)) => {
-                    conns.spawn(connection::serve(sock, broker.clone(), settings.clone(), shutdown.clone()));
+                    backoff = Duration::from_millis(10);
+                    let (b, s, sd) = (broker.clone(), settings.clone(), shutdown.clone());
+                    conns.spawn(async move {
+                        connection::serve(sock, b, s, sd).await;
+                        drop(permit);
+                    });
                 }
                 Err(e) => {
-                    // Out of file descriptors and the like: back off briefly.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of file descriptors and the like: back off.
+                    drop(permit);
+                    tracing::warn!(error = %e, retry_in = ?backoff, "accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
             },
             Some(_) = conns.join_next(), if !conns.is_empty() => {}

@@ -61,12 +61,22 @@ enum State {
     },
 }
 
-/// A frame that breaks the method/header/body order (505), or a body
-/// larger than the broker accepts (the caller maps it).
+/// A frame that breaks the method/header/body order (505), a body larger
+/// than the broker accepts, or one that does not fit beside the other
+/// unfinished bodies of the connection (the caller maps them).
 #[derive(Debug, PartialEq, Eq)]
 pub enum AssembleError {
     Unexpected(String),
     TooLarge { size: u64, max: u64 },
+    NoRoom { size: u64, room: u64 },
+}
+
+/// What a content header's body may take: at most `max_body` bytes, and
+/// at most `room` (what the connection's other unfinished bodies leave).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    pub max_body: u64,
+    pub room: u64,
 }
 
 #[derive(Debug, Default)]
@@ -75,8 +85,21 @@ pub struct Assembler {
 }
 
 impl Assembler {
+    /// The announced size of the body being received; 0 when none is.
+    pub fn pending_body(&self) -> u64 {
+        match &self.state {
+            State::Body { header, .. } => header.body_size,
+            _ => 0,
+        }
+    }
+
     /// Feeds one method, header or body frame.
-    pub fn frame(&mut self, frame: Frame, max_body: u64) -> Result<Option<Command>, AssembleError> {
+    pub fn frame(
+        &mut self,
+        frame: Frame,
+        limits: BodyLimits,
+    ) -> Result<Option<Command>, AssembleError> {
+        let max_body = limits.max_body;
         let state = std::mem::take(&mut self.state);
         match (state, frame.kind) {
             (State::Idle, FRAME_METHOD) => {
@@ -112,6 +135,12 @@ impl Assembler {
                     return Err(AssembleError::TooLarge {
                         size: header.body_size,
                         max: max_body,
+                    });
+                }
+                if header.body_size > limits.room {
+                    return Err(AssembleError::NoRoom {
+                        size: header.body_size,
+                        room: limits.room,
                     });
                 }
                 if header.body_size == 0 {
@@ -208,26 +237,39 @@ mod tests {
         h
     }
 
+    fn lim(max_body: u64) -> BodyLimits {
+        BodyLimits {
+            max_body,
+            room: u64::MAX,
+        }
+    }
+
     const PUBLISH: &[u8] = &[0, 60, 0, 40, 0, 0, 0, 1, b'q', 0];
 
     #[test]
     fn publish_with_two_body_frames() {
         let mut a = Assembler::default();
-        assert!(a.frame(f(FRAME_METHOD, PUBLISH), 1000).unwrap().is_none());
         assert!(a
-            .frame(f(FRAME_HEADER, &header(5)), 1000)
+            .frame(f(FRAME_METHOD, PUBLISH), lim(1000))
             .unwrap()
             .is_none());
-        assert!(a.frame(f(FRAME_BODY, b"ab"), 1000).unwrap().is_none());
-        let c = a.frame(f(FRAME_BODY, b"cde"), 1000).unwrap().unwrap();
+        assert!(a
+            .frame(f(FRAME_HEADER, &header(5)), lim(1000))
+            .unwrap()
+            .is_none());
+        assert!(a.frame(f(FRAME_BODY, b"ab"), lim(1000)).unwrap().is_none());
+        let c = a.frame(f(FRAME_BODY, b"cde"), lim(1000)).unwrap().unwrap();
         assert_eq!(&c.content.unwrap().body[..], b"abcde");
     }
 
     #[test]
     fn empty_body_completes_at_header() {
         let mut a = Assembler::default();
-        a.frame(f(FRAME_METHOD, PUBLISH), 1000).unwrap();
-        let c = a.frame(f(FRAME_HEADER, &header(0)), 1000).unwrap().unwrap();
+        a.frame(f(FRAME_METHOD, PUBLISH), lim(1000)).unwrap();
+        let c = a
+            .frame(f(FRAME_HEADER, &header(0)), lim(1000))
+            .unwrap()
+            .unwrap();
         assert!(c.content.unwrap().body.is_empty());
     }
 
@@ -235,32 +277,53 @@ mod tests {
     fn out_of_order_frames_are_unexpected() {
         let mut a = Assembler::default();
         assert!(matches!(
-            a.frame(f(FRAME_BODY, b"x"), 1000),
+            a.frame(f(FRAME_BODY, b"x"), lim(1000)),
             Err(AssembleError::Unexpected(_))
         ));
         let mut a = Assembler::default();
-        a.frame(f(FRAME_METHOD, PUBLISH), 1000).unwrap();
+        a.frame(f(FRAME_METHOD, PUBLISH), lim(1000)).unwrap();
         assert_eq!(
-            a.frame(f(FRAME_METHOD, PUBLISH), 1000).unwrap_err(),
+            a.frame(f(FRAME_METHOD, PUBLISH), lim(1000)).unwrap_err(),
             AssembleError::Unexpected(
                 "expected content header for class 60, got non content header frame instead".into()
             )
         );
         let mut a = Assembler::default();
-        a.frame(f(FRAME_METHOD, PUBLISH), 1000).unwrap();
-        a.frame(f(FRAME_HEADER, &header(1)), 1000).unwrap();
+        a.frame(f(FRAME_METHOD, PUBLISH), lim(1000)).unwrap();
+        a.frame(f(FRAME_HEADER, &header(1)), lim(1000)).unwrap();
         assert!(
-            a.frame(f(FRAME_BODY, b"xy"), 1000).is_err(),
+            a.frame(f(FRAME_BODY, b"xy"), lim(1000)).is_err(),
             "longer than announced"
         );
     }
 
     #[test]
+    fn a_body_without_room_is_refused_at_header() {
+        let mut a = Assembler::default();
+        a.frame(f(FRAME_METHOD, PUBLISH), lim(1000)).unwrap();
+        let tight = BodyLimits {
+            max_body: 1000,
+            room: 10,
+        };
+        assert_eq!(
+            a.frame(f(FRAME_HEADER, &header(11)), tight).unwrap_err(),
+            AssembleError::NoRoom { size: 11, room: 10 }
+        );
+        let mut a = Assembler::default();
+        a.frame(f(FRAME_METHOD, PUBLISH), lim(1000)).unwrap();
+        a.frame(f(FRAME_HEADER, &header(10)), tight).unwrap();
+        assert_eq!(a.pending_body(), 10);
+        a.frame(f(FRAME_BODY, &[0; 10]), tight).unwrap().unwrap();
+        assert_eq!(a.pending_body(), 0);
+    }
+
+    #[test]
     fn oversized_body_is_refused_at_header() {
         let mut a = Assembler::default();
-        a.frame(f(FRAME_METHOD, PUBLISH), 1000).unwrap();
+        a.frame(f(FRAME_METHOD, PUBLISH), lim(1000)).unwrap();
         assert_eq!(
-            a.frame(f(FRAME_HEADER, &header(2000)), 1000).unwrap_err(),
+            a.frame(f(FRAME_HEADER, &header(2000)), lim(1000))
+                .unwrap_err(),
             AssembleError::TooLarge {
                 size: 2000,
                 max: 1000

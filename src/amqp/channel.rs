@@ -5,11 +5,12 @@
 //! `multiple` acks take a prefix). Commands call the broker; errors come
 //! back typed by what they close.
 
-use super::assembler::{AssembleError, Assembler, Command};
+use super::assembler::{AssembleError, Assembler, BodyLimits, Command};
 use super::codec::{self, Frame, FRAME_METHOD};
 use super::connection::{conn_err, Connection};
 use super::error::*;
 use super::fields::to_table;
+use crate::broker::limits::Slot;
 use crate::broker::registry::COUNTERS;
 use crate::broker::{
     ConsumeRequest, Counter, Delivery, Exchange, ExchangeOptions, Kind, OutboxItem, Perm,
@@ -70,9 +71,17 @@ pub(super) struct Channel {
     /// Message counters for the management API: plain integers (the
     /// channel belongs to one task), copied into its snapshot.
     stats: [u64; COUNTERS],
+    /// The channel's place in its user's `max-channels` limit, given back
+    /// when the channel is released.
+    _slot: Option<Slot>,
 }
 
 impl Channel {
+    /// The announced size of the body this channel is receiving.
+    pub(super) fn pending_body(&self) -> u64 {
+        self.asm.pending_body()
+    }
+
     #[inline]
     fn count(&mut self, c: Counter, n: u64) {
         self.stats[c as usize] += n;
@@ -143,9 +152,14 @@ impl Connection {
                         ),
                     ));
                 }
+                let slot = self
+                    .broker
+                    .admit_channel(&self.caller.user)
+                    .map_err(|e| conn_err(NOT_ALLOWED, format!("NOT_ALLOWED - {}", e.text)))?;
                 let ch = Channel {
                     next_tag: 1,
                     epoch: self.broker.next_id(),
+                    _slot: Some(slot),
                     ..Default::default()
                 };
                 self.channels.insert(id, ch);
@@ -182,10 +196,40 @@ impl Connection {
             }
             return Ok(());
         }
-        let max_body = self.settings.max_message_size;
-        let cmd = match ch.asm.frame(f, max_body) {
+        // The other channels' unfinished bodies leave this one the rest
+        // of the connection's budget; alone, a body may use all of
+        // max_message_size, so a legal publish never finds itself stuck.
+        let before = ch.asm.pending_body();
+        let others = self.unfinished_body.saturating_sub(before);
+        let limits = BodyLimits {
+            max_body: self.settings.max_message_size,
+            room: if others == 0 {
+                u64::MAX
+            } else {
+                self.settings
+                    .max_unfinished_body_bytes
+                    .saturating_sub(others)
+            },
+        };
+        let res = ch.asm.frame(f, limits);
+        self.unfinished_body = others + ch.asm.pending_body();
+        let cmd = match res {
             Ok(Some(cmd)) => cmd,
             Ok(None) => return Ok(()),
+            Err(AssembleError::NoRoom { size, room }) => {
+                self.close_channel(
+                    id,
+                    AmqpError::channel(
+                        PRECONDITION_FAILED,
+                        format!(
+                            "message size {size} does not fit beside this connection's other unfinished messages ({room} of its {} bytes left)",
+                            self.settings.max_unfinished_body_bytes
+                        ),
+                    )
+                    .at((60, 40)),
+                );
+                return Ok(());
+            }
             Err(AssembleError::Unexpected(text)) => {
                 return Err(conn_err(
                     UNEXPECTED_FRAME,
@@ -253,6 +297,9 @@ impl Connection {
         if let Some(ch) = self.channels.get_mut(&id) {
             ch.closing = true;
             let released = std::mem::take(ch);
+            self.unfinished_body = self
+                .unfinished_body
+                .saturating_sub(released.asm.pending_body());
             // Keep a closing placeholder until close-ok.
             self.channels.insert(
                 id,

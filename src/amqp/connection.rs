@@ -11,6 +11,7 @@ use super::channel::Channel;
 use super::codec::{self, Frame, FRAME_HEARTBEAT, FRAME_METHOD, PROTOCOL_HEADER};
 use super::error::*;
 use super::{sasl, writer, AmqpSettings};
+use crate::broker::limits::ConnectionSlots;
 use crate::broker::{
     Broker, Caller, ClientInfo, ConnectionInfo, Outbox, OutboxItem, Queue, RouteScratch, Vhost,
 };
@@ -114,6 +115,12 @@ pub(super) struct Connection {
     last_sent: Instant,
     /// What the management API sees of us; also how it asks us to close.
     info: Arc<ConnectionInfo>,
+    /// Held for the connection's life: its places in the vhost's and the
+    /// user's connection limits.
+    _slots: ConnectionSlots,
+    /// The announced sizes of the bodies the channels are receiving, all
+    /// together (bounded by `max_unfinished_body_bytes`, see `channel_frame`).
+    pub(super) unfinished_body: u64,
 }
 
 /// Output from `from` bytes into the connection's buffer on waits until
@@ -204,6 +211,8 @@ pub async fn serve(
         hold: None,
         last_sent: Instant::now(),
         info,
+        _slots: conn.slots,
+        unfinished_body: 0,
     };
     // A bug that panics mid-connection must not strand its consumers and
     // unacked messages: the cleanup runs either way.
@@ -243,6 +252,8 @@ impl<F: std::future::Future> std::future::Future for CatchUnwind<F> {
 
 struct Handshaken {
     vhost: Arc<Vhost>,
+    /// The connection's places in its vhost's and user's limits.
+    slots: ConnectionSlots,
     user: String,
     caller: Caller,
     frame_max: usize,
@@ -549,6 +560,24 @@ async fn handshake(
         .await;
         return None;
     };
+    // As RabbitMQ: the vhost's connection limit, then the user's, then
+    // the permission.
+    let slots = match broker.admit_connection(&user, vhost_name) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%peer, user = %user, vhost = vhost_name, "connection refused: {}", e.text);
+            refuse(
+                rd,
+                rbuf,
+                tx,
+                NOT_ALLOWED,
+                format!("NOT_ALLOWED - {}", e.text),
+                (10, 40),
+            )
+            .await;
+            return None;
+        }
+    };
     let caller = match broker.caller(&user, vhost_name, 0) {
         Ok(c) => c,
         Err(e) => {
@@ -572,6 +601,7 @@ async fn handshake(
     .await;
     Some(Handshaken {
         vhost,
+        slots,
         user,
         caller,
         frame_max,
@@ -1022,7 +1052,8 @@ impl Connection {
     /// and counts it as closed for the churn figures.
     pub(super) fn remove_channel(&mut self, id: u16) -> Option<Channel> {
         let ch = self.channels.remove(&id);
-        if ch.is_some() {
+        if let Some(ch) = &ch {
+            self.unfinished_body = self.unfinished_body.saturating_sub(ch.pending_body());
             self.broker.churn.add(crate::broker::Churn::ChannelClosed);
         }
         ch

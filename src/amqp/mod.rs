@@ -25,6 +25,9 @@ pub struct AmqpSettings {
     pub heartbeat: u16,
     /// Largest message body accepted, in bytes.
     pub max_message_size: u64,
+    /// Bytes of unfinished message bodies one connection's channels may
+    /// hold together (a body alone may always reach `max_message_size`).
+    pub max_unfinished_body_bytes: u64,
     /// How long a client has to complete the handshake.
     pub handshake_timeout: std::time::Duration,
     pub cluster_name: String,
@@ -37,6 +40,7 @@ impl Default for AmqpSettings {
             frame_max: 131_072,
             heartbeat: 60,
             max_message_size: 128 * 1024 * 1024,
+            max_unfinished_body_bytes: 128 * 1024 * 1024,
             handshake_timeout: std::time::Duration::from_secs(10),
             cluster_name: "warren@localhost".into(),
         }

@@ -33,7 +33,8 @@ pub struct User {
     pub password_hash: String,
     pub hashing_algorithm: String,
     pub tags: Vec<String>,
-    /// RabbitMQ's per-user limits, kept as given (not enforced).
+    /// RabbitMQ's per-user limits (`max-connections`, `max-channels`),
+    /// enforced by [`super::limits`].
     pub limits: J,
 }
 
@@ -498,6 +499,23 @@ impl Access {
             self.remove_kept_key(k);
         }
         keys.len()
+    }
+
+    /// One kept item by its key.
+    pub fn kept_item(&self, kind: Kept, key: &[String]) -> Option<J> {
+        self.kept
+            .get(&(kind.doc() as u8, key.to_vec()))
+            .map(|e| e.value().clone())
+    }
+
+    /// Removes a policy, parameter or topic permission; false if absent.
+    pub fn remove_kept(&self, kind: Kept, key: &[String]) -> bool {
+        let k = (kind.doc() as u8, key.to_vec());
+        if !self.kept.contains_key(&k) {
+            return false;
+        }
+        self.remove_kept_key(&k);
+        true
     }
 
     fn remove_kept_key(&self, k: &(u8, Vec<String>)) {

@@ -10,6 +10,7 @@ pub mod authz;
 pub mod base64;
 pub mod error;
 pub mod exchange;
+pub mod limits;
 pub mod outbox;
 pub mod persist;
 pub mod policy;
@@ -88,6 +89,8 @@ pub struct Broker {
     /// between a delete's map removal and its sweep of the stored records
     /// (which share the name's key prefix).
     vhost_admin: std::sync::Mutex<()>,
+    /// The live counts vhost and user limits are checked against.
+    limits: Arc<limits::Tracker>,
 }
 
 impl Broker {
@@ -221,13 +224,17 @@ impl Broker {
             churn: Arc::new(ChurnCounters::default()),
             clock: Arc::new(CoarseClock::default()),
             vhost_admin: std::sync::Mutex::new(()),
+            limits: Arc::default(),
         })
     }
 
     pub fn add_vhost(&self, name: &str) -> Arc<Vhost> {
-        self.vhosts
+        let mut created = false;
+        let v = self
+            .vhosts
             .entry(name.to_owned())
             .or_insert_with(|| {
+                created = true;
                 Arc::new(Vhost::new(
                     name,
                     self.noack_window,
@@ -237,7 +244,12 @@ impl Broker {
                     self.churn.clone(),
                 ))
             })
-            .clone()
+            .clone();
+        if created {
+            // Limits stored before (recovered, or imported with the vhost).
+            v.set_queue_limit(limits::limit_of(&self.vhost_limits(name), "max-queues"));
+        }
+        v
     }
 
     pub fn vhost(&self, name: &str) -> Option<Arc<Vhost>> {

@@ -10,7 +10,7 @@ use super::queue::{Queue, QueueOptions, QueueRef};
 use super::registry::{Churn, ChurnCounters, CoarseClock, Counter, FoldTarget, MessageCounters};
 use super::route::{Dest, RouteScratch};
 use dashmap::DashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use warren_exchanges::{ExchangeType, RouteInput, Table};
 use warren_queues::{DiskError, DiskStore, MemoryStore, Message, MessageStore};
@@ -40,7 +40,12 @@ pub struct Vhost {
     /// The vhost's policies and operator policies. Queues and exchanges
     /// read it (under their own policy lock) when it or they change.
     policies: RwLock<PolicySet>,
+    /// The vhost's `max-queues` limit ([`NO_LIMIT`]: none), set by the
+    /// broker from the stored vhost limits.
+    queue_limit: AtomicU64,
 }
+
+const NO_LIMIT: u64 = u64::MAX;
 
 /// Message details routing may read beyond the routing key.
 #[derive(Default, Clone, Copy)]
@@ -92,6 +97,7 @@ impl Vhost {
             deleted: AtomicBool::new(false),
             gate: RwLock::new(()),
             policies: RwLock::new(PolicySet::default()),
+            queue_limit: AtomicU64::new(NO_LIMIT),
         };
         let durable = ExchangeOptions {
             durable: true,
@@ -118,6 +124,29 @@ impl Vhost {
                 .insert(name.to_owned(), builtin(name, ExchangeKind::Typed(t)));
         }
         v
+    }
+
+    /// Sets the vhost's `max-queues` limit (`None`: no limit).
+    pub fn set_queue_limit(&self, limit: Option<u64>) {
+        self.queue_limit
+            .store(limit.unwrap_or(NO_LIMIT), Ordering::Relaxed);
+    }
+
+    /// RabbitMQ's refusal of a new queue past `max-queues` (its channel
+    /// checks it; so do AMQP and the HTTP API here, not definitions
+    /// imports, which RabbitMQ does not check either).
+    fn check_queue_limit(&self, name: &str) -> Result<()> {
+        let limit = self.queue_limit.load(Ordering::Relaxed);
+        if limit == NO_LIMIT || (self.queues.len() as u64) < limit {
+            return Ok(());
+        }
+        Err(BrokerError::new(
+            ErrorKind::PreconditionFailed,
+            format!(
+                "cannot declare queue '{name}': queue limit in vhost '{}' ({limit}) is reached",
+                self.name
+            ),
+        ))
     }
 
     /// Whether the vhost was deleted (its holders see it go).
@@ -349,6 +378,9 @@ impl Vhost {
                 return Err(reserved_queue_name(&name));
             }
             c.check_queue_declare(self, &name, &opts.arguments)?;
+            if self.queue(&name).is_none() {
+                self.check_queue_limit(&name)?;
+            }
         }
         let existing = match self.queues.entry(name.clone()) {
             dashmap::Entry::Occupied(e) => e.get().clone(),

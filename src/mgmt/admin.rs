@@ -126,6 +126,7 @@ fn need(method: &Method, path: &str) -> (Need, Option<String>) {
         | ["vhost-limits", _, _, ..]
         | ["vhosts", _, ..] => (Need::Administrator, None),
         ["queues", _, _, "actions"] => (Need::Administrator, None),
+        ["vhost-limits", vhost] => (Need::Management, Some((*vhost).to_owned())),
         ["cluster-name"] if writes => (Need::Administrator, None),
         ["nodes", ..] | ["auth-attempts", ..] => (Need::Monitoring, None),
         // Plain management users see only their own connections,

@@ -615,6 +615,8 @@ fn apply(s: &MgmtState, p: Plan, acting: &str) -> Result<(), ApiError> {
     for (kind, key, item) in p.kept {
         a.put_kept(kind, key, item);
     }
+    // Vhost limits arrive as parameters: the vhosts take them now.
+    s.broker.refresh_vhost_limits();
     let vhost = |name: &str| {
         s.broker
             .vhost(name)

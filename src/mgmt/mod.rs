@@ -8,9 +8,11 @@
 //! connection's own task acts on.
 
 mod admin;
+pub mod conn;
 mod definitions;
 mod extras;
 mod json;
+mod limits;
 mod metrics;
 mod objects;
 mod paging;
@@ -94,6 +96,7 @@ pub fn router(state: Arc<MgmtState>) -> Router {
         .merge(admin::routes())
         .merge(policies::routes())
         .merge(extras::routes())
+        .merge(limits::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), durable_reply))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
@@ -103,6 +106,7 @@ pub fn router(state: Arc<MgmtState>) -> Router {
         // The dashboard's static files: no login (the API calls carry it).
         .merge(ui::routes())
         .with_state(state)
+        .layer(middleware::from_fn(|r, n| conn::track(false, r, n)))
 }
 
 /// The Prometheus listener's router: the metrics only.
@@ -111,6 +115,7 @@ pub fn metrics_router(state: Arc<MgmtState>) -> Router {
         .route("/metrics", get(metrics_aggregated))
         .route("/metrics/per-object", get(metrics_per_object))
         .with_state(state)
+        .layer(middleware::from_fn(|r, n| conn::track(true, r, n)))
 }
 
 fn metrics_response(body: String) -> Response {
@@ -202,10 +207,11 @@ async fn durable_reply(State(s): St, req: Request, next: Next) -> Response {
 }
 
 async fn auth(State(s): St, req: Request, next: Next) -> Response {
-    let peer = req
+    let conn = req
         .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
+        .get::<ConnectInfo<conn::Peer>>()
+        .map(|c| c.0.clone());
+    let peer = conn.as_ref().map(|c| c.addr.ip());
     let creds = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -227,6 +233,11 @@ async fn auth(State(s): St, req: Request, next: Next) -> Response {
     let peer = peer.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
     match s.broker.authenticate(&user, &pass, peer) {
         Ok(()) => {
+            // A valid login, whatever the request may do: the connection
+            // is no longer an anonymous one (see conn::GuardedIo).
+            if let Some(c) = &conn {
+                c.authenticated();
+            }
             let (method, path) = (req.method().clone(), req.uri().path().to_owned());
             if let Err(e) = admin::authorize(&s, &method, &path, &user) {
                 tracing::warn!(user = %user, reason = %e.2, "HTTP access denied");
