@@ -11,3 +11,4 @@ pub mod broker;
 pub mod config;
 pub mod mgmt;
 pub mod server;
+pub mod tls;

@@ -2,7 +2,8 @@
 //!
 //! [`start`] binds the AMQP, management HTTP and Prometheus listeners (each
 //! on one or more addresses; tests bind port 0 and read the real addresses
-//! back) before it writes anything, then opens the data directory and
+//! back), and the AMQPS and HTTPS ones when configured (their certificates
+//! loaded first), before it writes anything, then opens the data directory and
 //! spawns the accept loops, the HTTP servers and the sampler that turns
 //! message counters into rates. [`Server::shutdown`] stops accepting, asks
 //! every connection to close (320 CONNECTION_FORCED, as RabbitMQ does) and
@@ -18,11 +19,14 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
 
 pub struct Server {
     amqp_addrs: Vec<SocketAddr>,
     http_addrs: Vec<SocketAddr>,
     prometheus_addrs: Vec<SocketAddr>,
+    amqps_addrs: Vec<SocketAddr>,
+    https_addrs: Vec<SocketAddr>,
     broker: Arc<Broker>,
     /// The serving tasks; `None` once shut down (by [`Server::shutdown`]
     /// or by drop), so the other path does nothing.
@@ -62,6 +66,18 @@ impl Server {
 
     pub fn prometheus_addrs(&self) -> &[SocketAddr] {
         &self.prometheus_addrs
+    }
+
+    /// The AMQPS (AMQP over TLS) addresses bound; empty without
+    /// `listeners.ssl`.
+    pub fn amqps_addrs(&self) -> &[SocketAddr] {
+        &self.amqps_addrs
+    }
+
+    /// The management API's HTTPS addresses; empty without
+    /// `management.ssl.listeners`.
+    pub fn https_addrs(&self) -> &[SocketAddr] {
+        &self.https_addrs
     }
 
     pub fn broker(&self) -> &Arc<Broker> {
@@ -123,6 +139,9 @@ impl Drop for Server {
 #[derive(Debug)]
 pub enum StartError {
     Storage(warren_queues::DiskError),
+    /// A TLS listener's certificate, key or CA file is missing or unusable
+    /// (the message names the key and the file).
+    Tls(String),
     /// A listener's address could not be bound (nothing was written yet).
     Bind {
         /// "AMQP", "management HTTP" or "Prometheus".
@@ -136,6 +155,7 @@ impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StartError::Storage(e) => write!(f, "cannot open the data directory: {e}"),
+            StartError::Tls(e) => write!(f, "cannot set up TLS: {e}"),
             StartError::Bind {
                 listener,
                 addr,
@@ -161,7 +181,9 @@ impl std::error::Error for StartError {}
 fn flag_of(listener: &str) -> &'static str {
     match listener {
         "AMQP" => "amqp",
+        "AMQPS" => "amqps",
         "management HTTP" => "http",
+        "management HTTPS" => "https",
         _ => "prometheus",
     }
 }
@@ -171,6 +193,11 @@ struct Bound {
     amqp: Vec<TcpListener>,
     http: Vec<TcpListener>,
     prometheus: Vec<TcpListener>,
+    /// Empty when not configured, as is the acceptor.
+    amqps: Vec<TcpListener>,
+    amqps_tls: Option<TlsAcceptor>,
+    https: Vec<TcpListener>,
+    https_tls: Option<TlsAcceptor>,
 }
 
 impl Bound {
@@ -185,10 +212,31 @@ impl Bound {
 /// holds) and starts serving. A listener that cannot be bound stops the
 /// start before anything is written: no data directory, no users.
 pub async fn start(config: &Config) -> Result<Server, StartError> {
+    let amqps = config.listeners.ssl.as_ref();
+    let https = config.management.ssl.listeners.as_ref();
+    // Certificates first: a bad file stops the start before any bind.
+    let amqps_tls = amqps
+        .map(|_| crate::tls::acceptor(&config.ssl_options, "ssl_options"))
+        .transpose()
+        .map_err(StartError::Tls)?;
+    let https_tls = https
+        .map(|_| crate::tls::acceptor(&config.management.ssl.options(), "management.ssl"))
+        .transpose()
+        .map_err(StartError::Tls)?;
     let bound = Bound {
         amqp: bind_all("AMQP", config.listeners.amqp.addrs())?,
         http: bind_all("management HTTP", config.listeners.http.addrs())?,
         prometheus: bind_all("Prometheus", config.listeners.prometheus.addrs())?,
+        amqps: match amqps {
+            Some(a) => bind_all("AMQPS", a.addrs())?,
+            None => Vec::new(),
+        },
+        amqps_tls,
+        https: match https {
+            Some(a) => bind_all("management HTTPS", a.addrs())?,
+            None => Vec::new(),
+        },
+        https_tls,
     };
     let (bc, sc) = (config.broker_config(), config.storage_config());
     // Recovery reads the whole store: keep it off the async workers.
@@ -272,14 +320,18 @@ fn serve(config: &Config, broker: Arc<Broker>, bound: Bound) -> Server {
     let amqp_addrs = Bound::addrs(&bound.amqp);
     let http_addrs = Bound::addrs(&bound.http);
     let prometheus_addrs = Bound::addrs(&bound.prometheus);
-    for addr in &amqp_addrs {
-        tracing::info!(%addr, "AMQP listener ready");
-    }
-    for addr in &http_addrs {
-        tracing::info!(%addr, "management HTTP listener ready");
-    }
-    for addr in &prometheus_addrs {
-        tracing::info!(%addr, "Prometheus listener ready");
+    let amqps_addrs = Bound::addrs(&bound.amqps);
+    let https_addrs = Bound::addrs(&bound.https);
+    for (addrs, what) in [
+        (&amqp_addrs, "AMQP"),
+        (&amqps_addrs, "AMQPS"),
+        (&http_addrs, "management HTTP"),
+        (&https_addrs, "management HTTPS"),
+        (&prometheus_addrs, "Prometheus"),
+    ] {
+        for addr in addrs {
+            tracing::info!(%addr, "{what} listener ready");
+        }
     }
     let (shutdown, rx) = watch::channel(false);
     let state = Arc::new(MgmtState {
@@ -289,6 +341,8 @@ fn serve(config: &Config, broker: Arc<Broker>, bound: Bound) -> Server {
         amqp_addrs: amqp_addrs.clone(),
         http_addrs: http_addrs.clone(),
         prometheus_addrs: prometheus_addrs.clone(),
+        amqps_addrs: amqps_addrs.clone(),
+        https_addrs: https_addrs.clone(),
         data_dir: config.storage.data_dir.clone(),
         started: std::time::Instant::now(),
     });
@@ -301,19 +355,32 @@ fn serve(config: &Config, broker: Arc<Broker>, bound: Bound) -> Server {
         let app = crate::mgmt::router(state.clone());
         http.push(serve_http(l, app, "management", rx.clone()));
     }
+    if let Some(tls) = bound.https_tls {
+        for l in bound.https {
+            let app = crate::mgmt::router(state.clone());
+            let l = crate::tls::HttpsListener::new(l, tls.clone());
+            http.push(serve_http(l, app, "management HTTPS", rx.clone()));
+        }
+    }
     let sampler = tokio::spawn(sample_rates(
         broker.clone(),
         Duration::from_millis(config.management.collect_statistics_interval),
     ));
-    let accept = bound
-        .amqp
-        .into_iter()
-        .map(|l| tokio::spawn(accept_loop(l, broker.clone(), settings.clone(), rx.clone())))
+    let plain = bound.amqp.into_iter().map(|l| (l, None));
+    let tls = bound.amqps_tls;
+    let accept = plain
+        .chain(bound.amqps.into_iter().map(|l| (l, tls.clone())))
+        .map(|(l, tls)| {
+            let (b, s, rx) = (broker.clone(), settings.clone(), rx.clone());
+            tokio::spawn(accept_loop(l, tls, b, s, rx))
+        })
         .collect();
     Server {
         amqp_addrs,
         http_addrs,
         prometheus_addrs,
+        amqps_addrs,
+        https_addrs,
         broker,
         tasks: Some(Tasks {
             shutdown,
@@ -325,17 +392,23 @@ fn serve(config: &Config, broker: Arc<Broker>, bound: Bound) -> Server {
 }
 
 /// Serves an HTTP router (with the peer's address, for the loopback-only
-/// users) until shutdown.
-fn serve_http(
-    listener: TcpListener,
+/// users) until shutdown, over plain TCP or TLS.
+fn serve_http<L>(
+    listener: L,
     app: axum::Router,
     what: &'static str,
     rx: watch::Receiver<bool>,
-) -> JoinHandle<()> {
+) -> JoinHandle<()>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    use axum::serve::ListenerExt;
     let stop = shutdown_signal(rx);
     tokio::spawn(async move {
         let svc = app.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(listener, svc)
+        // tap_io: axum hands any listener's address to ConnectInfo
+        // through this wrapper (only TcpListener's directly).
+        if let Err(e) = axum::serve(listener.tap_io(|_| {}), svc)
             .with_graceful_shutdown(stop)
             .await
         {
@@ -428,8 +501,11 @@ fn trim_heap() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn trim_heap() {}
 
+/// Accepts AMQP clients (AMQPS ones when `tls` is set) until shutdown;
+/// each connection gets its own task.
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     broker: Arc<Broker>,
     settings: Arc<AmqpSettings>,
     mut shutdown: watch::Receiver<bool>,
@@ -439,7 +515,11 @@ async fn accept_loop(
         tokio::select! {
             res = listener.accept() => match res {
                 Ok((sock, _)) => {
-                    conns.spawn(connection::serve(sock, broker.clone(), settings.clone(), shutdown.clone()));
+                    let (b, s, rx) = (broker.clone(), settings.clone(), shutdown.clone());
+                    match &tls {
+                        None => conns.spawn(connection::serve(sock, b, s, rx)),
+                        Some(a) => conns.spawn(connection::serve_tls(sock, a.clone(), b, s, rx)),
+                    };
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off briefly.
