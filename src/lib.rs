@@ -4,7 +4,8 @@
 //! into [`broker`] (vhosts, exchanges, queues), which builds on the
 //! `warren-exchanges` and `warren-queues` crates. [`mgmt`] (the HTTP
 //! management API) reads broker snapshots, never the wire. [`server`] binds
-//! the listeners and [`config`] reads `rabbit.toml`.
+//! the listeners, [`tls`] makes their rustls acceptors for AMQPS and HTTPS,
+//! and [`config`] reads `rabbit.toml`.
 
 pub mod amqp;
 pub mod broker;

@@ -5,6 +5,7 @@
 //! WARREN_TEST_TLS_DIR.
 
 #[path = "common/certs.rs"]
+#[allow(dead_code)]
 mod certs;
 
 use std::process::Command;
