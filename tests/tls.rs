@@ -360,6 +360,40 @@ async fn bad_certificate_files_stop_the_start_naming_key_and_file() {
     );
 }
 
+#[test]
+fn the_amqps_flag_without_certificates_is_refused_by_name() {
+    let work = temp_dir("cwd");
+    std::fs::create_dir_all(&work).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args([
+            "--amqps-listen",
+            "127.0.0.1:0",
+            "--amqp-listen",
+            "127.0.0.1:0",
+        ])
+        .current_dir(&work)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("warren kept running without the certificates its AMQPS listener needs");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("ssl_options.certfile"), "{err}");
+    assert!(!work.join("data").exists());
+}
+
 // ---------------------------------------------------------------------------
 // A TLS client of our own (tokio-rustls) for what lapin does not expose.
 
