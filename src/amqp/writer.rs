@@ -37,6 +37,13 @@ pub async fn run<W: AsyncWrite + Unpin>(
             }
             sock.write_all(&buf).await
         };
+        // A TLS stream may keep encrypted records it accepted but could
+        // not yet send (the socket was full): flush them, or they wait for
+        // the next write. A no-op on a TCP socket.
+        let res = match res {
+            Ok(()) => sock.flush().await,
+            e => e,
+        };
         if let Err(e) = res {
             tracing::debug!(error = %e, "socket write failed");
             break;
