@@ -19,6 +19,9 @@ pub struct Config {
     pub auth: Auth,
     pub management: Management,
     pub limits: Limits,
+    /// TLS for the AMQPS listeners (`listeners.ssl`), as RabbitMQ's
+    /// `ssl_options`.
+    pub ssl_options: SslOptions,
     /// Virtual hosts created at start-up.
     pub vhosts: Vec<String>,
 }
@@ -29,6 +32,9 @@ pub struct Listeners {
     pub amqp: ListenAddrs,
     pub http: ListenAddrs,
     pub prometheus: ListenAddrs,
+    /// AMQP 0-9-1 over TLS (RabbitMQ's `listeners.ssl`, conventionally
+    /// port 5671); none by default.
+    pub ssl: Option<ListenAddrs>,
 }
 
 /// The addresses one listener binds: one `ADDR:PORT` or several (in the
@@ -145,12 +151,15 @@ pub struct Management {
     /// Milliseconds between message-rate samples (RabbitMQ's
     /// `collect_statistics_interval`, default 5000).
     pub collect_statistics_interval: u64,
+    /// HTTPS for the management API (RabbitMQ's `management.ssl.*`).
+    pub ssl: ManagementSsl,
 }
 
 impl Default for Management {
     fn default() -> Self {
         Management {
             collect_statistics_interval: 5000,
+            ssl: ManagementSsl::default(),
         }
     }
 }
@@ -191,6 +200,83 @@ impl Default for Limits {
     }
 }
 
+/// Certificates for a TLS listener, with RabbitMQ's key names: PEM files
+/// for the CA bundle that client certificates are checked against, the
+/// server's certificate chain and its private key.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SslOptions {
+    pub cacertfile: Option<PathBuf>,
+    pub certfile: Option<PathBuf>,
+    pub keyfile: Option<PathBuf>,
+    /// Whether clients are asked for a certificate checked against
+    /// `cacertfile`.
+    pub verify: Verify,
+    /// With `verify_peer`: refuse a client that sends no certificate
+    /// (else it may connect without one).
+    pub fail_if_no_peer_cert: bool,
+}
+
+/// Erlang's `ssl` verify modes, as RabbitMQ's configuration names them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verify {
+    /// No client certificate is asked for.
+    #[default]
+    VerifyNone,
+    /// A client certificate is asked for and must chain to `cacertfile`.
+    VerifyPeer,
+}
+
+/// `[management.ssl]`: the HTTPS listeners of the management API and
+/// their certificates (the same keys as `[ssl_options]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ManagementSsl {
+    /// None by default (RabbitMQ's conventional port is 15671).
+    pub listeners: Option<ListenAddrs>,
+    pub cacertfile: Option<PathBuf>,
+    pub certfile: Option<PathBuf>,
+    pub keyfile: Option<PathBuf>,
+    pub verify: Verify,
+    pub fail_if_no_peer_cert: bool,
+}
+
+impl ManagementSsl {
+    pub fn options(&self) -> SslOptions {
+        SslOptions {
+            cacertfile: self.cacertfile.clone(),
+            certfile: self.certfile.clone(),
+            keyfile: self.keyfile.clone(),
+            verify: self.verify,
+            fail_if_no_peer_cert: self.fail_if_no_peer_cert,
+        }
+    }
+}
+
+impl SslOptions {
+    /// What a TLS listener needs: a certificate and key, and a CA to
+    /// verify peers against. `section` names the keys in the message.
+    fn validate(&self, section: &str, listeners: &str) -> Result<(), String> {
+        if self.certfile.is_none() || self.keyfile.is_none() {
+            return Err(format!(
+                "{listeners} is set: {section}.certfile and {section}.keyfile are needed"
+            ));
+        }
+        if self.verify == Verify::VerifyPeer && self.cacertfile.is_none() {
+            return Err(format!(
+                "{section}.verify = \"verify_peer\" needs {section}.cacertfile"
+            ));
+        }
+        if self.fail_if_no_peer_cert && self.verify != Verify::VerifyPeer {
+            return Err(format!(
+                "{section}.fail_if_no_peer_cert = true needs {section}.verify = \"verify_peer\""
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct User {
@@ -209,6 +295,7 @@ impl Default for Config {
             auth: Auth::default(),
             management: Management::default(),
             limits: Limits::default(),
+            ssl_options: SslOptions::default(),
             vhosts: vec!["/".into()],
         }
     }
@@ -220,6 +307,7 @@ impl Default for Listeners {
             amqp: ListenAddrs::any(5672),
             http: ListenAddrs::any(15672),
             prometheus: ListenAddrs::any(15692),
+            ssl: None,
         }
     }
 }
@@ -293,7 +381,9 @@ impl Config {
         }
     }
 
-    fn validate(&self) -> Result<(), String> {
+    /// The checks [`Config::parse`] makes, for a configuration changed
+    /// afterwards (by command-line flags).
+    pub fn validate(&self) -> Result<(), String> {
         if self.amqp.frame_max != 0 && self.amqp.frame_max < 4096 {
             return Err(format!(
                 "amqp.frame_max: {} is below the protocol minimum of 4096",
@@ -328,6 +418,15 @@ impl Config {
         }
         if self.auth.default_user.is_empty() {
             return Err("auth.default_user: must not be empty".into());
+        }
+        if self.listeners.ssl.is_some() {
+            self.ssl_options.validate("ssl_options", "listeners.ssl")?;
+        }
+        if self.management.ssl.listeners.is_some() {
+            self.management
+                .ssl
+                .options()
+                .validate("management.ssl", "management.ssl.listeners")?;
         }
         Ok(())
     }
@@ -423,6 +522,31 @@ mod tests {
         assert!(e.0.contains("amqp"), "{}", e.0);
         let e = Config::parse("[listeners]\namqp = []\n", "x.toml").unwrap_err();
         assert!(e.0.contains("amqp"), "{}", e.0);
+    }
+
+    #[test]
+    fn tls_listeners_need_their_files() {
+        let c = Config::parse("", "x.toml").unwrap();
+        assert!(c.listeners.ssl.is_none());
+        assert!(c.management.ssl.listeners.is_none());
+        let e = Config::parse("[listeners]\nssl = \"127.0.0.1:5671\"\n", "x.toml").unwrap_err();
+        assert!(e.0.contains("ssl_options.certfile"), "{}", e.0);
+        let base = "[listeners]\nssl = \"127.0.0.1:5671\"\n[ssl_options]\ncertfile = \"c.pem\"\nkeyfile = \"k.pem\"\n";
+        let c = Config::parse(base, "x.toml").unwrap();
+        assert_eq!(c.ssl_options.verify, Verify::VerifyNone);
+        let e = Config::parse(&format!("{base}verify = \"verify_peer\"\n"), "x.toml").unwrap_err();
+        assert!(e.0.contains("ssl_options.cacertfile"), "{}", e.0);
+        let e =
+            Config::parse(&format!("{base}fail_if_no_peer_cert = true\n"), "x.toml").unwrap_err();
+        assert!(e.0.contains("ssl_options.fail_if_no_peer_cert"), "{}", e.0);
+        let e = Config::parse(&format!("{base}verify = \"verify_maybe\"\n"), "x.toml").unwrap_err();
+        assert!(e.0.contains("verify_peer"), "{}", e.0);
+        let e = Config::parse(
+            "[management.ssl]\nlisteners = \"127.0.0.1:15671\"\ncertfile = \"c.pem\"\n",
+            "x.toml",
+        )
+        .unwrap_err();
+        assert!(e.0.contains("management.ssl.keyfile"), "{}", e.0);
     }
 
     #[test]

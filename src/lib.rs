@@ -4,10 +4,12 @@
 //! into [`broker`] (vhosts, exchanges, queues), which builds on the
 //! `warren-exchanges` and `warren-queues` crates. [`mgmt`] (the HTTP
 //! management API) reads broker snapshots, never the wire. [`server`] binds
-//! the listeners and [`config`] reads `rabbit.toml`.
+//! the listeners, [`tls`] makes their rustls acceptors for AMQPS and HTTPS,
+//! and [`config`] reads `rabbit.toml`.
 
 pub mod amqp;
 pub mod broker;
 pub mod config;
 pub mod mgmt;
 pub mod server;
+pub mod tls;

@@ -17,6 +17,10 @@ OPTIONS:
   --amqp-listen ADDR:PORT     AMQP listener (default 0.0.0.0:5672 and [::]:5672)
   --http-listen ADDR:PORT     management HTTP listener (default 0.0.0.0:15672 and [::]:15672)
   --prometheus-listen ADDR:PORT  Prometheus listener (default 0.0.0.0:15692 and [::]:15692)
+  --amqps-listen ADDR:PORT    AMQP over TLS listener (default none; certificates from
+                              [ssl_options] in the configuration file)
+  --https-listen ADDR:PORT    management HTTPS listener (default none; certificates from
+                              [management.ssl] in the configuration file)
   --data-dir DIR              data directory (default ./data)
 
   A listener flag given more than once listens on every address given;
@@ -48,6 +52,8 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
             | "--amqp-listen"
             | "--http-listen"
             | "--prometheus-listen"
+            | "--amqps-listen"
+            | "--https-listen"
             | "--data-dir" => {
                 let v = match inline {
                     Some(v) => v,
@@ -76,6 +82,17 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
             "--amqp-listen" => &mut config.listeners.amqp,
             "--http-listen" => &mut config.listeners.http,
             "--prometheus-listen" => &mut config.listeners.prometheus,
+            // The TLS listeners are off unless configured: a flag turns
+            // one on (its certificates still come from the file).
+            "--amqps-listen" => config
+                .listeners
+                .ssl
+                .get_or_insert_with(|| ListenAddrs::any(0)),
+            "--https-listen" => config
+                .management
+                .ssl
+                .listeners
+                .get_or_insert_with(|| ListenAddrs::any(0)),
             "--data-dir" => {
                 config.storage.data_dir = PathBuf::from(&v);
                 continue;
@@ -92,6 +109,11 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
             given.push(flag);
         }
     }
+    // The file's checks again: a TLS listener turned on by a flag needs
+    // its certificate keys too.
+    config
+        .validate()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(Some(config))
 }
 

@@ -2,7 +2,8 @@
 //!
 //! [`start`] binds the AMQP, management HTTP and Prometheus listeners (each
 //! on one or more addresses; tests bind port 0 and read the real addresses
-//! back) before it writes anything, then opens the data directory and
+//! back), and the AMQPS and HTTPS ones when configured (their certificates
+//! loaded first), before it writes anything, then opens the data directory and
 //! spawns the accept loops, the HTTP servers and the sampler that turns
 //! message counters into rates. [`Server::shutdown`] stops accepting, asks
 //! every connection to close (320 CONNECTION_FORCED, as RabbitMQ does) and
@@ -19,11 +20,14 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
 
 pub struct Server {
     amqp_addrs: Vec<SocketAddr>,
     http_addrs: Vec<SocketAddr>,
     prometheus_addrs: Vec<SocketAddr>,
+    amqps_addrs: Vec<SocketAddr>,
+    https_addrs: Vec<SocketAddr>,
     broker: Arc<Broker>,
     /// The serving tasks; `None` once shut down (by [`Server::shutdown`]
     /// or by drop), so the other path does nothing.
@@ -63,6 +67,18 @@ impl Server {
 
     pub fn prometheus_addrs(&self) -> &[SocketAddr] {
         &self.prometheus_addrs
+    }
+
+    /// The AMQPS (AMQP over TLS) addresses bound; empty without
+    /// `listeners.ssl`.
+    pub fn amqps_addrs(&self) -> &[SocketAddr] {
+        &self.amqps_addrs
+    }
+
+    /// The management API's HTTPS addresses; empty without
+    /// `management.ssl.listeners`.
+    pub fn https_addrs(&self) -> &[SocketAddr] {
+        &self.https_addrs
     }
 
     pub fn broker(&self) -> &Arc<Broker> {
@@ -124,6 +140,9 @@ impl Drop for Server {
 #[derive(Debug)]
 pub enum StartError {
     Storage(warren_queues::DiskError),
+    /// A TLS listener's certificate, key or CA file is missing or unusable
+    /// (the message names the key and the file).
+    Tls(String),
     /// A listener's address could not be bound (nothing was written yet).
     Bind {
         /// "AMQP", "management HTTP" or "Prometheus".
@@ -137,6 +156,7 @@ impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StartError::Storage(e) => write!(f, "cannot open the data directory: {e}"),
+            StartError::Tls(e) => write!(f, "cannot set up TLS: {e}"),
             StartError::Bind {
                 listener,
                 addr,
@@ -162,7 +182,9 @@ impl std::error::Error for StartError {}
 fn flag_of(listener: &str) -> &'static str {
     match listener {
         "AMQP" => "amqp",
+        "AMQPS" => "amqps",
         "management HTTP" => "http",
+        "management HTTPS" => "https",
         _ => "prometheus",
     }
 }
@@ -172,6 +194,11 @@ struct Bound {
     amqp: Vec<TcpListener>,
     http: Vec<TcpListener>,
     prometheus: Vec<TcpListener>,
+    /// Empty when not configured, as is the acceptor.
+    amqps: Vec<TcpListener>,
+    amqps_tls: Option<TlsAcceptor>,
+    https: Vec<TcpListener>,
+    https_tls: Option<TlsAcceptor>,
 }
 
 impl Bound {
@@ -186,10 +213,31 @@ impl Bound {
 /// holds) and starts serving. A listener that cannot be bound stops the
 /// start before anything is written: no data directory, no users.
 pub async fn start(config: &Config) -> Result<Server, StartError> {
+    let amqps = config.listeners.ssl.as_ref();
+    let https = config.management.ssl.listeners.as_ref();
+    // Certificates first: a bad file stops the start before any bind.
+    let amqps_tls = amqps
+        .map(|_| crate::tls::acceptor(&config.ssl_options, "ssl_options"))
+        .transpose()
+        .map_err(StartError::Tls)?;
+    let https_tls = https
+        .map(|_| crate::tls::acceptor(&config.management.ssl.options(), "management.ssl"))
+        .transpose()
+        .map_err(StartError::Tls)?;
     let bound = Bound {
         amqp: bind_all("AMQP", config.listeners.amqp.addrs())?,
         http: bind_all("management HTTP", config.listeners.http.addrs())?,
         prometheus: bind_all("Prometheus", config.listeners.prometheus.addrs())?,
+        amqps: match amqps {
+            Some(a) => bind_all("AMQPS", a.addrs())?,
+            None => Vec::new(),
+        },
+        amqps_tls,
+        https: match https {
+            Some(a) => bind_all("management HTTPS", a.addrs())?,
+            None => Vec::new(),
+        },
+        https_tls,
     };
     let (bc, sc) = (config.broker_config(), config.storage_config());
     // Recovery reads the whole store: keep it off the async workers.
@@ -273,14 +321,18 @@ fn serve(config: &Config, broker: Arc<Broker>, bound: Bound) -> Server {
     let amqp_addrs = Bound::addrs(&bound.amqp);
     let http_addrs = Bound::addrs(&bound.http);
     let prometheus_addrs = Bound::addrs(&bound.prometheus);
-    for addr in &amqp_addrs {
-        tracing::info!(%addr, "AMQP listener ready");
-    }
-    for addr in &http_addrs {
-        tracing::info!(%addr, "management HTTP listener ready");
-    }
-    for addr in &prometheus_addrs {
-        tracing::info!(%addr, "Prometheus listener ready");
+    let amqps_addrs = Bound::addrs(&bound.amqps);
+    let https_addrs = Bound::addrs(&bound.https);
+    for (addrs, what) in [
+        (&amqp_addrs, "AMQP"),
+        (&amqps_addrs, "AMQPS"),
+        (&http_addrs, "management HTTP"),
+        (&https_addrs, "management HTTPS"),
+        (&prometheus_addrs, "Prometheus"),
+    ] {
+        for addr in addrs {
+            tracing::info!(%addr, "{what} listener ready");
+        }
     }
     let (shutdown, rx) = watch::channel(false);
     let state = Arc::new(MgmtState {
@@ -290,6 +342,8 @@ fn serve(config: &Config, broker: Arc<Broker>, bound: Bound) -> Server {
         amqp_addrs: amqp_addrs.clone(),
         http_addrs: http_addrs.clone(),
         prometheus_addrs: prometheus_addrs.clone(),
+        amqps_addrs: amqps_addrs.clone(),
+        https_addrs: https_addrs.clone(),
         data_dir: config.storage.data_dir.clone(),
         started: std::time::Instant::now(),
     });
@@ -312,27 +366,33 @@ fn serve(config: &Config, broker: Arc<Broker>, bound: Bound) -> Server {
         http.push(serve_http(l, app, "management", rx.clone()));
     }
     let amqp_slots = Arc::new(Semaphore::new(amqp_connection_cap(config)));
+    if let Some(tls) = bound.https_tls {
+        for l in bound.https {
+            let app = crate::mgmt::router(state.clone());
+            let l = crate::tls::HttpsListener::new(l, tls.clone());
+            let l = BoundedListener::new(l, http_limits.clone());
+            http.push(serve_http(l, app, "management HTTPS", rx.clone()));
+        }
+    }
     let sampler = tokio::spawn(sample_rates(
         broker.clone(),
         Duration::from_millis(config.management.collect_statistics_interval),
     ));
-    let accept = bound
-        .amqp
-        .into_iter()
-        .map(|l| {
-            tokio::spawn(accept_loop(
-                l,
-                broker.clone(),
-                settings.clone(),
-                amqp_slots.clone(),
-                rx.clone(),
-            ))
+    let plain = bound.amqp.into_iter().map(|l| (l, None));
+    let tls = bound.amqps_tls;
+    let accept = plain
+        .chain(bound.amqps.into_iter().map(|l| (l, tls.clone())))
+        .map(|(l, tls)| {
+            let (b, s, rx) = (broker.clone(), settings.clone(), rx.clone());
+            tokio::spawn(accept_loop(l, tls, b, s, amqp_slots.clone(), rx))
         })
         .collect();
     Server {
         amqp_addrs,
         http_addrs,
         prometheus_addrs,
+        amqps_addrs,
+        https_addrs,
         broker,
         tasks: Some(Tasks {
             shutdown,
@@ -344,13 +404,16 @@ fn serve(config: &Config, broker: Arc<Broker>, bound: Bound) -> Server {
 }
 
 /// Serves an HTTP router (with the peer's address, for the loopback-only
-/// users) until shutdown.
-fn serve_http(
-    listener: BoundedListener,
+/// users) until shutdown, over plain TCP or TLS.
+fn serve_http<L>(
+    listener: BoundedListener<L>,
     app: axum::Router,
     what: &'static str,
     rx: watch::Receiver<bool>,
-) -> JoinHandle<()> {
+) -> JoinHandle<()>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
     use axum::serve::ListenerExt;
     let stop = shutdown_signal(rx);
     tokio::spawn(async move {
@@ -503,13 +566,15 @@ fn raise_nofile_limit() -> u64 {
     soft
 }
 
-/// Accepts AMQP clients while a connection slot is free: past the
+/// Accepts AMQP clients (AMQPS ones when `tls` is set), each in a task of
+/// its own, while a connection slot is free: past the
 /// node's cap (`limits.connection_max`, and the file descriptors left
 /// after the reserve) clients wait in the listen backlog, as RabbitMQ's
 /// ranch makes them wait. A failed accept (out of descriptors after all)
 /// backs off, up to a second, instead of spinning.
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     broker: Arc<Broker>,
     settings: Arc<AmqpSettings>,
     slots: Arc<Semaphore>,
@@ -542,8 +607,12 @@ async fn accept_loop(
                 Ok((sock, _)) => {
                     backoff = Duration::from_millis(10);
                     let (b, s, sd) = (broker.clone(), settings.clone(), shutdown.clone());
+                    let tls = tls.clone();
                     conns.spawn(async move {
-                        connection::serve(sock, b, s, sd).await;
+                        match tls {
+                            None => connection::serve(sock, b, s, sd).await,
+                            Some(a) => connection::serve_tls(sock, a, b, s, sd).await,
+                        }
                         drop(permit);
                     });
                 }

@@ -13,7 +13,8 @@ use super::error::*;
 use super::{sasl, writer, AmqpSettings};
 use crate::broker::limits::ConnectionSlots;
 use crate::broker::{
-    Broker, Caller, ClientInfo, ConnectionInfo, Outbox, OutboxItem, Queue, RouteScratch, Vhost,
+    Broker, Caller, ClientInfo, ConnectionInfo, Outbox, OutboxItem, Queue, RouteScratch, TlsInfo,
+    Vhost,
 };
 use amq_protocol::protocol::{connection, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
@@ -23,8 +24,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use warren_queues::ConsumerId;
@@ -135,21 +135,97 @@ pub async fn serve(
     socket: TcpStream,
     broker: Arc<Broker>,
     settings: Arc<AmqpSettings>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let (peer, local) = match (socket.peer_addr(), socket.local_addr()) {
         (Ok(p), Ok(l)) => (p, l),
         _ => return,
     };
     let _ = socket.set_nodelay(true);
-    let (mut rd, wr) = socket.into_split();
+    // The halves of a TCP socket need no lock between them.
+    let (rd, wr) = socket.into_split();
+    let ends = Ends {
+        peer,
+        local,
+        tls: None,
+    };
+    serve_stream(rd, wr, ends, broker, settings, shutdown).await;
+}
+
+/// Serves one client socket of an AMQPS listener: the TLS handshake (within
+/// the AMQP handshake's timeout), then AMQP as on a plain socket.
+pub async fn serve_tls(
+    socket: TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    broker: Arc<Broker>,
+    settings: Arc<AmqpSettings>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let (peer, local) = match (socket.peer_addr(), socket.local_addr()) {
+        (Ok(p), Ok(l)) => (p, l),
+        _ => return,
+    };
+    let _ = socket.set_nodelay(true);
+    let stream =
+        match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(socket)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                // A client without the certificate fail_if_no_peer_cert asks
+                // for, one that does not trust ours, a plain-AMQP client...
+                tracing::info!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+    let session = crate::tls::Session::of(stream.get_ref().1);
+    let (rd, wr) = tokio::io::split(stream);
+    let ends = Ends {
+        peer,
+        local,
+        tls: Some(session),
+    };
+    serve_stream(rd, wr, ends, broker, settings, shutdown).await;
+}
+
+/// Where a connection comes from, and its TLS session if any.
+struct Ends {
+    peer: SocketAddr,
+    local: SocketAddr,
+    tls: Option<crate::tls::Session>,
+}
+
+/// The connection task proper, over either kind of stream (compiled once
+/// for each, so the plain path pays nothing for TLS).
+async fn serve_stream<R, W>(
+    mut rd: R,
+    wr: W,
+    ends: Ends,
+    broker: Arc<Broker>,
+    settings: Arc<AmqpSettings>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let Ends { peer, local, tls } = ends;
     let (tx, rx) = mpsc::channel(writer::WRITER_QUEUE);
     let writer = tokio::spawn(writer::run(wr, rx, Arc::new(AtomicBool::new(false))));
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
 
     let hs = tokio::time::timeout(
         settings.handshake_timeout,
-        handshake(&mut rd, &mut rbuf, &tx, &broker, &settings, peer),
+        handshake(
+            &mut rd,
+            &mut rbuf,
+            &tx,
+            &broker,
+            &settings,
+            peer,
+            tls.as_ref(),
+        ),
     )
     .await;
     let conn = match hs {
@@ -170,17 +246,26 @@ pub async fn serve(
     let mut conn = conn;
     conn.caller.conn = id;
     tracing::info!(%peer, conn = id, user = %conn.user, vhost = %conn.vhost.name, "connection opened");
-    let info = Arc::new(ConnectionInfo::new(
-        id,
-        peer,
-        local,
-        conn.user.clone(),
-        conn.vhost.name.clone(),
-        conn.channel_max,
-        conn.frame_max as u32,
-        conn.heartbeat,
-        conn.client,
-    ));
+    let info = Arc::new(
+        ConnectionInfo::new(
+            id,
+            peer,
+            local,
+            conn.user.clone(),
+            conn.vhost.name.clone(),
+            conn.channel_max,
+            conn.frame_max as u32,
+            conn.heartbeat,
+            conn.client,
+        )
+        .with_login(
+            &conn.mechanism,
+            tls.map(|t| TlsInfo {
+                protocol: t.protocol,
+                cipher: t.cipher,
+            }),
+        ),
+    );
     // Deregistered by cleanup (Broker::connection_closed).
     broker.register_connection(info.clone());
     let mut c = Connection {
@@ -255,6 +340,8 @@ struct Handshaken {
     /// The connection's places in its vhost's and user's limits.
     slots: ConnectionSlots,
     user: String,
+    /// The SASL mechanism used.
+    mechanism: String,
     caller: Caller,
     frame_max: usize,
     channel_max: u16,
@@ -265,7 +352,7 @@ struct Handshaken {
 
 /// Reads the next frame during the handshake; `None` on EOF, error or a
 /// frame that is not a channel-0 method (heartbeats are skipped).
-async fn next_method(rd: &mut OwnedReadHalf, rbuf: &mut BytesMut) -> Option<AMQPClass> {
+async fn next_method<R: AsyncRead + Unpin>(rd: &mut R, rbuf: &mut BytesMut) -> Option<AMQPClass> {
     loop {
         match codec::read_frame(rbuf, FRAME_MIN_SIZE) {
             Ok(Some(f)) if f.kind == FRAME_HEARTBEAT => continue,
@@ -295,8 +382,8 @@ async fn send(tx: &mpsc::Sender<Bytes>, method: AMQPClass) {
 }
 
 /// Sends connection.close and waits briefly for close-ok.
-async fn refuse(
-    rd: &mut OwnedReadHalf,
+async fn refuse<R: AsyncRead + Unpin>(
+    rd: &mut R,
     rbuf: &mut BytesMut,
     tx: &mpsc::Sender<Bytes>,
     code: u16,
@@ -435,13 +522,69 @@ fn check_negotiated(field: &str, min: u64, server: u64, client: u64) -> Result<(
     }
 }
 
-async fn handshake(
-    rd: &mut OwnedReadHalf,
+/// The user a connection.start-ok logs in as, or RabbitMQ's 403 text.
+/// EXTERNAL is accepted only where connection.start offered it.
+fn log_in(
+    broker: &Broker,
+    mechanism: &str,
+    response: &[u8],
+    tls: Option<&crate::tls::Session>,
+    peer: SocketAddr,
+) -> Result<String, String> {
+    let offer_external = tls.is_some_and(|t| t.peer_cert);
+    let login = if mechanism == sasl::EXTERNAL && offer_external {
+        // The certificate is the credential: its CN names the user, and
+        // no password is asked for (rabbitmq_auth_mechanism_ssl).
+        tls.and_then(|t| t.peer_cn.clone())
+            .map(sasl::Login::External)
+    } else {
+        sasl::credentials(mechanism, response).map(|(user, pass)| sasl::Login::Password(user, pass))
+    };
+    match login {
+        None if sasl::mechanisms(offer_external)
+            .split(' ')
+            .any(|m| m == mechanism) =>
+        {
+            Err(refused_text(
+                mechanism,
+                crate::broker::AuthError::Refused,
+                "",
+            ))
+        }
+        None => Err(format!(
+            "ACCESS_REFUSED - unsupported authentication mechanism '{mechanism}'"
+        )),
+        Some(sasl::Login::External(user)) => broker
+            .authenticate_external(&user, peer.ip())
+            .map_err(|e| refused_text(mechanism, e, &user))
+            .map(|()| user),
+        Some(sasl::Login::Password(user, pass)) => broker
+            .authenticate(&user, &pass, peer.ip())
+            .map_err(|e| refused_text(mechanism, e, &user))
+            .map(|()| user),
+    }
+}
+
+/// RabbitMQ's 403 text for a refused login.
+fn refused_text(mechanism: &str, e: crate::broker::AuthError, user: &str) -> String {
+    match e {
+        crate::broker::AuthError::Refused => format!(
+            "ACCESS_REFUSED - Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
+        ),
+        crate::broker::AuthError::LoopbackOnly => format!(
+            "ACCESS_REFUSED - Login was refused using authentication mechanism {mechanism}. For details see the broker logfile. User '{user}' can only connect via localhost"
+        ),
+    }
+}
+
+async fn handshake<R: AsyncRead + Unpin>(
+    rd: &mut R,
     rbuf: &mut BytesMut,
     tx: &mpsc::Sender<Bytes>,
     broker: &Broker,
     settings: &AmqpSettings,
     peer: SocketAddr,
+    tls: Option<&crate::tls::Session>,
 ) -> Option<Handshaken> {
     // Protocol header.
     while rbuf.len() < 8 {
@@ -456,13 +599,17 @@ async fn handshake(
         return None;
     }
     let _ = rbuf.split_to(8);
+    // EXTERNAL only where a verified client certificate names the user, as
+    // rabbitmq_auth_mechanism_ssl offers it.
+    let offer_external = tls.is_some_and(|t| t.peer_cert);
+    let mechanisms = sasl::mechanisms(offer_external);
     send(
         tx,
         AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
             version_major: 0,
             version_minor: 9,
             server_properties: server_properties(settings),
-            mechanisms: sasl::MECHANISMS.into(),
+            mechanisms: mechanisms.into(),
             locales: "en_US".into(),
         })),
     )
@@ -475,43 +622,17 @@ async fn handshake(
     let auth_close = client_capability(&start_ok.client_properties, "authentication_failure_close");
     let cancel_notify = client_capability(&start_ok.client_properties, "consumer_cancel_notify");
     let client = client_info(&start_ok.client_properties);
-    let mechanism = start_ok.mechanism.as_str();
-    let creds = sasl::credentials(mechanism, start_ok.response.as_bytes());
-    let refused = |text: String| async move {
-        tracing::warn!(%peer, "{text}");
-        text
-    };
-    let user = match creds {
-        None => {
-            let text = if sasl::MECHANISMS.split(' ').any(|m| m == mechanism) {
-                format!("ACCESS_REFUSED - Login was refused using authentication mechanism {mechanism}. For details see the broker logfile.")
-            } else {
-                format!("ACCESS_REFUSED - unsupported authentication mechanism '{mechanism}'")
-            };
-            let text = refused(text).await;
+    let mechanism = start_ok.mechanism.to_string();
+    let auth = log_in(broker, &mechanism, start_ok.response.as_bytes(), tls, peer);
+    let user = match auth {
+        Ok(user) => user,
+        Err(text) => {
+            tracing::warn!(%peer, "{text}");
             if auth_close {
                 refuse(rd, rbuf, tx, ACCESS_REFUSED, text, (10, 11)).await;
             }
             return None;
         }
-        Some((user, pass)) => match broker.authenticate(&user, &pass, peer.ip()) {
-            Ok(()) => user,
-            Err(e) => {
-                let text = match e {
-                    crate::broker::AuthError::Refused => format!(
-                        "ACCESS_REFUSED - Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
-                    ),
-                    crate::broker::AuthError::LoopbackOnly => format!(
-                        "ACCESS_REFUSED - Login was refused using authentication mechanism {mechanism}. For details see the broker logfile. User '{user}' can only connect via localhost"
-                    ),
-                };
-                let text = refused(text).await;
-                if auth_close {
-                    refuse(rd, rbuf, tx, ACCESS_REFUSED, text, (10, 11)).await;
-                }
-                return None;
-            }
-        },
     };
     send(
         tx,
@@ -603,6 +724,7 @@ async fn handshake(
         vhost,
         slots,
         user,
+        mechanism,
         caller,
         frame_max,
         channel_max,
@@ -613,9 +735,9 @@ async fn handshake(
 }
 
 impl Connection {
-    async fn run(
+    async fn run<R: AsyncRead + Unpin>(
         &mut self,
-        rd: &mut OwnedReadHalf,
+        rd: &mut R,
         rbuf: &mut BytesMut,
         shutdown: &mut watch::Receiver<bool>,
     ) -> End {

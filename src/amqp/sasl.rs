@@ -1,8 +1,29 @@
-//! SASL: the PLAIN and AMQPLAIN mechanisms RabbitMQ offers by default.
+//! SASL: the PLAIN and AMQPLAIN mechanisms RabbitMQ offers by default,
+//! and EXTERNAL (the user named by a verified TLS client certificate, as
+//! RabbitMQ's `rabbitmq_auth_mechanism_ssl`).
 
 use amq_protocol::types::{parsing::parse_field_table, AMQPValue};
 
 pub const MECHANISMS: &str = "PLAIN AMQPLAIN";
+pub const EXTERNAL: &str = "EXTERNAL";
+
+/// The mechanisms connection.start offers: EXTERNAL too on a TLS
+/// connection whose client sent a verified certificate.
+pub fn mechanisms(external: bool) -> &'static str {
+    if external {
+        "PLAIN AMQPLAIN EXTERNAL"
+    } else {
+        MECHANISMS
+    }
+}
+
+/// Who a client says it is.
+pub enum Login {
+    /// PLAIN or AMQPLAIN: a user and a password to check.
+    Password(String, String),
+    /// EXTERNAL: the user the TLS client certificate names.
+    External(String),
+}
 
 /// Extracts (user, password) from a start-ok response; `None` if malformed
 /// or the mechanism is unknown.

@@ -1,4 +1,5 @@
-//! The writer task: owns the socket's write half.
+//! The writer task: owns the socket's write half (a TCP socket's, or a
+//! TLS stream's).
 //!
 //! The connection task sends it whole encoded chunks over a bounded channel
 //! (backpressure: a client that does not read stalls only its own
@@ -9,15 +10,18 @@
 use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 /// Chunks the connection task may queue before it waits for the socket.
 pub const WRITER_QUEUE: usize = 64;
 const COALESCE_LIMIT: usize = 256 * 1024;
 
-pub async fn run(mut sock: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>, wrote: Arc<AtomicBool>) {
+pub async fn run<W: AsyncWrite + Unpin>(
+    mut sock: W,
+    mut rx: mpsc::Receiver<Bytes>,
+    wrote: Arc<AtomicBool>,
+) {
     let mut buf: Vec<u8> = Vec::with_capacity(COALESCE_LIMIT);
     while let Some(first) = rx.recv().await {
         let res = if first.len() >= COALESCE_LIMIT {
@@ -32,6 +36,13 @@ pub async fn run(mut sock: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>, wrote:
                 }
             }
             sock.write_all(&buf).await
+        };
+        // A TLS stream may keep encrypted records it accepted but could
+        // not yet send (the socket was full): flush them, or they wait for
+        // the next write. A no-op on a TCP socket.
+        let res = match res {
+            Ok(()) => sock.flush().await,
+            e => e,
         };
         if let Err(e) = res {
             tracing::debug!(error = %e, "socket write failed");

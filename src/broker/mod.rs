@@ -29,7 +29,7 @@ pub use policy::{Applied, Policy, PolicyKind, QueueSettings};
 pub use queue::{ConsumeRequest, ConsumerHandle, Queue, QueueOptions, QueueRef};
 pub use registry::{
     ChannelSnapshot, Churn, ChurnCounters, ClientInfo, CoarseClock, ConnectionInfo,
-    ConsumerSnapshot, Counter, MessageCounters, MessageStats,
+    ConsumerSnapshot, Counter, MessageCounters, MessageStats, TlsInfo,
 };
 pub use route::{Dest, RouteScratch, RouteStep, RouteTrace};
 pub use vhost::{PublishDetails, Published, QueueDeclared, Vhost};
@@ -275,6 +275,24 @@ impl Broker {
         if !self.access.check_login(user, password) {
             return Err(AuthError::Refused);
         }
+        self.check_loopback(user, peer)
+    }
+
+    /// A login without a password, for SASL EXTERNAL: the TLS layer has
+    /// verified a client certificate naming `user`. The user must exist;
+    /// loopback-only users stay loopback-only, as in RabbitMQ.
+    pub fn authenticate_external(
+        &self,
+        user: &str,
+        peer: IpAddr,
+    ) -> std::result::Result<(), AuthError> {
+        if self.access.user(user).is_none() {
+            return Err(AuthError::Refused);
+        }
+        self.check_loopback(user, peer)
+    }
+
+    fn check_loopback(&self, user: &str, peer: IpAddr) -> std::result::Result<(), AuthError> {
         if self.loopback_users.iter().any(|u| u == user) && !is_loopback(peer) {
             return Err(AuthError::LoopbackOnly);
         }

@@ -343,6 +343,15 @@ pub struct ChannelSnapshot {
     pub consumers: Vec<ConsumerSnapshot>,
 }
 
+/// What the management API shows of a connection's TLS session.
+#[derive(Debug, Clone, Default)]
+pub struct TlsInfo {
+    /// As Erlang names it: "tlsv1.3", "tlsv1.2".
+    pub protocol: String,
+    /// rustls' name of the cipher suite.
+    pub cipher: String,
+}
+
 /// A live, logged-in connection.
 #[derive(Debug)]
 pub struct ConnectionInfo {
@@ -359,6 +368,10 @@ pub struct ConnectionInfo {
     pub frame_max: u32,
     pub heartbeat: u16,
     pub client: ClientInfo,
+    /// The SASL mechanism the client logged in with.
+    pub auth_mechanism: String,
+    /// Set on an AMQPS connection.
+    pub tls: Option<TlsInfo>,
     channels: Mutex<Vec<ChannelSnapshot>>,
     /// Each channel's counts at the last rate sample.
     sampled: Mutex<std::collections::HashMap<u16, [u64; COUNTERS]>>,
@@ -392,11 +405,20 @@ impl ConnectionInfo {
             frame_max,
             heartbeat,
             client,
+            auth_mechanism: "PLAIN".into(),
+            tls: None,
             channels: Mutex::new(Vec::new()),
             sampled: Mutex::new(std::collections::HashMap::new()),
             close_reason: Mutex::new(None),
             close: Notify::new(),
         }
+    }
+
+    /// How the client logged in, and over what (before it is shared).
+    pub fn with_login(mut self, auth_mechanism: &str, tls: Option<TlsInfo>) -> Self {
+        self.auth_mechanism = auth_mechanism.to_owned();
+        self.tls = tls;
+        self
     }
 
     /// Replaces the channel snapshot (the connection task calls this).

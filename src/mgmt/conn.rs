@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
@@ -91,24 +90,29 @@ pub async fn track(open: bool, req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-/// A TCP listener that serves at most the configured number of HTTP
-/// connections at once and wraps each in a [`GuardedIo`].
-pub struct BoundedListener {
-    listener: TcpListener,
+/// A listener (plain TCP, or TLS after the handshake) that serves at most
+/// the configured number of HTTP connections at once and wraps each in a
+/// [`GuardedIo`]. The inner listener deals with failed accepts (axum's
+/// `TcpListener` backs off; the HTTPS one too).
+pub struct BoundedListener<L> {
+    listener: L,
     limits: Arc<HttpLimits>,
 }
 
-impl BoundedListener {
-    pub fn new(listener: TcpListener, limits: Arc<HttpLimits>) -> Self {
+impl<L> BoundedListener<L> {
+    pub fn new(listener: L, limits: Arc<HttpLimits>) -> Self {
         BoundedListener { listener, limits }
     }
 }
 
-impl axum::serve::Listener for BoundedListener {
-    type Io = GuardedIo;
+impl<L> axum::serve::Listener for BoundedListener<L>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    type Io = GuardedIo<L::Io>;
     type Addr = Peer;
 
-    async fn accept(&mut self) -> (GuardedIo, Peer) {
+    async fn accept(&mut self) -> (GuardedIo<L::Io>, Peer) {
         let permit = self
             .limits
             .connections
@@ -116,31 +120,19 @@ impl axum::serve::Listener for BoundedListener {
             .acquire_owned()
             .await
             .expect("the HTTP connection semaphore is never closed");
-        let mut backoff = Duration::from_millis(10);
-        loop {
-            match self.listener.accept().await {
-                Ok((io, addr)) => {
-                    let activity = Arc::new(Activity::default());
-                    let now = Instant::now();
-                    let io = GuardedIo {
-                        io,
-                        activity: activity.clone(),
-                        limits: self.limits.clone(),
-                        accepted: now,
-                        last: now,
-                        timer: Box::pin(tokio::time::sleep_until(now)),
-                        _permit: permit,
-                    };
-                    return (io, Peer { addr, activity });
-                }
-                Err(e) => {
-                    // Out of descriptors and the like: wait, do not spin.
-                    tracing::warn!(error = %e, retry_in = ?backoff, "HTTP accept failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-            }
-        }
+        let (io, addr) = self.listener.accept().await;
+        let activity = Arc::new(Activity::default());
+        let now = Instant::now();
+        let io = GuardedIo {
+            io,
+            activity: activity.clone(),
+            limits: self.limits.clone(),
+            accepted: now,
+            last: now,
+            timer: Box::pin(tokio::time::sleep_until(now)),
+            _permit: permit,
+        };
+        (io, Peer { addr, activity })
     }
 
     fn local_addr(&self) -> io::Result<Peer> {
@@ -153,8 +145,8 @@ impl axum::serve::Listener for BoundedListener {
 
 /// An accepted HTTP socket with its deadlines (see the module docs); holds
 /// its listener permit until dropped.
-pub struct GuardedIo {
-    io: TcpStream,
+pub struct GuardedIo<I> {
+    io: I,
     activity: Arc<Activity>,
     limits: Arc<HttpLimits>,
     accepted: Instant,
@@ -164,7 +156,7 @@ pub struct GuardedIo {
     _permit: OwnedSemaphorePermit,
 }
 
-impl GuardedIo {
+impl<I> GuardedIo<I> {
     /// When the connection is closed if nothing changes; `None` while an
     /// authenticated connection has a request in hand.
     fn deadline(&self) -> Option<Instant> {
@@ -194,7 +186,7 @@ impl GuardedIo {
     }
 }
 
-impl AsyncRead for GuardedIo {
+impl<I: AsyncRead + Unpin> AsyncRead for GuardedIo<I> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -218,7 +210,7 @@ impl AsyncRead for GuardedIo {
     }
 }
 
-impl AsyncWrite for GuardedIo {
+impl<I: AsyncWrite + Unpin> AsyncWrite for GuardedIo<I> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -185,7 +185,9 @@ pub fn overview(s: &MgmtState) -> J {
         },
         "message_stats": overview_message_stats(&s.broker.message_stats()),
         "listeners": s.amqp_addrs.iter().map(|a| listener("amqp", *a))
+            .chain(s.amqps_addrs.iter().map(|a| listener("amqp/ssl", *a)))
             .chain(s.http_addrs.iter().map(|a| listener("http", *a)))
+            .chain(s.https_addrs.iter().map(|a| listener("https", *a)))
             .chain(s.prometheus_addrs.iter().map(|a| listener("http/prometheus", *a)))
             .collect::<Vec<J>>(),
     })
@@ -378,13 +380,14 @@ pub fn connection(s: &MgmtState, c: &ConnectionInfo) -> J {
     if !c.client.connection_name.is_empty() {
         props["connection_name"] = J::String(c.client.connection_name.clone());
     }
+    let tls = c.tls.as_ref();
     json!({
         "name": c.name,
         "node": s.node,
         "state": "running",
         "type": "network",
         "protocol": "AMQP 0-9-1",
-        "auth_mechanism": "PLAIN",
+        "auth_mechanism": c.auth_mechanism,
         "user": c.user,
         "vhost": c.vhost,
         "connected_at": c.connected_at,
@@ -392,7 +395,9 @@ pub fn connection(s: &MgmtState, c: &ConnectionInfo) -> J {
         "port": c.local.port(),
         "peer_host": c.peer.ip().to_string(),
         "peer_port": c.peer.port(),
-        "ssl": false,
+        "ssl": tls.is_some(),
+        "ssl_protocol": tls.map(|t| t.protocol.as_str()),
+        "ssl_cipher": tls.map(|t| t.cipher.as_str()),
         "channel_max": c.channel_max,
         "frame_max": c.frame_max,
         "timeout": c.heartbeat,

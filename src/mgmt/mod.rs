@@ -44,6 +44,9 @@ pub struct MgmtState {
     pub amqp_addrs: Vec<SocketAddr>,
     pub http_addrs: Vec<SocketAddr>,
     pub prometheus_addrs: Vec<SocketAddr>,
+    /// The TLS listeners' addresses (AMQPS, management HTTPS); may be empty.
+    pub amqps_addrs: Vec<SocketAddr>,
+    pub https_addrs: Vec<SocketAddr>,
     /// Where durable state lives (the node's disk_free is measured there).
     pub data_dir: std::path::PathBuf,
     /// When the node started (its uptime).

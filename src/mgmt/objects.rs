@@ -1030,12 +1030,15 @@ async fn aliveness(State(s): St, Path(vhost): Path<String>) -> Res {
     }
 }
 
-/// The ports Warren listens on (AMQP, management HTTP, Prometheus).
+/// The ports Warren listens on (AMQP, management HTTP, Prometheus, and
+/// the TLS ones).
 fn listener_ports(s: &MgmtState) -> Vec<u16> {
     s.amqp_addrs
         .iter()
         .chain(&s.http_addrs)
         .chain(&s.prometheus_addrs)
+        .chain(&s.amqps_addrs)
+        .chain(&s.https_addrs)
         .map(|a| a.port())
         .collect()
 }

@@ -1,0 +1,242 @@
+//! TLS set-up shared by the AMQPS and HTTPS listeners: turns a
+//! certificate section of `rabbit.toml` ([`SslOptions`]) into a rustls
+//! acceptor, and reads what a connection's client certificate says about
+//! its owner (the subject CN, for SASL EXTERNAL).
+//!
+//! rustls with the ring provider, always passed explicitly: tests link
+//! other rustls users, and a process-wide default provider could then be
+//! ambiguous.
+
+use crate::config::{SslOptions, Verify};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use std::path::Path;
+use std::sync::Arc;
+use tokio_rustls::TlsAcceptor;
+
+/// A TLS listener's acceptor, built from its certificate section.
+/// `section` ("ssl_options", "management.ssl") names the keys in errors,
+/// which also name the file.
+pub fn acceptor(opts: &SslOptions, section: &str) -> Result<TlsAcceptor, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let (Some(certfile), Some(keyfile)) = (&opts.certfile, &opts.keyfile) else {
+        return Err(format!(
+            "{section}.certfile and {section}.keyfile are needed"
+        ));
+    };
+    let certs = read_certs(certfile, &format!("{section}.certfile"))?;
+    let key = PrivateKeyDer::from_pem_file(keyfile).map_err(|e| {
+        format!(
+            "{section}.keyfile: cannot read a PEM private key from {}: {e}",
+            keyfile.display()
+        )
+    })?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("{section}: {e}"))?;
+    let builder = match (opts.verify, &opts.cacertfile) {
+        (Verify::VerifyPeer, Some(cafile)) => {
+            let key = format!("{section}.cacertfile");
+            let mut roots = RootCertStore::empty();
+            for cert in read_certs(cafile, &key)? {
+                roots.add(cert).map_err(|e| {
+                    format!(
+                        "{key}: {} holds an unusable CA certificate: {e}",
+                        cafile.display()
+                    )
+                })?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = if opts.fail_if_no_peer_cert {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            let verifier = verifier.build().map_err(|e| format!("{key}: {e}"))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        (Verify::VerifyPeer, None) => {
+            return Err(format!(
+                "{section}.verify = \"verify_peer\" needs {section}.cacertfile"
+            ))
+        }
+        (Verify::VerifyNone, _) => builder.with_no_client_auth(),
+    };
+    let config = builder.with_single_cert(certs, key).map_err(|e| {
+        format!(
+            "{section}.keyfile: {} does not go with {section}.certfile {}: {e}",
+            keyfile.display(),
+            certfile.display()
+        )
+    })?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Every certificate in a PEM file; none is an error.
+fn read_certs(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            format!(
+                "{key}: cannot read PEM certificates from {}: {e}",
+                path.display()
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{key}: {} holds no PEM certificate",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+/// What the management API shows of a connection's TLS session, and the
+/// client certificate's subject CN for SASL EXTERNAL.
+#[derive(Debug, Clone, Default)]
+pub struct Session {
+    /// "TLSv1.3", "TLSv1.2".
+    pub protocol: String,
+    pub cipher: String,
+    /// The client sent a certificate, verified against the CA: only when
+    /// the listener verifies peers (`verify_peer`).
+    pub peer_cert: bool,
+    /// That certificate's subject CN, if it has one.
+    pub peer_cn: Option<String>,
+}
+
+impl Session {
+    pub fn of(conn: &rustls::ServerConnection) -> Session {
+        let protocol = conn
+            .protocol_version()
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .replace('_', ".")
+            .replace("TLSv1.", "tlsv1.");
+        let cipher = conn
+            .negotiated_cipher_suite()
+            .and_then(|s| s.suite().as_str())
+            .unwrap_or("")
+            .to_owned();
+        // A listener without verify_peer asks for no certificate, so any
+        // certificate present has been verified against the CA.
+        let cert = conn.peer_certificates().and_then(|chain| chain.first());
+        Session {
+            protocol,
+            cipher,
+            peer_cert: cert.is_some(),
+            peer_cn: cert.and_then(common_name),
+        }
+    }
+}
+
+/// The (last) common name of a certificate's subject, as
+/// `rabbitmq_auth_mechanism_ssl` takes it with `ssl_cert_login_from =
+/// common_name`; `None` when the certificate cannot be parsed or has none.
+pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
+    use x509_cert::der::asn1::ObjectIdentifier;
+    use x509_cert::der::{Decode, Tag, Tagged};
+    const CN: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
+    let cert = x509_cert::Certificate::from_der(cert.as_ref()).ok()?;
+    let mut found = None;
+    for rdn in cert.tbs_certificate.subject.0.iter() {
+        for atv in rdn.0.iter().filter(|atv| atv.oid == CN) {
+            let bytes = atv.value.value();
+            let text = match atv.value.tag() {
+                // The ASCII and UTF-8 string types decode as UTF-8.
+                Tag::Utf8String | Tag::PrintableString | Tag::Ia5String | Tag::TeletexString => {
+                    std::str::from_utf8(bytes).ok().map(str::to_owned)
+                }
+                Tag::BmpString => {
+                    let units: Vec<u16> = bytes
+                        .chunks_exact(2)
+                        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                        .collect();
+                    String::from_utf16(&units).ok()
+                }
+                _ => None,
+            };
+            if text.is_some() {
+                found = text;
+            }
+        }
+    }
+    found
+}
+
+/// How long an HTTPS client has for its TLS handshake.
+const HTTPS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// TLS handshakes an HTTPS listener runs at once; more clients wait in the
+/// listen backlog, so half-open handshakes cannot take the descriptors
+/// that the HTTP connection bound keeps for AMQP.
+const HTTPS_MAX_HANDSHAKES: usize = 64;
+
+/// A TCP listener whose connections are TLS streams, for axum (the
+/// management API over HTTPS). Handshakes run in tasks of their own, so a
+/// slow or silent client holds up nobody else's.
+pub struct HttpsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: TlsAcceptor,
+    handshakes: tokio::task::JoinSet<Option<(HttpsStream, std::net::SocketAddr)>>,
+}
+
+pub type HttpsStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+impl HttpsListener {
+    pub fn new(tcp: tokio::net::TcpListener, acceptor: TlsAcceptor) -> Self {
+        HttpsListener {
+            tcp,
+            acceptor,
+            handshakes: tokio::task::JoinSet::new(),
+        }
+    }
+
+    fn start_handshake(&mut self, sock: tokio::net::TcpStream, peer: std::net::SocketAddr) {
+        let acceptor = self.acceptor.clone();
+        self.handshakes.spawn(async move {
+            match tokio::time::timeout(HTTPS_HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
+                Ok(Ok(stream)) => Some((stream, peer)),
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "HTTPS: TLS handshake failed");
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "HTTPS: TLS handshake timed out");
+                    None
+                }
+            }
+        });
+    }
+}
+
+impl axum::serve::Listener for HttpsListener {
+    type Io = HttpsStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            tokio::select! {
+                res = self.tcp.accept(), if self.handshakes.len() < HTTPS_MAX_HANDSHAKES => match res {
+                    Ok((sock, peer)) => self.start_handshake(sock, peer),
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off.
+                        tracing::warn!(error = %e, "HTTPS accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+                Some(done) = self.handshakes.join_next(), if !self.handshakes.is_empty() => {
+                    if let Ok(Some(conn)) = done {
+                        return conn;
+                    }
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
