@@ -166,6 +166,20 @@ async fn a_body_over_max_message_size_is_refused_at_its_header() {
     r.open_channel(2).await;
     r.publish_header(2, "q", 1000).await;
     r.body(2, 1000).await;
+    // A round trip on the same channel: the publish above has been routed
+    // (to no queue) before the queue exists.
+    r.method_out(
+        2,
+        AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos {
+            prefetch_count: 0,
+            global: false,
+        })),
+    )
+    .await;
+    assert!(matches!(
+        r.method().await,
+        AMQPClass::Basic(basic::AMQPMethod::QosOk(_))
+    ));
     let c = connect(&s).await;
     let ch = c.create_channel().await.unwrap();
     queue(&ch, "q", false).await;
