@@ -390,7 +390,7 @@ where
     A: std::future::Future,
     B: std::future::Future,
 {
-    if round % 2 == 0 {
+    if round.is_multiple_of(2) {
         tokio::join!(a, b)
     } else {
         let (y, x) = tokio::join!(b, a);
