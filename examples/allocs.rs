@@ -9,10 +9,12 @@
 //! delivery, after a warm-up round that fills buffers and caches.
 //!
 //! ```text
-//! cargo run --release --example allocs -- [--no-ack] [--messages N] [--size BYTES]
+//! cargo run --release --example allocs -- [--no-ack | --ack-each] [--messages N] [--size BYTES]
 //! ```
 //! Without `--no-ack` the consumer uses prefetch 1000 and acks every 500th
-//! tag with multiple=true (perf's `--prefetch 1000 --ack-multiple`).
+//! tag with multiple=true (perf's `--prefetch 1000 --ack-multiple`), or
+//! with `--ack-each` every message on its own (perf's `--prefetch 1000`),
+//! which counts what a settle costs.
 
 use futures_lite::stream::StreamExt;
 use lapin::options::{
@@ -64,6 +66,7 @@ static GLOBAL: Counting = Counting;
 
 struct Opts {
     no_ack: bool,
+    ack_each: bool,
     messages: u64,
     size: usize,
 }
@@ -71,6 +74,7 @@ struct Opts {
 fn opts() -> Opts {
     let mut o = Opts {
         no_ack: false,
+        ack_each: false,
         messages: 200_000,
         size: 100,
     };
@@ -78,10 +82,11 @@ fn opts() -> Opts {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--no-ack" => o.no_ack = true,
+            "--ack-each" => o.ack_each = true,
             "--messages" => o.messages = args.next().and_then(|v| v.parse().ok()).unwrap_or(0),
             "--size" => o.size = args.next().and_then(|v| v.parse().ok()).unwrap_or(0),
             _ => {
-                eprintln!("usage: allocs [--no-ack] [--messages N] [--size BYTES]");
+                eprintln!("usage: allocs [--no-ack | --ack-each] [--messages N] [--size BYTES]");
                 std::process::exit(2);
             }
         }
@@ -135,7 +140,10 @@ async fn round(url: &str, queue: &str, o: &Opts, n: u64) -> lapin::Result<()> {
             };
             let d = d?;
             got += 1;
-            if !o.no_ack && (d.delivery_tag % 500 == 0 || got == n) {
+            if o.ack_each && !o.no_ack {
+                sch.basic_ack(d.delivery_tag, BasicAckOptions { multiple: false })
+                    .await?;
+            } else if !o.no_ack && (d.delivery_tag % 500 == 0 || got == n) {
                 sch.basic_ack(d.delivery_tag, BasicAckOptions { multiple: true })
                     .await?;
             }
@@ -197,7 +205,11 @@ fn main() {
              includes two connections' set-up and close",
             o.messages,
             o.size,
-            if o.no_ack { "no-ack" } else { "prefetch 1000, ack multiple every 500" },
+            match (o.no_ack, o.ack_each) {
+                (true, _) => "no-ack",
+                (false, true) => "prefetch 1000, one ack per message",
+                (false, false) => "prefetch 1000, ack multiple every 500",
+            },
             a as f64 / n,
             b as f64 / n,
         );

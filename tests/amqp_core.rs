@@ -392,6 +392,62 @@ async fn ack_nack_reject_and_requeue_order() {
     assert_eq!(q.message_count(), 0, "everything was acked or dropped");
 }
 
+/// One channel consuming two queues: a `multiple` nack settles the
+/// deliveries of both, each queue gets its own back in its own order, and
+/// a `multiple` ack then settles both queues' redeliveries.
+#[tokio::test]
+async fn multiple_settles_across_queues_keep_each_queues_order() {
+    let (_s, _c, ch) = start_channel().await;
+    queue(&ch, "ms-a", false).await;
+    queue(&ch, "ms-b", false).await;
+    for i in 1..=6u8 {
+        publish(&ch, "", "ms-a", &[i]).await;
+        publish(&ch, "", "ms-b", &[100 + i]).await;
+    }
+    let mut ca = consume(&ch, "ms-a", false).await;
+    let mut cb = consume(&ch, "ms-b", false).await;
+    let mut last = 0;
+    for _ in 0..6 {
+        last = last.max(next(&mut ca).await.delivery_tag);
+        last = last.max(next(&mut cb).await.delivery_tag);
+    }
+    ch.basic_nack(
+        last,
+        BasicNackOptions {
+            multiple: true,
+            requeue: true,
+        },
+    )
+    .await
+    .unwrap();
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..6 {
+        let d = next(&mut ca).await;
+        assert!(d.redelivered);
+        last = last.max(d.delivery_tag);
+        a.push(d.data[0]);
+        let d = next(&mut cb).await;
+        assert!(d.redelivered);
+        last = last.max(d.delivery_tag);
+        b.push(d.data[0]);
+    }
+    assert_eq!(a, (1..=6).collect::<Vec<u8>>());
+    assert_eq!(b, (101..=106).collect::<Vec<u8>>());
+    ch.basic_ack(last, BasicAckOptions { multiple: true })
+        .await
+        .unwrap();
+    for q in ["ms-a", "ms-b"] {
+        ch.basic_cancel(
+            if q == "ms-a" { ca.tag() } else { cb.tag() },
+            BasicCancelOptions::default(),
+        )
+        .await
+        .unwrap();
+        let p = passive(&ch, q).await.unwrap();
+        assert_eq!(p.message_count(), 0, "{q}: everything was acked");
+    }
+}
+
 #[tokio::test]
 async fn unknown_and_double_ack_are_406() {
     let (_s, c, ch) = start_channel().await;

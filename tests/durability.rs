@@ -475,6 +475,43 @@ async fn names_with_any_bytes_survive_a_restart() {
     assert_eq!(passive(&ch, name).await.unwrap().message_count(), 1);
 }
 
+/// A no-ack delivery handed back unwritten (its consumer went before its
+/// connection wrote it) gave its place on disk up as it was dispatched:
+/// the queue writes it again (outside its lock, as a publish is written)
+/// and it survives a restart, in its place.
+#[tokio::test]
+async fn a_no_ack_delivery_handed_back_unwritten_survives_a_restart() {
+    let dir = temp_dir("handback");
+    {
+        let s = start_on(&dir).await;
+        let c = connect(&s).await;
+        let ch = c.create_channel().await.unwrap();
+        queue(&ch, "hb", true).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        for body in [&b"first"[..], b"second"] {
+            publish_confirmed(&ch, "", "hb", body, persistent()).await;
+        }
+        let q = s.broker().vhost("/").unwrap().queue("hb").unwrap();
+        // Taken no-ack: settled on the spot, its index entry acked; then
+        // handed back, as a delivery whose consumer is gone is.
+        let (m, left) = q.get(true).expect("a message");
+        assert_eq!((m.message.body(), left), (&b"first"[..], 1));
+        q.undeliver(m, true);
+        assert_eq!(q.counts().0, 2);
+        c.close(200, "bye".into()).await.unwrap();
+        s.shutdown().await;
+    }
+    let s = start_on(&dir).await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    let bodies: Vec<Vec<u8>> = get_all(&ch, "hb").await.into_iter().map(|m| m.0).collect();
+    assert_eq!(bodies, vec![b"first".to_vec(), b"second".to_vec()]);
+    c.close(200, "bye".into()).await.unwrap();
+    s.shutdown().await;
+}
+
 async fn publish_confirmed_on(ch: &Channel, queue: &str) {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await

@@ -362,3 +362,190 @@ async fn publish_racing_queue_delete_leaves_no_message_or_record() {
     assert_eq!(disk.live_refs(), 1);
     s.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------
+// The same races over AMQP: real clients on separate connections, so the
+// two commands are read and run by two connection tasks on the broker's
+// worker threads. A round costs a few loopback round trips, so there are
+// fewer rounds than above; the pairs run at once and alternate which of the
+// two frames is sent first.
+
+/// Racing pairs of connections over AMQP, and rounds per pair.
+const AMQP_PAIRS: usize = 4;
+const AMQP_ROUNDS: usize = 60;
+
+/// An open channel on `c`: `ch` again, or a new one if a race closed it.
+async fn open_channel(c: &lapin::Connection, ch: lapin::Channel) -> lapin::Channel {
+    if ch.status().connected() {
+        ch
+    } else {
+        c.create_channel().await.expect("channel")
+    }
+}
+
+/// Runs `a` and `b` at once, sending `a`'s frame first on even rounds and
+/// `b`'s on odd ones.
+async fn both<A, B>(round: usize, a: A, b: B) -> (A::Output, B::Output)
+where
+    A: std::future::Future,
+    B: std::future::Future,
+{
+    if round.is_multiple_of(2) {
+        tokio::join!(a, b)
+    } else {
+        let (y, x) = tokio::join!(b, a);
+        (x, y)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_queue_bind_racing_queue_delete_leaves_no_binding() {
+    use lapin::options::{QueueBindOptions, QueueDeleteOptions};
+    let s = common::start().await;
+    let setup = common::connect(&s).await;
+    let ch = setup.create_channel().await.unwrap();
+    common::durable_exchange(&ch, "race-aqb-x", lapin::ExchangeKind::Direct).await;
+    let mut pairs = Vec::new();
+    for pair in 0..AMQP_PAIRS {
+        let (binder, deleter) = (common::connect(&s).await, common::connect(&s).await);
+        pairs.push(tokio::spawn(async move {
+            let mut bch = binder.create_channel().await.unwrap();
+            let dch = deleter.create_channel().await.unwrap();
+            let mut bound = 0;
+            for round in 0..AMQP_ROUNDS {
+                let q = format!("race-aqb-{pair}-{round}");
+                common::queue(&dch, &q, true).await;
+                bch = open_channel(&binder, bch).await;
+                let bind = bch.queue_bind(
+                    q.as_str().into(),
+                    "race-aqb-x".into(),
+                    q.as_str().into(),
+                    QueueBindOptions::default(),
+                    common::t(),
+                );
+                let delete = dch.queue_delete(q.as_str().into(), QueueDeleteOptions::default());
+                let (b, d) = common::within(both(round, bind, delete)).await;
+                d.expect("the deleter's queue.delete");
+                match b {
+                    Ok(()) => bound += 1,
+                    Err(e) => {
+                        let (code, text) = common::soft_code(&e);
+                        assert_eq!(code, 404, "{text}");
+                        assert_eq!(text, format!("NOT_FOUND - no queue '{q}' in vhost '/'"));
+                    }
+                }
+            }
+            let _ = binder.close(200, "done".into()).await;
+            let _ = deleter.close(200, "done".into()).await;
+            bound
+        }));
+    }
+    let mut bound = 0;
+    for p in pairs {
+        bound += p.await.expect("a racing pair panicked");
+    }
+    // Every queue is gone: no binding to one may be left, as the API shows
+    // it, in the exchange's router, or on disk.
+    let api = common::get_ok(&s, "/api/exchanges/%2F/race-aqb-x/bindings/source").await;
+    assert_eq!(
+        api.as_array().map(Vec::len),
+        Some(0),
+        "bindings to deleted queues ({bound} binds answered ok): {api}"
+    );
+    let v = s.broker().vhost("/").unwrap();
+    assert!(v
+        .exchange("race-aqb-x")
+        .unwrap()
+        .router()
+        .bindings()
+        .is_empty());
+    assert!(stored_bindings(&v, &s).is_empty());
+    let queues = common::get_ok(&s, "/api/queues/%2F").await;
+    assert!(
+        !queues.to_string().contains("race-aqb-"),
+        "a deleted queue is listed: {queues}"
+    );
+    setup.close(200, "done".into()).await.unwrap();
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_consume_racing_queue_delete_leaves_no_consumer() {
+    use futures_lite::stream::StreamExt;
+    use lapin::options::{BasicConsumeOptions, QueueDeleteOptions};
+    let s = common::start().await;
+    let v = s.broker().vhost("/").unwrap();
+    let mut pairs = Vec::new();
+    for pair in 0..AMQP_PAIRS {
+        let (consumer, deleter) = (common::connect(&s).await, common::connect(&s).await);
+        let v = v.clone();
+        pairs.push(tokio::spawn(async move {
+            let mut cch = consumer.create_channel().await.unwrap();
+            let dch = deleter.create_channel().await.unwrap();
+            let (mut queues, mut attached) = (Vec::new(), 0);
+            for round in 0..AMQP_ROUNDS {
+                let q = format!("race-ac-{pair}-{round}");
+                common::queue(&dch, &q, round % 4 < 2).await;
+                queues.push(v.queue(&q).expect("declared"));
+                cch = open_channel(&consumer, cch).await;
+                let consume = cch.basic_consume(
+                    q.as_str().into(),
+                    format!("ctag-{round}").as_str().into(),
+                    BasicConsumeOptions::default(),
+                    common::t(),
+                );
+                let delete = dch.queue_delete(q.as_str().into(), QueueDeleteOptions::default());
+                let (c, d) = common::within(both(round, consume, delete)).await;
+                d.expect("the deleter's queue.delete");
+                match c {
+                    // The deletion cancelled it: the broker's basic.cancel
+                    // ends the stream (waited for here, before the next
+                    // round can close the channel with a 404).
+                    Ok(mut stream) => {
+                        assert!(
+                            common::within(stream.next()).await.is_none(),
+                            "a consumer of deleted {q} got something other than its cancel"
+                        );
+                        attached += 1;
+                    }
+                    Err(e) => {
+                        let (code, text) = common::soft_code(&e);
+                        assert_eq!(code, 404, "{text}");
+                        assert_eq!(text, format!("NOT_FOUND - no queue '{q}' in vhost '/'"));
+                    }
+                }
+            }
+            (queues, attached, consumer, deleter)
+        }));
+    }
+    let (mut queues, mut attached, mut conns) = (Vec::new(), 0, Vec::new());
+    for p in pairs {
+        let (q, n, c, d) = p.await.expect("a racing pair panicked");
+        queues.extend(q);
+        attached += n;
+        conns.extend([c, d]);
+    }
+    // No deleted queue keeps a consumer, and no channel still lists one
+    // (channel snapshots refresh once a second).
+    for q in &queues {
+        assert!(q.is_deleted(), "{} survived its delete", q.name);
+        assert_eq!(q.counts().1, 0, "a consumer stayed on deleted {}", q.name);
+    }
+    common::wait_until(
+        "the channels to list no consumer",
+        std::time::Duration::from_secs(10),
+        || async { common::get_ok(&s, "/api/consumers").await == serde_json::json!([]) },
+    )
+    .await;
+    let channels = common::get_ok(&s, "/api/channels").await;
+    for ch in channels.as_array().unwrap() {
+        assert_eq!(
+            ch["consumer_count"], 0,
+            "{attached} consumes answered ok: {ch}"
+        );
+    }
+    for c in conns {
+        c.close(200, "done".into()).await.unwrap();
+    }
+    s.shutdown().await;
+}

@@ -802,12 +802,6 @@ impl DiskStore {
         }
     }
 
-    fn log_err(&self, what: &str, e: DiskError) {
-        // The queue cannot act on a store error mid-operation; the message
-        // stays in memory and the operator learns from the log.
-        tracing::error!(queue = self.queue, error = %e, "store {what} failed");
-    }
-
     /// Forgets a delivered message's entry and what its body held.
     fn take_out(&mut self, seq: u64) -> Option<Out> {
         let o = self.out.remove(&seq)?;
@@ -815,6 +809,28 @@ impl DiskStore {
             self.out_mem_bytes -= o.size as u64;
         }
         Some(o)
+    }
+
+    /// Puts a delivered message back at its place, in memory, with its
+    /// disk entry if it has one (memory is the only place of one without).
+    fn requeue_entry(&mut self, m: QueuedMessage, stored: Option<(StoredRef, IndexRef)>) {
+        let size = m.message.size();
+        if stored.is_some() {
+            self.mem_bytes += size;
+        } else {
+            self.transient_bytes += size;
+        }
+        self.bytes += size;
+        self.requeued.insert(
+            m.seq,
+            Entry {
+                seq: m.seq,
+                msg: Some(m.message),
+                stored,
+                redelivered: m.redelivered,
+                size: size as u32,
+            },
+        );
     }
 
     fn keep_in_memory(&mut self, size: u64) -> bool {
@@ -975,38 +991,26 @@ impl MessageStore for DiskStore {
     }
 
     fn requeue(&mut self, m: QueuedMessage) {
-        let size = m.message.size();
         // A delivery awaiting settle still holds its disk entry. A no-ack
         // delivery handed back (its consumer went before it was written)
-        // was released already: it is written again, so a persistent
-        // message stays as durable as it was.
-        let stored = match self.take_out(m.seq) {
-            Some(o) => Some((o.stored, o.index)),
-            None if m.message.stored().is_some() => match self.disk.put_body(&m.message, 1) {
-                Ok(r) => Some((r, self.disk.index_put(self.queue, m.seq, r, size as u32))),
-                Err(e) => {
-                    self.log_err("rewrite", e);
-                    None
-                }
-            },
-            None => None,
-        };
-        if stored.is_some() {
-            self.mem_bytes += size;
-        } else {
-            self.transient_bytes += size;
-        }
-        self.bytes += size;
-        self.requeued.insert(
-            m.seq,
-            Entry {
-                seq: m.seq,
-                msg: Some(m.message),
-                stored,
-                redelivered: m.redelivered,
-                size: size as u32,
-            },
-        );
+        // gave its entry up when it was dispatched: it comes back in
+        // memory only, unless its owner wrote it again first (without
+        // this lock) and hands it back with `requeue_written`.
+        let stored = self.take_out(m.seq).map(|o| (o.stored, o.index));
+        self.requeue_entry(m, stored);
+    }
+
+    fn rewrite_disk(&self) -> Option<Arc<Disk>> {
+        Some(self.disk.clone())
+    }
+
+    fn requeue_written(&mut self, m: QueuedMessage, at: StoredRef) {
+        // Only an index entry in the buffer here: the record was written
+        // by the caller, before it took the queue's lock.
+        let ix = self
+            .disk
+            .index_put(self.queue, m.seq, at, m.message.size() as u32);
+        self.requeue_entry(m, Some((at, ix)));
     }
 
     fn keep_unacked(&mut self, m: &QueuedMessage) -> bool {
@@ -1363,11 +1367,13 @@ mod tests {
         let mut s = DiskStore::new(disk.clone(), 4, Vec::new(), 1 << 20);
         s.push(persistent(1, "a", &disk, 1));
         s.push(persistent(2, "b", &disk, 1));
-        // A no-ack delivery: popped and settled at once, then handed back.
+        // A no-ack delivery: popped and settled at once, then handed back,
+        // written again by the caller first (outside the queue's lock).
         let m = pop_loading(&mut s).unwrap();
         s.settle(m.seq);
         assert_eq!(disk.counts().1, 1);
-        s.requeue(m);
+        let at = s.rewrite_disk().unwrap().put_body(&m.message, 1).unwrap();
+        s.requeue_written(m, at);
         assert_eq!(disk.counts().1, 2, "handed back: durable again");
         let again = pop_loading(&mut s).unwrap();
         s.settle(again.seq);
@@ -1380,6 +1386,49 @@ mod tests {
         let two = pop_loading(&mut s).unwrap();
         assert_eq!(two.message.body(), b"b");
         s.settle(two.seq);
+        assert_eq!(disk.counts().1, 0);
+    }
+
+    /// A no-ack delivery handed back and written again survives a restart
+    /// in its place, redelivered; `requeue` itself writes nothing (it runs
+    /// under the queue's lock), so one handed back without being written
+    /// again is held in memory only.
+    #[test]
+    fn a_handed_back_no_ack_delivery_written_again_survives_a_restart() {
+        let dir = tempdir("handback-restart");
+        {
+            let disk = Disk::open(&dir, 1 << 20).unwrap();
+            let mut s = DiskStore::new(disk.clone(), 5, Vec::new(), 1 << 20);
+            s.push(persistent(1, "a", &disk, 1));
+            s.push(persistent(2, "b", &disk, 1));
+            let a = pop_loading(&mut s).unwrap();
+            s.settle(a.seq);
+            let b = pop_loading(&mut s).unwrap();
+            s.settle(b.seq);
+            disk.flush().unwrap();
+            let appended = disk.counts().0;
+            let mut a = a;
+            a.redelivered = true;
+            let at = s.rewrite_disk().unwrap().put_body(&a.message, 1).unwrap();
+            s.requeue_written(a, at);
+            s.requeue(b);
+            assert_eq!(s.len(), 2);
+            // Two records of the same size so far; one more now.
+            assert_eq!(
+                disk.counts(),
+                (appended + appended / 2, 1),
+                "only the rewritten one was written, by its caller"
+            );
+            assert_eq!(s.memory_bytes(), 1, "the other is held in memory only");
+            disk.flush().unwrap();
+        }
+        let disk = Disk::open(&dir, 1 << 20).unwrap();
+        let mut rec = disk.recover(&HashSet::from([5])).unwrap();
+        let mut s = DiskStore::new(disk.clone(), 5, rec.remove(&5).unwrap(), 1 << 20);
+        assert_eq!(s.len(), 1);
+        let back = pop_loading(&mut s).unwrap();
+        assert_eq!((back.seq, back.message.body()), (1, &b"a"[..]));
+        s.settle(back.seq);
         assert_eq!(disk.counts().1, 0);
     }
 

@@ -8,7 +8,7 @@
 //! bound), and optionally a limit shared by every consumer of one channel
 //! (basic.qos global=true).
 
-use crate::message::{Message, QueuedMessage};
+use crate::message::{Message, QueuedMessage, StoredRef};
 use crate::peek::Peeked;
 use crate::store::MessageStore;
 use std::collections::HashMap;
@@ -366,10 +366,15 @@ impl<C: Clone> QueueCore<C> {
 
     /// A dispatched message never reached its consumer (it was cancelled,
     /// or its connection went away first): it goes back to its place, as
-    /// it was, without counting as delivered.
-    pub fn undeliver(&mut self, m: QueuedMessage, no_ack: bool) {
+    /// it was, without counting as delivered. `written`: where a
+    /// persistent no-ack delivery was written again (see
+    /// [`QueueCore::rewrite_disk`]).
+    pub fn undeliver(&mut self, m: QueuedMessage, no_ack: bool, written: Option<StoredRef>) {
         if no_ack {
-            self.store.requeue(m);
+            match written {
+                Some(at) => self.store.requeue_written(m, at),
+                None => self.store.requeue(m),
+            }
         } else if let Some(u) = self.take_unacked(m.seq) {
             // Never written: its write credit comes back too.
             if let Holder::Consumer(id) = u.holder {
@@ -379,6 +384,13 @@ impl<C: Clone> QueueCore<C> {
             }
             self.store.requeue(m);
         }
+    }
+
+    /// Where a persistent no-ack delivery handed back to
+    /// [`QueueCore::undeliver`] must first be written again, without the
+    /// queue's lock (see [`MessageStore::rewrite_disk`]).
+    pub fn rewrite_disk(&self) -> Option<Arc<crate::disk::Disk>> {
+        self.store.rewrite_disk()
     }
 
     /// A connection wrote `n` deliveries of a consumer whose credit comes
@@ -669,7 +681,7 @@ mod tests {
         q.dispatch(0, &mut none);
         assert!(none.is_empty(), "acks give no write credit");
         let back = more.pop().unwrap();
-        q.undeliver(back.message, false);
+        q.undeliver(back.message, false, None);
         let mut again = Vec::new();
         q.dispatch(0, &mut again);
         assert_eq!(again.len(), 1, "an unwritten delivery returns its credit");

@@ -5,7 +5,7 @@
 //! keeps them until `settle` says they were acked or dropped; `requeue`
 //! puts one back at its original place (RabbitMQ's order: by `seq`).
 
-use crate::disk::{LoadedBodies, Loads};
+use crate::disk::{Disk, LoadedBodies, Loads};
 use crate::message::{Message, QueuedMessage};
 use crate::peek::{PeekBody, PeekEntry, Peeked};
 use std::collections::{BTreeMap, VecDeque};
@@ -36,7 +36,25 @@ pub trait MessageStore: Send {
     /// [`MessageStore::head_load`].
     fn finish_loads(&mut self, _loaded: LoadedBodies) {}
     /// A delivered message returns to the ready set, ordered by `seq`.
+    /// It takes no I/O: a message whose place on disk was already given
+    /// up (a no-ack delivery handed back unwritten) comes back in memory
+    /// only, unless it was written again first (see
+    /// [`MessageStore::rewrite_disk`]).
     fn requeue(&mut self, m: QueuedMessage);
+    /// Where a persistent no-ack delivery handed back unwritten must be
+    /// written again to stay durable (its record was released as it was
+    /// dispatched): the caller writes it there with [`Disk::put_body`]
+    /// without the queue's lock, as a publish is written, and hands it
+    /// back with [`MessageStore::requeue_written`]. `None`: nothing of
+    /// this store survives a restart.
+    fn rewrite_disk(&self) -> Option<Arc<Disk>> {
+        None
+    }
+    /// [`MessageStore::requeue`] of a message just written again at `at`
+    /// (see [`MessageStore::rewrite_disk`]).
+    fn requeue_written(&mut self, m: QueuedMessage, _at: crate::message::StoredRef) {
+        self.requeue(m)
+    }
     /// A delivered message is done (acked, or dropped); forget it.
     fn settle(&mut self, seq: u64);
     /// Whether the unacked record of a message just popped for a

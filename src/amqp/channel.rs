@@ -24,7 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use warren_queues::{ChannelLimit, ConsumerId, Message};
 
-struct Unacked {
+pub(super) struct Unacked {
     tag: u64,
     queue: Arc<Queue>,
     seq: u64,
@@ -326,7 +326,8 @@ impl Connection {
             .into_iter()
             .flat_map(|tx| tx.settles)
             .flat_map(|(items, _)| items);
-        requeue_grouped(ch.unacked.into_iter().chain(pending));
+        let mut items: Vec<Unacked> = ch.unacked.into_iter().chain(pending).collect();
+        requeue_grouped(&mut items, &mut Vec::new());
     }
 
     /// What the management API shows of our open channels.
@@ -1149,8 +1150,8 @@ impl Connection {
                     .any(|(items, _)| items.iter().any(|u| u.queue.disk_id.is_some()));
                 // Acks first: they cannot fail, and a failed publish below
                 // must not leave them neither applied nor unacked.
-                for (items, how) in work.settles {
-                    self.apply_settle(id, items, how);
+                for (mut items, how) in work.settles {
+                    self.apply_settle(id, &mut items, how);
                 }
                 for p in work.publishes {
                     // A store failure fails the commit, as RabbitMQ would.
@@ -1386,8 +1387,8 @@ impl Connection {
 
     fn settle(&mut self, id: u16, tag: u64, multiple: bool, how: Settle) -> Result<(), AmqpError> {
         let ch = self.ch(id);
-        let taken: Vec<Unacked> = if multiple && tag == 0 {
-            ch.unacked.drain(..).collect()
+        let range = if multiple && tag == 0 {
+            0..ch.unacked.len()
         } else {
             let Ok(pos) = ch.unacked.binary_search_by_key(&tag, |u| u.tag) else {
                 return Err(AmqpError::channel(
@@ -1396,29 +1397,40 @@ impl Connection {
                 ));
             };
             if multiple {
-                ch.unacked.drain(..=pos).collect()
+                0..pos + 1
             } else {
-                ch.unacked.remove(pos).into_iter().collect()
+                pos..pos + 1
             }
         };
         if let Some(tx) = ch.tx.as_mut() {
-            tx.settles.push((taken, how));
+            tx.settles.push((ch.unacked.drain(range).collect(), how));
             return Ok(());
         }
-        self.apply_settle(id, taken, how);
+        // The connection's scratch vector: a settle allocates nothing.
+        let mut taken = std::mem::take(&mut self.settle_scratch.0);
+        taken.extend(self.ch(id).unacked.drain(range));
+        self.apply_settle(id, &mut taken, how);
+        taken.clear();
+        if taken.capacity() <= SETTLE_SCRATCH_KEEP {
+            self.settle_scratch.0 = taken;
+        }
         Ok(())
     }
 
-    fn apply_settle(&mut self, id: u16, taken: Vec<Unacked>, how: Settle) {
+    fn apply_settle(&mut self, id: u16, taken: &mut [Unacked], how: Settle) {
         let slots = taken.iter().filter(|u| u.slot).count() as u32;
         let n = taken.len() as u64;
+        let mut seqs = std::mem::take(&mut self.settle_scratch.1);
         match how {
             Settle::Ack => {
                 let fold = &mut self.route_scratch.counts;
-                for_each_queue(taken.into_iter(), |q, seqs| q.ack(seqs, fold))
+                for_each_queue(taken, &mut seqs, |q, seqs| q.ack(seqs, fold))
             }
-            Settle::Drop => for_each_queue(taken.into_iter(), |q, seqs| q.discard(seqs)),
-            Settle::Requeue => requeue_grouped(taken.into_iter()),
+            Settle::Drop => for_each_queue(taken, &mut seqs, |q, seqs| q.discard(seqs)),
+            Settle::Requeue => requeue_grouped(taken, &mut seqs),
+        }
+        if seqs.capacity() <= SETTLE_SCRATCH_KEEP {
+            self.settle_scratch.1 = seqs;
         }
         let Some(ch) = self.channels.get_mut(&id) else {
             return;
@@ -1439,10 +1451,10 @@ impl Connection {
             return Err(AmqpError::connection(NOT_IMPLEMENTED, "requeue=false"));
         }
         let ch = self.ch(id);
-        let taken: Vec<Unacked> = ch.unacked.drain(..).collect();
+        let mut taken: Vec<Unacked> = ch.unacked.drain(..).collect();
         let slots = taken.iter().filter(|u| u.slot).count() as u32;
         ch.limit.release(slots);
-        requeue_grouped(taken.into_iter());
+        requeue_grouped(&mut taken, &mut Vec::new());
         Ok(())
     }
 
@@ -1572,20 +1584,38 @@ enum Settle {
     Drop,
 }
 
-/// Calls `f` once per queue with the seqs of that queue, in tag order.
-fn for_each_queue(items: impl Iterator<Item = Unacked>, mut f: impl FnMut(&Arc<Queue>, &[u64])) {
-    let mut groups: Vec<(Arc<Queue>, Vec<u64>)> = Vec::new();
-    for u in items {
-        match groups.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
-            Some((_, seqs)) => seqs.push(u.seq),
-            None => groups.push((u.queue, vec![u.seq])),
-        }
+/// Settle scratch vectors that grew past this many entries (a `multiple`
+/// ack of a huge backlog) are not kept.
+const SETTLE_SCRATCH_KEEP: usize = 4096;
+
+/// Calls `f` once per queue with the seqs of `items` in that queue, in
+/// tag order, allocating nothing once `seqs` has grown: items of more than
+/// one queue are sorted by queue, then tag, in place, and taken run by run.
+fn for_each_queue(
+    items: &mut [Unacked],
+    seqs: &mut Vec<u64>,
+    mut f: impl FnMut(&Arc<Queue>, &[u64]),
+) {
+    let one_queue = items
+        .windows(2)
+        .all(|w| Arc::ptr_eq(&w[0].queue, &w[1].queue));
+    if !one_queue {
+        items.sort_unstable_by_key(|u| (Arc::as_ptr(&u.queue) as usize, u.tag));
     }
-    for (q, seqs) in groups {
-        f(&q, &seqs);
+    let mut rest = &items[..];
+    while let Some(first) = rest.first() {
+        let run = rest
+            .iter()
+            .position(|u| !Arc::ptr_eq(&u.queue, &first.queue))
+            .unwrap_or(rest.len());
+        seqs.clear();
+        seqs.extend(rest[..run].iter().map(|u| u.seq));
+        f(&first.queue, seqs);
+        rest = &rest[run..];
     }
+    seqs.clear();
 }
 
-fn requeue_grouped(items: impl Iterator<Item = Unacked>) {
-    for_each_queue(items, |q, seqs| q.requeue(seqs));
+fn requeue_grouped(items: &mut [Unacked], seqs: &mut Vec<u64>) {
+    for_each_queue(items, seqs, |q, seqs| q.requeue(seqs));
 }

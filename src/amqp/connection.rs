@@ -98,6 +98,9 @@ pub(super) struct Connection {
     /// prefetch limit), to be credited back to their queues.
     pub(super) settle: Vec<(Arc<Queue>, ConsumerId, u32)>,
     pub(super) route_scratch: RouteScratch,
+    /// Reused by acks, nacks and rejects: the settled deliveries, and the
+    /// seqs of one queue among them (see `Connection::settle`).
+    pub(super) settle_scratch: (Vec<super::channel::Unacked>, Vec<u64>),
     /// Channels with confirm tags written to disk this turn.
     pub(super) flush_waiting: Vec<u16>,
     /// Channels with publishes this turn whose confirms may be due.
@@ -288,6 +291,7 @@ async fn serve_stream<R, W>(
         done: false,
         settle: Vec::new(),
         route_scratch: RouteScratch::default(),
+        settle_scratch: (Vec::new(), Vec::new()),
         flush_waiting: Vec::new(),
         confirm_waiting: Vec::new(),
         confirm_batch: Arc::default(),

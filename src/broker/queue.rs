@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 use warren_exchanges::Table;
 use warren_queues::{
-    ChannelLimit, ConsumeError, ConsumerId, ConsumerSpec, Dispatched, LoadedBodies, Loads, Message,
-    Peeked, QueueCore, QueuedMessage, UnackedInfo,
+    ChannelLimit, ConsumeError, ConsumerId, ConsumerSpec, Disk, Dispatched, LoadedBodies, Loads,
+    Message, Peeked, QueueCore, QueuedMessage, StoredRef, UnackedInfo,
 };
 
 /// The id a basic.get's taker is known by in the queue's unacked view:
@@ -67,6 +67,9 @@ pub struct Queue {
     /// Stamps deliveries for the unacked view.
     clock: Arc<CoarseClock>,
     core: Mutex<QueueCore<Arc<ConsumerHandle>>>,
+    /// Where persistent no-ack deliveries handed back unwritten are
+    /// written again (durable queues), before the core's lock is taken.
+    rewrite_disk: Option<Arc<Disk>>,
     deleted: AtomicBool,
     /// Flow control: set while consumers are attached and the backlog is
     /// above [`FLOW_HIGH`], or while the bodies only memory can hold
@@ -143,6 +146,7 @@ impl Queue {
             stats: MessageCounters::default(),
             global,
             clock,
+            rewrite_disk: store.rewrite_disk(),
             core: Mutex::new(QueueCore::new(store, noack_window)),
             deleted: AtomicBool::new(false),
             flow_blocked: AtomicBool::new(false),
@@ -575,8 +579,40 @@ impl Queue {
         if self.is_deleted() {
             return;
         }
-        self.core().undeliver(m, no_ack);
+        let written = self.rewrite(&m, no_ack);
+        {
+            let mut core = self.core();
+            // Checked under the lock, as a publish checks it: a deletion's
+            // purge has run or will see the message.
+            if self.is_deleted() {
+                drop(core);
+                if let (Some(at), Some(disk)) = (written, &self.rewrite_disk) {
+                    disk.forget_ref(at);
+                }
+                return;
+            }
+            core.undeliver(m, no_ack, written);
+        }
         self.kick();
+    }
+
+    /// A no-ack delivery gave its place on disk up as it was dispatched:
+    /// a persistent one handed back unwritten is written again here,
+    /// before the core's lock is taken (a segment append may write a
+    /// full buffer or start a file), as a publish is, so it stays as
+    /// durable as it was. A failed write leaves it in memory only.
+    fn rewrite(&self, m: &QueuedMessage, no_ack: bool) -> Option<StoredRef> {
+        let disk = self.rewrite_disk.as_ref()?;
+        if !no_ack || m.message.stored().is_none() {
+            return None;
+        }
+        match disk.put_body(&m.message, 1) {
+            Ok(at) => Some(at),
+            Err(e) => {
+                tracing::error!(queue = %self.name, error = %e, "cannot write a handed-back message again; it stays in memory only");
+                None
+            }
+        }
     }
 
     /// The consumer's connection wrote `n` deliveries whose credit comes
