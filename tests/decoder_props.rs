@@ -117,20 +117,14 @@ fn frame_bytes() -> impl Strategy<Value = Vec<u8>> {
     ];
     let prefix = prop_oneof![
         Just(vec![]),
-        Just(vec![0, 60, 0, 40]),                   // basic.publish
-        Just(vec![0, 50, 0, 10]),                   // queue.declare
-        Just(vec![0, 40, 0, 10]),                   // exchange.declare
+        Just(vec![0, 60, 0, 40]),                  // basic.publish
+        Just(vec![0, 50, 0, 10]),                  // queue.declare
+        Just(vec![0, 40, 0, 10]),                  // exchange.declare
         Just(vec![0, 60, 0, 0, 0, 0, 0, 0, 0, 0]), // a content header
     ];
     let end = prop_oneof![9 => Just(FRAME_END), 1 => any::<u8>()];
-    (
-        kind,
-        0u16..3,
-        prefix,
-        vec(any::<u8>(), 0..200),
-        end,
-    )
-        .prop_map(|(kind, channel, mut payload, tail, end)| {
+    (kind, 0u16..3, prefix, vec(any::<u8>(), 0..200), end).prop_map(
+        |(kind, channel, mut payload, tail, end)| {
             payload.extend_from_slice(&tail);
             let mut f = vec![kind];
             f.extend_from_slice(&channel.to_be_bytes());
@@ -138,7 +132,8 @@ fn frame_bytes() -> impl Strategy<Value = Vec<u8>> {
             f.extend_from_slice(&payload);
             f.push(end);
             f
-        })
+        },
+    )
 }
 
 /// `t` as it reads back: tables carry no short strings in RabbitMQ's

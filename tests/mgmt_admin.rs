@@ -216,7 +216,10 @@ async fn an_empty_password_is_refused_unless_no_password_is_asked_for() {
         .expect("dana still logs in with her password");
     // Creating a user with an empty password is refused the same way.
     let (st, body) = put(&s, "/api/users/eve", json!({"password": "", "tags": ""})).await;
-    assert_eq!((st, reason(&body).starts_with("password must not be")), (400, true));
+    assert_eq!(
+        (st, reason(&body).starts_with("password must not be")),
+        (400, true)
+    );
     assert_eq!(get_json(&s, "/api/users/eve").await.0, 404);
     // So is a definitions import carrying one.
     let (st, body) = raw(

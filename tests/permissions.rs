@@ -628,13 +628,22 @@ async fn client_id_is_not_expanded_for_amqp_0_9_1() {
     let s = start().await;
     user_with(&s, "cid", "", Some((".*", ".*", ".*"))).await;
     let body = r#"{"exchange":"amq.topic","write":"^{client_id}\\.","read":"^{client_id}\\."}"#;
-    let (st, b) = raw(&s, "PUT", "/api/topic-permissions/%2F/cid", Some(GUEST), body).await;
+    let (st, b) = raw(
+        &s,
+        "PUT",
+        "/api/topic-permissions/%2F/cid",
+        Some(GUEST),
+        body,
+    )
+    .await;
     assert_eq!(st, 201, "{b}");
     let props = lapin::ConnectionProperties::default()
         .with_connection_name("app-7".into())
         .with_client_property("client_id".into(), "app-7".into());
     let url = format!("amqp://cid:pw@{}/%2f", s.amqp_addr());
-    let c = within(lapin::Connection::connect(&url, props)).await.unwrap();
+    let c = within(lapin::Connection::connect(&url, props))
+        .await
+        .unwrap();
     let ch = c.create_channel().await.unwrap();
     ch.confirm_select(ConfirmSelectOptions::default())
         .await

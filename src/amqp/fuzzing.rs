@@ -41,7 +41,10 @@ pub fn frames(data: &[u8]) {
                 Ok(None) => break,
                 Err(_) => return,
             };
-            assert!(frame.payload.len() + 8 <= FUZZ_FRAME_MAX, "frame over frame_max");
+            assert!(
+                frame.payload.len() + 8 <= FUZZ_FRAME_MAX,
+                "frame over frame_max"
+            );
             if frame.kind == FRAME_HEARTBEAT {
                 continue;
             }
@@ -78,11 +81,17 @@ pub fn properties(props: &[u8]) {
         return;
     };
     if let Some((a, b)) = summary.headers {
-        assert!(a <= b && b <= props.len(), "headers range outside the properties");
+        assert!(
+            a <= b && b <= props.len(),
+            "headers range outside the properties"
+        );
         let _ = table_may_have_key(&props[a..b], &["CC", "BCC"]);
     }
     if let Some((a, b)) = summary.user_id {
-        assert!(a <= b && b <= props.len(), "user_id range outside the properties");
+        assert!(
+            a <= b && b <= props.len(),
+            "user_id range outside the properties"
+        );
     }
     let decoded = BasicProperties::decode(props);
     assert!(decoded.is_some(), "validated properties do not decode");
@@ -133,5 +142,8 @@ pub fn field_table(data: &[u8]) {
     let twice = BasicProperties::decode(&again).and_then(|p| p.headers);
     // Debug text, so a NaN compares equal to itself.
     assert_eq!(format!("{twice:?}"), format!("{:?}", Some(table)));
-    assert_eq!(table_valid(&again[2..], MAX_TABLE_DEPTH), Some(again.len() - 2));
+    assert_eq!(
+        table_valid(&again[2..], MAX_TABLE_DEPTH),
+        Some(again.len() - 2)
+    );
 }
