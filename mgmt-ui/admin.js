@@ -101,7 +101,7 @@ function userForm(onDone) {
     { class: 'grid-form' },
     field('Username', name),
     field('Password', pass, 'Leave empty to keep an existing user\'s password.'),
-    el('label', { class: 'check' }, none, 'No password (the user cannot log in with a password)'),
+    el('div', { class: 'field' }, el('span', {}, 'No password'), el('label', { class: 'check' }, none, 'Cannot log in with a password')),
     field('Tags', tags),
     el('div', { class: 'actions' }, el('button', { type: 'submit' }, 'Save user'), out),
   );
