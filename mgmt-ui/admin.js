@@ -54,10 +54,13 @@ export function mount(root, ctx) {
     fill(
       users,
       table(
-        ['Name', 'Tags', 'Can access virtual hosts', ''],
+        ['Name', 'Tags', 'Has password', 'Can access virtual hosts', ''],
         u.map((x) => [
           x.name,
           (Array.isArray(x.tags) ? x.tags : String(x.tags || '').split(',')).filter(Boolean).join(', ') || '–',
+          // RabbitMQ's user JSON: an empty password_hash is a user that
+          // cannot log in with a password.
+          x.password_hash ? 'yes' : el('span', { class: 'muted' }, 'no'),
           p instanceof Error ? '?' : p.filter((q) => q.user === x.name).map((q) => q.vhost).join(', ') || 'none',
           x.name === ctx.user.name ? el('span', { class: 'muted' }, 'you') : deleteButton('Delete', `/users/${enc(x.name)}`, `Delete user ${x.name}?`),
         ]),
@@ -92,24 +95,52 @@ function table(head, rows) {
 function userForm(onDone) {
   const name = el('input', { name: 'username', required: true, autocomplete: 'off' });
   const pass = el('input', { name: 'new-password', type: 'password', autocomplete: 'new-password' });
+  const none = el('input', { name: 'no-password', type: 'checkbox', onchange: () => (pass.disabled = none.checked) });
   const tags = el('input', { name: 'tags', placeholder: 'administrator, monitoring, management…' });
   const out = el('div', { class: 'status', hidden: true });
-  const form = el('form', { class: 'grid-form' }, field('Username', name), field('Password', pass, 'Leave empty for a user that cannot log in with a password.'), field('Tags', tags), el('div', { class: 'actions' }, el('button', { type: 'submit' }, 'Save user'), out));
+  const form = el(
+    'form',
+    { class: 'grid-form' },
+    field('Username', name),
+    field('Password', pass, 'Leave empty to keep an existing user\'s password.'),
+    el('div', { class: 'field' }, el('span', {}, 'No password'), el('label', { class: 'check' }, none, 'Cannot log in with a password')),
+    field('Tags', tags),
+    el('div', { class: 'actions' }, el('button', { type: 'submit' }, 'Save user'), out),
+  );
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
-    const body = { tags: tags.value.split(/[\s,]+/).filter(Boolean).join(',') };
-    if (pass.value) body.password = pass.value;
-    else body.password_hash = '';
     try {
+      const body = { tags: tags.value.split(/[\s,]+/).filter(Boolean).join(','), ...(await passwordFields(name.value, pass.value, none.checked)) };
       await api('PUT', `/users/${enc(name.value)}`, body);
       status(out, true, `User ${name.value} saved.`);
       pass.value = '';
+      none.checked = false;
+      pass.disabled = false;
       onDone();
     } catch (ex) {
       status(out, false, ex.message);
     }
   });
   return form;
+}
+
+/**
+ * The password part of a user's PUT body. An empty password is never sent
+ * (the API refuses it): no password is asked for only with the box ticked,
+ * and a blank field on an existing user sends back its current hash, as a
+ * PUT without one would clear it (RabbitMQ's rule).
+ */
+async function passwordFields(user, password, noPassword) {
+  if (noPassword) return { password_hash: '' };
+  if (password) return { password };
+  let existing;
+  try {
+    existing = await get(`/users/${enc(user)}`);
+  } catch (ex) {
+    if (ex.status === 404) throw new Error('Enter a password, or tick "No password".');
+    throw ex;
+  }
+  return { password_hash: existing.password_hash, hashing_algorithm: existing.hashing_algorithm };
 }
 
 function vhostForm(onDone) {

@@ -182,6 +182,81 @@ async fn users_are_created_updated_and_deleted_and_log_in_over_amqp() {
     s.shutdown().await;
 }
 
+/// An empty `password` is refused (400, the user unchanged) rather than
+/// stored as "no password", which would lock the user out; no password is
+/// asked for with `"password_hash": ""` or with neither field. The user
+/// JSON says which users have one (`password_hash` empty or not).
+#[tokio::test]
+async fn an_empty_password_is_refused_unless_no_password_is_asked_for() {
+    let s = start().await;
+    let (st, _) = put(&s, "/api/users/dana", json!({"password": "pw", "tags": ""})).await;
+    assert_eq!(st, 201);
+    grant(&s, "dana").await;
+
+    // An edit with an empty password: 400 with RabbitMQ's error shape,
+    // and dana's password and tags stay as they were.
+    let (st, body) = put(
+        &s,
+        "/api/users/dana",
+        json!({"password": "", "tags": "management"}),
+    )
+    .await;
+    assert_eq!(st, 400, "{body}");
+    let j: J = serde_json::from_str(&body).unwrap();
+    assert_eq!(j["error"], "bad_request");
+    assert!(
+        reason(&body).starts_with("password must not be empty"),
+        "{body}"
+    );
+    let (_, u) = get_json(&s, "/api/users/dana").await;
+    assert_eq!(u["tags"], json!([]));
+    assert_ne!(u["password_hash"], "");
+    connect_as(&s, "dana", "pw", "/")
+        .await
+        .expect("dana still logs in with her password");
+    // Creating a user with an empty password is refused the same way.
+    let (st, body) = put(&s, "/api/users/eve", json!({"password": "", "tags": ""})).await;
+    assert_eq!(
+        (st, reason(&body).starts_with("password must not be")),
+        (400, true)
+    );
+    assert_eq!(get_json(&s, "/api/users/eve").await.0, 404);
+    // So is a definitions import carrying one.
+    let (st, body) = raw(
+        &s,
+        "POST",
+        "/api/definitions",
+        Some(GUEST),
+        &json!({"users": [{"name": "eve", "password": "", "tags": ""}]}).to_string(),
+    )
+    .await;
+    assert_eq!(st, 400, "{body}");
+    assert_eq!(get_json(&s, "/api/users/eve").await.0, 404);
+
+    // Asking for no password explicitly: an empty hash.
+    let (st, _) = put(
+        &s,
+        "/api/users/dana",
+        json!({"password_hash": "", "tags": "management"}),
+    )
+    .await;
+    assert_eq!(st, 204);
+    assert!(connect_as(&s, "dana", "pw", "/").await.is_err());
+    assert!(connect_as(&s, "dana", "", "/").await.is_err());
+
+    // The list shows who has a password: RabbitMQ's `password_hash` and
+    // `hashing_algorithm`, the hash empty for dana only.
+    let (st, list) = get_json(&s, "/api/users").await;
+    assert_eq!(st, 200);
+    let users = list.as_array().unwrap();
+    let dana = users.iter().find(|u| u["name"] == "dana").unwrap();
+    assert_eq!(dana["password_hash"], "");
+    assert_eq!(dana["hashing_algorithm"], "rabbit_password_hashing_sha256");
+    let guest = users.iter().find(|u| u["name"] == "guest").unwrap();
+    assert_ne!(guest["password_hash"], "");
+    s.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_hash_made_by_rabbitmq_logs_in() {
     let s = start().await;

@@ -617,6 +617,82 @@ async fn topic_permissions_check_routing_and_binding_keys() {
     .unwrap();
 }
 
+/// `{client_id}` in a topic permission stays literal for AMQP 0-9-1, as
+/// in RabbitMQ: its variable map for a network connection holds only
+/// `username` and `vhost` (rabbit_channel's
+/// extract_variable_map_from_amqp_params reads `client_id` only from the
+/// direct connections of the MQTT and STOMP plugins), whatever client
+/// properties the client sends.
+#[tokio::test]
+async fn client_id_is_not_expanded_for_amqp_0_9_1() {
+    let s = start().await;
+    user_with(&s, "cid", "", Some((".*", ".*", ".*"))).await;
+    let body = r#"{"exchange":"amq.topic","write":"^{client_id}\\.","read":"^{client_id}\\."}"#;
+    let (st, b) = raw(
+        &s,
+        "PUT",
+        "/api/topic-permissions/%2F/cid",
+        Some(GUEST),
+        body,
+    )
+    .await;
+    assert_eq!(st, 201, "{b}");
+    let props = lapin::ConnectionProperties::default()
+        .with_connection_name("app-7".into())
+        .with_client_property("client_id".into(), "app-7".into());
+    let url = format!("amqp://cid:pw@{}/%2f", s.amqp_addr());
+    let c = within(lapin::Connection::connect(&url, props))
+        .await
+        .unwrap();
+    let ch = c.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    // The literal text matches.
+    publish_confirmed(
+        &ch,
+        "amq.topic",
+        "{client_id}.x",
+        b"x",
+        BasicProperties::default(),
+    )
+    .await;
+    let refused = |k: &str| {
+        (
+            403,
+            format!("ACCESS_REFUSED - access to topic '{k}' in exchange 'amq.topic' in vhost '/' refused for user 'cid'"),
+        )
+    };
+    let e = async_error(
+        &ch,
+        ch.basic_publish(
+            "amq.topic".into(),
+            "app-7.x".into(),
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default(),
+        ),
+    )
+    .await;
+    assert_eq!(e, refused("app-7.x"));
+    let ch = c.create_channel().await.unwrap();
+    queue(&ch, "cid-q", false).await;
+    bind(&ch, "cid-q", "amq.topic", "{client_id}.#", t()).await;
+    let e = err_of(
+        ch.queue_bind(
+            "cid-q".into(),
+            "amq.topic".into(),
+            "app-7.#".into(),
+            QueueBindOptions::default(),
+            t(),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(e, refused("app-7.#"));
+    s.shutdown().await;
+}
+
 /// A reserved name is refused as such before permissions are checked.
 #[tokio::test]
 async fn a_reserved_queue_name_is_refused_before_permissions() {

@@ -13,6 +13,8 @@ pub mod codec;
 pub mod connection;
 pub mod error;
 mod fields;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod sasl;
 pub mod writer;
 

@@ -392,9 +392,15 @@ fn str_field<'a>(m: &'a Map<String, J>, key: &str) -> Result<Option<&'a str>, Ap
     }
 }
 
+/// The refusal of `"password": ""`, saying how to ask for no password.
+const EMPTY_PASSWORD: &str = "password must not be empty: to make a user that cannot log in with a password, send \"password_hash\": \"\" or leave both password fields out";
+
 /// A user from a PUT body or a definitions entry, RabbitMQ's rules:
 /// `password` or `password_hash` (never both); neither makes a user that
-/// cannot log in with a password (RabbitMQ's passwordless users).
+/// cannot log in with a password (RabbitMQ's passwordless users), and so
+/// does `"password_hash": ""`. An empty `password` is refused: RabbitMQ
+/// stores it and then refuses every login with an empty password, so an
+/// edit form left blank would silently lock the user out.
 pub(super) fn user_from_body(
     name: &str,
     m: &Map<String, J>,
@@ -417,6 +423,7 @@ pub(super) fn user_from_body(
         (Some(_), Some(_)) => {
             return Err(bad_request("both_password_and_password_hash_are_provided"))
         }
+        (Some(""), None) => return Err(bad_request(EMPTY_PASSWORD)),
         (Some(p), None) => {
             let u = User::with_password(name, p, Vec::new());
             (u.password_hash, u.hashing_algorithm)

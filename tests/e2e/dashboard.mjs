@@ -301,6 +301,42 @@ await step('policies page adds a policy that the queue page shows, then deletes 
   }
 });
 
+await step('editing a user keeps its password unless "No password" is ticked', ['PUT/GET/DELETE /api/users/{name}'], async () => {
+  const user = `e2e-pw-${Date.now()}`;
+  const row = page.locator('[data-role=users] tr', { has: page.locator('td', { hasText: new RegExp(`^${user}$`) }) });
+  const hasPassword = () => row.first().locator('td').nth(2);
+  const save = async (password, tags, noPassword) => {
+    await page.fill('input[name=username]', user);
+    if (noPassword) await page.check('input[name=no-password]');
+    else await page.fill('input[name=new-password]', password);
+    await page.fill('input[name=tags]', tags);
+    await page.click('button:has-text("Save user")');
+  };
+  // A new user with the password left blank: refused in the form.
+  await save('', '', false);
+  await see('form .status.err', 'Enter a password');
+  await save('secret-e2e', 'management', false);
+  await row.first().waitFor({ state: 'visible' });
+  await ensure(hasPassword().textContent().then((t) => t === 'yes'), 'a new user with a password shows "yes"');
+  // Saved again with the field blank: new tags, the same password.
+  await save('', 'monitoring', false);
+  await see('[data-role=users] td', 'monitoring');
+  await ensure(hasPassword().textContent().then((t) => t === 'yes'), 'a blank password field kept the password');
+  const kept = await page.evaluate(async (u) => (await fetch(`api/whoami`, { headers: { Authorization: `Basic ${btoa(`${u}:secret-e2e`)}` } })).status, user);
+  await ensure(kept === 200, `the user still logs in to the API with its password (HTTP ${kept})`);
+  // Ticked: no password.
+  await save('', 'monitoring', true);
+  await hasPassword().filter({ hasText: /^no$/ }).waitFor({ state: 'visible' });
+  await snap('user-without-password');
+  acceptDialogs = true;
+  try {
+    await row.locator('button', { hasText: 'Delete' }).click();
+    await row.first().waitFor({ state: 'detached' });
+  } finally {
+    acceptDialogs = false;
+  }
+});
+
 await step('no uncaught script errors', [], async () => {
   if (pageErrors.length) throw new Error(pageErrors.join('\n'));
 });

@@ -279,3 +279,32 @@ def test_topic_permissions(connect, user, broker_info, names):
         f"vhost '{broker_info.vhost}' refused for user '{u}'")
     assert _api(broker_info, "DELETE", f"/topic-permissions/{vh}/{u}") == 204
     assert _api(broker_info, "GET", f"/topic-permissions/{vh}/{u}") == 404
+
+
+def test_client_id_is_not_expanded_for_amqp_0_9_1(connect, user, broker_info):
+    """RabbitMQ expands `{client_id}` only for MQTT and STOMP (their
+    direct connections carry it); for an AMQP 0-9-1 connection it stays
+    literal, whatever client properties are sent."""
+    u = user(perm=(".*", ".*", ".*"))
+    vh = urllib.request.quote(broker_info.vhost, safe="")
+    assert _api(broker_info, "PUT", f"/topic-permissions/{vh}/{u}",
+                {"exchange": "amq.topic", "write": r"^{client_id}\.",
+                 "read": r"^{client_id}\."}) == 201
+    c = connect(credentials=pika.PlainCredentials(u, "pw"),
+                client_properties={"connection_name": "app-7",
+                                   "client_id": "app-7"})
+    ch = c.channel()
+    ch.confirm_delivery()
+    ch.basic_publish("amq.topic", "{client_id}.x", b"x")
+    with pytest.raises(CCBB) as ei:
+        ch.basic_publish("amq.topic", "app-7.x", b"x")
+    assert ei.value.reply_code == 403
+    assert ei.value.reply_text == (
+        "ACCESS_REFUSED - access to topic 'app-7.x' in exchange 'amq.topic' "
+        f"in vhost '{broker_info.vhost}' refused for user '{u}'")
+    ch = c.channel()
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind(q, "amq.topic", "{client_id}.#")
+    with pytest.raises(CCBB) as ei:
+        ch.queue_bind(q, "amq.topic", "app-7.#")
+    assert ei.value.reply_code == 403
