@@ -537,7 +537,7 @@ impl Disk {
 
     /// Reads the message at `r`: an error (never another record) when it
     /// is gone with its segment or does not read back intact.
-    pub(crate) fn read(&self, r: StoredRef) -> Result<Message, DiskError> {
+    pub fn read(&self, r: StoredRef) -> Result<Message, DiskError> {
         decode(self.segments.read(r)?, Some(r))
     }
 

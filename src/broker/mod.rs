@@ -8,8 +8,10 @@
 pub mod access;
 pub mod authz;
 pub mod base64;
+pub(crate) mod dead_letter;
 pub mod error;
 pub mod exchange;
+pub mod limits;
 pub mod outbox;
 pub mod persist;
 pub mod properties;
@@ -196,14 +198,14 @@ impl Broker {
         self.vhosts
             .entry(name.to_owned())
             .or_insert_with(|| {
-                Arc::new(Vhost::new(
+                Vhost::new_shared(
                     name,
                     self.noack_window,
                     self.persist.clone(),
                     self.stats.clone(),
                     self.clock.clone(),
                     self.churn.clone(),
-                ))
+                )
             })
             .clone()
     }
