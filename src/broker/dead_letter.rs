@@ -29,7 +29,10 @@ fn longstr(s: &str) -> Value {
 
 fn str_keys(v: Option<&Value>) -> Vec<String> {
     match v {
-        Some(Value::Array(a)) => a.iter().filter_map(|k| k.as_str().map(str::to_owned)).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|k| k.as_str().map(str::to_owned))
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -189,7 +192,10 @@ mod tests {
             Some("500"),
         );
         let d1 = dead_lettered(&m, "q1", DeadReason::Expired, 7_000, None).unwrap();
-        assert_eq!((d1.routing_key.as_str(), d1.extra_keys.clone()), ("rk", vec!["cc1".to_owned()]));
+        assert_eq!(
+            (d1.routing_key.as_str(), d1.extra_keys.clone()),
+            ("rk", vec!["cc1".to_owned()])
+        );
         let p = BasicProperties::decode(&d1.properties).unwrap();
         assert_eq!(p.expiration, None);
         assert_eq!(p.delivery_mode, Some(2));
@@ -212,14 +218,31 @@ mod tests {
         let x = deaths(&d3.headers);
         let view: Vec<(Option<&str>, Option<i64>)> = x
             .iter()
-            .map(|d| (d.get("queue").and_then(Value::as_str), d.get("count").and_then(Value::as_i64)))
+            .map(|d| {
+                (
+                    d.get("queue").and_then(Value::as_str),
+                    d.get("count").and_then(Value::as_i64),
+                )
+            })
             .collect();
         assert_eq!(view, vec![(Some("q1"), Some(2)), (Some("q2"), Some(1))]);
         assert_eq!(d3.headers.get("x-first-death-queue"), Some(&longstr("q1")));
-        assert_eq!(d3.headers.get("x-first-death-reason"), Some(&longstr("expired")));
-        assert_eq!(d3.headers.get("x-last-death-reason"), Some(&longstr("expired")));
-        assert_eq!(d2.headers.get("x-last-death-reason"), Some(&longstr("rejected")));
-        assert_eq!(d2.headers.get("x-last-death-exchange"), Some(&longstr("dlx")));
+        assert_eq!(
+            d3.headers.get("x-first-death-reason"),
+            Some(&longstr("expired"))
+        );
+        assert_eq!(
+            d3.headers.get("x-last-death-reason"),
+            Some(&longstr("expired"))
+        );
+        assert_eq!(
+            d2.headers.get("x-last-death-reason"),
+            Some(&longstr("rejected"))
+        );
+        assert_eq!(
+            d2.headers.get("x-last-death-exchange"),
+            Some(&longstr("dlx"))
+        );
         // q1 -> q2 (rejected) -> q1: the rejection breaks the cycle.
         assert!(!is_cycle(&d3.headers, "q2", DeadReason::Expired));
         assert!(is_cycle(&d3.headers, "q1", DeadReason::Expired));

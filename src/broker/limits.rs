@@ -62,10 +62,9 @@ pub fn queue_limits(queue: &str, vhost: &str, args: &Table) -> Result<QueueLimit
         BrokerError::new(ErrorKind::PreconditionFailed, text)
     };
     let int = |key: &str, v: &Value| {
-        int_arg(v).ok_or_else(|| {
-            ArgError::Plain(format!("\"expected integer, got {}\"", v.type_name()))
-        })
-        .map_err(|e| fail(key, e))
+        int_arg(v)
+            .ok_or_else(|| ArgError::Plain(format!("\"expected integer, got {}\"", v.type_name())))
+            .map_err(|e| fail(key, e))
     };
     let non_neg = |key: &str, v: &Value| -> Result<u64, BrokerError> {
         let n = int(key, v)?;
@@ -76,17 +75,26 @@ pub fn queue_limits(queue: &str, vhost: &str, args: &Table) -> Result<QueueLimit
     };
     let expiry = |key: &str, n: u64| -> Result<u64, BrokerError> {
         if n > MAX_EXPIRY {
-            return Err(fail(key, ArgError::Tagged("value_too_large", n.to_string())));
+            return Err(fail(
+                key,
+                ArgError::Tagged("value_too_large", n.to_string()),
+            ));
         }
         Ok(n)
     };
     if let Some(v) = args.get("x-expires") {
         let n = int("x-expires", v)?;
         if n == 0 {
-            return Err(fail("x-expires", ArgError::Tagged("value_zero", "0".into())));
+            return Err(fail(
+                "x-expires",
+                ArgError::Tagged("value_zero", "0".into()),
+            ));
         }
         if n < 0 {
-            return Err(fail("x-expires", ArgError::Tagged("value_negative", n.to_string())));
+            return Err(fail(
+                "x-expires",
+                ArgError::Tagged("value_negative", n.to_string()),
+            ));
         }
         l.expires = Some(expiry("x-expires", n as u64)?);
     }
@@ -230,7 +238,12 @@ mod tests {
             err(args("x-message-ttl", Value::LongLongInt(1 << 40))),
             format!("{p}{{value_too_large,1099511627776}}")
         );
-        assert!(queue_limits("q", "/", &args("x-message-ttl", Value::LongLongInt(MAX_EXPIRY as i64))).is_ok());
+        assert!(queue_limits(
+            "q",
+            "/",
+            &args("x-message-ttl", Value::LongLongInt(MAX_EXPIRY as i64))
+        )
+        .is_ok());
         assert_eq!(
             err(args("x-expires", Value::LongInt(0))),
             "invalid arg 'x-expires' for queue 'q' in vhost '/': {value_zero,0}"
@@ -262,9 +275,18 @@ mod tests {
         assert_eq!(parse_expiration("0"), Ok(0));
         assert_eq!(parse_expiration("+5"), Ok(5));
         assert_eq!(parse_expiration("007"), Ok(7));
-        assert_eq!(parse_expiration("abc").unwrap_err(), "invalid expiration 'abc': no_integer");
-        assert_eq!(parse_expiration("").unwrap_err(), "invalid expiration '': no_integer");
-        assert_eq!(parse_expiration(" 10").unwrap_err(), "invalid expiration ' 10': no_integer");
+        assert_eq!(
+            parse_expiration("abc").unwrap_err(),
+            "invalid expiration 'abc': no_integer"
+        );
+        assert_eq!(
+            parse_expiration("").unwrap_err(),
+            "invalid expiration '': no_integer"
+        );
+        assert_eq!(
+            parse_expiration(" 10").unwrap_err(),
+            "invalid expiration ' 10': no_integer"
+        );
         assert_eq!(
             parse_expiration("1.5").unwrap_err(),
             "invalid expiration '1.5': {leftover_string,\".5\"}"

@@ -356,7 +356,10 @@ impl Vhost {
             })
         };
         if passive {
-            return declared(self.queue_for(name, conn)?);
+            let q = self.queue_for(name, conn)?;
+            // A declare, passive too, is a use (x-expires), as in RabbitMQ.
+            q.touch();
+            return declared(q);
         }
         let _live = self.writable()?;
         check_arguments(&opts.arguments)?;
@@ -859,8 +862,8 @@ impl Vhost {
             None => q,
         };
         // Stored arguments were valid when declared.
-        let limits = super::limits::queue_limits(&d.name, &self.name, &d.arguments)
-            .unwrap_or_default();
+        let limits =
+            super::limits::queue_limits(&d.name, &self.name, &d.arguments).unwrap_or_default();
         let q = Arc::new(q.with_limits(limits, self.me.clone()));
         q.start_timers();
         self.queues.insert(d.name.clone(), q);

@@ -770,9 +770,10 @@ async fn publish_message(
         MessageError::PropertiesTooLarge => bad("properties are too large"),
     })?;
     let expiration = match &props.expiration {
-        Some(e) => Some(crate::broker::limits::parse_expiration(e).map_err(|t| {
-            amqp_refusal(&BrokerError::new(ErrorKind::PreconditionFailed, t))
-        })?),
+        Some(e) => Some(
+            crate::broker::limits::parse_expiration(e)
+                .map_err(|t| amqp_refusal(&BrokerError::new(ErrorKind::PreconditionFailed, t)))?,
+        ),
         None => None,
     };
     let details = crate::broker::PublishDetails {

@@ -182,8 +182,12 @@ impl Queue {
     fn next_wake(&self) -> Option<u64> {
         let armed = self.life.timer.armed.load(Ordering::Relaxed);
         let expires = self.life.expires.load(Ordering::Relaxed);
-        let unused = (expires != 0)
-            .then(|| self.life.last_used.load(Ordering::Relaxed).saturating_add(expires));
+        let unused = (expires != 0).then(|| {
+            self.life
+                .last_used
+                .load(Ordering::Relaxed)
+                .saturating_add(expires)
+        });
         match (armed, unused) {
             (0, u) => u,
             (a, Some(u)) => Some(a.min(u)),
@@ -306,7 +310,9 @@ impl Queue {
 }
 
 /// The core's dropped messages and where they go, if there are any.
-fn take_dead(core: &mut QueueCore<Arc<ConsumerHandle>>) -> (Vec<DeadMessage>, Option<DeadLetterTo>) {
+fn take_dead(
+    core: &mut QueueCore<Arc<ConsumerHandle>>,
+) -> (Vec<DeadMessage>, Option<DeadLetterTo>) {
     if !core.has_dead() {
         return (Vec::new(), None);
     }
@@ -366,4 +372,3 @@ async fn run_timer(queue: Weak<Queue>, timer: Arc<Timer>) {
         q.on_timer().await;
     }
 }
-
