@@ -2,9 +2,9 @@
 //! files for message records, an append-only index for which queue holds
 //! which record, and sled 0.34 for the broker's definitions.
 //!
-//! # Format, version 2
+//! # Format, version 3
 //!
-//! sled tree `meta`: `format` -> `[2]`; `legacy_segments` -> the highest
+//! sled tree `meta`: `format` -> `[3]`; `legacy_segments` -> the highest
 //! segment number written by version 1 (u32 BE), when the directory was
 //! upgraded from it. A data directory with an unknown version is refused
 //! at open, never silently reinterpreted.
@@ -21,6 +21,10 @@
 //! it is acked or dropped, and `D` entries with each queue's delivered
 //! mark (the highest seq delivered: queues deliver in seq order, so every
 //! message at or below it comes back redelivered).
+//!
+//! Version 3 adds `T` index entries (a message's expiry deadline, right
+//! after its `P` entry); a version-2 directory has none and is read as it
+//! is, its version relabelled at open.
 //!
 //! # Version 1, read for the upgrade
 //!
@@ -1735,6 +1739,39 @@ mod tests {
         drop(s);
         drop(_disk);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn deadlines_come_back_with_their_messages_and_version_2_is_relabelled() {
+        let dir = tempdir("deadlines");
+        {
+            let (disk, mut s) = reopen(&dir, 4, 0);
+            for (i, d) in [(1u64, Some(5_000u64)), (2, None), (3, Some(7_000))] {
+                let m = persistent(i, &format!("m{i}"), &disk, 1);
+                s.push_expiring(m, d);
+            }
+            disk.flush().unwrap();
+            // Pretend this directory was written by version 2.
+            disk.db()
+                .open_tree("meta")
+                .unwrap()
+                .insert("format", &[2])
+                .unwrap();
+            disk.db().flush().unwrap();
+        }
+        let (disk, mut s) = reopen(&dir, 4, 0);
+        assert_eq!(s.take_recovered_deadlines(), vec![(1, 5_000), (3, 7_000)]);
+        assert_eq!(
+            disk.db()
+                .open_tree("meta")
+                .unwrap()
+                .get("format")
+                .unwrap()
+                .unwrap()
+                .as_ref(),
+            [FORMAT_VERSION]
+        );
+        assert_eq!(s.len(), 3);
     }
 
     #[test]
