@@ -177,6 +177,13 @@ impl Queue {
         self.life.timer.wake.notify_one();
     }
 
+    /// The time the timer acts on: the real clock, never behind the coarse
+    /// one the deadlines were stamped with (so a deadline the timer woke
+    /// for is always seen as due).
+    fn timer_now(&self) -> u64 {
+        unix_ms().max(self.clock.now_ms())
+    }
+
     /// When the timer should next look: the head's deadline or the end
     /// of the unused period, whichever is first.
     fn next_wake(&self) -> Option<u64> {
@@ -199,7 +206,7 @@ impl Queue {
     /// the queue if it went unused for its x-expires.
     async fn on_timer(self: &Arc<Self>) {
         loop {
-            let now = unix_ms().max(self.clock.now_ms());
+            let now = self.timer_now();
             let (dead, to, more) = {
                 let mut core = self.core();
                 let (_, more) = core.expire(now, SWEEP_BATCH);
@@ -225,7 +232,7 @@ impl Queue {
         if expires == 0 {
             return;
         }
-        let now = self.clock.now_ms();
+        let now = self.timer_now();
         if self.counts().1 > 0 {
             // In use: the unused period starts when the last consumer goes
             // (cancel touches it); look again one period from now.
@@ -345,11 +352,10 @@ async fn run_timer(queue: Weak<Queue>, timer: Arc<Timer>) {
         let woken = timer.wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        let at = match queue.upgrade() {
-            Some(q) if !q.is_deleted() => q.next_wake(),
+        let (at, now) = match queue.upgrade() {
+            Some(q) if !q.is_deleted() => (q.next_wake(), q.timer_now()),
             _ => return,
         };
-        let now = unix_ms();
         match at {
             None => {
                 woken.await;
@@ -370,5 +376,8 @@ async fn run_timer(queue: Weak<Queue>, timer: Arc<Timer>) {
             return;
         }
         q.on_timer().await;
+        drop(q);
+        // Never a hot loop, whatever the clocks do.
+        tokio::task::yield_now().await;
     }
 }
