@@ -102,6 +102,7 @@ USAGE: perf [OPTIONS]
                      the socket (so at most ~2N in flight) [256]
   --message-ttl MS   declare the perf queues with x-message-ttl MS
   --max-length N     declare the perf queues with x-max-length N
+  --expiration MS    publish with the per-message expiration property MS
   --json             print the report as one JSON object
   -h, --help         this text
 ";
@@ -135,6 +136,8 @@ struct Config {
     message_ttl: Option<u64>,
     /// x-max-length of the perf queues.
     max_length: Option<u64>,
+    /// Per-message `expiration` (ms).
+    expiration: Option<u64>,
 }
 
 impl Default for Config {
@@ -160,6 +163,7 @@ impl Default for Config {
             broker_pid: None,
             message_ttl: None,
             max_length: None,
+            expiration: None,
         }
     }
 }
@@ -211,6 +215,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<ParseOutcome, St
             "--broker-pid" => cfg.broker_pid = Some(parse_num(&flag, &value()?)?),
             "--message-ttl" => cfg.message_ttl = Some(parse_num(&flag, &value()?)?),
             "--max-length" => cfg.max_length = Some(parse_num(&flag, &value()?)?),
+            "--expiration" => cfg.expiration = Some(parse_num(&flag, &value()?)?),
             "--no-ack" | "--ack-multiple" | "--persistent" | "--json" | "--keep-queues"
             | "--until-empty"
                 if inline.is_some() =>
@@ -584,10 +589,14 @@ fn stamp(buf: &mut [u8], shared: &Shared) {
 }
 
 fn message_properties(cfg: &Config) -> BasicProperties {
-    if cfg.persistent {
+    let p = if cfg.persistent {
         BasicProperties::default().with_delivery_mode(2)
     } else {
         BasicProperties::default()
+    };
+    match cfg.expiration {
+        Some(ms) => p.with_expiration(ms.to_string().into()),
+        None => p,
     }
 }
 
