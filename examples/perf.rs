@@ -43,7 +43,7 @@ use lapin::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions,
         BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
     },
-    types::{FieldTable, ShortString},
+    types::{AMQPValue, FieldTable, ShortString},
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
 };
 use std::{
@@ -100,6 +100,9 @@ USAGE: perf [OPTIONS]
   --pipeline N       without --confirm: publishes a producer hands to lapin
                      per batch before waiting for its previous batch to reach
                      the socket (so at most ~2N in flight) [256]
+  --message-ttl MS   declare the perf queues with x-message-ttl MS
+  --max-length N     declare the perf queues with x-max-length N
+  --expiration MS    publish with the per-message expiration property MS
   --json             print the report as one JSON object
   -h, --help         this text
 ";
@@ -129,6 +132,12 @@ struct Config {
     keep_queues: bool,
     until_empty: bool,
     broker_pid: Option<u32>,
+    /// x-message-ttl of the perf queues (ms).
+    message_ttl: Option<u64>,
+    /// x-max-length of the perf queues.
+    max_length: Option<u64>,
+    /// Per-message `expiration` (ms).
+    expiration: Option<u64>,
 }
 
 impl Default for Config {
@@ -152,6 +161,9 @@ impl Default for Config {
             keep_queues: false,
             until_empty: false,
             broker_pid: None,
+            message_ttl: None,
+            max_length: None,
+            expiration: None,
         }
     }
 }
@@ -201,6 +213,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<ParseOutcome, St
             "--pipeline" => cfg.pipeline = parse_num::<usize>(&flag, &value()?)?.max(1),
             "--pmessages" => cfg.pmessages = parse_num(&flag, &value()?)?,
             "--broker-pid" => cfg.broker_pid = Some(parse_num(&flag, &value()?)?),
+            "--message-ttl" => cfg.message_ttl = Some(parse_num(&flag, &value()?)?),
+            "--max-length" => cfg.max_length = Some(parse_num(&flag, &value()?)?),
+            "--expiration" => cfg.expiration = Some(parse_num(&flag, &value()?)?),
             "--no-ack" | "--ack-multiple" | "--persistent" | "--json" | "--keep-queues"
             | "--until-empty"
                 if inline.is_some() =>
@@ -574,10 +589,14 @@ fn stamp(buf: &mut [u8], shared: &Shared) {
 }
 
 fn message_properties(cfg: &Config) -> BasicProperties {
-    if cfg.persistent {
+    let p = if cfg.persistent {
         BasicProperties::default().with_delivery_mode(2)
     } else {
         BasicProperties::default()
+    };
+    match cfg.expiration {
+        Some(ms) => p.with_expiration(ms.to_string().into()),
+        None => p,
     }
 }
 
@@ -992,11 +1011,23 @@ async fn setup_queues(cfg: &Config) -> lapin::Result<(Connection, Channel)> {
                     auto_delete: false,
                     ..QueueDeclareOptions::default()
                 },
-                FieldTable::default(),
+                queue_arguments(cfg),
             )
             .await?;
     }
     Ok((connection, channel))
+}
+
+/// The perf queues' arguments (--message-ttl, --max-length).
+fn queue_arguments(cfg: &Config) -> FieldTable {
+    let mut t = FieldTable::default();
+    if let Some(ttl) = cfg.message_ttl {
+        t.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl as i64));
+    }
+    if let Some(n) = cfg.max_length {
+        t.insert("x-max-length".into(), AMQPValue::LongLongInt(n as i64));
+    }
+    t
 }
 
 /// Ready-message counts of `perf-0` .. `perf-{queues-1}` (passive declares).

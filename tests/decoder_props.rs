@@ -308,7 +308,13 @@ proptest! {
         for f in read_all(&out, chunk, frame_max) {
             prop_assert_eq!(f.channel, channel);
             prop_assert!(f.payload.len() + 8 <= frame_max);
-            if let Some(c) = assembler.frame(f, u64::MAX).expect("in order") {
+            if let Some(c) = assembler.frame(
+                f,
+                warren::amqp::assembler::BodyLimits {
+                    max_body: u64::MAX,
+                    room: u64::MAX,
+                },
+            ).expect("in order") {
                 commands.push(c);
             }
         }

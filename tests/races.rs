@@ -327,7 +327,7 @@ async fn publish_racing_queue_delete_leaves_no_message_or_record() {
         let mut m = persistent_message(name);
         let r = d.put_body(&m, 1).expect("stored");
         m.set_stored(Some(r));
-        if !q.publish(Arc::new(m)) {
+        if q.publish(Arc::new(m), None) != warren::broker::queue::PublishOutcome::Queued {
             d.forget_ref(r);
         }
         true

@@ -2,9 +2,9 @@
 //! files for message records, an append-only index for which queue holds
 //! which record, and sled 0.34 for the broker's definitions.
 //!
-//! # Format, version 2
+//! # Format, version 3
 //!
-//! sled tree `meta`: `format` -> `[2]`; `legacy_segments` -> the highest
+//! sled tree `meta`: `format` -> `[3]`; `legacy_segments` -> the highest
 //! segment number written by version 1 (u32 BE), when the directory was
 //! upgraded from it. A data directory with an unknown version is refused
 //! at open, never silently reinterpreted.
@@ -21,6 +21,10 @@
 //! it is acked or dropped, and `D` entries with each queue's delivered
 //! mark (the highest seq delivered: queues deliver in seq order, so every
 //! message at or below it comes back redelivered).
+//!
+//! Version 3 adds `T` index entries (a message's expiry deadline, right
+//! after its `P` entry); a version-2 directory has none and is read as it
+//! is, its version relabelled at open.
 //!
 //! # Version 1, read for the upgrade
 //!
@@ -76,9 +80,12 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-pub const FORMAT_VERSION: u8 = 2;
+pub const FORMAT_VERSION: u8 = 3;
 /// The version this build upgrades from.
 const LEGACY_VERSION: u8 = 1;
+/// Version 2 differs from 3 only in lacking `T` (deadline) index entries:
+/// it is read as it is and relabelled.
+const VERSION_2: u8 = 2;
 
 /// The most paged-out body bytes one peek reads from disk (at least one
 /// message is always read): a peek at huge messages returns fewer.
@@ -132,6 +139,8 @@ pub struct RecoveredEntry {
     pub index: IndexRef,
     pub delivered: bool,
     pub size: u32,
+    /// When it expires (ms since the epoch), if it has a TTL.
+    pub deadline: Option<u64>,
 }
 
 pub struct Disk {
@@ -318,6 +327,11 @@ impl Disk {
             }
             Some(v) if v.as_ref() == [LEGACY_VERSION] => {
                 upgrade_from_v1(&db, &meta, &index_dir, segments.last_existing())?;
+            }
+            Some(v) if v.as_ref() == [VERSION_2] => {
+                meta.insert("format", &[FORMAT_VERSION])?;
+                db.flush()?;
+                tracing::info!("upgraded the data directory from format version 2 to 3");
             }
             Some(v) => return Err(DiskError::Version { found: v.to_vec() }),
             None => {
@@ -527,14 +541,26 @@ impl Disk {
 
     /// Reads the message at `r`: an error (never another record) when it
     /// is gone with its segment or does not read back intact.
-    pub(crate) fn read(&self, r: StoredRef) -> Result<Message, DiskError> {
+    pub fn read(&self, r: StoredRef) -> Result<Message, DiskError> {
         decode(self.segments.read(r)?, Some(r))
     }
 
     /// Queue `queue` holds the record at `r` as message `seq`: an entry
     /// in the index's buffer (no I/O), written by the next flush.
     fn index_put(&self, queue: u64, seq: u64, r: StoredRef, size: u32) -> IndexRef {
-        let ix = self.journal.publish(queue, seq, r, size);
+        self.index_put_expiring(queue, seq, r, size, None)
+    }
+
+    /// [`Disk::index_put`] with the message's deadline, if it has one.
+    fn index_put_expiring(
+        &self,
+        queue: u64,
+        seq: u64,
+        r: StoredRef,
+        size: u32,
+        deadline: Option<u64>,
+    ) -> IndexRef {
+        let ix = self.journal.publish_expiring(queue, seq, r, size, deadline);
         self.mark_dirty();
         ix
     }
@@ -609,6 +635,7 @@ impl Disk {
                 index: f.at,
                 delivered,
                 size: f.size,
+                deadline: f.deadline,
             });
         }
         if !dropped.is_empty() {
@@ -755,6 +782,8 @@ pub struct DiskStore {
     want_load: bool,
     /// A read-ahead is under way (taken, not yet finished).
     loading: bool,
+    /// Deadlines found at recovery, until the queue takes them.
+    recovered_deadlines: Vec<(u64, u64)>,
 }
 
 impl DiskStore {
@@ -769,8 +798,12 @@ impl DiskStore {
         let mut bytes = 0;
         let mut mark = 0;
         let mut ready = VecDeque::with_capacity(recovered.len());
+        let mut recovered_deadlines = Vec::new();
         for r in recovered {
             next_seq = next_seq.max(r.seq + 1);
+            if let Some(d) = r.deadline {
+                recovered_deadlines.push((r.seq, d));
+            }
             bytes += r.size as u64;
             if r.delivered {
                 mark = mark.max(r.seq);
@@ -785,6 +818,7 @@ impl DiskStore {
         }
         let delivered = disk.register_mark(queue, mark);
         DiskStore {
+            recovered_deadlines,
             transient_bytes: 0,
             want_load: false,
             loading: false,
@@ -845,11 +879,17 @@ impl DiskStore {
 
 impl MessageStore for DiskStore {
     fn push(&mut self, m: QueuedMessage) {
+        self.push_expiring(m, None)
+    }
+
+    fn push_expiring(&mut self, m: QueuedMessage, deadline: Option<u64>) {
         let size = m.message.size();
-        let stored = m
-            .message
-            .stored()
-            .map(|r| (r, self.disk.index_put(self.queue, m.seq, r, size as u32)));
+        let stored = m.message.stored().map(|r| {
+            let ix = self
+                .disk
+                .index_put_expiring(self.queue, m.seq, r, size as u32, deadline);
+            (r, ix)
+        });
         // Transient messages exist only in memory.
         let keep = stored.is_none() || self.keep_in_memory(size);
         self.bytes += size;
@@ -988,6 +1028,47 @@ impl MessageStore for DiskStore {
                 }
             }
         }
+    }
+
+    fn head_seq(&self) -> Option<u64> {
+        match self.requeued.first_key_value() {
+            Some((&seq, _)) => Some(seq),
+            None => self.ready.front().map(|e| e.seq),
+        }
+    }
+
+    fn take_head(&mut self) -> Option<crate::store::TakenHead> {
+        let e = match self.requeued.pop_first() {
+            Some((_, e)) => e,
+            None => self.ready.pop_front()?,
+        };
+        self.bytes -= e.size as u64;
+        if e.stored.is_none() {
+            self.transient_bytes -= e.size as u64;
+        }
+        if let Some((r, ix)) = e.stored {
+            if e.msg.is_some() {
+                self.mem_bytes -= e.size as u64;
+            }
+            self.out.insert(
+                e.seq,
+                Out {
+                    stored: r,
+                    index: ix,
+                    size: e.size,
+                    body_held: false,
+                },
+            );
+        }
+        Some(crate::store::TakenHead {
+            seq: e.seq,
+            stored: e.stored.map(|(r, _)| r),
+            message: e.msg,
+        })
+    }
+
+    fn take_recovered_deadlines(&mut self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut self.recovered_deadlines)
     }
 
     fn requeue(&mut self, m: QueuedMessage) {
@@ -1707,6 +1788,39 @@ mod tests {
         drop(s);
         drop(_disk);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn deadlines_come_back_with_their_messages_and_version_2_is_relabelled() {
+        let dir = tempdir("deadlines");
+        {
+            let (disk, mut s) = reopen(&dir, 4, 0);
+            for (i, d) in [(1u64, Some(5_000u64)), (2, None), (3, Some(7_000))] {
+                let m = persistent(i, &format!("m{i}"), &disk, 1);
+                s.push_expiring(m, d);
+            }
+            disk.flush().unwrap();
+            // Pretend this directory was written by version 2.
+            disk.db()
+                .open_tree("meta")
+                .unwrap()
+                .insert("format", &[2])
+                .unwrap();
+            disk.db().flush().unwrap();
+        }
+        let (disk, mut s) = reopen(&dir, 4, 0);
+        assert_eq!(s.take_recovered_deadlines(), vec![(1, 5_000), (3, 7_000)]);
+        assert_eq!(
+            disk.db()
+                .open_tree("meta")
+                .unwrap()
+                .get("format")
+                .unwrap()
+                .unwrap()
+                .as_ref(),
+            [FORMAT_VERSION]
+        );
+        assert_eq!(s.len(), 3);
     }
 
     #[test]

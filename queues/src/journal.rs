@@ -16,7 +16,10 @@
 //!   BE) ++ seq (u64 BE) ++ segment, offset, length of the message record
 //!   (u32 BE each) ++ body size (u32 BE) ++ CRC-32C of the 36 bytes before
 //!   (u32 BE)`. `P`: the queue holds the record as message `seq`. `D`: the
-//!   queue's delivered mark is `seq` (location and size are zero).
+//!   queue's delivered mark is `seq` (location and size are zero). `T`
+//!   (format 3): the `P` entry just before it, in the same file, expires
+//!   at the deadline held in the location's first 8 bytes (ms since the
+//!   epoch, u64 BE); it lives and dies with that entry and is never acked.
 //! - `NNNNNNNN.ack`: 8-byte entries `ordinal (u32 BE) ++ CRC-32C of the
 //!   file number and ordinal (u32 BE each)`: that `P` entry of the
 //!   same-numbered `.idx` was acked or dropped.
@@ -47,6 +50,7 @@ pub const FILE_ENTRIES: u32 = 1 << 17;
 
 const PUBLISH: u8 = b'P';
 const MARK: u8 = b'D';
+const DEADLINE: u8 = b'T';
 
 /// What [`Journal::write_out`] leaves for [`Journal::finish`].
 pub struct Written {
@@ -69,6 +73,8 @@ pub struct Found {
     pub seq: u64,
     pub loc: Location,
     pub size: u32,
+    /// From the `T` entry after it.
+    pub deadline: Option<u64>,
 }
 
 /// What the files held at open.
@@ -269,7 +275,19 @@ fn scan_file(dir: &Path, n: u32, scan: &mut Scan) -> io::Result<()> {
                 seq,
                 loc: Location::from_bytes(&e[20..32]).expect("12 bytes"),
                 size: be32(&e[32..]),
+                deadline: None,
             }),
+            DEADLINE => {
+                // Its P entry is the one just before, if still live.
+                if let Some(f) = scan.entries.last_mut() {
+                    if f.at.file == n
+                        && f.at.ord + 1 == ord as u32
+                        && (f.queue, f.seq) == (queue, seq)
+                    {
+                        f.deadline = Some(be64(&e[20..]));
+                    }
+                }
+            }
             MARK => {
                 scan.marks.insert(queue, seq);
             }
@@ -351,9 +369,31 @@ impl Journal {
 
     /// Queue `queue` holds the record at `loc` as message `seq`.
     pub fn publish(&self, queue: u64, seq: u64, loc: Location, size: u32) -> IndexRef {
+        self.publish_expiring(queue, seq, loc, size, None)
+    }
+
+    /// [`Journal::publish`] for a message that expires at `deadline`: a
+    /// `T` entry follows the `P` entry in the same file.
+    pub fn publish_expiring(
+        &self,
+        queue: u64,
+        seq: u64,
+        loc: Location,
+        size: u32,
+        deadline: Option<u64>,
+    ) -> IndexRef {
         let e = encode_entry(PUBLISH, queue, seq, loc, size);
         let mut g = self.lock();
+        if deadline.is_some() && g.next_ord + 1 >= FILE_ENTRIES {
+            g.roll();
+        }
         let r = g.push(&e);
+        if let Some(d) = deadline {
+            let mut at = [0u8; 12];
+            at[..8].copy_from_slice(&d.to_be_bytes());
+            let loc = Location::from_bytes(&at).expect("12 bytes");
+            g.push(&encode_entry(DEADLINE, queue, seq, loc, 0));
+        }
         *g.live.entry(r.file).or_default() += 1;
         g.total_live += 1;
         r

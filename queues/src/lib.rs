@@ -11,6 +11,7 @@
 
 pub mod disk;
 pub mod journal;
+pub mod limits;
 pub mod message;
 pub mod peek;
 pub mod queue;
@@ -18,10 +19,11 @@ pub mod segments;
 pub mod store;
 
 pub use disk::{Disk, DiskError, DiskStore, LoadedBodies, Loads};
+pub use limits::{DeadMessage, DeadReason, Overflow, QueueLimits};
 pub use message::{Message, MessageError, QueuedMessage, StoredRef};
 pub use peek::{PeekBody, PeekEntry, Peeked};
 pub use queue::{
     ChannelLimit, ConsumeError, ConsumerId, ConsumerSpec, Dispatched, Holder, QueueCore,
     UnackedInfo,
 };
-pub use store::{MemoryStore, MessageStore};
+pub use store::{MemoryStore, MessageStore, TakenHead};

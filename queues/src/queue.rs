@@ -8,12 +8,15 @@
 //! bound), and optionally a limit shared by every consumer of one channel
 //! (basic.qos global=true).
 
+use crate::limits::{DeadMessage, QueueLimits};
 use crate::message::{Message, QueuedMessage, StoredRef};
 use crate::peek::Peeked;
 use crate::store::MessageStore;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+
+mod lifecycle;
 
 pub type ConsumerId = u64;
 
@@ -209,12 +212,27 @@ pub struct QueueCore<C> {
     noack_window: u32,
     /// Whether a consumer ever attached (auto-delete needs one to have left).
     had_consumer: bool,
+    /// TTLs, length limits, dead-lettering.
+    limits: QueueLimits,
+    /// When ready messages that have a TTL expire, `(seq, deadline)` in
+    /// seq order (the store's order): only messages with a TTL pay for
+    /// an entry, so a plain queue keeps this empty.
+    deadlines: VecDeque<(u64, u64)>,
+    /// Deadlines of delivered, unacked messages, restored on requeue.
+    held_deadlines: HashMap<u64, u64>,
+    /// Messages dropped for a dead-letter exchange, for the owner to
+    /// take ([`QueueCore::take_dead`]) after each operation.
+    dead: Vec<DeadMessage>,
 }
 
 impl<C: Clone> QueueCore<C> {
-    pub fn new(store: Box<dyn MessageStore>, noack_window: u32) -> Self {
+    pub fn new(mut store: Box<dyn MessageStore>, noack_window: u32) -> Self {
         QueueCore {
             next_seq: store.next_seq(),
+            deadlines: store.take_recovered_deadlines().into(),
+            held_deadlines: HashMap::new(),
+            dead: Vec::new(),
+            limits: QueueLimits::default(),
             store,
             consumers: Vec::new(),
             cursor: 0,
@@ -263,7 +281,8 @@ impl<C: Clone> QueueCore<C> {
                     }
                     _ => false,
                 };
-                let Some(m) = self.store.pop() else {
+                let Some((m, deadline)) = self.pop_live(now) else {
+                    let c = &self.consumers[i];
                     if took_slot {
                         if let Some(l) = &c.spec.channel_limit {
                             l.release(1);
@@ -271,6 +290,7 @@ impl<C: Clone> QueueCore<C> {
                     }
                     break 'messages;
                 };
+                let c = &mut self.consumers[i];
                 c.in_flight += 1;
                 let credit_on_write = c.credit_on_write();
                 if credit_on_write && !c.spec.no_ack {
@@ -284,6 +304,9 @@ impl<C: Clone> QueueCore<C> {
                         m.seq,
                         Unacked::new(Holder::Consumer(c.spec.id), &m, now, keep),
                     );
+                    if let Some(d) = deadline {
+                        self.held_deadlines.insert(m.seq, d);
+                    }
                 }
                 out.push(Dispatched {
                     consumer: c.spec.id,
@@ -304,13 +327,16 @@ impl<C: Clone> QueueCore<C> {
     /// `taker` identifies who holds it until acked (see [`Holder::Get`]);
     /// `now` is recorded as its delivery time.
     pub fn get(&mut self, no_ack: bool, taker: u64, now: u64) -> Option<(QueuedMessage, usize)> {
-        let m = self.store.pop()?;
+        let (m, deadline) = self.pop_live(now)?;
         if no_ack {
             self.store.settle(m.seq);
         } else {
             let keep = self.store.keep_unacked(&m);
             self.unacked
                 .insert(m.seq, Unacked::new(Holder::Get(taker), &m, now, keep));
+            if let Some(d) = deadline {
+                self.held_deadlines.insert(m.seq, d);
+            }
         }
         Some((m, self.store.len()))
     }
@@ -338,6 +364,7 @@ impl<C: Clone> QueueCore<C> {
         for &seq in seqs {
             if self.take_unacked(seq).is_some() {
                 self.store.settle(seq);
+                self.held_deadlines.remove(&seq);
                 n += 1;
             }
         }
@@ -358,6 +385,7 @@ impl<C: Clone> QueueCore<C> {
                     // Back as it lies on disk; read again before delivery.
                     None => self.store.requeue_stored(seq),
                 }
+                self.restore_deadline(seq);
                 n += 1;
             }
         }
@@ -376,6 +404,7 @@ impl<C: Clone> QueueCore<C> {
                 None => self.store.requeue(m),
             }
         } else if let Some(u) = self.take_unacked(m.seq) {
+            self.restore_deadline(m.seq);
             // Never written: its write credit comes back too.
             if let Holder::Consumer(id) = u.holder {
                 if let Some(c) = self.consumers.iter_mut().find(|c| c.spec.id == id) {
@@ -453,6 +482,7 @@ impl<C: Clone> QueueCore<C> {
     }
 
     pub fn purge(&mut self) -> usize {
+        self.deadlines.clear();
         self.store.purge()
     }
 

@@ -35,6 +35,30 @@ pub trait MessageStore: Send {
     /// Bodies read for [`MessageStore::take_loads`] or
     /// [`MessageStore::head_load`].
     fn finish_loads(&mut self, _loaded: LoadedBodies) {}
+    /// The head's `seq`, without taking it.
+    fn head_seq(&self) -> Option<u64>;
+    /// Takes the head out of the ready set whether or not its body is in
+    /// memory (never reading it): for dropping it. It awaits
+    /// [`MessageStore::settle`] like a popped one.
+    fn take_head(&mut self) -> Option<TakenHead> {
+        let m = self.pop()?;
+        Some(TakenHead {
+            seq: m.seq,
+            stored: m.message.stored(),
+            message: Some(m.message),
+        })
+    }
+    /// [`MessageStore::push`] for a message that expires at `deadline`
+    /// (ms since the epoch): a store that outlives the process keeps the
+    /// deadline with the message.
+    fn push_expiring(&mut self, m: QueuedMessage, _deadline: Option<u64>) {
+        self.push(m)
+    }
+    /// Deadlines recovered with the messages, `(seq, deadline)` in seq
+    /// order; taken once, by the queue at creation.
+    fn take_recovered_deadlines(&mut self) -> Vec<(u64, u64)> {
+        Vec::new()
+    }
     /// A delivered message returns to the ready set, ordered by `seq`.
     /// It takes no I/O: a message whose place on disk was already given
     /// up (a no-ack delivery handed back unwritten) comes back in memory
@@ -115,6 +139,15 @@ pub trait MessageStore: Send {
     }
 }
 
+/// A head taken by [`MessageStore::take_head`].
+#[derive(Debug, Clone)]
+pub struct TakenHead {
+    pub seq: u64,
+    /// `None` when the body is on disk only.
+    pub message: Option<Arc<Message>>,
+    pub stored: Option<crate::message::StoredRef>,
+}
+
 /// Everything in RAM.
 ///
 /// Requeued messages always have a lower `seq` than the messages never
@@ -189,6 +222,14 @@ impl MessageStore for MemoryStore {
         };
         self.bytes -= m.message.size();
         Some(m)
+    }
+
+    fn head_seq(&self) -> Option<u64> {
+        match self.requeued.first_key_value() {
+            Some((&seq, _)) => Some(seq),
+            None if !self.ready.is_empty() => Some(self.head_seq),
+            None => self.tail.first_key_value().map(|(&seq, _)| seq),
+        }
     }
 
     fn requeue(&mut self, m: QueuedMessage) {

@@ -115,6 +115,16 @@ struct PendingPublish {
     timestamp: Option<u64>,
     extra_keys: Vec<String>,
     mandatory: bool,
+    /// The `expiration` property, validated, in ms.
+    expiration: Option<u64>,
+}
+
+/// Why [`Connection::route_publish`] did not take a message.
+enum NotPublished {
+    /// The store failed to write it.
+    StoreFailed,
+    /// A queue's length limit refused it (reject-publish).
+    Rejected,
 }
 
 #[derive(Default)]
@@ -813,6 +823,15 @@ impl Connection {
             self.caller
                 .check_user_id(&content.header.properties[uid.0..uid.1])?;
         }
+        let expiration = match summary.expiration {
+            Some((a, b)) => {
+                let text = String::from_utf8_lossy(&content.header.properties[a..b]);
+                let ms = crate::broker::queue_args::parse_expiration(&text)
+                    .map_err(|t| AmqpError::channel(PRECONDITION_FAILED, t))?;
+                Some(ms)
+            }
+            None => None,
+        };
         let mut properties = content.header.properties;
         // Headers and properties are decoded only when routing may read
         // them (a headers exchange, e2e bindings, an alternate exchange),
@@ -881,6 +900,7 @@ impl Connection {
             timestamp: details.as_ref().and_then(|p| *p.timestamp()),
             extra_keys,
             mandatory,
+            expiration,
         };
         let ch = self.ch(id);
         if let Some(tx) = ch.tx.as_mut() {
@@ -902,7 +922,7 @@ impl Connection {
                     flush = c.to_flush.len() == 1;
                 }
                 Ok(false) => {}
-                Err(()) => {
+                Err(_) => {
                     c.failed.insert(tag);
                 }
             }
@@ -936,13 +956,14 @@ impl Connection {
     /// Routes and enqueues one publish, writing a basic.return when a
     /// mandatory message reached no queue. `Ok(true)`: it was written to
     /// disk; `Err`: the store failed (the publisher gets a nack).
-    fn route_publish(&mut self, id: u16, p: PendingPublish) -> Result<bool, ()> {
+    fn route_publish(&mut self, id: u16, p: PendingPublish) -> Result<bool, NotPublished> {
         let details = PublishDetails {
             headers: p.headers.as_ref(),
             message_id: p.message_id.as_deref(),
             correlation_id: p.correlation_id.as_deref(),
             timestamp: p.timestamp,
             extra_keys: &p.extra_keys,
+            expiration: p.expiration,
         };
         let mut scratch = std::mem::take(&mut self.route_scratch);
         let res = self
@@ -953,7 +974,7 @@ impl Connection {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(conn = self.id, error = %e, "cannot store a message");
-                return Err(());
+                return Err(NotPublished::StoreFailed);
             }
         };
         if let Some(q) = published.blocked_by {
@@ -971,6 +992,11 @@ impl Connection {
             if !drains_blocked && self.flow_wait.is_none() {
                 self.flow_wait = Some(q);
             }
+        }
+        if published.rejected {
+            // A queue's length limit refused it (reject-publish): a
+            // confirming publisher gets a nack, as from RabbitMQ.
+            return Err(NotPublished::Rejected);
         }
         let ch = self.ch(id);
         ch.count(Counter::Publish, 1);
@@ -1155,9 +1181,18 @@ impl Connection {
                 }
                 for p in work.publishes {
                     // A store failure fails the commit, as RabbitMQ would.
-                    written |= self.route_publish(id, p).map_err(|()| {
-                        AmqpError::channel(INTERNAL_ERROR, "the message store failed during commit")
-                    })?;
+                    written |= match self.route_publish(id, p) {
+                        Ok(w) => w,
+                        // Refused by a length limit: dropped, as outside a
+                        // transaction without confirms.
+                        Err(NotPublished::Rejected) => false,
+                        Err(NotPublished::StoreFailed) => {
+                            return Err(AmqpError::channel(
+                                INTERNAL_ERROR,
+                                "the message store failed during commit",
+                            ))
+                        }
+                    };
                 }
                 match (written, self.broker.persistence().cloned()) {
                     (true, Some(p)) => {

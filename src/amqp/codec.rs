@@ -341,9 +341,13 @@ pub fn scan_properties(props: &[u8]) -> Option<PropertySummary> {
         match *kind {
             SHORTSTR => {
                 let n = *p.first()? as usize;
-                if i == 11 {
+                if i == 11 || i == 7 {
                     let start = props.len() - p.len() + 1;
-                    summary.user_id = Some((start, start + n));
+                    if i == 11 {
+                        summary.user_id = Some((start, start + n));
+                    } else {
+                        summary.expiration = Some((start, start + n));
+                    }
                 }
                 take(&mut p, 1 + n)?;
             }
@@ -376,6 +380,8 @@ pub struct PropertySummary {
     pub headers: Option<(usize, usize)>,
     /// Where the user_id property's text lies in the property bytes.
     pub user_id: Option<(usize, usize)>,
+    /// Where the expiration property's text lies in the property bytes.
+    pub expiration: Option<(usize, usize)>,
     pub has_headers: bool,
 }
 

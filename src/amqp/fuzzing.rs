@@ -49,7 +49,11 @@ pub fn frames(data: &[u8]) {
                 continue;
             }
             let assembler = channels.entry(frame.channel).or_default();
-            match assembler.frame(frame, FUZZ_MAX_BODY) {
+            let limits = super::assembler::BodyLimits {
+                max_body: FUZZ_MAX_BODY,
+                room: FUZZ_MAX_BODY,
+            };
+            match assembler.frame(frame, limits) {
                 Ok(Some(cmd)) => command(&cmd),
                 Ok(None) => {}
                 Err(_) => return,

@@ -8,6 +8,7 @@
 pub mod access;
 pub mod authz;
 pub mod base64;
+pub(crate) mod dead_letter;
 pub mod error;
 pub mod exchange;
 pub mod limits;
@@ -16,6 +17,7 @@ pub mod persist;
 pub mod policy;
 pub mod properties;
 pub mod queue;
+pub mod queue_args;
 pub mod registry;
 pub mod route;
 pub mod vhost;
@@ -235,14 +237,14 @@ impl Broker {
             .entry(name.to_owned())
             .or_insert_with(|| {
                 created = true;
-                Arc::new(Vhost::new(
+                Vhost::new_shared(
                     name,
                     self.noack_window,
                     self.persist.clone(),
                     self.stats.clone(),
                     self.clock.clone(),
                     self.churn.clone(),
-                ))
+                )
             })
             .clone();
         if created {

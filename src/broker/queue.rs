@@ -12,9 +12,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 use warren_exchanges::Table;
 use warren_queues::{
-    ChannelLimit, ConsumeError, ConsumerId, ConsumerSpec, Disk, Dispatched, LoadedBodies, Loads,
-    Message, Peeked, QueueCore, QueuedMessage, StoredRef, UnackedInfo,
+    ChannelLimit, ConsumeError, ConsumerId, ConsumerSpec, DeadMessage, Disk, Dispatched,
+    LoadedBodies, Loads, Message, Peeked, QueueCore, QueuedMessage, StoredRef, UnackedInfo,
 };
+
+mod lifecycle;
+pub use lifecycle::PublishOutcome;
 
 /// The id a basic.get's taker is known by in the queue's unacked view:
 /// its connection and channel, packed (connection ids stay far below 2^48).
@@ -82,6 +85,8 @@ pub struct Queue {
     /// Body bytes the queue may hold in memory before it holds back its
     /// publishers; `None`: no limit by memory.
     memory_budget: Option<u64>,
+    /// TTL sweeps, x-expires and dead-lettering (see [`lifecycle`]).
+    life: lifecycle::Life,
     /// The policies that apply and the effective settings they and the
     /// arguments give; its own short lock, never held while `core`'s is
     /// taken (see [`Queue::settings_changed`]).
@@ -152,6 +157,7 @@ impl Queue {
             flow_blocked: AtomicBool::new(false),
             flow_resumed: Notify::new(),
             memory_budget: None,
+            life: lifecycle::Life::default(),
             policies: Mutex::new(QueuePolicies {
                 settings: Arc::new(queue_settings(&opts.arguments, &Applied::default())),
                 applied: Applied::default(),
@@ -247,10 +253,11 @@ impl Queue {
         self.deleted.store(true, Ordering::SeqCst);
     }
 
-    /// Enqueues one message and delivers what can be delivered; `false`
-    /// if the queue was deleted meanwhile (the message is dropped, as
-    /// RabbitMQ drops what reaches a queue that is going away).
-    pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> bool {
+    /// Enqueues one message (with its own TTL, `expiration` in ms) and
+    /// delivers what can be delivered. A message that reaches a queue that
+    /// is going away is dropped, as RabbitMQ drops it; one a length limit
+    /// refuses is reported so the publisher can be nacked.
+    pub fn publish(self: &Arc<Self>, message: Arc<Message>, ttl: Option<u64>) -> PublishOutcome {
         let after = {
             let mut core = self.core();
             // Checked under the lock the deletion's purge takes after
@@ -258,10 +265,11 @@ impl Queue {
             // or never enters (it would sit in a dead queue, holding its
             // record on disk until the next start).
             if self.is_deleted() {
-                return false;
+                return PublishOutcome::Deleted;
             }
-            core.publish(message);
-            let after = self.deliver(&mut core);
+            let now = self.clock.now_ms();
+            let queued = core.publish_at(message, now, ttl).is_some();
+            let mut after = self.deliver(&mut core);
             // A consumed queue pushes back on a long backlog (its
             // consumers cannot keep up); any queue pushes back once it
             // holds more in memory than its budget allows.
@@ -270,11 +278,19 @@ impl Queue {
             {
                 self.flow_blocked.store(true, Ordering::Release);
             }
+            if !queued {
+                after.refused_publish = true;
+            }
             after
         };
+        let refused = after.refused_publish;
         // The publish is counted by the caller (`Vhost::publish` folds it).
         self.finish(after);
-        true
+        if refused {
+            PublishOutcome::Refused
+        } else {
+            PublishOutcome::Queued
+        }
     }
 
     /// Delivers what can be delivered, under the core's lock: the
@@ -285,16 +301,24 @@ impl Queue {
     /// [`Queue::finish`].
     fn deliver(self: &Arc<Self>, core: &mut QueueCore<Arc<ConsumerHandle>>) -> AfterDelivery {
         let mut out = scratch::take_dispatched();
-        core.dispatch(self.clock.now_ms(), &mut out);
+        let now = self.clock.now_ms();
+        core.dispatch(now, &mut out);
+        let (dead, dead_letter) = self.after_change(core, now);
         AfterDelivery {
             refused: self.hand_off(out),
             loads: core.take_loads(),
+            dead,
+            dead_letter,
+            refused_publish: false,
         }
     }
 
     fn finish(self: &Arc<Self>, after: AfterDelivery) {
         self.refused(after.refused);
         self.load(after.loads);
+        if let Some(dl) = after.dead_letter {
+            self.dead_letter(after.dead, dl);
+        }
     }
 
     /// Reads paged-out bodies that delivery stopped at, on the store's
@@ -416,6 +440,7 @@ impl Queue {
     }
 
     pub fn consume(self: &Arc<Self>, req: ConsumeRequest) -> super::Result<()> {
+        self.touch();
         let handle = Arc::new(ConsumerHandle {
             id: req.id,
             tag: req.tag,
@@ -462,6 +487,7 @@ impl Queue {
     /// Removes a consumer; returns whether the queue should now be
     /// auto-deleted.
     pub fn cancel(&self, id: ConsumerId) -> bool {
+        self.touch();
         let mut core = self.core();
         core.remove_consumer(id);
         self.update_flow(&core);
@@ -470,23 +496,29 @@ impl Queue {
 
     /// basic.get for someone outside AMQP (the management API's `/get`):
     /// the unacked view shows no channel for it.
-    pub fn get(&self, no_ack: bool) -> Option<(QueuedMessage, usize)> {
+    pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<(QueuedMessage, usize)> {
         self.get_for(no_ack, channel_key(0, 0))
     }
 
     /// basic.get: the message and the count of messages left. `taker`
     /// is the getter's [`channel_key`], shown by the unacked view.
-    pub fn get_for(&self, no_ack: bool, taker: u64) -> Option<(QueuedMessage, usize)> {
+    pub fn get_for(self: &Arc<Self>, no_ack: bool, taker: u64) -> Option<(QueuedMessage, usize)> {
         // A paged-out head is read here, without the lock and off the
         // async runtime's worker (a get cannot wait for a consumer's
         // read-ahead; it is rare and answers one message), then the get
         // is tried again.
         let mut got = None;
+        let mut dead = Vec::new();
+        self.touch();
         for _ in 0..4 {
             let head = {
                 let mut core = self.core();
-                got = core.get(no_ack, taker, self.clock.now_ms());
+                let now = self.clock.now_ms();
+                got = core.get(no_ack, taker, now);
                 self.update_flow(&core);
+                if let Some(batch) = self.after_get(&mut core, now) {
+                    dead.push(batch);
+                }
                 match got {
                     None => core.head_load(),
                     Some(_) => None,
@@ -499,6 +531,9 @@ impl Queue {
                 }
                 None => break,
             }
+        }
+        for (messages, to) in dead {
+            self.dead_letter(messages, to);
         }
         let counts: &[Counter] = match &got {
             None => &[Counter::GetEmpty],
@@ -549,9 +584,10 @@ impl Queue {
         fold.add(g, || FoldTarget::Counters(g.clone()), c, n);
     }
 
-    /// Rejected without requeue: settled like an ack, not counted as one.
+    /// Rejected without requeue: settled like an ack (not counted as
+    /// one), or dead-lettered when the queue has a dead-letter exchange.
     pub fn discard(self: &Arc<Self>, seqs: &[u64]) {
-        self.core().ack(seqs);
+        self.core().reject(seqs);
         self.kick();
     }
 
@@ -655,6 +691,7 @@ impl Queue {
     /// connection it was cancelled. Returns the ready count it had.
     pub(crate) fn mark_deleted(&self) -> usize {
         self.set_deleted();
+        self.stop_timer();
         let (consumers, count) = {
             let mut core = self.core();
             let c = core.take_consumers();
@@ -694,6 +731,12 @@ struct AfterDelivery {
     refused: Vec<OutboxItem>,
     /// Paged-out bodies to read before delivery can go on.
     loads: Option<Loads>,
+    /// Messages the queue dropped for its dead-letter exchange.
+    dead: Vec<DeadMessage>,
+    /// Where they go: (exchange, routing key), when there are any.
+    dead_letter: Option<(String, Option<String>)>,
+    /// A length limit refused the message being published.
+    refused_publish: bool,
 }
 
 /// A queue as a routing destination: compared by identity.

@@ -11,7 +11,7 @@ use super::registry::{Churn, ChurnCounters, CoarseClock, Counter, FoldTarget, Me
 use super::route::{Dest, RouteScratch};
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, Weak};
 use warren_exchanges::{ExchangeType, RouteInput, Table};
 use warren_queues::{DiskError, DiskStore, MemoryStore, Message, MessageStore};
 
@@ -43,6 +43,9 @@ pub struct Vhost {
     /// The vhost's `max-queues` limit ([`NO_LIMIT`]: none), set by the
     /// broker from the stored vhost limits.
     queue_limit: AtomicU64,
+    /// Itself, for its queues (dead-lettering, x-expires): set by
+    /// [`Vhost::new_shared`].
+    me: Weak<Vhost>,
 }
 
 const NO_LIMIT: u64 = u64::MAX;
@@ -56,6 +59,8 @@ pub struct PublishDetails<'a> {
     pub timestamp: Option<u64>,
     /// CC and BCC routing keys.
     pub extra_keys: &'a [String],
+    /// The message's own TTL (its `expiration` property), in ms.
+    pub expiration: Option<u64>,
 }
 
 /// What a publish did.
@@ -67,6 +72,9 @@ pub struct Published {
     /// A queue it reached asks publishers to pause (flow control).
     pub blocked_by: Option<Arc<Queue>>,
     pub message: Arc<Message>,
+    /// A queue's length limit refused it (reject-publish): a confirming
+    /// publisher gets a nack.
+    pub rejected: bool,
 }
 
 /// What a declare asked for and what the broker answered.
@@ -98,6 +106,7 @@ impl Vhost {
             gate: RwLock::new(()),
             policies: RwLock::new(PolicySet::default()),
             queue_limit: AtomicU64::new(NO_LIMIT),
+            me: Weak::new(),
         };
         let durable = ExchangeOptions {
             durable: true,
@@ -147,6 +156,26 @@ impl Vhost {
                 self.name
             ),
         ))
+    }
+
+    /// [`Vhost::new`], shared, knowing itself (its queues hold it weakly).
+    pub fn new_shared(
+        name: &str,
+        noack_window: u32,
+        persist: Option<Arc<Persistence>>,
+        stats: Arc<MessageCounters>,
+        clock: Arc<CoarseClock>,
+        churn: Arc<ChurnCounters>,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| {
+            let mut v = Self::new(name, noack_window, persist, stats, clock, churn);
+            v.me = me.clone();
+            v
+        })
+    }
+
+    pub(crate) fn persistence(&self) -> Option<&Arc<Persistence>> {
+        self.persist.as_ref()
     }
 
     /// Whether the vhost was deleted (its holders see it go).
@@ -362,7 +391,10 @@ impl Vhost {
             })
         };
         if passive {
-            return declared(self.queue_for(name, conn)?);
+            let q = self.queue_for(name, conn)?;
+            // A declare, passive too, is a use (x-expires), as in RabbitMQ.
+            q.touch();
+            return declared(q);
         }
         let _live = self.writable()?;
         check_arguments(&opts.arguments)?;
@@ -372,6 +404,7 @@ impl Vhost {
         } else {
             name.to_owned()
         };
+        let limits = super::queue_args::queue_limits(&name, &self.name, &opts.arguments)?;
         if let Some(c) = caller {
             // RabbitMQ refuses a reserved name before checking permissions.
             if !generated && name.starts_with("amq.") && self.queue(&name).is_none() {
@@ -428,7 +461,8 @@ impl Vhost {
                 if let (Some(_), Some(p)) = (disk_id, &self.persist) {
                     q = q.with_memory_budget(p.queue_memory_bytes);
                 }
-                let q = Arc::new(q);
+                let q = Arc::new(q.with_limits(limits, self.me.clone()));
+                q.start_timers();
                 v.insert(q.clone());
                 // After the insert: a policy set meanwhile re-matches it too.
                 self.refresh_queue_policies(&q);
@@ -460,6 +494,7 @@ impl Vhost {
         }
         check_queue_args(&existing, &opts.arguments)?;
         self.churn.add(Churn::QueueDeclared);
+        existing.touch();
         declared(existing)
     }
 
@@ -659,7 +694,7 @@ impl Vhost {
     pub fn publish(
         &self,
         ex: &Arc<Exchange>,
-        mut message: Message,
+        message: Message,
         details: PublishDetails<'_>,
         scratch: &mut RouteScratch,
     ) -> std::result::Result<Published, DiskError> {
@@ -695,6 +730,54 @@ impl Vhost {
             }
         }
         scratch.dedup();
+        self.enqueue_routed(ex, message, details.expiration, scratch)
+    }
+
+    /// Republishes a message a queue dead-lettered to exchange `ex`, to
+    /// every queue it reaches except those that would close a cycle of
+    /// automatic deaths (see [`super::dead_letter::is_cycle`]).
+    pub(crate) fn publish_dead(
+        &self,
+        ex: &Arc<Exchange>,
+        message: Message,
+        dl: &super::dead_letter::DeadLettered,
+        reason: warren_queues::DeadReason,
+        scratch: &mut RouteScratch,
+    ) -> std::result::Result<Published, DiskError> {
+        scratch.clear();
+        {
+            let input = RouteInput {
+                routing_key: &dl.routing_key,
+                headers: Some(&dl.headers),
+                message_id: dl.message_id.as_deref(),
+                correlation_id: dl.correlation_id.as_deref(),
+                timestamp: dl.timestamp,
+            };
+            self.route(ex, &input, scratch);
+            for key in &dl.extra_keys {
+                let input = RouteInput {
+                    routing_key: key,
+                    ..input
+                };
+                self.route(ex, &input, scratch);
+            }
+        }
+        scratch.dedup();
+        scratch
+            .queues
+            .retain(|q| !super::dead_letter::is_cycle(&dl.headers, &q.0.name, reason));
+        self.enqueue_routed(ex, message, None, scratch)
+    }
+
+    /// Writes a routed message to disk once (when persistent and a durable
+    /// queue took it) and enqueues it on every queue in `scratch.queues`.
+    fn enqueue_routed(
+        &self,
+        ex: &Arc<Exchange>,
+        mut message: Message,
+        expiration: Option<u64>,
+        scratch: &mut RouteScratch,
+    ) -> std::result::Result<Published, DiskError> {
         if self.is_deleted() {
             // Its queues are gone; nothing may be written for it any more.
             scratch.queues.clear();
@@ -713,10 +796,13 @@ impl Vhost {
         }
         let message = Arc::new(message);
         let mut blocked_by = None;
+        let mut rejected = false;
         for q in &scratch.queues {
-            if !q.0.publish(message.clone()) {
-                // Deleted as we routed to it: the record it was counted
-                // for will not be held by it.
+            let outcome = q.0.publish(message.clone(), expiration);
+            if outcome != super::queue::PublishOutcome::Queued {
+                rejected |= outcome == super::queue::PublishOutcome::Refused;
+                // Deleted as we routed to it, or refused: the record it
+                // was counted for will not be held by it.
                 if let (Some(r), Some(_), Some(p)) = (message.stored(), q.0.disk_id, &self.persist)
                 {
                     p.disk.forget_ref(r);
@@ -748,6 +834,7 @@ impl Vhost {
             written,
             blocked_by,
             message,
+            rejected,
         })
     }
 
@@ -816,7 +903,11 @@ impl Vhost {
             Some(p) => q.with_memory_budget(p.queue_memory_bytes),
             None => q,
         };
-        let q = Arc::new(q);
+        // Stored arguments were valid when declared.
+        let limits =
+            super::queue_args::queue_limits(&d.name, &self.name, &d.arguments).unwrap_or_default();
+        let q = Arc::new(q.with_limits(limits, self.me.clone()));
+        q.start_timers();
         self.queues.insert(d.name.clone(), q.clone());
         self.refresh_queue_policies(&q);
     }

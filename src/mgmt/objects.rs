@@ -769,12 +769,20 @@ async fn publish_message(
         MessageError::NameTooLong => bad("routing_key is longer than 255 bytes"),
         MessageError::PropertiesTooLarge => bad("properties are too large"),
     })?;
+    let expiration = match &props.expiration {
+        Some(e) => Some(
+            crate::broker::queue_args::parse_expiration(e)
+                .map_err(|t| amqp_refusal(&BrokerError::new(ErrorKind::PreconditionFailed, t)))?,
+        ),
+        None => None,
+    };
     let details = crate::broker::PublishDetails {
         headers: props.headers.as_ref(),
         message_id: props.message_id.as_deref(),
         correlation_id: props.correlation_id.as_deref(),
         timestamp: props.timestamp,
         extra_keys: &extra_keys,
+        expiration,
     };
     let mut scratch = RouteScratch::default();
     let published = match v.publish(&ex, message, details, &mut scratch) {

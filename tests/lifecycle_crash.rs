@@ -1,0 +1,226 @@
+//! kill -9 tests of the queue lifecycle on durable queues: message
+//! deadlines survive a crash (expiry goes on from the stored deadline),
+//! and a message dead-lettered from one durable queue to another is never
+//! lost to a crash (it may, at worst, be in both).
+
+mod common;
+use common::child::{start_broker, tail, Broker};
+use common::temp_dir;
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+async fn channel(b: &Broker) -> (Connection, Channel) {
+    let conn = Connection::connect(&b.url(), ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}; log:\n{}", tail(&b.log, 30)));
+    let ch = conn.create_channel().await.expect("channel");
+    (conn, ch)
+}
+
+fn args(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in pairs {
+        t.insert(ShortString::from(*k), v.clone());
+    }
+    t
+}
+
+fn longstr(s: &str) -> AMQPValue {
+    AMQPValue::LongString(s.into())
+}
+
+async fn declare(ch: &Channel, q: &str, a: FieldTable) {
+    let opts = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(q.into(), opts, a).await.expect("declare");
+}
+
+async fn count(ch: &Channel, q: &str) -> u32 {
+    let opts = QueueDeclareOptions {
+        passive: true,
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(q.into(), opts, FieldTable::default())
+        .await
+        .expect("passive declare")
+        .message_count()
+}
+
+async fn publish_confirmed(ch: &Channel, q: &str, body: &[u8], props: BasicProperties) {
+    let c = ch
+        .basic_publish(
+            "".into(),
+            q.into(),
+            BasicPublishOptions::default(),
+            body,
+            props,
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    assert!(c.is_ack(), "{c:?}");
+}
+
+/// Every body in `q`, taken with basic.get (no-ack).
+async fn drain(ch: &Channel, q: &str) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Some(m) = ch
+        .basic_get(q.into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("get")
+    {
+        out.push(m.delivery.data.clone());
+    }
+    out
+}
+
+/// Deadlines are stored with durable messages: after a kill -9 and a
+/// restart, messages expire when they were due (not a full TTL after the
+/// restart), and a per-message `expiration` (which nothing at start-up
+/// re-reads) still applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_survive_kill9() {
+    let dir = temp_dir("ttl-crash");
+    let data = dir.path().join("data");
+    let mut b = start_broker(dir.path(), &data, 0).await;
+    let (conn, ch) = channel(&b).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    declare(&ch, "dlq", FieldTable::default()).await;
+    let dl = [
+        ("x-dead-letter-exchange", longstr("")),
+        ("x-dead-letter-routing-key", longstr("dlq")),
+    ];
+    let mut with_ttl = dl.to_vec();
+    with_ttl.push(("x-message-ttl", AMQPValue::LongInt(3_000)));
+    declare(&ch, "by-queue", args(&with_ttl)).await;
+    declare(&ch, "by-message", args(&dl)).await;
+    let persistent = BasicProperties::default().with_delivery_mode(2);
+    for i in 0..20 {
+        let body = format!("q{i}");
+        publish_confirmed(&ch, "by-queue", body.as_bytes(), persistent.clone()).await;
+        let body = format!("m{i}");
+        let p = persistent.clone().with_expiration("3000".into());
+        publish_confirmed(&ch, "by-message", body.as_bytes(), p).await;
+    }
+    let published = std::time::Instant::now();
+    drop(conn);
+    b.kill9();
+    let b = start_broker(dir.path(), &data, 1).await;
+    let (_conn, ch) = channel(&b).await;
+    assert_eq!(count(&ch, "by-queue").await, 20, "nothing expired early");
+    assert_eq!(count(&ch, "by-message").await, 20);
+    common::wait_until("both queues to expire", Duration::from_secs(20), || async {
+        count(&ch, "by-queue").await == 0 && count(&ch, "by-message").await == 0
+    })
+    .await;
+    assert!(
+        published.elapsed() < Duration::from_secs(3 + 15),
+        "expired from the stored deadlines"
+    );
+    common::wait_until("the dead letters", Duration::from_secs(10), || async {
+        count(&ch, "dlq").await == 40
+    })
+    .await;
+    let got: BTreeSet<String> = drain(&ch, "dlq")
+        .await
+        .into_iter()
+        .map(|b| String::from_utf8(b).expect("utf-8"))
+        .collect();
+    assert_eq!(got.len(), 40);
+}
+
+/// Rejected messages dead-letter from one durable queue to another while
+/// the broker is killed at a moment in the middle: every message is in
+/// the source or the target afterwards (possibly both), none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_lettering_between_durable_queues_survives_kill9() {
+    const N: usize = 3_000;
+    let dir = temp_dir("dlx-crash");
+    let data = dir.path().join("data");
+    let mut b = start_broker(dir.path(), &data, 0).await;
+    let (conn, ch) = channel(&b).await;
+    declare(&ch, "dst", FieldTable::default()).await;
+    let dl = [
+        ("x-dead-letter-exchange", longstr("")),
+        ("x-dead-letter-routing-key", longstr("dst")),
+    ];
+    declare(&ch, "src", args(&dl)).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let persistent = BasicProperties::default().with_delivery_mode(2);
+    let mut confirms = Vec::new();
+    for i in 0..N {
+        let c = ch
+            .basic_publish(
+                "".into(),
+                "src".into(),
+                BasicPublishOptions::default(),
+                format!("m{i}").as_bytes(),
+                persistent.clone(),
+            )
+            .await
+            .expect("publish");
+        confirms.push(c);
+    }
+    for c in confirms {
+        assert!(c.await.expect("confirm").is_ack());
+    }
+    // Reject everything (requeue=false) from a consumer; kill the broker
+    // once about a third has been dead-lettered.
+    let rch = conn.create_channel().await.expect("channel");
+    rch.basic_qos(200, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut cons = rch
+        .basic_consume(
+            "src".into(),
+            "rejecter".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    use futures_lite::StreamExt;
+    let mut rejected = 0;
+    while rejected < N / 3 {
+        let d = tokio::time::timeout(Duration::from_secs(10), cons.next())
+            .await
+            .expect("a delivery")
+            .expect("stream open")
+            .expect("delivery");
+        d.reject(BasicRejectOptions { requeue: false })
+            .await
+            .expect("reject");
+        rejected += 1;
+    }
+    b.kill9();
+    drop(conn);
+    let b = start_broker(dir.path(), &data, 1).await;
+    let (_conn, ch) = channel(&b).await;
+    let mut seen = BTreeSet::new();
+    for q in ["src", "dst"] {
+        for body in drain(&ch, q).await {
+            seen.insert(String::from_utf8(body).expect("utf-8"));
+        }
+    }
+    let missing: Vec<usize> = (0..N)
+        .filter(|i| !seen.contains(&format!("m{i}")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} messages lost, e.g. {:?}; log:\n{}",
+        missing.len(),
+        &missing[..missing.len().min(10)],
+        tail(&b.log, 30)
+    );
+}
