@@ -3,10 +3,11 @@
 //! [`start`] binds the AMQP, management HTTP and Prometheus listeners (each
 //! on one or more addresses; tests bind port 0 and read the real addresses
 //! back) before it writes anything, then opens the data directory and
-//! spawns the accept loops, the HTTP servers and the sampler that turns
-//! message counters into rates. [`Server::shutdown`] stops accepting, asks
-//! every connection to close (320 CONNECTION_FORCED, as RabbitMQ does) and
-//! waits for them; dropping a [`Server`] stops it at once.
+//! spawns the accept loops, the HTTP servers, the sampler that turns
+//! message counters into rates and the resource alarms' monitor.
+//! [`Server::shutdown`] stops accepting, asks every connection to close
+//! (320 CONNECTION_FORCED, as RabbitMQ does) and waits for them; dropping
+//! a [`Server`] stops it at once.
 
 use crate::amqp::{connection, AmqpSettings};
 use crate::broker::Broker;
@@ -35,6 +36,8 @@ struct Tasks {
     accept: Vec<JoinHandle<()>>,
     http: Vec<JoinHandle<()>>,
     sampler: JoinHandle<()>,
+    /// Measures memory and free disk for the resource alarms.
+    monitor: JoinHandle<()>,
 }
 
 impl Server {
@@ -81,6 +84,8 @@ impl Server {
         // holder is gone.
         t.sampler.abort();
         let _ = t.sampler.await;
+        t.monitor.abort();
+        let _ = t.monitor.await;
         for h in t.http {
             let _ = h.await;
         }
@@ -104,7 +109,7 @@ impl Drop for Server {
             .accept
             .iter()
             .chain(&t.http)
-            .chain(std::iter::once(&t.sampler))
+            .chain([&t.sampler, &t.monitor])
         {
             h.abort();
         }
@@ -305,6 +310,7 @@ fn serve(config: &Config, broker: Arc<Broker>, bound: Bound) -> Server {
         broker.clone(),
         Duration::from_millis(config.management.collect_statistics_interval),
     ));
+    let monitor = tokio::spawn(crate::broker::alarms::monitor(broker.alarms().clone()));
     let accept = bound
         .amqp
         .into_iter()
@@ -320,6 +326,7 @@ fn serve(config: &Config, broker: Arc<Broker>, bound: Bound) -> Server {
             accept,
             http,
             sampler,
+            monitor,
         }),
     }
 }

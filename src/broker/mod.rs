@@ -6,6 +6,7 @@
 //! [`BrokerError`]s back.
 
 pub mod access;
+pub mod alarms;
 pub mod authz;
 pub mod base64;
 pub mod error;
@@ -19,13 +20,14 @@ pub mod route;
 pub mod vhost;
 
 pub use access::{Kept, Permission, User, VhostMeta};
+pub use alarms::{AlarmConfig, AlarmSet, Alarms, DiskFreeLimit, MemoryWatermark};
 pub use authz::{Caller, Kind, Perm};
 pub use error::{BrokerError, ErrorKind, Result};
 pub use exchange::{Exchange, ExchangeKind, ExchangeOptions};
 pub use outbox::{Delivery, Outbox, OutboxItem};
 pub use queue::{ConsumeRequest, ConsumerHandle, Queue, QueueOptions, QueueRef};
 pub use registry::{
-    ChannelSnapshot, Churn, ChurnCounters, ClientInfo, CoarseClock, ConnectionInfo,
+    ChannelSnapshot, Churn, ChurnCounters, ClientInfo, CoarseClock, ConnState, ConnectionInfo,
     ConsumerSnapshot, Counter, MessageCounters, MessageStats,
 };
 pub use route::{Dest, RouteScratch, RouteStep, RouteTrace};
@@ -48,6 +50,8 @@ pub struct BrokerConfig {
     pub loopback_users: Vec<String>,
     /// Messages a no-ack consumer may have in flight to its connection.
     pub noack_window: u32,
+    /// The memory high watermark and free disk limit.
+    pub alarms: AlarmConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -82,6 +86,8 @@ pub struct Broker {
     pub churn: Arc<ChurnCounters>,
     /// The coarse clock deliveries are stamped with (advanced by the server).
     clock: Arc<CoarseClock>,
+    /// Memory and disk alarms (measured by the server's monitor task).
+    alarms: Arc<Alarms>,
     /// Serialises creating and deleting vhosts: a re-create must not land
     /// between a delete's map removal and its sweep of the stored records
     /// (which share the name's key prefix).
@@ -188,6 +194,7 @@ impl Broker {
             stats: Arc::new(MessageCounters::default()),
             churn: Arc::new(ChurnCounters::default()),
             clock: Arc::new(CoarseClock::default()),
+            alarms: Alarms::new(&cfg.alarms),
             vhost_admin: std::sync::Mutex::new(()),
         })
     }
@@ -396,6 +403,11 @@ impl Broker {
 
     pub fn clock(&self) -> &Arc<CoarseClock> {
         &self.clock
+    }
+
+    /// The resource alarms: connections block publishers while one is in effect.
+    pub fn alarms(&self) -> &Arc<Alarms> {
+        &self.alarms
     }
 
     /// Turns the counters (broker-wide, per queue, exchange and channel)
