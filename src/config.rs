@@ -436,6 +436,10 @@ mod tests {
             c.management.collect_statistics_interval,
             d.management.collect_statistics_interval
         );
+        let (ca, da) = (c.alarm_config(), d.alarm_config());
+        assert_eq!(ca.memory, da.memory);
+        assert_eq!(ca.disk, da.disk);
+        assert_eq!(ca.interval, da.interval);
     }
 
     #[test]
