@@ -370,70 +370,17 @@ async fn sample_rates(broker: Arc<Broker>, every: Duration) {
     clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     let mut last = tokio::time::Instant::now();
-    let mut trim = Trimmer::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 let now = tokio::time::Instant::now();
                 broker.sample_rates((now - last).as_secs_f64());
                 last = now;
-                trim.check(&broker);
             }
             _ = clock.tick() => broker.clock().tick(),
         }
     }
 }
-
-/// Gives memory back to the OS once a backlog has drained. glibc's malloc
-/// keeps freed small blocks in its heaps: after a 1,000,000-message backlog
-/// of 100-byte messages was consumed, RSS stayed ~230 MiB; `malloc_trim`
-/// returns it (to ~9 MiB). Trimming walks the heaps, so it runs off the
-/// async workers and only when queued memory fell by [`TRIM_AFTER`] since
-/// its peak, not on every sample. (mimalloc was tried instead: it returned
-/// less, and its eagerly committed arenas added ~40 MiB to an idle broker.)
-#[derive(Default)]
-struct Trimmer {
-    /// The most queued memory seen since the last trim (estimated).
-    peak: u64,
-    running: Arc<std::sync::atomic::AtomicBool>,
-}
-
-/// How much queued memory must have gone before a trim is worth it.
-const TRIM_AFTER: u64 = 32 << 20;
-
-impl Trimmer {
-    fn check(&mut self, broker: &Broker) {
-        let (_, now) = broker.ready_memory();
-        self.peak = self.peak.max(now);
-        if self.peak - now < TRIM_AFTER {
-            return;
-        }
-        use std::sync::atomic::Ordering;
-        if self.running.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        self.peak = now;
-        let running = self.running.clone();
-        tokio::task::spawn_blocking(move || {
-            let started = std::time::Instant::now();
-            trim_heap();
-            tracing::debug!(elapsed = ?started.elapsed(), "returned freed memory to the OS");
-            running.store(false, Ordering::Release);
-        });
-    }
-}
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn trim_heap() {
-    // SAFETY: malloc_trim only releases free memory of the allocator's own
-    // heaps; it touches no live allocation.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn trim_heap() {}
 
 async fn accept_loop(
     listener: TcpListener,

@@ -428,23 +428,6 @@ impl Broker {
         }
     }
 
-    /// Ready messages in all queues and an estimate of the memory they
-    /// take (bodies plus a per-message overhead), for the memory trimmer.
-    pub fn ready_memory(&self) -> (usize, u64) {
-        /// What a queued message costs beyond its body (packed message,
-        /// its allocation and its queue slot; see warren_queues::Message).
-        const PER_MESSAGE: u64 = 100;
-        let (mut n, mut bytes) = (0usize, 0u64);
-        for v in self.vhosts() {
-            for q in v.queues() {
-                let (c, b) = q.ready_totals();
-                n += c;
-                bytes += b + c as u64 * PER_MESSAGE;
-            }
-        }
-        (n, bytes)
-    }
-
     /// A connection is gone: its exclusive queues go with it.
     pub fn connection_closed(&self, conn: u64) {
         if self.connections.remove(&conn).is_some() {
