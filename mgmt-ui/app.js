@@ -1,8 +1,9 @@
 // The dashboard's shell: login, hash routes (#/queues/%2F/name), the tab
-// bar, the vhost selector and the 5 s polling of the visible page.
+// bar, the vhost selector, the 5 s polling of the visible page and the
+// resource alarm banner shown on every page.
 
 import { api, clearCredentials, get, hasCredentials, setCredentials } from './api.js';
-import { el, field, fill } from './dom.js';
+import { el, field, fill, fmtBytes } from './dom.js';
 import * as overview from './overview.js';
 import * as objects from './objects.js';
 import * as queues from './queues.js';
@@ -44,6 +45,34 @@ function flash(text, ok = false) {
   flash.timer = setTimeout(() => (f.hidden = true), 8000);
 }
 
+// The banner above every page while a node reports a memory or disk
+// alarm (publishers are blocked meanwhile). Users without the monitoring
+// tag cannot read /api/nodes: no banner for them.
+async function checkAlarms() {
+  const banner = document.getElementById('alarms');
+  if (!ctx.user || document.visibilityState !== 'visible') return;
+  let nodes;
+  try {
+    nodes = await get('/nodes');
+  } catch {
+    return;
+  }
+  const lines = [];
+  for (const n of nodes || []) {
+    if (n.mem_alarm) {
+      lines.push(`Memory alarm on ${n.name}: ${fmtBytes(n.mem_used)} used, high watermark ${fmtBytes(n.mem_limit)}.`);
+    }
+    if (n.disk_free_alarm) {
+      lines.push(`Disk alarm on ${n.name}: ${fmtBytes(n.disk_free)} free, limit ${fmtBytes(n.disk_free_limit)}.`);
+    }
+  }
+  if (lines.length) {
+    fill(banner, `${lines.join(' ')} Publishing connections are blocked until it clears.`);
+  }
+  banner.hidden = lines.length === 0;
+}
+setInterval(checkAlarms, POLL_MS);
+
 function unmount() {
   if (current) {
     clearInterval(current.timer);
@@ -55,6 +84,7 @@ function unmount() {
 function showLogin(message) {
   unmount();
   document.getElementById('top').hidden = true;
+  document.getElementById('alarms').hidden = true;
   const user = el('input', { name: 'username', autocomplete: 'username', required: true, autofocus: true });
   const pass = el('input', { name: 'password', type: 'password', autocomplete: 'current-password' });
   const err = el('div', { class: 'status err', id: 'login-error', hidden: !message }, message || '');
@@ -88,6 +118,7 @@ async function enter() {
   document.getElementById('top').hidden = false;
   document.getElementById('who').textContent = ctx.user.name;
   document.getElementById('admin-tab').hidden = !ctx.isAdmin();
+  checkAlarms();
   await loadVhosts();
   if (location.hash === '#/login') location.hash = '#/';
   else route();

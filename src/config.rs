@@ -5,6 +5,7 @@
 //! [`Config`] is passed down to the server; nothing reads it globally.
 
 use crate::amqp::AmqpSettings;
+use crate::broker::alarms::{self, AlarmConfig, DiskFreeLimit, MemoryWatermark};
 use crate::broker::{BrokerConfig, StorageConfig, UserConfig};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -24,6 +25,67 @@ pub struct Config {
     pub ssl_options: SslOptions,
     /// Virtual hosts created at start-up.
     pub vhosts: Vec<String>,
+    /// RabbitMQ's `vm_memory_high_watermark.relative` / `.absolute`
+    /// (default: relative 0.4).
+    pub vm_memory_high_watermark: Limit,
+    /// RabbitMQ's `disk_free_limit.absolute` / `.relative` (a multiple
+    /// of the memory available; default: absolute 50MB).
+    pub disk_free_limit: Limit,
+    /// Milliseconds between two measures of memory and free disk
+    /// (RabbitMQ's `memory_monitor_interval`).
+    pub memory_monitor_interval: u64,
+}
+
+/// A resource limit as RabbitMQ writes it: `KEY.relative = 0.4` or
+/// `KEY.absolute = "1GB"` (bytes, or a number with RabbitMQ's units).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    pub relative: Option<f64>,
+    pub absolute: Option<Bytes>,
+}
+
+/// A byte count: an integer, or a string with RabbitMQ's information
+/// units ("50MB", "1024MiB", "2G"; see `alarms::parse_information_unit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bytes(pub u64);
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum NumOrText {
+            Num(u64),
+            Text(String),
+        }
+        let bad = || {
+            serde::de::Error::custom(
+                "expected a byte count: an integer or a string such as \"50MB\", \"1024MiB\", \"2GB\"",
+            )
+        };
+        match NumOrText::deserialize(d).map_err(|_| bad())? {
+            NumOrText::Num(n) => Ok(Bytes(n)),
+            NumOrText::Text(t) => alarms::parse_information_unit(&t)
+                .map(Bytes)
+                .ok_or_else(bad),
+        }
+    }
+}
+
+impl Limit {
+    /// The one form given; both is an error (RabbitMQ would silently
+    /// take the relative one).
+    fn check(&self, key: &str) -> Result<(), String> {
+        match (self.relative, self.absolute) {
+            (Some(_), Some(_)) => Err(format!(
+                "{key}: set either {key}.relative or {key}.absolute, not both"
+            )),
+            (Some(r), None) if !r.is_finite() || r < 0.0 => {
+                Err(format!("{key}.relative: must be a number of at least 0"))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -297,6 +359,9 @@ impl Default for Config {
             limits: Limits::default(),
             ssl_options: SslOptions::default(),
             vhosts: vec!["/".into()],
+            vm_memory_high_watermark: Limit::default(),
+            disk_free_limit: Limit::default(),
+            memory_monitor_interval: 500,
         }
     }
 }
@@ -416,6 +481,12 @@ impl Config {
         if self.vhosts.is_empty() {
             return Err("vhosts: at least one virtual host is needed".into());
         }
+        self.vm_memory_high_watermark
+            .check("vm_memory_high_watermark")?;
+        self.disk_free_limit.check("disk_free_limit")?;
+        if self.memory_monitor_interval < 10 {
+            return Err("memory_monitor_interval: must be at least 10 (ms)".into());
+        }
         if self.auth.default_user.is_empty() {
             return Err("auth.default_user: must not be empty".into());
         }
@@ -467,6 +538,29 @@ impl Config {
             users,
             loopback_users: self.auth.loopback_users.clone(),
             noack_window: self.amqp.noack_window,
+            alarms: self.alarm_config(),
+        }
+    }
+
+    pub fn alarm_config(&self) -> AlarmConfig {
+        let d = AlarmConfig::default();
+        let w = &self.vm_memory_high_watermark;
+        let memory = match (w.relative, w.absolute) {
+            (Some(r), _) => MemoryWatermark::Relative(r),
+            (None, Some(b)) => MemoryWatermark::Absolute(b.0),
+            (None, None) => d.memory,
+        };
+        let l = &self.disk_free_limit;
+        let disk = match (l.relative, l.absolute) {
+            (Some(r), _) => DiskFreeLimit::MemRelative(r),
+            (None, Some(b)) => DiskFreeLimit::Absolute(b.0),
+            (None, None) => d.disk,
+        };
+        AlarmConfig {
+            memory,
+            disk,
+            interval: std::time::Duration::from_millis(self.memory_monitor_interval),
+            data_dir: self.storage.data_dir.clone(),
         }
     }
 }
@@ -506,6 +600,43 @@ mod tests {
             d.limits.http_unauthenticated_timeout_secs
         );
         assert_eq!(c.limits.fd_reserve, d.limits.fd_reserve);
+        let (ca, da) = (c.alarm_config(), d.alarm_config());
+        assert_eq!(ca.memory, da.memory);
+        assert_eq!(ca.disk, da.disk);
+        assert_eq!(ca.interval, da.interval);
+    }
+
+    #[test]
+    fn resource_limits_take_rabbitmqs_forms() {
+        let d = Config::default().alarm_config();
+        assert_eq!(d.memory, MemoryWatermark::Relative(0.4));
+        assert_eq!(d.disk, DiskFreeLimit::Absolute(50_000_000));
+        let c = Config::parse(
+            "vm_memory_high_watermark.absolute = \"1GB\"\ndisk_free_limit.relative = 1.5\n",
+            "x.toml",
+        )
+        .unwrap()
+        .alarm_config();
+        assert_eq!(c.memory, MemoryWatermark::Absolute(1_000_000_000));
+        assert_eq!(c.disk, DiskFreeLimit::MemRelative(1.5));
+        let c = Config::parse(
+            "[vm_memory_high_watermark]\nabsolute = 1024\n[disk_free_limit]\nabsolute = \"2GiB\"\n",
+            "x.toml",
+        )
+        .unwrap()
+        .alarm_config();
+        assert_eq!(c.memory, MemoryWatermark::Absolute(1024));
+        assert_eq!(c.disk, DiskFreeLimit::Absolute(2 << 30));
+        for bad in [
+            "vm_memory_high_watermark.absolute = \"1TB\"\n",
+            "vm_memory_high_watermark.relative = -1.0\n",
+            "vm_memory_high_watermark.relative = 0.4\nvm_memory_high_watermark.absolute = 1\n",
+            "disk_free_limit.absolute = \"lots\"\n",
+        ] {
+            let e = Config::parse(bad, "x.toml").unwrap_err();
+            let key = bad.split('.').next().unwrap();
+            assert!(e.0.contains(key), "{bad}: {}", e.0);
+        }
     }
 
     #[test]

@@ -4,10 +4,11 @@
 //! on one or more addresses; tests bind port 0 and read the real addresses
 //! back), and the AMQPS and HTTPS ones when configured (their certificates
 //! loaded first), before it writes anything, then opens the data directory and
-//! spawns the accept loops, the HTTP servers and the sampler that turns
-//! message counters into rates. [`Server::shutdown`] stops accepting, asks
-//! every connection to close (320 CONNECTION_FORCED, as RabbitMQ does) and
-//! waits for them; dropping a [`Server`] stops it at once.
+//! spawns the accept loops, the HTTP servers, the sampler that turns
+//! message counters into rates and the resource alarms' monitor.
+//! [`Server::shutdown`] stops accepting, asks every connection to close
+//! (320 CONNECTION_FORCED, as RabbitMQ does) and waits for them; dropping
+//! a [`Server`] stops it at once.
 
 use crate::amqp::{connection, AmqpSettings};
 use crate::broker::Broker;
@@ -40,6 +41,8 @@ struct Tasks {
     accept: Vec<JoinHandle<()>>,
     http: Vec<JoinHandle<()>>,
     sampler: JoinHandle<()>,
+    /// Measures memory and free disk for the resource alarms.
+    monitor: JoinHandle<()>,
 }
 
 impl Server {
@@ -98,6 +101,8 @@ impl Server {
         // holder is gone.
         t.sampler.abort();
         let _ = t.sampler.await;
+        t.monitor.abort();
+        let _ = t.monitor.await;
         for h in t.http {
             let _ = h.await;
         }
@@ -121,7 +126,7 @@ impl Drop for Server {
             .accept
             .iter()
             .chain(&t.http)
-            .chain(std::iter::once(&t.sampler))
+            .chain([&t.sampler, &t.monitor])
         {
             h.abort();
         }
@@ -378,6 +383,7 @@ fn serve(config: &Config, broker: Arc<Broker>, bound: Bound) -> Server {
         broker.clone(),
         Duration::from_millis(config.management.collect_statistics_interval),
     ));
+    let monitor = tokio::spawn(crate::broker::alarms::monitor(broker.alarms().clone()));
     let plain = bound.amqp.into_iter().map(|l| (l, None));
     let tls = bound.amqps_tls;
     let accept = plain
@@ -399,6 +405,7 @@ fn serve(config: &Config, broker: Arc<Broker>, bound: Bound) -> Server {
             accept,
             http,
             sampler,
+            monitor,
         }),
     }
 }
@@ -447,70 +454,17 @@ async fn sample_rates(broker: Arc<Broker>, every: Duration) {
     clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     let mut last = tokio::time::Instant::now();
-    let mut trim = Trimmer::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 let now = tokio::time::Instant::now();
                 broker.sample_rates((now - last).as_secs_f64());
                 last = now;
-                trim.check(&broker);
             }
             _ = clock.tick() => broker.clock().tick(),
         }
     }
 }
-
-/// Gives memory back to the OS once a backlog has drained. glibc's malloc
-/// keeps freed small blocks in its heaps: after a 1,000,000-message backlog
-/// of 100-byte messages was consumed, RSS stayed ~230 MiB; `malloc_trim`
-/// returns it (to ~9 MiB). Trimming walks the heaps, so it runs off the
-/// async workers and only when queued memory fell by [`TRIM_AFTER`] since
-/// its peak, not on every sample. (mimalloc was tried instead: it returned
-/// less, and its eagerly committed arenas added ~40 MiB to an idle broker.)
-#[derive(Default)]
-struct Trimmer {
-    /// The most queued memory seen since the last trim (estimated).
-    peak: u64,
-    running: Arc<std::sync::atomic::AtomicBool>,
-}
-
-/// How much queued memory must have gone before a trim is worth it.
-const TRIM_AFTER: u64 = 32 << 20;
-
-impl Trimmer {
-    fn check(&mut self, broker: &Broker) {
-        let (_, now) = broker.ready_memory();
-        self.peak = self.peak.max(now);
-        if self.peak - now < TRIM_AFTER {
-            return;
-        }
-        use std::sync::atomic::Ordering;
-        if self.running.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        self.peak = now;
-        let running = self.running.clone();
-        tokio::task::spawn_blocking(move || {
-            let started = std::time::Instant::now();
-            trim_heap();
-            tracing::debug!(elapsed = ?started.elapsed(), "returned freed memory to the OS");
-            running.store(false, Ordering::Release);
-        });
-    }
-}
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn trim_heap() {
-    // SAFETY: malloc_trim only releases free memory of the allocator's own
-    // heaps; it touches no live allocation.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn trim_heap() {}
 
 /// How many AMQP connections the node serves at once: the configured
 /// `connection_max` (0: none), and in any case what the open-files limit

@@ -179,6 +179,14 @@ async fn dashboard_in_headless_chromium() {
     })
     .await;
 
+    // The script asks for a memory alarm (and its end) through files.
+    let alarm_dir = temp_dir("e2e-alarm");
+    std::fs::create_dir_all(&alarm_dir).unwrap();
+    let toggler = tokio::spawn(toggle_alarms_on_request(
+        s.broker().clone(),
+        alarm_dir.to_path_buf(),
+    ));
+
     let url = format!("http://{}", s.http_addr());
     let ok = tokio::task::spawn_blocking({
         let (e2e, log, artifacts) = (e2e.clone(), log.clone(), artifacts.clone());
@@ -196,6 +204,7 @@ async fn dashboard_in_headless_chromium() {
                     .env("E2E_BINDING_KEY", binding_key)
                     .env("E2E_ROUTE_KEY", route_key)
                     .env("E2E_ARTIFACTS", &artifacts)
+                    .env("E2E_ALARM_DIR", alarm_dir.to_path_buf())
                     .env("CHROMIUM", chromium()),
                 &log,
                 Duration::from_secs(120),
@@ -204,6 +213,7 @@ async fn dashboard_in_headless_chromium() {
     })
     .await
     .unwrap();
+    toggler.abort();
     let output = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         ok,
@@ -223,6 +233,25 @@ async fn dashboard_in_headless_chromium() {
     assert!(body.contains("\"messages_unacknowledged\":1"), "{body}");
     drop(delivery);
     s.shutdown().await;
+}
+
+/// Raises or clears a memory alarm (a watermark of 1 byte, or none) when
+/// the browser script writes `alarm-on` or `alarm-off` in `dir`, and
+/// removes the file to say it is done. Runs until aborted.
+async fn toggle_alarms_on_request(broker: std::sync::Arc<warren::broker::Broker>, dir: PathBuf) {
+    use warren::broker::MemoryWatermark;
+    loop {
+        for (file, limit) in [("alarm-on", 1), ("alarm-off", u64::MAX)] {
+            let path = dir.join(file);
+            if path.exists() {
+                broker
+                    .alarms()
+                    .set_memory_watermark(MemoryWatermark::Absolute(limit));
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// One raw GET with `headers`; returns (status, headers with lower-cased

@@ -8,13 +8,15 @@
 //! back to their queues and cancels its consumers, so nothing is lost.
 
 use super::channel::Channel;
-use super::codec::{self, Frame, FRAME_HEARTBEAT, FRAME_METHOD, PROTOCOL_HEADER};
+use super::codec::{
+    self, Frame, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, PROTOCOL_HEADER,
+};
 use super::error::*;
 use super::{sasl, writer, AmqpSettings};
 use crate::broker::limits::ConnectionSlots;
 use crate::broker::{
-    Broker, Caller, ClientInfo, ConnectionInfo, Outbox, OutboxItem, Queue, RouteScratch, TlsInfo,
-    Vhost,
+    AlarmSet, Broker, Caller, ClientInfo, ConnState, ConnectionInfo, Outbox, OutboxItem, Queue,
+    RouteScratch, TlsInfo, Vhost,
 };
 use amq_protocol::protocol::{connection, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
@@ -83,6 +85,9 @@ pub(super) struct Connection {
     pub(super) channels: HashMap<u16, Channel>,
     /// Client capabilities we honour.
     pub(super) cancel_notify: bool,
+    blocked_notify: bool,
+    /// Publisher blocking by resource alarms (RabbitMQ's throttle).
+    throttle: Throttle,
     /// Set once we sent connection.close: only close/close-ok count now.
     closing_since: Option<Instant>,
     /// Set once we sent close-ok to the client's connection.close: frames
@@ -124,6 +129,20 @@ pub(super) struct Connection {
     /// The announced sizes of the bodies the channels are receiving, all
     /// together (bounded by `max_unfinished_body_bytes`, see `channel_frame`).
     pub(super) unfinished_body: u64,
+}
+
+/// RabbitMQ's publisher throttling by resource alarms: while an alarm is
+/// in effect the connection is "blocking"; once it publishes it is
+/// "blocked" and reads nothing more (consumers' deliveries and acks
+/// already read still flow) until every alarm clears.
+#[derive(Default)]
+struct Throttle {
+    /// The alarms in effect.
+    alarms: AlarmSet,
+    /// A publish arrived while an alarm was in effect: reading stops.
+    blocked: bool,
+    /// connection.blocked was sent; connection.unblocked is owed.
+    notified: bool,
 }
 
 /// Output from `from` bytes into the connection's buffer on waits until
@@ -285,6 +304,8 @@ async fn serve_stream<R, W>(
         outbox: Arc::new(Outbox::default()),
         channels: HashMap::new(),
         cancel_notify: conn.cancel_notify,
+        blocked_notify: conn.blocked_notify,
+        throttle: Throttle::default(),
         closing_since: None,
         closed_since: None,
         shutting_down: false,
@@ -351,6 +372,7 @@ struct Handshaken {
     channel_max: u16,
     heartbeat: u16,
     cancel_notify: bool,
+    blocked_notify: bool,
     client: ClientInfo,
 }
 
@@ -423,6 +445,7 @@ fn server_properties(settings: &AmqpSettings) -> FieldTable {
         "per_consumer_qos",
         "exchange_exchange_bindings",
         "publisher_confirms",
+        "connection.blocked",
     ] {
         caps.insert(cap.into(), AMQPValue::Boolean(true));
     }
@@ -625,6 +648,7 @@ async fn handshake<R: AsyncRead + Unpin>(
     };
     let auth_close = client_capability(&start_ok.client_properties, "authentication_failure_close");
     let cancel_notify = client_capability(&start_ok.client_properties, "consumer_cancel_notify");
+    let blocked_notify = client_capability(&start_ok.client_properties, "connection.blocked");
     let client = client_info(&start_ok.client_properties);
     let mechanism = start_ok.mechanism.to_string();
     let auth = log_in(broker, &mechanism, start_ok.response.as_bytes(), tls, peer);
@@ -734,6 +758,7 @@ async fn handshake<R: AsyncRead + Unpin>(
         channel_max,
         heartbeat,
         cancel_notify,
+        blocked_notify,
         client,
     })
 }
@@ -756,6 +781,9 @@ impl Connection {
         let mut paused_since: Option<tokio::time::Instant> = None;
         let outbox = self.outbox.clone();
         let info = self.info.clone();
+        let mut alarms = self.broker.alarms().subscribe();
+        let mut alarms_live = true;
+        self.alarms_changed(*alarms.borrow_and_update(), rbuf);
         // Frames the client pipelined behind connection.open arrived with
         // the handshake's reads: handle them now, not after the next read.
         if !rbuf.is_empty() {
@@ -778,8 +806,9 @@ impl Connection {
                 (Some(_), None) => Some(tokio::time::Instant::now()),
                 (Some(_), since) => since,
             };
+            let blocked = self.throttle.blocked;
             tokio::select! {
-                res = rd.read_buf(rbuf), if flow.is_none() => {
+                res = rd.read_buf(rbuf), if flow.is_none() && !blocked => {
                     match res {
                         Ok(0) => break End::PeerClosed,
                         Err(e) => break End::Io(e),
@@ -816,6 +845,13 @@ impl Connection {
                     }
                 }
                 _ = outbox.notified() => {}
+                res = alarms.changed(), if alarms_live => {
+                    match res {
+                        Ok(()) => self.alarms_changed(*alarms.borrow_and_update(), rbuf),
+                        // The broker is going away.
+                        Err(_) => alarms_live = false,
+                    }
+                }
                 reason = info.close_requested(), if self.closing_since.is_none() => {
                     // A client that already closed is only waited for.
                     if self.closed_since.is_some() {
@@ -832,7 +868,7 @@ impl Connection {
                     // For the management API; at most once a tick, off the hot path.
                     self.info.set_channels(self.channel_snapshots());
                     let now = Instant::now();
-                    if self.flow_wait.is_some() {
+                    if self.flow_wait.is_some() || self.throttle.blocked {
                         // Time spent paused by us is not the peer's silence.
                         last_read = now;
                     }
@@ -932,7 +968,9 @@ impl Connection {
 
     /// Handles every whole frame in the read buffer.
     fn read_frames(&mut self, rbuf: &mut BytesMut) {
-        while !self.done {
+        // A blocked connection leaves what it has not read in the buffer,
+        // as RabbitMQ does: a publish half read waits for the unblock.
+        while !self.done && !self.throttle.blocked {
             let limit = if self.frame_max == 0 {
                 0
             } else {
@@ -940,8 +978,12 @@ impl Connection {
             };
             match codec::read_frame(rbuf, limit) {
                 Ok(Some(f)) => {
+                    let content = f.kind == FRAME_HEADER || f.kind == FRAME_BODY;
                     if let Err(e) = self.frame(f) {
                         self.close_connection(e);
+                    }
+                    if content {
+                        self.publish_received();
                     }
                 }
                 Ok(None) => return,
@@ -1043,6 +1085,67 @@ impl Connection {
         }
     }
 
+    /// The alarms in effect changed (or the connection just opened): a
+    /// blocked connection is unblocked once none is left (and reads what
+    /// it had left unread); one that is running becomes "blocking".
+    fn alarms_changed(&mut self, alarms: AlarmSet, rbuf: &mut BytesMut) {
+        self.throttle.alarms = alarms;
+        if alarms.any() || !self.throttle.blocked {
+            self.show_state();
+            return;
+        }
+        self.throttle.blocked = false;
+        if self.throttle.notified {
+            self.throttle.notified = false;
+            self.send_method(
+                0,
+                AMQPClass::Connection(connection::AMQPMethod::Unblocked(connection::Unblocked {})),
+            );
+        }
+        self.show_state();
+        tracing::info!(conn = self.id, "resource alarms cleared: reading again");
+        if !rbuf.is_empty() {
+            self.read_frames(rbuf);
+            self.end_read_turn();
+        }
+    }
+
+    /// A content frame was read: under an alarm the connection blocks
+    /// (RabbitMQ's `publish_received`), telling clients that asked for it.
+    fn publish_received(&mut self) {
+        let t = &mut self.throttle;
+        if !t.alarms.any()
+            || t.blocked
+            || self.closing_since.is_some()
+            || self.closed_since.is_some()
+        {
+            return;
+        }
+        t.blocked = true;
+        let reason = t.alarms.reason();
+        tracing::info!(conn = self.id, %reason, "publisher blocked by a resource alarm");
+        if self.blocked_notify && !t.notified {
+            t.notified = true;
+            self.send_method(
+                0,
+                AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
+                    reason: reason.into(),
+                })),
+            );
+        }
+        self.show_state();
+    }
+
+    /// The state the management API shows.
+    fn show_state(&self) {
+        let state = match (self.throttle.blocked, self.throttle.alarms.any()) {
+            (true, _) => ConnState::Blocked,
+            (false, true) => ConnState::Blocking,
+            (false, false) => ConnState::Running,
+        };
+        self.info.set_state(state);
+    }
+
     pub(super) fn send_method(&mut self, channel: u16, method: AMQPClass) {
         codec::write_method(&mut self.out, channel, method);
     }
@@ -1066,6 +1169,8 @@ impl Connection {
         );
         self.closing_since = Some(Instant::now());
         self.flow_wait = None;
+        // Close-ok must be read, whatever the alarms.
+        self.throttle.blocked = false;
         // Free what the channels hold now, as RabbitMQ does on close.
         self.release_all_channels();
     }

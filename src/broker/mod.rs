@@ -6,6 +6,7 @@
 //! [`BrokerError`]s back.
 
 pub mod access;
+pub mod alarms;
 pub mod authz;
 pub mod base64;
 pub(crate) mod dead_letter;
@@ -23,6 +24,7 @@ pub mod route;
 pub mod vhost;
 
 pub use access::{Kept, Permission, User, VhostMeta};
+pub use alarms::{AlarmConfig, AlarmSet, Alarms, DiskFreeLimit, MemoryWatermark};
 pub use authz::{Caller, Kind, Perm};
 pub use error::{BrokerError, ErrorKind, Result};
 pub use exchange::{Exchange, ExchangeKind, ExchangeOptions};
@@ -30,7 +32,7 @@ pub use outbox::{Delivery, Outbox, OutboxItem};
 pub use policy::{Applied, Policy, PolicyKind, QueueSettings};
 pub use queue::{ConsumeRequest, ConsumerHandle, Queue, QueueOptions, QueueRef};
 pub use registry::{
-    ChannelSnapshot, Churn, ChurnCounters, ClientInfo, CoarseClock, ConnectionInfo,
+    ChannelSnapshot, Churn, ChurnCounters, ClientInfo, CoarseClock, ConnState, ConnectionInfo,
     ConsumerSnapshot, Counter, MessageCounters, MessageStats, TlsInfo,
 };
 pub use route::{Dest, RouteScratch, RouteStep, RouteTrace};
@@ -53,6 +55,8 @@ pub struct BrokerConfig {
     pub loopback_users: Vec<String>,
     /// Messages a no-ack consumer may have in flight to its connection.
     pub noack_window: u32,
+    /// The memory high watermark and free disk limit.
+    pub alarms: AlarmConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +91,8 @@ pub struct Broker {
     pub churn: Arc<ChurnCounters>,
     /// The coarse clock deliveries are stamped with (advanced by the server).
     clock: Arc<CoarseClock>,
+    /// Memory and disk alarms (measured by the server's monitor task).
+    alarms: Arc<Alarms>,
     /// Serialises creating and deleting vhosts: a re-create must not land
     /// between a delete's map removal and its sweep of the stored records
     /// (which share the name's key prefix).
@@ -225,6 +231,7 @@ impl Broker {
             stats: Arc::new(MessageCounters::default()),
             churn: Arc::new(ChurnCounters::default()),
             clock: Arc::new(CoarseClock::default()),
+            alarms: Alarms::new(&cfg.alarms),
             vhost_admin: std::sync::Mutex::new(()),
             limits: Arc::default(),
         })
@@ -462,6 +469,11 @@ impl Broker {
         &self.clock
     }
 
+    /// The resource alarms: connections block publishers while one is in effect.
+    pub fn alarms(&self) -> &Arc<Alarms> {
+        &self.alarms
+    }
+
     /// Turns the counters (broker-wide, per queue, exchange and channel)
     /// into rates; called every few seconds by the server's sampler task.
     pub fn sample_rates(&self, secs: f64) {
@@ -478,23 +490,6 @@ impl Broker {
         for c in self.connections() {
             c.sample_channels(secs);
         }
-    }
-
-    /// Ready messages in all queues and an estimate of the memory they
-    /// take (bodies plus a per-message overhead), for the memory trimmer.
-    pub fn ready_memory(&self) -> (usize, u64) {
-        /// What a queued message costs beyond its body (packed message,
-        /// its allocation and its queue slot; see warren_queues::Message).
-        const PER_MESSAGE: u64 = 100;
-        let (mut n, mut bytes) = (0usize, 0u64);
-        for v in self.vhosts() {
-            for q in v.queues() {
-                let (c, b) = q.ready_totals();
-                n += c;
-                bytes += b + c as u64 * PER_MESSAGE;
-            }
-        }
-        (n, bytes)
     }
 
     /// A connection is gone: its exclusive queues go with it.

@@ -377,6 +377,31 @@ pub struct ConnectionInfo {
     sampled: Mutex<std::collections::HashMap<u16, [u64; COUNTERS]>>,
     close_reason: Mutex<Option<String>>,
     close: Notify,
+    /// A [`ConnState`], set by the connection task.
+    state: std::sync::atomic::AtomicU8,
+}
+
+/// What the management API shows as a connection's `state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ConnState {
+    Running = 0,
+    /// A resource alarm is in effect; the connection has not published
+    /// since, so it still reads.
+    Blocking = 1,
+    /// A resource alarm is in effect and the connection published: it
+    /// reads nothing until the alarm clears.
+    Blocked = 2,
+}
+
+impl ConnState {
+    pub fn name(self) -> &'static str {
+        match self {
+            ConnState::Running => "running",
+            ConnState::Blocking => "blocking",
+            ConnState::Blocked => "blocked",
+        }
+    }
 }
 
 impl ConnectionInfo {
@@ -411,6 +436,20 @@ impl ConnectionInfo {
             sampled: Mutex::new(std::collections::HashMap::new()),
             close_reason: Mutex::new(None),
             close: Notify::new(),
+            state: std::sync::atomic::AtomicU8::new(ConnState::Running as u8),
+        }
+    }
+
+    pub fn set_state(&self, s: ConnState) {
+        self.state
+            .store(s as u8, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn state(&self) -> ConnState {
+        match self.state.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => ConnState::Blocking,
+            2 => ConnState::Blocked,
+            _ => ConnState::Running,
         }
     }
 

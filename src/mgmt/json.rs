@@ -384,7 +384,7 @@ pub fn connection(s: &MgmtState, c: &ConnectionInfo) -> J {
     json!({
         "name": c.name,
         "node": s.node,
-        "state": "running",
+        "state": c.state().name(),
         "type": "network",
         "protocol": "AMQP 0-9-1",
         "auth_mechanism": c.auth_mechanism,

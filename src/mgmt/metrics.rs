@@ -327,30 +327,54 @@ fn process_and_churn(f: &mut Family, s: &MgmtState) {
         f.head(name, "counter", help);
         f.sample(name, &[], s.broker.churn.count(c) as f64);
     }
+    let r = s.broker.alarms().status();
+    // rabbitmq_prometheus's alarm collector: untyped, 1 while in effect.
+    // No file descriptor alarm is raised (Warren has none), as on a node
+    // whose descriptors suffice.
+    for (name, help, on) in [
+        (
+            "rabbitmq_alarms_file_descriptor_limit",
+            "is 1 if file descriptor limit alarm is in effect",
+            false,
+        ),
+        (
+            "rabbitmq_alarms_free_disk_space_watermark",
+            "is 1 if free disk space watermark alarm is in effect",
+            r.alarms.disk,
+        ),
+        (
+            "rabbitmq_alarms_memory_used_watermark",
+            "is 1 if VM memory watermark alarm is in effect",
+            r.alarms.memory,
+        ),
+    ] {
+        f.head(name, "untyped", help);
+        f.sample(name, &[], if on { 1.0 } else { 0.0 });
+    }
     for (name, kind, help, value) in [
         (
             "rabbitmq_process_resident_memory_bytes",
             "gauge",
             "Memory used in bytes",
-            process::rss_bytes() as f64,
+            r.mem_used as f64,
         ),
         (
             "rabbitmq_resident_memory_limit_bytes",
             "gauge",
             "Memory high watermark in bytes",
-            process::mem_limit() as f64,
+            r.mem_limit as f64,
         ),
         (
             "rabbitmq_disk_space_available_bytes",
             "gauge",
             "Disk space available in bytes",
-            process::disk_free(&s.data_dir) as f64,
+            r.disk_free as f64,
         ),
         (
             "rabbitmq_disk_space_available_limit_bytes",
             "gauge",
             "Free disk space low watermark in bytes",
-            process::DISK_FREE_LIMIT as f64,
+            r.disk_free_limit as f64,
         ),
         (
             "rabbitmq_process_open_fds",

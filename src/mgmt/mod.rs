@@ -92,8 +92,8 @@ pub fn router(state: Arc<MgmtState>) -> Router {
         )
         .route("/api/channels", get(channels))
         .route("/api/consumers", get(consumers))
-        .route("/api/health/checks/alarms", get(health_ok))
-        .route("/api/health/checks/local-alarms", get(health_ok))
+        .route("/api/health/checks/alarms", get(health_alarms))
+        .route("/api/health/checks/local-alarms", get(health_local_alarms))
         .route("/api/health/checks/virtual-hosts", get(health_ok))
         .merge(objects::routes())
         .merge(admin::routes())
@@ -269,6 +269,33 @@ async fn auth(State(s): St, req: Request, next: Next) -> Response {
 
 async fn health_ok() -> Json<J> {
     Json(json!({"status": "ok"}))
+}
+
+/// RabbitMQ's alarms health check: 200 `{"status":"ok"}`, or 503 with
+/// the alarms in effect (one node: the cluster's are the node's).
+async fn health_alarms(State(s): St) -> Response {
+    alarms_check(&s, "There are alarms in effect in the cluster")
+}
+
+async fn health_local_alarms(State(s): St) -> Response {
+    alarms_check(&s, "There are alarms in effect on the node")
+}
+
+fn alarms_check(s: &MgmtState, reason: &str) -> Response {
+    let alarms = s.broker.alarms().current();
+    if !alarms.any() {
+        return Json(json!({"status": "ok"})).into_response();
+    }
+    let list: Vec<J> = alarms
+        .resources()
+        .into_iter()
+        .map(|r| json!({"resource": r, "node": s.node}))
+        .collect();
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"status": "failed", "reason": reason, "alarms": list})),
+    )
+        .into_response()
 }
 
 async fn overview(State(s): St) -> Json<J> {

@@ -1075,10 +1075,9 @@ async fn quorum_critical() -> Json<J> {
 // ------------------------------------------------------------ nodes
 
 fn node_json(s: &MgmtState) -> J {
-    let mem_limit = process::mem_limit();
-    let mem_used = process::rss_bytes();
-    let disk_free_limit = process::DISK_FREE_LIMIT;
-    let free = process::disk_free(&s.data_dir);
+    // The monitor's last measures: the alarms are set from the same
+    // figures, and no statvfs runs on an async worker here.
+    let r = s.broker.alarms().status();
     let processors = std::thread::available_parallelism().map_or(1, |n| n.get());
     let exchange_types: Vec<J> = [
         (
@@ -1113,15 +1112,15 @@ fn node_json(s: &MgmtState) -> J {
         "processors": processors,
         "run_queue": 0,
         "rates_mode": "basic",
-        "mem_used": mem_used,
+        "mem_used": r.mem_used,
         "mem_used_details": rate,
-        "mem_limit": mem_limit,
-        "mem_alarm": false,
+        "mem_limit": r.mem_limit,
+        "mem_alarm": r.alarms.memory,
         "mem_calculation_strategy": "rss",
-        "disk_free": free,
+        "disk_free": r.disk_free,
         "disk_free_details": rate,
-        "disk_free_limit": disk_free_limit,
-        "disk_free_alarm": free < disk_free_limit,
+        "disk_free_limit": r.disk_free_limit,
+        "disk_free_alarm": r.alarms.disk,
         "fd_used": process::fd_used(),
         "fd_used_details": rate,
         "fd_total": process::fd_total(),

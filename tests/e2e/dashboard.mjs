@@ -10,13 +10,16 @@
 //   E2E_BINDING_KEY   e.g. orders.*
 //   E2E_ROUTE_KEY     a key the binding matches, e.g. orders.created
 //   E2E_ARTIFACTS     where the screenshots go (one per step)
+//   E2E_ALARM_DIR     where this script asks the test to raise or clear a
+//                     memory alarm: it writes `alarm-on` or `alarm-off`
+//                     there, the test sets the watermark and removes it
 //   CHROMIUM          the browser (default /usr/bin/chromium)
 // Every step runs even when an earlier one failed (each failure is listed
 // at the end, with the API endpoint it needs); the exit status is 1 if any
 // step failed.
 
 import { chromium } from 'playwright-core';
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 const env = (k, d) => {
@@ -38,6 +41,7 @@ const ROUTE_KEY = env('E2E_ROUTE_KEY');
 const ARTIFACTS = env('E2E_ARTIFACTS');
 const CHROMIUM = env('CHROMIUM', '/usr/bin/chromium');
 const TIMEOUT = Number(env('E2E_STEP_TIMEOUT_MS', '8000'));
+const ALARM_DIR = env('E2E_ALARM_DIR');
 const PAYLOAD = `hello from the dashboard ${Date.now()}`;
 
 mkdirSync(ARTIFACTS, { recursive: true });
@@ -117,6 +121,17 @@ async function waitFigure(label, want) {
     await page.waitForTimeout(100);
   }
   throw new Error(`figure "${label}" shows ${last}, expected ${want}`);
+}
+
+/** Asks the test to raise (`on`) or clear the memory alarm; waits until it did. */
+async function alarm(on) {
+  const req = join(ALARM_DIR, on ? 'alarm-on' : 'alarm-off');
+  writeFileSync(req, '');
+  const deadline = Date.now() + TIMEOUT;
+  while (existsSync(req)) {
+    if (Date.now() > deadline) throw new Error(`the test did not answer ${req}`);
+    await page.waitForTimeout(50);
+  }
 }
 
 async function ensure(cond, message) {
@@ -335,6 +350,19 @@ await step('editing a user keeps its password unless "No password" is ticked', [
   } finally {
     acceptDialogs = false;
   }
+});
+
+await step('a memory alarm shows a banner on every page', ['GET /api/nodes (mem_alarm)'], async () => {
+  await ensure(page.locator('#alarms').isHidden(), 'no banner without an alarm');
+  await alarm(true);
+  // The banner polls every 5 s.
+  await page.locator('#alarms', { hasText: 'Memory alarm' }).waitFor({ state: 'visible', timeout: TIMEOUT + 5000 });
+  await see('#alarms', 'Publishing connections are blocked');
+  await page.click('#tabs a[data-tab=queues]');
+  await see('#alarms', 'Memory alarm');
+  await snap('alarm-banner');
+  await alarm(false);
+  await page.locator('#alarms').waitFor({ state: 'hidden', timeout: TIMEOUT + 5000 });
 });
 
 await step('no uncaught script errors', [], async () => {
