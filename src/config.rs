@@ -18,6 +18,7 @@ pub struct Config {
     pub amqp: Amqp,
     pub auth: Auth,
     pub management: Management,
+    pub direct_reply_to: DirectReplyTo,
     /// Virtual hosts created at start-up.
     pub vhosts: Vec<String>,
 }
@@ -129,6 +130,23 @@ pub struct Amqp {
     pub cluster_name: String,
 }
 
+/// Direct reply-to (`amq.rabbitmq.reply-to`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DirectReplyTo {
+    /// Bytes of replies (bodies and properties) that may wait for one
+    /// requester's channel; replies past it are dropped (at most once).
+    pub buffer_bytes: u64,
+}
+
+impl Default for DirectReplyTo {
+    fn default() -> Self {
+        DirectReplyTo {
+            buffer_bytes: AmqpSettings::default().reply_buffer_bytes,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Auth {
@@ -171,6 +189,7 @@ impl Default for Config {
             amqp: Amqp::default(),
             auth: Auth::default(),
             management: Management::default(),
+            direct_reply_to: DirectReplyTo::default(),
             vhosts: vec!["/".into()],
         }
     }
@@ -268,6 +287,9 @@ impl Config {
         if self.amqp.max_message_size == 0 || self.amqp.max_message_size > 512 * 1024 * 1024 {
             return Err("amqp.max_message_size: must be between 1 and 536870912".into());
         }
+        if self.direct_reply_to.buffer_bytes == 0 {
+            return Err("direct_reply_to.buffer_bytes: must be at least 1".into());
+        }
         if self.storage.cache_mb == 0 {
             return Err("storage.cache_mb: must be at least 1".into());
         }
@@ -299,6 +321,7 @@ impl Config {
             max_message_size: self.amqp.max_message_size,
             handshake_timeout: std::time::Duration::from_secs(self.amqp.handshake_timeout_secs),
             cluster_name: self.amqp.cluster_name.clone(),
+            reply_buffer_bytes: self.direct_reply_to.buffer_bytes,
         }
     }
 
@@ -337,6 +360,10 @@ mod tests {
         assert_eq!(c.amqp.frame_max, d.amqp.frame_max);
         assert_eq!(c.amqp.heartbeat, d.amqp.heartbeat);
         assert_eq!(c.vhosts, d.vhosts);
+        assert_eq!(
+            c.direct_reply_to.buffer_bytes,
+            d.direct_reply_to.buffer_bytes
+        );
         assert_eq!(c.auth.default_user, "guest");
         assert_eq!(
             c.management.collect_statistics_interval,

@@ -345,6 +345,10 @@ pub fn scan_properties(props: &[u8]) -> Option<PropertySummary> {
                     let start = props.len() - p.len() + 1;
                     summary.user_id = Some((start, start + n));
                 }
+                if i == 6 {
+                    let start = props.len() - p.len() + 1;
+                    summary.reply_to = Some((start, start + n));
+                }
                 take(&mut p, 1 + n)?;
             }
             TABLE => {
@@ -376,6 +380,8 @@ pub struct PropertySummary {
     pub headers: Option<(usize, usize)>,
     /// Where the user_id property's text lies in the property bytes.
     pub user_id: Option<(usize, usize)>,
+    /// Where the reply_to property's text lies in the property bytes.
+    pub reply_to: Option<(usize, usize)>,
     pub has_headers: bool,
 }
 

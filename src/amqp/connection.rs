@@ -321,6 +321,7 @@ fn server_properties(settings: &AmqpSettings) -> FieldTable {
         "per_consumer_qos",
         "exchange_exchange_bindings",
         "publisher_confirms",
+        "direct_reply_to",
     ] {
         caps.insert(cap.into(), AMQPValue::Boolean(true));
     }
@@ -945,6 +946,7 @@ impl Connection {
                     self.tx_committed(session, epoch, ok)
                 }
                 OutboxItem::DefinitionsFlushed { ok } => self.definitions_flushed(ok),
+                OutboxItem::Reply(r) => self.deliver_reply(r),
             }
         }
         self.outbox_items = items;

@@ -16,6 +16,7 @@ pub mod policy;
 pub mod properties;
 pub mod queue;
 pub mod registry;
+pub mod reply;
 pub mod route;
 pub mod vhost;
 
@@ -25,6 +26,7 @@ pub use error::{BrokerError, ErrorKind, Result};
 pub use exchange::{Exchange, ExchangeKind, ExchangeOptions};
 pub use outbox::{Delivery, Outbox, OutboxItem};
 pub use policy::{Applied, Policy, PolicyKind, QueueSettings};
+pub use reply::{ReplyOutcome, ReplyRegistry, REPLY_PREFIX, REPLY_QUEUE};
 pub use queue::{ConsumeRequest, ConsumerHandle, Queue, QueueOptions, QueueRef};
 pub use registry::{
     ChannelSnapshot, Churn, ChurnCounters, ClientInfo, CoarseClock, ConnectionInfo,

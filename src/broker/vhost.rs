@@ -7,6 +7,7 @@ use super::exchange::{Exchange, ExchangeKind, ExchangeOptions};
 use super::persist::{BindingDef, Doc, ExchangeDef, Persistence, QueueDef};
 use super::policy::{Policy, PolicyKind, PolicySet, Target};
 use super::queue::{Queue, QueueOptions, QueueRef};
+use super::reply::ReplyRegistry;
 use super::registry::{Churn, ChurnCounters, CoarseClock, Counter, FoldTarget, MessageCounters};
 use super::route::{Dest, RouteScratch};
 use dashmap::DashMap;
@@ -40,6 +41,8 @@ pub struct Vhost {
     /// The vhost's policies and operator policies. Queues and exchanges
     /// read it (under their own policy lock) when it or they change.
     policies: RwLock<PolicySet>,
+    /// Direct reply-to consumers of this vhost's channels.
+    pub replies: ReplyRegistry,
 }
 
 /// Message details routing may read beyond the routing key.
@@ -92,6 +95,7 @@ impl Vhost {
             deleted: AtomicBool::new(false),
             gate: RwLock::new(()),
             policies: RwLock::new(PolicySet::default()),
+            replies: ReplyRegistry::default(),
         };
         let durable = ExchangeOptions {
             durable: true,
@@ -717,6 +721,48 @@ impl Vhost {
             blocked_by,
             message,
         })
+    }
+
+    /// A reply to a direct reply-to requester: the default exchange with
+    /// an `amq.rabbitmq.reply-to.<token>` routing key. It goes straight to
+    /// the requester's connection, no queue; it counts as routed whether or
+    /// not the requester is still there (RabbitMQ 4.2: a mandatory reply is
+    /// never returned). CC and BCC keys, if any, route as usual.
+    pub fn publish_reply(
+        &self,
+        ex: &Arc<Exchange>,
+        message: Message,
+        details: PublishDetails<'_>,
+        scratch: &mut RouteScratch,
+    ) -> std::result::Result<Published, DiskError> {
+        let mut published = if details.extra_keys.is_empty() {
+            let stats = &self.stats;
+            scratch.counts.add(
+                stats,
+                || FoldTarget::Counters(stats.clone()),
+                Counter::Publish,
+                1,
+            );
+            scratch.counts.add(
+                &ex.stats,
+                || FoldTarget::Exchange(ex.clone()),
+                Counter::PublishIn,
+                1,
+            );
+            Published {
+                routed: 0,
+                written: false,
+                blocked_by: None,
+                message: Arc::new(message),
+            }
+        } else {
+            self.publish(ex, message, details, scratch)?
+        };
+        if !self.is_deleted() {
+            self.replies.send(&published.message);
+        }
+        published.routed += 1;
+        Ok(published)
     }
 
     fn binding_def(
