@@ -38,7 +38,12 @@ async fn request(requester: &Channel, responder: &Channel, q: &str, corr: &str) 
         m.properties.correlation_id().as_ref().unwrap().as_str(),
         corr
     );
-    m.properties.reply_to().as_ref().unwrap().as_str().to_owned()
+    m.properties
+        .reply_to()
+        .as_ref()
+        .unwrap()
+        .as_str()
+        .to_owned()
 }
 
 /// The next message on `q` (polled with basic.get, within a deadline).
@@ -52,10 +57,7 @@ async fn get_one(ch: &Channel, q: &str) -> lapin::message::BasicGetMessage {
         {
             return m;
         }
-        assert!(
-            tokio::time::Instant::now() < end,
-            "nothing arrived on {q}"
-        );
+        assert!(tokio::time::Instant::now() < end, "nothing arrived on {q}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -145,7 +147,10 @@ async fn the_reply_consumer_must_be_no_ack_and_alone() {
     let e = consume_err(&ch, true).await;
     assert_eq!(
         e,
-        (406, "PRECONDITION_FAILED - reply consumer already set".into())
+        (
+            406,
+            "PRECONDITION_FAILED - reply consumer already set".into()
+        )
     );
     // One per channel: another channel of the connection has its own.
     let ch = c.create_channel().await.unwrap();
@@ -412,7 +417,10 @@ impl Raw {
             if f.kind != codec::FRAME_METHOD {
                 continue;
             }
-            match amq_protocol::protocol::parse_class(&f.payload[..]).unwrap().1 {
+            match amq_protocol::protocol::parse_class(&f.payload[..])
+                .unwrap()
+                .1
+            {
                 AMQPClass::Basic(basic::AMQPMethod::Deliver(_)) => *deliveries += 1,
                 AMQPClass::Queue(qm::AMQPMethod::DeclareOk(_)) => return,
                 other => panic!("{other:?}"),

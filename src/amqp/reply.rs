@@ -8,8 +8,8 @@
 //! our outbox. Cancelling it, closing the channel or the connection
 //! unregisters it (see `release_channel`).
 
-use super::codec::{self, PropertySummary};
 use super::channel::Channel;
+use super::codec::{self, PropertySummary};
 use super::connection::Connection;
 use super::error::*;
 use crate::broker::reply::{is_reply_name, Reply, REPLY_QUEUE};
@@ -169,7 +169,11 @@ impl Connection {
         let Some(ch) = self.channels.get_mut(&r.session) else {
             return;
         };
-        let Some(consumer) = ch.reply.as_ref().filter(|c| c.name == r.name && !ch.closing) else {
+        let Some(consumer) = ch
+            .reply
+            .as_ref()
+            .filter(|c| c.name == r.name && !ch.closing)
+        else {
             return;
         };
         let tag = consumer.tag.clone();
@@ -210,7 +214,10 @@ mod tests {
         p.extend_from_slice(REPLY_QUEUE.as_bytes());
         p.extend_from_slice(&[1, b'm']);
         let s = codec::scan_properties(&p).unwrap();
-        assert_eq!(&p[s.reply_to.unwrap().0..s.reply_to.unwrap().1], REPLY_QUEUE.as_bytes());
+        assert_eq!(
+            &p[s.reply_to.unwrap().0..s.reply_to.unwrap().1],
+            REPLY_QUEUE.as_bytes()
+        );
         let name = "amq.rabbitmq.reply-to.XYZ";
         let out = Connection::rewrite_reply_to(Bytes::from(p), name);
         let s = codec::scan_properties(&out).unwrap();

@@ -26,12 +26,12 @@ pub use error::{BrokerError, ErrorKind, Result};
 pub use exchange::{Exchange, ExchangeKind, ExchangeOptions};
 pub use outbox::{Delivery, Outbox, OutboxItem};
 pub use policy::{Applied, Policy, PolicyKind, QueueSettings};
-pub use reply::{ReplyOutcome, ReplyRegistry, REPLY_PREFIX, REPLY_QUEUE};
 pub use queue::{ConsumeRequest, ConsumerHandle, Queue, QueueOptions, QueueRef};
 pub use registry::{
     ChannelSnapshot, Churn, ChurnCounters, ClientInfo, CoarseClock, ConnectionInfo,
     ConsumerSnapshot, Counter, MessageCounters, MessageStats,
 };
+pub use reply::{ReplyOutcome, ReplyRegistry, REPLY_PREFIX, REPLY_QUEUE};
 pub use route::{Dest, RouteScratch, RouteStep, RouteTrace};
 pub use vhost::{PublishDetails, Published, QueueDeclared, Vhost};
 

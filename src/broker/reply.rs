@@ -50,12 +50,10 @@ impl ReplyBudget {
             if cur > 0 && cur.saturating_add(n) > self.limit {
                 return false;
             }
-            match self.used.compare_exchange_weak(
-                cur,
-                cur + n,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
+            match self
+                .used
+                .compare_exchange_weak(cur, cur + n, Ordering::AcqRel, Ordering::Relaxed)
+            {
                 Ok(_) => return true,
                 Err(now) => cur = now,
             }
@@ -216,7 +214,11 @@ mod tests {
         o.take_into(&mut taken);
         assert_eq!(taken.len(), 1);
         drop(taken);
-        assert_eq!(r.send(&big), ReplyOutcome::Sent, "framing gave the bytes back");
+        assert_eq!(
+            r.send(&big),
+            ReplyOutcome::Sent,
+            "framing gave the bytes back"
+        );
     }
 
     #[test]
