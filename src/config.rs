@@ -23,6 +23,7 @@ pub struct Config {
     /// TLS for the AMQPS listeners (`listeners.ssl`), as RabbitMQ's
     /// `ssl_options`.
     pub ssl_options: SslOptions,
+    pub direct_reply_to: DirectReplyTo,
     /// Virtual hosts created at start-up.
     pub vhosts: Vec<String>,
     /// RabbitMQ's `vm_memory_high_watermark.relative` / `.absolute`
@@ -198,6 +199,23 @@ pub struct Amqp {
     pub cluster_name: String,
 }
 
+/// Direct reply-to (`amq.rabbitmq.reply-to`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DirectReplyTo {
+    /// Bytes of replies (bodies and properties) that may wait for one
+    /// requester's channel; replies past it are dropped (at most once).
+    pub buffer_bytes: u64,
+}
+
+impl Default for DirectReplyTo {
+    fn default() -> Self {
+        DirectReplyTo {
+            buffer_bytes: AmqpSettings::default().reply_buffer_bytes,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Auth {
@@ -358,6 +376,7 @@ impl Default for Config {
             management: Management::default(),
             limits: Limits::default(),
             ssl_options: SslOptions::default(),
+            direct_reply_to: DirectReplyTo::default(),
             vhosts: vec!["/".into()],
             vm_memory_high_watermark: Limit::default(),
             disk_free_limit: Limit::default(),
@@ -472,6 +491,9 @@ impl Config {
         {
             return Err("limits.http_idle_timeout_secs, limits.http_unauthenticated_timeout_secs: must be at least 1".into());
         }
+        if self.direct_reply_to.buffer_bytes == 0 {
+            return Err("direct_reply_to.buffer_bytes: must be at least 1".into());
+        }
         if self.storage.cache_mb == 0 {
             return Err("storage.cache_mb: must be at least 1".into());
         }
@@ -519,6 +541,7 @@ impl Config {
             max_unfinished_body_bytes: self.limits.max_unfinished_body_bytes,
             handshake_timeout: std::time::Duration::from_secs(self.amqp.handshake_timeout_secs),
             cluster_name: self.amqp.cluster_name.clone(),
+            reply_buffer_bytes: self.direct_reply_to.buffer_bytes,
         }
     }
 
@@ -580,6 +603,10 @@ mod tests {
         assert_eq!(c.amqp.frame_max, d.amqp.frame_max);
         assert_eq!(c.amqp.heartbeat, d.amqp.heartbeat);
         assert_eq!(c.vhosts, d.vhosts);
+        assert_eq!(
+            c.direct_reply_to.buffer_bytes,
+            d.direct_reply_to.buffer_bytes
+        );
         assert_eq!(c.auth.default_user, "guest");
         assert_eq!(
             c.management.collect_statistics_interval,

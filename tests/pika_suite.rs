@@ -22,6 +22,9 @@ fn pika_suite_passes() {
             "-q",
             "-p",
             "no:cacheprovider",
+            // The Celery worker pools run in their own session
+            // (tests/worker_pool_suite.rs).
+            "--ignore=tests/python/workers",
             "tests/python",
         ])
         .env("WARREN_BIN", env!("CARGO_BIN_EXE_warren"))

@@ -101,6 +101,7 @@ async fn connection_start_has_server_properties_and_capabilities() {
         "consumer_cancel_notify",
         "authentication_failure_close",
         "per_consumer_qos",
+        "direct_reply_to",
     ] {
         assert_eq!(
             caps.inner().get(cap),
@@ -108,11 +109,7 @@ async fn connection_start_has_server_properties_and_capabilities() {
             "{cap}"
         );
     }
-    for not_yet in [
-        "consumer_priorities",
-        "direct_reply_to",
-        "connection.blocked",
-    ] {
+    for not_yet in ["consumer_priorities", "connection.blocked"] {
         assert!(
             !caps.inner().contains_key(not_yet),
             "{not_yet} is not advertised until it works"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine, then exits;
 # the README's test command is `tests/setup.sh && cargo test --workspace`.
-#   - pika and pytest (tests/python, run by tests/pika_suite.rs)
+#   - pika and pytest (tests/python, run by tests/pika_suite.rs), and celery
+#     (its worker pools in tests/python/workers, run by
+#     tests/worker_pool_suite.rs)
 #   - Debian's rabbitmq-server package, only for /usr/bin/rabbitmqadmin (the
 #     v1 script tests/rabbitmqadmin.rs drives against Warren). Its RabbitMQ
 #     is never started: policy-rc.d refuses service starts during install.

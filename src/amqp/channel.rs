@@ -32,7 +32,7 @@ pub(super) struct Unacked {
     slot: bool,
 }
 
-struct Consumer {
+pub(super) struct Consumer {
     id: ConsumerId,
     queue: Arc<Queue>,
     /// As consumed, for the management API.
@@ -44,11 +44,13 @@ struct Consumer {
 #[derive(Default)]
 pub(super) struct Channel {
     /// We sent channel.close and wait for close-ok; other frames are dropped.
-    closing: bool,
+    pub(super) closing: bool,
     asm: Assembler,
-    next_tag: u64,
+    pub(super) next_tag: u64,
     unacked: VecDeque<Unacked>,
-    consumers: HashMap<String, Consumer>,
+    pub(super) consumers: HashMap<String, Consumer>,
+    /// The direct reply-to consumer (`amq.rabbitmq.reply-to`), if any.
+    pub(super) reply: Option<super::reply::ReplyConsumer>,
     /// basic.qos global=false: the prefetch given to new consumers.
     consumer_prefetch: u32,
     /// basic.qos global=true: shared by the channel's consumers.
@@ -60,7 +62,7 @@ pub(super) struct Channel {
     /// the permission is unchanged.
     write_ok: u64,
     /// The last queue declared, for methods that name the queue "".
-    last_queue: Option<String>,
+    pub(super) last_queue: Option<String>,
     /// Identifies this incarnation of the channel id, so confirmations
     /// that arrive after a close and reopen are not misapplied.
     pub(super) epoch: u64,
@@ -83,7 +85,7 @@ impl Channel {
     }
 
     #[inline]
-    fn count(&mut self, c: Counter, n: u64) {
+    pub(super) fn count(&mut self, c: Counter, n: u64) {
         self.stats[c as usize] += n;
     }
 }
@@ -324,6 +326,9 @@ impl Connection {
 
     /// Cancels a channel's consumers and requeues its unacked messages.
     pub(super) fn release_channel(&mut self, ch: Channel) {
+        if let Some(r) = &ch.reply {
+            self.vhost.replies.unregister(&r.name);
+        }
         for (_, c) in ch.consumers {
             if c.queue.cancel(c.id) {
                 self.vhost.remove_queue(&c.queue);
@@ -607,6 +612,9 @@ impl Connection {
     fn queue_method(&mut self, id: u16, m: queue::AMQPMethod) -> Result<(), AmqpError> {
         let conn = self.id;
         match m {
+            queue::AMQPMethod::Declare(d) if super::reply::is_reply_queue(d.queue.as_str()) => {
+                self.reply_declare(id, &d)
+            }
             queue::AMQPMethod::Declare(d) => {
                 let opts = QueueOptions {
                     durable: d.durable,
@@ -832,6 +840,7 @@ impl Connection {
             }
             None => None,
         };
+        let reply_to = self.request_reply_to(id, &summary, &content.header.properties)?;
         let mut properties = content.header.properties;
         // Headers and properties are decoded only when routing may read
         // them (a headers exchange, e2e bindings, an alternate exchange),
@@ -874,6 +883,9 @@ impl Connection {
                     properties = without_bcc(p).unwrap_or(properties);
                 }
             }
+        }
+        if let Some(name) = reply_to {
+            properties = Self::rewrite_reply_to(properties, &name);
         }
         // Copied out of the read buffer: a message held in a queue must
         // not pin the 64 KiB buffer its frames arrived in. Shortstrs fit
@@ -966,9 +978,15 @@ impl Connection {
             expiration: p.expiration,
         };
         let mut scratch = std::mem::take(&mut self.route_scratch);
-        let res = self
-            .vhost
-            .publish(&p.exchange, p.message, details, &mut scratch);
+        let res = if p.exchange.name.is_empty()
+            && crate::broker::reply::is_reply_name(p.message.routing_key())
+        {
+            self.vhost
+                .publish_reply(&p.exchange, p.message, details, &mut scratch)
+        } else {
+            self.vhost
+                .publish(&p.exchange, p.message, details, &mut scratch)
+        };
         self.route_scratch = scratch;
         let published = match res {
             Ok(r) => r,
@@ -1259,7 +1277,9 @@ impl Connection {
             basic::AMQPMethod::Consume(c) => self.consume(id, c),
             basic::AMQPMethod::Cancel(c) => {
                 let tag = c.consumer_tag.as_str().to_owned();
-                if let Some(cons) = self.ch(id).consumers.remove(&tag) {
+                if self.reply_cancel(id, &tag) {
+                    // The reply consumer is gone; nothing else to cancel.
+                } else if let Some(cons) = self.ch(id).consumers.remove(&tag) {
                     if cons.queue.cancel(cons.id) {
                         self.vhost.remove_queue(&cons.queue);
                     }
@@ -1309,13 +1329,17 @@ impl Connection {
     }
 
     fn consume(&mut self, id: u16, c: basic::Consume) -> Result<(), AmqpError> {
+        if c.queue.as_str() == crate::broker::REPLY_QUEUE {
+            return self.reply_consume(id, c);
+        }
         let qname = self.queue_name(id, &c.queue)?;
         let tag = if c.consumer_tag.as_str().is_empty() {
             format!("amq.ctag-{}", crate::broker::random_token(22))
         } else {
             c.consumer_tag.as_str().to_owned()
         };
-        if self.ch(id).consumers.contains_key(&tag) {
+        let ch = self.ch(id);
+        if ch.consumers.contains_key(&tag) || ch.reply.as_ref().is_some_and(|r| r.tag == tag) {
             return Err(AmqpError::connection(
                 NOT_ALLOWED,
                 format!("attempt to reuse consumer tag '{tag}'"),

@@ -349,6 +349,10 @@ pub fn scan_properties(props: &[u8]) -> Option<PropertySummary> {
                         summary.expiration = Some((start, start + n));
                     }
                 }
+                if i == 6 {
+                    let start = props.len() - p.len() + 1;
+                    summary.reply_to = Some((start, start + n));
+                }
                 take(&mut p, 1 + n)?;
             }
             TABLE => {
@@ -382,6 +386,8 @@ pub struct PropertySummary {
     pub user_id: Option<(usize, usize)>,
     /// Where the expiration property's text lies in the property bytes.
     pub expiration: Option<(usize, usize)>,
+    /// Where the reply_to property's text lies in the property bytes.
+    pub reply_to: Option<(usize, usize)>,
     pub has_headers: bool,
 }
 

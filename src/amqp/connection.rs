@@ -446,6 +446,7 @@ fn server_properties(settings: &AmqpSettings) -> FieldTable {
         "exchange_exchange_bindings",
         "publisher_confirms",
         "connection.blocked",
+        "direct_reply_to",
     ] {
         caps.insert(cap.into(), AMQPValue::Boolean(true));
     }
@@ -1206,6 +1207,7 @@ impl Connection {
                     self.tx_committed(session, epoch, ok)
                 }
                 OutboxItem::DefinitionsFlushed { ok } => self.definitions_flushed(ok),
+                OutboxItem::Reply(r) => self.deliver_reply(r),
             }
         }
         self.outbox_items = items;

@@ -15,6 +15,7 @@ pub mod error;
 mod fields;
 #[doc(hidden)]
 pub mod fuzzing;
+mod reply;
 pub mod sasl;
 pub mod writer;
 
@@ -33,6 +34,9 @@ pub struct AmqpSettings {
     /// How long a client has to complete the handshake.
     pub handshake_timeout: std::time::Duration,
     pub cluster_name: String,
+    /// Bytes of direct replies that may wait for one requester's channel
+    /// before further replies to it are dropped.
+    pub reply_buffer_bytes: u64,
 }
 
 impl Default for AmqpSettings {
@@ -45,6 +49,7 @@ impl Default for AmqpSettings {
             max_unfinished_body_bytes: 128 * 1024 * 1024,
             handshake_timeout: std::time::Duration::from_secs(10),
             cluster_name: "warren@localhost".into(),
+            reply_buffer_bytes: 8 * 1024 * 1024,
         }
     }
 }

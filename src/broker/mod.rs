@@ -20,6 +20,7 @@ pub mod properties;
 pub mod queue;
 pub mod queue_args;
 pub mod registry;
+pub mod reply;
 pub mod route;
 pub mod vhost;
 
@@ -35,6 +36,7 @@ pub use registry::{
     ChannelSnapshot, Churn, ChurnCounters, ClientInfo, CoarseClock, ConnState, ConnectionInfo,
     ConsumerSnapshot, Counter, MessageCounters, MessageStats, TlsInfo,
 };
+pub use reply::{ReplyOutcome, ReplyRegistry, REPLY_PREFIX, REPLY_QUEUE};
 pub use route::{Dest, RouteScratch, RouteStep, RouteTrace};
 pub use vhost::{PublishDetails, Published, QueueDeclared, Vhost};
 

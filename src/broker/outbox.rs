@@ -1,8 +1,10 @@
-//! A connection's inbox of deliveries and consumer cancellations.
+//! A connection's inbox of deliveries, direct replies and consumer
+//! cancellations.
 //!
-//! Queues push here (never blocking: how much can be in flight is bounded
-//! by consumer credit, prefetch or the no-ack window), and the owning
-//! connection task drains everything at once when woken.
+//! Queues and responders push here (never blocking: how much can be in
+//! flight is bounded by consumer credit, prefetch, the no-ack window or a
+//! reply consumer's byte budget), and the owning connection task drains
+//! everything at once when woken.
 
 use super::queue::{ConsumerHandle, Queue};
 use std::sync::{Arc, Mutex};
@@ -48,6 +50,8 @@ pub enum OutboxItem {
     DefinitionsFlushed {
         ok: bool,
     },
+    /// A direct reply-to reply for one of the connection's channels.
+    Reply(super::reply::Reply),
 }
 
 #[derive(Debug, Default)]

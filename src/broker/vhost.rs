@@ -8,6 +8,7 @@ use super::persist::{BindingDef, Doc, ExchangeDef, Persistence, QueueDef};
 use super::policy::{Policy, PolicyKind, PolicySet, Target};
 use super::queue::{Queue, QueueOptions, QueueRef};
 use super::registry::{Churn, ChurnCounters, CoarseClock, Counter, FoldTarget, MessageCounters};
+use super::reply::ReplyRegistry;
 use super::route::{Dest, RouteScratch};
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -46,6 +47,8 @@ pub struct Vhost {
     /// Itself, for its queues (dead-lettering, x-expires): set by
     /// [`Vhost::new_shared`].
     me: Weak<Vhost>,
+    /// Direct reply-to consumers of this vhost's channels.
+    pub replies: ReplyRegistry,
 }
 
 const NO_LIMIT: u64 = u64::MAX;
@@ -107,6 +110,7 @@ impl Vhost {
             policies: RwLock::new(PolicySet::default()),
             queue_limit: AtomicU64::new(NO_LIMIT),
             me: Weak::new(),
+            replies: ReplyRegistry::default(),
         };
         let durable = ExchangeOptions {
             durable: true,
@@ -836,6 +840,49 @@ impl Vhost {
             message,
             rejected,
         })
+    }
+
+    /// A reply to a direct reply-to requester: the default exchange with
+    /// an `amq.rabbitmq.reply-to.<token>` routing key. It goes straight to
+    /// the requester's connection, no queue; it counts as routed whether or
+    /// not the requester is still there (RabbitMQ 4.2: a mandatory reply is
+    /// never returned). CC and BCC keys, if any, route as usual.
+    pub fn publish_reply(
+        &self,
+        ex: &Arc<Exchange>,
+        message: Message,
+        details: PublishDetails<'_>,
+        scratch: &mut RouteScratch,
+    ) -> std::result::Result<Published, DiskError> {
+        let mut published = if details.extra_keys.is_empty() {
+            let stats = &self.stats;
+            scratch.counts.add(
+                stats,
+                || FoldTarget::Counters(stats.clone()),
+                Counter::Publish,
+                1,
+            );
+            scratch.counts.add(
+                &ex.stats,
+                || FoldTarget::Exchange(ex.clone()),
+                Counter::PublishIn,
+                1,
+            );
+            Published {
+                routed: 0,
+                written: false,
+                blocked_by: None,
+                message: Arc::new(message),
+                rejected: false,
+            }
+        } else {
+            self.publish(ex, message, details, scratch)?
+        };
+        if !self.is_deleted() {
+            self.replies.send(&published.message);
+        }
+        published.routed += 1;
+        Ok(published)
     }
 
     fn binding_def(
