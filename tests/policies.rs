@@ -338,6 +338,82 @@ async fn an_alternate_exchange_from_a_policy_takes_unroutable_messages() {
     s.shutdown().await;
 }
 
+/// Queue keys from a policy act on running queues at once: a lowered
+/// max-length trims the queue (drop-head, oldest first), deleting the
+/// policy lifts the limit, and a policy's dead-letter-exchange takes
+/// rejected messages.
+#[tokio::test]
+async fn queue_keys_from_a_policy_apply_to_running_queues() {
+    let (s, _c, ch) = start_channel().await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    queue(&ch, "pql.q", false).await;
+    queue(&ch, "pql.dead", false).await;
+    for i in 0..10 {
+        publish_confirmed(
+            &ch,
+            "",
+            "pql.q",
+            format!("m{i}").as_bytes(),
+            BasicProperties::default(),
+        )
+        .await;
+    }
+    put_ok(
+        &s,
+        "/api/policies/%2F/len",
+        json!({"pattern": "^pql\\.q$", "definition": {"max-length": 3, "dead-letter-exchange": ""}, "apply-to": "queues"}),
+    )
+    .await;
+    assert_eq!(passive(&ch, "pql.q").await.unwrap().message_count(), 3);
+    let first = ch
+        .basic_get("pql.q".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("a message");
+    assert_eq!(first.delivery.data, b"m7", "the oldest were dropped");
+    // Without the policy the queue takes more than 3 again.
+    assert_eq!(del(&s, "/api/policies/%2F/len").await, 204);
+    for i in 10..15 {
+        publish_confirmed(
+            &ch,
+            "",
+            "pql.q",
+            format!("m{i}").as_bytes(),
+            BasicProperties::default(),
+        )
+        .await;
+    }
+    assert_eq!(passive(&ch, "pql.q").await.unwrap().message_count(), 7);
+    // A policy's dead-letter settings take a rejected message.
+    put_ok(
+        &s,
+        "/api/policies/%2F/dlx",
+        json!({"pattern": "^pql\\.q$", "definition": {"dead-letter-exchange": "", "dead-letter-routing-key": "pql.dead"}, "apply-to": "queues"}),
+    )
+    .await;
+    let m = ch
+        .basic_get("pql.q".into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .expect("a message");
+    m.delivery
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .unwrap();
+    wait_until(
+        "the rejected message in pql.dead",
+        std::time::Duration::from_secs(10),
+        || {
+            let ch = ch.clone();
+            async move { passive(&ch, "pql.dead").await.unwrap().message_count() == 1 }
+        },
+    )
+    .await;
+    s.shutdown().await;
+}
+
 #[tokio::test]
 async fn policies_survive_a_restart_and_go_with_their_vhost() {
     let dir = temp_dir("policies");

@@ -628,6 +628,29 @@ pub struct QueueSettings {
 }
 
 impl QueueSettings {
+    /// What the queue core acts on: the effective values, without their
+    /// sources.
+    pub fn limits(&self) -> warren_queues::QueueLimits {
+        fn v<T: Clone>(s: &Option<Setting<T>>) -> Option<T> {
+            s.as_ref().map(|s| s.value.clone())
+        }
+        warren_queues::QueueLimits {
+            message_ttl: v(&self.message_ttl),
+            max_length: v(&self.max_length),
+            max_length_bytes: v(&self.max_length_bytes),
+            overflow: match v(&self.overflow) {
+                None | Some(Overflow::DropHead) => warren_queues::Overflow::DropHead,
+                Some(Overflow::RejectPublish) => warren_queues::Overflow::RejectPublish,
+                Some(Overflow::RejectPublishDlx) => warren_queues::Overflow::RejectPublishDlx,
+            },
+            dead_letter_exchange: v(&self.dead_letter_exchange),
+            dead_letter_routing_key: v(&self.dead_letter_routing_key),
+            delivery_limit: v(&self.delivery_limit),
+            expires: v(&self.expires),
+            consumer_timeout: v(&self.consumer_timeout),
+        }
+    }
+
     /// `[(key, value, source)]` for the set ones, in RabbitMQ's key names
     /// (management API, dashboard).
     pub fn to_json(&self) -> J {

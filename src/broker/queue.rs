@@ -202,14 +202,12 @@ impl Queue {
         self.settings_changed(&old, &settings);
     }
 
-    /// The hook for a change of effective settings (a policy was set,
-    /// changed or deleted, or first matched at declare). Called after the
-    /// new settings are in place, with no lock held.
-    ///
-    /// Nothing in the queue core acts on these settings yet: this is where
-    /// a lowered `max-length` / `max-length-bytes` trims the queue, a new
-    /// `message-ttl` expires what is past it, `expires` re-arms its
-    /// timer, and so on (RabbitMQ's `process_args_policy`).
+    /// A change of effective settings (a policy was set, changed or
+    /// deleted, or first matched at declare), called after the new
+    /// settings are in place with no lock held: the queue core takes them
+    /// at once, so a lowered `max-length` / `max-length-bytes` trims the
+    /// queue, a new `message-ttl` applies to what is published from now,
+    /// `expires` re-arms its timer (RabbitMQ's `process_args_policy`).
     fn settings_changed(self: &Arc<Self>, old: &QueueSettings, new: &QueueSettings) {
         tracing::debug!(
             queue = %self.name,
@@ -218,6 +216,7 @@ impl Queue {
             ?new,
             "effective queue settings changed"
         );
+        self.set_limits(new.limits());
     }
 
     /// Holds publishers back while more than `bytes` of bodies that only

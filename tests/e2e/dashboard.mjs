@@ -318,6 +318,7 @@ await step('policies page adds a policy that the queue page shows, then deletes 
 
 await step('editing a user keeps its password unless "No password" is ticked', ['PUT/GET/DELETE /api/users/{name}'], async () => {
   const user = `e2e-pw-${Date.now()}`;
+  await page.goto(`${BASE}/#/admin`);
   const row = page.locator('[data-role=users] tr', { has: page.locator('td', { hasText: new RegExp(`^${user}$`) }) });
   const hasPassword = () => row.first().locator('td').nth(2);
   const save = async (password, tags, noPassword) => {
