@@ -166,6 +166,15 @@ pub struct Disk {
     flushing: Mutex<()>,
     /// Something was written since the last flush started.
     dirty: std::sync::atomic::AtomicBool,
+    /// Transient bodies paged out of non-durable queues past their memory
+    /// budget: a scratch area (`transient/` in the data directory) wiped
+    /// at open, never fsynced, with no index (nothing in it survives a
+    /// restart).
+    transient: Segments,
+    /// Transient records released (a segment number and how many of its
+    /// records), applied on the loader thread: deleting a drained segment
+    /// is I/O the queue's lock must not wait for.
+    transient_releases: Mutex<Vec<(u32, u32)>>,
 }
 
 /// Requests to the segment syncer: each is where to send its result.
@@ -211,10 +220,24 @@ pub fn encode(m: &Message) -> Vec<u8> {
 /// allocation, so a held message never pins the (larger) buffer it was
 /// read into.
 pub fn decode(rec: Bytes, stored: Option<StoredRef>) -> Result<Message, DiskError> {
+    decode_as(rec, stored, true)
+}
+
+/// A record in the transient area of a message published persistent:
+/// its first byte, in place of the record version.
+const TRANSIENT_AREA_PERSISTENT: u8 = 2;
+
+/// [`decode`] of a record in the durable store (`true`) or the transient
+/// area (`false`).
+fn decode_as(rec: Bytes, stored: Option<StoredRef>, durable: bool) -> Result<Message, DiskError> {
     let bad = || DiskError::Corrupt("message record".into());
-    if rec.first() != Some(&1) {
-        return Err(bad());
-    }
+    // In the transient area the first byte also says whether the message
+    // was persistent (it reached only non-durable queues that paged it).
+    let persistent = match rec.first() {
+        Some(1) => durable,
+        Some(&TRANSIENT_AREA_PERSISTENT) if !durable => true,
+        _ => return Err(bad()),
+    };
     let mut at = 1;
     let short = |at: &mut usize| -> Result<&str, DiskError> {
         let n = *rec.get(*at).ok_or_else(bad)? as usize;
@@ -232,7 +255,8 @@ pub fn decode(rec: Bytes, stored: Option<StoredRef>) -> Result<Message, DiskErro
     }
     let properties = &rec[at..at + n];
     let body = &rec[at + n..];
-    let mut m = Message::new(exchange, routing_key, properties, body, true).map_err(|_| bad())?;
+    let mut m =
+        Message::new(exchange, routing_key, properties, body, persistent).map_err(|_| bad())?;
     m.set_stored(stored);
     Ok(m)
 }
@@ -310,6 +334,7 @@ impl Disk {
         };
         let meta = db.open_tree("meta")?;
         let (segments, existing) = Segments::open(&dir.join("msgs"))?;
+        let transient = Segments::open_scratch(&dir.join("transient"))?;
         let index_dir = dir.join("index");
         match meta.get("format")? {
             Some(v) if v.as_ref() == [FORMAT_VERSION] => {
@@ -376,6 +401,8 @@ impl Disk {
             marks: Mutex::new(Vec::new()),
             flushing: Mutex::new(()),
             dirty: std::sync::atomic::AtomicBool::new(false),
+            transient,
+            transient_releases: Mutex::new(Vec::new()),
         }))
     }
 
@@ -525,6 +552,73 @@ impl Disk {
         Ok(r)
     }
 
+    /// Pages a transient message's body out of memory for the `queues`
+    /// non-durable queues that will hold it: appended to the transient
+    /// area (no index entry, no fsync). Call it without any queue's lock.
+    pub fn put_transient(&self, m: &Message, queues: usize) -> Result<StoredRef, DiskError> {
+        let mut head = [0u8; HEAD_MAX];
+        let n = encode_head(m, &mut head);
+        if m.persistent {
+            head[0] = TRANSIENT_AREA_PERSISTENT;
+        }
+        let parts: [&[u8]; 3] = [&head[..n], m.properties(), m.body()];
+        Ok(self.transient.append_parts(&parts, queues as u32)?)
+    }
+
+    /// Reads a transient message paged out with [`Disk::put_transient`].
+    pub(crate) fn read_transient(&self, r: StoredRef) -> Result<Message, DiskError> {
+        decode_as(self.transient.read(r)?, None, false)
+    }
+
+    /// `n` records of transient segment `seg` are no longer held by a
+    /// queue: released on the loader thread (a segment whose records are
+    /// all gone is deleted there), so this is safe under a queue's lock.
+    pub fn release_transient(self: &Arc<Self>, seg: u32, n: u32) {
+        let first = {
+            let mut pending = self
+                .transient_releases
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            pending.push((seg, n));
+            pending.len() == 1
+        };
+        if first {
+            let disk = self.clone();
+            self.run_on_loader(Box::new(move || disk.apply_transient_releases()));
+        }
+    }
+
+    fn apply_transient_releases(&self) {
+        let pending = std::mem::take(
+            &mut *self
+                .transient_releases
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for (seg, n) in pending {
+            for _ in 0..n {
+                self.transient.release(seg);
+            }
+        }
+    }
+
+    fn run_on_loader(&self, job: Box<dyn FnOnce() + Send>) {
+        let sent = self
+            .loader
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(job);
+        if sent.is_err() {
+            tracing::error!("the body loader stopped");
+        }
+    }
+
+    /// Transient segment files on disk, and their bytes (tests, metrics).
+    pub fn transient_files(&self) -> (usize, u64) {
+        self.apply_transient_releases();
+        self.transient.usage()
+    }
+
     /// Reads the message at `r`: an error (never another record) when it
     /// is gone with its segment or does not read back intact.
     pub(crate) fn read(&self, r: StoredRef) -> Result<Message, DiskError> {
@@ -651,8 +745,8 @@ impl Disk {
 }
 
 /// The most paged-out entries, and body bytes, one load reads ahead.
-const LOAD_BATCH: usize = 256;
-const LOAD_BYTES: u64 = 4 * 1024 * 1024;
+pub(crate) const LOAD_BATCH: usize = 256;
+pub(crate) const LOAD_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Paged-out bodies a store wants read (the ones its `pop` stopped at, and
 /// a bounded run after them), with where to read them. Taken under the
@@ -664,12 +758,20 @@ pub struct Loads {
     wanted: Vec<(u64, StoredRef)>,
     /// Taken by the store's own read-ahead (not a forced head read).
     background: bool,
+    /// The records are transient ones paged out ([`Disk::put_transient`]).
+    transient: bool,
 }
 
 /// Bodies read by [`Loads::read`]: `None` for one that could not be read.
 pub struct LoadedBodies {
     bodies: Vec<(u64, Option<Arc<Message>>)>,
     background: bool,
+}
+
+impl LoadedBodies {
+    pub(crate) fn into_parts(self) -> (Vec<(u64, Option<Arc<Message>>)>, bool) {
+        (self.bodies, self.background)
+    }
 }
 
 impl Loads {
@@ -679,7 +781,12 @@ impl Loads {
             .wanted
             .iter()
             .map(|&(seq, r)| {
-                let m = self.disk.read(r).map(Arc::new);
+                let m = if self.transient {
+                    self.disk.read_transient(r)
+                } else {
+                    self.disk.read(r)
+                };
+                let m = m.map(Arc::new);
                 if let Err(e) = &m {
                     tracing::error!(seq, error = %e, "cannot read a paged-out body");
                 }
@@ -695,13 +802,20 @@ impl Loads {
     /// Runs `f` with these loads on the store's loader thread.
     pub fn spawn(self, f: impl FnOnce(Loads) + Send + 'static) {
         let disk = self.disk.clone();
-        let sent = disk
-            .loader
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(Box::new(move || f(self)));
-        if sent.is_err() {
-            tracing::error!("the body loader stopped");
+        disk.run_on_loader(Box::new(move || f(self)));
+    }
+
+    /// Loads of transient bodies paged out with [`Disk::put_transient`].
+    pub(crate) fn transient(
+        disk: Arc<Disk>,
+        wanted: Vec<(u64, StoredRef)>,
+        background: bool,
+    ) -> Self {
+        Loads {
+            disk,
+            wanted,
+            background,
+            transient: true,
         }
     }
 }
@@ -935,6 +1049,7 @@ impl MessageStore for DiskStore {
             disk: self.disk.clone(),
             wanted,
             background: true,
+            transient: false,
         })
     }
 
@@ -948,6 +1063,7 @@ impl MessageStore for DiskStore {
                 disk: self.disk.clone(),
                 wanted: vec![(head.seq, r)],
                 background: false,
+                transient: false,
             }),
             _ => None,
         }

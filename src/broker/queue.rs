@@ -81,6 +81,13 @@ pub struct Queue {
     /// Body bytes the queue may hold in memory before it holds back its
     /// publishers; `None`: no limit by memory.
     memory_budget: Option<u64>,
+    /// Body bytes a non-durable queue holds in memory before new bodies
+    /// are paged out to the disk's transient area; `None`: never pages.
+    page_budget: Option<u64>,
+    /// Set (under the core's lock, after each publish) while the queue
+    /// holds more than `page_budget` in memory: publishers then write the
+    /// body to disk before taking the lock ([`Queue::publish_paged`]).
+    paging: AtomicBool,
 }
 
 /// Ready messages above which a consumed queue pushes back on publishers.
@@ -142,6 +149,33 @@ impl Queue {
             flow_blocked: AtomicBool::new(false),
             flow_resumed: Notify::new(),
             memory_budget: None,
+            page_budget: None,
+            paging: AtomicBool::new(false),
+        }
+    }
+
+    /// Pages new bodies out to the disk's transient area while more than
+    /// `bytes` of bodies are held in memory, instead of holding them all
+    /// (non-durable queues, whose store is a paging
+    /// [`warren_queues::MemoryStore`]).
+    pub fn with_paging(mut self, bytes: u64) -> Self {
+        self.page_budget = Some(bytes);
+        self
+    }
+
+    /// Whether a new body for this queue should be written to the
+    /// transient area first (a hint read without the lock: a stale answer
+    /// only pages a message early or keeps one in memory).
+    pub fn pages(&self) -> bool {
+        self.paging.load(Ordering::Relaxed)
+    }
+
+    fn update_paging(&self, core: &QueueCore<Arc<ConsumerHandle>>) {
+        if let Some(b) = self.page_budget {
+            let over = core.memory_bytes() > b;
+            if over != self.paging.load(Ordering::Relaxed) {
+                self.paging.store(over, Ordering::Relaxed);
+            }
         }
     }
 
@@ -193,6 +227,7 @@ impl Queue {
             }
             core.publish(message);
             let after = self.deliver(&mut core);
+            self.update_paging(&core);
             // A consumed queue pushes back on a long backlog (its
             // consumers cannot keep up); any queue pushes back once it
             // holds more in memory than its budget allows.
@@ -204,6 +239,25 @@ impl Queue {
             after
         };
         // The publish is counted by the caller (`Vhost::publish` folds it).
+        self.finish(after);
+        true
+    }
+
+    /// [`Queue::publish`] of a message whose body was paged out to the
+    /// transient area at `at` (written by the caller, without this
+    /// queue's lock); `false` if the queue was deleted meanwhile (the
+    /// caller releases the record).
+    pub fn publish_paged(self: &Arc<Self>, at: StoredRef, size: u32) -> bool {
+        let after = {
+            let mut core = self.core();
+            if self.is_deleted() {
+                return false;
+            }
+            core.publish_paged(at, size);
+            let after = self.deliver(&mut core);
+            self.update_paging(&core);
+            after
+        };
         self.finish(after);
         true
     }

@@ -12,7 +12,7 @@ use dashmap::DashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use warren_exchanges::{ExchangeType, RouteInput, Table};
-use warren_queues::{DiskError, DiskStore, MemoryStore, Message, MessageStore};
+use warren_queues::{DiskError, DiskStore, MemoryStore, Message, MessageStore, StoredRef};
 
 pub struct Vhost {
     pub name: String,
@@ -374,6 +374,7 @@ impl Vhost {
                             );
                             (Box::new(store), Some(id))
                         }
+                        (Some(p), _) => (Box::new(MemoryStore::paging(p.disk.clone())), None),
                         _ => (Box::<MemoryStore>::default(), None),
                     };
                 let mut q = Queue::new(
@@ -387,8 +388,10 @@ impl Vhost {
                     self.stats.clone(),
                     self.clock.clone(),
                 );
-                if let (Some(_), Some(p)) = (disk_id, &self.persist) {
-                    q = q.with_memory_budget(p.queue_memory_bytes);
+                match (disk_id, &self.persist) {
+                    (Some(_), Some(p)) => q = q.with_memory_budget(p.queue_memory_bytes),
+                    (None, Some(p)) => q = q.with_paging(p.queue_memory_bytes),
+                    _ => {}
                 }
                 let q = Arc::new(q);
                 v.insert(q.clone());
@@ -671,10 +674,17 @@ impl Vhost {
                 written = true;
             }
         }
+        let paged = self.page_out(&message, scratch);
         let message = Arc::new(message);
         let mut blocked_by = None;
-        for q in &scratch.queues {
-            if !q.0.publish(message.clone()) {
+        for (i, q) in scratch.queues.iter().enumerate() {
+            if let Some((at, _)) = paged.filter(|(_, mask)| i < 64 && mask & (1 << i) != 0) {
+                if !q.0.publish_paged(at, message.size() as u32) {
+                    if let Some(p) = &self.persist {
+                        p.disk.release_transient(at.seg, 1);
+                    }
+                }
+            } else if !q.0.publish(message.clone()) {
                 // Deleted as we routed to it: the record it was counted
                 // for will not be held by it.
                 if let (Some(r), Some(_), Some(p)) = (message.stored(), q.0.disk_id, &self.persist)
@@ -709,6 +719,31 @@ impl Vhost {
             blocked_by,
             message,
         })
+    }
+
+    /// Writes `message`'s body once to the disk's transient area for the
+    /// routed queues (the first 64) that are past their memory budget
+    /// (see [`Queue::pages`]), before any queue's lock is taken. Returns
+    /// where, and which of `scratch.queues` take it from there; `None`:
+    /// every queue holds it in memory (a failed write too, logged).
+    fn page_out(&self, message: &Message, scratch: &RouteScratch) -> Option<(StoredRef, u64)> {
+        let p = self.persist.as_ref()?;
+        let mut mask = 0u64;
+        for (i, q) in scratch.queues.iter().take(64).enumerate() {
+            if q.0.pages() {
+                mask |= 1 << i;
+            }
+        }
+        if mask == 0 {
+            return None;
+        }
+        match p.disk.put_transient(message, mask.count_ones() as usize) {
+            Ok(at) => Some((at, mask)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot page a body out; keeping it in memory");
+                None
+            }
+        }
     }
 
     fn binding_def(
