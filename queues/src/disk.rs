@@ -1259,7 +1259,7 @@ impl Drop for DiskStore {
 mod tests {
     use super::*;
     use crate::store::tests::{msg, pop_loading, store_contract};
-    use crate::store::MessageStore;
+    use crate::store::{MemoryStore, MessageStore};
 
     fn persistent(seq: u64, body: &str, disk: &Disk, queues: usize) -> QueuedMessage {
         let mut m = (*msg(seq, body).message).clone();
@@ -1865,6 +1865,80 @@ mod tests {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
         }
+    }
+
+    /// A paging memory store: bodies paged to the transient area come
+    /// back in order (with their delivery mode), after in-memory ones and
+    /// before later ones; peeks see them; a drain empties the area, a purge
+    /// and a drop release what they held, and a reopen wipes it.
+    #[test]
+    fn memory_store_pages_transient_bodies() {
+        let dir = tempdir("tpaging");
+        let disk = Disk::open(dir.as_ref(), 1 << 20).unwrap();
+        let mut s = MemoryStore::paging(disk.clone());
+        let body = |i: u64| format!("body-{i:04}-{}", "x".repeat(1000));
+        s.push(msg(1, &body(1)));
+        for i in 2..=2000u64 {
+            let mut m = (*msg(i, &body(i)).message).clone();
+            m.persistent = i % 7 == 0;
+            let at = disk.put_transient(&m, 1).unwrap();
+            s.push_paged(i, at, m.size() as u32);
+        }
+        s.push(msg(2001, &body(2001))); // in memory, after the paged ones
+        assert_eq!(s.len(), 2001);
+        let size = body(1).len() as u64;
+        assert_eq!(s.bytes(), 2001 * size);
+        assert_eq!(s.memory_bytes(), 2 * size, "paged bodies are not in memory");
+        assert!(disk.transient_files().1 > 0);
+        let peeked: Vec<(u64, Vec<u8>)> = s
+            .peek_at(0, 3)
+            .into_iter()
+            .map(|m| (m.seq, m.message.body().to_vec()))
+            .collect();
+        assert_eq!(
+            peeked,
+            (1..=3)
+                .map(|i| (i, body(i).into_bytes()))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(s.peek_at(2000, 5)[0].seq, 2001);
+        for i in 1..=2001u64 {
+            let m = pop_loading(&mut s).unwrap();
+            assert_eq!((m.seq, m.message.body()), (i, body(i).as_bytes()));
+            assert_eq!(m.message.persistent, i % 7 == 0 && i < 2001, "{i}");
+        }
+        assert!(s.is_empty());
+        assert_eq!((s.bytes(), s.memory_bytes()), (0, 0));
+        assert_eq!(
+            disk.transient_files(),
+            (1, 0),
+            "a drained area holds one empty file"
+        );
+        // A purge, and a drop, release what they hold.
+        let big = "y".repeat(4096);
+        for i in 1..=600u64 {
+            let m = msg(i, &big).message;
+            s.push_paged(i, disk.put_transient(&m, 1).unwrap(), m.size() as u32);
+        }
+        assert_eq!(s.purge(), 600);
+        assert_eq!(disk.transient_files(), (1, 0));
+        let mut t = MemoryStore::paging(disk.clone());
+        for i in 1..=600u64 {
+            let m = msg(i, &big).message;
+            t.push_paged(i, disk.put_transient(&m, 1).unwrap(), m.size() as u32);
+        }
+        drop(t);
+        assert_eq!(disk.transient_files(), (1, 0));
+        // What is paged when the broker stops is gone at the next start.
+        let m = msg(1, &big).message;
+        for _ in 0..600 {
+            disk.put_transient(&m, 1).unwrap();
+        }
+        assert!(disk.transient_files().1 > 0);
+        drop(s);
+        drop(disk);
+        let disk = Disk::open(dir.as_ref(), 1 << 20).unwrap();
+        assert_eq!(disk.transient_files(), (1, 0));
     }
 
     fn tempdir(name: &str) -> TempDir {
