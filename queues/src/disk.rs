@@ -22,6 +22,11 @@
 //! mark (the highest seq delivered: queues deliver in seq order, so every
 //! message at or below it comes back redelivered).
 //!
+//! `transient/` holds transient bodies paged out of non-durable queues
+//! past their memory budget ([`Disk::put_transient`]): segment records
+//! whose first byte is 1 (or 2 for a message published persistent), no
+//! index, never fsynced, deleted at open.
+//!
 //! # Version 1, read for the upgrade
 //!
 //! Version 1 kept the index in sled (tree `messages`: `Q` ++ queue id ++
