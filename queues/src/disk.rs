@@ -773,8 +773,12 @@ pub struct LoadedBodies {
     background: bool,
 }
 
+/// Each body read, by seq: `None` for one that could not be read.
+pub(crate) type Bodies = Vec<(u64, Option<Arc<Message>>)>;
+
 impl LoadedBodies {
-    pub(crate) fn into_parts(self) -> (Vec<(u64, Option<Arc<Message>>)>, bool) {
+    /// The bodies, and whether they were a store's own read-ahead.
+    pub(crate) fn into_parts(self) -> (Bodies, bool) {
         (self.bodies, self.background)
     }
 }
