@@ -113,8 +113,9 @@ pub struct Storage {
     /// sled's page cache, in MiB.
     pub cache_mb: u64,
     /// Message bodies a queue keeps in memory, in MiB; beyond it, a durable
-    /// queue's persistent messages stay on disk only until delivered and a
-    /// non-durable queue pages new bodies out to the transient area.
+    /// queue's persistent messages stay on disk only until delivered, and
+    /// bodies only memory would hold (non-durable queues', transient ones)
+    /// are paged out to the transient area.
     pub queue_memory_mb: u64,
 }
 

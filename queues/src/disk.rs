@@ -22,8 +22,9 @@
 //! mark (the highest seq delivered: queues deliver in seq order, so every
 //! message at or below it comes back redelivered).
 //!
-//! `transient/` holds transient bodies paged out of non-durable queues
-//! past their memory budget ([`Disk::put_transient`]): segment records
+//! `transient/` holds bodies only memory would otherwise hold (non-durable
+//! queues', durable queues' transient ones) paged out past a queue's memory
+//! budget ([`Disk::put_transient`]): segment records
 //! whose first byte is 1 (or 2 for a message published persistent), no
 //! index, never fsynced, deleted at open.
 //!
@@ -853,7 +854,8 @@ struct Entry {
 
 /// A durable queue's store: persistent messages live on disk (bodies are
 /// kept in memory only while the queue's in-memory bytes stay under a
-/// limit), transient ones in memory.
+/// limit), transient ones in memory, or in the transient area once the
+/// broker pages them out ([`MessageStore::push_paged`]).
 pub struct DiskStore {
     disk: Arc<Disk>,
     queue: u64,
@@ -878,6 +880,10 @@ pub struct DiskStore {
     want_load: bool,
     /// A read-ahead is under way (taken, not yet finished).
     loading: bool,
+    /// Where the bodies of transient messages paged out past the memory
+    /// budget lie in the disk's transient area, by seq (their entries
+    /// have neither a body nor a durable record).
+    paged: HashMap<u64, StoredRef>,
 }
 
 impl DiskStore {
@@ -908,6 +914,7 @@ impl DiskStore {
         }
         let delivered = disk.register_mark(queue, mark);
         DiskStore {
+            paged: HashMap::new(),
             transient_bytes: 0,
             want_load: false,
             loading: false,
@@ -956,6 +963,22 @@ impl DiskStore {
         );
     }
 
+    /// Where a paged-out entry's body is: its durable record, or (`true`)
+    /// its record in the transient area.
+    fn location(&self, e: &Entry) -> Option<(StoredRef, bool)> {
+        match e.stored {
+            Some((r, _)) => Some((r, false)),
+            None => self.paged.get(&e.seq).map(|r| (*r, true)),
+        }
+    }
+
+    /// Releases the transient records of every paged-out transient entry.
+    fn release_paged(&mut self) {
+        for (_, at) in std::mem::take(&mut self.paged) {
+            self.disk.release_transient(at.seg, 1);
+        }
+    }
+
     fn keep_in_memory(&mut self, size: u64) -> bool {
         if self.mem_bytes + size <= self.mem_limit {
             self.mem_bytes += size;
@@ -988,6 +1011,20 @@ impl MessageStore for DiskStore {
         });
     }
 
+    fn push_paged(&mut self, seq: u64, at: StoredRef, size: u32) {
+        // A transient message paged out past the budget (written to the
+        // transient area by the publisher, without this lock).
+        self.bytes += size as u64;
+        self.paged.insert(seq, at);
+        self.ready.push_back(Entry {
+            seq,
+            msg: None,
+            stored: None,
+            redelivered: false,
+            size,
+        });
+    }
+
     fn pop(&mut self) -> Option<QueuedMessage> {
         // Never a disk read here (this runs under the queue's lock): a
         // paged-out head stops the pop until its body is loaded.
@@ -1006,6 +1043,9 @@ impl MessageStore for DiskStore {
         self.bytes -= e.size as u64;
         if e.stored.is_none() {
             self.transient_bytes -= e.size as u64;
+            if let Some(at) = self.paged.remove(&e.seq) {
+                self.disk.release_transient(at.seg, 1);
+            }
         }
         let message = e.msg.expect("the head is in memory");
         if let Some((r, ix)) = e.stored {
@@ -1037,10 +1077,15 @@ impl MessageStore for DiskStore {
         self.want_load = false;
         let mut wanted = Vec::new();
         let mut bytes = 0u64;
+        // One batch reads from one place: the durable store or the
+        // transient area, whichever the first paged-out entry is in.
+        let mut kind = None;
         let entries = self.requeued.values().chain(self.ready.iter());
         for e in entries.take(2 * LOAD_BATCH) {
-            if let (None, Some((r, _))) = (&e.msg, e.stored) {
-                if !wanted.is_empty() && bytes + e.size as u64 > LOAD_BYTES {
+            if let (None, Some((r, transient))) = (&e.msg, self.location(e)) {
+                if *kind.get_or_insert(transient) != transient
+                    || (!wanted.is_empty() && bytes + e.size as u64 > LOAD_BYTES)
+                {
                     break;
                 }
                 bytes += e.size as u64;
@@ -1058,7 +1103,7 @@ impl MessageStore for DiskStore {
             disk: self.disk.clone(),
             wanted,
             background: true,
-            transient: false,
+            transient: kind == Some(true),
         })
     }
 
@@ -1067,12 +1112,12 @@ impl MessageStore for DiskStore {
             Some((_, e)) => e,
             None => self.ready.front()?,
         };
-        match (&head.msg, head.stored) {
-            (None, Some((r, _))) => Some(Loads {
+        match (&head.msg, self.location(head)) {
+            (None, Some((r, transient))) => Some(Loads {
                 disk: self.disk.clone(),
                 wanted: vec![(head.seq, r)],
                 background: false,
-                transient: false,
+                transient,
             }),
             _ => None,
         }
@@ -1095,21 +1140,32 @@ impl MessageStore for DiskStore {
                 continue;
             }
             let size = e.size as u64;
+            let stored = e.stored;
             match body {
                 Some(m) => {
                     e.msg = Some(m);
-                    self.mem_bytes += size;
+                    if stored.is_some() {
+                        self.mem_bytes += size;
+                    } else {
+                        self.transient_bytes += size;
+                    }
                 }
                 None => {
                     // A lost body cannot be delivered; drop its entry.
-                    let (r, ix) = e.stored.expect("paged-out entries are stored");
                     if self.requeued.remove(&seq).is_none() {
                         if let Ok(i) = self.ready.binary_search_by_key(&seq, |e| e.seq) {
                             self.ready.remove(i);
                         }
                     }
                     self.bytes -= size;
-                    self.disk.release(r, ix);
+                    match stored {
+                        Some((r, ix)) => self.disk.release(r, ix),
+                        None => {
+                            if let Some(at) = self.paged.remove(&seq) {
+                                self.disk.release_transient(at.seg, 1);
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -1194,6 +1250,7 @@ impl MessageStore for DiskStore {
                 self.disk.release(r, ix);
             }
         }
+        self.release_paged();
         self.bytes = 0;
         self.mem_bytes = 0;
         self.transient_bytes = 0;
@@ -1240,7 +1297,16 @@ impl MessageStore for DiskStore {
                     to_read += e.size as u64;
                     PeekBody::Stored(r)
                 }
-                (None, None) => continue,
+                (None, None) => match self.paged.get(&e.seq) {
+                    Some(at) => {
+                        if to_read > 0 && to_read + e.size as u64 > PEEK_READ_BUDGET {
+                            break;
+                        }
+                        to_read += e.size as u64;
+                        PeekBody::Paged(*at)
+                    }
+                    None => continue,
+                },
             };
             out.push(PeekEntry {
                 seq: e.seq,
@@ -1259,8 +1325,10 @@ impl MessageStore for DiskStore {
 impl Drop for DiskStore {
     fn drop(&mut self) {
         // Entries stay on disk for recovery (a deleted queue purged itself
-        // first); only the in-memory delivered mark goes.
+        // first); only the in-memory delivered mark goes, and the paged
+        // transient bodies, which no restart keeps.
         self.disk.forget_mark(self.queue);
+        self.release_paged();
     }
 }
 
@@ -1874,6 +1942,48 @@ mod tests {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
         }
+    }
+
+    /// A durable queue's store holds transient bodies paged out past its
+    /// budget beside persistent ones: reads batch by place, order holds,
+    /// and taking, purging or dropping releases the transient records.
+    #[test]
+    fn disk_store_pages_transient_bodies() {
+        let dir = tempdir("dtpaging");
+        let disk = Disk::open(dir.as_ref(), 1 << 20).unwrap();
+        let mut s = DiskStore::new(disk.clone(), 9, Vec::new(), 0);
+        let big = |i: u64| format!("{i:06}{}", "z".repeat(2000));
+        for i in 1..=1200u64 {
+            if i % 3 == 0 {
+                s.push(persistent(i, &big(i), &disk, 1));
+            } else {
+                let m = msg(i, &big(i)).message;
+                s.push_paged(i, disk.put_transient(&m, 1).unwrap(), m.size() as u32);
+            }
+        }
+        assert_eq!(s.memory_bytes(), 0, "nothing transient in memory");
+        assert!(disk.transient_files().1 > 0);
+        assert_eq!(s.peek_at(0, 2)[1].message.body(), big(2).as_bytes());
+        for i in 1..=1200u64 {
+            let m = pop_loading(&mut s).unwrap();
+            assert_eq!((m.seq, m.message.body()), (i, big(i).as_bytes()));
+            assert_eq!(m.message.persistent, i % 3 == 0);
+            s.settle(i);
+        }
+        assert_eq!((s.len(), s.bytes(), s.memory_bytes()), (0, 0, 0));
+        assert_eq!(disk.transient_files(), (1, 0));
+        for i in 1..=600u64 {
+            let m = msg(i, &big(i)).message;
+            s.push_paged(i, disk.put_transient(&m, 1).unwrap(), m.size() as u32);
+        }
+        assert_eq!(s.purge(), 600);
+        assert_eq!(disk.transient_files(), (1, 0));
+        for i in 1..=600u64 {
+            let m = msg(i, &big(i)).message;
+            s.push_paged(i, disk.put_transient(&m, 1).unwrap(), m.size() as u32);
+        }
+        drop(s);
+        assert_eq!(disk.transient_files(), (1, 0));
     }
 
     /// A paging memory store: bodies paged to the transient area come

@@ -90,6 +90,10 @@ pub struct Queue {
     paging: AtomicBool,
 }
 
+/// What a paging durable queue may hold in memory beyond twice its budget
+/// (read-ahead, bodies in flight) before it pauses its publishers.
+pub const PAUSE_BACKSTOP_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Ready messages above which a consumed queue pushes back on publishers.
 pub const FLOW_HIGH: usize = 20_000;
 /// Ready messages below which it lets them go again.
@@ -182,10 +186,20 @@ impl Queue {
     /// Holds publishers back while more than `bytes` of bodies that only
     /// memory can hold (transient messages; persistent ones beyond the
     /// store's budget stay on disk) are queued, whether or not the queue
-    /// is consumed. Durable queues get their store's budget.
+    /// is consumed.
     pub fn with_memory_budget(mut self, bytes: u64) -> Self {
         self.memory_budget = Some(bytes);
         self
+    }
+
+    /// A durable queue's budget of `bytes`: transient bodies past it are
+    /// paged out ([`Queue::with_paging`]), so memory stays near it; the
+    /// publisher pause ([`Queue::with_memory_budget`]) remains only as a
+    /// backstop, at twice that plus [`PAUSE_BACKSTOP_BYTES`], for when
+    /// paging cannot keep memory down (writes to the transient area fail).
+    pub fn with_durable_budget(self, bytes: u64) -> Self {
+        self.with_paging(bytes)
+            .with_memory_budget(bytes.saturating_mul(2) + PAUSE_BACKSTOP_BYTES)
     }
 
     fn over_budget(&self, core: &QueueCore<Arc<ConsumerHandle>>, fraction: u64) -> bool {

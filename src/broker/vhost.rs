@@ -389,7 +389,7 @@ impl Vhost {
                     self.clock.clone(),
                 );
                 match (disk_id, &self.persist) {
-                    (Some(_), Some(p)) => q = q.with_memory_budget(p.queue_memory_bytes),
+                    (Some(_), Some(p)) => q = q.with_durable_budget(p.queue_memory_bytes),
                     (None, Some(p)) => q = q.with_paging(p.queue_memory_bytes),
                     _ => {}
                 }
@@ -722,7 +722,8 @@ impl Vhost {
     }
 
     /// Writes `message`'s body once to the disk's transient area for the
-    /// routed queues (the first 64) that are past their memory budget
+    /// routed queues (the first 64) that hold it in memory only (any
+    /// queue, for a transient message) and are past their memory budget
     /// (see [`Queue::pages`]), before any queue's lock is taken. Returns
     /// where, and which of `scratch.queues` take it from there; `None`:
     /// every queue holds it in memory (a failed write too, logged).
@@ -730,7 +731,10 @@ impl Vhost {
         let p = self.persist.as_ref()?;
         let mut mask = 0u64;
         for (i, q) in scratch.queues.iter().take(64).enumerate() {
-            if q.0.pages() {
+            // A persistent message reaching a durable queue was written to
+            // the durable store already; that queue pages it from there.
+            let durable_copy = message.persistent && q.0.disk_id.is_some();
+            if q.0.pages() && !durable_copy {
                 mask |= 1 << i;
             }
         }
@@ -806,7 +810,7 @@ impl Vhost {
             self.clock.clone(),
         );
         let q = match &self.persist {
-            Some(p) => q.with_memory_budget(p.queue_memory_bytes),
+            Some(p) => q.with_durable_budget(p.queue_memory_bytes),
             None => q,
         };
         self.queues.insert(d.name.clone(), Arc::new(q));
