@@ -182,8 +182,10 @@ pub struct Storage {
     pub data_dir: PathBuf,
     /// sled's page cache, in MiB.
     pub cache_mb: u64,
-    /// Message bodies a durable queue keeps in memory, in MiB; beyond it,
-    /// persistent messages stay on disk only until delivered.
+    /// Message bodies a queue keeps in memory, in MiB; beyond it, a durable
+    /// queue's persistent messages stay on disk only until delivered, and
+    /// bodies only memory would hold (non-durable queues', transient ones)
+    /// are paged out to the transient area.
     pub queue_memory_mb: u64,
 }
 

@@ -713,3 +713,227 @@ async fn the_api_answers_a_durable_declare_after_its_flush() {
     }
     s.shutdown().await;
 }
+
+/// Segment files in the transient area of `dir` and their total bytes.
+fn transient_area(dir: &std::path::Path) -> (usize, u64) {
+    let Ok(d) = std::fs::read_dir(dir.join("transient")) else {
+        return (0, 0);
+    };
+    d.flatten().fold((0, 0), |(n, b), e| {
+        (n + 1, b + e.metadata().map(|m| m.len()).unwrap_or(0))
+    })
+}
+
+/// A transient 100-byte body carrying its number.
+fn numbered(i: u32) -> Vec<u8> {
+    let mut b = vec![b'.'; 100];
+    b[..4].copy_from_slice(&i.to_be_bytes());
+    b
+}
+
+/// A non-durable queue past its memory budget (zero here) pages transient
+/// bodies out to the transient area; a basic.get and a consumer read them
+/// back in order, and the area's files are gone once the queue drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_backlog_pages_out_and_drains_in_order() {
+    let s = start_with(|c| c.storage.queue_memory_mb = 0).await;
+    let conn = connect(&s).await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let q = uniq("tpaged");
+    queue(&ch, &q, false).await;
+    // 20,000 x ~120 bytes: past the 1 MiB write buffer, so files hold data.
+    let total = 20_000u32;
+    let mut confirms = Vec::new();
+    for i in 0..total {
+        let props = if i % 1000 == 7 {
+            persistent() // a persistent message in a non-durable queue pages too
+        } else {
+            BasicProperties::default()
+        };
+        confirms.push(
+            ch.basic_publish(
+                "".into(),
+                q.as_str().into(),
+                BasicPublishOptions::default(),
+                &numbered(i),
+                props,
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    for c in confirms {
+        assert!(c.await.unwrap().is_ack());
+    }
+    let (files, bytes) = transient_area(s.data_dir());
+    assert!(
+        files >= 1 && bytes > 1_000_000,
+        "paged bodies on disk: {files} files, {bytes} bytes"
+    );
+    let m = within(ch.basic_get(q.as_str().into(), BasicGetOptions { no_ack: true }))
+        .await
+        .unwrap()
+        .expect("a message");
+    assert_eq!(m.delivery.data, numbered(0));
+    ch.basic_qos(200, BasicQosOptions::default()).await.unwrap();
+    let mut cons = consume(&ch, &q, false).await;
+    for want in 1..total {
+        let d = within(cons.next()).await.unwrap().unwrap();
+        assert_eq!(d.data, numbered(want), "message {want} in order, intact");
+        let mode = d.properties.delivery_mode().unwrap_or(1);
+        assert_eq!(mode == 2, want % 1000 == 7, "delivery mode of {want}");
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    let dir = s.data_dir().to_owned();
+    wait_until(
+        "the drained area's files to go",
+        std::time::Duration::from_secs(10),
+        || {
+            let dir = dir.clone();
+            async move { transient_area(&dir).1 == 0 }
+        },
+    )
+    .await;
+    conn.close(200, "bye".into()).await.unwrap();
+    s.shutdown().await;
+}
+
+/// Nothing in the transient area survives a restart: it is wiped at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_wipes_the_transient_area() {
+    let dir = temp_dir("tpaged-restart");
+    let zero_budget = || {
+        let mut c = test_config(&dir);
+        c.storage.queue_memory_mb = 0;
+        c
+    };
+    {
+        let s = warren::server::start(&zero_budget()).await.unwrap();
+        let conn = connect(&s).await;
+        let ch = conn.create_channel().await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        queue(&ch, "tpaged-lost", false).await;
+        for i in 0..20_000u32 {
+            ch.basic_publish(
+                "".into(),
+                "tpaged-lost".into(),
+                BasicPublishOptions::default(),
+                &numbered(i),
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap();
+        }
+        ch.wait_for_confirms().await.unwrap();
+        assert!(transient_area(&dir).1 > 1_000_000);
+        s.shutdown().await;
+    }
+    let s = warren::server::start(&zero_budget()).await.unwrap();
+    assert_eq!(transient_area(&dir).1, 0, "wiped at start-up");
+    s.shutdown().await;
+}
+
+/// Paging keeps TTL and length-limit semantics by not paging what they
+/// could touch: with a zero memory budget, messages carrying an
+/// `expiration` and a queue with a length limit and a dead-letter
+/// exchange stay in memory (nothing reaches the transient area), a
+/// drop-head dead-letters every body intact and in order, and the plain
+/// dead-letter queue pages what it receives and gives it back intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_ttl_or_limits_could_drop_are_not_paged() {
+    let s = start_with(|c| c.storage.queue_memory_mb = 0).await;
+    let conn = connect(&s).await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let total = 20_000u32;
+    let publish_all = |q: String, props: BasicProperties| {
+        let ch = ch.clone();
+        async move {
+            for i in 0..total {
+                ch.basic_publish(
+                    "".into(),
+                    q.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &numbered(i),
+                    props.clone(),
+                )
+                .await
+                .unwrap();
+            }
+            ch.wait_for_confirms().await.unwrap();
+        }
+    };
+    let plain = uniq("tpaged-exp");
+    queue(&ch, &plain, false).await;
+    publish_all(
+        plain.clone(),
+        BasicProperties::default().with_expiration("600000".into()),
+    )
+    .await;
+    assert_eq!(
+        transient_area(s.data_dir()).1,
+        0,
+        "expiring bodies stay in memory"
+    );
+    ch.queue_purge(plain.as_str().into(), QueuePurgeOptions::default())
+        .await
+        .unwrap();
+
+    let dlq = uniq("tpaged-dlq");
+    queue(&ch, &dlq, false).await;
+    let limited = uniq("tpaged-max");
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(5000));
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(dlq.as_str().into()),
+    );
+    ch.queue_declare(
+        limited.as_str().into(),
+        QueueDeclareOptions::default(),
+        args,
+    )
+    .await
+    .unwrap();
+    publish_all(limited.clone(), BasicProperties::default()).await;
+    let kept = get_all(&ch, &limited).await;
+    let want: Vec<Vec<u8>> = (total - 5000..total).map(numbered).collect();
+    assert_eq!(kept.into_iter().map(|m| m.0).collect::<Vec<_>>(), want);
+    // Dead-lettering runs after the publishes that pushed them out.
+    let dead_in = |ch: Channel, q: String| async move {
+        let ok = ch
+            .queue_declare(
+                q.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        ok.message_count() == total - 5000
+    };
+    wait_until(
+        "every dropped message dead-lettered",
+        std::time::Duration::from_secs(10),
+        || dead_in(ch.clone(), dlq.clone()),
+    )
+    .await;
+    let dead = get_all(&ch, &dlq).await;
+    let want: Vec<Vec<u8>> = (0..total - 5000).map(numbered).collect();
+    assert_eq!(dead.into_iter().map(|m| m.0).collect::<Vec<_>>(), want);
+    conn.close(200, "bye".into()).await.unwrap();
+    s.shutdown().await;
+}

@@ -26,6 +26,12 @@
 //! after its `P` entry); a version-2 directory has none and is read as it
 //! is, its version relabelled at open.
 //!
+//! `transient/` holds bodies only memory would otherwise hold (non-durable
+//! queues', durable queues' transient ones) paged out past a queue's memory
+//! budget ([`Disk::put_transient`]): segment records
+//! whose first byte is 1 (or 2 for a message published persistent), no
+//! index, never fsynced, deleted at open.
+//!
 //! # Version 1, read for the upgrade
 //!
 //! Version 1 kept the index in sled (tree `messages`: `Q` ++ queue id ++
@@ -175,6 +181,18 @@ pub struct Disk {
     flushing: Mutex<()>,
     /// Something was written since the last flush started.
     dirty: std::sync::atomic::AtomicBool,
+    /// Transient bodies paged out of non-durable queues past their memory
+    /// budget: a scratch area (`transient/` in the data directory) wiped
+    /// at open, never fsynced, with no index (nothing in it survives a
+    /// restart).
+    transient: Segments,
+    /// Transient records released (a segment number and how many of its
+    /// records), applied on the loader thread: deleting a drained segment
+    /// is I/O the queue's lock must not wait for.
+    transient_releases: Mutex<Vec<(u32, u32)>>,
+    /// Held while pending releases are applied, so a reader of
+    /// [`Disk::transient_files`] waits for one the loader has under way.
+    transient_applying: Mutex<()>,
 }
 
 /// Requests to the segment syncer: each is where to send its result.
@@ -220,10 +238,24 @@ pub fn encode(m: &Message) -> Vec<u8> {
 /// allocation, so a held message never pins the (larger) buffer it was
 /// read into.
 pub fn decode(rec: Bytes, stored: Option<StoredRef>) -> Result<Message, DiskError> {
+    decode_as(rec, stored, true)
+}
+
+/// A record in the transient area of a message published persistent:
+/// its first byte, in place of the record version.
+const TRANSIENT_AREA_PERSISTENT: u8 = 2;
+
+/// [`decode`] of a record in the durable store (`true`) or the transient
+/// area (`false`).
+fn decode_as(rec: Bytes, stored: Option<StoredRef>, durable: bool) -> Result<Message, DiskError> {
     let bad = || DiskError::Corrupt("message record".into());
-    if rec.first() != Some(&1) {
-        return Err(bad());
-    }
+    // In the transient area the first byte also says whether the message
+    // was persistent (it reached only non-durable queues that paged it).
+    let persistent = match rec.first() {
+        Some(1) => durable,
+        Some(&TRANSIENT_AREA_PERSISTENT) if !durable => true,
+        _ => return Err(bad()),
+    };
     let mut at = 1;
     let short = |at: &mut usize| -> Result<&str, DiskError> {
         let n = *rec.get(*at).ok_or_else(bad)? as usize;
@@ -241,7 +273,8 @@ pub fn decode(rec: Bytes, stored: Option<StoredRef>) -> Result<Message, DiskErro
     }
     let properties = &rec[at..at + n];
     let body = &rec[at + n..];
-    let mut m = Message::new(exchange, routing_key, properties, body, true).map_err(|_| bad())?;
+    let mut m =
+        Message::new(exchange, routing_key, properties, body, persistent).map_err(|_| bad())?;
     m.set_stored(stored);
     Ok(m)
 }
@@ -319,6 +352,7 @@ impl Disk {
         };
         let meta = db.open_tree("meta")?;
         let (segments, existing) = Segments::open(&dir.join("msgs"))?;
+        let transient = Segments::open_scratch(&dir.join("transient"))?;
         let index_dir = dir.join("index");
         match meta.get("format")? {
             Some(v) if v.as_ref() == [FORMAT_VERSION] => {
@@ -390,6 +424,9 @@ impl Disk {
             marks: Mutex::new(Vec::new()),
             flushing: Mutex::new(()),
             dirty: std::sync::atomic::AtomicBool::new(false),
+            transient,
+            transient_releases: Mutex::new(Vec::new()),
+            transient_applying: Mutex::new(()),
         }))
     }
 
@@ -539,6 +576,77 @@ impl Disk {
         Ok(r)
     }
 
+    /// Pages a transient message's body out of memory for the `queues`
+    /// non-durable queues that will hold it: appended to the transient
+    /// area (no index entry, no fsync). Call it without any queue's lock.
+    pub fn put_transient(&self, m: &Message, queues: usize) -> Result<StoredRef, DiskError> {
+        let mut head = [0u8; HEAD_MAX];
+        let n = encode_head(m, &mut head);
+        if m.persistent {
+            head[0] = TRANSIENT_AREA_PERSISTENT;
+        }
+        let parts: [&[u8]; 3] = [&head[..n], m.properties(), m.body()];
+        Ok(self.transient.append_parts(&parts, queues as u32)?)
+    }
+
+    /// Reads a transient message paged out with [`Disk::put_transient`].
+    pub(crate) fn read_transient(&self, r: StoredRef) -> Result<Message, DiskError> {
+        decode_as(self.transient.read(r)?, None, false)
+    }
+
+    /// `n` records of transient segment `seg` are no longer held by a
+    /// queue: released on the loader thread (a segment whose records are
+    /// all gone is deleted there), so this is safe under a queue's lock.
+    pub fn release_transient(self: &Arc<Self>, seg: u32, n: u32) {
+        let first = {
+            let mut pending = self
+                .transient_releases
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            pending.push((seg, n));
+            pending.len() == 1
+        };
+        if first {
+            let disk = self.clone();
+            self.run_on_loader(Box::new(move || disk.apply_transient_releases()));
+        }
+    }
+
+    fn apply_transient_releases(&self) {
+        let _applying = self
+            .transient_applying
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let pending = std::mem::take(
+            &mut *self
+                .transient_releases
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for (seg, n) in pending {
+            for _ in 0..n {
+                self.transient.release(seg);
+            }
+        }
+    }
+
+    fn run_on_loader(&self, job: Box<dyn FnOnce() + Send>) {
+        let sent = self
+            .loader
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(job);
+        if sent.is_err() {
+            tracing::error!("the body loader stopped");
+        }
+    }
+
+    /// Transient segment files on disk, and their bytes (tests, metrics).
+    pub fn transient_files(&self) -> (usize, u64) {
+        self.apply_transient_releases();
+        self.transient.usage()
+    }
+
     /// Reads the message at `r`: an error (never another record) when it
     /// is gone with its segment or does not read back intact.
     pub fn read(&self, r: StoredRef) -> Result<Message, DiskError> {
@@ -678,8 +786,8 @@ impl Disk {
 }
 
 /// The most paged-out entries, and body bytes, one load reads ahead.
-const LOAD_BATCH: usize = 256;
-const LOAD_BYTES: u64 = 4 * 1024 * 1024;
+pub(crate) const LOAD_BATCH: usize = 256;
+pub(crate) const LOAD_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Paged-out bodies a store wants read (the ones its `pop` stopped at, and
 /// a bounded run after them), with where to read them. Taken under the
@@ -691,12 +799,24 @@ pub struct Loads {
     wanted: Vec<(u64, StoredRef)>,
     /// Taken by the store's own read-ahead (not a forced head read).
     background: bool,
+    /// The records are transient ones paged out ([`Disk::put_transient`]).
+    transient: bool,
 }
 
 /// Bodies read by [`Loads::read`]: `None` for one that could not be read.
 pub struct LoadedBodies {
     bodies: Vec<(u64, Option<Arc<Message>>)>,
     background: bool,
+}
+
+/// Each body read, by seq: `None` for one that could not be read.
+pub(crate) type Bodies = Vec<(u64, Option<Arc<Message>>)>;
+
+impl LoadedBodies {
+    /// The bodies, and whether they were a store's own read-ahead.
+    pub(crate) fn into_parts(self) -> (Bodies, bool) {
+        (self.bodies, self.background)
+    }
 }
 
 impl Loads {
@@ -706,7 +826,12 @@ impl Loads {
             .wanted
             .iter()
             .map(|&(seq, r)| {
-                let m = self.disk.read(r).map(Arc::new);
+                let m = if self.transient {
+                    self.disk.read_transient(r)
+                } else {
+                    self.disk.read(r)
+                };
+                let m = m.map(Arc::new);
                 if let Err(e) = &m {
                     tracing::error!(seq, error = %e, "cannot read a paged-out body");
                 }
@@ -722,13 +847,20 @@ impl Loads {
     /// Runs `f` with these loads on the store's loader thread.
     pub fn spawn(self, f: impl FnOnce(Loads) + Send + 'static) {
         let disk = self.disk.clone();
-        let sent = disk
-            .loader
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(Box::new(move || f(self)));
-        if sent.is_err() {
-            tracing::error!("the body loader stopped");
+        disk.run_on_loader(Box::new(move || f(self)));
+    }
+
+    /// Loads of transient bodies paged out with [`Disk::put_transient`].
+    pub(crate) fn transient(
+        disk: Arc<Disk>,
+        wanted: Vec<(u64, StoredRef)>,
+        background: bool,
+    ) -> Self {
+        Loads {
+            disk,
+            wanted,
+            background,
+            transient: true,
         }
     }
 }
@@ -757,7 +889,8 @@ struct Entry {
 
 /// A durable queue's store: persistent messages live on disk (bodies are
 /// kept in memory only while the queue's in-memory bytes stay under a
-/// limit), transient ones in memory.
+/// limit), transient ones in memory, or in the transient area once the
+/// broker pages them out ([`MessageStore::push_paged`]).
 pub struct DiskStore {
     disk: Arc<Disk>,
     queue: u64,
@@ -784,6 +917,10 @@ pub struct DiskStore {
     loading: bool,
     /// Deadlines found at recovery, until the queue takes them.
     recovered_deadlines: Vec<(u64, u64)>,
+    /// Where the bodies of transient messages paged out past the memory
+    /// budget lie in the disk's transient area, by seq (their entries
+    /// have neither a body nor a durable record).
+    paged: HashMap<u64, StoredRef>,
 }
 
 impl DiskStore {
@@ -819,6 +956,7 @@ impl DiskStore {
         let delivered = disk.register_mark(queue, mark);
         DiskStore {
             recovered_deadlines,
+            paged: HashMap::new(),
             transient_bytes: 0,
             want_load: false,
             loading: false,
@@ -867,6 +1005,22 @@ impl DiskStore {
         );
     }
 
+    /// Where a paged-out entry's body is: its durable record, or (`true`)
+    /// its record in the transient area.
+    fn location(&self, e: &Entry) -> Option<(StoredRef, bool)> {
+        match e.stored {
+            Some((r, _)) => Some((r, false)),
+            None => self.paged.get(&e.seq).map(|r| (*r, true)),
+        }
+    }
+
+    /// Releases the transient records of every paged-out transient entry.
+    fn release_paged(&mut self) {
+        for (_, at) in std::mem::take(&mut self.paged) {
+            self.disk.release_transient(at.seg, 1);
+        }
+    }
+
     fn keep_in_memory(&mut self, size: u64) -> bool {
         if self.mem_bytes + size <= self.mem_limit {
             self.mem_bytes += size;
@@ -905,6 +1059,20 @@ impl MessageStore for DiskStore {
         });
     }
 
+    fn push_paged(&mut self, seq: u64, at: StoredRef, size: u32) {
+        // A transient message paged out past the budget (written to the
+        // transient area by the publisher, without this lock).
+        self.bytes += size as u64;
+        self.paged.insert(seq, at);
+        self.ready.push_back(Entry {
+            seq,
+            msg: None,
+            stored: None,
+            redelivered: false,
+            size,
+        });
+    }
+
     fn pop(&mut self) -> Option<QueuedMessage> {
         // Never a disk read here (this runs under the queue's lock): a
         // paged-out head stops the pop until its body is loaded.
@@ -923,6 +1091,9 @@ impl MessageStore for DiskStore {
         self.bytes -= e.size as u64;
         if e.stored.is_none() {
             self.transient_bytes -= e.size as u64;
+            if let Some(at) = self.paged.remove(&e.seq) {
+                self.disk.release_transient(at.seg, 1);
+            }
         }
         let message = e.msg.expect("the head is in memory");
         if let Some((r, ix)) = e.stored {
@@ -954,10 +1125,15 @@ impl MessageStore for DiskStore {
         self.want_load = false;
         let mut wanted = Vec::new();
         let mut bytes = 0u64;
+        // One batch reads from one place: the durable store or the
+        // transient area, whichever the first paged-out entry is in.
+        let mut kind = None;
         let entries = self.requeued.values().chain(self.ready.iter());
         for e in entries.take(2 * LOAD_BATCH) {
-            if let (None, Some((r, _))) = (&e.msg, e.stored) {
-                if !wanted.is_empty() && bytes + e.size as u64 > LOAD_BYTES {
+            if let (None, Some((r, transient))) = (&e.msg, self.location(e)) {
+                if *kind.get_or_insert(transient) != transient
+                    || (!wanted.is_empty() && bytes + e.size as u64 > LOAD_BYTES)
+                {
                     break;
                 }
                 bytes += e.size as u64;
@@ -975,6 +1151,7 @@ impl MessageStore for DiskStore {
             disk: self.disk.clone(),
             wanted,
             background: true,
+            transient: kind == Some(true),
         })
     }
 
@@ -983,11 +1160,12 @@ impl MessageStore for DiskStore {
             Some((_, e)) => e,
             None => self.ready.front()?,
         };
-        match (&head.msg, head.stored) {
-            (None, Some((r, _))) => Some(Loads {
+        match (&head.msg, self.location(head)) {
+            (None, Some((r, transient))) => Some(Loads {
                 disk: self.disk.clone(),
                 wanted: vec![(head.seq, r)],
                 background: false,
+                transient,
             }),
             _ => None,
         }
@@ -1010,21 +1188,32 @@ impl MessageStore for DiskStore {
                 continue;
             }
             let size = e.size as u64;
+            let stored = e.stored;
             match body {
                 Some(m) => {
                     e.msg = Some(m);
-                    self.mem_bytes += size;
+                    if stored.is_some() {
+                        self.mem_bytes += size;
+                    } else {
+                        self.transient_bytes += size;
+                    }
                 }
                 None => {
                     // A lost body cannot be delivered; drop its entry.
-                    let (r, ix) = e.stored.expect("paged-out entries are stored");
                     if self.requeued.remove(&seq).is_none() {
                         if let Ok(i) = self.ready.binary_search_by_key(&seq, |e| e.seq) {
                             self.ready.remove(i);
                         }
                     }
                     self.bytes -= size;
-                    self.disk.release(r, ix);
+                    match stored {
+                        Some((r, ix)) => self.disk.release(r, ix),
+                        None => {
+                            if let Some(at) = self.paged.remove(&seq) {
+                                self.disk.release_transient(at.seg, 1);
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -1044,7 +1233,14 @@ impl MessageStore for DiskStore {
         };
         self.bytes -= e.size as u64;
         if e.stored.is_none() {
-            self.transient_bytes -= e.size as u64;
+            // A paged-out transient body is counted in memory only once
+            // loaded; its record in the transient area goes with it.
+            if e.msg.is_some() {
+                self.transient_bytes -= e.size as u64;
+            }
+            if let Some(at) = self.paged.remove(&e.seq) {
+                self.disk.release_transient(at.seg, 1);
+            }
         }
         if let Some((r, ix)) = e.stored {
             if e.msg.is_some() {
@@ -1150,6 +1346,7 @@ impl MessageStore for DiskStore {
                 self.disk.release(r, ix);
             }
         }
+        self.release_paged();
         self.bytes = 0;
         self.mem_bytes = 0;
         self.transient_bytes = 0;
@@ -1196,7 +1393,16 @@ impl MessageStore for DiskStore {
                     to_read += e.size as u64;
                     PeekBody::Stored(r)
                 }
-                (None, None) => continue,
+                (None, None) => match self.paged.get(&e.seq) {
+                    Some(at) => {
+                        if to_read > 0 && to_read + e.size as u64 > PEEK_READ_BUDGET {
+                            break;
+                        }
+                        to_read += e.size as u64;
+                        PeekBody::Paged(*at)
+                    }
+                    None => continue,
+                },
             };
             out.push(PeekEntry {
                 seq: e.seq,
@@ -1215,8 +1421,10 @@ impl MessageStore for DiskStore {
 impl Drop for DiskStore {
     fn drop(&mut self) {
         // Entries stay on disk for recovery (a deleted queue purged itself
-        // first); only the in-memory delivered mark goes.
+        // first); only the in-memory delivered mark goes, and the paged
+        // transient bodies, which no restart keeps.
         self.disk.forget_mark(self.queue);
+        self.release_paged();
     }
 }
 
@@ -1224,7 +1432,7 @@ impl Drop for DiskStore {
 mod tests {
     use super::*;
     use crate::store::tests::{msg, pop_loading, store_contract};
-    use crate::store::MessageStore;
+    use crate::store::{MemoryStore, MessageStore};
 
     fn persistent(seq: u64, body: &str, disk: &Disk, queues: usize) -> QueuedMessage {
         let mut m = (*msg(seq, body).message).clone();
@@ -1863,6 +2071,153 @@ mod tests {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
         }
+    }
+
+    /// A durable queue's store holds transient bodies paged out past its
+    /// budget beside persistent ones: reads batch by place, order holds,
+    /// and taking, purging or dropping releases the transient records.
+    #[test]
+    fn disk_store_pages_transient_bodies() {
+        let dir = tempdir("dtpaging");
+        let disk = Disk::open(dir.as_ref(), 1 << 20).unwrap();
+        let mut s = DiskStore::new(disk.clone(), 9, Vec::new(), 0);
+        let big = |i: u64| format!("{i:06}{}", "z".repeat(2000));
+        for i in 1..=1200u64 {
+            if i % 3 == 0 {
+                s.push(persistent(i, &big(i), &disk, 1));
+            } else {
+                let m = msg(i, &big(i)).message;
+                s.push_paged(i, disk.put_transient(&m, 1).unwrap(), m.size() as u32);
+            }
+        }
+        assert_eq!(s.memory_bytes(), 0, "nothing transient in memory");
+        assert!(disk.transient_files().1 > 0);
+        assert_eq!(s.peek_at(0, 2)[1].message.body(), big(2).as_bytes());
+        for i in 1..=1200u64 {
+            let m = pop_loading(&mut s).unwrap();
+            assert_eq!((m.seq, m.message.body()), (i, big(i).as_bytes()));
+            assert_eq!(m.message.persistent, i % 3 == 0);
+            s.settle(i);
+        }
+        assert_eq!((s.len(), s.bytes(), s.memory_bytes()), (0, 0, 0));
+        assert_eq!(disk.transient_files(), (1, 0));
+        for i in 1..=600u64 {
+            let m = msg(i, &big(i)).message;
+            s.push_paged(i, disk.put_transient(&m, 1).unwrap(), m.size() as u32);
+        }
+        assert_eq!(s.purge(), 600);
+        assert_eq!(disk.transient_files(), (1, 0));
+        for i in 1..=600u64 {
+            let m = msg(i, &big(i)).message;
+            s.push_paged(i, disk.put_transient(&m, 1).unwrap(), m.size() as u32);
+        }
+        drop(s);
+        assert_eq!(disk.transient_files(), (1, 0));
+    }
+
+    /// Taking heads without reading them (a length limit's drop, an
+    /// expiry) walks through paged entries too: the seqs come in order,
+    /// the records are released and the counts go to zero, in a paging
+    /// memory store and in a durable queue's store alike.
+    #[test]
+    fn take_head_releases_paged_records() {
+        let dir = tempdir("tpagedhead");
+        let disk = Disk::open(dir.as_ref(), 1 << 20).unwrap();
+        let body = |i: u64| format!("{i:06}{}", "y".repeat(1500));
+        let mut mem = MemoryStore::paging(disk.clone());
+        let mut dur = DiskStore::new(disk.clone(), 11, Vec::new(), 0);
+        for s in [&mut mem as &mut dyn MessageStore, &mut dur] {
+            s.push(msg(1, &body(1)));
+            for i in 2..=800u64 {
+                let m = msg(i, &body(i)).message;
+                s.push_paged(i, disk.put_transient(&m, 1).unwrap(), m.size() as u32);
+            }
+            assert_eq!(s.head_seq(), Some(1));
+            for i in 1..=800u64 {
+                let t = s.take_head().expect("a head");
+                assert_eq!(t.seq, i);
+                assert_eq!(t.message.is_some(), i == 1, "paged bodies are not read");
+                s.settle(i);
+            }
+            assert!(s.take_head().is_none());
+            assert_eq!((s.len(), s.bytes(), s.memory_bytes()), (0, 0, 0));
+        }
+        drop((mem, dur));
+        assert_eq!(disk.transient_files().1, 0, "every paged record released");
+    }
+
+    /// A paging memory store: bodies paged to the transient area come
+    /// back in order (with their delivery mode), after in-memory ones and
+    /// before later ones; peeks see them; a drain empties the area, a purge
+    /// and a drop release what they held, and a reopen wipes it.
+    #[test]
+    fn memory_store_pages_transient_bodies() {
+        let dir = tempdir("tpaging");
+        let disk = Disk::open(dir.as_ref(), 1 << 20).unwrap();
+        let mut s = MemoryStore::paging(disk.clone());
+        let body = |i: u64| format!("body-{i:04}-{}", "x".repeat(1000));
+        s.push(msg(1, &body(1)));
+        for i in 2..=2000u64 {
+            let mut m = (*msg(i, &body(i)).message).clone();
+            m.persistent = i % 7 == 0;
+            let at = disk.put_transient(&m, 1).unwrap();
+            s.push_paged(i, at, m.size() as u32);
+        }
+        s.push(msg(2001, &body(2001))); // in memory, after the paged ones
+        assert_eq!(s.len(), 2001);
+        let size = body(1).len() as u64;
+        assert_eq!(s.bytes(), 2001 * size);
+        assert_eq!(s.memory_bytes(), 2 * size, "paged bodies are not in memory");
+        assert!(disk.transient_files().1 > 0);
+        let peeked: Vec<(u64, Vec<u8>)> = s
+            .peek_at(0, 3)
+            .into_iter()
+            .map(|m| (m.seq, m.message.body().to_vec()))
+            .collect();
+        assert_eq!(
+            peeked,
+            (1..=3)
+                .map(|i| (i, body(i).into_bytes()))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(s.peek_at(2000, 5)[0].seq, 2001);
+        for i in 1..=2001u64 {
+            let m = pop_loading(&mut s).unwrap();
+            assert_eq!((m.seq, m.message.body()), (i, body(i).as_bytes()));
+            assert_eq!(m.message.persistent, i % 7 == 0 && i < 2001, "{i}");
+        }
+        assert!(s.is_empty());
+        assert_eq!((s.bytes(), s.memory_bytes()), (0, 0));
+        assert_eq!(
+            disk.transient_files(),
+            (1, 0),
+            "a drained area holds one empty file"
+        );
+        // A purge, and a drop, release what they hold.
+        let big = "y".repeat(4096);
+        for i in 1..=600u64 {
+            let m = msg(i, &big).message;
+            s.push_paged(i, disk.put_transient(&m, 1).unwrap(), m.size() as u32);
+        }
+        assert_eq!(s.purge(), 600);
+        assert_eq!(disk.transient_files(), (1, 0));
+        let mut t = MemoryStore::paging(disk.clone());
+        for i in 1..=600u64 {
+            let m = msg(i, &big).message;
+            t.push_paged(i, disk.put_transient(&m, 1).unwrap(), m.size() as u32);
+        }
+        drop(t);
+        assert_eq!(disk.transient_files(), (1, 0));
+        // What is paged when the broker stops is gone at the next start.
+        let m = msg(1, &big).message;
+        for _ in 0..600 {
+            disk.put_transient(&m, 1).unwrap();
+        }
+        assert!(disk.transient_files().1 > 0);
+        drop(s);
+        drop(disk);
+        let disk = Disk::open(dir.as_ref(), 1 << 20).unwrap();
+        assert_eq!(disk.transient_files(), (1, 0));
     }
 
     fn tempdir(name: &str) -> TempDir {

@@ -17,6 +17,8 @@ use std::sync::Arc;
 pub enum PeekBody {
     Loaded(Arc<Message>),
     Stored(StoredRef),
+    /// A transient body paged out of memory ([`Disk::put_transient`]).
+    Paged(StoredRef),
 }
 
 /// One message a peek found, in queue order.
@@ -61,9 +63,13 @@ impl Peeked {
         for (i, e) in self.entries.into_iter().enumerate() {
             let message = match e.body {
                 PeekBody::Loaded(m) => m,
-                PeekBody::Stored(r) => {
+                PeekBody::Stored(r) | PeekBody::Paged(r) => {
                     let Some(disk) = &self.disk else { continue };
-                    match disk.read(r) {
+                    let read = match e.body {
+                        PeekBody::Paged(_) => disk.read_transient(r),
+                        _ => disk.read(r),
+                    };
+                    match read {
                         Ok(m) => Arc::new(m),
                         Err(err) => {
                             // Acked or purged since the snapshot, its

@@ -255,6 +255,15 @@ impl<C: Clone> QueueCore<C> {
         seq
     }
 
+    /// Appends a message whose body was paged out to the disk's transient
+    /// area at `at` (see [`MessageStore::push_paged`]); returns its `seq`.
+    pub fn publish_paged(&mut self, at: StoredRef, size: u32) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.store.push_paged(seq, at, size);
+        seq
+    }
+
     /// Hands ready messages to consumers with credit, round-robin. `now`
     /// (milliseconds, any clock the caller likes; the broker passes a coarse
     /// wall clock read once per call) is recorded as the delivery time of

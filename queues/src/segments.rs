@@ -123,6 +123,9 @@ pub struct Segments {
     fail_appends: std::sync::atomic::AtomicBool,
     /// Segments numbered up to this one carry version 1's checksum.
     legacy_upto: std::sync::atomic::AtomicU32,
+    /// A scratch area ([`Segments::open_scratch`]): never fsynced, and the
+    /// current segment is retired as soon as nothing refers to it.
+    scratch: bool,
 }
 
 fn path(dir: &Path, seg: u32) -> PathBuf {
@@ -177,9 +180,25 @@ impl Segments {
                 writing: Mutex::new(()),
                 fail_appends: std::sync::atomic::AtomicBool::new(false),
                 legacy_upto: std::sync::atomic::AtomicU32::new(0),
+                scratch: false,
             },
             existing,
         ))
+    }
+
+    /// A scratch area in `dir` for records that need not survive the
+    /// process (transient bodies paged out of memory): whatever `dir`
+    /// held is deleted first, writes are never fsynced, and a segment file
+    /// goes as soon as its last record is released, the current one
+    /// included, so a drained area holds one empty file.
+    pub fn open_scratch(dir: &Path) -> io::Result<Segments> {
+        match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let (mut s, _) = Segments::open(dir)?;
+        s.scratch = true;
+        Ok(s)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -227,7 +246,7 @@ impl Segments {
             *g.refs.entry(cur).or_default() += refs as u64;
             let full = g.buf.len() >= BUFFER_BYTES;
             if full {
-                Self::seal(&mut g);
+                Self::seal(&mut g, self.scratch);
             }
             (loc, full)
         };
@@ -240,7 +259,7 @@ impl Segments {
     }
 
     /// Hands the buffer to a writer (see [`Segments::write_sealed`]).
-    fn seal(g: &mut Inner) {
+    fn seal(g: &mut Inner, scratch: bool) {
         if g.buf.is_empty() {
             return;
         }
@@ -248,7 +267,9 @@ impl Segments {
         let off = g.buf_start;
         g.buf_start += data.len() as u64;
         let (seg, file) = (g.current, g.file.clone());
-        g.unsynced.entry(seg).or_insert_with(|| file.clone());
+        if !scratch {
+            g.unsynced.entry(seg).or_insert_with(|| file.clone());
+        }
         g.sealed.push_back(Arc::new(Sealed {
             seg,
             off,
@@ -279,7 +300,7 @@ impl Segments {
     fn roll(&self, g: &mut Inner) -> io::Result<()> {
         let next = g.current + 1;
         let file = open_segment(&self.dir, next)?;
-        Self::seal(g);
+        Self::seal(g, self.scratch);
         let prev = g.current;
         g.current = next;
         g.file = file.clone();
@@ -316,7 +337,7 @@ impl Segments {
     pub fn flush(&self) -> io::Result<()> {
         let files: Vec<(u32, Arc<File>)> = {
             let mut g = self.lock();
-            Self::seal(&mut g);
+            Self::seal(&mut g, self.scratch);
             std::mem::take(&mut g.unsynced).into_iter().collect()
         };
         let res = self
@@ -412,6 +433,14 @@ impl Segments {
             if gone {
                 g.refs.remove(&seg);
             }
+            if gone && self.scratch && seg == g.current && g.buf_start + g.buf.len() as u64 > 0 {
+                // A drained scratch area keeps no dead records: start the
+                // next segment (an empty file), which deletes this one.
+                if let Err(e) = self.roll(&mut g) {
+                    tracing::warn!(error = %e, "cannot start a new scratch segment");
+                }
+                return;
+            }
             let unlink = gone && seg != g.current;
             if unlink {
                 g.readers.remove(&seg);
@@ -452,6 +481,16 @@ impl Segments {
     /// Live references over all segments (tests: none is dropped twice).
     pub fn live_refs(&self) -> u64 {
         self.lock().refs.values().sum()
+    }
+
+    /// Segment files on disk and their total bytes.
+    pub fn usage(&self) -> (usize, u64) {
+        let Ok(d) = std::fs::read_dir(&self.dir) else {
+            return (0, 0);
+        };
+        d.flatten().fold((0, 0), |(n, b), e| {
+            (n + 1, b + e.metadata().map(|m| m.len()).unwrap_or(0))
+        })
     }
 
     /// Segment files on disk (tests: files go with their last reference).

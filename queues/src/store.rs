@@ -5,8 +5,8 @@
 //! keeps them until `settle` says they were acked or dropped; `requeue`
 //! puts one back at its original place (RabbitMQ's order: by `seq`).
 
-use crate::disk::{Disk, LoadedBodies, Loads};
-use crate::message::{Message, QueuedMessage};
+use crate::disk::{Disk, LoadedBodies, Loads, LOAD_BATCH, LOAD_BYTES};
+use crate::message::{Message, QueuedMessage, StoredRef};
 use crate::peek::{PeekBody, PeekEntry, Peeked};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -58,6 +58,13 @@ pub trait MessageStore: Send {
     /// order; taken once, by the queue at creation.
     fn take_recovered_deadlines(&mut self) -> Vec<(u64, u64)> {
         Vec::new()
+    }
+    /// Appends message `seq` whose body was paged out to the transient
+    /// area at `at` (see [`Disk::put_transient`]; written by the caller
+    /// without the queue's lock). Only a store made with
+    /// [`MemoryStore::paging`] takes it; others log and release it.
+    fn push_paged(&mut self, seq: u64, _at: StoredRef, _size: u32) {
+        tracing::error!(seq, "this store cannot hold a paged-out body");
     }
     /// A delivered message returns to the ready set, ordered by `seq`.
     /// It takes no I/O: a message whose place on disk was already given
@@ -160,6 +167,13 @@ pub struct TakenHead {
 /// deque, as do the pushes after it until the deque has drained. The deque
 /// gives its memory back as it drains, so a backlog's memory does not
 /// outlive it.
+///
+/// Paging: a store made with [`MemoryStore::paging`] also takes messages
+/// whose bodies the broker paged out to the disk's transient area once
+/// the queue held more than its memory budget ([`MessageStore::push_paged`]).
+/// From the first of them until they have all been taken, every new
+/// message goes to `paged`, after everything else, so order holds; the
+/// plain path above is untouched while a queue is under its budget.
 #[derive(Default)]
 pub struct MemoryStore {
     requeued: BTreeMap<u64, QueuedMessage>,
@@ -168,6 +182,36 @@ pub struct MemoryStore {
     head_seq: u64,
     tail: BTreeMap<u64, QueuedMessage>,
     bytes: u64,
+    /// Where paged-out bodies are written and read; `None`: never pages.
+    disk: Option<Arc<Disk>>,
+    /// Messages from the first paged-out one on, in seq order.
+    paged: VecDeque<Paged>,
+    /// Body bytes of `paged` entries whose body is on disk only.
+    paged_bytes: u64,
+    /// Transient records taken and not yet released: (segment, count),
+    /// batched so a drain does not release them one by one.
+    releasing: Option<(u32, u32)>,
+    /// `pop` stopped at a paged-out head; a read-ahead is under way.
+    want_load: bool,
+    loading: bool,
+}
+
+/// A message in [`MemoryStore::paged`]: 32 bytes, so ten million paged
+/// messages cost 320 MB of memory, not their bodies.
+#[derive(Debug)]
+struct Paged {
+    seq: u64,
+    /// Its record in the transient area; segment 0 (never used) for a
+    /// message that arrived in memory while older ones were paged.
+    at: StoredRef,
+    size: u32,
+    msg: Option<Arc<Message>>,
+}
+
+impl Paged {
+    fn on_disk(&self) -> bool {
+        self.at.seg != 0
+    }
 }
 
 /// Below this many slots of capacity a drained deque keeps its memory
@@ -175,6 +219,65 @@ pub struct MemoryStore {
 const KEEP_CAPACITY: usize = 4096;
 
 impl MemoryStore {
+    /// A store that can hold bodies paged out to `disk`'s transient area
+    /// (see [`MessageStore::push_paged`]).
+    pub fn paging(disk: Arc<Disk>) -> Self {
+        let mut s = MemoryStore::default();
+        s.disk = Some(disk);
+        s
+    }
+
+    /// Counts a taken or dropped paged record for release.
+    fn release(&mut self, at: StoredRef) {
+        match &mut self.releasing {
+            Some((seg, n)) if *seg == at.seg && *n < 4096 => *n += 1,
+            _ => {
+                self.flush_releases();
+                self.releasing = Some((at.seg, 1));
+            }
+        }
+    }
+
+    fn flush_releases(&mut self) {
+        if let (Some((seg, n)), Some(disk)) = (self.releasing.take(), &self.disk) {
+            disk.release_transient(seg, n);
+        }
+    }
+
+    /// Takes `paged`'s head if its body is in memory; otherwise asks for
+    /// a read (never reads under the queue's lock).
+    fn pop_paged(&mut self) -> Option<QueuedMessage> {
+        let head = self.paged.front()?;
+        if head.msg.is_none() {
+            self.want_load = true;
+            return None;
+        }
+        let p = self.paged.pop_front().expect("a head");
+        if p.on_disk() {
+            self.release(p.at);
+        }
+        if self.paged.is_empty() {
+            self.flush_releases();
+            self.paged = VecDeque::new();
+        }
+        Some(QueuedMessage {
+            seq: p.seq,
+            message: p.msg.expect("in memory"),
+            redelivered: false,
+        })
+    }
+
+    /// Forgets every paged entry, releasing their records.
+    fn drop_paged(&mut self) {
+        for p in std::mem::take(&mut self.paged) {
+            if p.on_disk() {
+                self.release(p.at);
+            }
+        }
+        self.flush_releases();
+        self.paged_bytes = 0;
+    }
+
     /// Halves the deque's capacity when it is mostly empty, so memory
     /// taken by a burst comes back as the burst is consumed. Amortised:
     /// each shrink copies at most a quarter of the capacity it frees.
@@ -200,6 +303,17 @@ impl MemoryStore {
 
 impl MessageStore for MemoryStore {
     fn push(&mut self, m: QueuedMessage) {
+        if !self.paged.is_empty() && !m.redelivered {
+            // After the paged-out ones (whose seqs are all lower).
+            self.bytes += m.message.size();
+            self.paged.push_back(Paged {
+                seq: m.seq,
+                at: StoredRef::default(),
+                size: m.message.size() as u32,
+                msg: Some(m.message),
+            });
+            return;
+        }
         self.bytes += m.message.size();
         if self.ready.is_empty() && self.tail.is_empty() {
             self.head_seq = m.seq;
@@ -217,7 +331,10 @@ impl MessageStore for MemoryStore {
             Some((_, m)) => m,
             None => match self.pop_ready() {
                 Some(m) => m,
-                None => self.tail.pop_first()?.1,
+                None => match self.tail.pop_first() {
+                    Some((_, m)) => m,
+                    None => self.pop_paged()?,
+                },
             },
         };
         self.bytes -= m.message.size();
@@ -228,8 +345,43 @@ impl MessageStore for MemoryStore {
         match self.requeued.first_key_value() {
             Some((&seq, _)) => Some(seq),
             None if !self.ready.is_empty() => Some(self.head_seq),
-            None => self.tail.first_key_value().map(|(&seq, _)| seq),
+            None => match self.tail.first_key_value() {
+                Some((&seq, _)) => Some(seq),
+                None => self.paged.front().map(|p| p.seq),
+            },
         }
+    }
+
+    fn take_head(&mut self) -> Option<TakenHead> {
+        if !(self.requeued.is_empty() && self.ready.is_empty() && self.tail.is_empty()) {
+            let m = self.pop()?;
+            return Some(TakenHead {
+                seq: m.seq,
+                stored: m.message.stored(),
+                message: Some(m.message),
+            });
+        }
+        // A paged entry, loaded or not: never read here (under the
+        // queue's lock). The broker pages no message of a queue with a
+        // TTL, length limit or dead-letter exchange, so a body still on
+        // disk is only ever dropped, never dead-lettered.
+        let p = self.paged.pop_front()?;
+        self.bytes -= p.size as u64;
+        if p.msg.is_none() {
+            self.paged_bytes -= p.size as u64;
+        }
+        if p.on_disk() {
+            self.release(p.at);
+        }
+        if self.paged.is_empty() {
+            self.flush_releases();
+            self.paged = VecDeque::new();
+        }
+        Some(TakenHead {
+            seq: p.seq,
+            stored: None,
+            message: p.msg,
+        })
     }
 
     fn requeue(&mut self, m: QueuedMessage) {
@@ -237,10 +389,92 @@ impl MessageStore for MemoryStore {
         self.requeued.insert(m.seq, m);
     }
 
+    fn push_paged(&mut self, seq: u64, at: StoredRef, size: u32) {
+        self.bytes += size as u64;
+        self.paged_bytes += size as u64;
+        self.paged.push_back(Paged {
+            seq,
+            at,
+            size,
+            msg: None,
+        });
+    }
+
+    fn take_loads(&mut self) -> Option<Loads> {
+        if !self.want_load || self.loading {
+            return None;
+        }
+        self.want_load = false;
+        let disk = self.disk.clone()?;
+        let mut wanted = Vec::new();
+        let mut bytes = 0u64;
+        for p in self.paged.iter().take(2 * LOAD_BATCH) {
+            if p.msg.is_none() {
+                if !wanted.is_empty() && bytes + p.size as u64 > LOAD_BYTES {
+                    break;
+                }
+                bytes += p.size as u64;
+                wanted.push((p.seq, p.at));
+                if wanted.len() == LOAD_BATCH {
+                    break;
+                }
+            }
+        }
+        if wanted.is_empty() {
+            return None;
+        }
+        self.loading = true;
+        Some(Loads::transient(disk, wanted, true))
+    }
+
+    fn head_load(&mut self) -> Option<Loads> {
+        if !(self.requeued.is_empty() && self.ready.is_empty() && self.tail.is_empty()) {
+            return None;
+        }
+        let head = self.paged.front()?;
+        if head.msg.is_some() {
+            return None;
+        }
+        Some(Loads::transient(
+            self.disk.clone()?,
+            vec![(head.seq, head.at)],
+            false,
+        ))
+    }
+
+    fn finish_loads(&mut self, loaded: LoadedBodies) {
+        let (bodies, background) = loaded.into_parts();
+        if background {
+            self.loading = false;
+        }
+        for (seq, body) in bodies {
+            // Taken, purged or loaded meanwhile: nothing to do.
+            let Ok(i) = self.paged.binary_search_by_key(&seq, |p| p.seq) else {
+                continue;
+            };
+            if self.paged[i].msg.is_some() {
+                continue;
+            }
+            let size = self.paged[i].size as u64;
+            self.paged_bytes -= size;
+            match body {
+                Some(m) => self.paged[i].msg = Some(m),
+                None => {
+                    // A lost body cannot be delivered; drop its entry.
+                    let p = self.paged.remove(i).expect("found");
+                    self.bytes -= size;
+                    self.release(p.at);
+                    self.flush_releases();
+                }
+            }
+        }
+    }
+
     fn settle(&mut self, _seq: u64) {}
 
     fn purge(&mut self) -> usize {
         let n = self.len();
+        self.drop_paged();
         self.requeued.clear();
         self.ready = VecDeque::new();
         self.tail.clear();
@@ -249,11 +483,15 @@ impl MessageStore for MemoryStore {
     }
 
     fn len(&self) -> usize {
-        self.requeued.len() + self.ready.len() + self.tail.len()
+        self.requeued.len() + self.ready.len() + self.tail.len() + self.paged.len()
     }
 
     fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    fn memory_bytes(&self) -> u64 {
+        self.bytes - self.paged_bytes
     }
 
     fn peek_entries(&self, offset: usize, n: usize) -> Peeked {
@@ -277,7 +515,7 @@ impl MessageStore for MemoryStore {
             .skip(offset.saturating_sub(r + d))
             .map(|m| (m.seq, m.redelivered, &m.message));
         let left = n.saturating_sub(r.saturating_sub(offset).min(n));
-        let entries = from_requeued
+        let mut entries: Vec<PeekEntry> = from_requeued
             .chain(from_ready.chain(from_tail).take(left))
             .map(|(seq, redelivered, m)| PeekEntry {
                 seq,
@@ -285,7 +523,41 @@ impl MessageStore for MemoryStore {
                 body: PeekBody::Loaded(m.clone()),
             })
             .collect();
-        Peeked::new(entries, None)
+        // Paged entries follow everything else; bodies on disk are only
+        // located here, read later without the lock.
+        let before = r + d + self.tail.len();
+        let want = n - entries.len().min(n);
+        let mut to_read = 0u64;
+        for p in self
+            .paged
+            .iter()
+            .skip(offset.saturating_sub(before))
+            .take(want)
+        {
+            let body = match &p.msg {
+                Some(m) => PeekBody::Loaded(m.clone()),
+                None => {
+                    if to_read > 0 && to_read + p.size as u64 > crate::disk::PEEK_READ_BUDGET {
+                        break;
+                    }
+                    to_read += p.size as u64;
+                    PeekBody::Paged(p.at)
+                }
+            };
+            entries.push(PeekEntry {
+                seq: p.seq,
+                redelivered: false,
+                body,
+            });
+        }
+        Peeked::new(entries, self.disk.clone())
+    }
+}
+
+impl Drop for MemoryStore {
+    fn drop(&mut self) {
+        // A deleted queue's paged records go with it.
+        self.drop_paged();
     }
 }
 

@@ -85,6 +85,13 @@ pub struct Queue {
     /// Body bytes the queue may hold in memory before it holds back its
     /// publishers; `None`: no limit by memory.
     memory_budget: Option<u64>,
+    /// Body bytes a non-durable queue holds in memory before new bodies
+    /// are paged out to the disk's transient area; `None`: never pages.
+    page_budget: Option<u64>,
+    /// Set (under the core's lock, after each publish) while the queue
+    /// holds more than `page_budget` in memory: publishers then write the
+    /// body to disk before taking the lock ([`Queue::publish_paged`]).
+    paging: AtomicBool,
     /// TTL sweeps, x-expires and dead-lettering (see [`lifecycle`]).
     life: lifecycle::Life,
     /// The policies that apply and the effective settings they and the
@@ -97,6 +104,19 @@ pub struct Queue {
 struct QueuePolicies {
     applied: Applied,
     settings: Arc<QueueSettings>,
+}
+
+/// What a paging durable queue may hold in memory beyond twice its budget
+/// (read-ahead, bodies in flight) before it pauses its publishers.
+pub const PAUSE_BACKSTOP_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Whether a queue with these limits may page bodies out: none that
+/// expire, drop or dead-letter messages (see [`Queue::pages`]).
+fn pages_plain(l: &warren_queues::QueueLimits) -> bool {
+    l.message_ttl.is_none()
+        && !l.has_length_limit()
+        && l.dead_letter_exchange.is_none()
+        && l.delivery_limit.is_none()
 }
 
 /// Ready messages above which a consumed queue pushes back on publishers.
@@ -163,6 +183,37 @@ impl Queue {
                 applied: Applied::default(),
             }),
             arguments: opts.arguments,
+            page_budget: None,
+            paging: AtomicBool::new(false),
+        }
+    }
+
+    /// Pages new bodies out to the disk's transient area while more than
+    /// `bytes` of bodies are held in memory, instead of holding them all
+    /// (non-durable queues, whose store is a paging
+    /// [`warren_queues::MemoryStore`]).
+    pub fn with_paging(mut self, bytes: u64) -> Self {
+        self.page_budget = Some(bytes);
+        self
+    }
+
+    /// Whether a new body for this queue should be written to the
+    /// transient area first (a hint read without the lock: a stale answer
+    /// only pages a message early or keeps one in memory).
+    pub fn pages(&self) -> bool {
+        self.paging.load(Ordering::Relaxed)
+    }
+
+    fn update_paging(&self, core: &QueueCore<Arc<ConsumerHandle>>) {
+        if let Some(b) = self.page_budget {
+            // Only a plain queue pages: a paged body is never read under
+            // the lock, so one that may expire, be dropped by a length
+            // limit or be dead-lettered stays in memory (the limits are
+            // fixed at declare).
+            let over = core.memory_bytes() > b && pages_plain(core.limits());
+            if over != self.paging.load(Ordering::Relaxed) {
+                self.paging.store(over, Ordering::Relaxed);
+            }
         }
     }
 
@@ -222,10 +273,20 @@ impl Queue {
     /// Holds publishers back while more than `bytes` of bodies that only
     /// memory can hold (transient messages; persistent ones beyond the
     /// store's budget stay on disk) are queued, whether or not the queue
-    /// is consumed. Durable queues get their store's budget.
+    /// is consumed.
     pub fn with_memory_budget(mut self, bytes: u64) -> Self {
         self.memory_budget = Some(bytes);
         self
+    }
+
+    /// A durable queue's budget of `bytes`: transient bodies past it are
+    /// paged out ([`Queue::with_paging`]), so memory stays near it; the
+    /// publisher pause ([`Queue::with_memory_budget`]) remains only as a
+    /// backstop, at twice that plus [`PAUSE_BACKSTOP_BYTES`], for when
+    /// paging cannot keep memory down (writes to the transient area fail).
+    pub fn with_durable_budget(self, bytes: u64) -> Self {
+        self.with_paging(bytes)
+            .with_memory_budget(bytes.saturating_mul(2) + PAUSE_BACKSTOP_BYTES)
     }
 
     fn over_budget(&self, core: &QueueCore<Arc<ConsumerHandle>>, fraction: u64) -> bool {
@@ -269,6 +330,7 @@ impl Queue {
             let now = self.clock.now_ms();
             let queued = core.publish_at(message, now, ttl).is_some();
             let mut after = self.deliver(&mut core);
+            self.update_paging(&core);
             // A consumed queue pushes back on a long backlog (its
             // consumers cannot keep up); any queue pushes back once it
             // holds more in memory than its budget allows.
@@ -290,6 +352,26 @@ impl Queue {
         } else {
             PublishOutcome::Queued
         }
+    }
+
+    /// [`Queue::publish`] of a message whose body was paged out to the
+    /// transient area at `at` (written by the caller, without this
+    /// queue's lock); `false` if the queue was deleted meanwhile (the
+    /// caller releases the record).
+    pub fn publish_paged(self: &Arc<Self>, at: StoredRef, size: u32) -> PublishOutcome {
+        let after = {
+            let mut core = self.core();
+            if self.is_deleted() {
+                return PublishOutcome::Deleted;
+            }
+
+            core.publish_paged(at, size);
+            let after = self.deliver(&mut core);
+            self.update_paging(&core);
+            after
+        };
+        self.finish(after);
+        PublishOutcome::Queued
     }
 
     /// Delivers what can be delivered, under the core's lock: the

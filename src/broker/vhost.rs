@@ -14,7 +14,7 @@ use dashmap::DashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, Weak};
 use warren_exchanges::{ExchangeType, RouteInput, Table};
-use warren_queues::{DiskError, DiskStore, MemoryStore, Message, MessageStore};
+use warren_queues::{DiskError, DiskStore, MemoryStore, Message, MessageStore, StoredRef};
 
 pub struct Vhost {
     pub name: String,
@@ -449,6 +449,7 @@ impl Vhost {
                             );
                             (Box::new(store), Some(id))
                         }
+                        (Some(p), _) => (Box::new(MemoryStore::paging(p.disk.clone())), None),
                         _ => (Box::<MemoryStore>::default(), None),
                     };
                 let mut q = Queue::new(
@@ -462,8 +463,10 @@ impl Vhost {
                     self.stats.clone(),
                     self.clock.clone(),
                 );
-                if let (Some(_), Some(p)) = (disk_id, &self.persist) {
-                    q = q.with_memory_budget(p.queue_memory_bytes);
+                match (disk_id, &self.persist) {
+                    (Some(_), Some(p)) => q = q.with_durable_budget(p.queue_memory_bytes),
+                    (None, Some(p)) => q = q.with_paging(p.queue_memory_bytes),
+                    _ => {}
                 }
                 let q = Arc::new(q.with_limits(limits, self.me.clone()));
                 q.start_timers();
@@ -798,11 +801,29 @@ impl Vhost {
                 written = true;
             }
         }
+        // A message that may expire stays in memory: expiry never reads a
+        // body under the queue's lock.
+        let paged = match expiration {
+            None => self.page_out(&message, scratch),
+            Some(_) => None,
+        };
         let message = Arc::new(message);
         let mut blocked_by = None;
         let mut rejected = false;
-        for q in &scratch.queues {
-            let outcome = q.0.publish(message.clone(), expiration);
+        for (i, q) in scratch.queues.iter().enumerate() {
+            let outcome = match paged.filter(|(_, mask)| i < 64 && mask & (1 << i) != 0) {
+                Some((at, _)) => {
+                    let outcome = q.0.publish_paged(at, message.size() as u32);
+                    if outcome != super::queue::PublishOutcome::Queued {
+                        // Its transient record will not be held by it.
+                        if let Some(p) = &self.persist {
+                            p.disk.release_transient(at.seg, 1);
+                        }
+                    }
+                    outcome
+                }
+                None => q.0.publish(message.clone(), expiration),
+            };
             if outcome != super::queue::PublishOutcome::Queued {
                 rejected |= outcome == super::queue::PublishOutcome::Refused;
                 // Deleted as we routed to it, or refused: the record it
@@ -885,6 +906,35 @@ impl Vhost {
         Ok(published)
     }
 
+    /// Writes `message`'s body once to the disk's transient area for the
+    /// routed queues (the first 64) that hold it in memory only (any
+    /// queue, for a transient message) and are past their memory budget
+    /// (see [`Queue::pages`]), before any queue's lock is taken. Returns
+    /// where, and which of `scratch.queues` take it from there; `None`:
+    /// every queue holds it in memory (a failed write too, logged).
+    fn page_out(&self, message: &Message, scratch: &RouteScratch) -> Option<(StoredRef, u64)> {
+        let p = self.persist.as_ref()?;
+        let mut mask = 0u64;
+        for (i, q) in scratch.queues.iter().take(64).enumerate() {
+            // A persistent message reaching a durable queue was written to
+            // the durable store already; that queue pages it from there.
+            let durable_copy = message.persistent && q.0.disk_id.is_some();
+            if q.0.pages() && !durable_copy {
+                mask |= 1 << i;
+            }
+        }
+        if mask == 0 {
+            return None;
+        }
+        match p.disk.put_transient(message, mask.count_ones() as usize) {
+            Ok(at) => Some((at, mask)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot page a body out; keeping it in memory");
+                None
+            }
+        }
+    }
+
     fn binding_def(
         &self,
         source: &str,
@@ -947,7 +997,7 @@ impl Vhost {
             self.clock.clone(),
         );
         let q = match &self.persist {
-            Some(p) => q.with_memory_budget(p.queue_memory_bytes),
+            Some(p) => q.with_durable_budget(p.queue_memory_bytes),
             None => q,
         };
         // Stored arguments were valid when declared.
