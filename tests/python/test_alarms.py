@@ -55,6 +55,9 @@ prometheus = "127.0.0.1:{_free_port()}"
 
 [storage]
 data_dir = "{data}"
+# The backlog that sets the memory alarm off must stay in memory: past
+# this budget a queue pages its bodies to disk.
+queue_memory_mb = 1024
 
 [management]
 collect_statistics_interval = 200
