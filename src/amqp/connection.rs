@@ -712,24 +712,11 @@ async fn handshake<R: AsyncRead + Unpin>(
     };
     // As RabbitMQ: the vhost's connection limit, then the user's, then
     // the permission.
-    let slots = match broker.admit_connection(&user, vhost_name) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(%peer, user = %user, vhost = vhost_name, "connection refused: {}", e.text);
-            refuse(
-                rd,
-                rbuf,
-                tx,
-                NOT_ALLOWED,
-                format!("NOT_ALLOWED - {}", e.text),
-                (10, 40),
-            )
-            .await;
-            return None;
-        }
-    };
-    let caller = match broker.caller(&user, vhost_name, 0) {
-        Ok(c) => c,
+    let admitted = broker
+        .admit_connection(&user, vhost_name)
+        .and_then(|slots| Ok((slots, broker.caller(&user, vhost_name, 0)?)));
+    let (slots, caller) = match admitted {
+        Ok(a) => a,
         Err(e) => {
             tracing::warn!(%peer, user = %user, vhost = vhost_name, "connection refused: {}", e.text);
             refuse(
