@@ -695,16 +695,9 @@ impl Vhost {
         Ok(())
     }
 
-    /// Routes a message (its routing key, then each CC/BCC key) and
-    /// enqueues it once on every queue reached. A persistent message that
-    /// reaches a durable queue is written to disk once for all of them.
-    pub fn publish(
-        &self,
-        ex: &Arc<Exchange>,
-        message: Message,
-        details: PublishDetails<'_>,
-        scratch: &mut RouteScratch,
-    ) -> std::result::Result<Published, DiskError> {
+    /// Counts one publish into the vhost and `ex` (folded per connection
+    /// turn, see [`RouteScratch`]).
+    fn count_publish(&self, ex: &Arc<Exchange>, scratch: &mut RouteScratch) {
         let stats = &self.stats;
         scratch.counts.add(
             stats,
@@ -718,6 +711,19 @@ impl Vhost {
             Counter::PublishIn,
             1,
         );
+    }
+
+    /// Routes a message (its routing key, then each CC/BCC key) and
+    /// enqueues it once on every queue reached. A persistent message that
+    /// reaches a durable queue is written to disk once for all of them.
+    pub fn publish(
+        &self,
+        ex: &Arc<Exchange>,
+        message: Message,
+        details: PublishDetails<'_>,
+        scratch: &mut RouteScratch,
+    ) -> std::result::Result<Published, DiskError> {
+        self.count_publish(ex, scratch);
         scratch.clear();
         {
             let input = RouteInput {
@@ -876,19 +882,7 @@ impl Vhost {
         scratch: &mut RouteScratch,
     ) -> std::result::Result<Published, DiskError> {
         let mut published = if details.extra_keys.is_empty() {
-            let stats = &self.stats;
-            scratch.counts.add(
-                stats,
-                || FoldTarget::Counters(stats.clone()),
-                Counter::Publish,
-                1,
-            );
-            scratch.counts.add(
-                &ex.stats,
-                || FoldTarget::Exchange(ex.clone()),
-                Counter::PublishIn,
-                1,
-            );
+            self.count_publish(ex, scratch);
             Published {
                 routed: 0,
                 written: false,
