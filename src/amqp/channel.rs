@@ -1376,7 +1376,13 @@ impl Connection {
                 prefetch,
             },
         );
-        if !c.nowait {
+        self.consume_ok(id, c.nowait, tag);
+        Ok(())
+    }
+
+    /// basic.consume-ok for `tag`, unless the client asked for none.
+    pub(super) fn consume_ok(&mut self, id: u16, nowait: bool, tag: String) {
+        if !nowait {
             self.send_method(
                 id,
                 AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
@@ -1384,7 +1390,6 @@ impl Connection {
                 })),
             );
         }
-        Ok(())
     }
 
     fn get(&mut self, id: u16, g: basic::Get) -> Result<(), AmqpError> {

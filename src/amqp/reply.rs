@@ -84,14 +84,7 @@ impl Connection {
             tag: tag.clone(),
             name,
         });
-        if !c.nowait {
-            self.send_method(
-                id,
-                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
-                    consumer_tag: tag.into(),
-                })),
-            );
-        }
+        self.consume_ok(id, c.nowait, tag);
         Ok(())
     }
 
