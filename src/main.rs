@@ -10,12 +10,14 @@ use warren::config::{Config, ListenAddrs};
 /// jemalloc instead of glibc's malloc: it gives freed memory back to the
 /// OS, so RSS comes down after a backlog is consumed or purged (glibc kept
 /// about half of a 186 MB peak; see README, Performance).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options, read when it starts: background threads return
 /// pages left unused for about a second (dirty decay), straight to the OS
 /// (no muzzy stage), instead of on the allocating threads' next calls.
+#[cfg(feature = "jemalloc")]
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
 pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
