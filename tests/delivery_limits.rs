@@ -94,7 +94,10 @@ async fn delivery_counts_survive_kill9_and_the_limit_still_applies() {
     let limited = args(&[
         ("x-delivery-limit", AMQPValue::LongInt(3)),
         ("x-dead-letter-exchange", AMQPValue::LongString("".into())),
-        ("x-dead-letter-routing-key", AMQPValue::LongString("dlq".into())),
+        (
+            "x-dead-letter-routing-key",
+            AMQPValue::LongString("dlq".into()),
+        ),
     ]);
     declare(&ch, "work", limited).await;
     publish_confirmed(&ch, "work", b"job").await;
@@ -210,8 +213,11 @@ async fn open_raw(s: &warren::server::Server) -> common::raw_amqp::Raw {
         frame_max: tune.frame_max,
         heartbeat: 0,
     };
-    r.method_out(0, AMQPClass::Connection(connection::AMQPMethod::TuneOk(tune_ok)))
-        .await;
+    r.method_out(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::TuneOk(tune_ok)),
+    )
+    .await;
     let open = connection::Open {
         virtual_host: "/".into(),
     };

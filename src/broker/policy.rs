@@ -1002,6 +1002,20 @@ mod tests {
             .2,
             s(7, Policy)
         );
+        // Warren's consumer-timeout-action: the argument wins.
+        let cancel = warren_queues::TimeoutAction::Cancel;
+        let pol = json!({"consumer-timeout-action": "cancel"});
+        let qs = queue_settings(&args(&[]), &applied(Some(pol.clone()), None));
+        assert_eq!(qs.limits().consumer_timeout_action, cancel);
+        let a = args(&[(
+            "x-consumer-timeout-action",
+            Value::LongString(b"close".to_vec()),
+        )]);
+        let qs = queue_settings(&a, &applied(Some(pol), None));
+        assert_eq!(
+            qs.consumer_timeout_action.map(|s| (s.value, s.source)),
+            Some((warren_queues::TimeoutAction::Close, Argument))
+        );
         // Dead-lettering and overflow: the argument wins over any policy.
         let a = args(&[
             (

@@ -88,7 +88,9 @@ impl BasicProperties {
     /// (`x-delivery-count`), so the stored message stays as published.
     pub fn with_header(bytes: &[u8], name: &str, value: Value) -> Option<Vec<u8>> {
         let mut p = BasicProperties::decode(bytes)?;
-        p.headers.get_or_insert_with(Table::default).insert(name, value);
+        p.headers
+            .get_or_insert_with(Table::default)
+            .insert(name, value);
         p.encode().ok()
     }
 

@@ -644,7 +644,14 @@ impl Queue {
             let props = super::outbox::with_delivery_count(m.message.properties(), n);
             let copy = props.and_then(|p| {
                 let old = &m.message;
-                Message::new(old.exchange(), old.routing_key(), &p, old.body(), old.persistent).ok()
+                Message::new(
+                    old.exchange(),
+                    old.routing_key(),
+                    &p,
+                    old.body(),
+                    old.persistent,
+                )
+                .ok()
             });
             if let Some(c) = copy {
                 m.message = Arc::new(c);

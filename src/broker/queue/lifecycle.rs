@@ -16,8 +16,8 @@
 //! back in the source, never loses it.
 
 use super::{ConsumerHandle, Queue};
-use crate::broker::outbox::{ConsumerTimedOut, OutboxItem};
 use crate::broker::dead_letter;
+use crate::broker::outbox::{ConsumerTimedOut, OutboxItem};
 use crate::broker::registry::unix_ms;
 use crate::broker::vhost::Vhost;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -187,15 +187,17 @@ impl Queue {
                 "consumer timed out waiting for delivery acknowledgement"
             );
             // A closed connection needs nothing: its deliveries come back.
-            let _ = h.outbox.push_all(vec![OutboxItem::ConsumerTimedOut(ConsumerTimedOut {
-                session: h.session,
-                tag: h.tag.clone(),
-                consumer: h.id,
-                queue: self.clone(),
-                timeout,
-                action,
-                seqs,
-            })]);
+            let _ = h
+                .outbox
+                .push_all(vec![OutboxItem::ConsumerTimedOut(ConsumerTimedOut {
+                    session: h.session,
+                    tag: h.tag.clone(),
+                    consumer: h.id,
+                    queue: self.clone(),
+                    timeout,
+                    action,
+                    seqs,
+                })]);
         }
     }
 
