@@ -35,6 +35,11 @@ pub struct Config {
     /// Milliseconds between two measures of memory and free disk
     /// (RabbitMQ's `memory_monitor_interval`).
     pub memory_monitor_interval: u64,
+    /// RabbitMQ's `consumer_timeout`: milliseconds a delivery may stay
+    /// unacknowledged before its channel is closed (default 1,800,000, 30
+    /// minutes; 0: no timeout). Queues override it with
+    /// `x-consumer-timeout` or a `consumer-timeout` policy.
+    pub consumer_timeout: u64,
 }
 
 /// A resource limit as RabbitMQ writes it: `KEY.relative = 0.4` or
@@ -383,6 +388,7 @@ impl Default for Config {
             vm_memory_high_watermark: Limit::default(),
             disk_free_limit: Limit::default(),
             memory_monitor_interval: 500,
+            consumer_timeout: crate::broker::vhost::DEFAULT_CONSUMER_TIMEOUT,
         }
     }
 }
@@ -563,6 +569,7 @@ impl Config {
             users,
             loopback_users: self.auth.loopback_users.clone(),
             noack_window: self.amqp.noack_window,
+            consumer_timeout: self.consumer_timeout,
             alarms: self.alarm_config(),
         }
     }

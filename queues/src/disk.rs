@@ -2,9 +2,9 @@
 //! files for message records, an append-only index for which queue holds
 //! which record, and sled 0.34 for the broker's definitions.
 //!
-//! # Format, version 3
+//! # Format, version 4
 //!
-//! sled tree `meta`: `format` -> `[3]`; `legacy_segments` -> the highest
+//! sled tree `meta`: `format` -> `[4]`; `legacy_segments` -> the highest
 //! segment number written by version 1 (u32 BE), when the directory was
 //! upgraded from it. A data directory with an unknown version is refused
 //! at open, never silently reinterpreted.
@@ -24,7 +24,9 @@
 //!
 //! Version 3 adds `T` index entries (a message's expiry deadline, right
 //! after its `P` entry); a version-2 directory has none and is read as it
-//! is, its version relabelled at open.
+//! is, its version relabelled at open. Version 4 adds `C` index entries
+//! (how often a message was handed back, for delivery limits); a
+//! version-3 (or 2) directory has none and is likewise read as it is.
 //!
 //! `transient/` holds bodies only memory would otherwise hold (non-durable
 //! queues', durable queues' transient ones) paged out past a queue's memory
@@ -86,12 +88,14 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-pub const FORMAT_VERSION: u8 = 3;
+pub const FORMAT_VERSION: u8 = 4;
 /// The version this build upgrades from.
 const LEGACY_VERSION: u8 = 1;
-/// Version 2 differs from 3 only in lacking `T` (deadline) index entries:
-/// it is read as it is and relabelled.
+/// Versions 2 and 3 differ from 4 only in lacking index entry kinds (2:
+/// `T` deadlines; both: `C` delivery counts): they are read as they are
+/// and relabelled.
 const VERSION_2: u8 = 2;
+const VERSION_3: u8 = 3;
 
 /// The most paged-out body bytes one peek reads from disk (at least one
 /// message is always read): a peek at huge messages returns fewer.
@@ -147,6 +151,42 @@ pub struct RecoveredEntry {
     pub size: u32,
     /// When it expires (ms since the epoch), if it has a TTL.
     pub deadline: Option<u64>,
+    /// How often it was handed back, and that count's index entry.
+    pub delivery_count: Option<(u32, IndexRef)>,
+}
+
+/// Recovery of `C` entries: the highest count of each kept message stays
+/// live and goes with it; older counts (a replaced one whose ack was lost)
+/// and counts of messages that are gone are acked.
+fn attach_counts(
+    counts: Vec<crate::journal::FoundCount>,
+    out: &mut HashMap<u64, Vec<RecoveredEntry>>,
+    kept: &mut Vec<IndexRef>,
+    dropped: &mut Vec<IndexRef>,
+) {
+    if counts.is_empty() {
+        return;
+    }
+    let mut best: HashMap<(u64, u64), (u32, IndexRef)> = HashMap::new();
+    for c in counts {
+        match best.get(&(c.queue, c.seq)) {
+            Some(&(n, _)) if n >= c.count => dropped.push(c.at),
+            _ => {
+                if let Some((_, old)) = best.insert((c.queue, c.seq), (c.count, c.at)) {
+                    dropped.push(old);
+                }
+            }
+        }
+    }
+    for (q, entries) in out.iter_mut() {
+        for e in entries.iter_mut() {
+            if let Some(c) = best.remove(&(*q, e.seq)) {
+                kept.push(c.1);
+                e.delivery_count = Some(c);
+            }
+        }
+    }
+    dropped.extend(best.into_values().map(|(_, at)| at));
 }
 
 pub struct Disk {
@@ -362,10 +402,13 @@ impl Disk {
             Some(v) if v.as_ref() == [LEGACY_VERSION] => {
                 upgrade_from_v1(&db, &meta, &index_dir, segments.last_existing())?;
             }
-            Some(v) if v.as_ref() == [VERSION_2] => {
+            Some(v) if v.as_ref() == [VERSION_2] || v.as_ref() == [VERSION_3] => {
                 meta.insert("format", &[FORMAT_VERSION])?;
                 db.flush()?;
-                tracing::info!("upgraded the data directory from format version 2 to 3");
+                tracing::info!(
+                    from = v[0],
+                    "upgraded the data directory to format version {FORMAT_VERSION}"
+                );
             }
             Some(v) => return Err(DiskError::Version { found: v.to_vec() }),
             None => {
@@ -673,6 +716,21 @@ impl Disk {
         ix
     }
 
+    /// Queue `queue`'s message `seq` was handed back `count` times: a `C`
+    /// entry in the index's buffer (no I/O), live until
+    /// [`Disk::release_count`].
+    fn index_count(&self, queue: u64, seq: u64, count: u32) -> IndexRef {
+        let ix = self.journal.count(queue, seq, count);
+        self.mark_dirty();
+        ix
+    }
+
+    /// A delivery count entry is replaced or its message gone.
+    fn release_count(&self, ix: IndexRef) {
+        self.journal.ack(ix);
+        self.mark_dirty();
+    }
+
     /// A queue no longer holds the message: ack its index entry (a buffer
     /// append) and drop its reference to the record's segment (at the
     /// next flush).
@@ -744,8 +802,10 @@ impl Disk {
                 delivered,
                 size: f.size,
                 deadline: f.deadline,
+                delivery_count: None,
             });
         }
+        attach_counts(scan.counts, &mut out, &mut kept, &mut dropped);
         if !dropped.is_empty() {
             tracing::warn!(
                 entries = dropped.len(),
@@ -917,6 +977,11 @@ pub struct DiskStore {
     loading: bool,
     /// Deadlines found at recovery, until the queue takes them.
     recovered_deadlines: Vec<(u64, u64)>,
+    /// Delivery counts found at recovery, until the queue takes them.
+    recovered_counts: Vec<(u64, u32)>,
+    /// The live `C` index entry of each persistent message that was
+    /// handed back under a delivery limit (empty on a plain queue).
+    counts: HashMap<u64, IndexRef>,
     /// Where the bodies of transient messages paged out past the memory
     /// budget lie in the disk's transient area, by seq (their entries
     /// have neither a body nor a durable record).
@@ -936,10 +1001,16 @@ impl DiskStore {
         let mut mark = 0;
         let mut ready = VecDeque::with_capacity(recovered.len());
         let mut recovered_deadlines = Vec::new();
+        let mut recovered_counts = Vec::new();
+        let mut counts = HashMap::new();
         for r in recovered {
             next_seq = next_seq.max(r.seq + 1);
             if let Some(d) = r.deadline {
                 recovered_deadlines.push((r.seq, d));
+            }
+            if let Some((n, ix)) = r.delivery_count {
+                recovered_counts.push((r.seq, n));
+                counts.insert(r.seq, ix);
             }
             bytes += r.size as u64;
             if r.delivered {
@@ -956,6 +1027,8 @@ impl DiskStore {
         let delivered = disk.register_mark(queue, mark);
         DiskStore {
             recovered_deadlines,
+            recovered_counts,
+            counts,
             paged: HashMap::new(),
             transient_bytes: 0,
             want_load: false,
@@ -1267,6 +1340,22 @@ impl MessageStore for DiskStore {
         std::mem::take(&mut self.recovered_deadlines)
     }
 
+    fn set_delivery_count(&mut self, seq: u64, count: u32) {
+        // Only a message with a durable entry (awaiting settle in `out`)
+        // outlives the process; a transient one's count is the queue's.
+        if !self.out.contains_key(&seq) {
+            return;
+        }
+        let ix = self.disk.index_count(self.queue, seq, count);
+        if let Some(old) = self.counts.insert(seq, ix) {
+            self.disk.release_count(old);
+        }
+    }
+
+    fn take_recovered_counts(&mut self) -> Vec<(u64, u32)> {
+        std::mem::take(&mut self.recovered_counts)
+    }
+
     fn requeue(&mut self, m: QueuedMessage) {
         // A delivery awaiting settle still holds its disk entry. A no-ack
         // delivery handed back (its consumer went before it was written)
@@ -1333,6 +1422,11 @@ impl MessageStore for DiskStore {
         if let Some(o) = self.take_out(seq) {
             self.disk.release(o.stored, o.index);
         }
+        if !self.counts.is_empty() {
+            if let Some(ix) = self.counts.remove(&seq) {
+                self.disk.release_count(ix);
+            }
+        }
     }
 
     fn purge(&mut self) -> usize {
@@ -1344,6 +1438,9 @@ impl MessageStore for DiskStore {
         for e in entries {
             if let Some((r, ix)) = e.stored {
                 self.disk.release(r, ix);
+            }
+            if let Some(ix) = self.counts.remove(&e.seq) {
+                self.disk.release_count(ix);
             }
         }
         self.release_paged();
@@ -2029,6 +2126,47 @@ mod tests {
             [FORMAT_VERSION]
         );
         assert_eq!(s.len(), 3);
+    }
+
+    /// Delivery counts (format 4 `C` entries) come back with their
+    /// messages; a replaced count and the count of a settled message stay
+    /// gone; a version-3 directory (no counts) is relabelled.
+    #[test]
+    fn delivery_counts_come_back_and_version_3_is_relabelled() {
+        let dir = tempdir("counts");
+        {
+            let (disk, mut s) = reopen(&dir, 4, 1 << 20);
+            for i in 1..=3u64 {
+                s.push(persistent(i, &format!("m{i}"), &disk, 1));
+            }
+            let a = pop_loading(&mut s).unwrap();
+            let b = pop_loading(&mut s).unwrap();
+            s.set_delivery_count(a.seq, 1);
+            s.set_delivery_count(a.seq, 2);
+            s.set_delivery_count(b.seq, 1);
+            s.settle(b.seq);
+            s.requeue(a);
+            disk.flush().unwrap();
+            disk.db()
+                .open_tree("meta")
+                .unwrap()
+                .insert("format", &[3])
+                .unwrap();
+            disk.db().flush().unwrap();
+        }
+        let (disk, mut s) = reopen(&dir, 4, 1 << 20);
+        assert_eq!(s.take_recovered_counts(), vec![(1, 2)]);
+        assert_eq!(s.len(), 2);
+        let format = disk.db().open_tree("meta").unwrap().get("format").unwrap();
+        assert_eq!(format.unwrap().as_ref(), [FORMAT_VERSION]);
+        // Settled after the restart: its count goes with it.
+        let a = pop_loading(&mut s).unwrap();
+        s.settle(a.seq);
+        disk.flush().unwrap();
+        drop((disk, s));
+        let (_disk, mut s) = reopen(&dir, 4, 1 << 20);
+        assert!(s.take_recovered_counts().is_empty());
+        assert_eq!(s.len(), 1);
     }
 
     #[test]

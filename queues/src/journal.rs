@@ -20,6 +20,12 @@
 //!   (format 3): the `P` entry just before it, in the same file, expires
 //!   at the deadline held in the location's first 8 bytes (ms since the
 //!   epoch, u64 BE); it lives and dies with that entry and is never acked.
+//!   `C` (format 4): the queue's message `seq` was handed back as often
+//!   as the count in the location's first 4 bytes (u32 BE; a queue with
+//!   a delivery limit). Unlike `T` it is written long after its `P`
+//!   entry, maybe in a later file, so it is live on its own: acked when
+//!   its message is settled or a newer count replaces it, and it keeps
+//!   its file like a live `P` entry does.
 //! - `NNNNNNNN.ack`: 8-byte entries `ordinal (u32 BE) ++ CRC-32C of the
 //!   file number and ordinal (u32 BE each)`: that `P` entry of the
 //!   same-numbered `.idx` was acked or dropped.
@@ -51,6 +57,7 @@ pub const FILE_ENTRIES: u32 = 1 << 17;
 const PUBLISH: u8 = b'P';
 const MARK: u8 = b'D';
 const DEADLINE: u8 = b'T';
+const COUNT: u8 = b'C';
 
 /// What [`Journal::write_out`] leaves for [`Journal::finish`].
 pub struct Written {
@@ -77,11 +84,22 @@ pub struct Found {
     pub deadline: Option<u64>,
 }
 
+/// A `C` entry found at open and not acked.
+#[derive(Debug, Clone)]
+pub struct FoundCount {
+    pub at: IndexRef,
+    pub queue: u64,
+    pub seq: u64,
+    pub count: u32,
+}
+
 /// What the files held at open.
 #[derive(Debug, Default)]
 pub struct Scan {
     /// Live `P` entries, oldest first.
     pub entries: Vec<Found>,
+    /// Live `C` entries, oldest first.
+    pub counts: Vec<FoundCount>,
     /// The newest delivered mark per queue.
     pub marks: HashMap<u64, u64>,
     /// Entries ignored for a bad checksum.
@@ -288,6 +306,15 @@ fn scan_file(dir: &Path, n: u32, scan: &mut Scan) -> io::Result<()> {
                     }
                 }
             }
+            COUNT if !acked.contains(&(ord as u32)) => scan.counts.push(FoundCount {
+                at: IndexRef {
+                    file: n,
+                    ord: ord as u32,
+                },
+                queue,
+                seq,
+                count: be32(&e[20..]),
+            }),
             MARK => {
                 scan.marks.insert(queue, seq);
             }
@@ -394,6 +421,20 @@ impl Journal {
             let loc = Location::from_bytes(&at).expect("12 bytes");
             g.push(&encode_entry(DEADLINE, queue, seq, loc, 0));
         }
+        *g.live.entry(r.file).or_default() += 1;
+        g.total_live += 1;
+        r
+    }
+
+    /// Queue `queue`'s message `seq` was handed back `count` times: a `C`
+    /// entry, live (keeping its file) until acked like a `P` entry.
+    pub fn count(&self, queue: u64, seq: u64, count: u32) -> IndexRef {
+        let mut at = [0u8; 12];
+        at[..4].copy_from_slice(&count.to_be_bytes());
+        let loc = Location::from_bytes(&at).expect("12 bytes");
+        let e = encode_entry(COUNT, queue, seq, loc, 0);
+        let mut g = self.lock();
+        let r = g.push(&e);
         *g.live.entry(r.file).or_default() += 1;
         g.total_live += 1;
         r

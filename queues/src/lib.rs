@@ -19,11 +19,11 @@ pub mod segments;
 pub mod store;
 
 pub use disk::{Disk, DiskError, DiskStore, LoadedBodies, Loads};
-pub use limits::{DeadMessage, DeadReason, Overflow, QueueLimits};
+pub use limits::{DeadMessage, DeadReason, Overflow, QueueLimits, TimeoutAction};
 pub use message::{Message, MessageError, QueuedMessage, StoredRef};
 pub use peek::{PeekBody, PeekEntry, Peeked};
 pub use queue::{
-    ChannelLimit, ConsumeError, ConsumerId, ConsumerSpec, Dispatched, Holder, QueueCore,
+    ChannelLimit, ConsumeError, ConsumerId, ConsumerSpec, Dispatched, Holder, QueueCore, TimedOut,
     UnackedInfo,
 };
 pub use store::{MemoryStore, MessageStore, TakenHead};

@@ -56,6 +56,36 @@ pub struct QueueLimits {
     pub delivery_limit: Option<u64>,
     pub expires: Option<u64>,
     pub consumer_timeout: Option<u64>,
+    /// What a consumer timeout does (Warren's `x-consumer-timeout-action`).
+    pub consumer_timeout_action: TimeoutAction,
+}
+
+/// What happens when a delivery stays unacked past the consumer timeout.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TimeoutAction {
+    /// RabbitMQ's: the channel is closed (406), its deliveries requeued.
+    #[default]
+    Close,
+    /// Warren's: only the consumer is cancelled (basic.cancel), its
+    /// deliveries requeued; the channel and its other consumers go on.
+    Cancel,
+}
+
+impl TimeoutAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeoutAction::Close => "close",
+            TimeoutAction::Cancel => "cancel",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "close" => TimeoutAction::Close,
+            "cancel" => TimeoutAction::Cancel,
+            _ => return None,
+        })
+    }
 }
 
 impl QueueLimits {

@@ -17,6 +17,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 mod lifecycle;
+mod redelivery;
+mod timeout;
+pub use timeout::TimedOut;
 
 pub type ConsumerId = u64;
 
@@ -136,6 +139,10 @@ pub struct Dispatched<C> {
     /// Whether the connection gives credit back once it has written this
     /// delivery ([`QueueCore::credit_written`]).
     pub credit_on_write: bool,
+    /// The `x-delivery-count` header to add (see
+    /// [`QueueCore::delivery_header`]): `None` for a first delivery or a
+    /// queue without a delivery limit.
+    pub delivery_count: Option<u32>,
 }
 
 /// Who holds an unacked message.
@@ -223,6 +230,10 @@ pub struct QueueCore<C> {
     /// Messages dropped for a dead-letter exchange, for the owner to
     /// take ([`QueueCore::take_dead`]) after each operation.
     dead: Vec<DeadMessage>,
+    /// How often each message was handed back (requeued) while the queue
+    /// had a delivery limit, by seq: only such messages pay for an entry,
+    /// so a plain queue keeps this empty (see `queue/redelivery.rs`).
+    delivery_counts: HashMap<u64, u32>,
 }
 
 impl<C: Clone> QueueCore<C> {
@@ -230,6 +241,7 @@ impl<C: Clone> QueueCore<C> {
         QueueCore {
             next_seq: store.next_seq(),
             deadlines: store.take_recovered_deadlines().into(),
+            delivery_counts: store.take_recovered_counts().into_iter().collect(),
             held_deadlines: HashMap::new(),
             dead: Vec::new(),
             limits: QueueLimits::default(),
@@ -299,6 +311,7 @@ impl<C: Clone> QueueCore<C> {
                     }
                     break 'messages;
                 };
+                let delivery_count = self.delivery_header(m.seq, false);
                 let c = &mut self.consumers[i];
                 c.in_flight += 1;
                 let credit_on_write = c.credit_on_write();
@@ -307,6 +320,9 @@ impl<C: Clone> QueueCore<C> {
                 }
                 if c.spec.no_ack {
                     self.store.settle(m.seq);
+                    if !self.delivery_counts.is_empty() {
+                        self.delivery_counts.remove(&m.seq);
+                    }
                 } else {
                     let keep = self.store.keep_unacked(&m);
                     self.unacked.insert(
@@ -324,6 +340,7 @@ impl<C: Clone> QueueCore<C> {
                     no_ack: c.spec.no_ack,
                     took_channel_slot: took_slot,
                     credit_on_write,
+                    delivery_count,
                 });
                 self.cursor = (i + 1) % n;
                 continue 'messages;
@@ -339,6 +356,7 @@ impl<C: Clone> QueueCore<C> {
         let (m, deadline) = self.pop_live(now)?;
         if no_ack {
             self.store.settle(m.seq);
+            self.forget_count(m.seq);
         } else {
             let keep = self.store.keep_unacked(&m);
             self.unacked
@@ -374,6 +392,7 @@ impl<C: Clone> QueueCore<C> {
             if self.take_unacked(seq).is_some() {
                 self.store.settle(seq);
                 self.held_deadlines.remove(&seq);
+                self.forget_count(seq);
                 n += 1;
             }
         }
@@ -381,10 +400,17 @@ impl<C: Clone> QueueCore<C> {
     }
 
     /// Puts delivered messages back, at their original place, redelivered.
+    /// Under a delivery limit each counts as a redelivery, and one handed
+    /// back more often than the limit is dropped (or dead-lettered,
+    /// `delivery_limit`) instead.
     pub fn requeue(&mut self, seqs: &[u64]) -> usize {
         let mut n = 0;
         for &seq in seqs {
             if let Some(u) = self.take_unacked(seq) {
+                n += 1;
+                let Some(u) = self.count_return(seq, u) else {
+                    continue;
+                };
                 match u.message {
                     Some(message) => self.store.requeue(QueuedMessage {
                         seq,
@@ -395,7 +421,6 @@ impl<C: Clone> QueueCore<C> {
                     None => self.store.requeue_stored(seq),
                 }
                 self.restore_deadline(seq);
-                n += 1;
             }
         }
         n
@@ -492,6 +517,11 @@ impl<C: Clone> QueueCore<C> {
 
     pub fn purge(&mut self) -> usize {
         self.deadlines.clear();
+        if !self.delivery_counts.is_empty() {
+            // Only delivered messages keep their count.
+            let unacked = &self.unacked;
+            self.delivery_counts.retain(|s, _| unacked.contains_key(s));
+        }
         self.store.purge()
     }
 

@@ -59,6 +59,16 @@ pub trait MessageStore: Send {
     fn take_recovered_deadlines(&mut self) -> Vec<(u64, u64)> {
         Vec::new()
     }
+    /// Delivered message `seq` (awaiting settle) was handed back for the
+    /// `count`th time under a delivery limit: a store that outlives the
+    /// process keeps the count with the message, until it is settled or
+    /// purged.
+    fn set_delivery_count(&mut self, _seq: u64, _count: u32) {}
+    /// Delivery counts recovered with the messages, `(seq, count)`; taken
+    /// once, by the queue at creation.
+    fn take_recovered_counts(&mut self) -> Vec<(u64, u32)> {
+        Vec::new()
+    }
     /// Appends message `seq` whose body was paged out to the transient
     /// area at `at` (see [`Disk::put_transient`]; written by the caller
     /// without the queue's lock). Only a store made with

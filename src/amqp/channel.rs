@@ -48,6 +48,10 @@ pub(super) struct Channel {
     asm: Assembler,
     pub(super) next_tag: u64,
     unacked: VecDeque<Unacked>,
+    /// Tags of deliveries requeued when their consumer timed out and was
+    /// cancelled (`cancel` action): the client may still ack them, which
+    /// is ignored rather than an unknown-tag error. Empty on most channels.
+    voided: std::collections::BTreeSet<u64>,
     pub(super) consumers: HashMap<String, Consumer>,
     /// The direct reply-to consumer (`amq.rabbitmq.reply-to`), if any.
     pub(super) reply: Option<super::reply::ReplyConsumer>,
@@ -1454,18 +1458,31 @@ impl Connection {
         let range = if multiple && tag == 0 {
             0..ch.unacked.len()
         } else {
-            let Ok(pos) = ch.unacked.binary_search_by_key(&tag, |u| u.tag) else {
-                return Err(AmqpError::channel(
-                    PRECONDITION_FAILED,
-                    format!("unknown delivery tag {tag}"),
-                ));
-            };
-            if multiple {
-                0..pos + 1
-            } else {
-                pos..pos + 1
+            match ch.unacked.binary_search_by_key(&tag, |u| u.tag) {
+                Ok(pos) if multiple => 0..pos + 1,
+                Ok(pos) => pos..pos + 1,
+                // Requeued at a consumer timeout: already settled.
+                Err(pos) if ch.voided.contains(&tag) => {
+                    if multiple {
+                        0..pos
+                    } else {
+                        ch.voided.remove(&tag);
+                        return Ok(());
+                    }
+                }
+                Err(_) => {
+                    return Err(AmqpError::channel(
+                        PRECONDITION_FAILED,
+                        format!("unknown delivery tag {tag}"),
+                    ))
+                }
             }
         };
+        if multiple && !ch.voided.is_empty() {
+            // Everything up to the tag is settled now, voided ones too.
+            let upto = if tag == 0 { u64::MAX } else { tag };
+            ch.voided = ch.voided.split_off(&upto.saturating_add(1));
+        }
         if let Some(tx) = ch.tx.as_mut() {
             tx.settles.push((ch.unacked.drain(range).collect(), how));
             return Ok(());
@@ -1588,10 +1605,82 @@ impl Connection {
         codec::write_content(
             &mut self.out,
             session,
-            m.properties(),
+            &d.properties(),
             m.body(),
             self.frame_max,
         );
+    }
+
+    /// A consumer kept a delivery unacked past its queue's consumer
+    /// timeout. `close` (RabbitMQ's): the channel is closed with 406 and
+    /// RabbitMQ's text, every delivery it holds requeued. `cancel`
+    /// (Warren's): the consumer is cancelled (basic.cancel to a client
+    /// that takes it) and only its deliveries are requeued; later acks of
+    /// them are ignored. Nothing happens if the channel no longer holds
+    /// any of the late deliveries (acked since, or the id reused).
+    pub(super) fn consumer_timed_out(&mut self, t: crate::broker::ConsumerTimedOut) {
+        let Some(ch) = self.channels.get_mut(&t.session) else {
+            return;
+        };
+        let holds = ch
+            .unacked
+            .iter()
+            .any(|u| Arc::ptr_eq(&u.queue, &t.queue) && t.seqs.binary_search(&u.seq).is_ok());
+        if ch.closing || !holds {
+            return;
+        }
+        if t.action == warren_queues::TimeoutAction::Close {
+            let text = format!(
+                "delivery acknowledgement on channel {} timed out. Timeout value used: {} ms. \
+                 This timeout value can be configured, see consumers doc guide to learn more",
+                t.session, t.timeout
+            );
+            self.close_channel(t.session, AmqpError::channel(PRECONDITION_FAILED, text));
+            return;
+        }
+        // Cancelled first, so what goes back is not handed to it again.
+        let (mut auto_delete, mut cancelled) = (false, false);
+        if ch.consumers.get(&t.tag).is_some_and(|c| c.id == t.consumer) {
+            ch.consumers.remove(&t.tag);
+            auto_delete = t.queue.cancel(t.consumer);
+            cancelled = true;
+        }
+        let held = t.queue.held_by(t.consumer);
+        let ch = self.channels.get_mut(&t.session).expect("checked above");
+        let mut taken = Vec::new();
+        ch.unacked.retain(|u| {
+            let its = Arc::ptr_eq(&u.queue, &t.queue) && held.binary_search(&u.seq).is_ok();
+            if its {
+                taken.push((u.tag, u.seq, u.slot));
+            }
+            !its
+        });
+        let slots = taken.iter().filter(|(_, _, slot)| *slot).count() as u32;
+        ch.voided.extend(taken.iter().map(|(tag, _, _)| *tag));
+        ch.limit.release(slots);
+        let seqs: Vec<u64> = taken.iter().map(|(_, seq, _)| *seq).collect();
+        t.queue.requeue(&seqs);
+        if auto_delete {
+            self.vhost.remove_queue(&t.queue);
+        }
+        if cancelled && self.cancel_notify {
+            self.send_method(
+                t.session,
+                AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                    consumer_tag: t.tag.as_str().into(),
+                    nowait: true,
+                })),
+            );
+        }
+        // Other consumers of the channel may take what the slots freed.
+        let queues: Vec<Arc<Queue>> = self
+            .channels
+            .get(&t.session)
+            .map(|ch| ch.consumers.values().map(|c| c.queue.clone()).collect())
+            .unwrap_or_default();
+        for q in queues {
+            q.kick();
+        }
     }
 
     /// A queue was deleted under one of our consumers.

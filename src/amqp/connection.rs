@@ -1193,6 +1193,7 @@ impl Connection {
                 OutboxItem::TxCommitted { session, epoch, ok } => {
                     self.tx_committed(session, epoch, ok)
                 }
+                OutboxItem::ConsumerTimedOut(t) => self.consumer_timed_out(t),
                 OutboxItem::DefinitionsFlushed { ok } => self.definitions_flushed(ok),
                 OutboxItem::Reply(r) => self.deliver_reply(r),
             }

@@ -29,7 +29,7 @@ pub use alarms::{AlarmConfig, AlarmSet, Alarms, DiskFreeLimit, MemoryWatermark};
 pub use authz::{Caller, Kind, Perm};
 pub use error::{BrokerError, ErrorKind, Result};
 pub use exchange::{Exchange, ExchangeKind, ExchangeOptions};
-pub use outbox::{Delivery, Outbox, OutboxItem};
+pub use outbox::{ConsumerTimedOut, Delivery, Outbox, OutboxItem};
 pub use policy::{Applied, Policy, PolicyKind, QueueSettings};
 pub use queue::{ConsumeRequest, ConsumerHandle, Queue, QueueOptions, QueueRef};
 pub use registry::{
@@ -57,6 +57,9 @@ pub struct BrokerConfig {
     pub loopback_users: Vec<String>,
     /// Messages a no-ack consumer may have in flight to its connection.
     pub noack_window: u32,
+    /// RabbitMQ's `consumer_timeout` (ms; 0: none): the default for
+    /// queues without `x-consumer-timeout` or a `consumer-timeout` policy.
+    pub consumer_timeout: u64,
     /// The memory high watermark and free disk limit.
     pub alarms: AlarmConfig,
 }
@@ -84,6 +87,7 @@ pub struct Broker {
     access: access::Access,
     loopback_users: Vec<String>,
     noack_window: u32,
+    consumer_timeout: u64,
     next_id: AtomicU64,
     /// Logged-in connections, by id (management API).
     connections: DashMap<u64, Arc<ConnectionInfo>>,
@@ -228,6 +232,7 @@ impl Broker {
             vhosts: DashMap::new(),
             loopback_users: cfg.loopback_users.clone(),
             noack_window: cfg.noack_window,
+            consumer_timeout: cfg.consumer_timeout,
             next_id: AtomicU64::new(1),
             connections: DashMap::new(),
             stats: Arc::new(MessageCounters::default()),
@@ -246,14 +251,16 @@ impl Broker {
             .entry(name.to_owned())
             .or_insert_with(|| {
                 created = true;
-                Vhost::new_shared(
+                let v = Vhost::new_shared(
                     name,
                     self.noack_window,
                     self.persist.clone(),
                     self.stats.clone(),
                     self.clock.clone(),
                     self.churn.clone(),
-                )
+                );
+                v.set_consumer_timeout(self.consumer_timeout);
+                v
             })
             .clone();
         if created {

@@ -21,6 +21,49 @@ pub struct Delivery {
     /// Credit returns to the queue once this is written (no-ack, or a
     /// consumer without a prefetch limit): `Queue::credit_written`.
     pub credit_on_write: bool,
+    /// The `x-delivery-count` header to frame it with (a redelivery from a
+    /// queue with a delivery limit): see [`Delivery::properties`].
+    pub delivery_count: Option<u32>,
+}
+
+impl Delivery {
+    /// The property section to frame: as published, or with its
+    /// `x-delivery-count` header set (type `l`, as RabbitMQ's quorum
+    /// queues send it).
+    pub fn properties(&self) -> std::borrow::Cow<'_, [u8]> {
+        let raw = self.message.message.properties();
+        match self.delivery_count {
+            None => std::borrow::Cow::Borrowed(raw),
+            Some(n) => with_delivery_count(raw, n)
+                .map(std::borrow::Cow::Owned)
+                .unwrap_or(std::borrow::Cow::Borrowed(raw)),
+        }
+    }
+}
+
+/// `props` with the `x-delivery-count` header set to `n`.
+pub fn with_delivery_count(props: &[u8], n: u32) -> Option<Vec<u8>> {
+    super::properties::BasicProperties::with_header(
+        props,
+        "x-delivery-count",
+        warren_exchanges::Value::LongLongInt(n.into()),
+    )
+}
+
+/// See [`OutboxItem::ConsumerTimedOut`].
+#[derive(Debug)]
+pub struct ConsumerTimedOut {
+    pub session: u16,
+    pub tag: String,
+    pub consumer: ConsumerId,
+    pub queue: Arc<Queue>,
+    /// The timeout that applied, in ms (for RabbitMQ's text).
+    pub timeout: u64,
+    pub action: warren_queues::TimeoutAction,
+    /// The consumer's deliveries when the queue looked, sorted: the
+    /// connection acts only if its channel still holds one of them (the
+    /// channel id may have been reused, or they were acked since).
+    pub seqs: Vec<u64>,
 }
 
 #[derive(Debug)]
@@ -32,6 +75,11 @@ pub enum OutboxItem {
         tag: String,
         consumer: ConsumerId,
     },
+    /// A consumer of the session kept a delivery unacked past its queue's
+    /// consumer timeout: its channel closes (406) or, with the `cancel`
+    /// action, the consumer alone is cancelled and its deliveries
+    /// requeued.
+    ConsumerTimedOut(ConsumerTimedOut),
     /// Publishes (publisher-confirm tags) of a session reached the disk.
     Confirmed {
         session: u16,

@@ -25,6 +25,7 @@
 //! |---|---|---|
 //! | `message-ttl`, `expires`, `max-length`, `max-length-bytes`, `delivery-limit` | lower | lower |
 //! | `consumer-timeout` (policy only) | – | lower |
+//! | `consumer-timeout-action` (Warren's, policy only) | – | argument's |
 //! | `overflow` | operator policy's | argument's |
 //! | `dead-letter-exchange`, `dead-letter-routing-key` (policy only) | – | argument's |
 //! | `alternate-exchange` (exchanges, policy only) | – | argument's |
@@ -304,6 +305,11 @@ fn check_key(key: &str, v: &J) -> Option<Result<(), String>> {
     let (ok, what) = match key {
         "alternate-exchange" => (is_str, "is not a valid alternate exchange name"),
         "consumer-timeout" => (int_at_least(0), "is not a valid consumer timeout"),
+        // Warren's own key (what a consumer timeout does).
+        "consumer-timeout-action" => (
+            one_of(&["close", "cancel"]),
+            "is not a valid consumer timeout action",
+        ),
         "dead-letter-exchange" => (is_str, "is not a valid dead letter exchange name"),
         "dead-letter-routing-key" => (is_str, "is not a valid dead letter routing key"),
         "dead-letter-strategy" => (
@@ -625,6 +631,8 @@ pub struct QueueSettings {
     pub dead_letter_routing_key: Option<Setting<String>>,
     pub delivery_limit: Option<Setting<u64>>,
     pub consumer_timeout: Option<Setting<u64>>,
+    /// Warren's `consumer-timeout-action` (`close`, `cancel`).
+    pub consumer_timeout_action: Option<Setting<warren_queues::TimeoutAction>>,
 }
 
 impl QueueSettings {
@@ -648,6 +656,7 @@ impl QueueSettings {
             delivery_limit: v(&self.delivery_limit),
             expires: v(&self.expires),
             consumer_timeout: v(&self.consumer_timeout),
+            consumer_timeout_action: v(&self.consumer_timeout_action).unwrap_or_default(),
         }
     }
 
@@ -672,6 +681,12 @@ impl QueueSettings {
             (
                 "overflow",
                 self.overflow
+                    .as_ref()
+                    .map(|s| (J::from(s.value.as_str()), s.source)),
+            ),
+            (
+                "consumer-timeout-action",
+                self.consumer_timeout_action
                     .as_ref()
                     .map(|s| (J::from(s.value.as_str()), s.source)),
             ),
@@ -783,6 +798,12 @@ pub fn queue_settings(args: &Table, applied: &Applied) -> QueueSettings {
         dead_letter_routing_key: argument_first(args, applied, "dead-letter-routing-key", text),
         delivery_limit: lower(args, applied, "delivery-limit"),
         consumer_timeout: lower(args, applied, "consumer-timeout"),
+        consumer_timeout_action: argument_first(
+            args,
+            applied,
+            "consumer-timeout-action",
+            warren_queues::TimeoutAction::parse,
+        ),
     }
 }
 
@@ -980,6 +1001,20 @@ mod tests {
             )
             .2,
             s(7, Policy)
+        );
+        // Warren's consumer-timeout-action: the argument wins.
+        let cancel = warren_queues::TimeoutAction::Cancel;
+        let pol = json!({"consumer-timeout-action": "cancel"});
+        let qs = queue_settings(&args(&[]), &applied(Some(pol.clone()), None));
+        assert_eq!(qs.limits().consumer_timeout_action, cancel);
+        let a = args(&[(
+            "x-consumer-timeout-action",
+            Value::LongString(b"close".to_vec()),
+        )]);
+        let qs = queue_settings(&a, &applied(Some(pol), None));
+        assert_eq!(
+            qs.consumer_timeout_action.map(|s| (s.value, s.source)),
+            Some((warren_queues::TimeoutAction::Close, Argument))
         );
         // Dead-lettering and overflow: the argument wins over any policy.
         let a = args(&[

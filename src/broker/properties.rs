@@ -82,6 +82,18 @@ impl BasicProperties {
         Ok(out)
     }
 
+    /// A property section with one header set (added, or replacing one of
+    /// that name), the rest kept; `None` when `bytes` do not decode or the
+    /// result does not encode. For headers the broker adds on delivery
+    /// (`x-delivery-count`), so the stored message stays as published.
+    pub fn with_header(bytes: &[u8], name: &str, value: Value) -> Option<Vec<u8>> {
+        let mut p = BasicProperties::decode(bytes)?;
+        p.headers
+            .get_or_insert_with(Table::default)
+            .insert(name, value);
+        p.encode().ok()
+    }
+
     /// Decodes a property section; `None` when it is malformed.
     pub fn decode(bytes: &[u8]) -> Option<BasicProperties> {
         let mut r = Reader(bytes);

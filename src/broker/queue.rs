@@ -384,6 +384,9 @@ impl Queue {
         let mut out = scratch::take_dispatched();
         let now = self.clock.now_ms();
         core.dispatch(now, &mut out);
+        if !out.is_empty() {
+            self.arm_consumer_timeout(core, now);
+        }
         let (dead, dead_letter) = self.after_change(core, now);
         AfterDelivery {
             refused: self.hand_off(out),
@@ -498,6 +501,7 @@ impl Queue {
                 no_ack: d.no_ack,
                 took_channel_slot: d.took_channel_slot,
                 credit_on_write: d.credit_on_write,
+                delivery_count: d.delivery_count,
             }));
         }
         if let Some(cur) = current {
@@ -589,6 +593,7 @@ impl Queue {
         // read-ahead; it is rare and answers one message), then the get
         // is tried again.
         let mut got = None;
+        let mut count = None;
         let mut dead = Vec::new();
         self.touch();
         for _ in 0..4 {
@@ -596,6 +601,9 @@ impl Queue {
                 let mut core = self.core();
                 let now = self.clock.now_ms();
                 got = core.get(no_ack, taker, now);
+                count = got
+                    .as_ref()
+                    .and_then(|(m, _)| core.delivery_header(m.seq, true));
                 self.update_flow(&core);
                 if let Some(batch) = self.after_get(&mut core, now) {
                     dead.push(batch);
@@ -628,6 +636,26 @@ impl Queue {
         for c in counts {
             self.stats.add(*c, 1);
             self.global.add(*c, 1);
+        }
+        // Under a delivery limit a get carries `x-delivery-count` (as
+        // RabbitMQ's quorum queues): on a copy made for the getter; the
+        // queue keeps the message as published.
+        if let (Some(n), Some((m, _))) = (count, got.as_mut()) {
+            let props = super::outbox::with_delivery_count(m.message.properties(), n);
+            let copy = props.and_then(|p| {
+                let old = &m.message;
+                Message::new(
+                    old.exchange(),
+                    old.routing_key(),
+                    &p,
+                    old.body(),
+                    old.persistent,
+                )
+                .ok()
+            });
+            if let Some(c) = copy {
+                m.message = Arc::new(c);
+            }
         }
         got
     }
@@ -684,6 +712,11 @@ impl Queue {
     /// The `n` oldest unacked deliveries and how many there are.
     pub fn unacked(&self, n: usize) -> (usize, Vec<UnackedInfo<Arc<ConsumerHandle>>>) {
         self.core().unacked(n)
+    }
+
+    /// The deliveries consumer `id` holds, by seq.
+    pub fn held_by(&self, id: ConsumerId) -> Vec<u64> {
+        self.core().held_by(id)
     }
 
     pub fn requeue(self: &Arc<Self>, seqs: &[u64]) {

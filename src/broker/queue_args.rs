@@ -6,7 +6,7 @@
 
 use super::error::{BrokerError, ErrorKind};
 use warren_exchanges::{Table, Value};
-use warren_queues::{Overflow, QueueLimits};
+use warren_queues::{Overflow, QueueLimits, TimeoutAction};
 
 /// RabbitMQ's longest TTL or expiry: ten years, in milliseconds.
 pub const MAX_EXPIRY: u64 = 315_360_000_000;
@@ -152,6 +152,21 @@ pub fn queue_limits(queue: &str, vhost: &str, args: &Table) -> Result<QueueLimit
     }
     if let Some(v) = args.get("x-consumer-timeout") {
         l.consumer_timeout = Some(non_neg("x-consumer-timeout", v)?);
+    }
+    if let Some(v) = args.get("x-consumer-timeout-action") {
+        // Warren's own argument, refused in the shape of x-overflow's.
+        let Some(s) = string_arg(v) else {
+            return Err(fail(
+                "x-consumer-timeout-action",
+                ArgError::Tagged("unacceptable_type", v.type_name().into()),
+            ));
+        };
+        l.consumer_timeout_action = TimeoutAction::parse(&s).ok_or_else(|| {
+            fail(
+                "x-consumer-timeout-action",
+                ArgError::Plain("invalid_consumer_timeout_action".into()),
+            )
+        })?;
     }
     Ok(l)
 }

@@ -21,6 +21,9 @@ pub struct Vhost {
     exchanges: DashMap<String, Arc<Exchange>>,
     queues: DashMap<String, Arc<Queue>>,
     noack_window: u32,
+    /// The broker's `consumer_timeout` (ms; 0: none), for queues that set
+    /// none of their own.
+    consumer_timeout: AtomicU64,
     persist: Option<Arc<Persistence>>,
     /// The broker-wide message counters.
     stats: Arc<MessageCounters>,
@@ -87,7 +90,20 @@ pub struct QueueDeclared {
     pub consumer_count: usize,
 }
 
+/// RabbitMQ's default `consumer_timeout`: 30 minutes.
+pub const DEFAULT_CONSUMER_TIMEOUT: u64 = 1_800_000;
+
 impl Vhost {
+    /// The broker's consumer timeout for queues without their own (ms;
+    /// 0: none).
+    pub fn set_consumer_timeout(&self, ms: u64) {
+        self.consumer_timeout.store(ms, Ordering::Relaxed);
+    }
+
+    pub fn consumer_timeout(&self) -> u64 {
+        self.consumer_timeout.load(Ordering::Relaxed)
+    }
+
     pub fn new(
         name: &str,
         noack_window: u32,
@@ -101,6 +117,7 @@ impl Vhost {
             exchanges: DashMap::new(),
             queues: DashMap::new(),
             noack_window,
+            consumer_timeout: AtomicU64::new(DEFAULT_CONSUMER_TIMEOUT),
             persist,
             stats,
             clock,

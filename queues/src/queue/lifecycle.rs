@@ -203,7 +203,8 @@ impl<C: Clone> QueueCore<C> {
     /// A message out of the ready (or unacked) set for good: reported for
     /// dead-lettering when the queue has a dead-letter exchange (the
     /// store keeps it until [`QueueCore::settle_dead`]), else settled.
-    fn drop_taken(&mut self, t: TakenHead, reason: DeadReason) {
+    pub(super) fn drop_taken(&mut self, t: TakenHead, reason: DeadReason) {
+        self.forget_count(t.seq);
         if self.limits.dead_letter_exchange.is_some() {
             self.dead.push(DeadMessage {
                 seq: Some(t.seq),

@@ -17,6 +17,7 @@
 
 use super::{ConsumerHandle, Queue};
 use crate::broker::dead_letter;
+use crate::broker::outbox::{ConsumerTimedOut, OutboxItem};
 use crate::broker::registry::unix_ms;
 use crate::broker::vhost::Vhost;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -51,6 +52,10 @@ pub(super) struct Life {
     last_used: AtomicU64,
     /// x-expires in ms; 0: none.
     expires: AtomicU64,
+    /// When unacked deliveries should next be checked against the consumer
+    /// timeout (ms since the epoch); 0: not armed (nothing unacked, or no
+    /// timeout). Set under the core's lock.
+    timeout_at: AtomicU64,
 }
 
 #[derive(Default)]
@@ -87,9 +92,113 @@ impl Queue {
             .expires
             .store(limits.expires.unwrap_or(0), Ordering::Relaxed);
         self.touch();
-        self.core().set_limits(limits);
+        {
+            let mut core = self.core();
+            core.set_limits(limits);
+            self.life.timeout_at.store(0, Ordering::Relaxed);
+            if core.unacked_count() > 0 && self.consumer_timeout(&core).is_some() {
+                // A changed timeout applies to what is unacked now: look
+                // at once.
+                let now = self.clock.now_ms().max(1);
+                self.life.timeout_at.store(now, Ordering::Relaxed);
+                self.ensure_timer();
+                self.life.timer.wake.notify_one();
+            }
+        }
         self.kick();
         self.start_timers();
+    }
+
+    /// The consumer timeout that applies (ms): the queue's own, else the
+    /// broker's `consumer_timeout`; `None`: none (0 means none too).
+    fn consumer_timeout(&self, core: &QueueCore<Arc<ConsumerHandle>>) -> Option<u64> {
+        let t = match core.limits().consumer_timeout {
+            Some(t) => t,
+            None => self
+                .life
+                .vhost
+                .get()
+                .and_then(Weak::upgrade)
+                .map_or(0, |v| v.consumer_timeout()),
+        };
+        (t != 0).then_some(t)
+    }
+
+    /// Under the core's lock, after deliveries at `now`: arms the consumer
+    /// timeout check if it is not armed and something is unacked. One
+    /// atomic load while armed, so the delivery path stays lean.
+    pub(super) fn arm_consumer_timeout(
+        self: &Arc<Self>,
+        core: &QueueCore<Arc<ConsumerHandle>>,
+        now: u64,
+    ) {
+        if self.life.timeout_at.load(Ordering::Relaxed) != 0 || core.unacked_count() == 0 {
+            return;
+        }
+        let Some(t) = self.consumer_timeout(core) else {
+            return;
+        };
+        let at = now.saturating_add(t).saturating_add(1).max(1);
+        self.life.timeout_at.store(at, Ordering::Relaxed);
+        self.ensure_timer();
+        self.life.timer.wake.notify_one();
+    }
+
+    /// The timer found the consumer-timeout check due: tells the
+    /// connection of each consumer that kept a delivery too long (it
+    /// closes the channel, or cancels the consumer), and re-arms for the
+    /// next delivery that can time out.
+    fn check_consumer_timeouts(self: &Arc<Self>, now: u64) {
+        let at = self.life.timeout_at.load(Ordering::Relaxed);
+        if at == 0 || at > now {
+            return;
+        }
+        let (late, timeout, action) = {
+            let core = self.core();
+            let Some(timeout) = self.consumer_timeout(&core) else {
+                self.life.timeout_at.store(0, Ordering::Relaxed);
+                return;
+            };
+            let (late, next) = core.timed_out(now, timeout);
+            // Never sooner than an eighth of the timeout (at least 50 ms)
+            // from now, so acks that keep arriving just in time do not turn
+            // the scan into a busy loop; late consumers are looked at again
+            // then if their connection has not acted.
+            let floor = now + (timeout / 8).max(50);
+            let next = match next {
+                Some(n) => n.max(floor),
+                None if late.is_empty() => 0,
+                None => floor,
+            };
+            self.life.timeout_at.store(next, Ordering::Relaxed);
+            (late, timeout, core.limits().consumer_timeout_action)
+        };
+        for t in late {
+            let Some(h) = t.handle else { continue };
+            let mut seqs = t.seqs;
+            seqs.sort_unstable();
+            tracing::warn!(
+                queue = %self.name,
+                vhost = %self.vhost,
+                consumer = %h.tag,
+                channel = h.session,
+                timeout,
+                action = action.as_str(),
+                "consumer timed out waiting for delivery acknowledgement"
+            );
+            // A closed connection needs nothing: its deliveries come back.
+            let _ = h
+                .outbox
+                .push_all(vec![OutboxItem::ConsumerTimedOut(ConsumerTimedOut {
+                    session: h.session,
+                    tag: h.tag.clone(),
+                    consumer: h.id,
+                    queue: self.clone(),
+                    timeout,
+                    action,
+                    seqs,
+                })]);
+        }
     }
 
     /// The queue was used (a consumer came or went, a basic.get, a
@@ -187,6 +296,15 @@ impl Queue {
     /// When the timer should next look: the head's deadline or the end
     /// of the unused period, whichever is first.
     fn next_wake(&self) -> Option<u64> {
+        let at = self.next_expiry_wake();
+        match self.life.timeout_at.load(Ordering::Relaxed) {
+            0 => at,
+            t => Some(at.map_or(t, |a| a.min(t))),
+        }
+    }
+
+    /// [`Queue::next_wake`] for expiry: the head's deadline or x-expires.
+    fn next_expiry_wake(&self) -> Option<u64> {
         let armed = self.life.timer.armed.load(Ordering::Relaxed);
         let expires = self.life.expires.load(Ordering::Relaxed);
         let unused = (expires != 0).then(|| {
@@ -224,6 +342,7 @@ impl Queue {
             }
             tokio::task::yield_now().await;
         }
+        self.check_consumer_timeouts(self.timer_now());
         self.expire_if_unused();
     }
 
