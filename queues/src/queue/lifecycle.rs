@@ -47,6 +47,7 @@ impl<C: Clone> QueueCore<C> {
                 self.dead.push(DeadMessage {
                     seq: None,
                     stored: None,
+                    paged: None,
                     message: Some(message),
                     reason: DeadReason::Maxlen,
                 });
@@ -209,6 +210,7 @@ impl<C: Clone> QueueCore<C> {
                 seq: Some(t.seq),
                 message: t.message,
                 stored: t.stored,
+                paged: t.paged,
                 reason,
             });
         } else {
@@ -234,6 +236,7 @@ impl<C: Clone> QueueCore<C> {
                 seq,
                 message: u.message,
                 stored,
+                paged: None,
             };
             self.drop_taken(t, DeadReason::Rejected);
             n += 1;
