@@ -160,9 +160,12 @@ const CLIENT_ID: &str = "{client_id}";
 #[derive(Debug, Default)]
 pub struct ClientTopics {
     client_id: Option<String>,
-    /// (exchange, permission) -> (topics generation, regex).
-    compiled: Mutex<HashMap<(String, Perm), (u64, Option<Regex>)>>,
+    compiled: Mutex<HashMap<(String, Perm), Expanded>>,
 }
+
+/// A topic regex expanded with a connection's client id: (the topic
+/// permissions' generation it was compiled for, the regex).
+type Expanded = (u64, Option<Regex>);
 
 impl ClientTopics {
     pub fn new(client_id: Option<String>) -> Self {
