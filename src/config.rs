@@ -230,6 +230,13 @@ pub struct Auth {
     pub default_pass: String,
     pub loopback_users: Vec<String>,
     pub users: Vec<User>,
+    /// The SASL mechanisms offered, in this order (RabbitMQ's
+    /// `auth_mechanisms`; default PLAIN and AMQPLAIN). EXTERNAL, when
+    /// listed, is offered on TLS connections.
+    pub auth_mechanisms: Vec<crate::amqp::sasl::Mechanism>,
+    /// What names an EXTERNAL login's user: `distinguished_name` (the
+    /// certificate's subject, RabbitMQ's default) or `common_name`.
+    pub ssl_cert_login_from: crate::tls::LoginFrom,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -436,6 +443,8 @@ impl Default for Auth {
             default_pass: "guest".into(),
             loopback_users: vec!["guest".into()],
             users: Vec::new(),
+            auth_mechanisms: crate::amqp::sasl::Mechanism::DEFAULT.to_vec(),
+            ssl_cert_login_from: crate::tls::LoginFrom::default(),
         }
     }
 }
@@ -520,6 +529,9 @@ impl Config {
         if self.auth.default_user.is_empty() {
             return Err("auth.default_user: must not be empty".into());
         }
+        if self.auth.auth_mechanisms.is_empty() {
+            return Err("auth.auth_mechanisms: at least one mechanism is needed".into());
+        }
         if self.listeners.ssl.is_some() {
             self.ssl_options.validate("ssl_options", "listeners.ssl")?;
         }
@@ -550,6 +562,8 @@ impl Config {
             handshake_timeout: std::time::Duration::from_secs(self.amqp.handshake_timeout_secs),
             cluster_name: self.amqp.cluster_name.clone(),
             reply_buffer_bytes: self.direct_reply_to.buffer_bytes,
+            auth_mechanisms: self.auth.auth_mechanisms.clone(),
+            ssl_cert_login_from: self.auth.ssl_cert_login_from,
         }
     }
 

@@ -1,17 +1,21 @@
 //! TLS set-up shared by the AMQPS and HTTPS listeners: turns a
 //! certificate section of `rabbit.toml` ([`SslOptions`]) into a rustls
 //! acceptor, and reads what a connection's client certificate says about
-//! its owner (the subject CN, for SASL EXTERNAL).
+//! its owner (its subject DN or CN, for SASL EXTERNAL; formatting in
+//! `tls/dn.rs`).
 //!
 //! rustls with the ring provider, always passed explicitly: tests link
 //! other rustls users, and a process-wide default provider could then be
 //! ambiguous.
+
+mod dn;
 
 use crate::config::{SslOptions, Verify};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
+use serde::Deserialize;
 use std::path::Path;
 use std::sync::Arc;
 use tokio_rustls::TlsAcceptor;
@@ -93,8 +97,8 @@ fn read_certs(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, St
     Ok(certs)
 }
 
-/// What the management API shows of a connection's TLS session, and the
-/// client certificate's subject CN for SASL EXTERNAL.
+/// What the management API shows of a connection's TLS session, and what
+/// the client certificate says about its owner, for SASL EXTERNAL.
 #[derive(Debug, Clone, Default)]
 pub struct Session {
     /// "TLSv1.3", "TLSv1.2".
@@ -103,8 +107,24 @@ pub struct Session {
     /// The client sent a certificate, verified against the CA: only when
     /// the listener verifies peers (`verify_peer`).
     pub peer_cert: bool,
-    /// That certificate's subject CN, if it has one.
+    /// That certificate's subject as RabbitMQ writes it
+    /// (`CN=client,O=Test,C=GB`), if it could be parsed.
+    pub peer_dn: Option<String>,
+    /// Its subject CNs, joined with "," as RabbitMQ joins them; `None`
+    /// without one.
     pub peer_cn: Option<String>,
+}
+
+/// Which part of a client certificate names the user of an EXTERNAL
+/// login: RabbitMQ's `ssl_cert_login_from`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoginFrom {
+    /// The whole subject, RFC 4514 style (RabbitMQ's default).
+    #[default]
+    DistinguishedName,
+    /// The subject's common name(s).
+    CommonName,
 }
 
 impl Session {
@@ -123,47 +143,33 @@ impl Session {
         // A listener without verify_peer asks for no certificate, so any
         // certificate present has been verified against the CA.
         let cert = conn.peer_certificates().and_then(|chain| chain.first());
+        let subject = cert.and_then(|c| {
+            use x509_cert::der::Decode;
+            x509_cert::Certificate::from_der(c.as_ref())
+                .ok()
+                .map(|c| c.tbs_certificate.subject)
+        });
         Session {
             protocol,
             cipher,
             peer_cert: cert.is_some(),
-            peer_cn: cert.and_then(common_name),
+            peer_dn: subject.as_ref().map(dn::distinguished_name),
+            peer_cn: subject.as_ref().and_then(dn::common_names),
         }
     }
-}
 
-/// The (last) common name of a certificate's subject, as
-/// `rabbitmq_auth_mechanism_ssl` takes it with `ssl_cert_login_from =
-/// common_name`; `None` when the certificate cannot be parsed or has none.
-pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
-    use x509_cert::der::asn1::ObjectIdentifier;
-    use x509_cert::der::{Decode, Tag, Tagged};
-    const CN: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
-    let cert = x509_cert::Certificate::from_der(cert.as_ref()).ok()?;
-    let mut found = None;
-    for rdn in cert.tbs_certificate.subject.0.iter() {
-        for atv in rdn.0.iter().filter(|atv| atv.oid == CN) {
-            let bytes = atv.value.value();
-            let text = match atv.value.tag() {
-                // The ASCII and UTF-8 string types decode as UTF-8.
-                Tag::Utf8String | Tag::PrintableString | Tag::Ia5String | Tag::TeletexString => {
-                    std::str::from_utf8(bytes).ok().map(str::to_owned)
-                }
-                Tag::BmpString => {
-                    let units: Vec<u16> = bytes
-                        .chunks_exact(2)
-                        .map(|c| u16::from_be_bytes([c[0], c[1]]))
-                        .collect();
-                    String::from_utf16(&units).ok()
-                }
-                _ => None,
-            };
-            if text.is_some() {
-                found = text;
-            }
+    /// The user an EXTERNAL login names, or why there is none (the
+    /// reasons `rabbitmq_auth_mechanism_ssl` logs).
+    pub fn login_name(&self, from: LoginFrom) -> Result<String, &'static str> {
+        if !self.peer_cert {
+            return Err("connection peer presented no TLS (x.509) certificate");
         }
+        match from {
+            LoginFrom::DistinguishedName => self.peer_dn.clone(),
+            LoginFrom::CommonName => self.peer_cn.clone(),
+        }
+        .ok_or("no name found")
     }
-    found
 }
 
 /// How long an HTTPS client has for its TLS handshake.

@@ -1,19 +1,22 @@
 //! TLS: the AMQPS listener (lapin over rustls), peer verification and
-//! `fail_if_no_peer_cert`, SASL EXTERNAL (the user is the client
-//! certificate's CN), the management API over HTTPS, and the start-up
+//! `fail_if_no_peer_cert`, SASL EXTERNAL (offered only when
+//! `auth_mechanisms` lists it; the user is the client certificate's DN or
+//! CN as `ssl_cert_login_from` says), the management API over HTTPS, and the start-up
 //! errors for bad certificate files. Certificates come from rcgen
 //! (tests/common/certs.rs).
 
 mod common;
 
-use common::certs::{Certs, STRANGER_CN};
+use common::certs::{dn_of, Certs, STRANGER_CN};
 use common::*;
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::{Connection, ConnectionProperties};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use warren::amqp::sasl::Mechanism;
 use warren::config::{Config, Verify};
+use warren::tls::LoginFrom;
 
 /// The user the client certificate names (created by the configuration).
 const TLS_USER: &str = "tls-user";
@@ -40,6 +43,15 @@ fn with_tls(certs: &Certs, verify: bool, fail_if_no_peer_cert: bool) -> impl FnO
             password: "unused-password".into(),
             tags: vec![],
         });
+    }
+}
+
+/// EXTERNAL listed after RabbitMQ's default mechanisms (as
+/// `auth_mechanisms.3 = EXTERNAL`), the user named as `from` says.
+fn with_external(from: LoginFrom) -> impl FnOnce(&mut Config) {
+    move |c: &mut Config| {
+        c.auth.auth_mechanisms = vec![Mechanism::Plain, Mechanism::Amqplain, Mechanism::External];
+        c.auth.ssl_cert_login_from = from;
     }
 }
 
@@ -147,7 +159,11 @@ async fn amqps_publish_and_get_with_lapin() {
 #[tokio::test]
 async fn external_logs_in_as_the_certificate_cn() {
     let certs = Certs::generate(TLS_USER);
-    let s = start_with(with_tls(&certs, true, false)).await;
+    let s = start_with(|c| {
+        with_tls(&certs, true, false)(c);
+        with_external(LoginFrom::CommonName)(c);
+    })
+    .await;
     let c = amqps_connect(
         &s,
         "",
@@ -204,6 +220,14 @@ async fn offered_mechanisms(certs: &Certs, addr: SocketAddr, identity: Option<&s
         .connect(server_name(), tcp(addr).await)
         .await
         .unwrap();
+    read_start(&mut tls).await
+}
+
+/// Sends the protocol header; returns the mechanisms of the server's
+/// connection.start.
+async fn read_start<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    tls: &mut S,
+) -> String {
     tls.write_all(b"AMQP\x00\x00\x09\x01").await.unwrap();
     // connection.start: one method frame (type, channel, size, payload, end).
     let mut buf = Vec::new();
@@ -225,9 +249,118 @@ fn frame_size(buf: &[u8]) -> usize {
 }
 
 #[tokio::test]
-async fn external_is_offered_only_with_a_verified_certificate() {
+async fn external_logs_in_as_the_distinguished_name_by_default() {
     let certs = Certs::generate(TLS_USER);
+    let dn = dn_of(TLS_USER);
+    let s = start_with(|c| {
+        with_tls(&certs, true, false)(c);
+        with_external(LoginFrom::DistinguishedName)(c);
+        c.auth.users.push(warren::config::User {
+            name: dn.clone(),
+            password: "unused-password".into(),
+            tags: vec![],
+        });
+    })
+    .await;
+    let c = amqps_connect(
+        &s,
+        "",
+        "?auth_mechanism=external",
+        tls_config(&certs, Some("dn")),
+    )
+    .await
+    .expect("EXTERNAL login as the certificate's subject");
+    eventually(|| async {
+        !get_ok(&s, "/api/connections")
+            .await
+            .as_array()
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    let conns = get_ok(&s, "/api/connections").await;
+    assert_eq!(conns[0]["user"], dn.as_str(), "{conns}");
+    c.close(200, "bye".into()).await.unwrap();
+    // The CN alone ("CN=tls-user" here) is nobody's name in this mode.
+    let e = amqps_connect(
+        &s,
+        "",
+        "?auth_mechanism=external",
+        tls_config(&certs, Some("client")),
+    )
+    .await
+    .expect_err("CN=tls-user is no user");
+    assert_eq!(soft_code(&e).0, 403, "{e}");
+    s.shutdown().await;
+}
+
+/// Sends start-ok with `mechanism` (and a PLAIN-shaped response) after
+/// connection.start on `stream`, asking for authentication_failure_close;
+/// returns what the server sent before it closed the socket.
+async fn start_ok_then_eof<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    mechanism: &str,
+) -> Vec<u8> {
+    use amq_protocol::protocol::{connection, AMQPClass};
+    use amq_protocol::types::{AMQPValue, FieldTable, LongString};
+    let mut caps = FieldTable::default();
+    caps.insert(
+        "authentication_failure_close".into(),
+        AMQPValue::Boolean(true),
+    );
+    let mut props = FieldTable::default();
+    props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
+    let start_ok = common::raw_amqp::method_bytes(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
+            client_properties: props,
+            mechanism: mechanism.into(),
+            response: LongString::from(b"\0guest\0guest".to_vec()),
+            locale: "en_US".into(),
+        })),
+    );
+    stream.write_all(&start_ok).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = within(stream.read_to_end(&mut rest)).await;
+    rest
+}
+
+/// The mechanisms offered over TLS, then the rest of the handshake with
+/// `mechanism`: what the server sent before closing.
+async fn offered_then_refused(
+    certs: &Certs,
+    addr: SocketAddr,
+    identity: Option<&str>,
+    mechanism: &str,
+) -> (String, Vec<u8>) {
+    let mut tls = tls_client(certs, identity)
+        .connect(server_name(), tcp(addr).await)
+        .await
+        .unwrap();
+    let offered = read_start(&mut tls).await;
+    (offered, start_ok_then_eof(&mut tls, mechanism).await)
+}
+
+#[tokio::test]
+async fn external_is_offered_only_when_listed_and_on_tls() {
+    let certs = Certs::generate(TLS_USER);
+    // RabbitMQ's default: no EXTERNAL, even with a verified certificate.
+    // Naming it anyway gets what RabbitMQ gives a mechanism it did not
+    // offer: no connection.close, the socket closed after a delay.
     let s = start_with(with_tls(&certs, true, false)).await;
+    let addr = s.amqps_addrs()[0];
+    let (offered, rest) = offered_then_refused(&certs, addr, Some("client"), "EXTERNAL").await;
+    assert_eq!(offered, "PLAIN AMQPLAIN");
+    assert!(rest.is_empty(), "sent {rest:?}");
+    s.shutdown().await;
+
+    // Listed: offered on every TLS connection, as RabbitMQ does; without
+    // a certificate the login is refused (403), not the mechanism.
+    let s = start_with(|c| {
+        with_tls(&certs, true, false)(c);
+        with_external(LoginFrom::CommonName)(c);
+    })
+    .await;
     let addr = s.amqps_addrs()[0];
     assert_eq!(
         offered_mechanisms(&certs, addr, Some("client")).await,
@@ -235,21 +368,21 @@ async fn external_is_offered_only_with_a_verified_certificate() {
     );
     assert_eq!(
         offered_mechanisms(&certs, addr, None).await,
-        "PLAIN AMQPLAIN"
+        "PLAIN AMQPLAIN EXTERNAL"
     );
-    // Without a certificate EXTERNAL is not a mechanism at all here.
-    amqps_connect(&s, "", "?auth_mechanism=external", tls_config(&certs, None))
+    let e = amqps_connect(&s, "", "?auth_mechanism=external", tls_config(&certs, None))
         .await
-        .expect_err("no certificate, no EXTERNAL");
-    s.shutdown().await;
-
-    // verify_none asks for no certificate: nothing to log in with.
-    let s = start_with(with_tls(&certs, false, false)).await;
-    let addr = s.amqps_addrs()[0];
+        .expect_err("no certificate, no EXTERNAL login");
     assert_eq!(
-        offered_mechanisms(&certs, addr, None).await,
-        "PLAIN AMQPLAIN"
+        soft_code(&e),
+        (
+            403,
+            "ACCESS_REFUSED - Login was refused using authentication mechanism EXTERNAL. For details see the broker logfile.".into()
+        )
     );
+    // Never on a plain TCP listener.
+    let mut r = common::raw_amqp::Raw::connect(&s).await;
+    assert_eq!(r.start().await.mechanisms.to_string(), "PLAIN AMQPLAIN");
     s.shutdown().await;
 }
 

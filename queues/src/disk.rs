@@ -632,6 +632,15 @@ impl Disk {
         Ok(self.transient.append_parts(&parts, queues as u32)?)
     }
 
+    /// A record of the transient area handed over with the message it
+    /// holds (see [`PagedBody`]).
+    pub fn paged_body(self: &Arc<Self>, at: StoredRef) -> PagedBody {
+        PagedBody {
+            disk: self.clone(),
+            at,
+        }
+    }
+
     /// Reads a transient message paged out with [`Disk::put_transient`].
     pub(crate) fn read_transient(&self, r: StoredRef) -> Result<Message, DiskError> {
         decode_as(self.transient.read(r)?, None, false)
@@ -1333,6 +1342,7 @@ impl MessageStore for DiskStore {
             seq: e.seq,
             stored: e.stored.map(|(r, _)| r),
             message: e.msg,
+            paged: None,
         })
     }
 
@@ -1522,6 +1532,34 @@ impl Drop for DiskStore {
         // transient bodies, which no restart keeps.
         self.disk.forget_mark(self.queue);
         self.release_paged();
+    }
+}
+
+/// A paged-out body that left its queue's ready set while still on disk
+/// only (the head of a queue trimmed or expired for dead-lettering): read
+/// it without the queue's lock with [`PagedBody::read`]; its transient
+/// record is released when this is dropped.
+pub struct PagedBody {
+    disk: Arc<Disk>,
+    at: StoredRef,
+}
+
+impl std::fmt::Debug for PagedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PagedBody").field("at", &self.at).finish()
+    }
+}
+
+impl PagedBody {
+    /// The message; blocking file I/O, so not on an async worker.
+    pub fn read(&self) -> Result<Message, DiskError> {
+        self.disk.read_transient(self.at)
+    }
+}
+
+impl Drop for PagedBody {
+    fn drop(&mut self) {
+        self.disk.release_transient(self.at.seg, 1);
     }
 }
 

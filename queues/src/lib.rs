@@ -18,7 +18,7 @@ pub mod queue;
 pub mod segments;
 pub mod store;
 
-pub use disk::{Disk, DiskError, DiskStore, LoadedBodies, Loads};
+pub use disk::{Disk, DiskError, DiskStore, LoadedBodies, Loads, PagedBody};
 pub use limits::{DeadMessage, DeadReason, Overflow, QueueLimits, TimeoutAction};
 pub use message::{Message, MessageError, QueuedMessage, StoredRef};
 pub use peek::{PeekBody, PeekEntry, Peeked};

@@ -132,5 +132,7 @@ pub struct DeadMessage {
     /// paged-out body): read it from `stored`.
     pub message: Option<Arc<Message>>,
     pub stored: Option<StoredRef>,
+    /// Or, a body paged out to the transient area: read it from there.
+    pub paged: Option<Arc<crate::disk::PagedBody>>,
     pub reason: DeadReason,
 }

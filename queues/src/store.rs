@@ -46,6 +46,7 @@ pub trait MessageStore: Send {
             seq: m.seq,
             stored: m.message.stored(),
             message: Some(m.message),
+            paged: None,
         })
     }
     /// [`MessageStore::push`] for a message that expires at `deadline`
@@ -163,6 +164,9 @@ pub struct TakenHead {
     /// `None` when the body is on disk only.
     pub message: Option<Arc<Message>>,
     pub stored: Option<crate::message::StoredRef>,
+    /// A body paged out to the transient area, not in memory: where to
+    /// read it (the record is released when this is dropped).
+    pub paged: Option<Arc<crate::disk::PagedBody>>,
 }
 
 /// Everything in RAM.
@@ -369,18 +373,22 @@ impl MessageStore for MemoryStore {
                 seq: m.seq,
                 stored: m.message.stored(),
                 message: Some(m.message),
+                paged: None,
             });
         }
         // A paged entry, loaded or not: never read here (under the
         // queue's lock). The broker pages no message of a queue with a
-        // TTL, length limit or dead-letter exchange, so a body still on
-        // disk is only ever dropped, never dead-lettered.
+        // TTL, length limit or dead-letter exchange, but a policy can add
+        // them to a queue that has already paged: a body still on disk
+        // leaves with its record, for the owner to read and dead-letter
+        // (released when that is done).
         let p = self.paged.pop_front()?;
         self.bytes -= p.size as u64;
+        let mut paged = None;
         if p.msg.is_none() {
             self.paged_bytes -= p.size as u64;
-        }
-        if p.on_disk() {
+            paged = self.disk.as_ref().map(|d| Arc::new(d.paged_body(p.at)));
+        } else if p.on_disk() {
             self.release(p.at);
         }
         if self.paged.is_empty() {
@@ -391,6 +399,7 @@ impl MessageStore for MemoryStore {
             seq: p.seq,
             stored: None,
             message: p.msg,
+            paged,
         })
     }
 

@@ -466,12 +466,17 @@ fn server_properties(settings: &AmqpSettings) -> FieldTable {
 }
 
 /// The client properties the management API shows.
+/// A string client property; `None` if absent or not a string.
+fn text_property(props: &FieldTable, key: &str) -> Option<String> {
+    match props.inner().get(key) {
+        Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
 fn client_info(props: &FieldTable) -> ClientInfo {
-    let text = |k: &str| match props.inner().get(k) {
-        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        Some(AMQPValue::ShortString(s)) => s.as_str().to_owned(),
-        _ => String::new(),
-    };
+    let text = |k: &str| text_property(props, k).unwrap_or_default();
     let capabilities = match props.inner().get("capabilities") {
         Some(AMQPValue::FieldTable(t)) => t
             .inner()
@@ -550,47 +555,55 @@ fn check_negotiated(field: &str, min: u64, server: u64, client: u64) -> Result<(
     }
 }
 
-/// The user a connection.start-ok logs in as, or RabbitMQ's 403 text.
-/// EXTERNAL is accepted only where connection.start offered it.
+/// Why a connection.start-ok does not log in.
+enum LoginError {
+    /// RabbitMQ's 403 text, sent to clients that ask for it.
+    Refused(String),
+    /// A mechanism not offered here, or a malformed response: RabbitMQ
+    /// logs this text and drops the socket after `SILENT_CLOSE_DELAY`,
+    /// sending nothing.
+    Silent(String),
+}
+
+/// The user and mechanism a connection.start-ok logs in with.
 fn log_in(
     broker: &Broker,
-    mechanism: &str,
-    response: &[u8],
+    settings: &AmqpSettings,
+    start_ok: &connection::StartOk,
     tls: Option<&crate::tls::Session>,
     peer: SocketAddr,
-) -> Result<String, String> {
-    let offer_external = tls.is_some_and(|t| t.peer_cert);
-    let login = if mechanism == sasl::EXTERNAL && offer_external {
-        // The certificate is the credential: its CN names the user, and
-        // no password is asked for (rabbitmq_auth_mechanism_ssl).
-        tls.and_then(|t| t.peer_cn.clone())
-            .map(sasl::Login::External)
-    } else {
-        sasl::credentials(mechanism, response).map(|(user, pass)| sasl::Login::Password(user, pass))
-    };
-    match login {
-        None if sasl::mechanisms(offer_external)
-            .split(' ')
-            .any(|m| m == mechanism) =>
-        {
-            Err(refused_text(
-                mechanism,
-                crate::broker::AuthError::Refused,
-                "",
-            ))
+) -> Result<(String, sasl::Mechanism), LoginError> {
+    let name = start_ok.mechanism.as_str();
+    let mechanism =
+        sasl::chosen(&settings.auth_mechanisms, tls.is_some(), name).map_err(LoginError::Silent)?;
+    let refused = |e, user: &str| LoginError::Refused(refused_text(name, e, user));
+    let user = match mechanism {
+        sasl::Mechanism::External => {
+            // The certificate is the credential: its subject names the
+            // user, and no password is asked for
+            // (rabbitmq_auth_mechanism_ssl).
+            let user = tls
+                .ok_or("not a TLS-enabled connection")
+                .and_then(|t| t.login_name(settings.ssl_cert_login_from))
+                .map_err(|why| {
+                    tracing::warn!(%peer, "EXTERNAL login refused: {why}");
+                    refused(crate::broker::AuthError::Refused, "")
+                })?;
+            broker
+                .authenticate_external(&user, peer.ip())
+                .map_err(|e| refused(e, &user))?;
+            user
         }
-        None => Err(format!(
-            "ACCESS_REFUSED - unsupported authentication mechanism '{mechanism}'"
-        )),
-        Some(sasl::Login::External(user)) => broker
-            .authenticate_external(&user, peer.ip())
-            .map_err(|e| refused_text(mechanism, e, &user))
-            .map(|()| user),
-        Some(sasl::Login::Password(user, pass)) => broker
-            .authenticate(&user, &pass, peer.ip())
-            .map_err(|e| refused_text(mechanism, e, &user))
-            .map(|()| user),
-    }
+        sasl::Mechanism::Plain | sasl::Mechanism::Amqplain => {
+            let (user, pass) = sasl::credentials(mechanism, start_ok.response.as_bytes())
+                .ok_or_else(|| LoginError::Silent(format!("{name} response invalid")))?;
+            broker
+                .authenticate(&user, &pass, peer.ip())
+                .map_err(|e| refused(e, &user))?;
+            user
+        }
+    };
+    Ok((user, mechanism))
 }
 
 /// RabbitMQ's 403 text for a refused login.
@@ -627,10 +640,9 @@ async fn handshake<R: AsyncRead + Unpin>(
         return None;
     }
     let _ = rbuf.split_to(8);
-    // EXTERNAL only where a verified client certificate names the user, as
+    // The configured mechanisms; EXTERNAL on TLS connections only, as
     // rabbitmq_auth_mechanism_ssl offers it.
-    let offer_external = tls.is_some_and(|t| t.peer_cert);
-    let mechanisms = sasl::mechanisms(offer_external);
+    let mechanisms = sasl::offered(&settings.auth_mechanisms, tls.is_some());
     send(
         tx,
         AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
@@ -651,15 +663,23 @@ async fn handshake<R: AsyncRead + Unpin>(
     let cancel_notify = client_capability(&start_ok.client_properties, "consumer_cancel_notify");
     let blocked_notify = client_capability(&start_ok.client_properties, "connection.blocked");
     let client = client_info(&start_ok.client_properties);
-    let mechanism = start_ok.mechanism.to_string();
-    let auth = log_in(broker, &mechanism, start_ok.response.as_bytes(), tls, peer);
-    let user = match auth {
-        Ok(user) => user,
-        Err(text) => {
+    // `{client_id}` in topic permissions: Warren's extension for AMQP
+    // 0-9-1 (see broker::authz::ClientTopics).
+    let client_id = text_property(&start_ok.client_properties, "client_id");
+    let (user, mechanism) = match log_in(broker, settings, &start_ok, tls, peer) {
+        Ok((user, mechanism)) => (user, mechanism.name().to_owned()),
+        Err(LoginError::Refused(text)) => {
             tracing::warn!(%peer, "{text}");
             if auth_close {
                 refuse(rd, rbuf, tx, ACCESS_REFUSED, text, (10, 11)).await;
             }
+            return None;
+        }
+        Err(LoginError::Silent(text)) => {
+            // Nothing is sent, and the client waits: repeated bad logins
+            // cannot be cheap (rabbit_reader's handshake errors).
+            tracing::warn!(%peer, "{text}");
+            tokio::time::sleep(SILENT_CLOSE_DELAY).await;
             return None;
         }
     };
@@ -714,7 +734,10 @@ async fn handshake<R: AsyncRead + Unpin>(
     // the permission.
     let admitted = broker
         .admit_connection(&user, vhost_name)
-        .and_then(|slots| Ok((slots, broker.caller(&user, vhost_name, 0)?)));
+        .and_then(|slots| {
+            let caller = broker.caller(&user, vhost_name, 0)?;
+            Ok((slots, caller.with_client_id(client_id)))
+        });
     let (slots, caller) = match admitted {
         Ok(a) => a,
         Err(e) => {

@@ -119,7 +119,7 @@ pub fn field_table(data: &[u8]) {
     if let Some(entries) = data.get(4..) {
         let _ = table_may_have_key(entries, &["CC", "BCC", "x-match"]);
         // AMQPLAIN's response is a table's entries without the prefix.
-        let _ = super::sasl::credentials("AMQPLAIN", entries);
+        let _ = super::sasl::credentials(super::sasl::Mechanism::Amqplain, entries);
     }
     let Some(n) = table_valid(data, MAX_TABLE_DEPTH) else {
         return;

@@ -37,6 +37,11 @@ pub struct AmqpSettings {
     /// Bytes of direct replies that may wait for one requester's channel
     /// before further replies to it are dropped.
     pub reply_buffer_bytes: u64,
+    /// The SASL mechanisms offered, in this order (RabbitMQ's
+    /// `auth_mechanisms`).
+    pub auth_mechanisms: Vec<sasl::Mechanism>,
+    /// What of a client certificate names an EXTERNAL login's user.
+    pub ssl_cert_login_from: crate::tls::LoginFrom,
 }
 
 impl Default for AmqpSettings {
@@ -50,6 +55,8 @@ impl Default for AmqpSettings {
             handshake_timeout: std::time::Duration::from_secs(10),
             cluster_name: "warren@localhost".into(),
             reply_buffer_bytes: 8 * 1024 * 1024,
+            auth_mechanisms: sasl::Mechanism::DEFAULT.to_vec(),
+            ssl_cert_login_from: crate::tls::LoginFrom::default(),
         }
     }
 }

@@ -15,7 +15,7 @@ use super::vhost::Vhost;
 use regex::Regex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use warren_exchanges::{ExchangeType, Table};
 
 /// A user's permission in a vhost, with its regexes compiled.
@@ -111,13 +111,102 @@ pub struct PermSlot {
     /// Whether any topic permission is set (the publish path looks no
     /// further when none is).
     has_topics: AtomicBool,
+    /// Bumped on every change of the topic permissions: a connection's
+    /// `{client_id}` regexes compiled before are stale.
+    topics_generation: AtomicU64,
     /// Topic permissions by exchange: (write, read) routing-key regexes,
     /// with `{username}` and `{vhost}` expanded.
-    topics: RwLock<HashMap<String, TopicRegexes>>,
+    topics: RwLock<HashMap<String, (TopicRegex, TopicRegex)>>,
 }
 
-/// A topic permission's (write, read) regexes, compiled.
-type TopicRegexes = (Option<Regex>, Option<Regex>);
+/// A topic permission's regex, compiled.
+#[derive(Debug)]
+enum TopicRegex {
+    /// Once for every connection of the (vhost, user).
+    Shared(Option<Regex>),
+    /// A pattern naming `{client_id}` (Warren's extension for AMQP 0-9-1,
+    /// see [`ClientTopics`]): compiled per connection that sent a
+    /// `client_id`; `literal` is the pattern as it is, for those that did
+    /// not (it then matches the text `{client_id}`, as in RabbitMQ).
+    PerClient {
+        pattern: String,
+        literal: Option<Regex>,
+    },
+}
+
+impl TopicRegex {
+    fn new(pattern: String) -> Self {
+        if pattern.contains(CLIENT_ID) {
+            let literal = compile_one(&pattern);
+            TopicRegex::PerClient { pattern, literal }
+        } else {
+            TopicRegex::Shared(compile_one(&pattern))
+        }
+    }
+}
+
+/// The variable a topic permission may name for the connection's client
+/// id.
+const CLIENT_ID: &str = "{client_id}";
+
+/// A connection's `{client_id}`, and the topic regexes expanded with it.
+///
+/// RabbitMQ expands `{client_id}` only for MQTT and STOMP connections
+/// (rabbit_channel's variable map of an AMQP 0-9-1 network connection
+/// holds just `username` and `vhost`). Warren's extension takes it, for
+/// AMQP 0-9-1, from the `client_id` string of connection.start-ok's client
+/// properties; the client chooses it, so it separates cooperating
+/// applications, it does not authenticate them.
+#[derive(Debug, Default)]
+pub struct ClientTopics {
+    client_id: Option<String>,
+    compiled: Mutex<HashMap<(String, Perm), Expanded>>,
+}
+
+/// A topic regex expanded with a connection's client id: (the topic
+/// permissions' generation it was compiled for, the regex).
+type Expanded = (u64, Option<Regex>);
+
+impl ClientTopics {
+    pub fn new(client_id: Option<String>) -> Self {
+        ClientTopics {
+            client_id,
+            compiled: Mutex::default(),
+        }
+    }
+
+    /// Whether `pattern` expanded with this connection's client id
+    /// matches `key`; compiled once per topic-permission generation.
+    fn is_match(
+        &self,
+        generation: u64,
+        exchange: &str,
+        perm: Perm,
+        pattern: &str,
+        key: &str,
+    ) -> bool {
+        let Some(id) = &self.client_id else {
+            return false;
+        };
+        let cache_key = (exchange.to_owned(), perm);
+        let cached = {
+            let compiled = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
+            compiled
+                .get(&cache_key)
+                .filter(|(g, _)| *g == generation)
+                .map(|(_, re)| re.clone())
+        };
+        let re = cached.unwrap_or_else(|| {
+            let re = compile_one(&pattern.replace(CLIENT_ID, id));
+            self.compiled
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(cache_key, (generation, re.clone()));
+            re
+        });
+        re.is_some_and(|re| re.is_match(key))
+    }
+}
 
 /// A topic permission as stored: exchange, write and read regexes.
 pub struct TopicPermission<'a> {
@@ -128,21 +217,31 @@ pub struct TopicPermission<'a> {
 
 impl PermSlot {
     /// Replaces the topic permissions of this (vhost, user), expanding
-    /// RabbitMQ's `{username}` and `{vhost}` variables once here.
+    /// RabbitMQ's `{username}` and `{vhost}` variables once here
+    /// (`{client_id}` is a connection's: see [`ClientTopics`]).
     pub fn set_topics(&self, user: &str, vhost: &str, items: &[TopicPermission<'_>]) {
         let expand =
-            |re: &str| compile_one(&re.replace("{username}", user).replace("{vhost}", vhost));
-        let map: HashMap<String, TopicRegexes> = items
+            |re: &str| TopicRegex::new(re.replace("{username}", user).replace("{vhost}", vhost));
+        let map: HashMap<String, (TopicRegex, TopicRegex)> = items
             .iter()
             .map(|t| (t.exchange.to_owned(), (expand(t.write), expand(t.read))))
             .collect();
         self.has_topics.store(!map.is_empty(), Ordering::Release);
-        *self.topics.write().unwrap_or_else(|e| e.into_inner()) = map;
+        let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
+        *topics = map;
+        self.topics_generation.fetch_add(1, Ordering::Release);
     }
 
     /// Whether a topic permission lets `routing_key` through `exchange`
-    /// (no topic permission for the exchange: everything goes).
-    fn topic_allows(&self, perm: Perm, exchange: &str, routing_key: &str) -> bool {
+    /// for a connection (no topic permission for the exchange: everything
+    /// goes).
+    fn topic_allows(
+        &self,
+        perm: Perm,
+        exchange: &str,
+        routing_key: &str,
+        client: &ClientTopics,
+    ) -> bool {
         if !self.has_topics.load(Ordering::Acquire) {
             return true;
         }
@@ -150,8 +249,18 @@ impl PermSlot {
         let Some((w, r)) = topics.get(exchange) else {
             return true;
         };
-        let re = if perm == Perm::Write { w } else { r };
-        re.as_ref().is_some_and(|re| re.is_match(routing_key))
+        match if perm == Perm::Write { w } else { r } {
+            TopicRegex::Shared(re) => re.as_ref().is_some_and(|re| re.is_match(routing_key)),
+            TopicRegex::PerClient { literal, .. } if client.client_id.is_none() => {
+                literal.as_ref().is_some_and(|re| re.is_match(routing_key))
+            }
+            TopicRegex::PerClient { pattern, .. } => {
+                // Read under the topics lock, so the generation is the
+                // one `pattern` belongs to.
+                let generation = self.topics_generation.load(Ordering::Acquire);
+                client.is_match(generation, exchange, perm, pattern, routing_key)
+            }
+        }
     }
 
     pub fn set(&self, p: Option<Arc<CompiledPermission>>) {
@@ -175,7 +284,7 @@ impl PermSlot {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Perm {
     Configure,
     Write,
@@ -207,6 +316,8 @@ pub struct Caller {
     /// The `impersonator` tag at login: may publish any `user_id`.
     pub impersonator: bool,
     slot: Arc<PermSlot>,
+    /// The connection's `{client_id}` for topic permissions.
+    client: Arc<ClientTopics>,
 }
 
 impl Caller {
@@ -223,7 +334,15 @@ impl Caller {
             conn,
             impersonator,
             slot,
+            client: Arc::default(),
         }
+    }
+
+    /// The `{client_id}` of this connection's topic permissions (Warren's
+    /// extension; see [`ClientTopics`]).
+    pub fn with_client_id(mut self, client_id: Option<String>) -> Self {
+        self.client = Arc::new(ClientTopics::new(client_id));
+        self
     }
 
     /// Whether the user has any permission in the vhost (connection.open).
@@ -320,7 +439,7 @@ impl Caller {
     /// a topic exchange needs write on the routing key, binding from one
     /// read on the binding key. `topic` says whether the exchange is one.
     pub fn check_topic(&self, perm: Perm, exchange: &str, topic: bool, key: &str) -> Result<()> {
-        if !topic || self.slot.topic_allows(perm, exchange, key) {
+        if !topic || self.slot.topic_allows(perm, exchange, key, &self.client) {
             return Ok(());
         }
         Err(BrokerError::new(

@@ -22,7 +22,8 @@ pub struct Certs {
 impl Certs {
     /// Writes, in a fresh directory: `ca.pem`; `server.pem`, `server.key`;
     /// `client.pem`, `client.key` (CN = `user_cn`); `stranger.pem`,
-    /// `stranger.key` (CN = [`STRANGER_CN`]); `rogue.pem`, `rogue.key`
+    /// `stranger.key` (CN = [`STRANGER_CN`]); `dn.pem`, `dn.key` (subject
+    /// C=GB, O=Test, CN = `user_cn`, in that order: see [`dn_of`]); `rogue.pem`, `rogue.key`
     /// (CN = `user_cn`, another CA); `rogue-ca.pem`.
     pub fn generate(user_cn: &str) -> Certs {
         use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +46,12 @@ impl Certs {
         let client = |cn: &str| leaf(&[], cn, ExtendedKeyUsagePurpose::ClientAuth);
         certs.sign("client", client(user_cn), &ca);
         certs.sign("stranger", client(STRANGER_CN), &ca);
+        let mut dn = client(user_cn);
+        dn.distinguished_name = rcgen::DistinguishedName::new();
+        dn.distinguished_name.push(DnType::CountryName, "GB");
+        dn.distinguished_name.push(DnType::OrganizationName, "Test");
+        dn.distinguished_name.push(DnType::CommonName, user_cn);
+        certs.sign("dn", dn, &ca);
         let rogue_ca = certs.ca("rogue-ca", "Not the broker's CA");
         certs.sign("rogue", client(user_cn), &rogue_ca);
         certs
@@ -99,6 +106,13 @@ fn leaf(sans: &[&str], cn: &str, usage: ExtendedKeyUsagePurpose) -> CertificateP
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![usage];
     params
+}
+
+/// The subject of `dn.pem` as RabbitMQ writes it, which is the user an
+/// EXTERNAL login with it names under `ssl_cert_login_from =
+/// distinguished_name`.
+pub fn dn_of(user_cn: &str) -> String {
+    format!("CN={user_cn},O=Test,C=GB")
 }
 
 impl Drop for Certs {

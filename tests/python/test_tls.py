@@ -1,10 +1,13 @@
 """AMQPS and HTTPS with pika and Python's ssl module: TLS with the broker's
-certificate, SASL EXTERNAL with a client certificate (the user is its CN),
-fail_if_no_peer_cert, and the management API over HTTPS.
+certificate, SASL EXTERNAL with a client certificate (offered only when
+auth_mechanisms lists it; the user is the certificate's subject DN, or its CN
+with ssl_cert_login_from = "common_name"), fail_if_no_peer_cert, and the
+management API over HTTPS.
 
 The certificates are made by tests/pika_suite.rs (rcgen) and passed in
 WARREN_TEST_TLS_DIR: ca.pem, server.pem/.key, client.pem/.key (CN
-tls-user), stranger.pem/.key (CN no-such-user, same CA), rogue.pem/.key
+tls-user), dn.pem/.key (C=GB, O=Test, CN=tls-user), stranger.pem/.key
+(CN no-such-user, same CA), rogue.pem/.key
 (CN tls-user, another CA). These tests start Warren brokers of their own
 (with a rabbit.toml naming those files); they are skipped when the suite
 runs against an outside broker (WARREN_TEST_AMQP_URL).
@@ -30,6 +33,12 @@ from conftest import DEFAULT_WARREN_BIN, STARTUP_TIMEOUT, _free_port, _log_tail
 
 TLS_DIR = os.environ.get("WARREN_TEST_TLS_DIR")
 TLS_USER = "tls-user"
+# The subject of dn.pem as RabbitMQ writes it (RFC 4514 order).
+DN_USER = "CN=tls-user,O=Test,C=GB"
+# EXTERNAL listed after RabbitMQ's defaults, the user taken from the CN.
+EXTERNAL_BY_CN = """auth_mechanisms = ["PLAIN", "AMQPLAIN", "EXTERNAL"]
+ssl_cert_login_from = "common_name"
+"""
 
 pytestmark = pytest.mark.skipif(
     not TLS_DIR or bool(os.environ.get("WARREN_TEST_AMQP_URL")),
@@ -45,7 +54,7 @@ class TlsBroker:
     """A Warren binary with AMQPS and HTTPS listeners, on its own ports and
     data directory; stopped (and its directory removed) by stop()."""
 
-    def __init__(self, fail_if_no_peer_cert):
+    def __init__(self, fail_if_no_peer_cert, auth=EXTERNAL_BY_CN, user=TLS_USER):
         self.workdir = tempfile.mkdtemp(prefix="warren-pytest-tls-")
         self.amqps_port, self.https_port = _free_port(), _free_port()
         amqp, http, prom = _free_port(), _free_port(), _free_port()
@@ -72,8 +81,10 @@ listeners = "127.0.0.1:{self.https_port}"
 certfile = "{cert('server.pem')}"
 keyfile = "{cert('server.key')}"
 
+[auth]
+{auth}
 [[auth.users]]
-name = "{TLS_USER}"
+name = "{user}"
 password = "{uuid.uuid4().hex}"
 """
         path = os.path.join(self.workdir, "rabbit.toml")
@@ -190,10 +201,45 @@ def test_external_for_an_unknown_cn_is_refused_403(tls_broker):
         "using authentication mechanism EXTERNAL. For details see the broker logfile.'")
 
 
-def test_external_is_not_offered_without_a_client_certificate(tls_broker):
-    # pika refuses on its side when the broker does not offer EXTERNAL.
-    with pytest.raises(pika.exceptions.AMQPConnectionError):
+def test_external_without_a_client_certificate_is_refused_403(tls_broker):
+    # Offered on every TLS connection, as RabbitMQ: the login is refused.
+    with pytest.raises(pika.exceptions.ProbableAuthenticationError) as ei:
         amqps(tls_broker, credentials=pika.credentials.ExternalCredentials())
+    assert "(403)" in str(ei.value)
+
+
+def test_external_login_takes_the_subject_dn_by_default():
+    broker = TlsBroker(fail_if_no_peer_cert=False,
+                       auth='auth_mechanisms = ["PLAIN", "AMQPLAIN", "EXTERNAL"]\n',
+                       user=DN_USER)
+    try:
+        conn = amqps(broker, client="dn",
+                     credentials=pika.credentials.ExternalCredentials())
+        try:
+            assert roundtrip(conn) == b"over tls"
+            _, conns = https_get(broker, "/api/connections")
+            assert [c["user"] for c in conns] == [DN_USER], conns
+        finally:
+            conn.close()
+        # The CN alone is nobody's name in this mode.
+        with pytest.raises(pika.exceptions.ProbableAuthenticationError):
+            amqps(broker, client="client",
+                  credentials=pika.credentials.ExternalCredentials())
+    finally:
+        broker.stop()
+
+
+def test_external_is_not_offered_unless_listed():
+    broker = TlsBroker(fail_if_no_peer_cert=False, auth="")
+    try:
+        # pika refuses on its side when the broker does not offer EXTERNAL.
+        with pytest.raises(pika.exceptions.AMQPConnectionError):
+            amqps(broker, client="client",
+                  credentials=pika.credentials.ExternalCredentials())
+        conn = amqps(broker, client="client")
+        conn.close()
+    finally:
+        broker.stop()
 
 
 def test_a_certificate_from_another_ca_is_refused(tls_broker):

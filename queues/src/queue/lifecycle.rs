@@ -47,6 +47,7 @@ impl<C: Clone> QueueCore<C> {
                 self.dead.push(DeadMessage {
                     seq: None,
                     stored: None,
+                    paged: None,
                     message: Some(message),
                     reason: DeadReason::Maxlen,
                 });
@@ -210,6 +211,7 @@ impl<C: Clone> QueueCore<C> {
                 seq: Some(t.seq),
                 message: t.message,
                 stored: t.stored,
+                paged: t.paged,
                 reason,
             });
         } else {
@@ -235,6 +237,7 @@ impl<C: Clone> QueueCore<C> {
                 seq,
                 message: u.message,
                 stored,
+                paged: None,
             };
             self.drop_taken(t, DeadReason::Rejected);
             n += 1;

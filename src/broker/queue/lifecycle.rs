@@ -386,7 +386,11 @@ impl Queue {
             let (Some(v), Some(ex)) = (&vhost, &ex) else {
                 continue;
             };
-            let Some(message) = d.message.or_else(|| read_stored(v, d.stored?)) else {
+            let message = d
+                .message
+                .or_else(|| read_stored(v, d.stored?))
+                .or_else(|| read_paged(d.paged.as_deref()?));
+            let Some(message) = message else {
                 tracing::error!(queue = %self.name, "a dead-lettered message's body could not be read");
                 continue;
             };
@@ -450,10 +454,21 @@ fn take_dead(
     (core.take_dead(), Some(to))
 }
 
-/// A paged-out body, read off the async workers.
+/// A durable body on disk only, read off the async workers.
 fn read_stored(v: &Vhost, at: warren_queues::StoredRef) -> Option<Arc<Message>> {
     let disk = v.persistence()?.disk.clone();
-    let read = || disk.read(at);
+    off_workers(|| disk.read(at))
+}
+
+/// A body paged out to the transient area (a paging queue that a policy
+/// gave a length limit or TTL and a dead-letter exchange), read off the
+/// async workers; its record is released when the last handle goes.
+fn read_paged(paged: &warren_queues::PagedBody) -> Option<Arc<Message>> {
+    off_workers(|| paged.read())
+}
+
+/// Runs a blocking disk read without holding up a tokio worker.
+fn off_workers<E>(read: impl FnOnce() -> Result<Message, E>) -> Option<Arc<Message>> {
     let m = match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(read)
