@@ -107,6 +107,7 @@ pub fn router(state: Arc<MgmtState>) -> Router {
         // Added after the auth layer: Prometheus scrapes without a login.
         .route("/metrics", get(metrics_aggregated))
         .route("/metrics/per-object", get(metrics_per_object))
+        .route("/metrics/detailed", get(metrics_detailed))
         // The dashboard's static files: no login (the API calls carry it).
         .merge(ui::routes())
         .with_state(state)
@@ -118,6 +119,7 @@ pub fn metrics_router(state: Arc<MgmtState>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_aggregated))
         .route("/metrics/per-object", get(metrics_per_object))
+        .route("/metrics/detailed", get(metrics_detailed))
         .with_state(state)
         .layer(middleware::from_fn(|r, n| conn::track(true, r, n)))
 }
@@ -139,6 +141,24 @@ async fn metrics_aggregated(State(s): St) -> Response {
 
 async fn metrics_per_object(State(s): St) -> Response {
     metrics_response(metrics::render(&s, true))
+}
+
+/// `/metrics/detailed?family=a&family=b`: the repeated parameter is read
+/// from the raw query (family names need no decoding).
+async fn metrics_detailed(State(s): St, uri: axum::http::Uri) -> Response {
+    let families: Vec<&str> = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("family="))
+        .filter_map(|f| {
+            metrics::DETAILED_FAMILIES
+                .iter()
+                .find(|k| **k == f)
+                .copied()
+        })
+        .collect();
+    metrics_response(metrics::render_detailed(&s, &families))
 }
 
 /// An API error with RabbitMQ's body shape.
