@@ -1,5 +1,6 @@
-// Small line charts on canvas: a rolling window of samples per series,
-// redrawn whole on each push (a few hundred points: cheaper than a library).
+// Small line charts on canvas, redrawn whole on each change (a few hundred
+// points: cheaper than a library), drawn from the broker's sampled history
+// (`*_details.samples`) for the range picked, or filled live.
 
 import { el } from './dom.js';
 
@@ -192,32 +193,6 @@ export function niceMax(v) {
   const p = 10 ** Math.floor(Math.log10(v));
   for (const m of [1, 2, 5, 10]) if (v <= m * p) return m * p;
   return 10 * p;
-}
-
-/**
- * Turns successive counter readings into per-second rates when the server's
- * `*_details.rate` is missing (it is read first when present).
- */
-export class RateTracker {
-  constructor() {
-    this.last = null;
-  }
-
-  /** `stats`: message_stats; `keys`: e.g. ['publish', 'deliver_get', 'ack']. */
-  rates(stats, keys, t = Date.now()) {
-    const s = stats || {};
-    const out = keys.map((k) => {
-      const d = s[`${k}_details`];
-      if (d && typeof d.rate === 'number') return d.rate;
-      if (this.last && typeof s[k] === 'number' && typeof this.last.s[k] === 'number') {
-        const dt = (t - this.last.t) / 1000;
-        return dt > 0 ? Math.max(0, (s[k] - this.last.s[k]) / dt) : 0;
-      }
-      return 0;
-    });
-    this.last = { s: { ...s }, t };
-    return out;
-  }
 }
 
 /** A horizontal usage bar (memory, disk, descriptors). */

@@ -74,6 +74,8 @@ pub struct Sample {
 
 struct Ring {
     interval_ms: u64,
+    /// Series per row.
+    width: usize,
     /// Rows kept at most.
     cap: usize,
     /// When the newest row's interval starts.
@@ -86,60 +88,70 @@ struct Ring {
 
 impl Ring {
     fn len(&self) -> usize {
-        self.rows.len() / self.totals.len().max(1)
+        self.rows.len() / self.width
     }
 
     fn oldest(&self) -> u64 {
         self.newest - (self.len().saturating_sub(1) as u64) * self.interval_ms
     }
 
+    /// Appends a row, dropping the oldest first when the ring is full; the
+    /// allocation grows as a `VecDeque`'s would but never past a full ring.
+    fn push(&mut self, row: &[u32]) {
+        let width = row.len();
+        if self.len() >= self.cap {
+            self.rows.drain(..width);
+        }
+        let need = self.rows.len() + width;
+        if need > self.rows.capacity() {
+            let target = (self.rows.capacity() * 2).clamp(need, (self.cap * width).max(need));
+            self.rows.reserve_exact(target - self.rows.len());
+        }
+        self.rows.extend(row);
+    }
+
     fn record(&mut self, kinds: &[Series], now: u64, values: &[u64]) {
         let width = kinds.len();
         let t = now - now % self.interval_ms;
         let clamp = |v: u64| v.min(u32::MAX as u64) as u32;
-        if self.rows.is_empty() {
-            self.rows
-                .extend(kinds.iter().zip(values).map(|(k, v)| match k {
-                    Series::Gauge => clamp(*v),
-                    Series::Counter => 0,
-                }));
+        // A new row: each gauge's value, each counter's increase (none for
+        // the first row, which only sets the totals).
+        let first = self.rows.is_empty();
+        let row: Vec<u32> = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, k)| match k {
+                Series::Gauge => clamp(values[i]),
+                Series::Counter if first => 0,
+                Series::Counter => clamp(values[i].saturating_sub(self.totals[i])),
+            })
+            .collect();
+        if first {
+            self.push(&row);
+            self.newest = t;
         } else if t <= self.newest {
             // The same interval (or a clock step back): update the row.
-            let row = self.rows.len() - width;
+            let at = self.rows.len() - width;
             for (i, k) in kinds.iter().enumerate() {
-                self.rows[row + i] = match k {
-                    Series::Gauge => clamp(values[i]),
-                    Series::Counter => self.rows[row + i]
-                        .saturating_add(clamp(values[i].saturating_sub(self.totals[i]))),
+                self.rows[at + i] = match k {
+                    Series::Gauge => row[i],
+                    Series::Counter => self.rows[at + i].saturating_add(row[i]),
                 };
             }
         } else {
             // Intervals nobody recorded repeat the last levels with no
             // increase (at most a ring's worth).
             let gap = ((t - self.newest) / self.interval_ms - 1).min(self.cap as u64) as usize;
-            let last: Vec<u32> = self
-                .rows
-                .range(self.rows.len() - width..)
-                .copied()
+            let still: Vec<u32> = kinds
+                .iter()
+                .zip(self.rows.range(self.rows.len() - width..))
+                .map(|(k, v)| if *k == Series::Gauge { *v } else { 0 })
                 .collect();
             for _ in 0..gap {
-                self.rows
-                    .extend(kinds.iter().zip(&last).map(|(k, v)| match k {
-                        Series::Gauge => *v,
-                        Series::Counter => 0,
-                    }));
+                self.push(&still);
             }
-            self.rows
-                .extend(kinds.iter().enumerate().map(|(i, k)| match k {
-                    Series::Gauge => clamp(values[i]),
-                    Series::Counter => clamp(values[i].saturating_sub(self.totals[i])),
-                }));
-        }
-        if t > self.newest || self.totals.is_empty() {
-            self.newest = t.max(self.newest);
-        }
-        while self.len() > self.cap {
-            self.rows.drain(..width);
+            self.push(&row);
+            self.newest = t;
         }
         self.totals.clear();
         self.totals.extend_from_slice(values);
@@ -180,6 +192,7 @@ impl History {
                 .iter()
                 .map(|l| Ring {
                     interval_ms: l.interval.max(1) * 1000,
+                    width: kinds.len().max(1),
                     cap: (l.keep / l.interval.max(1)) as usize + 1,
                     newest: 0,
                     rows: VecDeque::new(),
@@ -381,6 +394,11 @@ mod tests {
             h.record(t0 + i * 5000, &[7, i]);
         }
         assert!(h.rings.iter().all(|r| r.len() <= r.cap));
+        // The allocation stays at the bound too.
+        assert!(h
+            .rings
+            .iter()
+            .all(|r| r.rows.capacity() <= r.cap * KINDS.len() + 8));
         assert_eq!(h.rings[0].len(), 122);
         // A pause of 30 s: the rows in between repeat the gauge.
         let last = t0 + 999 * 5000;

@@ -323,6 +323,27 @@ pub fn render_detailed(s: &MgmtState, families: &[&str]) -> String {
     let mut out = String::with_capacity(4096);
     let mut f = Family { out: &mut out };
     let want = |name: &str| families.contains(&name);
+    detailed_queues(&mut f, s, &want);
+    detailed_connections(&mut f, s, &want);
+    f.head(
+        "rabbitmq_identity_info",
+        "untyped",
+        "RabbitMQ node & cluster identity info",
+    );
+    f.sample(
+        "rabbitmq_identity_info",
+        &[
+            ("rabbitmq_node", &s.node),
+            ("rabbitmq_cluster", &s.cluster_name),
+            ("rabbitmq_endpoint", "detailed"),
+        ],
+        1.0,
+    );
+    out
+}
+
+/// The per-queue detailed families.
+fn detailed_queues(f: &mut Family, s: &MgmtState, want: &dyn Fn(&str) -> bool) {
     let mut queues = Vec::new();
     for v in s.broker.vhosts() {
         for q in v.queues() {
@@ -345,21 +366,21 @@ pub fn render_detailed(s: &MgmtState, families: &[&str]) -> String {
     };
     if want("queue_coarse_metrics") {
         queue_family(
-            &mut f,
+            f,
             "queue_messages_ready",
             "gauge",
             "Messages ready to be delivered to consumers",
             |c, _| c.ready as f64,
         );
         queue_family(
-            &mut f,
+            f,
             "queue_messages_unacked",
             "gauge",
             "Messages delivered to consumers but not yet acknowledged",
             |c, _| c.unacked as f64,
         );
         queue_family(
-            &mut f,
+            f,
             "queue_messages",
             "gauge",
             "Sum of ready and unacknowledged messages - total queue depth",
@@ -368,7 +389,7 @@ pub fn render_detailed(s: &MgmtState, families: &[&str]) -> String {
     }
     if want("queue_consumer_count") || want("queue_metrics") {
         queue_family(
-            &mut f,
+            f,
             "queue_consumers",
             "gauge",
             "Consumers on a queue",
@@ -377,55 +398,59 @@ pub fn render_detailed(s: &MgmtState, families: &[&str]) -> String {
     }
     if want("queue_metrics") {
         queue_family(
-            &mut f,
+            f,
             "queue_consumer_capacity",
             "gauge",
             "Consumer capacity",
             |_, u| u,
         );
         queue_family(
-            &mut f,
+            f,
             "queue_consumer_utilisation",
             "gauge",
             "Same as consumer capacity",
             |_, u| u,
         );
         queue_family(
-            &mut f,
+            f,
             "queue_messages_persistent_bytes",
             "gauge",
             "Size in bytes of persistent messages",
             |c, _| c.bytes.persistent as f64,
         );
         queue_family(
-            &mut f,
+            f,
             "queue_messages_bytes",
             "gauge",
             "Size in bytes of ready and unacknowledged messages",
             |c, _| (c.bytes.ready + c.bytes.unacked) as f64,
         );
         queue_family(
-            &mut f,
+            f,
             "queue_messages_ready_bytes",
             "gauge",
             "Size in bytes of ready messages",
             |c, _| c.bytes.ready as f64,
         );
         queue_family(
-            &mut f,
+            f,
             "queue_messages_unacked_bytes",
             "gauge",
             "Size in bytes of all unacknowledged messages",
             |c, _| c.bytes.unacked as f64,
         );
         queue_family(
-            &mut f,
+            f,
             "queue_head_message_timestamp",
             "gauge",
             "Timestamp of the first message in the queue, if any",
             |c, _| c.head_timestamp.map_or(f64::NAN, |t| t as f64),
         );
     }
+}
+
+/// The per-connection detailed families.
+fn detailed_connections(f: &mut Family, s: &MgmtState, want: &dyn Fn(&str) -> bool) {
     let connections = s.broker.connections();
     type CPick = fn(&crate::broker::ConnectionInfo, &crate::broker::NetStats) -> f64;
     let conn_family = |f: &mut Family, name: &str, kind: &str, help: &str, pick: CPick| {
@@ -438,14 +463,14 @@ pub fn render_detailed(s: &MgmtState, families: &[&str]) -> String {
     };
     if want("connection_coarse_metrics") {
         conn_family(
-            &mut f,
+            f,
             "connection_incoming_bytes_total",
             "counter",
             "Total number of bytes received on a connection",
             |_, n| n.recv_oct as f64,
         );
         conn_family(
-            &mut f,
+            f,
             "connection_outgoing_bytes_total",
             "counter",
             "Total number of bytes sent on a connection",
@@ -454,49 +479,34 @@ pub fn render_detailed(s: &MgmtState, families: &[&str]) -> String {
     }
     if want("connection_metrics") {
         conn_family(
-            &mut f,
+            f,
             "connection_incoming_packets_total",
             "counter",
             "Total number of packets received on a connection",
             |_, n| n.recv_cnt as f64,
         );
         conn_family(
-            &mut f,
+            f,
             "connection_outgoing_packets_total",
             "counter",
             "Total number of packets sent on a connection",
             |_, n| n.send_cnt as f64,
         );
         conn_family(
-            &mut f,
+            f,
             "connection_pending_packets",
             "gauge",
             "Number of packets waiting to be sent on a connection",
             |_, _| 0.0,
         );
         conn_family(
-            &mut f,
+            f,
             "connection_channels",
             "gauge",
             "Channels on a connection",
             |c, _| c.channels().len() as f64,
         );
     }
-    f.head(
-        "rabbitmq_identity_info",
-        "untyped",
-        "RabbitMQ node & cluster identity info",
-    );
-    f.sample(
-        "rabbitmq_identity_info",
-        &[
-            ("rabbitmq_node", &s.node),
-            ("rabbitmq_cluster", &s.cluster_name),
-            ("rabbitmq_endpoint", "detailed"),
-        ],
-        1.0,
-    );
-    out
 }
 
 /// The label RabbitMQ puts on its global counters for AMQP 0-9-1.
