@@ -25,28 +25,22 @@ pub struct Ranges {
 const MAX_SAMPLES: u64 = 1000;
 
 impl Ranges {
-    /// Reads the range parameters; an unusable one is a 400 with
-    /// RabbitMQ's wording for a bad parameter.
+    /// Reads the range parameters as RabbitMQ 3.10 does: a family needs
+    /// both, as integers (else it is ignored); a negative age, an increment
+    /// that is not positive, or too many samples is a 400 with its reason.
     pub fn from_query(q: &HashMap<String, String>) -> Result<Ranges, String> {
         let pair = |family: &str| -> Result<Option<(u64, u64)>, String> {
-            let get = |k: &str| q.get(&format!("{family}_{k}"));
-            match (get("age"), get("incr")) {
-                (None, None) => Ok(None),
-                (Some(a), Some(i)) => {
-                    let num = |v: &String, k: &str| {
-                        v.parse::<u64>()
-                            .map_err(|_| format!("{family}_{k}: not an integer: {v}"))
-                    };
-                    let (age, incr) = (num(a, "age")?, num(i, "incr")?);
-                    if incr == 0 || age / incr > MAX_SAMPLES {
-                        return Err(format!(
-                            "{family}_incr: must be positive and give at most {MAX_SAMPLES} samples"
-                        ));
-                    }
-                    Ok(Some((age, incr)))
-                }
-                _ => Err(format!("{family}_age and {family}_incr go together")),
+            let get = |k: &str| {
+                q.get(&format!("{family}_{k}"))
+                    .and_then(|v| v.parse::<i64>().ok())
+            };
+            let (Some(age), Some(incr)) = (get("age"), get("incr")) else {
+                return Ok(None);
+            };
+            if age < 0 || incr <= 0 || age / incr > MAX_SAMPLES as i64 {
+                return Err(format!("Invalid range parameters: age {age}, incr {incr}"));
             }
+            Ok(Some((age as u64, incr as u64)))
         };
         Ok(Ranges {
             lengths: pair("lengths")?,
