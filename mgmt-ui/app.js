@@ -18,6 +18,7 @@ const routes = [
   [/^connections$/, 'connections', objects.connectionsList],
   [/^connections\/([^/]+)$/, 'connections', objects.connectionPage],
   [/^channels$/, 'channels', objects.channelsList],
+  [/^channels\/([^/]+)$/, 'channels', objects.channelPage],
   [/^exchanges$/, 'exchanges', exchanges.list],
   [/^exchanges\/([^/]+)\/([^/]*)$/, 'exchanges', exchanges.page],
   [/^queues$/, 'queues', queues.list],
@@ -105,7 +106,9 @@ function showLogin(message) {
       ctx.user = await get('/whoami');
     } catch (ex) {
       clearCredentials();
-      err.textContent = ex.status === 401 ? `Login failed: ${ex.message}` : ex.message;
+      // RabbitMQ's reason for a wrong password is "Login failed" itself.
+      const why = ex.message && ex.message !== 'Login failed' ? ex.message : 'wrong username or password';
+      err.textContent = ex.status === 401 ? `Login failed: ${why}.` : ex.message;
       err.hidden = false;
       return;
     }

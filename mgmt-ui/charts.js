@@ -1,15 +1,16 @@
-// Small line charts on canvas: a rolling window of samples per series,
-// redrawn whole on each push (a few hundred points: cheaper than a library).
+// Small line charts on canvas, redrawn whole on each change (a few hundred
+// points: cheaper than a library), drawn from the broker's sampled history
+// (`*_details.samples`) for the range picked, or filled live.
 
 import { el } from './dom.js';
 
-const COLORS = ['#2f6fde', '#e0822a', '#2e9b5a', '#b2399e', '#7a5af8'];
+const COLORS = ['#2f6fde', '#e0822a', '#2e9b5a', '#b2399e', '#7a5af8', '#c0392b', '#16a2b8', '#8d6e63', '#6b7280', '#d4a017'];
 
 export class LineChart {
   /**
    * `series`: [{label}], `format`: value -> axis text, `points`: samples kept.
    */
-  constructor(title, series, { format = (v) => String(v), points = 60 } = {}) {
+  constructor(title, series, { format = (v) => String(v), points = 200 } = {}) {
     this.series = series.map((s, i) => ({ ...s, color: s.color || COLORS[i % COLORS.length], values: [] }));
     this.format = format;
     this.points = points;
@@ -29,6 +30,13 @@ export class LineChart {
       this.times.shift();
       for (const s of this.series) s.values.shift();
     }
+    this.draw();
+  }
+
+  /** Replaces every point with a history: `times` oldest first, `rows` one array of values per time. */
+  setHistory(times, rows) {
+    this.times = times.slice(-this.points);
+    this.series.forEach((s, i) => (s.values = rows.slice(-this.points).map((r) => Number(r[i]) || 0)));
     this.draw();
   }
 
@@ -76,7 +84,7 @@ export class LineChart {
       const span = Math.max(1, this.times[n - 1] - this.times[0]);
       g.textAlign = 'left';
       g.textBaseline = 'top';
-      g.fillText(n > 1 ? `last ${Math.round(span / 1000)}s` : 'collecting…', left, top + ph + 4);
+      g.fillText(n > 1 ? `last ${fmtSpan(span)}` : 'collecting…', left, top + ph + 4);
       const xOf = (i) => (n === 1 ? left + pw : left + (pw * (this.times[i] - this.times[0])) / span);
       for (const s of this.series) {
         g.strokeStyle = s.color;
@@ -103,38 +111,88 @@ export class LineChart {
   }
 }
 
+function fmtSpan(ms) {
+  const s = Math.round(ms / 1000);
+  if (s < 120) return `${s}s`;
+  if (s < 7200) return `${Math.round(s / 60)} min`;
+  return `${Math.round(s / 3600)} h`;
+}
+
+/** The ranges RabbitMQ's UI offers: [label, age s, increment s]. */
+export const RANGES = [
+  ['Last minute', 60, 5],
+  ['Last 10 minutes', 600, 5],
+  ['Last hour', 3600, 60],
+  ['Last 8 hours', 28800, 600],
+  ['Last day', 86400, 1800],
+];
+
+/** The chosen range (kept for the session), as [age, incr]. */
+export function chosenRange() {
+  const r = RANGES.find((x) => x[0] === sessionStorage.getItem('warren.range')) || RANGES[1];
+  return [r[1], r[2]];
+}
+
+/** A select for the chart range; `onChange` runs after a change. */
+export function rangePicker(onChange) {
+  const current = RANGES.find((x) => x[0] === sessionStorage.getItem('warren.range')) || RANGES[1];
+  const sel = document.createElement('select');
+  sel.setAttribute('data-role', 'range');
+  for (const [label] of RANGES) {
+    const o = document.createElement('option');
+    o.value = label;
+    o.textContent = label;
+    sel.appendChild(o);
+  }
+  sel.value = current[0];
+  sel.addEventListener('change', () => {
+    sessionStorage.setItem('warren.range', sel.value);
+    onChange();
+  });
+  return el('label', { class: 'range' }, 'Charts: ', sel);
+}
+
+/** The query string asking the API for history of the chosen range. */
+export function historyQuery(families) {
+  const [age, incr] = chosenRange();
+  return families.map((f) => `${f}_age=${age}&${f}_incr=${incr}`).join('&');
+}
+
+/** `samples` (newest first) of a gauge as [times, values] oldest first. */
+function gauge(details) {
+  const s = (details?.samples || []).slice().reverse();
+  return [s.map((x) => x.timestamp), s.map((x) => x.sample)];
+}
+
+/** `samples` (newest first) of a counter as per-second rates, oldest first. */
+function rate(details) {
+  const s = (details?.samples || []).slice().reverse();
+  const out = [];
+  for (let i = 1; i < s.length; i++) {
+    const dt = (s[i].timestamp - s[i - 1].timestamp) / 1000;
+    out.push([s[i].timestamp, dt > 0 ? Math.max(0, (s[i].sample - s[i - 1].sample) / dt) : 0]);
+  }
+  return [out.map((x) => x[0]), out.map((x) => x[1])];
+}
+
+/**
+ * Draws a chart from `*_details.samples`: `keys` name the details in
+ * `obj`, `asRate` turns counters into rates. False when there is no history.
+ */
+export function drawHistory(chart, obj, keys, asRate) {
+  const cols = keys.map((k) => (asRate ? rate : gauge)(obj?.[`${k}_details`]));
+  const times = cols[0]?.[0] || [];
+  if (times.length === 0) return false;
+  chart.setHistory(times, times.map((_, i) => cols.map((c) => c[1][i] ?? 0)));
+  return true;
+}
+
 /** A round axis maximum above `v` (1, 2, 5 × 10^n), at least 1. */
 export function niceMax(v) {
   if (!(v > 0)) return 1;
   const p = 10 ** Math.floor(Math.log10(v));
   for (const m of [1, 2, 5, 10]) if (v <= m * p) return m * p;
   return 10 * p;
-}
-
-/**
- * Turns successive counter readings into per-second rates when the server's
- * `*_details.rate` is missing (it is read first when present).
- */
-export class RateTracker {
-  constructor() {
-    this.last = null;
-  }
-
-  /** `stats`: message_stats; `keys`: e.g. ['publish', 'deliver_get', 'ack']. */
-  rates(stats, keys, t = Date.now()) {
-    const s = stats || {};
-    const out = keys.map((k) => {
-      const d = s[`${k}_details`];
-      if (d && typeof d.rate === 'number') return d.rate;
-      if (this.last && typeof s[k] === 'number' && typeof this.last.s[k] === 'number') {
-        const dt = (t - this.last.t) / 1000;
-        return dt > 0 ? Math.max(0, (s[k] - this.last.s[k]) / dt) : 0;
-      }
-      return 0;
-    });
-    this.last = { s: { ...s }, t };
-    return out;
-  }
 }
 
 /** A horizontal usage bar (memory, disk, descriptors). */

@@ -5,7 +5,7 @@
 
 import { api, enc, get } from './api.js';
 import { argsText, badge, el, field, fill, fmtRate, kvTable, link, onSubmit, parseKv, section, status } from './dom.js';
-import { LineChart, RateTracker } from './charts.js';
+import { LineChart, drawHistory, historyQuery, rangePicker } from './charts.js';
 import { PagedTable } from './table.js';
 import { bindingForm, bindingsTable, publishForm } from './messages.js';
 
@@ -63,7 +63,6 @@ export function page(root, ctx) {
   const name = rawName === 'amq.default' ? '' : rawName;
   const xpath = `/exchanges/${enc(vhost)}/${enc(name || 'amq.default')}`;
   const rates = new LineChart('Message rates', [{ label: 'Publish in' }, { label: 'Publish out' }], { format: fmtRate });
-  const tracker = new RateTracker();
   const info = el('div');
   const asSource = el('div', { 'data-role': 'source-bindings' });
   const asDest = el('div', { 'data-role': 'destination-bindings' });
@@ -75,6 +74,7 @@ export function page(root, ctx) {
     root,
     el('h2', {}, 'Exchange ', el('span', { class: 'name' }, isDefault ? '(AMQP default)' : name), el('small', { class: 'muted' }, ` in virtual host ${vhost}`)),
     gone,
+    rangePicker(() => refresh().catch(() => {})),
     el('div', { class: 'charts' }, rates.node, el('div', { class: 'chart' }, el('div', { class: 'chart-title' }, 'Details'), info)),
     section('Routing tester', el('p', { class: 'muted' }, 'Which queues would a message reach, and through which bindings? Nothing is published.'), routeTester(vhost, name, xpath)),
     isDefault ? section('Bindings', el('p', { class: 'muted' }, 'The default exchange is implicitly bound to every queue, with the queue name as routing key.')) : [section('Bindings from this exchange', asSource, el('h4', {}, 'Add binding from this exchange'), bindingForm({ vhost, source: name, onDone: () => refreshBindings().catch(() => {}) })), section('Bindings to this exchange', asDest)],
@@ -86,7 +86,7 @@ export function page(root, ctx) {
     if (deleted) return;
     let x;
     try {
-      x = await get(xpath);
+      x = await get(`${xpath}?${historyQuery(['msg_rates'])}`);
     } catch (e) {
       if (e.status === 404) {
         gone.textContent = 'This exchange does not exist (any more).';
@@ -96,7 +96,7 @@ export function page(root, ctx) {
       throw e;
     }
     gone.hidden = true;
-    rates.push(tracker.rates(x.message_stats, ['publish_in', 'publish_out']));
+    drawHistory(rates, x.message_stats, ['publish_in', 'publish_out'], true);
     fill(
       info,
       kvTable([

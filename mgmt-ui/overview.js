@@ -3,18 +3,22 @@
 
 import { get } from './api.js';
 import { el, figure, fill, fmtBytes, fmtDuration, fmtNum, fmtRate, kvTable, section, badge } from './dom.js';
-import { LineChart, RateTracker, usageBar } from './charts.js';
+import { LineChart, drawHistory, historyQuery, rangePicker, usageBar } from './charts.js';
+
+// The overview's rates, as RabbitMQ's overview shows them.
+const RATE_KEYS = ['publish', 'confirm', 'deliver_get', 'redeliver', 'ack', 'get_empty', 'return_unroutable', 'drop_unroutable', 'disk_reads', 'disk_writes'];
+const RATE_LABELS = ['Publish', 'Confirm', 'Deliver / get', 'Redeliver', 'Ack', 'Get (empty)', 'Unroutable (return)', 'Unroutable (drop)', 'Disk read', 'Disk write'];
 
 export function mount(root) {
   const queued = new LineChart('Queued messages', [{ label: 'Ready' }, { label: 'Unacked' }, { label: 'Total' }], { format: fmtNum });
-  const rates = new LineChart('Message rates', [{ label: 'Publish' }, { label: 'Deliver / get' }, { label: 'Ack' }], { format: fmtRate });
-  const tracker = new RateTracker();
+  const rates = new LineChart('Message rates', RATE_LABELS.map((label) => ({ label })), { format: fmtRate });
   const totals = el('div', { class: 'figures', id: 'totals' });
   const nodes = el('div', { id: 'nodes' });
   const about = el('div');
   fill(
     root,
     el('h2', {}, 'Overview'),
+    rangePicker(() => refresh().catch(() => {})),
     el('div', { class: 'charts' }, queued.node, rates.node),
     section('Totals', totals),
     section('Nodes', nodes),
@@ -22,10 +26,11 @@ export function mount(root) {
   );
 
   async function refresh() {
-    const o = await get('/overview');
+    // The broker keeps the history: the charts show the whole range at once.
+    const o = await get(`/overview?${historyQuery(['lengths', 'msg_rates'])}`);
     const q = o.queue_totals || {};
-    queued.push([q.messages_ready, q.messages_unacknowledged, q.messages]);
-    rates.push(tracker.rates(o.message_stats, ['publish', 'deliver_get', 'ack']));
+    drawHistory(queued, q, ['messages_ready', 'messages_unacknowledged', 'messages'], false);
+    drawHistory(rates, o.message_stats, RATE_KEYS, true);
     const t = o.object_totals || {};
     fill(
       totals,

@@ -4,9 +4,30 @@
 
 import { api, enc, get } from './api.js';
 import { argsText, badge, parseKv, el, field, figure, fill, fmtDuration, fmtNum, fmtRate, fmtTime, kvTable, link, onSubmit, section, status } from './dom.js';
-import { LineChart, RateTracker } from './charts.js';
+import { LineChart, drawHistory, historyQuery, rangePicker } from './charts.js';
 import { PagedTable } from './table.js';
 import { bindingForm, bindingsTable, messageList, publishForm } from './messages.js';
+
+/** A channel, by the application's name when the client gave one, linked to its page. */
+export function channelLink(ch) {
+  if (!ch?.name) return '–';
+  const label = ch.user_provided_name ? `${ch.user_provided_name} (${ch.number ?? ''})` : ch.name;
+  return el('a', { href: `#/channels/${encodeURIComponent(ch.name)}`, title: ch.name, 'data-role': 'channel-link' }, label);
+}
+
+/** A section with an id the page's table of contents links to. */
+function anchored(id, node) {
+  node.id = `sec-${id}`;
+  return node;
+}
+
+function toc(items) {
+  const go = (id) => (e) => {
+    e.preventDefault();
+    document.getElementById(`sec-${id}`)?.scrollIntoView();
+  };
+  return el('nav', { class: 'toc' }, items.map(([id, label]) => el('a', { href: `#sec-${id}`, onclick: go(id) }, label)));
+}
 
 export function list(root, ctx) {
   const table = new PagedTable({
@@ -14,16 +35,22 @@ export function list(root, ctx) {
     path: () => (ctx.vhost ? `/queues/${enc(ctx.vhost)}` : '/queues'),
     rowKey: (q) => `${q.vhost}/${q.name}`,
     empty: 'No queues.',
-    fields: ['name', 'vhost', 'type', 'durable', 'auto_delete', 'exclusive', 'arguments', 'state', 'consumers', 'messages_ready', 'messages_unacknowledged', 'messages', 'message_stats'],
+    fields: ['name', 'vhost', 'type', 'durable', 'auto_delete', 'exclusive', 'arguments', 'effective_policy_definition', 'state', 'idle_since', 'consumers', 'messages_ready', 'messages_unacknowledged', 'messages', 'message_stats'],
     columns: [
       { label: 'Virtual host', sort: 'vhost', render: (q) => q.vhost },
       { label: 'Name', sort: 'name', render: (q) => link('queues', q.vhost, q.name) },
       { label: 'Type', sort: 'type', render: (q) => q.type },
       { label: 'Features', render: features },
-      { label: 'State', sort: 'state', render: (q) => q.state },
+      { label: 'State', sort: 'state', render: queueState },
       { label: 'Consumers', sort: 'consumers', class: 'num', render: (q) => fmtNum(q.consumers) },
       { label: 'Ready', sort: 'messages_ready', class: 'num', render: (q) => fmtNum(q.messages_ready) },
-      { label: 'Unacked', sort: 'messages_unacknowledged', class: 'num', render: (q) => fmtNum(q.messages_unacknowledged) },
+      {
+        label: 'Unacked',
+        sort: 'messages_unacknowledged',
+        class: 'num',
+        // To the queue page's unacked view: who holds them.
+        render: (q) => (q.messages_unacknowledged > 0 ? el('a', { href: `#/queues/${encodeURIComponent(q.vhost)}/${encodeURIComponent(q.name)}`, 'data-role': 'unacked-link', onclick: () => sessionStorage.setItem('warren.scrollTo', 'unacked') }, fmtNum(q.messages_unacknowledged)) : fmtNum(q.messages_unacknowledged)),
+      },
       { label: 'Total', sort: 'messages', class: 'num', render: (q) => fmtNum(q.messages) },
       { label: 'Incoming', sort: 'message_stats.publish_details.rate', class: 'num', render: (q) => fmtRate(q.message_stats?.publish_details?.rate ?? 0) },
       { label: 'Deliver / get', sort: 'message_stats.deliver_get_details.rate', class: 'num', render: (q) => fmtRate(q.message_stats?.deliver_get_details?.rate ?? 0) },
@@ -35,8 +62,38 @@ export function list(root, ctx) {
   return { refresh: () => table.refresh() };
 }
 
+/** RabbitMQ's UI shows a running queue that did nothing lately as idle. */
+function queueState(q) {
+  if (q.state === 'running' && q.idle_since) return el('span', { title: `idle since ${q.idle_since}` }, badge('idle'));
+  return q.state === 'running' ? badge('running', 'good') : badge(q.state, 'bad');
+}
+
+// What a queue is, from its arguments and effective policy: [label, keys, description].
+const FEATURES = [
+  ['TTL', ['x-message-ttl', 'message-ttl'], 'message TTL'],
+  ['Exp', ['x-expires', 'expires'], 'queue expires when unused'],
+  ['Lim', ['x-max-length', 'max-length'], 'length limit'],
+  ['Lim B', ['x-max-length-bytes', 'max-length-bytes'], 'length limit in bytes'],
+  ['DLX', ['x-dead-letter-exchange', 'dead-letter-exchange'], 'dead-letter exchange'],
+  ['DLK', ['x-dead-letter-routing-key', 'dead-letter-routing-key'], 'dead-letter routing key'],
+  ['Pri', ['x-max-priority', 'max-priority'], 'priorities'],
+  ['SAC', ['x-single-active-consumer'], 'single active consumer'],
+  ['Ovfl', ['x-overflow', 'overflow'], 'overflow behaviour'],
+];
+
 function features(q) {
-  return [q.durable ? badge('D') : null, q.auto_delete ? badge('AD') : null, q.exclusive ? badge('Excl') : null, Object.keys(q.arguments || {}).length ? el('span', { class: 'badge', title: argsText(q.arguments) }, 'Args') : null];
+  const args = q.arguments || {};
+  const pol = q.effective_policy_definition || {};
+  const out = [q.durable ? badge('D') : null, q.auto_delete ? badge('AD') : null, q.exclusive ? badge('Excl') : null];
+  if (q.type === 'stream' || args['x-queue-type'] === 'stream') out.push(badge('Stream'));
+  for (const [label, keys, what] of FEATURES) {
+    const key = keys.find((k) => args[k] !== undefined || pol[k] !== undefined);
+    if (key === undefined || (key === 'x-single-active-consumer' && args[key] !== true)) continue;
+    const v = args[key] ?? pol[key];
+    const from = args[key] !== undefined ? 'argument' : 'policy';
+    out.push(el('span', { class: 'badge', 'data-feature': label, title: `${what}: ${key}=${JSON.stringify(v)} (${from})` }, label));
+  }
+  return out;
 }
 
 const SOURCES = { argument: 'argument', policy: 'policy', 'operator-policy': 'operator policy' };
@@ -87,7 +144,6 @@ export function page(root, ctx) {
   const qpath = `/queues/${enc(vhost)}/${enc(name)}`;
   const queued = new LineChart('Queued messages', [{ label: 'Ready' }, { label: 'Unacked' }, { label: 'Total' }], { format: fmtNum });
   const rates = new LineChart('Message rates', [{ label: 'Publish' }, { label: 'Deliver / get' }, { label: 'Ack' }, { label: 'Redeliver' }], { format: fmtRate });
-  const tracker = new RateTracker();
   const figures = el('div', { class: 'figures', 'data-role': 'figures' });
   const info = el('div');
   const effective = el('div', { 'data-role': 'effective-settings' });
@@ -102,18 +158,32 @@ export function page(root, ctx) {
     el('h2', {}, 'Queue ', el('span', { class: 'name', 'data-role': 'queue-name' }, name), el('small', { class: 'muted' }, ` in virtual host ${vhost}`)),
     gone,
     el('div', { class: 'figures-row' }, figures),
+    toc([
+      ['details', 'Details'],
+      ['consumers', 'Consumers'],
+      ['bindings', 'Bindings'],
+      ['unacked', 'Unacked'],
+      ['peek', 'Peek'],
+      ['publish', 'Publish'],
+      ['get', 'Get'],
+      ['delete', 'Purge / delete'],
+    ]),
+    rangePicker(() => refresh().catch(() => {})),
     el('div', { class: 'charts' }, queued.node, rates.node),
-    section('Details', info),
+    anchored('details', section('Details', info)),
     section('Effective settings', el('p', { class: 'muted' }, 'What the queue\'s arguments, policy and operator policy give together, and where each value comes from.'), effective),
-    section('Consumers', consumers),
-    section('Bindings', bindings, el('h4', {}, 'Add binding to this queue'), bindingForm({ vhost, queue: name, onDone: () => refreshBindings().catch(() => {}) })),
-    section('Unacknowledged messages', el('p', { class: 'muted' }, 'Messages delivered and not yet acknowledged: which consumer holds each, and for how long.'), unacked),
-    section('Peek at ready messages', el('p', { class: 'muted' }, 'Reads messages from the head of the queue without taking them: they are not requeued and not marked redelivered.'), peekForm(qpath)),
-    section('Publish message', publishForm({ vhost, exchange: '', fixedKey: name, onDone: () => refresh().catch(() => {}) })),
-    section('Get messages', el('p', { class: 'muted' }, 'Getting messages is a destructive action: with "Nack, requeue" they go back to the queue marked redelivered.'), getForm(qpath, () => refresh().catch(() => {}))),
-    section(
-      'Purge or delete',
-      el('div', { class: 'inline' }, purgeButton(qpath, () => refresh().catch(() => {})), deleteButton(qpath, name, () => (deleted = true))),
+    anchored('consumers', section('Consumers', consumers)),
+    anchored('bindings', section('Bindings', bindings, el('h4', {}, 'Add binding to this queue'), bindingForm({ vhost, queue: name, onDone: () => refreshBindings().catch(() => {}) }))),
+    anchored('unacked', section('Unacknowledged messages', el('p', { class: 'muted' }, 'Messages delivered and not yet acknowledged: which consumer holds each, and for how long.'), unacked)),
+    anchored('peek', section('Peek at ready messages', el('p', { class: 'muted' }, 'Reads messages from the head of the queue without taking them: they are not requeued and not marked redelivered.'), peekForm(qpath))),
+    anchored('publish', section('Publish message', publishForm({ vhost, exchange: '', fixedKey: name, onDone: () => refresh().catch(() => {}) }))),
+    anchored('get', section('Get messages', el('p', { class: 'muted' }, 'Getting messages is a destructive action: with "Nack, requeue" they go back to the queue marked redelivered.'), getForm(qpath, () => refresh().catch(() => {})))),
+    anchored(
+      'delete',
+      section(
+        'Purge or delete',
+        el('div', { class: 'inline' }, purgeButton(qpath, () => refresh().catch(() => {})), deleteButton(qpath, name, () => (deleted = true))),
+      ),
     ),
   );
 
@@ -121,7 +191,7 @@ export function page(root, ctx) {
     if (deleted) return;
     let q;
     try {
-      q = await get(qpath);
+      q = await get(`${qpath}?${historyQuery(['lengths', 'msg_rates'])}`);
     } catch (e) {
       if (e.status === 404) {
         gone.textContent = 'This queue does not exist (any more).';
@@ -132,9 +202,8 @@ export function page(root, ctx) {
     }
     gone.hidden = true;
     const ms = q.message_stats || {};
-    queued.push([q.messages_ready, q.messages_unacknowledged, q.messages]);
-    const r = tracker.rates(ms, ['publish', 'deliver_get', 'ack', 'redeliver']);
-    rates.push(r);
+    drawHistory(queued, q, ['messages_ready', 'messages_unacknowledged', 'messages'], false);
+    drawHistory(rates, ms, ['publish', 'deliver_get', 'ack', 'redeliver'], true);
     fill(
       figures,
       figure('Ready', fmtNum(q.messages_ready)),
@@ -159,6 +228,11 @@ export function page(root, ctx) {
     );
     fill(effective, effectiveTable(q.effective_settings || {}));
     await Promise.all([refreshConsumers(q), refreshBindings(), refreshUnacked()]);
+    // Arrived from a list's unacked count: show the unacked view.
+    if (sessionStorage.getItem('warren.scrollTo') === 'unacked') {
+      sessionStorage.removeItem('warren.scrollTo');
+      document.getElementById('sec-unacked')?.scrollIntoView();
+    }
   }
 
   async function refreshConsumers(q) {
@@ -182,7 +256,7 @@ export function page(root, ctx) {
                 el(
                   'tr',
                   {},
-                  el('td', {}, link('connections', null, c.channel_details?.connection_name ?? '', c.channel_details?.name ?? '')),
+                  el('td', {}, channelLink(c.channel_details)),
                   el('td', {}, el('code', {}, c.consumer_tag)),
                   el('td', {}, c.ack_required ? 'yes' : 'no'),
                   el('td', {}, c.exclusive ? 'yes' : 'no'),
@@ -226,7 +300,7 @@ export function page(root, ctx) {
             el(
               'table',
               { class: 'list' },
-              el('thead', {}, el('tr', {}, ['Delivery tag', 'Consumer', 'Channel', 'Client', 'Delivered at', 'Held for', 'Routing key', 'Size', 'Redelivered'].map((h) => el('th', {}, h)))),
+              el('thead', {}, el('tr', {}, ['Consumer', 'Channel', 'Client', 'Delivered at', 'Held for', 'Routing key', 'Size', 'Redelivered'].map((h) => el('th', {}, h)))),
               el(
                 'tbody',
                 {},
@@ -236,9 +310,8 @@ export function page(root, ctx) {
                   return el(
                     'tr',
                     { class: held > 60000 ? 'stale' : '' },
-                    el('td', { class: 'num' }, m.delivery_tag ?? '–'),
                     el('td', {}, m.consumer_tag === null ? el('i', {}, 'basic.get') : el('code', {}, m.consumer_tag)),
-                    el('td', {}, ch.connection_name ? link('connections', null, ch.connection_name, ch.name || `${ch.connection_name} (${ch.number})`) : '–'),
+                    el('td', {}, ch.connection_name ? channelLink({ ...ch, name: ch.name || `${ch.connection_name} (${ch.number})` }) : '–'),
                     el('td', {}, [ch.user, ch.peer_host ? `${ch.peer_host}:${ch.peer_port}` : null].filter(Boolean).join(' @ ')),
                     el('td', {}, fmtTime(m.delivered_at)),
                     el('td', { class: 'num' }, fmtDuration(held)),

@@ -514,7 +514,10 @@ async fn prometheus_metrics_use_rabbitmq_names_on_both_listeners() {
         assert_eq!(sample(&text, "rabbitmq_queue_messages_unacked"), Some(1.0));
         assert_eq!(sample(&text, "rabbitmq_queue_messages"), Some(3.0));
         assert_eq!(
-            sample(&text, "rabbitmq_global_messages_received_total"),
+            sample(
+                &text,
+                "rabbitmq_global_messages_received_total{protocol=\"amqp091\"}"
+            ),
             Some(3.0)
         );
         let (status, text) = raw_at(addr, "GET", "/metrics/per-object", None, "").await;

@@ -530,6 +530,13 @@ async fn route_test_explains_what_a_publish_does() {
 }
 
 fn prom(text: &str, series: &str) -> Option<f64> {
+    // The global counters carry RabbitMQ's protocol label.
+    let labelled = format!("{series}{{protocol=\"amqp091\"}}");
+    let series = if series.starts_with("rabbitmq_global_") {
+        labelled.as_str()
+    } else {
+        series
+    };
     text.lines()
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
         .and_then(|l| l[series.len()..].trim().parse().ok())

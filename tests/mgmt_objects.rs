@@ -1047,12 +1047,12 @@ async fn get_count_is_bounded_and_unroutable_api_publishes_are_counted() {
             .map(|l| l[name.len()..].trim().to_owned())
     };
     assert_eq!(
-        line("rabbitmq_global_messages_unroutable_dropped_total").as_deref(),
+        line("rabbitmq_global_messages_unroutable_dropped_total{protocol=\"amqp091\"}").as_deref(),
         Some("1"),
         "{text}"
     );
     assert_eq!(
-        line("rabbitmq_global_messages_routed_total").as_deref(),
+        line("rabbitmq_global_messages_routed_total{protocol=\"amqp091\"}").as_deref(),
         Some("0"),
         "{text}"
     );

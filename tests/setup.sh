@@ -10,6 +10,8 @@
 #   - Debian's chromium, nodejs and npm, for the dashboard's browser tests
 #     (tests/ui_e2e.rs, which runs `npm ci` in tests/e2e itself to fetch
 #     playwright-core).
+#   - Debian's prometheus, which tests/prometheus.rs runs against a broker
+#     (its service is not started either).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +22,7 @@ need=()
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+[ -x /usr/bin/prometheus ] || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO=sudo

@@ -13,7 +13,7 @@ mod common;
 use common::*;
 use futures_lite::StreamExt;
 use lapin::options::*;
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::ExchangeKind;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -180,6 +180,52 @@ async fn dashboard_in_headless_chromium() {
     .await;
 
     // The script asks for a memory alarm (and its end) through files.
+    // The operators' view: an application that names its connection holds
+    // an unacked message of a queue with TTL, a length limit and a DLX;
+    // another named connection is there to be closed from its page.
+    let named = |n: &str| lapin::ConnectionProperties::default().with_connection_name(n.into());
+    let app = within(lapin::Connection::connect(&url(&s), named("e2e-billing")))
+        .await
+        .unwrap();
+    let app_ch = app.create_channel().await.unwrap();
+    let featured = uniq("e2e-featured");
+    let mut args = FieldTable::default();
+    args.insert("x-message-ttl".into(), AMQPValue::LongInt(600_000));
+    args.insert("x-max-length".into(), AMQPValue::LongInt(100));
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("amq.fanout".into()),
+    );
+    app_ch
+        .queue_declare(
+            featured.as_str().into(),
+            QueueDeclareOptions::default(),
+            args,
+        )
+        .await
+        .unwrap();
+    app_ch
+        .basic_qos(5, BasicQosOptions::default())
+        .await
+        .unwrap();
+    publish(&app_ch, "", featured.as_str(), b"held by the billing app").await;
+    let mut app_consumer = app_ch
+        .basic_consume(
+            featured.as_str().into(),
+            "e2e-billing-consumer".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let app_delivery = within(app_consumer.next())
+        .await
+        .expect("a delivery")
+        .unwrap();
+    let closable = within(lapin::Connection::connect(&url(&s), named("e2e-closable")))
+        .await
+        .unwrap();
+
     let alarm_dir = temp_dir("e2e-alarm");
     std::fs::create_dir_all(&alarm_dir).unwrap();
     let toggler = tokio::spawn(toggle_alarms_on_request(
@@ -191,6 +237,7 @@ async fn dashboard_in_headless_chromium() {
     let ok = tokio::task::spawn_blocking({
         let (e2e, log, artifacts) = (e2e.clone(), log.clone(), artifacts.clone());
         let (queue, held, exchange) = (queue.clone(), held.clone(), exchange.clone());
+        let featured = featured.clone();
         move || {
             run_logged(
                 Command::new("node")
@@ -200,6 +247,9 @@ async fn dashboard_in_headless_chromium() {
                     .env("E2E_QUEUE", queue)
                     .env("E2E_HELD_QUEUE", held)
                     .env("E2E_CONSUMER_TAG", ctag)
+                    .env("E2E_APP_NAME", "e2e-billing")
+                    .env("E2E_FEATURE_QUEUE", featured)
+                    .env("E2E_CLOSABLE", "e2e-closable")
                     .env("E2E_EXCHANGE", exchange)
                     .env("E2E_BINDING_KEY", binding_key)
                     .env("E2E_ROUTE_KEY", route_key)
@@ -232,6 +282,7 @@ async fn dashboard_in_headless_chromium() {
     .await;
     assert!(body.contains("\"messages_unacknowledged\":1"), "{body}");
     drop(delivery);
+    drop((app_delivery, closable));
     s.shutdown().await;
 }
 

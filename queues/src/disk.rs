@@ -1474,6 +1474,10 @@ impl MessageStore for DiskStore {
         self.transient_bytes
     }
 
+    fn persistent_bytes(&self) -> Option<u64> {
+        Some(self.bytes - self.transient_bytes)
+    }
+
     fn peek_entries(&self, offset: usize, n: usize) -> Peeked {
         let r = self.requeued.len();
         let start = offset.saturating_sub(r).min(self.ready.len());

@@ -168,16 +168,37 @@ struct Unacked {
     /// When it was delivered (the caller's clock, milliseconds), with
     /// [`REDELIVERED_BIT`] set for a redelivery: one word per entry.
     at: u64,
+    /// Body bytes, with [`PERSISTENT_BIT`] set for a persistent message,
+    /// for the unacked byte totals (the body itself may not be kept).
+    size: u32,
 }
+
+/// The top bit of [`Unacked::size`]: the message is persistent.
+const PERSISTENT_BIT: u32 = 1 << 31;
 
 impl Unacked {
     fn new(holder: Holder, m: &QueuedMessage, now: u64, keep_body: bool) -> Self {
         let flag = if m.redelivered { REDELIVERED_BIT } else { 0 };
+        let size = (m.message.size().min((PERSISTENT_BIT - 1) as u64) as u32)
+            | if m.message.persistent {
+                PERSISTENT_BIT
+            } else {
+                0
+            };
         Unacked {
             holder,
             message: keep_body.then(|| m.message.clone()),
             at: (now & !REDELIVERED_BIT) | flag,
+            size,
         }
+    }
+
+    fn bytes(&self) -> u64 {
+        (self.size & !PERSISTENT_BIT) as u64
+    }
+
+    fn persistent(&self) -> bool {
+        self.size & PERSISTENT_BIT != 0
     }
 
     fn delivered_at(&self) -> u64 {
@@ -234,6 +255,19 @@ pub struct QueueCore<C> {
     /// had a delivery limit, by seq: only such messages pay for an entry,
     /// so a plain queue keeps this empty (see `queue/redelivery.rs`).
     delivery_counts: HashMap<u64, u32>,
+    /// Body bytes of unacked messages, and of the persistent ones among
+    /// them (the management API's `message_bytes_unacknowledged`).
+    unacked_bytes: (u64, u64),
+}
+
+/// Body byte totals as the management API shows them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ByteTotals {
+    pub ready: u64,
+    pub unacked: u64,
+    /// Persistent messages ready or unacked, in a store that keeps them
+    /// across a restart.
+    pub persistent: u64,
 }
 
 impl<C: Clone> QueueCore<C> {
@@ -252,6 +286,29 @@ impl<C: Clone> QueueCore<C> {
             departed: Vec::new(),
             noack_window: noack_window.max(1),
             had_consumer: false,
+            unacked_bytes: (0, 0),
+        }
+    }
+
+    /// Records a new unacked message in the byte totals.
+    fn count_unacked(&mut self, u: &Unacked) {
+        self.unacked_bytes.0 += u.bytes();
+        if u.persistent() {
+            self.unacked_bytes.1 += u.bytes();
+        }
+    }
+
+    /// Body byte totals (ready, unacked, persistent).
+    pub fn byte_totals(&self) -> ByteTotals {
+        // Only a store that survives a restart has persistent messages.
+        let persistent = self
+            .store
+            .persistent_bytes()
+            .map_or(0, |ready| ready + self.unacked_bytes.1);
+        ByteTotals {
+            ready: self.store.bytes(),
+            unacked: self.unacked_bytes.0,
+            persistent,
         }
     }
 
@@ -325,10 +382,12 @@ impl<C: Clone> QueueCore<C> {
                     }
                 } else {
                     let keep = self.store.keep_unacked(&m);
-                    self.unacked.insert(
-                        m.seq,
-                        Unacked::new(Holder::Consumer(c.spec.id), &m, now, keep),
-                    );
+                    let u = Unacked::new(Holder::Consumer(c.spec.id), &m, now, keep);
+                    self.unacked_bytes.0 += u.bytes();
+                    if u.persistent() {
+                        self.unacked_bytes.1 += u.bytes();
+                    }
+                    self.unacked.insert(m.seq, u);
                     if let Some(d) = deadline {
                         self.held_deadlines.insert(m.seq, d);
                     }
@@ -359,8 +418,9 @@ impl<C: Clone> QueueCore<C> {
             self.forget_count(m.seq);
         } else {
             let keep = self.store.keep_unacked(&m);
-            self.unacked
-                .insert(m.seq, Unacked::new(Holder::Get(taker), &m, now, keep));
+            let u = Unacked::new(Holder::Get(taker), &m, now, keep);
+            self.count_unacked(&u);
+            self.unacked.insert(m.seq, u);
             if let Some(d) = deadline {
                 self.held_deadlines.insert(m.seq, d);
             }
@@ -370,6 +430,10 @@ impl<C: Clone> QueueCore<C> {
 
     fn take_unacked(&mut self, seq: u64) -> Option<Unacked> {
         let u = self.unacked.remove(&seq)?;
+        self.unacked_bytes.0 -= u.bytes();
+        if u.persistent() {
+            self.unacked_bytes.1 -= u.bytes();
+        }
         if let Holder::Consumer(id) = u.holder {
             if let Some(c) = self.consumers.iter_mut().find(|c| c.spec.id == id) {
                 c.in_flight = c.in_flight.saturating_sub(1);

@@ -127,6 +127,12 @@ pub trait MessageStore: Send {
     fn memory_bytes(&self) -> u64 {
         self.bytes()
     }
+    /// Body bytes of ready persistent messages, for a store whose
+    /// persistent messages survive a restart; `None` for one that keeps
+    /// nothing (RabbitMQ counts no persistent bytes in a transient queue).
+    fn persistent_bytes(&self) -> Option<u64> {
+        None
+    }
     fn is_empty(&self) -> bool {
         self.len() == 0
     }

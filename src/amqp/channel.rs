@@ -380,6 +380,7 @@ impl Connection {
                     confirm: ch.confirm.is_some(),
                     transactional: ch.tx.is_some(),
                     consumers,
+                    idle_since: None,
                 }
             })
             .collect();

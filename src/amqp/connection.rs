@@ -15,8 +15,8 @@ use super::error::*;
 use super::{sasl, writer, AmqpSettings};
 use crate::broker::limits::ConnectionSlots;
 use crate::broker::{
-    AlarmSet, Broker, Caller, ClientInfo, ConnState, ConnectionInfo, Outbox, OutboxItem, Queue,
-    RouteScratch, TlsInfo, Vhost,
+    AlarmSet, Broker, Caller, ClientInfo, ConnState, ConnectionInfo, NetCounters, Outbox,
+    OutboxItem, Queue, RouteScratch, TlsInfo, Vhost,
 };
 use amq_protocol::protocol::{connection, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
@@ -222,7 +222,7 @@ struct Ends {
 /// The connection task proper, over either kind of stream (compiled once
 /// for each, so the plain path pays nothing for TLS).
 async fn serve_stream<R, W>(
-    mut rd: R,
+    rd: R,
     wr: W,
     ends: Ends,
     broker: Arc<Broker>,
@@ -233,8 +233,15 @@ async fn serve_stream<R, W>(
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let Ends { peer, local, tls } = ends;
+    let mut rd = super::counting::CountingRead::new(rd);
+    let net = Arc::new(NetCounters::default());
     let (tx, rx) = mpsc::channel(writer::WRITER_QUEUE);
-    let writer = tokio::spawn(writer::run(wr, rx, Arc::new(AtomicBool::new(false))));
+    let writer = tokio::spawn(writer::run(
+        wr,
+        rx,
+        Arc::new(AtomicBool::new(false)),
+        net.clone(),
+    ));
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
 
     let hs = tokio::time::timeout(
@@ -286,7 +293,8 @@ async fn serve_stream<R, W>(
                 protocol: t.protocol,
                 cipher: t.cipher,
             }),
-        ),
+        )
+        .with_net(net),
     );
     // Deregistered by cleanup (Broker::connection_closed).
     broker.register_connection(info.clone());
@@ -327,6 +335,7 @@ async fn serve_stream<R, W>(
     // A bug that panics mid-connection must not strand its consumers and
     // unacked messages: the cleanup runs either way.
     let end = CatchUnwind(Box::pin(c.run(&mut rd, &mut rbuf, &mut shutdown))).await;
+    c.info.net.store_recv(rd.octets, rd.reads);
     c.cleanup();
     let end = match end {
         Ok(end) => end,
@@ -494,6 +503,7 @@ fn client_info(props: &FieldTable) -> ClientInfo {
         version: text("version"),
         connection_name: text("connection_name"),
         capabilities,
+        properties: super::fields::to_table(props),
     }
 }
 
@@ -777,7 +787,7 @@ async fn handshake<R: AsyncRead + Unpin>(
 impl Connection {
     async fn run<R: AsyncRead + Unpin>(
         &mut self,
-        rd: &mut R,
+        rd: &mut super::counting::CountingRead<R>,
         rbuf: &mut BytesMut,
         shutdown: &mut watch::Receiver<bool>,
     ) -> End {
@@ -878,6 +888,7 @@ impl Connection {
                 _ = tick.tick() => {
                     // For the management API; at most once a tick, off the hot path.
                     self.info.set_channels(self.channel_snapshots());
+                    self.info.net.store_recv(rd.octets, rd.reads);
                     let now = Instant::now();
                     if self.flow_wait.is_some() || self.throttle.blocked {
                         // Time spent paused by us is not the peer's silence.

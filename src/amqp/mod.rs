@@ -11,6 +11,7 @@ pub mod assembler;
 mod channel;
 pub mod codec;
 pub mod connection;
+mod counting;
 pub mod error;
 mod fields;
 #[doc(hidden)]

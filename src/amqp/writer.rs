@@ -5,8 +5,10 @@
 //! (backpressure: a client that does not read stalls only its own
 //! connection). It coalesces whatever is queued into one buffer per write
 //! system call, and flags that it wrote so heartbeats are only sent on
-//! idle connections.
+//! idle connections. It counts what it writes (RabbitMQ's `send_oct` and
+//! `send_cnt`).
 
+use crate::broker::NetCounters;
 use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,10 +23,15 @@ pub async fn run<W: AsyncWrite + Unpin>(
     mut sock: W,
     mut rx: mpsc::Receiver<Bytes>,
     wrote: Arc<AtomicBool>,
+    net: Arc<NetCounters>,
 ) {
+    // Plain running totals, stored (not added) after each write: this task
+    // is their only writer.
+    let (mut octets, mut writes) = (0u64, 0u64);
     let mut buf: Vec<u8> = Vec::with_capacity(COALESCE_LIMIT);
     while let Some(first) = rx.recv().await {
         let res = if first.len() >= COALESCE_LIMIT {
+            octets += first.len() as u64;
             sock.write_all(&first).await
         } else {
             buf.clear();
@@ -35,6 +42,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
                     Err(_) => break,
                 }
             }
+            octets += buf.len() as u64;
             sock.write_all(&buf).await
         };
         // A TLS stream may keep encrypted records it accepted but could
@@ -48,6 +56,8 @@ pub async fn run<W: AsyncWrite + Unpin>(
             tracing::debug!(error = %e, "socket write failed");
             break;
         }
+        writes += 1;
+        net.store_send(octets, writes);
         wrote.store(true, Ordering::Relaxed);
     }
     let _ = sock.shutdown().await;

@@ -38,6 +38,8 @@ pub struct Exchange {
     pub opts: ExchangeOptions,
     /// publish_in / publish_out (management API).
     pub stats: super::registry::MessageCounters,
+    /// Sampled history of the counters, for the charts.
+    pub history: super::history::SharedHistory,
     /// The effective alternate exchange: the `alternate-exchange`
     /// argument, else the policy's (read only for unroutable messages).
     alternate: RwLock<Option<Arc<str>>>,
@@ -74,6 +76,10 @@ impl Exchange {
             policies: Mutex::new(Applied::default()),
             opts,
             stats: Default::default(),
+            history: super::history::SharedHistory::new(
+                super::history::BASIC,
+                super::history::EXCHANGE_SERIES,
+            ),
             router: RwLock::new(router),
             exchange_dests: AtomicUsize::new(0),
             deleted: AtomicBool::new(false),

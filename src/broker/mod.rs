@@ -12,6 +12,7 @@ pub mod base64;
 pub(crate) mod dead_letter;
 pub mod error;
 pub mod exchange;
+pub mod history;
 pub mod limits;
 pub mod outbox;
 pub mod persist;
@@ -31,10 +32,10 @@ pub use error::{BrokerError, ErrorKind, Result};
 pub use exchange::{Exchange, ExchangeKind, ExchangeOptions};
 pub use outbox::{ConsumerTimedOut, Delivery, Outbox, OutboxItem};
 pub use policy::{Applied, Policy, PolicyKind, QueueSettings};
-pub use queue::{ConsumeRequest, ConsumerHandle, Queue, QueueOptions, QueueRef};
+pub use queue::{ConsumeRequest, ConsumerHandle, Queue, QueueContents, QueueOptions, QueueRef};
 pub use registry::{
     ChannelSnapshot, Churn, ChurnCounters, ClientInfo, CoarseClock, ConnState, ConnectionInfo,
-    ConsumerSnapshot, Counter, MessageCounters, MessageStats, TlsInfo,
+    ConsumerSnapshot, Counter, MessageCounters, MessageStats, NetCounters, NetStats, TlsInfo,
 };
 pub use reply::{ReplyOutcome, ReplyRegistry, REPLY_PREFIX, REPLY_QUEUE};
 pub use route::{Dest, RouteScratch, RouteStep, RouteTrace};
@@ -93,6 +94,8 @@ pub struct Broker {
     connections: DashMap<u64, Arc<ConnectionInfo>>,
     /// Broker-wide message counters.
     stats: Arc<MessageCounters>,
+    /// Sampled history of the overview's lengths and counters.
+    pub history: history::SharedHistory,
     /// Connections, channels and queues made and gone.
     pub churn: Arc<ChurnCounters>,
     /// The coarse clock deliveries are stamped with (advanced by the server).
@@ -236,6 +239,7 @@ impl Broker {
             next_id: AtomicU64::new(1),
             connections: DashMap::new(),
             stats: Arc::new(MessageCounters::default()),
+            history: history::SharedHistory::new(history::GLOBAL, history::OVERVIEW_SERIES),
             churn: Arc::new(ChurnCounters::default()),
             clock: Arc::new(CoarseClock::default()),
             alarms: Alarms::new(&cfg.alarms),
@@ -486,19 +490,35 @@ impl Broker {
     /// Turns the counters (broker-wide, per queue, exchange and channel)
     /// into rates; called every few seconds by the server's sampler task.
     pub fn sample_rates(&self, secs: f64) {
+        let now = registry::unix_ms();
         self.stats.sample(secs);
         self.churn.sample(secs);
+        let (mut ready, mut unacked) = (0, 0);
         for v in self.vhosts() {
             for q in v.queues() {
-                q.stats.sample(secs);
+                let (r, u) = q.sample(secs, now);
+                ready += r;
+                unacked += u;
             }
             for e in v.exchanges() {
                 e.stats.sample(secs);
+                let s = e.stats.snapshot();
+                e.history
+                    .record(now, &history::EXCHANGE_COUNTERS.map(|c| s.count(c)));
             }
         }
         for c in self.connections() {
             c.sample_channels(secs);
+            let n = c.net.snapshot();
+            c.history.record(now, &[n.recv_oct, n.send_oct]);
         }
+        let s = self.stats.snapshot();
+        let mut values = [0u64; 14];
+        values[..3].copy_from_slice(&[ready + unacked, ready, unacked]);
+        for (i, c) in history::CHANNEL_COUNTERS.iter().enumerate() {
+            values[3 + i] = s.count(*c);
+        }
+        self.history.record(now, &values);
     }
 
     /// A connection is gone: its exclusive queues go with it.

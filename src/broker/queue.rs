@@ -65,6 +65,12 @@ pub struct Queue {
     pub arguments: Table,
     /// This queue's message counters (management API).
     pub stats: MessageCounters,
+    /// Sampled history of the lengths and counters, for the charts.
+    pub history: super::history::SharedHistory,
+    /// RabbitMQ's `consumer_utilisation`: a moving average of whether the
+    /// queue's consumers took messages as fast as they came, as `f64` bits
+    /// (see [`Queue::sample_utilisation`]).
+    utilisation: std::sync::atomic::AtomicU64,
     /// The broker-wide counters, bumped alongside.
     global: Arc<MessageCounters>,
     /// Stamps deliveries for the unacked view.
@@ -169,6 +175,11 @@ impl Queue {
             owner,
             disk_id,
             stats: MessageCounters::default(),
+            history: super::history::SharedHistory::new(
+                super::history::BASIC,
+                super::history::QUEUE_SERIES,
+            ),
+            utilisation: Default::default(),
             global,
             clock,
             rewrite_disk: store.rewrite_disk(),
@@ -791,6 +802,78 @@ impl Queue {
         (core.message_count(), core.message_bytes())
     }
 
+    /// What the management API shows of the queue's contents, read under
+    /// one short hold of the lock.
+    pub fn contents(&self) -> QueueContents {
+        let core = self.core();
+        let head = core.peek_entries(0, 1);
+        let head_timestamp = match head.entries().first().map(|e| &e.body) {
+            // A head paged out to disk is not read for this.
+            Some(warren_queues::PeekBody::Loaded(m)) => {
+                super::properties::BasicProperties::decode(m.properties()).and_then(|p| p.timestamp)
+            }
+            _ => None,
+        };
+        QueueContents {
+            ready: core.message_count(),
+            unacked: core.unacked_count(),
+            consumers: core.consumer_count(),
+            bytes: core.byte_totals(),
+            head_timestamp,
+        }
+    }
+
+    /// Folds this sample into the consumer utilisation: a queue whose
+    /// consumers left nothing ready was fully used, one with messages
+    /// waiting while consumers sat at their prefetch limit was not. The
+    /// average spans about a minute of samples.
+    pub fn sample_utilisation(&self, ready: usize, consumers: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = match (consumers, ready) {
+            (0, _) => {
+                self.utilisation.store(0f64.to_bits(), Relaxed);
+                return;
+            }
+            (_, 0) => 1.0,
+            _ => 0.0,
+        };
+        let old = f64::from_bits(self.utilisation.load(Relaxed));
+        let avg = if old == 0.0 {
+            now
+        } else {
+            old + (now - old) / 12.0
+        };
+        self.utilisation.store(avg.to_bits(), Relaxed);
+    }
+
+    pub fn consumer_utilisation(&self) -> f64 {
+        f64::from_bits(self.utilisation.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// The sampler's turn: rates, utilisation and history at `now` (Unix
+    /// milliseconds). Returns the (ready, unacked) lengths for the totals.
+    pub fn sample(&self, secs: f64, now: u64) -> (u64, u64) {
+        self.stats.sample(secs);
+        let (ready, unacked, consumers) = {
+            let core = self.core();
+            (
+                core.message_count(),
+                core.unacked_count(),
+                core.consumer_count(),
+            )
+        };
+        self.sample_utilisation(ready, consumers);
+        let (r, u) = (ready as u64, unacked as u64);
+        let stats = self.stats.snapshot();
+        let mut values = [0u64; 11];
+        values[..3].copy_from_slice(&[r + u, r, u]);
+        for (i, c) in super::history::QUEUE_COUNTERS.iter().enumerate() {
+            values[3 + i] = stats.count(*c);
+        }
+        self.history.record(now, &values);
+        (r, u)
+    }
+
     /// (ready messages, consumers)
     pub fn counts(&self) -> (usize, usize) {
         let core = self.core();
@@ -823,6 +906,18 @@ impl Queue {
         }
         count
     }
+}
+
+/// A queue's contents as the management API shows them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueueContents {
+    pub ready: usize,
+    pub unacked: usize,
+    pub consumers: usize,
+    pub bytes: warren_queues::ByteTotals,
+    /// The `timestamp` property of the head message, when it has one and
+    /// its body is in memory.
+    pub head_timestamp: Option<u64>,
 }
 
 /// Reads paged-out bodies for a caller that cannot wait for the loader

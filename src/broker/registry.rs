@@ -89,6 +89,9 @@ pub struct MessageCounters {
     last: [AtomicU64; COUNTERS],
     /// Rates as `f64` bits, so readers never take a lock.
     rates: [AtomicU64; COUNTERS],
+    /// Since when (Unix milliseconds) no counter moved, as of the last
+    /// sample; 0 while active (RabbitMQ's `idle_since`).
+    idle_since: AtomicU64,
 }
 
 /// A copy of a set of counters (with rates) for display. Channels fill the
@@ -167,8 +170,22 @@ impl MessageCounters {
             now[i] = self.counts[i].load(Ordering::Relaxed);
             before[i] = self.last[i].swap(now[i], Ordering::Relaxed);
         }
+        if now != before {
+            self.idle_since.store(0, Ordering::Relaxed);
+        } else if self.idle_since.load(Ordering::Relaxed) == 0 {
+            self.idle_since.store(unix_ms(), Ordering::Relaxed);
+        }
         for (i, r) in rates_between(&before, &now, secs).into_iter().enumerate() {
             self.rates[i].store(r.to_bits(), Ordering::Relaxed);
+        }
+    }
+
+    /// Since when nothing was counted (Unix milliseconds), or `None`
+    /// while the object is active.
+    pub fn idle_since(&self) -> Option<u64> {
+        match self.idle_since.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(t),
         }
     }
 
@@ -315,6 +332,79 @@ pub struct ClientInfo {
     pub version: String,
     pub connection_name: String,
     pub capabilities: Vec<(String, bool)>,
+    /// Every property as the client sent it (`client_properties`).
+    pub properties: warren_exchanges::Table,
+}
+
+/// A connection's socket traffic, as RabbitMQ's `recv_oct`/`recv_cnt`/
+/// `send_oct`/`send_cnt`: bytes, and reads or writes (system calls).
+/// Each side has one owner that keeps plain counts and stores them here
+/// now and then (the connection task its reads once a tick, the writer
+/// task its writes after each write): no read-modify-write, no cache line
+/// another core writes, on the hot path.
+#[derive(Debug, Default)]
+pub struct NetCounters {
+    pub recv_oct: AtomicU64,
+    pub recv_cnt: AtomicU64,
+    pub send_oct: AtomicU64,
+    pub send_cnt: AtomicU64,
+    /// Bytes per second received and sent at the last sample (`f64` bits).
+    recv_rate: AtomicU64,
+    send_rate: AtomicU64,
+    /// Octets at the last sample.
+    last: Mutex<(u64, u64)>,
+}
+
+/// A copy of [`NetCounters`] for display.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct NetStats {
+    pub recv_oct: u64,
+    pub recv_cnt: u64,
+    pub send_oct: u64,
+    pub send_cnt: u64,
+    pub recv_rate: f64,
+    pub send_rate: f64,
+}
+
+impl NetCounters {
+    /// The owner's running totals of received bytes and reads.
+    pub fn store_recv(&self, oct: u64, cnt: u64) {
+        self.recv_oct.store(oct, Ordering::Relaxed);
+        self.recv_cnt.store(cnt, Ordering::Relaxed);
+    }
+
+    /// The owner's running totals of sent bytes and writes.
+    pub fn store_send(&self, oct: u64, cnt: u64) {
+        self.send_oct.store(oct, Ordering::Relaxed);
+        self.send_cnt.store(cnt, Ordering::Relaxed);
+    }
+
+    /// Turns the octets since the last sample into per-second rates.
+    pub fn sample(&self, secs: f64) {
+        let now = (
+            self.recv_oct.load(Ordering::Relaxed),
+            self.send_oct.load(Ordering::Relaxed),
+        );
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if secs > 0.0 {
+            let r = now.0.saturating_sub(last.0) as f64 / secs;
+            let s = now.1.saturating_sub(last.1) as f64 / secs;
+            self.recv_rate.store(r.to_bits(), Ordering::Relaxed);
+            self.send_rate.store(s.to_bits(), Ordering::Relaxed);
+        }
+        *last = now;
+    }
+
+    pub fn snapshot(&self) -> NetStats {
+        NetStats {
+            recv_oct: self.recv_oct.load(Ordering::Relaxed),
+            recv_cnt: self.recv_cnt.load(Ordering::Relaxed),
+            send_oct: self.send_oct.load(Ordering::Relaxed),
+            send_cnt: self.send_cnt.load(Ordering::Relaxed),
+            recv_rate: f64::from_bits(self.recv_rate.load(Ordering::Relaxed)),
+            send_rate: f64::from_bits(self.send_rate.load(Ordering::Relaxed)),
+        }
+    }
 }
 
 /// One consumer as the API shows it.
@@ -341,6 +431,9 @@ pub struct ChannelSnapshot {
     pub confirm: bool,
     pub transactional: bool,
     pub consumers: Vec<ConsumerSnapshot>,
+    /// Since when (Unix milliseconds) the channel counted nothing, as of
+    /// the last sample (filled in by the sampler).
+    pub idle_since: Option<u64>,
 }
 
 /// What the management API shows of a connection's TLS session.
@@ -372,6 +465,10 @@ pub struct ConnectionInfo {
     pub auth_mechanism: String,
     /// Set on an AMQPS connection.
     pub tls: Option<TlsInfo>,
+    /// Socket traffic, shared with the connection's writer task.
+    pub net: std::sync::Arc<NetCounters>,
+    /// Sampled history of the octet counters, for the charts.
+    pub history: super::history::SharedHistory,
     channels: Mutex<Vec<ChannelSnapshot>>,
     /// Each channel's counts at the last rate sample.
     sampled: Mutex<std::collections::HashMap<u16, [u64; COUNTERS]>>,
@@ -432,6 +529,11 @@ impl ConnectionInfo {
             client,
             auth_mechanism: "PLAIN".into(),
             tls: None,
+            net: Default::default(),
+            history: super::history::SharedHistory::new(
+                super::history::BASIC,
+                super::history::CONNECTION_SERIES,
+            ),
             channels: Mutex::new(Vec::new()),
             sampled: Mutex::new(std::collections::HashMap::new()),
             close_reason: Mutex::new(None),
@@ -460,6 +562,12 @@ impl ConnectionInfo {
         self
     }
 
+    /// The traffic counters the connection's tasks keep (before it is shared).
+    pub fn with_net(mut self, net: std::sync::Arc<NetCounters>) -> Self {
+        self.net = net;
+        self
+    }
+
     /// Replaces the channel snapshot (the connection task calls this).
     pub fn set_channels(&self, mut channels: Vec<ChannelSnapshot>) {
         let mut cur = self.channels.lock().unwrap_or_else(|e| e.into_inner());
@@ -467,19 +575,27 @@ impl ConnectionInfo {
         for ch in channels.iter_mut() {
             if let Some(old) = cur.iter().find(|o| o.number == ch.number) {
                 ch.stats.rates = old.stats.rates;
+                ch.idle_since = old.idle_since;
             }
         }
         *cur = channels;
     }
 
-    /// Turns each channel's counts since the last sample into rates.
+    /// Turns each channel's counts, and the socket's octets, since the
+    /// last sample into rates.
     pub fn sample_channels(&self, secs: f64) {
+        self.net.sample(secs);
         let mut chans = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         let mut sampled = self.sampled.lock().unwrap_or_else(|e| e.into_inner());
         let mut next = std::collections::HashMap::with_capacity(chans.len());
         for ch in chans.iter_mut() {
             let before = sampled.get(&ch.number).copied().unwrap_or_default();
             ch.stats.rates = rates_between(&before, &ch.stats.counts, secs);
+            if before != ch.stats.counts {
+                ch.idle_since = None;
+            } else if ch.idle_since.is_none() {
+                ch.idle_since = Some(unix_ms());
+            }
             next.insert(ch.number, ch.stats.counts);
         }
         *sampled = next;

@@ -170,6 +170,8 @@ async fn unacked(
                         "name": format!("{} ({number})", c.name),
                         "number": number,
                         "connection_name": c.name,
+                        "user_provided_name": (!c.client.connection_name.is_empty())
+                            .then(|| c.client.connection_name.clone()),
                         "peer_host": c.peer.ip().to_string(),
                         "peer_port": c.peer.port(),
                         "user": c.user,

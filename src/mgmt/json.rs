@@ -76,34 +76,13 @@ fn rate(r: f64) -> J {
 }
 
 /// The counters RabbitMQ 3.10 shows in a queue's `message_stats`.
-pub const QUEUE_STATS: &[Counter] = &[
-    Counter::Publish,
-    Counter::Deliver,
-    Counter::DeliverNoAck,
-    Counter::Get,
-    Counter::GetNoAck,
-    Counter::GetEmpty,
-    Counter::Ack,
-    Counter::Redeliver,
-];
+pub const QUEUE_STATS: &[Counter] = crate::broker::history::QUEUE_COUNTERS;
 
 /// An exchange's.
-pub const EXCHANGE_STATS: &[Counter] = &[Counter::PublishIn, Counter::PublishOut];
+pub const EXCHANGE_STATS: &[Counter] = &crate::broker::history::EXCHANGE_COUNTERS;
 
 /// A channel's, and (with disk_reads/disk_writes) the overview's.
-pub const CHANNEL_STATS: &[Counter] = &[
-    Counter::Publish,
-    Counter::Confirm,
-    Counter::Deliver,
-    Counter::DeliverNoAck,
-    Counter::Get,
-    Counter::GetNoAck,
-    Counter::GetEmpty,
-    Counter::Ack,
-    Counter::Redeliver,
-    Counter::ReturnUnroutable,
-    Counter::DropUnroutable,
-];
+pub const CHANNEL_STATS: &[Counter] = crate::broker::history::CHANNEL_COUNTERS;
 
 /// `message_stats` as RabbitMQ renders it: each counter with its
 /// `*_details: {"rate"}`, plus `deliver_get` when deliveries are counted.
@@ -226,9 +205,9 @@ fn sorted_vhosts(s: &MgmtState, only: Option<&Arc<Vhost>>) -> Vec<Arc<Vhost>> {
 
 pub fn queue(s: &MgmtState, q: &Queue) -> J {
     let applied = q.applied_policies();
-    let (ready, consumers) = q.counts();
-    let unacked = q.unacked_count();
-    json!({
+    let c = q.contents();
+    let (ready, consumers, unacked, bytes) = (c.ready, c.consumers, c.unacked, c.bytes);
+    let mut j = json!({
         "name": q.name,
         "vhost": q.vhost,
         "type": "classic",
@@ -250,15 +229,30 @@ pub fn queue(s: &MgmtState, q: &Queue) -> J {
         "messages_ready_details": rate(0.0),
         "messages_unacknowledged_details": rate(0.0),
         "message_stats": message_stats(&q.stats.snapshot(), QUEUE_STATS),
-    })
+        "message_bytes": bytes.ready + bytes.unacked,
+        "message_bytes_ready": bytes.ready,
+        "message_bytes_unacknowledged": bytes.unacked,
+        "message_bytes_persistent": bytes.persistent,
+        "head_message_timestamp": c.head_timestamp,
+        "consumer_utilisation": q.consumer_utilisation(),
+        "consumer_capacity": q.consumer_utilisation(),
+    });
+    if let Some(t) = q.stats.idle_since() {
+        j["idle_since"] = iso_time(t);
+    }
+    j
 }
 
-pub fn queues(s: &MgmtState, only: Option<&Arc<Vhost>>) -> J {
+pub fn queues(s: &MgmtState, only: Option<&Arc<Vhost>>, r: &super::history::Ranges) -> J {
     let mut out = Vec::new();
     for v in sorted_vhosts(s, only) {
         let mut qs = v.queues();
         qs.sort_by(|a, b| a.name.cmp(&b.name));
-        out.extend(qs.iter().map(|q| queue(s, q)));
+        out.extend(qs.iter().map(|q| {
+            let mut j = queue(s, q);
+            super::history::queue(&mut j, q, r);
+            j
+        }));
     }
     J::Array(out)
 }
@@ -281,12 +275,16 @@ pub fn exchange(vhost: &str, e: &Exchange) -> J {
     })
 }
 
-pub fn exchanges(s: &MgmtState, only: Option<&Arc<Vhost>>) -> J {
+pub fn exchanges(s: &MgmtState, only: Option<&Arc<Vhost>>, r: &super::history::Ranges) -> J {
     let mut out = Vec::new();
     for v in sorted_vhosts(s, only) {
         let mut es = v.exchanges();
         es.sort_by(|a, b| a.name.cmp(&b.name));
-        out.extend(es.iter().map(|e| exchange(&v.name, e)));
+        out.extend(es.iter().map(|e| {
+            let mut j = exchange(&v.name, e);
+            super::history::exchange(&mut j, e, r);
+            j
+        }));
     }
     J::Array(out)
 }
@@ -365,23 +363,11 @@ pub fn bindings(s: &MgmtState, only: Option<&Arc<Vhost>>) -> J {
 }
 
 pub fn connection(s: &MgmtState, c: &ConnectionInfo) -> J {
-    let caps: Map<String, J> = c
-        .client
-        .capabilities
-        .iter()
-        .map(|(k, v)| (k.clone(), J::Bool(*v)))
-        .collect();
-    let mut props = json!({
-        "product": c.client.product,
-        "platform": c.client.platform,
-        "version": c.client.version,
-        "capabilities": caps,
-    });
-    if !c.client.connection_name.is_empty() {
-        props["connection_name"] = J::String(c.client.connection_name.clone());
-    }
+    let net = c.net.snapshot();
     let tls = c.tls.as_ref();
-    json!({
+    let user_provided_name =
+        (!c.client.connection_name.is_empty()).then(|| J::String(c.client.connection_name.clone()));
+    let mut j = json!({
         "name": c.name,
         "node": s.node,
         "state": c.state().name(),
@@ -389,6 +375,7 @@ pub fn connection(s: &MgmtState, c: &ConnectionInfo) -> J {
         "protocol": "AMQP 0-9-1",
         "auth_mechanism": c.auth_mechanism,
         "user": c.user,
+        "user_who_performed_action": c.user,
         "vhost": c.vhost,
         "connected_at": c.connected_at,
         "host": c.local.ip().to_string(),
@@ -398,32 +385,65 @@ pub fn connection(s: &MgmtState, c: &ConnectionInfo) -> J {
         "ssl": tls.is_some(),
         "ssl_protocol": tls.map(|t| t.protocol.as_str()),
         "ssl_cipher": tls.map(|t| t.cipher.as_str()),
+        "ssl_key_exchange": null,
+        "ssl_hash": null,
+        "peer_cert_issuer": null,
+        "peer_cert_subject": null,
+        "peer_cert_validity": null,
         "channel_max": c.channel_max,
         "frame_max": c.frame_max,
         "timeout": c.heartbeat,
         "channels": c.channels().len(),
-        "client_properties": props,
-    })
+        "recv_oct": net.recv_oct,
+        "recv_oct_details": rate(net.recv_rate),
+        "recv_cnt": net.recv_cnt,
+        "send_oct": net.send_oct,
+        "send_oct_details": rate(net.send_rate),
+        "send_cnt": net.send_cnt,
+        "send_pend": 0,
+        "client_properties": table_to_json(&c.client.properties),
+    });
+    if let Some(n) = user_provided_name {
+        j["user_provided_name"] = n;
+    }
+    j
+}
+
+/// An instant (Unix milliseconds) as RabbitMQ 3.10 shows `idle_since`.
+pub fn iso_time(ms: u64) -> J {
+    match chrono::DateTime::from_timestamp_millis(ms as i64) {
+        Some(t) => J::String(t.format("%Y-%m-%dT%H:%M:%S%.3f+00:00").to_string()),
+        None => J::Null,
+    }
 }
 
 fn channel_name(c: &ConnectionInfo, number: u16) -> String {
     format!("{} ({number})", c.name)
 }
 
-pub fn channels(s: &MgmtState) -> J {
-    let mut out = Vec::new();
-    for c in s.broker.connections() {
-        for ch in c.channels() {
-            out.push(json!({
+/// A channel's or consumer's connection, as RabbitMQ shows it; Warren adds
+/// the client's `connection_name` so lists can show the application.
+fn connection_details(c: &ConnectionInfo) -> J {
+    let mut j = json!({
+        "name": c.name,
+        "peer_host": c.peer.ip().to_string(),
+        "peer_port": c.peer.port(),
+    });
+    if !c.client.connection_name.is_empty() {
+        j["user_provided_name"] = J::String(c.client.connection_name.clone());
+    }
+    j
+}
+
+/// One channel as `/api/channels` lists it.
+pub fn channel(s: &MgmtState, c: &ConnectionInfo, ch: &crate::broker::ChannelSnapshot) -> J {
+    let mut j = json!({
                 "number": ch.number,
-                "name": channel_name(&c, ch.number),
-                "connection_details": {
-                    "name": c.name,
-                    "peer_host": c.peer.ip().to_string(),
-                    "peer_port": c.peer.port(),
-                },
+                "name": channel_name(c, ch.number),
+                "connection_details": connection_details(c),
                 "vhost": c.vhost,
                 "user": c.user,
+                "user_who_performed_action": c.user,
                 "node": s.node,
                 "state": "running",
                 "consumer_count": ch.consumers.len(),
@@ -436,7 +456,19 @@ pub fn channels(s: &MgmtState) -> J {
                 "messages_uncommitted": 0,
                 "acks_uncommitted": 0,
                 "message_stats": message_stats(&ch.stats, CHANNEL_STATS),
-            }));
+                "pending_raft_commands": 0,
+    });
+    if let Some(t) = ch.idle_since {
+        j["idle_since"] = iso_time(t);
+    }
+    j
+}
+
+pub fn channels(s: &MgmtState) -> J {
+    let mut out = Vec::new();
+    for c in s.broker.connections() {
+        for ch in c.channels() {
+            out.push(channel(s, &c, &ch));
         }
     }
     J::Array(out)
@@ -462,6 +494,7 @@ pub fn consumers(s: &MgmtState) -> J {
                         "number": ch.number,
                         "name": channel_name(&c, ch.number),
                         "connection_name": c.name,
+                        "user_provided_name": (!c.client.connection_name.is_empty()).then(|| c.client.connection_name.clone()),
                         "node": s.node,
                         "peer_host": c.peer.ip().to_string(),
                         "peer_port": c.peer.port(),

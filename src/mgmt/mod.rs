@@ -11,6 +11,7 @@ mod admin;
 pub mod conn;
 mod definitions;
 mod extras;
+mod history;
 mod json;
 mod limits;
 mod metrics;
@@ -106,6 +107,7 @@ pub fn router(state: Arc<MgmtState>) -> Router {
         // Added after the auth layer: Prometheus scrapes without a login.
         .route("/metrics", get(metrics_aggregated))
         .route("/metrics/per-object", get(metrics_per_object))
+        .route("/metrics/detailed", get(metrics_detailed))
         // The dashboard's static files: no login (the API calls carry it).
         .merge(ui::routes())
         .with_state(state)
@@ -117,6 +119,7 @@ pub fn metrics_router(state: Arc<MgmtState>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_aggregated))
         .route("/metrics/per-object", get(metrics_per_object))
+        .route("/metrics/detailed", get(metrics_detailed))
         .with_state(state)
         .layer(middleware::from_fn(|r, n| conn::track(true, r, n)))
 }
@@ -138,6 +141,24 @@ async fn metrics_aggregated(State(s): St) -> Response {
 
 async fn metrics_per_object(State(s): St) -> Response {
     metrics_response(metrics::render(&s, true))
+}
+
+/// `/metrics/detailed?family=a&family=b`: the repeated parameter is read
+/// from the raw query (family names need no decoding).
+async fn metrics_detailed(State(s): St, uri: axum::http::Uri) -> Response {
+    let families: Vec<&str> = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("family="))
+        .filter_map(|f| {
+            metrics::DETAILED_FAMILIES
+                .iter()
+                .find(|k| **k == f)
+                .copied()
+        })
+        .collect();
+    metrics_response(metrics::render_detailed(&s, &families))
 }
 
 /// An API error with RabbitMQ's body shape.
@@ -298,8 +319,19 @@ fn alarms_check(s: &MgmtState, reason: &str) -> Response {
         .into_response()
 }
 
-async fn overview(State(s): St) -> Json<J> {
-    Json(json::overview(&s))
+async fn overview(
+    State(s): St,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<J>, ApiError> {
+    let r = ranges(&q)?;
+    let mut j = json::overview(&s);
+    history::overview(&mut j, &s.broker.history, &r);
+    Ok(Json(j))
+}
+
+/// The history ranges a request asks for (see [`history::Ranges`]).
+fn ranges(q: &HashMap<String, String>) -> Result<history::Ranges, ApiError> {
+    history::Ranges::from_query(q).map_err(bad_request)
 }
 
 async fn whoami(
@@ -392,10 +424,13 @@ async fn queues_in(
 async fn queue_get(
     State(s): St,
     Path((vhost, name)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<J>, ApiError> {
+    let r = ranges(&query)?;
     let v = vhost_or_404(&s, &vhost)?;
     let q = v.queue(&name).ok_or_else(not_found_err)?;
     let mut j = json::queue(&s, &q);
+    history::queue(&mut j, &q, &r);
     // Warren's own field (one queue only, lists stay lean): each effective
     // setting with where it comes from, for the dashboard's queue page.
     j["effective_settings"] = q.settings().to_json();
@@ -497,8 +532,9 @@ async fn exchanges_all(
     State(s): St,
     Extension(viewer): Extension<admin::Viewer>,
     Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    paged(json::exchanges(&s, None), &q, &viewer)
+) -> Result<Response, ApiError> {
+    let r = ranges(&q)?;
+    Ok(paged(json::exchanges(&s, None, &r), &q, &viewer))
 }
 
 async fn exchanges_in(
@@ -506,9 +542,10 @@ async fn exchanges_in(
     Path(vhost): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
+    let r = ranges(&q)?;
     let v = vhost_or_404(&s, &vhost)?;
     Ok(paged(
-        json::exchanges(&s, Some(&v)),
+        json::exchanges(&s, Some(&v), &r),
         &q,
         &admin::Viewer::default(),
     ))
@@ -517,12 +554,16 @@ async fn exchanges_in(
 async fn exchange_get(
     State(s): St,
     Path((vhost, name)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<J>, ApiError> {
+    let r = ranges(&q)?;
     let v = vhost_or_404(&s, &vhost)?;
     let e = v
         .exchange(exchange_name(&name))
         .map_err(|_| not_found_err())?;
-    Ok(Json(json::exchange(&v.name, &e)))
+    let mut j = json::exchange(&v.name, &e);
+    history::exchange(&mut j, &e, &r);
+    Ok(Json(j))
 }
 
 async fn exchange_put(
@@ -587,28 +628,36 @@ async fn connections(
     State(s): St,
     Extension(viewer): Extension<admin::Viewer>,
     Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    paged(
-        J::Array(
-            s.broker
-                .connections()
-                .iter()
-                .map(|c| json::connection(&s, c))
-                .collect(),
-        ),
-        &q,
-        &viewer,
-    )
+) -> Result<Response, ApiError> {
+    let r = ranges(&q)?;
+    let list = s
+        .broker
+        .connections()
+        .iter()
+        .map(|c| {
+            let mut j = json::connection(&s, c);
+            history::connection(&mut j, c, &r);
+            j
+        })
+        .collect();
+    Ok(paged(J::Array(list), &q, &viewer))
 }
 
-async fn connection_get(State(s): St, Path(name): Path<String>) -> Result<Json<J>, ApiError> {
+async fn connection_get(
+    State(s): St,
+    Path(name): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<J>, ApiError> {
+    let r = ranges(&q)?;
     let c = s
         .broker
         .connections()
         .into_iter()
         .find(|c| c.name == name)
         .ok_or_else(not_found_err)?;
-    Ok(Json(json::connection(&s, &c)))
+    let mut j = json::connection(&s, &c);
+    history::connection(&mut j, &c, &r);
+    Ok(Json(j))
 }
 
 async fn connection_delete(

@@ -242,9 +242,13 @@ pub(super) fn queues_reply(
     q: &HashMap<String, String>,
     viewer: &super::admin::Viewer,
 ) -> Response {
+    let r = match super::history::Ranges::from_query(q) {
+        Ok(r) => r,
+        Err(e) => return super::bad_request(e).into_response(),
+    };
     if !q.contains_key("page") {
         // Every queue is rendered in full anyway.
-        let list = viewer.filter(json::queues(s, only));
+        let list = viewer.filter(json::queues(s, only, &r));
         return match paging::reply_json(list, q, &["vhost", "name"]) {
             Ok(j) => Json(j).into_response(),
             Err(e) => bad_list(e).into_response(),
@@ -267,7 +271,11 @@ pub(super) fn queues_reply(
         q,
         &["vhost", "name"],
         |q: &Arc<crate::broker::Queue>, w: &[&str]| queue_light(q, w),
-        |q| json::queue(s, q),
+        |q| {
+            let mut j = json::queue(s, q);
+            super::history::queue(&mut j, q, &r);
+            j
+        },
     ) {
         Ok(j) => Json(j).into_response(),
         Err(e) => bad_list(e).into_response(),
@@ -1218,12 +1226,25 @@ async fn connection_channels(
     list(items, &q, &["vhost", "name"])
 }
 
+/// One channel with its consumers, as RabbitMQ's channel page reads it
+/// (`publishes`/`deliveries` are per-object-pair stats RabbitMQ fills only
+/// in its `detailed` rates mode: empty, as in its default `basic` mode).
 async fn channel(State(s): St, Path(name): Path<String>) -> Res {
-    channels_where(&s, |c| c["name"] == name.as_str())
+    let mut c = channels_where(&s, |c| c["name"] == name.as_str())
         .into_iter()
         .next()
-        .map(|c| Json(c).into_response())
-        .ok_or_else(object_not_found)
+        .ok_or_else(object_not_found)?;
+    let consumers: Vec<J> = match json::consumers(&s) {
+        J::Array(a) => a
+            .into_iter()
+            .filter(|k| k["channel_details"]["name"] == name.as_str())
+            .collect(),
+        _ => Vec::new(),
+    };
+    c["consumer_details"] = J::Array(consumers);
+    c["publishes"] = json!([]);
+    c["deliveries"] = json!([]);
+    Ok(Json(c).into_response())
 }
 
 async fn vhost_consumers(State(s): St, Path(vhost): Path<String>) -> Res {

@@ -6,6 +6,10 @@
 //   E2E_QUEUE         a queue declared over AMQP (empty)
 //   E2E_HELD_QUEUE    a queue whose one message a consumer holds unacked
 //   E2E_CONSUMER_TAG  that consumer's tag
+//   E2E_APP_NAME      a connection's client-given name (connection_name);
+//                     its consumer holds a message of E2E_FEATURE_QUEUE
+//   E2E_FEATURE_QUEUE a queue with a TTL, a length limit and a DLX
+//   E2E_CLOSABLE      the name of another connection, closed from its page
 //   E2E_EXCHANGE      a topic exchange bound to E2E_QUEUE with E2E_BINDING_KEY
 //   E2E_BINDING_KEY   e.g. orders.*
 //   E2E_ROUTE_KEY     a key the binding matches, e.g. orders.created
@@ -35,6 +39,9 @@ const BASE = env('WARREN_URL').replace(/\/$/, '');
 const QUEUE = env('E2E_QUEUE');
 const HELD = env('E2E_HELD_QUEUE');
 const CTAG = env('E2E_CONSUMER_TAG');
+const APP = env('E2E_APP_NAME');
+const FEATURED = env('E2E_FEATURE_QUEUE');
+const CLOSABLE = env('E2E_CLOSABLE');
 const EXCHANGE = env('E2E_EXCHANGE');
 const BINDING_KEY = env('E2E_BINDING_KEY');
 const ROUTE_KEY = env('E2E_ROUTE_KEY');
@@ -145,7 +152,9 @@ await step('wrong password shows an error', [], async () => {
   await page.fill('input[name=username]', 'guest');
   await page.fill('input[name=password]', 'not-the-password');
   await page.click('#login-form button[type=submit]');
-  await see('#login-error', 'Login failed');
+  await see('#login-error', 'Login failed: wrong username or password.');
+  const text = await page.locator('#login-error').textContent();
+  await ensure(!text.includes('Login failed: Login failed'), `the error repeats itself: ${text}`);
   await ensure(page.locator('header#top').isHidden(), 'the header must stay hidden after a failed login');
 });
 
@@ -364,6 +373,81 @@ await step('a memory alarm shows a banner on every page', ['GET /api/nodes (mem_
   await snap('alarm-banner');
   await alarm(false);
   await page.locator('#alarms').waitFor({ state: 'hidden', timeout: TIMEOUT + 5000 });
+});
+
+await step('overview charts show the broker\'s history at once, with a range picker', ['GET /api/overview?lengths_age&msg_rates_age'], async () => {
+  await page.goto(`${BASE}/#/`);
+  await see('.chart-title', 'Queued messages');
+  const asked = page.waitForRequest((r) => r.url().includes('/api/overview?') && r.url().includes('lengths_age=3600') && r.url().includes('lengths_incr=60'));
+  await page.selectOption('select[data-role=range]', 'Last hour');
+  await asked;
+  // The first answer already carries samples: no "collecting…" wait.
+  const r = await page.evaluate(async () => {
+    const h = { Authorization: `Basic ${btoa('guest:guest')}` };
+    const o = await (await fetch('/api/overview?lengths_age=60&lengths_incr=5&msg_rates_age=60&msg_rates_incr=5', { headers: h })).json();
+    return o.queue_totals.messages_details.samples?.length ?? 0;
+  });
+  await ensure(r >= 1, `overview history has ${r} samples`);
+  await page.selectOption('select[data-role=range]', 'Last 10 minutes');
+});
+
+await step('connections list the application name and network rates', ['GET /api/connections (user_provided_name, recv_oct)'], async () => {
+  await page.goto(`${BASE}/#/connections`);
+  await see('table.list a', APP);
+  await see('table.list th', 'From client');
+});
+
+await step('the channel page shows prefetch, unacked, consumers and rates', ['GET /api/channels/{name}'], async () => {
+  await page.goto(`${BASE}/#/channels`);
+  await page.locator('[data-role=channel-link]', { hasText: APP }).first().click();
+  await see('h2 .name', APP);
+  await see('[data-role=channel-details] th', 'Prefetch (per consumer)');
+  await see('[data-role=channel-details] tr', 'Unacked');
+  await see('[data-role=channel-consumers] code', 'e2e-billing-consumer');
+  await see('.chart-title', 'Message rates');
+});
+
+await step('queue list shows what a queue is, its state, and links unacked counts', [], async () => {
+  await page.goto(`${BASE}/#/queues`);
+  await page.fill('.toolbar input.filter', FEATURED);
+  await see('.toolbar .info', '1 item');
+  for (const f of ['TTL', 'Lim', 'DLX']) await see(`table.list [data-feature="${f}"]`);
+  await ensure((await page.locator('table.list .badge', { hasText: /^Args$/ }).count()) === 0, 'the one "Args" badge is gone');
+  await ensure((await page.locator('table.list td .badge', { hasText: /^(running|idle)$/ }).count()) === 1, 'a running or idle state badge');
+  await page.click('table.list a[data-role=unacked-link]');
+  await see('[data-role=queue-name]', FEATURED);
+  await see('nav.toc a', 'Unacked');
+  // The unacked view names the application that holds the message.
+  await see('[data-role=unacked] [data-role=channel-link]', APP);
+  await see('[data-role=consumers] [data-role=channel-link]', APP);
+  await ensure((await page.locator('[data-role=unacked] th', { hasText: 'Delivery tag' }).count()) === 0, 'no always-empty delivery tag column');
+});
+
+await step('the virtual host selector stays below 1100 px', [], async () => {
+  await page.setViewportSize({ width: 1000, height: 800 });
+  await page.goto(`${BASE}/#/queues`);
+  await see('#vhost-select');
+  await ensure(page.locator('#vhost-select').isVisible(), 'the selector is visible at 1000 px');
+  await snap('narrow');
+  await page.setViewportSize({ width: 1366, height: 800 });
+});
+
+await step('a closed connection\'s page says closed', ['DELETE /api/connections/{name}'], async () => {
+  await page.goto(`${BASE}/#/connections`);
+  await page.locator('table.list a', { hasText: CLOSABLE }).first().click();
+  await see('h2 .name', CLOSABLE);
+  await see('table.kv td', 'running');
+  acceptDialogs = true;
+  try {
+    await page.locator('button.danger', { hasText: 'Force close' }).click();
+    await see('.status.ok', 'Connection closed.');
+  } finally {
+    acceptDialogs = false;
+  }
+  await see('table.kv tr[data-key=State] .badge', 'closed');
+  // A reload finds it gone and says so too.
+  await page.reload();
+  await see('table.kv tr[data-key=State] .badge', 'closed');
 });
 
 await step('no uncaught script errors', [], async () => {
