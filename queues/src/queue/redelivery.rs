@@ -39,6 +39,9 @@ impl<C: Clone> QueueCore<C> {
             seq,
             message: u.message,
             stored,
+            // A delivered message's body was read back in to be sent:
+            // it is never still paged out.
+            paged: None,
         };
         self.drop_taken(t, DeadReason::DeliveryLimit);
         None
