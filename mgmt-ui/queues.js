@@ -35,8 +35,14 @@ export function list(root, ctx) {
   return { refresh: () => table.refresh() };
 }
 
+// A priority queue ("Pri", as RabbitMQ's UI): its highest priority.
+function priorityBadge(q) {
+  const max = (q.arguments || {})['x-max-priority'];
+  return max === undefined ? null : el('span', { class: 'badge', title: `priority queue: message priorities 0-${max}` }, 'Pri');
+}
+
 function features(q) {
-  return [q.durable ? badge('D') : null, q.auto_delete ? badge('AD') : null, q.exclusive ? badge('Excl') : null, Object.keys(q.arguments || {}).length ? el('span', { class: 'badge', title: argsText(q.arguments) }, 'Args') : null];
+  return [q.durable ? badge('D') : null, q.auto_delete ? badge('AD') : null, q.exclusive ? badge('Excl') : null, priorityBadge(q), Object.keys(q.arguments || {}).length ? el('span', { class: 'badge', title: argsText(q.arguments) }, 'Args') : null];
 }
 
 const SOURCES = { argument: 'argument', policy: 'policy', 'operator-policy': 'operator policy' };
@@ -150,7 +156,7 @@ export function page(root, ctx) {
       kvTable([
         ['Type', q.type],
         ['State', q.state],
-        ['Features', [q.durable ? 'durable' : 'transient', q.auto_delete ? 'auto-delete' : null, q.exclusive ? 'exclusive' : null].filter(Boolean).join(', ')],
+        ['Features', [q.durable ? 'durable' : 'transient', q.auto_delete ? 'auto-delete' : null, q.exclusive ? 'exclusive' : null, (q.arguments || {})['x-max-priority'] !== undefined ? `priorities 0-${q.arguments['x-max-priority']}` : null].filter(Boolean).join(', ')],
         ['Arguments', argsText(q.arguments) || '–'],
         ['Policy', q.policy || '–'],
         ['Operator policy', q.operator_policy || '–'],
