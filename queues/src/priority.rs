@@ -70,8 +70,9 @@ pub struct PriorityStore {
     /// is settled); memory levels keep nothing after a pop.
     out: HashMap<u64, u8>,
     track_out: bool,
-    /// Reads under way: the first seq of each, and its level.
-    loading: HashMap<u64, u8>,
+    /// Reads under way: the first seq of each, and its level (a forced
+    /// head read and a read-ahead can start at the same seq, so a list).
+    loading: Vec<(u64, u8)>,
     disk: Option<Arc<Disk>>,
 }
 
@@ -125,7 +126,7 @@ impl PriorityStore {
             make,
             out: HashMap::new(),
             track_out,
-            loading: HashMap::new(),
+            loading: Vec::new(),
             disk,
         }
     }
@@ -184,7 +185,7 @@ impl PriorityStore {
     fn note_loads(&mut self, l: u8, loads: Option<Loads>) -> Option<Loads> {
         let loads = loads?;
         if let Some(&(seq, _)) = loads.wanted().first() {
-            self.loading.insert(seq, l);
+            self.loading.push((seq, l));
         }
         Some(loads)
     }
@@ -238,7 +239,8 @@ impl MessageStore for PriorityStore {
         let Some(&(seq, _)) = loaded.bodies().first() else {
             return;
         };
-        if let Some(l) = self.loading.remove(&seq) {
+        if let Some(i) = self.loading.iter().position(|&(s, _)| s == seq) {
+            let (_, l) = self.loading.swap_remove(i);
             if let Some(s) = self.existing(l) {
                 s.finish_loads(loaded);
             }
@@ -554,6 +556,43 @@ mod tests {
         assert_eq!(q.next_expiry(), Some(200));
         assert_eq!(q.expire(150, 10), (0, false), "b's deadline, not a's");
         assert_eq!(q.expire(250, 10), (2, false));
+    }
+
+    /// A non-durable priority queue past its budget: bodies paged out to
+    /// the transient area per level and read back in order, also when a
+    /// forced head read and a read-ahead of one level were both under way
+    /// (the level must be able to read ahead again afterwards).
+    #[test]
+    fn paged_out_levels_are_read_back_in_priority_order() {
+        let dir = tempdir("priority-paging");
+        let disk = Disk::open(dir.as_ref(), 1 << 20).unwrap();
+        let mut s = PriorityStore::memory(3, Some(disk.clone()));
+        let mut want = Vec::new();
+        for i in 0..400u64 {
+            let p = if i < 40 { (i % 3) as u8 } else { 3 };
+            let m = pmsg(i + 1, &format!("{p}-{i:03}"), Some(p));
+            want.push((std::cmp::Reverse(p), i, format!("{p}-{i:03}")));
+            let at = disk.put_transient(&m.message, 1).unwrap();
+            s.push_paged_at(i + 1, at, m.message.size() as u32, p);
+        }
+        want.sort();
+        assert_eq!((s.len(), s.memory_bytes()), (400, 0));
+        assert!(s.pop().is_none(), "the head is on disk");
+        let ahead = s.take_loads().expect("a read-ahead of the top level");
+        let head = s.head_load().expect("a forced read of the head");
+        s.finish_loads(head.read());
+        s.finish_loads(ahead.read());
+        let mut got = Vec::new();
+        while let Some(m) = s.pop() {
+            got.push(m);
+        }
+        assert!(!got.is_empty() && got.len() < 360, "{}", got.len());
+        let again = s.take_loads().expect("a second read-ahead");
+        s.finish_loads(again.read());
+        let mut got = bodies(&got);
+        got.extend(drain(&mut s));
+        let want: Vec<String> = want.into_iter().map(|(_, _, b)| b).collect();
+        assert_eq!(got, want);
     }
 
     fn reopen(dir: &TempDir, queue: u64, max: u8, mem: u64) -> (Arc<Disk>, PriorityStore) {
