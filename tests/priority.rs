@@ -101,6 +101,10 @@ async fn past_its_budget_a_durable_priority_queue_delivers_in_order_from_disk() 
         .unwrap();
     let total = 1_200u32;
     publish_all(&ch, &q, 0..total).await;
+    // The management API, read by a real client's types.
+    let info = api(&s).get_queue_info("/", &q).await.unwrap();
+    assert_eq!(info.arguments.0["x-max-priority"], serde_json::json!(MAX));
+    assert_eq!(info.message_count, total as u64);
     let want = expected(0..total);
     for &w in &want[..2] {
         let m = within(ch.basic_get(q.as_str().into(), BasicGetOptions { no_ack: true }))
