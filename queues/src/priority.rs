@@ -434,10 +434,12 @@ mod tests {
         }
     }
 
+    fn body(m: &QueuedMessage) -> String {
+        String::from_utf8(m.message.body().to_vec()).unwrap()
+    }
+
     fn bodies(v: &[QueuedMessage]) -> Vec<String> {
-        v.iter()
-            .map(|m| String::from_utf8(m.message.body().to_vec()).unwrap())
-            .collect()
+        v.iter().map(body).collect()
     }
 
     fn drain(s: &mut dyn MessageStore) -> Vec<String> {
@@ -503,7 +505,7 @@ mod tests {
             });
         }
         let order: Vec<(String, bool)> = std::iter::from_fn(|| s.pop())
-            .map(|m| (bodies(&[m.clone()])[0].clone(), m.redelivered))
+            .map(|m| (body(&m), m.redelivered))
             .collect();
         assert_eq!(
             order,
@@ -540,7 +542,7 @@ mod tests {
         q.publish_at(pmsg(0, "mid-ttl", Some(2)).message, 0, Some(50));
         assert_eq!(q.next_expiry(), None, "the head has no TTL");
         let (got, _) = q.get(false, 0, 5).unwrap();
-        assert_eq!(bodies(&[got.clone()]), ["high"]);
+        assert_eq!(body(&got), "high");
         assert_eq!(q.next_expiry(), Some(50), "mid is the head now");
         assert_eq!(q.expire(60, 10), (2, false), "mid, then low behind it");
         q.requeue(&[got.seq]);
@@ -617,7 +619,7 @@ mod tests {
         // A budget of 0: every body is on disk only, read back in order.
         assert_eq!(s.memory_bytes(), 0);
         let first = pop_loading(&mut s).unwrap();
-        assert_eq!(bodies(&[first.clone()]), ["2p4"]);
+        assert_eq!(body(&first), "2p4");
         assert!(!s.keep_unacked(&first), "past the budget: only its place");
         assert!(s.unacked_location(first.seq).is_some());
         let second = pop_loading(&mut s).unwrap();
@@ -631,7 +633,7 @@ mod tests {
         let peeked: Vec<(String, bool)> = s
             .peek(10)
             .iter()
-            .map(|m| (bodies(&[m.clone()])[0].clone(), m.redelivered))
+            .map(|m| (body(m), m.redelivered))
             .collect();
         assert_eq!(
             peeked,
