@@ -103,6 +103,8 @@ USAGE: perf [OPTIONS]
   --message-ttl MS   declare the perf queues with x-message-ttl MS
   --max-length N     declare the perf queues with x-max-length N
   --expiration MS    publish with the per-message expiration property MS
+  --max-priority N   declare the perf queues with x-max-priority N and publish
+                     each message with a priority drawn uniformly from 0..=N
   --json             print the report as one JSON object
   -h, --help         this text
 ";
@@ -138,6 +140,9 @@ struct Config {
     max_length: Option<u64>,
     /// Per-message `expiration` (ms).
     expiration: Option<u64>,
+    /// x-max-priority of the perf queues; messages get random priorities
+    /// up to it.
+    max_priority: Option<u8>,
 }
 
 impl Default for Config {
@@ -164,6 +169,7 @@ impl Default for Config {
             message_ttl: None,
             max_length: None,
             expiration: None,
+            max_priority: None,
         }
     }
 }
@@ -216,6 +222,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<ParseOutcome, St
             "--message-ttl" => cfg.message_ttl = Some(parse_num(&flag, &value()?)?),
             "--max-length" => cfg.max_length = Some(parse_num(&flag, &value()?)?),
             "--expiration" => cfg.expiration = Some(parse_num(&flag, &value()?)?),
+            "--max-priority" => cfg.max_priority = Some(parse_num(&flag, &value()?)?),
             "--no-ack" | "--ack-multiple" | "--persistent" | "--json" | "--keep-queues"
             | "--until-empty"
                 if inline.is_some() =>
@@ -600,6 +607,15 @@ fn message_properties(cfg: &Config) -> BasicProperties {
     }
 }
 
+/// The properties of one message: `base`, with a random priority under
+/// `--max-priority`.
+fn with_priority(base: &BasicProperties, cfg: &Config, rng: &mut fastrand::Rng) -> BasicProperties {
+    match cfg.max_priority {
+        Some(max) => base.clone().with_priority(rng.u8(0..=max)),
+        None => base.clone(),
+    }
+}
+
 /// How many messages (at most `cap`) a producer may send now under `--rate`;
 /// `Err(t)`: none before `t`.
 fn rate_allowance(cfg: &Config, start: Instant, sent: u64, cap: u64) -> Result<u64, Instant> {
@@ -656,6 +672,7 @@ impl ProducerCtx {
 /// about two batches while the I/O thread always has frames to write.
 async fn produce_unconfirmed(p: ProducerCtx) -> lapin::Result<()> {
     let props = message_properties(&p.cfg);
+    let mut rng = fastrand::Rng::new();
     let window = p.cfg.pipeline.max(1) as u64;
     let mut scratch = vec![0u8; p.cfg.size];
     let mut mark = vec![0u8; p.cfg.size];
@@ -681,7 +698,7 @@ async fn produce_unconfirmed(p: ProducerCtx) -> lapin::Result<()> {
                 p.queue.clone(),
                 BasicPublishOptions::default(),
                 &scratch,
-                props.clone(),
+                with_priority(&props, &p.cfg, &mut rng),
             );
             if let Poll::Ready(Err(e)) = poll_now(pin!(publish)) {
                 return Err(e);
@@ -701,7 +718,7 @@ async fn produce_unconfirmed(p: ProducerCtx) -> lapin::Result<()> {
             p.queue.clone(),
             BasicPublishOptions::default(),
             &mark,
-            props.clone(),
+            with_priority(&props, &p.cfg, &mut rng),
         ));
         marker = match poll_now(last.as_mut()) {
             Poll::Ready(res) => {
@@ -729,6 +746,7 @@ type InFlight = Pin<Box<dyn Future<Output = (lapin::Result<Confirmation>, Vec<u8
 /// them are in flight, completed in order.
 async fn produce_confirmed(p: ProducerCtx) -> lapin::Result<()> {
     let props = message_properties(&p.cfg);
+    let mut rng = fastrand::Rng::new();
     let limit = p.cfg.confirm;
     let channel = Arc::new(p.channel.clone());
     let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(limit);
@@ -776,7 +794,7 @@ async fn produce_confirmed(p: ProducerCtx) -> lapin::Result<()> {
         stamp(&mut body, &p.shared);
         let channel = channel.clone();
         let queue = p.queue.clone();
-        let props = props.clone();
+        let props = with_priority(&props, &p.cfg, &mut rng);
         let mut fut: InFlight = Box::pin(async move {
             let res = match channel
                 .basic_publish(
@@ -1018,7 +1036,7 @@ async fn setup_queues(cfg: &Config) -> lapin::Result<(Connection, Channel)> {
     Ok((connection, channel))
 }
 
-/// The perf queues' arguments (--message-ttl, --max-length).
+/// The perf queues' arguments (--message-ttl, --max-length, --max-priority).
 fn queue_arguments(cfg: &Config) -> FieldTable {
     let mut t = FieldTable::default();
     if let Some(ttl) = cfg.message_ttl {
@@ -1026,6 +1044,9 @@ fn queue_arguments(cfg: &Config) -> FieldTable {
     }
     if let Some(n) = cfg.max_length {
         t.insert("x-max-length".into(), AMQPValue::LongLongInt(n as i64));
+    }
+    if let Some(n) = cfg.max_priority {
+        t.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(n));
     }
     t
 }

@@ -219,7 +219,7 @@ export function page(root, ctx) {
       kvTable([
         ['Type', q.type],
         ['State', q.state],
-        ['Features', [q.durable ? 'durable' : 'transient', q.auto_delete ? 'auto-delete' : null, q.exclusive ? 'exclusive' : null].filter(Boolean).join(', ')],
+        ['Features', [q.durable ? 'durable' : 'transient', q.auto_delete ? 'auto-delete' : null, q.exclusive ? 'exclusive' : null, (q.arguments || {})['x-max-priority'] !== undefined ? `priorities 0-${q.arguments['x-max-priority']}` : null].filter(Boolean).join(', ')],
         ['Arguments', argsText(q.arguments) || '–'],
         ['Policy', q.policy || '–'],
         ['Operator policy', q.operator_policy || '–'],

@@ -882,6 +882,11 @@ pub struct LoadedBodies {
 pub(crate) type Bodies = Vec<(u64, Option<Arc<Message>>)>;
 
 impl LoadedBodies {
+    /// Each body read, by seq.
+    pub(crate) fn bodies(&self) -> &Bodies {
+        &self.bodies
+    }
+
     /// The bodies, and whether they were a store's own read-ahead.
     pub(crate) fn into_parts(self) -> (Bodies, bool) {
         (self.bodies, self.background)
@@ -889,6 +894,11 @@ impl LoadedBodies {
 }
 
 impl Loads {
+    /// The bodies wanted, `(seq, where)`.
+    pub(crate) fn wanted(&self) -> &[(u64, StoredRef)] {
+        &self.wanted
+    }
+
     /// Reads the bodies: blocking I/O, to run without the queue's lock.
     pub fn read(self) -> LoadedBodies {
         let bodies = self
@@ -1568,12 +1578,12 @@ impl Drop for PagedBody {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::tests::{msg, pop_loading, store_contract};
     use crate::store::{MemoryStore, MessageStore};
 
-    fn persistent(seq: u64, body: &str, disk: &Disk, queues: usize) -> QueuedMessage {
+    pub(crate) fn persistent(seq: u64, body: &str, disk: &Disk, queues: usize) -> QueuedMessage {
         let mut m = (*msg(seq, body).message).clone();
         m.persistent = true;
         m.set_stored(Some(disk.put_body(&m, queues).unwrap()));
@@ -2232,7 +2242,7 @@ mod tests {
 
     /// A test's directory, removed when the test ends (declared before
     /// the stores that use it, so it drops after them).
-    struct TempDir(std::path::PathBuf);
+    pub(crate) struct TempDir(std::path::PathBuf);
 
     impl std::ops::Deref for TempDir {
         type Target = std::path::PathBuf;
@@ -2400,7 +2410,7 @@ mod tests {
         assert_eq!(disk.transient_files(), (1, 0));
     }
 
-    fn tempdir(name: &str) -> TempDir {
+    pub(crate) fn tempdir(name: &str) -> TempDir {
         let d = std::env::temp_dir().join(format!(
             "warren-disk-test-{name}-{}-{:?}",
             std::process::id(),

@@ -14,6 +14,7 @@ pub mod journal;
 pub mod limits;
 pub mod message;
 pub mod peek;
+pub mod priority;
 pub mod queue;
 pub mod segments;
 pub mod store;
@@ -22,6 +23,7 @@ pub use disk::{Disk, DiskError, DiskStore, LoadedBodies, Loads, PagedBody};
 pub use limits::{DeadMessage, DeadReason, Overflow, QueueLimits, TimeoutAction};
 pub use message::{Message, MessageError, QueuedMessage, StoredRef};
 pub use peek::{PeekBody, PeekEntry, Peeked};
+pub use priority::{level_id, level_ids, PriorityStore, MAX_SUPPORTED_PRIORITY};
 pub use queue::{
     ByteTotals, ChannelLimit, ConsumeError, ConsumerId, ConsumerSpec, Dispatched, Holder,
     QueueCore, TimedOut, UnackedInfo,

@@ -144,6 +144,39 @@ impl Message {
         &self.data[self.properties_end()..]
     }
 
+    /// The `priority` property (0 when absent or unreadable). Cheap: it
+    /// reads the flag word and skips the fields before it by their length
+    /// prefixes (two short strings and the headers table, never decoded),
+    /// so a priority queue pays a few byte reads per message for it.
+    pub fn priority(&self) -> u8 {
+        let p = self.properties();
+        let Some(flags) = p.get(..2).map(|f| u16::from_be_bytes([f[0], f[1]])) else {
+            return 0;
+        };
+        if flags & (1 << 11) == 0 {
+            return 0;
+        }
+        let mut at = 2usize;
+        for bit in [15u16, 14] {
+            if flags & (1 << bit) != 0 {
+                match p.get(at) {
+                    Some(&n) => at += 1 + n as usize,
+                    None => return 0,
+                }
+            }
+        }
+        if flags & (1 << 13) != 0 {
+            match p.get(at..at + 4) {
+                Some(n) => at += 4 + u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize,
+                None => return 0,
+            }
+        }
+        if flags & (1 << 12) != 0 {
+            at += 1;
+        }
+        p.get(at).copied().unwrap_or(0)
+    }
+
     /// The size that counts toward a queue's byte total (the body, as RabbitMQ).
     pub fn size(&self) -> u64 {
         self.body().len() as u64
@@ -202,6 +235,20 @@ mod tests {
             Message::new(&long, "", &[], &[], false).unwrap_err(),
             MessageError::NameTooLong
         );
+    }
+
+    #[test]
+    fn priority_is_read_past_the_fields_before_it() {
+        let at = |props: &[u8]| Message::new("", "q", props, b"", false).unwrap().priority();
+        assert_eq!(at(&[]), 0);
+        assert_eq!(at(&[0, 0]), 0, "absent");
+        assert_eq!(at(&[0x08, 0, 7]), 7, "priority alone");
+        // content-type "ab", headers (4-byte length 3, contents skipped),
+        // delivery-mode 2, priority 9.
+        let full = [0xB8, 0, 2, b'a', b'b', 0, 0, 0, 3, 1, 2, 3, 2, 9];
+        assert_eq!(at(&full), 9);
+        assert_eq!(at(&full[..full.len() - 1]), 0, "cut short");
+        assert_eq!(at(&[0x80, 0, 5, b'x']), 0, "a flag without its field");
     }
 
     #[test]

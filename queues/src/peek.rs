@@ -42,6 +42,11 @@ impl Peeked {
         Peeked { entries, disk }
     }
 
+    /// The entries, for a store that gathers several stores' peeks.
+    pub fn into_entries(self) -> Vec<PeekEntry> {
+        self.entries
+    }
+
     pub fn entries(&self) -> &[PeekEntry] {
         &self.entries
     }

@@ -12,7 +12,7 @@ use crate::limits::{DeadMessage, QueueLimits};
 use crate::message::{Message, QueuedMessage, StoredRef};
 use crate::peek::Peeked;
 use crate::store::MessageStore;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -245,9 +245,10 @@ pub struct QueueCore<C> {
     /// When ready messages that have a TTL expire, `(seq, deadline)` in
     /// seq order (the store's order): only messages with a TTL pay for
     /// an entry, so a plain queue keeps this empty.
-    deadlines: VecDeque<(u64, u64)>,
-    /// Deadlines of delivered, unacked messages, restored on requeue.
-    held_deadlines: HashMap<u64, u64>,
+    deadlines: lifecycle::Deadlines,
+    /// Deadlines of delivered, unacked messages, with their lane,
+    /// restored on requeue.
+    held_deadlines: HashMap<u64, (u64, usize)>,
     /// Messages dropped for a dead-letter exchange, for the owner to
     /// take ([`QueueCore::take_dead`]) after each operation.
     dead: Vec<DeadMessage>,
@@ -274,7 +275,10 @@ impl<C: Clone> QueueCore<C> {
     pub fn new(mut store: Box<dyn MessageStore>, noack_window: u32) -> Self {
         QueueCore {
             next_seq: store.next_seq(),
-            deadlines: store.take_recovered_deadlines().into(),
+            deadlines: lifecycle::Deadlines::new(
+                store.lanes(),
+                store.take_recovered_lane_deadlines(),
+            ),
             delivery_counts: store.take_recovered_counts().into_iter().collect(),
             held_deadlines: HashMap::new(),
             dead: Vec::new(),
@@ -325,11 +329,12 @@ impl<C: Clone> QueueCore<C> {
     }
 
     /// Appends a message whose body was paged out to the disk's transient
-    /// area at `at` (see [`MessageStore::push_paged`]); returns its `seq`.
-    pub fn publish_paged(&mut self, at: StoredRef, size: u32) -> u64 {
+    /// area at `at` (see [`MessageStore::push_paged`]), with its
+    /// `priority` property; returns its `seq`.
+    pub fn publish_paged(&mut self, at: StoredRef, size: u32, priority: u8) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.store.push_paged(seq, at, size);
+        self.store.push_paged_at(seq, at, size, priority);
         seq
     }
 
@@ -389,7 +394,8 @@ impl<C: Clone> QueueCore<C> {
                     }
                     self.unacked.insert(m.seq, u);
                     if let Some(d) = deadline {
-                        self.held_deadlines.insert(m.seq, d);
+                        let lane = self.store.lane(&m.message);
+                        self.held_deadlines.insert(m.seq, (d, lane));
                     }
                 }
                 out.push(Dispatched {
@@ -422,7 +428,8 @@ impl<C: Clone> QueueCore<C> {
             self.count_unacked(&u);
             self.unacked.insert(m.seq, u);
             if let Some(d) = deadline {
-                self.held_deadlines.insert(m.seq, d);
+                let lane = self.store.lane(&m.message);
+                self.held_deadlines.insert(m.seq, (d, lane));
             }
         }
         Some((m, self.store.len()))

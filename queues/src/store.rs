@@ -70,12 +70,41 @@ pub trait MessageStore: Send {
     fn take_recovered_counts(&mut self) -> Vec<(u64, u32)> {
         Vec::new()
     }
+    /// [`MessageStore::take_recovered_deadlines`] with each one's lane
+    /// (see [`MessageStore::lane`]): `(lane, seq, deadline)`, in seq
+    /// order within a lane.
+    fn take_recovered_lane_deadlines(&mut self) -> Vec<(usize, u64, u64)> {
+        self.take_recovered_deadlines()
+            .into_iter()
+            .map(|(seq, d)| (0, seq, d))
+            .collect()
+    }
+    /// Which of the store's lanes message `m` goes to. A lane is a run of
+    /// messages that leave the ready set in `seq` order (the queue keeps
+    /// TTL deadlines per lane); a plain store is one lane, a priority
+    /// store one per level.
+    fn lane(&self, _m: &Message) -> usize {
+        0
+    }
+    /// The lane of the head message.
+    fn head_lane(&self) -> usize {
+        0
+    }
+    /// How many lanes there are.
+    fn lanes(&self) -> usize {
+        1
+    }
     /// Appends message `seq` whose body was paged out to the transient
     /// area at `at` (see [`Disk::put_transient`]; written by the caller
     /// without the queue's lock). Only a store made with
     /// [`MemoryStore::paging`] takes it; others log and release it.
     fn push_paged(&mut self, seq: u64, _at: StoredRef, _size: u32) {
         tracing::error!(seq, "this store cannot hold a paged-out body");
+    }
+    /// [`MessageStore::push_paged`] of a message with this `priority`
+    /// property (a priority store places it by it).
+    fn push_paged_at(&mut self, seq: u64, at: StoredRef, size: u32, _priority: u8) {
+        self.push_paged(seq, at, size)
     }
     /// A delivered message returns to the ready set, ordered by `seq`.
     /// It takes no I/O: a message whose place on disk was already given

@@ -47,7 +47,7 @@ pub use persist::StorageConfig;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use warren_queues::{DiskError, DiskStore};
+use warren_queues::DiskError;
 
 /// What the broker needs from the configuration.
 #[derive(Debug, Clone)]
@@ -136,18 +136,20 @@ impl Broker {
             counts.0 += 1;
         }
         let queues = persist.queues();
-        let live = queues.iter().map(|q| q.id).collect();
+        // A priority queue's levels are indexed under ids of their own.
+        let ids = |d: &persist::QueueDef| {
+            let max = queue_args::max_priority(&d.arguments).unwrap_or(0);
+            warren_queues::level_ids(d.id, max)
+        };
+        let live = queues.iter().flat_map(ids).collect();
         let mut recovered = persist.disk.recover(&live)?;
         for d in &queues {
-            let entries = recovered.remove(&d.id).unwrap_or_default();
-            counts.3 += entries.len();
-            let store = DiskStore::new(
-                persist.disk.clone(),
-                d.id,
-                entries,
-                persist.queue_memory_bytes,
-            );
-            b.add_vhost(&d.vhost).restore_queue(d, Box::new(store));
+            let mine: std::collections::HashMap<_, _> = ids(d)
+                .filter_map(|id| Some((id, recovered.remove(&id)?)))
+                .collect();
+            counts.3 += mine.values().map(Vec::len).sum::<usize>();
+            let store = vhost::durable_store(&persist, d.id, &d.arguments, mine);
+            b.add_vhost(&d.vhost).restore_queue(d, store);
             counts.1 += 1;
         }
         for d in persist.bindings() {

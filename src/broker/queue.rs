@@ -369,14 +369,19 @@ impl Queue {
     /// transient area at `at` (written by the caller, without this
     /// queue's lock); `false` if the queue was deleted meanwhile (the
     /// caller releases the record).
-    pub fn publish_paged(self: &Arc<Self>, at: StoredRef, size: u32) -> PublishOutcome {
+    pub fn publish_paged(
+        self: &Arc<Self>,
+        at: StoredRef,
+        size: u32,
+        priority: u8,
+    ) -> PublishOutcome {
         let after = {
             let mut core = self.core();
             if self.is_deleted() {
                 return PublishOutcome::Deleted;
             }
 
-            core.publish_paged(at, size);
+            core.publish_paged(at, size, priority);
             let after = self.deliver(&mut core);
             self.update_paging(&core);
             after

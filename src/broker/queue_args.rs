@@ -6,7 +6,7 @@
 
 use super::error::{BrokerError, ErrorKind};
 use warren_exchanges::{Table, Value};
-use warren_queues::{Overflow, QueueLimits, TimeoutAction};
+use warren_queues::{Overflow, QueueLimits, TimeoutAction, MAX_SUPPORTED_PRIORITY};
 
 /// RabbitMQ's longest TTL or expiry: ten years, in milliseconds.
 pub const MAX_EXPIRY: u64 = 315_360_000_000;
@@ -135,6 +135,15 @@ pub fn queue_limits(queue: &str, vhost: &str, args: &Table) -> Result<QueueLimit
     if let Some(v) = args.get("x-max-length-bytes") {
         l.max_length_bytes = Some(non_neg("x-max-length-bytes", v)?);
     }
+    if let Some(v) = args.get("x-max-priority") {
+        let n = non_neg("x-max-priority", v)?;
+        if n > MAX_SUPPORTED_PRIORITY as u64 {
+            return Err(fail(
+                "x-max-priority",
+                ArgError::Tagged("max_value_exceeded", n.to_string()),
+            ));
+        }
+    }
     if let Some(v) = args.get("x-overflow") {
         let Value::LongString(b) = v else {
             return Err(fail(
@@ -169,6 +178,15 @@ pub fn queue_limits(queue: &str, vhost: &str, args: &Table) -> Result<QueueLimit
         })?;
     }
     Ok(l)
+}
+
+/// The highest priority of a queue declared with `x-max-priority` (valid:
+/// see [`queue_limits`]), `None` for a queue without priorities. Only the
+/// declare's argument counts: RabbitMQ has no `max-priority` policy key.
+/// A maximum of 0 is accepted, as RabbitMQ does, and is a plain queue.
+pub fn max_priority(args: &Table) -> Option<u8> {
+    let n = int_arg(args.get("x-max-priority")?)?;
+    u8::try_from(n.clamp(0, MAX_SUPPORTED_PRIORITY as i64)).ok()
 }
 
 fn string_arg(v: &Value) -> Option<String> {
@@ -283,6 +301,25 @@ mod tests {
             err(args("x-max-length", Value::LongInt(-1))),
             "invalid arg 'x-max-length' for queue 'q' in vhost '/': {value_negative,-1}"
         );
+        // x-max-priority: RabbitMQ 3.10.8's answers (0 is accepted).
+        assert_eq!(
+            err(args("x-max-priority", Value::LongInt(256))),
+            "invalid arg 'x-max-priority' for queue 'q' in vhost '/': {max_value_exceeded,256}"
+        );
+        assert_eq!(
+            err(args("x-max-priority", Value::ShortShortInt(-1))),
+            "invalid arg 'x-max-priority' for queue 'q' in vhost '/': {value_negative,-1}"
+        );
+        assert_eq!(
+            err(args("x-max-priority", Value::LongString(b"10".to_vec()))),
+            "invalid arg 'x-max-priority' for queue 'q' in vhost '/': \"expected integer, got longstr\""
+        );
+        for (v, max) in [(0, Some(0)), (10, Some(10)), (255, Some(255))] {
+            let a = args("x-max-priority", Value::LongLongInt(v));
+            assert!(queue_limits("q", "/", &a).is_ok());
+            assert_eq!(max_priority(&a), max);
+        }
+        assert_eq!(max_priority(&Table::default()), None);
     }
 
     #[test]

@@ -14,7 +14,9 @@ use dashmap::DashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, Weak};
 use warren_exchanges::{ExchangeType, RouteInput, Table};
-use warren_queues::{DiskError, DiskStore, MemoryStore, Message, MessageStore, StoredRef};
+use warren_queues::{
+    Disk, DiskError, DiskStore, MemoryStore, Message, MessageStore, PriorityStore, StoredRef,
+};
 
 pub struct Vhost {
     pub name: String,
@@ -458,16 +460,13 @@ impl Vhost {
                                 auto_delete: opts.auto_delete,
                                 arguments: opts.arguments.clone(),
                             });
-                            let store = DiskStore::new(
-                                p.disk.clone(),
-                                id,
-                                Vec::new(),
-                                p.queue_memory_bytes,
-                            );
-                            (Box::new(store), Some(id))
+                            let store = durable_store(p, id, &opts.arguments, Default::default());
+                            (store, Some(id))
                         }
-                        (Some(p), _) => (Box::new(MemoryStore::paging(p.disk.clone())), None),
-                        _ => (Box::<MemoryStore>::default(), None),
+                        (p, _) => (
+                            memory_store(p.as_ref().map(|p| p.disk.clone()), &opts.arguments),
+                            None,
+                        ),
                     };
                 let mut q = Queue::new(
                     name.clone(),
@@ -836,7 +835,8 @@ impl Vhost {
         for (i, q) in scratch.queues.iter().enumerate() {
             let outcome = match paged.filter(|(_, mask)| i < 64 && mask & (1 << i) != 0) {
                 Some((at, _)) => {
-                    let outcome = q.0.publish_paged(at, message.size() as u32);
+                    let outcome =
+                        q.0.publish_paged(at, message.size() as u32, message.priority());
                     if outcome != super::queue::PublishOutcome::Queued {
                         // Its transient record will not be held by it.
                         if let Some(p) = &self.persist {
@@ -1224,6 +1224,50 @@ impl Vhost {
         for other in emptied {
             self.auto_delete_if_unused(&other);
         }
+    }
+}
+
+/// A durable queue's store over the data directory: a [`DiskStore`], or
+/// for a queue with priorities (`x-max-priority` 1 and up) a
+/// [`PriorityStore`] of disk levels, holding what was `recovered` for it
+/// (by index id: a priority queue's levels have their own ids).
+pub(crate) fn durable_store(
+    p: &Persistence,
+    id: u64,
+    args: &warren_exchanges::Table,
+    mut recovered: std::collections::HashMap<u64, Vec<warren_queues::disk::RecoveredEntry>>,
+) -> Box<dyn MessageStore> {
+    match super::queue_args::max_priority(args).filter(|&m| m > 0) {
+        Some(max) => {
+            let levels = warren_queues::priority::take_levels(&mut recovered, id, max);
+            Box::new(PriorityStore::durable(
+                p.disk.clone(),
+                id,
+                max,
+                levels,
+                p.queue_memory_bytes,
+            ))
+        }
+        None => Box::new(DiskStore::new(
+            p.disk.clone(),
+            id,
+            recovered.remove(&id).unwrap_or_default(),
+            p.queue_memory_bytes,
+        )),
+    }
+}
+
+/// A non-durable queue's store: in memory, paging bodies out to `disk`'s
+/// transient area when there is one; per priority level for a queue with
+/// priorities.
+fn memory_store(disk: Option<Arc<Disk>>, args: &warren_exchanges::Table) -> Box<dyn MessageStore> {
+    match (
+        super::queue_args::max_priority(args).filter(|&m| m > 0),
+        disk,
+    ) {
+        (Some(max), disk) => Box::new(PriorityStore::memory(max, disk)),
+        (None, Some(disk)) => Box::new(MemoryStore::paging(disk)),
+        (None, None) => Box::<MemoryStore>::default(),
     }
 }
 

@@ -14,7 +14,71 @@ use super::QueueCore;
 use crate::limits::{DeadMessage, DeadReason, Overflow, QueueLimits};
 use crate::message::{Message, QueuedMessage};
 use crate::store::TakenHead;
+use std::collections::VecDeque;
 use std::sync::Arc;
+
+/// When ready messages that have a TTL expire: per lane of the store
+/// (see [`crate::MessageStore::lane`]; one for a plain queue, one per
+/// level for a priority queue), `(seq, deadline)` in seq order, which is
+/// the order the lane's messages leave in. Only messages with a TTL pay
+/// for an entry, so a plain queue keeps this empty.
+pub(crate) struct Deadlines {
+    lanes: Vec<VecDeque<(u64, u64)>>,
+    /// Entries over all lanes: the hot path's one check.
+    len: usize,
+}
+
+impl Deadlines {
+    pub(crate) fn new(lanes: usize, recovered: Vec<(usize, u64, u64)>) -> Self {
+        let mut d = Deadlines {
+            lanes: (0..lanes.max(1)).map(|_| VecDeque::new()).collect(),
+            len: 0,
+        };
+        for (lane, seq, deadline) in recovered {
+            d.push(lane, seq, deadline);
+        }
+        d
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn lane(&mut self, lane: usize) -> &mut VecDeque<(u64, u64)> {
+        let last = self.lanes.len() - 1;
+        &mut self.lanes[lane.min(last)]
+    }
+
+    fn push(&mut self, lane: usize, seq: u64, deadline: u64) {
+        self.lane(lane).push_back((seq, deadline));
+        self.len += 1;
+    }
+
+    fn front(&mut self, lane: usize) -> Option<(u64, u64)> {
+        self.lane(lane).front().copied()
+    }
+
+    fn pop_front(&mut self, lane: usize) {
+        if self.lane(lane).pop_front().is_some() {
+            self.len -= 1;
+        }
+    }
+
+    /// Back at its place by seq (a requeued message).
+    fn insert(&mut self, lane: usize, seq: u64, deadline: u64) {
+        let l = self.lane(lane);
+        let at = l.partition_point(|&(s, _)| s < seq);
+        l.insert(at, (seq, deadline));
+        self.len += 1;
+    }
+
+    pub(crate) fn clear(&mut self) {
+        for l in &mut self.lanes {
+            l.clear();
+        }
+        self.len = 0;
+    }
+}
 
 impl<C: Clone> QueueCore<C> {
     pub fn limits(&self) -> &QueueLimits {
@@ -64,7 +128,8 @@ impl<C: Clone> QueueCore<C> {
         let seq = self.next_seq;
         self.next_seq += 1;
         let deadline = now.saturating_add(t);
-        self.deadlines.push_back((seq, deadline));
+        self.deadlines
+            .push(self.store.lane(&message), seq, deadline);
         let m = QueuedMessage {
             seq,
             message,
@@ -134,30 +199,36 @@ impl<C: Clone> QueueCore<C> {
             return None;
         }
         let head = self.store.head_seq()?;
-        self.drop_stale_deadlines(head);
-        match self.deadlines.front() {
-            Some(&(seq, d)) if seq == head => Some(d),
+        let lane = self.store.head_lane();
+        self.drop_stale_deadlines(lane, head);
+        match self.deadlines.front(lane) {
+            Some((seq, d)) if seq == head => Some(d),
             _ => None,
         }
     }
 
     /// Entries for messages that left the ready set another way (a body
-    /// lost on disk) sit before the head: they go.
-    fn drop_stale_deadlines(&mut self, head: u64) {
-        while self.deadlines.front().is_some_and(|&(seq, _)| seq < head) {
-            self.deadlines.pop_front();
+    /// lost on disk) sit before the head of their lane: they go.
+    fn drop_stale_deadlines(&mut self, lane: usize, head: u64) {
+        while self
+            .deadlines
+            .front(lane)
+            .is_some_and(|(seq, _)| seq < head)
+        {
+            self.deadlines.pop_front(lane);
         }
     }
 
-    /// The deadline of message `seq`, which just left the ready set.
-    fn take_deadline(&mut self, seq: u64) -> Option<u64> {
+    /// The deadline of message `seq` of `lane`, which just left the
+    /// ready set.
+    fn take_deadline(&mut self, lane: usize, seq: u64) -> Option<u64> {
         if self.deadlines.is_empty() {
             return None;
         }
-        self.drop_stale_deadlines(seq);
-        match self.deadlines.front() {
-            Some(&(s, d)) if s == seq => {
-                self.deadlines.pop_front();
+        self.drop_stale_deadlines(lane, seq);
+        match self.deadlines.front(lane) {
+            Some((s, d)) if s == seq => {
+                self.deadlines.pop_front(lane);
                 Some(d)
             }
             _ => None,
@@ -169,9 +240,8 @@ impl<C: Clone> QueueCore<C> {
         if self.held_deadlines.is_empty() {
             return;
         }
-        if let Some(d) = self.held_deadlines.remove(&seq) {
-            let at = self.deadlines.partition_point(|&(s, _)| s < seq);
-            self.deadlines.insert(at, (seq, d));
+        if let Some((d, lane)) = self.held_deadlines.remove(&seq) {
+            self.deadlines.insert(lane, seq, d);
         }
     }
 
@@ -187,16 +257,17 @@ impl<C: Clone> QueueCore<C> {
             self.drop_head(DeadReason::Expired);
         }
         let m = self.store.pop()?;
-        let d = self.take_deadline(m.seq);
+        let d = self.take_deadline(self.store.lane(&m.message), m.seq);
         Some((m, d))
     }
 
     /// Takes the head out for `reason`; `false` if the queue is empty.
     fn drop_head(&mut self, reason: DeadReason) -> bool {
+        let lane = self.store.head_lane();
         let Some(t) = self.store.take_head() else {
             return false;
         };
-        self.take_deadline(t.seq);
+        self.take_deadline(lane, t.seq);
         self.drop_taken(t, reason);
         true
     }

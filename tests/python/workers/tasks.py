@@ -23,6 +23,18 @@ app.conf.update(
     worker_hijack_root_logger=False,
 )
 
+# The task priority test: the task queue is a priority queue (kombu's
+# `queue_arguments`), and each pool process holds one unacknowledged task
+# at a time (acks_late with the prefetch multiplier of 1), so tasks run in
+# the order the queue hands them out: highest priority first.
+if os.environ.get("WARREN_CELERY_MAX_PRIORITY"):
+    from kombu import Queue
+    app.conf.update(
+        task_queues=[Queue(app.conf.task_default_queue, queue_arguments={
+            "x-max-priority": int(os.environ["WARREN_CELERY_MAX_PRIORITY"])})],
+        task_acks_late=True,
+    )
+
 
 def _who():
     return {"hostname": current_hostname(), "pid": os.getpid()}
