@@ -19,7 +19,7 @@ pub mod segments;
 pub mod store;
 
 pub use disk::{Disk, DiskError, DiskStore, LoadedBodies, Loads};
-pub use limits::{DeadMessage, DeadReason, Overflow, QueueLimits};
+pub use limits::{DeadCounters, DeadMessage, DeadReason, Overflow, QueueLimits};
 pub use message::{Message, MessageError, QueuedMessage, StoredRef};
 pub use peek::{PeekBody, PeekEntry, Peeked};
 pub use queue::{

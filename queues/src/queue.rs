@@ -8,7 +8,7 @@
 //! bound), and optionally a limit shared by every consumer of one channel
 //! (basic.qos global=true).
 
-use crate::limits::{DeadMessage, QueueLimits};
+use crate::limits::{DeadCounters, DeadMessage, QueueLimits};
 use crate::message::{Message, QueuedMessage, StoredRef};
 use crate::peek::Peeked;
 use crate::store::MessageStore;
@@ -136,6 +136,10 @@ pub struct Dispatched<C> {
     /// Whether the connection gives credit back once it has written this
     /// delivery ([`QueueCore::credit_written`]).
     pub credit_on_write: bool,
+    /// A no-ack delivery's TTL deadline, which it takes back to the queue
+    /// if it is handed back unwritten ([`QueueCore::undeliver`]); a
+    /// manual-ack delivery's stays with the queue.
+    pub deadline: Option<u64>,
 }
 
 /// Who holds an unacked message.
@@ -223,6 +227,10 @@ pub struct QueueCore<C> {
     /// Messages dropped for a dead-letter exchange, for the owner to
     /// take ([`QueueCore::take_dead`]) after each operation.
     dead: Vec<DeadMessage>,
+    /// Counts messages dropped without a dead-letter exchange (the owner
+    /// counts the ones it republishes, as only it knows whether the
+    /// exchange exists).
+    dead_counters: Arc<DeadCounters>,
 }
 
 impl<C: Clone> QueueCore<C> {
@@ -232,6 +240,7 @@ impl<C: Clone> QueueCore<C> {
             deadlines: store.take_recovered_deadlines().into(),
             held_deadlines: HashMap::new(),
             dead: Vec::new(),
+            dead_counters: Arc::default(),
             limits: QueueLimits::default(),
             store,
             consumers: Vec::new(),
@@ -324,6 +333,7 @@ impl<C: Clone> QueueCore<C> {
                     no_ack: c.spec.no_ack,
                     took_channel_slot: took_slot,
                     credit_on_write,
+                    deadline: if c.spec.no_ack { deadline } else { None },
                 });
                 self.cursor = (i + 1) % n;
                 continue 'messages;
@@ -405,12 +415,23 @@ impl<C: Clone> QueueCore<C> {
     /// or its connection went away first): it goes back to its place, as
     /// it was, without counting as delivered. `written`: where a
     /// persistent no-ack delivery was written again (see
-    /// [`QueueCore::rewrite_disk`]).
-    pub fn undeliver(&mut self, m: QueuedMessage, no_ack: bool, written: Option<StoredRef>) {
+    /// [`QueueCore::rewrite_disk`]); `deadline`: a no-ack delivery's TTL
+    /// deadline ([`Dispatched::deadline`]), which it keeps.
+    pub fn undeliver(
+        &mut self,
+        m: QueuedMessage,
+        no_ack: bool,
+        written: Option<StoredRef>,
+        deadline: Option<u64>,
+    ) {
         if no_ack {
+            let seq = m.seq;
             match written {
                 Some(at) => self.store.requeue_written(m, at),
                 None => self.store.requeue(m),
+            }
+            if let Some(d) = deadline {
+                self.insert_deadline(seq, d);
             }
         } else if let Some(u) = self.take_unacked(m.seq) {
             self.restore_deadline(m.seq);
@@ -720,7 +741,7 @@ mod tests {
         q.dispatch(0, &mut none);
         assert!(none.is_empty(), "acks give no write credit");
         let back = more.pop().unwrap();
-        q.undeliver(back.message, false, None);
+        q.undeliver(back.message, false, None, None);
         let mut again = Vec::new();
         q.dispatch(0, &mut again);
         assert_eq!(again.len(), 1, "an unwritten delivery returns its credit");

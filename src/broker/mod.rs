@@ -89,6 +89,8 @@ pub struct Broker {
     connections: DashMap<u64, Arc<ConnectionInfo>>,
     /// Broker-wide message counters.
     stats: Arc<MessageCounters>,
+    /// Broker-wide dead-letter counters (every queue counts into them).
+    dead: Arc<warren_queues::DeadCounters>,
     /// Connections, channels and queues made and gone.
     pub churn: Arc<ChurnCounters>,
     /// The coarse clock deliveries are stamped with (advanced by the server).
@@ -231,6 +233,7 @@ impl Broker {
             next_id: AtomicU64::new(1),
             connections: DashMap::new(),
             stats: Arc::new(MessageCounters::default()),
+            dead: Arc::default(),
             churn: Arc::new(ChurnCounters::default()),
             clock: Arc::new(CoarseClock::default()),
             alarms: Alarms::new(&cfg.alarms),
@@ -251,6 +254,7 @@ impl Broker {
                     self.noack_window,
                     self.persist.clone(),
                     self.stats.clone(),
+                    self.dead.clone(),
                     self.clock.clone(),
                     self.churn.clone(),
                 )
@@ -459,6 +463,12 @@ impl Broker {
 
     pub fn message_stats(&self) -> MessageStats {
         self.stats.snapshot()
+    }
+
+    /// Messages dead-lettered or dropped unconsumed, broker-wide, since
+    /// start (deleted queues' included).
+    pub fn dead_counters(&self) -> &warren_queues::DeadCounters {
+        &self.dead
     }
 
     /// The broker-wide counters, for what only the protocol layer sees

@@ -21,6 +21,8 @@ pub struct Delivery {
     /// Credit returns to the queue once this is written (no-ack, or a
     /// consumer without a prefetch limit): `Queue::credit_written`.
     pub credit_on_write: bool,
+    /// A no-ack delivery's TTL deadline, kept if it is handed back.
+    pub deadline: Option<u64>,
 }
 
 #[derive(Debug)]

@@ -14,7 +14,9 @@ use dashmap::DashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, Weak};
 use warren_exchanges::{ExchangeType, RouteInput, Table};
-use warren_queues::{DiskError, DiskStore, MemoryStore, Message, MessageStore, StoredRef};
+use warren_queues::{
+    DeadCounters, DiskError, DiskStore, MemoryStore, Message, MessageStore, StoredRef,
+};
 
 pub struct Vhost {
     pub name: String,
@@ -24,6 +26,8 @@ pub struct Vhost {
     persist: Option<Arc<Persistence>>,
     /// The broker-wide message counters.
     stats: Arc<MessageCounters>,
+    /// The broker-wide dead-letter counters (its queues count into them).
+    dead: Arc<DeadCounters>,
     clock: Arc<CoarseClock>,
     /// The broker-wide churn counters (queues declared, created, deleted).
     churn: Arc<ChurnCounters>,
@@ -93,6 +97,7 @@ impl Vhost {
         noack_window: u32,
         persist: Option<Arc<Persistence>>,
         stats: Arc<MessageCounters>,
+        dead: Arc<DeadCounters>,
         clock: Arc<CoarseClock>,
         churn: Arc<ChurnCounters>,
     ) -> Self {
@@ -103,6 +108,7 @@ impl Vhost {
             noack_window,
             persist,
             stats,
+            dead,
             clock,
             churn,
             deleted: AtomicBool::new(false),
@@ -168,11 +174,12 @@ impl Vhost {
         noack_window: u32,
         persist: Option<Arc<Persistence>>,
         stats: Arc<MessageCounters>,
+        dead: Arc<DeadCounters>,
         clock: Arc<CoarseClock>,
         churn: Arc<ChurnCounters>,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| {
-            let mut v = Self::new(name, noack_window, persist, stats, clock, churn);
+            let mut v = Self::new(name, noack_window, persist, stats, dead, clock, churn);
             v.me = me.clone();
             v
         })
@@ -462,7 +469,8 @@ impl Vhost {
                     self.noack_window,
                     self.stats.clone(),
                     self.clock.clone(),
-                );
+                )
+                .with_dead_counters(&self.dead);
                 match (disk_id, &self.persist) {
                     (Some(_), Some(p)) => q = q.with_durable_budget(p.queue_memory_bytes),
                     (None, Some(p)) => q = q.with_paging(p.queue_memory_bytes),
@@ -989,7 +997,8 @@ impl Vhost {
             self.noack_window,
             self.stats.clone(),
             self.clock.clone(),
-        );
+        )
+        .with_dead_counters(&self.dead);
         let q = match &self.persist {
             Some(p) => q.with_durable_budget(p.queue_memory_bytes),
             None => q,
