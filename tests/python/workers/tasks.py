@@ -23,6 +23,10 @@ app.conf.update(
     worker_hijack_root_logger=False,
 )
 
+if os.environ.get("WARREN_CELERY_CONTROL_EXPIRES"):
+    app.conf.control_queue_expires = float(
+        os.environ["WARREN_CELERY_CONTROL_EXPIRES"])
+
 # A test's dead-letter queue: the task queue is declared with it (the
 # client declares it the same way).
 if os.environ.get("WARREN_CELERY_DLQ"):
