@@ -114,6 +114,29 @@ function effectiveTable(settings) {
   );
 }
 
+// Warren's dead_letter_stats: messages that left the queue unconsumed, by
+// reason, republished to the dead-letter exchange or dropped.
+function deadLetterTable(st) {
+  const reasons = ['expired', 'rejected', 'maxlen', 'delivery_limit'];
+  return el(
+    'div',
+    {},
+    el(
+      'table',
+      { class: 'list' },
+      el('thead', {}, el('tr', {}, ['Reason', 'Dead-lettered', 'Dropped'].map((h) => el('th', {}, h)))),
+      el(
+        'tbody',
+        {},
+        reasons.map((r) =>
+          el('tr', { 'data-reason': r }, el('td', {}, el('code', {}, r)), el('td', { 'data-role': 'dead-lettered' }, fmtNum(st.dead_lettered?.[r] ?? 0)), el('td', { 'data-role': 'dropped' }, fmtNum(st.dropped?.[r] ?? 0))),
+        ),
+      ),
+    ),
+    el('p', { class: 'muted' }, `Confirmed (copies made durable before the queue let them go): ${fmtNum(st.confirmed ?? 0)}`),
+  );
+}
+
 function addQueueForm(ctx, onDone) {
   const vhost = el('input', { name: 'vhost', value: ctx.vhost || '/', size: 12 });
   const name = el('input', { name: 'name', required: true, size: 30 });
@@ -147,6 +170,7 @@ export function page(root, ctx) {
   const figures = el('div', { class: 'figures', 'data-role': 'figures' });
   const info = el('div');
   const effective = el('div', { 'data-role': 'effective-settings' });
+  const deadLetters = el('div', { 'data-role': 'dead-letters' });
   const consumers = el('div', { 'data-role': 'consumers' });
   const bindings = el('div', { 'data-role': 'queue-bindings' });
   const unacked = el('div', { 'data-role': 'unacked' });
@@ -160,6 +184,7 @@ export function page(root, ctx) {
     el('div', { class: 'figures-row' }, figures),
     toc([
       ['details', 'Details'],
+      ['dead-letters', 'Dead letters'],
       ['consumers', 'Consumers'],
       ['bindings', 'Bindings'],
       ['unacked', 'Unacked'],
@@ -172,6 +197,7 @@ export function page(root, ctx) {
     el('div', { class: 'charts' }, queued.node, rates.node),
     anchored('details', section('Details', info)),
     section('Effective settings', el('p', { class: 'muted' }, 'What the queue\'s arguments, policy and operator policy give together, and where each value comes from.'), effective),
+    anchored('dead-letters', section('Dead letters', el('p', { class: 'muted' }, 'Messages that left unconsumed (TTL, rejection, length limit, delivery limit): republished to the dead-letter exchange, or dropped when there is none (or it does not exist). Since the broker started.'), deadLetters)),
     anchored('consumers', section('Consumers', consumers)),
     anchored('bindings', section('Bindings', bindings, el('h4', {}, 'Add binding to this queue'), bindingForm({ vhost, queue: name, onDone: () => refreshBindings().catch(() => {}) }))),
     anchored('unacked', section('Unacknowledged messages', el('p', { class: 'muted' }, 'Messages delivered and not yet acknowledged: which consumer holds each, and for how long.'), unacked)),
@@ -227,6 +253,7 @@ export function page(root, ctx) {
       ]),
     );
     fill(effective, effectiveTable(q.effective_settings || {}));
+    fill(deadLetters, deadLetterTable(q.dead_letter_stats || {}));
     await Promise.all([refreshConsumers(q), refreshBindings(), refreshUnacked()]);
     // Arrived from a list's unacked count: show the unacked view.
     if (sessionStorage.getItem('warren.scrollTo') === 'unacked') {

@@ -498,7 +498,7 @@ async fn a_no_ack_delivery_handed_back_unwritten_survives_a_restart() {
         // handed back, as a delivery whose consumer is gone is.
         let (m, left) = q.get(true).expect("a message");
         assert_eq!((m.message.body(), left), (&b"first"[..], 1));
-        q.undeliver(m, true);
+        q.undeliver(m, true, None);
         assert_eq!(q.counts().0, 2);
         c.close(200, "bye".into()).await.unwrap();
         s.shutdown().await;

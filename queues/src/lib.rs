@@ -20,7 +20,7 @@ pub mod segments;
 pub mod store;
 
 pub use disk::{Disk, DiskError, DiskStore, LoadedBodies, Loads, PagedBody};
-pub use limits::{DeadMessage, DeadReason, Overflow, QueueLimits, TimeoutAction};
+pub use limits::{DeadCounters, DeadMessage, DeadReason, Overflow, QueueLimits, TimeoutAction};
 pub use message::{Message, MessageError, QueuedMessage, StoredRef};
 pub use peek::{PeekBody, PeekEntry, Peeked};
 pub use priority::{level_id, level_ids, PriorityStore, MAX_SUPPORTED_PRIORITY};

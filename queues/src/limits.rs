@@ -136,3 +136,83 @@ pub struct DeadMessage {
     pub paged: Option<Arc<crate::disk::PagedBody>>,
     pub reason: DeadReason,
 }
+
+impl DeadReason {
+    /// Every reason, in [`DeadCounters`]' order.
+    pub const ALL: [DeadReason; 4] = [
+        DeadReason::Expired,
+        DeadReason::Rejected,
+        DeadReason::Maxlen,
+        DeadReason::DeliveryLimit,
+    ];
+
+    fn index(self) -> usize {
+        match self {
+            DeadReason::Expired => 0,
+            DeadReason::Rejected => 1,
+            DeadReason::Maxlen => 2,
+            DeadReason::DeliveryLimit => 3,
+        }
+    }
+}
+
+/// Messages that left a queue unconsumed, by reason: republished to a
+/// dead-letter exchange, or dropped (no dead-letter exchange, or a
+/// missing one: RabbitMQ's `dead_letter_strategy` `at_most_once` and
+/// `disabled`), and how many dead-lettered copies were made durable before
+/// their source let them go (`confirmed`). A queue's counters pass every
+/// count on to their parent (the broker's), so the broker-wide totals
+/// outlive deleted queues. Relaxed atomics: the paths that count are rare.
+#[derive(Debug, Default)]
+pub struct DeadCounters {
+    dead_lettered: [std::sync::atomic::AtomicU64; 4],
+    dropped: [std::sync::atomic::AtomicU64; 4],
+    confirmed: std::sync::atomic::AtomicU64,
+    parent: Option<Arc<DeadCounters>>,
+}
+
+impl DeadCounters {
+    /// A queue's counters, counting into `parent` too.
+    pub fn with_parent(parent: Arc<DeadCounters>) -> Self {
+        DeadCounters {
+            parent: Some(parent),
+            ..Default::default()
+        }
+    }
+
+    /// `n` messages left for `reason`: republished (`dead_lettered`) or
+    /// dropped.
+    pub fn add(&self, reason: DeadReason, dead_lettered: bool, n: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let set = if dead_lettered {
+            &self.dead_lettered
+        } else {
+            &self.dropped
+        };
+        set[reason.index()].fetch_add(n, Relaxed);
+        if let Some(p) = &self.parent {
+            p.add(reason, dead_lettered, n);
+        }
+    }
+
+    /// `n` dead-lettered copies were made durable.
+    pub fn add_confirmed(&self, n: u64) {
+        self.confirmed
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        if let Some(p) = &self.parent {
+            p.add_confirmed(n);
+        }
+    }
+
+    pub fn dead_lettered(&self, reason: DeadReason) -> u64 {
+        self.dead_lettered[reason.index()].load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn dropped(&self, reason: DeadReason) -> u64 {
+        self.dropped[reason.index()].load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn confirmed(&self) -> u64 {
+        self.confirmed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}

@@ -8,7 +8,7 @@
 //! bound), and optionally a limit shared by every consumer of one channel
 //! (basic.qos global=true).
 
-use crate::limits::{DeadMessage, QueueLimits};
+use crate::limits::{DeadCounters, DeadMessage, QueueLimits};
 use crate::message::{Message, QueuedMessage, StoredRef};
 use crate::peek::Peeked;
 use crate::store::MessageStore;
@@ -143,6 +143,10 @@ pub struct Dispatched<C> {
     /// [`QueueCore::delivery_header`]): `None` for a first delivery or a
     /// queue without a delivery limit.
     pub delivery_count: Option<u32>,
+    /// A no-ack delivery's TTL deadline, which it takes back to the queue
+    /// if it is handed back unwritten ([`QueueCore::undeliver`]); a
+    /// manual-ack delivery's stays with the queue.
+    pub deadline: Option<u64>,
 }
 
 /// Who holds an unacked message.
@@ -259,6 +263,10 @@ pub struct QueueCore<C> {
     /// Body bytes of unacked messages, and of the persistent ones among
     /// them (the management API's `message_bytes_unacknowledged`).
     unacked_bytes: (u64, u64),
+    /// Counts messages dropped without a dead-letter exchange (the owner
+    /// counts the ones it republishes, as only it knows whether the
+    /// exchange exists).
+    dead_counters: Arc<DeadCounters>,
 }
 
 /// Body byte totals as the management API shows them.
@@ -282,6 +290,7 @@ impl<C: Clone> QueueCore<C> {
             delivery_counts: store.take_recovered_counts().into_iter().collect(),
             held_deadlines: HashMap::new(),
             dead: Vec::new(),
+            dead_counters: Arc::default(),
             limits: QueueLimits::default(),
             store,
             consumers: Vec::new(),
@@ -406,6 +415,7 @@ impl<C: Clone> QueueCore<C> {
                     took_channel_slot: took_slot,
                     credit_on_write,
                     delivery_count,
+                    deadline: if c.spec.no_ack { deadline } else { None },
                 });
                 self.cursor = (i + 1) % n;
                 continue 'messages;
@@ -501,12 +511,23 @@ impl<C: Clone> QueueCore<C> {
     /// or its connection went away first): it goes back to its place, as
     /// it was, without counting as delivered. `written`: where a
     /// persistent no-ack delivery was written again (see
-    /// [`QueueCore::rewrite_disk`]).
-    pub fn undeliver(&mut self, m: QueuedMessage, no_ack: bool, written: Option<StoredRef>) {
+    /// [`QueueCore::rewrite_disk`]); `deadline`: a no-ack delivery's TTL
+    /// deadline ([`Dispatched::deadline`]), which it keeps.
+    pub fn undeliver(
+        &mut self,
+        m: QueuedMessage,
+        no_ack: bool,
+        written: Option<StoredRef>,
+        deadline: Option<u64>,
+    ) {
         if no_ack {
+            let seq = m.seq;
             match written {
                 Some(at) => self.store.requeue_written(m, at),
                 None => self.store.requeue(m),
+            }
+            if let Some(d) = deadline {
+                self.insert_deadline(seq, d);
             }
         } else if let Some(u) = self.take_unacked(m.seq) {
             self.restore_deadline(m.seq);
@@ -821,7 +842,7 @@ mod tests {
         q.dispatch(0, &mut none);
         assert!(none.is_empty(), "acks give no write credit");
         let back = more.pop().unwrap();
-        q.undeliver(back.message, false, None);
+        q.undeliver(back.message, false, None, None);
         let mut again = Vec::new();
         q.dispatch(0, &mut again);
         assert_eq!(again.len(), 1, "an unwritten delivery returns its credit");

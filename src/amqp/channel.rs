@@ -1557,7 +1557,7 @@ impl Connection {
             if d.took_channel_slot {
                 d.consumer.channel_limit.release(1);
             }
-            d.queue.undeliver(d.message, d.no_ack);
+            d.queue.undeliver(d.message, d.no_ack, d.deadline);
             return;
         }
         d.queue.count_delivery(

@@ -1322,7 +1322,7 @@ impl Connection {
         // closed outbox hands later ones straight back to their queues.
         for item in self.outbox.close() {
             if let OutboxItem::Deliver(d) = item {
-                d.queue.undeliver(d.message, d.no_ack);
+                d.queue.undeliver(d.message, d.no_ack, d.deadline);
             }
         }
         self.settle.clear();

@@ -41,9 +41,12 @@ fn str_keys(v: Option<&Value>) -> Vec<String> {
 /// RabbitMQ's `x-death` entry for (queue, reason) counted up and moved to
 /// the front, or a new one there; `x-first-death-*` kept, `x-last-death-*`
 /// set; `expiration` removed (kept in the entry as `original-expiration`).
-/// With a dead-letter routing key the message goes with that key alone
-/// and loses its CC header; without, with its original keys. `None` if
-/// its properties do not decode (they were validated at publish).
+/// With a dead-letter routing key the message goes with that key alone;
+/// without, with its original keys (CC included). Its CC header stays
+/// either way (RabbitMQ 3.13 no longer removes it; 3.10 did with a
+/// dead-letter routing key); BCC was removed at publish and is neither
+/// routed nor recorded in `routing-keys` (3.13). `None` if its properties
+/// do not decode (they were validated at publish).
 pub(crate) fn dead_lettered(
     m: &Message,
     queue: &str,
@@ -57,10 +60,7 @@ pub(crate) fn dead_lettered(
     let mut original_keys = vec![m.routing_key().to_owned()];
     original_keys.extend(cc.iter().cloned());
     let (routing_key, extra_keys) = match dl_key {
-        Some(k) => {
-            headers.0.retain(|(name, _)| name != "CC");
-            (k.to_owned(), Vec::new())
-        }
+        Some(k) => (k.to_owned(), Vec::new()),
         None => (m.routing_key().to_owned(), cc),
     };
     let mut deaths = match headers.get("x-death") {
@@ -212,7 +212,7 @@ mod tests {
         let m2 = Message::new("dlx", "rk", &d1.properties, b"body", true).unwrap();
         let d2 = dead_lettered(&m2, "q2", DeadReason::Rejected, 8_000, Some("k2")).unwrap();
         assert_eq!((d2.routing_key.as_str(), d2.extra_keys.len()), ("k2", 0));
-        assert!(d2.headers.get("CC").is_none(), "a DL routing key drops CC");
+        assert!(d2.headers.get("CC").is_some(), "3.13 keeps CC");
         let m3 = Message::new("dlx", "k2", &d2.properties, b"body", true).unwrap();
         let d3 = dead_lettered(&m3, "q1", DeadReason::Expired, 9_000, None).unwrap();
         let x = deaths(&d3.headers);

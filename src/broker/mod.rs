@@ -96,6 +96,8 @@ pub struct Broker {
     stats: Arc<MessageCounters>,
     /// Sampled history of the overview's lengths and counters.
     pub history: history::SharedHistory,
+    /// Broker-wide dead-letter counters (every queue counts into them).
+    dead: Arc<warren_queues::DeadCounters>,
     /// Connections, channels and queues made and gone.
     pub churn: Arc<ChurnCounters>,
     /// The coarse clock deliveries are stamped with (advanced by the server).
@@ -242,6 +244,7 @@ impl Broker {
             connections: DashMap::new(),
             stats: Arc::new(MessageCounters::default()),
             history: history::SharedHistory::new(history::GLOBAL, history::OVERVIEW_SERIES),
+            dead: Arc::default(),
             churn: Arc::new(ChurnCounters::default()),
             clock: Arc::new(CoarseClock::default()),
             alarms: Alarms::new(&cfg.alarms),
@@ -262,6 +265,7 @@ impl Broker {
                     self.noack_window,
                     self.persist.clone(),
                     self.stats.clone(),
+                    self.dead.clone(),
                     self.clock.clone(),
                     self.churn.clone(),
                 );
@@ -472,6 +476,12 @@ impl Broker {
 
     pub fn message_stats(&self) -> MessageStats {
         self.stats.snapshot()
+    }
+
+    /// Messages dead-lettered or dropped unconsumed, broker-wide, since
+    /// start (deleted queues' included).
+    pub fn dead_counters(&self) -> &warren_queues::DeadCounters {
+        &self.dead
     }
 
     /// The broker-wide counters, for what only the protocol layer sees

@@ -24,6 +24,8 @@ pub struct Delivery {
     /// The `x-delivery-count` header to frame it with (a redelivery from a
     /// queue with a delivery limit): see [`Delivery::properties`].
     pub delivery_count: Option<u32>,
+    /// A no-ack delivery's TTL deadline, kept if it is handed back.
+    pub deadline: Option<u64>,
 }
 
 impl Delivery {

@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 use warren_exchanges::Table;
 use warren_queues::{
-    ChannelLimit, ConsumeError, ConsumerId, ConsumerSpec, DeadMessage, Disk, Dispatched,
-    LoadedBodies, Loads, Message, Peeked, QueueCore, QueuedMessage, StoredRef, UnackedInfo,
+    ChannelLimit, ConsumeError, ConsumerId, ConsumerSpec, DeadCounters, DeadMessage, Disk,
+    Dispatched, LoadedBodies, Loads, Message, Peeked, QueueCore, QueuedMessage, StoredRef,
+    UnackedInfo,
 };
 
 mod lifecycle;
@@ -73,6 +74,9 @@ pub struct Queue {
     utilisation: std::sync::atomic::AtomicU64,
     /// The broker-wide counters, bumped alongside.
     global: Arc<MessageCounters>,
+    /// Messages that left unconsumed (dead-lettered or dropped), by
+    /// reason; counted into the broker's too.
+    pub dead_counters: Arc<DeadCounters>,
     /// Stamps deliveries for the unacked view.
     clock: Arc<CoarseClock>,
     core: Mutex<QueueCore<Arc<ConsumerHandle>>>,
@@ -181,6 +185,7 @@ impl Queue {
             ),
             utilisation: Default::default(),
             global,
+            dead_counters: Arc::default(),
             clock,
             rewrite_disk: store.rewrite_disk(),
             core: Mutex::new(QueueCore::new(store, noack_window)),
@@ -197,6 +202,16 @@ impl Queue {
             page_budget: None,
             paging: AtomicBool::new(false),
         }
+    }
+
+    /// Counts this queue's dead letters into `parent` (the broker's) too.
+    pub fn with_dead_counters(mut self, parent: &Arc<DeadCounters>) -> Self {
+        self.dead_counters = Arc::new(DeadCounters::with_parent(parent.clone()));
+        self.core
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_dead_counters(self.dead_counters.clone());
+        self
     }
 
     /// Pages new bodies out to the disk's transient area while more than
@@ -518,6 +533,7 @@ impl Queue {
                 took_channel_slot: d.took_channel_slot,
                 credit_on_write: d.credit_on_write,
                 delivery_count: d.delivery_count,
+                deadline: d.deadline,
             }));
         }
         if let Some(cur) = current {
@@ -535,7 +551,7 @@ impl Queue {
     fn refused(self: &Arc<Self>, items: Vec<OutboxItem>) {
         for item in items {
             if let OutboxItem::Deliver(d) = item {
-                d.queue.undeliver(d.message, d.no_ack);
+                d.queue.undeliver(d.message, d.no_ack, d.deadline);
             }
         }
     }
@@ -740,8 +756,9 @@ impl Queue {
         self.kick();
     }
 
-    /// A delivery that was never written goes back to the queue.
-    pub fn undeliver(self: &Arc<Self>, m: QueuedMessage, no_ack: bool) {
+    /// A delivery that was never written goes back to the queue (a no-ack
+    /// one with its TTL deadline, if it had one).
+    pub fn undeliver(self: &Arc<Self>, m: QueuedMessage, no_ack: bool, deadline: Option<u64>) {
         if self.is_deleted() {
             return;
         }
@@ -757,7 +774,11 @@ impl Queue {
                 }
                 return;
             }
-            core.undeliver(m, no_ack, written);
+            core.undeliver(m, no_ack, written, deadline);
+            if let Some(d) = deadline {
+                // It may be due already: the timer looks at once.
+                self.arm(d);
+            }
         }
         self.kick();
     }

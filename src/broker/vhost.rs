@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, Weak};
 use warren_exchanges::{ExchangeType, RouteInput, Table};
 use warren_queues::{
-    Disk, DiskError, DiskStore, MemoryStore, Message, MessageStore, PriorityStore, StoredRef,
+    DeadCounters, Disk, DiskError, DiskStore, MemoryStore, Message, MessageStore, PriorityStore,
+    StoredRef,
 };
 
 pub struct Vhost {
@@ -29,6 +30,8 @@ pub struct Vhost {
     persist: Option<Arc<Persistence>>,
     /// The broker-wide message counters.
     stats: Arc<MessageCounters>,
+    /// The broker-wide dead-letter counters (its queues count into them).
+    dead: Arc<DeadCounters>,
     clock: Arc<CoarseClock>,
     /// The broker-wide churn counters (queues declared, created, deleted).
     churn: Arc<ChurnCounters>,
@@ -111,6 +114,7 @@ impl Vhost {
         noack_window: u32,
         persist: Option<Arc<Persistence>>,
         stats: Arc<MessageCounters>,
+        dead: Arc<DeadCounters>,
         clock: Arc<CoarseClock>,
         churn: Arc<ChurnCounters>,
     ) -> Self {
@@ -122,6 +126,7 @@ impl Vhost {
             consumer_timeout: AtomicU64::new(DEFAULT_CONSUMER_TIMEOUT),
             persist,
             stats,
+            dead,
             clock,
             churn,
             deleted: AtomicBool::new(false),
@@ -187,11 +192,12 @@ impl Vhost {
         noack_window: u32,
         persist: Option<Arc<Persistence>>,
         stats: Arc<MessageCounters>,
+        dead: Arc<DeadCounters>,
         clock: Arc<CoarseClock>,
         churn: Arc<ChurnCounters>,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| {
-            let mut v = Self::new(name, noack_window, persist, stats, clock, churn);
+            let mut v = Self::new(name, noack_window, persist, stats, dead, clock, churn);
             v.me = me.clone();
             v
         })
@@ -478,7 +484,8 @@ impl Vhost {
                     self.noack_window,
                     self.stats.clone(),
                     self.clock.clone(),
-                );
+                )
+                .with_dead_counters(&self.dead);
                 match (disk_id, &self.persist) {
                     (Some(_), Some(p)) => q = q.with_durable_budget(p.queue_memory_bytes),
                     (None, Some(p)) => q = q.with_paging(p.queue_memory_bytes),
@@ -1006,7 +1013,8 @@ impl Vhost {
             self.noack_window,
             self.stats.clone(),
             self.clock.clone(),
-        );
+        )
+        .with_dead_counters(&self.dead);
         let q = match &self.persist {
             Some(p) => q.with_durable_budget(p.queue_memory_bytes),
             None => q,

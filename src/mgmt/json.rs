@@ -10,6 +10,7 @@ use crate::broker::{ConnectionInfo, Counter, Dest, Exchange, MessageStats, Queue
 use serde_json::{json, Map, Value as J};
 use std::sync::Arc;
 use warren_exchanges::{Table, Value};
+use warren_queues::{DeadCounters, DeadReason};
 
 /// The RabbitMQ release whose management API this one follows.
 pub(super) const RABBITMQ_COMPAT_VERSION: &str = "3.13.7";
@@ -120,6 +121,28 @@ fn churn_rates(c: &crate::broker::ChurnCounters) -> J {
     J::Object(m)
 }
 
+/// Warren's `dead_letter_stats` (RabbitMQ's HTTP API has no such field;
+/// its Prometheus `rabbitmq_global_messages_dead_lettered_*` counters hold
+/// the same counts): messages that left unconsumed, by reason, republished
+/// to a dead-letter exchange or dropped (none set, or a missing one), and
+/// the dead letters a durable queue released only after their copies were
+/// flushed.
+pub fn dead_letter_stats(c: &DeadCounters) -> J {
+    let by = |f: &dyn Fn(DeadReason) -> u64| {
+        J::Object(
+            DeadReason::ALL
+                .iter()
+                .map(|r| (r.as_str().to_owned(), J::from(f(*r))))
+                .collect(),
+        )
+    };
+    json!({
+        "dead_lettered": by(&|r| c.dead_lettered(r)),
+        "dropped": by(&|r| c.dropped(r)),
+        "confirmed": c.confirmed(),
+    })
+}
+
 pub fn overview(s: &MgmtState) -> J {
     let (mut queues, mut exchanges, mut ready, mut unacked, mut consumers) = (0, 0, 0, 0, 0);
     for v in s.broker.vhosts() {
@@ -163,6 +186,7 @@ pub fn overview(s: &MgmtState) -> J {
             "consumers": consumers,
         },
         "message_stats": overview_message_stats(&s.broker.message_stats()),
+        "dead_letter_stats": dead_letter_stats(s.broker.dead_counters()),
         "listeners": s.amqp_addrs.iter().map(|a| listener("amqp", *a))
             .chain(s.amqps_addrs.iter().map(|a| listener("amqp/ssl", *a)))
             .chain(s.http_addrs.iter().map(|a| listener("http", *a)))

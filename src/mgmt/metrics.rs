@@ -254,6 +254,7 @@ pub fn render(s: &MgmtState, per_object: bool) -> String {
         f.head(name, "counter", help);
         f.sample(name, &[PROTOCOL], value as f64);
     }
+    dead_letter_counters(&mut f, broker.dead_counters());
 
     // Channel counters: per channel, or summed over the open ones.
     let channel_families: [(&str, &str, Counter); 11] = [
@@ -553,6 +554,44 @@ fn queue_bytes(
             f.sample(name, &[], sizes.iter().map(pick).sum::<u64>() as f64);
         }
     }
+}
+
+/// rabbit_global_counters' dead-letter families with RabbitMQ's labels:
+/// every queue is `rabbit_classic_queue`; a message republished to an
+/// existing dead-letter exchange counts under `at_most_once`, one dropped
+/// (no exchange set, or a missing one) under `disabled`, as RabbitMQ
+/// counts them. Warren also has `delivery_limit` on classic queues, and
+/// counts under `at_least_once` the dead letters a durable queue released
+/// only after their copies were flushed (RabbitMQ: quorum queues only).
+fn dead_letter_counters(f: &mut Family, c: &warren_queues::DeadCounters) {
+    use warren_queues::DeadReason;
+    const QT: (&str, &str) = ("queue_type", "rabbit_classic_queue");
+    for (reason, help) in [
+        (DeadReason::Expired, "Total number of messages dead-lettered due to message TTL exceeded"),
+        (DeadReason::Rejected, "Total number of messages dead-lettered due to basic.reject or basic.nack"),
+        (DeadReason::Maxlen, "Total number of messages dead-lettered due to overflow drop-head or reject-publish-dlx"),
+        (DeadReason::DeliveryLimit, "Total number of messages dead-lettered due to delivery-limit exceeded"),
+    ] {
+        let name = format!("rabbitmq_global_messages_dead_lettered_{}_total", reason.as_str());
+        f.head(&name, "counter", help);
+        for (strategy, n) in [
+            ("at_most_once", c.dead_lettered(reason)),
+            ("disabled", c.dropped(reason)),
+        ] {
+            f.sample(&name, &[QT, ("dead_letter_strategy", strategy)], n as f64);
+        }
+    }
+    let name = "rabbitmq_global_messages_dead_lettered_confirmed_total";
+    f.head(
+        name,
+        "counter",
+        "Total number of messages dead-lettered and confirmed by target queues",
+    );
+    f.sample(
+        name,
+        &[QT, ("dead_letter_strategy", "at_least_once")],
+        c.confirmed() as f64,
+    );
 }
 
 /// Build, churn and process figures (the same in both forms).

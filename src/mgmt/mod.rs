@@ -434,6 +434,7 @@ async fn queue_get(
     // Warren's own field (one queue only, lists stay lean): each effective
     // setting with where it comes from, for the dashboard's queue page.
     j["effective_settings"] = q.settings().to_json();
+    j["dead_letter_stats"] = json::dead_letter_stats(&q.dead_counters);
     Ok(Json(j))
 }
 

@@ -11,7 +11,7 @@
 //! never hold the queue's lock for long. Time is always an argument.
 
 use super::QueueCore;
-use crate::limits::{DeadMessage, DeadReason, Overflow, QueueLimits};
+use crate::limits::{DeadCounters, DeadMessage, DeadReason, Overflow, QueueLimits};
 use crate::message::{Message, QueuedMessage};
 use crate::store::TakenHead;
 use std::collections::VecDeque;
@@ -115,6 +115,10 @@ impl<C: Clone> QueueCore<C> {
                     message: Some(message),
                     reason: DeadReason::Maxlen,
                 });
+            } else if self.limits.overflow == Overflow::RejectPublishDlx {
+                // RabbitMQ counts it dead-lettered (strategy `disabled`);
+                // a plain reject-publish refusal is not counted.
+                self.dead_counters.add(DeadReason::Maxlen, false, 1);
             }
             return None;
         }
@@ -245,6 +249,12 @@ impl<C: Clone> QueueCore<C> {
         }
     }
 
+    /// A message back in the ready set at its place expires at `d`.
+    pub(super) fn insert_deadline(&mut self, seq: u64, d: u64) {
+        let at = self.deadlines.partition_point(|&(s, _)| s < seq);
+        self.deadlines.insert(at, (seq, d));
+    }
+
     /// The next ready message that has not expired (those that have, up
     /// to it, are dropped as expired), with its deadline. A message
     /// whose deadline is `now` itself is still delivered: a TTL of 0
@@ -286,6 +296,7 @@ impl<C: Clone> QueueCore<C> {
                 reason,
             });
         } else {
+            self.dead_counters.add(reason, false, 1);
             self.store.settle(t.seq);
         }
     }
@@ -314,6 +325,12 @@ impl<C: Clone> QueueCore<C> {
             n += 1;
         }
         n
+    }
+
+    /// Where messages dropped without a dead-letter exchange are counted
+    /// (the owner's counters for this queue).
+    pub fn set_dead_counters(&mut self, counters: Arc<DeadCounters>) {
+        self.dead_counters = counters;
     }
 
     /// Whether dropped messages wait in [`QueueCore::take_dead`].
@@ -420,6 +437,60 @@ mod tests {
         assert_eq!(q.expire(20, 10), (1, false));
         assert!(q.take_dead().is_empty(), "no dead-letter exchange: dropped");
         assert_eq!(q.message_count(), 1);
+    }
+
+    #[test]
+    fn a_no_ack_delivery_handed_back_keeps_its_deadline() {
+        let mut q = core(QueueLimits {
+            message_ttl: Some(1_000),
+            ..Default::default()
+        });
+        q.add_consumer(ConsumerSpec {
+            id: 1,
+            handle: "c",
+            no_ack: true,
+            prefetch: 0,
+            exclusive: false,
+            channel_limit: None,
+        })
+        .unwrap();
+        q.publish_at(m("a"), 0, None);
+        let mut out: Vec<Dispatched<&str>> = Vec::new();
+        q.dispatch(1, &mut out);
+        let d = out.pop().unwrap();
+        assert_eq!(d.deadline, Some(1_000));
+        assert_eq!(q.next_expiry(), None);
+        q.remove_consumer(1);
+        q.undeliver(d.message, true, None, d.deadline);
+        assert_eq!(q.message_count(), 1);
+        assert_eq!(q.next_expiry(), Some(1_000), "back with its deadline");
+        assert_eq!(q.expire(1_000, 10), (1, false));
+        assert_eq!(q.message_count(), 0);
+    }
+
+    #[test]
+    fn drops_without_a_dead_letter_exchange_are_counted_by_reason() {
+        let counters = Arc::new(DeadCounters::default());
+        let mut q = core(QueueLimits {
+            message_ttl: Some(10),
+            max_length: Some(1),
+            ..Default::default()
+        });
+        q.set_dead_counters(counters.clone());
+        q.publish_at(m("a"), 0, None);
+        q.publish_at(m("b"), 0, None);
+        q.trim();
+        q.expire(10, 10);
+        q.publish_at(m("c"), 20, None);
+        let (got, _) = q.get(false, 0, 21).unwrap();
+        q.reject(&[got.seq]);
+        let dropped: Vec<u64> = DeadReason::ALL
+            .iter()
+            .map(|r| counters.dropped(*r))
+            .collect();
+        assert_eq!(dropped, vec![1, 1, 1, 0], "expired, rejected, maxlen");
+        assert_eq!(counters.dead_lettered(DeadReason::Expired), 0);
+        assert!(q.take_dead().is_empty());
     }
 
     #[test]

@@ -259,7 +259,7 @@ impl Queue {
     }
 
     /// Asks the timer to wake by `at` (ms since the epoch).
-    fn arm(self: &Arc<Self>, at: u64) {
+    pub(super) fn arm(self: &Arc<Self>, at: u64) {
         let t = &self.life.timer;
         let cur = t.armed.load(Ordering::Relaxed);
         if cur == 0 || at < cur {
@@ -383,6 +383,11 @@ impl Queue {
             if let Some(seq) = d.seq {
                 seqs.push(seq);
             }
+            // Counted as RabbitMQ does: republished (`at_most_once`) when
+            // the exchange exists, whatever it then routes to; dropped
+            // (`disabled`) when it does not.
+            self.dead_counters
+                .add(d.reason, vhost.is_some() && ex.is_some(), 1);
             let (Some(v), Some(ex)) = (&vhost, &ex) else {
                 continue;
             };
@@ -414,7 +419,9 @@ impl Queue {
                     tracing::error!(queue = %self.name, error = %e, "cannot store a dead-lettered message");
                     // Keep it in the source (it comes back at restart)
                     // rather than lose it.
-                    seqs.pop();
+                    if d.seq.is_some() {
+                        seqs.pop();
+                    }
                 }
             }
         }
@@ -431,6 +438,7 @@ impl Queue {
                     // the next start rather than be lost.
                     if ok {
                         q.core().settle_dead(&seqs);
+                        q.dead_counters.add_confirmed(seqs.len() as u64);
                     }
                 }));
             }

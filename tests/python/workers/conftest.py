@@ -63,7 +63,7 @@ def start_worker(worker_env, task_queue, tmp_path, broker_info):
     that it is ready. All are killed (process group, SIGKILL) at teardown."""
     started = []
 
-    def _start(name, concurrency=2):
+    def _start(name, concurrency=2, env=None):
         node = f"{name}-{uuid.uuid4().hex[:6]}@warren-test"
         log_path = tmp_path / f"{name}.log"
         log = open(log_path, "wb")
@@ -71,7 +71,7 @@ def start_worker(worker_env, task_queue, tmp_path, broker_info):
                "--pool=prefork", f"--concurrency={concurrency}",
                "-Q", task_queue, "-n", node, "-l", "INFO",
                "--without-gossip", "--without-mingle"]
-        proc = subprocess.Popen(cmd, cwd=HERE, env=worker_env, stdout=log,
+        proc = subprocess.Popen(cmd, cwd=HERE, env=env or worker_env, stdout=log,
                                 stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL,
                                 start_new_session=True)

@@ -35,6 +35,21 @@ if os.environ.get("WARREN_CELERY_MAX_PRIORITY"):
         task_acks_late=True,
     )
 
+if os.environ.get("WARREN_CELERY_CONTROL_EXPIRES"):
+    app.conf.control_queue_expires = float(
+        os.environ["WARREN_CELERY_CONTROL_EXPIRES"])
+
+# A test's dead-letter queue: the task queue is declared with it (the
+# client declares it the same way).
+if os.environ.get("WARREN_CELERY_DLQ"):
+    from kombu import Exchange, Queue
+    _q = app.conf.task_default_queue
+    app.conf.task_queues = [Queue(
+        _q, Exchange(_q), routing_key=_q,
+        queue_arguments={
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": os.environ["WARREN_CELERY_DLQ"]})]
+
 
 def _who():
     return {"hostname": current_hostname(), "pid": os.getpid()}
@@ -92,3 +107,11 @@ def flaky(self, workdir, failures):
         raise self.retry(countdown=1, exc=RuntimeError(f"attempt {n}"))
     return {"attempts": n, "retries": self.request.retries,
             "at": time.time()}
+
+
+@app.task(bind=True, acks_late=True)
+def poison(self, x):
+    """Refuses its message for good: rejected without requeue, so it goes
+    to the task queue's dead-letter queue if it has one."""
+    from celery.exceptions import Reject
+    raise Reject(f"poison {x}", requeue=False)
