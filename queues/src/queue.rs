@@ -522,12 +522,13 @@ impl<C: Clone> QueueCore<C> {
     ) {
         if no_ack {
             let seq = m.seq;
+            let lane = self.store.lane(&m.message);
             match written {
                 Some(at) => self.store.requeue_written(m, at),
                 None => self.store.requeue(m),
             }
             if let Some(d) = deadline {
-                self.insert_deadline(seq, d);
+                self.insert_deadline(lane, seq, d);
             }
         } else if let Some(u) = self.take_unacked(m.seq) {
             self.restore_deadline(m.seq);

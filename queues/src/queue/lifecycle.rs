@@ -249,10 +249,10 @@ impl<C: Clone> QueueCore<C> {
         }
     }
 
-    /// A message back in the ready set at its place expires at `d`.
-    pub(super) fn insert_deadline(&mut self, seq: u64, d: u64) {
-        let at = self.deadlines.partition_point(|&(s, _)| s < seq);
-        self.deadlines.insert(at, (seq, d));
+    /// A message back in the ready set at its place (in `lane`) expires
+    /// at `d`.
+    pub(super) fn insert_deadline(&mut self, lane: usize, seq: u64, d: u64) {
+        self.deadlines.insert(lane, seq, d);
     }
 
     /// The next ready message that has not expired (those that have, up

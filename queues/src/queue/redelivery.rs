@@ -163,7 +163,7 @@ mod tests {
         // Handed back unwritten: back as it was, not counted.
         let mut out = out.into_iter();
         let first = out.next().unwrap();
-        q.undeliver(first.message, false, None);
+        q.undeliver(first.message, false, None, None);
         let again = next(&mut q);
         assert_eq!(again[0].delivery_count, Some(1));
         q.ack(&[again[0].message.seq]);
