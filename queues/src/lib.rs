@@ -23,7 +23,7 @@ pub use limits::{DeadMessage, DeadReason, Overflow, QueueLimits};
 pub use message::{Message, MessageError, QueuedMessage, StoredRef};
 pub use peek::{PeekBody, PeekEntry, Peeked};
 pub use queue::{
-    ChannelLimit, ConsumeError, ConsumerId, ConsumerSpec, Dispatched, Holder, QueueCore,
+    Activity, ChannelLimit, ConsumeError, ConsumerId, ConsumerSpec, Dispatched, Holder, QueueCore,
     UnackedInfo,
 };
 pub use store::{MemoryStore, MessageStore, TakenHead};

@@ -299,6 +299,7 @@ mod tests {
             prefetch,
             exclusive: false,
             channel_limit: None,
+            priority: 0,
         })
         .unwrap();
     }
