@@ -1149,7 +1149,11 @@ mod tests {
         publish(&mut q, 5);
         let mut out = Vec::new();
         q.dispatch(0, &mut out);
-        assert_eq!(handles(&out), vec!["a", "a"], "only the active one, within its prefetch");
+        assert_eq!(
+            handles(&out),
+            vec!["a", "a"],
+            "only the active one, within its prefetch"
+        );
         // The active one goes; its unacked messages are requeued (as its
         // channel closing does) before the next one receives: it gets them first.
         q.remove_consumer(1);

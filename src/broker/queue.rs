@@ -144,6 +144,8 @@ pub struct ConsumeRequest {
     pub exclusive: bool,
     pub prefetch: u32,
     pub channel_limit: Arc<ChannelLimit>,
+    /// `x-priority` (see [`super::consumer_args::consumer_priority`]).
+    pub priority: i64,
 }
 
 impl Queue {
@@ -161,6 +163,12 @@ impl Queue {
         global: Arc<MessageCounters>,
         clock: Arc<CoarseClock>,
     ) -> Self {
+        let mut core = QueueCore::new(store, noack_window);
+        // Validated at declare; a stored definition passed the same check.
+        core.set_single_active(matches!(
+            opts.arguments.get("x-single-active-consumer"),
+            Some(warren_exchanges::Value::Bool(true))
+        ));
         Queue {
             name,
             vhost,
@@ -171,8 +179,8 @@ impl Queue {
             stats: MessageCounters::default(),
             global,
             clock,
-            rewrite_disk: store.rewrite_disk(),
-            core: Mutex::new(QueueCore::new(store, noack_window)),
+            rewrite_disk: core.rewrite_disk(),
+            core: Mutex::new(core),
             deleted: AtomicBool::new(false),
             flow_blocked: AtomicBool::new(false),
             flow_resumed: Notify::new(),
@@ -537,6 +545,7 @@ impl Queue {
             prefetch: req.prefetch,
             exclusive: req.exclusive,
             channel_limit: Some(req.channel_limit),
+            priority: req.priority,
         };
         let res = {
             let mut core = self.core();
@@ -566,13 +575,44 @@ impl Queue {
     }
 
     /// Removes a consumer; returns whether the queue should now be
+    /// auto-deleted. Its unacked messages stay with its channel.
+    pub fn cancel(self: &Arc<Self>, id: ConsumerId) -> bool {
+        self.cancel_requeue(id, &[])
+    }
+
+    /// Removes a consumer and puts `requeue` (what its channel held of
+    /// this queue, as the channel closes) back in one step, before anything
+    /// is delivered again: with single active consumer the next consumer
+    /// gets those messages first. Returns whether the queue should now be
     /// auto-deleted.
-    pub fn cancel(&self, id: ConsumerId) -> bool {
+    pub fn cancel_requeue(self: &Arc<Self>, id: ConsumerId, requeue: &[u64]) -> bool {
         self.touch();
-        let mut core = self.core();
-        core.remove_consumer(id);
-        self.update_flow(&core);
-        self.auto_delete && core.unused_after_consumers()
+        let (unused, after) = {
+            let mut core = self.core();
+            core.remove_consumer(id);
+            core.requeue(requeue);
+            // A single active consumer's successor may now receive; other
+            // queues deliver nothing new for a consumer leaving, unless
+            // messages came back.
+            let after =
+                (core.single_active() || !requeue.is_empty()).then(|| self.deliver(&mut core));
+            self.update_flow(&core);
+            (self.auto_delete && core.unused_after_consumers(), after)
+        };
+        if let Some(after) = after {
+            self.finish(after);
+        }
+        unused
+    }
+
+    /// What consumer `id` is doing (management API).
+    pub fn activity(&self, id: ConsumerId) -> Option<warren_queues::Activity> {
+        self.core().activity(id)
+    }
+
+    /// The tag of a single-active-consumer queue's active consumer.
+    pub fn single_active_tag(&self) -> Option<String> {
+        self.core().active_consumer().map(|h| h.tag.clone())
     }
 
     /// basic.get for someone outside AMQP (the management API's `/get`):
