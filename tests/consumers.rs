@@ -273,35 +273,49 @@ async fn wrong_argument_types_get_rabbitmqs_406_texts() {
     s.shutdown().await;
 }
 
-/// An exclusive consumer of a single-active-consumer queue, or with a
-/// priority, keeps the queue to itself as before (403 for the others).
+/// An exclusive consumer with a priority keeps its queue to itself as
+/// before; a single-active-consumer queue refuses exclusive consumers, even
+/// with no consumer yet (403, as RabbitMQ 3.10.8).
 #[tokio::test]
-async fn exclusive_consumers_keep_working() {
+async fn exclusive_consumers_with_priorities_and_sac() {
     let (s, c, ch) = start_channel().await;
-    ch.queue_declare("sx".into(), QueueDeclareOptions::default(), sac_args())
-        .await
-        .unwrap();
+    queue(&ch, "px", false).await;
     let excl = BasicConsumeOptions {
         exclusive: true,
         ..Default::default()
     };
     let mut k = ch
-        .basic_consume("sx".into(), "x".into(), excl, priority(3))
+        .basic_consume("px".into(), "x".into(), excl, priority(3))
         .await
         .unwrap();
-    publish(&ch, "", "sx", b"m1").await;
+    publish(&ch, "", "px", b"m1").await;
     assert_eq!(body(&next(&mut k).await), "m1");
-    let other = c.create_channel().await.unwrap();
-    let e = other
-        .basic_consume("sx".into(), "".into(), BasicConsumeOptions::default(), t())
-        .await
-        .unwrap_err();
-    assert_eq!(
-        soft_code(&e),
+    let in_use = |q: &str| {
         (
             403,
-            "ACCESS_REFUSED - queue 'sx' in vhost '/' in exclusive use".to_owned()
+            format!("ACCESS_REFUSED - queue '{q}' in vhost '/' in exclusive use"),
         )
-    );
+    };
+    let other = c.create_channel().await.unwrap();
+    let e = other
+        .basic_consume(
+            "px".into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            priority(9),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(soft_code(&e), in_use("px"));
+    let other = c.create_channel().await.unwrap();
+    other
+        .queue_declare("sx".into(), QueueDeclareOptions::default(), sac_args())
+        .await
+        .unwrap();
+    let e = other
+        .basic_consume("sx".into(), "".into(), excl, t())
+        .await
+        .unwrap_err();
+    assert_eq!(soft_code(&e), in_use("sx"));
     s.shutdown().await;
 }

@@ -528,7 +528,10 @@ impl<C: Clone> QueueCore<C> {
 
     pub fn add_consumer(&mut self, spec: ConsumerSpec<C>) -> Result<(), ConsumeError> {
         let exclusive_exists = self.consumers.iter().any(|c| c.spec.exclusive);
-        if exclusive_exists || (spec.exclusive && !self.consumers.is_empty()) {
+        // RabbitMQ (3.10.8, checked) refuses every exclusive consumer of a
+        // single-active-consumer queue, as "in exclusive use".
+        let busy = !self.consumers.is_empty() || self.single_active;
+        if exclusive_exists || (spec.exclusive && busy) {
             return Err(ConsumeError::ExclusiveConflict);
         }
         // After every consumer of the same or a higher priority: last of
@@ -1201,16 +1204,23 @@ mod tests {
         assert_eq!(q.active_consumer(), Some("b"));
     }
 
+    /// As RabbitMQ 3.10.8: no exclusive consumer on a single-active-consumer
+    /// queue, even an empty one; exclusive ones with a priority are fine.
     #[test]
-    fn single_active_consumer_keeps_exclusive_rules() {
+    fn exclusive_consumers_with_sac_and_priorities() {
         let mut q = sac();
-        let mut e = spec(1, "a", 0);
+        let mut e = prio(1, "a", 0, 4);
         e.exclusive = true;
-        q.add_consumer(e).unwrap();
         assert_eq!(
-            q.add_consumer(spec(2, "b", 0)),
+            q.add_consumer(e.clone()),
             Err(ConsumeError::ExclusiveConflict)
         );
-        assert_eq!(q.active_consumer(), Some("a"));
+        assert_eq!(q.active_consumer(), None);
+        let mut p = core();
+        p.add_consumer(e).unwrap();
+        assert_eq!(
+            p.add_consumer(prio(2, "b", 0, 9)),
+            Err(ConsumeError::ExclusiveConflict)
+        );
     }
 }

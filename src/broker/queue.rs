@@ -591,11 +591,13 @@ impl Queue {
             let mut core = self.core();
             core.remove_consumer(id);
             core.requeue(requeue);
-            // A single active consumer's successor may now receive; other
-            // queues deliver nothing new for a consumer leaving, unless
-            // messages came back.
-            let after =
-                (core.single_active() || !requeue.is_empty()).then(|| self.deliver(&mut core));
+            // Delivery runs only if messages came back. A single active
+            // consumer's successor does not start on the cancel alone: as
+            // in RabbitMQ 3.10.8 (checked), the next publish, ack or
+            // requeue starts it, so a client that cancels and then closes
+            // its channel (pika does) has its unacked messages go to the
+            // successor first.
+            let after = (!requeue.is_empty()).then(|| self.deliver(&mut core));
             self.update_flow(&core);
             (self.auto_delete && core.unused_after_consumers(), after)
         };
