@@ -98,6 +98,9 @@ pub struct Queue {
     /// arguments give; its own short lock, never held while `core`'s is
     /// taken (see [`Queue::settings_changed`]).
     policies: Mutex<QueuePolicies>,
+    /// `x-single-active-consumer` (fixed at declare), readable without the
+    /// core's lock.
+    single_active: bool,
 }
 
 /// A queue's policies and what they give, replaced together.
@@ -165,10 +168,11 @@ impl Queue {
     ) -> Self {
         let mut core = QueueCore::new(store, noack_window);
         // Validated at declare; a stored definition passed the same check.
-        core.set_single_active(matches!(
+        let single_active = matches!(
             opts.arguments.get("x-single-active-consumer"),
             Some(warren_exchanges::Value::Bool(true))
-        ));
+        );
+        core.set_single_active(single_active);
         Queue {
             name,
             vhost,
@@ -193,6 +197,7 @@ impl Queue {
             arguments: opts.arguments,
             page_budget: None,
             paging: AtomicBool::new(false),
+            single_active,
         }
     }
 
@@ -607,13 +612,20 @@ impl Queue {
         unused
     }
 
-    /// What consumer `id` is doing (management API).
+    /// What consumer `id` is doing (management API); takes the core's
+    /// lock only for a single-active-consumer queue.
     pub fn activity(&self, id: ConsumerId) -> Option<warren_queues::Activity> {
+        if !self.single_active {
+            return Some(warren_queues::Activity::Up);
+        }
         self.core().activity(id)
     }
 
     /// The tag of a single-active-consumer queue's active consumer.
     pub fn single_active_tag(&self) -> Option<String> {
+        if !self.single_active {
+            return None;
+        }
         self.core().active_consumer().map(|h| h.tag.clone())
     }
 
