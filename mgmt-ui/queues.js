@@ -262,6 +262,13 @@ export function page(root, ctx) {
     }
   }
 
+  // Single active consumer: which one receives and which wait their turn.
+  function activityText(c) {
+    if (c.activity_status === 'single_active') return 'yes (single active)';
+    if (c.activity_status === 'waiting') return 'waiting';
+    return c.active === false ? 'no' : 'yes';
+  }
+
   async function refreshConsumers(q) {
     let list = q.consumer_details;
     if (!Array.isArray(list)) {
@@ -275,7 +282,7 @@ export function page(root, ctx) {
         : el(
             'table',
             { class: 'list' },
-            el('thead', {}, el('tr', {}, ['Channel', 'Consumer tag', 'Ack required', 'Exclusive', 'Prefetch', 'Active'].map((h) => el('th', {}, h)))),
+            el('thead', {}, el('tr', {}, ['Channel', 'Consumer tag', 'Ack required', 'Exclusive', 'Prefetch', 'Priority', 'Active'].map((h) => el('th', {}, h)))),
             el(
               'tbody',
               {},
@@ -288,7 +295,8 @@ export function page(root, ctx) {
                   el('td', {}, c.ack_required ? 'yes' : 'no'),
                   el('td', {}, c.exclusive ? 'yes' : 'no'),
                   el('td', {}, fmtNum(c.prefetch_count)),
-                  el('td', {}, c.active === false ? 'no' : 'yes'),
+                  el('td', { class: 'num' }, String(c.arguments?.['x-priority'] ?? 0)),
+                  el('td', { 'data-role': 'activity' }, activityText(c)),
                 ),
               ),
             ),

@@ -25,7 +25,7 @@ pub use message::{Message, MessageError, QueuedMessage, StoredRef};
 pub use peek::{PeekBody, PeekEntry, Peeked};
 pub use priority::{level_id, level_ids, PriorityStore, MAX_SUPPORTED_PRIORITY};
 pub use queue::{
-    ByteTotals, ChannelLimit, ConsumeError, ConsumerId, ConsumerSpec, Dispatched, Holder,
+    Activity, ByteTotals, ChannelLimit, ConsumeError, ConsumerId, ConsumerSpec, Dispatched, Holder,
     QueueCore, TimedOut, UnackedInfo,
 };
 pub use store::{MemoryStore, MessageStore, TakenHead};

@@ -7,6 +7,12 @@
 //! consumers (so a slow connection cannot make a queue buffer without
 //! bound), and optionally a limit shared by every consumer of one channel
 //! (basic.qos global=true).
+//!
+//! Consumers are kept sorted by priority (`x-priority`, highest first; in
+//! registration order within one): a message goes to the highest priority
+//! that has a consumer with credit, round-robin within that priority. With
+//! single active consumer only one consumer receives at a time (see
+//! [`QueueCore::set_single_active`]).
 
 use crate::limits::{DeadCounters, DeadMessage, QueueLimits};
 use crate::message::{Message, QueuedMessage, StoredRef};
@@ -86,6 +92,38 @@ pub struct ConsumerSpec<C> {
     pub exclusive: bool,
     /// The channel's shared limit (global qos), for manual-ack consumers.
     pub channel_limit: Option<Arc<ChannelLimit>>,
+    /// `x-priority`: higher receives first while it has credit.
+    pub priority: i64,
+}
+
+/// What a consumer is doing, as the management API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activity {
+    /// A consumer of a queue without single active consumer.
+    Up,
+    /// The one consumer of a single-active-consumer queue that receives.
+    SingleActive,
+    /// A consumer of a single-active-consumer queue waiting its turn.
+    Waiting,
+}
+
+/// One priority's run of consumers in [`QueueCore::consumers`]: it ends
+/// before index `end` (and starts at the previous group's end).
+#[derive(Debug, Clone, Copy)]
+struct Group {
+    priority: i64,
+    end: usize,
+    /// Round-robin cursor, relative to the group's start.
+    cursor: usize,
+}
+
+/// How a try to deliver one message to one consumer went.
+enum Tried {
+    Delivered,
+    /// The consumer (or its channel) has no credit left.
+    NoCredit,
+    /// Nothing left to deliver.
+    Empty,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +151,12 @@ impl<C> Consumer<C> {
     /// included) into its connection's memory.
     fn credit_on_write(&self) -> bool {
         self.spec.no_ack || self.spec.prefetch == 0
+    }
+
+    /// Messages it holds unacked (RabbitMQ's "checked out"): none for a
+    /// no-ack consumer, whose `in_flight` counts unwritten deliveries.
+    fn holds_unacked(&self) -> bool {
+        !self.spec.no_ack && self.in_flight > 0
     }
 
     fn has_credit(&self, noack_window: u32) -> bool {
@@ -230,9 +274,14 @@ pub struct UnackedInfo<C> {
 pub struct QueueCore<C> {
     store: Box<dyn MessageStore>,
     next_seq: u64,
+    /// Highest priority first, registration order within one priority.
     consumers: Vec<Consumer<C>>,
-    /// Round-robin cursor into `consumers`.
-    cursor: usize,
+    /// The priorities' runs in `consumers`, each with its round-robin
+    /// cursor: one group in the common case (every consumer priority 0).
+    groups: Vec<Group>,
+    /// Single active consumer: only `active` receives.
+    single_active: bool,
+    active: Option<ConsumerId>,
     unacked: HashMap<u64, Unacked>,
     /// Cancelled manual-ack consumers whose deliveries are still unacked,
     /// so the unacked view can still name them; each leaves with its last
@@ -294,7 +343,9 @@ impl<C: Clone> QueueCore<C> {
             limits: QueueLimits::default(),
             store,
             consumers: Vec::new(),
-            cursor: 0,
+            groups: Vec::new(),
+            single_active: false,
+            active: None,
             unacked: HashMap::new(),
             departed: Vec::new(),
             noack_window: noack_window.max(1),
@@ -347,81 +398,111 @@ impl<C: Clone> QueueCore<C> {
         seq
     }
 
-    /// Hands ready messages to consumers with credit, round-robin. `now`
+    /// Hands ready messages to consumers with credit: the highest priority
+    /// that has credit, round-robin within it (or only the active consumer,
+    /// see [`QueueCore::set_single_active`]). `now`
     /// (milliseconds, any clock the caller likes; the broker passes a coarse
     /// wall clock read once per call) is recorded as the delivery time of
     /// each manual-ack delivery.
     pub fn dispatch(&mut self, now: u64, out: &mut Vec<Dispatched<C>>) {
-        let n = self.consumers.len();
-        if n == 0 {
+        if self.consumers.is_empty() {
             return;
         }
+        if self.single_active {
+            return self.dispatch_single(now, out);
+        }
         'messages: while !self.store.is_empty() {
-            // Find the next consumer, from the cursor, that can take one.
-            for step in 0..n {
-                let i = (self.cursor + step) % n;
-                let c = &mut self.consumers[i];
-                if !c.has_credit(self.noack_window) {
-                    continue;
-                }
-                let took_slot = match (&c.spec.channel_limit, c.spec.no_ack) {
-                    (Some(limit), false) => {
-                        if !limit.try_acquire() {
-                            continue;
-                        }
-                        true
-                    }
-                    _ => false,
-                };
-                let Some((m, deadline)) = self.pop_live(now) else {
-                    let c = &self.consumers[i];
-                    if took_slot {
-                        if let Some(l) = &c.spec.channel_limit {
-                            l.release(1);
+            let mut start = 0;
+            for g in 0..self.groups.len() {
+                let Group { end, cursor, .. } = self.groups[g];
+                let n = end - start;
+                for step in 0..n {
+                    let local = (cursor + step) % n;
+                    match self.try_deliver(start + local, now, out) {
+                        Tried::NoCredit => continue,
+                        Tried::Empty => break 'messages,
+                        Tried::Delivered => {
+                            self.groups[g].cursor = (local + 1) % n;
+                            continue 'messages;
                         }
                     }
-                    break 'messages;
-                };
-                let delivery_count = self.delivery_header(m.seq, false);
-                let c = &mut self.consumers[i];
-                c.in_flight += 1;
-                let credit_on_write = c.credit_on_write();
-                if credit_on_write && !c.spec.no_ack {
-                    c.unwritten += 1;
                 }
-                if c.spec.no_ack {
-                    self.store.settle(m.seq);
-                    if !self.delivery_counts.is_empty() {
-                        self.delivery_counts.remove(&m.seq);
-                    }
-                } else {
-                    let keep = self.store.keep_unacked(&m);
-                    let u = Unacked::new(Holder::Consumer(c.spec.id), &m, now, keep);
-                    self.unacked_bytes.0 += u.bytes();
-                    if u.persistent() {
-                        self.unacked_bytes.1 += u.bytes();
-                    }
-                    self.unacked.insert(m.seq, u);
-                    if let Some(d) = deadline {
-                        let lane = self.store.lane(&m.message);
-                        self.held_deadlines.insert(m.seq, (d, lane));
-                    }
-                }
-                out.push(Dispatched {
-                    consumer: c.spec.id,
-                    handle: c.spec.handle.clone(),
-                    message: m,
-                    no_ack: c.spec.no_ack,
-                    took_channel_slot: took_slot,
-                    credit_on_write,
-                    delivery_count,
-                    deadline: if c.spec.no_ack { deadline } else { None },
-                });
-                self.cursor = (i + 1) % n;
-                continue 'messages;
+                start = end;
             }
             break; // nobody has credit
         }
+    }
+
+    /// [`QueueCore::dispatch`] for a single-active-consumer queue.
+    fn dispatch_single(&mut self, now: u64, out: &mut Vec<Dispatched<C>>) {
+        self.update_active();
+        let Some(i) = self.active_index() else { return };
+        if self.fading(i) {
+            return;
+        }
+        while let Tried::Delivered = self.try_deliver(i, now, out) {}
+    }
+
+    /// Delivers the next ready message to `consumers[i]` if it has credit.
+    fn try_deliver(&mut self, i: usize, now: u64, out: &mut Vec<Dispatched<C>>) -> Tried {
+        let c = &mut self.consumers[i];
+        if !c.has_credit(self.noack_window) {
+            return Tried::NoCredit;
+        }
+        let took_slot = match (&c.spec.channel_limit, c.spec.no_ack) {
+            (Some(limit), false) => {
+                if !limit.try_acquire() {
+                    return Tried::NoCredit;
+                }
+                true
+            }
+            _ => false,
+        };
+        let Some((m, deadline)) = self.pop_live(now) else {
+            let c = &self.consumers[i];
+            if took_slot {
+                if let Some(l) = &c.spec.channel_limit {
+                    l.release(1);
+                }
+            }
+            return Tried::Empty;
+        };
+        let delivery_count = self.delivery_header(m.seq, false);
+        let c = &mut self.consumers[i];
+        c.in_flight += 1;
+        let credit_on_write = c.credit_on_write();
+        if credit_on_write && !c.spec.no_ack {
+            c.unwritten += 1;
+        }
+        if c.spec.no_ack {
+            self.store.settle(m.seq);
+            if !self.delivery_counts.is_empty() {
+                self.delivery_counts.remove(&m.seq);
+            }
+        } else {
+            let keep = self.store.keep_unacked(&m);
+            let u = Unacked::new(Holder::Consumer(c.spec.id), &m, now, keep);
+            self.unacked_bytes.0 += u.bytes();
+            if u.persistent() {
+                self.unacked_bytes.1 += u.bytes();
+            }
+            self.unacked.insert(m.seq, u);
+            if let Some(d) = deadline {
+                let lane = self.store.lane(&m.message);
+                self.held_deadlines.insert(m.seq, (d, lane));
+            }
+        }
+        out.push(Dispatched {
+            consumer: c.spec.id,
+            handle: c.spec.handle.clone(),
+            message: m,
+            no_ack: c.spec.no_ack,
+            took_channel_slot: took_slot,
+            credit_on_write,
+            delivery_count,
+            deadline: if c.spec.no_ack { deadline } else { None },
+        });
+        Tried::Delivered
     }
 
     /// basic.get: the head message, if any, and how many remain after it.
@@ -565,28 +646,42 @@ impl<C: Clone> QueueCore<C> {
 
     pub fn add_consumer(&mut self, spec: ConsumerSpec<C>) -> Result<(), ConsumeError> {
         let exclusive_exists = self.consumers.iter().any(|c| c.spec.exclusive);
-        if exclusive_exists || (spec.exclusive && !self.consumers.is_empty()) {
+        // RabbitMQ (3.10.8, checked) refuses every exclusive consumer of a
+        // single-active-consumer queue, as "in exclusive use".
+        let busy = !self.consumers.is_empty() || self.single_active;
+        if exclusive_exists || (spec.exclusive && busy) {
             return Err(ConsumeError::ExclusiveConflict);
         }
-        self.consumers.push(Consumer {
-            spec,
-            in_flight: 0,
-            unwritten: 0,
-        });
+        // After every consumer of the same or a higher priority: last of
+        // its group, so the group's cursor is unaffected.
+        let at = self
+            .consumers
+            .partition_point(|c| c.spec.priority >= spec.priority);
+        self.consumers.insert(
+            at,
+            Consumer {
+                spec,
+                in_flight: 0,
+                unwritten: 0,
+            },
+        );
+        self.regroup();
         self.had_consumer = true;
+        self.update_active();
         Ok(())
     }
 
     /// Removes a consumer; its unacked messages stay with its channel.
+    /// With single active consumer, the next one takes over.
     pub fn remove_consumer(&mut self, id: ConsumerId) -> Option<C> {
         let i = self.consumers.iter().position(|c| c.spec.id == id)?;
+        self.unlink_cursor(i);
         let c = self.consumers.remove(i);
-        if self.cursor > i {
-            self.cursor -= 1;
+        self.regroup();
+        if self.active == Some(id) {
+            self.active = None;
         }
-        if self.cursor >= self.consumers.len() {
-            self.cursor = 0;
-        }
+        self.update_active();
         let handle = c.spec.handle.clone();
         if !c.spec.no_ack && c.in_flight > 0 {
             self.departed.push(c);
@@ -594,9 +689,112 @@ impl<C: Clone> QueueCore<C> {
         Some(handle)
     }
 
+    /// Rebuilds the priority groups after `consumers` changed, keeping
+    /// each surviving priority's cursor.
+    fn regroup(&mut self) {
+        let old = std::mem::take(&mut self.groups);
+        let mut start = 0;
+        while start < self.consumers.len() {
+            let priority = self.consumers[start].spec.priority;
+            let end =
+                start + self.consumers[start..].partition_point(|c| c.spec.priority == priority);
+            let cursor = old
+                .iter()
+                .find(|g| g.priority == priority)
+                .map_or(0, |g| g.cursor);
+            self.groups.push(Group {
+                priority,
+                end,
+                cursor: if cursor < end - start { cursor } else { 0 },
+            });
+            start = end;
+        }
+    }
+
+    /// Before `consumers[i]` is removed: its group's cursor moves back
+    /// past it, so round-robin goes on with the consumer it pointed at.
+    fn unlink_cursor(&mut self, i: usize) {
+        let mut start = 0;
+        for g in &mut self.groups {
+            if i < g.end {
+                if i - start < g.cursor {
+                    g.cursor -= 1;
+                }
+                return;
+            }
+            start = g.end;
+        }
+    }
+
+    /// Turns single active consumer on (`x-single-active-consumer`).
+    pub fn set_single_active(&mut self, on: bool) {
+        self.single_active = on;
+        self.update_active();
+    }
+
+    pub fn single_active(&self) -> bool {
+        self.single_active
+    }
+
+    /// Picks the active consumer of a single-active-consumer queue: the
+    /// first (highest priority, earliest registered) when there is none.
+    /// A waiting consumer of a higher priority than the active one takes
+    /// over once the active one holds no unacked messages; until then the
+    /// active one is "fading" and gets nothing new (rabbit_fifo's rule for
+    /// quorum queues since RabbitMQ 3.12).
+    fn update_active(&mut self) {
+        if !self.single_active {
+            return;
+        }
+        let Some(top) = self.consumers.first() else {
+            self.active = None;
+            return;
+        };
+        let top_id = top.spec.id;
+        match self.active_index() {
+            None => self.active = Some(top_id),
+            Some(i) => {
+                let c = &self.consumers[i];
+                if c.spec.priority < self.consumers[0].spec.priority && !c.holds_unacked() {
+                    self.active = Some(top_id);
+                }
+            }
+        }
+    }
+
+    fn active_index(&self) -> Option<usize> {
+        let id = self.active?;
+        self.consumers.iter().position(|c| c.spec.id == id)
+    }
+
+    /// Whether the active consumer at `i` waits for its unacked messages
+    /// to settle before a higher-priority consumer takes over.
+    fn fading(&self, i: usize) -> bool {
+        self.consumers[i].spec.priority < self.consumers[0].spec.priority
+    }
+
+    /// The active consumer's handle (single active consumer only).
+    pub fn active_consumer(&self) -> Option<C> {
+        let i = self.active_index()?;
+        Some(self.consumers[i].spec.handle.clone())
+    }
+
+    /// What consumer `id` is doing (`None`: not a consumer of this queue).
+    pub fn activity(&self, id: ConsumerId) -> Option<Activity> {
+        self.consumers.iter().find(|c| c.spec.id == id)?;
+        Some(if !self.single_active {
+            Activity::Up
+        } else if self.active == Some(id) {
+            Activity::SingleActive
+        } else {
+            Activity::Waiting
+        })
+    }
+
     /// Removes all consumers (the queue is being deleted).
     pub fn take_consumers(&mut self) -> Vec<(ConsumerId, C)> {
-        self.cursor = 0;
+        self.groups.clear();
+        self.active = None;
         self.consumers
             .drain(..)
             .map(|c| (c.spec.id, c.spec.handle))
@@ -742,6 +940,7 @@ mod tests {
             prefetch,
             exclusive: false,
             channel_limit: None,
+            priority: 0,
         }
     }
 
@@ -993,6 +1192,158 @@ mod tests {
         assert!(
             q.departed.is_empty(),
             "the departed consumer left with its last ack"
+        );
+    }
+
+    fn prio(id: u64, h: &'static str, prefetch: u32, priority: i64) -> ConsumerSpec<&'static str> {
+        ConsumerSpec {
+            priority,
+            ..spec(id, h, prefetch)
+        }
+    }
+
+    fn seqs(out: &[Dispatched<&'static str>]) -> Vec<u64> {
+        out.iter().map(|d| d.message.seq).collect()
+    }
+
+    /// Higher priorities take messages while they have credit; lower ones
+    /// only when every higher one is full; round-robin within one.
+    #[test]
+    fn consumer_priorities_fill_the_highest_first() {
+        let mut q = core();
+        q.add_consumer(prio(1, "low", 10, -5)).unwrap();
+        q.add_consumer(prio(2, "hi1", 2, 10)).unwrap();
+        q.add_consumer(prio(3, "mid", 1, 0)).unwrap();
+        q.add_consumer(prio(4, "hi2", 2, 10)).unwrap();
+        publish(&mut q, 8);
+        let mut out = Vec::new();
+        q.dispatch(0, &mut out);
+        assert_eq!(
+            handles(&out),
+            vec!["hi1", "hi2", "hi1", "hi2", "mid", "low", "low", "low"]
+        );
+        // Credit freed at the top goes to the top again.
+        q.ack(&[out[0].message.seq, out[5].message.seq]);
+        publish(&mut q, 2);
+        let mut more = Vec::new();
+        q.dispatch(0, &mut more);
+        assert_eq!(handles(&more), vec!["hi1", "low"]);
+        // A lower consumer gets nothing while a higher one has credit.
+        q.remove_consumer(1);
+        q.ack(&seqs(&out[1..5]));
+        publish(&mut q, 6);
+        let mut last = Vec::new();
+        q.dispatch(0, &mut last);
+        assert_eq!(handles(&last), vec!["hi2", "hi1", "hi2", "mid"]);
+    }
+
+    /// Round-robin inside one priority survives consumers coming and going
+    /// in another.
+    #[test]
+    fn round_robin_within_a_priority_keeps_its_place() {
+        let mut q = core();
+        for (i, h) in ["a", "b", "c"].into_iter().enumerate() {
+            q.add_consumer(prio(i as u64, h, 0, 1)).unwrap();
+        }
+        publish(&mut q, 2);
+        let mut out = Vec::new();
+        q.dispatch(0, &mut out);
+        assert_eq!(handles(&out), vec!["a", "b"]);
+        q.add_consumer(prio(9, "other", 0, 0)).unwrap();
+        q.remove_consumer(0);
+        publish(&mut q, 3);
+        out.clear();
+        q.dispatch(0, &mut out);
+        assert_eq!(handles(&out), vec!["c", "b", "c"]);
+    }
+
+    fn sac() -> QueueCore<&'static str> {
+        let mut q = core();
+        q.set_single_active(true);
+        q
+    }
+
+    #[test]
+    fn single_active_consumer_hands_over_in_registration_order() {
+        let mut q = sac();
+        q.add_consumer(spec(1, "a", 2)).unwrap();
+        q.add_consumer(spec(2, "b", 2)).unwrap();
+        q.add_consumer(spec(3, "c", 2)).unwrap();
+        assert_eq!(q.activity(1), Some(Activity::SingleActive));
+        assert_eq!(q.activity(2), Some(Activity::Waiting));
+        assert_eq!(q.active_consumer(), Some("a"));
+        publish(&mut q, 5);
+        let mut out = Vec::new();
+        q.dispatch(0, &mut out);
+        assert_eq!(
+            handles(&out),
+            vec!["a", "a"],
+            "only the active one, within its prefetch"
+        );
+        // The active one goes; its unacked messages are requeued (as its
+        // channel closing does) before the next one receives: it gets them first.
+        q.remove_consumer(1);
+        q.requeue(&seqs(&out));
+        assert_eq!(q.active_consumer(), Some("b"));
+        let mut next = Vec::new();
+        q.dispatch(0, &mut next);
+        assert_eq!(handles(&next), vec!["b", "b"]);
+        assert_eq!(seqs(&next), seqs(&out), "the requeued messages first");
+        assert!(next.iter().all(|d| d.message.redelivered));
+        // A waiting consumer leaving changes nothing.
+        q.remove_consumer(3);
+        assert_eq!(q.active_consumer(), Some("b"));
+        q.remove_consumer(2);
+        assert_eq!(q.active_consumer(), None);
+        assert_eq!(q.activity(2), None);
+    }
+
+    /// With priorities, the highest becomes active; a higher newcomer takes
+    /// over once the active one has settled what it holds, and gets nothing
+    /// new meanwhile.
+    #[test]
+    fn single_active_consumer_follows_priority() {
+        let mut q = sac();
+        q.add_consumer(prio(1, "a", 1, 0)).unwrap();
+        publish(&mut q, 3);
+        let mut out = Vec::new();
+        q.dispatch(0, &mut out);
+        assert_eq!(handles(&out), vec!["a"]);
+        q.add_consumer(prio(2, "b", 1, 5)).unwrap();
+        assert_eq!(q.active_consumer(), Some("a"), "a still holds a message");
+        q.ack(&seqs(&out));
+        let mut more = Vec::new();
+        q.dispatch(0, &mut more);
+        assert_eq!(handles(&more), vec!["b"], "b took over once a was settled");
+        assert_eq!(q.activity(1), Some(Activity::Waiting));
+        assert_eq!(q.activity(2), Some(Activity::SingleActive));
+        // A lower newcomer waits; an idle active one is replaced at once by a higher one.
+        q.add_consumer(prio(3, "c", 1, -1)).unwrap();
+        q.ack(&seqs(&more));
+        q.add_consumer(prio(4, "d", 1, 9)).unwrap();
+        assert_eq!(q.active_consumer(), Some("d"));
+        // The highest remaining, earliest registered, follows.
+        q.remove_consumer(4);
+        assert_eq!(q.active_consumer(), Some("b"));
+    }
+
+    /// As RabbitMQ 3.10.8: no exclusive consumer on a single-active-consumer
+    /// queue, even an empty one; exclusive ones with a priority are fine.
+    #[test]
+    fn exclusive_consumers_with_sac_and_priorities() {
+        let mut q = sac();
+        let mut e = prio(1, "a", 0, 4);
+        e.exclusive = true;
+        assert_eq!(
+            q.add_consumer(e.clone()),
+            Err(ConsumeError::ExclusiveConflict)
+        );
+        assert_eq!(q.active_consumer(), None);
+        let mut p = core();
+        p.add_consumer(e).unwrap();
+        assert_eq!(
+            p.add_consumer(prio(2, "b", 0, 9)),
+            Err(ConsumeError::ExclusiveConflict)
         );
     }
 }

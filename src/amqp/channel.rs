@@ -39,6 +39,7 @@ pub(super) struct Consumer {
     no_ack: bool,
     exclusive: bool,
     prefetch: u32,
+    arguments: warren_exchanges::Table,
 }
 
 #[derive(Default)]
@@ -333,11 +334,6 @@ impl Connection {
         if let Some(r) = &ch.reply {
             self.vhost.replies.unregister(&r.name);
         }
-        for (_, c) in ch.consumers {
-            if c.queue.cancel(c.id) {
-                self.vhost.remove_queue(&c.queue);
-            }
-        }
         // Acks of an uncommitted transaction never happened: those
         // deliveries are unacked again, and go back with the rest.
         let pending = ch
@@ -346,7 +342,26 @@ impl Connection {
             .flat_map(|tx| tx.settles)
             .flat_map(|(items, _)| items);
         let mut items: Vec<Unacked> = ch.unacked.into_iter().chain(pending).collect();
-        requeue_grouped(&mut items, &mut Vec::new());
+        // Each consumer leaves together with what the channel holds of its
+        // queue, so nothing is delivered in between (a single active
+        // consumer's successor gets those messages first).
+        let mut seqs = Vec::new();
+        for (_, c) in ch.consumers {
+            seqs.clear();
+            if !items.is_empty() {
+                items.retain(|u| {
+                    let mine = Arc::ptr_eq(&u.queue, &c.queue);
+                    if mine {
+                        seqs.push(u.seq);
+                    }
+                    !mine
+                });
+            }
+            if c.queue.cancel_requeue(c.id, &seqs) {
+                self.vhost.remove_queue(&c.queue);
+            }
+        }
+        requeue_grouped(&mut items, &mut seqs);
     }
 
     /// What the management API shows of our open channels.
@@ -365,6 +380,8 @@ impl Connection {
                         ack_required: !c.no_ack,
                         prefetch: c.prefetch,
                         exclusive: c.exclusive,
+                        arguments: c.arguments.clone(),
+                        activity: c.queue.activity(c.id),
                     })
                     .collect();
                 consumers.sort_by(|a, b| a.tag.cmp(&b.tag));
@@ -1352,6 +1369,9 @@ impl Connection {
         }
         self.caller.check_read_queue(&qname)?;
         let q = self.vhost.queue_for(&qname, self.id)?;
+        let arguments = to_table(&c.arguments);
+        let priority =
+            crate::broker::consumer_args::consumer_priority(&q.name, &q.vhost, &arguments)?;
         let consumer_id = self.broker.next_id();
         let outbox = self.outbox.clone();
         let conn = self.id;
@@ -1366,6 +1386,7 @@ impl Connection {
             exclusive: c.exclusive,
             prefetch: ch.consumer_prefetch,
             channel_limit: ch.limit.clone(),
+            priority,
         };
         let prefetch = ch.consumer_prefetch;
         // consume-ok goes out before any delivery: deliveries wait in the
@@ -1379,6 +1400,7 @@ impl Connection {
                 no_ack: c.no_ack,
                 exclusive: c.exclusive,
                 prefetch,
+                arguments,
             },
         );
         self.consume_ok(id, c.nowait, tag);

@@ -456,6 +456,7 @@ fn server_properties(settings: &AmqpSettings) -> FieldTable {
         "publisher_confirms",
         "connection.blocked",
         "direct_reply_to",
+        "consumer_priorities",
     ] {
         caps.insert(cap.into(), AMQPValue::Boolean(true));
     }

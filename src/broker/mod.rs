@@ -9,6 +9,7 @@ pub mod access;
 pub mod alarms;
 pub mod authz;
 pub mod base64;
+pub mod consumer_args;
 pub(crate) mod dead_letter;
 pub mod error;
 pub mod exchange;

@@ -108,6 +108,9 @@ pub struct Queue {
     /// arguments give; its own short lock, never held while `core`'s is
     /// taken (see [`Queue::settings_changed`]).
     policies: Mutex<QueuePolicies>,
+    /// `x-single-active-consumer` (fixed at declare), readable without the
+    /// core's lock.
+    single_active: bool,
 }
 
 /// A queue's policies and what they give, replaced together.
@@ -154,6 +157,8 @@ pub struct ConsumeRequest {
     pub exclusive: bool,
     pub prefetch: u32,
     pub channel_limit: Arc<ChannelLimit>,
+    /// `x-priority` (see [`super::consumer_args::consumer_priority`]).
+    pub priority: i64,
 }
 
 impl Queue {
@@ -171,6 +176,13 @@ impl Queue {
         global: Arc<MessageCounters>,
         clock: Arc<CoarseClock>,
     ) -> Self {
+        let mut core = QueueCore::new(store, noack_window);
+        // Validated at declare; a stored definition passed the same check.
+        let single_active = matches!(
+            opts.arguments.get("x-single-active-consumer"),
+            Some(warren_exchanges::Value::Bool(true))
+        );
+        core.set_single_active(single_active);
         Queue {
             name,
             vhost,
@@ -187,8 +199,8 @@ impl Queue {
             global,
             dead_counters: Arc::default(),
             clock,
-            rewrite_disk: store.rewrite_disk(),
-            core: Mutex::new(QueueCore::new(store, noack_window)),
+            rewrite_disk: core.rewrite_disk(),
+            core: Mutex::new(core),
             deleted: AtomicBool::new(false),
             flow_blocked: AtomicBool::new(false),
             flow_resumed: Notify::new(),
@@ -201,6 +213,7 @@ impl Queue {
             arguments: opts.arguments,
             page_budget: None,
             paging: AtomicBool::new(false),
+            single_active,
         }
     }
 
@@ -573,6 +586,7 @@ impl Queue {
             prefetch: req.prefetch,
             exclusive: req.exclusive,
             channel_limit: Some(req.channel_limit),
+            priority: req.priority,
         };
         let res = {
             let mut core = self.core();
@@ -602,13 +616,53 @@ impl Queue {
     }
 
     /// Removes a consumer; returns whether the queue should now be
+    /// auto-deleted. Its unacked messages stay with its channel.
+    pub fn cancel(self: &Arc<Self>, id: ConsumerId) -> bool {
+        self.cancel_requeue(id, &[])
+    }
+
+    /// Removes a consumer and puts `requeue` (what its channel held of
+    /// this queue, as the channel closes) back in one step, before anything
+    /// is delivered again: with single active consumer the next consumer
+    /// gets those messages first. Returns whether the queue should now be
     /// auto-deleted.
-    pub fn cancel(&self, id: ConsumerId) -> bool {
+    pub fn cancel_requeue(self: &Arc<Self>, id: ConsumerId, requeue: &[u64]) -> bool {
         self.touch();
-        let mut core = self.core();
-        core.remove_consumer(id);
-        self.update_flow(&core);
-        self.auto_delete && core.unused_after_consumers()
+        let (unused, after) = {
+            let mut core = self.core();
+            core.remove_consumer(id);
+            core.requeue(requeue);
+            // Delivery runs only if messages came back. A single active
+            // consumer's successor does not start on the cancel alone: as
+            // in RabbitMQ 3.10.8 (checked), the next publish, ack or
+            // requeue starts it, so a client that cancels and then closes
+            // its channel (pika does) has its unacked messages go to the
+            // successor first.
+            let after = (!requeue.is_empty()).then(|| self.deliver(&mut core));
+            self.update_flow(&core);
+            (self.auto_delete && core.unused_after_consumers(), after)
+        };
+        if let Some(after) = after {
+            self.finish(after);
+        }
+        unused
+    }
+
+    /// What consumer `id` is doing (management API); takes the core's
+    /// lock only for a single-active-consumer queue.
+    pub fn activity(&self, id: ConsumerId) -> Option<warren_queues::Activity> {
+        if !self.single_active {
+            return Some(warren_queues::Activity::Up);
+        }
+        self.core().activity(id)
+    }
+
+    /// The tag of a single-active-consumer queue's active consumer.
+    pub fn single_active_tag(&self) -> Option<String> {
+        if !self.single_active {
+            return None;
+        }
+        self.core().active_consumer().map(|h| h.tag.clone())
     }
 
     /// basic.get for someone outside AMQP (the management API's `/get`):

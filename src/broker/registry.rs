@@ -415,6 +415,10 @@ pub struct ConsumerSnapshot {
     pub ack_required: bool,
     pub prefetch: u32,
     pub exclusive: bool,
+    /// As given to basic.consume.
+    pub arguments: warren_exchanges::Table,
+    /// `None`: the queue no longer knows it (being cancelled).
+    pub activity: Option<warren_queues::Activity>,
 }
 
 /// One channel as the API shows it.

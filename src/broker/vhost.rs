@@ -434,6 +434,7 @@ impl Vhost {
             name.to_owned()
         };
         let limits = super::queue_args::queue_limits(&name, &self.name, &opts.arguments)?;
+        super::consumer_args::single_active_consumer(&name, &self.name, &opts.arguments)?;
         if let Some(c) = caller {
             // RabbitMQ refuses a reserved name before checking permissions.
             if !generated && name.starts_with("amq.") && self.queue(&name).is_none() {

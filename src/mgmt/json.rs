@@ -243,6 +243,7 @@ pub fn queue(s: &MgmtState, q: &Queue) -> J {
         "state": "running",
         "consumers": consumers,
         "exclusive_consumer_tag": null,
+        "single_active_consumer_tag": q.single_active_tag(),
         "policy": applied.policy_name(),
         "operator_policy": applied.operator_name(),
         "effective_policy_definition": applied.effective_definition(),
@@ -386,6 +387,12 @@ pub fn bindings(s: &MgmtState, only: Option<&Arc<Vhost>>) -> J {
     J::Array(out)
 }
 
+/// A queue's consumers, for the one-queue view (RabbitMQ's
+/// `consumer_details`; lists leave it out, as RabbitMQ's do).
+pub fn consumer_details(s: &MgmtState, q: &Queue) -> J {
+    J::Array(consumers_of(s, Some((&q.vhost, &q.name))))
+}
+
 pub fn connection(s: &MgmtState, c: &ConnectionInfo) -> J {
     let net = c.net.snapshot();
     let tls = c.tls.as_ref();
@@ -499,18 +506,37 @@ pub fn channels(s: &MgmtState) -> J {
 }
 
 pub fn consumers(s: &MgmtState) -> J {
+    J::Array(consumers_of(s, None))
+}
+
+/// Every consumer, or those of one queue (vhost, name).
+fn consumers_of(s: &MgmtState, queue: Option<(&str, &str)>) -> Vec<J> {
+    use warren_queues::Activity;
     let mut out = Vec::new();
     for c in s.broker.connections() {
+        if queue.is_some_and(|(v, _)| v != c.vhost) {
+            continue;
+        }
         for ch in c.channels() {
             for k in &ch.consumers {
+                if queue.is_some_and(|(_, q)| q != k.queue) {
+                    continue;
+                }
+                // RabbitMQ 3.10: `up` for every consumer of a queue without
+                // single active consumer, else `single_active` / `waiting`.
+                let (active, status) = match k.activity {
+                    Some(Activity::Waiting) => (false, "waiting"),
+                    Some(Activity::SingleActive) => (true, "single_active"),
+                    _ => (true, "up"),
+                };
                 out.push(json!({
                     "consumer_tag": k.tag,
-                    "active": true,
-                    "activity_status": "up",
+                    "active": active,
+                    "activity_status": status,
                     "ack_required": k.ack_required,
                     "prefetch_count": k.prefetch,
                     "exclusive": k.exclusive,
-                    "arguments": {},
+                    "arguments": table_to_json(&k.arguments),
                     // RabbitMQ's default consumer_timeout; Warren does not enforce one.
                     "consumer_timeout": 1_800_000u64,
                     "queue": {"name": k.queue, "vhost": c.vhost},
@@ -528,7 +554,7 @@ pub fn consumers(s: &MgmtState) -> J {
             }
         }
     }
-    J::Array(out)
+    out
 }
 
 #[cfg(test)]

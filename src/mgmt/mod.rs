@@ -431,6 +431,7 @@ async fn queue_get(
     let q = v.queue(&name).ok_or_else(not_found_err)?;
     let mut j = json::queue(&s, &q);
     history::queue(&mut j, &q, &r);
+    j["consumer_details"] = json::consumer_details(&s, &q);
     // Warren's own field (one queue only, lists stay lean): each effective
     // setting with where it comes from, for the dashboard's queue page.
     j["effective_settings"] = q.settings().to_json();

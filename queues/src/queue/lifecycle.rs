@@ -391,6 +391,7 @@ mod tests {
             prefetch,
             exclusive: false,
             channel_limit: None,
+            priority: 0,
         })
         .unwrap();
     }
@@ -452,6 +453,7 @@ mod tests {
             prefetch: 0,
             exclusive: false,
             channel_limit: None,
+            priority: 0,
         })
         .unwrap();
         q.publish_at(m("a"), 0, None);

@@ -104,6 +104,7 @@ mod tests {
             prefetch: 10,
             exclusive: false,
             channel_limit: None,
+            priority: 0,
         })
         .unwrap();
     }

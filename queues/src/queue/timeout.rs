@@ -104,6 +104,7 @@ mod tests {
             prefetch: 0,
             exclusive: false,
             channel_limit: None,
+            priority: 0,
         }
     }
 
