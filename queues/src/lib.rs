@@ -17,6 +17,7 @@ pub mod peek;
 pub mod queue;
 pub mod segments;
 pub mod store;
+pub mod stream;
 
 pub use disk::{Disk, DiskError, DiskStore, LoadedBodies, Loads};
 pub use limits::{DeadMessage, DeadReason, Overflow, QueueLimits};
