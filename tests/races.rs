@@ -204,6 +204,7 @@ async fn consume_racing_queue_delete_is_refused_or_cancelled() {
             exclusive: false,
             prefetch: 10,
             channel_limit: Arc::new(ChannelLimit::default()),
+            arguments: Default::default(),
         };
         match q.consume(req) {
             Ok(()) => true,

@@ -145,6 +145,8 @@ struct State {
 struct Writer {
     file: Option<File>,
     size: u64,
+    /// Segment files opened so far (tells a failed sync whether it rolled).
+    opened: u64,
 }
 
 #[derive(Debug)]
@@ -287,11 +289,7 @@ fn scan_segment(path: &Path, first: u64, verify: bool) -> io::Result<(Segment, u
 /// Accounts for a chunk written at the segment's end.
 fn add_to_index(seg: &mut Segment, head: &ChunkHead) {
     let pos = seg.bytes;
-    if seg
-        .index
-        .last()
-        .is_none_or(|e| pos - e.pos >= INDEX_EVERY)
-    {
+    if seg.index.last().is_none_or(|e| pos - e.pos >= INDEX_EVERY) {
         seg.index.push(IndexEntry {
             offset: head.first,
             pos,
@@ -304,6 +302,25 @@ fn add_to_index(seg: &mut Segment, head: &ChunkHead) {
 }
 
 impl StreamLog {
+    /// A new, empty log in `dir`, without touching the disk (the first
+    /// sync creates the directory): a declare may call it on any thread.
+    pub fn create(dir: &Path, settings: StreamSettings) -> StreamLog {
+        StreamLog {
+            dir: dir.to_owned(),
+            settings,
+            state: Mutex::new(State {
+                next: 0,
+                committed: 0,
+                first: 0,
+                last_chunk: 0,
+                segments: BTreeMap::new(),
+                pending: Vec::new(),
+                sync_wanted: false,
+            }),
+            writer: Mutex::new(Writer::default()),
+        }
+    }
+
     /// Opens (or creates) the log in `dir`, recovering what was synced.
     pub fn open(dir: &Path, settings: StreamSettings) -> io::Result<StreamLog> {
         std::fs::create_dir_all(dir)?;
@@ -335,14 +352,15 @@ impl StreamLog {
                 writer = Writer {
                     file: Some(OpenOptions::new().append(true).open(&path)?),
                     size: valid,
+                    opened: 0,
                 };
             }
             segments.insert(first, seg);
         }
-        let next = segments.values().last().map_or(
-            firsts.last().copied().unwrap_or(0),
-            |s: &Segment| s.end,
-        );
+        let next = segments
+            .values()
+            .last()
+            .map_or(firsts.last().copied().unwrap_or(0), |s: &Segment| s.end);
         let first = segments.keys().next().copied().unwrap_or(next);
         let last_chunk = last_chunk_of(dir, &segments).unwrap_or(first);
         Ok(StreamLog {
@@ -416,48 +434,31 @@ impl StreamLog {
             return Ok(self.state().committed);
         }
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        // (chunk, whether it starts a new segment file)
-        let mut written: Vec<(ChunkHead, bool)> = Vec::with_capacity(chunks.len());
-        let mut new_file = false;
-        for c in &chunks {
-            let head = ChunkHead {
-                first: c.first,
-                count: c.count,
-                first_ts: c.first_ts,
-                last_ts: c.last_ts,
-                len: c.data.len() as u32,
-                crc: crate::segments::checksum(&c.data),
-            };
-            let len = (CHUNK_HEAD + c.data.len()) as u64;
-            let starts = w.file.is_none()
-                || (w.size > 0 && w.size + len > self.settings.max_segment_bytes);
-            if starts {
-                if let Some(f) = w.file.take() {
-                    f.sync_data()?;
+        let before = (w.opened, w.size);
+        let written = match self.write_out(&mut w, &chunks) {
+            Ok(written) => written,
+            Err(e) => {
+                // Nothing of this sync became readable. Cut what it may
+                // have left in the open segment and keep the chunks
+                // pending, so the next sync writes them again in order
+                // (their publishes were nacked; a republish is a
+                // duplicate at worst, never a gap in the offsets).
+                // (A failure after a segment roll is not undone: the
+                // chunks before the roll may be written twice.)
+                let same_file = w.opened == before.0;
+                if let (true, Some(f)) = (same_file, &w.file) {
+                    if f.set_len(before.1).is_ok() {
+                        w.size = before.1;
+                    } else {
+                        w.file = None;
+                    }
                 }
-                let f = OpenOptions::new()
-                    .create(true)
-                    .truncate(true)
-                    .write(true)
-                    .open(seg_path(&self.dir, c.first))?;
-                *w = Writer {
-                    file: Some(f),
-                    size: 0,
-                };
-                new_file = true;
+                let mut s = self.state();
+                let newer = std::mem::replace(&mut s.pending, chunks);
+                s.pending.extend(newer);
+                return Err(e);
             }
-            let f = w.file.as_mut().expect("opened above");
-            f.write_all(&head.encode())?;
-            f.write_all(&c.data)?;
-            written.push((head, starts));
-            w.size += len;
-        }
-        if let Some(f) = &w.file {
-            f.sync_data()?;
-        }
-        if new_file {
-            File::open(&self.dir)?.sync_all()?;
-        }
+        };
         drop(w);
         let doomed = {
             let mut s = self.state();
@@ -490,6 +491,56 @@ impl StreamLog {
             }
         }
         Ok(self.state().committed)
+    }
+
+    /// Writes chunks at the end of the open segment (a new one when it
+    /// would grow past the segment size) and fsyncs: each chunk's header
+    /// and whether it started a segment. `w.size` moves only past what
+    /// was fully written.
+    fn write_out(&self, w: &mut Writer, chunks: &[Pending]) -> io::Result<Vec<(ChunkHead, bool)>> {
+        let mut written = Vec::with_capacity(chunks.len());
+        let mut new_file = false;
+        for c in chunks {
+            let head = ChunkHead {
+                first: c.first,
+                count: c.count,
+                first_ts: c.first_ts,
+                last_ts: c.last_ts,
+                len: c.data.len() as u32,
+                crc: crate::segments::checksum(&c.data),
+            };
+            let len = (CHUNK_HEAD + c.data.len()) as u64;
+            let starts =
+                w.file.is_none() || (w.size > 0 && w.size + len > self.settings.max_segment_bytes);
+            if starts {
+                if let Some(f) = w.file.take() {
+                    f.sync_data()?;
+                } else if w.opened == 0 {
+                    std::fs::create_dir_all(&self.dir)?;
+                }
+                let f = OpenOptions::new()
+                    .create(true)
+                    .truncate(true)
+                    .write(true)
+                    .open(seg_path(&self.dir, c.first))?;
+                w.file = Some(f);
+                w.size = 0;
+                w.opened += 1;
+                new_file = true;
+            }
+            let f = w.file.as_mut().expect("opened above");
+            f.write_all(&head.encode())?;
+            f.write_all(&c.data)?;
+            written.push((head, starts));
+            w.size += len;
+        }
+        if let Some(f) = &w.file {
+            f.sync_data()?;
+        }
+        if new_file {
+            File::open(&self.dir)?.sync_all()?;
+        }
+        Ok(written)
     }
 
     /// Whole old segments (never the one being written) that retention
@@ -562,11 +613,7 @@ impl StreamLog {
                     None => (s.committed, None),
                     Some((&first, g)) => {
                         let i = g.index.partition_point(|e| e.ts < ts);
-                        let o = if i == 0 {
-                            first
-                        } else {
-                            g.index[i - 1].offset
-                        };
+                        let o = if i == 0 { first } else { g.index[i - 1].offset };
                         (o.max(s.first), Some(ts))
                     }
                 }

@@ -7,6 +7,7 @@
 use super::outbox::{Delivery, Outbox, OutboxItem};
 use super::policy::{queue_settings, Applied, QueueSettings};
 use super::registry::{CoarseClock, Counter, CounterFold, FoldTarget, MessageCounters};
+use super::stream::StreamQueue;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
@@ -98,6 +99,9 @@ pub struct Queue {
     /// arguments give; its own short lock, never held while `core`'s is
     /// taken (see [`Queue::settings_changed`]).
     policies: Mutex<QueuePolicies>,
+    /// Set for a stream queue (`x-queue-type: stream`): publishes,
+    /// consumers and acks go to it; `core` stays empty.
+    stream: Option<Arc<StreamQueue>>,
 }
 
 /// A queue's policies and what they give, replaced together.
@@ -144,6 +148,8 @@ pub struct ConsumeRequest {
     pub exclusive: bool,
     pub prefetch: u32,
     pub channel_limit: Arc<ChannelLimit>,
+    /// The consume's arguments (a stream reads `x-stream-offset`).
+    pub arguments: Table,
 }
 
 impl Queue {
@@ -185,7 +191,34 @@ impl Queue {
             arguments: opts.arguments,
             page_budget: None,
             paging: AtomicBool::new(false),
+            stream: None,
         }
+    }
+
+    /// Makes this a stream queue over `stream`'s log.
+    pub fn with_stream(mut self, stream: StreamQueue) -> Self {
+        self.stream = Some(Arc::new(stream));
+        self
+    }
+
+    /// The stream queue behind this queue, if it is one.
+    pub fn stream(&self) -> Option<&Arc<StreamQueue>> {
+        self.stream.as_ref()
+    }
+
+    /// Refuses an operation a stream does not support (basic.get,
+    /// queue.purge, basic.nack/reject) with RabbitMQ 3.10's 540.
+    pub fn check_supported(&self, what: &str) -> super::Result<()> {
+        if self.stream.is_none() {
+            return Ok(());
+        }
+        Err(super::BrokerError::new(
+            super::ErrorKind::NotImplemented,
+            format!(
+                "{what} not supported by stream queues queue '{}' in vhost '{}'",
+                self.name, self.vhost
+            ),
+        ))
     }
 
     /// Pages new bodies out to the disk's transient area while more than
@@ -318,6 +351,13 @@ impl Queue {
     /// is going away is dropped, as RabbitMQ drops it; one a length limit
     /// refuses is reported so the publisher can be nacked.
     pub fn publish(self: &Arc<Self>, message: Arc<Message>, ttl: Option<u64>) -> PublishOutcome {
+        if let Some(s) = &self.stream {
+            if self.is_deleted() {
+                return PublishOutcome::Deleted;
+            }
+            s.publish(&message, self.clock.now_ms());
+            return PublishOutcome::Queued;
+        }
         let after = {
             let mut core = self.core();
             // Checked under the lock the deletion's purge takes after
@@ -453,6 +493,9 @@ impl Queue {
 
     /// Re-runs delivery (credit was freed somewhere).
     pub fn kick(self: &Arc<Self>) {
+        if self.stream.is_some() {
+            return;
+        }
         let after = {
             let mut core = self.core();
             let after = self.deliver(&mut core);
@@ -521,6 +564,12 @@ impl Queue {
     }
 
     pub fn consume(self: &Arc<Self>, req: ConsumeRequest) -> super::Result<()> {
+        if let Some(s) = &self.stream {
+            if self.is_deleted() {
+                return Err(super::BrokerError::no_queue(&self.name, &self.vhost));
+            }
+            return s.consume(self, req);
+        }
         self.touch();
         let handle = Arc::new(ConsumerHandle {
             id: req.id,
@@ -568,6 +617,10 @@ impl Queue {
     /// Removes a consumer; returns whether the queue should now be
     /// auto-deleted.
     pub fn cancel(&self, id: ConsumerId) -> bool {
+        if let Some(s) = &self.stream {
+            s.cancel(id);
+            return false;
+        }
         self.touch();
         let mut core = self.core();
         core.remove_consumer(id);
@@ -635,6 +688,11 @@ impl Queue {
     /// Acked: settled and counted (into the caller's fold, added to this
     /// queue's and the broker's counters at the end of its turn).
     pub fn ack(self: &Arc<Self>, seqs: &[u64], fold: &mut CounterFold) {
+        if let Some(s) = &self.stream {
+            s.settle(seqs);
+            self.count(fold, Counter::Ack, seqs.len() as u64);
+            return;
+        }
         self.core().ack(seqs);
         self.count(fold, Counter::Ack, seqs.len() as u64);
         self.kick();
@@ -668,6 +726,10 @@ impl Queue {
     /// Rejected without requeue: settled like an ack (not counted as
     /// one), or dead-lettered when the queue has a dead-letter exchange.
     pub fn discard(self: &Arc<Self>, seqs: &[u64]) {
+        if let Some(s) = &self.stream {
+            s.settle(seqs);
+            return;
+        }
         self.core().reject(seqs);
         self.kick();
     }
@@ -687,13 +749,19 @@ impl Queue {
     }
 
     pub fn requeue(self: &Arc<Self>, seqs: &[u64]) {
+        if let Some(s) = &self.stream {
+            s.settle(seqs);
+            return;
+        }
         self.core().requeue(seqs);
         self.kick();
     }
 
     /// A delivery that was never written goes back to the queue.
     pub fn undeliver(self: &Arc<Self>, m: QueuedMessage, no_ack: bool) {
-        if self.is_deleted() {
+        // A stream keeps every message: one its consumer never got needs
+        // nothing back.
+        if self.is_deleted() || self.stream.is_some() {
             return;
         }
         let written = self.rewrite(&m, no_ack);
@@ -754,12 +822,19 @@ impl Queue {
 
     /// (ready messages, their body bytes)
     pub fn ready_totals(&self) -> (usize, u64) {
+        if let Some(s) = &self.stream {
+            let st = s.stats();
+            return (st.messages as usize, st.bytes);
+        }
         let core = self.core();
         (core.message_count(), core.message_bytes())
     }
 
     /// (ready messages, consumers)
     pub fn counts(&self) -> (usize, usize) {
+        if let Some(s) = &self.stream {
+            return (s.stats().messages as usize, s.consumer_count());
+        }
         let core = self.core();
         (core.message_count(), core.consumer_count())
     }
@@ -773,6 +848,11 @@ impl Queue {
     pub(crate) fn mark_deleted(&self) -> usize {
         self.set_deleted();
         self.stop_timer();
+        if let Some(s) = &self.stream {
+            let n = s.stats().messages as usize;
+            s.delete();
+            return n;
+        }
         let (consumers, count) = {
             let mut core = self.core();
             let c = core.take_consumers();
