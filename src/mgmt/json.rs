@@ -228,7 +228,7 @@ pub fn queue(s: &MgmtState, q: &Queue) -> J {
     let applied = q.applied_policies();
     let (ready, consumers) = q.counts();
     let unacked = q.unacked_count();
-    json!({
+    let mut out = json!({
         "name": q.name,
         "vhost": q.vhost,
         "type": "classic",
@@ -250,7 +250,40 @@ pub fn queue(s: &MgmtState, q: &Queue) -> J {
         "messages_ready_details": rate(0.0),
         "messages_unacknowledged_details": rate(0.0),
         "message_stats": message_stats(&q.stats.snapshot(), QUEUE_STATS),
-    })
+    });
+    if let Some(st) = q.stream() {
+        add_stream_fields(s, st, &mut out);
+    }
+    out
+}
+
+/// A stream queue's JSON: RabbitMQ's `type`, `members` and `online`, and
+/// Warren's `stream` object (the log's offsets, segments and bytes on
+/// disk, each consumer's next offset and credit).
+fn add_stream_fields(s: &MgmtState, st: &crate::broker::stream::StreamQueue, out: &mut J) {
+    let stats = st.stats();
+    let settings = st.settings();
+    let mut consumers = st.consumer_infos();
+    consumers.sort_by(|a, b| a.tag.cmp(&b.tag));
+    out["type"] = json!("stream");
+    out["members"] = json!([s.node]);
+    out["online"] = json!([s.node]);
+    out["stream"] = json!({
+        "first_offset": stats.first_offset,
+        "last_offset": stats.committed.checked_sub(1),
+        "committed_offset": stats.committed,
+        "segments": stats.segments,
+        "bytes_on_disk": stats.bytes,
+        "max_segment_size_bytes": settings.max_segment_bytes,
+        "max_length_bytes": settings.max_bytes,
+        "max_age_ms": settings.max_age_ms,
+        "consumers": consumers.iter().map(|c| json!({
+            "consumer_tag": c.tag,
+            "channel": c.session,
+            "offset": c.position,
+            "credit": c.credit,
+        })).collect::<Vec<_>>(),
+    });
 }
 
 pub fn queues(s: &MgmtState, only: Option<&Arc<Vhost>>) -> J {
