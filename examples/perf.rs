@@ -103,6 +103,10 @@ USAGE: perf [OPTIONS]
   --message-ttl MS   declare the perf queues with x-message-ttl MS
   --max-length N     declare the perf queues with x-max-length N
   --expiration MS    publish with the per-message expiration property MS
+  --stream           declare the perf queues as streams (durable,
+                     x-queue-type stream); consumers read from
+                     x-stream-offset first (a replay with --producers 0
+                     --keep-queues --until-empty)
   --json             print the report as one JSON object
   -h, --help         this text
 ";
@@ -138,6 +142,8 @@ struct Config {
     max_length: Option<u64>,
     /// Per-message `expiration` (ms).
     expiration: Option<u64>,
+    /// The perf queues are streams; consumers start at `first`.
+    stream: bool,
 }
 
 impl Default for Config {
@@ -164,6 +170,7 @@ impl Default for Config {
             message_ttl: None,
             max_length: None,
             expiration: None,
+            stream: false,
         }
     }
 }
@@ -217,7 +224,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<ParseOutcome, St
             "--max-length" => cfg.max_length = Some(parse_num(&flag, &value()?)?),
             "--expiration" => cfg.expiration = Some(parse_num(&flag, &value()?)?),
             "--no-ack" | "--ack-multiple" | "--persistent" | "--json" | "--keep-queues"
-            | "--until-empty"
+            | "--until-empty" | "--stream"
                 if inline.is_some() =>
             {
                 return Err(format!("{flag} takes no value"));
@@ -228,6 +235,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<ParseOutcome, St
             "--json" => cfg.json = true,
             "--keep-queues" => cfg.keep_queues = true,
             "--until-empty" => cfg.until_empty = true,
+            "--stream" => cfg.stream = true,
             _ => return Err(format!("unknown argument: {arg}")),
         }
     }
@@ -860,7 +868,7 @@ async fn start_consumer(
                 no_ack: cfg.no_ack,
                 ..BasicConsumeOptions::default()
             },
-            FieldTable::default(),
+            consumer_arguments(cfg),
         )
         .await?;
 
@@ -1007,7 +1015,7 @@ async fn setup_queues(cfg: &Config) -> lapin::Result<(Connection, Channel)> {
             .queue_declare(
                 queue_name(i),
                 QueueDeclareOptions {
-                    durable: cfg.persistent,
+                    durable: cfg.persistent || cfg.stream,
                     auto_delete: false,
                     ..QueueDeclareOptions::default()
                 },
@@ -1026,6 +1034,24 @@ fn queue_arguments(cfg: &Config) -> FieldTable {
     }
     if let Some(n) = cfg.max_length {
         t.insert("x-max-length".into(), AMQPValue::LongLongInt(n as i64));
+    }
+    if cfg.stream {
+        t.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("stream".into()),
+        );
+    }
+    t
+}
+
+/// The consumers' arguments: a stream is read from its first offset.
+fn consumer_arguments(cfg: &Config) -> FieldTable {
+    let mut t = FieldTable::default();
+    if cfg.stream {
+        t.insert(
+            "x-stream-offset".into(),
+            AMQPValue::LongString("first".into()),
+        );
     }
     t
 }
