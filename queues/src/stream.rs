@@ -24,6 +24,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 /// A chunk header's first four bytes ("WSC1").
@@ -155,6 +156,8 @@ pub struct StreamLog {
     settings: StreamSettings,
     state: Mutex<State>,
     writer: Mutex<Writer>,
+    /// Set by [`StreamLog::destroy`]: a sync after it writes nothing.
+    destroyed: AtomicBool,
 }
 
 fn seg_path(dir: &Path, first: u64) -> PathBuf {
@@ -318,6 +321,7 @@ impl StreamLog {
                 sync_wanted: false,
             }),
             writer: Mutex::new(Writer::default()),
+            destroyed: AtomicBool::new(false),
         }
     }
 
@@ -376,6 +380,7 @@ impl StreamLog {
                 sync_wanted: false,
             }),
             writer: Mutex::new(writer),
+            destroyed: AtomicBool::new(false),
         })
     }
 
@@ -434,6 +439,9 @@ impl StreamLog {
             return Ok(self.state().committed);
         }
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if self.destroyed.load(Ordering::Acquire) {
+            return Ok(self.state().committed);
+        }
         let before = (w.opened, w.size);
         let written = match self.write_out(&mut w, &chunks) {
             Ok(written) => written,
@@ -638,7 +646,10 @@ impl StreamLog {
 
     /// Deletes the log's files (the stream was deleted).
     pub fn destroy(&self) {
-        *self.writer.lock().unwrap_or_else(|e| e.into_inner()) = Writer::default();
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        self.destroyed.store(true, Ordering::Release);
+        *w = Writer::default();
+        drop(w);
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             if e.kind() != io::ErrorKind::NotFound {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "cannot delete a stream's files");

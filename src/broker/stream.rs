@@ -25,6 +25,10 @@ use warren_exchanges::{Table, Value};
 use warren_queues::stream::{Cursor, Record, StartAt, StreamLog, StreamSettings, StreamStats};
 use warren_queues::{ConsumerId, Message, QueuedMessage};
 
+mod groups;
+use groups::Groups;
+pub use groups::GROUP_KEY;
+
 /// The consumer argument and delivery header carrying an offset.
 pub const OFFSET_KEY: &str = "x-stream-offset";
 
@@ -208,6 +212,25 @@ struct StreamConsumer {
     cancelled: AtomicBool,
     /// The next offset its reader will hand out (management API).
     position: AtomicU64,
+    /// Its consumer group ([`GROUP_KEY`]), if any.
+    group: Option<String>,
+    /// Its own `x-stream-offset`, if given (a group member waiting to
+    /// read starts there instead of at the group's committed offset).
+    explicit: Option<StartAt>,
+    /// The cursor a waiting group member is handed when it becomes the
+    /// group's reader.
+    handoff: Mutex<Option<Cursor>>,
+}
+
+/// What the management API shows of a consumer group.
+#[derive(Debug, Clone)]
+pub struct StreamGroupInfo {
+    pub name: String,
+    /// Every offset below it acknowledged.
+    pub committed: u64,
+    /// The reading member's consumer tag.
+    pub active: Option<String>,
+    pub members: usize,
 }
 
 /// What the management API shows of a stream consumer.
@@ -228,6 +251,12 @@ pub struct StreamQueue {
     tail: Arc<watch::Sender<u64>>,
     consumers: Mutex<HashMap<u32, Arc<StreamConsumer>>>,
     next_slot: AtomicU32,
+    /// Consumer groups; locked after `consumers` when both are needed.
+    groups: Arc<Mutex<Groups>>,
+    /// A write of the groups' offsets is asked for and not yet started.
+    groups_wanted: Arc<AtomicBool>,
+    /// Set by [`StreamQueue::delete`]: nothing is written any more.
+    deleted: Arc<AtomicBool>,
 }
 
 impl StreamQueue {
@@ -238,15 +267,17 @@ impl StreamQueue {
         id: u64,
         settings: StreamSettings,
     ) -> std::io::Result<Self> {
-        let log = StreamLog::open(&Self::dir(&persist, id), settings)?;
+        let dir = Self::dir(&persist, id);
+        let log = StreamLog::open(&dir, settings)?;
         log.apply_retention(super::registry::unix_ms() as i64);
-        Ok(Self::over(persist, log))
+        let groups = Groups::load(&dir)?;
+        Ok(Self::over(persist, log, groups))
     }
 
     /// A new stream's (empty) log; no disk I/O until its first sync.
     pub fn create(persist: Arc<Persistence>, id: u64, settings: StreamSettings) -> Self {
         let log = StreamLog::create(&Self::dir(&persist, id), settings);
-        Self::over(persist, log)
+        Self::over(persist, log, Groups::default())
     }
 
     /// `streams/<disk id>` in the data directory.
@@ -254,7 +285,7 @@ impl StreamQueue {
         persist.data_dir.join("streams").join(id.to_string())
     }
 
-    fn over(persist: Arc<Persistence>, log: StreamLog) -> Self {
+    fn over(persist: Arc<Persistence>, log: StreamLog, groups: Groups) -> Self {
         let (tail, _) = watch::channel(log.committed());
         StreamQueue {
             log: Arc::new(log),
@@ -262,7 +293,43 @@ impl StreamQueue {
             tail: Arc::new(tail),
             consumers: Mutex::default(),
             next_slot: AtomicU32::new(0),
+            groups: Arc::new(Mutex::new(groups)),
+            groups_wanted: Arc::default(),
+            deleted: Arc::default(),
         }
+    }
+
+    fn groups(&self) -> MutexGuard<'_, Groups> {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Has the group-commit thread write the groups' offsets (once per
+    /// flush however many acks moved them).
+    fn request_groups_write(&self) {
+        if self.groups_wanted.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (groups, wanted, deleted) = (
+            self.groups.clone(),
+            self.groups_wanted.clone(),
+            self.deleted.clone(),
+        );
+        let dir = self.log.dir().to_owned();
+        self.persist.flusher.sync_job(Box::new(move || {
+            wanted.store(false, Ordering::Release);
+            if deleted.load(Ordering::Acquire) {
+                return true;
+            }
+            let offsets = groups.lock().unwrap_or_else(|e| e.into_inner()).snapshot();
+            match groups::store(&dir, &offsets) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(dir = %dir.display(), error = %e, "cannot write a stream's group offsets");
+                    groups.lock().unwrap_or_else(|e| e.into_inner()).dirty = true;
+                    false
+                }
+            }
+        }));
     }
 
     fn consumers(&self) -> MutexGuard<'_, HashMap<u32, Arc<StreamConsumer>>> {
@@ -323,7 +390,17 @@ impl StreamQueue {
             &queue.vhost,
             super::registry::unix_ms(),
         )?;
-        let cursor = Cursor::new(&self.log, at);
+        let explicit = req.arguments.get(OFFSET_KEY).map(|_| at);
+        let group = match req.arguments.get(GROUP_KEY) {
+            None => None,
+            Some(v) => match v.as_str() {
+                Some(g) if !g.is_empty() => Some(g.to_owned()),
+                _ => {
+                    let why = format!("{v}");
+                    return Err(invalid_arg(GROUP_KEY, &queue.name, &queue.vhost, &why));
+                }
+            },
+        };
         let handle = Arc::new(ConsumerHandle {
             id: req.id,
             tag: req.tag,
@@ -347,6 +424,25 @@ impl StreamQueue {
             while cons.contains_key(&slot) {
                 slot = self.next_slot.fetch_add(1, Ordering::Relaxed) & 0xff_ffff;
             }
+            // A group member reads now only if it is the group's first;
+            // it starts at its own offset, else where the group got to.
+            let cursor = match &group {
+                None => Some(Cursor::new(&self.log, at)),
+                Some(name) => {
+                    let mut gs = self.groups();
+                    let log = &self.log;
+                    let g = gs
+                        .map
+                        .entry(name.clone())
+                        .or_insert_with(|| groups::Group::at(log.resolve(at).0));
+                    g.members.push(slot);
+                    (g.members.len() == 1).then(|| {
+                        let c = Cursor::new(log, explicit.unwrap_or(StartAt::Offset(g.committed)));
+                        g.restart_at(c.next);
+                        c
+                    })
+                }
+            };
             let c = Arc::new(StreamConsumer {
                 slot,
                 handle,
@@ -354,11 +450,15 @@ impl StreamQueue {
                 credit: AtomicU32::new(req.prefetch),
                 wake: Notify::new(),
                 cancelled: AtomicBool::new(false),
-                position: AtomicU64::new(cursor.next),
+                position: AtomicU64::new(cursor.as_ref().map_or(0, |c| c.next)),
+                group,
+                explicit,
+                handoff: Mutex::new(None),
             });
             cons.insert(slot, c.clone());
-            c
+            (c, cursor)
         };
+        let (c, cursor) = c;
         tokio::spawn(read_for(
             queue.clone(),
             self.log.clone(),
@@ -371,24 +471,50 @@ impl StreamQueue {
 
     /// Removes a consumer: its reader stops.
     pub fn cancel(&self, id: ConsumerId) {
-        let gone = {
-            let mut cons = self.consumers();
-            let slot = cons
-                .iter()
-                .find(|(_, c)| c.handle.id == id)
-                .map(|(s, _)| *s);
-            slot.and_then(|s| cons.remove(&s))
+        let mut cons = self.consumers();
+        let slot = cons
+            .iter()
+            .find(|(_, c)| c.handle.id == id)
+            .map(|(s, _)| *s);
+        let Some(c) = slot.and_then(|s| cons.remove(&s)) else {
+            return;
         };
-        if let Some(c) = gone {
-            c.cancelled.store(true, Ordering::Release);
-            c.wake.notify_one();
-        }
+        c.cancelled.store(true, Ordering::Release);
+        c.wake.notify_one();
+        let Some(name) = &c.group else {
+            return;
+        };
+        // The group's next member (if the reader left) takes over from
+        // the committed offset, or its own.
+        let mut gs = self.groups();
+        let Some(g) = gs.map.get_mut(name) else {
+            return;
+        };
+        let was_reader = g.members.first() == Some(&c.slot);
+        g.members.retain(|s| *s != c.slot);
+        let Some(next) = g
+            .members
+            .first()
+            .and_then(|s| cons.get(s))
+            .filter(|_| was_reader)
+        else {
+            return;
+        };
+        let cursor = Cursor::new(
+            &self.log,
+            next.explicit.unwrap_or(StartAt::Offset(g.committed)),
+        );
+        g.restart_at(cursor.next);
+        next.position.store(cursor.next, Ordering::Relaxed);
+        *next.handoff.lock().unwrap_or_else(|e| e.into_inner()) = Some(cursor);
+        next.wake.notify_one();
     }
 
     /// Acks (and, as RabbitMQ counts them, nothing else) return credit to
     /// the consumers the deliveries went to.
     pub fn settle(&self, seqs: &[u64]) {
         let cons = self.consumers();
+        self.group_acks(&cons, seqs);
         let mut run: Option<(u32, u32)> = None;
         let give = |slot: u32, n: u32| {
             if let Some(c) = cons.get(&slot) {
@@ -411,6 +537,51 @@ impl StreamQueue {
         if let Some((cur, n)) = run {
             give(cur, n);
         }
+    }
+
+    /// Acks of group members' deliveries move their groups' offsets.
+    fn group_acks(&self, cons: &HashMap<u32, Arc<StreamConsumer>>, seqs: &[u64]) {
+        let mut moved = false;
+        let mut gs: Option<MutexGuard<'_, Groups>> = None;
+        for s in seqs {
+            let slot = (s >> SLOT_SHIFT) as u32;
+            let Some(name) = cons.get(&slot).and_then(|c| c.group.as_ref()) else {
+                continue;
+            };
+            let gs = gs.get_or_insert_with(|| self.groups());
+            if let Some(g) = gs.map.get_mut(name) {
+                if g.ack(s & OFFSET_MASK) {
+                    gs.dirty = true;
+                    moved = true;
+                }
+            }
+        }
+        drop(gs);
+        if moved {
+            self.request_groups_write();
+        }
+    }
+
+    /// Each consumer group's committed offset and reader.
+    pub fn group_infos(&self) -> Vec<StreamGroupInfo> {
+        let cons = self.consumers();
+        let gs = self.groups();
+        let mut out: Vec<StreamGroupInfo> = gs
+            .map
+            .iter()
+            .map(|(name, g)| StreamGroupInfo {
+                name: name.clone(),
+                committed: g.committed,
+                active: g
+                    .members
+                    .first()
+                    .and_then(|s| cons.get(s))
+                    .map(|c| c.handle.tag.clone()),
+                members: g.members.len(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
     }
 
     pub fn stats(&self) -> StreamStats {
@@ -442,6 +613,7 @@ impl StreamQueue {
     /// The queue was deleted: its consumers are told and stop, and its
     /// files go (on the group-commit thread, after any sync in flight).
     pub fn delete(&self) {
+        self.deleted.store(true, Ordering::Release);
         let gone: Vec<Arc<StreamConsumer>> = self.consumers().drain().map(|(_, c)| c).collect();
         for c in gone {
             c.cancelled.store(true, Ordering::Release);
@@ -477,8 +649,22 @@ async fn read_for(
     log: Arc<StreamLog>,
     mut tail: watch::Receiver<u64>,
     c: Arc<StreamConsumer>,
-    mut cursor: Cursor,
+    cursor: Option<Cursor>,
 ) {
+    // A group member that is not its group's reader waits to be handed
+    // a cursor (or cancelled).
+    let mut cursor = match cursor {
+        Some(cur) => cur,
+        None => loop {
+            if c.cancelled.load(Ordering::Acquire) {
+                return;
+            }
+            if let Some(cur) = c.handoff.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                break cur;
+            }
+            c.wake.notified().await;
+        },
+    };
     let mut batch: Vec<OutboxItem> = Vec::new();
     loop {
         if c.cancelled.load(Ordering::Acquire) {

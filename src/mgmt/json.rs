@@ -277,6 +277,13 @@ fn add_stream_fields(s: &MgmtState, st: &crate::broker::stream::StreamQueue, out
         "max_segment_size_bytes": settings.max_segment_bytes,
         "max_length_bytes": settings.max_bytes,
         "max_age_ms": settings.max_age_ms,
+        "groups": st.group_infos().iter().map(|g| json!({
+            "name": g.name,
+            "committed_offset": g.committed,
+            "lag": stats.committed.saturating_sub(g.committed),
+            "active_consumer_tag": g.active,
+            "members": g.members,
+        })).collect::<Vec<_>>(),
         "consumers": consumers.iter().map(|c| json!({
             "consumer_tag": c.tag,
             "channel": c.session,

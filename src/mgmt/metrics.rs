@@ -441,6 +441,30 @@ fn stream_gauges(f: &mut Family, broker: &crate::broker::Broker, per_object: boo
             false,
         ),
     ];
+    if per_object {
+        // Per consumer group: its committed offset and how far behind
+        // the stream's tail it is.
+        let name = "warren_stream_group_lag";
+        f.head(
+            name,
+            "gauge",
+            "Messages a stream's consumer group has not acknowledged yet",
+        );
+        for v in broker.vhosts() {
+            for q in v.queues() {
+                let Some(st) = q.stream() else { continue };
+                let tail = st.stats().committed;
+                for g in st.group_infos() {
+                    let labels = [
+                        ("vhost", v.name.as_str()),
+                        ("queue", q.name.as_str()),
+                        ("group", g.name.as_str()),
+                    ];
+                    f.sample(name, &labels, tail.saturating_sub(g.committed) as f64);
+                }
+            }
+        }
+    }
     for (name, help, pick, summable) in families {
         if !per_object && !summable {
             continue;
