@@ -105,6 +105,10 @@ USAGE: perf [OPTIONS]
   --expiration MS    publish with the per-message expiration property MS
   --max-priority N   declare the perf queues with x-max-priority N and publish
                      each message with a priority drawn uniformly from 0..=N
+  --stream           declare the perf queues as streams (durable,
+                     x-queue-type stream); consumers read from
+                     x-stream-offset first (a replay with --producers 0
+                     --keep-queues --until-empty)
   --json             print the report as one JSON object
   -h, --help         this text
 ";
@@ -143,6 +147,8 @@ struct Config {
     /// x-max-priority of the perf queues; messages get random priorities
     /// up to it.
     max_priority: Option<u8>,
+    /// The perf queues are streams; consumers start at `first`.
+    stream: bool,
 }
 
 impl Default for Config {
@@ -170,6 +176,7 @@ impl Default for Config {
             max_length: None,
             expiration: None,
             max_priority: None,
+            stream: false,
         }
     }
 }
@@ -224,7 +231,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<ParseOutcome, St
             "--expiration" => cfg.expiration = Some(parse_num(&flag, &value()?)?),
             "--max-priority" => cfg.max_priority = Some(parse_num(&flag, &value()?)?),
             "--no-ack" | "--ack-multiple" | "--persistent" | "--json" | "--keep-queues"
-            | "--until-empty"
+            | "--until-empty" | "--stream"
                 if inline.is_some() =>
             {
                 return Err(format!("{flag} takes no value"));
@@ -235,6 +242,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<ParseOutcome, St
             "--json" => cfg.json = true,
             "--keep-queues" => cfg.keep_queues = true,
             "--until-empty" => cfg.until_empty = true,
+            "--stream" => cfg.stream = true,
             _ => return Err(format!("unknown argument: {arg}")),
         }
     }
@@ -878,7 +886,7 @@ async fn start_consumer(
                 no_ack: cfg.no_ack,
                 ..BasicConsumeOptions::default()
             },
-            FieldTable::default(),
+            consumer_arguments(cfg),
         )
         .await?;
 
@@ -1025,7 +1033,7 @@ async fn setup_queues(cfg: &Config) -> lapin::Result<(Connection, Channel)> {
             .queue_declare(
                 queue_name(i),
                 QueueDeclareOptions {
-                    durable: cfg.persistent,
+                    durable: cfg.persistent || cfg.stream,
                     auto_delete: false,
                     ..QueueDeclareOptions::default()
                 },
@@ -1047,6 +1055,24 @@ fn queue_arguments(cfg: &Config) -> FieldTable {
     }
     if let Some(n) = cfg.max_priority {
         t.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(n));
+    }
+    if cfg.stream {
+        t.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("stream".into()),
+        );
+    }
+    t
+}
+
+/// The consumers' arguments: a stream is read from its first offset.
+fn consumer_arguments(cfg: &Config) -> FieldTable {
+    let mut t = FieldTable::default();
+    if cfg.stream {
+        t.insert(
+            "x-stream-offset".into(),
+            AMQPValue::LongString("first".into()),
+        );
     }
     t
 }

@@ -96,6 +96,18 @@ function features(q) {
   return out;
 }
 
+/** A stream queue's log, its consumers' offsets and its groups (none for other queues). */
+function streamRows(st) {
+  if (!st) return [];
+  const last = st.last_offset ?? '–';
+  return [
+    ['Offsets', `${fmtNum(st.first_offset)} – ${last === '–' ? last : fmtNum(last)}`],
+    ['Segments', `${fmtNum(st.segments)} (${fmtNum(st.bytes_on_disk)} bytes on disk)`],
+    ['Consumer offsets', st.consumers.map((c) => `${c.consumer_tag}: ${fmtNum(c.offset)}`).join(', ') || '–'],
+    ['Groups', st.groups.map((g) => `${g.name}: committed ${fmtNum(g.committed_offset)}, lag ${fmtNum(g.lag)}`).join('; ') || '–'],
+  ];
+}
+
 const SOURCES = { argument: 'argument', policy: 'policy', 'operator-policy': 'operator policy' };
 
 /** The queue's effective settings: key, value, and argument / policy / operator policy. */
@@ -250,6 +262,7 @@ export function page(root, ctx) {
         ['Policy', q.policy || '–'],
         ['Operator policy', q.operator_policy || '–'],
         ['Node', q.node],
+        ...streamRows(q.stream),
       ]),
     );
     fill(effective, effectiveTable(q.effective_settings || {}));

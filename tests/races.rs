@@ -205,6 +205,7 @@ async fn consume_racing_queue_delete_is_refused_or_cancelled() {
             prefetch: 10,
             channel_limit: Arc::new(ChannelLimit::default()),
             priority: 0,
+            arguments: Default::default(),
         };
         match q.consume(req) {
             Ok(()) => true,

@@ -18,6 +18,7 @@ pub mod priority;
 pub mod queue;
 pub mod segments;
 pub mod store;
+pub mod stream;
 
 pub use disk::{Disk, DiskError, DiskStore, LoadedBodies, Loads, PagedBody};
 pub use limits::{DeadCounters, DeadMessage, DeadReason, Overflow, QueueLimits, TimeoutAction};

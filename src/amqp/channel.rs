@@ -1387,6 +1387,7 @@ impl Connection {
             prefetch: ch.consumer_prefetch,
             channel_limit: ch.limit.clone(),
             priority,
+            arguments: to_table(&c.arguments),
         };
         let prefetch = ch.consumer_prefetch;
         // consume-ok goes out before any delivery: deliveries wait in the
@@ -1423,6 +1424,7 @@ impl Connection {
         let qname = self.queue_name(id, &g.queue)?;
         self.caller.check_read_queue(&qname)?;
         let q = self.vhost.queue_for(&qname, self.id)?;
+        q.check_supported("basic.get")?;
         let taker = crate::broker::queue::channel_key(self.id, id);
         match q.get_for(g.no_ack, taker) {
             None => {
@@ -1505,6 +1507,17 @@ impl Connection {
             // Everything up to the tag is settled now, voided ones too.
             let upto = if tag == 0 { u64::MAX } else { tag };
             ch.voided = ch.voided.split_off(&upto.saturating_add(1));
+        }
+        if !matches!(how, Settle::Ack) {
+            // RabbitMQ 3.10 closes the connection (540) on a nack or
+            // reject of a stream's delivery.
+            if let Some(u) = ch
+                .unacked
+                .range(range.clone())
+                .find(|u| u.queue.stream().is_some())
+            {
+                u.queue.check_supported("basic.nack and basic.reject")?;
+            }
         }
         if let Some(tx) = ch.tx.as_mut() {
             tx.settles.push((ch.unacked.drain(range).collect(), how));

@@ -24,6 +24,7 @@ pub mod queue_args;
 pub mod registry;
 pub mod reply;
 pub mod route;
+pub mod stream;
 pub mod vhost;
 
 pub use access::{Kept, Permission, User, VhostMeta};

@@ -47,10 +47,16 @@ pub type Waiter = Box<dyn FnOnce(bool) + Send>;
 /// until the flush starts, rather than register a waiter per write.
 pub type Sealer = Box<dyn FnOnce() -> Waiter + Send>;
 
+/// Blocking work the next flush runs on the flusher thread after the
+/// sealers and before the store's own flush (a stream's write and fsync):
+/// `false` fails that flush's waiters, as a failed store flush does.
+pub type SyncJob = Box<dyn FnOnce() -> bool + Send>;
+
 #[derive(Default)]
 struct FlushQueue {
     waiting: Vec<Waiter>,
     sealing: Vec<Sealer>,
+    syncing: Vec<SyncJob>,
     /// The store turned dirty since the flusher last looked.
     dirty: bool,
     stop: bool,
@@ -78,25 +84,33 @@ impl Flusher {
         let thread = std::thread::Builder::new()
             .name("warren-flusher".into())
             .spawn(move || loop {
-                let Some((mut batch, sealers)) = Self::next_batch(&s) else {
+                let Some((mut batch, sealers, jobs)) = Self::next_batch(&s) else {
                     return;
                 };
                 // Before anything is written out: what a sealer takes was
                 // written before the flush, so the flush covers it.
                 batch.extend(sealers.into_iter().map(|seal| seal()));
+                // After the sealers: a job writes out everything appended
+                // before it runs, so every publish a sealer took (and so
+                // will confirm) is covered.
+                let mut jobs_ok = true;
+                for job in jobs {
+                    jobs_ok &= job();
+                }
                 // Read before the flush starts: every definition write
                 // counted here is in sled's log and covered by the flush.
                 let defs_written = defs.written.load(Ordering::SeqCst);
-                let ok = match disk.flush() {
-                    Ok(()) => {
-                        defs.durable.fetch_max(defs_written, Ordering::SeqCst);
-                        true
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "flush failed; publishes are nacked");
-                        false
-                    }
-                };
+                let ok = jobs_ok
+                    && match disk.flush() {
+                        Ok(()) => {
+                            defs.durable.fetch_max(defs_written, Ordering::SeqCst);
+                            true
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "flush failed; publishes are nacked");
+                            false
+                        }
+                    };
                 for w in batch {
                     w(ok);
                 }
@@ -110,17 +124,18 @@ impl Flusher {
 
     /// Sleeps until there is something to flush; returns the waiters the
     /// flush will answer, or `None` once stopped with nothing left.
-    fn next_batch(s: &(Mutex<FlushQueue>, Condvar)) -> Option<(Vec<Waiter>, Vec<Sealer>)> {
+    fn next_batch(s: &(Mutex<FlushQueue>, Condvar)) -> Option<Batch> {
         let (lock, cv) = s;
         let mut q = lock.lock().unwrap_or_else(|e| e.into_inner());
         let take = |q: &mut FlushQueue| {
             (
                 std::mem::take(&mut q.waiting),
                 std::mem::take(&mut q.sealing),
+                std::mem::take(&mut q.syncing),
             )
         };
         loop {
-            if !q.waiting.is_empty() || !q.sealing.is_empty() {
+            if !q.waiting.is_empty() || !q.sealing.is_empty() || !q.syncing.is_empty() {
                 return Some(take(&mut q));
             }
             if q.stop {
@@ -161,6 +176,16 @@ impl Flusher {
         cv.notify_one();
     }
 
+    /// Runs `job` on the flusher thread in the next flush (see [`SyncJob`]).
+    pub fn sync_job(&self, job: SyncJob) {
+        let (lock, cv) = &*self.shared;
+        lock.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .syncing
+            .push(job);
+        cv.notify_one();
+    }
+
     /// Flushes what is pending and stops the thread.
     pub fn stop(&self) {
         {
@@ -173,6 +198,9 @@ impl Flusher {
         }
     }
 }
+
+/// What one flush takes: waiters, sealers and sync jobs.
+type Batch = (Vec<Waiter>, Vec<Sealer>, Vec<SyncJob>);
 
 /// The access documents' kinds (their key byte) and key parts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,6 +282,8 @@ pub struct StorageConfig {
 
 pub struct Persistence {
     pub disk: Arc<Disk>,
+    /// The data directory (stream logs live under `streams/`).
+    pub data_dir: std::path::PathBuf,
     defs: sled::Tree,
     def_counts: Arc<DefCounters>,
     pub flusher: Flusher,
@@ -294,6 +324,7 @@ impl Persistence {
         let flusher = Flusher::start(disk.clone(), def_counts.clone());
         Ok(Arc::new(Persistence {
             disk,
+            data_dir: cfg.data_dir.clone(),
             defs,
             def_counts,
             flusher,

@@ -371,6 +371,73 @@ pub fn table_valid(t: &[u8], max: usize) -> Option<usize> {
     Some(total)
 }
 
+/// `props` (a property section as published) with a long-long header
+/// `key` set to `value`, replacing one of that name, the other headers kept
+/// byte-exact in their order and the new one last (as RabbitMQ appends
+/// `x-stream-offset`). Spliced in place, without decoding the values: this
+/// runs for every stream delivery. `None` when `props` is malformed.
+pub fn with_long_header(props: &[u8], key: &str, value: i64) -> Option<Vec<u8>> {
+    let flags = u16::from_be_bytes(props.get(..2)?.try_into().ok()?);
+    if flags & 1 != 0 {
+        // Continuation flag words: never sent by clients; go the long way.
+        let mut p = BasicProperties::decode(props)?;
+        p.headers
+            .get_or_insert_with(Table::default)
+            .insert(key, Value::LongLongInt(value));
+        return p.encode().ok();
+    }
+    let mut pos = 2;
+    for bit in [15u16, 14] {
+        if flags & (1 << bit) != 0 {
+            pos += 1 + *props.get(pos)? as usize;
+        }
+    }
+    let mut entry = Vec::with_capacity(key.len() + 10);
+    entry.push(key.len() as u8);
+    entry.extend_from_slice(key.as_bytes());
+    entry.push(b'l');
+    entry.extend_from_slice(&value.to_be_bytes());
+    let mut out = Vec::with_capacity(props.len() + entry.len() + 4);
+    if flags & (1 << 13) == 0 {
+        out.extend_from_slice(&(flags | (1 << 13)).to_be_bytes());
+        out.extend_from_slice(props.get(2..pos)?);
+        out.extend_from_slice(&(entry.len() as u32).to_be_bytes());
+        out.extend_from_slice(&entry);
+        out.extend_from_slice(props.get(pos..)?);
+        return Some(out);
+    }
+    let total = table_valid(props.get(pos..)?, MAX_TABLE_DEPTH + 1)?;
+    let table = &props[pos + 4..pos + total];
+    out.extend_from_slice(&props[..pos]);
+    let len_at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    // Copy every entry but one named `key`.
+    let mut at = 0;
+    while at < table.len() {
+        let start = at;
+        let klen = table[at] as usize;
+        let k = table.get(at + 1..at + 1 + klen)?;
+        at += 1 + klen;
+        let tag = *table.get(at)?;
+        at += 1;
+        let u32_at = |p: usize| -> Option<usize> {
+            Some(u32::from_be_bytes(table.get(p..p + 4)?.try_into().ok()?) as usize)
+        };
+        at += match tag {
+            b'S' | b'x' | b'F' | b'A' => 4 + u32_at(at)?,
+            _ => fixed_field_size(tag)?,
+        };
+        if k != key.as_bytes() {
+            out.extend_from_slice(table.get(start..at)?);
+        }
+    }
+    out.extend_from_slice(&entry);
+    let new_len = (out.len() - len_at - 4) as u32;
+    out[len_at..len_at + 4].copy_from_slice(&new_len.to_be_bytes());
+    out.extend_from_slice(&props[pos + total..]);
+    Some(out)
+}
+
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
@@ -460,6 +527,43 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_header_is_spliced_in_or_replaced() {
+        let mut h = Table::default();
+        h.insert("i", Value::LongInt(7));
+        h.insert("x-stream-offset", Value::LongLongInt(999));
+        h.insert("s", Value::LongString(b"v".to_vec()));
+        for base in [
+            BasicProperties::default(),
+            BasicProperties {
+                content_type: Some("text/plain".into()),
+                delivery_mode: Some(2),
+                message_id: Some("m1".into()),
+                ..Default::default()
+            },
+            BasicProperties {
+                content_encoding: Some("gzip".into()),
+                headers: Some(h.clone()),
+                timestamp: Some(5),
+                ..Default::default()
+            },
+        ] {
+            let out = with_long_header(&base.encode().unwrap(), "x-stream-offset", 42).unwrap();
+            let got = BasicProperties::decode(&out).unwrap();
+            let mut want = base.clone();
+            let mut wh = Table::default();
+            for (k, v) in base.headers.iter().flat_map(|t| t.iter()) {
+                if k != "x-stream-offset" {
+                    wh.insert(k, v.clone());
+                }
+            }
+            wh.insert("x-stream-offset", Value::LongLongInt(42));
+            want.headers = Some(wh);
+            assert_eq!(got, want);
+        }
+        assert!(with_long_header(&[0x20, 0, 0, 0, 0, 9], "k", 1).is_none());
+    }
 
     /// `{"a": {"a": ... {}}}`, `depth` tables deep (the outer one counts).
     fn nested(depth: usize) -> Vec<u8> {

@@ -7,6 +7,7 @@
 use super::outbox::{Delivery, Outbox, OutboxItem};
 use super::policy::{queue_settings, Applied, QueueSettings};
 use super::registry::{CoarseClock, Counter, CounterFold, FoldTarget, MessageCounters};
+use super::stream::StreamQueue;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
@@ -111,6 +112,9 @@ pub struct Queue {
     /// `x-single-active-consumer` (fixed at declare), readable without the
     /// core's lock.
     single_active: bool,
+    /// Set for a stream queue (`x-queue-type: stream`): publishes,
+    /// consumers and acks go to it; `core` stays empty.
+    stream: Option<Arc<StreamQueue>>,
 }
 
 /// A queue's policies and what they give, replaced together.
@@ -159,6 +163,8 @@ pub struct ConsumeRequest {
     pub channel_limit: Arc<ChannelLimit>,
     /// `x-priority` (see [`super::consumer_args::consumer_priority`]).
     pub priority: i64,
+    /// The consume's arguments (a stream reads `x-stream-offset`).
+    pub arguments: Table,
 }
 
 impl Queue {
@@ -214,7 +220,34 @@ impl Queue {
             page_budget: None,
             paging: AtomicBool::new(false),
             single_active,
+            stream: None,
         }
+    }
+
+    /// Makes this a stream queue over `stream`'s log.
+    pub fn with_stream(mut self, stream: StreamQueue) -> Self {
+        self.stream = Some(Arc::new(stream));
+        self
+    }
+
+    /// The stream queue behind this queue, if it is one.
+    pub fn stream(&self) -> Option<&Arc<StreamQueue>> {
+        self.stream.as_ref()
+    }
+
+    /// Refuses an operation a stream does not support (basic.get,
+    /// queue.purge, basic.nack/reject) with RabbitMQ 3.10's 540.
+    pub fn check_supported(&self, what: &str) -> super::Result<()> {
+        if self.stream.is_none() {
+            return Ok(());
+        }
+        Err(super::BrokerError::new(
+            super::ErrorKind::NotImplemented,
+            format!(
+                "{what} not supported by stream queues queue '{}' in vhost '{}'",
+                self.name, self.vhost
+            ),
+        ))
     }
 
     /// Counts this queue's dead letters into `parent` (the broker's) too.
@@ -357,6 +390,13 @@ impl Queue {
     /// is going away is dropped, as RabbitMQ drops it; one a length limit
     /// refuses is reported so the publisher can be nacked.
     pub fn publish(self: &Arc<Self>, message: Arc<Message>, ttl: Option<u64>) -> PublishOutcome {
+        if let Some(s) = &self.stream {
+            if self.is_deleted() {
+                return PublishOutcome::Deleted;
+            }
+            s.publish(&message, self.clock.now_ms());
+            return PublishOutcome::Queued;
+        }
         let after = {
             let mut core = self.core();
             // Checked under the lock the deletion's purge takes after
@@ -500,6 +540,9 @@ impl Queue {
 
     /// Re-runs delivery (credit was freed somewhere).
     pub fn kick(self: &Arc<Self>) {
+        if self.stream.is_some() {
+            return;
+        }
         let after = {
             let mut core = self.core();
             let after = self.deliver(&mut core);
@@ -570,6 +613,12 @@ impl Queue {
     }
 
     pub fn consume(self: &Arc<Self>, req: ConsumeRequest) -> super::Result<()> {
+        if let Some(s) = &self.stream {
+            if self.is_deleted() {
+                return Err(super::BrokerError::no_queue(&self.name, &self.vhost));
+            }
+            return s.consume(self, req);
+        }
         self.touch();
         let handle = Arc::new(ConsumerHandle {
             id: req.id,
@@ -627,6 +676,10 @@ impl Queue {
     /// gets those messages first. Returns whether the queue should now be
     /// auto-deleted.
     pub fn cancel_requeue(self: &Arc<Self>, id: ConsumerId, requeue: &[u64]) -> bool {
+        if let Some(s) = &self.stream {
+            s.cancel(id);
+            return false;
+        }
         self.touch();
         let (unused, after) = {
             let mut core = self.core();
@@ -749,6 +802,11 @@ impl Queue {
     /// Acked: settled and counted (into the caller's fold, added to this
     /// queue's and the broker's counters at the end of its turn).
     pub fn ack(self: &Arc<Self>, seqs: &[u64], fold: &mut CounterFold) {
+        if let Some(s) = &self.stream {
+            s.settle(seqs);
+            self.count(fold, Counter::Ack, seqs.len() as u64);
+            return;
+        }
         self.core().ack(seqs);
         self.count(fold, Counter::Ack, seqs.len() as u64);
         self.kick();
@@ -782,6 +840,10 @@ impl Queue {
     /// Rejected without requeue: settled like an ack (not counted as
     /// one), or dead-lettered when the queue has a dead-letter exchange.
     pub fn discard(self: &Arc<Self>, seqs: &[u64]) {
+        if let Some(s) = &self.stream {
+            s.settle(seqs);
+            return;
+        }
         self.core().reject(seqs);
         self.kick();
     }
@@ -806,6 +868,10 @@ impl Queue {
     }
 
     pub fn requeue(self: &Arc<Self>, seqs: &[u64]) {
+        if let Some(s) = &self.stream {
+            s.settle(seqs);
+            return;
+        }
         self.core().requeue(seqs);
         self.kick();
     }
@@ -813,7 +879,9 @@ impl Queue {
     /// A delivery that was never written goes back to the queue (a no-ack
     /// one with its TTL deadline, if it had one).
     pub fn undeliver(self: &Arc<Self>, m: QueuedMessage, no_ack: bool, deadline: Option<u64>) {
-        if self.is_deleted() {
+        // A stream keeps every message: one its consumer never got needs
+        // nothing back.
+        if self.is_deleted() || self.stream.is_some() {
             return;
         }
         let written = self.rewrite(&m, no_ack);
@@ -878,6 +946,10 @@ impl Queue {
 
     /// (ready messages, their body bytes)
     pub fn ready_totals(&self) -> (usize, u64) {
+        if let Some(s) = &self.stream {
+            let st = s.stats();
+            return (st.messages as usize, st.bytes);
+        }
         let core = self.core();
         (core.message_count(), core.message_bytes())
     }
@@ -885,6 +957,18 @@ impl Queue {
     /// What the management API shows of the queue's contents, read under
     /// one short hold of the lock.
     pub fn contents(&self) -> QueueContents {
+        if let Some(st) = &self.stream {
+            // A stream's log is on disk, read by its consumers at their
+            // own offsets: nothing is ready or unacked in RabbitMQ's sense
+            // beyond the message count.
+            return QueueContents {
+                ready: st.stats().messages as usize,
+                unacked: 0,
+                consumers: st.consumer_count(),
+                bytes: Default::default(),
+                head_timestamp: None,
+            };
+        }
         let core = self.core();
         let head = core.peek_entries(0, 1);
         let head_timestamp = match head.entries().first().map(|e| &e.body) {
@@ -956,6 +1040,9 @@ impl Queue {
 
     /// (ready messages, consumers)
     pub fn counts(&self) -> (usize, usize) {
+        if let Some(s) = &self.stream {
+            return (s.stats().messages as usize, s.consumer_count());
+        }
         let core = self.core();
         (core.message_count(), core.consumer_count())
     }
@@ -969,6 +1056,11 @@ impl Queue {
     pub(crate) fn mark_deleted(&self) -> usize {
         self.set_deleted();
         self.stop_timer();
+        if let Some(s) = &self.stream {
+            let n = s.stats().messages as usize;
+            s.delete();
+            return n;
+        }
         let (consumers, count) = {
             let mut core = self.core();
             let c = core.take_consumers();

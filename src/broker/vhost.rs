@@ -412,7 +412,11 @@ impl Vhost {
         caller: Option<&Caller>,
     ) -> Result<QueueDeclared> {
         let declared = |q: Arc<Queue>| {
-            let (m, c) = q.counts();
+            let (mut m, c) = q.counts();
+            if q.stream().is_some() {
+                // RabbitMQ's declare-ok counts no messages for a stream.
+                m = 0;
+            }
             Ok(QueueDeclared {
                 queue: q,
                 message_count: m,
@@ -433,7 +437,14 @@ impl Vhost {
         } else {
             name.to_owned()
         };
-        let limits = super::queue_args::queue_limits(&name, &self.name, &opts.arguments)?;
+        let stream = match super::stream::is_stream(&opts.arguments) {
+            true => Some(super::stream::check_declare(&name, &self.name, &opts)?),
+            false => None,
+        };
+        let limits = match stream {
+            Some(_) => Default::default(),
+            None => super::queue_args::queue_limits(&name, &self.name, &opts.arguments)?,
+        };
         super::consumer_args::single_active_consumer(&name, &self.name, &opts.arguments)?;
         if let Some(c) = caller {
             // RabbitMQ refuses a reserved name before checking permissions.
@@ -452,6 +463,14 @@ impl Vhost {
                     return Err(reserved_queue_name(&name));
                 }
                 let owner = opts.exclusive.then_some(conn);
+                if let Some(settings) = stream {
+                    let q = self.new_stream(&name, opts, settings)?;
+                    v.insert(q.clone());
+                    self.refresh_queue_policies(&q);
+                    self.churn.add(Churn::QueueCreated);
+                    self.churn.add(Churn::QueueDeclared);
+                    return declared(q);
+                }
                 // Exclusive queues never outlive their connection, so they
                 // are never written to disk, durable or not.
                 let (store, disk_id): (Box<dyn MessageStore>, _) =
@@ -524,6 +543,13 @@ impl Vhost {
             return ineq("auto_delete", opts.auto_delete, existing.auto_delete);
         }
         check_queue_args(&existing, &opts.arguments)?;
+        if existing.stream().is_some() {
+            check_args_equal(
+                &existing,
+                &opts.arguments,
+                super::stream::CHECKED_STREAM_ARGS,
+            )?;
+        }
         self.churn.add(Churn::QueueDeclared);
         existing.touch();
         declared(existing)
@@ -610,7 +636,9 @@ impl Vhost {
     }
 
     pub fn purge_queue(&self, name: &str, conn: u64) -> Result<usize> {
-        Ok(self.queue_for(name, conn)?.purge())
+        let q = self.queue_for(name, conn)?;
+        q.check_supported("queue.purge")?;
+        Ok(q.purge())
     }
 
     fn bindable_exchange(&self, exchange: &str) -> Result<Arc<Exchange>> {
@@ -824,7 +852,7 @@ impl Vhost {
             let durable = scratch
                 .queues
                 .iter()
-                .filter(|q| q.0.disk_id.is_some())
+                .filter(|q| q.0.disk_id.is_some() && q.0.stream().is_none())
                 .count();
             if durable > 0 {
                 message.set_stored(Some(p.disk.put_body(&message, durable)?));
@@ -859,10 +887,15 @@ impl Vhost {
                 rejected |= outcome == super::queue::PublishOutcome::Refused;
                 // Deleted as we routed to it, or refused: the record it
                 // was counted for will not be held by it.
-                if let (Some(r), Some(_), Some(p)) = (message.stored(), q.0.disk_id, &self.persist)
+                if let (Some(r), Some(_), None, Some(p)) =
+                    (message.stored(), q.0.disk_id, q.0.stream(), &self.persist)
                 {
                     p.disk.forget_ref(r);
                 }
+            } else if q.0.stream().is_some() {
+                // In the stream's log, synced by the next flush: a confirm
+                // waits for it.
+                written = true;
             }
             scratch.counts.add(
                 &q.0.stats,
@@ -996,8 +1029,89 @@ impl Vhost {
         }
     }
 
+    /// A new stream queue: its definition stored, its (empty) log ready.
+    fn new_stream(
+        &self,
+        name: &str,
+        opts: QueueOptions,
+        settings: warren_queues::stream::StreamSettings,
+    ) -> Result<Arc<Queue>> {
+        let Some(p) = &self.persist else {
+            return Err(BrokerError::new(
+                ErrorKind::PreconditionFailed,
+                format!(
+                    "stream queue '{name}' in vhost '{}' needs a data directory (Warren runs without one)",
+                    self.name
+                ),
+            ));
+        };
+        let id = p
+            .new_queue_id()
+            .map_err(|e| BrokerError::new(ErrorKind::InternalError, e.to_string()))?;
+        p.put_queue(&QueueDef {
+            vhost: self.name.clone(),
+            name: name.to_owned(),
+            id,
+            auto_delete: false,
+            arguments: opts.arguments.clone(),
+        });
+        let stream = super::stream::StreamQueue::create(p.clone(), id, settings);
+        Ok(Arc::new(self.stream_queue(name, opts, id, stream)))
+    }
+
+    fn stream_queue(
+        &self,
+        name: &str,
+        opts: QueueOptions,
+        id: u64,
+        stream: super::stream::StreamQueue,
+    ) -> Queue {
+        Queue::new(
+            name.to_owned(),
+            self.name.clone(),
+            opts,
+            None,
+            Box::<MemoryStore>::default(),
+            Some(id),
+            self.noack_window,
+            self.stats.clone(),
+            self.clock.clone(),
+        )
+        .with_stream(stream)
+    }
+
+    /// Start-up: a stream queue, its log recovered from disk.
+    fn restore_stream(&self, d: &QueueDef, p: &Arc<Persistence>) {
+        let opts = QueueOptions {
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            arguments: d.arguments.clone(),
+        };
+        let settings = match super::stream::check_declare(&d.name, &self.name, &opts) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(queue = %d.name, error = %e.text, "skipping a stream with bad arguments");
+                return;
+            }
+        };
+        match super::stream::StreamQueue::open(p.clone(), d.id, settings) {
+            Ok(stream) => {
+                let q = Arc::new(self.stream_queue(&d.name, opts, d.id, stream));
+                self.queues.insert(d.name.clone(), q.clone());
+                self.refresh_queue_policies(&q);
+            }
+            Err(e) => {
+                tracing::error!(queue = %d.name, vhost = %self.name, error = %e, "cannot open a stream's log; it is not served")
+            }
+        }
+    }
+
     /// Start-up: a durable queue with its recovered store.
     pub(crate) fn restore_queue(&self, d: &QueueDef, store: Box<dyn MessageStore>) {
+        if let (true, Some(p)) = (super::stream::is_stream(&d.arguments), &self.persist) {
+            return self.restore_stream(d, &p.clone());
+        }
         let opts = QueueOptions {
             durable: true,
             exclusive: false,
@@ -1310,7 +1424,12 @@ fn describe(v: Option<&warren_exchanges::Value>) -> String {
 }
 
 fn check_queue_args(q: &Queue, args: &Table) -> Result<()> {
-    for key in CHECKED_QUEUE_ARGS {
+    check_args_equal(q, args, CHECKED_QUEUE_ARGS)
+}
+
+/// A redeclare's `keys` must match the queue's, as RabbitMQ compares them.
+fn check_args_equal(q: &Queue, args: &Table, keys: &[&str]) -> Result<()> {
+    for key in keys {
         let got = args.get(key);
         let cur = q.arguments.get(key);
         let same = match (got, cur) {

@@ -265,7 +265,46 @@ pub fn queue(s: &MgmtState, q: &Queue) -> J {
     if let Some(t) = q.stats.idle_since() {
         j["idle_since"] = iso_time(t);
     }
+    if let Some(st) = q.stream() {
+        add_stream_fields(s, st, &mut j);
+    }
     j
+}
+
+/// A stream queue's JSON: RabbitMQ's `type`, `members` and `online`, and
+/// Warren's `stream` object (the log's offsets, segments and bytes on
+/// disk, each consumer's next offset and credit).
+fn add_stream_fields(s: &MgmtState, st: &crate::broker::stream::StreamQueue, out: &mut J) {
+    let stats = st.stats();
+    let settings = st.settings();
+    let mut consumers = st.consumer_infos();
+    consumers.sort_by(|a, b| a.tag.cmp(&b.tag));
+    out["type"] = json!("stream");
+    out["members"] = json!([s.node]);
+    out["online"] = json!([s.node]);
+    out["stream"] = json!({
+        "first_offset": stats.first_offset,
+        "last_offset": stats.committed.checked_sub(1),
+        "committed_offset": stats.committed,
+        "segments": stats.segments,
+        "bytes_on_disk": stats.bytes,
+        "max_segment_size_bytes": settings.max_segment_bytes,
+        "max_length_bytes": settings.max_bytes,
+        "max_age_ms": settings.max_age_ms,
+        "groups": st.group_infos().iter().map(|g| json!({
+            "name": g.name,
+            "committed_offset": g.committed,
+            "lag": stats.committed.saturating_sub(g.committed),
+            "active_consumer_tag": g.active,
+            "members": g.members,
+        })).collect::<Vec<_>>(),
+        "consumers": consumers.iter().map(|c| json!({
+            "consumer_tag": c.tag,
+            "channel": c.session,
+            "offset": c.position,
+            "credit": c.credit,
+        })).collect::<Vec<_>>(),
+    });
 }
 
 pub fn queues(s: &MgmtState, only: Option<&Arc<Vhost>>, r: &super::history::Ranges) -> J {

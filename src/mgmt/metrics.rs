@@ -148,6 +148,7 @@ pub fn render(s: &MgmtState, per_object: bool) -> String {
         }
     }
     queue_bytes(&mut f, &queues, &sizes, per_object);
+    stream_gauges(&mut f, broker, per_object);
     let stats = broker.message_stats();
     // rabbit_global_counters' names, labelled with the protocol as
     // RabbitMQ labels them (Warren speaks one).
@@ -726,5 +727,85 @@ fn process_and_churn(f: &mut Family, s: &MgmtState) {
     ] {
         f.head(name, kind, help);
         f.sample(name, &[], value);
+    }
+}
+
+/// Warren's stream gauges (RabbitMQ has none over AMQP 0-9-1): per stream
+/// queue when `per_object`, summed over streams otherwise (offsets only
+/// make sense per stream, so the aggregate form leaves them out).
+fn stream_gauges(f: &mut Family, broker: &crate::broker::Broker, per_object: bool) {
+    // (vhost, queue, stats)
+    let mut streams = Vec::new();
+    for v in broker.vhosts() {
+        for q in v.queues() {
+            if let Some(st) = q.stream() {
+                streams.push((v.name.clone(), q.name.clone(), st.stats()));
+            }
+        }
+    }
+    type Pick = fn(&warren_queues::stream::StreamStats) -> u64;
+    let families: [(&str, &str, Pick, bool); 4] = [
+        (
+            "warren_stream_segments",
+            "Segment files of a stream",
+            |s| s.segments as u64,
+            true,
+        ),
+        (
+            "warren_stream_bytes",
+            "Bytes a stream's segments take on disk",
+            |s| s.bytes,
+            true,
+        ),
+        (
+            "warren_stream_first_offset",
+            "The oldest offset a stream retains",
+            |s| s.first_offset,
+            false,
+        ),
+        (
+            "warren_stream_committed_offset",
+            "The next offset a stream will commit (last offset + 1)",
+            |s| s.committed,
+            false,
+        ),
+    ];
+    if per_object {
+        // Per consumer group: its committed offset and how far behind
+        // the stream's tail it is.
+        let name = "warren_stream_group_lag";
+        f.head(
+            name,
+            "gauge",
+            "Messages a stream's consumer group has not acknowledged yet",
+        );
+        for v in broker.vhosts() {
+            for q in v.queues() {
+                let Some(st) = q.stream() else { continue };
+                let tail = st.stats().committed;
+                for g in st.group_infos() {
+                    let labels = [
+                        ("vhost", v.name.as_str()),
+                        ("queue", q.name.as_str()),
+                        ("group", g.name.as_str()),
+                    ];
+                    f.sample(name, &labels, tail.saturating_sub(g.committed) as f64);
+                }
+            }
+        }
+    }
+    for (name, help, pick, summable) in families {
+        if !per_object && !summable {
+            continue;
+        }
+        f.head(name, "gauge", help);
+        if per_object {
+            for (v, q, st) in &streams {
+                f.sample(name, &[("vhost", v), ("queue", q)], pick(st) as f64);
+            }
+        } else {
+            let total: u64 = streams.iter().map(|(_, _, st)| pick(st)).sum();
+            f.sample(name, &[], total as f64);
+        }
     }
 }

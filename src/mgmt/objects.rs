@@ -977,6 +977,8 @@ async fn get_messages(
         ),
         _ => amqp_refusal(&e),
     })?;
+    q.check_supported("basic.get")
+        .map_err(|e| amqp_refusal(&e))?;
     let no_ack = mode == AckMode::AckDrop;
     let mut out = Vec::new();
     let mut taken = Vec::new();

@@ -1,0 +1,783 @@
+//! Stream queues (`x-queue-type: stream`), RabbitMQ's append-only queue
+//! type over AMQP 0-9-1: the declare's arguments and their checks, the
+//! consumer's `x-stream-offset`, and [`StreamQueue`], the queue kind a
+//! [`Queue`] hands its publishes, consumers and acks to.
+//!
+//! Publishes append to the queue's [`StreamLog`]; the log is written out
+//! and fsynced by a job on the group-commit thread, which then makes the
+//! new offsets readable and wakes the readers (so confirms and deliveries
+//! both wait for durability, as in RabbitMQ, where they wait for the
+//! replicas). Each consumer is a task with its own [`Cursor`]: it reads
+//! up to its credit (the consumer prefetch) from disk on the blocking
+//! pool, adds the `x-stream-offset` header, and pushes the deliveries to
+//! its connection's outbox. An ack only gives credit back; reading never
+//! removes anything.
+
+use super::outbox::{Delivery, OutboxItem};
+use super::persist::Persistence;
+use super::queue::{ConsumeRequest, ConsumerHandle, Queue, QueueOptions};
+use super::{BrokerError, ErrorKind, Result};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{watch, Notify};
+use warren_exchanges::{Table, Value};
+use warren_queues::stream::{Cursor, Record, StartAt, StreamLog, StreamSettings, StreamStats};
+use warren_queues::{ConsumerId, Message, QueuedMessage};
+
+mod groups;
+use groups::Groups;
+pub use groups::GROUP_KEY;
+
+/// The consumer argument and delivery header carrying an offset.
+pub const OFFSET_KEY: &str = "x-stream-offset";
+
+/// Arguments RabbitMQ 3.10 knows for other queue types and refuses on a
+/// stream ("invalid arg ... of queue type rabbit_stream_queue").
+const REFUSED_ARGS: &[&str] = &[
+    "x-expires",
+    "x-message-ttl",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-length",
+    "x-max-in-memory-length",
+    "x-max-in-memory-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-queue-mode",
+    "x-queue-version",
+    "x-single-active-consumer",
+    "x-quorum-initial-group-size",
+    "x-queue-master-locator",
+    "x-delivery-limit",
+];
+
+/// Arguments compared on a redeclare of a stream, beyond the common ones.
+pub const CHECKED_STREAM_ARGS: &[&str] = &["x-max-age", "x-stream-max-segment-size-bytes"];
+
+/// A delivery's `seq` is the consumer's slot above this bit and the
+/// offset below: an ack finds whose credit it returns without a record
+/// per delivery.
+const SLOT_SHIFT: u32 = 40;
+const OFFSET_MASK: u64 = (1 << SLOT_SHIFT) - 1;
+/// At most this many deliveries per read (credit permitting).
+const READ_BATCH: u32 = 512;
+/// And about this many bytes.
+const READ_BYTES: usize = 1 << 20;
+
+/// Whether declare arguments ask for a stream.
+pub fn is_stream(args: &Table) -> bool {
+    args.get("x-queue-type").and_then(Value::as_str) == Some("stream")
+}
+
+fn invalid_arg(key: &str, queue: &str, vhost: &str, why: &str) -> BrokerError {
+    BrokerError::new(
+        ErrorKind::PreconditionFailed,
+        format!("invalid arg '{key}' for queue '{queue}' in vhost '{vhost}': {why}"),
+    )
+}
+
+/// RabbitMQ's units for `x-max-age` and interval offsets, in ms.
+fn unit_ms(unit: &str) -> Option<u64> {
+    const S: u64 = 1000;
+    const D: u64 = 24 * 3600 * S;
+    Some(match unit {
+        "Y" => 365 * D,
+        "M" => 30 * D,
+        "D" => D,
+        "h" => 3600 * S,
+        "m" => 60 * S,
+        "s" => S,
+        _ => return None,
+    })
+}
+
+/// `7D`, `12h`, `30m`…: a positive count and one unit (RabbitMQ's
+/// `check_max_age`); the length in ms.
+pub fn parse_age(s: &str) -> Option<u64> {
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    let n: u64 = s[..digits].parse().ok()?;
+    let ms = n.checked_mul(unit_ms(&s[digits..])?)?;
+    (ms > 0).then_some(ms)
+}
+
+/// A non-negative integer argument, RabbitMQ's texts for the rest.
+fn non_negative(key: &str, v: &Value, queue: &str, vhost: &str) -> Result<u64> {
+    match v.as_i64().filter(|_| !matches!(v, Value::Timestamp(_))) {
+        Some(n) if n >= 0 => Ok(n as u64),
+        Some(n) => Err(invalid_arg(
+            key,
+            queue,
+            vhost,
+            &format!("{{value_negative,{n}}}"),
+        )),
+        None => Err(invalid_arg(
+            key,
+            queue,
+            vhost,
+            &format!("\"expected integer, got {}\"", v.type_name()),
+        )),
+    }
+}
+
+/// Checks a stream declare as RabbitMQ 3.10 does (argument values, then
+/// arguments other queue types take, then the flags) and returns the log's
+/// settings.
+pub fn check_declare(queue: &str, vhost: &str, opts: &QueueOptions) -> Result<StreamSettings> {
+    let args = &opts.arguments;
+    let mut settings = StreamSettings::default();
+    if let Some(v) = args.get("x-max-length-bytes") {
+        settings.max_bytes = Some(non_negative("x-max-length-bytes", v, queue, vhost)?);
+    }
+    if let Some(v) = args.get("x-stream-max-segment-size-bytes") {
+        let n = non_negative("x-stream-max-segment-size-bytes", v, queue, vhost)?;
+        settings.max_segment_bytes = n.max(1);
+    }
+    if let Some(v) = args.get("x-max-age") {
+        let Some(s) = v.as_str() else {
+            return Err(invalid_arg(
+                "x-max-age",
+                queue,
+                vhost,
+                &format!("{{unacceptable_type,{}}}", v.type_name()),
+            ));
+        };
+        // RabbitMQ 3.10 answers a value without a unit digit-run
+        // ("bad") with a crash (541); Warren refuses it as it refuses "10".
+        let ms = parse_age(s)
+            .ok_or_else(|| invalid_arg("x-max-age", queue, vhost, "invalid_max_age"))?;
+        settings.max_age_ms = Some(ms);
+    }
+    for key in REFUSED_ARGS {
+        if args.get(key).is_some() {
+            return Err(BrokerError::new(
+                ErrorKind::PreconditionFailed,
+                format!("invalid arg '{key}' for queue '{queue}' in vhost '{vhost}' of queue type rabbit_stream_queue"),
+            ));
+        }
+    }
+    let property = if opts.auto_delete {
+        Some("auto-delete")
+    } else if opts.exclusive {
+        Some("exclusive-owner")
+    } else if !opts.durable {
+        Some("non-durable")
+    } else {
+        None
+    };
+    if let Some(p) = property {
+        return Err(BrokerError::new(
+            ErrorKind::PreconditionFailed,
+            format!("invalid property '{p}' for queue '{queue}' in vhost '{vhost}'"),
+        ));
+    }
+    Ok(settings)
+}
+
+/// Where a consumer starts, from its `x-stream-offset` (default `next`):
+/// `first`, `last`, `next`, an offset, a timestamp (seconds) or an
+/// interval back from `now_ms` (`1D`, `30m`).
+pub fn start_at(args: &Table, queue: &str, vhost: &str, now_ms: u64) -> Result<StartAt> {
+    let Some(v) = args.get(OFFSET_KEY) else {
+        return Ok(StartAt::Next);
+    };
+    let at = match v {
+        Value::Timestamp(secs) => Some(StartAt::Timestamp((secs.saturating_mul(1000)) as i64)),
+        _ => match (v.as_i64(), v.as_str()) {
+            (Some(n), _) => Some(StartAt::Offset(n.max(0) as u64)),
+            (_, Some("first")) => Some(StartAt::First),
+            (_, Some("last")) => Some(StartAt::Last),
+            (_, Some("next")) => Some(StartAt::Next),
+            (_, Some(s)) => {
+                parse_age(s).map(|ms| StartAt::Timestamp(now_ms.saturating_sub(ms) as i64))
+            }
+            _ => None,
+        },
+    };
+    // RabbitMQ 3.10 crashes the channel (541) on a value it cannot read;
+    // Warren refuses it with a 406 naming the argument.
+    at.ok_or_else(|| invalid_arg(OFFSET_KEY, queue, vhost, &format!("{v}")))
+}
+
+/// One consumer of a stream: its credit and its reader's wake-up.
+#[derive(Debug)]
+struct StreamConsumer {
+    slot: u32,
+    handle: Arc<ConsumerHandle>,
+    exclusive: bool,
+    /// Deliveries it may still get before acks return credit.
+    credit: AtomicU32,
+    /// Acks (credit back) and the cancel wake the reader.
+    wake: Notify,
+    cancelled: AtomicBool,
+    /// The next offset its reader will hand out (management API).
+    position: AtomicU64,
+    /// Its consumer group ([`GROUP_KEY`]), if any.
+    group: Option<String>,
+    /// Its own `x-stream-offset`, if given (a group member waiting to
+    /// read starts there instead of at the group's committed offset).
+    explicit: Option<StartAt>,
+    /// The cursor a waiting group member is handed when it becomes the
+    /// group's reader.
+    handoff: Mutex<Option<Cursor>>,
+}
+
+/// What the management API shows of a consumer group.
+#[derive(Debug, Clone)]
+pub struct StreamGroupInfo {
+    pub name: String,
+    /// Every offset below it acknowledged.
+    pub committed: u64,
+    /// The reading member's consumer tag.
+    pub active: Option<String>,
+    pub members: usize,
+}
+
+/// What the management API shows of a stream consumer.
+#[derive(Debug, Clone)]
+pub struct StreamConsumerInfo {
+    pub tag: String,
+    pub conn: u64,
+    pub session: u16,
+    pub position: u64,
+    pub credit: u32,
+}
+
+/// A stream queue's state: its log, the committed tail readers wait on,
+/// and its consumers.
+pub struct StreamQueue {
+    log: Arc<StreamLog>,
+    persist: Arc<Persistence>,
+    tail: Arc<watch::Sender<u64>>,
+    consumers: Mutex<HashMap<u32, Arc<StreamConsumer>>>,
+    next_slot: AtomicU32,
+    /// Consumer groups; locked after `consumers` when both are needed.
+    groups: Arc<Mutex<Groups>>,
+    /// A write of the groups' offsets is asked for and not yet started.
+    groups_wanted: Arc<AtomicBool>,
+    /// Set by [`StreamQueue::delete`]: nothing is written any more.
+    deleted: Arc<AtomicBool>,
+}
+
+impl StreamQueue {
+    /// Recovers the log of the stream with disk id `id` (blocking:
+    /// start-up calls it).
+    pub fn open(
+        persist: Arc<Persistence>,
+        id: u64,
+        settings: StreamSettings,
+    ) -> std::io::Result<Self> {
+        let dir = Self::dir(&persist, id);
+        let log = StreamLog::open(&dir, settings)?;
+        log.apply_retention(super::registry::unix_ms() as i64);
+        let groups = Groups::load(&dir)?;
+        Ok(Self::over(persist, log, groups))
+    }
+
+    /// A new stream's (empty) log; no disk I/O until its first sync.
+    pub fn create(persist: Arc<Persistence>, id: u64, settings: StreamSettings) -> Self {
+        let log = StreamLog::create(&Self::dir(&persist, id), settings);
+        Self::over(persist, log, Groups::default())
+    }
+
+    /// `streams/<disk id>` in the data directory.
+    fn dir(persist: &Persistence, id: u64) -> std::path::PathBuf {
+        persist.data_dir.join("streams").join(id.to_string())
+    }
+
+    fn over(persist: Arc<Persistence>, log: StreamLog, groups: Groups) -> Self {
+        let (tail, _) = watch::channel(log.committed());
+        StreamQueue {
+            log: Arc::new(log),
+            persist,
+            tail: Arc::new(tail),
+            consumers: Mutex::default(),
+            next_slot: AtomicU32::new(0),
+            groups: Arc::new(Mutex::new(groups)),
+            groups_wanted: Arc::default(),
+            deleted: Arc::default(),
+        }
+    }
+
+    fn groups(&self) -> MutexGuard<'_, Groups> {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Has the group-commit thread write the groups' offsets (once per
+    /// flush however many acks moved them).
+    fn request_groups_write(&self) {
+        if self.groups_wanted.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (groups, wanted, deleted) = (
+            self.groups.clone(),
+            self.groups_wanted.clone(),
+            self.deleted.clone(),
+        );
+        let dir = self.log.dir().to_owned();
+        self.persist.flusher.sync_job(Box::new(move || {
+            wanted.store(false, Ordering::Release);
+            if deleted.load(Ordering::Acquire) {
+                return true;
+            }
+            let offsets = groups.lock().unwrap_or_else(|e| e.into_inner()).snapshot();
+            match groups::store(&dir, &offsets) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(dir = %dir.display(), error = %e, "cannot write a stream's group offsets");
+                    groups.lock().unwrap_or_else(|e| e.into_inner()).dirty = true;
+                    false
+                }
+            }
+        }));
+    }
+
+    fn consumers(&self) -> MutexGuard<'_, HashMap<u32, Arc<StreamConsumer>>> {
+        self.consumers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends a routed message; the caller's confirm waits for the flush
+    /// that syncs it (the sync is asked for by the first append after one).
+    pub fn publish(&self, m: &Message, now_ms: u64) {
+        let rec = Record {
+            persistent: m.persistent,
+            exchange: m.exchange(),
+            routing_key: m.routing_key(),
+            properties: m.properties(),
+            body: m.body(),
+        };
+        let (_, ask) = self.log.append(&rec, now_ms as i64);
+        if ask {
+            let log = self.log.clone();
+            let tail = self.tail.clone();
+            self.persist.flusher.sync_job(Box::new(move || {
+                match log.sync(super::registry::unix_ms() as i64) {
+                    Ok(committed) => {
+                        tail.send_replace(committed);
+                        true
+                    }
+                    Err(e) => {
+                        tracing::error!(dir = %log.dir().display(), error = %e, "cannot write a stream; its publishes are nacked");
+                        false
+                    }
+                }
+            }));
+        }
+    }
+
+    /// Adds a consumer (manual acks and a consumer prefetch required, as
+    /// RabbitMQ) reading from its `x-stream-offset`.
+    pub fn consume(&self, queue: &Arc<Queue>, req: ConsumeRequest) -> Result<()> {
+        let rs = || format!("queue '{}' in vhost '{}'", queue.name, queue.vhost);
+        if req.no_ack {
+            return Err(BrokerError::new(
+                ErrorKind::NotImplemented,
+                format!(
+                    "automatic acknowledgement not supported by stream queues {}",
+                    rs()
+                ),
+            ));
+        }
+        if req.prefetch == 0 {
+            return Err(BrokerError::new(
+                ErrorKind::PreconditionFailed,
+                format!("consumer prefetch count is not set for '{}'", rs()),
+            ));
+        }
+        let at = start_at(
+            &req.arguments,
+            &queue.name,
+            &queue.vhost,
+            super::registry::unix_ms(),
+        )?;
+        let explicit = req.arguments.get(OFFSET_KEY).map(|_| at);
+        let group = match req.arguments.get(GROUP_KEY) {
+            None => None,
+            Some(v) => match v.as_str() {
+                Some(g) if !g.is_empty() => Some(g.to_owned()),
+                _ => {
+                    let why = format!("{v}");
+                    return Err(invalid_arg(GROUP_KEY, &queue.name, &queue.vhost, &why));
+                }
+            },
+        };
+        let handle = Arc::new(ConsumerHandle {
+            id: req.id,
+            tag: req.tag,
+            conn: req.conn,
+            session: req.session,
+            outbox: req.outbox,
+            channel_limit: req.channel_limit,
+        });
+        let c = {
+            let mut cons = self.consumers();
+            if cons.values().any(|c| c.exclusive) || (req.exclusive && !cons.is_empty()) {
+                return Err(BrokerError::new(
+                    ErrorKind::AccessRefused,
+                    format!(
+                        "queue '{}' in vhost '{}' in exclusive use",
+                        queue.name, queue.vhost
+                    ),
+                ));
+            }
+            let mut slot = self.next_slot.fetch_add(1, Ordering::Relaxed) & 0xff_ffff;
+            while cons.contains_key(&slot) {
+                slot = self.next_slot.fetch_add(1, Ordering::Relaxed) & 0xff_ffff;
+            }
+            // A group member reads now only if it is the group's first;
+            // it starts at its own offset, else where the group got to.
+            let cursor = match &group {
+                None => Some(Cursor::new(&self.log, at)),
+                Some(name) => {
+                    let mut gs = self.groups();
+                    let log = &self.log;
+                    let g = gs
+                        .map
+                        .entry(name.clone())
+                        .or_insert_with(|| groups::Group::at(log.resolve(at).0));
+                    g.members.push(slot);
+                    (g.members.len() == 1).then(|| {
+                        let c = Cursor::new(log, explicit.unwrap_or(StartAt::Offset(g.committed)));
+                        g.restart_at(c.next);
+                        c
+                    })
+                }
+            };
+            let c = Arc::new(StreamConsumer {
+                slot,
+                handle,
+                exclusive: req.exclusive,
+                credit: AtomicU32::new(req.prefetch),
+                wake: Notify::new(),
+                cancelled: AtomicBool::new(false),
+                position: AtomicU64::new(cursor.as_ref().map_or(0, |c| c.next)),
+                group,
+                explicit,
+                handoff: Mutex::new(None),
+            });
+            cons.insert(slot, c.clone());
+            (c, cursor)
+        };
+        let (c, cursor) = c;
+        tokio::spawn(read_for(
+            queue.clone(),
+            self.log.clone(),
+            self.tail.subscribe(),
+            c,
+            cursor,
+        ));
+        Ok(())
+    }
+
+    /// Removes a consumer: its reader stops.
+    pub fn cancel(&self, id: ConsumerId) {
+        let mut cons = self.consumers();
+        let slot = cons
+            .iter()
+            .find(|(_, c)| c.handle.id == id)
+            .map(|(s, _)| *s);
+        let Some(c) = slot.and_then(|s| cons.remove(&s)) else {
+            return;
+        };
+        c.cancelled.store(true, Ordering::Release);
+        c.wake.notify_one();
+        let Some(name) = &c.group else {
+            return;
+        };
+        // The group's next member (if the reader left) takes over from
+        // the committed offset, or its own.
+        let mut gs = self.groups();
+        let Some(g) = gs.map.get_mut(name) else {
+            return;
+        };
+        let was_reader = g.members.first() == Some(&c.slot);
+        g.members.retain(|s| *s != c.slot);
+        let Some(next) = g
+            .members
+            .first()
+            .and_then(|s| cons.get(s))
+            .filter(|_| was_reader)
+        else {
+            return;
+        };
+        let cursor = Cursor::new(
+            &self.log,
+            next.explicit.unwrap_or(StartAt::Offset(g.committed)),
+        );
+        g.restart_at(cursor.next);
+        next.position.store(cursor.next, Ordering::Relaxed);
+        *next.handoff.lock().unwrap_or_else(|e| e.into_inner()) = Some(cursor);
+        next.wake.notify_one();
+    }
+
+    /// Acks (and, as RabbitMQ counts them, nothing else) return credit to
+    /// the consumers the deliveries went to.
+    pub fn settle(&self, seqs: &[u64]) {
+        let cons = self.consumers();
+        self.group_acks(&cons, seqs);
+        let mut run: Option<(u32, u32)> = None;
+        let give = |slot: u32, n: u32| {
+            if let Some(c) = cons.get(&slot) {
+                c.credit.fetch_add(n, Ordering::AcqRel);
+                c.wake.notify_one();
+            }
+        };
+        for s in seqs {
+            let slot = (s >> SLOT_SHIFT) as u32;
+            match &mut run {
+                Some((cur, n)) if *cur == slot => *n += 1,
+                _ => {
+                    if let Some((cur, n)) = run.take() {
+                        give(cur, n);
+                    }
+                    run = Some((slot, 1));
+                }
+            }
+        }
+        if let Some((cur, n)) = run {
+            give(cur, n);
+        }
+    }
+
+    /// Acks of group members' deliveries move their groups' offsets.
+    fn group_acks(&self, cons: &HashMap<u32, Arc<StreamConsumer>>, seqs: &[u64]) {
+        let mut moved = false;
+        let mut gs: Option<MutexGuard<'_, Groups>> = None;
+        for s in seqs {
+            let slot = (s >> SLOT_SHIFT) as u32;
+            let Some(name) = cons.get(&slot).and_then(|c| c.group.as_ref()) else {
+                continue;
+            };
+            let gs = gs.get_or_insert_with(|| self.groups());
+            if let Some(g) = gs.map.get_mut(name) {
+                if g.ack(s & OFFSET_MASK) {
+                    gs.dirty = true;
+                    moved = true;
+                }
+            }
+        }
+        drop(gs);
+        if moved {
+            self.request_groups_write();
+        }
+    }
+
+    /// Each consumer group's committed offset and reader.
+    pub fn group_infos(&self) -> Vec<StreamGroupInfo> {
+        let cons = self.consumers();
+        let gs = self.groups();
+        let mut out: Vec<StreamGroupInfo> = gs
+            .map
+            .iter()
+            .map(|(name, g)| StreamGroupInfo {
+                name: name.clone(),
+                committed: g.committed,
+                active: g
+                    .members
+                    .first()
+                    .and_then(|s| cons.get(s))
+                    .map(|c| c.handle.tag.clone()),
+                members: g.members.len(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    pub fn stats(&self) -> StreamStats {
+        self.log.stats()
+    }
+
+    pub fn settings(&self) -> StreamSettings {
+        self.log.settings()
+    }
+
+    pub fn consumer_count(&self) -> usize {
+        self.consumers().len()
+    }
+
+    /// Each consumer's position and credit.
+    pub fn consumer_infos(&self) -> Vec<StreamConsumerInfo> {
+        self.consumers()
+            .values()
+            .map(|c| StreamConsumerInfo {
+                tag: c.handle.tag.clone(),
+                conn: c.handle.conn,
+                session: c.handle.session,
+                position: c.position.load(Ordering::Relaxed),
+                credit: c.credit.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// The queue was deleted: its consumers are told and stop, and its
+    /// files go (on the group-commit thread, after any sync in flight).
+    pub fn delete(&self) {
+        self.deleted.store(true, Ordering::Release);
+        let gone: Vec<Arc<StreamConsumer>> = self.consumers().drain().map(|(_, c)| c).collect();
+        for c in gone {
+            c.cancelled.store(true, Ordering::Release);
+            c.wake.notify_one();
+            let h = &c.handle;
+            // A closed connection needs no cancel notification.
+            let _ = h.outbox.push_all(vec![OutboxItem::Cancelled {
+                session: h.session,
+                tag: h.tag.clone(),
+                consumer: h.id,
+            }]);
+        }
+        let log = self.log.clone();
+        self.persist.flusher.sync_job(Box::new(move || {
+            log.destroy();
+            true
+        }));
+    }
+}
+
+/// The message a consumer gets for the record at `offset`: the stored
+/// one with the `x-stream-offset` header (a long) set.
+fn delivered(offset: u64, r: Record<'_>) -> Option<Message> {
+    let props = super::properties::with_long_header(r.properties, OFFSET_KEY, offset as i64);
+    let props = props.as_deref().unwrap_or(r.properties);
+    Message::new(r.exchange, r.routing_key, props, r.body, r.persistent).ok()
+}
+
+/// A consumer's reader: waits for credit and committed messages, reads
+/// them on the blocking pool, and hands them to the connection.
+async fn read_for(
+    queue: Arc<Queue>,
+    log: Arc<StreamLog>,
+    mut tail: watch::Receiver<u64>,
+    c: Arc<StreamConsumer>,
+    cursor: Option<Cursor>,
+) {
+    // A group member that is not its group's reader waits to be handed
+    // a cursor (or cancelled).
+    let mut cursor = match cursor {
+        Some(cur) => cur,
+        None => loop {
+            if c.cancelled.load(Ordering::Acquire) {
+                return;
+            }
+            if let Some(cur) = c.handoff.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                break cur;
+            }
+            c.wake.notified().await;
+        },
+    };
+    let mut batch: Vec<OutboxItem> = Vec::new();
+    loop {
+        if c.cancelled.load(Ordering::Acquire) {
+            return;
+        }
+        let credit = c.credit.load(Ordering::Acquire);
+        let committed = *tail.borrow_and_update();
+        if credit == 0 {
+            c.wake.notified().await;
+            continue;
+        }
+        if cursor.next >= committed {
+            tokio::select! {
+                r = tail.changed() => if r.is_err() { return },
+                _ = c.wake.notified() => {}
+            }
+            continue;
+        }
+        let max = credit.min(READ_BATCH) as usize;
+        let l = log.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::with_capacity(max);
+            let r = cursor.read(&l, max, READ_BYTES, |off, rec| {
+                if let Some(m) = delivered(off, rec) {
+                    out.push((off, m));
+                }
+            });
+            (cursor, r.map(|_| out))
+        })
+        .await;
+        let Ok((cur, read)) = read else { return };
+        cursor = cur;
+        c.position.store(cursor.next, Ordering::Relaxed);
+        let msgs = match read {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(queue = %queue.name, vhost = %queue.vhost, error = %e, "cannot read a stream; cancelling its consumer");
+                let h = &c.handle;
+                let _ = h.outbox.push_all(vec![OutboxItem::Cancelled {
+                    session: h.session,
+                    tag: h.tag.clone(),
+                    consumer: h.id,
+                }]);
+                return;
+            }
+        };
+        c.credit.fetch_sub(msgs.len() as u32, Ordering::AcqRel);
+        for (off, m) in msgs {
+            batch.push(OutboxItem::Deliver(Delivery {
+                queue: queue.clone(),
+                consumer: c.handle.clone(),
+                message: QueuedMessage {
+                    seq: ((c.slot as u64) << SLOT_SHIFT) | (off & OFFSET_MASK),
+                    message: Arc::new(m),
+                    redelivered: false,
+                },
+                no_ack: false,
+                took_channel_slot: false,
+                credit_on_write: false,
+                // A stream has no delivery limit and no TTL.
+                delivery_count: None,
+                deadline: None,
+            }));
+        }
+        if !c.handle.outbox.push_from(&mut batch) {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_use_rabbitmq_units() {
+        assert_eq!(parse_age("7D"), Some(7 * 24 * 3600 * 1000));
+        assert_eq!(parse_age("12h"), Some(12 * 3600 * 1000));
+        assert_eq!(parse_age("30m"), Some(30 * 60 * 1000));
+        assert_eq!(parse_age("1Y"), Some(365 * 24 * 3600 * 1000));
+        assert_eq!(parse_age("2M"), Some(60 * 24 * 3600 * 1000));
+        for bad in ["10", "0s", "1h30m", "bad", "", "D", "-1D"] {
+            assert_eq!(parse_age(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn offsets_from_consumer_arguments() {
+        let at = |v: Value| {
+            let mut t = Table::default();
+            t.insert(OFFSET_KEY, v);
+            start_at(&t, "q", "/", 100_000)
+        };
+        assert_eq!(
+            start_at(&Table::default(), "q", "/", 0).unwrap(),
+            StartAt::Next
+        );
+        assert_eq!(
+            at(Value::LongString(b"first".to_vec())).unwrap(),
+            StartAt::First
+        );
+        assert_eq!(
+            at(Value::LongString(b"last".to_vec())).unwrap(),
+            StartAt::Last
+        );
+        assert_eq!(at(Value::LongLongInt(5)).unwrap(), StartAt::Offset(5));
+        assert_eq!(at(Value::LongInt(-1)).unwrap(), StartAt::Offset(0));
+        assert_eq!(at(Value::Timestamp(7)).unwrap(), StartAt::Timestamp(7000));
+        assert_eq!(
+            at(Value::LongString(b"1m".to_vec())).unwrap(),
+            StartAt::Timestamp(40_000)
+        );
+        let e = at(Value::LongString(b"bad".to_vec())).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::PreconditionFailed);
+    }
+}
