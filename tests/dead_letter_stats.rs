@@ -11,27 +11,9 @@ mod common;
 use common::raw_amqp::Raw;
 use common::*;
 use lapin::options::*;
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::Channel;
 use std::time::Duration;
-
-fn args(pairs: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut t = FieldTable::default();
-    for (k, v) in pairs {
-        t.insert(ShortString::from(*k), v.clone());
-    }
-    t
-}
-
-fn longstr(s: &str) -> AMQPValue {
-    AMQPValue::LongString(s.into())
-}
-
-async fn declare(ch: &Channel, q: &str, a: FieldTable) {
-    ch.queue_declare(q.into(), QueueDeclareOptions::default(), a)
-        .await
-        .expect("declare");
-}
 
 async fn ready(ch: &Channel, q: &str) -> u32 {
     passive(ch, q).await.expect("queue").message_count()

@@ -5,36 +5,12 @@
 //! delivery, with RabbitMQ's 406 text, and its message is requeued.
 
 mod common;
-use common::child::{start_broker, tail, Broker};
-use common::temp_dir;
+use common::child::{channel, start_broker};
+use common::{args, declare_durable as declare, temp_dir};
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel};
 use std::time::Duration;
-
-async fn channel(b: &Broker) -> (Connection, Channel) {
-    let conn = Connection::connect(&b.url(), ConnectionProperties::default())
-        .await
-        .unwrap_or_else(|e| panic!("connect: {e}; log:\n{}", tail(&b.log, 30)));
-    let ch = conn.create_channel().await.expect("channel");
-    (conn, ch)
-}
-
-fn args(pairs: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut t = FieldTable::default();
-    for (k, v) in pairs {
-        t.insert(ShortString::from(*k), v.clone());
-    }
-    t
-}
-
-async fn declare(ch: &Channel, q: &str, a: FieldTable) {
-    let opts = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    ch.queue_declare(q.into(), opts, a).await.expect("declare");
-}
 
 async fn publish_confirmed(ch: &Channel, q: &str, body: &[u8]) {
     let c = ch

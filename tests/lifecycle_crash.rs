@@ -4,41 +4,13 @@
 //! lost to a crash (it may, at worst, be in both).
 
 mod common;
-use common::child::{start_broker, tail, Broker};
-use common::temp_dir;
+use common::child::{channel, start_broker, tail};
+use common::{args, declare_durable as declare, longstr, temp_dir};
 use lapin::options::*;
-use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel};
 use std::collections::BTreeSet;
 use std::time::Duration;
-
-async fn channel(b: &Broker) -> (Connection, Channel) {
-    let conn = Connection::connect(&b.url(), ConnectionProperties::default())
-        .await
-        .unwrap_or_else(|e| panic!("connect: {e}; log:\n{}", tail(&b.log, 30)));
-    let ch = conn.create_channel().await.expect("channel");
-    (conn, ch)
-}
-
-fn args(pairs: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut t = FieldTable::default();
-    for (k, v) in pairs {
-        t.insert(ShortString::from(*k), v.clone());
-    }
-    t
-}
-
-fn longstr(s: &str) -> AMQPValue {
-    AMQPValue::LongString(s.into())
-}
-
-async fn declare(ch: &Channel, q: &str, a: FieldTable) {
-    let opts = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    ch.queue_declare(q.into(), opts, a).await.expect("declare");
-}
 
 async fn count(ch: &Channel, q: &str) -> u32 {
     let opts = QueueDeclareOptions {

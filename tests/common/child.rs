@@ -128,3 +128,13 @@ pub async fn start_broker(work: &Path, data: &Path, start_no: usize) -> Broker {
     }
     unreachable!("the last attempt panics")
 }
+
+/// A connection to a child broker and a channel on it (a failed connect
+/// shows the broker's log).
+pub async fn channel(b: &Broker) -> (lapin::Connection, lapin::Channel) {
+    let conn = lapin::Connection::connect(&b.url(), lapin::ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}; log:\n{}", tail(&b.log, 30)));
+    let ch = conn.create_channel().await.expect("channel");
+    (conn, ch)
+}

@@ -525,3 +525,31 @@ pub fn soft_code(e: &lapin::Error) -> (u16, String) {
         other => panic!("expected a protocol error, got {other:?}"),
     }
 }
+
+/// A field table from `(key, value)` pairs (queue and consume arguments).
+pub fn args(pairs: &[(&str, lapin::types::AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in pairs {
+        t.insert(lapin::types::ShortString::from(*k), v.clone());
+    }
+    t
+}
+
+/// An AMQP long string value.
+pub fn longstr(s: &str) -> lapin::types::AMQPValue {
+    lapin::types::AMQPValue::LongString(s.into())
+}
+
+/// Declares a non-durable queue `q` with arguments `a`.
+pub async fn declare(ch: &Channel, q: &str, a: FieldTable) {
+    ch.queue_declare(q.into(), QueueDeclareOptions::default(), a)
+        .await
+        .expect("declare");
+}
+
+/// Declares a durable queue `q` with arguments `a`.
+pub async fn declare_durable(ch: &Channel, q: &str, a: FieldTable) {
+    ch.queue_declare(q.into(), durable_q(), a)
+        .await
+        .expect("declare");
+}
