@@ -1058,13 +1058,20 @@ async fn flow_control_pauses_publishers_of_a_backlogged_consumed_queue() {
     ch.basic_cancel(cons.tag(), BasicCancelOptions::default())
         .await
         .unwrap();
-    within(task).await.unwrap();
-    within(async {
+    // The rest of the 150,000 publishes one by one: slow in a debug
+    // build on a loaded machine, so a deadline well past `within`'s.
+    let long = Duration::from_secs(120);
+    tokio::time::timeout(long, task)
+        .await
+        .expect("publishing resumed")
+        .unwrap();
+    tokio::time::timeout(long, async {
         while count(watcher.clone()).await < total - 1 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
-    .await;
+    .await
+    .expect("the backlog arrived");
 }
 
 #[tokio::test]
