@@ -7,10 +7,10 @@
 
 mod common;
 use common::child::start_broker;
-use futures_lite::StreamExt;
+use common::stream::{next, publish_n as publish, quiet};
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, Consumer};
+use lapin::{Channel, Connection, Consumer};
 use std::time::Duration;
 
 async fn declare(ch: &Channel, q: &str) {
@@ -24,22 +24,6 @@ async fn declare(ch: &Channel, q: &str) {
         ..Default::default()
     };
     ch.queue_declare(q.into(), o, a).await.expect("declare");
-}
-
-async fn publish(ch: &Channel, q: &str, from: usize, n: usize) {
-    for i in from..from + n {
-        let c = ch
-            .basic_publish(
-                "".into(),
-                q.into(),
-                BasicPublishOptions::default(),
-                format!("m{i}").as_bytes(),
-                BasicProperties::default(),
-            )
-            .await
-            .expect("publish");
-        assert!(common::within(c).await.expect("confirm").is_ack());
-    }
 }
 
 /// A group member on its own channel (prefetch 100).
@@ -63,25 +47,6 @@ async fn member(
     (ch, c)
 }
 
-/// The next delivery's (offset, tag).
-async fn next(c: &mut Consumer) -> (i64, u64) {
-    let d = tokio::time::timeout(Duration::from_secs(10), c.next())
-        .await
-        .expect("a delivery in time")
-        .expect("consumer open")
-        .expect("delivery");
-    let h = d.properties.headers().clone().expect("headers");
-    match h.inner().get("x-stream-offset") {
-        Some(AMQPValue::LongLongInt(o)) => (*o, d.delivery_tag),
-        other => panic!("x-stream-offset: {other:?}"),
-    }
-}
-
-async fn quiet(c: &mut Consumer) {
-    let r = tokio::time::timeout(Duration::from_millis(300), c.next()).await;
-    assert!(r.is_err(), "unexpected delivery: {r:?}");
-}
-
 #[tokio::test]
 async fn one_member_reads_and_the_next_takes_over_from_the_committed_offset() {
     let s = common::start().await;
@@ -98,7 +63,7 @@ async fn one_member_reads_and_the_next_takes_over_from_the_committed_offset() {
     let (_bch, mut b) = member(&conn, "g", "billing", None).await;
     let mut tags = Vec::new();
     for i in 0..10 {
-        let (off, tag) = next(&mut a).await;
+        let (off, _, tag) = next(&mut a).await;
         assert_eq!(off, i);
         tags.push(tag);
     }
@@ -162,7 +127,7 @@ async fn a_group_resumes_after_its_committed_offset_after_kill9() {
     let (ch, mut c) = member(&conn, "orders", "shipping", Some("first")).await;
     let mut last = 0;
     for _ in 0..30 {
-        let (_, tag) = next(&mut c).await;
+        let (_, _, tag) = next(&mut c).await;
         last = tag;
     }
     ch.basic_ack(last, BasicAckOptions { multiple: true })

@@ -6,11 +6,12 @@
 //! kill -9.
 
 mod common;
+use common::stream::{next, publish_n, quiet};
 use common::{within, TestBroker};
 use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, Consumer};
+use lapin::{Channel, Connection, Consumer};
 use std::time::Duration;
 
 fn args(pairs: &[(&str, AMQPValue)]) -> FieldTable {
@@ -50,26 +51,6 @@ fn refusal(e: lapin::Error) -> (u16, String) {
     }
 }
 
-async fn publish_n(ch: &Channel, q: &str, from: usize, n: usize) {
-    let mut confirms = Vec::new();
-    for i in from..from + n {
-        let c = ch
-            .basic_publish(
-                "".into(),
-                q.into(),
-                BasicPublishOptions::default(),
-                format!("m{i}").as_bytes(),
-                BasicProperties::default(),
-            )
-            .await
-            .expect("publish");
-        confirms.push(c);
-    }
-    for c in confirms {
-        assert!(within(c).await.expect("confirm").is_ack());
-    }
-}
-
 async fn confirming(conn: &Connection) -> Channel {
     let ch = conn.create_channel().await.expect("channel");
     ch.confirm_select(ConfirmSelectOptions::default())
@@ -89,28 +70,6 @@ async fn consume_from(ch: &Channel, q: &str, prefetch: u16, offset: Option<AMQPV
     ch.basic_consume(q.into(), "".into(), BasicConsumeOptions::default(), a)
         .await
         .expect("consume")
-}
-
-/// The next delivery's (offset header, body, tag).
-async fn next(c: &mut Consumer) -> (i64, String, u64) {
-    let d = tokio::time::timeout(Duration::from_secs(10), c.next())
-        .await
-        .expect("a delivery in time")
-        .expect("consumer open")
-        .expect("delivery");
-    let h = d.properties.headers().clone().expect("headers");
-    let off = match h.inner().get("x-stream-offset") {
-        Some(AMQPValue::LongLongInt(o)) => *o,
-        other => panic!("x-stream-offset header: {other:?}"),
-    };
-    let body = String::from_utf8(d.data.clone()).expect("utf-8");
-    (off, body, d.delivery_tag)
-}
-
-/// No delivery within a short while (for "nothing more comes").
-async fn quiet(c: &mut Consumer) {
-    let r = tokio::time::timeout(Duration::from_millis(300), c.next()).await;
-    assert!(r.is_err(), "unexpected delivery: {r:?}");
 }
 
 #[tokio::test]

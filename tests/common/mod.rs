@@ -10,6 +10,7 @@
 pub mod certs;
 pub mod child;
 pub mod raw_amqp;
+pub mod stream;
 
 use futures_lite::stream::StreamExt;
 use lapin::message::Delivery;
