@@ -205,3 +205,41 @@ async fn open_raw(s: &warren::server::Server) -> common::raw_amqp::Raw {
     ));
     r
 }
+
+/// The management API's consumer list shows the consumer timeout in
+/// effect: the queue's own, else the configuration's.
+#[tokio::test]
+async fn the_consumer_list_shows_the_timeout_in_effect() {
+    let b = common::start_with(|c| c.consumer_timeout = 600_000).await;
+    let conn = common::connect(&b).await;
+    let ch = conn.create_channel().await.expect("channel");
+    let own = args(&[("x-consumer-timeout", AMQPValue::LongUInt(5_000))]);
+    ch.queue_declare("own".into(), QueueDeclareOptions::default(), own)
+        .await
+        .expect("declare");
+    common::queue(&ch, "plain", false).await;
+    let _a = common::consume(&ch, "own", false).await;
+    let _b = common::consume(&ch, "plain", false).await;
+    let timeouts = || async {
+        let j = common::get_ok(&b, "/api/consumers").await;
+        let mut v: Vec<(String, u64)> = j
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let q = c["queue"]["name"].as_str().unwrap().to_owned();
+                (q, c["consumer_timeout"].as_u64().unwrap())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    common::wait_until("both consumers listed", Duration::from_secs(10), || async {
+        timeouts().await.len() == 2
+    })
+    .await;
+    assert_eq!(
+        timeouts().await,
+        vec![("own".to_owned(), 5_000), ("plain".to_owned(), 600_000)]
+    );
+}

@@ -353,6 +353,20 @@ async fn what_a_stream_refuses() {
         .await
         .unwrap();
     common::until_closed(&c).await;
+    // The management API's purge is refused too (400 with the reason).
+    let (status, body) = common::raw_at(
+        s.http_addr(),
+        "DELETE",
+        "/api/queues/%2f/r/contents",
+        Some(common::GUEST),
+        "",
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("queue.purge not supported by stream queues"),
+        "{body}"
+    );
     // The stream is intact.
     let j = common::get_ok(&s, "/api/queues/%2f/r").await;
     assert_eq!(j["messages"], 3);

@@ -474,35 +474,37 @@ impl<C: Clone> QueueCore<C> {
         if credit_on_write && !c.spec.no_ack {
             c.unwritten += 1;
         }
-        if c.spec.no_ack {
+        let (id, no_ack, handle) = (c.spec.id, c.spec.no_ack, c.spec.handle.clone());
+        if no_ack {
             self.store.settle(m.seq);
-            if !self.delivery_counts.is_empty() {
-                self.delivery_counts.remove(&m.seq);
-            }
+            self.forget_count(m.seq);
         } else {
-            let keep = self.store.keep_unacked(&m);
-            let u = Unacked::new(Holder::Consumer(c.spec.id), &m, now, keep);
-            self.unacked_bytes.0 += u.bytes();
-            if u.persistent() {
-                self.unacked_bytes.1 += u.bytes();
-            }
-            self.unacked.insert(m.seq, u);
-            if let Some(d) = deadline {
-                let lane = self.store.lane(&m.message);
-                self.held_deadlines.insert(m.seq, (d, lane));
-            }
+            self.hold(Holder::Consumer(id), &m, now, deadline);
         }
         out.push(Dispatched {
-            consumer: c.spec.id,
-            handle: c.spec.handle.clone(),
+            consumer: id,
+            handle,
             message: m,
-            no_ack: c.spec.no_ack,
+            no_ack,
             took_channel_slot: took_slot,
             credit_on_write,
             delivery_count,
-            deadline: if c.spec.no_ack { deadline } else { None },
+            deadline: if no_ack { deadline } else { None },
         });
         Tried::Delivered
+    }
+
+    /// Records `m` as unacked by `holder` (delivered at `now`), with its
+    /// TTL deadline kept to restore if it comes back.
+    fn hold(&mut self, holder: Holder, m: &QueuedMessage, now: u64, deadline: Option<u64>) {
+        let keep = self.store.keep_unacked(m);
+        let u = Unacked::new(holder, m, now, keep);
+        self.count_unacked(&u);
+        self.unacked.insert(m.seq, u);
+        if let Some(d) = deadline {
+            let lane = self.store.lane(&m.message);
+            self.held_deadlines.insert(m.seq, (d, lane));
+        }
     }
 
     /// basic.get: the head message, if any, and how many remain after it.
@@ -514,14 +516,7 @@ impl<C: Clone> QueueCore<C> {
             self.store.settle(m.seq);
             self.forget_count(m.seq);
         } else {
-            let keep = self.store.keep_unacked(&m);
-            let u = Unacked::new(Holder::Get(taker), &m, now, keep);
-            self.count_unacked(&u);
-            self.unacked.insert(m.seq, u);
-            if let Some(d) = deadline {
-                let lane = self.store.lane(&m.message);
-                self.held_deadlines.insert(m.seq, (d, lane));
-            }
+            self.hold(Holder::Get(taker), &m, now, deadline);
         }
         Some((m, self.store.len()))
     }
@@ -553,7 +548,10 @@ impl<C: Clone> QueueCore<C> {
         for &seq in seqs {
             if self.take_unacked(seq).is_some() {
                 self.store.settle(seq);
-                self.held_deadlines.remove(&seq);
+                // Most queues have no TTL: skip hashing into an empty map.
+                if !self.held_deadlines.is_empty() {
+                    self.held_deadlines.remove(&seq);
+                }
                 self.forget_count(seq);
                 n += 1;
             }

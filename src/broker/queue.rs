@@ -1018,13 +1018,17 @@ impl Queue {
     /// milliseconds). Returns the (ready, unacked) lengths for the totals.
     pub fn sample(&self, secs: f64, now: u64) -> (u64, u64) {
         self.stats.sample(secs);
-        let (ready, unacked, consumers) = {
-            let core = self.core();
-            (
-                core.message_count(),
-                core.unacked_count(),
-                core.consumer_count(),
-            )
+        let (ready, unacked, consumers) = match &self.stream {
+            // As `counts` and `contents` show a stream.
+            Some(st) => (st.stats().messages as usize, 0, st.consumer_count()),
+            None => {
+                let core = self.core();
+                (
+                    core.message_count(),
+                    core.unacked_count(),
+                    core.consumer_count(),
+                )
+            }
         };
         self.sample_utilisation(ready, consumers);
         let (r, u) = (ready as u64, unacked as u64);

@@ -576,8 +576,10 @@ fn consumers_of(s: &MgmtState, queue: Option<(&str, &str)>) -> Vec<J> {
                     "prefetch_count": k.prefetch,
                     "exclusive": k.exclusive,
                     "arguments": table_to_json(&k.arguments),
-                    // RabbitMQ's default consumer_timeout; Warren does not enforce one.
-                    "consumer_timeout": 1_800_000u64,
+                    // The timeout in effect for the queue (0: none).
+                    "consumer_timeout": s.broker.vhost(&c.vhost)
+                        .and_then(|v| v.queue(&k.queue))
+                        .map_or(0, |q| q.consumer_timeout_ms()),
                     "queue": {"name": k.queue, "vhost": c.vhost},
                     "channel_details": {
                         "number": ch.number,

@@ -517,6 +517,9 @@ async fn queue_purge(
     let v = vhost_or_404(&s, &vhost)?;
     let q = v.queue(&name).ok_or_else(not_found_err)?;
     permitted(caller_in(&s, &user, &vhost)?.check_read_queue(&name))?;
+    // A stream is never purged (retention alone removes its messages),
+    // as the AMQP queue.purge is refused.
+    q.check_supported("queue.purge")?;
     q.purge();
     Ok(StatusCode::NO_CONTENT)
 }

@@ -109,6 +109,13 @@ impl Queue {
         self.start_timers();
     }
 
+    /// The consumer timeout in effect (ms; 0: none), for the management
+    /// API's consumer list.
+    pub fn consumer_timeout_ms(&self) -> u64 {
+        let core = self.core();
+        self.consumer_timeout(&core).unwrap_or(0)
+    }
+
     /// The consumer timeout that applies (ms): the queue's own, else the
     /// broker's `consumer_timeout`; `None`: none (0 means none too).
     fn consumer_timeout(&self, core: &QueueCore<Arc<ConsumerHandle>>) -> Option<u64> {
