@@ -24,6 +24,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use warren_queues::{ChannelLimit, ConsumerId, Message};
 
+/// At most this many voided tags are remembered per channel (see
+/// `Channel::voided`).
+const MAX_VOIDED_TAGS: usize = 16_384;
+
 pub(super) struct Unacked {
     tag: u64,
     queue: Arc<Queue>,
@@ -1693,6 +1697,12 @@ impl Connection {
         });
         let slots = taken.iter().filter(|(_, _, slot)| *slot).count() as u32;
         ch.voided.extend(taken.iter().map(|(tag, _, _)| *tag));
+        // A client told of the cancel seldom acks what was taken back, so
+        // the set is bounded: the oldest go first, and a very late ack of
+        // one is then an unknown tag (406), as any unknown tag is.
+        while ch.voided.len() > MAX_VOIDED_TAGS {
+            ch.voided.pop_first();
+        }
         ch.limit.release(slots);
         let seqs: Vec<u64> = taken.iter().map(|(_, seq, _)| *seq).collect();
         t.queue.requeue(&seqs);
