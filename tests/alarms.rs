@@ -235,28 +235,7 @@ async fn raw_open(s: &TestBroker, blocked_capability: bool) -> raw_amqp::Raw {
         })),
     )
     .await;
-    let AMQPClass::Connection(connection::AMQPMethod::Tune(t)) = r.method().await else {
-        panic!("expected connection.tune");
-    };
-    r.method_out(
-        0,
-        AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
-            channel_max: t.channel_max,
-            frame_max: t.frame_max,
-            heartbeat: 0,
-        })),
-    )
-    .await;
-    r.method_out(
-        0,
-        AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
-            virtual_host: "/".into(),
-        })),
-    )
-    .await;
-    let AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)) = r.method().await else {
-        panic!("expected connection.open-ok");
-    };
+    r.tune_open_ok("/").await;
     r
 }
 

@@ -155,30 +155,8 @@ async fn durable_dead_letters_are_confirmed_after_their_flush() {
 
 /// Tune-ok, connection.open on `/` and channel 1, after [`Raw::login`].
 async fn raw_open(s: &TestBroker) -> Raw {
-    use amq_protocol::protocol::{connection, AMQPClass};
     let mut r = Raw::login(s).await;
-    let AMQPClass::Connection(connection::AMQPMethod::Tune(t)) = r.method().await else {
-        panic!("expected connection.tune");
-    };
-    r.method_out(
-        0,
-        AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
-            channel_max: t.channel_max,
-            frame_max: t.frame_max,
-            heartbeat: 0,
-        })),
-    )
-    .await;
-    r.method_out(
-        0,
-        AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
-            virtual_host: "/".into(),
-        })),
-    )
-    .await;
-    let AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)) = r.method().await else {
-        panic!("expected connection.open-ok");
-    };
+    r.tune_open_ok("/").await;
     r.open_channel(1).await;
     r
 }

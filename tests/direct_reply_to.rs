@@ -8,7 +8,7 @@
 //! and the management counters.
 
 mod common;
-use amq_protocol::protocol::{basic, connection, queue as qm, AMQPClass};
+use amq_protocol::protocol::{basic, queue as qm, AMQPClass};
 use common::raw_amqp::*;
 use common::*;
 use lapin::options::*;
@@ -374,30 +374,7 @@ impl Raw {
     /// Handshake as guest on `/`, then channel 1.
     async fn open_vhost(s: &warren::server::Server) -> Raw {
         let mut r = Raw::login(s).await;
-        let tune = match r.method().await {
-            AMQPClass::Connection(connection::AMQPMethod::Tune(t)) => t,
-            other => panic!("{other:?}"),
-        };
-        r.method_out(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
-                channel_max: tune.channel_max,
-                frame_max: tune.frame_max,
-                heartbeat: 0,
-            })),
-        )
-        .await;
-        r.method_out(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
-                virtual_host: "/".into(),
-            })),
-        )
-        .await;
-        assert!(matches!(
-            r.method().await,
-            AMQPClass::Connection(connection::AMQPMethod::OpenOk(_))
-        ));
+        r.tune_open_ok("/").await;
         r.open_channel(1).await;
         r
     }

@@ -27,27 +27,7 @@ impl Raw {
         let mut r = Raw::connect(s).await;
         r.start().await;
         r.start_ok(user, pass, true).await;
-        let tune = match r.method().await {
-            AMQPClass::Connection(connection::AMQPMethod::Tune(t)) => t,
-            other => panic!("{other:?}"),
-        };
-        r.method_out(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
-                channel_max: tune.channel_max,
-                frame_max: tune.frame_max,
-                heartbeat: 0,
-            })),
-        )
-        .await;
-        r.method_out(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
-                virtual_host: vhost.into(),
-            })),
-        )
-        .await;
-        match r.method().await {
+        match r.tune_open(vhost).await {
             AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)) => Ok(r),
             AMQPClass::Connection(connection::AMQPMethod::Close(c)) => Err((
                 c.reply_code,

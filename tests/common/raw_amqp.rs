@@ -165,6 +165,41 @@ impl Raw {
         r
     }
 
+    /// After start-ok: answers connection.tune (no heartbeats), sends
+    /// connection.open for `vhost` and returns the broker's answer
+    /// (open-ok, or the close that refused it).
+    pub async fn tune_open(&mut self, vhost: &str) -> AMQPClass {
+        let tune = match self.method().await {
+            AMQPClass::Connection(connection::AMQPMethod::Tune(t)) => t,
+            other => panic!("expected connection.tune: {other:?}"),
+        };
+        self.method_out(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
+                channel_max: tune.channel_max,
+                frame_max: tune.frame_max,
+                heartbeat: 0,
+            })),
+        )
+        .await;
+        self.method_out(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
+                virtual_host: vhost.into(),
+            })),
+        )
+        .await;
+        self.method().await
+    }
+
+    /// [`Raw::tune_open`] that must succeed.
+    pub async fn tune_open_ok(&mut self, vhost: &str) {
+        match self.tune_open(vhost).await {
+            AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)) => {}
+            other => panic!("expected connection.open-ok: {other:?}"),
+        }
+    }
+
     pub async fn open_channel(&mut self, ch: u16) {
         self.send(&channel_open(ch)).await;
         match self.method().await {
