@@ -192,6 +192,10 @@ pub struct Storage {
     /// bodies only memory would hold (non-durable queues', transient ones)
     /// are paged out to the transient area.
     pub queue_memory_mb: u64,
+    /// Bytes of messages a stream holds appended but not yet written and
+    /// synced, in KiB; past it the stream's publishers are held back
+    /// (flow control) until the flusher catches up.
+    pub stream_unsynced_kb: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -417,6 +421,7 @@ impl Default for Storage {
             data_dir: PathBuf::from("./data"),
             cache_mb: 8,
             queue_memory_mb: 16,
+            stream_unsynced_kb: 64 * 1024,
         }
     }
 }
@@ -549,6 +554,7 @@ impl Config {
             data_dir: self.storage.data_dir.clone(),
             cache_bytes: self.storage.cache_mb * 1024 * 1024,
             queue_memory_bytes: self.storage.queue_memory_mb * 1024 * 1024,
+            stream_unsynced_bytes: self.storage.stream_unsynced_kb.saturating_mul(1024),
         }
     }
 

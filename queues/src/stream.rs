@@ -10,9 +10,17 @@
 //! take back and renumber. On disk a segment (`<first offset>.seg`, 20
 //! digits) is a run of chunks: a [`CHUNK_HEAD`]-byte header (magic, first
 //! offset, record count, first and last timestamp, data length, CRC-32C
-//! of the data), then its records (`u32` length, then the message:
-//! persistent flag, exchange, routing key, properties, body). Recovery
-//! walks the chunk headers and cuts a torn tail off the last segment.
+//! of the data), then its data: a filter summary (`u32` length, then the
+//! distinct `x-stream-filter-value`s of the chunk and whether it holds
+//! messages without one; chunks written before summaries existed, magic
+//! "WSC1", have none), then its records (`u32` length, then the message:
+//! flags (persistent, has a filter value), the filter value, exchange,
+//! routing key, properties, body). Recovery walks the chunk headers and
+//! cuts a torn tail off the last segment.
+//!
+//! A filtering reader ([`Filter`]) reads a chunk's summary alone and skips
+//! the chunk when none of its values is wanted, and decodes only the
+//! records' filter values (not their messages) inside the chunks it reads.
 //!
 //! Memory per stream is a sparse index (one entry per [`INDEX_EVERY`]
 //! bytes of a segment) and the chunks not yet synced; cursors read with
@@ -27,8 +35,27 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-/// A chunk header's first four bytes ("WSC1").
+/// A chunk header's first four bytes ("WSC1"): a chunk without a filter
+/// summary (written by older versions; still read).
 const CHUNK_MAGIC: u32 = 0x5753_4331;
+/// "WSC2": the chunk's data opens with its filter summary.
+const CHUNK_MAGIC_SUMMARY: u32 = 0x5753_4332;
+/// A summary lists at most this many distinct filter values (of at most
+/// [`SUMMARY_VALUE_MAX`] bytes each); a chunk with more is marked
+/// "unknown" and a filtering reader decodes its records' values instead.
+const SUMMARY_VALUES_MAX: usize = 64;
+const SUMMARY_VALUE_MAX: usize = 255;
+/// Summary flags: the chunk holds messages without a filter value; the
+/// summary is incomplete (too many values).
+const SUMMARY_UNFILTERED: u8 = 1;
+const SUMMARY_UNKNOWN: u8 = 2;
+/// Record flags.
+const REC_PERSISTENT: u8 = 1;
+const REC_FILTERED: u8 = 2;
+/// A filtering read stops after skipping about this many bytes (whole
+/// chunks or records not wanted), so one read of a long run of unwanted
+/// messages neither holds a blocking thread long nor misses a cancel.
+const SCAN_BUDGET: usize = 16 << 20;
 /// magic, first offset, count, first ts, last ts, data length, crc.
 pub const CHUNK_HEAD: usize = 4 + 8 + 4 + 8 + 8 + 4 + 4;
 /// A pending chunk is closed once its data reaches this size, so a
@@ -39,7 +66,8 @@ pub const INDEX_EVERY: u64 = 64 * 1024;
 /// RabbitMQ's default `x-stream-max-segment-size-bytes`.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 500_000_000;
 
-/// Retention and segment size, from the declare's arguments.
+/// Retention and segment size, from the declare's arguments and the
+/// policies that apply (they may change while the log is open).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamSettings {
     pub max_segment_bytes: u64,
@@ -82,6 +110,54 @@ pub struct Record<'a> {
     pub routing_key: &'a str,
     pub properties: &'a [u8],
     pub body: &'a [u8],
+    /// The message's `x-stream-filter-value` (values longer than 65,535
+    /// bytes are stored as none).
+    pub filter: Option<&'a [u8]>,
+}
+
+/// What a filtering consumer wants (`x-stream-filter`,
+/// `x-stream-match-unfiltered`): exact matches only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub values: Vec<Vec<u8>>,
+    /// Messages without a filter value are wanted too.
+    pub match_unfiltered: bool,
+}
+
+impl Filter {
+    /// Whether a message with filter value `v` is wanted.
+    pub fn matches(&self, v: Option<&[u8]>) -> bool {
+        match v {
+            None => self.match_unfiltered,
+            Some(v) => self.values.iter().any(|w| w == v),
+        }
+    }
+
+    /// Whether a chunk with this summary may hold a wanted message
+    /// (`true` when the summary cannot tell).
+    fn may_match(&self, summary: &[u8]) -> bool {
+        let Some(&flags) = summary.first() else {
+            return true;
+        };
+        if flags & SUMMARY_UNKNOWN != 0 {
+            return true;
+        }
+        if flags & SUMMARY_UNFILTERED != 0 && self.match_unfiltered {
+            return true;
+        }
+        let mut at = 3;
+        while let Some(len) = summary.get(at..at + 2) {
+            let len = u16::from_be_bytes([len[0], len[1]]) as usize;
+            let Some(v) = summary.get(at + 2..at + 2 + len) else {
+                return true;
+            };
+            if self.values.iter().any(|w| w == v) {
+                return true;
+            }
+            at += 2 + len;
+        }
+        false
+    }
 }
 
 /// What the management API shows of a log.
@@ -123,6 +199,56 @@ struct Pending {
     first_ts: i64,
     last_ts: i64,
     data: Vec<u8>,
+    /// The distinct filter values of its records (for the summary).
+    values: Vec<Vec<u8>>,
+    /// Some record has no filter value.
+    unfiltered: bool,
+    /// Too many (or too long) values to list: the summary says "unknown".
+    unknown: bool,
+}
+
+impl Pending {
+    fn note_filter(&mut self, v: Option<&[u8]>) {
+        match v {
+            None => self.unfiltered = true,
+            Some(_) if self.unknown => {}
+            Some(v) if v.len() > SUMMARY_VALUE_MAX => self.unknown = true,
+            Some(v) => {
+                if !self.values.iter().any(|w| w == v) {
+                    if self.values.len() == SUMMARY_VALUES_MAX {
+                        self.unknown = true;
+                        self.values.clear();
+                    } else {
+                        self.values.push(v.to_vec());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The summary as written before the records, with its `u32` length.
+    fn summary(&self) -> Vec<u8> {
+        let mut flags = 0;
+        if self.unfiltered {
+            flags |= SUMMARY_UNFILTERED;
+        }
+        if self.unknown {
+            flags |= SUMMARY_UNKNOWN;
+        }
+        let n = if self.unknown { 0 } else { self.values.len() };
+        let mut out =
+            Vec::with_capacity(7 + self.values.iter().map(|v| 2 + v.len()).sum::<usize>());
+        out.extend_from_slice(&[0; 4]);
+        out.push(flags);
+        out.extend_from_slice(&(n as u16).to_be_bytes());
+        for v in self.values.iter().take(n) {
+            out.extend_from_slice(&(v.len() as u16).to_be_bytes());
+            out.extend_from_slice(v);
+        }
+        let len = (out.len() - 4) as u32;
+        out[..4].copy_from_slice(&len.to_be_bytes());
+        out
+    }
 }
 
 #[derive(Debug)]
@@ -139,6 +265,9 @@ struct State {
     pending: Vec<Pending>,
     /// A sync was asked for since the last one took the pending chunks.
     sync_wanted: bool,
+    /// Record bytes appended and not yet synced (publisher back-pressure).
+    unsynced: u64,
+    settings: StreamSettings,
 }
 
 /// The segment being appended to, used only by [`StreamLog::sync`].
@@ -146,14 +275,25 @@ struct State {
 struct Writer {
     file: Option<File>,
     size: u64,
-    /// Segment files opened so far (tells a failed sync whether it rolled).
+    /// Segment files opened so far (the first one creates the directory).
     opened: u64,
+    /// Tests: the write of the chunk with this first offset fails.
+    #[cfg(test)]
+    fail_at: Option<u64>,
+}
+
+/// What a failed [`StreamLog::sync`] restores: the segment it started in
+/// and its size, and the segments it created (removed again).
+#[derive(Debug)]
+struct Rollback {
+    file: Option<File>,
+    size: u64,
+    created: Vec<u64>,
 }
 
 #[derive(Debug)]
 pub struct StreamLog {
     dir: PathBuf,
-    settings: StreamSettings,
     state: Mutex<State>,
     writer: Mutex<Writer>,
     /// Set by [`StreamLog::destroy`]: a sync after it writes nothing.
@@ -176,12 +316,19 @@ struct ChunkHead {
     last_ts: i64,
     len: u32,
     crc: u32,
+    /// Its data opens with a filter summary.
+    summary: bool,
 }
 
 impl ChunkHead {
     fn encode(&self) -> [u8; CHUNK_HEAD] {
         let mut h = [0u8; CHUNK_HEAD];
-        h[0..4].copy_from_slice(&CHUNK_MAGIC.to_be_bytes());
+        let magic = if self.summary {
+            CHUNK_MAGIC_SUMMARY
+        } else {
+            CHUNK_MAGIC
+        };
+        h[0..4].copy_from_slice(&magic.to_be_bytes());
         h[4..12].copy_from_slice(&self.first.to_be_bytes());
         h[12..16].copy_from_slice(&self.count.to_be_bytes());
         h[16..24].copy_from_slice(&self.first_ts.to_be_bytes());
@@ -194,10 +341,13 @@ impl ChunkHead {
     fn decode(h: &[u8; CHUNK_HEAD]) -> Option<ChunkHead> {
         let u32_at = |i: usize| u32::from_be_bytes(h[i..i + 4].try_into().unwrap_or_default());
         let u64_at = |i: usize| u64::from_be_bytes(h[i..i + 8].try_into().unwrap_or_default());
-        if u32_at(0) != CHUNK_MAGIC {
-            return None;
-        }
+        let summary = match u32_at(0) {
+            CHUNK_MAGIC => false,
+            CHUNK_MAGIC_SUMMARY => true,
+            _ => return None,
+        };
         Some(ChunkHead {
+            summary,
             first: u64_at(4),
             count: u32_at(12),
             first_ts: u64_at(16) as i64,
@@ -208,13 +358,28 @@ impl ChunkHead {
     }
 }
 
-/// Appends one record (length-prefixed) to a chunk's data.
-fn encode_record(out: &mut Vec<u8>, r: &Record<'_>) {
+/// The filter value a record stores (none past `u16` length).
+fn stored_filter<'a>(r: &Record<'a>) -> Option<&'a [u8]> {
+    r.filter.filter(|v| v.len() <= u16::MAX as usize)
+}
+
+/// Appends one record (length-prefixed) to a chunk's data; its length.
+fn encode_record(out: &mut Vec<u8>, r: &Record<'_>) -> usize {
     let ex = &r.exchange.as_bytes()[..r.exchange.len().min(255)];
     let rk = &r.routing_key.as_bytes()[..r.routing_key.len().min(255)];
-    let len = 1 + 1 + ex.len() + 1 + rk.len() + 4 + r.properties.len() + r.body.len();
+    let fv = stored_filter(r);
+    let fv_len = fv.map_or(0, |v| 2 + v.len());
+    let len = 1 + fv_len + 1 + ex.len() + 1 + rk.len() + 4 + r.properties.len() + r.body.len();
     out.extend_from_slice(&(len as u32).to_be_bytes());
-    out.push(r.persistent as u8);
+    let mut flags = if r.persistent { REC_PERSISTENT } else { 0 };
+    if fv.is_some() {
+        flags |= REC_FILTERED;
+    }
+    out.push(flags);
+    if let Some(v) = fv {
+        out.extend_from_slice(&(v.len() as u16).to_be_bytes());
+        out.extend_from_slice(v);
+    }
     out.push(ex.len() as u8);
     out.extend_from_slice(ex);
     out.push(rk.len() as u8);
@@ -222,13 +387,31 @@ fn encode_record(out: &mut Vec<u8>, r: &Record<'_>) {
     out.extend_from_slice(&(r.properties.len() as u32).to_be_bytes());
     out.extend_from_slice(r.properties);
     out.extend_from_slice(r.body);
+    4 + len
+}
+
+/// The filter value of the record at the start of `b` (without decoding
+/// the rest) and the record's encoded length.
+fn peek_filter(b: &[u8]) -> Option<(Option<&[u8]>, usize)> {
+    let len = u32::from_be_bytes(b.get(..4)?.try_into().ok()?) as usize;
+    let rec = b.get(4..4 + len)?;
+    Some((record_filter(rec)?.0, 4 + len))
+}
+
+/// A record's filter value and where the rest of it starts.
+fn record_filter(rec: &[u8]) -> Option<(Option<&[u8]>, usize)> {
+    if rec.first()? & REC_FILTERED == 0 {
+        return Some((None, 1));
+    }
+    let n = u16::from_be_bytes(rec.get(1..3)?.try_into().ok()?) as usize;
+    Some((Some(rec.get(3..3 + n)?), 3 + n))
 }
 
 /// The record at the start of `b` and its encoded length.
 fn decode_record(b: &[u8]) -> Option<(Record<'_>, usize)> {
     let len = u32::from_be_bytes(b.get(..4)?.try_into().ok()?) as usize;
     let rec = b.get(4..4 + len)?;
-    let mut at = 1;
+    let (filter, mut at) = record_filter(rec)?;
     let short = |at: &mut usize| -> Option<&str> {
         let n = *rec.get(*at)? as usize;
         let s = rec.get(*at + 1..*at + 1 + n)?;
@@ -243,11 +426,12 @@ fn decode_record(b: &[u8]) -> Option<(Record<'_>, usize)> {
     let body = rec.get(at + plen..)?;
     Some((
         Record {
-            persistent: *rec.first()? != 0,
+            persistent: *rec.first()? & REC_PERSISTENT != 0,
             exchange,
             routing_key,
             properties,
             body,
+            filter,
         },
         4 + len,
     ))
@@ -310,7 +494,6 @@ impl StreamLog {
     pub fn create(dir: &Path, settings: StreamSettings) -> StreamLog {
         StreamLog {
             dir: dir.to_owned(),
-            settings,
             state: Mutex::new(State {
                 next: 0,
                 committed: 0,
@@ -319,6 +502,8 @@ impl StreamLog {
                 segments: BTreeMap::new(),
                 pending: Vec::new(),
                 sync_wanted: false,
+                unsynced: 0,
+                settings,
             }),
             writer: Mutex::new(Writer::default()),
             destroyed: AtomicBool::new(false),
@@ -356,7 +541,7 @@ impl StreamLog {
                 writer = Writer {
                     file: Some(OpenOptions::new().append(true).open(&path)?),
                     size: valid,
-                    opened: 0,
+                    ..Writer::default()
                 };
             }
             segments.insert(first, seg);
@@ -369,7 +554,6 @@ impl StreamLog {
         let last_chunk = last_chunk_of(dir, &segments).unwrap_or(first);
         Ok(StreamLog {
             dir: dir.to_owned(),
-            settings,
             state: Mutex::new(State {
                 next,
                 committed: next,
@@ -378,6 +562,8 @@ impl StreamLog {
                 segments,
                 pending: Vec::new(),
                 sync_wanted: false,
+                unsynced: 0,
+                settings,
             }),
             writer: Mutex::new(writer),
             destroyed: AtomicBool::new(false),
@@ -389,7 +575,18 @@ impl StreamLog {
     }
 
     pub fn settings(&self) -> StreamSettings {
-        self.settings
+        self.state().settings
+    }
+
+    /// New retention and segment size (a policy changed): the next sync
+    /// and [`StreamLog::apply_retention`] use them.
+    pub fn set_settings(&self, settings: StreamSettings) {
+        self.state().settings = settings;
+    }
+
+    /// Record bytes appended and not yet synced.
+    pub fn unsynced_bytes(&self) -> u64 {
+        self.state().unsynced
     }
 
     pub fn dir(&self) -> &Path {
@@ -414,12 +611,17 @@ impl StreamLog {
                 first_ts: now_ms,
                 last_ts: now_ms,
                 data: Vec::with_capacity(4096),
+                values: Vec::new(),
+                unfiltered: false,
+                unknown: false,
             });
         }
         let p = s.pending.last_mut().expect("pushed above");
         p.count += 1;
         p.last_ts = p.last_ts.max(now_ms);
-        encode_record(&mut p.data, r);
+        p.note_filter(stored_filter(r));
+        let len = encode_record(&mut p.data, r);
+        s.unsynced += len as u64;
         let ask = !std::mem::replace(&mut s.sync_wanted, true);
         (offset, ask)
     }
@@ -430,10 +632,10 @@ impl StreamLog {
     /// failure the chunks are dropped from memory (their publishes are
     /// nacked) and the offsets they held stay unreadable.
     pub fn sync(&self, now_ms: i64) -> io::Result<u64> {
-        let chunks = {
+        let (chunks, max_segment_bytes) = {
             let mut s = self.state();
             s.sync_wanted = false;
-            std::mem::take(&mut s.pending)
+            (std::mem::take(&mut s.pending), s.settings.max_segment_bytes)
         };
         if chunks.is_empty() {
             return Ok(self.state().committed);
@@ -442,25 +644,20 @@ impl StreamLog {
         if self.destroyed.load(Ordering::Acquire) {
             return Ok(self.state().committed);
         }
-        let before = (w.opened, w.size);
-        let written = match self.write_out(&mut w, &chunks) {
+        let mut undo = Rollback {
+            file: None,
+            size: w.size,
+            created: Vec::new(),
+        };
+        let written = match self.write_out(&mut w, &chunks, max_segment_bytes, &mut undo) {
             Ok(written) => written,
             Err(e) => {
-                // Nothing of this sync became readable. Cut what it may
-                // have left in the open segment and keep the chunks
-                // pending, so the next sync writes them again in order
-                // (their publishes were nacked; a republish is a
-                // duplicate at worst, never a gap in the offsets).
-                // (A failure after a segment roll is not undone: the
-                // chunks before the roll may be written twice.)
-                let same_file = w.opened == before.0;
-                if let (true, Some(f)) = (same_file, &w.file) {
-                    if f.set_len(before.1).is_ok() {
-                        w.size = before.1;
-                    } else {
-                        w.file = None;
-                    }
-                }
+                // Nothing of this sync became readable: undo all of it
+                // and keep the chunks pending, so the next sync writes
+                // them again, once, in order (their publishes were
+                // nacked; a republish is a duplicate at worst, never a
+                // gap in the offsets).
+                self.roll_back(&mut w, undo);
                 let mut s = self.state();
                 let newer = std::mem::replace(&mut s.pending, chunks);
                 s.pending.extend(newer);
@@ -468,8 +665,10 @@ impl StreamLog {
             }
         };
         drop(w);
+        let synced: u64 = chunks.iter().map(|c| c.data.len() as u64).sum();
         let doomed = {
             let mut s = self.state();
+            s.unsynced = s.unsynced.saturating_sub(synced);
             for (head, starts) in &written {
                 if *starts {
                     s.segments.insert(
@@ -501,43 +700,64 @@ impl StreamLog {
         Ok(self.state().committed)
     }
 
+    /// Undoes a failed sync's writes: the segments it created go, and the
+    /// one it started in is cut back to its size then and written on
+    /// again (if it cannot be cut, the next sync starts a new segment).
+    fn roll_back(&self, w: &mut Writer, undo: Rollback) {
+        if !undo.created.is_empty() {
+            // It rolled: the file open now is one it created.
+            w.file = undo.file;
+        }
+        for first in &undo.created {
+            if let Err(e) = std::fs::remove_file(seg_path(&self.dir, *first)) {
+                tracing::warn!(dir = %self.dir.display(), first, error = %e, "cannot remove a stream segment a failed sync created");
+            }
+        }
+        match &w.file {
+            Some(f) if f.set_len(undo.size).is_ok() => w.size = undo.size,
+            _ => {
+                w.file = None;
+                w.size = 0;
+            }
+        }
+    }
+
     /// Writes chunks at the end of the open segment (a new one when it
-    /// would grow past the segment size) and fsyncs: each chunk's header
-    /// and whether it started a segment. `w.size` moves only past what
-    /// was fully written.
-    fn write_out(&self, w: &mut Writer, chunks: &[Pending]) -> io::Result<Vec<(ChunkHead, bool)>> {
+    /// would grow past `max_segment_bytes`) and fsyncs: each chunk's
+    /// header and whether it started a segment. `undo` learns what to
+    /// restore if it fails.
+    fn write_out(
+        &self,
+        w: &mut Writer,
+        chunks: &[Pending],
+        max_segment_bytes: u64,
+        undo: &mut Rollback,
+    ) -> io::Result<Vec<(ChunkHead, bool)>> {
         let mut written = Vec::with_capacity(chunks.len());
-        let mut new_file = false;
         for c in chunks {
+            let summary = c.summary();
+            let crc = crc32c::crc32c_append(crate::segments::checksum(&summary), &c.data);
             let head = ChunkHead {
                 first: c.first,
                 count: c.count,
                 first_ts: c.first_ts,
                 last_ts: c.last_ts,
-                len: c.data.len() as u32,
-                crc: crate::segments::checksum(&c.data),
+                len: (summary.len() + c.data.len()) as u32,
+                crc,
+                summary: true,
             };
-            let len = (CHUNK_HEAD + c.data.len()) as u64;
-            let starts =
-                w.file.is_none() || (w.size > 0 && w.size + len > self.settings.max_segment_bytes);
+            let len = (CHUNK_HEAD + head.len as usize) as u64;
+            let starts = w.file.is_none() || (w.size > 0 && w.size + len > max_segment_bytes);
             if starts {
-                if let Some(f) = w.file.take() {
-                    f.sync_data()?;
-                } else if w.opened == 0 {
-                    std::fs::create_dir_all(&self.dir)?;
-                }
-                let f = OpenOptions::new()
-                    .create(true)
-                    .truncate(true)
-                    .write(true)
-                    .open(seg_path(&self.dir, c.first))?;
-                w.file = Some(f);
-                w.size = 0;
-                w.opened += 1;
-                new_file = true;
+                self.roll(w, c.first, undo)?;
+            }
+            #[cfg(test)]
+            if w.fail_at == Some(c.first) {
+                return Err(io::Error::other("injected write failure"));
             }
             let f = w.file.as_mut().expect("opened above");
             f.write_all(&head.encode())?;
+            f.write_all(&summary)?;
             f.write_all(&c.data)?;
             written.push((head, starts));
             w.size += len;
@@ -545,10 +765,33 @@ impl StreamLog {
         if let Some(f) = &w.file {
             f.sync_data()?;
         }
-        if new_file {
+        if !undo.created.is_empty() {
             File::open(&self.dir)?.sync_all()?;
         }
         Ok(written)
+    }
+
+    /// Closes the open segment (synced) and starts `<first>.seg`.
+    fn roll(&self, w: &mut Writer, first: u64, undo: &mut Rollback) -> io::Result<()> {
+        if let Some(f) = w.file.take() {
+            f.sync_data()?;
+            if undo.created.is_empty() {
+                // The segment this sync started in: kept to roll back to.
+                undo.file = Some(f);
+            }
+        } else if w.opened == 0 {
+            std::fs::create_dir_all(&self.dir)?;
+        }
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(seg_path(&self.dir, first))?;
+        undo.created.push(first);
+        w.file = Some(f);
+        w.size = 0;
+        w.opened += 1;
+        Ok(())
     }
 
     /// Whole old segments (never the one being written) that retention
@@ -557,11 +800,11 @@ impl StreamLog {
     fn retention(&self, s: &mut State, now_ms: i64) -> Vec<u64> {
         let mut doomed = Vec::new();
         let mut total: u64 = s.segments.values().map(|g| g.bytes).sum();
+        let settings = s.settings;
         while s.segments.len() > 1 {
             let (&first, oldest) = s.segments.iter().next().expect("len > 1");
-            let by_size = self.settings.max_bytes.is_some_and(|m| total > m);
-            let by_age = self
-                .settings
+            let by_size = settings.max_bytes.is_some_and(|m| total > m);
+            let by_age = settings
                 .max_age_ms
                 .is_some_and(|a| oldest.last_ts < now_ms.saturating_sub(a as i64));
             if !(by_size || by_age) {
@@ -675,6 +918,26 @@ fn last_chunk_of(dir: &Path, segments: &BTreeMap<u64, Segment>) -> Option<u64> {
     last
 }
 
+/// The length of a chunk's summary with its length prefix.
+fn summary_end(data: &[u8]) -> Option<usize> {
+    let n = u32::from_be_bytes(data.get(..4)?.try_into().ok()?) as usize;
+    (4 + n <= data.len()).then_some(4 + n)
+}
+
+/// A chunk's filter summary, read alone (the chunk's data starts at
+/// `at` and is `len` bytes long).
+fn read_summary(file: &File, at: u64, len: u32) -> io::Result<Vec<u8>> {
+    let mut n = [0u8; 4];
+    file.read_exact_at(&mut n, at)?;
+    let n = u32::from_be_bytes(n);
+    if n.saturating_add(4) > len {
+        return Err(corrupt("stream chunk summary"));
+    }
+    let mut summary = vec![0; n as usize];
+    file.read_exact_at(&mut summary, at + 4)?;
+    Ok(summary)
+}
+
 /// A reader's position in a log: the next offset it delivers, the
 /// segment file it has open and the chunk it is reading.
 #[derive(Debug)]
@@ -713,22 +976,40 @@ impl Cursor {
     }
 
     /// Calls `f` with up to `max` committed records from `next` on (and
-    /// up to about `max_bytes` of them); returns how many. Blocking I/O:
-    /// call it off the async workers.
+    /// up to about `max_bytes` of them) that `filter` wants; returns how
+    /// many. Records the filter does not want are passed over (`next`
+    /// moves past them), whole chunks at a time where the chunk's summary
+    /// allows; a filtering read may return 0 with `next` moved on (it
+    /// stops after skipping [`SCAN_BUDGET`] bytes). Blocking I/O: call it
+    /// off the async workers.
     pub fn read(
         &mut self,
         log: &StreamLog,
         max: usize,
         max_bytes: usize,
+        filter: Option<&Filter>,
         mut f: impl FnMut(u64, Record<'_>),
     ) -> io::Result<usize> {
-        let (mut n, mut bytes) = (0, 0);
-        while n < max && bytes < max_bytes {
+        let (mut n, mut bytes, mut skipped) = (0, 0, 0);
+        while n < max && bytes < max_bytes && skipped < SCAN_BUDGET {
             if self.chunk_idx < self.chunk_count {
-                let Some((rec, len)) = decode_record(&self.chunk[self.chunk_at..]) else {
+                let off = self.chunk_first + self.chunk_idx as u64;
+                let at = &self.chunk[self.chunk_at..];
+                if let Some(filter) = filter {
+                    let Some((v, len)) = peek_filter(at) else {
+                        return Err(corrupt("stream record"));
+                    };
+                    if !filter.matches(v) {
+                        self.chunk_idx += 1;
+                        self.chunk_at += len;
+                        self.next = self.next.max(off + 1);
+                        skipped += len;
+                        continue;
+                    }
+                }
+                let Some((rec, len)) = decode_record(at) else {
                     return Err(corrupt("stream record"));
                 };
-                let off = self.chunk_first + self.chunk_idx as u64;
                 self.chunk_idx += 1;
                 self.chunk_at += len;
                 if off >= self.next {
@@ -739,16 +1020,22 @@ impl Cursor {
                 }
                 continue;
             }
-            if !self.next_chunk(log)? {
+            if !self.next_chunk(log, filter, &mut skipped)? {
                 break;
             }
         }
         Ok(n)
     }
 
-    /// Loads the chunk holding `next` (or the next one); `false` when
-    /// nothing more is committed.
-    fn next_chunk(&mut self, log: &StreamLog) -> io::Result<bool> {
+    /// Loads the chunk holding `next` (or the next one `filter` may
+    /// want, adding what it passes over to `skipped`); `false` when
+    /// nothing more is committed or the scan budget is spent.
+    fn next_chunk(
+        &mut self,
+        log: &StreamLog,
+        filter: Option<&Filter>,
+        skipped: &mut usize,
+    ) -> io::Result<bool> {
         loop {
             let at_end = self
                 .file
@@ -764,20 +1051,35 @@ impl Cursor {
             file.read_exact_at(&mut h, self.pos)?;
             let head = ChunkHead::decode(&h).ok_or_else(|| corrupt("stream chunk header"))?;
             let end = head.first + head.count as u64;
-            self.pos += (CHUNK_HEAD + head.len as usize) as u64;
+            let data_at = self.pos + CHUNK_HEAD as u64;
+            self.pos = data_at + head.len as u64;
             if end <= self.next || self.min_ts.is_some_and(|t| head.last_ts < t) {
                 continue;
             }
             self.min_ts = None;
+            if let (Some(filter), true) = (filter, head.summary) {
+                if !filter.may_match(&read_summary(file, data_at, head.len)?) {
+                    self.next = end;
+                    *skipped += head.len as usize;
+                    if *skipped >= SCAN_BUDGET {
+                        return Ok(false);
+                    }
+                    continue;
+                }
+            }
             self.chunk.resize(head.len as usize, 0);
-            file.read_exact_at(&mut self.chunk, self.pos - head.len as u64)?;
+            file.read_exact_at(&mut self.chunk, data_at)?;
             if crate::segments::checksum(&self.chunk) != head.crc {
                 return Err(corrupt("stream chunk checksum"));
             }
             self.chunk_first = head.first;
             self.chunk_count = head.count;
             self.chunk_idx = 0;
-            self.chunk_at = 0;
+            self.chunk_at = if head.summary {
+                summary_end(&self.chunk).ok_or_else(|| corrupt("stream chunk summary"))?
+            } else {
+                0
+            };
             return Ok(true);
         }
     }
@@ -851,12 +1153,13 @@ mod tests {
             routing_key: "rk",
             properties: &[0, 0],
             body,
+            filter: None,
         }
     }
 
     fn read_all(log: &StreamLog, c: &mut Cursor) -> Vec<(u64, Vec<u8>)> {
         let mut out = Vec::new();
-        c.read(log, usize::MAX, usize::MAX, |o, r| {
+        c.read(log, usize::MAX, usize::MAX, None, |o, r| {
             assert_eq!((r.exchange, r.routing_key), ("ex", "rk"));
             out.push((o, r.body.to_vec()))
         })
@@ -959,5 +1262,169 @@ mod tests {
         assert_eq!(got, vec![1, 2]);
         let c = Cursor::new(&log, StartAt::Timestamp(1000));
         assert_eq!(c.next, 3);
+    }
+
+    fn frec<'a>(body: &'a [u8], v: Option<&'a [u8]>) -> Record<'a> {
+        Record {
+            filter: v,
+            ..rec(body)
+        }
+    }
+
+    fn read_filtered(log: &StreamLog, c: &mut Cursor, f: &Filter) -> Vec<(u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        loop {
+            let before = c.next;
+            c.read(log, usize::MAX, usize::MAX, Some(f), |o, r| {
+                out.push((o, r.body.to_vec()))
+            })
+            .unwrap();
+            if c.next == before {
+                return out;
+            }
+        }
+    }
+
+    #[test]
+    fn filters_match_exactly_and_skip_chunks_by_their_summary() {
+        let d = temp("filter");
+        let log = StreamLog::open(&d.0, StreamSettings::default()).unwrap();
+        // One chunk per sync: "a"s, then "b"s, then a mix with unfiltered.
+        for i in 0..3u8 {
+            log.append(&frec(&[i], Some(b"a")), 1);
+        }
+        log.sync(1).unwrap();
+        for i in 3..6u8 {
+            log.append(&frec(&[i], Some(b"b")), 1);
+        }
+        log.sync(1).unwrap();
+        log.append(&frec(&[6], Some(b"c")), 1);
+        log.append(&frec(&[7], None), 1);
+        log.append(&frec(&[8], Some(b"b")), 1);
+        log.sync(1).unwrap();
+        let offsets = |f: &Filter| -> Vec<u64> {
+            let mut c = Cursor::new(&log, StartAt::First);
+            let got = read_filtered(&log, &mut c, f);
+            assert_eq!(c.next, 9, "the cursor passed everything");
+            got.into_iter().map(|(o, _)| o).collect()
+        };
+        let f = |vs: &[&[u8]], mu: bool| Filter {
+            values: vs.iter().map(|v| v.to_vec()).collect(),
+            match_unfiltered: mu,
+        };
+        assert_eq!(offsets(&f(&[b"b"], false)), vec![3, 4, 5, 8]);
+        assert_eq!(offsets(&f(&[b"a", b"c"], false)), vec![0, 1, 2, 6]);
+        assert_eq!(offsets(&f(&[b"b"], true)), vec![3, 4, 5, 7, 8]);
+        assert_eq!(offsets(&f(&[], true)), vec![7]);
+        assert_eq!(offsets(&f(&[b"zz"], false)), Vec::<u64>::new());
+        // Summaries: the "a" chunk says it has only "a".
+        let a = f(&[b"a"], false);
+        let mut p = Pending {
+            first: 0,
+            count: 0,
+            first_ts: 0,
+            last_ts: 0,
+            data: Vec::new(),
+            values: Vec::new(),
+            unfiltered: false,
+            unknown: false,
+        };
+        p.note_filter(Some(b"b"));
+        assert!(!a.may_match(&p.summary()[4..]));
+        p.note_filter(None);
+        assert!(!a.may_match(&p.summary()[4..]));
+        assert!(f(&[], true).may_match(&p.summary()[4..]));
+        for i in 0..=SUMMARY_VALUES_MAX {
+            p.note_filter(Some(format!("v{i}").as_bytes()));
+        }
+        assert!(a.may_match(&p.summary()[4..]), "too many values: unknown");
+        // Filter values survive a reopen with the records.
+        drop(log);
+        let log = StreamLog::open(&d.0, StreamSettings::default()).unwrap();
+        let mut c = Cursor::new(&log, StartAt::First);
+        let mut vals = Vec::new();
+        c.read(&log, usize::MAX, usize::MAX, None, |_, r| {
+            vals.push(r.filter.map(|v| v.to_vec()))
+        })
+        .unwrap();
+        assert_eq!(vals.len(), 9);
+        assert_eq!(vals[7], None);
+        assert_eq!(vals[8].as_deref(), Some(&b"b"[..]));
+    }
+
+    #[test]
+    fn a_failed_sync_after_a_roll_writes_nothing_twice() {
+        let d = temp("rollfail");
+        let settings = StreamSettings {
+            max_segment_bytes: 400 * 1024,
+            ..StreamSettings::default()
+        };
+        let log = StreamLog::open(&d.0, settings).unwrap();
+        log.append(&rec(&[0; 300 * 1024]), 1);
+        log.sync(1).unwrap();
+        // Three chunks pending (each past the chunk target): 1 rolls to
+        // segment 1, 2 rolls to segment 2, and its write fails.
+        for i in 1..4u8 {
+            log.append(&rec(&[i; 300 * 1024]), 2);
+        }
+        log.writer.lock().unwrap().fail_at = Some(2);
+        assert!(log.sync(2).is_err());
+        assert_eq!(log.committed(), 1, "nothing of the failed sync is readable");
+        assert!(!seg_path(&d.0, 1).exists() && !seg_path(&d.0, 2).exists());
+        log.writer.lock().unwrap().fail_at = None;
+        assert_eq!(log.sync(3).unwrap(), 4);
+        assert_eq!(log.unsynced_bytes(), 0);
+        let expect: Vec<(u64, Vec<u8>)> =
+            (0..4u8).map(|i| (i as u64, vec![i; 300 * 1024])).collect();
+        let mut c = Cursor::new(&log, StartAt::First);
+        assert_eq!(read_all(&log, &mut c), expect);
+        drop(log);
+        let log = StreamLog::open(&d.0, settings).unwrap();
+        assert_eq!(log.stats().committed, 4);
+        assert_eq!(log.stats().segments, 4);
+        let mut c = Cursor::new(&log, StartAt::First);
+        assert_eq!(read_all(&log, &mut c), expect, "each chunk once, in order");
+    }
+
+    #[test]
+    fn a_failed_sync_without_a_roll_is_cut_off() {
+        let d = temp("fail");
+        let log = StreamLog::open(&d.0, StreamSettings::default()).unwrap();
+        log.append(&rec(b"a"), 1);
+        log.sync(1).unwrap();
+        log.append(&rec(b"b"), 2);
+        log.writer.lock().unwrap().fail_at = Some(1);
+        assert!(log.sync(2).is_err());
+        assert!(log.unsynced_bytes() > 0, "still pending");
+        log.writer.lock().unwrap().fail_at = None;
+        log.sync(3).unwrap();
+        drop(log);
+        let log = StreamLog::open(&d.0, StreamSettings::default()).unwrap();
+        let mut c = Cursor::new(&log, StartAt::First);
+        assert_eq!(
+            read_all(&log, &mut c),
+            vec![(0, b"a".to_vec()), (1, b"b".to_vec())]
+        );
+    }
+
+    #[test]
+    fn new_settings_apply_to_the_next_retention() {
+        let d = temp("settings");
+        let settings = StreamSettings {
+            max_segment_bytes: 1000,
+            ..StreamSettings::default()
+        };
+        let log = StreamLog::open(&d.0, settings).unwrap();
+        for i in 0..50u64 {
+            log.append(&rec(&[1; 100]), i as i64);
+            log.sync(i as i64).unwrap();
+        }
+        assert!(log.stats().segments > 3);
+        log.set_settings(StreamSettings {
+            max_bytes: Some(1),
+            ..settings
+        });
+        log.apply_retention(100);
+        assert_eq!(log.stats().segments, 1);
     }
 }

@@ -845,7 +845,7 @@ impl Connection {
                 }
                 _ = async {
                     if let Some(q) = &flow {
-                        if q.counts().1 == 0 {
+                        if q.counts().1 == 0 && q.flow_needs_consumers() {
                             // Nobody consumes it: only a basic.get, purge
                             // or delete can drain it, perhaps our own,
                             // still unread behind the publishes. One read
@@ -861,7 +861,10 @@ impl Connection {
                 }, if flow.is_some() => {
                     // Woken when the queue drains (or goes): no polling.
                     if let Some(q) = &flow {
-                        if !q.flow_blocked() || q.is_deleted() || q.counts().1 == 0 {
+                        if !q.flow_blocked()
+                            || q.is_deleted()
+                            || (q.counts().1 == 0 && q.flow_needs_consumers())
+                        {
                             self.flow_wait = None;
                         }
                     }

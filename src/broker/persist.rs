@@ -278,6 +278,9 @@ pub struct StorageConfig {
     /// Bytes of message bodies a durable queue keeps in memory before it
     /// leaves further ones on disk only.
     pub queue_memory_bytes: u64,
+    /// Bytes a stream may hold appended but not yet synced before its
+    /// publishers are held back.
+    pub stream_unsynced_bytes: u64,
 }
 
 pub struct Persistence {
@@ -288,6 +291,7 @@ pub struct Persistence {
     def_counts: Arc<DefCounters>,
     pub flusher: Flusher,
     pub queue_memory_bytes: u64,
+    pub stream_unsynced_bytes: u64,
 }
 
 /// A definition key: the kind, then each part with a u32 length prefix
@@ -329,6 +333,7 @@ impl Persistence {
             def_counts,
             flusher,
             queue_memory_bytes: cfg.queue_memory_bytes,
+            stream_unsynced_bytes: cfg.stream_unsynced_bytes,
         }))
     }
 
@@ -800,6 +805,7 @@ mod tests {
             data_dir: dir.clone(),
             cache_bytes: 1 << 20,
             queue_memory_bytes: 1 << 20,
+            stream_unsynced_bytes: 1 << 20,
         };
         let args = nested(crate::broker::properties::MAX_TABLE_DEPTH);
         {

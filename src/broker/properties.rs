@@ -438,6 +438,48 @@ pub fn with_long_header(props: &[u8], key: &str, value: i64) -> Option<Vec<u8>> 
     Some(out)
 }
 
+/// The value of the long-string header `key` in `props` (a property
+/// section as published), read in place without decoding the others
+/// (this runs for every publish to a stream). `None` when it is absent,
+/// of another type, or the section is malformed or uses continuation
+/// flag words (never sent by clients).
+pub fn string_header<'a>(props: &'a [u8], key: &str) -> Option<&'a [u8]> {
+    let flags = u16::from_be_bytes(props.get(..2)?.try_into().ok()?);
+    if flags & 1 != 0 || flags & (1 << 13) == 0 {
+        return None;
+    }
+    let mut pos = 2;
+    for bit in [15u16, 14] {
+        if flags & (1 << bit) != 0 {
+            pos += 1 + *props.get(pos)? as usize;
+        }
+    }
+    let len = u32::from_be_bytes(props.get(pos..pos + 4)?.try_into().ok()?) as usize;
+    let table = props.get(pos + 4..pos + 4 + len)?;
+    let u32_at = |p: usize| -> Option<usize> {
+        Some(u32::from_be_bytes(table.get(p..p + 4)?.try_into().ok()?) as usize)
+    };
+    let mut at = 0;
+    while at < table.len() {
+        let klen = *table.get(at)? as usize;
+        let k = table.get(at + 1..at + 1 + klen)?;
+        at += 1 + klen;
+        let tag = *table.get(at)?;
+        at += 1;
+        if k == key.as_bytes() {
+            return match tag {
+                b'S' => table.get(at + 4..at + 4 + u32_at(at)?),
+                _ => None,
+            };
+        }
+        at += match tag {
+            b'S' | b'x' | b'F' | b'A' => 4 + u32_at(at)?,
+            _ => fixed_field_size(tag)?,
+        };
+    }
+    None
+}
+
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
@@ -682,5 +724,29 @@ mod tests {
         assert_eq!(BasicProperties::decode(&bytes), Some(p));
         assert_eq!(BasicProperties::default().encode().unwrap(), vec![0u8, 0u8]);
         assert_eq!(BasicProperties::decode(&[0x80, 0, 5, b'a']), None);
+    }
+
+    #[test]
+    fn a_string_header_is_read_in_place() {
+        let mut h = Table::default();
+        h.insert("n", Value::LongInt(7));
+        h.insert("t", Value::Table(Table::default()));
+        h.insert("x-stream-filter-value", Value::LongString(b"eu".to_vec()));
+        h.insert("other", Value::LongLongInt(1));
+        let p = BasicProperties {
+            content_type: Some("text/plain".into()),
+            headers: Some(h),
+            ..Default::default()
+        };
+        let b = p.encode().unwrap();
+        assert_eq!(string_header(&b, "x-stream-filter-value"), Some(&b"eu"[..]));
+        assert_eq!(string_header(&b, "n"), None, "not a string");
+        assert_eq!(string_header(&b, "missing"), None);
+        let none = BasicProperties::default().encode().unwrap();
+        assert_eq!(string_header(&none, "x-stream-filter-value"), None);
+        assert_eq!(
+            string_header(&b[..b.len() - 3], "x-stream-filter-value"),
+            None
+        );
     }
 }

@@ -315,6 +315,9 @@ impl Queue {
         if applied.same(&p.applied) {
             return;
         }
+        if let Some(s) = &self.stream {
+            s.apply_policies(&applied);
+        }
         let settings = Arc::new(queue_settings(&self.arguments, &applied));
         p.applied = applied;
         if settings == p.settings {
@@ -512,14 +515,27 @@ impl Queue {
         self.finish(after);
     }
 
-    /// Whether publishers should pause for this queue.
+    /// Whether publishers should pause for this queue (a stream: while
+    /// too much of it waits to be synced).
     pub fn flow_blocked(&self) -> bool {
-        self.flow_blocked.load(Ordering::Acquire)
+        match &self.stream {
+            Some(s) => s.flow_blocked(),
+            None => self.flow_blocked.load(Ordering::Acquire),
+        }
+    }
+
+    /// Whether only consumers drain this queue's flow state (a stream's
+    /// flusher drains it whether or not anyone consumes).
+    pub fn flow_needs_consumers(&self) -> bool {
+        self.stream.is_none()
     }
 
     /// Resolves when the queue lets publishers go again. No wake-up is
     /// lost: the future is registered before the flag is checked.
     pub async fn flow_resumed(&self) {
+        if let Some(s) = &self.stream {
+            return s.flow_resumed().await;
+        }
         let notified = self.flow_resumed.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();

@@ -12,9 +12,19 @@
 //! pool, adds the `x-stream-offset` header, and pushes the deliveries to
 //! its connection's outbox. An ack only gives credit back; reading never
 //! removes anything.
+//!
+//! Filtering (RabbitMQ 3.13's `x-stream-filter-value` header and
+//! `x-stream-filter` / `x-stream-match-unfiltered` consumer arguments) is
+//! exact: the log stores each message's filter value and a per-chunk
+//! summary, and a consumer's reader passes over what it does not want
+//! without delivering it (no credit taken). Retention and segment size
+//! follow the stream's arguments and its policies (a policy's value wins,
+//! as in RabbitMQ 3.13). Publishers are held back (the queue's `flow`
+//! state) while more than the configured bytes wait for the flusher.
 
 use super::outbox::{Delivery, OutboxItem};
 use super::persist::Persistence;
+use super::policy::Applied;
 use super::queue::{ConsumeRequest, ConsumerHandle, Queue, QueueOptions};
 use super::{BrokerError, ErrorKind, Result};
 use std::collections::HashMap;
@@ -22,7 +32,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{watch, Notify};
 use warren_exchanges::{Table, Value};
-use warren_queues::stream::{Cursor, Record, StartAt, StreamLog, StreamSettings, StreamStats};
+use warren_queues::stream::{
+    Cursor, Filter, Record, StartAt, StreamLog, StreamSettings, StreamStats,
+};
 use warren_queues::{ConsumerId, Message, QueuedMessage};
 
 mod groups;
@@ -31,6 +43,11 @@ pub use groups::GROUP_KEY;
 
 /// The consumer argument and delivery header carrying an offset.
 pub const OFFSET_KEY: &str = "x-stream-offset";
+/// The message header a publisher sets a message's filter value in.
+pub const FILTER_VALUE_KEY: &str = "x-stream-filter-value";
+/// The consumer arguments of filtering (RabbitMQ 3.13).
+pub const FILTER_KEY: &str = "x-stream-filter";
+pub const MATCH_UNFILTERED_KEY: &str = "x-stream-match-unfiltered";
 
 /// Arguments RabbitMQ 3.10 knows for other queue types and refuses on a
 /// stream ("invalid arg ... of queue type rabbit_stream_queue").
@@ -199,6 +216,71 @@ pub fn start_at(args: &Table, queue: &str, vhost: &str, now_ms: u64) -> Result<S
     at.ok_or_else(|| invalid_arg(OFFSET_KEY, queue, vhost, &format!("{v}")))
 }
 
+/// A consumer's filter from its arguments, as RabbitMQ 3.13 reads them
+/// (`rabbit_stream_queue:filter_spec`, no type checks): `x-stream-filter`
+/// a long string (one value) or an array (its long strings; other
+/// elements ignored), any other type meaning no filter; then
+/// `x-stream-match-unfiltered` if a boolean, else `false`, and ignored
+/// without a filter.
+pub fn filter_of(args: &Table) -> Option<Filter> {
+    let values = match args.get(FILTER_KEY)? {
+        Value::LongString(v) => vec![v.clone()],
+        Value::Array(vs) => vs
+            .iter()
+            .filter_map(|v| match v {
+                Value::LongString(v) => Some(v.clone()),
+                _ => None,
+            })
+            .collect(),
+        _ => return None,
+    };
+    let match_unfiltered = matches!(args.get(MATCH_UNFILTERED_KEY), Some(Value::Bool(true)));
+    Some(Filter {
+        values,
+        match_unfiltered,
+    })
+}
+
+/// A stream's effective settings: those of its arguments (`base`), with
+/// each of `max-length-bytes`, `max-age` and
+/// `stream-max-segment-size-bytes` the policies set taking precedence
+/// (RabbitMQ 3.13's `update_stream_conf`: `policy_precedence`; the
+/// operator policy's `max-length-bytes` merged in, the lower winning).
+pub fn effective_settings(base: StreamSettings, applied: &Applied) -> StreamSettings {
+    let num = |key: &str| applied.get(key).and_then(|(v, _)| v.as_u64());
+    let mut s = base;
+    if let Some(n) = num("max-length-bytes") {
+        s.max_bytes = Some(n);
+    }
+    if let Some(ms) = applied
+        .get("max-age")
+        .and_then(|(v, _)| v.as_str())
+        .and_then(parse_age)
+    {
+        s.max_age_ms = Some(ms);
+    }
+    if let Some(n) = num("stream-max-segment-size-bytes") {
+        s.max_segment_bytes = n.max(1);
+    }
+    s
+}
+
+/// Publisher back-pressure: set while too many bytes wait for the
+/// flusher; the queue's publishers pause reading until it clears.
+#[derive(Debug, Default)]
+struct Flow {
+    blocked: AtomicBool,
+    resumed: Notify,
+}
+
+impl Flow {
+    fn release(&self) {
+        if self.blocked.swap(false, Ordering::AcqRel) {
+            self.resumed.notify_waiters();
+        }
+    }
+}
+
 /// One consumer of a stream: its credit and its reader's wake-up.
 #[derive(Debug)]
 struct StreamConsumer {
@@ -220,6 +302,8 @@ struct StreamConsumer {
     /// The cursor a waiting group member is handed when it becomes the
     /// group's reader.
     handoff: Mutex<Option<Cursor>>,
+    /// Its `x-stream-filter`, if any.
+    filter: Option<Arc<Filter>>,
 }
 
 /// What the management API shows of a consumer group.
@@ -257,6 +341,11 @@ pub struct StreamQueue {
     groups_wanted: Arc<AtomicBool>,
     /// Set by [`StreamQueue::delete`]: nothing is written any more.
     deleted: Arc<AtomicBool>,
+    /// The settings from the declare's arguments (policies go over them).
+    base: StreamSettings,
+    flow: Arc<Flow>,
+    /// Unsynced bytes past which publishers are held back.
+    unsynced_max: u64,
 }
 
 impl StreamQueue {
@@ -287,7 +376,11 @@ impl StreamQueue {
 
     fn over(persist: Arc<Persistence>, log: StreamLog, groups: Groups) -> Self {
         let (tail, _) = watch::channel(log.committed());
+        let (base, unsynced_max) = (log.settings(), persist.stream_unsynced_bytes.max(1));
         StreamQueue {
+            base,
+            flow: Arc::default(),
+            unsynced_max,
             log: Arc::new(log),
             persist,
             tail: Arc::new(tail),
@@ -338,6 +431,7 @@ impl StreamQueue {
 
     /// Appends a routed message; the caller's confirm waits for the flush
     /// that syncs it (the sync is asked for by the first append after one).
+    /// Past the unsynced-bytes bound the queue holds its publishers back.
     pub fn publish(&self, m: &Message, now_ms: u64) {
         let rec = Record {
             persistent: m.persistent,
@@ -345,13 +439,20 @@ impl StreamQueue {
             routing_key: m.routing_key(),
             properties: m.properties(),
             body: m.body(),
+            filter: super::properties::string_header(m.properties(), FILTER_VALUE_KEY),
         };
         let (_, ask) = self.log.append(&rec, now_ms as i64);
         if ask {
-            let log = self.log.clone();
-            let tail = self.tail.clone();
+            let (log, tail, flow) = (self.log.clone(), self.tail.clone(), self.flow.clone());
+            let low = self.unsynced_max / 2;
             self.persist.flusher.sync_job(Box::new(move || {
-                match log.sync(super::registry::unix_ms() as i64) {
+                let r = log.sync(super::registry::unix_ms() as i64);
+                // After a failure too: the publishes were nacked, and
+                // the next one asks for the sync that retries.
+                if r.is_err() || log.unsynced_bytes() <= low {
+                    flow.release();
+                }
+                match r {
                     Ok(committed) => {
                         tail.send_replace(committed);
                         true
@@ -363,6 +464,48 @@ impl StreamQueue {
                 }
             }));
         }
+        if self.log.unsynced_bytes() > self.unsynced_max {
+            self.flow.blocked.store(true, Ordering::Release);
+            // The flush may have finished between the check and the
+            // store: look again, so the flag is never left set with
+            // nothing left to clear it.
+            if self.log.unsynced_bytes() <= self.unsynced_max / 2 {
+                self.flow.release();
+            }
+        }
+    }
+
+    /// Whether publishers should pause (too much waits for the flusher).
+    pub fn flow_blocked(&self) -> bool {
+        self.flow.blocked.load(Ordering::Acquire)
+    }
+
+    /// Resolves once publishers may go on. No wake-up is lost: the
+    /// future is registered before the flag is checked.
+    pub async fn flow_resumed(&self) {
+        let notified = self.flow.resumed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.flow_blocked() && !self.deleted.load(Ordering::Acquire) {
+            notified.await;
+        }
+    }
+
+    /// The policies that apply changed (or were first matched): the log
+    /// takes the new retention and segment size, and retention runs at
+    /// once (on the group-commit thread: it deletes files).
+    pub fn apply_policies(&self, applied: &Applied) {
+        let settings = effective_settings(self.base, applied);
+        if settings == self.log.settings() {
+            return;
+        }
+        tracing::debug!(dir = %self.log.dir().display(), ?settings, "stream settings changed");
+        self.log.set_settings(settings);
+        let log = self.log.clone();
+        self.persist.flusher.sync_job(Box::new(move || {
+            log.apply_retention(super::registry::unix_ms() as i64);
+            true
+        }));
     }
 
     /// Adds a consumer (manual acks and a consumer prefetch required, as
@@ -391,6 +534,7 @@ impl StreamQueue {
             super::registry::unix_ms(),
         )?;
         let explicit = req.arguments.get(OFFSET_KEY).map(|_| at);
+        let filter = filter_of(&req.arguments).map(Arc::new);
         let group = match req.arguments.get(GROUP_KEY) {
             None => None,
             Some(v) => match v.as_str() {
@@ -454,6 +598,7 @@ impl StreamQueue {
                 group,
                 explicit,
                 handoff: Mutex::new(None),
+                filter,
             });
             cons.insert(slot, c.clone());
             (c, cursor)
@@ -562,6 +707,30 @@ impl StreamQueue {
         }
     }
 
+    /// A filtering group member's reader passed over `ranges` (not
+    /// wanted): they count as acknowledged for its group.
+    fn group_passed_over(&self, c: &StreamConsumer, ranges: &[(u64, u64)]) {
+        let Some(name) = &c.group else { return };
+        if ranges.is_empty() {
+            return;
+        }
+        let moved = {
+            let mut gs = self.groups();
+            let Some(g) = gs.map.get_mut(name) else {
+                return;
+            };
+            let mut moved = false;
+            for &(lo, hi) in ranges {
+                moved |= g.skip(lo, hi);
+            }
+            gs.dirty |= moved;
+            moved
+        };
+        if moved {
+            self.request_groups_write();
+        }
+    }
+
     /// Each consumer group's committed offset and reader.
     pub fn group_infos(&self) -> Vec<StreamGroupInfo> {
         let cons = self.consumers();
@@ -614,6 +783,7 @@ impl StreamQueue {
     /// files go (on the group-commit thread, after any sync in flight).
     pub fn delete(&self) {
         self.deleted.store(true, Ordering::Release);
+        self.flow.release();
         let gone: Vec<Arc<StreamConsumer>> = self.consumers().drain().map(|(_, c)| c).collect();
         for c in gone {
             c.cancelled.store(true, Ordering::Release);
@@ -640,6 +810,22 @@ fn delivered(offset: u64, r: Record<'_>) -> Option<Message> {
     let props = super::properties::with_long_header(r.properties, OFFSET_KEY, offset as i64);
     let props = props.as_deref().unwrap_or(r.properties);
     Message::new(r.exchange, r.routing_key, props, r.body, r.persistent).ok()
+}
+
+/// The ranges of `[start, end)` not in `delivered` (ascending).
+fn gaps(start: u64, end: u64, delivered: &[u64]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut at = start;
+    for &d in delivered {
+        if d > at {
+            out.push((at, d));
+        }
+        at = d + 1;
+    }
+    if end > at {
+        out.push((at, end));
+    }
+    out
 }
 
 /// A consumer's reader: waits for credit and committed messages, reads
@@ -684,10 +870,10 @@ async fn read_for(
             continue;
         }
         let max = credit.min(READ_BATCH) as usize;
-        let l = log.clone();
+        let (l, filter, start) = (log.clone(), c.filter.clone(), cursor.next);
         let read = tokio::task::spawn_blocking(move || {
             let mut out = Vec::with_capacity(max);
-            let r = cursor.read(&l, max, READ_BYTES, |off, rec| {
+            let r = cursor.read(&l, max, READ_BYTES, filter.as_deref(), |off, rec| {
                 if let Some(m) = delivered(off, rec) {
                     out.push((off, m));
                 }
@@ -711,6 +897,12 @@ async fn read_for(
                 return;
             }
         };
+        if c.group.is_some() && c.filter.is_some() {
+            if let Some(s) = queue.stream() {
+                let delivered: Vec<u64> = msgs.iter().map(|(o, _)| *o).collect();
+                s.group_passed_over(&c, &gaps(start, cursor.next, &delivered));
+            }
+        }
         c.credit.fetch_sub(msgs.len() as u32, Ordering::AcqRel);
         for (off, m) in msgs {
             batch.push(OutboxItem::Deliver(Delivery {

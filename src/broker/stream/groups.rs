@@ -7,7 +7,7 @@
 //! offset, so at most the unacknowledged tail is delivered again
 //! (at-least-once).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{self, Write};
 use std::path::Path;
 
@@ -24,6 +24,9 @@ pub(super) struct Group {
     /// Acknowledged offsets at or above `committed` (acks of a member's
     /// deliveries may come out of order).
     acked: BTreeSet<u64>,
+    /// Ranges `[start, end)` a filtering member's reader passed over (they
+    /// count as acknowledged), by start.
+    skipped: BTreeMap<u64, u64>,
     /// Member slots in arrival order; the first one reads.
     pub members: Vec<u32>,
 }
@@ -43,10 +46,41 @@ impl Group {
             return false;
         }
         self.acked.insert(offset);
+        self.advance()
+    }
+
+    /// Records that the reader passed over `[lo, hi)` (its filter did not
+    /// want them); whether `committed` moved.
+    pub fn skip(&mut self, lo: u64, hi: u64) -> bool {
+        if hi <= self.committed || lo >= hi {
+            return false;
+        }
+        self.skipped.insert(lo.max(self.committed), hi);
+        self.advance()
+    }
+
+    /// Moves `committed` over the acknowledged and skipped offsets that
+    /// follow it.
+    fn advance(&mut self) -> bool {
         let before = self.committed;
-        while self.acked.first() == Some(&self.committed) {
-            self.acked.pop_first();
-            self.committed += 1;
+        loop {
+            if self.acked.first() == Some(&self.committed) {
+                self.acked.pop_first();
+                self.committed += 1;
+            } else if let Some((_, hi)) = self
+                .skipped
+                .first_key_value()
+                .filter(|(lo, _)| **lo <= self.committed)
+                .map(|(lo, hi)| (*lo, *hi))
+            {
+                self.skipped.pop_first();
+                self.committed = self.committed.max(hi);
+                while self.acked.first().is_some_and(|a| *a < self.committed) {
+                    self.acked.pop_first();
+                }
+            } else {
+                break;
+            }
         }
         self.committed != before
     }
@@ -57,6 +91,7 @@ impl Group {
         if offset != self.committed {
             self.committed = offset;
             self.acked.clear();
+            self.skipped.clear();
         }
     }
 }
@@ -129,5 +164,19 @@ mod tests {
         assert!(!g.ack(21));
         assert!(g.ack(20));
         assert_eq!(g.committed, 22);
+    }
+
+    #[test]
+    fn offsets_a_filter_passed_over_count_as_acknowledged() {
+        let mut g = Group::at(0);
+        assert!(!g.skip(1, 5), "0 is not acked yet");
+        assert!(!g.ack(6));
+        assert!(g.ack(0));
+        assert_eq!(g.committed, 5, "0 acked, 1..5 skipped");
+        assert!(g.ack(5));
+        assert_eq!(g.committed, 7, "6 was acked before");
+        assert!(g.skip(7, 100));
+        assert_eq!(g.committed, 100);
+        assert!(!g.skip(10, 50), "below the committed offset");
     }
 }
