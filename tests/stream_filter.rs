@@ -188,6 +188,36 @@ async fn consumers_get_exactly_the_values_they_filter_on() {
 }
 
 #[tokio::test]
+async fn the_filter_size_is_checked_as_rabbitmq_3_13_checks_it() {
+    let s = common::start().await;
+    let conn = common::connect(&s).await;
+    let ch = conn.create_channel().await.unwrap();
+    declare(
+        &ch,
+        "fsz",
+        &[("x-stream-filter-size-bytes", AMQPValue::LongInt(32))],
+    )
+    .await;
+    for bad in [15, 256] {
+        let ch = conn.create_channel().await.unwrap();
+        let opts = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let a = stream_args(&[("x-stream-filter-size-bytes", AMQPValue::LongInt(bad))]);
+        let e = ch.queue_declare("fsz2".into(), opts, a).await.unwrap_err();
+        assert_eq!(
+            common::soft_code(&e),
+            (
+                406,
+                "PRECONDITION_FAILED - Invalid value for  x-stream-filter-size-bytes".into()
+            )
+        );
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_filtering_group_member_commits_past_what_it_skips() {
     let s = common::start().await;
     let conn = common::connect(&s).await;
