@@ -231,9 +231,15 @@ pub fn start_at(args: &Table, queue: &str, vhost: &str, now_ms: u64) -> Result<S
 /// a long string (one value) or an array (its long strings; other
 /// elements ignored), any other type meaning no filter; then
 /// `x-stream-match-unfiltered` if a boolean, else `false`, and ignored
-/// without a filter.
-pub fn filter_of(args: &Table) -> Option<Filter> {
-    let values = match args.get(FILTER_KEY)? {
+/// without a filter. An empty value stands for "no value" (osiris hashes
+/// it to the unfiltered bit). An array without a string crashes
+/// RabbitMQ's reader (`osiris_bloom:init_matcher` wants a non-empty
+/// list); Warren refuses it with a 406 naming the argument.
+pub fn filter_of(args: &Table, queue: &str, vhost: &str) -> Result<Option<Filter>> {
+    let Some(arg) = args.get(FILTER_KEY) else {
+        return Ok(None);
+    };
+    let mut values = match arg {
         Value::LongString(v) => vec![v.clone()],
         Value::Array(vs) => vs
             .iter()
@@ -242,13 +248,19 @@ pub fn filter_of(args: &Table) -> Option<Filter> {
                 _ => None,
             })
             .collect(),
-        _ => return None,
+        _ => return Ok(None),
     };
-    let match_unfiltered = matches!(args.get(MATCH_UNFILTERED_KEY), Some(Value::Bool(true)));
-    Some(Filter {
+    if values.is_empty() {
+        return Err(invalid_arg(FILTER_KEY, queue, vhost, "no filter value"));
+    }
+    let empty = values.iter().any(Vec::is_empty);
+    values.retain(|v| !v.is_empty());
+    let match_unfiltered =
+        empty || matches!(args.get(MATCH_UNFILTERED_KEY), Some(Value::Bool(true)));
+    Ok(Some(Filter {
         values,
         match_unfiltered,
-    })
+    }))
 }
 
 /// A stream's effective settings: those of its arguments (`base`), with
@@ -449,7 +461,9 @@ impl StreamQueue {
             routing_key: m.routing_key(),
             properties: m.properties(),
             body: m.body(),
-            filter: super::properties::string_header(m.properties(), FILTER_VALUE_KEY),
+            // An empty value is none (as osiris hashes it).
+            filter: super::properties::string_header(m.properties(), FILTER_VALUE_KEY)
+                .filter(|v| !v.is_empty()),
         };
         let (_, ask) = self.log.append(&rec, now_ms as i64);
         if ask {
@@ -544,7 +558,7 @@ impl StreamQueue {
             super::registry::unix_ms(),
         )?;
         let explicit = req.arguments.get(OFFSET_KEY).map(|_| at);
-        let filter = filter_of(&req.arguments).map(Arc::new);
+        let filter = filter_of(&req.arguments, &queue.name, &queue.vhost)?.map(Arc::new);
         let group = match req.arguments.get(GROUP_KEY) {
             None => None,
             Some(v) => match v.as_str() {
@@ -981,5 +995,57 @@ mod tests {
         );
         let e = at(Value::LongString(b"bad".to_vec())).unwrap_err();
         assert_eq!(e.kind, ErrorKind::PreconditionFailed);
+    }
+
+    #[test]
+    fn filters_from_consumer_arguments_as_rabbitmq_3_13_reads_them() {
+        let of = |pairs: Vec<(&str, Value)>| {
+            let mut t = Table::default();
+            for (k, v) in pairs {
+                t.insert(k, v);
+            }
+            filter_of(&t, "q", "/")
+        };
+        let s = |v: &str| Value::LongString(v.as_bytes().to_vec());
+        let f = |vs: &[&str], mu: bool| {
+            Some(Filter {
+                values: vs.iter().map(|v| v.as_bytes().to_vec()).collect(),
+                match_unfiltered: mu,
+            })
+        };
+        assert_eq!(of(vec![]).unwrap(), None);
+        assert_eq!(of(vec![(FILTER_KEY, s("a"))]).unwrap(), f(&["a"], false));
+        assert_eq!(
+            of(vec![
+                (
+                    FILTER_KEY,
+                    Value::Array(vec![s("a"), Value::LongInt(1), s("b")])
+                ),
+                (MATCH_UNFILTERED_KEY, Value::Bool(true)),
+            ])
+            .unwrap(),
+            f(&["a", "b"], true)
+        );
+        // Not a boolean: false; without a filter: ignored.
+        assert_eq!(
+            of(vec![
+                (FILTER_KEY, s("a")),
+                (MATCH_UNFILTERED_KEY, s("true"))
+            ])
+            .unwrap(),
+            f(&["a"], false)
+        );
+        assert_eq!(
+            of(vec![(MATCH_UNFILTERED_KEY, Value::Bool(true))]).unwrap(),
+            None
+        );
+        assert_eq!(of(vec![(FILTER_KEY, Value::LongInt(3))]).unwrap(), None);
+        assert_eq!(of(vec![(FILTER_KEY, s(""))]).unwrap(), f(&[], true));
+        let e = of(vec![(FILTER_KEY, Value::Array(vec![Value::LongInt(1)]))]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::PreconditionFailed);
+        assert_eq!(
+            e.text,
+            "invalid arg 'x-stream-filter' for queue 'q' in vhost '/': no filter value"
+        );
     }
 }
