@@ -427,6 +427,11 @@ async fn a_fast_publisher_is_held_back_not_dropped() {
         let r = tokio::time::timeout(Duration::from_secs(120), c).await;
         assert!(r.expect("a confirm in time").expect("confirm").is_ack());
     }
+    let st = stream_stats(&s, "bp").await;
+    assert!(
+        st["publisher_flow_pauses"].as_u64().unwrap() > 0,
+        "never held back: {st}"
+    );
     let (ch, mut c) = consume_with(
         &conn,
         "bp",

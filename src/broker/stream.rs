@@ -293,6 +293,8 @@ pub fn effective_settings(base: StreamSettings, applied: &Applied) -> StreamSett
 struct Flow {
     blocked: AtomicBool,
     resumed: Notify,
+    /// Times it was set (management API).
+    pauses: AtomicU64,
 }
 
 impl Flow {
@@ -489,7 +491,9 @@ impl StreamQueue {
             }));
         }
         if self.log.unsynced_bytes() > self.unsynced_max {
-            self.flow.blocked.store(true, Ordering::Release);
+            if !self.flow.blocked.swap(true, Ordering::AcqRel) {
+                self.flow.pauses.fetch_add(1, Ordering::Relaxed);
+            }
             // The flush may have finished between the check and the
             // store: look again, so the flag is never left set with
             // nothing left to clear it.
@@ -497,6 +501,11 @@ impl StreamQueue {
                 self.flow.release();
             }
         }
+    }
+
+    /// How many times the stream has held its publishers back.
+    pub fn flow_pauses(&self) -> u64 {
+        self.flow.pauses.load(Ordering::Relaxed)
     }
 
     /// Whether publishers should pause (too much waits for the flusher).

@@ -291,6 +291,7 @@ fn add_stream_fields(s: &MgmtState, st: &crate::broker::stream::StreamQueue, out
         "max_segment_size_bytes": settings.max_segment_bytes,
         "max_length_bytes": settings.max_bytes,
         "max_age_ms": settings.max_age_ms,
+        "publisher_flow_pauses": st.flow_pauses(),
         "groups": st.group_infos().iter().map(|g| json!({
             "name": g.name,
             "committed_offset": g.committed,
