@@ -400,12 +400,25 @@ async fn policies_set_a_streams_retention_and_segment_size() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fast_publisher_is_held_back_not_dropped() {
     // A 1 KiB bound on what a stream holds unsynced: a pipelined
-    // publisher is paused again and again until the flusher catches up.
+    // publisher is paused again and again until the flusher catches up,
+    // even though its connection also consumes the stream (a stream is
+    // drained by the flusher, not by acks).
     let s = common::start_with(|c| c.storage.stream_unsynced_kb = 1).await;
     let conn = common::connect(&s).await;
     let pubch = confirming(&conn).await;
     declare(&pubch, "bp", &[]).await;
     const N: usize = 5_000;
+    let first = args(&[("x-stream-offset", longstr("first"))]);
+    let (ch, mut c) = consume_with(&conn, "bp", 1000, first).await;
+    let reader = tokio::spawn(async move {
+        for i in 0..N {
+            let (off, b, tag) = next(&mut c).await;
+            assert_eq!(off as usize, i);
+            assert!(b.starts_with(&format!("m{i}:")), "{i}");
+            ch.basic_ack(tag, BasicAckOptions::default()).await.unwrap();
+        }
+        quiet(&mut c).await;
+    });
     let body = vec![b'x'; 200];
     let mut confirms = Vec::with_capacity(N);
     for i in 0..N {
@@ -427,24 +440,14 @@ async fn a_fast_publisher_is_held_back_not_dropped() {
         let r = tokio::time::timeout(Duration::from_secs(120), c).await;
         assert!(r.expect("a confirm in time").expect("confirm").is_ack());
     }
+    tokio::time::timeout(Duration::from_secs(120), reader)
+        .await
+        .expect("every message read in time")
+        .expect("the reader's checks");
     let st = stream_stats(&s, "bp").await;
     assert!(
         st["publisher_flow_pauses"].as_u64().unwrap() > 0,
         "never held back: {st}"
     );
-    let (ch, mut c) = consume_with(
-        &conn,
-        "bp",
-        1000,
-        args(&[("x-stream-offset", longstr("first"))]),
-    )
-    .await;
-    for i in 0..N {
-        let (off, b, tag) = next(&mut c).await;
-        assert_eq!(off as usize, i);
-        assert!(b.starts_with(&format!("m{i}:")), "{i}");
-        ch.basic_ack(tag, BasicAckOptions::default()).await.unwrap();
-    }
-    quiet(&mut c).await;
     s.shutdown().await;
 }

@@ -1027,11 +1027,14 @@ impl Connection {
             // the queue that blocks us, and breaks any cycle of
             // connections publishing to each other's consumed queues: the
             // last of them to be blocked consumes from a blocked queue,
-            // so it never pauses and the cycle drains through it.
+            // so it never pauses and the cycle drains through it. (A
+            // stream is drained by the flusher, not by acks: consuming
+            // one is no reason not to pause.)
             let drains_blocked = self.channels.values().any(|ch| {
-                ch.consumers
-                    .values()
-                    .any(|c| Arc::ptr_eq(&c.queue, &q) || c.queue.flow_blocked())
+                ch.consumers.values().any(|c| {
+                    c.queue.flow_needs_consumers()
+                        && (Arc::ptr_eq(&c.queue, &q) || c.queue.flow_blocked())
+                })
             });
             if !drains_blocked && self.flow_wait.is_none() {
                 self.flow_wait = Some(q);
