@@ -381,6 +381,51 @@ async fn policies_set_a_streams_retention_and_segment_size() {
         },
     )
     .await;
+    // An operator policy's lower max-length-bytes wins over the policy's;
+    // with both deleted the stream is back to its arguments.
+    declare(
+        &pubch,
+        "sp.c",
+        &[("x-stream-max-segment-size-bytes", AMQPValue::LongInt(1000))],
+    )
+    .await;
+    for i in 0..80 {
+        publish_filtered(&pubch, "sp.c", &[(i, None)]).await;
+    }
+    let pol = |n: u64| serde_json::json!({"pattern": "^sp\\.c$", "definition": {"max-length-bytes": n}, "apply-to": "queues"});
+    put_policy(&s, "sp3", pol(1_000_000)).await;
+    let (st, b) = raw(
+        &s,
+        "PUT",
+        "/api/operator-policies/%2F/op3",
+        Some(GUEST),
+        &pol(2000).to_string(),
+    )
+    .await;
+    assert!(st == 201 || st == 204, "{st} {b}");
+    wait_until(
+        "sp.c trimmed by the operator policy",
+        Duration::from_secs(10),
+        || async {
+            let st = stream_stats(&s, "sp.c").await;
+            st["max_length_bytes"] == 2000 && st["first_offset"].as_u64().unwrap() > 0
+        },
+    )
+    .await;
+    for path in ["/api/policies/%2F/sp3", "/api/operator-policies/%2F/op3"] {
+        let (st, b) = raw(&s, "DELETE", path, Some(GUEST), "").await;
+        assert_eq!(st, 204, "{b}");
+    }
+    wait_until(
+        "sp.c back to its arguments",
+        Duration::from_secs(10),
+        || async {
+            let st = stream_stats(&s, "sp.c").await;
+            st["max_length_bytes"].is_null() && st["max_segment_size_bytes"] == 1000
+        },
+    )
+    .await;
+
     // What is left is read from the oldest kept offset, in order.
     let first = stream_stats(&s, "sp.b").await["first_offset"]
         .as_u64()
