@@ -149,9 +149,7 @@ fn binding_keys(m: &Map<String, J>) -> Result<Vec<String>, ApiError> {
         super::bad_request(r)
     }
     match (m.get("partitions"), m.get("binding-keys")) {
-        (Some(_), Some(_)) => Err(bad(
-            "give either partitions or binding-keys, not both",
-        )),
+        (Some(_), Some(_)) => Err(bad("give either partitions or binding-keys, not both")),
         (Some(n), None) => match n.as_u64() {
             Some(n) if (1..=MAX_PARTITIONS as u64).contains(&n) => {
                 Ok(SuperStreamSpec::numbered(n as usize))
@@ -164,9 +162,7 @@ fn binding_keys(m: &Map<String, J>) -> Result<Vec<String>, ApiError> {
             .iter()
             .map(|k| match k {
                 J::String(s) => Ok(s.clone()),
-                other => Err(bad(format!(
-                    "binding-keys: expected strings, got {other}"
-                ))),
+                other => Err(bad(format!("binding-keys: expected strings, got {other}"))),
             })
             .collect(),
         (None, Some(other)) => Err(bad(format!(

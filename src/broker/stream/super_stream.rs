@@ -271,7 +271,9 @@ impl Vhost {
             return Err(invalid(format!("{v}")));
         };
         if args.get(GROUP_KEY).is_none() {
-            return Err(invalid(format!("it needs a consumer group ('{GROUP_KEY}')")));
+            return Err(invalid(format!(
+                "it needs a consumer group ('{GROUP_KEY}')"
+            )));
         }
         let ex = self.exchange(name)?;
         if !is_super_stream(&ex) {
