@@ -813,11 +813,14 @@ fn stream_gauges(f: &mut Family, broker: &crate::broker::Broker, per_object: boo
     }
 }
 
+/// Labels (vhost, super stream, partition, partition index, group), the
+/// group's committed offset in the partition, its lag.
+type LagRow = ([String; 5], u64, u64);
+
 /// Per super stream, partition and consumer group: the group's committed
 /// offset in the partition and its lag behind the partition's tail.
 fn super_stream_lag(f: &mut Family, broker: &crate::broker::Broker) {
-    // (labels: vhost, super stream, partition, index, group; committed, lag)
-    let mut rows: Vec<([String; 5], u64, u64)> = Vec::new();
+    let mut rows: Vec<LagRow> = Vec::new();
     for v in broker.vhosts() {
         for ss in v.super_streams() {
             for p in &ss.partitions {
@@ -836,22 +839,22 @@ fn super_stream_lag(f: &mut Family, broker: &crate::broker::Broker) {
             }
         }
     }
-    let families: [(&str, &str, fn(&([String; 5], u64, u64)) -> u64); 2] = [
+    let families = [
         (
             "warren_super_stream_group_committed_offset",
             "A consumer group's committed offset in a super stream partition",
-            |r| r.1,
+            false,
         ),
         (
             "warren_super_stream_group_lag",
             "Messages of a super stream partition a consumer group has not acknowledged yet",
-            |r| r.2,
+            true,
         ),
     ];
-    for (name, help, pick) in families {
+    for (name, help, lag) in families {
         f.head(name, "gauge", help);
-        for r in &rows {
-            let [v, ss, part, index, group] = &r.0;
+        for (l, committed, behind) in &rows {
+            let [v, ss, part, index, group] = l;
             let labels = [
                 ("vhost", v.as_str()),
                 ("super_stream", ss.as_str()),
@@ -859,7 +862,8 @@ fn super_stream_lag(f: &mut Family, broker: &crate::broker::Broker) {
                 ("partition_index", index.as_str()),
                 ("group", group.as_str()),
             ];
-            f.sample(name, &labels, pick(r) as f64);
+            let value = if lag { behind } else { committed };
+            f.sample(name, &labels, *value as f64);
         }
     }
 }
