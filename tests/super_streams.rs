@@ -216,7 +216,10 @@ async fn creation_makes_rabbitmqs_layout_and_delete_removes_it() {
         let q = common::get_ok(&s, &format!("/api/queues/%2f/invoices-{i}")).await;
         assert_eq!(q["type"], "stream");
         assert_eq!(q["durable"], true);
-        assert_eq!(q["arguments"]["x-queue-type"], "stream");
+        assert_eq!(
+            q["arguments"],
+            serde_json::json!({"x-queue-type": "stream", "x-queue-leader-locator": "balanced"})
+        );
     }
     let b = common::get_ok(&s, "/api/exchanges/%2f/invoices/bindings/source").await;
     let mut got: Vec<(String, String, J)> = b

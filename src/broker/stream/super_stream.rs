@@ -6,8 +6,8 @@
 //!
 //! The layout is RabbitMQ's (`rabbit_stream_manager:create_super_stream`):
 //! a durable direct exchange `NAME` with the argument `x-super-stream:
-//! true`, durable stream queues `NAME-<key>` (keys `0..N-1` by default),
-//! each bound from the exchange with its key and the binding argument
+//! true`, durable stream queues `NAME-<key>` (keys `0..N-1` by default;
+//! `x-queue-leader-locator: balanced` unless given), each bound from the exchange with its key and the binding argument
 //! `x-stream-partition-order: <index>`. Warren adds one exchange argument,
 //! `x-super-stream-routing: hash`, routing each routing key to one
 //! partition by its hash (see `warren_exchanges::partition`).
@@ -158,6 +158,14 @@ impl Vhost {
         }
         let mut qargs = spec.arguments.clone();
         qargs.insert("x-queue-type", Value::LongString(b"stream".to_vec()));
+        // RabbitMQ's default_super_stream_arguments (3.13): kept, as on
+        // any single node it changes nothing.
+        if qargs.get("x-queue-leader-locator").is_none() {
+            qargs.insert(
+                "x-queue-leader-locator",
+                Value::LongString(b"balanced".to_vec()),
+            );
+        }
         let qopts = QueueOptions {
             durable: true,
             exclusive: false,
