@@ -10,6 +10,7 @@ import * as queues from './queues.js';
 import * as exchanges from './exchanges.js';
 import * as admin from './admin.js';
 import * as policies from './policies.js';
+import * as superStreams from './superstreams.js';
 
 const POLL_MS = 5000;
 
@@ -23,6 +24,7 @@ const routes = [
   [/^exchanges\/([^/]+)\/([^/]*)$/, 'exchanges', exchanges.page],
   [/^queues$/, 'queues', queues.list],
   [/^queues\/([^/]+)\/([^/]+)$/, 'queues', queues.page],
+  [/^super-streams$/, 'super-streams', superStreams.mount],
   [/^admin$/, 'admin', admin.mount],
   [/^policies$/, 'admin', policies.mount],
 ];

@@ -14,6 +14,7 @@
 pub mod consistent_hash;
 mod hash;
 pub mod headers;
+pub mod partition;
 pub mod topic;
 pub mod value;
 
@@ -23,6 +24,7 @@ use std::hash::Hash;
 
 pub use consistent_hash::{HashOn, HashProperty};
 pub use headers::XMatch;
+pub use partition::Routing;
 pub use value::{Table, Value};
 
 /// What routing may look at in a message. Most exchange types need only
@@ -152,6 +154,12 @@ pub enum ArgumentError {
         argument: &'static str,
         type_name: &'static str,
     },
+    /// A routing argument with a value it does not take.
+    InvalidValue {
+        argument: &'static str,
+        value: String,
+        expected: &'static str,
+    },
 }
 
 impl std::fmt::Display for ArgumentError {
@@ -169,6 +177,11 @@ impl std::fmt::Display for ArgumentError {
                 f,
                 "Invalid {argument} field type {type_name}; expected longstr"
             ),
+            ArgumentError::InvalidValue {
+                argument,
+                value,
+                expected,
+            } => write!(f, "Invalid {argument} value '{value}'; expected {expected}"),
         }
     }
 }
@@ -202,6 +215,10 @@ pub struct Router<D> {
     /// Destination -> routing key -> positions in `bindings`.
     positions: HashMap<D, HashMap<Box<str>, Vec<usize>>>,
     index: Index<D>,
+    /// A direct exchange's `x-super-stream-routing`.
+    routing: Routing,
+    /// With [`Routing::Hash`]: the bound destinations in partition order.
+    partitions: Vec<D>,
 }
 
 impl<D: Clone + Eq + Hash> Router<D> {
@@ -220,19 +237,59 @@ impl<D: Clone + Eq + Hash> Router<D> {
                     Index::ConsistentHash(consistent_hash::HashRing::default(), HashOn::RoutingKey)
                 }
             },
+            routing: Routing::Key,
+            partitions: Vec::new(),
         }
     }
 
     /// A router for an exchange declared with `arguments`, validated as
     /// RabbitMQ's exchange type validates them on exchange.declare. Only
     /// `x-consistent-hash` reads any (`hash-header`, `hash-property`);
-    /// other types ignore them, as their `validate/1` does.
+    /// other types ignore them, as their `validate/1` does. Warren's one
+    /// addition: a direct exchange's `x-super-stream-routing` (`key` or
+    /// `hash`, see [`partition`]).
     pub fn with_arguments(kind: ExchangeType, arguments: &Table) -> Result<Self, ArgumentError> {
         let mut r = Router::new(kind);
-        if let Index::ConsistentHash(_, on) = &mut r.index {
-            *on = HashOn::from_arguments(arguments)?;
+        match &mut r.index {
+            Index::ConsistentHash(_, on) => *on = HashOn::from_arguments(arguments)?,
+            Index::Direct(_) => r.routing = Routing::from_arguments(arguments)?,
+            _ => {}
         }
         Ok(r)
+    }
+
+    /// How a direct exchange routes (always [`Routing::Key`] for others).
+    pub fn routing(&self) -> Routing {
+        self.routing
+    }
+
+    /// Recomputes the partition order after a binding change (hash
+    /// routing only): by `x-stream-partition-order`, bindings without one
+    /// last, ties by binding key; each destination once.
+    fn reorder_partitions(&mut self) {
+        if self.routing != Routing::Hash {
+            return;
+        }
+        let mut ordered: Vec<&Binding<D>> = self.bindings.iter().collect();
+        ordered.sort_by(|a, b| {
+            let key = |x: &Binding<D>| partition::order(&x.arguments).unwrap_or(i64::MAX);
+            key(a)
+                .cmp(&key(b))
+                .then_with(|| a.routing_key.cmp(&b.routing_key))
+        });
+        let mut out: Vec<D> = Vec::with_capacity(ordered.len());
+        for b in ordered {
+            if !out.contains(&b.destination) {
+                out.push(b.destination.clone());
+            }
+        }
+        self.partitions = out;
+    }
+
+    /// The destination a hash-routed key reaches, if any is bound.
+    fn hashed(&self, routing_key: &str) -> Option<&D> {
+        (!self.partitions.is_empty())
+            .then(|| &self.partitions[partition::index_of(routing_key, self.partitions.len())])
     }
 
     pub fn kind(&self) -> ExchangeType {
@@ -297,6 +354,7 @@ impl<D: Clone + Eq + Hash> Router<D> {
             routing_key: routing_key.to_owned(),
             arguments,
         });
+        self.reorder_partitions();
         Ok(true)
     }
 
@@ -325,6 +383,7 @@ impl<D: Clone + Eq + Hash> Router<D> {
         }
         let b = self.swap_remove(pos);
         self.remove_index(&b);
+        self.reorder_partitions();
         true
     }
 
@@ -395,6 +454,7 @@ impl<D: Clone + Eq + Hash> Router<D> {
             let b = self.swap_remove(pos);
             self.remove_index(&b);
         }
+        self.reorder_partitions();
         n
     }
 
@@ -429,6 +489,10 @@ impl<D: Clone + Eq + Hash> Router<D> {
     /// Appends to `out` every destination the message reaches, each once.
     pub fn route(&self, input: &RouteInput<'_>, out: &mut Vec<D>) {
         let start = out.len();
+        if self.routing == Routing::Hash {
+            out.extend(self.hashed(input.routing_key).cloned());
+            return;
+        }
         match &self.index {
             Index::Direct(map) => {
                 // Each destination appears once per key already.
@@ -461,6 +525,14 @@ impl<D: Clone + Eq + Hash> Router<D> {
     /// matching bindings, they are the picked destination's bindings.
     pub fn explain(&self, input: &RouteInput<'_>) -> Vec<&Binding<D>> {
         let empty = Table::default();
+        if self.routing == Routing::Hash {
+            let picked = self.hashed(input.routing_key);
+            return self
+                .bindings
+                .iter()
+                .filter(|b| Some(&b.destination) == picked)
+                .collect();
+        }
         match &self.index {
             Index::Direct(_) => self
                 .bindings
@@ -534,6 +606,50 @@ mod tests {
         r.route(&RouteInput::key(key), &mut out);
         out.sort();
         out
+    }
+
+    #[test]
+    fn hash_routing_picks_one_partition_in_partition_order() {
+        let mut args = t();
+        args.insert(partition::ROUTING_ARG, Value::LongString(b"hash".to_vec()));
+        let mut r = Router::with_arguments(ExchangeType::Direct, &args).unwrap();
+        assert_eq!(r.routing(), Routing::Hash);
+        assert!(route(&r, "k").is_empty(), "no partitions: unroutable");
+        let order = |i: i64| {
+            let mut a = t();
+            a.insert(partition::ORDER_ARG, Value::LongInt(i as i32));
+            a
+        };
+        // Bound out of order: the order argument, not the binding order, counts.
+        r.bind("s-2", "2", order(2)).unwrap();
+        r.bind("s-0", "0", order(0)).unwrap();
+        r.bind("s-1", "1", order(1)).unwrap();
+        let parts = ["s-0", "s-1", "s-2"];
+        for i in 0..50 {
+            let key = format!("key-{i}");
+            let want = parts[partition::index_of(&key, 3)];
+            assert_eq!(route(&r, &key), vec![want], "{key}");
+            let explained: Vec<_> = r
+                .explain(&RouteInput::key(&key))
+                .iter()
+                .map(|b| b.destination)
+                .collect();
+            assert_eq!(explained, vec![want]);
+        }
+        r.unbind_destination(&"s-1");
+        let key = "key-1";
+        assert_eq!(
+            route(&r, key),
+            vec![["s-0", "s-2"][partition::index_of(key, 2)]]
+        );
+        let mut bad = t();
+        bad.insert(partition::ROUTING_ARG, Value::LongString(b"x".to_vec()));
+        assert_eq!(
+            Router::<&str>::with_arguments(ExchangeType::Direct, &bad)
+                .unwrap_err()
+                .to_string(),
+            "Invalid x-super-stream-routing value 'x'; expected key or hash"
+        );
     }
 
     #[test]

@@ -1399,7 +1399,7 @@ impl Connection {
         let prefetch = ch.consumer_prefetch;
         // consume-ok goes out before any delivery: deliveries wait in the
         // outbox, which is drained after this command's replies.
-        q.consume(req)?;
+        self.vhost.consume(&q, req)?;
         self.ch(id).consumers.insert(
             tag.clone(),
             Consumer {

@@ -629,11 +629,21 @@ impl Queue {
     }
 
     pub fn consume(self: &Arc<Self>, req: ConsumeRequest) -> super::Result<()> {
+        self.consume_partition(req, None)
+    }
+
+    /// A consume; `partition` is this stream's index in the super stream
+    /// a group member consumes (see `Vhost::consume`).
+    pub(crate) fn consume_partition(
+        self: &Arc<Self>,
+        req: ConsumeRequest,
+        partition: Option<u32>,
+    ) -> super::Result<()> {
         if let Some(s) = &self.stream {
             if self.is_deleted() {
                 return Err(super::BrokerError::no_queue(&self.name, &self.vhost));
             }
-            return s.consume(self, req);
+            return s.consume(self, req, partition);
         }
         self.touch();
         let handle = Arc::new(ConsumerHandle {

@@ -38,8 +38,10 @@ use warren_queues::stream::{
 use warren_queues::{ConsumerId, Message, QueuedMessage};
 
 mod groups;
+pub mod super_stream;
 use groups::Groups;
 pub use groups::GROUP_KEY;
+pub use super_stream::SUPER_STREAM_KEY;
 
 /// The consumer argument and delivery header carrying an offset.
 pub const OFFSET_KEY: &str = "x-stream-offset";
@@ -323,11 +325,61 @@ struct StreamConsumer {
     /// Its own `x-stream-offset`, if given (a group member waiting to
     /// read starts there instead of at the group's committed offset).
     explicit: Option<StartAt>,
-    /// The cursor a waiting group member is handed when it becomes the
-    /// group's reader.
-    handoff: Mutex<Option<Cursor>>,
     /// Its `x-stream-filter`, if any.
     filter: Option<Arc<Filter>>,
+    /// Whether it reads, and the cursor a group member is handed when it
+    /// becomes (again) its group's reader for this stream.
+    reader: Mutex<ReaderState>,
+}
+
+/// What a consumer's reader task is told by rebalances.
+#[derive(Debug)]
+struct ReaderState {
+    /// Reads (a group member: is its group's reader for this stream).
+    active: bool,
+    /// A cursor to read from, replacing the reader's own.
+    handoff: Option<Cursor>,
+}
+
+impl StreamConsumer {
+    fn reader(&self) -> MutexGuard<'_, ReaderState> {
+        self.reader.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes it its group's reader from `cursor`, or stops its reading.
+    fn set_reader(&self, cursor: Option<Cursor>) {
+        {
+            let mut r = self.reader();
+            r.active = cursor.is_some();
+            r.handoff = cursor;
+        }
+        self.wake.notify_one();
+    }
+
+    /// Applies a rebalance to the reader's `cursor` (a new one handed over,
+    /// or none when it no longer reads).
+    fn take_reader(&self, cursor: &mut Option<Cursor>) {
+        let mut r = self.reader();
+        if let Some(h) = r.handoff.take() {
+            *cursor = Some(h);
+        }
+        if !r.active {
+            *cursor = None;
+        }
+    }
+
+    /// Whether a rebalance happened since the reader last looked: what it
+    /// read meanwhile is not delivered (the new reader reads it).
+    fn reader_changed(&self) -> bool {
+        let r = self.reader();
+        !r.active || r.handoff.is_some()
+    }
+
+    /// The order members of a super stream group are ranked in, the same
+    /// in every partition: connection, channel, consumer tag.
+    fn rank(&self) -> (u64, u16, &str) {
+        (self.handle.conn, self.handle.session, &self.handle.tag)
+    }
 }
 
 /// What the management API shows of a consumer group.
@@ -339,6 +391,9 @@ pub struct StreamGroupInfo {
     /// The reading member's consumer tag.
     pub active: Option<String>,
     pub members: usize,
+    /// The stream's index in a super stream the group consumes
+    /// ([`SUPER_STREAM_KEY`]).
+    pub partition: Option<u32>,
 }
 
 /// What the management API shows of a stream consumer.
@@ -542,8 +597,14 @@ impl StreamQueue {
     }
 
     /// Adds a consumer (manual acks and a consumer prefetch required, as
-    /// RabbitMQ) reading from its `x-stream-offset`.
-    pub fn consume(&self, queue: &Arc<Queue>, req: ConsumeRequest) -> Result<()> {
+    /// RabbitMQ) reading from its `x-stream-offset`; `partition` is this
+    /// stream's index in the super stream a group member consumes.
+    pub fn consume(
+        &self,
+        queue: &Arc<Queue>,
+        req: ConsumeRequest,
+        partition: Option<u32>,
+    ) -> Result<()> {
         let rs = || format!("queue '{}' in vhost '{}'", queue.name, queue.vhost);
         if req.no_ack {
             return Err(BrokerError::new(
@@ -601,25 +662,8 @@ impl StreamQueue {
             while cons.contains_key(&slot) {
                 slot = self.next_slot.fetch_add(1, Ordering::Relaxed) & 0xff_ffff;
             }
-            // A group member reads now only if it is the group's first;
-            // it starts at its own offset, else where the group got to.
-            let cursor = match &group {
-                None => Some(Cursor::new(&self.log, at)),
-                Some(name) => {
-                    let mut gs = self.groups();
-                    let log = &self.log;
-                    let g = gs
-                        .map
-                        .entry(name.clone())
-                        .or_insert_with(|| groups::Group::at(log.resolve(at).0));
-                    g.members.push(slot);
-                    (g.members.len() == 1).then(|| {
-                        let c = Cursor::new(log, explicit.unwrap_or(StartAt::Offset(g.committed)));
-                        g.restart_at(c.next);
-                        c
-                    })
-                }
-            };
+            // A group member reads when a rebalance hands it a cursor.
+            let cursor = group.is_none().then(|| Cursor::new(&self.log, at));
             let c = Arc::new(StreamConsumer {
                 slot,
                 handle,
@@ -630,10 +674,26 @@ impl StreamQueue {
                 position: AtomicU64::new(cursor.as_ref().map_or(0, |c| c.next)),
                 group,
                 explicit,
-                handoff: Mutex::new(None),
+                reader: Mutex::new(ReaderState {
+                    active: cursor.is_some(),
+                    handoff: None,
+                }),
                 filter,
             });
             cons.insert(slot, c.clone());
+            if let Some(name) = &c.group {
+                let mut gs = self.groups();
+                let log = &self.log;
+                let g = gs
+                    .map
+                    .entry(name.clone())
+                    .or_insert_with(|| groups::Group::at(log.resolve(at).0));
+                g.members.push(slot);
+                if partition.is_some() {
+                    g.partition = partition;
+                }
+                self.rebalance(&cons, g);
+            }
             (c, cursor)
         };
         let (c, cursor) = c;
@@ -662,30 +722,55 @@ impl StreamQueue {
         let Some(name) = &c.group else {
             return;
         };
-        // The group's next member (if the reader left) takes over from
-        // the committed offset, or its own.
         let mut gs = self.groups();
         let Some(g) = gs.map.get_mut(name) else {
             return;
         };
-        let was_reader = g.members.first() == Some(&c.slot);
         g.members.retain(|s| *s != c.slot);
-        let Some(next) = g
-            .members
-            .first()
-            .and_then(|s| cons.get(s))
-            .filter(|_| was_reader)
-        else {
+        if g.active == Some(c.slot) {
+            g.active = None;
+        }
+        self.rebalance(&cons, g);
+    }
+
+    /// The member that should read this stream for group `g`: the first
+    /// to arrive, or, in a super stream group, member `partition % n` of
+    /// the `n` members ranked by [`StreamConsumer::rank`] (so 3 partitions
+    /// over 2 members go 2 + 1, and every partition agrees on the ranks).
+    fn pick(g: &groups::Group, cons: &HashMap<u32, Arc<StreamConsumer>>) -> Option<u32> {
+        let Some(p) = g.partition else {
+            return g.members.first().copied();
+        };
+        let mut ranked: Vec<&Arc<StreamConsumer>> =
+            g.members.iter().filter_map(|s| cons.get(s)).collect();
+        ranked.sort_by(|a, b| a.rank().cmp(&b.rank()));
+        (!ranked.is_empty()).then(|| ranked[p as usize % ranked.len()].slot)
+    }
+
+    /// Moves group `g`'s reading to the member [`Self::pick`] names, if
+    /// another: the old reader stops (what it has not acknowledged is
+    /// read again) and the new one starts at the group's committed offset
+    /// (a single-stream group's member at its own `x-stream-offset`).
+    fn rebalance(&self, cons: &HashMap<u32, Arc<StreamConsumer>>, g: &mut groups::Group) {
+        let want = Self::pick(g, cons);
+        if want == g.active {
+            return;
+        }
+        if let Some(old) = g.active.and_then(|s| cons.get(&s)) {
+            old.set_reader(None);
+        }
+        g.active = want;
+        let Some(new) = want.and_then(|s| cons.get(&s)) else {
             return;
         };
-        let cursor = Cursor::new(
-            &self.log,
-            next.explicit.unwrap_or(StartAt::Offset(g.committed)),
-        );
+        let from = match (g.partition, new.explicit) {
+            (None, Some(at)) => at,
+            _ => StartAt::Offset(g.committed),
+        };
+        let cursor = Cursor::new(&self.log, from);
         g.restart_at(cursor.next);
-        next.position.store(cursor.next, Ordering::Relaxed);
-        *next.handoff.lock().unwrap_or_else(|e| e.into_inner()) = Some(cursor);
-        next.wake.notify_one();
+        new.position.store(cursor.next, Ordering::Relaxed);
+        new.set_reader(Some(cursor));
     }
 
     /// Acks (and, as RabbitMQ counts them, nothing else) return credit to
@@ -775,11 +860,11 @@ impl StreamQueue {
                 name: name.clone(),
                 committed: g.committed,
                 active: g
-                    .members
-                    .first()
-                    .and_then(|s| cons.get(s))
+                    .active
+                    .and_then(|s| cons.get(&s))
                     .map(|c| c.handle.tag.clone()),
                 members: g.members.len(),
+                partition: g.partition,
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -868,34 +953,29 @@ async fn read_for(
     log: Arc<StreamLog>,
     mut tail: watch::Receiver<u64>,
     c: Arc<StreamConsumer>,
-    cursor: Option<Cursor>,
+    mut cursor: Option<Cursor>,
 ) {
-    // A group member that is not its group's reader waits to be handed
-    // a cursor (or cancelled).
-    let mut cursor = match cursor {
-        Some(cur) => cur,
-        None => loop {
-            if c.cancelled.load(Ordering::Acquire) {
-                return;
-            }
-            if let Some(cur) = c.handoff.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                break cur;
-            }
-            c.wake.notified().await;
-        },
-    };
     let mut batch: Vec<OutboxItem> = Vec::new();
     loop {
         if c.cancelled.load(Ordering::Acquire) {
             return;
         }
+        // A group member that is not its group's reader waits to be
+        // handed a cursor (or cancelled).
+        c.take_reader(&mut cursor);
+        let Some(mut cur) = cursor.take() else {
+            c.wake.notified().await;
+            continue;
+        };
         let credit = c.credit.load(Ordering::Acquire);
         let committed = *tail.borrow_and_update();
         if credit == 0 {
+            cursor = Some(cur);
             c.wake.notified().await;
             continue;
         }
-        if cursor.next >= committed {
+        if cur.next >= committed {
+            cursor = Some(cur);
             tokio::select! {
                 r = tail.changed() => if r.is_err() { return },
                 _ = c.wake.notified() => {}
@@ -903,20 +983,26 @@ async fn read_for(
             continue;
         }
         let max = credit.min(READ_BATCH) as usize;
-        let (l, filter, start) = (log.clone(), c.filter.clone(), cursor.next);
+        let (l, filter, start) = (log.clone(), c.filter.clone(), cur.next);
         let read = tokio::task::spawn_blocking(move || {
             let mut out = Vec::with_capacity(max);
-            let r = cursor.read(&l, max, READ_BYTES, filter.as_deref(), |off, rec| {
+            let r = cur.read(&l, max, READ_BYTES, filter.as_deref(), |off, rec| {
                 if let Some(m) = delivered(off, rec) {
                     out.push((off, m));
                 }
             });
-            (cursor, r.map(|_| out))
+            (cur, r.map(|_| out))
         })
         .await;
         let Ok((cur, read)) = read else { return };
-        cursor = cur;
-        c.position.store(cursor.next, Ordering::Relaxed);
+        if c.reader_changed() {
+            // Rebalanced meanwhile: the next reader delivers these.
+            cursor = Some(cur);
+            continue;
+        }
+        let next = cur.next;
+        c.position.store(next, Ordering::Relaxed);
+        cursor = Some(cur);
         let msgs = match read {
             Ok(m) => m,
             Err(e) => {
@@ -933,7 +1019,7 @@ async fn read_for(
         if c.group.is_some() && c.filter.is_some() {
             if let Some(s) = queue.stream() {
                 let delivered: Vec<u64> = msgs.iter().map(|(o, _)| *o).collect();
-                s.group_passed_over(&c, &gaps(start, cursor.next, &delivered));
+                s.group_passed_over(&c, &gaps(start, next, &delivered));
             }
         }
         c.credit.fetch_sub(msgs.len() as u32, Ordering::AcqRel);

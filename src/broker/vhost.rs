@@ -1325,7 +1325,7 @@ impl Vhost {
     }
 
     /// Removes an exchange and every binding that leads to it.
-    fn remove_exchange(&self, ex: &Arc<Exchange>) {
+    pub(crate) fn remove_exchange(&self, ex: &Arc<Exchange>) {
         if self
             .exchanges
             .remove_if(&ex.name, |_, v| Arc::ptr_eq(v, ex))

@@ -794,6 +794,9 @@ fn stream_gauges(f: &mut Family, broker: &crate::broker::Broker, per_object: boo
             }
         }
     }
+    if per_object {
+        super_stream_lag(f, broker);
+    }
     for (name, help, pick, summable) in families {
         if !per_object && !summable {
             continue;
@@ -806,6 +809,61 @@ fn stream_gauges(f: &mut Family, broker: &crate::broker::Broker, per_object: boo
         } else {
             let total: u64 = streams.iter().map(|(_, _, st)| pick(st)).sum();
             f.sample(name, &[], total as f64);
+        }
+    }
+}
+
+/// Labels (vhost, super stream, partition, partition index, group), the
+/// group's committed offset in the partition, its lag.
+type LagRow = ([String; 5], u64, u64);
+
+/// Per super stream, partition and consumer group: the group's committed
+/// offset in the partition and its lag behind the partition's tail.
+fn super_stream_lag(f: &mut Family, broker: &crate::broker::Broker) {
+    let mut rows: Vec<LagRow> = Vec::new();
+    for v in broker.vhosts() {
+        for ss in v.super_streams() {
+            for p in &ss.partitions {
+                let Some(st) = p.queue.stream() else { continue };
+                let tail = st.stats().committed;
+                for g in st.group_infos() {
+                    let labels = [
+                        v.name.clone(),
+                        ss.name.clone(),
+                        p.queue.name.clone(),
+                        p.index.to_string(),
+                        g.name,
+                    ];
+                    rows.push((labels, g.committed, tail.saturating_sub(g.committed)));
+                }
+            }
+        }
+    }
+    let families = [
+        (
+            "warren_super_stream_group_committed_offset",
+            "A consumer group's committed offset in a super stream partition",
+            false,
+        ),
+        (
+            "warren_super_stream_group_lag",
+            "Messages of a super stream partition a consumer group has not acknowledged yet",
+            true,
+        ),
+    ];
+    for (name, help, lag) in families {
+        f.head(name, "gauge", help);
+        for (l, committed, behind) in &rows {
+            let [v, ss, part, index, group] = l;
+            let labels = [
+                ("vhost", v.as_str()),
+                ("super_stream", ss.as_str()),
+                ("partition", part.as_str()),
+                ("partition_index", index.as_str()),
+                ("group", group.as_str()),
+            ];
+            let value = if lag { behind } else { committed };
+            f.sample(name, &labels, *value as f64);
         }
     }
 }

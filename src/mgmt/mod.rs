@@ -19,6 +19,7 @@ mod objects;
 mod paging;
 mod policies;
 mod process;
+mod super_streams;
 mod ui;
 
 use crate::broker::{Broker, BrokerError, Caller, ErrorKind, ExchangeOptions, Kind, QueueOptions};
@@ -101,6 +102,7 @@ pub fn router(state: Arc<MgmtState>) -> Router {
         .merge(policies::routes())
         .merge(extras::routes())
         .merge(limits::routes())
+        .merge(super_streams::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), durable_reply))
         .layer(middleware::from_fn_with_state(state.clone(), auth))

@@ -49,6 +49,7 @@ static ASSETS: &[Asset] = &[
     asset!("exchanges.js", JS),
     asset!("admin.js", JS),
     asset!("policies.js", JS),
+    asset!("superstreams.js", JS),
 ];
 
 /// The dashboard's routes, merged outside the API's auth layer.

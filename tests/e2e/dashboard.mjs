@@ -472,6 +472,34 @@ await step('a queue page counts expired messages dropped without a DLX', ['GET /
   await call('DELETE', `/queues/%2F/${enc(q)}`);
 });
 
+await step('super streams page creates one with its partitions, then deletes it', ['PUT/GET/DELETE /api/super-streams/{vhost}/{name}'], async () => {
+  const name = `e2e-super-${Date.now()}`;
+  await page.goto(`${BASE}/#/super-streams`);
+  const form = page.locator('form[data-role=add-super-stream]');
+  await form.locator('input[name=name]').fill(name);
+  await form.locator('input[name=partitions]').fill('3');
+  await form.locator('select[name=routing]').selectOption('hash');
+  await form.locator('button[type=submit]').click();
+  const block = page.locator(`[data-super-stream="${name}"]`);
+  await block.waitFor({ state: 'visible' });
+  for (let i = 0; i < 3; i++) await see(`[data-super-stream="${name}"] [data-role=partitions] td`, `${name}-${i}`);
+  await ensure((await block.textContent()).includes('routing by hash'), 'the routing is shown');
+  // A clash is refused with the broker's reason.
+  await form.locator('input[name=partitions]').fill('2');
+  await form.locator('button[type=submit]').click();
+  await see('form[data-role=add-super-stream] .status.err', 'there is already an exchange');
+  await snap('super-stream-listed');
+  acceptDialogs = true;
+  try {
+    await block.locator('button[data-action=delete-super-stream]').click();
+    await block.waitFor({ state: 'detached' });
+  } finally {
+    acceptDialogs = false;
+  }
+  const r = await page.evaluate(async (u) => (await fetch(u, { headers: { Authorization: `Basic ${btoa('guest:guest')}` } })).status, `${BASE}/api/queues/%2F/${enc(name)}-0`);
+  await ensure(r === 404, `the partitions are deleted (GET answered ${r})`);
+});
+
 await step('no uncaught script errors', [], async () => {
   if (pageErrors.length) throw new Error(pageErrors.join('\n'));
 });

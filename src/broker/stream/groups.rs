@@ -5,7 +5,10 @@
 //! reads at a time (single active consumer). When the reading member
 //! goes, the next one (in arrival order) takes over from the committed
 //! offset, so at most the unacknowledged tail is delivered again
-//! (at-least-once).
+//! (at-least-once). A group over a super stream (its members name it with
+//! `x-super-stream`) has one such record per partition, each partition's
+//! stream keeping its own; which member reads which partition is decided
+//! by `StreamQueue::rebalance`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{self, Write};
@@ -27,8 +30,13 @@ pub(super) struct Group {
     /// Ranges `[start, end)` a filtering member's reader passed over (they
     /// count as acknowledged), by start.
     skipped: BTreeMap<u64, u64>,
-    /// Member slots in arrival order; the first one reads.
+    /// Member slots in arrival order.
     pub members: Vec<u32>,
+    /// The member reading this stream for the group.
+    pub active: Option<u32>,
+    /// This stream's index in the super stream the group consumes
+    /// (members then share the partitions), if it consumes one.
+    pub partition: Option<u32>,
 }
 
 impl Group {
