@@ -937,3 +937,70 @@ async fn messages_ttl_or_limits_could_drop_are_not_paged() {
     conn.close(200, "bye".into()).await.unwrap();
     s.shutdown().await;
 }
+
+/// A BCC header's keys are kept with a durable queue's persistent message
+/// (the header itself never delivered): rejected after a restart, the
+/// message is still dead-lettered by its BCC key (no dead-letter routing
+/// key), as RabbitMQ routes a dead letter by all its original keys.
+#[tokio::test]
+async fn bcc_keys_survive_a_restart_and_route_the_dead_letter() {
+    let dir = temp_dir("bcc");
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "BCC".into(),
+        AMQPValue::FieldArray(vec![AMQPValue::LongString("by-bcc".into())].into()),
+    );
+    headers.insert("kept".into(), AMQPValue::LongString("yes".into()));
+    {
+        let s = start_on(&dir).await;
+        let c = connect(&s).await;
+        let ch = c.create_channel().await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        durable_exchange(&ch, "bcc-dlx", ExchangeKind::Direct).await;
+        let dl = args(&[("x-dead-letter-exchange", longstr("bcc-dlx"))]);
+        declare_durable(&ch, "bcc-src", dl).await;
+        declare_durable(&ch, "bcc-dst", t()).await;
+        bind(&ch, "bcc-dst", "bcc-dlx", "by-bcc", t()).await;
+        let props = persistent().with_headers(headers.clone());
+        publish_confirmed(&ch, "", "bcc-src", b"with-bcc", props).await;
+        publish_confirmed(&ch, "", "bcc-src", b"plain", persistent()).await;
+        s.shutdown().await;
+    }
+    let s = start_on(&dir).await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    for body in [&b"with-bcc"[..], b"plain"] {
+        let m = ch
+            .basic_get("bcc-src".into(), BasicGetOptions { no_ack: false })
+            .await
+            .unwrap()
+            .expect("a message after the restart");
+        assert_eq!(m.delivery.data, body);
+        let h = m.delivery.properties.headers().clone().unwrap_or_default();
+        assert!(!h.inner().contains_key("BCC"), "BCC is never delivered");
+        m.delivery
+            .reject(BasicRejectOptions { requeue: false })
+            .await
+            .unwrap();
+    }
+    // Both rejections are settled (the source is empty) before the
+    // target is read: a plain dead letter would have arrived by then.
+    wait_until(
+        "the source to empty",
+        std::time::Duration::from_secs(10),
+        || async {
+            passive(&ch, "bcc-src").await.unwrap().message_count() == 0
+                && passive(&ch, "bcc-dst").await.unwrap().message_count() >= 1
+        },
+    )
+    .await;
+    let got = get_all(&ch, "bcc-dst").await;
+    assert_eq!(got.len(), 1, "only the BCC'd one is bound there");
+    let (body, _, props) = &got[0];
+    assert_eq!(body, b"with-bcc");
+    let h = props.headers().clone().unwrap();
+    assert!(!h.inner().contains_key("BCC"), "nor on the dead letter");
+    assert_eq!(h.inner().get("kept"), Some(&longstr("yes")));
+}
