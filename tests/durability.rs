@@ -512,6 +512,53 @@ async fn a_no_ack_delivery_handed_back_unwritten_survives_a_restart() {
     s.shutdown().await;
 }
 
+/// A no-ack delivery handed back unwritten keeps its TTL deadline on
+/// disk too, not only in memory: after a restart it still expires at it
+/// (nothing at start-up re-reads a per-message `expiration`).
+#[tokio::test]
+async fn a_no_ack_delivery_handed_back_unwritten_keeps_its_deadline_across_a_restart() {
+    let dir = temp_dir("handback-ttl");
+    let deadline;
+    {
+        let s = start_on(&dir).await;
+        let c = connect(&s).await;
+        let ch = c.create_channel().await.unwrap();
+        queue(&ch, "hbt", true).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let props = persistent().with_expiration("3000".into());
+        publish_confirmed(&ch, "", "hbt", b"short-lived", props).await;
+        let q = s.broker().vhost("/").unwrap().queue("hbt").unwrap();
+        // Taken no-ack, then handed back with its deadline, as a delivery
+        // whose connection closed before writing it is.
+        let (m, _) = q.get(true).expect("a message");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        deadline = std::time::Instant::now() + std::time::Duration::from_millis(3000);
+        q.undeliver(m, true, Some(now + 3000));
+        assert_eq!(q.counts().0, 1);
+        c.close(200, "bye".into()).await.unwrap();
+        s.shutdown().await;
+    }
+    let s = start_on(&dir).await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    let q = s.broker().vhost("/").unwrap().queue("hbt").unwrap();
+    if std::time::Instant::now() < deadline {
+        assert_eq!(q.counts().0, 1, "back in its queue after the restart");
+    }
+    wait_until("it expires", std::time::Duration::from_secs(20), || async {
+        q.counts().0 == 0
+    })
+    .await;
+    assert!(get_all(&ch, "hbt").await.is_empty());
+    c.close(200, "bye".into()).await.unwrap();
+    s.shutdown().await;
+}
+
 async fn publish_confirmed_on(ch: &Channel, queue: &str) {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await

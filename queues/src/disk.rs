@@ -743,13 +743,9 @@ impl Disk {
         decode(self.segments.read(r)?, Some(r))
     }
 
-    /// Queue `queue` holds the record at `r` as message `seq`: an entry
-    /// in the index's buffer (no I/O), written by the next flush.
-    fn index_put(&self, queue: u64, seq: u64, r: StoredRef, size: u32) -> IndexRef {
-        self.index_put_expiring(queue, seq, r, size, None)
-    }
-
-    /// [`Disk::index_put`] with the message's deadline, if it has one.
+    /// Queue `queue` holds the record at `r` as message `seq`, expiring
+    /// at `deadline` if it has one: entries in the index's buffer (no
+    /// I/O), written by the next flush.
     fn index_put_expiring(
         &self,
         queue: u64,
@@ -1428,12 +1424,14 @@ impl MessageStore for DiskStore {
         Some(self.disk.clone())
     }
 
-    fn requeue_written(&mut self, m: QueuedMessage, at: StoredRef) {
-        // Only an index entry in the buffer here: the record was written
-        // by the caller, before it took the queue's lock.
+    fn requeue_written(&mut self, m: QueuedMessage, at: StoredRef, deadline: Option<u64>) {
+        // Only index entries in the buffer here (its deadline too, so
+        // that it still expires on time after a restart): the record was
+        // written by the caller, before it took the queue's lock.
+        let size = m.message.size() as u32;
         let ix = self
             .disk
-            .index_put(self.queue, m.seq, at, m.message.size() as u32);
+            .index_put_expiring(self.queue, m.seq, at, size, deadline);
         self.requeue_entry(m, Some((at, ix)));
     }
 
@@ -1849,7 +1847,7 @@ pub(crate) mod tests {
         s.settle(m.seq);
         assert_eq!(disk.counts().1, 1);
         let at = s.rewrite_disk().unwrap().put_body(&m.message, 1).unwrap();
-        s.requeue_written(m, at);
+        s.requeue_written(m, at, None);
         assert_eq!(disk.counts().1, 2, "handed back: durable again");
         let again = pop_loading(&mut s).unwrap();
         s.settle(again.seq);
@@ -1866,9 +1864,9 @@ pub(crate) mod tests {
     }
 
     /// A no-ack delivery handed back and written again survives a restart
-    /// in its place, redelivered; `requeue` itself writes nothing (it runs
-    /// under the queue's lock), so one handed back without being written
-    /// again is held in memory only.
+    /// in its place, redelivered, with its TTL deadline; `requeue` itself
+    /// writes nothing (it runs under the queue's lock), so one handed back
+    /// without being written again is held in memory only.
     #[test]
     fn a_handed_back_no_ack_delivery_written_again_survives_a_restart() {
         let dir = tempdir("handback-restart");
@@ -1886,7 +1884,7 @@ pub(crate) mod tests {
             let mut a = a;
             a.redelivered = true;
             let at = s.rewrite_disk().unwrap().put_body(&a.message, 1).unwrap();
-            s.requeue_written(a, at);
+            s.requeue_written(a, at, Some(9_000));
             s.requeue(b);
             assert_eq!(s.len(), 2);
             // Two records of the same size so far; one more now.
@@ -1902,6 +1900,7 @@ pub(crate) mod tests {
         let mut rec = disk.recover(&HashSet::from([5])).unwrap();
         let mut s = DiskStore::new(disk.clone(), 5, rec.remove(&5).unwrap(), 1 << 20);
         assert_eq!(s.len(), 1);
+        assert_eq!(s.take_recovered_deadlines(), vec![(1, 9_000)]);
         let back = pop_loading(&mut s).unwrap();
         assert_eq!((back.seq, back.message.body()), (1, &b"a"[..]));
         s.settle(back.seq);
