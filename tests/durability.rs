@@ -496,7 +496,8 @@ async fn a_no_ack_delivery_handed_back_unwritten_survives_a_restart() {
         let q = s.broker().vhost("/").unwrap().queue("hb").unwrap();
         // Taken no-ack: settled on the spot, its index entry acked; then
         // handed back, as a delivery whose consumer is gone is.
-        let (m, left) = q.get(true).expect("a message");
+        let got = q.get(true).expect("a message");
+        let (m, left) = (got.message, got.left);
         assert_eq!((m.message.body(), left), (&b"first"[..], 1));
         q.undeliver(m, true, None);
         assert_eq!(q.counts().0, 2);
@@ -532,7 +533,7 @@ async fn a_no_ack_delivery_handed_back_unwritten_keeps_its_deadline_across_a_res
         let q = s.broker().vhost("/").unwrap().queue("hbt").unwrap();
         // Taken no-ack, then handed back with its deadline, as a delivery
         // whose connection closed before writing it is.
-        let (m, _) = q.get(true).expect("a message");
+        let m = q.get(true).expect("a message").message;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()

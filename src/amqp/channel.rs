@@ -1442,7 +1442,8 @@ impl Connection {
                     AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
                 )
             }
-            Some((m, left)) => {
+            Some(got) => {
+                let (m, left) = (&got.message, got.left);
                 let ch = self.ch(id);
                 ch.count(
                     if g.no_ack {
@@ -1477,7 +1478,7 @@ impl Connection {
                 codec::write_content(
                     &mut self.out,
                     id,
-                    m.message.properties(),
+                    &got.properties(),
                     m.message.body(),
                     self.frame_max,
                 );

@@ -896,6 +896,7 @@ enum AckMode {
 /// One message as `/get` renders it (`truncate` cuts the payload only).
 pub(super) fn message_json(
     m: &Message,
+    properties: &[u8],
     redelivered: bool,
     message_count: usize,
     base64: bool,
@@ -916,7 +917,7 @@ pub(super) fn message_json(
         "exchange": m.exchange(),
         "routing_key": m.routing_key(),
         "message_count": message_count,
-        "properties": properties_json(m.properties()),
+        "properties": properties_json(properties),
         "payload": payload,
         "payload_encoding": encoding,
     })
@@ -995,14 +996,16 @@ async fn get_messages(
     let mut n = count;
     let mut bytes = 0usize;
     while n != 0 && bytes < MAX_GET_BYTES {
-        let Some((qm, left)) = q.get(no_ack) else {
+        let Some(got) = q.get(no_ack) else {
             break;
         };
+        let qm = &got.message;
         bytes += qm.message.body().len();
         out.push(message_json(
             &qm.message,
+            &got.properties(),
             qm.redelivered,
-            left,
+            got.left,
             base64,
             truncate,
         ));
