@@ -496,7 +496,8 @@ async fn a_no_ack_delivery_handed_back_unwritten_survives_a_restart() {
         let q = s.broker().vhost("/").unwrap().queue("hb").unwrap();
         // Taken no-ack: settled on the spot, its index entry acked; then
         // handed back, as a delivery whose consumer is gone is.
-        let (m, left) = q.get(true).expect("a message");
+        let got = q.get(true).expect("a message");
+        let (m, left) = (got.message, got.left);
         assert_eq!((m.message.body(), left), (&b"first"[..], 1));
         q.undeliver(m, true, None);
         assert_eq!(q.counts().0, 2);
@@ -508,6 +509,53 @@ async fn a_no_ack_delivery_handed_back_unwritten_survives_a_restart() {
     let ch = c.create_channel().await.unwrap();
     let bodies: Vec<Vec<u8>> = get_all(&ch, "hb").await.into_iter().map(|m| m.0).collect();
     assert_eq!(bodies, vec![b"first".to_vec(), b"second".to_vec()]);
+    c.close(200, "bye".into()).await.unwrap();
+    s.shutdown().await;
+}
+
+/// A no-ack delivery handed back unwritten keeps its TTL deadline on
+/// disk too, not only in memory: after a restart it still expires at it
+/// (nothing at start-up re-reads a per-message `expiration`).
+#[tokio::test]
+async fn a_no_ack_delivery_handed_back_unwritten_keeps_its_deadline_across_a_restart() {
+    let dir = temp_dir("handback-ttl");
+    let deadline;
+    {
+        let s = start_on(&dir).await;
+        let c = connect(&s).await;
+        let ch = c.create_channel().await.unwrap();
+        queue(&ch, "hbt", true).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let props = persistent().with_expiration("3000".into());
+        publish_confirmed(&ch, "", "hbt", b"short-lived", props).await;
+        let q = s.broker().vhost("/").unwrap().queue("hbt").unwrap();
+        // Taken no-ack, then handed back with its deadline, as a delivery
+        // whose connection closed before writing it is.
+        let m = q.get(true).expect("a message").message;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        deadline = std::time::Instant::now() + std::time::Duration::from_millis(3000);
+        q.undeliver(m, true, Some(now + 3000));
+        assert_eq!(q.counts().0, 1);
+        c.close(200, "bye".into()).await.unwrap();
+        s.shutdown().await;
+    }
+    let s = start_on(&dir).await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    let q = s.broker().vhost("/").unwrap().queue("hbt").unwrap();
+    if std::time::Instant::now() < deadline {
+        assert_eq!(q.counts().0, 1, "back in its queue after the restart");
+    }
+    wait_until("it expires", std::time::Duration::from_secs(20), || async {
+        q.counts().0 == 0
+    })
+    .await;
+    assert!(get_all(&ch, "hbt").await.is_empty());
     c.close(200, "bye".into()).await.unwrap();
     s.shutdown().await;
 }
@@ -936,4 +984,71 @@ async fn messages_ttl_or_limits_could_drop_are_not_paged() {
     assert_eq!(dead.into_iter().map(|m| m.0).collect::<Vec<_>>(), want);
     conn.close(200, "bye".into()).await.unwrap();
     s.shutdown().await;
+}
+
+/// A BCC header's keys are kept with a durable queue's persistent message
+/// (the header itself never delivered): rejected after a restart, the
+/// message is still dead-lettered by its BCC key (no dead-letter routing
+/// key), as RabbitMQ routes a dead letter by all its original keys.
+#[tokio::test]
+async fn bcc_keys_survive_a_restart_and_route_the_dead_letter() {
+    let dir = temp_dir("bcc");
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "BCC".into(),
+        AMQPValue::FieldArray(vec![AMQPValue::LongString("by-bcc".into())].into()),
+    );
+    headers.insert("kept".into(), AMQPValue::LongString("yes".into()));
+    {
+        let s = start_on(&dir).await;
+        let c = connect(&s).await;
+        let ch = c.create_channel().await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        durable_exchange(&ch, "bcc-dlx", ExchangeKind::Direct).await;
+        let dl = args(&[("x-dead-letter-exchange", longstr("bcc-dlx"))]);
+        declare_durable(&ch, "bcc-src", dl).await;
+        declare_durable(&ch, "bcc-dst", t()).await;
+        bind(&ch, "bcc-dst", "bcc-dlx", "by-bcc", t()).await;
+        let props = persistent().with_headers(headers.clone());
+        publish_confirmed(&ch, "", "bcc-src", b"with-bcc", props).await;
+        publish_confirmed(&ch, "", "bcc-src", b"plain", persistent()).await;
+        s.shutdown().await;
+    }
+    let s = start_on(&dir).await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    for body in [&b"with-bcc"[..], b"plain"] {
+        let m = ch
+            .basic_get("bcc-src".into(), BasicGetOptions { no_ack: false })
+            .await
+            .unwrap()
+            .expect("a message after the restart");
+        assert_eq!(m.delivery.data, body);
+        let h = m.delivery.properties.headers().clone().unwrap_or_default();
+        assert!(!h.inner().contains_key("BCC"), "BCC is never delivered");
+        m.delivery
+            .reject(BasicRejectOptions { requeue: false })
+            .await
+            .unwrap();
+    }
+    // Both rejections are settled (the source is empty) before the
+    // target is read: a plain dead letter would have arrived by then.
+    wait_until(
+        "the source to empty",
+        std::time::Duration::from_secs(10),
+        || async {
+            passive(&ch, "bcc-src").await.unwrap().message_count() == 0
+                && passive(&ch, "bcc-dst").await.unwrap().message_count() >= 1
+        },
+    )
+    .await;
+    let got = get_all(&ch, "bcc-dst").await;
+    assert_eq!(got.len(), 1, "only the BCC'd one is bound there");
+    let (body, _, props) = &got[0];
+    assert_eq!(body, b"with-bcc");
+    let h = props.headers().clone().unwrap();
+    assert!(!h.inner().contains_key("BCC"), "nor on the dead letter");
+    assert_eq!(h.inner().get("kept"), Some(&longstr("yes")));
 }

@@ -8,7 +8,7 @@ use common::child::{channel, start_broker, tail};
 use common::{args, declare_durable as declare, longstr, temp_dir};
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel};
+use lapin::{BasicProperties, Channel, ExchangeKind};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -195,4 +195,119 @@ async fn dead_lettering_between_durable_queues_survives_kill9() {
         &missing[..missing.len().min(10)],
         tail(&b.log, 30)
     );
+}
+
+/// Rejects the one message in `q` (basic.get, then reject without
+/// requeue), checking the BCC header is not delivered.
+async fn reject_one(ch: &Channel, q: &str, body: &[u8]) {
+    let m = ch
+        .basic_get(q.into(), BasicGetOptions { no_ack: false })
+        .await
+        .expect("get")
+        .unwrap_or_else(|| panic!("a message in {q}"));
+    assert_eq!(m.delivery.data, body);
+    let h = m.delivery.properties.headers().clone().unwrap_or_default();
+    assert!(!h.inner().contains_key("BCC"), "BCC is never delivered");
+    m.delivery
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .expect("reject");
+}
+
+/// BCC keys are stored with a durable queue's persistent message and with
+/// its dead letter: after a kill -9 the message, rejected, is
+/// dead-lettered by its BCC key (no dead-letter routing key); and after
+/// another kill -9 the dead letter, rejected again, is routed by the same
+/// BCC key from the next dead-letter exchange.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bcc_keys_route_dead_letters_after_kill9() {
+    let dir = temp_dir("bcc-crash");
+    let data = dir.path().join("data");
+    let mut b = start_broker(dir.path(), &data, 0).await;
+    let (conn, ch) = channel(&b).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    for x in ["dlx1", "dlx2"] {
+        ch.exchange_declare(
+            x.into(),
+            ExchangeKind::Direct,
+            durable,
+            FieldTable::default(),
+        )
+        .await
+        .expect("exchange");
+    }
+    declare(
+        &ch,
+        "src",
+        args(&[("x-dead-letter-exchange", longstr("dlx1"))]),
+    )
+    .await;
+    declare(
+        &ch,
+        "mid",
+        args(&[("x-dead-letter-exchange", longstr("dlx2"))]),
+    )
+    .await;
+    declare(&ch, "dst", FieldTable::default()).await;
+    for (q, x) in [("mid", "dlx1"), ("dst", "dlx2")] {
+        ch.queue_bind(
+            q.into(),
+            x.into(),
+            "by-bcc".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind");
+    }
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "BCC".into(),
+        AMQPValue::FieldArray(vec![longstr("by-bcc")].into()),
+    );
+    let props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    publish_confirmed(&ch, "src", b"m", props).await;
+    drop(conn);
+    b.kill9();
+    let mut b = start_broker(dir.path(), &data, 1).await;
+    let (conn, ch) = channel(&b).await;
+    reject_one(&ch, "src", b"m").await;
+    // The source lets go after the flush that made the dead letter
+    // durable: once it is empty, the copy in `mid` is on disk.
+    common::wait_until(
+        "the dead letter in mid",
+        Duration::from_secs(10),
+        || async { count(&ch, "src").await == 0 && count(&ch, "mid").await == 1 },
+    )
+    .await;
+    drop(conn);
+    b.kill9();
+    let b = start_broker(dir.path(), &data, 2).await;
+    let (_conn, ch) = channel(&b).await;
+    reject_one(&ch, "mid", b"m").await;
+    common::wait_until(
+        "the dead letter in dst",
+        Duration::from_secs(10),
+        || async { count(&ch, "mid").await == 0 && count(&ch, "dst").await == 1 },
+    )
+    .await;
+    let m = ch
+        .basic_get("dst".into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("get")
+        .expect("the dead letter");
+    let h = m.delivery.properties.headers().clone().expect("headers");
+    assert!(!h.inner().contains_key("BCC"));
+    match h.inner().get("x-death") {
+        Some(AMQPValue::FieldArray(a)) => assert_eq!(a.as_slice().len(), 2, "{a:?}"),
+        other => panic!("x-death: {other:?}; log:\n{}", tail(&b.log, 30)),
+    }
 }

@@ -1057,3 +1057,80 @@ async fn get_count_is_bounded_and_unroutable_api_publishes_are_counted() {
         "{text}"
     );
 }
+
+/// Under a delivery limit a get carries `x-delivery-count`, over HTTP as
+/// over AMQP; it is added when the reply is framed, so the queue keeps
+/// the message as published: each get shows its own count, once, beside
+/// the message's own headers. And a message published over HTTP with a
+/// `BCC` header keeps its keys, so its dead letter is routed by them.
+#[tokio::test]
+async fn gets_under_a_delivery_limit_carry_the_count_and_http_bcc_routes_dead_letters() {
+    let s = start().await;
+    let conn = connect(&s).await;
+    let ch = conn.create_channel().await.unwrap();
+    let q = uniq("limited");
+    let dlq = uniq("by-bcc");
+    declare(&ch, &dlq, t()).await;
+    let a = args(&[
+        ("x-delivery-limit", AMQPValue::LongInt(5)),
+        ("x-dead-letter-exchange", longstr("amq.direct")),
+    ]);
+    declare(&ch, &q, a).await;
+    bind(&ch, &dlq, "amq.direct", "bcc-key", t()).await;
+    let (status, _) = json_req(
+        &s,
+        "POST",
+        "/api/exchanges/%2F/amq.default/publish",
+        json!({"routing_key": q, "payload": "m", "payload_encoding": "string",
+               "properties": {"headers": {"h": 1, "BCC": ["bcc-key"]}}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let path = format!("/api/queues/%2F/{q}/get");
+    for n in 0..2 {
+        let (status, got) = json_req(
+            &s,
+            "POST",
+            &path,
+            json!({"count": 1, "ackmode": "reject_requeue_true", "encoding": "auto"}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            got[0]["properties"]["headers"],
+            json!({"h": 1, "x-delivery-count": n}),
+            "{got}"
+        );
+    }
+    let m = ch
+        .basic_get(q.as_str().into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .expect("the message");
+    let h = m.delivery.properties.headers().clone().unwrap();
+    assert_eq!(
+        h.inner().get("x-delivery-count"),
+        Some(&AMQPValue::LongLongInt(2))
+    );
+    assert!(!h.inner().contains_key("BCC"));
+    m.delivery
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .unwrap();
+    wait_until("the dead letter", Duration::from_secs(10), || async {
+        passive(&ch, &dlq).await.unwrap().message_count() == 1
+    })
+    .await;
+    let m = ch
+        .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("the dead letter");
+    let h = m.delivery.properties.headers().clone().unwrap();
+    assert_eq!(h.inner().get("h"), Some(&AMQPValue::LongLongInt(1)));
+    assert!(!h.inner().contains_key("BCC"));
+    assert!(
+        !h.inner().contains_key("x-delivery-count"),
+        "the queue kept the message as published"
+    );
+}

@@ -2,9 +2,9 @@
 //! files for message records, an append-only index for which queue holds
 //! which record, and sled 0.34 for the broker's definitions.
 //!
-//! # Format, version 4
+//! # Format, version 5
 //!
-//! sled tree `meta`: `format` -> `[4]`; `legacy_segments` -> the highest
+//! sled tree `meta`: `format` -> `[5]`; `legacy_segments` -> the highest
 //! segment number written by version 1 (u32 BE), when the directory was
 //! upgraded from it. A data directory with an unknown version is refused
 //! at open, never silently reinterpreted.
@@ -13,7 +13,11 @@
 //! [`crate::segments`]; records are checksummed with CRC-32C). A message
 //! record: `[1]` (record version), exchange (u8 length + bytes), routing
 //! key (u8 length + bytes), properties (u32 BE length + the raw
-//! content-header property bytes), then the body to the end.
+//! content-header property bytes), then the body to the end. A message
+//! published with a `BCC` header (removed before delivery, its keys kept
+//! for dead-lettering) has record version `[0x11]` (1 with
+//! [`RECORD_BCC`]) and, right after it, its BCC keys: a u32 BE length of
+//! the section, then each key as a u32 BE length and its bytes.
 //!
 //! The index lives in append-only files under `index/` (see
 //! [`crate::journal`]): a `P` entry per message a durable queue holds
@@ -27,11 +31,14 @@
 //! is, its version relabelled at open. Version 4 adds `C` index entries
 //! (how often a message was handed back, for delivery limits); a
 //! version-3 (or 2) directory has none and is likewise read as it is.
+//! Version 5 adds records with BCC keys (record version `[0x11]`); a
+//! version-4 (3, 2) directory has none and is likewise read as it is.
 //!
 //! `transient/` holds bodies only memory would otherwise hold (non-durable
 //! queues', durable queues' transient ones) paged out past a queue's memory
 //! budget ([`Disk::put_transient`]): segment records
-//! whose first byte is 1 (or 2 for a message published persistent), no
+//! whose first byte is 1 (or 2 for a message published persistent), with
+//! [`RECORD_BCC`] and the BCC section as above when it has BCC keys, no
 //! index, never fsynced, deleted at open.
 //!
 //! # Version 1, read for the upgrade
@@ -88,14 +95,19 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-pub const FORMAT_VERSION: u8 = 4;
+pub const FORMAT_VERSION: u8 = 5;
 /// The version this build upgrades from.
 const LEGACY_VERSION: u8 = 1;
-/// Versions 2 and 3 differ from 4 only in lacking index entry kinds (2:
-/// `T` deadlines; both: `C` delivery counts): they are read as they are
-/// and relabelled.
+/// Versions 2 to 4 differ from 5 only in lacking index entry kinds (2:
+/// `T` deadlines; 2 and 3: `C` delivery counts) and record kinds (all:
+/// records with BCC keys): they are read as they are and relabelled.
 const VERSION_2: u8 = 2;
 const VERSION_3: u8 = 3;
+const VERSION_4: u8 = 4;
+
+/// Set in a record's first byte (durable store and transient area alike)
+/// when a BCC section follows it.
+const RECORD_BCC: u8 = 0x10;
 
 /// The most paged-out body bytes one peek reads from disk (at least one
 /// message is always read): a peek at huge messages returns fewer.
@@ -244,11 +256,13 @@ fn be_u64(b: &[u8]) -> u64 {
     u64::from_be_bytes(a)
 }
 
-/// The largest record head: version, two short strings, properties length.
-const HEAD_MAX: usize = 1 + 2 * (1 + 255) + 4;
+/// The largest record head after the version byte and BCC section: two
+/// short strings, properties length.
+const HEAD_MAX: usize = 2 * (1 + 255) + 4;
 
-/// A message record's head (everything before the property bytes), built
-/// on the stack: the record is written as head, properties and body, each
+/// A message record's head after its version byte and BCC section (the
+/// names and the properties length), built on the stack: the record is
+/// written as version, BCC section, head, properties and body, each
 /// copied once into the segment buffer.
 fn encode_head(m: &Message, head: &mut [u8; HEAD_MAX]) -> usize {
     let ex = &m.exchange().as_bytes()[..m.exchange().len().min(255)];
@@ -258,7 +272,7 @@ fn encode_head(m: &Message, head: &mut [u8; HEAD_MAX]) -> usize {
         head[at..at + b.len()].copy_from_slice(b);
         at += b.len();
     };
-    put(&[1, ex.len() as u8]);
+    put(&[ex.len() as u8]);
     put(ex);
     put(&[rk.len() as u8]);
     put(rk);
@@ -271,7 +285,18 @@ fn encode_head(m: &Message, head: &mut [u8; HEAD_MAX]) -> usize {
 pub fn encode(m: &Message) -> Vec<u8> {
     let mut head = [0u8; HEAD_MAX];
     let n = encode_head(m, &mut head);
-    [&head[..n], m.properties(), m.body()].concat()
+    let kind = [record_kind(m, 1)];
+    [&kind, m.bcc_section(), &head[..n], m.properties(), m.body()].concat()
+}
+
+/// A record's first byte: `base` (the record version, or the transient
+/// area's persistence mark), with [`RECORD_BCC`] when a BCC section follows.
+fn record_kind(m: &Message, base: u8) -> u8 {
+    if m.bcc_section().is_empty() {
+        base
+    } else {
+        base | RECORD_BCC
+    }
 }
 
 /// Decodes a message record. The parts are copied into the message's own
@@ -291,12 +316,21 @@ fn decode_as(rec: Bytes, stored: Option<StoredRef>, durable: bool) -> Result<Mes
     let bad = || DiskError::Corrupt("message record".into());
     // In the transient area the first byte also says whether the message
     // was persistent (it reached only non-durable queues that paged it).
-    let persistent = match rec.first() {
-        Some(1) => durable,
-        Some(&TRANSIENT_AREA_PERSISTENT) if !durable => true,
+    let kind = *rec.first().ok_or_else(bad)?;
+    let persistent = match kind & !RECORD_BCC {
+        1 => durable,
+        TRANSIENT_AREA_PERSISTENT if !durable => true,
         _ => return Err(bad()),
     };
     let mut at = 1;
+    let bcc = if kind & RECORD_BCC != 0 {
+        let n = rec.get(1..5).ok_or_else(bad)?;
+        let n = u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize;
+        at += 4 + n;
+        rec.get(1..at).ok_or_else(bad)?
+    } else {
+        &[]
+    };
     let short = |at: &mut usize| -> Result<&str, DiskError> {
         let n = *rec.get(*at).ok_or_else(bad)? as usize;
         let s = rec.get(*at + 1..*at + 1 + n).ok_or_else(bad)?;
@@ -313,8 +347,8 @@ fn decode_as(rec: Bytes, stored: Option<StoredRef>, durable: bool) -> Result<Mes
     }
     let properties = &rec[at..at + n];
     let body = &rec[at + n..];
-    let mut m =
-        Message::new(exchange, routing_key, properties, body, persistent).map_err(|_| bad())?;
+    let mut m = Message::from_record(exchange, routing_key, properties, body, persistent, bcc)
+        .map_err(|_| bad())?;
     m.set_stored(stored);
     Ok(m)
 }
@@ -402,7 +436,7 @@ impl Disk {
             Some(v) if v.as_ref() == [LEGACY_VERSION] => {
                 upgrade_from_v1(&db, &meta, &index_dir, segments.last_existing())?;
             }
-            Some(v) if v.as_ref() == [VERSION_2] || v.as_ref() == [VERSION_3] => {
+            Some(v) if v.len() == 1 && [VERSION_2, VERSION_3, VERSION_4].contains(&v[0]) => {
                 meta.insert("format", &[FORMAT_VERSION])?;
                 db.flush()?;
                 tracing::info!(
@@ -613,7 +647,8 @@ impl Disk {
     pub fn put_body(&self, m: &Message, queues: usize) -> Result<StoredRef, DiskError> {
         let mut head = [0u8; HEAD_MAX];
         let n = encode_head(m, &mut head);
-        let parts: [&[u8]; 3] = [&head[..n], m.properties(), m.body()];
+        let kind = [record_kind(m, 1)];
+        let parts: [&[u8]; 5] = [&kind, m.bcc_section(), &head[..n], m.properties(), m.body()];
         let r = self.segments.append_parts(&parts, queues as u32)?;
         self.mark_dirty();
         Ok(r)
@@ -625,10 +660,13 @@ impl Disk {
     pub fn put_transient(&self, m: &Message, queues: usize) -> Result<StoredRef, DiskError> {
         let mut head = [0u8; HEAD_MAX];
         let n = encode_head(m, &mut head);
-        if m.persistent {
-            head[0] = TRANSIENT_AREA_PERSISTENT;
-        }
-        let parts: [&[u8]; 3] = [&head[..n], m.properties(), m.body()];
+        let base = if m.persistent {
+            TRANSIENT_AREA_PERSISTENT
+        } else {
+            1
+        };
+        let kind = [record_kind(m, base)];
+        let parts: [&[u8]; 5] = [&kind, m.bcc_section(), &head[..n], m.properties(), m.body()];
         Ok(self.transient.append_parts(&parts, queues as u32)?)
     }
 
@@ -705,13 +743,9 @@ impl Disk {
         decode(self.segments.read(r)?, Some(r))
     }
 
-    /// Queue `queue` holds the record at `r` as message `seq`: an entry
-    /// in the index's buffer (no I/O), written by the next flush.
-    fn index_put(&self, queue: u64, seq: u64, r: StoredRef, size: u32) -> IndexRef {
-        self.index_put_expiring(queue, seq, r, size, None)
-    }
-
-    /// [`Disk::index_put`] with the message's deadline, if it has one.
+    /// Queue `queue` holds the record at `r` as message `seq`, expiring
+    /// at `deadline` if it has one: entries in the index's buffer (no
+    /// I/O), written by the next flush.
     fn index_put_expiring(
         &self,
         queue: u64,
@@ -1390,12 +1424,14 @@ impl MessageStore for DiskStore {
         Some(self.disk.clone())
     }
 
-    fn requeue_written(&mut self, m: QueuedMessage, at: StoredRef) {
-        // Only an index entry in the buffer here: the record was written
-        // by the caller, before it took the queue's lock.
+    fn requeue_written(&mut self, m: QueuedMessage, at: StoredRef, deadline: Option<u64>) {
+        // Only index entries in the buffer here (its deadline too, so
+        // that it still expires on time after a restart): the record was
+        // written by the caller, before it took the queue's lock.
+        let size = m.message.size() as u32;
         let ix = self
             .disk
-            .index_put(self.queue, m.seq, at, m.message.size() as u32);
+            .index_put_expiring(self.queue, m.seq, at, size, deadline);
         self.requeue_entry(m, Some((at, ix)));
     }
 
@@ -1811,7 +1847,7 @@ pub(crate) mod tests {
         s.settle(m.seq);
         assert_eq!(disk.counts().1, 1);
         let at = s.rewrite_disk().unwrap().put_body(&m.message, 1).unwrap();
-        s.requeue_written(m, at);
+        s.requeue_written(m, at, None);
         assert_eq!(disk.counts().1, 2, "handed back: durable again");
         let again = pop_loading(&mut s).unwrap();
         s.settle(again.seq);
@@ -1828,9 +1864,9 @@ pub(crate) mod tests {
     }
 
     /// A no-ack delivery handed back and written again survives a restart
-    /// in its place, redelivered; `requeue` itself writes nothing (it runs
-    /// under the queue's lock), so one handed back without being written
-    /// again is held in memory only.
+    /// in its place, redelivered, with its TTL deadline; `requeue` itself
+    /// writes nothing (it runs under the queue's lock), so one handed back
+    /// without being written again is held in memory only.
     #[test]
     fn a_handed_back_no_ack_delivery_written_again_survives_a_restart() {
         let dir = tempdir("handback-restart");
@@ -1848,7 +1884,7 @@ pub(crate) mod tests {
             let mut a = a;
             a.redelivered = true;
             let at = s.rewrite_disk().unwrap().put_body(&a.message, 1).unwrap();
-            s.requeue_written(a, at);
+            s.requeue_written(a, at, Some(9_000));
             s.requeue(b);
             assert_eq!(s.len(), 2);
             // Two records of the same size so far; one more now.
@@ -1864,6 +1900,7 @@ pub(crate) mod tests {
         let mut rec = disk.recover(&HashSet::from([5])).unwrap();
         let mut s = DiskStore::new(disk.clone(), 5, rec.remove(&5).unwrap(), 1 << 20);
         assert_eq!(s.len(), 1);
+        assert_eq!(s.take_recovered_deadlines(), vec![(1, 9_000)]);
         let back = pop_loading(&mut s).unwrap();
         assert_eq!((back.seq, back.message.body()), (1, &b"a"[..]));
         s.settle(back.seq);
@@ -2219,6 +2256,76 @@ pub(crate) mod tests {
         let (_disk, mut s) = reopen(&dir, 4, 1 << 20);
         assert!(s.take_recovered_counts().is_empty());
         assert_eq!(s.len(), 1);
+    }
+
+    /// A message's BCC keys (format 5 records) come back with it from
+    /// the durable store, paged out or not, and from the transient area;
+    /// a version-4 directory (no such records) is read and relabelled.
+    #[test]
+    fn bcc_keys_come_back_and_version_4_is_relabelled() {
+        let dir = tempdir("bcc");
+        let with_bcc = |seq: u64, disk: &Disk| {
+            let m = Message::with_bcc("ex", "rk", &[0, 0], b"b", true, &["k1", "k2"]).unwrap();
+            let mut m = m;
+            m.set_stored(Some(disk.put_body(&m, 1).unwrap()));
+            QueuedMessage {
+                seq,
+                message: Arc::new(m),
+                redelivered: false,
+            }
+        };
+        {
+            let (disk, mut s) = reopen(&dir, 4, 0);
+            s.push(persistent(1, "plain", &disk, 1));
+            disk.flush().unwrap();
+            // Written by version 4: plain records only.
+            disk.db()
+                .open_tree("meta")
+                .unwrap()
+                .insert("format", &[4])
+                .unwrap();
+            disk.db().flush().unwrap();
+        }
+        {
+            let (disk, mut s) = reopen(&dir, 4, 0);
+            let format = disk.db().open_tree("meta").unwrap().get("format").unwrap();
+            assert_eq!(format.unwrap().as_ref(), [FORMAT_VERSION]);
+            s.push(with_bcc(2, &disk));
+            disk.flush().unwrap();
+        }
+        let (disk, mut s) = reopen(&dir, 4, 0);
+        let got: Vec<(String, Vec<String>)> = std::iter::from_fn(|| pop_loading(&mut s))
+            .map(|m| {
+                let keys = m.message.bcc_keys().map(str::to_owned).collect();
+                (body_text(&m), keys)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("plain".to_owned(), vec![]),
+                ("b".to_owned(), vec!["k1".to_owned(), "k2".to_owned()])
+            ]
+        );
+        // The transient area keeps them too, persistent or not.
+        for persistent in [false, true] {
+            let m = Message::with_bcc("ex", "rk", &[0, 0], b"t", persistent, &["k3"]).unwrap();
+            let at = disk.put_transient(&m, 1).unwrap();
+            let back = disk.read_transient(at).unwrap();
+            assert_eq!(back.bcc_keys().collect::<Vec<_>>(), ["k3"]);
+            assert_eq!((back.persistent, back.body()), (persistent, &b"t"[..]));
+        }
+        // A record cut inside its BCC section does not decode.
+        let rec = encode(&Message::with_bcc("ex", "rk", &[], b"", true, &["key"]).unwrap());
+        assert_eq!(rec[0], 1 | RECORD_BCC);
+        assert!(decode(Bytes::copy_from_slice(&rec[..6]), None).is_err());
+        assert_eq!(
+            decode(Bytes::from(rec), None)
+                .unwrap()
+                .bcc_keys()
+                .collect::<Vec<_>>(),
+            ["key"]
+        );
     }
 
     #[test]

@@ -11,17 +11,21 @@ use std::sync::Arc;
 /// arrived in), described by a few lengths, and the struct is three words
 /// so that with its `Arc` counts it takes a 48-byte heap block. A
 /// persistent message's data starts with room for its disk location
-/// ([`Message::stored`]), which transient messages do not pay for.
+/// ([`Message::stored`]), which transient messages do not pay for; a
+/// message published with a `BCC` header keeps its BCC keys next (the
+/// header itself is removed at publish and never delivered, but RabbitMQ
+/// routes a dead letter by them), which other messages do not pay for.
 #[derive(Debug, Clone)]
 pub struct Message {
     /// delivery_mode 2.
     pub persistent: bool,
-    /// [`FLAG_ROOM`] and [`FLAG_STORED`].
+    /// [`FLAG_ROOM`], [`FLAG_STORED`] and [`FLAG_BCC`].
     flags: u8,
     exchange_len: u8,
     routing_key_len: u8,
     properties_len: u32,
-    /// [location room,] exchange name, routing key, properties, body.
+    /// [location room,] [BCC section,] exchange name, routing key,
+    /// properties, body.
     data: Box<[u8]>,
 }
 
@@ -30,6 +34,9 @@ const FLAG_ROOM: u8 = 1;
 /// The location there is set.
 const FLAG_STORED: u8 = 2;
 const LOCATION_BYTES: usize = 12;
+/// A BCC section follows the location room: its length (u32 BE, the
+/// length prefix excluded), then each key as a u32 BE length and bytes.
+const FLAG_BCC: u8 = 4;
 
 /// Why a message cannot be built from its parts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +45,61 @@ pub enum MessageError {
     NameTooLong,
     /// A property list over 4 GiB.
     PropertiesTooLarge,
+    /// A BCC section that does not parse (a corrupt record).
+    BadBcc,
+}
+
+/// Encodes BCC keys as a message keeps them: the section's length, then
+/// each key with its length (all u32 BE). Empty for no keys.
+fn bcc_section<S: AsRef<str>>(keys: &[S]) -> Result<Vec<u8>, MessageError> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let len: usize = keys.iter().map(|k| 4 + k.as_ref().len()).sum();
+    let len32 = u32::try_from(len).map_err(|_| MessageError::PropertiesTooLarge)?;
+    let mut out = Vec::with_capacity(4 + len);
+    out.extend_from_slice(&len32.to_be_bytes());
+    for k in keys {
+        out.extend_from_slice(&(k.as_ref().len() as u32).to_be_bytes());
+        out.extend_from_slice(k.as_ref().as_bytes());
+    }
+    Ok(out)
+}
+
+/// The keys of a BCC section's contents (without its length prefix).
+#[derive(Clone)]
+pub struct BccKeys<'a>(&'a [u8]);
+
+impl<'a> Iterator for BccKeys<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let n = self.0.get(..4)?;
+        let n = u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize;
+        let key = self.0.get(4..4 + n)?;
+        self.0 = &self.0[4 + n..];
+        // Written from `&str` (or checked by `from_record`).
+        Some(std::str::from_utf8(key).unwrap_or_default())
+    }
+}
+
+/// Whether `contents` (a BCC section without its length prefix) is a
+/// whole number of UTF-8 keys.
+fn bcc_contents_valid(mut contents: &[u8]) -> bool {
+    while !contents.is_empty() {
+        let Some(n) = contents.get(..4) else {
+            return false;
+        };
+        let n = u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize;
+        let Some(key) = contents.get(4..4 + n) else {
+            return false;
+        };
+        if std::str::from_utf8(key).is_err() {
+            return false;
+        }
+        contents = &contents[4 + n..];
+    }
+    true
 }
 
 impl Message {
@@ -49,6 +111,60 @@ impl Message {
         body: &[u8],
         persistent: bool,
     ) -> Result<Self, MessageError> {
+        Self::build(exchange, routing_key, properties, body, persistent, &[])
+    }
+
+    /// [`Message::new`] for a message published with BCC keys (its
+    /// `BCC` header, already removed from `properties`): kept for
+    /// dead-lettering, never delivered.
+    pub fn with_bcc<S: AsRef<str>>(
+        exchange: &str,
+        routing_key: &str,
+        properties: &[u8],
+        body: &[u8],
+        persistent: bool,
+        bcc: &[S],
+    ) -> Result<Self, MessageError> {
+        let section = bcc_section(bcc)?;
+        Self::build(
+            exchange,
+            routing_key,
+            properties,
+            body,
+            persistent,
+            &section,
+        )
+    }
+
+    /// [`Message::new`] with a BCC section as [`Message::bcc_section`]
+    /// returns it (from a disk record): checked, so a corrupt one is an
+    /// error rather than garbled keys.
+    pub(crate) fn from_record(
+        exchange: &str,
+        routing_key: &str,
+        properties: &[u8],
+        body: &[u8],
+        persistent: bool,
+        section: &[u8],
+    ) -> Result<Self, MessageError> {
+        if !section.is_empty() {
+            let n = section.get(..4).ok_or(MessageError::BadBcc)?;
+            let n = u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize;
+            if section.len() != 4 + n || !bcc_contents_valid(&section[4..]) {
+                return Err(MessageError::BadBcc);
+            }
+        }
+        Self::build(exchange, routing_key, properties, body, persistent, section)
+    }
+
+    fn build(
+        exchange: &str,
+        routing_key: &str,
+        properties: &[u8],
+        body: &[u8],
+        persistent: bool,
+        bcc: &[u8],
+    ) -> Result<Self, MessageError> {
         let (Ok(exchange_len), Ok(routing_key_len)) = (
             u8::try_from(exchange.len()),
             u8::try_from(routing_key.len()),
@@ -59,16 +175,18 @@ impl Message {
             u32::try_from(properties.len()).map_err(|_| MessageError::PropertiesTooLarge)?;
         let room = if persistent { LOCATION_BYTES } else { 0 };
         let mut data = Vec::with_capacity(
-            room + exchange.len() + routing_key.len() + properties.len() + body.len(),
+            room + bcc.len() + exchange.len() + routing_key.len() + properties.len() + body.len(),
         );
         data.resize(room, 0);
+        data.extend_from_slice(bcc);
         data.extend_from_slice(exchange.as_bytes());
         data.extend_from_slice(routing_key.as_bytes());
         data.extend_from_slice(properties);
         data.extend_from_slice(body);
         Ok(Message {
             persistent,
-            flags: if persistent { FLAG_ROOM } else { 0 },
+            flags: if persistent { FLAG_ROOM } else { 0 }
+                | if bcc.is_empty() { 0 } else { FLAG_BCC },
             exchange_len,
             routing_key_len,
             properties_len,
@@ -105,12 +223,35 @@ impl Message {
         self.flags |= FLAG_STORED;
     }
 
-    fn names_start(&self) -> usize {
+    fn bcc_start(&self) -> usize {
         if self.flags & FLAG_ROOM != 0 {
             LOCATION_BYTES
         } else {
             0
         }
+    }
+
+    /// The BCC section with its length prefix (empty without BCC keys):
+    /// what a disk record stores.
+    pub(crate) fn bcc_section(&self) -> &[u8] {
+        let at = self.bcc_start();
+        if self.flags & FLAG_BCC == 0 {
+            return &[];
+        }
+        let n = &self.data[at..at + 4];
+        let n = u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize;
+        &self.data[at..at + 4 + n]
+    }
+
+    /// The keys of the `BCC` header it was published with (removed from
+    /// its properties): RabbitMQ routes a dead letter by them when the
+    /// queue has no dead-letter routing key.
+    pub fn bcc_keys(&self) -> BccKeys<'_> {
+        BccKeys(self.bcc_section().get(4..).unwrap_or_default())
+    }
+
+    fn names_start(&self) -> usize {
+        self.bcc_start() + self.bcc_section().len()
     }
 
     fn names_end(&self) -> usize {
@@ -249,6 +390,50 @@ mod tests {
         assert_eq!(at(&full), 9);
         assert_eq!(at(&full[..full.len() - 1]), 0, "cut short");
         assert_eq!(at(&[0x80, 0, 5, b'x']), 0, "a flag without its field");
+    }
+
+    #[test]
+    fn bcc_keys_are_kept_apart_from_what_is_delivered() {
+        let plain = Message::new("ex", "rk", &[0, 0], b"b", true).unwrap();
+        assert_eq!(plain.bcc_keys().count(), 0);
+        assert!(plain.bcc_section().is_empty());
+        let mut m =
+            Message::with_bcc("ex", "rk", &[0, 0], b"body", false, &["k1", "", "k.3"]).unwrap();
+        assert_eq!(m.bcc_keys().collect::<Vec<_>>(), ["k1", "", "k.3"]);
+        assert_eq!(
+            (m.exchange(), m.routing_key(), m.properties(), m.body()),
+            ("ex", "rk", &[0u8, 0][..], &b"body"[..])
+        );
+        // Making room for a location keeps the keys and the parts.
+        let at = StoredRef {
+            seg: 1,
+            off: 2,
+            len: 3,
+        };
+        m.set_stored(Some(at));
+        assert_eq!(m.stored(), Some(at));
+        assert_eq!(m.bcc_keys().collect::<Vec<_>>(), ["k1", "", "k.3"]);
+        assert_eq!((m.routing_key(), m.body()), ("rk", &b"body"[..]));
+        let section = m.bcc_section().to_vec();
+        let back = Message::from_record("ex", "rk", &[0, 0], b"body", true, &section).unwrap();
+        assert_eq!(back.bcc_keys().collect::<Vec<_>>(), ["k1", "", "k.3"]);
+        // No keys: no section.
+        let none: [&str; 0] = [];
+        let e = Message::with_bcc("ex", "rk", &[], b"", false, &none).unwrap();
+        assert!(e.bcc_section().is_empty());
+        // A corrupt section is refused.
+        for bad in [
+            &[0u8, 0, 0, 9, 0][..],
+            &[0, 0, 0, 5, 0, 0, 0, 2, b'a'],
+            &[0, 0],
+        ] {
+            assert_eq!(
+                Message::from_record("", "", &[], &[], false, bad).unwrap_err(),
+                MessageError::BadBcc
+            );
+        }
+        let not_utf8 = [0, 0, 0, 5, 0, 0, 0, 1, 0xff];
+        assert!(Message::from_record("", "", &[], &[], false, &not_utf8).is_err());
     }
 
     #[test]

@@ -304,10 +304,10 @@ impl MessageStore for PriorityStore {
         }
     }
 
-    fn requeue_written(&mut self, m: QueuedMessage, at: StoredRef) {
+    fn requeue_written(&mut self, m: QueuedMessage, at: StoredRef, deadline: Option<u64>) {
         let l = self.level_of(&m.message);
         self.out_level(m.seq);
-        self.level(l).requeue_written(m, at)
+        self.level(l).requeue_written(m, at, deadline)
     }
 
     fn settle(&mut self, seq: u64) {

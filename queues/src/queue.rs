@@ -603,7 +603,7 @@ impl<C: Clone> QueueCore<C> {
             let seq = m.seq;
             let lane = self.store.lane(&m.message);
             match written {
-                Some(at) => self.store.requeue_written(m, at),
+                Some(at) => self.store.requeue_written(m, at, deadline),
                 None => self.store.requeue(m),
             }
             if let Some(d) = deadline {

@@ -122,8 +122,14 @@ pub trait MessageStore: Send {
         None
     }
     /// [`MessageStore::requeue`] of a message just written again at `at`
-    /// (see [`MessageStore::rewrite_disk`]).
-    fn requeue_written(&mut self, m: QueuedMessage, _at: crate::message::StoredRef) {
+    /// (see [`MessageStore::rewrite_disk`]), with its TTL deadline if it
+    /// has one, stored with it as a publish's is.
+    fn requeue_written(
+        &mut self,
+        m: QueuedMessage,
+        _at: crate::message::StoredRef,
+        _deadline: Option<u64>,
+    ) {
         self.requeue(m)
     }
     /// A delivered message is done (acked, or dropped); forget it.

@@ -882,6 +882,7 @@ impl Connection {
             None
         };
         let mut extra_keys = Vec::new();
+        let mut bcc = Vec::new();
         let mut headers = details
             .as_ref()
             .and_then(|p| p.headers().as_ref().map(to_table));
@@ -902,9 +903,11 @@ impl Connection {
                 }
             }
             extra_keys = sender_selected_keys(h.get("CC"));
-            if let Some(bcc) = h.remove("BCC") {
-                extra_keys.extend(sender_selected_keys(Some(&bcc)));
-                // BCC never reaches consumers: re-encode without it.
+            if let Some(b) = h.remove("BCC") {
+                bcc = sender_selected_keys(Some(&b));
+                extra_keys.extend(bcc.iter().cloned());
+                // BCC never reaches consumers: re-encode without it (the
+                // message keeps its keys, to dead-letter by them).
                 if let Some(p) = &details {
                     properties = without_bcc(p).unwrap_or(properties);
                 }
@@ -916,12 +919,13 @@ impl Connection {
         // Copied out of the read buffer: a message held in a queue must
         // not pin the 64 KiB buffer its frames arrived in. Shortstrs fit
         // the message's name fields by construction.
-        let message = Message::new(
+        let message = Message::with_bcc(
             exchange,
             routing_key,
             &properties,
             &content.body,
             summary.delivery_mode == 2,
+            &bcc,
         )
         .map_err(|_| AmqpError::connection(SYNTAX_ERROR, "malformed basic.publish"))?;
         let str_prop = |f: fn(&amq_protocol::protocol::BasicProperties) -> &Option<ShortString>| {
@@ -1441,7 +1445,8 @@ impl Connection {
                     AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
                 )
             }
-            Some((m, left)) => {
+            Some(got) => {
+                let (m, left) = (&got.message, got.left);
                 let ch = self.ch(id);
                 ch.count(
                     if g.no_ack {
@@ -1476,7 +1481,7 @@ impl Connection {
                 codec::write_content(
                     &mut self.out,
                     id,
-                    m.message.properties(),
+                    &got.properties(),
                     m.message.body(),
                     self.frame_max,
                 );

@@ -13,9 +13,12 @@ use warren_queues::{DeadReason, Message};
 /// A dead-lettered message's new parts.
 pub(crate) struct DeadLettered {
     pub properties: Vec<u8>,
-    /// The routing key to publish with, then the CC keys.
+    /// The routing key to publish with, then the CC and BCC keys.
     pub routing_key: String,
     pub extra_keys: Vec<String>,
+    /// The BCC keys the dead letter keeps (for a further dead-lettering):
+    /// its original ones without a dead-letter routing key, none with one.
+    pub bcc: Vec<String>,
     /// The new headers, for routing (headers exchanges) and cycle checks.
     pub headers: Table,
     pub message_id: Option<String>,
@@ -42,11 +45,15 @@ fn str_keys(v: Option<&Value>) -> Vec<String> {
 /// the front, or a new one there; `x-first-death-*` kept, `x-last-death-*`
 /// set; `expiration` removed (kept in the entry as `original-expiration`).
 /// With a dead-letter routing key the message goes with that key alone;
-/// without, with its original keys (CC included). Its CC header stays
-/// either way (RabbitMQ 3.13 no longer removes it; 3.10 did with a
-/// dead-letter routing key); BCC was removed at publish and is neither
-/// routed nor recorded in `routing-keys` (3.13). `None` if its properties
-/// do not decode (they were validated at publish).
+/// without, with its original keys: routing key, CC and BCC keys
+/// (`rabbit_dead_letter` routes by the message's `routing_keys`, which
+/// hold all three), and it keeps its BCC keys for a further
+/// dead-lettering. Its CC header stays either way (RabbitMQ 3.13 no
+/// longer removes it; 3.10 did with a dead-letter routing key); the BCC
+/// header was removed at publish (the keys are kept beside the message)
+/// and `routing-keys` in `x-death` lists the routing key and CC keys,
+/// never BCC (3.10 and 3.13). `None` if its properties do not decode
+/// (they were validated at publish).
 pub(crate) fn dead_lettered(
     m: &Message,
     queue: &str,
@@ -59,9 +66,14 @@ pub(crate) fn dead_lettered(
     let cc = str_keys(headers.get("CC"));
     let mut original_keys = vec![m.routing_key().to_owned()];
     original_keys.extend(cc.iter().cloned());
-    let (routing_key, extra_keys) = match dl_key {
-        Some(k) => (k.to_owned(), Vec::new()),
-        None => (m.routing_key().to_owned(), cc),
+    let (routing_key, extra_keys, bcc) = match dl_key {
+        Some(k) => (k.to_owned(), Vec::new(), Vec::new()),
+        None => {
+            let bcc: Vec<String> = m.bcc_keys().map(str::to_owned).collect();
+            let mut extra = cc;
+            extra.extend(bcc.iter().cloned());
+            (m.routing_key().to_owned(), extra, bcc)
+        }
     };
     let mut deaths = match headers.get("x-death") {
         Some(Value::Array(a)) => a.clone(),
@@ -122,6 +134,7 @@ pub(crate) fn dead_lettered(
         properties: p.encode().ok()?,
         routing_key,
         extra_keys,
+        bcc,
         headers,
         message_id: p.message_id,
         correlation_id: p.correlation_id,
@@ -180,6 +193,32 @@ mod tests {
                 .collect(),
             _ => vec![],
         }
+    }
+
+    #[test]
+    fn bcc_keys_route_the_dead_letter_without_a_dl_key_and_stay_out_of_x_death() {
+        let p = BasicProperties {
+            headers: Some(Table(vec![(
+                "CC".into(),
+                Value::Array(vec![longstr("c1")]),
+            )])),
+            ..Default::default()
+        };
+        let m =
+            Message::with_bcc("ex", "rk", &p.encode().unwrap(), b"b", true, &["b1", "b2"]).unwrap();
+        let d = dead_lettered(&m, "q", DeadReason::Rejected, 1_000, None).unwrap();
+        assert_eq!(d.routing_key, "rk");
+        assert_eq!(d.extra_keys, ["c1", "b1", "b2"]);
+        assert_eq!(d.bcc, ["b1", "b2"]);
+        assert!(d.headers.get("BCC").is_none());
+        assert_eq!(
+            deaths(&d.headers)[0].get("routing-keys"),
+            Some(&Value::Array(vec![longstr("rk"), longstr("c1")]))
+        );
+        // A dead-letter routing key replaces every original key.
+        let d = dead_lettered(&m, "q", DeadReason::Rejected, 1_000, Some("k")).unwrap();
+        assert_eq!((d.routing_key.as_str(), d.extra_keys.len()), ("k", 0));
+        assert!(d.bcc.is_empty());
     }
 
     #[test]

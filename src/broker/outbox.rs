@@ -33,13 +33,20 @@ impl Delivery {
     /// `x-delivery-count` header set (type `l`, as RabbitMQ's quorum
     /// queues send it).
     pub fn properties(&self) -> std::borrow::Cow<'_, [u8]> {
-        let raw = self.message.message.properties();
-        match self.delivery_count {
-            None => std::borrow::Cow::Borrowed(raw),
-            Some(n) => with_delivery_count(raw, n)
-                .map(std::borrow::Cow::Owned)
-                .unwrap_or(std::borrow::Cow::Borrowed(raw)),
-        }
+        framed_properties(self.message.message.properties(), self.delivery_count)
+    }
+}
+
+/// The property section to frame a delivery or a basic.get with: `raw`
+/// as published, or with its `x-delivery-count` header set to `count`
+/// (the queue keeps the message as published; properties that do not
+/// decode, which publish validation rules out, go as they are).
+pub fn framed_properties(raw: &[u8], count: Option<u32>) -> std::borrow::Cow<'_, [u8]> {
+    match count {
+        None => std::borrow::Cow::Borrowed(raw),
+        Some(n) => with_delivery_count(raw, n)
+            .map(std::borrow::Cow::Owned)
+            .unwrap_or(std::borrow::Cow::Borrowed(raw)),
     }
 }
 

@@ -746,13 +746,14 @@ impl Queue {
 
     /// basic.get for someone outside AMQP (the management API's `/get`):
     /// the unacked view shows no channel for it.
-    pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<(QueuedMessage, usize)> {
+    pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<Got> {
         self.get_for(no_ack, channel_key(0, 0))
     }
 
-    /// basic.get: the message and the count of messages left. `taker`
-    /// is the getter's [`channel_key`], shown by the unacked view.
-    pub fn get_for(self: &Arc<Self>, no_ack: bool, taker: u64) -> Option<(QueuedMessage, usize)> {
+    /// basic.get: the message, the count of messages left and its
+    /// delivery count. `taker` is the getter's [`channel_key`], shown by
+    /// the unacked view.
+    pub fn get_for(self: &Arc<Self>, no_ack: bool, taker: u64) -> Option<Got> {
         // A paged-out head is read here, without the lock and off the
         // async runtime's worker (a get cannot wait for a consumer's
         // read-ahead; it is rare and answers one message), then the get
@@ -803,26 +804,13 @@ impl Queue {
             self.global.add(*c, 1);
         }
         // Under a delivery limit a get carries `x-delivery-count` (as
-        // RabbitMQ's quorum queues): on a copy made for the getter; the
-        // queue keeps the message as published.
-        if let (Some(n), Some((m, _))) = (count, got.as_mut()) {
-            let props = super::outbox::with_delivery_count(m.message.properties(), n);
-            let copy = props.and_then(|p| {
-                let old = &m.message;
-                Message::new(
-                    old.exchange(),
-                    old.routing_key(),
-                    &p,
-                    old.body(),
-                    old.persistent,
-                )
-                .ok()
-            });
-            if let Some(c) = copy {
-                m.message = Arc::new(c);
-            }
-        }
-        got
+        // RabbitMQ's quorum queues), added when it is framed, as a
+        // delivery's is ([`Got::properties`]).
+        got.map(|(message, left)| Got {
+            message,
+            left,
+            delivery_count: count,
+        })
     }
 
     /// Acked: settled and counted (into the caller's fold, added to this
@@ -1148,6 +1136,23 @@ struct AfterDelivery {
     dead_letter: Option<(String, Option<String>)>,
     /// A length limit refused the message being published.
     refused_publish: bool,
+}
+
+/// What basic.get took: the message, how many messages are left, and the
+/// `x-delivery-count` to frame it with under a delivery limit.
+#[derive(Debug)]
+pub struct Got {
+    pub message: QueuedMessage,
+    pub left: usize,
+    pub delivery_count: Option<u32>,
+}
+
+impl Got {
+    /// The property section to frame: as published, or with its
+    /// `x-delivery-count` header set.
+    pub fn properties(&self) -> std::borrow::Cow<'_, [u8]> {
+        super::outbox::framed_properties(self.message.message.properties(), self.delivery_count)
+    }
 }
 
 /// A queue as a routing destination: compared by identity.

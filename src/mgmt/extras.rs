@@ -96,8 +96,14 @@ async fn peek(
                 break;
             }
             rendered += shown;
-            let mut j =
-                super::objects::message_json(&m.message, m.redelivered, ready, base64, truncate);
+            let mut j = super::objects::message_json(
+                &m.message,
+                m.message.properties(),
+                m.redelivered,
+                ready,
+                base64,
+                truncate,
+            );
             j["position"] = json!(offset + place);
             items.push(j);
         }

@@ -750,10 +750,16 @@ async fn publish_message(
     }
     let mut props = props;
     let mut extra_keys = Vec::new();
+    let mut bcc = Vec::new();
     if let Some(h) = props.headers.as_mut() {
         for name in ["CC", "BCC"] {
             match cc_keys(h.get(name)) {
-                Ok(keys) => extra_keys.extend(keys),
+                Ok(keys) => {
+                    if name == "BCC" {
+                        bcc = keys.clone();
+                    }
+                    extra_keys.extend(keys)
+                }
                 Err(t) => {
                     return Err(amqp_refusal(&BrokerError::new(
                         ErrorKind::PreconditionFailed,
@@ -762,20 +768,22 @@ async fn publish_message(
                 }
             }
         }
-        // BCC never reaches consumers.
+        // BCC never reaches consumers (the message keeps its keys, to
+        // dead-letter by them).
         h.remove("BCC");
     }
     let encoded = props.encode().map_err(|e| bad(e.0))?;
-    let message = Message::new(
+    let message = Message::with_bcc(
         exchange,
         &routing_key,
         &encoded,
         &body,
         props.delivery_mode == Some(2),
+        &bcc,
     )
     .map_err(|e| match e {
         MessageError::NameTooLong => bad("routing_key is longer than 255 bytes"),
-        MessageError::PropertiesTooLarge => bad("properties are too large"),
+        MessageError::PropertiesTooLarge | MessageError::BadBcc => bad("properties are too large"),
     })?;
     let expiration = match &props.expiration {
         Some(e) => Some(
@@ -888,6 +896,7 @@ enum AckMode {
 /// One message as `/get` renders it (`truncate` cuts the payload only).
 pub(super) fn message_json(
     m: &Message,
+    properties: &[u8],
     redelivered: bool,
     message_count: usize,
     base64: bool,
@@ -908,7 +917,7 @@ pub(super) fn message_json(
         "exchange": m.exchange(),
         "routing_key": m.routing_key(),
         "message_count": message_count,
-        "properties": properties_json(m.properties()),
+        "properties": properties_json(properties),
         "payload": payload,
         "payload_encoding": encoding,
     })
@@ -987,14 +996,16 @@ async fn get_messages(
     let mut n = count;
     let mut bytes = 0usize;
     while n != 0 && bytes < MAX_GET_BYTES {
-        let Some((qm, left)) = q.get(no_ack) else {
+        let Some(got) = q.get(no_ack) else {
             break;
         };
+        let qm = &got.message;
         bytes += qm.message.body().len();
         out.push(message_json(
             &qm.message,
+            &got.properties(),
             qm.redelivered,
-            left,
+            got.left,
             base64,
             truncate,
         ));

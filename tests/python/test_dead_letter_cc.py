@@ -5,9 +5,7 @@ in `x-death` include CC but never BCC; BCC never reaches a consumer; the
 CC header stays (3.13 no longer drops it with a dead-letter routing key,
 3.10 did: that check is Warren/3.13-only).
 
-Known difference: RabbitMQ also routes a dead letter with its BCC keys
-(no dead-letter routing key set); Warren drops BCC keys at publish, so it
-does not (see README).
+Routing a dead letter by its BCC keys: test_dead_letter_bcc.py.
 """
 
 import os

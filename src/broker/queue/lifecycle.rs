@@ -411,12 +411,13 @@ impl Queue {
             else {
                 continue;
             };
-            let Ok(copy) = Message::new(
+            let Ok(copy) = Message::with_bcc(
                 &ex.name,
                 &dl.routing_key,
                 &dl.properties,
                 message.body(),
                 message.persistent,
+                &dl.bcc,
             ) else {
                 continue;
             };
