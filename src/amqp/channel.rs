@@ -1755,7 +1755,7 @@ impl Connection {
             return;
         }
         let now = crate::broker::registry::unix_ms();
-        let mut rules: Vec<(Arc<Queue>, Option<(u64, warren_queues::TimeoutAction)>)> = Vec::new();
+        let mut rules: Vec<(Arc<Queue>, TimeoutRule)> = Vec::new();
         let conn = self.id;
         for id in ids {
             let Some(ch) = self.channels.get_mut(&id) else {
@@ -1836,6 +1836,9 @@ impl Connection {
         }
     }
 }
+
+/// A queue's consumer timeout (ms) and action, if it has one.
+type TimeoutRule = Option<(u64, warren_queues::TimeoutAction)>;
 
 /// RabbitMQ's 406 for a delivery kept unacked past the consumer timeout.
 fn ack_timed_out(channel: u16, timeout: u64) -> AmqpError {
