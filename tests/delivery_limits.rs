@@ -2,7 +2,10 @@
 //! count survives a kill -9 of the broker (format-4 `C` index entries)
 //! and still ends in the dead-letter queue at the limit; `consumer_timeout`
 //! from the configuration (rabbit.toml) closes a channel that sits on a
-//! delivery, with RabbitMQ's 406 text, and its message is requeued.
+//! delivery, with RabbitMQ's 406 text, and its message is requeued; a
+//! basic.get delivery is timed too (the channel closes, or with the
+//! `cancel` action only the late get goes back), and the `cancel` action
+//! on a consumer leaves a get of the same channel alone.
 
 mod common;
 use common::child::{channel, start_broker};
