@@ -2,7 +2,10 @@
 //! count survives a kill -9 of the broker (format-4 `C` index entries)
 //! and still ends in the dead-letter queue at the limit; `consumer_timeout`
 //! from the configuration (rabbit.toml) closes a channel that sits on a
-//! delivery, with RabbitMQ's 406 text, and its message is requeued.
+//! delivery, with RabbitMQ's 406 text, and its message is requeued; a
+//! basic.get delivery is timed too (the channel closes, or with the
+//! `cancel` action only the late get goes back), and the `cancel` action
+//! on a consumer leaves a get of the same channel alone.
 
 mod common;
 use common::child::{channel, start_broker};
@@ -242,4 +245,172 @@ async fn the_consumer_list_shows_the_timeout_in_effect() {
         timeouts().await,
         vec![("own".to_owned(), 5_000), ("plain".to_owned(), 600_000)]
     );
+}
+
+/// Reads frames until a channel.close, skipping deliveries' frames.
+async fn until_channel_close(
+    raw: &mut common::raw_amqp::Raw,
+) -> amq_protocol::protocol::channel::Close {
+    use amq_protocol::protocol::{channel as chan, AMQPClass};
+    loop {
+        let f = raw.frame().await.expect("a frame, not EOF");
+        if f.kind != warren::amqp::codec::FRAME_METHOD {
+            continue;
+        }
+        let (_, m) = amq_protocol::protocol::parse_class(&f.payload[..]).expect("a method");
+        if let AMQPClass::Channel(chan::AMQPMethod::Close(c)) = m {
+            return c;
+        }
+    }
+}
+
+/// A basic.get delivery left unacked past the queue's `x-consumer-timeout`
+/// closes its channel with RabbitMQ's 406 text, as RabbitMQ 3.10 times
+/// every delivery of a channel, and the message goes back, redelivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_left_unacked_past_the_timeout_closes_the_channel() {
+    use amq_protocol::protocol::{basic, AMQPClass};
+    let b = common::start().await;
+    let conn = common::connect(&b).await;
+    let ch = conn.create_channel().await.expect("channel");
+    let timed = args(&[("x-consumer-timeout", AMQPValue::LongUInt(300))]);
+    ch.queue_declare("got".into(), QueueDeclareOptions::default(), timed)
+        .await
+        .expect("declare");
+    common::publish(&ch, "", "got", b"m").await;
+    let mut raw = open_raw(&b).await;
+    raw.open_channel(3).await;
+    let get = basic::Get {
+        queue: "got".into(),
+        no_ack: false,
+    };
+    raw.method_out(3, AMQPClass::Basic(basic::AMQPMethod::Get(get)))
+        .await;
+    let close = tokio::time::timeout(Duration::from_secs(30), until_channel_close(&mut raw))
+        .await
+        .expect("the channel is closed in time");
+    assert_eq!(
+        (close.reply_code, close.class_id, close.method_id),
+        (406, 0, 0)
+    );
+    assert_eq!(
+        close.reply_text.as_str(),
+        "PRECONDITION_FAILED - delivery acknowledgement on channel 3 timed out. \
+         Timeout value used: 300 ms. This timeout value can be configured, see consumers \
+         doc guide to learn more"
+    );
+    common::wait_until("the message back", Duration::from_secs(10), || async {
+        common::passive(&ch, "got")
+            .await
+            .is_ok_and(|q| q.message_count() == 1)
+    })
+    .await;
+    let m = ch
+        .basic_get("got".into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("get")
+        .expect("the message");
+    assert!(m.delivery.redelivered);
+    b.shutdown().await;
+}
+
+/// Warren's `cancel` action cancels only the late consumer: a basic.get
+/// delivery on the same channel, older than the consumer's and of a queue
+/// with a long timeout, stays unacked and can still be acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cancel_action_leaves_a_get_on_the_same_channel_alone() {
+    use futures_lite::StreamExt;
+    let b = common::start().await;
+    let conn = common::connect(&b).await;
+    let ch = conn.create_channel().await.expect("channel");
+    let cancel = args(&[
+        ("x-consumer-timeout", AMQPValue::LongUInt(300)),
+        ("x-consumer-timeout-action", common::longstr("cancel")),
+    ]);
+    ch.queue_declare("slow".into(), QueueDeclareOptions::default(), cancel)
+        .await
+        .expect("declare");
+    let kept = args(&[("x-consumer-timeout", AMQPValue::LongUInt(600_000))]);
+    ch.queue_declare("kept".into(), QueueDeclareOptions::default(), kept)
+        .await
+        .expect("declare");
+    common::publish(&ch, "", "kept", b"got").await;
+    common::publish(&ch, "", "slow", b"late").await;
+    let got = ch
+        .basic_get("kept".into(), BasicGetOptions { no_ack: false })
+        .await
+        .expect("get")
+        .expect("the message");
+    let mut cons = common::consume(&ch, "slow", false).await;
+    let d = common::next(&mut cons).await;
+    assert_eq!(d.data, b"late");
+    // The server's basic.cancel ends the consumer's stream.
+    let end = tokio::time::timeout(Duration::from_secs(30), cons.next())
+        .await
+        .expect("the consumer is cancelled in time");
+    assert!(end.is_none(), "{end:?}");
+    common::wait_until("the late one back", Duration::from_secs(10), || async {
+        common::passive(&ch, "slow")
+            .await
+            .is_ok_and(|q| q.message_count() == 1)
+    })
+    .await;
+    let q = common::passive(&ch, "kept").await.expect("kept");
+    assert_eq!(q.message_count(), 0, "the get was not requeued");
+    got.ack(BasicAckOptions::default()).await.expect("ack");
+    // The late delivery's ack is ignored; the channel stays open.
+    d.ack(BasicAckOptions::default()).await.expect("ack");
+    common::passive(&ch, "kept").await.expect("still open");
+    assert!(ch.status().connected());
+    common::wait_until("kept settled", Duration::from_secs(10), || async {
+        common::get_ok(&b, "/api/queues/%2F/kept/unacked").await["total"] == 0
+    })
+    .await;
+    b.shutdown().await;
+}
+
+/// With the `cancel` action a late basic.get delivery has no consumer to
+/// cancel: it alone goes back, the channel stays open, and a late ack of
+/// it is ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cancel_action_takes_back_only_a_late_get() {
+    let b = common::start().await;
+    let conn = common::connect(&b).await;
+    let ch = conn.create_channel().await.expect("channel");
+    let cancel = args(&[
+        ("x-consumer-timeout", AMQPValue::LongUInt(300)),
+        ("x-consumer-timeout-action", common::longstr("cancel")),
+    ]);
+    ch.queue_declare("g".into(), QueueDeclareOptions::default(), cancel)
+        .await
+        .expect("declare");
+    common::publish(&ch, "", "g", b"late").await;
+    let got = ch
+        .basic_get("g".into(), BasicGetOptions { no_ack: false })
+        .await
+        .expect("get")
+        .expect("the message");
+    common::wait_until("the get back", Duration::from_secs(30), || async {
+        common::passive(&ch, "g")
+            .await
+            .is_ok_and(|q| q.message_count() == 1)
+    })
+    .await;
+    got.ack(BasicAckOptions::default()).await.expect("ack");
+    let again = ch
+        .basic_get("g".into(), BasicGetOptions { no_ack: false })
+        .await
+        .expect("get")
+        .expect("the message again");
+    assert!(again.delivery.redelivered);
+    assert_eq!(again.delivery.data, b"late");
+    again.ack(BasicAckOptions::default()).await.expect("ack");
+    common::wait_until("nothing left", Duration::from_secs(10), || async {
+        common::get_ok(&b, "/api/queues/%2F/g/unacked").await["total"] == 0
+    })
+    .await;
+    let q = common::passive(&ch, "g").await.expect("g");
+    assert_eq!(q.message_count(), 0);
+    assert!(ch.status().connected());
+    b.shutdown().await;
 }

@@ -760,3 +760,87 @@ fn collect_statistics_interval_is_configurable_and_checked() {
         e.0
     );
 }
+
+/// Many channels over several connections and queues, each holding
+/// deliveries (consumers' and basic.get's): each queue's unacked view
+/// lists exactly its own, each naming the channel that holds it.
+#[tokio::test]
+async fn unacked_view_lists_many_channels_and_queues() {
+    const QUEUES: usize = 3;
+    const CONNS: usize = 2;
+    const CHANNELS: usize = 4;
+    // Every channel gets one of each queue, every other one consumes one
+    // more: exactly what is published, so nothing follows the acks.
+    let per_queue = CONNS * CHANNELS + CONNS * CHANNELS / 2;
+    let (s, _c, admin) = start_channel().await;
+    for q in 0..QUEUES {
+        let name = format!("many{q}");
+        queue(&admin, &name, false).await;
+        for i in 0..per_queue {
+            publish(&admin, "", &name, format!("{q}-{i}").as_bytes()).await;
+        }
+    }
+    let mut conns = Vec::new();
+    let mut held = Vec::new();
+    let mut consumers = Vec::new();
+    // Kept open: lapin closes a channel when its last handle goes.
+    let mut channels = Vec::new();
+    for _ in 0..CONNS {
+        let c = connect(&s).await;
+        for k in 0..CHANNELS {
+            let ch = c.create_channel().await.unwrap();
+            for q in 0..QUEUES {
+                let name = format!("many{q}");
+                // One by basic.get, one by a prefetch-1 consumer.
+                let m = ch
+                    .basic_get(name.as_str().into(), BasicGetOptions { no_ack: false })
+                    .await
+                    .unwrap()
+                    .unwrap();
+                held.push(m.delivery);
+                if k % 2 == 0 {
+                    ch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
+                    let mut cons = consume(&ch, &name, false).await;
+                    held.push(next(&mut cons).await);
+                    consumers.push(cons);
+                }
+            }
+            channels.push(ch);
+        }
+        conns.push(c);
+    }
+    for q in 0..QUEUES {
+        let j = get_ok(&s, &format!("/api/queues/%2F/many{q}/unacked?count=500")).await;
+        assert_eq!(j["total"], per_queue, "{j}");
+        let items = j["items"].as_array().unwrap();
+        assert_eq!(items.len(), per_queue);
+        let mut seen = BTreeSet::new();
+        for it in items {
+            assert_eq!(it["routing_key"], format!("many{q}"), "{it}");
+            let cd = &it["channel_details"];
+            assert!(cd["number"].as_u64().unwrap() >= 1, "{it}");
+            assert!(cd["connection_name"].as_str().is_some(), "{it}");
+            seen.insert((
+                cd["connection_name"].as_str().unwrap().to_owned(),
+                cd["number"].as_u64().unwrap(),
+                it["consumer_tag"].as_str().map(str::to_owned),
+            ));
+        }
+        assert_eq!(seen.len(), per_queue, "each delivery listed once");
+        let channels: BTreeSet<_> = seen.iter().map(|(c, n, _)| (c.clone(), *n)).collect();
+        assert_eq!(channels.len(), CONNS * CHANNELS, "every channel named");
+    }
+    for d in &held {
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    for q in 0..QUEUES {
+        eventually(|| async {
+            get_ok(&s, &format!("/api/queues/%2F/many{q}/unacked")).await["total"] == 0
+        })
+        .await;
+    }
+    drop(consumers);
+    drop(channels);
+    drop(conns);
+    s.shutdown().await;
+}

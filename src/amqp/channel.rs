@@ -34,6 +34,12 @@ pub(super) struct Unacked {
     seq: u64,
     /// Holds a slot of the channel's shared prefetch limit.
     slot: bool,
+    /// Taken with basic.get: timed by the channel (see
+    /// [`Connection::check_get_timeouts`]), as the queue cannot reach us.
+    get: bool,
+    /// When a basic.get delivery was taken (ms since the epoch); 0 for a
+    /// consumer's delivery, which its queue times.
+    at: u64,
 }
 
 pub(super) struct Consumer {
@@ -57,6 +63,10 @@ pub(super) struct Channel {
     /// cancelled (`cancel` action): the client may still ack them, which
     /// is ignored rather than an unknown-tag error. Empty on most channels.
     voided: std::collections::BTreeSet<u64>,
+    /// basic.get deliveries taken since the last timeout check found none
+    /// unacked (an upper bound: acks do not count down, the check
+    /// recounts), so a channel that never gets pays nothing.
+    gets: usize,
     pub(super) consumers: HashMap<String, Consumer>,
     /// The direct reply-to consumer (`amq.rabbitmq.reply-to`), if any.
     pub(super) reply: Option<super::reply::ReplyConsumer>,
@@ -1467,7 +1477,10 @@ impl Connection {
                         queue: q.clone(),
                         seq: m.seq,
                         slot: false,
+                        get: true,
+                        at: crate::broker::registry::unix_ms(),
                     });
+                    ch.gets += 1;
                 }
                 codec::write_get_ok(
                     &mut self.out,
@@ -1638,6 +1651,8 @@ impl Connection {
                 queue: d.queue.clone(),
                 seq: d.message.seq,
                 slot: d.took_channel_slot,
+                get: false,
+                at: 0,
             });
         }
         let m = &d.message.message;
@@ -1678,23 +1693,16 @@ impl Connection {
             return;
         }
         if t.action == warren_queues::TimeoutAction::Close {
-            let text = format!(
-                "delivery acknowledgement on channel {} timed out. Timeout value used: {} ms. \
-                 This timeout value can be configured, see consumers doc guide to learn more",
-                t.session, t.timeout
-            );
-            self.close_channel(t.session, AmqpError::channel(PRECONDITION_FAILED, text));
+            let e = ack_timed_out(t.session, t.timeout);
+            self.close_channel(t.session, e);
             return;
         }
-        // Cancelled first, so what goes back is not handed to it again.
-        let (mut auto_delete, mut cancelled) = (false, false);
-        if ch.consumers.get(&t.tag).is_some_and(|c| c.id == t.consumer) {
-            ch.consumers.remove(&t.tag);
-            auto_delete = t.queue.cancel(t.consumer);
-            cancelled = true;
-        }
+        // Its deliveries leave the channel first, so one that is requeued
+        // and handed to another consumer of this channel gets a fresh
+        // record; then the consumer goes and they go back in one locked
+        // step, before anything is delivered again (a single active
+        // consumer's successor gets them first).
         let held = t.queue.held_by(t.consumer);
-        let ch = self.channels.get_mut(&t.session).expect("checked above");
         let mut taken = Vec::new();
         ch.unacked.retain(|u| {
             let its = Arc::ptr_eq(&u.queue, &t.queue) && held.binary_search(&u.seq).is_ok();
@@ -1704,16 +1712,17 @@ impl Connection {
             !its
         });
         let slots = taken.iter().filter(|(_, _, slot)| *slot).count() as u32;
-        ch.voided.extend(taken.iter().map(|(tag, _, _)| *tag));
-        // A client told of the cancel seldom acks what was taken back, so
-        // the set is bounded: the oldest go first, and a very late ack of
-        // one is then an unknown tag (406), as any unknown tag is.
-        while ch.voided.len() > MAX_VOIDED_TAGS {
-            ch.voided.pop_first();
-        }
+        void_tags(ch, taken.iter().map(|(tag, _, _)| *tag));
         ch.limit.release(slots);
         let seqs: Vec<u64> = taken.iter().map(|(_, seq, _)| *seq).collect();
-        t.queue.requeue(&seqs);
+        let cancelled = ch.consumers.get(&t.tag).is_some_and(|c| c.id == t.consumer);
+        let auto_delete = if cancelled {
+            ch.consumers.remove(&t.tag);
+            t.queue.cancel_requeue(t.consumer, &seqs)
+        } else {
+            t.queue.requeue(&seqs);
+            false
+        };
         if auto_delete {
             self.vhost.remove_queue(&t.queue);
         }
@@ -1737,6 +1746,84 @@ impl Connection {
         }
     }
 
+    /// basic.get deliveries kept unacked past their queue's consumer
+    /// timeout: RabbitMQ 3.10 times them as any delivery, by closing the
+    /// channel (406, every delivery it holds requeued). With Warren's
+    /// `cancel` action there is no consumer to cancel, so only the late
+    /// deliveries go back and later acks of them are ignored. Called once
+    /// a connection tick; walks only channels that took a get.
+    pub(super) fn check_get_timeouts(&mut self) {
+        let ids: Vec<u16> = self
+            .channels
+            .iter()
+            .filter(|(_, ch)| ch.gets > 0 && !ch.closing)
+            .map(|(&id, _)| id)
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let now = crate::broker::registry::unix_ms();
+        let mut rules: Vec<(Arc<Queue>, TimeoutRule)> = Vec::new();
+        let conn = self.id;
+        for id in ids {
+            let Some(ch) = self.channels.get_mut(&id) else {
+                continue;
+            };
+            let mut gets = 0;
+            let mut close = None;
+            let mut late = Vec::new();
+            for (i, u) in ch.unacked.iter().enumerate().filter(|(_, u)| u.get) {
+                gets += 1;
+                let rule = match rules.iter().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
+                    Some((_, r)) => *r,
+                    None => {
+                        let r = u.queue.consumer_timeout_rule();
+                        rules.push((u.queue.clone(), r));
+                        r
+                    }
+                };
+                let Some((timeout, action)) = rule else {
+                    continue;
+                };
+                if now.saturating_sub(u.at) <= timeout {
+                    continue;
+                }
+                tracing::warn!(
+                    conn,
+                    channel = id,
+                    queue = %u.queue.name,
+                    timeout,
+                    action = action.as_str(),
+                    "basic.get delivery timed out waiting for acknowledgement"
+                );
+                match action {
+                    warren_queues::TimeoutAction::Close => {
+                        close = Some(timeout);
+                        break;
+                    }
+                    warren_queues::TimeoutAction::Cancel => late.push(i),
+                }
+            }
+            if let Some(timeout) = close {
+                self.close_channel(id, ack_timed_out(id, timeout));
+                continue;
+            }
+            ch.gets = gets - late.len();
+            if late.is_empty() {
+                continue;
+            }
+            let mut taken: Vec<Unacked> = Vec::with_capacity(late.len());
+            for &i in late.iter().rev() {
+                taken.extend(ch.unacked.remove(i));
+            }
+            void_tags(ch, taken.iter().map(|u| u.tag));
+            let slots = taken.iter().filter(|u| u.slot).count() as u32;
+            ch.limit.release(slots);
+            taken.reverse();
+            requeue_grouped(&mut taken, &mut Vec::new());
+        }
+    }
+
     /// A queue was deleted under one of our consumers.
     pub(super) fn consumer_cancelled(&mut self, session: u16, tag: &str, consumer: ConsumerId) {
         let Some(ch) = self.channels.get_mut(&session) else {
@@ -1755,6 +1842,32 @@ impl Connection {
                 })),
             );
         }
+    }
+}
+
+/// A queue's consumer timeout (ms) and action, if it has one.
+type TimeoutRule = Option<(u64, warren_queues::TimeoutAction)>;
+
+/// RabbitMQ's 406 for a delivery kept unacked past the consumer timeout.
+fn ack_timed_out(channel: u16, timeout: u64) -> AmqpError {
+    AmqpError::channel(
+        PRECONDITION_FAILED,
+        format!(
+            "delivery acknowledgement on channel {channel} timed out. Timeout value used: {timeout} ms. \
+             This timeout value can be configured, see consumers doc guide to learn more"
+        ),
+    )
+}
+
+/// Remembers tags whose deliveries were requeued at a consumer timeout,
+/// so a late ack of one is ignored. A client told of the cancel seldom
+/// acks what was taken back, so the set is bounded: the oldest go first,
+/// and a very late ack of one is then an unknown tag (406), as any
+/// unknown tag is.
+fn void_tags(ch: &mut Channel, tags: impl Iterator<Item = u64>) {
+    ch.voided.extend(tags);
+    while ch.voided.len() > MAX_VOIDED_TAGS {
+        ch.voided.pop_first();
     }
 }
 

@@ -893,6 +893,7 @@ impl Connection {
                     // For the management API; at most once a tick, off the hot path.
                     self.info.set_channels(self.channel_snapshots());
                     self.info.net.store_recv(rd.octets, rd.reads);
+                    self.check_get_timeouts();
                     let now = Instant::now();
                     if self.flow_wait.is_some() || self.throttle.blocked {
                         // Time spent paused by us is not the peer's silence.

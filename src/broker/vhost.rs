@@ -26,7 +26,8 @@ pub struct Vhost {
     noack_window: u32,
     /// The broker's `consumer_timeout` (ms; 0: none), for queues that set
     /// none of their own.
-    consumer_timeout: AtomicU64,
+    /// Shared with its queues (see [`Vhost::consumer_timeout_cell`]).
+    consumer_timeout: Arc<AtomicU64>,
     persist: Option<Arc<Persistence>>,
     /// The broker-wide message counters.
     stats: Arc<MessageCounters>,
@@ -109,6 +110,12 @@ impl Vhost {
         self.consumer_timeout.load(Ordering::Relaxed)
     }
 
+    /// The broker's consumer timeout as one shared cell: queues and
+    /// channels read it with one atomic load, no `Weak` upgrade.
+    pub fn consumer_timeout_cell(&self) -> Arc<AtomicU64> {
+        self.consumer_timeout.clone()
+    }
+
     pub fn new(
         name: &str,
         noack_window: u32,
@@ -123,7 +130,7 @@ impl Vhost {
             exchanges: DashMap::new(),
             queues: DashMap::new(),
             noack_window,
-            consumer_timeout: AtomicU64::new(DEFAULT_CONSUMER_TIMEOUT),
+            consumer_timeout: Arc::new(AtomicU64::new(DEFAULT_CONSUMER_TIMEOUT)),
             persist,
             stats,
             dead,

@@ -7,7 +7,9 @@
 //! about once per timeout period, and a plain delivery pays nothing.
 //! Delivery times are the ones given to `dispatch`; time is an argument,
 //! as everywhere in the core. Deliveries of basic.get are not timed
-//! (RabbitMQ 3.10 times them too, by closing the channel).
+//! here: the queue cannot reach their holder, so the channel holding them
+//! times them itself (RabbitMQ 3.10 times them too, by closing the
+//! channel).
 
 use super::{Holder, QueueCore};
 
@@ -30,8 +32,8 @@ impl<C: Clone> QueueCore<C> {
         let mut oldest_in_time: Option<u64> = None;
         for u in self.unacked.values() {
             if matches!(u.holder, Holder::Get(_)) {
-                // Not timed: a basic.get has no consumer to cancel, and
-                // its owner cannot be reached from the queue.
+                // Timed by its channel: a basic.get has no consumer to
+                // cancel, and its owner cannot be reached from the queue.
                 continue;
             }
             let at = u.delivered_at();

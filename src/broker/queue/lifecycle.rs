@@ -46,6 +46,9 @@ pub(super) type DeadLetterTo = (String, Option<String>);
 #[derive(Default)]
 pub(super) struct Life {
     vhost: OnceLock<Weak<Vhost>>,
+    /// The vhost's `consumer_timeout` (ms; 0: none), shared rather than
+    /// read through `vhost`, so the delivery path upgrades no `Weak`.
+    broker_timeout: OnceLock<Arc<AtomicU64>>,
     timer: Arc<Timer>,
     started: AtomicBool,
     /// When the queue was last used (ms, the coarse clock): x-expires.
@@ -69,6 +72,9 @@ impl Queue {
     /// The queue's lifecycle settings, and the vhost it republishes dead
     /// letters into and is deleted from when it expires.
     pub fn with_limits(self, limits: QueueLimits, vhost: Weak<Vhost>) -> Self {
+        if let Some(v) = vhost.upgrade() {
+            let _ = self.life.broker_timeout.set(v.consumer_timeout_cell());
+        }
         let _ = self.life.vhost.set(vhost);
         self.life
             .expires
@@ -116,6 +122,15 @@ impl Queue {
         self.consumer_timeout(&core).unwrap_or(0)
     }
 
+    /// The consumer timeout in effect (ms) and its action, for a channel
+    /// that checks its own basic.get deliveries (see the connection's
+    /// tick); `None`: no timeout.
+    pub fn consumer_timeout_rule(&self) -> Option<(u64, warren_queues::TimeoutAction)> {
+        let core = self.core();
+        let t = self.consumer_timeout(&core)?;
+        Some((t, core.limits().consumer_timeout_action))
+    }
+
     /// The consumer timeout that applies (ms): the queue's own, else the
     /// broker's `consumer_timeout`; `None`: none (0 means none too).
     fn consumer_timeout(&self, core: &QueueCore<Arc<ConsumerHandle>>) -> Option<u64> {
@@ -123,10 +138,9 @@ impl Queue {
             Some(t) => t,
             None => self
                 .life
-                .vhost
+                .broker_timeout
                 .get()
-                .and_then(Weak::upgrade)
-                .map_or(0, |v| v.consumer_timeout()),
+                .map_or(0, |t| t.load(Ordering::Relaxed)),
         };
         (t != 0).then_some(t)
     }
