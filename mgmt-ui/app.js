@@ -10,6 +10,9 @@ import * as queues from './queues.js';
 import * as exchanges from './exchanges.js';
 import * as admin from './admin.js';
 import * as policies from './policies.js';
+import * as limits from './limits.js';
+import * as definitions from './definitions.js';
+import * as vhost from './vhost.js';
 
 const POLL_MS = 5000;
 
@@ -25,6 +28,9 @@ const routes = [
   [/^queues\/([^/]+)\/([^/]+)$/, 'queues', queues.page],
   [/^admin$/, 'admin', admin.mount],
   [/^policies$/, 'admin', policies.mount],
+  [/^limits$/, 'admin', limits.mount],
+  [/^definitions$/, 'admin', definitions.mount],
+  [/^vhosts\/([^/]+)$/, 'admin', vhost.mount],
 ];
 
 const main = document.getElementById('main');

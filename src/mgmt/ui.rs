@@ -49,6 +49,9 @@ static ASSETS: &[Asset] = &[
     asset!("exchanges.js", JS),
     asset!("admin.js", JS),
     asset!("policies.js", JS),
+    asset!("limits.js", JS),
+    asset!("definitions.js", JS),
+    asset!("vhost.js", JS),
 ];
 
 /// The dashboard's routes, merged outside the API's auth layer.
