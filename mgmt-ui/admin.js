@@ -1,5 +1,6 @@
-// Admin: users (with tags), virtual hosts and permissions; policies have
-// their own page (policies.js), linked from here.
+// Admin: users (with tags), virtual hosts and permissions; policies,
+// limits, definitions and each virtual host have their own pages
+// (policies.js, limits.js, definitions.js, vhost.js), linked from here.
 
 import { api, enc, get } from './api.js';
 import { el, field, fill, fmtNum, onSubmit, section, status } from './dom.js';
@@ -16,7 +17,15 @@ export function mount(root, ctx) {
   fill(
     root,
     el('h2', {}, 'Admin'),
-    el('p', {}, el('a', { href: '#/policies', 'data-role': 'policies-link' }, 'Policies and operator policies →')),
+    el(
+      'p',
+      { class: 'admin-links' },
+      el('a', { href: '#/policies', 'data-role': 'policies-link' }, 'Policies and operator policies →'),
+      ' ',
+      el('a', { href: '#/limits', 'data-role': 'limits-link' }, 'Limits →'),
+      ' ',
+      el('a', { href: '#/definitions', 'data-role': 'definitions-link' }, 'Export / import definitions →'),
+    ),
     err,
     section('Users', users, el('h4', {}, 'Add or update a user'), userForm(() => refresh())),
     section('Virtual hosts', vhosts, el('h4', {}, 'Add a virtual host'), vhostForm(() => refresh())),
@@ -70,7 +79,7 @@ export function mount(root, ctx) {
       vhosts,
       table(
         ['Name', 'Ready', 'Unacked', 'Total', ''],
-        v.map((x) => [x.name, fmtNum(x.messages_ready), fmtNum(x.messages_unacknowledged), fmtNum(x.messages), deleteButton('Delete', `/vhosts/${enc(x.name)}`, `Delete virtual host ${x.name} and everything in it?`)]),
+        v.map((x) => [el('a', { href: `#/vhosts/${enc(x.name)}`, 'data-vhost': x.name }, x.name), fmtNum(x.messages_ready), fmtNum(x.messages_unacknowledged), fmtNum(x.messages), deleteButton('Delete', `/vhosts/${enc(x.name)}`, `Delete virtual host ${x.name} and everything in it?`)]),
       ),
     );
     fill(
@@ -156,9 +165,11 @@ function vhostForm(onDone) {
   return form;
 }
 
-function permissionForm(onDone) {
+/** The form setting a user's permissions; `fixedVhost` fixes the vhost (its own page). */
+export function permissionForm(onDone, fixedVhost) {
   const user = el('input', { name: 'perm-user', required: true });
-  const vhost = el('input', { name: 'perm-vhost', value: '/', required: true });
+  const vhost = el('input', { name: 'perm-vhost', value: fixedVhost ?? '/', required: true });
+  if (fixedVhost !== undefined) vhost.readOnly = true;
   const configure = el('input', { name: 'configure', value: '.*' });
   const write = el('input', { name: 'write', value: '.*' });
   const read = el('input', { name: 'read', value: '.*' });

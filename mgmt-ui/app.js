@@ -11,6 +11,9 @@ import * as exchanges from './exchanges.js';
 import * as admin from './admin.js';
 import * as policies from './policies.js';
 import * as superStreams from './superstreams.js';
+import * as limits from './limits.js';
+import * as definitions from './definitions.js';
+import * as vhost from './vhost.js';
 
 const POLL_MS = 5000;
 
@@ -27,6 +30,9 @@ const routes = [
   [/^super-streams$/, 'super-streams', superStreams.mount],
   [/^admin$/, 'admin', admin.mount],
   [/^policies$/, 'admin', policies.mount],
+  [/^limits$/, 'admin', limits.mount],
+  [/^definitions$/, 'admin', definitions.mount],
+  [/^vhosts\/([^/]+)$/, 'admin', vhost.mount],
 ];
 
 const main = document.getElementById('main');

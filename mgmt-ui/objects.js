@@ -167,13 +167,13 @@ export function channelPage(root, ctx) {
   const rates = new LineChart('Message rates', [{ label: 'Publish' }, { label: 'Confirm' }, { label: 'Deliver / get' }, { label: 'Ack' }, { label: 'Redeliver' }], { format: fmtRate });
   const title = el('span', { class: 'name' }, name);
   let gone = false;
-  fill(root, el('h2', {}, 'Channel ', title), el('div', { class: 'charts' }, rates.node), section('Details', details), section('Consumers', consumers));
+  fill(root, el('h2', {}, 'Channel ', title), rangePicker(() => refresh().catch(() => {})), el('div', { class: 'charts' }, rates.node), section('Details', details), section('Consumers', consumers));
 
   async function refresh() {
     if (gone) return;
     let c;
     try {
-      c = await get(`/channels/${enc(name)}`);
+      c = await get(`/channels/${enc(name)}?${historyQuery(['msg_rates'])}`);
     } catch (e) {
       if (e.status !== 404) throw e;
       gone = true;
@@ -183,7 +183,10 @@ export function channelPage(root, ctx) {
     const app = c.connection_details?.user_provided_name;
     if (app) fill(title, `${app} (${c.number}) `, el('small', { class: 'muted' }, name));
     const ms = c.message_stats || {};
-    rates.push(['publish', 'confirm', 'deliver_get', 'ack', 'redeliver'].map((k) => ms[`${k}_details`]?.rate ?? 0));
+    // The broker's sampled history, drawn at once for the chosen range;
+    // live rates only until the first sample is taken.
+    const keys = ['publish', 'confirm', 'deliver_get', 'ack', 'redeliver'];
+    if (!drawHistory(rates, ms, keys, true)) rates.push(keys.map((k) => ms[`${k}_details`]?.rate ?? 0));
     fill(
       details,
       kvTable([

@@ -245,6 +245,48 @@ async fn consumer_utilisation_follows_whether_consumers_keep_up() {
     c.close(200, "bye".into()).await.unwrap();
 }
 
+async fn utilisation(s: &TestBroker) -> f64 {
+    get_ok(s, "/api/queues/%2F/held-back").await["consumer_utilisation"]
+        .as_f64()
+        .unwrap()
+}
+
+/// Time-based, as RabbitMQ's: a consumer held at its prefetch limit with
+/// messages waiting drives the figure towards 0 (one-second half-life);
+/// once it acks its way through the backlog it climbs back towards 1.
+#[tokio::test]
+async fn consumer_utilisation_is_the_share_of_time_consumers_could_take_messages() {
+    let s = start().await;
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    queue(&ch, "held-back", false).await;
+    for _ in 0..20 {
+        publish(&ch, "", "held-back", b"x").await;
+    }
+    ch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
+    let mut consumer = consume(&ch, "held-back", false).await;
+    let first = next(&mut consumer).await;
+    wait_until("utilisation below 0.1", Duration::from_secs(30), || async {
+        utilisation(&s).await < 0.1
+    })
+    .await;
+    let j = get_ok(&s, "/api/queues/%2F/held-back").await;
+    assert_eq!(j["consumer_capacity"], j["consumer_utilisation"]);
+    first.ack(BasicAckOptions::default()).await.unwrap();
+    for _ in 1..20 {
+        next(&mut consumer)
+            .await
+            .ack(BasicAckOptions::default())
+            .await
+            .unwrap();
+    }
+    wait_until("utilisation above 0.9", Duration::from_secs(30), || async {
+        utilisation(&s).await > 0.9
+    })
+    .await;
+    c.close(200, "bye".into()).await.unwrap();
+}
+
 fn samples(d: &J) -> Vec<(u64, u64)> {
     d["samples"]
         .as_array()
@@ -335,5 +377,121 @@ async fn history_is_served_with_rabbitmqs_range_parameters() {
             "{j}"
         );
     }
+    c.close(200, "bye".into()).await.unwrap();
+}
+
+/// `/metrics/detailed?vhost=` as rabbitmq_prometheus 3.13 reads it:
+/// repeatable, unknown vhosts dropped (naming only unknown ones leaves no
+/// queue), queue families and `queue_info` filtered, connections not.
+#[tokio::test]
+async fn detailed_metrics_filter_queues_by_vhost() {
+    let s = start().await;
+    let (st, body) = raw(&s, "PUT", "/api/vhosts/other", Some(GUEST), "").await;
+    assert!(st == 201 || st == 204, "{st} {body}");
+    let c = connect(&s).await;
+    let ch = c.create_channel().await.unwrap();
+    queue(&ch, "in-default", false).await;
+    let c2 = connect_to(&s, "other").await;
+    let ch2 = c2.create_channel().await.unwrap();
+    queue(&ch2, "in-other", false).await;
+    let scrape = |q: &'static str| {
+        let s = &s;
+        async move {
+            let (st, body) = raw(s, "GET", &format!("/metrics/detailed?{q}"), None, "").await;
+            assert_eq!(st, 200, "{body}");
+            body
+        }
+    };
+    let ready = "rabbitmq_detailed_queue_messages_ready{";
+    let lines = |body: &str, prefix: &str| -> Vec<String> {
+        body.lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(str::to_owned)
+            .collect()
+    };
+    let all = scrape("family=queue_coarse_metrics").await;
+    assert_eq!(lines(&all, ready).len(), 2, "{all}");
+    let one =
+        scrape("family=queue_coarse_metrics&family=connection_coarse_metrics&vhost=other").await;
+    let got = lines(&one, ready);
+    assert_eq!(got.len(), 1, "{one}");
+    assert!(
+        got[0].contains("vhost=\"other\",queue=\"in-other\""),
+        "{one}"
+    );
+    let info = lines(&one, "rabbitmq_detailed_queue_info{");
+    assert_eq!(info.len(), 1, "{one}");
+    assert!(
+        info[0].contains("queue_type=\"rabbit_classic_queue\",membership=\"leader\"} 1"),
+        "{one}"
+    );
+    // Connections are not filtered by vhost.
+    let conns = lines(&one, "rabbitmq_detailed_connection_incoming_bytes_total{");
+    assert_eq!(conns.len(), 2, "{one}");
+    let both = scrape("family=queue_coarse_metrics&vhost=%2F&vhost=other&vhost=nope").await;
+    assert_eq!(lines(&both, ready).len(), 2, "{both}");
+    let none = scrape("family=queue_coarse_metrics&vhost=nope").await;
+    assert!(lines(&none, ready).is_empty(), "{none}");
+    assert!(none.contains("# TYPE rabbitmq_detailed_queue_messages_ready gauge"));
+    // queue_info comes only with a queue family.
+    let conn_only = scrape("family=connection_coarse_metrics").await;
+    assert!(!conn_only.contains("queue_info"), "{conn_only}");
+    c2.close(200, "bye".into()).await.unwrap();
+    c.close(200, "bye".into()).await.unwrap();
+}
+
+/// A channel's message counters are sampled into history like a queue's:
+/// `msg_rates_age`/`msg_rates_incr` on /api/channels/{name} add `samples`
+/// (newest first, running totals) with `avg` and `avg_rate`.
+#[tokio::test]
+async fn channel_history_is_served_with_msg_rates_parameters() {
+    let s = fast_sampling().await;
+    let c = connect_named(&s, "chan-history").await;
+    let ch = c.create_channel().await.unwrap();
+    queue(&ch, "chist", false).await;
+    for _ in 0..5 {
+        publish(&ch, "", "chist", b"x").await;
+    }
+    let got = ch
+        .basic_get("chist".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap();
+    assert!(got.is_some());
+    let api = api(&s);
+    // Each connection publishes its channels' snapshot once a second.
+    wait_until("the channel listed", Duration::from_secs(10), || async {
+        !api.list_channels().await.unwrap().is_empty()
+    })
+    .await;
+    let name = api.list_channels().await.unwrap()[0].name.clone();
+    let path = format!(
+        "/api/channels/{}?msg_rates_age=60&msg_rates_incr=5",
+        enc(&name)
+    );
+    wait_until("channel samples", Duration::from_secs(15), || async {
+        let j = get_ok(&s, &path).await;
+        samples(&j["message_stats"]["publish_details"])
+            .first()
+            .is_some_and(|x| x.1 == 5)
+    })
+    .await;
+    let j = get_ok(&s, &path).await;
+    let p = samples(&j["message_stats"]["publish_details"]);
+    assert!(p.iter().all(|(t, _)| t % 5000 == 0), "{p:?}");
+    assert!(p.windows(2).all(|w| w[0].0 > w[1].0), "newest first: {p:?}");
+    let d = &j["message_stats"]["publish_details"];
+    assert!(d["avg"].is_number() && d["avg_rate"].is_number(), "{d}");
+    let g = samples(&j["message_stats"]["deliver_get_details"]);
+    assert_eq!(g.first().map(|x| x.1), Some(1), "{j}");
+    // Without the parameters, no samples; bad ones are refused.
+    let plain = get_ok(&s, &format!("/api/channels/{}", enc(&name))).await;
+    assert!(plain["message_stats"]["publish_details"]["samples"].is_null());
+    let bad = format!(
+        "/api/channels/{}?msg_rates_age=60&msg_rates_incr=0",
+        enc(&name)
+    );
+    let (code, j) = get_json(&s, &bad).await;
+    assert_eq!(code, 400, "{j}");
+    assert_eq!(j["reason"], "Invalid range parameters: age 60, incr 0");
     c.close(200, "bye".into()).await.unwrap();
 }

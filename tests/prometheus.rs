@@ -45,7 +45,7 @@ fn start_prometheus(target: SocketAddr) -> Prometheus {
          \x20 - job_name: warren\n    static_configs:\n      - targets: ['{target}']\n\
          \x20 - job_name: warren-detailed\n    metrics_path: /metrics/detailed\n\
          \x20   params:\n      family: [queue_coarse_metrics, queue_metrics, connection_coarse_metrics]\n\
-         \x20   static_configs:\n      - targets: ['{target}']\n"
+         \x20   static_configs:\n      - targets: ['{target}']\n        labels:\n          instance: warren-detailed\n"
     );
     let cfg = dir.path().join("prometheus.yml");
     std::fs::write(&cfg, config).unwrap();
@@ -71,16 +71,22 @@ fn start_prometheus(target: SocketAddr) -> Prometheus {
 
 /// An instant query's result vector (empty on any error).
 async fn query(p: &Prometheus, q: &str) -> Vec<J> {
+    query_checked(p, q).await.unwrap_or_default()
+}
+
+/// An instant query's result vector, or `None` when Prometheus refused the
+/// query (a bad expression, or a join that does not match one-to-one).
+async fn query_checked(p: &Prometheus, q: &str) -> Option<Vec<J>> {
     let body: String = form_urlencoded::Serializer::new(String::new())
         .append_pair("query", q)
         .finish();
     let headers = [("Content-Type", "application/x-www-form-urlencoded")];
     let (status, _, text) = http_request(p.addr, "POST", "/api/v1/query", &headers, &body).await;
     if status != 200 {
-        return Vec::new();
+        return None;
     }
     let j: J = serde_json::from_str(&text).unwrap_or(J::Null);
-    j["data"]["result"].as_array().cloned().unwrap_or_default()
+    j["data"]["result"].as_array().cloned()
 }
 
 /// The single value of a query's first series.
@@ -238,5 +244,44 @@ async fn a_real_prometheus_answers_the_overview_dashboards_queries() {
             .len()
             == 1
     );
+    quorum_queues_raft_dashboard(&p, &cluster).await;
     c.close(200, "bye".into()).await.unwrap();
+}
+
+/// RabbitMQ's "RabbitMQ-Quorum-Queues-Raft" dashboard (same repository
+/// and folder): its five panel queries, joined `on(instance)` with
+/// `rabbitmq_identity_info{rabbitmq_cluster=..., namespace=""}`, must be
+/// accepted and answer no series: Warren runs no Raft members, as a
+/// RabbitMQ node with no quorum queue members reports none. What Warren
+/// has is served by `queue_info`: zero quorum queues, two classic ones.
+async fn quorum_queues_raft_dashboard(p: &Prometheus, cluster: &str) {
+    let id = format!(
+        "on(instance) group_left(rabbitmq_cluster, rabbitmq_node) \
+         rabbitmq_identity_info{{rabbitmq_cluster=\"{cluster}\", namespace=\"\"}}"
+    );
+    let panels = [
+        format!("sum(rate(rabbitmq_raft_log_commit_index[60s]) * {id}) by(rabbitmq_node)"),
+        format!("rabbitmq_raft_entry_commit_latency_seconds * {id}"),
+        format!(
+            "sum((rabbitmq_raft_log_last_written_index * {id}) - \
+             (rabbitmq_raft_log_commit_index * {id})) by(rabbitmq_node)"
+        ),
+        format!("sum(rate(rabbitmq_raft_term_total[60s]) * {id}) by(rabbitmq_node)"),
+        format!(
+            "sum((rabbitmq_raft_log_last_written_index * {id}) - \
+             (rabbitmq_raft_log_snapshot_index * {id})) by(queue, rabbitmq_node) > 5000"
+        ),
+    ];
+    for q in &panels {
+        let r = query_checked(p, q).await;
+        assert_eq!(r, Some(Vec::new()), "{q}");
+    }
+    // The dashboard's cluster variable: identity_info joins one-to-one on
+    // `instance` (the detailed job carries its own instance label).
+    let q = format!("rabbitmq_queues * {id}");
+    assert_eq!(value(p, &q).await, Some(2.0), "{q}");
+    let q = "count(rabbitmq_detailed_queue_info{queue_type=\"rabbit_quorum_queue\"}) or vector(0)";
+    assert_eq!(value(p, q).await, Some(0.0), "{q}");
+    let q = "count(rabbitmq_detailed_queue_info{queue_type=\"rabbit_classic_queue\", membership=\"leader\"})";
+    assert_eq!(value(p, q).await, Some(2.0), "{q}");
 }

@@ -320,6 +320,8 @@ pub const OVERVIEW_SERIES: &[Series] = &[G, G, G, C, C, C, C, C, C, C, C, C, C, 
 pub const EXCHANGE_SERIES: &[Series] = &[C, C];
 /// A connection's: [`OCTETS`].
 pub const CONNECTION_SERIES: &[Series] = &[C, C];
+/// A channel's: [`CHANNEL_COUNTERS`].
+pub const CHANNEL_SERIES: &[Series] = &[C, C, C, C, C, C, C, C, C, C, C];
 
 /// A [`History`] the sampler writes and API requests read, each briefly.
 pub struct SharedHistory(Mutex<History>);

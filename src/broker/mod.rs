@@ -522,7 +522,7 @@ impl Broker {
             }
         }
         for c in self.connections() {
-            c.sample_channels(secs);
+            c.sample_channels(secs, now);
             let n = c.net.snapshot();
             c.history.record(now, &[n.recv_oct, n.send_oct]);
         }

@@ -19,6 +19,7 @@ use warren_queues::{
 };
 
 mod lifecycle;
+mod utilisation;
 pub use lifecycle::PublishOutcome;
 
 /// The id a basic.get's taker is known by in the queue's unacked view:
@@ -69,10 +70,12 @@ pub struct Queue {
     pub stats: MessageCounters,
     /// Sampled history of the lengths and counters, for the charts.
     pub history: super::history::SharedHistory,
-    /// RabbitMQ's `consumer_utilisation`: a moving average of whether the
-    /// queue's consumers took messages as fast as they came, as `f64` bits
-    /// (see [`Queue::sample_utilisation`]).
-    utilisation: std::sync::atomic::AtomicU64,
+    /// RabbitMQ's `consumer_utilisation`: the time-weighted share of time
+    /// the consumers could take messages. Written only when
+    /// `consumers_blocked` flips, under the core's lock.
+    consumer_use: Mutex<utilisation::ConsumerUse>,
+    /// Whether the last delivery pass left messages no consumer could take.
+    consumers_blocked: AtomicBool,
     /// The broker-wide counters, bumped alongside.
     global: Arc<MessageCounters>,
     /// Messages that left unconsumed (dead-lettered or dropped), by
@@ -201,7 +204,8 @@ impl Queue {
                 super::history::BASIC,
                 super::history::QUEUE_SERIES,
             ),
-            utilisation: Default::default(),
+            consumer_use: Mutex::new(utilisation::ConsumerUse::new(std::time::Instant::now())),
+            consumers_blocked: AtomicBool::new(false),
             global,
             dead_counters: Arc::default(),
             clock,
@@ -475,9 +479,11 @@ impl Queue {
             self.arm_consumer_timeout(core, now);
         }
         let (dead, dead_letter) = self.after_change(core, now);
+        let loads = core.take_loads();
+        self.note_consumer_use(core, loads.is_some());
         AfterDelivery {
             refused: self.hand_off(out),
-            loads: core.take_loads(),
+            loads,
             dead,
             dead_letter,
             refused_publish: false,
@@ -1001,50 +1007,46 @@ impl Queue {
         }
     }
 
-    /// Folds this sample into the consumer utilisation: a queue whose
-    /// consumers left nothing ready was fully used, one with messages
-    /// waiting while consumers sat at their prefetch limit was not. The
-    /// average spans about a minute of samples.
-    pub fn sample_utilisation(&self, ready: usize, consumers: usize) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let now = match (consumers, ready) {
-            (0, _) => {
-                self.utilisation.store(0f64.to_bits(), Relaxed);
-                return;
-            }
-            (_, 0) => 1.0,
-            _ => 0.0,
-        };
-        let old = f64::from_bits(self.utilisation.load(Relaxed));
-        let avg = if old == 0.0 {
-            now
-        } else {
-            old + (now - old) / 12.0
-        };
-        self.utilisation.store(avg.to_bits(), Relaxed);
+    /// After a delivery pass: messages left ready with consumers present
+    /// means every consumer is blocked (prefetch full), unless the pass
+    /// stopped to read paged-out bodies (the queue's wait, not theirs).
+    /// The clock is read only when the state flips.
+    fn note_consumer_use(&self, core: &QueueCore<Arc<ConsumerHandle>>, loading: bool) {
+        let blocked = !loading && core.consumer_count() > 0 && core.message_count() > 0;
+        if self.consumers_blocked.load(Ordering::Relaxed) != blocked {
+            self.consumers_blocked.store(blocked, Ordering::Relaxed);
+            self.consumer_use
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .set(!blocked, std::time::Instant::now());
+        }
     }
 
+    /// RabbitMQ's `consumer_utilisation` (and `consumer_capacity`): 0
+    /// without consumers; a stream's readers are never blocked by it,
+    /// and it shows 0 as before.
     pub fn consumer_utilisation(&self) -> f64 {
-        f64::from_bits(self.utilisation.load(std::sync::atomic::Ordering::Relaxed))
+        if self.stream.is_some() || self.counts().1 == 0 {
+            return 0.0;
+        }
+        self.consumer_use
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .utilisation(std::time::Instant::now())
     }
 
-    /// The sampler's turn: rates, utilisation and history at `now` (Unix
+    /// The sampler's turn: rates and history at `now` (Unix
     /// milliseconds). Returns the (ready, unacked) lengths for the totals.
     pub fn sample(&self, secs: f64, now: u64) -> (u64, u64) {
         self.stats.sample(secs);
-        let (ready, unacked, consumers) = match &self.stream {
+        let (ready, unacked) = match &self.stream {
             // As `counts` and `contents` show a stream.
-            Some(st) => (st.stats().messages as usize, 0, st.consumer_count()),
+            Some(st) => (st.stats().messages as usize, 0),
             None => {
                 let core = self.core();
-                (
-                    core.message_count(),
-                    core.unacked_count(),
-                    core.consumer_count(),
-                )
+                (core.message_count(), core.unacked_count())
             }
         };
-        self.sample_utilisation(ready, consumers);
         let (r, u) = (ready as u64, unacked as u64);
         let stats = self.stats.snapshot();
         let mut values = [0u64; 11];

@@ -407,6 +407,21 @@ impl NetCounters {
     }
 }
 
+/// A channel's counts at the last rate sample, and its sampled history
+/// (kept by its connection, so it goes when the channel closes).
+struct ChannelSampled {
+    counts: [u64; COUNTERS],
+    history: super::history::History,
+}
+
+impl std::fmt::Debug for ChannelSampled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelSampled")
+            .field("counts", &self.counts)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One consumer as the API shows it.
 #[derive(Debug, Clone)]
 pub struct ConsumerSnapshot {
@@ -474,8 +489,8 @@ pub struct ConnectionInfo {
     /// Sampled history of the octet counters, for the charts.
     pub history: super::history::SharedHistory,
     channels: Mutex<Vec<ChannelSnapshot>>,
-    /// Each channel's counts at the last rate sample.
-    sampled: Mutex<std::collections::HashMap<u16, [u64; COUNTERS]>>,
+    /// Each channel's counts at the last rate sample, and its history.
+    sampled: Mutex<std::collections::HashMap<u16, ChannelSampled>>,
     close_reason: Mutex<Option<String>>,
     close: Notify,
     /// A [`ConnState`], set by the connection task.
@@ -586,23 +601,57 @@ impl ConnectionInfo {
     }
 
     /// Turns each channel's counts, and the socket's octets, since the
-    /// last sample into rates.
-    pub fn sample_channels(&self, secs: f64) {
+    /// last sample into rates, and records each channel's counters into
+    /// its history at `now` (Unix milliseconds). Closed channels' entries
+    /// go with this sample.
+    pub fn sample_channels(&self, secs: f64, now: u64) {
         self.net.sample(secs);
         let mut chans = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         let mut sampled = self.sampled.lock().unwrap_or_else(|e| e.into_inner());
         let mut next = std::collections::HashMap::with_capacity(chans.len());
         for ch in chans.iter_mut() {
-            let before = sampled.get(&ch.number).copied().unwrap_or_default();
-            ch.stats.rates = rates_between(&before, &ch.stats.counts, secs);
-            if before != ch.stats.counts {
+            let mut entry = sampled
+                .remove(&ch.number)
+                .unwrap_or_else(|| ChannelSampled {
+                    counts: [0; COUNTERS],
+                    history: super::history::History::new(
+                        super::history::BASIC,
+                        super::history::CHANNEL_SERIES,
+                    ),
+                });
+            ch.stats.rates = rates_between(&entry.counts, &ch.stats.counts, secs);
+            if entry.counts != ch.stats.counts {
                 ch.idle_since = None;
             } else if ch.idle_since.is_none() {
                 ch.idle_since = Some(unix_ms());
             }
-            next.insert(ch.number, ch.stats.counts);
+            entry.counts = ch.stats.counts;
+            let values: Vec<u64> = super::history::CHANNEL_COUNTERS
+                .iter()
+                .map(|c| ch.stats.counts[*c as usize])
+                .collect();
+            entry.history.record(now, &values);
+            next.insert(ch.number, entry);
         }
         *sampled = next;
+    }
+
+    /// Channel `number`'s history of column `col` (an index into
+    /// [`super::history::CHANNEL_COUNTERS`]); empty for a channel not yet
+    /// sampled.
+    pub fn channel_samples(
+        &self,
+        number: u16,
+        col: usize,
+        now: u64,
+        age: u64,
+        incr: u64,
+    ) -> Vec<super::history::Sample> {
+        let sampled = self.sampled.lock().unwrap_or_else(|e| e.into_inner());
+        sampled
+            .get(&number)
+            .map(|e| e.history.samples(col, now, age, incr))
+            .unwrap_or_default()
     }
 
     pub fn channels(&self) -> Vec<ChannelSnapshot> {

@@ -78,10 +78,23 @@ fn sum(series: &[Vec<Sample>]) -> Vec<Sample> {
 /// The message counters' samples into `stats` (a `message_stats`), and
 /// `deliver_get` as the sum of the four deliveries when they are there.
 fn rates(stats: &mut J, h: &SharedHistory, first: usize, counters: &[Counter], range: (u64, u64)) {
+    rates_from(stats, counters, range, &|col, now, age, incr| {
+        h.samples(first + col, now, age, incr)
+    });
+}
+
+/// [`rates`] over any history: `samples(col, now, age, incr)` reads the
+/// series of `counters[col]`.
+fn rates_from(
+    stats: &mut J,
+    counters: &[Counter],
+    range: (u64, u64),
+    samples: &dyn Fn(usize, u64, u64, u64) -> Vec<Sample>,
+) {
     let now = unix_ms();
     let mut deliveries = Vec::new();
     for (i, c) in counters.iter().enumerate() {
-        let s = h.samples(first + i, now, range.0, range.1);
+        let s = samples(i, now, range.0, range.1);
         put(stats, c.name(), &s);
         if matches!(
             c,
@@ -150,5 +163,21 @@ pub fn connection(j: &mut J, c: &ConnectionInfo, r: &Ranges) {
         for (i, name) in OCTETS.iter().enumerate() {
             put(j, name, &c.history.samples(i, now, age, incr));
         }
+    }
+}
+
+/// A channel's message rates (`msg_rates_age`/`msg_rates_incr`), from the
+/// history its connection keeps for channel `number`.
+pub fn channel(j: &mut J, c: &ConnectionInfo, number: u16, r: &Ranges) {
+    if let Some(range) = r.msg_rates {
+        if !j["message_stats"].is_object() {
+            j["message_stats"] = json!({});
+        }
+        rates_from(
+            &mut j["message_stats"],
+            CHANNEL_COUNTERS,
+            range,
+            &|col, now, age, incr| c.channel_samples(number, col, now, age, incr),
+        );
     }
 }

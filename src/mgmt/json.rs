@@ -231,6 +231,8 @@ pub fn queue(s: &MgmtState, q: &Queue) -> J {
     let applied = q.applied_policies();
     let c = q.contents();
     let (ready, consumers, unacked, bytes) = (c.ready, c.consumers, c.unacked, c.bytes);
+    // One reading for both names (the figure moves with time).
+    let utilisation = q.consumer_utilisation();
     let mut j = json!({
         "name": q.name,
         "vhost": q.vhost,
@@ -259,8 +261,8 @@ pub fn queue(s: &MgmtState, q: &Queue) -> J {
         "message_bytes_unacknowledged": bytes.unacked,
         "message_bytes_persistent": bytes.persistent,
         "head_message_timestamp": c.head_timestamp,
-        "consumer_utilisation": q.consumer_utilisation(),
-        "consumer_capacity": q.consumer_utilisation(),
+        "consumer_utilisation": utilisation,
+        "consumer_capacity": utilisation,
     });
     if let Some(t) = q.stats.idle_since() {
         j["idle_since"] = iso_time(t);

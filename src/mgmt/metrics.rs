@@ -148,6 +148,9 @@ pub fn render(s: &MgmtState, per_object: bool) -> String {
         }
     }
     queue_bytes(&mut f, &queues, &sizes, per_object);
+    if per_object {
+        queue_info(&mut f, s, "rabbitmq_queue_info", None);
+    }
     stream_gauges(&mut f, broker, per_object);
     let stats = broker.message_stats();
     // rabbit_global_counters' names, labelled with the protocol as
@@ -320,12 +323,25 @@ pub const DETAILED_FAMILIES: &[&str] = &[
 
 /// `/metrics/detailed?family=...`: only the families asked for, per
 /// object, with RabbitMQ's `rabbitmq_detailed_` prefix; unknown families
-/// are ignored (as RabbitMQ does).
-pub fn render_detailed(s: &MgmtState, families: &[&str]) -> String {
+/// are ignored (as RabbitMQ does). `vhosts`, when given, keeps only those
+/// vhosts' queues (connections are not filtered, as in RabbitMQ).
+pub fn render_detailed(s: &MgmtState, families: &[&str], vhosts: Option<&[String]>) -> String {
     let mut out = String::with_capacity(4096);
     let mut f = Family { out: &mut out };
     let want = |name: &str| families.contains(&name);
-    detailed_queues(&mut f, s, &want);
+    detailed_queues(&mut f, s, &want, vhosts);
+    // RabbitMQ emits queue_info on this endpoint only when a queue family
+    // was asked for.
+    if [
+        "queue_coarse_metrics",
+        "queue_consumer_count",
+        "queue_metrics",
+    ]
+    .iter()
+    .any(|q| want(q))
+    {
+        queue_info(&mut f, s, "rabbitmq_detailed_queue_info", vhosts);
+    }
     detailed_connections(&mut f, s, &want);
     f.head(
         "rabbitmq_identity_info",
@@ -344,10 +360,52 @@ pub fn render_detailed(s: &MgmtState, families: &[&str]) -> String {
     out
 }
 
+/// RabbitMQ 3.13's `queue_info`: one sample of 1 per queue, labelled with
+/// its type and this node's membership. Warren's queues are classic or
+/// streams, each led by its one node, so counting
+/// `queue_type="rabbit_quorum_queue"` gives the honest zero quorum queues
+/// (and Warren serves no `rabbitmq_raft_*` series: it runs no Raft).
+fn queue_info(f: &mut Family, s: &MgmtState, name: &str, vhosts: Option<&[String]>) {
+    f.head(
+        name,
+        "gauge",
+        "A metric with a constant '1' value and labels that provide some queue details",
+    );
+    for v in s.broker.vhosts() {
+        if vhosts.is_some_and(|keep| !keep.contains(&v.name)) {
+            continue;
+        }
+        let mut queues = v.queues();
+        queues.sort_by(|a, b| a.name.cmp(&b.name));
+        for q in queues {
+            let kind = if q.stream().is_some() {
+                "rabbit_stream_queue"
+            } else {
+                "rabbit_classic_queue"
+            };
+            let labels = [
+                ("vhost", v.name.as_str()),
+                ("queue", q.name.as_str()),
+                ("queue_type", kind),
+                ("membership", "leader"),
+            ];
+            f.sample(name, &labels, 1.0);
+        }
+    }
+}
+
 /// The per-queue detailed families.
-fn detailed_queues(f: &mut Family, s: &MgmtState, want: &dyn Fn(&str) -> bool) {
+fn detailed_queues(
+    f: &mut Family,
+    s: &MgmtState,
+    want: &dyn Fn(&str) -> bool,
+    vhosts: Option<&[String]>,
+) {
     let mut queues = Vec::new();
     for v in s.broker.vhosts() {
+        if vhosts.is_some_and(|keep| !keep.contains(&v.name)) {
+            continue;
+        }
         for q in v.queues() {
             queues.push((
                 v.name.clone(),

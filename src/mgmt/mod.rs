@@ -147,20 +147,37 @@ async fn metrics_per_object(State(s): St) -> Response {
 
 /// `/metrics/detailed?family=a&family=b`: the repeated parameter is read
 /// from the raw query (family names need no decoding).
-async fn metrics_detailed(State(s): St, uri: axum::http::Uri) -> Response {
-    let families: Vec<&str> = uri
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.strip_prefix("family="))
-        .filter_map(|f| {
+/// `/metrics/detailed`: `family=` picks the families (unknown ones are
+/// ignored) and `vhost=` (repeatable) keeps only those vhosts' queues, as
+/// rabbitmq_prometheus 3.13's handler reads them: a vhost that does not
+/// exist is dropped, so naming only unknown vhosts filters every queue out.
+async fn metrics_detailed(
+    State(s): St,
+    axum::extract::Query(params): axum::extract::Query<Vec<(String, String)>>,
+) -> Response {
+    let families: Vec<&str> = params
+        .iter()
+        .filter(|(k, _)| k == "family")
+        .filter_map(|(_, f)| {
             metrics::DETAILED_FAMILIES
                 .iter()
-                .find(|k| **k == f)
+                .find(|k| **k == f.as_str())
                 .copied()
         })
         .collect();
-    metrics_response(metrics::render_detailed(&s, &families))
+    let asked: Vec<&str> = params
+        .iter()
+        .filter(|(k, _)| k == "vhost")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let vhosts: Option<Vec<String>> = (!asked.is_empty()).then(|| {
+        asked
+            .into_iter()
+            .filter(|v| s.broker.vhost(v).is_some())
+            .map(str::to_owned)
+            .collect()
+    });
+    metrics_response(metrics::render_detailed(&s, &families, vhosts.as_deref()))
 }
 
 /// An API error with RabbitMQ's body shape.

@@ -1242,11 +1242,24 @@ async fn connection_channels(
 /// One channel with its consumers, as RabbitMQ's channel page reads it
 /// (`publishes`/`deliveries` are per-object-pair stats RabbitMQ fills only
 /// in its `detailed` rates mode: empty, as in its default `basic` mode).
-async fn channel(State(s): St, Path(name): Path<String>) -> Res {
+async fn channel(
+    State(s): St,
+    Path(name): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Res {
+    let r = super::history::Ranges::from_query(&q).map_err(super::bad_request)?;
     let mut c = channels_where(&s, |c| c["name"] == name.as_str())
         .into_iter()
         .next()
         .ok_or_else(object_not_found)?;
+    let conn = c["connection_details"]["name"].as_str().unwrap_or_default();
+    let number = c["number"].as_u64().and_then(|n| u16::try_from(n).ok());
+    if let (Some(conn), Some(number)) = (
+        s.broker.connections().into_iter().find(|x| x.name == conn),
+        number,
+    ) {
+        super::history::channel(&mut c, &conn, number, &r);
+    }
     let consumers: Vec<J> = match json::consumers(&s) {
         J::Array(a) => a
             .into_iter()

@@ -50,6 +50,9 @@ static ASSETS: &[Asset] = &[
     asset!("admin.js", JS),
     asset!("policies.js", JS),
     asset!("superstreams.js", JS),
+    asset!("limits.js", JS),
+    asset!("definitions.js", JS),
+    asset!("vhost.js", JS),
 ];
 
 /// The dashboard's routes, merged outside the API's auth layer.

@@ -23,7 +23,7 @@
 // step failed.
 
 import { chromium } from 'playwright-core';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 const env = (k, d) => {
@@ -498,6 +498,122 @@ await step('super streams page creates one with its partitions, then deletes it'
   }
   const r = await page.evaluate(async (u) => (await fetch(u, { headers: { Authorization: `Basic ${btoa('guest:guest')}` } })).status, `${BASE}/api/queues/%2F/${enc(name)}-0`);
   await ensure(r === 404, `the partitions are deleted (GET answered ${r})`);
+});
+
+/** An API call as guest from the page (for set-up and checks); resolves to the status. */
+function apiCall(method, path, body) {
+  return page.evaluate(
+    async ([method, url, body]) => {
+      const r = await fetch(url, { method, headers: { authorization: 'Basic ' + btoa('guest:guest'), 'content-type': 'application/json' }, body: body && JSON.stringify(body) });
+      return r.status;
+    },
+    [method, `${BASE}/api${path}`, body],
+  );
+}
+
+await step('definitions are exported to a file and imported from one', ['GET/POST /api/definitions'], async () => {
+  await page.goto(`${BASE}/#/admin`);
+  await page.click('[data-role=definitions-link]');
+  await page.selectOption('select[name=definitions-vhost]', '');
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click('[data-role=export]')]);
+  await ensure(/^warren-definitions-\d{4}-\d\d-\d\d\.json$/.test(download.suggestedFilename()), `file name ${download.suggestedFilename()}`);
+  const exported = join(ARTIFACTS, 'definitions-export.json');
+  await download.saveAs(exported);
+  const defs = JSON.parse(readFileSync(exported, 'utf8'));
+  await ensure(defs.vhosts?.some((v) => v.name === '/'), 'the export lists vhost /');
+  await ensure(defs.queues?.some((q) => q.name === QUEUE), `the export lists ${QUEUE}`);
+  await see('.status.ok', 'Exported');
+  // Import: the same file with one more queue, uploaded from the form.
+  const imported = `e2e-imported-${Date.now()}`;
+  defs.queues.push({ name: imported, vhost: '/', durable: true, auto_delete: false, arguments: { 'x-max-length': 7 } });
+  const upload = join(ARTIFACTS, 'definitions-import.json');
+  writeFileSync(upload, JSON.stringify(defs));
+  await page.setInputFiles('input[name=definitions-file]', upload);
+  await page.click('button:has-text("Upload definitions")');
+  await see('[data-role=import-result].ok', 'Imported definitions-import.json');
+  await ensure((await apiCall('GET', `/queues/%2F/${enc(imported)}`)) === 200, `queue ${imported} was created`);
+  await snap('imported');
+  // A file that is not JSON is refused before it is sent; one the broker
+  // refuses shows its reason.
+  await page.setInputFiles('input[name=definitions-file]', { name: 'broken.json', mimeType: 'application/json', buffer: Buffer.from('{"queues": [') });
+  await page.click('button:has-text("Upload definitions")');
+  await see('[data-role=import-result].err', 'broken.json is not JSON');
+  await page.setInputFiles('input[name=definitions-file]', { name: 'refused.json', mimeType: 'application/json', buffer: Buffer.from(JSON.stringify({ policies: [{ vhost: '/', name: `${imported}-bad`, pattern: '^$', 'apply-to': 'queues', definition: { 'max-length': 'lots' }, priority: 0 }] })) });
+  await page.click('button:has-text("Upload definitions")');
+  await see('[data-role=import-result].err', 'Import refused: ');
+  await see('[data-role=import-result].err', 'is not a valid maximum length');
+  await apiCall('DELETE', `/queues/%2F/${enc(imported)}`);
+});
+
+await step('limits page sets and clears virtual host and user limits', ['GET/PUT/DELETE /api/vhost-limits, /api/user-limits'], async () => {
+  await page.goto(`${BASE}/#/admin`);
+  await page.click('[data-role=limits-link]');
+  await see('h2', 'Limits');
+  const vform = page.locator('[data-role=vhost-limit-form]');
+  await vform.locator('input[name=vhost-limit-owner]').fill('/');
+  await vform.locator('select[name=vhost-limit-name]').selectOption('max-connections');
+  await vform.locator('input[name=vhost-limit-value]').fill('250');
+  await vform.locator('button:has-text("Set limit")').click();
+  const vrow = page.locator('[data-role=vhost-limits] tr[data-limit="//max-connections"]');
+  await see('[data-role=vhost-limits] tr[data-limit="//max-connections"] td', '250');
+  const uform = page.locator('[data-role=user-limit-form]');
+  await uform.locator('input[name=user-limit-owner]').fill('guest');
+  await uform.locator('select[name=user-limit-name]').selectOption('max-channels');
+  await uform.locator('input[name=user-limit-value]').fill('64');
+  await uform.locator('button:has-text("Set limit")').click();
+  const urow = page.locator('[data-role=user-limits] tr[data-limit="guest/max-channels"]');
+  await see('[data-role=user-limits] tr[data-limit="guest/max-channels"] td', '64');
+  // The broker's reason for a bad one is shown (no such user).
+  await uform.locator('input[name=user-limit-owner]').fill(`nobody-${Date.now()}`);
+  await uform.locator('button:has-text("Set limit")').click();
+  await see('[data-role=user-limit-form] .status.err');
+  await snap('limits-set');
+  acceptDialogs = true;
+  try {
+    await vrow.locator('button', { hasText: 'Clear' }).click();
+    await vrow.waitFor({ state: 'detached' });
+    await urow.locator('button', { hasText: 'Clear' }).click();
+    await urow.waitFor({ state: 'detached' });
+  } finally {
+    acceptDialogs = false;
+  }
+});
+
+await step('a virtual host page lists its permissions and limits', ['GET /api/vhosts/{vhost}/permissions', 'GET /api/vhost-limits/{vhost}'], async () => {
+  await page.goto(`${BASE}/#/admin`);
+  await page.click('a[data-vhost="/"]');
+  await see('[data-role=vhost-permissions] tr[data-user=guest] code', '.*');
+  const form = page.locator('form[data-role=vhost-limit-form]');
+  await form.locator('select[name=vhost-limit-name]').selectOption('max-queues');
+  await form.locator('input[name=vhost-limit-value]').fill('900');
+  await form.locator('button:has-text("Set limit")').click();
+  const row = page.locator('[data-role=vhost-limits] tr[data-limit="//max-queues"]');
+  await see('[data-role=vhost-limits] tr[data-limit="//max-queues"] td', '900');
+  await snap('vhost-page');
+  acceptDialogs = true;
+  try {
+    await row.locator('button', { hasText: 'Clear' }).click();
+    await row.waitFor({ state: 'detached' });
+  } finally {
+    acceptDialogs = false;
+  }
+});
+
+await step('the channel page charts the broker\'s history at once, with a range picker', ['GET /api/channels/{name}?msg_rates_age&msg_rates_incr'], async () => {
+  await page.goto(`${BASE}/#/channels`);
+  const asked = page.waitForRequest((r) => /\/api\/channels\/[^?]+\?/.test(r.url()) && r.url().includes('msg_rates_age=3600') && r.url().includes('msg_rates_incr=60'));
+  await page.locator('[data-role=channel-link]', { hasText: APP }).first().click();
+  await see('.chart-title', 'Message rates');
+  await page.selectOption('select[data-role=range]', 'Last hour');
+  await asked;
+  const name = decodeURIComponent(new URL(page.url()).hash.replace(/^#\/channels\//, ''));
+  const n = await page.evaluate(async (name) => {
+    const h = { Authorization: `Basic ${btoa('guest:guest')}` };
+    const c = await (await fetch(`/api/channels/${encodeURIComponent(name)}?msg_rates_age=60&msg_rates_incr=5`, { headers: h })).json();
+    return c.message_stats?.deliver_get_details?.samples?.length ?? 0;
+  }, name);
+  await ensure(n >= 1, `channel history has ${n} samples`);
+  await page.selectOption('select[data-role=range]', 'Last 10 minutes');
 });
 
 await step('no uncaught script errors', [], async () => {
