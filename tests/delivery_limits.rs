@@ -124,7 +124,7 @@ async fn delivery_counts_survive_kill9_and_the_limit_still_applies() {
 /// method 0) and the delivery goes back, redelivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_timeout_from_the_configuration_closes_the_channel() {
-    use amq_protocol::protocol::{basic, channel as chan, AMQPClass};
+    use amq_protocol::protocol::{basic, AMQPClass};
     let b = common::start_with(|c| c.consumer_timeout = 300).await;
     let conn = common::connect(&b).await;
     let ch = conn.create_channel().await.expect("channel");
@@ -143,40 +143,9 @@ async fn consumer_timeout_from_the_configuration_closes_the_channel() {
     };
     raw.method_out(1, AMQPClass::Basic(basic::AMQPMethod::Consume(consume)))
         .await;
-    // The delivery's frames come first; its method, header and body are
-    // skipped up to the close.
-    let close = loop {
-        let f = raw.frame().await.expect("a frame, not EOF");
-        if f.kind != warren::amqp::codec::FRAME_METHOD {
-            continue;
-        }
-        let (_, m) = amq_protocol::protocol::parse_class(&f.payload[..]).expect("a method");
-        if let AMQPClass::Channel(chan::AMQPMethod::Close(c)) = m {
-            break c;
-        }
-    };
-    assert_eq!(
-        (close.reply_code, close.class_id, close.method_id),
-        (406, 0, 0)
-    );
-    assert_eq!(
-        close.reply_text.as_str(),
-        "PRECONDITION_FAILED - delivery acknowledgement on channel 1 timed out. \
-         Timeout value used: 300 ms. This timeout value can be configured, see consumers \
-         doc guide to learn more"
-    );
-    common::wait_until("the message back", Duration::from_secs(10), || async {
-        common::passive(&ch, "slow")
-            .await
-            .is_ok_and(|q| q.message_count() == 1)
-    })
-    .await;
-    let m = ch
-        .basic_get("slow".into(), BasicGetOptions { no_ack: true })
-        .await
-        .expect("get")
-        .expect("the message");
-    assert!(m.delivery.redelivered);
+    // The delivery's frames come first; they are skipped up to the close.
+    let close = until_channel_close(&mut raw).await;
+    assert_timed_out(&close, 1, &ch, "slow").await;
     b.shutdown().await;
 }
 
@@ -247,6 +216,40 @@ async fn the_consumer_list_shows_the_timeout_in_effect() {
     );
 }
 
+/// `close` is RabbitMQ's 406 for a late ack on channel `n` (a 300 ms
+/// timeout), and the message is back in `queue`, redelivered.
+async fn assert_timed_out(
+    close: &amq_protocol::protocol::channel::Close,
+    n: u16,
+    ch: &Channel,
+    queue: &str,
+) {
+    assert_eq!(
+        (close.reply_code, close.class_id, close.method_id),
+        (406, 0, 0)
+    );
+    assert_eq!(
+        close.reply_text.as_str(),
+        format!(
+            "PRECONDITION_FAILED - delivery acknowledgement on channel {n} timed out. \
+             Timeout value used: 300 ms. This timeout value can be configured, see consumers \
+             doc guide to learn more"
+        )
+    );
+    common::wait_until("the message back", Duration::from_secs(10), || async {
+        common::passive(ch, queue)
+            .await
+            .is_ok_and(|q| q.message_count() == 1)
+    })
+    .await;
+    let m = ch
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("get")
+        .expect("the message");
+    assert!(m.delivery.redelivered);
+}
+
 /// Reads frames until a channel.close, skipping deliveries' frames.
 async fn until_channel_close(
     raw: &mut common::raw_amqp::Raw,
@@ -289,28 +292,7 @@ async fn a_get_left_unacked_past_the_timeout_closes_the_channel() {
     let close = tokio::time::timeout(Duration::from_secs(30), until_channel_close(&mut raw))
         .await
         .expect("the channel is closed in time");
-    assert_eq!(
-        (close.reply_code, close.class_id, close.method_id),
-        (406, 0, 0)
-    );
-    assert_eq!(
-        close.reply_text.as_str(),
-        "PRECONDITION_FAILED - delivery acknowledgement on channel 3 timed out. \
-         Timeout value used: 300 ms. This timeout value can be configured, see consumers \
-         doc guide to learn more"
-    );
-    common::wait_until("the message back", Duration::from_secs(10), || async {
-        common::passive(&ch, "got")
-            .await
-            .is_ok_and(|q| q.message_count() == 1)
-    })
-    .await;
-    let m = ch
-        .basic_get("got".into(), BasicGetOptions { no_ack: true })
-        .await
-        .expect("get")
-        .expect("the message");
-    assert!(m.delivery.redelivered);
+    assert_timed_out(&close, 3, &ch, "got").await;
     b.shutdown().await;
 }
 
