@@ -749,6 +749,23 @@ async fn declare_layout(ch: &Channel, name: &str, n: usize) {
     }
 }
 
+/// A member of group `g` over super stream `ks` consuming partition `q`
+/// (prefetch 100) on a channel of its own, from `offset` if given.
+async fn member(conn: &Connection, q: &str, offset: Option<&str>) -> (Channel, lapin::Consumer) {
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_qos(100, BasicQosOptions::default()).await.unwrap();
+    let c = ch
+        .basic_consume(
+            q.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            group_args("g", "ks", offset),
+        )
+        .await
+        .unwrap();
+    (ch, c)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_partition_committed_offsets_survive_kill9() {
     let dir = common::temp_dir("super-stream-crash");
@@ -765,19 +782,7 @@ async fn per_partition_committed_offsets_survive_kill9() {
     publish(&ch, "ks", &msgs).await;
     // Partition 0: 6 acked; partition 1: 4 acked.
     for (q, n) in [("ks-0", 6), ("ks-1", 4)] {
-        let cch = conn.create_channel().await.unwrap();
-        cch.basic_qos(100, BasicQosOptions::default())
-            .await
-            .unwrap();
-        let mut c = cch
-            .basic_consume(
-                q.into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                group_args("g", "ks", Some("first")),
-            )
-            .await
-            .unwrap();
+        let (cch, mut c) = member(&conn, q, Some("first")).await;
         let mut tag = 0;
         for _ in 0..n {
             tag = common::next(&mut c).await.delivery_tag;
@@ -812,19 +817,7 @@ async fn per_partition_committed_offsets_survive_kill9() {
     // One member again (no offset given): each partition resumes after
     // its own committed offset.
     for (q, from) in [("ks-0", 6), ("ks-1", 4)] {
-        let cch = conn.create_channel().await.unwrap();
-        cch.basic_qos(100, BasicQosOptions::default())
-            .await
-            .unwrap();
-        let mut c = cch
-            .basic_consume(
-                q.into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                group_args("g", "ks", None),
-            )
-            .await
-            .unwrap();
+        let (_cch, mut c) = member(&conn, q, None).await;
         for o in from..10 {
             let d = common::next(&mut c).await;
             let h = d.properties.headers().clone().unwrap();
