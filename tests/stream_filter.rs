@@ -295,6 +295,46 @@ async fn a_filtering_group_member_commits_past_what_it_skips() {
     s.shutdown().await;
 }
 
+/// What a filtering member passes over is committed for its whole group,
+/// so a member wanting other messages is refused (406); the same values in
+/// another order are the same filter.
+#[tokio::test]
+async fn a_group_member_with_another_filter_is_refused() {
+    let s = common::start().await;
+    let conn = common::connect(&s).await;
+    let pubch = confirming(&conn).await;
+    declare(&pubch, "fgm", &[]).await;
+    let list = |vals: &[&str]| {
+        AMQPValue::FieldArray(FieldArray::from(
+            vals.iter().map(|v| longstr(v)).collect::<Vec<_>>(),
+        ))
+    };
+    let member = |f: AMQPValue| args(&[("x-stream-group", longstr("g")), ("x-stream-filter", f)]);
+    let (_ch1, _c1) = consume_with(&conn, "fgm", 10, member(list(&["a", "b"]))).await;
+    let (_ch2, _c2) = consume_with(&conn, "fgm", 10, member(list(&["b", "a"]))).await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_qos(10, BasicQosOptions::default()).await.unwrap();
+    let e = ch
+        .basic_consume(
+            "fgm".into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            member(longstr("a")),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        common::soft_code(&e),
+        (
+            406,
+            "PRECONDITION_FAILED - consumer group 'g' reads queue 'fgm' in vhost '/' \
+             with another x-stream-filter"
+                .into()
+        )
+    );
+    s.shutdown().await;
+}
+
 async fn put_policy(s: &common::TestBroker, name: &str, body: serde_json::Value) {
     let (st, b) = raw(
         s,

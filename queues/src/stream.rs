@@ -774,10 +774,12 @@ impl StreamLog {
     /// Closes the open segment (synced) and starts `<first>.seg`.
     fn roll(&self, w: &mut Writer, first: u64, undo: &mut Rollback) -> io::Result<()> {
         if let Some(f) = w.file.take() {
-            f.sync_data()?;
             if undo.created.is_empty() {
-                // The segment this sync started in: kept to roll back to.
-                undo.file = Some(f);
+                // The segment this sync started in: kept to roll back to,
+                // before its fsync, so a failed fsync still cuts it back.
+                undo.file.insert(f).sync_data()?;
+            } else {
+                f.sync_data()?;
             }
         } else if w.opened == 0 {
             std::fs::create_dir_all(&self.dir)?;

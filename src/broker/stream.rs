@@ -658,6 +658,22 @@ impl StreamQueue {
                     ),
                 ));
             }
+            // What a filtering member passes over counts as acknowledged for
+            // its whole group, so every member must want the same messages.
+            if let Some(name) = &group {
+                let other = |c: &&Arc<StreamConsumer>| c.group.as_ref() == Some(name);
+                if let Some(o) = cons.values().find(other) {
+                    if !same_filter(o.filter.as_deref(), filter.as_deref()) {
+                        return Err(BrokerError::new(
+                            ErrorKind::PreconditionFailed,
+                            format!(
+                                "consumer group '{name}' reads {} with another x-stream-filter",
+                                rs()
+                            ),
+                        ));
+                    }
+                }
+            }
             let mut slot = self.next_slot.fetch_add(1, Ordering::Relaxed) & 0xff_ffff;
             while cons.contains_key(&slot) {
                 slot = self.next_slot.fetch_add(1, Ordering::Relaxed) & 0xff_ffff;
@@ -837,6 +853,12 @@ impl StreamQueue {
             let Some(g) = gs.map.get_mut(name) else {
                 return;
             };
+            // A rebalance since the read handed the stream to another
+            // reader, which starts at the committed offset: moving it now
+            // would pass over what that reader is about to deliver.
+            if g.active != Some(c.slot) || c.reader_changed() {
+                return;
+            }
             let mut moved = false;
             for &(lo, hi) in ranges {
                 moved |= g.skip(lo, hi);
@@ -948,6 +970,20 @@ fn gaps(start: u64, end: u64, delivered: &[u64]) -> Vec<(u64, u64)> {
 
 /// A consumer's reader: waits for credit and committed messages, reads
 /// them on the blocking pool, and hands them to the connection.
+/// Whether two consumers' filters want the same messages (value order
+/// aside).
+fn same_filter(a: Option<&Filter>, b: Option<&Filter>) -> bool {
+    let key = |f: Option<&Filter>| {
+        f.map(|f| {
+            let mut v = f.values.clone();
+            v.sort();
+            v.dedup();
+            (v, f.match_unfiltered)
+        })
+    };
+    key(a) == key(b)
+}
+
 async fn read_for(
     queue: Arc<Queue>,
     log: Arc<StreamLog>,
