@@ -88,7 +88,7 @@ use crate::journal::{IndexRef, Journal};
 use crate::message::{Message, QueuedMessage, StoredRef};
 use crate::peek::{PeekBody, PeekEntry, Peeked};
 use crate::segments::Segments;
-use crate::store::MessageStore;
+use crate::store::{MessageStore, Tally};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::Path;
@@ -1022,6 +1022,11 @@ pub struct DiskStore {
     /// Body bytes of ready transient messages: memory is their only
     /// place, so they are what a memory budget must hold back.
     transient_bytes: u64,
+    /// Ready messages with a durable record (the API's
+    /// `messages_persistent`, with the queue's unacked ones).
+    persistent: Tally,
+    /// Ready messages whose body is in memory (`messages_ready_ram`).
+    ram: Tally,
     next_seq: u64,
     /// `pop` stopped at a paged-out head: bodies must be read (outside
     /// the queue's lock) before it can go on.
@@ -1056,6 +1061,7 @@ impl DiskStore {
         let mut recovered_deadlines = Vec::new();
         let mut recovered_counts = Vec::new();
         let mut counts = HashMap::new();
+        let mut persistent = Tally::default();
         for r in recovered {
             next_seq = next_seq.max(r.seq + 1);
             if let Some(d) = r.deadline {
@@ -1066,6 +1072,7 @@ impl DiskStore {
                 counts.insert(r.seq, ix);
             }
             bytes += r.size as u64;
+            persistent.add(r.size as u64);
             if r.delivered {
                 mark = mark.max(r.seq);
             }
@@ -1084,6 +1091,8 @@ impl DiskStore {
             counts,
             paged: HashMap::new(),
             transient_bytes: 0,
+            persistent,
+            ram: Tally::default(),
             want_load: false,
             loading: false,
             disk,
@@ -1115,9 +1124,11 @@ impl DiskStore {
         let size = m.message.size();
         if stored.is_some() {
             self.mem_bytes += size;
+            self.persistent.add(size);
         } else {
             self.transient_bytes += size;
         }
+        self.ram.add(size);
         self.bytes += size;
         self.requeued.insert(
             m.seq,
@@ -1175,6 +1186,11 @@ impl MessageStore for DiskStore {
         self.bytes += size;
         if stored.is_none() {
             self.transient_bytes += size;
+        } else {
+            self.persistent.add(size);
+        }
+        if keep {
+            self.ram.add(size);
         }
         self.ready.push_back(Entry {
             seq: m.seq,
@@ -1215,6 +1231,10 @@ impl MessageStore for DiskStore {
             None => self.ready.pop_front()?,
         };
         self.bytes -= e.size as u64;
+        self.ram.sub(e.size as u64);
+        if e.stored.is_some() {
+            self.persistent.sub(e.size as u64);
+        }
         if e.stored.is_none() {
             self.transient_bytes -= e.size as u64;
             if let Some(at) = self.paged.remove(&e.seq) {
@@ -1318,6 +1338,7 @@ impl MessageStore for DiskStore {
             match body {
                 Some(m) => {
                     e.msg = Some(m);
+                    self.ram.add(size);
                     if stored.is_some() {
                         self.mem_bytes += size;
                     } else {
@@ -1333,7 +1354,10 @@ impl MessageStore for DiskStore {
                     }
                     self.bytes -= size;
                     match stored {
-                        Some((r, ix)) => self.disk.release(r, ix),
+                        Some((r, ix)) => {
+                            self.persistent.sub(size);
+                            self.disk.release(r, ix)
+                        }
                         None => {
                             if let Some(at) = self.paged.remove(&seq) {
                                 self.disk.release_transient(at.seg, 1);
@@ -1358,6 +1382,12 @@ impl MessageStore for DiskStore {
             None => self.ready.pop_front()?,
         };
         self.bytes -= e.size as u64;
+        if e.msg.is_some() {
+            self.ram.sub(e.size as u64);
+        }
+        if e.stored.is_some() {
+            self.persistent.sub(e.size as u64);
+        }
         if e.stored.is_none() {
             // A paged-out transient body is counted in memory only once
             // loaded; its record in the transient area goes with it.
@@ -1458,6 +1488,7 @@ impl MessageStore for DiskStore {
         };
         let size = o.size as u64;
         self.bytes += size;
+        self.persistent.add(size);
         self.requeued.insert(
             seq,
             Entry {
@@ -1503,6 +1534,8 @@ impl MessageStore for DiskStore {
         self.bytes = 0;
         self.mem_bytes = 0;
         self.transient_bytes = 0;
+        self.persistent = Tally::default();
+        self.ram = Tally::default();
         n
     }
 
@@ -1520,8 +1553,14 @@ impl MessageStore for DiskStore {
         self.transient_bytes
     }
 
-    fn persistent_bytes(&self) -> Option<u64> {
-        Some(self.bytes - self.transient_bytes)
+    fn persistent(&self) -> Option<Tally> {
+        // Counted per entry: a transient message paged out to the
+        // transient area has no durable record and is not persistent.
+        Some(self.persistent)
+    }
+
+    fn in_memory(&self) -> Tally {
+        self.ram
     }
 
     fn peek_entries(&self, offset: usize, n: usize) -> Peeked {

@@ -24,7 +24,7 @@
 use crate::disk::{Disk, DiskStore, LoadedBodies, Loads, RecoveredEntry};
 use crate::message::{Message, QueuedMessage, StoredRef};
 use crate::peek::Peeked;
-use crate::store::{MemoryStore, MessageStore, TakenHead};
+use crate::store::{MemoryStore, MessageStore, TakenHead, Tally};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -353,14 +353,14 @@ impl MessageStore for PriorityStore {
         all
     }
 
-    fn persistent_bytes(&self) -> Option<u64> {
+    fn persistent(&self) -> Option<Tally> {
         // A level keeps persistent bytes only if it is durable; all
         // levels of one queue are the same kind.
         let mut levels = self
             .used
             .iter()
             .filter_map(|&l| self.levels[l as usize].as_deref())
-            .map(|s| s.persistent_bytes())
+            .map(|s| s.persistent())
             .peekable();
         levels.peek()?;
         levels.sum()
@@ -396,6 +396,14 @@ impl MessageStore for PriorityStore {
 
     fn memory_bytes(&self) -> u64 {
         self.sum(|s| s.memory_bytes())
+    }
+
+    fn in_memory(&self) -> Tally {
+        self.used
+            .iter()
+            .filter_map(|&l| self.levels[l as usize].as_deref())
+            .map(|s| s.in_memory())
+            .sum()
     }
 
     fn peek_entries(&self, offset: usize, n: usize) -> Peeked {
