@@ -1657,6 +1657,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::store::tests::{msg, pop_loading, store_contract};
     use crate::store::{MemoryStore, MessageStore};
+    use crate::Tally;
 
     pub(crate) fn persistent(seq: u64, body: &str, disk: &Disk, queues: usize) -> QueuedMessage {
         let mut m = (*msg(seq, body).message).clone();
@@ -2449,6 +2450,89 @@ pub(crate) mod tests {
         }
         drop(s);
         assert_eq!(disk.transient_files(), (1, 0));
+    }
+
+    fn tally(count: u64, bytes: u64) -> Tally {
+        Tally { count, bytes }
+    }
+
+    /// The persistent and in-memory counters: a budget of two bodies
+    /// keeps the third persistent one on disk only; a paged-out transient
+    /// body is neither in memory nor persistent; loads bring bodies in,
+    /// pops, takes and purges take them out.
+    #[test]
+    fn disk_store_counts_persistent_and_in_memory_messages() {
+        let dir = tempdir("dcounts");
+        let disk = Disk::open(dir.as_ref(), 1 << 20).unwrap();
+        let mut s = DiskStore::new(disk.clone(), 11, Vec::new(), 20);
+        for i in 1..=3 {
+            s.push(persistent(i, "0123456789", &disk, 1));
+        }
+        s.push(msg(4, "abcde"));
+        let m = msg(5, "paged").message;
+        s.push_paged(5, disk.put_transient(&m, 1).unwrap(), m.size() as u32);
+        assert_eq!(s.bytes(), 40);
+        assert_eq!(s.persistent(), Some(tally(3, 30)));
+        assert_eq!(s.in_memory(), tally(3, 25));
+
+        let first = pop_loading(&mut s).unwrap();
+        assert_eq!(first.seq, 1);
+        assert_eq!(s.persistent(), Some(tally(2, 20)));
+        assert_eq!(s.in_memory(), tally(2, 15));
+        // Handed back without its body (kept on disk only).
+        s.requeue_stored(1);
+        assert_eq!(s.persistent(), Some(tally(3, 30)));
+        assert_eq!(s.in_memory(), tally(2, 15));
+        // A head taken unread leaves both counts.
+        let head = s.take_head().unwrap();
+        assert_eq!((head.seq, head.message.is_none()), (1, true));
+        s.settle(1);
+        assert_eq!(s.persistent(), Some(tally(2, 20)));
+        assert_eq!(s.in_memory(), tally(2, 15));
+
+        let mut seqs = Vec::new();
+        while let Some(m) = pop_loading(&mut s) {
+            seqs.push(m.seq);
+            s.settle(m.seq);
+        }
+        assert_eq!(seqs, [2, 3, 4, 5]);
+        assert_eq!(s.persistent(), Some(tally(0, 0)));
+        assert_eq!(s.in_memory(), tally(0, 0));
+
+        s.push(persistent(6, "0123456789", &disk, 1));
+        s.push(msg(7, "abcde"));
+        assert_eq!(s.in_memory(), tally(2, 15));
+        assert_eq!(s.purge(), 2);
+        assert_eq!(s.persistent(), Some(tally(0, 0)));
+        assert_eq!(s.in_memory(), tally(0, 0));
+    }
+
+    /// A paging memory store counts in memory only what is not paged out,
+    /// and nothing as persistent.
+    #[test]
+    fn paging_memory_store_counts_bodies_in_memory() {
+        let dir = tempdir("mcounts");
+        let disk = Disk::open(dir.as_ref(), 1 << 20).unwrap();
+        let mut s = MemoryStore::paging(disk.clone());
+        s.push(msg(1, "in"));
+        for i in 2..=3 {
+            let m = msg(i, "paged").message;
+            s.push_paged(i, disk.put_transient(&m, 1).unwrap(), m.size() as u32);
+        }
+        s.push(msg(4, "after"));
+        assert_eq!(s.persistent(), None);
+        assert_eq!(s.in_memory(), tally(2, 7));
+        assert_eq!(pop_loading(&mut s).unwrap().seq, 1);
+        assert_eq!(s.in_memory(), tally(1, 5));
+        // Seq 2 read back, then taken.
+        assert_eq!(pop_loading(&mut s).unwrap().seq, 2);
+        assert_eq!(s.in_memory(), tally(1, 5));
+        // Seq 3 taken unread: its body stays on disk.
+        let head = s.take_head().unwrap();
+        assert_eq!((head.seq, head.message.is_none()), (3, true));
+        assert_eq!((s.len(), s.in_memory()), (1, tally(1, 5)));
+        assert_eq!(s.purge(), 1);
+        assert_eq!(s.in_memory(), tally(0, 0));
     }
 
     /// Taking heads without reading them (a length limit's drop, an

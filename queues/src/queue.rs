@@ -985,6 +985,52 @@ mod tests {
         out.iter().map(|d| d.handle).collect()
     }
 
+    /// Unacked messages count in memory only while their record keeps
+    /// the body (a durable store past its budget keeps their place on
+    /// disk instead); persistence counts ready and unacked alike.
+    #[test]
+    fn byte_totals_count_persistent_and_in_memory_unacked() {
+        use crate::disk::tests::{persistent, tempdir};
+        use crate::{Disk, DiskStore};
+        let dir = tempdir("qcounts");
+        let disk = Disk::open(dir.as_ref(), 1 << 20).unwrap();
+        let store = DiskStore::new(disk.clone(), 31, Vec::new(), 20);
+        let mut q: QueueCore<&'static str> = QueueCore::new(Box::new(store), 100);
+        for i in 1..=3 {
+            q.publish(persistent(i, "0123456789", &disk, 1).message);
+        }
+        q.publish(msg(0, "abcde").message);
+        let t = |count, bytes| Tally { count, bytes };
+        let b = q.byte_totals();
+        assert_eq!((b.persistent_messages, b.persistent), (3, 30));
+        assert_eq!((b.ram_ready, b.ram_unacked), (t(3, 25), t(0, 0)));
+
+        q.add_consumer(spec(1, "a", 10)).unwrap();
+        let mut out = Vec::new();
+        while q.message_count() > 0 {
+            q.dispatch(0, &mut out);
+            if let Some(l) = q.store.take_loads() {
+                q.store.finish_loads(l.read());
+            }
+        }
+        assert_eq!(out.len(), 4);
+        let b = q.byte_totals();
+        assert_eq!(
+            (b.persistent_messages, b.persistent, b.unacked),
+            (3, 30, 35)
+        );
+        // Two persistent bodies fit the unacked budget, the third does
+        // not; the transient one has no other place.
+        assert_eq!((b.ram_ready, b.ram_unacked), (t(0, 0), t(3, 25)));
+        let seqs: Vec<u64> = out.iter().map(|d| d.message.seq).collect();
+        assert_eq!(q.ack(&seqs), 4);
+        let b = q.byte_totals();
+        assert_eq!(
+            (b.persistent_messages, b.ram_ready, b.ram_unacked),
+            (0, t(0, 0), t(0, 0))
+        );
+    }
+
     #[test]
     fn round_robin_with_prefetch() {
         let mut q = core();
