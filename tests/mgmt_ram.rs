@@ -147,6 +147,17 @@ async fn bodies_kept_on_disk_only_are_not_in_ram() {
         (3 * BIG + 20) as f64
     );
 
+    let (_, text) = metrics(&s, "/metrics/detailed?family=queue_metrics").await;
+    let big = |name: &str| labelled(&text, name, "queue=\"big\"");
+    assert_eq!(big("rabbitmq_detailed_queue_messages_persistent"), 6.0);
+    assert_eq!(big("rabbitmq_detailed_queue_messages_ram"), 5.0);
+    assert_eq!(big("rabbitmq_detailed_queue_messages_ready_ram"), 0.0);
+    assert_eq!(big("rabbitmq_detailed_queue_messages_unacked_ram"), 5.0);
+    assert_eq!(
+        big("rabbitmq_detailed_queue_messages_ram_bytes"),
+        (3 * BIG + 20) as f64
+    );
+
     for tag in tags {
         cch.basic_ack(tag, BasicAckOptions::default())
             .await
