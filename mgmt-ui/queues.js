@@ -3,7 +3,7 @@
 // long), a peek at ready messages, and publish / get / purge / delete.
 
 import { api, enc, get } from './api.js';
-import { argsText, badge, parseKv, el, field, figure, fill, fmtDuration, fmtNum, fmtRate, fmtTime, kvTable, link, onSubmit, section, status } from './dom.js';
+import { argsText, badge, parseKv, el, field, figure, fill, fmtBytes, fmtDuration, fmtNum, fmtRate, fmtTime, kvTable, link, onSubmit, section, status } from './dom.js';
 import { LineChart, drawHistory, historyQuery, rangePicker } from './charts.js';
 import { PagedTable } from './table.js';
 import { bindingForm, bindingsTable, messageList, publishForm } from './messages.js';
@@ -97,6 +97,20 @@ function features(q) {
 }
 
 /** A stream queue's log, its consumers' offsets and its groups (none for other queues). */
+/**
+ * A classic queue's messages held in memory and its persistent ones, with
+ * their body bytes (RabbitMQ's `messages_ram`, `messages_persistent`);
+ * streams report neither, as in RabbitMQ.
+ */
+function memoryFigures(q) {
+  if (q.messages_ram === undefined) return [];
+  const bytes = (n) => el('div', { class: 'label', 'data-role': 'bytes' }, fmtBytes(n));
+  return [
+    figure('In memory', fmtNum(q.messages_ram), bytes(q.message_bytes_ram)),
+    figure('Persistent', fmtNum(q.messages_persistent), bytes(q.message_bytes_persistent)),
+  ];
+}
+
 function streamRows(st) {
   if (!st) return [];
   const last = st.last_offset ?? '–';
@@ -248,6 +262,7 @@ export function page(root, ctx) {
       figure('Unacked', fmtNum(q.messages_unacknowledged)),
       figure('Total', fmtNum(q.messages)),
       figure('Consumers', fmtNum(q.consumers)),
+      ...memoryFigures(q),
       figure('Published', fmtNum(ms.publish ?? 0)),
       figure('Delivered / got', fmtNum(ms.deliver_get ?? 0)),
       figure('Acked', fmtNum(ms.ack ?? 0)),

@@ -88,7 +88,7 @@ use crate::journal::{IndexRef, Journal};
 use crate::message::{Message, QueuedMessage, StoredRef};
 use crate::peek::{PeekBody, PeekEntry, Peeked};
 use crate::segments::Segments;
-use crate::store::MessageStore;
+use crate::store::{MessageStore, Tally};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::Path;
@@ -1022,6 +1022,11 @@ pub struct DiskStore {
     /// Body bytes of ready transient messages: memory is their only
     /// place, so they are what a memory budget must hold back.
     transient_bytes: u64,
+    /// Ready messages with a durable record (the API's
+    /// `messages_persistent`, with the queue's unacked ones).
+    persistent: Tally,
+    /// Ready messages whose body is in memory (`messages_ready_ram`).
+    ram: Tally,
     next_seq: u64,
     /// `pop` stopped at a paged-out head: bodies must be read (outside
     /// the queue's lock) before it can go on.
@@ -1056,6 +1061,7 @@ impl DiskStore {
         let mut recovered_deadlines = Vec::new();
         let mut recovered_counts = Vec::new();
         let mut counts = HashMap::new();
+        let mut persistent = Tally::default();
         for r in recovered {
             next_seq = next_seq.max(r.seq + 1);
             if let Some(d) = r.deadline {
@@ -1066,6 +1072,7 @@ impl DiskStore {
                 counts.insert(r.seq, ix);
             }
             bytes += r.size as u64;
+            persistent.add(r.size as u64);
             if r.delivered {
                 mark = mark.max(r.seq);
             }
@@ -1084,6 +1091,8 @@ impl DiskStore {
             counts,
             paged: HashMap::new(),
             transient_bytes: 0,
+            persistent,
+            ram: Tally::default(),
             want_load: false,
             loading: false,
             disk,
@@ -1115,9 +1124,11 @@ impl DiskStore {
         let size = m.message.size();
         if stored.is_some() {
             self.mem_bytes += size;
+            self.persistent.add(size);
         } else {
             self.transient_bytes += size;
         }
+        self.ram.add(size);
         self.bytes += size;
         self.requeued.insert(
             m.seq,
@@ -1175,6 +1186,11 @@ impl MessageStore for DiskStore {
         self.bytes += size;
         if stored.is_none() {
             self.transient_bytes += size;
+        } else {
+            self.persistent.add(size);
+        }
+        if keep {
+            self.ram.add(size);
         }
         self.ready.push_back(Entry {
             seq: m.seq,
@@ -1215,6 +1231,10 @@ impl MessageStore for DiskStore {
             None => self.ready.pop_front()?,
         };
         self.bytes -= e.size as u64;
+        self.ram.sub(e.size as u64);
+        if e.stored.is_some() {
+            self.persistent.sub(e.size as u64);
+        }
         if e.stored.is_none() {
             self.transient_bytes -= e.size as u64;
             if let Some(at) = self.paged.remove(&e.seq) {
@@ -1318,6 +1338,7 @@ impl MessageStore for DiskStore {
             match body {
                 Some(m) => {
                     e.msg = Some(m);
+                    self.ram.add(size);
                     if stored.is_some() {
                         self.mem_bytes += size;
                     } else {
@@ -1333,7 +1354,10 @@ impl MessageStore for DiskStore {
                     }
                     self.bytes -= size;
                     match stored {
-                        Some((r, ix)) => self.disk.release(r, ix),
+                        Some((r, ix)) => {
+                            self.persistent.sub(size);
+                            self.disk.release(r, ix)
+                        }
                         None => {
                             if let Some(at) = self.paged.remove(&seq) {
                                 self.disk.release_transient(at.seg, 1);
@@ -1358,6 +1382,12 @@ impl MessageStore for DiskStore {
             None => self.ready.pop_front()?,
         };
         self.bytes -= e.size as u64;
+        if e.msg.is_some() {
+            self.ram.sub(e.size as u64);
+        }
+        if e.stored.is_some() {
+            self.persistent.sub(e.size as u64);
+        }
         if e.stored.is_none() {
             // A paged-out transient body is counted in memory only once
             // loaded; its record in the transient area goes with it.
@@ -1458,6 +1488,7 @@ impl MessageStore for DiskStore {
         };
         let size = o.size as u64;
         self.bytes += size;
+        self.persistent.add(size);
         self.requeued.insert(
             seq,
             Entry {
@@ -1503,6 +1534,8 @@ impl MessageStore for DiskStore {
         self.bytes = 0;
         self.mem_bytes = 0;
         self.transient_bytes = 0;
+        self.persistent = Tally::default();
+        self.ram = Tally::default();
         n
     }
 
@@ -1520,8 +1553,14 @@ impl MessageStore for DiskStore {
         self.transient_bytes
     }
 
-    fn persistent_bytes(&self) -> Option<u64> {
-        Some(self.bytes - self.transient_bytes)
+    fn persistent(&self) -> Option<Tally> {
+        // Counted per entry: a transient message paged out to the
+        // transient area has no durable record and is not persistent.
+        Some(self.persistent)
+    }
+
+    fn in_memory(&self) -> Tally {
+        self.ram
     }
 
     fn peek_entries(&self, offset: usize, n: usize) -> Peeked {
@@ -1618,6 +1657,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::store::tests::{msg, pop_loading, store_contract};
     use crate::store::{MemoryStore, MessageStore};
+    use crate::Tally;
 
     pub(crate) fn persistent(seq: u64, body: &str, disk: &Disk, queues: usize) -> QueuedMessage {
         let mut m = (*msg(seq, body).message).clone();
@@ -2410,6 +2450,89 @@ pub(crate) mod tests {
         }
         drop(s);
         assert_eq!(disk.transient_files(), (1, 0));
+    }
+
+    fn tally(count: u64, bytes: u64) -> Tally {
+        Tally { count, bytes }
+    }
+
+    /// The persistent and in-memory counters: a budget of two bodies
+    /// keeps the third persistent one on disk only; a paged-out transient
+    /// body is neither in memory nor persistent; loads bring bodies in,
+    /// pops, takes and purges take them out.
+    #[test]
+    fn disk_store_counts_persistent_and_in_memory_messages() {
+        let dir = tempdir("dcounts");
+        let disk = Disk::open(dir.as_ref(), 1 << 20).unwrap();
+        let mut s = DiskStore::new(disk.clone(), 11, Vec::new(), 20);
+        for i in 1..=3 {
+            s.push(persistent(i, "0123456789", &disk, 1));
+        }
+        s.push(msg(4, "abcde"));
+        let m = msg(5, "paged").message;
+        s.push_paged(5, disk.put_transient(&m, 1).unwrap(), m.size() as u32);
+        assert_eq!(s.bytes(), 40);
+        assert_eq!(s.persistent(), Some(tally(3, 30)));
+        assert_eq!(s.in_memory(), tally(3, 25));
+
+        let first = pop_loading(&mut s).unwrap();
+        assert_eq!(first.seq, 1);
+        assert_eq!(s.persistent(), Some(tally(2, 20)));
+        assert_eq!(s.in_memory(), tally(2, 15));
+        // Handed back without its body (kept on disk only).
+        s.requeue_stored(1);
+        assert_eq!(s.persistent(), Some(tally(3, 30)));
+        assert_eq!(s.in_memory(), tally(2, 15));
+        // A head taken unread leaves both counts.
+        let head = s.take_head().unwrap();
+        assert_eq!((head.seq, head.message.is_none()), (1, true));
+        s.settle(1);
+        assert_eq!(s.persistent(), Some(tally(2, 20)));
+        assert_eq!(s.in_memory(), tally(2, 15));
+
+        let mut seqs = Vec::new();
+        while let Some(m) = pop_loading(&mut s) {
+            seqs.push(m.seq);
+            s.settle(m.seq);
+        }
+        assert_eq!(seqs, [2, 3, 4, 5]);
+        assert_eq!(s.persistent(), Some(tally(0, 0)));
+        assert_eq!(s.in_memory(), tally(0, 0));
+
+        s.push(persistent(6, "0123456789", &disk, 1));
+        s.push(msg(7, "abcde"));
+        assert_eq!(s.in_memory(), tally(2, 15));
+        assert_eq!(s.purge(), 2);
+        assert_eq!(s.persistent(), Some(tally(0, 0)));
+        assert_eq!(s.in_memory(), tally(0, 0));
+    }
+
+    /// A paging memory store counts in memory only what is not paged out,
+    /// and nothing as persistent.
+    #[test]
+    fn paging_memory_store_counts_bodies_in_memory() {
+        let dir = tempdir("mcounts");
+        let disk = Disk::open(dir.as_ref(), 1 << 20).unwrap();
+        let mut s = MemoryStore::paging(disk.clone());
+        s.push(msg(1, "in"));
+        for i in 2..=3 {
+            let m = msg(i, "paged").message;
+            s.push_paged(i, disk.put_transient(&m, 1).unwrap(), m.size() as u32);
+        }
+        s.push(msg(4, "after"));
+        assert_eq!(s.persistent(), None);
+        assert_eq!(s.in_memory(), tally(2, 7));
+        assert_eq!(pop_loading(&mut s).unwrap().seq, 1);
+        assert_eq!(s.in_memory(), tally(1, 5));
+        // Seq 2 read back, then taken.
+        assert_eq!(pop_loading(&mut s).unwrap().seq, 2);
+        assert_eq!(s.in_memory(), tally(1, 5));
+        // Seq 3 taken unread: its body stays on disk.
+        let head = s.take_head().unwrap();
+        assert_eq!((head.seq, head.message.is_none()), (3, true));
+        assert_eq!((s.len(), s.in_memory()), (1, tally(1, 5)));
+        assert_eq!(s.purge(), 1);
+        assert_eq!(s.in_memory(), tally(0, 0));
     }
 
     /// Taking heads without reading them (a length limit's drop, an

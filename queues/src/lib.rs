@@ -29,4 +29,4 @@ pub use queue::{
     Activity, ByteTotals, ChannelLimit, ConsumeError, ConsumerId, ConsumerSpec, Dispatched, Holder,
     QueueCore, TimedOut, UnackedInfo,
 };
-pub use store::{MemoryStore, MessageStore, TakenHead};
+pub use store::{MemoryStore, MessageStore, TakenHead, Tally};

@@ -24,7 +24,7 @@
 use crate::disk::{Disk, DiskStore, LoadedBodies, Loads, RecoveredEntry};
 use crate::message::{Message, QueuedMessage, StoredRef};
 use crate::peek::Peeked;
-use crate::store::{MemoryStore, MessageStore, TakenHead};
+use crate::store::{MemoryStore, MessageStore, TakenHead, Tally};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -353,14 +353,14 @@ impl MessageStore for PriorityStore {
         all
     }
 
-    fn persistent_bytes(&self) -> Option<u64> {
+    fn persistent(&self) -> Option<Tally> {
         // A level keeps persistent bytes only if it is durable; all
         // levels of one queue are the same kind.
         let mut levels = self
             .used
             .iter()
             .filter_map(|&l| self.levels[l as usize].as_deref())
-            .map(|s| s.persistent_bytes())
+            .map(|s| s.persistent())
             .peekable();
         levels.peek()?;
         levels.sum()
@@ -396,6 +396,14 @@ impl MessageStore for PriorityStore {
 
     fn memory_bytes(&self) -> u64 {
         self.sum(|s| s.memory_bytes())
+    }
+
+    fn in_memory(&self) -> Tally {
+        self.used
+            .iter()
+            .filter_map(|&l| self.levels[l as usize].as_deref())
+            .map(|s| s.in_memory())
+            .sum()
     }
 
     fn peek_entries(&self, offset: usize, n: usize) -> Peeked {
@@ -466,6 +474,32 @@ mod tests {
             message: Arc::new(m),
             redelivered: false,
         }
+    }
+
+    /// The counts sum the levels: a durable store's persistent messages
+    /// across levels, a memory store's none.
+    #[test]
+    fn levels_sum_persistent_and_in_memory_counts() {
+        let dir = tempdir("pcounts");
+        let disk = Disk::open(dir.as_ref(), 1 << 20).unwrap();
+        let t = |count, bytes| Tally { count, bytes };
+        let mut s = PriorityStore::durable(disk.clone(), 21, 3, HashMap::new(), 1 << 20);
+        for p in 0..=3u8 {
+            s.push(persistent(p as u64 + 1, "0123456789", p, &disk));
+        }
+        s.push(pmsg(5, "abc", Some(2)));
+        assert_eq!(s.persistent(), Some(t(4, 40)));
+        assert_eq!(s.in_memory(), t(5, 43));
+        let m = pop_loading(&mut s).unwrap();
+        assert_eq!(m.seq, 4);
+        assert_eq!(s.persistent(), Some(t(3, 30)));
+        assert_eq!(s.in_memory(), t(4, 33));
+
+        let mut s = PriorityStore::memory(3, None);
+        s.push(pmsg(1, "abc", Some(1)));
+        s.push(pmsg(2, "abcd", Some(3)));
+        assert_eq!(s.persistent(), None);
+        assert_eq!(s.in_memory(), t(2, 7));
     }
 
     fn body(m: &QueuedMessage) -> String {

@@ -17,7 +17,7 @@
 use crate::limits::{DeadCounters, DeadMessage, QueueLimits};
 use crate::message::{Message, QueuedMessage, StoredRef};
 use crate::peek::Peeked;
-use crate::store::MessageStore;
+use crate::store::{MessageStore, Tally};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -309,23 +309,62 @@ pub struct QueueCore<C> {
     /// had a delivery limit, by seq: only such messages pay for an entry,
     /// so a plain queue keeps this empty (see `queue/redelivery.rs`).
     delivery_counts: HashMap<u64, u32>,
-    /// Body bytes of unacked messages, and of the persistent ones among
-    /// them (the management API's `message_bytes_unacknowledged`).
-    unacked_bytes: (u64, u64),
+    /// Unacked messages' totals (the management API's
+    /// `message_bytes_unacknowledged` and its shares), kept as counters.
+    unacked_totals: UnackedTotals,
     /// Counts messages dropped without a dead-letter exchange (the owner
     /// counts the ones it republishes, as only it knows whether the
     /// exchange exists).
     dead_counters: Arc<DeadCounters>,
 }
 
-/// Body byte totals as the management API shows them.
+/// Body byte totals and the message counts beside them as the management
+/// API shows them (RabbitMQ's `message_bytes_*`, `messages_persistent`
+/// and `messages_*_ram`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ByteTotals {
     pub ready: u64,
     pub unacked: u64,
-    /// Persistent messages ready or unacked, in a store that keeps them
-    /// across a restart.
+    /// Body bytes of persistent messages ready or unacked, in a store
+    /// that keeps them across a restart.
     pub persistent: u64,
+    /// How many messages `persistent` counts.
+    pub persistent_messages: u64,
+    /// Ready messages whose body is in memory.
+    pub ram_ready: Tally,
+    /// Unacked messages whose body the queue keeps in memory.
+    pub ram_unacked: Tally,
+}
+
+/// Totals over the unacked messages, updated as they come and go.
+#[derive(Debug, Clone, Copy, Default)]
+struct UnackedTotals {
+    bytes: u64,
+    persistent: Tally,
+    /// Those whose body is kept ([`Unacked::message`]).
+    ram: Tally,
+}
+
+impl UnackedTotals {
+    fn add(&mut self, u: &Unacked) {
+        self.bytes += u.bytes();
+        if u.persistent() {
+            self.persistent.add(u.bytes());
+        }
+        if u.message.is_some() {
+            self.ram.add(u.bytes());
+        }
+    }
+
+    fn sub(&mut self, u: &Unacked) {
+        self.bytes -= u.bytes();
+        if u.persistent() {
+            self.persistent.sub(u.bytes());
+        }
+        if u.message.is_some() {
+            self.ram.sub(u.bytes());
+        }
+    }
 }
 
 impl<C: Clone> QueueCore<C> {
@@ -350,29 +389,26 @@ impl<C: Clone> QueueCore<C> {
             departed: Vec::new(),
             noack_window: noack_window.max(1),
             had_consumer: false,
-            unacked_bytes: (0, 0),
+            unacked_totals: UnackedTotals::default(),
         }
     }
 
-    /// Records a new unacked message in the byte totals.
-    fn count_unacked(&mut self, u: &Unacked) {
-        self.unacked_bytes.0 += u.bytes();
-        if u.persistent() {
-            self.unacked_bytes.1 += u.bytes();
-        }
-    }
-
-    /// Body byte totals (ready, unacked, persistent).
+    /// Body byte totals (ready, unacked, persistent) and the counts of
+    /// persistent and in-memory messages: counters only, O(1).
     pub fn byte_totals(&self) -> ByteTotals {
+        let u = &self.unacked_totals;
         // Only a store that survives a restart has persistent messages.
         let persistent = self
             .store
-            .persistent_bytes()
-            .map_or(0, |ready| ready + self.unacked_bytes.1);
+            .persistent()
+            .map_or(Tally::default(), |ready| ready + u.persistent);
         ByteTotals {
             ready: self.store.bytes(),
-            unacked: self.unacked_bytes.0,
-            persistent,
+            unacked: u.bytes,
+            persistent: persistent.bytes,
+            persistent_messages: persistent.count,
+            ram_ready: self.store.in_memory(),
+            ram_unacked: u.ram,
         }
     }
 
@@ -499,7 +535,7 @@ impl<C: Clone> QueueCore<C> {
     fn hold(&mut self, holder: Holder, m: &QueuedMessage, now: u64, deadline: Option<u64>) {
         let keep = self.store.keep_unacked(m);
         let u = Unacked::new(holder, m, now, keep);
-        self.count_unacked(&u);
+        self.unacked_totals.add(&u);
         self.unacked.insert(m.seq, u);
         if let Some(d) = deadline {
             let lane = self.store.lane(&m.message);
@@ -523,10 +559,7 @@ impl<C: Clone> QueueCore<C> {
 
     fn take_unacked(&mut self, seq: u64) -> Option<Unacked> {
         let u = self.unacked.remove(&seq)?;
-        self.unacked_bytes.0 -= u.bytes();
-        if u.persistent() {
-            self.unacked_bytes.1 -= u.bytes();
-        }
+        self.unacked_totals.sub(&u);
         if let Holder::Consumer(id) = u.holder {
             if let Some(c) = self.consumers.iter_mut().find(|c| c.spec.id == id) {
                 c.in_flight = c.in_flight.saturating_sub(1);
@@ -950,6 +983,52 @@ mod tests {
 
     fn handles(out: &[Dispatched<&'static str>]) -> Vec<&'static str> {
         out.iter().map(|d| d.handle).collect()
+    }
+
+    /// Unacked messages count in memory only while their record keeps
+    /// the body (a durable store past its budget keeps their place on
+    /// disk instead); persistence counts ready and unacked alike.
+    #[test]
+    fn byte_totals_count_persistent_and_in_memory_unacked() {
+        use crate::disk::tests::{persistent, tempdir};
+        use crate::{Disk, DiskStore};
+        let dir = tempdir("qcounts");
+        let disk = Disk::open(dir.as_ref(), 1 << 20).unwrap();
+        let store = DiskStore::new(disk.clone(), 31, Vec::new(), 20);
+        let mut q: QueueCore<&'static str> = QueueCore::new(Box::new(store), 100);
+        for i in 1..=3 {
+            q.publish(persistent(i, "0123456789", &disk, 1).message);
+        }
+        q.publish(msg(0, "abcde").message);
+        let t = |count, bytes| Tally { count, bytes };
+        let b = q.byte_totals();
+        assert_eq!((b.persistent_messages, b.persistent), (3, 30));
+        assert_eq!((b.ram_ready, b.ram_unacked), (t(3, 25), t(0, 0)));
+
+        q.add_consumer(spec(1, "a", 10)).unwrap();
+        let mut out = Vec::new();
+        while q.message_count() > 0 {
+            q.dispatch(0, &mut out);
+            if let Some(l) = q.store.take_loads() {
+                q.store.finish_loads(l.read());
+            }
+        }
+        assert_eq!(out.len(), 4);
+        let b = q.byte_totals();
+        assert_eq!(
+            (b.persistent_messages, b.persistent, b.unacked),
+            (3, 30, 35)
+        );
+        // Two persistent bodies fit the unacked budget, the third does
+        // not; the transient one has no other place.
+        assert_eq!((b.ram_ready, b.ram_unacked), (t(0, 0), t(3, 25)));
+        let seqs: Vec<u64> = out.iter().map(|d| d.message.seq).collect();
+        assert_eq!(q.ack(&seqs), 4);
+        let b = q.byte_totals();
+        assert_eq!(
+            (b.persistent_messages, b.ram_ready, b.ram_unacked),
+            (0, t(0, 0), t(0, 0))
+        );
     }
 
     #[test]

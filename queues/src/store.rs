@@ -162,11 +162,21 @@ pub trait MessageStore: Send {
     fn memory_bytes(&self) -> u64 {
         self.bytes()
     }
-    /// Body bytes of ready persistent messages, for a store whose
+    /// Ready persistent messages and their body bytes, for a store whose
     /// persistent messages survive a restart; `None` for one that keeps
-    /// nothing (RabbitMQ counts no persistent bytes in a transient queue).
-    fn persistent_bytes(&self) -> Option<u64> {
+    /// nothing (RabbitMQ counts no persistent messages in a transient
+    /// queue). Kept as counters: O(1).
+    fn persistent(&self) -> Option<Tally> {
         None
+    }
+    /// Ready messages whose body is held in memory and their body bytes
+    /// (RabbitMQ's `messages_ready_ram`): bodies paged out or kept on
+    /// disk only are not. Kept as counters: O(1).
+    fn in_memory(&self) -> Tally {
+        Tally {
+            count: self.len() as u64,
+            bytes: self.bytes(),
+        }
     }
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -195,6 +205,41 @@ pub trait MessageStore: Send {
     /// after what they hold).
     fn next_seq(&self) -> u64 {
         1
+    }
+}
+
+/// A number of messages and their body bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub count: u64,
+    pub bytes: u64,
+}
+
+impl Tally {
+    pub(crate) fn add(&mut self, bytes: u64) {
+        self.count += 1;
+        self.bytes += bytes;
+    }
+
+    pub(crate) fn sub(&mut self, bytes: u64) {
+        self.count -= 1;
+        self.bytes -= bytes;
+    }
+}
+
+impl std::ops::Add for Tally {
+    type Output = Tally;
+    fn add(self, o: Tally) -> Tally {
+        Tally {
+            count: self.count + o.count,
+            bytes: self.bytes + o.bytes,
+        }
+    }
+}
+
+impl std::iter::Sum for Tally {
+    fn sum<I: Iterator<Item = Tally>>(it: I) -> Tally {
+        it.fold(Tally::default(), |a, b| a + b)
     }
 }
 
@@ -243,6 +288,8 @@ pub struct MemoryStore {
     paged: VecDeque<Paged>,
     /// Body bytes of `paged` entries whose body is on disk only.
     paged_bytes: u64,
+    /// How many `paged` entries have their body on disk only.
+    paged_count: u64,
     /// Transient records taken and not yet released: (segment, count),
     /// batched so a drain does not release them one by one.
     releasing: Option<(u32, u32)>,
@@ -331,6 +378,7 @@ impl MemoryStore {
         }
         self.flush_releases();
         self.paged_bytes = 0;
+        self.paged_count = 0;
     }
 
     /// Halves the deque's capacity when it is mostly empty, so memory
@@ -428,6 +476,7 @@ impl MessageStore for MemoryStore {
         let mut paged = None;
         if p.msg.is_none() {
             self.paged_bytes -= p.size as u64;
+            self.paged_count -= 1;
             paged = self.disk.as_ref().map(|d| Arc::new(d.paged_body(p.at)));
         } else if p.on_disk() {
             self.release(p.at);
@@ -452,6 +501,7 @@ impl MessageStore for MemoryStore {
     fn push_paged(&mut self, seq: u64, at: StoredRef, size: u32) {
         self.bytes += size as u64;
         self.paged_bytes += size as u64;
+        self.paged_count += 1;
         self.paged.push_back(Paged {
             seq,
             at,
@@ -517,6 +567,7 @@ impl MessageStore for MemoryStore {
             }
             let size = self.paged[i].size as u64;
             self.paged_bytes -= size;
+            self.paged_count -= 1;
             match body {
                 Some(m) => self.paged[i].msg = Some(m),
                 None => {
@@ -552,6 +603,13 @@ impl MessageStore for MemoryStore {
 
     fn memory_bytes(&self) -> u64 {
         self.bytes - self.paged_bytes
+    }
+
+    fn in_memory(&self) -> Tally {
+        Tally {
+            count: self.len() as u64 - self.paged_count,
+            bytes: self.bytes - self.paged_bytes,
+        }
     }
 
     fn peek_entries(&self, offset: usize, n: usize) -> Peeked {

@@ -260,6 +260,11 @@ pub fn queue(s: &MgmtState, q: &Queue) -> J {
         "message_bytes_ready": bytes.ready,
         "message_bytes_unacknowledged": bytes.unacked,
         "message_bytes_persistent": bytes.persistent,
+        "messages_persistent": bytes.persistent_messages,
+        "messages_ram": bytes.ram_ready.count + bytes.ram_unacked.count,
+        "messages_ready_ram": bytes.ram_ready.count,
+        "messages_unacknowledged_ram": bytes.ram_unacked.count,
+        "message_bytes_ram": bytes.ram_ready.bytes + bytes.ram_unacked.bytes,
         "head_message_timestamp": c.head_timestamp,
         "consumer_utilisation": utilisation,
         "consumer_capacity": utilisation,
@@ -273,6 +278,15 @@ pub fn queue(s: &MgmtState, q: &Queue) -> J {
     j
 }
 
+/// Classic-queue fields a stream queue's JSON leaves out, as RabbitMQ's.
+const STREAM_OMITS: &[&str] = &[
+    "messages_persistent",
+    "messages_ram",
+    "messages_ready_ram",
+    "messages_unacknowledged_ram",
+    "message_bytes_ram",
+];
+
 /// A stream queue's JSON: RabbitMQ's `type`, `members` and `online`, and
 /// Warren's `stream` object (the log's offsets, segments and bytes on
 /// disk, each consumer's next offset and credit).
@@ -282,6 +296,13 @@ fn add_stream_fields(s: &MgmtState, st: &crate::broker::stream::StreamQueue, out
     let mut consumers = st.consumer_infos();
     consumers.sort_by(|a, b| a.tag.cmp(&b.tag));
     out["type"] = json!("stream");
+    // RabbitMQ's stream queues report no classic-queue memory or
+    // persistence counts (its stream info keys stop at `messages*`).
+    if let Some(o) = out.as_object_mut() {
+        for k in STREAM_OMITS {
+            o.remove(*k);
+        }
+    }
     out["members"] = json!([s.node]);
     out["online"] = json!([s.node]);
     out["stream"] = json!({

@@ -416,7 +416,7 @@ fn detailed_queues(
         }
     }
     queues.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-    type QPick = fn(&crate::broker::QueueContents, f64) -> f64;
+
     let queue_family = |f: &mut Family, name: &str, kind: &str, help: &str, pick: QPick| {
         let name = format!("rabbitmq_detailed_{name}");
         f.head(&name, kind, help);
@@ -471,6 +471,7 @@ fn detailed_queues(
             "Same as consumer capacity",
             |_, u| u,
         );
+        queue_ram_families(f, &queue_family);
         queue_family(
             f,
             "queue_messages_persistent_bytes",
@@ -572,8 +573,51 @@ fn detailed_connections(f: &mut Family, s: &MgmtState, want: &dyn Fn(&str) -> bo
 /// The label RabbitMQ puts on its global counters for AMQP 0-9-1.
 const PROTOCOL: (&str, &str) = ("protocol", "amqp091");
 
-/// Per-queue body byte sizes (`rabbitmq_queue_messages_*bytes`), summed
-/// in the aggregated form.
+/// Picks one figure of a queue for a detailed family (contents, utilisation).
+type QPick = fn(&crate::broker::QueueContents, f64) -> f64;
+
+/// The detailed in-memory and persistent message counts, in RabbitMQ's
+/// `queue_metrics` order (before `queue_messages_persistent_bytes`).
+fn queue_ram_families(f: &mut Family, queue_family: &dyn Fn(&mut Family, &str, &str, &str, QPick)) {
+    queue_family(
+        f,
+        "queue_messages_ram",
+        "gauge",
+        "Ready and unacknowledged messages stored in memory",
+        |c, _| (c.bytes.ram_ready.count + c.bytes.ram_unacked.count) as f64,
+    );
+    queue_family(
+        f,
+        "queue_messages_ram_bytes",
+        "gauge",
+        "Size of ready and unacknowledged messages stored in memory",
+        |c, _| (c.bytes.ram_ready.bytes + c.bytes.ram_unacked.bytes) as f64,
+    );
+    queue_family(
+        f,
+        "queue_messages_ready_ram",
+        "gauge",
+        "Ready messages stored in memory",
+        |c, _| c.bytes.ram_ready.count as f64,
+    );
+    queue_family(
+        f,
+        "queue_messages_unacked_ram",
+        "gauge",
+        "Unacknowledged messages stored in memory",
+        |c, _| c.bytes.ram_unacked.count as f64,
+    );
+    queue_family(
+        f,
+        "queue_messages_persistent",
+        "gauge",
+        "Persistent messages",
+        |c, _| c.bytes.persistent_messages as f64,
+    );
+}
+
+/// Per-queue body byte sizes (`rabbitmq_queue_messages_*bytes`) and the
+/// in-memory and persistent message counts, summed in the aggregated form.
 fn queue_bytes(
     f: &mut Family,
     queues: &[(String, String, usize, usize, usize)],
@@ -581,7 +625,7 @@ fn queue_bytes(
     per_object: bool,
 ) {
     type Pick = fn(&warren_queues::ByteTotals) -> u64;
-    let families: [(&str, &str, Pick); 4] = [
+    let families: [(&str, &str, Pick); 9] = [
         (
             "rabbitmq_queue_messages_bytes",
             "Size in bytes of ready and unacknowledged messages",
@@ -601,6 +645,31 @@ fn queue_bytes(
             "rabbitmq_queue_messages_persistent_bytes",
             "Size in bytes of persistent messages",
             |b| b.persistent,
+        ),
+        (
+            "rabbitmq_queue_messages_persistent",
+            "Persistent messages",
+            |b| b.persistent_messages,
+        ),
+        (
+            "rabbitmq_queue_messages_ram",
+            "Ready and unacknowledged messages stored in memory",
+            |b| b.ram_ready.count + b.ram_unacked.count,
+        ),
+        (
+            "rabbitmq_queue_messages_ram_bytes",
+            "Size of ready and unacknowledged messages stored in memory",
+            |b| b.ram_ready.bytes + b.ram_unacked.bytes,
+        ),
+        (
+            "rabbitmq_queue_messages_ready_ram",
+            "Ready messages stored in memory",
+            |b| b.ram_ready.count,
+        ),
+        (
+            "rabbitmq_queue_messages_unacked_ram",
+            "Unacknowledged messages stored in memory",
+            |b| b.ram_unacked.count,
         ),
     ];
     for (name, help, pick) in families {

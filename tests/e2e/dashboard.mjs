@@ -217,6 +217,8 @@ await step('publish a message from the queue page', ['POST /api/exchanges/{vhost
   await form.locator('button[type=submit]').click();
   await see('[data-role=publish-status].ok', 'Message published.');
   await waitFigure('Ready', 1);
+  // Its body is held in memory (messages_ram).
+  await waitFigure('In memory', 1);
 });
 
 await step('peek shows the message without marking it redelivered', ['GET /api/queues/{vhost}/{name}/peek'], async () => {
