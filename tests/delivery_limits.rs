@@ -296,6 +296,17 @@ async fn a_get_left_unacked_past_the_timeout_closes_the_channel() {
     b.shutdown().await;
 }
 
+/// Declares `q` with a 300 ms consumer timeout and Warren's `cancel` action.
+async fn declare_cancelling(ch: &Channel, q: &str) {
+    let cancel = args(&[
+        ("x-consumer-timeout", AMQPValue::LongUInt(300)),
+        ("x-consumer-timeout-action", common::longstr("cancel")),
+    ]);
+    ch.queue_declare(q.into(), QueueDeclareOptions::default(), cancel)
+        .await
+        .expect("declare");
+}
+
 /// Warren's `cancel` action cancels only the late consumer: a basic.get
 /// delivery on the same channel, older than the consumer's and of a queue
 /// with a long timeout, stays unacked and can still be acked.
@@ -305,13 +316,7 @@ async fn the_cancel_action_leaves_a_get_on_the_same_channel_alone() {
     let b = common::start().await;
     let conn = common::connect(&b).await;
     let ch = conn.create_channel().await.expect("channel");
-    let cancel = args(&[
-        ("x-consumer-timeout", AMQPValue::LongUInt(300)),
-        ("x-consumer-timeout-action", common::longstr("cancel")),
-    ]);
-    ch.queue_declare("slow".into(), QueueDeclareOptions::default(), cancel)
-        .await
-        .expect("declare");
+    declare_cancelling(&ch, "slow").await;
     let kept = args(&[("x-consumer-timeout", AMQPValue::LongUInt(600_000))]);
     ch.queue_declare("kept".into(), QueueDeclareOptions::default(), kept)
         .await
@@ -359,13 +364,7 @@ async fn the_cancel_action_takes_back_only_a_late_get() {
     let b = common::start().await;
     let conn = common::connect(&b).await;
     let ch = conn.create_channel().await.expect("channel");
-    let cancel = args(&[
-        ("x-consumer-timeout", AMQPValue::LongUInt(300)),
-        ("x-consumer-timeout-action", common::longstr("cancel")),
-    ]);
-    ch.queue_declare("g".into(), QueueDeclareOptions::default(), cancel)
-        .await
-        .expect("declare");
+    declare_cancelling(&ch, "g").await;
     common::publish(&ch, "", "g", b"late").await;
     let got = ch
         .basic_get("g".into(), BasicGetOptions { no_ack: false })
