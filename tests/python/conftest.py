@@ -329,3 +329,29 @@ def _wait_for_count(chan, queue, expected, timeout=5.0):
 @pytest.fixture
 def wait_for_count():
     return _wait_for_count
+
+
+def wait_get(ch, q, timeout=5.0, auto_ack=True):
+    """basic.get on `q` until a message comes or `timeout` elapses: the
+    last (method, properties, body) triple (method None when empty)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = ch.basic_get(q, auto_ack=auto_ack)
+        if r[0] is not None or time.monotonic() > deadline:
+            return r
+        time.sleep(0.02)
+
+
+def dead_letter_setup(ch, names, dl_key=None):
+    """A direct dead-letter exchange, a source queue dead-lettering to it
+    (with `dl_key` as its dead-letter routing key, if given) and an unbound
+    dead-letter queue: (dlx, src, dlq)."""
+    dlx = names.exchange("dlx")
+    src, dlq = names.queue("src"), names.queue("dlq")
+    ch.exchange_declare(dlx, "direct")
+    args = {"x-dead-letter-exchange": dlx}
+    if dl_key:
+        args["x-dead-letter-routing-key"] = dl_key
+    ch.queue_declare(src, arguments=args)
+    ch.queue_declare(dlq)
+    return dlx, src, dlq

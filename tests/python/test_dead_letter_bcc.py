@@ -8,42 +8,22 @@ in `x-death` lists the routing key and CC keys, never BCC (3.10.8 and
 3.13 alike). Checked against RabbitMQ 3.10.8.
 """
 
-import time
 
 import pika
 
-
-def _wait_get(ch, q, timeout=5.0, auto_ack=True):
-    deadline = time.monotonic() + timeout
-    while True:
-        r = ch.basic_get(q, auto_ack=auto_ack)
-        if r[0] is not None or time.monotonic() > deadline:
-            return r
-        time.sleep(0.02)
+from conftest import dead_letter_setup, wait_get
 
 
 def _reject_one(ch, q):
-    m, p, body = _wait_get(ch, q, auto_ack=False)
+    m, p, body = wait_get(ch, q, auto_ack=False)
     assert m is not None, f"nothing in {q}"
     assert "BCC" not in (p.headers or {})
     ch.basic_reject(m.delivery_tag, requeue=False)
     return body
 
 
-def _setup(ch, names, dl_key=None):
-    dlx = names.exchange("dlx")
-    src, dlq = names.queue("src"), names.queue("dlq")
-    ch.exchange_declare(dlx, "direct")
-    args = {"x-dead-letter-exchange": dlx}
-    if dl_key:
-        args["x-dead-letter-routing-key"] = dl_key
-    ch.queue_declare(src, arguments=args)
-    ch.queue_declare(dlq)
-    return dlx, src, dlq
-
-
 def test_dead_letter_is_routed_by_its_bcc_keys(ch, names):
-    dlx, src, dlq = _setup(ch, names)
+    dlx, src, dlq = dead_letter_setup(ch, names)
     # Bound by the BCC key only: neither the routing key nor a CC key
     # reaches it through the dead-letter exchange.
     ch.queue_bind(dlq, dlx, routing_key="bcc-key")
@@ -52,7 +32,7 @@ def test_dead_letter_is_routed_by_its_bcc_keys(ch, names):
     ch.basic_publish("", src, b"plain", pika.BasicProperties(headers={"x": 2}))
     assert _reject_one(ch, src) == b"bcc"
     assert _reject_one(ch, src) == b"plain"
-    m, p, body = _wait_get(ch, dlq)
+    m, p, body = wait_get(ch, dlq)
     assert body == b"bcc"
     assert m.exchange == dlx and m.routing_key == src
     assert "BCC" not in p.headers and p.headers["x"] == 1
@@ -64,13 +44,13 @@ def test_dead_letter_is_routed_by_its_bcc_keys(ch, names):
 
 
 def test_x_death_routing_keys_list_cc_but_not_bcc(ch, names):
-    dlx, src, dlq = _setup(ch, names)
+    dlx, src, dlq = dead_letter_setup(ch, names)
     ch.queue_bind(dlq, dlx, routing_key="b1")
     ch.queue_bind(dlq, dlx, routing_key="c1")
     props = pika.BasicProperties(headers={"CC": ["c1"], "BCC": ["b1", "b2"]})
     ch.basic_publish("", src, b"m", props)
     _reject_one(ch, src)
-    _, p, body = _wait_get(ch, dlq)
+    _, p, body = wait_get(ch, dlq)
     assert body == b"m"
     assert "BCC" not in p.headers and p.headers["CC"] == ["c1"]
     (death,) = p.headers["x-death"]
@@ -80,7 +60,7 @@ def test_x_death_routing_keys_list_cc_but_not_bcc(ch, names):
 
 
 def test_a_dead_letter_routing_key_replaces_the_bcc_keys(ch, names):
-    dlx, src, dlq = _setup(ch, names, dl_key="to-dl")
+    dlx, src, dlq = dead_letter_setup(ch, names, dl_key="to-dl")
     by_bcc = names.queue("by-bcc")
     ch.queue_declare(by_bcc)
     ch.queue_bind(by_bcc, dlx, routing_key="bcc-key")
@@ -88,7 +68,7 @@ def test_a_dead_letter_routing_key_replaces_the_bcc_keys(ch, names):
     ch.basic_publish("", src, b"m", pika.BasicProperties(
         headers={"BCC": ["bcc-key"]}))
     _reject_one(ch, src)
-    m, p, body = _wait_get(ch, dlq)
+    m, p, body = wait_get(ch, dlq)
     assert body == b"m" and m.routing_key == "to-dl"
     assert "BCC" not in p.headers
     (death,) = p.headers["x-death"]
@@ -97,7 +77,7 @@ def test_a_dead_letter_routing_key_replaces_the_bcc_keys(ch, names):
 
 
 def test_bcc_keys_route_a_second_dead_lettering_too(ch, names):
-    dlx, src, dlq = _setup(ch, names)
+    dlx, src, dlq = dead_letter_setup(ch, names)
     dlx2 = names.exchange("dlx2")
     ch.exchange_declare(dlx2, "direct")
     mid = names.queue("mid")
@@ -108,17 +88,17 @@ def test_bcc_keys_route_a_second_dead_lettering_too(ch, names):
         headers={"BCC": ["bcc-key"]}))
     _reject_one(ch, src)
     _reject_one(ch, mid)
-    _, p, body = _wait_get(ch, dlq)
+    _, p, body = wait_get(ch, dlq)
     assert body == b"m" and "BCC" not in p.headers
     assert [d["queue"] for d in p.headers["x-death"]] == [mid, src]
 
 
 def test_bcc_keys_route_an_expired_dead_letter(ch, names):
-    dlx, src, dlq = _setup(ch, names)
+    dlx, src, dlq = dead_letter_setup(ch, names)
     ch.queue_bind(dlq, dlx, routing_key="bcc-key")
     ch.basic_publish("", src, b"m", pika.BasicProperties(
         expiration="0", headers={"BCC": ["bcc-key"]}))
-    _, p, body = _wait_get(ch, dlq)
+    _, p, body = wait_get(ch, dlq)
     assert body == b"m" and "BCC" not in p.headers
     (death,) = p.headers["x-death"]
     assert death["reason"] == "expired"

@@ -9,47 +9,27 @@ Routing a dead letter by its BCC keys: test_dead_letter_bcc.py.
 """
 
 import os
-import time
 
 import pika
+
+from conftest import dead_letter_setup, wait_get
 
 ON_RABBIT_3_10 = bool(os.environ.get("WARREN_TEST_AMQP_URL"))
 
 
-def _wait_get(ch, q, timeout=5.0, auto_ack=True):
-    deadline = time.monotonic() + timeout
-    while True:
-        r = ch.basic_get(q, auto_ack=auto_ack)
-        if r[0] is not None or time.monotonic() > deadline:
-            return r
-        time.sleep(0.02)
-
-
-def _setup(ch, names, dl_key=None):
-    dlx = names.exchange("dlx")
-    src, dlq = names.queue("src"), names.queue("dlq")
-    ch.exchange_declare(dlx, "direct")
-    args = {"x-dead-letter-exchange": dlx}
-    if dl_key:
-        args["x-dead-letter-routing-key"] = dl_key
-    ch.queue_declare(src, arguments=args)
-    ch.queue_declare(dlq)
-    return dlx, src, dlq
-
-
 def test_dead_letter_is_routed_with_its_cc_keys(ch, names):
-    dlx, src, dlq = _setup(ch, names)
+    dlx, src, dlq = dead_letter_setup(ch, names)
     ch.queue_bind(dlq, dlx, routing_key=dlq)
     ch.basic_publish("", src, b"plain")
     ch.basic_publish("", src, b"cc", pika.BasicProperties(headers={"CC": [dlq]}))
     # The CC copy went to dlq through the default exchange as well.
-    m, _, body = _wait_get(ch, dlq)
+    m, _, body = wait_get(ch, dlq)
     assert body == b"cc"
     for _ in range(2):
-        m, _, _ = _wait_get(ch, src, auto_ack=False)
+        m, _, _ = wait_get(ch, src, auto_ack=False)
         ch.basic_nack(m.delivery_tag, requeue=False)
     # Only the CC'd one reaches dlq again, through the DLX and its CC key.
-    m, p, body = _wait_get(ch, dlq)
+    m, p, body = wait_get(ch, dlq)
     assert body == b"cc"
     assert m.exchange == dlx and m.routing_key == src
     assert p.headers["CC"] == [dlq]
@@ -59,19 +39,19 @@ def test_dead_letter_is_routed_with_its_cc_keys(ch, names):
 
 
 def test_bcc_is_never_delivered_nor_recorded_in_x_death(ch, names):
-    dlx, src, dlq = _setup(ch, names)
+    dlx, src, dlq = dead_letter_setup(ch, names)
     ch.queue_bind(dlq, dlx, routing_key="cc 1")
     other = names.queue("bcc")
     ch.queue_declare(other)
     props = pika.BasicProperties(headers={"CC": ["cc 1", "cc 2"],
                                           "BCC": [other, "bcc 2"]})
     ch.basic_publish("", src, b"m", props)
-    _, p, body = _wait_get(ch, other)
+    _, p, body = wait_get(ch, other)
     assert body == b"m" and "BCC" not in p.headers
-    m, p, _ = _wait_get(ch, src, auto_ack=False)
+    m, p, _ = wait_get(ch, src, auto_ack=False)
     assert "BCC" not in p.headers
     ch.basic_nack(m.delivery_tag, requeue=False)
-    _, p, body = _wait_get(ch, dlq)
+    _, p, body = wait_get(ch, dlq)
     assert body == b"m"
     assert "BCC" not in p.headers
     assert p.headers["CC"] == ["cc 1", "cc 2"]
@@ -81,13 +61,13 @@ def test_bcc_is_never_delivered_nor_recorded_in_x_death(ch, names):
 
 
 def test_cc_header_stays_with_a_dead_letter_routing_key(ch, names):
-    dlx, src, dlq = _setup(ch, names, dl_key="to-dlq")
+    dlx, src, dlq = dead_letter_setup(ch, names, dl_key="to-dlq")
     ch.queue_bind(dlq, dlx, routing_key="to-dlq")
     ch.queue_bind(dlq, dlx, routing_key="cc")
     ch.basic_publish("", src, b"m", pika.BasicProperties(headers={"CC": ["cc"]}))
-    m, _, _ = _wait_get(ch, src, auto_ack=False)
+    m, _, _ = wait_get(ch, src, auto_ack=False)
     ch.basic_reject(m.delivery_tag, requeue=False)
-    m, p, _ = _wait_get(ch, dlq)
+    m, p, _ = wait_get(ch, dlq)
     assert m.routing_key == "to-dlq"
     (death,) = p.headers["x-death"]
     # The dead-letter routing key alone routes it: one copy.
