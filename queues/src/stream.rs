@@ -597,6 +597,13 @@ impl StreamLog {
     /// caller must ask for a sync (the first append since the last sync
     /// took the pending chunks; later ones ride on that request).
     pub fn append(&self, r: &Record<'_>, now_ms: i64) -> (u64, bool) {
+        let (offset, ask, _) = self.append_counted(r, now_ms);
+        (offset, ask)
+    }
+
+    /// [`StreamLog::append`], also giving the bytes unsynced after it, so a
+    /// publisher checks its back-pressure bound without locking again.
+    pub fn append_counted(&self, r: &Record<'_>, now_ms: i64) -> (u64, bool, u64) {
         let mut s = self.state();
         let offset = s.next;
         s.next += 1;
@@ -623,7 +630,7 @@ impl StreamLog {
         let len = encode_record(&mut p.data, r);
         s.unsynced += len as u64;
         let ask = !std::mem::replace(&mut s.sync_wanted, true);
-        (offset, ask)
+        (offset, ask, s.unsynced)
     }
 
     /// Writes the pending chunks out and fsyncs them (blocking: the

@@ -522,7 +522,7 @@ impl StreamQueue {
             filter: super::properties::string_header(m.properties(), FILTER_VALUE_KEY)
                 .filter(|v| !v.is_empty()),
         };
-        let (_, ask) = self.log.append(&rec, now_ms as i64);
+        let (_, ask, unsynced) = self.log.append_counted(&rec, now_ms as i64);
         if ask {
             let (log, tail, flow) = (self.log.clone(), self.tail.clone(), self.flow.clone());
             let low = self.unsynced_max / 2;
@@ -545,7 +545,7 @@ impl StreamQueue {
                 }
             }));
         }
-        if self.log.unsynced_bytes() > self.unsynced_max {
+        if unsynced > self.unsynced_max {
             if !self.flow.blocked.swap(true, Ordering::AcqRel) {
                 self.flow.pauses.fetch_add(1, Ordering::Relaxed);
             }
