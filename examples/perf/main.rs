@@ -35,6 +35,11 @@
 //!     --keep-queues --until-empty --ack-multiple --broker-pid $(pidof warren)
 //! ```
 //!
+//! `--raw` swaps lapin for the lean frame-level clients in `raw.rs`: lapin
+//! costs more CPU per message than Warren does, so on a small machine it is
+//! lapin's rate that a lapin run measures. `--broker-pid` adds the broker's
+//! RSS and its CPU time per message (from `/proc/PID/stat`) to the report.
+//!
 //! Run with `--help` for all options.
 
 use lapin::{
@@ -60,6 +65,8 @@ use std::{
     time::{Duration, Instant},
 };
 use tokio::{sync::Notify, task::JoinHandle};
+
+mod raw;
 
 const USAGE: &str = "\
 perf: AMQP 0-9-1 load generator (PerfTest-like) built on lapin
@@ -109,6 +116,12 @@ USAGE: perf [OPTIONS]
                      x-queue-type stream); consumers read from
                      x-stream-offset first (a replay with --producers 0
                      --keep-queues --until-empty)
+  --offset-step N    with --stream: consumer i starts at offset i*N instead
+                     of first (consumers spread over one stream)
+  --raw              producers and consumers speak raw AMQP frames over a
+                     socket instead of lapin (which costs more CPU per
+                     message than the broker): for measuring the broker's
+                     rate on a small machine
   --json             print the report as one JSON object
   -h, --help         this text
 ";
@@ -149,6 +162,11 @@ struct Config {
     max_priority: Option<u8>,
     /// The perf queues are streams; consumers start at `first`.
     stream: bool,
+    /// Producers and consumers use raw frames (`raw.rs`), not lapin.
+    raw: bool,
+    /// With `stream`: consumer i starts at offset i * offset_step (0: all
+    /// at `first`).
+    offset_step: u64,
 }
 
 impl Default for Config {
@@ -177,6 +195,8 @@ impl Default for Config {
             expiration: None,
             max_priority: None,
             stream: false,
+            raw: false,
+            offset_step: 0,
         }
     }
 }
@@ -230,8 +250,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<ParseOutcome, St
             "--max-length" => cfg.max_length = Some(parse_num(&flag, &value()?)?),
             "--expiration" => cfg.expiration = Some(parse_num(&flag, &value()?)?),
             "--max-priority" => cfg.max_priority = Some(parse_num(&flag, &value()?)?),
+            "--offset-step" => cfg.offset_step = parse_num(&flag, &value()?)?,
             "--no-ack" | "--ack-multiple" | "--persistent" | "--json" | "--keep-queues"
-            | "--until-empty" | "--stream"
+            | "--until-empty" | "--stream" | "--raw"
                 if inline.is_some() =>
             {
                 return Err(format!("{flag} takes no value"));
@@ -243,6 +264,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<ParseOutcome, St
             "--keep-queues" => cfg.keep_queues = true,
             "--until-empty" => cfg.until_empty = true,
             "--stream" => cfg.stream = true,
+            "--raw" => cfg.raw = true,
             _ => return Err(format!("unknown argument: {arg}")),
         }
     }
@@ -254,6 +276,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<ParseOutcome, St
     }
     if cfg.until_empty && cfg.consumers == 0 {
         return Err("--until-empty needs at least one consumer".to_owned());
+    }
+    if cfg.raw && (cfg.max_priority.is_some() || cfg.expiration.is_some()) {
+        return Err("--raw publishes without priorities or expiration".to_owned());
     }
     if let Some(pid) = cfg.broker_pid {
         if read_proc_status(pid).is_none() {
@@ -302,7 +327,21 @@ fn read_proc_status(pid: u32) -> Option<(u64, u64)> {
     Some((rss, field("VmHWM:").unwrap_or(0)))
 }
 
-/// RSS samples of the broker, taken at start, once a second and at the end.
+/// The CPU time (user + system) the process has used, in seconds, from
+/// `/proc/PID/stat` (fields 14 and 15, in clock ticks).
+fn read_proc_cpu(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count from after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace().skip(11);
+    let ticks: u64 = f.next()?.parse::<u64>().ok()? + f.next()?.parse::<u64>().ok()?;
+    // SAFETY: sysconf reads a constant of the running system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Some(ticks as f64 / if hz > 0 { hz as f64 } else { 100.0 })
+}
+
+/// RSS samples of the broker, taken at start, once a second and at the end,
+/// and its CPU time at the first and the last sample.
 #[derive(Clone, Copy, Debug, Default)]
 struct BrokerMemory {
     pid: u32,
@@ -313,6 +352,9 @@ struct BrokerMemory {
     /// VmHWM (the kernel's own peak RSS of the process) at the last sample.
     hwm_kib: Option<u64>,
     samples: u64,
+    /// CPU seconds at the first and the latest sample.
+    cpu_start: Option<f64>,
+    cpu_last: Option<f64>,
 }
 
 impl BrokerMemory {
@@ -333,7 +375,26 @@ impl BrokerMemory {
             self.hwm_kib = Some(hwm);
         }
         self.samples += 1;
+        if let Some(cpu) = read_proc_cpu(self.pid) {
+            self.cpu_start.get_or_insert(cpu);
+            self.cpu_last = Some(cpu);
+        }
         Some(rss)
+    }
+
+    /// CPU seconds used between the first and the latest sample.
+    fn cpu_used(&self) -> Option<f64> {
+        Some(self.cpu_last? - self.cpu_start?)
+    }
+}
+
+/// The messages broker CPU is counted over: those consumed, or in a
+/// publish-only run those published.
+fn cpu_messages(t: &Totals) -> u64 {
+    if t.consumed > 0 {
+        t.consumed
+    } else {
+        t.published
     }
 }
 
@@ -886,7 +947,7 @@ async fn start_consumer(
                 no_ack: cfg.no_ack,
                 ..BasicConsumeOptions::default()
             },
-            consumer_arguments(cfg),
+            consumer_arguments(cfg, idx),
         )
         .await?;
 
@@ -1065,14 +1126,16 @@ fn queue_arguments(cfg: &Config) -> FieldTable {
     t
 }
 
-/// The consumers' arguments: a stream is read from its first offset.
-fn consumer_arguments(cfg: &Config) -> FieldTable {
+/// Consumer `idx`'s arguments: a stream is read from its first offset, or
+/// with `--offset-step` from offset `idx * step`.
+fn consumer_arguments(cfg: &Config, idx: usize) -> FieldTable {
     let mut t = FieldTable::default();
     if cfg.stream {
-        t.insert(
-            "x-stream-offset".into(),
-            AMQPValue::LongString("first".into()),
-        );
+        let offset = match cfg.offset_step {
+            0 => AMQPValue::LongString("first".into()),
+            step => AMQPValue::LongLongInt((idx as u64 * step) as i64),
+        };
+        t.insert("x-stream-offset".into(), offset);
     }
     t
 }
@@ -1223,7 +1286,8 @@ async fn run(cfg: Config) -> Result<Report, String> {
         .map(|_| Arc::new(ProducerStats::default()))
         .collect();
     let mut producer_conns = Vec::with_capacity(cfg.producers);
-    for i in 0..cfg.producers {
+    // Raw producers connect in their own tasks.
+    for i in (0..cfg.producers).filter(|_| !cfg.raw) {
         let conn = connect(&cfg.uri, &format!("perf-producer-{i}"))
             .await
             .map_err(|e| format!("connecting producer {i}: {e}"))?;
@@ -1256,7 +1320,24 @@ async fn run(cfg: Config) -> Result<Report, String> {
     // subscribes: then the clock starts before the consumers do.
     let mut start = Instant::now();
     let mut consumers = Vec::with_capacity(cfg.consumers);
-    for (i, stats) in consumer_stats.iter().enumerate() {
+    let mut raw_consumers = Vec::new();
+    for (i, stats) in consumer_stats.iter().enumerate().filter(|_| cfg.raw) {
+        let c = raw::RawConsumer {
+            idx: i,
+            cfg: cfg.clone(),
+            stats: stats.clone(),
+            shared: shared.clone(),
+        };
+        let shared = shared.clone();
+        raw_consumers.push(tokio::spawn(async move {
+            if let Err(e) = raw::consume(c).await {
+                if !shared.stopping() {
+                    shared.fail(format!("consumer {i}: {e}"));
+                }
+            }
+        }));
+    }
+    for (i, stats) in consumer_stats.iter().enumerate().filter(|_| !cfg.raw) {
         let handle = start_consumer(i, &cfg, stats.clone(), shared.clone())
             .await
             .map_err(|e| format!("starting consumer {i}: {e}"))?;
@@ -1268,6 +1349,24 @@ async fn run(cfg: Config) -> Result<Report, String> {
 
     let deadline = start + cfg.duration;
     let mut producers = Vec::with_capacity(cfg.producers);
+    for i in (0..cfg.producers).filter(|_| cfg.raw) {
+        let p = raw::RawProducer {
+            idx: i,
+            cfg: cfg.clone(),
+            stats: producer_stats[i].clone(),
+            shared: shared.clone(),
+            start,
+            deadline,
+        };
+        let shared = shared.clone();
+        producers.push(tokio::spawn(async move {
+            if let Err(e) = raw::produce(p).await {
+                if !shared.stopping() {
+                    shared.fail(format!("producer {i}: {e}"));
+                }
+            }
+        }));
+    }
     for (i, (_, channel)) in producer_conns.iter().enumerate() {
         let ctx = ProducerCtx {
             channel: channel.clone(),
@@ -1419,6 +1518,13 @@ async fn run(cfg: Config) -> Result<Report, String> {
     for (conn, _) in &producer_conns {
         let _ = tokio::time::timeout(grace, conn.close(200, "perf done".into())).await;
     }
+    for task in raw_consumers {
+        // They ack what they got and close when they see the stop.
+        let abort = task.abort_handle();
+        if tokio::time::timeout(grace * 2, task).await.is_err() {
+            abort.abort();
+        }
+    }
     for consumer in &mut consumers {
         if cfg.keep_queues {
             // The queues outlive the run: stop the deliveries and ack what
@@ -1566,13 +1672,20 @@ fn print_report(cfg: &Config, r: &Report) {
             let _ = write!(
                 o,
                 ",\"broker\":{{\"pid\":{},\"rss_start_kib\":{},\"rss_end_kib\":{},\
-                 \"rss_peak_kib\":{},\"vm_hwm_kib\":{},\"samples\":{}}}",
+                 \"rss_peak_kib\":{},\"vm_hwm_kib\":{},\"samples\":{},\
+                 \"cpu_s\":{},\"cpu_us_per_msg\":{}}}",
                 b.pid,
                 opt(b.start_kib),
                 opt(b.last_kib),
                 b.peak_kib,
                 opt(b.hwm_kib),
                 b.samples,
+                b.cpu_used()
+                    .map_or("null".to_owned(), |c| format!("{c:.2}")),
+                b.cpu_used().filter(|_| cpu_messages(t) > 0).map_or(
+                    "null".to_owned(),
+                    |c| format!("{:.3}", c * 1e6 / cpu_messages(t) as f64)
+                ),
             );
         }
         if cfg.confirm > 0 {
@@ -1707,6 +1820,13 @@ fn print_report(cfg: &Config, r: &Report) {
             b.samples,
             opt(b.hwm_kib),
         );
+        if let Some(cpu) = b.cpu_used() {
+            let per = match cpu_messages(t) {
+                0 => String::new(),
+                n => format!(", {:.3} µs per message", cpu * 1e6 / n as f64),
+            };
+            println!("  broker cpu: {cpu:.2} s{per}");
+        }
     }
 }
 
