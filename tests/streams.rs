@@ -568,3 +568,118 @@ async fn the_log_survives_kill9() {
         }
     }
 }
+
+/// The stream's reader runs only a window ahead of what the consumer's
+/// socket takes: a client that stops reading holds the broker to that
+/// window (plus what the kernel buffers), not to its prefetch's worth of
+/// messages; once it reads again, everything arrives in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_stops_reading_holds_its_reader_to_a_window() {
+    use amq_protocol::protocol::{basic, AMQPClass};
+    use common::raw_amqp::Raw;
+    const N: usize = 400;
+    const SIZE: usize = 64 * 1024;
+    let s: TestBroker = common::start().await;
+    let conn = common::connect(&s).await;
+    let pubch = confirming(&conn).await;
+    declare(&pubch, "windowed", args(&[])).await;
+    let mut confirms = Vec::new();
+    for i in 0..N {
+        let mut body = vec![b'x'; SIZE];
+        body[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        let c = pubch
+            .basic_publish(
+                "".into(),
+                "windowed".into(),
+                BasicPublishOptions::default(),
+                &body,
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        confirms.push(c);
+    }
+    for c in confirms {
+        assert!(within(c).await.unwrap().is_ack());
+    }
+
+    // A raw consumer with a small receive buffer and credit for all N.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut r = Raw {
+        s: sock.connect(s.amqp_addr()).await.unwrap(),
+        buf: Default::default(),
+    };
+    r.start().await;
+    r.start_ok("guest", "guest", true).await;
+    r.tune_open_ok("/").await;
+    r.open_channel(1).await;
+    r.method_out(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos {
+            prefetch_count: N as u16,
+            global: false,
+        })),
+    )
+    .await;
+    assert!(matches!(
+        r.method().await,
+        AMQPClass::Basic(basic::AMQPMethod::QosOk(_))
+    ));
+    let mut first = FieldTable::default();
+    first.insert("x-stream-offset".into(), longstr("first"));
+    r.method_out(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+            queue: "windowed".into(),
+            consumer_tag: "slow".into(),
+            no_local: false,
+            no_ack: false,
+            exclusive: false,
+            nowait: false,
+            arguments: first,
+        })),
+    )
+    .await;
+    assert!(matches!(
+        r.method().await,
+        AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_))
+    ));
+
+    // Not reading: the reader's position settles well short of N (its
+    // window is at most 1 MiB; the rest is what the kernel buffers).
+    let position = || async {
+        common::get_ok(&s, "/api/queues/%2f/windowed").await["stream"]["consumers"][0]["offset"]
+            .as_u64()
+    };
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    let (mut last, mut since) = (None, std::time::Instant::now());
+    loop {
+        let p = position().await;
+        if p != last {
+            (last, since) = (p, std::time::Instant::now());
+        } else if p.is_some() && since.elapsed() > Duration::from_secs(1) {
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "the reader never settled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let held = last.unwrap();
+    assert!(
+        held < (N / 2) as u64,
+        "the reader ran {held} messages ahead of a client that reads nothing"
+    );
+
+    // Reading again: all N arrive, in order.
+    let mut got = 0usize;
+    while got < N {
+        let f = r.frame().await.expect("a frame");
+        if f.kind == warren::amqp::codec::FRAME_BODY {
+            // Each body is one frame, starting with its index.
+            assert_eq!(f.payload[..8], (got as u64).to_be_bytes());
+            got += 1;
+        }
+    }
+    assert_eq!(position().await, Some(N as u64));
+    s.shutdown().await;
+}

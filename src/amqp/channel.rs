@@ -1644,6 +1644,18 @@ impl Connection {
                 Some((q, c, n)) if Arc::ptr_eq(q, &d.queue) && *c == d.consumer.id => *n += 1,
                 _ => self.settle.push((d.queue.clone(), d.consumer.id, 1)),
             }
+        } else if d.queue.stream().is_some() {
+            // Its reader runs a window ahead of the socket (see writer.rs).
+            let bytes = d.message.message.size();
+            match self.stream_written.last_mut() {
+                Some((q, c, _, b)) if Arc::ptr_eq(q, &d.queue) && *c == d.consumer.id => {
+                    *b += bytes
+                }
+                _ => {
+                    self.stream_written
+                        .push((d.queue.clone(), d.consumer.id, d.message.seq, bytes))
+                }
+            }
         }
         if !d.no_ack {
             ch.unacked.push_back(Unacked {

@@ -80,7 +80,7 @@ pub(super) struct Connection {
     heartbeat: u16,
     /// Frames waiting to go to the writer.
     pub(super) out: BytesMut,
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<writer::Chunk>,
     pub(super) outbox: Arc<Outbox>,
     pub(super) channels: HashMap<u16, Channel>,
     /// Client capabilities we honour.
@@ -102,6 +102,9 @@ pub(super) struct Connection {
     /// Deliveries written whose credit returns on write (no-ack, or no
     /// prefetch limit), to be credited back to their queues.
     pub(super) settle: Vec<(Arc<Queue>, ConsumerId, u32)>,
+    /// Stream deliveries framed since the last chunk went to the writer,
+    /// which reports them to their queues once written.
+    pub(super) stream_written: writer::Written,
     pub(super) route_scratch: RouteScratch,
     /// Reused by acks, nacks and rejects: the settled deliveries, and the
     /// seqs of one queue among them (see `Connection::settle`).
@@ -319,6 +322,7 @@ async fn serve_stream<R, W>(
         shutting_down: false,
         done: false,
         settle: Vec::new(),
+        stream_written: Vec::new(),
         route_scratch: RouteScratch::default(),
         settle_scratch: (Vec::new(), Vec::new()),
         flush_waiting: Vec::new(),
@@ -410,17 +414,17 @@ async fn next_method<R: AsyncRead + Unpin>(rd: &mut R, rbuf: &mut BytesMut) -> O
     }
 }
 
-async fn send(tx: &mpsc::Sender<Bytes>, method: AMQPClass) {
+async fn send(tx: &mpsc::Sender<writer::Chunk>, method: AMQPClass) {
     let mut b = BytesMut::new();
     codec::write_method(&mut b, 0, method);
-    let _ = tx.send(b.freeze()).await;
+    let _ = tx.send(b.freeze().into()).await;
 }
 
 /// Sends connection.close and waits briefly for close-ok.
 async fn refuse<R: AsyncRead + Unpin>(
     rd: &mut R,
     rbuf: &mut BytesMut,
-    tx: &mpsc::Sender<Bytes>,
+    tx: &mpsc::Sender<writer::Chunk>,
     code: u16,
     text: String,
     class_method: (u16, u16),
@@ -632,7 +636,7 @@ fn refused_text(mechanism: &str, e: crate::broker::AuthError, user: &str) -> Str
 async fn handshake<R: AsyncRead + Unpin>(
     rd: &mut R,
     rbuf: &mut BytesMut,
-    tx: &mpsc::Sender<Bytes>,
+    tx: &mpsc::Sender<writer::Chunk>,
     broker: &Broker,
     settings: &AmqpSettings,
     peer: SocketAddr,
@@ -647,7 +651,7 @@ async fn handshake<R: AsyncRead + Unpin>(
     }
     if &rbuf[..8] != PROTOCOL_HEADER {
         tracing::info!(%peer, "bad protocol header; answering with ours");
-        let _ = tx.send(Bytes::from_static(PROTOCOL_HEADER)).await;
+        let _ = tx.send(Bytes::from_static(PROTOCOL_HEADER).into()).await;
         return None;
     }
     let _ = rbuf.split_to(8);
@@ -955,11 +959,22 @@ impl Connection {
         // Only what precedes a hold goes out (see `hold`).
         let ready = self.hold.as_ref().map_or(self.out.len(), |h| h.from);
         if ready > 0 {
-            let chunk = self.out.split_to(ready).freeze();
+            let bytes = self.out.split_to(ready).freeze();
             if let Some(h) = &mut self.hold {
                 h.from = 0;
             }
-            if self.tx.send(chunk).await.is_err() {
+            // Held stream deliveries are not in this chunk: they wait.
+            let written = if self.hold.is_none() {
+                std::mem::take(&mut self.stream_written)
+            } else {
+                Vec::new()
+            };
+            if self
+                .tx
+                .send(writer::Chunk { bytes, written })
+                .await
+                .is_err()
+            {
                 return Err(End::Io(std::io::ErrorKind::BrokenPipe.into()));
             }
             self.last_sent = Instant::now();

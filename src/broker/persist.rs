@@ -292,6 +292,9 @@ pub struct Persistence {
     pub flusher: Flusher,
     pub queue_memory_bytes: u64,
     pub stream_unsynced_bytes: u64,
+    /// Stream readers running on the node: they share one budget of
+    /// unwritten bytes (see `stream.rs`'s `write_window`).
+    pub stream_readers: std::sync::atomic::AtomicU32,
 }
 
 /// A definition key: the kind, then each part with a u32 length prefix
@@ -334,6 +337,7 @@ impl Persistence {
             flusher,
             queue_memory_bytes: cfg.queue_memory_bytes,
             stream_unsynced_bytes: cfg.stream_unsynced_bytes,
+            stream_readers: Default::default(),
         }))
     }
 

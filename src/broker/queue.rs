@@ -944,6 +944,14 @@ impl Queue {
         }
     }
 
+    /// A stream consumer's connection wrote deliveries of `bytes` body
+    /// bytes to its socket; `seq` is one of theirs (it names the consumer).
+    pub fn stream_written(&self, seq: u64, bytes: u64) {
+        if let Some(s) = &self.stream {
+            s.written(seq, bytes);
+        }
+    }
+
     /// The consumer's connection wrote `n` deliveries whose credit comes
     /// back on write (no-ack, or no prefetch limit).
     pub fn credit_written(self: &Arc<Self>, consumer: ConsumerId, n: u32) {

@@ -83,6 +83,42 @@ const OFFSET_MASK: u64 = (1 << SLOT_SHIFT) - 1;
 const READ_BATCH: u32 = 512;
 /// And about this many bytes.
 const READ_BYTES: usize = 1 << 20;
+/// A reader hands out at most a window of body bytes that its consumer's
+/// socket has not taken yet ([`write_window`]): however large the
+/// prefetch, a stream consumer costs in memory its window (twice: the
+/// messages and their frames) and one chunk, not its credit's worth of
+/// messages (100 consumers with prefetch 1,000 of 4 KiB messages held
+/// 800 MB when their client read slowly). The node's readers share
+/// [`WINDOW_BUDGET`]; each gets at least [`WINDOW_MIN`] (enough to keep
+/// its socket busy) and at most [`WINDOW_MAX`] (a lone replay).
+const WINDOW_BUDGET: u64 = 16 << 20;
+const WINDOW_MIN: u64 = 128 << 10;
+const WINDOW_MAX: u64 = 1 << 20;
+
+/// The write window of each of `readers` stream readers.
+fn write_window(readers: u32) -> u64 {
+    (WINDOW_BUDGET / u64::from(readers.max(1))).clamp(WINDOW_MIN, WINDOW_MAX)
+}
+
+/// Counts a running reader in the node's total while it lives.
+struct ReaderCount(Arc<Persistence>);
+
+impl ReaderCount {
+    fn new(p: Arc<Persistence>) -> Self {
+        p.stream_readers.fetch_add(1, Ordering::Relaxed);
+        ReaderCount(p)
+    }
+
+    fn window(&self) -> u64 {
+        write_window(self.0.stream_readers.load(Ordering::Relaxed))
+    }
+}
+
+impl Drop for ReaderCount {
+    fn drop(&mut self) {
+        self.0.stream_readers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Whether declare arguments ask for a stream.
 pub fn is_stream(args: &Table) -> bool {
@@ -315,6 +351,9 @@ struct StreamConsumer {
     exclusive: bool,
     /// Deliveries it may still get before acks return credit.
     credit: AtomicU32,
+    /// Body bytes handed to its connection and not yet written to the
+    /// socket ([`write_window`]).
+    unwritten: AtomicU64,
     /// Acks (credit back) and the cancel wake the reader.
     wake: Notify,
     cancelled: AtomicBool,
@@ -685,6 +724,7 @@ impl StreamQueue {
                 handle,
                 exclusive: req.exclusive,
                 credit: AtomicU32::new(req.prefetch),
+                unwritten: AtomicU64::new(0),
                 wake: Notify::new(),
                 cancelled: AtomicBool::new(false),
                 position: AtomicU64::new(cursor.as_ref().map_or(0, |c| c.next)),
@@ -714,6 +754,7 @@ impl StreamQueue {
         };
         let (c, cursor) = c;
         tokio::spawn(read_for(
+            ReaderCount::new(self.persist.clone()),
             queue.clone(),
             self.log.clone(),
             self.tail.subscribe(),
@@ -791,6 +832,20 @@ impl StreamQueue {
 
     /// Acks (and, as RabbitMQ counts them, nothing else) return credit to
     /// the consumers the deliveries went to.
+    /// A consumer's connection wrote `bytes` of its deliveries (`seq` is
+    /// one of them) to the socket: its reader may run on.
+    pub fn written(&self, seq: u64, bytes: u64) {
+        let slot = (seq >> SLOT_SHIFT) as u32;
+        if let Some(c) = self.consumers().get(&slot) {
+            let _ = c
+                .unwritten
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                    Some(u.saturating_sub(bytes))
+                });
+            c.wake.notify_one();
+        }
+    }
+
     pub fn settle(&self, seqs: &[u64]) {
         let cons = self.consumers();
         self.group_acks(&cons, seqs);
@@ -985,6 +1040,7 @@ fn same_filter(a: Option<&Filter>, b: Option<&Filter>) -> bool {
 }
 
 async fn read_for(
+    readers: ReaderCount,
     queue: Arc<Queue>,
     log: Arc<StreamLog>,
     mut tail: watch::Receiver<u64>,
@@ -1005,7 +1061,9 @@ async fn read_for(
         };
         let credit = c.credit.load(Ordering::Acquire);
         let committed = *tail.borrow_and_update();
-        if credit == 0 {
+        let unwritten = c.unwritten.load(Ordering::Acquire);
+        let window = readers.window();
+        if credit == 0 || unwritten >= window {
             cursor = Some(cur);
             c.wake.notified().await;
             continue;
@@ -1019,10 +1077,11 @@ async fn read_for(
             continue;
         }
         let max = credit.min(READ_BATCH) as usize;
+        let max_bytes = READ_BYTES.min((window - unwritten) as usize);
         let (l, filter, start) = (log.clone(), c.filter.clone(), cur.next);
         let read = tokio::task::spawn_blocking(move || {
             let mut out = Vec::with_capacity(max);
-            let r = cur.read(&l, max, READ_BYTES, filter.as_deref(), |off, rec| {
+            let r = cur.read(&l, max, max_bytes, filter.as_deref(), |off, rec| {
                 if let Some(m) = delivered(off, rec) {
                     out.push((off, m));
                 }
@@ -1059,6 +1118,9 @@ async fn read_for(
             }
         }
         c.credit.fetch_sub(msgs.len() as u32, Ordering::AcqRel);
+        // Counted before the connection can write (and report) them.
+        let bytes: u64 = msgs.iter().map(|(_, m)| m.size()).sum();
+        c.unwritten.fetch_add(bytes, Ordering::AcqRel);
         for (off, m) in msgs {
             batch.push(OutboxItem::Deliver(Delivery {
                 queue: queue.clone(),
@@ -1085,6 +1147,14 @@ async fn read_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readers_share_the_window_budget() {
+        assert_eq!(write_window(0), WINDOW_MAX);
+        assert_eq!(write_window(1), WINDOW_MAX);
+        assert_eq!(write_window(64), 256 << 10);
+        assert_eq!(write_window(100_000), WINDOW_MIN);
+    }
 
     #[test]
     fn ages_use_rabbitmq_units() {
