@@ -50,6 +50,8 @@ pub const FILTER_VALUE_KEY: &str = "x-stream-filter-value";
 /// The consumer arguments of filtering (RabbitMQ 3.13).
 pub const FILTER_KEY: &str = "x-stream-filter";
 pub const MATCH_UNFILTERED_KEY: &str = "x-stream-match-unfiltered";
+/// RabbitMQ 3.13's Bloom filter size argument (checked, not used).
+const FILTER_SIZE_KEY: &str = "x-stream-filter-size-bytes";
 
 /// Arguments RabbitMQ 3.10 knows for other queue types and refuses on a
 /// stream ("invalid arg ... of queue type rabbit_stream_queue").
@@ -167,16 +169,13 @@ pub fn check_declare(queue: &str, vhost: &str, opts: &QueueOptions) -> Result<St
             .ok_or_else(|| invalid_arg("x-max-age", queue, vhost, "invalid_max_age"))?;
         settings.max_age_ms = Some(ms);
     }
-    // RabbitMQ 3.13's check_filter_size (its text has the two spaces);
-    // Warren's filter is exact and has no size to set.
-    if let Some(v) = args.get("x-stream-filter-size-bytes") {
-        if v.as_i64().is_some_and(|n| !(16..=255).contains(&n)) {
-            return Err(BrokerError::new(
-                ErrorKind::PreconditionFailed,
-                "Invalid value for  x-stream-filter-size-bytes",
-            ));
-        }
-    }
+    // Warren's filter is exact and has no size to set, but the value is
+    // checked as RabbitMQ 3.13 checks it: first its type, with the other
+    // values (`rabbit_amqqueue:declare_args`, check_non_neg_int_arg), ...
+    let filter_size = args
+        .get(FILTER_SIZE_KEY)
+        .map(|v| non_negative(FILTER_SIZE_KEY, v, queue, vhost))
+        .transpose()?;
     for key in REFUSED_ARGS {
         if args.get(key).is_some() {
             return Err(BrokerError::new(
@@ -198,6 +197,14 @@ pub fn check_declare(queue: &str, vhost: &str, opts: &QueueOptions) -> Result<St
         return Err(BrokerError::new(
             ErrorKind::PreconditionFailed,
             format!("invalid property '{p}' for queue '{queue}' in vhost '{vhost}'"),
+        ));
+    }
+    // ... then its range, after the flags (rabbit_stream_queue's
+    // check_filter_size; its text has the two spaces).
+    if filter_size.is_some_and(|n| !(16..=255).contains(&n)) {
+        return Err(BrokerError::new(
+            ErrorKind::PreconditionFailed,
+            format!("Invalid value for  {FILTER_SIZE_KEY}"),
         ));
     }
     Ok(settings)
