@@ -885,3 +885,106 @@ async fn a_consume_naming_a_super_stream_is_checked() {
     }
     s.shutdown().await;
 }
+
+/// The partition queues of super stream `name` that exist (`name-0` ..
+/// `name-{max-1}` looked up) and the exchange's bindings' destinations.
+async fn layout(s: &Server, name: &str, max: usize) -> (Vec<String>, Vec<String>) {
+    let mut queues = Vec::new();
+    for i in 0..max {
+        let q = format!("{name}-{i}");
+        if api(s, "GET", &format!("/api/queues/%2f/{q}"), "").await.0 == 200 {
+            queues.push(q);
+        }
+    }
+    let (st, body) = api(
+        s,
+        "GET",
+        &format!("/api/exchanges/%2f/{name}/bindings/source"),
+        "",
+    )
+    .await;
+    let mut bound: Vec<String> = match st {
+        200 => serde_json::from_str::<J>(&body)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["destination"].as_str().unwrap().to_owned())
+            .collect(),
+        _ => Vec::new(),
+    };
+    bound.sort();
+    (queues, bound)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_creates_and_deletes_of_one_super_stream_leave_one_layout() {
+    let s = common::start().await;
+    let addr = s.http_addr();
+    const N: usize = 8;
+    for round in 0..5 {
+        let name = format!("race{round}");
+        // Half ask for 3 partitions, half for 5: one wins, the calls with
+        // its body find it made (204), the others are refused (400).
+        let calls: Vec<_> = (0..N)
+            .map(|i| {
+                let n = if i % 2 == 0 { 3 } else { 5 };
+                let path = format!("/api/super-streams/%2f/{name}");
+                tokio::spawn(async move {
+                    let body = format!(r#"{{"partitions": {n}}}"#);
+                    let r = common::raw_at(addr, "PUT", &path, Some(common::GUEST), &body).await;
+                    (n, r)
+                })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for c in calls {
+            answers.push(common::within(c).await.unwrap());
+        }
+        let created: Vec<usize> = answers
+            .iter()
+            .filter(|(_, (st, _))| *st == 201)
+            .map(|(n, _)| *n)
+            .collect();
+        assert_eq!(created.len(), 1, "exactly one creates: {answers:?}");
+        let won = created[0];
+        for (n, (st, body)) in &answers {
+            match (*n == won, *st) {
+                (true, 201 | 204) => {}
+                (false, 400) => assert!(
+                    body.contains(&format!("there is already an exchange named {name}")),
+                    "{body}"
+                ),
+                _ => panic!("{n} partitions answered {st} {body} ({won} won)"),
+            }
+        }
+        let want: Vec<String> = (0..won).map(|i| format!("{name}-{i}")).collect();
+        assert_eq!(
+            layout(&s, &name, 5).await,
+            (want.clone(), want),
+            "round {round}"
+        );
+        let j = super_stream(&s, &name).await;
+        assert_eq!(j["partitions"].as_array().unwrap().len(), won);
+
+        // Racing deletes: one removes it all, the others find nothing.
+        let dels: Vec<_> = (0..N)
+            .map(|_| {
+                let path = format!("/api/super-streams/%2f/{name}");
+                tokio::spawn(async move {
+                    common::raw_at(addr, "DELETE", &path, Some(common::GUEST), "").await
+                })
+            })
+            .collect();
+        let mut codes = Vec::new();
+        for d in dels {
+            codes.push(common::within(d).await.unwrap().0);
+        }
+        codes.sort();
+        let mut want_codes = vec![404; N - 1];
+        want_codes.insert(0, 204);
+        assert_eq!(codes, want_codes);
+        assert_eq!(layout(&s, &name, 5).await, (vec![], vec![]));
+    }
+    s.shutdown().await;
+}
