@@ -707,10 +707,12 @@ impl StreamQueue {
             if let Some(name) = &c.group {
                 let mut gs = self.groups();
                 let log = &self.log;
-                let g = gs
-                    .map
-                    .entry(name.clone())
-                    .or_insert_with(|| groups::Group::at(log.resolve(at).0));
+                let g = gs.map.entry(name.clone()).or_insert_with(|| {
+                    let (from, since) = log.resolve(at);
+                    let mut g = groups::Group::at(from);
+                    g.since = since;
+                    g
+                });
                 g.members.push(slot);
                 if partition.is_some() {
                     g.partition = partition;
@@ -786,14 +788,41 @@ impl StreamQueue {
         let Some(new) = want.and_then(|s| cons.get(&s)) else {
             return;
         };
-        let from = match (g.partition, new.explicit) {
-            (None, Some(at)) => at,
-            _ => StartAt::Offset(g.committed),
-        };
-        let cursor = Cursor::new(&self.log, from);
+        let explicit = new.explicit.filter(|_| g.partition.is_none());
+        let (cursor, since) = self.start_cursor(g, explicit);
         g.restart_at(cursor.next);
+        g.since = since;
         new.position.store(cursor.next, Ordering::Relaxed);
         new.set_reader(Some(cursor));
+    }
+
+    /// Where group `g`'s new reader starts, and the timestamp it started
+    /// from if nothing is acknowledged after it yet: at `explicit` (a
+    /// single-stream group member's own `x-stream-offset`), else at the
+    /// committed offset; a group started by timestamp that has not moved
+    /// yet reads from there as its first reader did, passing over the
+    /// chunks older than the timestamp (its committed offset is the index
+    /// entry before them), unless retention moved where that resolves to.
+    fn start_cursor(&self, g: &groups::Group, explicit: Option<StartAt>) -> (Cursor, Option<i64>) {
+        let committed = || Cursor::new(&self.log, StartAt::Offset(g.committed));
+        match (explicit, g.since) {
+            (Some(at), _) => {
+                let since = match at {
+                    StartAt::Timestamp(ts) => Some(ts),
+                    _ => None,
+                };
+                (Cursor::new(&self.log, at), since)
+            }
+            (None, Some(ts)) => {
+                let c = Cursor::new(&self.log, StartAt::Timestamp(ts));
+                if c.next == g.committed {
+                    (c, Some(ts))
+                } else {
+                    (committed(), None)
+                }
+            }
+            (None, None) => (committed(), None),
+        }
     }
 
     /// Acks (and, as RabbitMQ counts them, nothing else) return credit to
@@ -848,8 +877,9 @@ impl StreamQueue {
         }
     }
 
-    /// A filtering group member's reader passed over `ranges` (not
-    /// wanted): they count as acknowledged for its group.
+    /// A group member's reader passed over `ranges` (not wanted by its
+    /// filter, older than its start timestamp, or gone to retention):
+    /// they count as acknowledged for its group.
     fn group_passed_over(&self, c: &StreamConsumer, ranges: &[(u64, u64)]) {
         let Some(name) = &c.group else { return };
         if ranges.is_empty() {
@@ -1059,7 +1089,10 @@ async fn read_for(
                 return;
             }
         };
-        if c.group.is_some() && c.filter.is_some() {
+        // What a group member's read passed over (chunks a filter or a
+        // start timestamp skipped, offsets retention removed) counts as
+        // acknowledged: the committed offset moves past it.
+        if c.group.is_some() {
             if let Some(s) = queue.stream() {
                 let delivered: Vec<u64> = msgs.iter().map(|(o, _)| *o).collect();
                 s.group_passed_over(&c, &gaps(start, next, &delivered));

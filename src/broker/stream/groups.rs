@@ -41,6 +41,11 @@ pub(super) struct Group {
     /// This stream's index in the super stream the group consumes
     /// (members then share the partitions), if it consumes one.
     pub partition: Option<u32>,
+    /// The timestamp (ms) the group started reading from, while nothing
+    /// was delivered and acknowledged yet: `committed` is then the index
+    /// entry before the timestamp's chunk, and a reader handed the stream
+    /// still passes over the chunks older than it.
+    pub since: Option<i64>,
 }
 
 impl Group {
@@ -85,6 +90,7 @@ impl Group {
         };
         self.done.remove(run.clone());
         self.committed = run.end;
+        self.since = None;
         true
     }
 
@@ -100,6 +106,7 @@ impl Group {
         if offset != self.committed {
             self.committed = offset;
             self.done.clear();
+            self.since = None;
         }
     }
 }
