@@ -214,7 +214,77 @@ async fn the_filter_size_is_checked_as_rabbitmq_3_13_checks_it() {
             )
         );
     }
+    // Its type first, as every integer argument (rabbit_amqqueue's
+    // check_non_neg_int_arg): a string, a float or a boolean is refused.
+    let typed = [
+        (longstr("32"), "longstr"),
+        (AMQPValue::Double(32.0), "double"),
+        (AMQPValue::Float(32.0), "float"),
+        (AMQPValue::Boolean(true), "bool"),
+    ];
+    for (bad, ty) in typed {
+        let ch = conn.create_channel().await.unwrap();
+        let a = stream_args(&[("x-stream-filter-size-bytes", bad)]);
+        let e = ch
+            .queue_declare("fsz3".into(), durable(), a)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            common::soft_code(&e),
+            (
+                406,
+                format!("PRECONDITION_FAILED - invalid arg 'x-stream-filter-size-bytes' for queue 'fsz3' in vhost '/': \"expected integer, got {ty}\"")
+            )
+        );
+    }
+    let ch = conn.create_channel().await.unwrap();
+    let a = stream_args(&[("x-stream-filter-size-bytes", AMQPValue::LongInt(-1))]);
+    let e = ch
+        .queue_declare("fsz3".into(), durable(), a)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        common::soft_code(&e),
+        (
+            406,
+            "PRECONDITION_FAILED - invalid arg 'x-stream-filter-size-bytes' for queue 'fsz3' in vhost '/': {value_negative,-1}".into()
+        )
+    );
+    // The range is checked after the flags (rabbit_stream_queue:declare's
+    // checks run in that order).
+    let ch = conn.create_channel().await.unwrap();
+    let a = stream_args(&[("x-stream-filter-size-bytes", AMQPValue::LongInt(300))]);
+    let e = ch
+        .queue_declare("fsz3".into(), QueueDeclareOptions::default(), a)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        common::soft_code(&e),
+        (
+            406,
+            "PRECONDITION_FAILED - invalid property 'non-durable' for queue 'fsz3' in vhost '/'"
+                .into()
+        )
+    );
+    // Nothing refused was created.
+    let ch = conn.create_channel().await.unwrap();
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let e = ch
+        .queue_declare("fsz3".into(), passive, FieldTable::default())
+        .await
+        .unwrap_err();
+    assert_eq!(common::soft_code(&e).0, 404);
     s.shutdown().await;
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
 }
 
 #[tokio::test]

@@ -159,3 +159,61 @@ async fn a_group_resumes_after_its_committed_offset_after_kill9() {
     }
     quiet(&mut c).await;
 }
+
+#[tokio::test]
+async fn a_member_starting_by_timestamp_commits_past_the_older_chunks_it_passed_over() {
+    let s = common::start().await;
+    let conn = common::connect(&s).await;
+    let pubch = conn.create_channel().await.unwrap();
+    pubch
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    declare(&pubch, "gts").await;
+    // One chunk per message, all in one segment (one index entry: 0).
+    for i in 0..10 {
+        publish(&pubch, "gts", i, 1).await;
+    }
+    let unix_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    // The next whole second, once the broker's clock is surely past it.
+    let secs = unix_ms() / 1000 + 1;
+    common::wait_until("the next second", Duration::from_secs(3), || async {
+        unix_ms() >= secs * 1000 + 100
+    })
+    .await;
+    for i in 10..13 {
+        publish(&pubch, "gts", i, 1).await;
+    }
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_qos(100, BasicQosOptions::default()).await.unwrap();
+    let mut a = FieldTable::default();
+    a.insert("x-stream-group".into(), AMQPValue::LongString("t".into()));
+    a.insert("x-stream-offset".into(), AMQPValue::Timestamp(secs));
+    let mut c = ch
+        .basic_consume("gts".into(), "".into(), BasicConsumeOptions::default(), a)
+        .await
+        .expect("consume");
+    let mut last = 0;
+    for i in 10..13 {
+        let (off, body, tag) = next(&mut c).await;
+        assert_eq!((off, body), (i, format!("m{i}")));
+        last = tag;
+    }
+    quiet(&mut c).await;
+    ch.basic_ack(last, BasicAckOptions { multiple: true })
+        .await
+        .unwrap();
+    // Offsets 0..10 were passed over, 10..13 acked: all committed (the
+    // offset had stayed at the index entry, 0, before).
+    common::eventually(|| async {
+        let j = common::get_ok(&s, "/api/queues/%2f/gts").await;
+        j["stream"]["groups"][0]["committed_offset"] == 13
+    })
+    .await;
+    s.shutdown().await;
+}

@@ -885,3 +885,205 @@ async fn a_consume_naming_a_super_stream_is_checked() {
     }
     s.shutdown().await;
 }
+
+/// The partition queues of super stream `name` that exist (`name-0` ..
+/// `name-{max-1}` looked up) and the exchange's bindings' destinations.
+async fn layout(s: &Server, name: &str, max: usize) -> (Vec<String>, Vec<String>) {
+    let mut queues = Vec::new();
+    for i in 0..max {
+        let q = format!("{name}-{i}");
+        if api(s, "GET", &format!("/api/queues/%2f/{q}"), "").await.0 == 200 {
+            queues.push(q);
+        }
+    }
+    let (st, body) = api(
+        s,
+        "GET",
+        &format!("/api/exchanges/%2f/{name}/bindings/source"),
+        "",
+    )
+    .await;
+    let mut bound: Vec<String> = match st {
+        200 => serde_json::from_str::<J>(&body)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["destination"].as_str().unwrap().to_owned())
+            .collect(),
+        _ => Vec::new(),
+    };
+    bound.sort();
+    (queues, bound)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_creates_and_deletes_of_one_super_stream_leave_one_layout() {
+    let s = common::start().await;
+    let addr = s.http_addr();
+    const N: usize = 8;
+    for round in 0..5 {
+        let name = format!("race{round}");
+        // Half ask for 3 partitions, half for 5: one wins, the calls with
+        // its body find it made (204), the others are refused (400).
+        let calls: Vec<_> = (0..N)
+            .map(|i| {
+                let n = if i % 2 == 0 { 3 } else { 5 };
+                let path = format!("/api/super-streams/%2f/{name}");
+                tokio::spawn(async move {
+                    let body = format!(r#"{{"partitions": {n}}}"#);
+                    let r = common::raw_at(addr, "PUT", &path, Some(common::GUEST), &body).await;
+                    (n, r)
+                })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for c in calls {
+            answers.push(common::within(c).await.unwrap());
+        }
+        let created: Vec<usize> = answers
+            .iter()
+            .filter(|(_, (st, _))| *st == 201)
+            .map(|(n, _)| *n)
+            .collect();
+        assert_eq!(created.len(), 1, "exactly one creates: {answers:?}");
+        let won = created[0];
+        for (n, (st, body)) in &answers {
+            match (*n == won, *st) {
+                (true, 201 | 204) => {}
+                (false, 400) => assert!(
+                    body.contains(&format!("there is already an exchange named {name}")),
+                    "{body}"
+                ),
+                _ => panic!("{n} partitions answered {st} {body} ({won} won)"),
+            }
+        }
+        let want: Vec<String> = (0..won).map(|i| format!("{name}-{i}")).collect();
+        assert_eq!(
+            layout(&s, &name, 5).await,
+            (want.clone(), want),
+            "round {round}"
+        );
+        let j = super_stream(&s, &name).await;
+        assert_eq!(j["partitions"].as_array().unwrap().len(), won);
+
+        // Racing deletes: one removes it all, the others find nothing.
+        let dels: Vec<_> = (0..N)
+            .map(|_| {
+                let path = format!("/api/super-streams/%2f/{name}");
+                tokio::spawn(async move {
+                    common::raw_at(addr, "DELETE", &path, Some(common::GUEST), "").await
+                })
+            })
+            .collect();
+        let mut codes = Vec::new();
+        for d in dels {
+            codes.push(common::within(d).await.unwrap().0);
+        }
+        codes.sort();
+        let mut want_codes = vec![404; N - 1];
+        want_codes.insert(0, 204);
+        assert_eq!(codes, want_codes);
+        assert_eq!(layout(&s, &name, 5).await, (vec![], vec![]));
+    }
+    s.shutdown().await;
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A member of group `g` over super stream `tsx` on partition `tsx-0`
+/// (prefetch 100, tag `tag`), with `x-stream-offset` a timestamp.
+async fn member_since(conn: &Connection, tag: &str, secs: u64) -> (Channel, Consumer) {
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_qos(100, BasicQosOptions::default()).await.unwrap();
+    let mut a = group_args("g", "tsx", None);
+    a.insert("x-stream-offset".into(), AMQPValue::Timestamp(secs));
+    let c = ch
+        .basic_consume(
+            "tsx-0".into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            a,
+        )
+        .await
+        .unwrap();
+    (ch, c)
+}
+
+/// Partition `tsx-0`'s committed offset for group `g`, from the API.
+async fn tsx_committed(s: &Server) -> u64 {
+    super_stream(s, "tsx").await["partitions"][0]["groups"][0]["committed_offset"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_starting_by_timestamp_gets_nothing_older_and_a_takeover_resumes_at_the_committed_offset(
+) {
+    let s = common::start().await;
+    let conn = common::connect(&s).await;
+    let ch = confirming(&conn).await;
+    declare_layout(&ch, "tsx", 1).await;
+    // Ten old messages, each in a chunk of its own (confirmed one by one),
+    // in one segment: its one index entry is offset 0.
+    for i in 0..10 {
+        publish(&ch, "tsx", &[("0".into(), format!("old{i}"))]).await;
+    }
+    // The timestamp: the next whole second, once the broker's clock (10 ms
+    // ticks) is surely past it; then six new messages, a chunk each.
+    let secs = unix_ms() / 1000 + 1;
+    common::wait_until("the next second", Duration::from_secs(3), || async {
+        unix_ms() >= secs * 1000 + 100
+    })
+    .await;
+    for i in 0..6 {
+        publish(&ch, "tsx", &[("0".into(), format!("new{i}"))]).await;
+    }
+    let (cha, mut a) = member_since(&conn, "a", secs).await;
+    let mut tags = Vec::new();
+    for i in 0..6u64 {
+        let (off, body, tag) = common::stream::next(&mut a).await;
+        assert_eq!(
+            (off, body.as_str()),
+            (10 + i as i64, format!("new{i}").as_str())
+        );
+        tags.push(tag);
+    }
+    common::stream::quiet(&mut a).await;
+    // Three acked: the committed offset moves over the old chunks the
+    // reader passed over and the three acked (it stayed at the index entry).
+    for t in &tags[..3] {
+        cha.basic_ack(*t, BasicAckOptions::default()).await.unwrap();
+    }
+    common::wait_until("committed offset 13", Duration::from_secs(10), || async {
+        tsx_committed(&s).await == 13
+    })
+    .await;
+    // A second member (ranked after a: same connection, later channel)
+    // waits; when a goes, it takes over at the committed offset, its own
+    // timestamp ignored (the group's offset wins in a super stream).
+    let (chb, mut b) = member_since(&conn, "b", secs).await;
+    common::stream::quiet(&mut b).await;
+    cha.close(200, "bye".into()).await.unwrap();
+    for i in 3..6u64 {
+        let (off, body, tag) = common::stream::next(&mut b).await;
+        assert_eq!(
+            (off, body.as_str()),
+            (10 + i as i64, format!("new{i}").as_str())
+        );
+        chb.basic_ack(tag, BasicAckOptions::default())
+            .await
+            .unwrap();
+    }
+    common::stream::quiet(&mut b).await;
+    common::wait_until("committed offset 16", Duration::from_secs(10), || async {
+        tsx_committed(&s).await == 16
+    })
+    .await;
+    s.shutdown().await;
+}

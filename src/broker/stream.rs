@@ -50,6 +50,8 @@ pub const FILTER_VALUE_KEY: &str = "x-stream-filter-value";
 /// The consumer arguments of filtering (RabbitMQ 3.13).
 pub const FILTER_KEY: &str = "x-stream-filter";
 pub const MATCH_UNFILTERED_KEY: &str = "x-stream-match-unfiltered";
+/// RabbitMQ 3.13's Bloom filter size argument (checked, not used).
+const FILTER_SIZE_KEY: &str = "x-stream-filter-size-bytes";
 
 /// Arguments RabbitMQ 3.10 knows for other queue types and refuses on a
 /// stream ("invalid arg ... of queue type rabbit_stream_queue").
@@ -203,16 +205,13 @@ pub fn check_declare(queue: &str, vhost: &str, opts: &QueueOptions) -> Result<St
             .ok_or_else(|| invalid_arg("x-max-age", queue, vhost, "invalid_max_age"))?;
         settings.max_age_ms = Some(ms);
     }
-    // RabbitMQ 3.13's check_filter_size (its text has the two spaces);
-    // Warren's filter is exact and has no size to set.
-    if let Some(v) = args.get("x-stream-filter-size-bytes") {
-        if v.as_i64().is_some_and(|n| !(16..=255).contains(&n)) {
-            return Err(BrokerError::new(
-                ErrorKind::PreconditionFailed,
-                "Invalid value for  x-stream-filter-size-bytes",
-            ));
-        }
-    }
+    // Warren's filter is exact and has no size to set, but the value is
+    // checked as RabbitMQ 3.13 checks it: first its type, with the other
+    // values (`rabbit_amqqueue:declare_args`, check_non_neg_int_arg), ...
+    let filter_size = args
+        .get(FILTER_SIZE_KEY)
+        .map(|v| non_negative(FILTER_SIZE_KEY, v, queue, vhost))
+        .transpose()?;
     for key in REFUSED_ARGS {
         if args.get(key).is_some() {
             return Err(BrokerError::new(
@@ -234,6 +233,14 @@ pub fn check_declare(queue: &str, vhost: &str, opts: &QueueOptions) -> Result<St
         return Err(BrokerError::new(
             ErrorKind::PreconditionFailed,
             format!("invalid property '{p}' for queue '{queue}' in vhost '{vhost}'"),
+        ));
+    }
+    // ... then its range, after the flags (rabbit_stream_queue's
+    // check_filter_size; its text has the two spaces).
+    if filter_size.is_some_and(|n| !(16..=255).contains(&n)) {
+        return Err(BrokerError::new(
+            ErrorKind::PreconditionFailed,
+            format!("Invalid value for  {FILTER_SIZE_KEY}"),
         ));
     }
     Ok(settings)
@@ -740,10 +747,12 @@ impl StreamQueue {
             if let Some(name) = &c.group {
                 let mut gs = self.groups();
                 let log = &self.log;
-                let g = gs
-                    .map
-                    .entry(name.clone())
-                    .or_insert_with(|| groups::Group::at(log.resolve(at).0));
+                let g = gs.map.entry(name.clone()).or_insert_with(|| {
+                    let (from, since) = log.resolve(at);
+                    let mut g = groups::Group::at(from);
+                    g.since = since;
+                    g
+                });
                 g.members.push(slot);
                 if partition.is_some() {
                     g.partition = partition;
@@ -820,14 +829,41 @@ impl StreamQueue {
         let Some(new) = want.and_then(|s| cons.get(&s)) else {
             return;
         };
-        let from = match (g.partition, new.explicit) {
-            (None, Some(at)) => at,
-            _ => StartAt::Offset(g.committed),
-        };
-        let cursor = Cursor::new(&self.log, from);
+        let explicit = new.explicit.filter(|_| g.partition.is_none());
+        let (cursor, since) = self.start_cursor(g, explicit);
         g.restart_at(cursor.next);
+        g.since = since;
         new.position.store(cursor.next, Ordering::Relaxed);
         new.set_reader(Some(cursor));
+    }
+
+    /// Where group `g`'s new reader starts, and the timestamp it started
+    /// from if nothing is acknowledged after it yet: at `explicit` (a
+    /// single-stream group member's own `x-stream-offset`), else at the
+    /// committed offset; a group started by timestamp that has not moved
+    /// yet reads from there as its first reader did, passing over the
+    /// chunks older than the timestamp (its committed offset is the index
+    /// entry before them), unless retention moved where that resolves to.
+    fn start_cursor(&self, g: &groups::Group, explicit: Option<StartAt>) -> (Cursor, Option<i64>) {
+        let committed = || Cursor::new(&self.log, StartAt::Offset(g.committed));
+        match (explicit, g.since) {
+            (Some(at), _) => {
+                let since = match at {
+                    StartAt::Timestamp(ts) => Some(ts),
+                    _ => None,
+                };
+                (Cursor::new(&self.log, at), since)
+            }
+            (None, Some(ts)) => {
+                let c = Cursor::new(&self.log, StartAt::Timestamp(ts));
+                if c.next == g.committed {
+                    (c, Some(ts))
+                } else {
+                    (committed(), None)
+                }
+            }
+            (None, None) => (committed(), None),
+        }
     }
 
     /// Acks (and, as RabbitMQ counts them, nothing else) return credit to
@@ -896,8 +932,9 @@ impl StreamQueue {
         }
     }
 
-    /// A filtering group member's reader passed over `ranges` (not
-    /// wanted): they count as acknowledged for its group.
+    /// A group member's reader passed over `ranges` (not wanted by its
+    /// filter, older than its start timestamp, or gone to retention):
+    /// they count as acknowledged for its group.
     fn group_passed_over(&self, c: &StreamConsumer, ranges: &[(u64, u64)]) {
         let Some(name) = &c.group else { return };
         if ranges.is_empty() {
@@ -1111,7 +1148,10 @@ async fn read_for(
                 return;
             }
         };
-        if c.group.is_some() && c.filter.is_some() {
+        // What a group member's read passed over (chunks a filter or a
+        // start timestamp skipped, offsets retention removed) counts as
+        // acknowledged: the committed offset moves past it.
+        if c.group.is_some() {
             if let Some(s) = queue.stream() {
                 let delivered: Vec<u64> = msgs.iter().map(|(o, _)| *o).collect();
                 s.group_passed_over(&c, &gaps(start, next, &delivered));

@@ -58,6 +58,12 @@ pub struct Vhost {
     me: Weak<Vhost>,
     /// Direct reply-to consumers of this vhost's channels.
     pub replies: ReplyRegistry,
+    /// Held around a super stream's creation or deletion (its sequence of
+    /// declarations, binds and removals), so two racing calls do not
+    /// interleave: the second sees what the first made. Async, as callers
+    /// wait for it on the runtime; never held across disk I/O (the
+    /// declarations only queue their definition writes).
+    pub(super) super_streams: tokio::sync::Mutex<()>,
 }
 
 const NO_LIMIT: u64 = u64::MAX;
@@ -142,6 +148,7 @@ impl Vhost {
             queue_limit: AtomicU64::new(NO_LIMIT),
             me: Weak::new(),
             replies: ReplyRegistry::default(),
+            super_streams: tokio::sync::Mutex::new(()),
         };
         let durable = ExchangeOptions {
             durable: true,

@@ -199,6 +199,7 @@ async fn create(
     };
     let created = v
         .create_super_stream(&name, &spec, &caller)
+        .await
         .map_err(refusal_or)?;
     Ok(put_status(!created))
 }
@@ -210,6 +211,8 @@ async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let v = vhost_or_404(&s, &vhost)?;
     let caller = caller_in(&s, &user, &vhost)?;
-    v.delete_super_stream(&name, &caller).map_err(refusal_or)?;
+    v.delete_super_stream(&name, &caller)
+        .await
+        .map_err(refusal_or)?;
     Ok(StatusCode::NO_CONTENT)
 }

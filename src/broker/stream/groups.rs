@@ -10,8 +10,10 @@
 //! stream keeping its own; which member reads which partition is decided
 //! by `StreamQueue::rebalance`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use rangemap::RangeSet;
+use std::collections::HashMap;
 use std::io::{self, Write};
+use std::ops::Range;
 use std::path::Path;
 
 /// The consumer argument naming a member's group.
@@ -24,12 +26,14 @@ const FILE: &str = "groups.json";
 pub(super) struct Group {
     /// Every offset below this was acknowledged.
     pub committed: u64,
-    /// Acknowledged offsets at or above `committed` (acks of a member's
-    /// deliveries may come out of order).
-    acked: BTreeSet<u64>,
-    /// Ranges `[start, end)` a filtering member's reader passed over (they
-    /// count as acknowledged), by start.
-    skipped: BTreeMap<u64, u64>,
+    /// Offsets above `committed` that count as acknowledged: acked (a
+    /// member's acks may come out of order) or passed over by a filtering
+    /// reader. Kept as coalesced, disjoint ranges, so its size is the
+    /// number of gaps (unacknowledged deliveries, at most the reader's
+    /// prefetch, plus one), not how far the reader ran ahead of one
+    /// early delivery left unacknowledged; and the committed offset moves
+    /// over a contiguous run in one step (O(log n)).
+    done: RangeSet<u64>,
     /// Member slots in arrival order.
     pub members: Vec<u32>,
     /// The member reading this stream for the group.
@@ -37,6 +41,11 @@ pub(super) struct Group {
     /// This stream's index in the super stream the group consumes
     /// (members then share the partitions), if it consumes one.
     pub partition: Option<u32>,
+    /// The timestamp (ms) the group started reading from, while nothing
+    /// was delivered and acknowledged yet: `committed` is then the index
+    /// entry before the timestamp's chunk, and a reader handed the stream
+    /// still passes over the chunks older than it.
+    pub since: Option<i64>,
 }
 
 impl Group {
@@ -53,8 +62,7 @@ impl Group {
         if offset < self.committed {
             return false;
         }
-        self.acked.insert(offset);
-        self.advance()
+        self.mark(offset..offset.saturating_add(1))
     }
 
     /// Records that the reader passed over `[lo, hi)` (its filter did not
@@ -63,34 +71,33 @@ impl Group {
         if hi <= self.committed || lo >= hi {
             return false;
         }
-        self.skipped.insert(lo.max(self.committed), hi);
-        self.advance()
+        self.mark(lo.max(self.committed)..hi)
     }
 
-    /// Moves `committed` over the acknowledged and skipped offsets that
-    /// follow it.
-    fn advance(&mut self) -> bool {
-        let before = self.committed;
-        loop {
-            if self.acked.first() == Some(&self.committed) {
-                self.acked.pop_first();
-                self.committed += 1;
-            } else if let Some((_, hi)) = self
-                .skipped
-                .first_key_value()
-                .filter(|(lo, _)| **lo <= self.committed)
-                .map(|(lo, hi)| (*lo, *hi))
-            {
-                self.skipped.pop_first();
-                self.committed = self.committed.max(hi);
-                while self.acked.first().is_some_and(|a| *a < self.committed) {
-                    self.acked.pop_first();
-                }
-            } else {
-                break;
-            }
-        }
-        self.committed != before
+    /// Adds `range` (at or above `committed`, not empty) to the done
+    /// offsets and moves `committed` over the run that follows it.
+    fn mark(&mut self, range: Range<u64>) -> bool {
+        self.done.insert(range);
+        // Touching ranges are coalesced: the first range, if it starts at
+        // the committed offset, is the whole contiguous run after it.
+        let Some(run) = self
+            .done
+            .first()
+            .filter(|r| r.start <= self.committed)
+            .cloned()
+        else {
+            return false;
+        };
+        self.done.remove(run.clone());
+        self.committed = run.end;
+        self.since = None;
+        true
+    }
+
+    /// How many separate ranges above `committed` are kept.
+    #[cfg(test)]
+    pub fn ranges(&self) -> usize {
+        self.done.len()
     }
 
     /// A member starts reading at `offset` (its explicit `x-stream-offset`,
@@ -98,8 +105,8 @@ impl Group {
     pub fn restart_at(&mut self, offset: u64) {
         if offset != self.committed {
             self.committed = offset;
-            self.acked.clear();
-            self.skipped.clear();
+            self.done.clear();
+            self.since = None;
         }
     }
 }
@@ -186,5 +193,82 @@ mod tests {
         assert!(g.skip(7, 100));
         assert_eq!(g.committed, 100);
         assert!(!g.skip(10, 50), "below the committed offset");
+    }
+
+    #[test]
+    fn out_of_order_acks_and_skips_interleaved_move_the_committed_offset_over_the_prefix() {
+        let mut g = Group::at(0);
+        assert!(!g.ack(3));
+        assert!(!g.skip(5, 8));
+        assert!(!g.ack(1));
+        assert_eq!(g.ranges(), 3, "1, 3 and 5..8 apart");
+        assert!(!g.ack(4));
+        assert_eq!(g.ranges(), 2, "3..8 merged");
+        assert!(!g.skip(2, 3));
+        assert_eq!(g.ranges(), 1, "1..8 merged");
+        assert_eq!(g.committed, 0, "0 is still unacknowledged");
+        assert!(g.ack(0));
+        assert_eq!((g.committed, g.ranges()), (8, 0));
+        // A skip overlapping the committed offset and acks inside it.
+        assert!(!g.ack(12));
+        assert!(g.skip(6, 11));
+        assert_eq!((g.committed, g.ranges()), (11, 1));
+        assert!(!g.ack(12), "already counted");
+        assert!(g.ack(11));
+        assert_eq!((g.committed, g.ranges()), (13, 0));
+    }
+
+    #[test]
+    fn one_early_unacknowledged_delivery_keeps_one_range_however_far_the_reader_runs() {
+        let mut g = Group::at(0);
+        for o in 1..1_000_000 {
+            assert!(!g.ack(o));
+        }
+        for lo in (1_000_000..2_000_000).step_by(10) {
+            assert!(!g.skip(lo, lo + 10));
+        }
+        assert_eq!((g.committed, g.ranges()), (0, 1));
+        assert!(g.ack(0));
+        assert_eq!((g.committed, g.ranges()), (2_000_000, 0));
+    }
+
+    #[test]
+    fn gaps_are_kept_one_range_each() {
+        let mut g = Group::at(0);
+        // Every third offset left unacknowledged: one range per gap.
+        for o in (0..300).filter(|o| o % 3 != 0) {
+            g.ack(o);
+        }
+        assert_eq!((g.committed, g.ranges()), (0, 100));
+        for o in (0..300).step_by(3) {
+            g.ack(o);
+        }
+        assert_eq!((g.committed, g.ranges()), (300, 0));
+    }
+
+    proptest::proptest! {
+        /// Against a model that keeps every offset: the same committed
+        /// offset after any mix of acks and skips, in any order.
+        #[test]
+        fn ranges_agree_with_a_set_of_every_offset(
+            ops in proptest::collection::vec((0u64..200, 0u64..6, proptest::bool::ANY), 1..200)
+        ) {
+            let mut g = Group::at(0);
+            let mut model = std::collections::BTreeSet::new();
+            let mut committed = 0u64;
+            for (lo, len, is_ack) in ops {
+                let hi = if is_ack { lo + 1 } else { lo + len };
+                if is_ack { g.ack(lo); } else { g.skip(lo, hi); }
+                model.extend(lo..hi);
+                while model.contains(&committed) {
+                    committed += 1;
+                }
+                proptest::prop_assert_eq!(g.committed, committed);
+                let gaps = model.range(committed..).fold((0, None), |(n, prev), &o| {
+                    (if prev == Some(o - 1) { n } else { n + 1 }, Some(o))
+                }).0;
+                proptest::prop_assert_eq!(g.ranges(), gaps);
+            }
+        }
     }
 }

@@ -109,8 +109,20 @@ impl Vhost {
     /// Creates super stream `name` as `add_super_stream` does; `Ok(false)`
     /// when it exists already with the same partitions (nothing changes).
     /// Every permission is checked before anything is created, and a
-    /// failure part-way removes what was created.
-    pub fn create_super_stream(
+    /// failure part-way removes what was created. Creations and deletions
+    /// in a vhost run one at a time.
+    pub async fn create_super_stream(
+        &self,
+        name: &str,
+        spec: &SuperStreamSpec,
+        caller: &Caller,
+    ) -> Result<bool> {
+        let _one_at_a_time = self.super_streams.lock().await;
+        self.create_super_stream_now(name, spec, caller)
+    }
+
+    /// [`Self::create_super_stream`], under the vhost's super stream lock.
+    fn create_super_stream_now(
         &self,
         name: &str,
         spec: &SuperStreamSpec,
@@ -212,8 +224,14 @@ impl Vhost {
     }
 
     /// Deletes super stream `name`: its exchange and its partitions (with
-    /// their logs and groups).
-    pub fn delete_super_stream(&self, name: &str, caller: &Caller) -> Result<()> {
+    /// their logs and groups); not while one is being created or deleted.
+    pub async fn delete_super_stream(&self, name: &str, caller: &Caller) -> Result<()> {
+        let _one_at_a_time = self.super_streams.lock().await;
+        self.delete_super_stream_now(name, caller)
+    }
+
+    /// [`Self::delete_super_stream`], under the vhost's super stream lock.
+    fn delete_super_stream_now(&self, name: &str, caller: &Caller) -> Result<()> {
         let ex = self.exchange(name)?;
         if !is_super_stream(&ex) {
             return Err(failed(format!(
