@@ -1,4 +1,6 @@
-//! One queue's state machine: ready messages, consumers, unacked messages.
+//! One queue's state machine: ready messages, consumers, and totals over
+//! unacked deliveries (each delivery's one record, [`Unacked`], is made
+//! here and kept by its holder, which hands it back to settle it).
 //!
 //! Delivery is push: after anything that may let messages move (a publish,
 //! an ack, a new consumer, freed credit) the owner calls [`QueueCore::dispatch`],
@@ -228,6 +230,10 @@ pub struct Unacked {
     /// Body bytes, with [`PERSISTENT_BIT`] and [`SLOT_BIT`].
     size: u32,
 }
+
+// The packing the record's docs promise.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Unacked>() == 40);
 
 impl Unacked {
     fn new(consumer: ConsumerId, m: &QueuedMessage, now: u64, keep_body: bool) -> Self {

@@ -39,6 +39,9 @@ pub(super) struct Unacked {
     held: warren_queues::Unacked,
 }
 
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Unacked>() == 56);
+
 pub(super) struct Consumer {
     id: ConsumerId,
     queue: Arc<Queue>,
