@@ -176,34 +176,46 @@ async fn unacked(
         .iter()
         .map(|(c, u)| {
             let message = u.message.as_ref().or_else(|| loaded.get(&u.seq));
-            let number = u.channel;
-            let channel = json!({
-                "name": format!("{} ({number})", c.name),
-                "number": number,
-                "connection_name": c.name,
-                "user_provided_name": (!c.client.connection_name.is_empty())
-                    .then(|| c.client.connection_name.clone()),
-                "peer_host": c.peer.ip().to_string(),
-                "peer_port": c.peer.port(),
-                "user": c.user,
-                "node": s.node,
-            });
-            json!({
-                // Kept null, as before the records moved to the channels:
-                // the channel and delivery time identify a delivery.
-                "delivery_tag": null,
-                "consumer_tag": u.consumer_tag,
-                "channel_details": channel,
-                "delivered_at": u.delivered_at,
-                "held_for_ms": now.saturating_sub(u.delivered_at),
-                "redelivered": u.redelivered,
-                "exchange": message.map(|m| m.exchange().to_owned()),
-                "routing_key": message.map(|m| m.routing_key().to_owned()),
-                "payload_bytes": message.map(|m| m.body().len()),
-            })
+            held_json(&s.node, c, u, message, now)
         })
         .collect();
     Ok(Json(json!({"total": total, "items": items})))
+}
+
+/// One held delivery as the view shows it: the holder's channel and
+/// consumer tag, times, and what is known of the message.
+fn held_json(
+    node: &str,
+    c: &ConnectionInfo,
+    u: &HeldDelivery,
+    message: Option<&Arc<warren_queues::Message>>,
+    now: u64,
+) -> J {
+    let number = u.channel;
+    let channel = json!({
+        "name": format!("{} ({number})", c.name),
+        "number": number,
+        "connection_name": c.name,
+        "user_provided_name": (!c.client.connection_name.is_empty())
+            .then(|| c.client.connection_name.clone()),
+        "peer_host": c.peer.ip().to_string(),
+        "peer_port": c.peer.port(),
+        "user": c.user,
+        "node": node,
+    });
+    json!({
+        // Kept null, as before the records moved to the channels: the
+        // channel and delivery time identify a delivery.
+        "delivery_tag": null,
+        "consumer_tag": u.consumer_tag,
+        "channel_details": channel,
+        "delivered_at": u.delivered_at,
+        "held_for_ms": now.saturating_sub(u.delivered_at),
+        "redelivered": u.redelivered,
+        "exchange": message.map(|m| m.exchange().to_owned()),
+        "routing_key": message.map(|m| m.routing_key().to_owned()),
+        "payload_bytes": message.map(|m| m.body().len()),
+    })
 }
 
 /// The `n` oldest deliveries of `queue` over every connection, oldest
