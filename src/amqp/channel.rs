@@ -1745,28 +1745,31 @@ impl Connection {
             if held_for <= timeout {
                 continue;
             }
+            let consumer = u.held.consumer();
+            let seen = consumer.is_some_and(|c| {
+                late.consumers
+                    .iter()
+                    .any(|(q, id)| *id == c && Arc::ptr_eq(q, &u.queue))
+            });
+            if seen {
+                continue; // named once, with all it holds
+            }
             tracing::warn!(
                 conn = self.id,
                 channel = id,
                 queue = %u.queue.name,
-                consumer = u.held.consumer(),
+                consumer,
                 timeout,
                 action = action.as_str(),
                 "delivery timed out waiting for acknowledgement"
             );
-            match (action, u.held.consumer()) {
+            match (action, consumer) {
                 (warren_queues::TimeoutAction::Close, _) => {
                     late.close = Some(timeout);
                     return Some(late);
                 }
                 (warren_queues::TimeoutAction::Cancel, Some(c)) => {
-                    if !late
-                        .consumers
-                        .iter()
-                        .any(|(q, id)| *id == c && Arc::ptr_eq(q, &u.queue))
-                    {
-                        late.consumers.push((u.queue.clone(), c));
-                    }
+                    late.consumers.push((u.queue.clone(), c));
                 }
                 (warren_queues::TimeoutAction::Cancel, None) => late.gets.push(i),
             }
