@@ -499,7 +499,7 @@ async fn a_no_ack_delivery_handed_back_unwritten_survives_a_restart() {
         let got = q.get(true).expect("a message");
         let (m, left) = (got.message, got.left);
         assert_eq!((m.message.body(), left), (&b"first"[..], 1));
-        q.undeliver(m, true, None);
+        q.undeliver(m, true, None, None);
         assert_eq!(q.counts().0, 2);
         c.close(200, "bye".into()).await.unwrap();
         s.shutdown().await;
@@ -539,7 +539,7 @@ async fn a_no_ack_delivery_handed_back_unwritten_keeps_its_deadline_across_a_res
             .unwrap()
             .as_millis() as u64;
         deadline = std::time::Instant::now() + std::time::Duration::from_millis(3000);
-        q.undeliver(m, true, Some(now + 3000));
+        q.undeliver(m, true, Some(now + 3000), None);
         assert_eq!(q.counts().0, 1);
         c.close(200, "bye".into()).await.unwrap();
         s.shutdown().await;
@@ -692,12 +692,10 @@ async fn unacked_messages_past_the_budget_are_held_on_disk_and_requeued_in_order
         assert_eq!(u32::from_be_bytes(d.data[..4].try_into().unwrap()), want);
     }
     let queue = s.broker().vhost("/").unwrap().queue(&q).unwrap();
-    let (n, infos) = queue.unacked(total as usize);
-    assert_eq!(n, total as usize);
-    assert!(
-        infos
-            .iter()
-            .all(|u| u.message.is_none() && u.stored.is_some()),
+    let held = queue.contents();
+    assert_eq!(held.unacked, total as usize);
+    assert_eq!(
+        held.bytes.ram_unacked.count, 0,
         "with a zero budget no unacked record holds a body"
     );
     // The unacked view reads what it shows from disk.

@@ -844,3 +844,109 @@ async fn unacked_view_lists_many_channels_and_queues() {
     drop(conns);
     s.shutdown().await;
 }
+
+/// Deliveries of one queue held by several channels over two connections,
+/// by consumers and by basic.get: the view merges what each connection
+/// reports (the queue keeps only the count), oldest first, naming each
+/// holder's channel, connection and consumer tag.
+#[tokio::test]
+async fn unacked_view_merges_two_connections_oldest_first() {
+    let (s, _c, admin) = start_channel().await;
+    queue(&admin, "spread", false).await;
+    // Body lengths tell the deliveries apart in the view; exactly what is
+    // taken below, so nothing follows the acks.
+    for len in 1..=5usize {
+        publish(&admin, "", "spread", &vec![b'x'; len]).await;
+    }
+    let (c1, c2) = (connect(&s).await, connect(&s).await);
+    let a = c1.create_channel().await.unwrap();
+    let b = c2.create_channel().await.unwrap();
+    let c = c1.create_channel().await.unwrap();
+    let d = c2.create_channel().await.unwrap();
+    let get = |ch: Channel| async move {
+        ch.basic_get("spread".into(), BasicGetOptions { no_ack: false })
+            .await
+            .unwrap()
+            .expect("a message")
+            .delivery
+    };
+    let consumer = |ch: Channel, tag: &'static str, prefetch: u16| async move {
+        ch.basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .unwrap();
+        ch.basic_consume(
+            "spread".into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+    };
+    // Taken in queue order: 1 by a get on c1, 2 by c2's consumer
+    // (prefetch 1), 3 and 4 by c1's (prefetch 2), 5 by a get on c2.
+    let mut held = vec![get(a.clone()).await];
+    let mut bc = consumer(b.clone(), "b-cons", 1).await;
+    held.push(next(&mut bc).await);
+    let mut cc = consumer(c.clone(), "c-cons", 2).await;
+    held.push(next(&mut cc).await);
+    held.push(next(&mut cc).await);
+    held.push(get(d.clone()).await);
+    let lens: Vec<usize> = held.iter().map(|m| m.data.len()).collect();
+    assert_eq!(lens, vec![1, 2, 3, 4, 5]);
+
+    let j = get_ok(&s, "/api/queues/%2F/spread/unacked").await;
+    assert_eq!(j["total"], 5, "{j}");
+    let items = j["items"].as_array().unwrap();
+    let view: Vec<(u64, J, u64)> = items
+        .iter()
+        .map(|it| {
+            (
+                it["payload_bytes"].as_u64().unwrap(),
+                it["consumer_tag"].clone(),
+                it["channel_details"]["number"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let (na, nb, nc, nd) = (a.id() as u64, b.id() as u64, c.id() as u64, d.id() as u64);
+    assert_eq!(
+        view,
+        vec![
+            (1, J::Null, na),
+            (2, json!("b-cons"), nb),
+            (3, json!("c-cons"), nc),
+            (4, json!("c-cons"), nc),
+            (5, J::Null, nd),
+        ],
+        "oldest first, with holders: {j}"
+    );
+    let conn_of = |i: usize| items[i]["channel_details"]["connection_name"].clone();
+    assert_eq!(conn_of(0), conn_of(2));
+    assert_eq!(conn_of(0), conn_of(3));
+    assert_eq!(conn_of(1), conn_of(4));
+    assert_ne!(conn_of(0), conn_of(1), "two connections");
+    let times: Vec<u64> = items
+        .iter()
+        .map(|it| it["delivered_at"].as_u64().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    // The oldest three only, when asked for three.
+    let j = get_ok(&s, "/api/queues/%2F/spread/unacked?count=3").await;
+    let first: Vec<u64> = j["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|it| it["payload_bytes"].as_u64().unwrap())
+        .collect();
+    assert_eq!((j["total"].clone(), first), (json!(5), vec![1, 2, 3]));
+    for m in &held {
+        m.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    eventually(|| async { get_ok(&s, "/api/queues/%2F/spread/unacked").await["total"] == 0 }).await;
+    assert_eq!(
+        get_ok(&s, "/api/queues/%2F/spread/unacked").await["items"],
+        json!([])
+    );
+    drop((bc, cc, a, b, c, d, c1, c2));
+    s.shutdown().await;
+}

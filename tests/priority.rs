@@ -122,12 +122,10 @@ async fn past_its_budget_a_durable_priority_queue_delivers_in_order_from_disk() 
     }
     assert_eq!(got, want[2..], "highest priority first, FIFO within");
     let queue = s.broker().vhost("/").unwrap().queue(&q).unwrap();
-    let (n, infos) = queue.unacked(total as usize);
-    assert_eq!(n, (total - 2) as usize);
-    assert!(
-        infos
-            .iter()
-            .all(|u| u.message.is_none() && u.stored.is_some()),
+    let held = queue.contents();
+    assert_eq!(held.unacked, (total - 2) as usize);
+    assert_eq!(
+        held.bytes.ram_unacked.count, 0,
         "with a zero budget no unacked record holds a body"
     );
     cch.close(200, "requeue".into()).await.unwrap();

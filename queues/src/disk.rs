@@ -2069,9 +2069,13 @@ pub(crate) mod tests {
             core.publish(persistent(i, &format!("m{i}"), &disk, 1).message);
         }
         let mut seqs = Vec::new();
+        let mut held = Vec::new();
         loop {
-            match core.get(false, 7, 0) {
-                Some((m, _)) => seqs.push(m.seq),
+            match core.get(false, 0) {
+                Some((m, _, h)) => {
+                    seqs.push(m.seq);
+                    held.extend(h);
+                }
                 None => match core.head_load() {
                     Some(l) => core.finish_loads(l.read()),
                     None => break,
@@ -2079,25 +2083,24 @@ pub(crate) mod tests {
             }
         }
         assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
-        let (total, infos) = core.unacked(1000);
-        assert_eq!(total, 100);
-        let held: u64 = infos
+        assert_eq!(core.unacked_count(), 100);
+        let kept: u64 = held
             .iter()
-            .filter_map(|u| u.message.as_ref())
+            .filter_map(|u| u.message())
             .map(|m| m.size())
             .sum();
-        assert!(held <= 40, "{held} bytes of unacked bodies held");
-        let paged: Vec<_> = infos.iter().filter(|u| u.message.is_none()).collect();
+        assert!(kept <= 40, "{kept} bytes of unacked bodies held");
+        let paged: Vec<_> = held.iter().filter(|u| u.message().is_none()).collect();
         assert!(paged.len() > 80, "only {} paged", paged.len());
         assert!(
-            paged.iter().all(|u| u.stored.is_some()),
+            paged.iter().all(|u| core.unacked_location(u.seq).is_some()),
             "each knows its place"
         );
-        core.requeue(&seqs);
+        core.requeue(held);
         let mut again = Vec::new();
         loop {
-            match core.get(true, 7, 0) {
-                Some((m, _)) => {
+            match core.get(true, 0) {
+                Some((m, _, _)) => {
                     assert!(m.redelivered);
                     again.push(body_text(&m));
                 }

@@ -26,7 +26,7 @@ pub use message::{Message, MessageError, QueuedMessage, StoredRef};
 pub use peek::{PeekBody, PeekEntry, Peeked};
 pub use priority::{level_id, level_ids, PriorityStore, MAX_SUPPORTED_PRIORITY};
 pub use queue::{
-    Activity, ByteTotals, ChannelLimit, ConsumeError, ConsumerId, ConsumerSpec, Dispatched, Holder,
-    QueueCore, TimedOut, UnackedInfo,
+    Activity, ByteTotals, ChannelLimit, ConsumeError, ConsumerId, ConsumerSpec, Dispatched,
+    QueueCore, Unacked,
 };
 pub use store::{MemoryStore, MessageStore, TakenHead, Tally};

@@ -609,20 +609,20 @@ mod tests {
         q.publish_at(pmsg(0, "high", Some(3)).message, 0, None);
         q.publish_at(pmsg(0, "mid-ttl", Some(2)).message, 0, Some(50));
         assert_eq!(q.next_expiry(), None, "the head has no TTL");
-        let (got, _) = q.get(false, 0, 5).unwrap();
+        let (got, _, h) = q.get(false, 5).unwrap();
         assert_eq!(body(&got), "high");
         assert_eq!(q.next_expiry(), Some(50), "mid is the head now");
         assert_eq!(q.expire(60, 10), (2, false), "mid, then low behind it");
-        q.requeue(&[got.seq]);
+        q.requeue(h);
         assert_eq!(q.message_count(), 1);
         assert_eq!(q.next_expiry(), None);
         // A requeued message takes its deadline back into its own level.
         let mut q: QueueCore<&str> = QueueCore::new(Box::new(PriorityStore::memory(3, None)), 10);
         q.publish_at(pmsg(0, "a", Some(1)).message, 0, Some(100));
         q.publish_at(pmsg(0, "b", Some(2)).message, 0, Some(200));
-        let (b, _) = q.get(false, 0, 0).unwrap();
+        let (_, _, hb) = q.get(false, 0).unwrap();
         assert_eq!(q.next_expiry(), Some(100));
-        q.requeue(&[b.seq]);
+        q.requeue(hb);
         assert_eq!(q.next_expiry(), Some(200));
         assert_eq!(q.expire(150, 10), (0, false), "b's deadline, not a's");
         assert_eq!(q.expire(250, 10), (2, false));

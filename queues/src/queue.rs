@@ -1,4 +1,6 @@
-//! One queue's state machine: ready messages, consumers, unacked messages.
+//! One queue's state machine: ready messages, consumers, and totals over
+//! unacked deliveries (each delivery's one record, [`Unacked`], is made
+//! here and kept by its holder, which hands it back to settle it).
 //!
 //! Delivery is push: after anything that may let messages move (a publish,
 //! an ack, a new consumer, freed credit) the owner calls [`QueueCore::dispatch`],
@@ -24,8 +26,6 @@ use std::sync::Arc;
 
 mod lifecycle;
 mod redelivery;
-mod timeout;
-pub use timeout::TimedOut;
 
 pub type ConsumerId = u64;
 
@@ -191,83 +191,120 @@ pub struct Dispatched<C> {
     /// if it is handed back unwritten ([`QueueCore::undeliver`]); a
     /// manual-ack delivery's stays with the queue.
     pub deadline: Option<u64>,
-}
-
-/// Who holds an unacked message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Holder {
-    /// Delivered to this consumer.
-    Consumer(ConsumerId),
-    /// Taken with basic.get by the owner-chosen id given to [`QueueCore::get`]
-    /// (the broker packs its connection and channel into it).
-    Get(u64),
+    /// A manual-ack delivery's record, for its holder to keep until it
+    /// hands it back; `None` for a no-ack one.
+    pub held: Option<Unacked>,
 }
 
 /// The top bit of [`Unacked::at`]: the delivery was a redelivery.
 const REDELIVERED_BIT: u64 = 1 << 63;
+/// The top bit of [`Unacked::size`]: the message is persistent.
+const PERSISTENT_BIT: u32 = 1 << 31;
+/// The next bit of [`Unacked::size`]: the delivery holds a slot of its
+/// channel's shared prefetch limit ([`ChannelLimit`]). Bodies stay far
+/// below 2^30 bytes (the broker caps them at 512 MiB).
+const SLOT_BIT: u32 = 1 << 30;
+const SIZE_MASK: u32 = SLOT_BIT - 1;
 
-struct Unacked {
-    holder: Holder,
+/// One unacked delivery: the only record of it. The queue makes it as it
+/// delivers (dispatch, basic.get) and hands it to the holder (a channel),
+/// which keeps it until the delivery is settled and then hands it back
+/// ([`QueueCore::ack`], [`QueueCore::requeue`], [`QueueCore::reject`]);
+/// the queue keeps only totals over the records it handed out. Packed:
+/// 40 bytes.
+#[derive(Debug)]
+pub struct Unacked {
+    pub seq: u64,
     /// `None`: the store keeps where the message lies on disk instead
     /// (a durable queue past its memory budget, see
     /// [`MessageStore::keep_unacked`]), so a consumer sitting on a huge
-    /// backlog does not pin every body it was sent.
+    /// backlog does not pin every body it was sent; or the record is
+    /// [`Unacked::untracked`].
     message: Option<Arc<Message>>,
     /// When it was delivered (the caller's clock, milliseconds), with
-    /// [`REDELIVERED_BIT`] set for a redelivery: one word per entry.
+    /// [`REDELIVERED_BIT`] set for a redelivery.
     at: u64,
-    /// Body bytes, with [`PERSISTENT_BIT`] set for a persistent message,
-    /// for the unacked byte totals (the body itself may not be kept).
+    /// The consumer it was delivered to; 0 for basic.get (consumer ids
+    /// start at 1).
+    consumer: ConsumerId,
+    /// Body bytes, with [`PERSISTENT_BIT`] and [`SLOT_BIT`].
     size: u32,
 }
 
-/// The top bit of [`Unacked::size`]: the message is persistent.
-const PERSISTENT_BIT: u32 = 1 << 31;
+// The packing the record's docs promise.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Unacked>() == 40);
 
 impl Unacked {
-    fn new(holder: Holder, m: &QueuedMessage, now: u64, keep_body: bool) -> Self {
+    fn new(consumer: ConsumerId, m: &QueuedMessage, now: u64, keep_body: bool) -> Self {
         let flag = if m.redelivered { REDELIVERED_BIT } else { 0 };
-        let size = (m.message.size().min((PERSISTENT_BIT - 1) as u64) as u32)
+        let size = (m.message.size().min(SIZE_MASK as u64) as u32)
             | if m.message.persistent {
                 PERSISTENT_BIT
             } else {
                 0
             };
         Unacked {
-            holder,
+            seq: m.seq,
             message: keep_body.then(|| m.message.clone()),
             at: (now & !REDELIVERED_BIT) | flag,
+            consumer,
             size,
         }
     }
 
-    fn bytes(&self) -> u64 {
-        (self.size & !PERSISTENT_BIT) as u64
+    /// A record for a delivery no [`QueueCore`] counted (a stream's, whose
+    /// acks only free credit): its seq and when it was delivered.
+    pub fn untracked(seq: u64, consumer: ConsumerId, now: u64) -> Self {
+        Unacked {
+            seq,
+            message: None,
+            at: now & !REDELIVERED_BIT,
+            consumer,
+            size: 0,
+        }
     }
 
-    fn persistent(&self) -> bool {
+    /// Body bytes.
+    pub fn bytes(&self) -> u64 {
+        (self.size & SIZE_MASK) as u64
+    }
+
+    pub fn persistent(&self) -> bool {
         self.size & PERSISTENT_BIT != 0
     }
 
-    fn delivered_at(&self) -> u64 {
+    /// When it was delivered, as given to the queue.
+    pub fn delivered_at(&self) -> u64 {
         self.at & !REDELIVERED_BIT
     }
-}
 
-/// One unacked message as [`QueueCore::unacked`] lists it.
-#[derive(Debug, Clone)]
-pub struct UnackedInfo<C> {
-    pub seq: u64,
-    /// `None` when only its place on disk is kept (`stored`).
-    pub message: Option<Arc<Message>>,
-    pub stored: Option<crate::message::StoredRef>,
-    pub holder: Holder,
-    /// The consumer's handle, while the queue still knows the consumer
-    /// (a cancelled consumer is known until its messages are settled).
-    pub handle: Option<C>,
-    /// As given to [`QueueCore::dispatch`] or [`QueueCore::get`].
-    pub delivered_at: u64,
-    pub redelivered: bool,
+    pub fn redelivered(&self) -> bool {
+        self.at & REDELIVERED_BIT != 0
+    }
+
+    /// The consumer holding it; `None` for basic.get.
+    pub fn consumer(&self) -> Option<ConsumerId> {
+        (self.consumer != 0).then_some(self.consumer)
+    }
+
+    /// The body, when the record keeps it (see [`Unacked::message`]).
+    pub fn message(&self) -> Option<&Arc<Message>> {
+        self.message.as_ref()
+    }
+
+    /// Whether it holds a slot of its channel's shared prefetch limit.
+    pub fn slot(&self) -> bool {
+        self.size & SLOT_BIT != 0
+    }
+
+    pub fn set_slot(&mut self, on: bool) {
+        if on {
+            self.size |= SLOT_BIT;
+        } else {
+            self.size &= !SLOT_BIT;
+        }
+    }
 }
 
 /// The state of one queue.
@@ -282,11 +319,13 @@ pub struct QueueCore<C> {
     /// Single active consumer: only `active` receives.
     single_active: bool,
     active: Option<ConsumerId>,
-    unacked: HashMap<u64, Unacked>,
+    /// Deliveries handed out and not yet handed back: their records
+    /// ([`Unacked`]) live with their holders, the queue keeps the count
+    /// (and `unacked_totals`, and each consumer's `in_flight`).
+    unacked: usize,
     /// Cancelled manual-ack consumers whose deliveries are still unacked,
-    /// so the unacked view can still name them; each leaves with its last
-    /// settled message.
-    departed: Vec<Consumer<C>>,
+    /// with how many they hold; each leaves with its last settled one.
+    departed: Vec<(ConsumerId, u32)>,
     /// Credit of consumers not bounded by acks (no-ack, or prefetch 0):
     /// deliveries handed over but not yet confirmed written by the
     /// connection ([`QueueCore::credit_written`]).
@@ -385,7 +424,7 @@ impl<C: Clone> QueueCore<C> {
             groups: Vec::new(),
             single_active: false,
             active: None,
-            unacked: HashMap::new(),
+            unacked: 0,
             departed: Vec::new(),
             noack_window: noack_window.max(1),
             had_consumer: false,
@@ -511,12 +550,15 @@ impl<C: Clone> QueueCore<C> {
             c.unwritten += 1;
         }
         let (id, no_ack, handle) = (c.spec.id, c.spec.no_ack, c.spec.handle.clone());
-        if no_ack {
+        let held = if no_ack {
             self.store.settle(m.seq);
             self.forget_count(m.seq);
+            None
         } else {
-            self.hold(Holder::Consumer(id), &m, now, deadline);
-        }
+            let mut h = self.hold(id, &m, now, deadline);
+            h.set_slot(took_slot);
+            Some(h)
+        };
         out.push(Dispatched {
             consumer: id,
             handle,
@@ -526,68 +568,80 @@ impl<C: Clone> QueueCore<C> {
             credit_on_write,
             delivery_count,
             deadline: if no_ack { deadline } else { None },
+            held,
         });
         Tried::Delivered
     }
 
-    /// Records `m` as unacked by `holder` (delivered at `now`), with its
-    /// TTL deadline kept to restore if it comes back.
-    fn hold(&mut self, holder: Holder, m: &QueuedMessage, now: u64, deadline: Option<u64>) {
+    /// Counts `m` as unacked by `consumer` (0: basic.get), delivered at
+    /// `now`, with its TTL deadline kept to restore if it comes back;
+    /// returns its record for the holder.
+    fn hold(
+        &mut self,
+        consumer: ConsumerId,
+        m: &QueuedMessage,
+        now: u64,
+        deadline: Option<u64>,
+    ) -> Unacked {
         let keep = self.store.keep_unacked(m);
-        let u = Unacked::new(holder, m, now, keep);
+        let u = Unacked::new(consumer, m, now, keep);
         self.unacked_totals.add(&u);
-        self.unacked.insert(m.seq, u);
+        self.unacked += 1;
         if let Some(d) = deadline {
             let lane = self.store.lane(&m.message);
             self.held_deadlines.insert(m.seq, (d, lane));
         }
+        u
     }
 
-    /// basic.get: the head message, if any, and how many remain after it.
-    /// `taker` identifies who holds it until acked (see [`Holder::Get`]);
-    /// `now` is recorded as its delivery time.
-    pub fn get(&mut self, no_ack: bool, taker: u64, now: u64) -> Option<(QueuedMessage, usize)> {
+    /// basic.get: the head message, if any, how many remain after it, and
+    /// (unless `no_ack`) its record for the taker to hand back. `now` is
+    /// recorded as its delivery time.
+    pub fn get(
+        &mut self,
+        no_ack: bool,
+        now: u64,
+    ) -> Option<(QueuedMessage, usize, Option<Unacked>)> {
         let (m, deadline) = self.pop_live(now)?;
-        if no_ack {
+        let held = if no_ack {
             self.store.settle(m.seq);
             self.forget_count(m.seq);
+            None
         } else {
-            self.hold(Holder::Get(taker), &m, now, deadline);
-        }
-        Some((m, self.store.len()))
+            Some(self.hold(0, &m, now, deadline))
+        };
+        let left = self.store.len();
+        Some((m, left, held))
     }
 
-    fn take_unacked(&mut self, seq: u64) -> Option<Unacked> {
-        let u = self.unacked.remove(&seq)?;
-        self.unacked_totals.sub(&u);
-        if let Holder::Consumer(id) = u.holder {
-            if let Some(c) = self.consumers.iter_mut().find(|c| c.spec.id == id) {
-                c.in_flight = c.in_flight.saturating_sub(1);
-            } else if let Some(i) = self.departed.iter().position(|c| c.spec.id == id) {
-                let c = &mut self.departed[i];
-                c.in_flight = c.in_flight.saturating_sub(1);
-                if c.in_flight == 0 {
-                    self.departed.swap_remove(i);
-                }
+    /// A record came back: it leaves the totals and its consumer's count.
+    fn release(&mut self, u: &Unacked) {
+        self.unacked = self.unacked.saturating_sub(1);
+        self.unacked_totals.sub(u);
+        let Some(id) = u.consumer() else { return };
+        if let Some(c) = self.consumers.iter_mut().find(|c| c.spec.id == id) {
+            c.in_flight = c.in_flight.saturating_sub(1);
+        } else if let Some(i) = self.departed.iter().position(|c| c.0 == id) {
+            let c = &mut self.departed[i];
+            c.1 = c.1.saturating_sub(1);
+            if c.1 == 0 {
+                self.departed.swap_remove(i);
             }
         }
-        Some(u)
     }
 
-    /// Acked (or rejected without requeue): the messages are done.
-    /// Returns how many were known.
-    pub fn ack(&mut self, seqs: &[u64]) -> usize {
+    /// Acked: the messages are done. Returns how many.
+    pub fn ack(&mut self, held: impl IntoIterator<Item = Unacked>) -> usize {
         let mut n = 0;
-        for &seq in seqs {
-            if self.take_unacked(seq).is_some() {
-                self.store.settle(seq);
-                // Most queues have no TTL: skip hashing into an empty map.
-                if !self.held_deadlines.is_empty() {
-                    self.held_deadlines.remove(&seq);
-                }
-                self.forget_count(seq);
-                n += 1;
+        for u in held {
+            self.release(&u);
+            self.store.settle(u.seq);
+            // Most queues have no TTL: skip hashing into an empty map.
+            if !self.held_deadlines.is_empty() {
+                self.held_deadlines.remove(&u.seq);
             }
+            self.forget_count(u.seq);
+            n += 1;
         }
         n
     }
@@ -596,25 +650,25 @@ impl<C: Clone> QueueCore<C> {
     /// Under a delivery limit each counts as a redelivery, and one handed
     /// back more often than the limit is dropped (or dead-lettered,
     /// `delivery_limit`) instead.
-    pub fn requeue(&mut self, seqs: &[u64]) -> usize {
+    pub fn requeue(&mut self, held: impl IntoIterator<Item = Unacked>) -> usize {
         let mut n = 0;
-        for &seq in seqs {
-            if let Some(u) = self.take_unacked(seq) {
-                n += 1;
-                let Some(u) = self.count_return(seq, u) else {
-                    continue;
-                };
-                match u.message {
-                    Some(message) => self.store.requeue(QueuedMessage {
-                        seq,
-                        message,
-                        redelivered: true,
-                    }),
-                    // Back as it lies on disk; read again before delivery.
-                    None => self.store.requeue_stored(seq),
-                }
-                self.restore_deadline(seq);
+        for u in held {
+            n += 1;
+            self.release(&u);
+            let seq = u.seq;
+            let Some(u) = self.count_return(u) else {
+                continue;
+            };
+            match u.message {
+                Some(message) => self.store.requeue(QueuedMessage {
+                    seq,
+                    message,
+                    redelivered: true,
+                }),
+                // Back as it lies on disk; read again before delivery.
+                None => self.store.requeue_stored(seq),
             }
+            self.restore_deadline(seq);
         }
         n
     }
@@ -624,13 +678,15 @@ impl<C: Clone> QueueCore<C> {
     /// it was, without counting as delivered. `written`: where a
     /// persistent no-ack delivery was written again (see
     /// [`QueueCore::rewrite_disk`]); `deadline`: a no-ack delivery's TTL
-    /// deadline ([`Dispatched::deadline`]), which it keeps.
+    /// deadline ([`Dispatched::deadline`]), which it keeps; `held`: a
+    /// manual-ack delivery's record ([`Dispatched::held`]).
     pub fn undeliver(
         &mut self,
         m: QueuedMessage,
         no_ack: bool,
         written: Option<StoredRef>,
         deadline: Option<u64>,
+        held: Option<Unacked>,
     ) {
         if no_ack {
             let seq = m.seq;
@@ -642,10 +698,11 @@ impl<C: Clone> QueueCore<C> {
             if let Some(d) = deadline {
                 self.insert_deadline(lane, seq, d);
             }
-        } else if let Some(u) = self.take_unacked(m.seq) {
+        } else if let Some(u) = held {
+            self.release(&u);
             self.restore_deadline(m.seq);
             // Never written: its write credit comes back too.
-            if let Holder::Consumer(id) = u.holder {
+            if let Some(id) = u.consumer() {
                 if let Some(c) = self.consumers.iter_mut().find(|c| c.spec.id == id) {
                     c.unwritten = c.unwritten.saturating_sub(1);
                 }
@@ -715,7 +772,7 @@ impl<C: Clone> QueueCore<C> {
         self.update_active();
         let handle = c.spec.handle.clone();
         if !c.spec.no_ack && c.in_flight > 0 {
-            self.departed.push(c);
+            self.departed.push((id, c.in_flight));
         }
         Some(handle)
     }
@@ -840,9 +897,12 @@ impl<C: Clone> QueueCore<C> {
     pub fn purge(&mut self) -> usize {
         self.deadlines.clear();
         if !self.delivery_counts.is_empty() {
-            // Only delivered messages keep their count.
-            let unacked = &self.unacked;
-            self.delivery_counts.retain(|s, _| unacked.contains_key(s));
+            // Only delivered messages keep their count: the ready ones'
+            // go (rare: only a queue with a delivery limit has counts).
+            let ready = self.store.peek_entries(0, self.store.len());
+            for e in ready.entries() {
+                self.delivery_counts.remove(&e.seq);
+            }
         }
         self.store.purge()
     }
@@ -877,8 +937,24 @@ impl<C: Clone> QueueCore<C> {
         self.store.memory_bytes()
     }
 
+    /// Deliveries handed out and not yet handed back.
     pub fn unacked_count(&self) -> usize {
-        self.unacked.len()
+        self.unacked
+    }
+
+    /// Unacked deliveries consumer `id` holds (it may have been cancelled).
+    pub fn consumer_unacked(&self, id: ConsumerId) -> u32 {
+        match self.consumers.iter().find(|c| c.spec.id == id) {
+            Some(c) if !c.spec.no_ack => c.in_flight,
+            Some(_) => 0,
+            None => self.departed.iter().find(|c| c.0 == id).map_or(0, |c| c.1),
+        }
+    }
+
+    /// Where an unacked delivery whose record keeps no body lies on disk
+    /// (the unacked view reads it from there).
+    pub fn unacked_location(&self, seq: u64) -> Option<StoredRef> {
+        self.store.unacked_location(seq)
     }
 
     pub fn consumer_count(&self) -> usize {
@@ -901,55 +977,6 @@ impl<C: Clone> QueueCore<C> {
     /// under the queue's lock and [`Peeked::load`] after releasing it.
     pub fn peek_entries(&self, offset: usize, n: usize) -> Peeked {
         self.store.peek_entries(offset, n)
-    }
-
-    /// The `n` oldest unacked deliveries (oldest first, by delivery time
-    /// then queue order) and how many there are in all.
-    pub fn unacked(&self, n: usize) -> (usize, Vec<UnackedInfo<C>>) {
-        let total = self.unacked.len();
-        let mut keys: Vec<(u64, u64)> = self
-            .unacked
-            .iter()
-            .map(|(&seq, u)| (u.delivered_at(), seq))
-            .collect();
-        // Only the first `n` need ordering.
-        if n < keys.len() {
-            if n == 0 {
-                return (total, Vec::new());
-            }
-            keys.select_nth_unstable(n - 1);
-            keys.truncate(n);
-        }
-        keys.sort_unstable();
-        let handle = |id: ConsumerId| {
-            self.consumers
-                .iter()
-                .chain(self.departed.iter())
-                .find(|c| c.spec.id == id)
-                .map(|c| c.spec.handle.clone())
-        };
-        let items = keys
-            .into_iter()
-            .filter_map(|(at, seq)| {
-                let u = self.unacked.get(&seq)?;
-                Some(UnackedInfo {
-                    seq,
-                    stored: match &u.message {
-                        Some(_) => None,
-                        None => self.store.unacked_location(seq),
-                    },
-                    message: u.message.clone(),
-                    holder: u.holder,
-                    handle: match u.holder {
-                        Holder::Consumer(id) => handle(id),
-                        Holder::Get(_) => None,
-                    },
-                    delivered_at: at,
-                    redelivered: u.at & REDELIVERED_BIT != 0,
-                })
-            })
-            .collect();
-        (total, items)
     }
 }
 
@@ -1022,8 +1049,7 @@ mod tests {
         // Two persistent bodies fit the unacked budget, the third does
         // not; the transient one has no other place.
         assert_eq!((b.ram_ready, b.ram_unacked), (t(0, 0), t(3, 25)));
-        let seqs: Vec<u64> = out.iter().map(|d| d.message.seq).collect();
-        assert_eq!(q.ack(&seqs), 4);
+        assert_eq!(q.ack(held(&mut out)), 4);
         let b = q.byte_totals();
         assert_eq!(
             (b.persistent_messages, b.ram_ready, b.ram_unacked),
@@ -1041,11 +1067,11 @@ mod tests {
         q.dispatch(0, &mut out);
         assert_eq!(handles(&out), vec!["a", "b"], "prefetch 1 each");
         assert_eq!(q.message_count(), 3);
-        let a_seq = out[0].message.seq;
+        let a = out[0].held.take();
         out.clear();
         q.dispatch(0, &mut out);
         assert!(out.is_empty(), "no credit until an ack");
-        q.ack(&[a_seq]);
+        q.ack(a);
         q.dispatch(0, &mut out);
         assert_eq!(handles(&out), vec!["a"]);
     }
@@ -1054,28 +1080,30 @@ mod tests {
     fn requeue_keeps_place_and_marks_redelivered() {
         let mut q = core();
         publish(&mut q, 3);
-        let (m1, left) = q.get(false, 0, 0).unwrap();
+        let (m1, left, h1) = q.get(false, 0).unwrap();
         assert_eq!(left, 2);
-        let (m2, _) = q.get(false, 0, 0).unwrap();
-        assert_eq!(q.requeue(&[m2.seq, m1.seq]), 2);
-        let (again, _) = q.get(true, 0, 0).unwrap();
+        let (m2, _, h2) = q.get(false, 0).unwrap();
+        assert_eq!(q.requeue(h2.into_iter().chain(h1)), 2);
+        let (again, _, _) = q.get(true, 0).unwrap();
         assert_eq!(again.seq, m1.seq);
         assert!(again.redelivered);
-        let (second, _) = q.get(true, 0, 0).unwrap();
+        let (second, _, _) = q.get(true, 0).unwrap();
         assert_eq!(second.seq, m2.seq);
-        let (third, _) = q.get(true, 0, 0).unwrap();
+        let (third, _, none) = q.get(true, 0).unwrap();
         assert!(!third.redelivered);
-        assert!(q.get(true, 0, 0).is_none());
+        assert!(none.is_none(), "no record for a no-ack get");
+        assert!(q.get(true, 0).is_none());
     }
 
     #[test]
-    fn ack_unknown_is_ignored_and_counted() {
+    fn an_ack_settles_its_record() {
         let mut q = core();
         publish(&mut q, 1);
-        let (m, _) = q.get(false, 0, 0).unwrap();
-        assert_eq!(q.ack(&[m.seq]), 1);
-        assert_eq!(q.ack(&[m.seq]), 0, "double ack");
+        let (_, _, h) = q.get(false, 0).unwrap();
+        assert_eq!(q.unacked_count(), 1);
+        assert_eq!(q.ack(h), 1);
         assert_eq!(q.unacked_count(), 0);
+        assert_eq!(q.byte_totals().unacked, 0);
     }
 
     #[test]
@@ -1113,13 +1141,12 @@ mod tests {
         q.dispatch(0, &mut more);
         assert_eq!(more.len(), 2, "written deliveries free the window");
         assert_eq!(q.unacked_count(), 5, "and stay unacked");
-        let seqs: Vec<u64> = out.iter().map(|d| d.message.seq).collect();
-        assert_eq!(q.ack(&seqs), 3);
+        assert_eq!(q.ack(held(&mut out)), 3);
         let mut none = Vec::new();
         q.dispatch(0, &mut none);
         assert!(none.is_empty(), "acks give no write credit");
         let back = more.pop().unwrap();
-        q.undeliver(back.message, false, None, None);
+        q.undeliver(back.message, false, None, None, back.held);
         let mut again = Vec::new();
         q.dispatch(0, &mut again);
         assert_eq!(again.len(), 1, "an unwritten delivery returns its credit");
@@ -1152,7 +1179,7 @@ mod tests {
         q2.dispatch(0, &mut out);
         assert_eq!(out.len(), 2, "two slots shared by both queues");
         assert!(out.iter().all(|d| d.took_channel_slot));
-        q1.ack(&[out[0].message.seq]);
+        q1.ack(out[0].held.take());
         assert!(
             limit.release(1),
             "the limit was full, so queues should retry"
@@ -1201,8 +1228,8 @@ mod tests {
     fn peek_changes_nothing() {
         let mut q = core();
         publish(&mut q, 4);
-        let (m, _) = q.get(false, 9, 0).unwrap();
-        q.requeue(&[m.seq]);
+        let (_, _, h) = q.get(false, 0).unwrap();
+        q.requeue(h);
         let before: Vec<(u64, bool)> = q.peek(10).iter().map(|m| (m.seq, m.redelivered)).collect();
         let seen: Vec<(u64, bool)> = q
             .peek_at(1, 2)
@@ -1219,57 +1246,68 @@ mod tests {
         );
         assert_eq!((q.message_count(), q.unacked_count()), (4, 0));
         // The head is still the requeued one, the rest still fresh.
-        let (head, _) = q.get(true, 9, 0).unwrap();
+        let (head, _, _) = q.get(true, 0).unwrap();
         assert!(head.redelivered);
-        let (next, _) = q.get(true, 9, 0).unwrap();
+        let (next, _, _) = q.get(true, 0).unwrap();
         assert!(!next.redelivered, "peeked, not redelivered");
     }
 
+    /// The queue keeps only aggregates over the records it hands out:
+    /// count, bytes, per-consumer counts, through deliver, ack, requeue
+    /// and cancel; the records carry holder, time and redelivered mark.
     #[test]
-    fn unacked_lists_oldest_first_with_holders_and_times() {
+    fn aggregates_follow_the_records_handed_out_and_back() {
         let mut q = core();
         q.add_consumer(spec(1, "a", 2)).unwrap();
-        publish(&mut q, 4);
+        q.add_consumer(spec(2, "b", 5)).unwrap();
+        publish(&mut q, 6); // bodies "0".."5": one byte each
         let mut out = Vec::new();
         q.dispatch(1_000, &mut out);
-        assert_eq!(out.len(), 2);
-        let (got, _) = q.get(false, 77, 500).unwrap();
-        let (total, items) = q.unacked(10);
-        assert_eq!(total, 3);
-        let view: Vec<(u64, Holder, Option<&str>, u64)> = items
-            .iter()
-            .map(|u| (u.seq, u.holder, u.handle, u.delivered_at))
-            .collect();
-        assert_eq!(
-            view,
-            vec![
-                (got.seq, Holder::Get(77), None, 500),
-                (out[0].message.seq, Holder::Consumer(1), Some("a"), 1_000),
-                (out[1].message.seq, Holder::Consumer(1), Some("a"), 1_000),
-            ]
-        );
-        let (total, first) = q.unacked(1);
-        assert_eq!((total, first.len(), first[0].seq), (3, 1, got.seq));
-        assert!(q.unacked(0).1.is_empty());
-        // A redelivery is marked as such.
-        q.requeue(&[got.seq]);
-        let (again, _) = q.get(false, 77, 600).unwrap();
-        let (_, items) = q.unacked(10);
-        let u = items.iter().find(|u| u.seq == again.seq).unwrap();
-        assert!(u.redelivered && u.delivered_at == 600);
-        // A cancelled consumer is still named until its messages settle.
-        q.remove_consumer(1);
-        let (_, items) = q.unacked(10);
-        assert!(items
-            .iter()
-            .filter(|u| u.holder == Holder::Consumer(1))
-            .all(|u| u.handle == Some("a")));
-        q.ack(&[out[0].message.seq, out[1].message.seq, again.seq]);
-        assert_eq!(q.unacked(10).0, 0);
-        assert!(
-            q.departed.is_empty(),
-            "the departed consumer left with its last ack"
-        );
+        assert_eq!(handles(&out), vec!["a", "b", "a", "b", "b", "b"]);
+        publish(&mut q, 1);
+        let got = q.get(false, 500).unwrap().2.unwrap();
+        assert_eq!((got.consumer(), got.delivered_at()), (None, 500));
+        assert!(!got.redelivered() && got.message().is_some());
+        let a: Vec<&Unacked> = out.iter().filter_map(|d| d.held.as_ref()).collect();
+        assert_eq!(a[0].consumer(), Some(1));
+        assert_eq!(a[0].delivered_at(), 1_000);
+        let totals = |q: &QueueCore<&'static str>| {
+            (
+                q.unacked_count(),
+                q.byte_totals().unacked,
+                q.consumer_unacked(1),
+                q.consumer_unacked(2),
+            )
+        };
+        assert_eq!(totals(&q), (7, 7, 2, 4));
+        // Acks and requeues take them back out of the totals.
+        let mut recs = held(&mut out);
+        let b_rest = recs.split_off(2); // a's first, b's first; the rest
+        q.ack(recs);
+        assert_eq!(totals(&q), (5, 5, 1, 3));
+        q.requeue([got]);
+        assert_eq!(totals(&q), (4, 4, 1, 3));
+        assert_eq!(q.message_count(), 1);
+        // A redelivery's record says so.
+        let (_, _, again) = q.get(false, 600).unwrap();
+        let again = again.unwrap();
+        assert!(again.redelivered());
+        assert_eq!(totals(&q), (5, 5, 1, 3));
+        // A cancelled consumer's count stays until its records come back.
+        q.remove_consumer(2);
+        assert_eq!(q.consumer_unacked(2), 3);
+        let (b, rest): (Vec<Unacked>, Vec<Unacked>) =
+            b_rest.into_iter().partition(|u| u.consumer() == Some(2));
+        q.requeue(b);
+        assert_eq!(totals(&q), (2, 2, 1, 0));
+        assert!(q.departed.is_empty(), "it left with its last delivery");
+        q.ack(rest.into_iter().chain([again]));
+        assert_eq!(totals(&q), (0, 0, 0, 0));
+        assert_eq!(q.message_count(), 3, "b's three are back");
+    }
+
+    fn held(out: &mut [Dispatched<&'static str>]) -> Vec<Unacked> {
+        out.iter_mut().filter_map(|d| d.held.take()).collect()
     }
 
     fn prio(id: u64, h: &'static str, prefetch: u32, priority: i64) -> ConsumerSpec<&'static str> {
@@ -1300,14 +1338,14 @@ mod tests {
             vec!["hi1", "hi2", "hi1", "hi2", "mid", "low", "low", "low"]
         );
         // Credit freed at the top goes to the top again.
-        q.ack(&[out[0].message.seq, out[5].message.seq]);
+        q.ack([out[0].held.take().unwrap(), out[5].held.take().unwrap()]);
         publish(&mut q, 2);
         let mut more = Vec::new();
         q.dispatch(0, &mut more);
         assert_eq!(handles(&more), vec!["hi1", "low"]);
         // A lower consumer gets nothing while a higher one has credit.
         q.remove_consumer(1);
-        q.ack(&seqs(&out[1..5]));
+        q.ack(held(&mut out[1..5]));
         publish(&mut q, 6);
         let mut last = Vec::new();
         q.dispatch(0, &mut last);
@@ -1360,7 +1398,7 @@ mod tests {
         // The active one goes; its unacked messages are requeued (as its
         // channel closing does) before the next one receives: it gets them first.
         q.remove_consumer(1);
-        q.requeue(&seqs(&out));
+        q.requeue(held(&mut out));
         assert_eq!(q.active_consumer(), Some("b"));
         let mut next = Vec::new();
         q.dispatch(0, &mut next);
@@ -1388,7 +1426,7 @@ mod tests {
         assert_eq!(handles(&out), vec!["a"]);
         q.add_consumer(prio(2, "b", 1, 5)).unwrap();
         assert_eq!(q.active_consumer(), Some("a"), "a still holds a message");
-        q.ack(&seqs(&out));
+        q.ack(held(&mut out));
         let mut more = Vec::new();
         q.dispatch(0, &mut more);
         assert_eq!(handles(&more), vec!["b"], "b took over once a was settled");
@@ -1396,7 +1434,7 @@ mod tests {
         assert_eq!(q.activity(2), Some(Activity::SingleActive));
         // A lower newcomer waits; an idle active one is replaced at once by a higher one.
         q.add_consumer(prio(3, "c", 1, -1)).unwrap();
-        q.ack(&seqs(&more));
+        q.ack(held(&mut more));
         q.add_consumer(prio(4, "d", 1, 9)).unwrap();
         assert_eq!(q.active_consumer(), Some("d"));
         // The highest remaining, earliest registered, follows.

@@ -1,9 +1,11 @@
 //! Channels: their state and the commands they carry.
 //!
 //! A channel belongs to its connection task. It owns its consumers, its
-//! delivery-tag counter and its unacked messages (ordered by tag, so
-//! `multiple` acks take a prefix). Commands call the broker; errors come
-//! back typed by what they close.
+//! delivery-tag counter and its unacked deliveries: the one record of each
+//! (ordered by tag, which is delivery order, so `multiple` acks take a
+//! prefix and the consumer timeout looks at the front), handed back to the
+//! queue when settled. Commands call the broker; errors come back typed by
+//! what they close.
 
 use super::assembler::{AssembleError, Assembler, BodyLimits, Command};
 use super::codec::{self, Frame, FRAME_METHOD};
@@ -28,19 +30,17 @@ use warren_queues::{ChannelLimit, ConsumerId, Message};
 /// `Channel::voided`).
 const MAX_VOIDED_TAGS: usize = 16_384;
 
+/// One unacked delivery: its tag, its queue, and the queue's record of it
+/// (seq, body or place on disk, delivery time, redelivered, size,
+/// persistent, holder, prefetch slot), the only record there is. 56 bytes.
 pub(super) struct Unacked {
     tag: u64,
     queue: Arc<Queue>,
-    seq: u64,
-    /// Holds a slot of the channel's shared prefetch limit.
-    slot: bool,
-    /// Taken with basic.get: timed by the channel (see
-    /// [`Connection::check_get_timeouts`]), as the queue cannot reach us.
-    get: bool,
-    /// When a basic.get delivery was taken (ms since the epoch); 0 for a
-    /// consumer's delivery, which its queue times.
-    at: u64,
+    held: warren_queues::Unacked,
 }
+
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Unacked>() == 56);
 
 pub(super) struct Consumer {
     id: ConsumerId,
@@ -63,10 +63,12 @@ pub(super) struct Channel {
     /// cancelled (`cancel` action): the client may still ack them, which
     /// is ignored rather than an unknown-tag error. Empty on most channels.
     voided: std::collections::BTreeSet<u64>,
-    /// basic.get deliveries taken since the last timeout check found none
-    /// unacked (an upper bound: acks do not count down, the check
-    /// recounts), so a channel that never gets pays nothing.
-    gets: usize,
+    /// The queues `unacked` has held deliveries of since it was last
+    /// empty (a superset), for the consumer timeout check: usually one.
+    held_queues: Vec<Arc<Queue>>,
+    /// Tags of cancelled consumers that may still hold deliveries here,
+    /// for the unacked view; pruned at the tick.
+    departed: Vec<(ConsumerId, String)>,
     pub(super) consumers: HashMap<String, Consumer>,
     /// The direct reply-to consumer (`amq.rabbitmq.reply-to`), if any.
     pub(super) reply: Option<super::reply::ReplyConsumer>,
@@ -359,23 +361,24 @@ impl Connection {
         // Each consumer leaves together with what the channel holds of its
         // queue, so nothing is delivered in between (a single active
         // consumer's successor gets those messages first).
-        let mut seqs = Vec::new();
+        let mut held = Vec::new();
         for (_, c) in ch.consumers {
-            seqs.clear();
             if !items.is_empty() {
-                items.retain(|u| {
-                    let mine = Arc::ptr_eq(&u.queue, &c.queue);
-                    if mine {
-                        seqs.push(u.seq);
+                let mut rest = Vec::with_capacity(items.len());
+                for u in items.drain(..) {
+                    if Arc::ptr_eq(&u.queue, &c.queue) {
+                        held.push(u.held);
+                    } else {
+                        rest.push(u);
                     }
-                    !mine
-                });
+                }
+                items = rest;
             }
-            if c.queue.cancel_requeue(c.id, &seqs) {
+            if c.queue.cancel_requeue(c.id, &mut held) {
                 self.vhost.remove_queue(&c.queue);
             }
         }
-        requeue_grouped(&mut items, &mut seqs);
+        requeue_grouped(&mut items, &mut held);
     }
 
     /// What the management API shows of our open channels.
@@ -1277,6 +1280,9 @@ impl Connection {
                 let work = std::mem::take(ch.tx.as_mut().ok_or_else(not_tx)?);
                 // Settled-but-uncommitted deliveries are unacked again.
                 for (items, _) in work.settles {
+                    for u in &items {
+                        note_queue(&mut ch.held_queues, &u.queue);
+                    }
                     ch.unacked.extend(items);
                 }
                 ch.unacked.make_contiguous().sort_by_key(|u| u.tag);
@@ -1323,6 +1329,12 @@ impl Connection {
                 if self.reply_cancel(id, &tag) {
                     // The reply consumer is gone; nothing else to cancel.
                 } else if let Some(cons) = self.ch(id).consumers.remove(&tag) {
+                    let ch = self.ch(id);
+                    if !ch.unacked.is_empty() {
+                        // Its deliveries stay with the channel: the
+                        // unacked view still names it.
+                        ch.departed.push((cons.id, tag.clone()));
+                    }
                     if cons.queue.cancel(cons.id) {
                         self.vhost.remove_queue(&cons.queue);
                     }
@@ -1446,8 +1458,7 @@ impl Connection {
         self.caller.check_read_queue(&qname)?;
         let q = self.vhost.queue_for(&qname, self.id)?;
         q.check_supported("basic.get")?;
-        let taker = crate::broker::queue::channel_key(self.id, id);
-        match q.get_for(g.no_ack, taker) {
+        match q.get(g.no_ack) {
             None => {
                 self.ch(id).count(Counter::GetEmpty, 1);
                 self.send_method(
@@ -1455,7 +1466,8 @@ impl Connection {
                     AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
                 )
             }
-            Some(got) => {
+            Some(mut got) => {
+                let held = got.held.take();
                 let (m, left) = (&got.message, got.left);
                 let ch = self.ch(id);
                 ch.count(
@@ -1471,16 +1483,13 @@ impl Connection {
                 }
                 let tag = ch.next_tag;
                 ch.next_tag += 1;
-                if !g.no_ack {
+                if let Some(held) = held {
+                    note_queue(&mut ch.held_queues, &q);
                     ch.unacked.push_back(Unacked {
                         tag,
                         queue: q.clone(),
-                        seq: m.seq,
-                        slot: false,
-                        get: true,
-                        at: crate::broker::registry::unix_ms(),
+                        held,
                     });
-                    ch.gets += 1;
                 }
                 codec::write_get_ok(
                     &mut self.out,
@@ -1559,20 +1568,22 @@ impl Connection {
         Ok(())
     }
 
-    fn apply_settle(&mut self, id: u16, taken: &mut [Unacked], how: Settle) {
-        let slots = taken.iter().filter(|u| u.slot).count() as u32;
+    /// Hands `taken` (emptied) back to their queues, one locked call per
+    /// queue.
+    fn apply_settle(&mut self, id: u16, taken: &mut Vec<Unacked>, how: Settle) {
+        let slots = taken.iter().filter(|u| u.held.slot()).count() as u32;
         let n = taken.len() as u64;
-        let mut seqs = std::mem::take(&mut self.settle_scratch.1);
+        let mut held = std::mem::take(&mut self.settle_scratch.1);
         match how {
             Settle::Ack => {
                 let fold = &mut self.route_scratch.counts;
-                for_each_queue(taken, &mut seqs, |q, seqs| q.ack(seqs, fold))
+                for_each_queue(taken, &mut held, |q, held| q.ack(held, fold))
             }
-            Settle::Drop => for_each_queue(taken, &mut seqs, |q, seqs| q.discard(seqs)),
-            Settle::Requeue => requeue_grouped(taken, &mut seqs),
+            Settle::Drop => for_each_queue(taken, &mut held, |q, held| q.discard(held)),
+            Settle::Requeue => requeue_grouped(taken, &mut held),
         }
-        if seqs.capacity() <= SETTLE_SCRATCH_KEEP {
-            self.settle_scratch.1 = seqs;
+        if held.capacity() <= SETTLE_SCRATCH_KEEP {
+            self.settle_scratch.1 = held;
         }
         let Some(ch) = self.channels.get_mut(&id) else {
             return;
@@ -1594,7 +1605,7 @@ impl Connection {
         }
         let ch = self.ch(id);
         let mut taken: Vec<Unacked> = ch.unacked.drain(..).collect();
-        let slots = taken.iter().filter(|u| u.slot).count() as u32;
+        let slots = taken.iter().filter(|u| u.held.slot()).count() as u32;
         ch.limit.release(slots);
         requeue_grouped(&mut taken, &mut Vec::new());
         Ok(())
@@ -1602,7 +1613,7 @@ impl Connection {
 
     /// Frames one delivery from the outbox, or gives it back to its queue
     /// when its consumer is gone.
-    pub(super) fn deliver(&mut self, d: Delivery) {
+    pub(super) fn deliver(&mut self, mut d: Delivery) {
         let session = d.consumer.session;
         let live = self.channels.get(&session).is_some_and(|ch| {
             !ch.closing
@@ -1617,7 +1628,7 @@ impl Connection {
             if d.took_channel_slot {
                 d.consumer.channel_limit.release(1);
             }
-            d.queue.undeliver(d.message, d.no_ack, d.deadline);
+            d.queue.undeliver(d.message, d.no_ack, d.deadline, d.held);
             return;
         }
         d.queue.count_delivery(
@@ -1658,13 +1669,16 @@ impl Connection {
             }
         }
         if !d.no_ack {
+            // A stream's delivery comes without a record: its acks only
+            // free credit, so a bare one does.
+            let held = d.held.take().unwrap_or_else(|| {
+                warren_queues::Unacked::untracked(d.message.seq, d.consumer.id, d.queue.now_ms())
+            });
+            note_queue(&mut ch.held_queues, &d.queue);
             ch.unacked.push_back(Unacked {
                 tag,
                 queue: d.queue.clone(),
-                seq: d.message.seq,
-                slot: d.took_channel_slot,
-                get: false,
-                at: 0,
+                held,
             });
         }
         let m = &d.message.message;
@@ -1686,154 +1700,210 @@ impl Connection {
         );
     }
 
-    /// A consumer kept a delivery unacked past its queue's consumer
-    /// timeout. `close` (RabbitMQ's): the channel is closed with 406 and
-    /// RabbitMQ's text, every delivery it holds requeued. `cancel`
-    /// (Warren's): the consumer is cancelled (basic.cancel to a client
-    /// that takes it) and only its deliveries are requeued; later acks of
-    /// them are ignored. Nothing happens if the channel no longer holds
-    /// any of the late deliveries (acked since, or the id reused).
-    pub(super) fn consumer_timed_out(&mut self, t: crate::broker::ConsumerTimedOut) {
-        let Some(ch) = self.channels.get_mut(&t.session) else {
-            return;
-        };
-        let holds = ch
-            .unacked
-            .iter()
-            .any(|u| Arc::ptr_eq(&u.queue, &t.queue) && t.seqs.binary_search(&u.seq).is_ok());
-        if ch.closing || !holds {
-            return;
-        }
-        if t.action == warren_queues::TimeoutAction::Close {
-            let e = ack_timed_out(t.session, t.timeout);
-            self.close_channel(t.session, e);
-            return;
-        }
-        // Its deliveries leave the channel first, so one that is requeued
-        // and handed to another consumer of this channel gets a fresh
-        // record; then the consumer goes and they go back in one locked
-        // step, before anything is delivered again (a single active
-        // consumer's successor gets them first).
-        let held = t.queue.held_by(t.consumer);
-        let mut taken = Vec::new();
-        ch.unacked.retain(|u| {
-            let its = Arc::ptr_eq(&u.queue, &t.queue) && held.binary_search(&u.seq).is_ok();
-            if its {
-                taken.push((u.tag, u.seq, u.slot));
-            }
-            !its
-        });
-        let slots = taken.iter().filter(|(_, _, slot)| *slot).count() as u32;
-        void_tags(ch, taken.iter().map(|(tag, _, _)| *tag));
-        ch.limit.release(slots);
-        let seqs: Vec<u64> = taken.iter().map(|(_, seq, _)| *seq).collect();
-        let cancelled = ch.consumers.get(&t.tag).is_some_and(|c| c.id == t.consumer);
-        let auto_delete = if cancelled {
-            ch.consumers.remove(&t.tag);
-            t.queue.cancel_requeue(t.consumer, &seqs)
-        } else {
-            t.queue.requeue(&seqs);
-            false
-        };
-        if auto_delete {
-            self.vhost.remove_queue(&t.queue);
-        }
-        if cancelled && self.cancel_notify {
-            self.send_method(
-                t.session,
-                AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
-                    consumer_tag: t.tag.as_str().into(),
-                    nowait: true,
-                })),
-            );
-        }
-        // Other consumers of the channel may take what the slots freed.
-        let queues: Vec<Arc<Queue>> = self
-            .channels
-            .get(&t.session)
-            .map(|ch| ch.consumers.values().map(|c| c.queue.clone()).collect())
-            .unwrap_or_default();
-        for q in queues {
-            q.kick();
-        }
-    }
-
-    /// basic.get deliveries kept unacked past their queue's consumer
-    /// timeout: RabbitMQ 3.10 times them as any delivery, by closing the
-    /// channel (406, every delivery it holds requeued). With Warren's
-    /// `cancel` action there is no consumer to cancel, so only the late
-    /// deliveries go back and later acks of them are ignored. Called once
-    /// a connection tick; walks only channels that took a get.
-    pub(super) fn check_get_timeouts(&mut self) {
+    /// The consumer timeout, timed by the channels holding the deliveries
+    /// (as RabbitMQ's rabbit_channel does), once a connection tick: each
+    /// channel looks at its oldest deliveries (the front of `unacked`, in
+    /// delivery order) against the shortest timeout of the queues it holds
+    /// deliveries of, so a channel with nothing late costs a comparison.
+    /// `close` (RabbitMQ's): a late delivery closes the channel with 406
+    /// and RabbitMQ's text, every delivery it holds requeued. `cancel`
+    /// (Warren's): a late consumer is cancelled (basic.cancel to a client
+    /// that takes it) and only its deliveries requeued; a late basic.get
+    /// delivery alone goes back; later acks of them are ignored.
+    pub(super) fn check_timeouts(&mut self) {
         let ids: Vec<u16> = self
             .channels
             .iter()
-            .filter(|(_, ch)| ch.gets > 0 && !ch.closing)
+            .filter(|(_, ch)| {
+                !ch.closing && (!ch.held_queues.is_empty() || !ch.departed.is_empty())
+            })
             .map(|(&id, _)| id)
             .collect();
         if ids.is_empty() {
             return;
         }
         let now = crate::broker::registry::unix_ms();
-        let mut rules: Vec<(Arc<Queue>, TimeoutRule)> = Vec::new();
-        let conn = self.id;
+        let mut rules = TimeoutRules::default();
         for id in ids {
-            let Some(ch) = self.channels.get_mut(&id) else {
+            if let Some(late) = self.late_deliveries(id, now, &mut rules) {
+                self.act_on_late(id, late);
+            }
+        }
+    }
+
+    /// What of channel `id` is past its timeout at `now`, if anything.
+    fn late_deliveries(&mut self, id: u16, now: u64, rules: &mut TimeoutRules) -> Option<Late> {
+        let ch = self.channels.get_mut(&id)?;
+        if ch.unacked.is_empty() {
+            ch.held_queues.clear();
+            ch.departed.clear();
+            return None;
+        }
+        prune_departed(ch);
+        let shortest = ch
+            .held_queues
+            .iter()
+            .filter_map(|q| rules.get(q).map(|(t, _)| t))
+            .min()?;
+        let mut late = Late::default();
+        for (i, u) in ch.unacked.iter().enumerate() {
+            let held_for = now.saturating_sub(u.held.delivered_at());
+            if held_for <= shortest {
+                break; // the rest are younger still
+            }
+            let Some((timeout, action)) = rules.get(&u.queue) else {
                 continue;
             };
-            let mut gets = 0;
-            let mut close = None;
-            let mut late = Vec::new();
-            for (i, u) in ch.unacked.iter().enumerate().filter(|(_, u)| u.get) {
-                gets += 1;
-                let rule = match rules.iter().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
-                    Some((_, r)) => *r,
-                    None => {
-                        let r = u.queue.consumer_timeout_rule();
-                        rules.push((u.queue.clone(), r));
-                        r
-                    }
-                };
-                let Some((timeout, action)) = rule else {
-                    continue;
-                };
-                if now.saturating_sub(u.at) <= timeout {
-                    continue;
-                }
-                tracing::warn!(
-                    conn,
-                    channel = id,
-                    queue = %u.queue.name,
-                    timeout,
-                    action = action.as_str(),
-                    "basic.get delivery timed out waiting for acknowledgement"
-                );
-                match action {
-                    warren_queues::TimeoutAction::Close => {
-                        close = Some(timeout);
-                        break;
-                    }
-                    warren_queues::TimeoutAction::Cancel => late.push(i),
-                }
-            }
-            if let Some(timeout) = close {
-                self.close_channel(id, ack_timed_out(id, timeout));
+            if held_for <= timeout {
                 continue;
             }
-            ch.gets = gets - late.len();
-            if late.is_empty() {
-                continue;
+            let consumer = u.held.consumer();
+            let seen = consumer.is_some_and(|c| {
+                late.consumers
+                    .iter()
+                    .any(|(q, id)| *id == c && Arc::ptr_eq(q, &u.queue))
+            });
+            if seen {
+                continue; // named once, with all it holds
             }
-            let mut taken: Vec<Unacked> = Vec::with_capacity(late.len());
-            for &i in late.iter().rev() {
-                taken.extend(ch.unacked.remove(i));
+            tracing::warn!(
+                conn = self.id,
+                channel = id,
+                queue = %u.queue.name,
+                consumer,
+                timeout,
+                action = action.as_str(),
+                "delivery timed out waiting for acknowledgement"
+            );
+            match (action, consumer) {
+                (warren_queues::TimeoutAction::Close, _) => {
+                    late.close = Some(timeout);
+                    return Some(late);
+                }
+                (warren_queues::TimeoutAction::Cancel, Some(c)) => {
+                    late.consumers.push((u.queue.clone(), c));
+                }
+                (warren_queues::TimeoutAction::Cancel, None) => late.gets.push(i),
             }
-            void_tags(ch, taken.iter().map(|u| u.tag));
-            let slots = taken.iter().filter(|u| u.slot).count() as u32;
-            ch.limit.release(slots);
-            taken.reverse();
-            requeue_grouped(&mut taken, &mut Vec::new());
         }
+        (!late.consumers.is_empty() || !late.gets.is_empty()).then_some(late)
+    }
+
+    /// Closes channel `id`, or cancels its late consumers and takes back
+    /// their deliveries and its late gets (see [`Connection::check_timeouts`]).
+    fn act_on_late(&mut self, id: u16, late: Late) {
+        if let Some(timeout) = late.close {
+            self.close_channel(id, ack_timed_out(id, timeout));
+            return;
+        }
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return;
+        };
+        // The late gets first (by index, before anything else moves).
+        let mut taken: Vec<Unacked> = Vec::with_capacity(late.gets.len());
+        for &i in late.gets.iter().rev() {
+            taken.extend(ch.unacked.remove(i));
+        }
+        taken.reverse();
+        let mut slots = take_back(ch, &taken);
+        requeue_grouped(&mut taken, &mut Vec::new());
+        for (queue, consumer) in late.consumers {
+            slots += self.cancel_late_consumer(id, &queue, consumer);
+        }
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return;
+        };
+        ch.limit.release(slots);
+        // Other consumers of the channel may take what the slots freed.
+        let queues: Vec<Arc<Queue>> = ch.consumers.values().map(|c| c.queue.clone()).collect();
+        for q in queues {
+            q.kick();
+        }
+    }
+
+    /// The `cancel` action for consumer `consumer` of `queue` on channel
+    /// `id`: its deliveries leave the channel first, so one that is
+    /// requeued and handed to another consumer of this channel gets a
+    /// fresh record; then the consumer goes and they go back in one locked
+    /// step, before anything is delivered again (a single active
+    /// consumer's successor gets them first). Returns the prefetch slots
+    /// they held.
+    fn cancel_late_consumer(&mut self, id: u16, queue: &Arc<Queue>, consumer: ConsumerId) -> u32 {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return 0;
+        };
+        let mut taken = Vec::new();
+        let mut kept = VecDeque::with_capacity(ch.unacked.len());
+        for u in ch.unacked.drain(..) {
+            if u.held.consumer() == Some(consumer) && Arc::ptr_eq(&u.queue, queue) {
+                taken.push(u);
+            } else {
+                kept.push_back(u);
+            }
+        }
+        ch.unacked = kept;
+        let slots = take_back(ch, &taken);
+        let mut held: Vec<warren_queues::Unacked> = taken.into_iter().map(|u| u.held).collect();
+        let tag = ch
+            .consumers
+            .iter()
+            .find(|(_, c)| c.id == consumer && Arc::ptr_eq(&c.queue, queue))
+            .map(|(tag, _)| tag.clone());
+        let Some(tag) = tag else {
+            // Cancelled already: only its deliveries go back.
+            queue.requeue(&mut held);
+            return slots;
+        };
+        ch.consumers.remove(&tag);
+        if queue.cancel_requeue(consumer, &mut held) {
+            self.vhost.remove_queue(queue);
+        }
+        if self.cancel_notify {
+            self.send_method(
+                id,
+                AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                    consumer_tag: tag.as_str().into(),
+                    nowait: true,
+                })),
+            );
+        }
+        slots
+    }
+
+    /// Answers the management API's unacked view: the `n` oldest
+    /// deliveries of the queue held by this connection's channels.
+    pub(super) fn answer_unacked(&self, q: crate::broker::unacked::UnackedQuery) {
+        let mut found: Vec<crate::broker::unacked::HeldDelivery> = Vec::new();
+        for (&number, ch) in self.channels.iter().filter(|(_, ch)| !ch.closing) {
+            // In delivery order: the first `n` of a channel are its oldest.
+            let mine = ch
+                .unacked
+                .iter()
+                .filter(|u| Arc::ptr_eq(&u.queue, &q.queue))
+                .take(q.n);
+            for u in mine {
+                let consumer_tag = u.held.consumer().and_then(|id| {
+                    ch.consumers
+                        .iter()
+                        .find(|(_, c)| c.id == id)
+                        .map(|(tag, _)| tag.clone())
+                        .or_else(|| ch.departed.iter().find(|d| d.0 == id).map(|d| d.1.clone()))
+                });
+                found.push(crate::broker::unacked::HeldDelivery {
+                    seq: u.held.seq,
+                    message: u.held.message().cloned(),
+                    channel: number,
+                    delivery_tag: u.tag,
+                    consumer_tag,
+                    delivered_at: u.held.delivered_at(),
+                    redelivered: u.held.redelivered(),
+                });
+            }
+        }
+        found.sort_by_key(|h| (h.delivered_at, h.seq));
+        found.truncate(q.n);
+        // The asker may have given up waiting.
+        let _ = q.reply.send(found);
     }
 
     /// A queue was deleted under one of our consumers.
@@ -1859,6 +1929,50 @@ impl Connection {
 
 /// A queue's consumer timeout (ms) and action, if it has one.
 type TimeoutRule = Option<(u64, warren_queues::TimeoutAction)>;
+
+/// Each queue's timeout rule, read once per tick.
+#[derive(Default)]
+struct TimeoutRules(Vec<(Arc<Queue>, TimeoutRule)>);
+
+impl TimeoutRules {
+    fn get(&mut self, q: &Arc<Queue>) -> TimeoutRule {
+        if let Some((_, r)) = self.0.iter().find(|(k, _)| Arc::ptr_eq(k, q)) {
+            return *r;
+        }
+        let r = q.consumer_timeout_rule();
+        self.0.push((q.clone(), r));
+        r
+    }
+}
+
+/// What a channel holds past its timeouts.
+#[derive(Default)]
+struct Late {
+    /// The `close` action applies: with this timeout (ms).
+    close: Option<u64>,
+    /// Consumers to cancel (the `cancel` action), with their queue.
+    consumers: Vec<(Arc<Queue>, ConsumerId)>,
+    /// Indices in `unacked` of late basic.get deliveries (`cancel`).
+    gets: Vec<usize>,
+}
+
+/// Deliveries `taken` out of `ch` at a timeout: their tags are voided
+/// (later acks ignored); returns the prefetch slots they held, for the
+/// caller to release.
+fn take_back(ch: &mut Channel, taken: &[Unacked]) -> u32 {
+    void_tags(ch, taken.iter().map(|u| u.tag));
+    taken.iter().filter(|u| u.held.slot()).count() as u32
+}
+
+/// Forgets the tags of cancelled consumers that hold nothing here any more.
+fn prune_departed(ch: &mut Channel) {
+    if ch.departed.is_empty() {
+        return;
+    }
+    let unacked = &ch.unacked;
+    ch.departed
+        .retain(|(id, _)| unacked.iter().any(|u| u.held.consumer() == Some(*id)));
+}
 
 /// RabbitMQ's 406 for a delivery kept unacked past the consumer timeout.
 fn ack_timed_out(channel: u16, timeout: u64) -> AmqpError {
@@ -1920,13 +2034,14 @@ enum Settle {
 /// ack of a huge backlog) are not kept.
 const SETTLE_SCRATCH_KEEP: usize = 4096;
 
-/// Calls `f` once per queue with the seqs of `items` in that queue, in
-/// tag order, allocating nothing once `seqs` has grown: items of more than
-/// one queue are sorted by queue, then tag, in place, and taken run by run.
+/// Calls `f` once per queue with the records of `items` of that queue
+/// (moved into `held`, which `f` drains), in tag order, allocating nothing
+/// once `held` has grown: items of more than one queue are sorted by
+/// queue, then tag, in place. Leaves `items` empty.
 fn for_each_queue(
-    items: &mut [Unacked],
-    seqs: &mut Vec<u64>,
-    mut f: impl FnMut(&Arc<Queue>, &[u64]),
+    items: &mut Vec<Unacked>,
+    held: &mut Vec<warren_queues::Unacked>,
+    mut f: impl FnMut(&Arc<Queue>, &mut Vec<warren_queues::Unacked>),
 ) {
     let one_queue = items
         .windows(2)
@@ -1934,20 +2049,35 @@ fn for_each_queue(
     if !one_queue {
         items.sort_unstable_by_key(|u| (Arc::as_ptr(&u.queue) as usize, u.tag));
     }
-    let mut rest = &items[..];
-    while let Some(first) = rest.first() {
-        let run = rest
-            .iter()
-            .position(|u| !Arc::ptr_eq(&u.queue, &first.queue))
-            .unwrap_or(rest.len());
-        seqs.clear();
-        seqs.extend(rest[..run].iter().map(|u| u.seq));
-        f(&first.queue, seqs);
-        rest = &rest[run..];
+    held.clear();
+    let mut current: Option<Arc<Queue>> = None;
+    for u in items.drain(..) {
+        match &current {
+            Some(q) if Arc::ptr_eq(q, &u.queue) => {}
+            _ => {
+                if let Some(q) = current.take() {
+                    f(&q, held);
+                    held.clear();
+                }
+                current = Some(u.queue);
+            }
+        }
+        held.push(u.held);
     }
-    seqs.clear();
+    if let Some(q) = current {
+        f(&q, held);
+    }
+    held.clear();
 }
 
-fn requeue_grouped(items: &mut [Unacked], seqs: &mut Vec<u64>) {
-    for_each_queue(items, seqs, |q, seqs| q.requeue(seqs));
+fn requeue_grouped(items: &mut Vec<Unacked>, held: &mut Vec<warren_queues::Unacked>) {
+    for_each_queue(items, held, |q, held| q.requeue(held));
+}
+
+/// Notes that the channel holds a delivery of `q` (see
+/// `Channel::held_queues`): a pointer comparison or two per delivery.
+fn note_queue(queues: &mut Vec<Arc<Queue>>, q: &Arc<Queue>) {
+    if !queues.iter().any(|h| Arc::ptr_eq(h, q)) {
+        queues.push(q.clone());
+    }
 }

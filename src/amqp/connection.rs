@@ -108,7 +108,7 @@ pub(super) struct Connection {
     pub(super) route_scratch: RouteScratch,
     /// Reused by acks, nacks and rejects: the settled deliveries, and the
     /// seqs of one queue among them (see `Connection::settle`).
-    pub(super) settle_scratch: (Vec<super::channel::Unacked>, Vec<u64>),
+    pub(super) settle_scratch: (Vec<super::channel::Unacked>, Vec<warren_queues::Unacked>),
     /// Channels with confirm tags written to disk this turn.
     pub(super) flush_waiting: Vec<u16>,
     /// Channels with publishes this turn whose confirms may be due.
@@ -126,6 +126,9 @@ pub(super) struct Connection {
     last_sent: Instant,
     /// What the management API sees of us; also how it asks us to close.
     info: Arc<ConnectionInfo>,
+    /// The unacked view's queries (see `crate::broker::unacked`), taken
+    /// by the task's loop.
+    queries: Option<crate::broker::unacked::QueryReceiver>,
     /// Held for the connection's life: its places in the vhost's and the
     /// user's connection limits.
     _slots: ConnectionSlots,
@@ -278,6 +281,7 @@ async fn serve_stream<R, W>(
     let mut conn = conn;
     conn.caller.conn = id;
     tracing::info!(%peer, conn = id, user = %conn.user, vhost = %conn.vhost.name, "connection opened");
+    let (query_tx, queries) = crate::broker::unacked::mailbox();
     let info = Arc::new(
         ConnectionInfo::new(
             id,
@@ -297,7 +301,8 @@ async fn serve_stream<R, W>(
                 cipher: t.cipher,
             }),
         )
-        .with_net(net),
+        .with_net(net)
+        .with_queries(query_tx),
     );
     // Deregistered by cleanup (Broker::connection_closed).
     broker.register_connection(info.clone());
@@ -333,6 +338,7 @@ async fn serve_stream<R, W>(
         hold: None,
         last_sent: Instant::now(),
         info,
+        queries: Some(queries),
         _slots: conn.slots,
         unfinished_body: 0,
     };
@@ -807,6 +813,7 @@ impl Connection {
         let mut paused_since: Option<tokio::time::Instant> = None;
         let outbox = self.outbox.clone();
         let info = self.info.clone();
+        let mut queries = self.queries.take();
         let mut alarms = self.broker.alarms().subscribe();
         let mut alarms_live = true;
         self.alarms_changed(*alarms.borrow_and_update(), rbuf);
@@ -874,6 +881,12 @@ impl Connection {
                     }
                 }
                 _ = outbox.notified() => {}
+                Some(q) = async {
+                    match &mut queries {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => self.answer_unacked(q),
                 res = alarms.changed(), if alarms_live => {
                     match res {
                         Ok(()) => self.alarms_changed(*alarms.borrow_and_update(), rbuf),
@@ -897,7 +910,7 @@ impl Connection {
                     // For the management API; at most once a tick, off the hot path.
                     self.info.set_channels(self.channel_snapshots());
                     self.info.net.store_recv(rd.octets, rd.reads);
-                    self.check_get_timeouts();
+                    self.check_timeouts();
                     let now = Instant::now();
                     if self.flow_wait.is_some() || self.throttle.blocked {
                         // Time spent paused by us is not the peer's silence.
@@ -1247,7 +1260,6 @@ impl Connection {
                 OutboxItem::TxCommitted { session, epoch, ok } => {
                     self.tx_committed(session, epoch, ok)
                 }
-                OutboxItem::ConsumerTimedOut(t) => self.consumer_timed_out(t),
                 OutboxItem::DefinitionsFlushed { ok } => self.definitions_flushed(ok),
                 OutboxItem::Reply(r) => self.deliver_reply(r),
             }
@@ -1342,7 +1354,7 @@ impl Connection {
         // closed outbox hands later ones straight back to their queues.
         for item in self.outbox.close() {
             if let OutboxItem::Deliver(d) = item {
-                d.queue.undeliver(d.message, d.no_ack, d.deadline);
+                d.queue.undeliver(d.message, d.no_ack, d.deadline, d.held);
             }
         }
         self.settle.clear();

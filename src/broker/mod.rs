@@ -25,6 +25,7 @@ pub mod registry;
 pub mod reply;
 pub mod route;
 pub mod stream;
+pub mod unacked;
 pub mod vhost;
 
 pub use access::{Kept, Permission, User, VhostMeta};
@@ -32,7 +33,7 @@ pub use alarms::{AlarmConfig, AlarmSet, Alarms, DiskFreeLimit, MemoryWatermark};
 pub use authz::{Caller, Kind, Perm};
 pub use error::{BrokerError, ErrorKind, Result};
 pub use exchange::{Exchange, ExchangeKind, ExchangeOptions};
-pub use outbox::{ConsumerTimedOut, Delivery, Outbox, OutboxItem};
+pub use outbox::{Delivery, Outbox, OutboxItem};
 pub use policy::{Applied, Policy, PolicyKind, QueueSettings};
 pub use queue::{ConsumeRequest, ConsumerHandle, Queue, QueueContents, QueueOptions, QueueRef};
 pub use registry::{

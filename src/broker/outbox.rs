@@ -26,6 +26,10 @@ pub struct Delivery {
     pub delivery_count: Option<u32>,
     /// A no-ack delivery's TTL deadline, kept if it is handed back.
     pub deadline: Option<u64>,
+    /// A manual-ack delivery's record, which its channel keeps until the
+    /// delivery is settled; `None` for a no-ack one, or one of a stream
+    /// (whose channel makes a bare one).
+    pub held: Option<warren_queues::Unacked>,
 }
 
 impl Delivery {
@@ -59,22 +63,6 @@ pub fn with_delivery_count(props: &[u8], n: u32) -> Option<Vec<u8>> {
     )
 }
 
-/// See [`OutboxItem::ConsumerTimedOut`].
-#[derive(Debug)]
-pub struct ConsumerTimedOut {
-    pub session: u16,
-    pub tag: String,
-    pub consumer: ConsumerId,
-    pub queue: Arc<Queue>,
-    /// The timeout that applied, in ms (for RabbitMQ's text).
-    pub timeout: u64,
-    pub action: warren_queues::TimeoutAction,
-    /// The consumer's deliveries when the queue looked, sorted: the
-    /// connection acts only if its channel still holds one of them (the
-    /// channel id may have been reused, or they were acked since).
-    pub seqs: Vec<u64>,
-}
-
 #[derive(Debug)]
 pub enum OutboxItem {
     Deliver(Delivery),
@@ -84,11 +72,6 @@ pub enum OutboxItem {
         tag: String,
         consumer: ConsumerId,
     },
-    /// A consumer of the session kept a delivery unacked past its queue's
-    /// consumer timeout: its channel closes (406) or, with the `cancel`
-    /// action, the consumer alone is cancelled and its deliveries
-    /// requeued.
-    ConsumerTimedOut(ConsumerTimedOut),
     /// Publishes (publisher-confirm tags) of a session reached the disk.
     Confirmed {
         session: u16,

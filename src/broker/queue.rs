@@ -14,24 +14,12 @@ use tokio::sync::Notify;
 use warren_exchanges::Table;
 use warren_queues::{
     ChannelLimit, ConsumeError, ConsumerId, ConsumerSpec, DeadCounters, DeadMessage, Disk,
-    Dispatched, LoadedBodies, Loads, Message, Peeked, QueueCore, QueuedMessage, StoredRef,
-    UnackedInfo,
+    Dispatched, LoadedBodies, Loads, Message, Peeked, QueueCore, QueuedMessage, StoredRef, Unacked,
 };
 
 mod lifecycle;
 mod utilisation;
 pub use lifecycle::PublishOutcome;
-
-/// The id a basic.get's taker is known by in the queue's unacked view:
-/// its connection and channel, packed (connection ids stay far below 2^48).
-pub fn channel_key(conn: u64, channel: u16) -> u64 {
-    (conn << 16) | channel as u64
-}
-
-/// The (connection, channel) of a [`channel_key`].
-pub fn split_channel_key(key: u64) -> (u64, u16) {
-    (key >> 16, (key & 0xffff) as u16)
-}
 
 /// Who a delivery is for: enough for the owning connection to frame it.
 #[derive(Debug)]
@@ -475,9 +463,6 @@ impl Queue {
         let mut out = scratch::take_dispatched();
         let now = self.clock.now_ms();
         core.dispatch(now, &mut out);
-        if !out.is_empty() {
-            self.arm_consumer_timeout(core, now);
-        }
         let (dead, dead_letter) = self.after_change(core, now);
         let loads = core.take_loads();
         self.note_consumer_use(core, loads.is_some());
@@ -612,6 +597,7 @@ impl Queue {
                 credit_on_write: d.credit_on_write,
                 delivery_count: d.delivery_count,
                 deadline: d.deadline,
+                held: d.held,
             }));
         }
         if let Some(cur) = current {
@@ -629,7 +615,7 @@ impl Queue {
     fn refused(self: &Arc<Self>, items: Vec<OutboxItem>) {
         for item in items {
             if let OutboxItem::Deliver(d) = item {
-                d.queue.undeliver(d.message, d.no_ack, d.deadline);
+                d.queue.undeliver(d.message, d.no_ack, d.deadline, d.held);
             }
         }
     }
@@ -699,7 +685,7 @@ impl Queue {
     /// Removes a consumer; returns whether the queue should now be
     /// auto-deleted. Its unacked messages stay with its channel.
     pub fn cancel(self: &Arc<Self>, id: ConsumerId) -> bool {
-        self.cancel_requeue(id, &[])
+        self.cancel_requeue(id, &mut Vec::new())
     }
 
     /// Removes a consumer and puts `requeue` (what its channel held of
@@ -707,23 +693,25 @@ impl Queue {
     /// is delivered again: with single active consumer the next consumer
     /// gets those messages first. Returns whether the queue should now be
     /// auto-deleted.
-    pub fn cancel_requeue(self: &Arc<Self>, id: ConsumerId, requeue: &[u64]) -> bool {
+    pub fn cancel_requeue(self: &Arc<Self>, id: ConsumerId, requeue: &mut Vec<Unacked>) -> bool {
         if let Some(s) = &self.stream {
             s.cancel(id);
+            requeue.clear();
             return false;
         }
         self.touch();
         let (unused, after) = {
             let mut core = self.core();
             core.remove_consumer(id);
-            core.requeue(requeue);
+            let requeued = !requeue.is_empty();
+            core.requeue(requeue.drain(..));
             // Delivery runs only if messages came back. A single active
             // consumer's successor does not start on the cancel alone: as
             // in RabbitMQ 3.10.8 (checked), the next publish, ack or
             // requeue starts it, so a client that cancels and then closes
             // its channel (pika does) has its unacked messages go to the
             // successor first.
-            let after = (!requeue.is_empty()).then(|| self.deliver(&mut core));
+            let after = requeued.then(|| self.deliver(&mut core));
             self.update_flow(&core);
             (self.auto_delete && core.unused_after_consumers(), after)
         };
@@ -750,16 +738,10 @@ impl Queue {
         self.core().active_consumer().map(|h| h.tag.clone())
     }
 
-    /// basic.get for someone outside AMQP (the management API's `/get`):
-    /// the unacked view shows no channel for it.
+    /// basic.get: the message, the count of messages left, its delivery
+    /// count and (unless `no_ack`) its record, which the taker keeps until
+    /// it hands it back (ack, requeue, discard).
     pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<Got> {
-        self.get_for(no_ack, channel_key(0, 0))
-    }
-
-    /// basic.get: the message, the count of messages left and its
-    /// delivery count. `taker` is the getter's [`channel_key`], shown by
-    /// the unacked view.
-    pub fn get_for(self: &Arc<Self>, no_ack: bool, taker: u64) -> Option<Got> {
         // A paged-out head is read here, without the lock and off the
         // async runtime's worker (a get cannot wait for a consumer's
         // read-ahead; it is rare and answers one message), then the get
@@ -772,10 +754,10 @@ impl Queue {
             let head = {
                 let mut core = self.core();
                 let now = self.clock.now_ms();
-                got = core.get(no_ack, taker, now);
+                got = core.get(no_ack, now);
                 count = got
                     .as_ref()
-                    .and_then(|(m, _)| core.delivery_header(m.seq, true));
+                    .and_then(|(m, _, _)| core.delivery_header(m.seq, true));
                 self.update_flow(&core);
                 if let Some(batch) = self.after_get(&mut core, now) {
                     dead.push(batch);
@@ -798,7 +780,7 @@ impl Queue {
         }
         let counts: &[Counter] = match &got {
             None => &[Counter::GetEmpty],
-            Some((m, _)) => match (no_ack, m.redelivered) {
+            Some((m, _, _)) => match (no_ack, m.redelivered) {
                 (false, false) => &[Counter::Get],
                 (false, true) => &[Counter::Get, Counter::Redeliver],
                 (true, false) => &[Counter::GetNoAck],
@@ -812,24 +794,40 @@ impl Queue {
         // Under a delivery limit a get carries `x-delivery-count` (as
         // RabbitMQ's quorum queues), added when it is framed, as a
         // delivery's is ([`Got::properties`]).
-        got.map(|(message, left)| Got {
+        got.map(|(message, left, held)| Got {
             message,
             left,
             delivery_count: count,
+            held,
         })
     }
 
-    /// Acked: settled and counted (into the caller's fold, added to this
-    /// queue's and the broker's counters at the end of its turn).
-    pub fn ack(self: &Arc<Self>, seqs: &[u64], fold: &mut CounterFold) {
-        if let Some(s) = &self.stream {
-            s.settle(seqs);
-            self.count(fold, Counter::Ack, seqs.len() as u64);
+    /// Acked: the records (drained from `held`) are settled and counted
+    /// (into the caller's fold, added to this queue's and the broker's
+    /// counters at the end of its turn).
+    pub fn ack(self: &Arc<Self>, held: &mut Vec<Unacked>, fold: &mut CounterFold) {
+        let n = held.len() as u64;
+        if self.stream_settle(held) {
+            self.count(fold, Counter::Ack, n);
             return;
         }
-        self.core().ack(seqs);
-        self.count(fold, Counter::Ack, seqs.len() as u64);
+        self.core().ack(held.drain(..));
+        self.count(fold, Counter::Ack, n);
         self.kick();
+    }
+
+    /// A stream's acks (and nacks) only free its consumers' credit: true,
+    /// with `held` drained, for a stream.
+    fn stream_settle(&self, held: &mut Vec<Unacked>) -> bool {
+        let Some(s) = &self.stream else {
+            return false;
+        };
+        let mut seqs = scratch::take_seqs();
+        seqs.extend(held.drain(..).map(|u| u.seq));
+        s.settle(&seqs);
+        seqs.clear();
+        scratch::put_seqs(seqs);
+        true
     }
 
     /// Counts one delivery framed for a consumer of this queue.
@@ -857,14 +855,14 @@ impl Queue {
         fold.add(g, || FoldTarget::Counters(g.clone()), c, n);
     }
 
-    /// Rejected without requeue: settled like an ack (not counted as
-    /// one), or dead-lettered when the queue has a dead-letter exchange.
-    pub fn discard(self: &Arc<Self>, seqs: &[u64]) {
-        if let Some(s) = &self.stream {
-            s.settle(seqs);
+    /// Rejected without requeue (the records drained from `held`):
+    /// settled like an ack (not counted as one), or dead-lettered when the
+    /// queue has a dead-letter exchange.
+    pub fn discard(self: &Arc<Self>, held: &mut Vec<Unacked>) {
+        if self.stream_settle(held) {
             return;
         }
-        self.core().reject(seqs);
+        self.core().reject(held.drain(..));
         self.kick();
     }
 
@@ -877,28 +875,39 @@ impl Queue {
         (core.peek_entries(offset, n), core.message_count())
     }
 
-    /// The `n` oldest unacked deliveries and how many there are.
-    pub fn unacked(&self, n: usize) -> (usize, Vec<UnackedInfo<Arc<ConsumerHandle>>>) {
-        self.core().unacked(n)
+    /// Where unacked deliveries whose records keep no body lie on disk
+    /// (the unacked view reads them from there), under one hold of the
+    /// lock.
+    pub fn unacked_locations(&self, seqs: &[u64]) -> Vec<Option<StoredRef>> {
+        let core = self.core();
+        seqs.iter().map(|&s| core.unacked_location(s)).collect()
     }
 
-    /// The deliveries consumer `id` holds, by seq.
-    pub fn held_by(&self, id: ConsumerId) -> Vec<u64> {
-        self.core().held_by(id)
+    /// The coarse clock deliveries are stamped with (ms since the epoch).
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 
-    pub fn requeue(self: &Arc<Self>, seqs: &[u64]) {
-        if let Some(s) = &self.stream {
-            s.settle(seqs);
+    /// Puts delivered messages (the records drained from `held`) back, at
+    /// their place, redelivered.
+    pub fn requeue(self: &Arc<Self>, held: &mut Vec<Unacked>) {
+        if self.stream_settle(held) {
             return;
         }
-        self.core().requeue(seqs);
+        self.core().requeue(held.drain(..));
         self.kick();
     }
 
     /// A delivery that was never written goes back to the queue (a no-ack
-    /// one with its TTL deadline, if it had one).
-    pub fn undeliver(self: &Arc<Self>, m: QueuedMessage, no_ack: bool, deadline: Option<u64>) {
+    /// one with its TTL deadline, if it had one; a manual-ack one with its
+    /// record).
+    pub fn undeliver(
+        self: &Arc<Self>,
+        m: QueuedMessage,
+        no_ack: bool,
+        deadline: Option<u64>,
+        held: Option<Unacked>,
+    ) {
         // A stream keeps every message: one its consumer never got needs
         // nothing back.
         if self.is_deleted() || self.stream.is_some() {
@@ -916,7 +925,7 @@ impl Queue {
                 }
                 return;
             }
-            core.undeliver(m, no_ack, written, deadline);
+            core.undeliver(m, no_ack, written, deadline, held);
             if let Some(d) = deadline {
                 // It may be due already: the timer looks at once.
                 self.arm(d);
@@ -1155,6 +1164,8 @@ pub struct Got {
     pub message: QueuedMessage,
     pub left: usize,
     pub delivery_count: Option<u32>,
+    /// The delivery's record, unless taken with no-ack.
+    pub held: Option<Unacked>,
 }
 
 impl Got {
@@ -1195,6 +1206,17 @@ mod scratch {
     thread_local! {
         static DISPATCHED: Cell<Out> = const { Cell::new(Vec::new()) };
         static BATCH: Cell<Vec<OutboxItem>> = const { Cell::new(Vec::new()) };
+        static SEQS: Cell<Vec<u64>> = const { Cell::new(Vec::new()) };
+    }
+
+    pub(super) fn take_seqs() -> Vec<u64> {
+        SEQS.take()
+    }
+
+    pub(super) fn put_seqs(v: Vec<u64>) {
+        if v.capacity() <= KEEP {
+            SEQS.set(v);
+        }
     }
 
     /// Vectors that grew past this many entries are not kept.

@@ -495,6 +495,9 @@ pub struct ConnectionInfo {
     close: Notify,
     /// A [`ConnState`], set by the connection task.
     state: std::sync::atomic::AtomicU8,
+    /// The connection task's mailbox for unacked-view queries (an AMQP
+    /// connection has one).
+    queries: Option<super::unacked::QuerySender>,
 }
 
 /// What the management API shows as a connection's `state`.
@@ -558,7 +561,34 @@ impl ConnectionInfo {
             close_reason: Mutex::new(None),
             close: Notify::new(),
             state: std::sync::atomic::AtomicU8::new(ConnState::Running as u8),
+            queries: None,
         }
+    }
+
+    /// Where the connection task takes unacked-view queries (before it is
+    /// shared).
+    pub fn with_queries(mut self, tx: super::unacked::QuerySender) -> Self {
+        self.queries = Some(tx);
+        self
+    }
+
+    /// Asks the connection for the `n` oldest deliveries of `queue` it
+    /// holds; `None` if it has no mailbox, its mailbox is full or it is
+    /// gone.
+    pub fn query_unacked(
+        &self,
+        queue: &std::sync::Arc<super::Queue>,
+        n: usize,
+    ) -> Option<tokio::sync::oneshot::Receiver<Vec<super::unacked::HeldDelivery>>> {
+        let tx = self.queries.as_ref()?;
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let q = super::unacked::UnackedQuery {
+            queue: queue.clone(),
+            n,
+            reply,
+        };
+        tx.try_send(q).ok()?;
+        Some(rx)
     }
 
     pub fn set_state(&self, s: ConnState) {

@@ -1176,6 +1176,7 @@ async fn read_for(
                 // A stream has no delivery limit and no TTL.
                 delivery_count: None,
                 deadline: None,
+                held: None,
             }));
         }
         if !c.handle.outbox.push_from(&mut batch) {

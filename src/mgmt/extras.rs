@@ -9,9 +9,9 @@
 
 use super::json::{self, properties_key, table_to_json};
 use super::{bad_request, body_object, exchange_name, not_found_err, vhost_or_404, ApiError, St};
-use crate::broker::queue::split_channel_key;
 use crate::broker::registry::unix_ms;
-use crate::broker::{ConnectionInfo, RouteStep};
+use crate::broker::unacked::HeldDelivery;
+use crate::broker::{ConnectionInfo, Queue, RouteStep};
 use axum::body::Bytes;
 use axum::extract::{Path, Query};
 use axum::routing::{get, post};
@@ -20,7 +20,7 @@ use serde_json::{json, Map, Value as J};
 use std::collections::HashMap;
 use std::sync::Arc;
 use warren_exchanges::{RouteInput, Table, Value};
-use warren_queues::{Holder, PeekBody, PeekEntry, Peeked};
+use warren_queues::{PeekBody, PeekEntry, Peeked};
 
 /// The most messages one peek or unacked request returns.
 const MAX_COUNT: usize = 500;
@@ -120,6 +120,12 @@ async fn peek(
     Ok(Json(J::Array(items)))
 }
 
+/// How long the unacked view waits for connections to answer.
+const UNACKED_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// One held delivery and the connection holding it.
+type Held = (Arc<ConnectionInfo>, HeldDelivery);
+
 async fn unacked(
     s: St,
     Path((vhost, name)): Path<(String, String)>,
@@ -128,79 +134,113 @@ async fn unacked(
     let count = count_param(&q, 100)?;
     let v = vhost_or_404(&s, &vhost)?;
     let queue = v.queue(&name).ok_or_else(not_found_err)?;
-    let (total, items) = queue.unacked(count);
+    // The count comes from the queue's totals; the records live with the
+    // channels holding them, so each connection is asked for its oldest.
+    let total = queue.unacked_count();
+    let items = if count == 0 || total == 0 {
+        Vec::new()
+    } else {
+        ask_connections(&s, &queue, count).await
+    };
     // Unacked messages of a durable queue past its memory budget keep only
     // their place on disk: read those bodies here, off the async workers
     // and without the queue's lock (one acked meanwhile shows no details).
-    let stored: Vec<PeekEntry> = items
+    let missing: Vec<&HeldDelivery> = items
         .iter()
-        .filter(|u| u.message.is_none())
-        .filter_map(|u| {
-            Some(PeekEntry {
-                seq: u.seq,
-                redelivered: u.redelivered,
-                body: PeekBody::Stored(u.stored?),
-            })
-        })
+        .map(|(_, h)| h)
+        .filter(|h| h.message.is_none())
         .collect();
     let mut loaded: HashMap<u64, Arc<warren_queues::Message>> = HashMap::new();
-    if let (false, Some(p)) = (stored.is_empty(), s.broker.persistence()) {
+    if let (false, Some(p)) = (missing.is_empty(), s.broker.persistence()) {
+        let seqs: Vec<u64> = missing.iter().map(|h| h.seq).collect();
+        let stored: Vec<PeekEntry> = queue
+            .unacked_locations(&seqs)
+            .into_iter()
+            .zip(missing)
+            .filter_map(|(at, h)| {
+                Some(PeekEntry {
+                    seq: h.seq,
+                    redelivered: h.redelivered,
+                    body: PeekBody::Stored(at?),
+                })
+            })
+            .collect();
         let peeked = Peeked::new(stored, Some(p.disk.clone()));
         let read = tokio::task::spawn_blocking(move || peeked.load())
             .await
             .unwrap_or_default();
         loaded = read.into_iter().map(|(_, m)| (m.seq, m.message)).collect();
     }
-    let conns: HashMap<u64, Arc<ConnectionInfo>> = s
-        .broker
-        .connections()
-        .into_iter()
-        .map(|c| (c.id, c))
-        .collect();
     let now = unix_ms();
     let items: Vec<J> = items
         .iter()
-        .map(|u| {
+        .map(|(c, u)| {
             let message = u.message.as_ref().or_else(|| loaded.get(&u.seq));
-            let (tag, holder) = match (&u.holder, &u.handle) {
-                (Holder::Consumer(_), Some(h)) => {
-                    (J::String(h.tag.clone()), Some((h.conn, h.session)))
-                }
-                (Holder::Consumer(_), None) => (J::Null, None),
-                (Holder::Get(key), _) => (J::Null, Some(split_channel_key(*key))),
-            };
-            let channel = holder
-                .and_then(|(conn, number)| conns.get(&conn).map(|c| (c, number)))
-                .map(|(c, number)| {
-                    json!({
-                        "name": format!("{} ({number})", c.name),
-                        "number": number,
-                        "connection_name": c.name,
-                        "user_provided_name": (!c.client.connection_name.is_empty())
-                            .then(|| c.client.connection_name.clone()),
-                        "peer_host": c.peer.ip().to_string(),
-                        "peer_port": c.peer.port(),
-                        "user": c.user,
-                        "node": s.node,
-                    })
-                })
-                .unwrap_or(J::Null);
-            json!({
-                // The tag is the channel's numbering, which the queue does
-                // not see; the channel and delivery time identify it.
-                "delivery_tag": null,
-                "consumer_tag": tag,
-                "channel_details": channel,
-                "delivered_at": u.delivered_at,
-                "held_for_ms": now.saturating_sub(u.delivered_at),
-                "redelivered": u.redelivered,
-                "exchange": message.map(|m| m.exchange().to_owned()),
-                "routing_key": message.map(|m| m.routing_key().to_owned()),
-                "payload_bytes": message.map(|m| m.body().len()),
-            })
+            held_json(&s.node, c, u, message, now)
         })
         .collect();
     Ok(Json(json!({"total": total, "items": items})))
+}
+
+/// One held delivery as the view shows it: the holder's channel and
+/// consumer tag, times, and what is known of the message.
+fn held_json(
+    node: &str,
+    c: &ConnectionInfo,
+    u: &HeldDelivery,
+    message: Option<&Arc<warren_queues::Message>>,
+    now: u64,
+) -> J {
+    let number = u.channel;
+    let channel = json!({
+        "name": format!("{} ({number})", c.name),
+        "number": number,
+        "connection_name": c.name,
+        "user_provided_name": (!c.client.connection_name.is_empty())
+            .then(|| c.client.connection_name.clone()),
+        "peer_host": c.peer.ip().to_string(),
+        "peer_port": c.peer.port(),
+        "user": c.user,
+        "node": node,
+    });
+    json!({
+        // Kept null, as before the records moved to the channels: the
+        // channel and delivery time identify a delivery.
+        "delivery_tag": null,
+        "consumer_tag": u.consumer_tag,
+        "channel_details": channel,
+        "delivered_at": u.delivered_at,
+        "held_for_ms": now.saturating_sub(u.delivered_at),
+        "redelivered": u.redelivered,
+        "exchange": message.map(|m| m.exchange().to_owned()),
+        "routing_key": message.map(|m| m.routing_key().to_owned()),
+        "payload_bytes": message.map(|m| m.body().len()),
+    })
+}
+
+/// The `n` oldest deliveries of `queue` over every connection, oldest
+/// first: each is asked at once (a full mailbox or a connection that is
+/// gone is skipped) and waited for until one deadline.
+async fn ask_connections(s: &super::MgmtState, queue: &Arc<Queue>, n: usize) -> Vec<Held> {
+    let asked: Vec<_> = s
+        .broker
+        .connections()
+        .into_iter()
+        .filter_map(|c| {
+            let rx = c.query_unacked(queue, n)?;
+            Some((c, rx))
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + UNACKED_DEADLINE;
+    let mut all: Vec<Held> = Vec::new();
+    for (c, rx) in asked {
+        if let Ok(Ok(held)) = tokio::time::timeout_at(deadline, rx).await {
+            all.extend(held.into_iter().map(|h| (c.clone(), h)));
+        }
+    }
+    all.sort_by_key(|(_, h)| (h.delivered_at, h.seq));
+    all.truncate(n);
+    all
 }
 
 /// The routing keys of a CC or BCC header; RabbitMQ refuses a non-array.

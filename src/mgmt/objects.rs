@@ -996,7 +996,7 @@ async fn get_messages(
     let mut n = count;
     let mut bytes = 0usize;
     while n != 0 && bytes < MAX_GET_BYTES {
-        let Some(got) = q.get(no_ack) else {
+        let Some(mut got) = q.get(no_ack) else {
             break;
         };
         let qm = &got.message;
@@ -1009,16 +1009,14 @@ async fn get_messages(
             base64,
             truncate,
         ));
-        if !no_ack {
-            taken.push(qm.seq);
-        }
+        taken.extend(got.held.take());
         n -= 1;
     }
     match mode {
         AckMode::AckDrop => {}
-        AckMode::AckRequeue | AckMode::RejectRequeue => q.requeue(&taken),
+        AckMode::AckRequeue | AckMode::RejectRequeue => q.requeue(&mut taken),
         // A reject is not an ack in the counters (RabbitMQ counts it apart).
-        AckMode::RejectDrop => q.discard(&taken),
+        AckMode::RejectDrop => q.discard(&mut taken),
     }
     Ok(Json(J::Array(out)).into_response())
 }

@@ -304,12 +304,11 @@ impl<C: Clone> QueueCore<C> {
     /// basic.reject / basic.nack with requeue=false: the messages leave
     /// for good, dead-lettered (`rejected`) if the queue has a
     /// dead-letter exchange. Returns how many were known.
-    pub fn reject(&mut self, seqs: &[u64]) -> usize {
+    pub fn reject(&mut self, held: impl IntoIterator<Item = super::Unacked>) -> usize {
         let mut n = 0;
-        for &seq in seqs {
-            let Some(u) = self.take_unacked(seq) else {
-                continue;
-            };
+        for u in held {
+            self.release(&u);
+            let seq = u.seq;
             self.held_deadlines.remove(&seq);
             let stored = match &u.message {
                 Some(m) => m.stored(),
@@ -411,7 +410,7 @@ mod tests {
         assert_eq!(q.message_count(), 1);
         assert_eq!(q.next_expiry(), Some(1_150));
         // basic.get skips what expired without a sweep.
-        assert!(q.get(true, 0, 1_151).is_none());
+        assert!(q.get(true, 1_151).is_none());
         assert_eq!(
             reasons(&mut q),
             vec![
@@ -431,9 +430,9 @@ mod tests {
         q.publish_at(m("a"), 0, Some(10));
         q.publish_at(m("b"), 0, Some(5_000));
         assert_eq!(q.next_expiry(), Some(10));
-        let (got, _) = q.get(false, 0, 5).unwrap();
+        let (_, _, got) = q.get(false, 5).unwrap();
         assert_eq!(q.next_expiry(), Some(1_000), "b: the queue's TTL");
-        q.requeue(&[got.seq]);
+        q.requeue(got);
         assert_eq!(q.next_expiry(), Some(10), "a came back with its deadline");
         assert_eq!(q.expire(20, 10), (1, false));
         assert!(q.take_dead().is_empty(), "no dead-letter exchange: dropped");
@@ -463,7 +462,7 @@ mod tests {
         assert_eq!(d.deadline, Some(1_000));
         assert_eq!(q.next_expiry(), None);
         q.remove_consumer(1);
-        q.undeliver(d.message, true, None, d.deadline);
+        q.undeliver(d.message, true, None, d.deadline, d.held);
         assert_eq!(q.message_count(), 1);
         assert_eq!(q.next_expiry(), Some(1_000), "back with its deadline");
         assert_eq!(q.expire(1_000, 10), (1, false));
@@ -484,8 +483,8 @@ mod tests {
         q.trim();
         q.expire(10, 10);
         q.publish_at(m("c"), 20, None);
-        let (got, _) = q.get(false, 0, 21).unwrap();
-        q.reject(&[got.seq]);
+        let (_, _, got) = q.get(false, 21).unwrap();
+        q.reject(got);
         let dropped: Vec<u64> = DeadReason::ALL
             .iter()
             .map(|r| counters.dropped(*r))
@@ -535,10 +534,10 @@ mod tests {
         q.publish_at(m("short"), 0, Some(5));
         assert_eq!(q.next_expiry(), None);
         assert_eq!(q.expire(100, 10), (0, false));
-        let (plain, _) = q.get(true, 0, 100).unwrap();
+        let (plain, _, _) = q.get(true, 100).unwrap();
         assert_eq!(plain.message.body(), b"plain");
         assert_eq!(q.next_expiry(), Some(5));
-        assert!(q.get(true, 0, 100).is_none(), "expired at the head");
+        assert!(q.get(true, 100).is_none(), "expired at the head");
     }
 
     #[test]
@@ -593,9 +592,9 @@ mod tests {
             ..Default::default()
         });
         q.publish_at(m("a"), 0, None);
-        let (got, _) = q.get(false, 0, 0).unwrap();
-        assert_eq!(q.reject(&[got.seq]), 1);
-        assert_eq!(q.reject(&[got.seq]), 0, "once");
+        let (got, _, h) = q.get(false, 0).unwrap();
+        assert_eq!(q.reject(h), 1);
+        assert_eq!(q.unacked_count(), 0, "once");
         let d = q.take_dead();
         assert_eq!(
             (d[0].seq, d[0].reason),

@@ -20,10 +20,11 @@ impl<C: Clone> QueueCore<C> {
     /// set): counts the return under a delivery limit. `Some(u)`: it goes
     /// back to the ready set; `None`: it was over the limit and was
     /// dropped or reported dead.
-    pub(super) fn count_return(&mut self, seq: u64, u: Unacked) -> Option<Unacked> {
+    pub(super) fn count_return(&mut self, u: Unacked) -> Option<Unacked> {
         let Some(limit) = self.limits.delivery_limit else {
             return Some(u);
         };
+        let seq = u.seq;
         let count = self.delivery_counts.get(&seq).copied().unwrap_or(0) + 1;
         if u64::from(count) <= limit {
             self.delivery_counts.insert(seq, count);
@@ -124,11 +125,11 @@ mod tests {
         q.publish(m("a"));
         let mut seen = Vec::new();
         loop {
-            let out = next(&mut q);
-            let Some(d) = out.first() else { break };
+            let mut out = next(&mut q);
+            let Some(d) = out.first_mut() else { break };
             seen.push(d.delivery_count);
             assert_eq!(d.message.redelivered, d.delivery_count.is_some());
-            q.requeue(&[d.message.seq]);
+            q.requeue(d.held.take());
         }
         assert_eq!(seen, vec![None, Some(1), Some(2)]);
         let dead = q.take_dead();
@@ -142,9 +143,9 @@ mod tests {
     fn without_a_dlx_it_is_dropped_and_limit_zero_allows_one_delivery() {
         let mut q = core(Some(0), false);
         q.publish(m("a"));
-        let (got, _) = q.get(false, 7, 0).unwrap();
+        let (got, _, h) = q.get(false, 0).unwrap();
         assert_eq!(q.delivery_header(got.seq, true), Some(0), "get: 0 at first");
-        q.requeue(&[got.seq]);
+        q.requeue(h);
         assert!(q.take_dead().is_empty());
         assert_eq!((q.message_count(), q.unacked_count()), (0, 0));
     }
@@ -157,21 +158,21 @@ mod tests {
             q.publish(m(b));
         }
         let out = next(&mut q);
-        let seqs: Vec<u64> = out.iter().map(|d| d.message.seq).collect();
-        q.requeue(&seqs);
+        q.requeue(out.into_iter().filter_map(|d| d.held));
         let out = next(&mut q);
         assert!(out.iter().all(|d| d.delivery_count == Some(1)));
         // Handed back unwritten: back as it was, not counted.
         let mut out = out.into_iter();
         let first = out.next().unwrap();
-        q.undeliver(first.message, false, None, None);
-        let again = next(&mut q);
+        q.undeliver(first.message, false, None, None, first.held);
+        let mut again = next(&mut q);
         assert_eq!(again[0].delivery_count, Some(1));
-        q.ack(&[again[0].message.seq]);
-        let rest: Vec<_> = out.collect();
-        q.reject(&[rest[0].message.seq]);
-        q.requeue(&[rest[1].message.seq]);
-        assert_eq!(q.delivery_count(rest[1].message.seq), 2);
+        q.ack(again[0].held.take());
+        let mut rest: Vec<_> = out.collect();
+        let last = rest[1].message.seq;
+        q.reject(rest[0].held.take());
+        q.requeue(rest[1].held.take());
+        assert_eq!(q.delivery_count(last), 2);
         assert_eq!(q.delivery_counts.len(), 1, "only the message still held");
         assert_eq!(q.take_dead()[0].reason, DeadReason::Rejected);
     }
@@ -182,9 +183,9 @@ mod tests {
         consume(&mut q);
         q.publish(m("a"));
         for _ in 0..5 {
-            let out = next(&mut q);
+            let mut out = next(&mut q);
             assert_eq!(out[0].delivery_count, None);
-            q.requeue(&[out[0].message.seq]);
+            q.requeue(out[0].held.take());
         }
         assert!(q.delivery_counts.is_empty() && !q.has_dead());
         assert_eq!(q.delivery_header(1, true), None);

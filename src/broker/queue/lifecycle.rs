@@ -17,7 +17,6 @@
 
 use super::{ConsumerHandle, Queue};
 use crate::broker::dead_letter;
-use crate::broker::outbox::{ConsumerTimedOut, OutboxItem};
 use crate::broker::registry::unix_ms;
 use crate::broker::vhost::Vhost;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -55,10 +54,6 @@ pub(super) struct Life {
     last_used: AtomicU64,
     /// x-expires in ms; 0: none.
     expires: AtomicU64,
-    /// When unacked deliveries should next be checked against the consumer
-    /// timeout (ms since the epoch); 0: not armed (nothing unacked, or no
-    /// timeout). Set under the core's lock.
-    timeout_at: AtomicU64,
 }
 
 #[derive(Default)]
@@ -98,19 +93,9 @@ impl Queue {
             .expires
             .store(limits.expires.unwrap_or(0), Ordering::Relaxed);
         self.touch();
-        {
-            let mut core = self.core();
-            core.set_limits(limits);
-            self.life.timeout_at.store(0, Ordering::Relaxed);
-            if core.unacked_count() > 0 && self.consumer_timeout(&core).is_some() {
-                // A changed timeout applies to what is unacked now: look
-                // at once.
-                let now = self.clock.now_ms().max(1);
-                self.life.timeout_at.store(now, Ordering::Relaxed);
-                self.ensure_timer();
-                self.life.timer.wake.notify_one();
-            }
-        }
+        // A changed consumer timeout applies to what is unacked now: the
+        // channels holding the deliveries read it at their next tick.
+        self.core().set_limits(limits);
         self.kick();
         self.start_timers();
     }
@@ -122,10 +107,14 @@ impl Queue {
         self.consumer_timeout(&core).unwrap_or(0)
     }
 
-    /// The consumer timeout in effect (ms) and its action, for a channel
-    /// that checks its own basic.get deliveries (see the connection's
-    /// tick); `None`: no timeout.
+    /// The consumer timeout in effect (ms) and its action, for the
+    /// channels that time the deliveries they hold (see the connection's
+    /// tick); `None`: no timeout (a stream, or a deleted queue, times
+    /// nothing).
     pub fn consumer_timeout_rule(&self) -> Option<(u64, warren_queues::TimeoutAction)> {
+        if self.stream.is_some() || self.is_deleted() {
+            return None;
+        }
         let core = self.core();
         let t = self.consumer_timeout(&core)?;
         Some((t, core.limits().consumer_timeout_action))
@@ -143,83 +132,6 @@ impl Queue {
                 .map_or(0, |t| t.load(Ordering::Relaxed)),
         };
         (t != 0).then_some(t)
-    }
-
-    /// Under the core's lock, after deliveries at `now`: arms the consumer
-    /// timeout check if it is not armed and something is unacked. One
-    /// atomic load while armed, so the delivery path stays lean.
-    pub(super) fn arm_consumer_timeout(
-        self: &Arc<Self>,
-        core: &QueueCore<Arc<ConsumerHandle>>,
-        now: u64,
-    ) {
-        if self.life.timeout_at.load(Ordering::Relaxed) != 0 || core.unacked_count() == 0 {
-            return;
-        }
-        let Some(t) = self.consumer_timeout(core) else {
-            return;
-        };
-        let at = now.saturating_add(t).saturating_add(1).max(1);
-        self.life.timeout_at.store(at, Ordering::Relaxed);
-        self.ensure_timer();
-        self.life.timer.wake.notify_one();
-    }
-
-    /// The timer found the consumer-timeout check due: tells the
-    /// connection of each consumer that kept a delivery too long (it
-    /// closes the channel, or cancels the consumer), and re-arms for the
-    /// next delivery that can time out.
-    fn check_consumer_timeouts(self: &Arc<Self>, now: u64) {
-        let at = self.life.timeout_at.load(Ordering::Relaxed);
-        if at == 0 || at > now {
-            return;
-        }
-        let (late, timeout, action) = {
-            let core = self.core();
-            let Some(timeout) = self.consumer_timeout(&core) else {
-                self.life.timeout_at.store(0, Ordering::Relaxed);
-                return;
-            };
-            let (late, next) = core.timed_out(now, timeout);
-            // Never sooner than an eighth of the timeout (at least 50 ms)
-            // from now, so acks that keep arriving just in time do not turn
-            // the scan into a busy loop; late consumers are looked at again
-            // then if their connection has not acted.
-            let floor = now + (timeout / 8).max(50);
-            let next = match next {
-                Some(n) => n.max(floor),
-                None if late.is_empty() => 0,
-                None => floor,
-            };
-            self.life.timeout_at.store(next, Ordering::Relaxed);
-            (late, timeout, core.limits().consumer_timeout_action)
-        };
-        for t in late {
-            let Some(h) = t.handle else { continue };
-            let mut seqs = t.seqs;
-            seqs.sort_unstable();
-            tracing::warn!(
-                queue = %self.name,
-                vhost = %self.vhost,
-                consumer = %h.tag,
-                channel = h.session,
-                timeout,
-                action = action.as_str(),
-                "consumer timed out waiting for delivery acknowledgement"
-            );
-            // A closed connection needs nothing: its deliveries come back.
-            let _ = h
-                .outbox
-                .push_all(vec![OutboxItem::ConsumerTimedOut(ConsumerTimedOut {
-                    session: h.session,
-                    tag: h.tag.clone(),
-                    consumer: h.id,
-                    queue: self.clone(),
-                    timeout,
-                    action,
-                    seqs,
-                })]);
-        }
     }
 
     /// The queue was used (a consumer came or went, a basic.get, a
@@ -317,15 +229,6 @@ impl Queue {
     /// When the timer should next look: the head's deadline or the end
     /// of the unused period, whichever is first.
     fn next_wake(&self) -> Option<u64> {
-        let at = self.next_expiry_wake();
-        match self.life.timeout_at.load(Ordering::Relaxed) {
-            0 => at,
-            t => Some(at.map_or(t, |a| a.min(t))),
-        }
-    }
-
-    /// [`Queue::next_wake`] for expiry: the head's deadline or x-expires.
-    fn next_expiry_wake(&self) -> Option<u64> {
         let armed = self.life.timer.armed.load(Ordering::Relaxed);
         let expires = self.life.expires.load(Ordering::Relaxed);
         let unused = (expires != 0).then(|| {
@@ -363,7 +266,6 @@ impl Queue {
             }
             tokio::task::yield_now().await;
         }
-        self.check_consumer_timeouts(self.timer_now());
         self.expire_if_unused();
     }
 
