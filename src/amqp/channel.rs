@@ -1740,6 +1740,7 @@ impl Connection {
             return None;
         }
         prune_departed(ch);
+        prune_held_queues(ch);
         let shortest = ch
             .held_queues
             .iter()
@@ -2076,6 +2077,19 @@ fn requeue_grouped(items: &mut Vec<Unacked>, held: &mut Vec<warren_queues::Unack
 
 /// Notes that the channel holds a delivery of `q` (see
 /// `Channel::held_queues`): a pointer comparison or two per delivery.
+/// Drops from `held_queues` the queues none of the channel's deliveries
+/// come from any more, so a busy channel (never empty at a tick) that
+/// took deliveries from many queues does not keep them all, nor scan them
+/// per delivery. One queue held with deliveries outstanding is theirs.
+fn prune_held_queues(ch: &mut Channel) {
+    if ch.held_queues.len() < 2 {
+        return;
+    }
+    let live: std::collections::HashSet<*const Queue> =
+        ch.unacked.iter().map(|u| Arc::as_ptr(&u.queue)).collect();
+    ch.held_queues.retain(|q| live.contains(&Arc::as_ptr(q)));
+}
+
 fn note_queue(queues: &mut Vec<Arc<Queue>>, q: &Arc<Queue>) {
     if !queues.iter().any(|h| Arc::ptr_eq(h, q)) {
         queues.push(q.clone());
