@@ -1264,6 +1264,23 @@ fn natural_end(
     Some(if end_ns == 0 { now_ns } else { end_ns })
 }
 
+/// Runs a producer or consumer as a task; its error (unless the run is
+/// already stopping) ends the run, named by `who`.
+fn spawn_reported<E: std::fmt::Display>(
+    shared: &Arc<Shared>,
+    who: String,
+    task: impl Future<Output = Result<(), E>> + Send + 'static,
+) -> JoinHandle<()> {
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        if let Err(e) = task.await {
+            if !shared.stopping() {
+                shared.fail(format!("{who}: {e}"));
+            }
+        }
+    })
+}
+
 async fn run(cfg: Config) -> Result<Report, String> {
     let cfg = Arc::new(cfg);
     let shared = Arc::new(Shared::new());
@@ -1328,14 +1345,11 @@ async fn run(cfg: Config) -> Result<Report, String> {
             stats: stats.clone(),
             shared: shared.clone(),
         };
-        let shared = shared.clone();
-        raw_consumers.push(tokio::spawn(async move {
-            if let Err(e) = raw::consume(c).await {
-                if !shared.stopping() {
-                    shared.fail(format!("consumer {i}: {e}"));
-                }
-            }
-        }));
+        raw_consumers.push(spawn_reported(
+            &shared,
+            format!("consumer {i}"),
+            raw::consume(c),
+        ));
     }
     for (i, stats) in consumer_stats.iter().enumerate().filter(|_| !cfg.raw) {
         let handle = start_consumer(i, &cfg, stats.clone(), shared.clone())
@@ -1358,14 +1372,11 @@ async fn run(cfg: Config) -> Result<Report, String> {
             start,
             deadline,
         };
-        let shared = shared.clone();
-        producers.push(tokio::spawn(async move {
-            if let Err(e) = raw::produce(p).await {
-                if !shared.stopping() {
-                    shared.fail(format!("producer {i}: {e}"));
-                }
-            }
-        }));
+        producers.push(spawn_reported(
+            &shared,
+            format!("producer {i}"),
+            raw::produce(p),
+        ));
     }
     for (i, (_, channel)) in producer_conns.iter().enumerate() {
         let ctx = ProducerCtx {
@@ -1377,19 +1388,14 @@ async fn run(cfg: Config) -> Result<Report, String> {
             start,
             deadline,
         };
-        let shared = shared.clone();
-        producers.push(tokio::spawn(async move {
-            let res = if ctx.cfg.confirm > 0 {
+        let run = async move {
+            if ctx.cfg.confirm > 0 {
                 produce_confirmed(ctx).await
             } else {
                 produce_unconfirmed(ctx).await
-            };
-            if let Err(e) = res {
-                if !shared.stopping() {
-                    shared.fail(format!("producer {i}: {e}"));
-                }
             }
-        }));
+        };
+        producers.push(spawn_reported(&shared, format!("producer {i}"), run));
     }
 
     // Whether the run can end before the deadline: producers that stop by
