@@ -47,15 +47,20 @@ async fn member(
     (ch, c)
 }
 
+/// A channel in confirm mode, for the publishers.
+async fn confirming(conn: &Connection) -> Channel {
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    ch
+}
+
 #[tokio::test]
 async fn one_member_reads_and_the_next_takes_over_from_the_committed_offset() {
     let s = common::start().await;
     let conn = common::connect(&s).await;
-    let pubch = conn.create_channel().await.unwrap();
-    pubch
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let pubch = confirming(&conn).await;
     declare(&pubch, "g").await;
     publish(&pubch, "g", 0, 10).await;
 
@@ -117,11 +122,7 @@ async fn a_group_resumes_after_its_committed_offset_after_kill9() {
     let conn = Connection::connect(&broker.url(), Default::default())
         .await
         .unwrap();
-    let pubch = conn.create_channel().await.unwrap();
-    pubch
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let pubch = confirming(&conn).await;
     declare(&pubch, "orders").await;
     publish(&pubch, "orders", 0, 50).await;
     let (ch, mut c) = member(&conn, "orders", "shipping", Some("first")).await;
@@ -164,11 +165,7 @@ async fn a_group_resumes_after_its_committed_offset_after_kill9() {
 async fn a_member_starting_by_timestamp_commits_past_the_older_chunks_it_passed_over() {
     let s = common::start().await;
     let conn = common::connect(&s).await;
-    let pubch = conn.create_channel().await.unwrap();
-    pubch
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let pubch = confirming(&conn).await;
     declare(&pubch, "gts").await;
     // One chunk per message, all in one segment (one index entry: 0).
     for i in 0..10 {
