@@ -226,6 +226,8 @@ async fn ask_connections(s: &super::MgmtState, queue: &Arc<Queue>, n: usize) -> 
         .broker
         .connections()
         .into_iter()
+        // Only a connection to the queue's vhost can hold its deliveries.
+        .filter(|c| c.vhost == queue.vhost)
         .filter_map(|c| {
             let rx = c.query_unacked(queue, n)?;
             Some((c, rx))
