@@ -8,7 +8,7 @@ use common::child::{channel, start_broker, tail};
 use common::{args, declare_durable as declare, longstr, temp_dir};
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -38,6 +38,20 @@ async fn publish_confirmed(ch: &Channel, q: &str, body: &[u8], props: BasicPrope
         .await
         .expect("confirm");
     assert!(c.is_ack(), "{c:?}");
+}
+
+/// Returns once everything written so far is on disk: the confirm of a
+/// persistent publish to the durable queue `probe` comes after the group
+/// commit that covers it and every write queued before it (a rejected
+/// message's dead letter, say). A passive declare's count shows a dead
+/// letter as soon as it is routed, before it is durable.
+async fn flushed(conn: &Connection) {
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let props = BasicProperties::default().with_delivery_mode(2);
+    publish_confirmed(&ch, "probe", b"probe", props).await;
 }
 
 /// Every body in `q`, taken with basic.get (no-ack).
@@ -255,6 +269,7 @@ async fn bcc_keys_route_dead_letters_after_kill9() {
     )
     .await;
     declare(&ch, "dst", FieldTable::default()).await;
+    declare(&ch, "probe", FieldTable::default()).await;
     for (q, x) in [("mid", "dlx1"), ("dst", "dlx2")] {
         ch.queue_bind(
             q.into(),
@@ -280,14 +295,13 @@ async fn bcc_keys_route_dead_letters_after_kill9() {
     let mut b = start_broker(dir.path(), &data, 1).await;
     let (conn, ch) = channel(&b).await;
     reject_one(&ch, "src", b"m").await;
-    // The source lets go after the flush that made the dead letter
-    // durable: once it is empty, the copy in `mid` is on disk.
     common::wait_until(
         "the dead letter in mid",
         Duration::from_secs(10),
         || async { count(&ch, "src").await == 0 && count(&ch, "mid").await == 1 },
     )
     .await;
+    flushed(&conn).await;
     drop(conn);
     b.kill9();
     let b = start_broker(dir.path(), &data, 2).await;
