@@ -7,6 +7,7 @@
 //! publisher against a stream with a tiny unsynced-bytes bound.
 
 mod common;
+use common::stream::confirming;
 use common::stream::{next, quiet};
 use common::{args, longstr, raw, wait_until, within, GUEST};
 use lapin::options::*;
@@ -28,14 +29,6 @@ async fn declare(ch: &Channel, q: &str, extra: &[(&str, AMQPValue)]) {
     ch.queue_declare(q.into(), opts, stream_args(extra))
         .await
         .expect("declare a stream");
-}
-
-async fn confirming(conn: &Connection) -> Channel {
-    let ch = conn.create_channel().await.expect("channel");
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirms");
-    ch
 }
 
 /// Publishes `m{i}` for each (i, filter header) and waits for every

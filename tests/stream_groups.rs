@@ -7,6 +7,7 @@
 
 mod common;
 use common::child::start_broker;
+use common::stream::confirming;
 use common::stream::{next, publish_n as publish, quiet};
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
@@ -45,15 +46,6 @@ async fn member(
         .await
         .expect("consume");
     (ch, c)
-}
-
-/// A channel in confirm mode, for the publishers.
-async fn confirming(conn: &Connection) -> Channel {
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    ch
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@
 //! kill -9.
 
 mod common;
+use common::stream::confirming;
 use common::stream::{next, publish_n, quiet};
 use common::{within, TestBroker};
 use futures_lite::StreamExt;
@@ -49,14 +50,6 @@ fn refusal(e: lapin::Error) -> (u16, String) {
         lapin::ErrorKind::ProtocolError(e) => (e.get_id(), e.get_message().to_string()),
         other => panic!("not a protocol error: {other:?}"),
     }
-}
-
-async fn confirming(conn: &Connection) -> Channel {
-    let ch = conn.create_channel().await.expect("channel");
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirms");
-    ch
 }
 
 async fn consume_from(ch: &Channel, q: &str, prefetch: u16, offset: Option<AMQPValue>) -> Consumer {

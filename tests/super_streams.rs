@@ -9,6 +9,7 @@
 
 mod common;
 use common::child::start_broker;
+use common::stream::confirming;
 use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
@@ -23,14 +24,6 @@ use warren::server::Server;
 
 async fn api(s: &Server, method: &str, path: &str, body: &str) -> (u16, String) {
     common::raw(s, method, path, Some(common::GUEST), body).await
-}
-
-async fn confirming(conn: &Connection) -> Channel {
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    ch
 }
 
 /// Publishes `(routing key, body)` pairs to exchange `ex`, all confirmed.

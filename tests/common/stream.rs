@@ -4,8 +4,9 @@
 
 use futures_lite::StreamExt;
 use lapin::options::BasicPublishOptions;
+use lapin::options::ConfirmSelectOptions;
 use lapin::types::AMQPValue;
-use lapin::{BasicProperties, Channel, Consumer};
+use lapin::{BasicProperties, Channel, Connection, Consumer};
 use std::time::Duration;
 
 /// Publishes bodies `m{from}` .. `m{from+n-1}` to queue `q` on a
@@ -50,4 +51,13 @@ pub async fn next(c: &mut Consumer) -> (i64, String, u64) {
 pub async fn quiet(c: &mut Consumer) {
     let r = tokio::time::timeout(Duration::from_millis(300), c.next()).await;
     assert!(r.is_err(), "unexpected delivery: {r:?}");
+}
+
+/// A fresh channel on `conn` in confirm mode, for publishers.
+pub async fn confirming(conn: &Connection) -> Channel {
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    ch
 }
